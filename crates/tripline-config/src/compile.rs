@@ -1,0 +1,589 @@
+//! Cross-resource validation and compilation of decoded resources into a [`Plan`]:
+//! listeners from Gateways (and the mesh listener), virtual hosts from VirtualServices,
+//! clusters from every (host, port, subset) a route refers to, with endpoints from
+//! ServiceEntries and policy from DestinationRules.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+use crate::decode::Cx;
+use crate::diag::{Diagnostic, Severity};
+use crate::model::{
+    DestinationRule, Gateway, Resource, RouteDestination, SePort, ServiceEntry, Spec, Subset, TrafficPolicy,
+    VirtualService,
+};
+use crate::plan::*;
+use crate::yaml::Pos;
+use crate::LoadOptions;
+
+/// Istio's default load balancer since 1.14.
+pub const DEFAULT_LOAD_BALANCER: LoadBalancer = LoadBalancer::LeastRequest;
+
+/// The effective load balancer and pool limits of a subset (or of the host when `subset` is
+/// `None`): the subset's policy overrides the top-level one field by field.
+pub fn effective_policy(top: &TrafficPolicy, subset: Option<&TrafficPolicy>) -> (LoadBalancer, PoolLimits) {
+    let empty = TrafficPolicy::default();
+    let sub = subset.unwrap_or(&empty);
+    let lb = sub.load_balancer.clone().or_else(|| top.load_balancer.clone()).unwrap_or(DEFAULT_LOAD_BALANCER);
+    let (s, t) = (&sub.connection_pool, &top.connection_pool);
+    let d = PoolLimits::default();
+    let pool = PoolLimits {
+        max_connections: s.max_connections.or(t.max_connections).unwrap_or(d.max_connections),
+        connect_timeout: s.connect_timeout.or(t.connect_timeout).unwrap_or(d.connect_timeout),
+        max_pending_requests: s
+            .http1_max_pending_requests
+            .or(t.http1_max_pending_requests)
+            .unwrap_or(d.max_pending_requests),
+        max_requests: s.http2_max_requests.or(t.http2_max_requests).unwrap_or(d.max_requests),
+        max_requests_per_connection: s.max_requests_per_connection.or(t.max_requests_per_connection),
+        max_retries: s.max_retries.or(t.max_retries).unwrap_or(d.max_retries),
+        idle_timeout: s.idle_timeout.or(t.idle_timeout).unwrap_or(d.idle_timeout),
+    };
+    (lb, pool)
+}
+
+/// Strips the `namespace/` of Gateway server hosts (`./`, `*/`, `ns/`).
+fn server_host(h: &str) -> &str {
+    h.rsplit_once('/').map_or(h, |(_, host)| host)
+}
+
+/// Whether `pattern` (`*`, `*.example.com` or a name) covers `host` (which may be a wildcard).
+pub fn covers(pattern: &str, host: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    if let Some(suffix) = pattern.strip_prefix('*') {
+        let host = host.strip_prefix('*').unwrap_or(host);
+        return host.len() >= suffix.len() && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix);
+    }
+    pattern.eq_ignore_ascii_case(host)
+}
+
+/// The domain a VirtualService host answers on a server with `server` host: the more
+/// specific of the two, when one covers the other.
+fn intersect(vs_host: &str, server: &str) -> Option<String> {
+    if covers(server, vs_host) {
+        Some(vs_host.to_ascii_lowercase())
+    } else if covers(vs_host, server) {
+        Some(server.to_ascii_lowercase())
+    } else {
+        None
+    }
+}
+
+pub fn host_match(domain: &str) -> HostMatch {
+    if domain == "*" {
+        HostMatch::Any
+    } else if let Some(s) = domain.strip_prefix('*') {
+        HostMatch::Suffix(s.to_ascii_lowercase())
+    } else {
+        HostMatch::Exact(domain.to_ascii_lowercase())
+    }
+}
+
+/// Exact names first, then longer suffixes, then `*`.
+fn specificity(m: &HostMatch) -> (u8, usize) {
+    match m {
+        HostMatch::Exact(_) => (0, 0),
+        HostMatch::Suffix(s) => (1, usize::MAX - s.len()),
+        HostMatch::Any => (2, 0),
+    }
+}
+
+struct Ctx<'a> {
+    opts: &'a LoadOptions,
+    diags: &'a mut Vec<Diagnostic>,
+    service_entries: Vec<(&'a Resource, &'a ServiceEntry)>,
+    rules: Vec<(&'a Resource, &'a DestinationRule)>,
+    clusters: Vec<ClusterPlan>,
+    cluster_ids: HashMap<String, ClusterId>,
+}
+
+impl<'a> Ctx<'a> {
+    fn cx<'b>(&'b mut self, r: &'b Resource) -> Cx<'b> {
+        Cx { file: &r.file, resource: r.id(), diags: self.diags }
+    }
+
+    fn report(&mut self, r: &Resource, severity: Severity, pos: Pos, path: &str, msg: impl Into<String>) {
+        self.cx(r).report(severity, pos, path, msg);
+    }
+
+    fn service_entry(&self, host: &str) -> Option<(&'a Resource, &'a ServiceEntry)> {
+        self.service_entries
+            .iter()
+            .copied()
+            .find(|(_, se)| se.hosts.iter().any(|h| h.value.eq_ignore_ascii_case(host)))
+    }
+
+    fn rule(&self, host: &str) -> Option<(&'a Resource, &'a DestinationRule)> {
+        let exact = self.rules.iter().copied().find(|(_, dr)| dr.host.value.eq_ignore_ascii_case(host));
+        exact.or_else(|| {
+            self.rules
+                .iter()
+                .copied()
+                .find(|(_, dr)| dr.host.value.starts_with('*') && covers(&dr.host.value, host))
+        })
+    }
+
+    /// Resolves a route destination to a cluster, creating it on first use.
+    fn destination(&mut self, r: &Resource, d: &RouteDestination, tcp: bool) -> Option<ClusterId> {
+        let host = d.host.value.as_str();
+        let Some((se_res, se)) = self.service_entry(host) else {
+            self.report(
+                r,
+                Severity::Error,
+                d.host.pos,
+                &d.host.path,
+                format!(
+                    "unknown host `{host}`: no ServiceEntry declares it (IST0101: referenced host not found); add a ServiceEntry with `hosts: [{host}]`, its ports and endpoints"
+                ),
+            );
+            return None;
+        };
+        let ports_list = || se.ports.iter().map(|p| p.number.to_string()).collect::<Vec<_>>().join(", ");
+        let port: &SePort = match &d.port {
+            Some(p) => match se.ports.iter().find(|sp| sp.number == p.value) {
+                Some(sp) => sp,
+                None => {
+                    let msg =
+                        format!("{} has no port {} (its ports: {})", se_res.id(), p.value, ports_list());
+                    self.report(r, Severity::Error, p.pos, &p.path, msg);
+                    return None;
+                }
+            },
+            None => match se.ports.as_slice() {
+                [only] => only,
+                [] => {
+                    let msg = format!(
+                        "{} declares no ports: add `ports: [{{number, name, protocol}}]` to it",
+                        se_res.id()
+                    );
+                    self.report(r, Severity::Error, d.host.pos, &d.host.path, msg);
+                    return None;
+                }
+                _ => {
+                    let path = d.host.path.replace(".host", ".port.number");
+                    let msg = format!(
+                        "`port.number` is required: {} has several ports ({})",
+                        se_res.id(),
+                        ports_list()
+                    );
+                    self.report(r, Severity::Error, d.host.pos, &path, msg);
+                    return None;
+                }
+            },
+        };
+        let rule = self.rule(host);
+        let subset: Option<&'a Subset> = match &d.subset {
+            None => None,
+            Some(s) => match rule {
+                Some((_, dr)) if dr.subsets.iter().any(|x| x.name.value == s.value) => {
+                    dr.subsets.iter().find(|x| x.name.value == s.value)
+                }
+                Some((dr_res, dr)) => {
+                    let names: Vec<&str> = dr.subsets.iter().map(|x| x.name.value.as_str()).collect();
+                    let known = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+                    let msg = format!(
+                        "unknown subset `{}` of host `{host}`: {} defines subsets: {known}",
+                        s.value,
+                        dr_res.id()
+                    );
+                    self.report(r, Severity::Error, s.pos, &s.path, msg);
+                    return None;
+                }
+                None => {
+                    let msg = format!(
+                        "unknown subset `{}` of host `{host}`: no DestinationRule for `{host}` defines subsets; add one with `subsets: [{{name: {}, labels: ...}}]`",
+                        s.value, s.value
+                    );
+                    self.report(r, Severity::Error, s.pos, &s.path, msg);
+                    return None;
+                }
+            },
+        };
+        let subset_name = subset.map(|s| s.name.value.clone());
+        let name = format!("outbound|{}|{}|{}", port.number, subset_name.as_deref().unwrap_or(""), host);
+        if let Some(&id) = self.cluster_ids.get(&name) {
+            return Some(id);
+        }
+        let protocol = upstream_protocol(port, tcp);
+        let labels = subset.map(|s| s.labels.clone()).unwrap_or_default();
+        let selected: Vec<_> =
+            se.endpoints.iter().filter(|e| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))).collect();
+        let ep_port = |e: &crate::model::Endpoint| {
+            e.ports.get(&port.name).copied().or(port.target_port).unwrap_or(port.number)
+        };
+        let discovery = if se.resolution == "STATIC" {
+            let eps = selected
+                .iter()
+                .filter_map(|e| {
+                    let ip: IpAddr = e.address.value.parse().ok()?;
+                    Some(EndpointPlan {
+                        address: SocketAddr::new(ip, ep_port(e)),
+                        weight: e.weight,
+                        labels: e.labels.clone(),
+                    })
+                })
+                .collect::<Vec<_>>();
+            Discovery::Static(eps)
+        } else {
+            let targets = if se.endpoints.is_empty() {
+                se.hosts
+                    .iter()
+                    .filter(|h| !h.value.contains('*'))
+                    .map(|h| DnsTarget {
+                        hostname: h.value.clone(),
+                        port: port.target_port.unwrap_or(port.number),
+                        weight: 1,
+                        labels: BTreeMap::new(),
+                    })
+                    .collect()
+            } else {
+                selected
+                    .iter()
+                    .map(|e| DnsTarget {
+                        hostname: e.address.value.clone(),
+                        port: ep_port(e),
+                        weight: e.weight,
+                        labels: e.labels.clone(),
+                    })
+                    .collect()
+            };
+            Discovery::Dns { targets, refresh: self.opts.dns_refresh }
+        };
+        let empty = match &discovery {
+            Discovery::Static(e) => e.is_empty(),
+            Discovery::Dns { targets, .. } => targets.is_empty(),
+        };
+        if empty {
+            let why = match &subset_name {
+                Some(s) if !se.endpoints.is_empty() => format!(
+                    "subset `{s}` (labels {labels:?}) selects none of the endpoints of {}",
+                    se_res.id()
+                ),
+                _ => format!("{} has no endpoints", se_res.id()),
+            };
+            let msg = format!(
+                "cluster `{name}` has no endpoints: {why}; requests to it get 503 no-healthy-upstream"
+            );
+            self.report(r, Severity::Warning, d.pos, &d.path, msg);
+        }
+        let top = rule.map(|(_, dr)| dr.traffic_policy.clone()).unwrap_or_default();
+        let (load_balancer, pool) = effective_policy(&top, subset.map(|s| &s.traffic_policy));
+        let id = self.clusters.len();
+        self.clusters.push(ClusterPlan {
+            name: name.clone(),
+            host: host.to_string(),
+            port: port.number,
+            subset: subset_name,
+            protocol,
+            discovery,
+            load_balancer,
+            pool,
+        });
+        self.cluster_ids.insert(name, id);
+        Some(id)
+    }
+
+    /// Resolves a route's destinations and checks weights (Istio: they sum to 100).
+    fn destinations(
+        &mut self,
+        r: &Resource,
+        dests: &[RouteDestination],
+        route_path: &str,
+        tcp: bool,
+    ) -> Option<Vec<WeightedCluster>> {
+        let mut out = Vec::new();
+        let mut ok = true;
+        for d in dests {
+            match self.destination(r, d, tcp) {
+                Some(cluster) => {
+                    out.push(WeightedCluster { cluster, weight: d.weight.as_ref().map_or(0, |w| w.value) })
+                }
+                None => ok = false,
+            }
+        }
+        if dests.len() == 1 {
+            if let Some(w) = out.first_mut() {
+                w.weight = 100;
+            }
+        } else if dests.len() > 1 {
+            let sum: u32 = dests.iter().map(|d| d.weight.as_ref().map_or(0, |w| w.value)).sum();
+            if sum != 100 {
+                let shown: Vec<String> = dests
+                    .iter()
+                    .map(|d| d.weight.as_ref().map_or("(none)".to_string(), |w| w.value.to_string()))
+                    .collect();
+                let msg = format!(
+                    "the weights of the {} destinations ({}) sum to {sum}: expected 100",
+                    dests.len(),
+                    shown.join(" + ")
+                );
+                self.report(r, Severity::Error, dests[0].pos, &format!("{route_path}.route"), msg);
+                ok = false;
+            }
+        }
+        (ok && !out.is_empty()).then_some(out)
+    }
+}
+
+fn upstream_protocol(port: &SePort, tcp_route: bool) -> UpstreamProtocol {
+    let proto = port.protocol.clone().unwrap_or_else(|| {
+        // Istio's protocol selection by port name prefix: `http-web`, `grpc`, `tcp-db`.
+        port.name.split('-').next().unwrap_or("").to_ascii_uppercase()
+    });
+    match proto.as_str() {
+        "HTTP" | "HTTP1" => UpstreamProtocol::Http1,
+        "HTTP2" | "GRPC" => UpstreamProtocol::Http2,
+        "TCP" | "MONGO" | "MYSQL" | "REDIS" => UpstreamProtocol::Tcp,
+        _ if tcp_route => UpstreamProtocol::Tcp,
+        _ => UpstreamProtocol::Http1,
+    }
+}
+
+struct Listener {
+    plan: ListenerPlan,
+    gateway: Option<String>,
+    /// Server hosts (namespace stripped); `*` for the mesh.
+    hosts: Vec<String>,
+    domains: Vec<(HostMatch, Vec<RoutePlan>)>,
+    resource: Option<usize>,
+    port_pos: Pos,
+}
+
+/// Validates references across resources and builds the plan. Problems go to `diags`.
+pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagnostic>) -> Plan {
+    let mut ctx = Ctx {
+        opts,
+        diags,
+        service_entries: Vec::new(),
+        rules: Vec::new(),
+        clusters: Vec::new(),
+        cluster_ids: HashMap::new(),
+    };
+    let mut gateways: Vec<(&Resource, &Gateway)> = Vec::new();
+    let mut services: Vec<(&Resource, &VirtualService)> = Vec::new();
+    for r in resources {
+        match &r.spec {
+            Spec::Gateway(g) => gateways.push((r, g)),
+            Spec::ServiceEntry(se) => ctx.service_entries.push((r, se)),
+            Spec::VirtualService(vs) => services.push((r, vs)),
+            Spec::DestinationRule(dr) => {
+                if let Some((first, _)) =
+                    ctx.rules.iter().find(|(_, d)| d.host.value.eq_ignore_ascii_case(&dr.host.value))
+                {
+                    let msg = format!(
+                        "{} already applies to host `{}` ({}); this DestinationRule is ignored",
+                        first.id(),
+                        dr.host.value,
+                        first.source
+                    );
+                    ctx.report(r, Severity::Warning, dr.host.pos, &dr.host.path, msg);
+                } else {
+                    ctx.rules.push((r, dr));
+                }
+            }
+        }
+    }
+    // A host declared by two ServiceEntries: the first one wins.
+    for (i, (r, se)) in ctx.service_entries.clone().into_iter().enumerate() {
+        for h in &se.hosts {
+            let earlier = ctx.service_entries[..i]
+                .iter()
+                .find(|(_, o)| o.hosts.iter().any(|x| x.value.eq_ignore_ascii_case(&h.value)));
+            if let Some((first, _)) = earlier {
+                let msg = format!(
+                    "host `{}` is already declared by {}; this ServiceEntry's entry for it is ignored",
+                    h.value,
+                    first.id()
+                );
+                ctx.report(r, Severity::Warning, h.pos, &h.path, msg);
+            }
+        }
+    }
+    for (r, dr) in ctx.rules.clone() {
+        if ctx.service_entry(&dr.host.value).is_none() && !dr.host.value.contains('*') {
+            let msg = format!(
+                "no ServiceEntry declares host `{}`: this policy applies once the host appears (add a ServiceEntry to route to it)",
+                dr.host.value
+            );
+            ctx.report(r, Severity::Warning, dr.host.pos, &dr.host.path, msg);
+        }
+    }
+
+    // Listeners from Gateway servers.
+    let mut listeners: Vec<Listener> = Vec::new();
+    let mut binds: HashMap<SocketAddr, String> = HashMap::new();
+    for (gi, (r, g)) in gateways.iter().enumerate() {
+        for s in &g.servers {
+            let bind = SocketAddr::new(s.bind, s.port.value);
+            let name = format!("{}/{}", r.name, s.port_name);
+            if let Some(other) = binds.get(&bind) {
+                let msg = format!("duplicate listener port: {bind} is already used by listener `{other}`");
+                ctx.report(r, Severity::Error, s.port.pos, &s.port.path, msg);
+                continue;
+            }
+            binds.insert(bind, name.clone());
+            let protocol = match s.protocol.as_str() {
+                "HTTP" => ListenerProtocol::Http,
+                "TCP" => ListenerProtocol::Tcp,
+                _ => ListenerProtocol::Http2,
+            };
+            listeners.push(Listener {
+                plan: ListenerPlan { name, bind, protocol, virtual_hosts: Vec::new(), tcp_route: None },
+                gateway: Some(r.name.clone()),
+                hosts: s.hosts.iter().map(|h| server_host(&h.value).to_string()).collect(),
+                domains: Vec::new(),
+                resource: Some(gi),
+                port_pos: s.port.pos,
+            });
+        }
+    }
+
+    // VirtualServices.
+    for (r, vs) in &services {
+        let mut targets_mesh = vs.gateways.is_empty();
+        let mut targets: Vec<&str> = Vec::new();
+        for g in &vs.gateways {
+            let name = g.value.rsplit_once('/').map_or(g.value.as_str(), |(_, n)| n);
+            if name == "mesh" {
+                targets_mesh = true;
+            } else if gateways.iter().any(|(gr, _)| gr.name == name) {
+                targets.push(name);
+            } else {
+                let known: Vec<&str> = gateways.iter().map(|(gr, _)| gr.name.as_str()).collect();
+                let known = if known.is_empty() {
+                    "none are defined".to_string()
+                } else {
+                    format!("defined: {}", known.join(", "))
+                };
+                let msg =
+                    format!("unknown gateway `{}` (use `mesh` for the sidecar listener; {known})", g.value);
+                ctx.report(r, Severity::Error, g.pos, &g.path, msg);
+            }
+        }
+        if targets_mesh && !listeners.iter().any(|l| l.gateway.is_none()) {
+            if let Some(other) = binds.get(&opts.mesh_bind) {
+                let msg = format!(
+                    "the mesh listener address {} is already used by listener `{other}`",
+                    opts.mesh_bind
+                );
+                ctx.report(r, Severity::Error, r.pos, "spec.gateways", msg);
+            } else {
+                binds.insert(opts.mesh_bind, "mesh".into());
+                listeners.push(Listener {
+                    plan: ListenerPlan {
+                        name: "mesh".into(),
+                        bind: opts.mesh_bind,
+                        protocol: ListenerProtocol::Http,
+                        virtual_hosts: Vec::new(),
+                        tcp_route: None,
+                    },
+                    gateway: None,
+                    hosts: vec!["*".into()],
+                    domains: Vec::new(),
+                    resource: None,
+                    port_pos: Pos::default(),
+                });
+            }
+        }
+        // Compile the routes once; attach them to every listener they belong to.
+        let mut http_routes = Vec::new();
+        for (i, h) in vs.http.iter().enumerate() {
+            if h.route.is_empty() {
+                continue;
+            }
+            let Some(destinations) = ctx.destinations(r, &h.route, &h.path, false) else { continue };
+            let name = h.name.clone().unwrap_or_else(|| format!("{}/http[{i}]", r.name));
+            http_routes.push(RoutePlan {
+                name,
+                matches: h.matches.clone(),
+                destinations,
+                timeout: h.timeout,
+            });
+        }
+        let mut tcp_route = None;
+        for (i, t) in vs.tcp.iter().enumerate() {
+            if let Some(destinations) = ctx.destinations(r, &t.route, &t.path, true) {
+                if tcp_route.is_none() {
+                    tcp_route = Some(TcpRoutePlan { name: format!("{}/tcp[{i}]", r.name), destinations });
+                }
+            }
+        }
+        let mut attached_any = false;
+        for l in listeners.iter_mut() {
+            let wanted = match &l.gateway {
+                Some(g) => targets.contains(&g.as_str()),
+                None => targets_mesh,
+            };
+            if !wanted {
+                continue;
+            }
+            if l.plan.protocol == ListenerProtocol::Tcp {
+                if let Some(t) = &tcp_route {
+                    attached_any = true;
+                    if l.plan.tcp_route.is_none() {
+                        l.plan.tcp_route = Some(t.clone());
+                    } else {
+                        let msg = format!("TCP listener `{}` already has a route; this VirtualService's `tcp` route is ignored there", l.plan.name);
+                        ctx.report(r, Severity::Warning, t_pos(vs), "spec.tcp", msg);
+                    }
+                }
+                continue;
+            }
+            if vs.http.is_empty() {
+                continue;
+            }
+            for h in &vs.hosts {
+                let domains: Vec<String> = l.hosts.iter().filter_map(|s| intersect(&h.value, s)).collect();
+                for domain in domains {
+                    attached_any = true;
+                    let m = host_match(&domain);
+                    match l.domains.iter_mut().find(|(d, _)| *d == m) {
+                        Some((_, routes)) => routes.extend(http_routes.iter().cloned()),
+                        None => l.domains.push((m, http_routes.clone())),
+                    }
+                }
+            }
+        }
+        if !attached_any && !targets.is_empty() && !vs.hosts.is_empty() {
+            let msg = format!(
+                "none of this VirtualService's hosts or routes fit the servers of gateway(s) {}: it receives no traffic",
+                targets.join(", ")
+            );
+            ctx.report(r, Severity::Warning, vs.hosts[0].pos, &vs.hosts[0].path, msg);
+        }
+    }
+
+    let mut plan_listeners = Vec::new();
+    for mut l in listeners {
+        l.domains.sort_by_key(|(m, _)| specificity(m));
+        l.plan.virtual_hosts =
+            l.domains.into_iter().map(|(m, routes)| VirtualHostPlan { domains: vec![m], routes }).collect();
+        if let Some(gi) = l.resource {
+            let r = gateways[gi].0;
+            let idle = match l.plan.protocol {
+                ListenerProtocol::Tcp => l
+                    .plan
+                    .tcp_route
+                    .is_none()
+                    .then_some("no VirtualService gives it a `tcp` route: connections are closed"),
+                _ => l
+                    .plan
+                    .virtual_hosts
+                    .is_empty()
+                    .then_some("no VirtualService is bound to it: every request gets 404 no-route"),
+            };
+            if let Some(why) = idle {
+                let msg = format!("listener `{}` ({}): {why}", l.plan.name, l.plan.bind);
+                ctx.report(r, Severity::Warning, l.port_pos, "spec.servers", msg);
+            }
+        }
+        plan_listeners.push(l.plan);
+    }
+    Plan { listeners: plan_listeners, clusters: ctx.clusters }
+}
+
+fn t_pos(vs: &VirtualService) -> Pos {
+    vs.tcp.first().map(|t| t.pos).unwrap_or_default()
+}

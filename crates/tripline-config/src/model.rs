@@ -1,0 +1,1349 @@
+//! The Istio networking resources Tripline reads, decoded from the positioned tree with
+//! validation of every scalar (durations, ranges, enums, regexes). Semantic checks across
+//! resources (references, weights, ports) are in [`crate::compile`].
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::decode::{join, no_note, Cx, Fields, Schema};
+use crate::plan::{HashKey, LoadBalancer, RequestMatch, StringMatch};
+use crate::yaml::{Node, Pos};
+
+/// A value with where it was written, for diagnostics found after decoding.
+#[derive(Debug, Clone, Serialize)]
+#[serde(transparent)]
+pub struct At<T> {
+    pub value: T,
+    #[serde(skip)]
+    pub pos: Pos,
+    #[serde(skip)]
+    pub path: String,
+}
+
+impl<T> At<T> {
+    fn new(value: T, node: &Node, path: &str) -> At<T> {
+        At { value, pos: node.pos, path: path.to_string() }
+    }
+}
+
+/// The API versions of `networking.istio.io` Tripline reads.
+pub const API_VERSIONS: &[&str] =
+    &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
+pub const KINDS: &[&str] = &["Gateway", "ServiceEntry", "VirtualService", "DestinationRule"];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Resource {
+    pub kind: String,
+    #[serde(rename = "apiVersion")]
+    pub api_version: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// `file:line` of the document.
+    pub source: String,
+    #[serde(skip)]
+    pub file: String,
+    #[serde(skip)]
+    pub pos: Pos,
+    pub spec: Spec,
+}
+
+impl Resource {
+    /// `VirtualService/backend`
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.kind, self.name)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Spec {
+    Gateway(Gateway),
+    ServiceEntry(ServiceEntry),
+    VirtualService(VirtualService),
+    DestinationRule(DestinationRule),
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateway
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Gateway {
+    pub servers: Vec<Server>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Server {
+    pub port: At<u16>,
+    #[serde(rename = "portName")]
+    pub port_name: String,
+    pub protocol: String,
+    pub hosts: Vec<At<String>>,
+    pub bind: IpAddr,
+}
+
+const GATEWAY: Schema =
+    Schema { name: "Istio's Gateway", known: &["servers", "selector"], unsupported: &[], note: no_note };
+const SERVER: Schema = Schema {
+    name: "Istio's Server",
+    known: &["port", "hosts", "bind", "name"],
+    unsupported: &["tls", "defaultEndpoint"],
+    note: no_note,
+};
+const PORT: Schema = Schema {
+    name: "Istio's Port",
+    known: &["number", "name", "protocol"],
+    unsupported: &["targetPort"],
+    note: no_note,
+};
+
+pub fn gateway(cx: &mut Cx, spec: &Node) -> Option<Gateway> {
+    let f = cx.fields(spec, "spec", &GATEWAY)?;
+    let mut servers = Vec::new();
+    let Some((list, path)) = f.value("servers") else {
+        cx.required(&f, "servers", "a list of servers with a port and hosts");
+        return None;
+    };
+    for (node, path) in cx.list(list, &path, "servers") {
+        let Some(s) = cx.fields(node, &path, &SERVER) else { continue };
+        let Some((port_node, port_path)) = s.value("port") else {
+            cx.required(&s, "port", "{number, name, protocol}");
+            continue;
+        };
+        let Some(p) = cx.fields(port_node, &port_path, &PORT) else { continue };
+        let number = match p.value("number") {
+            Some((n, np)) => cx.port(n, &np).map(|v| At::new(v, n, &np)),
+            None => {
+                cx.required(&p, "number", "a port number");
+                None
+            }
+        };
+        let name = p.value("name").and_then(|(n, np)| cx.name(n, &np));
+        let protocol = match p.value("protocol") {
+            Some((n, np)) => {
+                let proto = cx.string(n, &np).map(|s| s.to_ascii_uppercase());
+                match proto.as_deref() {
+                    Some("HTTP" | "HTTP2" | "GRPC" | "TCP") => proto,
+                    Some("HTTPS" | "TLS") => {
+                        cx.error(
+                            n,
+                            &np,
+                            format!(
+                                "protocol {} is not supported yet: expected one of HTTP, HTTP2, GRPC, TCP",
+                                proto.unwrap_or_default()
+                            ),
+                        );
+                        None
+                    }
+                    Some(_) => {
+                        cx.error(
+                            n,
+                            &np,
+                            format!("expected one of HTTP, HTTP2, GRPC, TCP, found {}", n.describe()),
+                        );
+                        None
+                    }
+                    None => None,
+                }
+            }
+            None => {
+                cx.required(&p, "protocol", "one of HTTP, HTTP2, GRPC, TCP");
+                None
+            }
+        };
+        let hosts = match s.value("hosts") {
+            Some((n, hp)) => {
+                let hosts: Vec<At<String>> =
+                    cx.strings(n, &hp).into_iter().map(|(h, pos, path)| At { value: h, pos, path }).collect();
+                if hosts.is_empty() {
+                    cx.error(n, &hp, "expected at least one host (`*` for any)");
+                }
+                hosts
+            }
+            None => {
+                cx.required(&s, "hosts", "a list of hosts (`*` for any)");
+                Vec::new()
+            }
+        };
+        let bind = match s.value("bind") {
+            Some((n, bp)) => match cx.string(n, &bp).map(|b| b.parse::<IpAddr>()) {
+                Some(Ok(ip)) => Some(ip),
+                Some(Err(_)) => {
+                    cx.error(
+                        n,
+                        &bp,
+                        format!("expected an IP address like 0.0.0.0 or 127.0.0.1, found {}", n.describe()),
+                    );
+                    None
+                }
+                None => None,
+            },
+            None => Some(IpAddr::from([0, 0, 0, 0])),
+        };
+        if let (Some(port), Some(protocol), Some(bind)) = (number, protocol, bind) {
+            if !hosts.is_empty() {
+                let port_name =
+                    name.unwrap_or_else(|| format!("{}-{}", protocol.to_ascii_lowercase(), port.value));
+                servers.push(Server { port, port_name, protocol, hosts, bind });
+            }
+        }
+    }
+    Some(Gateway { servers })
+}
+
+// ---------------------------------------------------------------------------------------------
+// ServiceEntry
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceEntry {
+    pub hosts: Vec<At<String>>,
+    pub ports: Vec<SePort>,
+    pub resolution: String,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SePort {
+    pub number: u16,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    #[serde(rename = "targetPort", skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoint {
+    pub address: At<String>,
+    pub ports: BTreeMap<String, u16>,
+    pub labels: BTreeMap<String, String>,
+    pub weight: u32,
+}
+
+const SERVICE_ENTRY: Schema = Schema {
+    name: "Istio's ServiceEntry",
+    known: &["hosts", "ports", "resolution", "endpoints", "location"],
+    unsupported: &["addresses", "exportTo", "subjectAltNames", "workloadSelector"],
+    note: no_note,
+};
+const SE_PORT: Schema = Schema {
+    name: "Istio's ServicePort",
+    known: &["number", "name", "protocol", "targetPort"],
+    unsupported: &[],
+    note: no_note,
+};
+const WORKLOAD_ENTRY: Schema = Schema {
+    name: "Istio's WorkloadEntry",
+    known: &["address", "ports", "labels", "weight"],
+    unsupported: &["network", "locality", "serviceAccount"],
+    note: no_note,
+};
+pub const SE_PROTOCOLS: &[&str] = &["HTTP", "HTTP2", "GRPC", "TCP", "MONGO", "MYSQL", "REDIS"];
+
+pub fn service_entry(cx: &mut Cx, spec: &Node) -> Option<ServiceEntry> {
+    let f = cx.fields(spec, "spec", &SERVICE_ENTRY)?;
+    let hosts: Vec<At<String>> = match f.value("hosts") {
+        Some((n, p)) => {
+            cx.strings(n, &p).into_iter().map(|(h, pos, path)| At { value: h, pos, path }).collect()
+        }
+        None => Vec::new(),
+    };
+    if hosts.is_empty() {
+        cx.required(&f, "hosts", "at least one host name");
+    }
+    let mut ports = Vec::new();
+    if let Some((n, p)) = f.value("ports") {
+        for (pn, pp) in cx.list(n, &p, "ports") {
+            let Some(pf) = cx.fields(pn, &pp, &SE_PORT) else { continue };
+            let number = match pf.value("number") {
+                Some((n, np)) => cx.port(n, &np),
+                None => {
+                    cx.required(&pf, "number", "a port number");
+                    None
+                }
+            };
+            let name = pf.value("name").and_then(|(n, np)| cx.name(n, &np));
+            let protocol = match pf.value("protocol") {
+                Some((n, np)) => match cx.string(n, &np).map(|s| s.to_ascii_uppercase()) {
+                    Some(s) if SE_PROTOCOLS.contains(&s.as_str()) => Some(Some(s)),
+                    Some(s) if s == "HTTPS" || s == "TLS" => {
+                        cx.error(
+                            n,
+                            &np,
+                            format!(
+                                "protocol {s} is not supported yet: expected one of {}",
+                                SE_PROTOCOLS.join(", ")
+                            ),
+                        );
+                        None
+                    }
+                    Some(_) => {
+                        cx.error(
+                            n,
+                            &np,
+                            format!("expected one of {}, found {}", SE_PROTOCOLS.join(", "), n.describe()),
+                        );
+                        None
+                    }
+                    None => None,
+                },
+                None => Some(None),
+            };
+            let target_port = match pf.value("targetPort") {
+                Some((n, np)) => cx.port(n, &np).map(Some),
+                None => Some(None),
+            };
+            if let (Some(number), Some(protocol), Some(target_port)) = (number, protocol, target_port) {
+                let name = name.unwrap_or_else(|| number.to_string());
+                if ports.iter().any(|p: &SePort| p.number == number) {
+                    cx.error(pn, &pp, format!("port {number} is listed twice"));
+                    continue;
+                }
+                ports.push(SePort { number, name, protocol, target_port });
+            }
+        }
+    }
+    let resolution = match f.get("resolution") {
+        Some((n, p)) => match cx.string(n, &p).map(|s| s.to_ascii_uppercase()).as_deref() {
+            Some("STATIC") => "STATIC".to_string(),
+            Some("DNS" | "DNS_ROUND_ROBIN") => "DNS".to_string(),
+            Some("NONE") => {
+                cx.error(n, &p, "resolution NONE (passthrough to the original destination) is not supported yet: expected STATIC or DNS");
+                return None;
+            }
+            Some(_) => {
+                cx.error(n, &p, format!("expected one of STATIC, DNS, found {}", n.describe()));
+                return None;
+            }
+            None => return None,
+        },
+        None => {
+            cx.required(&f, "resolution", "STATIC or DNS (Istio's default, NONE, is not supported yet)");
+            return None;
+        }
+    };
+    if let Some((n, p)) = f.value("location") {
+        cx.one_of(n, &p, &["MESH_EXTERNAL", "MESH_INTERNAL"], "");
+    }
+    let mut endpoints = Vec::new();
+    if let Some((n, p)) = f.value("endpoints") {
+        for (en, ep) in cx.list(n, &p, "endpoints") {
+            let Some(ef) = cx.fields(en, &ep, &WORKLOAD_ENTRY) else { continue };
+            let Some((an, ap)) = ef.value("address") else {
+                cx.required(&ef, "address", "an IP address (or a host name with resolution DNS)");
+                continue;
+            };
+            let Some(address) = cx.name(an, &ap) else { continue };
+            if resolution == "STATIC" && address.parse::<IpAddr>().is_err() {
+                cx.error(an, &ap, format!("expected an IP address for resolution STATIC, found {} (use resolution: DNS for host names)", an.describe()));
+                continue;
+            }
+            let mut ports = BTreeMap::new();
+            if let Some((pn, pp)) = ef.value("ports") {
+                for (name, value) in cx.string_map(pn, &pp) {
+                    let node = pn.get(&name).unwrap_or(pn);
+                    match value.trim().parse::<u16>() {
+                        Ok(v) if v > 0 => {
+                            ports.insert(name, v);
+                        }
+                        _ => cx.error(
+                            node,
+                            &join(&pp, &name),
+                            format!("expected a port number between 1 and 65535, found {}", node.describe()),
+                        ),
+                    }
+                }
+            }
+            let labels = ef.value("labels").map(|(n, p)| cx.string_map(n, &p)).unwrap_or_default();
+            let weight = match ef.value("weight") {
+                Some((n, p)) => match cx.u32(n, &p, 1) {
+                    Some(w) => w,
+                    None => continue,
+                },
+                None => 1,
+            };
+            endpoints.push(Endpoint { address: At::new(address, an, &ap), ports, labels, weight });
+        }
+    }
+    Some(ServiceEntry { hosts, ports, resolution, endpoints })
+}
+
+// ---------------------------------------------------------------------------------------------
+// VirtualService
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VirtualService {
+    pub hosts: Vec<At<String>>,
+    /// Empty means `mesh`.
+    pub gateways: Vec<At<String>>,
+    pub http: Vec<HttpRoute>,
+    pub tcp: Vec<TcpRoute>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpRoute {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub matches: Vec<RequestMatch>,
+    pub route: Vec<RouteDestination>,
+    #[serde(serialize_with = "ser_opt_duration", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Parsed and validated, not applied yet (next issue).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    /// Parsed and validated, not applied yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Fault>,
+    /// The entry answers by itself (redirect, directResponse) and needs no route.
+    #[serde(skip)]
+    pub answers_itself: bool,
+    #[serde(skip)]
+    pub pos: Pos,
+    #[serde(skip)]
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpRoute {
+    pub route: Vec<RouteDestination>,
+    #[serde(skip)]
+    pub pos: Pos,
+    #[serde(skip)]
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RouteDestination {
+    pub host: At<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subset: Option<At<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<At<u16>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<At<u32>>,
+    #[serde(skip)]
+    pub pos: Pos,
+    #[serde(skip)]
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Retries {
+    pub attempts: u32,
+    #[serde(
+        rename = "perTryTimeout",
+        serialize_with = "ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub per_try_timeout: Option<Duration>,
+    #[serde(rename = "retryOn")]
+    pub retry_on: Vec<String>,
+    #[serde(rename = "retryRemoteLocalities", skip_serializing_if = "Option::is_none")]
+    pub retry_remote_localities: Option<bool>,
+    #[serde(rename = "retryIgnorePreviousHosts", skip_serializing_if = "Option::is_none")]
+    pub retry_ignore_previous_hosts: Option<bool>,
+    #[serde(serialize_with = "ser_opt_duration", skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fault {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FaultDelay {
+    #[serde(rename = "fixedDelay", serialize_with = "ser_duration")]
+    pub fixed_delay: Duration,
+    /// 0..=100; Istio's default when absent is 100.
+    pub percentage: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FaultAbort {
+    #[serde(rename = "httpStatus", skip_serializing_if = "Option::is_none")]
+    pub http_status: Option<u16>,
+    #[serde(rename = "grpcStatus", skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<String>,
+    /// 0..=100; Istio's default when absent is 100.
+    pub percentage: f64,
+    #[serde(skip)]
+    pub pos: Pos,
+    #[serde(skip)]
+    pub path: String,
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::decode::format_duration(*d))
+}
+
+fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+const VIRTUAL_SERVICE: Schema = Schema {
+    name: "Istio's VirtualService",
+    known: &["hosts", "gateways", "http", "tcp"],
+    unsupported: &["tls", "exportTo"],
+    note: no_note,
+};
+const HTTP_ROUTE: Schema = Schema {
+    name: "Istio's HTTPRoute",
+    known: &["name", "match", "route", "timeout"],
+    unsupported: &[
+        "retries",
+        "fault",
+        "mirror",
+        "mirrors",
+        "mirrorPercentage",
+        "mirrorPercent",
+        "mirror_percent",
+        "corsPolicy",
+        "rewrite",
+        "redirect",
+        "directResponse",
+        "headers",
+        "delegate",
+    ],
+    note: no_note,
+};
+const MATCH: Schema = Schema {
+    name: "Istio's HTTPMatchRequest",
+    known: &["name", "uri", "headers", "method", "authority"],
+    unsupported: &[
+        "scheme",
+        "port",
+        "queryParams",
+        "ignoreUriCase",
+        "withoutHeaders",
+        "sourceLabels",
+        "sourceNamespace",
+        "gateways",
+        "statPrefix",
+    ],
+    note: no_note,
+};
+const STRING_MATCH: Schema = Schema {
+    name: "Istio's StringMatch",
+    known: &["exact", "prefix", "regex"],
+    unsupported: &[],
+    note: no_note,
+};
+const DESTINATION: Schema = Schema {
+    name: "Istio's HTTPRouteDestination",
+    known: &["destination", "weight"],
+    unsupported: &["headers"],
+    note: no_note,
+};
+const DEST: Schema = Schema {
+    name: "Istio's Destination",
+    known: &["host", "subset", "port"],
+    unsupported: &[],
+    note: no_note,
+};
+const PORT_SELECTOR: Schema =
+    Schema { name: "Istio's PortSelector", known: &["number"], unsupported: &[], note: no_note };
+const TCP_ROUTE: Schema =
+    Schema { name: "Istio's TCPRoute", known: &["match", "route"], unsupported: &[], note: no_note };
+const RETRIES: Schema = Schema {
+    name: "Istio's HTTPRetry",
+    known: &[
+        "attempts",
+        "perTryTimeout",
+        "retryOn",
+        "retryRemoteLocalities",
+        "retryIgnorePreviousHosts",
+        "backoff",
+    ],
+    unsupported: &[],
+    note: no_note,
+};
+const FAULT: Schema = Schema {
+    name: "Istio's HTTPFaultInjection",
+    known: &["delay", "abort"],
+    unsupported: &[],
+    note: no_note,
+};
+const DELAY: Schema = Schema {
+    name: "Istio's HTTPFaultInjection.Delay",
+    known: &["fixedDelay", "percentage", "percent"],
+    unsupported: &[],
+    note: no_note,
+};
+const ABORT: Schema = Schema {
+    name: "Istio's HTTPFaultInjection.Abort",
+    known: &["httpStatus", "grpcStatus", "http2Error", "percentage"],
+    unsupported: &[],
+    note: no_note,
+};
+const PERCENT: Schema =
+    Schema { name: "Istio's Percent", known: &["value"], unsupported: &[], note: no_note };
+
+/// Istio's and Envoy's `retryOn` words; numeric status codes are accepted too.
+pub const RETRY_ON: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+pub fn virtual_service(cx: &mut Cx, spec: &Node) -> Option<VirtualService> {
+    let f = cx.fields(spec, "spec", &VIRTUAL_SERVICE)?;
+    let hosts: Vec<At<String>> = match f.value("hosts") {
+        Some((n, p)) => {
+            cx.strings(n, &p).into_iter().map(|(h, pos, path)| At { value: h, pos, path }).collect()
+        }
+        None => Vec::new(),
+    };
+    if hosts.is_empty() {
+        cx.required(&f, "hosts", "at least one host (the authorities this VirtualService answers)");
+    }
+    let gateways = match f.value("gateways") {
+        Some((n, p)) => {
+            cx.strings(n, &p).into_iter().map(|(h, pos, path)| At { value: h, pos, path }).collect()
+        }
+        None => Vec::new(),
+    };
+    let mut http = Vec::new();
+    if let Some((n, p)) = f.value("http") {
+        for (rn, rp) in cx.list(n, &p, "HTTP routes") {
+            if let Some(r) = http_route(cx, rn, &rp) {
+                http.push(r);
+            }
+        }
+    }
+    let mut tcp = Vec::new();
+    if let Some((n, p)) = f.value("tcp") {
+        for (rn, rp) in cx.list(n, &p, "TCP routes") {
+            let Some(tf) = cx.fields(rn, &rp, &TCP_ROUTE) else { continue };
+            if let Some((mn, mp)) = tf.value("match") {
+                cx.warn(
+                    mn,
+                    &mp,
+                    format!("`{mp}` is not supported yet and is ignored: every connection takes this route"),
+                );
+            }
+            let route = destinations(cx, &tf);
+            tcp.push(TcpRoute { route, pos: rn.pos, path: rp });
+        }
+    }
+    if http.is_empty() && tcp.is_empty() && f.value("tls").is_none() {
+        cx.error(spec, "spec", "expected at least one route in `http` or `tcp`");
+    }
+    Some(VirtualService { hosts, gateways, http, tcp })
+}
+
+fn http_route(cx: &mut Cx, node: &Node, path: &str) -> Option<HttpRoute> {
+    let f = cx.fields(node, path, &HTTP_ROUTE)?;
+    let name = f.value("name").and_then(|(n, p)| cx.name(n, &p));
+    let mut matches = Vec::new();
+    if let Some((n, p)) = f.value("match") {
+        for (mn, mp) in cx.list(n, &p, "matches") {
+            let Some(mf) = cx.fields(mn, &mp, &MATCH) else { continue };
+            let mut m = RequestMatch::default();
+            if let Some((n, p)) = mf.value("uri") {
+                m.uri = string_match(cx, n, &p);
+            }
+            if let Some((n, p)) = mf.value("method") {
+                m.method = string_match(cx, n, &p);
+            }
+            if let Some((n, p)) = mf.value("authority") {
+                m.authority = string_match(cx, n, &p);
+            }
+            if let Some((hn, hp)) = mf.value("headers") {
+                match &hn.kind {
+                    crate::yaml::Kind::Map(entries) => {
+                        for (k, v) in entries {
+                            let Some(name) = cx.name(k, &hp) else { continue };
+                            let p = join(&hp, &name);
+                            if let Some(sm) = string_match(cx, v, &p) {
+                                m.headers.push((name.to_ascii_lowercase(), sm));
+                            }
+                        }
+                    }
+                    _ => cx.error(
+                        hn,
+                        &hp,
+                        format!("expected a mapping of header names to matches, found {}", hn.describe()),
+                    ),
+                }
+            }
+            matches.push(m);
+        }
+    }
+    let route = destinations(cx, &f);
+    let timeout = f.value("timeout").and_then(|(n, p)| cx.duration(n, &p, true)).filter(|d| !d.is_zero());
+    let retries = f.value("retries").and_then(|(n, p)| retries(cx, n, &p));
+    let fault = f.value("fault").and_then(|(n, p)| fault(cx, n, &p));
+    let answers_itself = f.has("redirect") || f.has("directResponse") || f.has("delegate");
+    if route.is_empty() && !answers_itself && f.value("route").is_none() {
+        cx.required(&f, "route", "at least one destination");
+    }
+    if let (Some(abort), Some(first)) = (fault.as_ref().and_then(|f| f.abort.as_ref()), route.first()) {
+        if abort.percentage >= 100.0 {
+            let status = abort
+                .http_status
+                .map(|s| format!("HTTP {s}"))
+                .or_else(|| abort.grpc_status.as_ref().map(|g| format!("gRPC {g}")))
+                .unwrap_or_else(|| "an error".into());
+            let pos = abort.pos;
+            cx.report(
+                crate::Severity::Warning,
+                pos,
+                &abort.path,
+                format!(
+                    "the route destination `{}` is unreachable: `fault.abort` answers 100% of matching requests with {status} before routing (a fault is not a fallback; lower the percentage or remove the route)",
+                    first.host.value
+                ),
+            );
+        }
+    }
+    Some(HttpRoute {
+        name,
+        matches,
+        route,
+        timeout,
+        retries,
+        fault,
+        answers_itself,
+        pos: node.pos,
+        path: path.to_string(),
+    })
+}
+
+fn string_match(cx: &mut Cx, node: &Node, path: &str) -> Option<StringMatch> {
+    let f = cx.fields(node, path, &STRING_MATCH)?;
+    let given: Vec<&str> = ["exact", "prefix", "regex"].into_iter().filter(|k| f.get(k).is_some()).collect();
+    match given.as_slice() {
+        [] => Some(StringMatch::Prefix(String::new())),
+        [one] => {
+            let (n, p) = f.get(one)?;
+            let s = cx.string(n, &p)?;
+            match *one {
+                "exact" => Some(StringMatch::Exact(s)),
+                "prefix" => Some(StringMatch::Prefix(s)),
+                _ => match regex::RegexBuilder::new(&format!("^(?:{s})$")).size_limit(1 << 20).build() {
+                    Ok(re) => Some(StringMatch::Regex(re)),
+                    Err(e) => {
+                        let why = e
+                            .to_string()
+                            .lines()
+                            .rfind(|l| !l.trim().is_empty())
+                            .unwrap_or("")
+                            .trim()
+                            .to_string();
+                        cx.error(n, &p, format!("invalid regex (RE2 syntax expected): {why}"));
+                        None
+                    }
+                },
+            }
+        }
+        _ => {
+            cx.error(
+                node,
+                path,
+                format!("expected exactly one of exact, prefix, regex, found {}", given.join(" and ")),
+            );
+            None
+        }
+    }
+}
+
+fn destinations(cx: &mut Cx, f: &Fields<'_>) -> Vec<RouteDestination> {
+    let mut out = Vec::new();
+    let Some((n, p)) = f.value("route") else { return out };
+    let items = cx.list(n, &p, "destinations");
+    if items.is_empty() {
+        cx.error(n, &p, "expected at least one destination");
+    }
+    for (rn, rp) in items {
+        let Some(rf) = cx.fields(rn, &rp, &DESTINATION) else { continue };
+        let weight = match rf.value("weight") {
+            Some((n, p)) => match cx.int(n, &p, 0, 100) {
+                Some(w) => Some(At::new(w as u32, n, &p)),
+                None => continue,
+            },
+            None => None,
+        };
+        let Some((dn, dp)) = rf.value("destination") else {
+            cx.required(&rf, "destination", "{host, subset, port}");
+            continue;
+        };
+        let Some(df) = cx.fields(dn, &dp, &DEST) else { continue };
+        let Some((hn, hp)) = df.value("host") else {
+            cx.required(&df, "host", "a host name declared by a ServiceEntry");
+            continue;
+        };
+        let Some(host) = cx.name(hn, &hp) else { continue };
+        let subset = match df.value("subset") {
+            Some((n, p)) => match cx.name(n, &p) {
+                Some(s) => Some(At::new(s, n, &p)),
+                None => continue,
+            },
+            None => None,
+        };
+        let port = match df.value("port") {
+            Some((n, p)) => {
+                let Some(pf) = cx.fields(n, &p, &PORT_SELECTOR) else { continue };
+                match pf.value("number") {
+                    Some((nn, np)) => match cx.port(nn, &np) {
+                        Some(v) => Some(At::new(v, nn, &np)),
+                        None => continue,
+                    },
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        out.push(RouteDestination {
+            host: At::new(host, hn, &hp),
+            subset,
+            port,
+            weight,
+            pos: rn.pos,
+            path: rp,
+        });
+    }
+    out
+}
+
+fn retries(cx: &mut Cx, node: &Node, path: &str) -> Option<Retries> {
+    let f = cx.fields(node, path, &RETRIES)?;
+    let attempts = match f.value("attempts") {
+        Some((n, p)) => cx.u32(n, &p, 0)?,
+        None => 2,
+    };
+    let per_try_timeout = match f.value("perTryTimeout") {
+        Some((n, p)) => Some(cx.duration(n, &p, false)?),
+        None => None,
+    };
+    let mut retry_on = Vec::new();
+    if let Some((n, p)) = f.value("retryOn") {
+        let s = cx.string(n, &p)?;
+        for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            let numeric = word.parse::<u16>().is_ok_and(|c| (100..600).contains(&c));
+            if !numeric && !RETRY_ON.contains(&word) {
+                cx.error(
+                    n,
+                    &p,
+                    format!(
+                        "unknown retryOn condition `{word}`: expected status codes or {}",
+                        RETRY_ON.join(", ")
+                    ),
+                );
+                return None;
+            }
+            retry_on.push(word.to_string());
+        }
+    }
+    let retry_remote_localities = match f.value("retryRemoteLocalities") {
+        Some((n, p)) => Some(cx.bool(n, &p)?),
+        None => None,
+    };
+    let retry_ignore_previous_hosts = match f.value("retryIgnorePreviousHosts") {
+        Some((n, p)) => Some(cx.bool(n, &p)?),
+        None => None,
+    };
+    let backoff = match f.value("backoff") {
+        Some((n, p)) => Some(cx.duration(n, &p, false)?),
+        None => None,
+    };
+    Some(Retries {
+        attempts,
+        per_try_timeout,
+        retry_on,
+        retry_remote_localities,
+        retry_ignore_previous_hosts,
+        backoff,
+    })
+}
+
+fn percentage(cx: &mut Cx, f: &Fields<'_>) -> Option<f64> {
+    match f.value("percentage") {
+        Some((n, p)) => {
+            let pf = cx.fields(n, &p, &PERCENT)?;
+            match pf.value("value") {
+                Some((vn, vp)) => cx.float(vn, &vp, 0.0, 100.0),
+                None => Some(0.0),
+            }
+        }
+        None => match f.value("percent") {
+            Some((n, p)) => cx.int(n, &p, 0, 100).map(|v| v as f64),
+            None => Some(100.0),
+        },
+    }
+}
+
+fn fault(cx: &mut Cx, node: &Node, path: &str) -> Option<Fault> {
+    let f = cx.fields(node, path, &FAULT)?;
+    let mut out = Fault { delay: None, abort: None };
+    if let Some((n, p)) = f.value("delay") {
+        let df = cx.fields(n, &p, &DELAY)?;
+        let fixed_delay = match df.value("fixedDelay") {
+            Some((n, p)) => cx.duration(n, &p, false)?,
+            None => {
+                cx.required(&df, "fixedDelay", "a duration like 5s");
+                return None;
+            }
+        };
+        out.delay = Some(FaultDelay { fixed_delay, percentage: percentage(cx, &df)? });
+    }
+    if let Some((n, p)) = f.value("abort") {
+        let af = cx.fields(n, &p, &ABORT)?;
+        let http_status = match af.value("httpStatus") {
+            Some((n, p)) => Some(cx.int(n, &p, 200, 599)? as u16),
+            None => None,
+        };
+        let grpc_status = match af.value("grpcStatus") {
+            Some((n, p)) => Some(cx.name(n, &p)?),
+            None => None,
+        };
+        if http_status.is_none() && grpc_status.is_none() && !af.has("http2Error") {
+            cx.required(&af, "httpStatus", "an HTTP status code (or grpcStatus)");
+            return None;
+        }
+        let pos = af.value("percentage").map(|(n, _)| n.pos).unwrap_or(n.pos);
+        out.abort =
+            Some(FaultAbort { http_status, grpc_status, percentage: percentage(cx, &af)?, pos, path: p });
+    }
+    Some(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// DestinationRule
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationRule {
+    pub host: At<String>,
+    #[serde(rename = "trafficPolicy")]
+    pub traffic_policy: TrafficPolicy,
+    pub subsets: Vec<Subset>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Subset {
+    pub name: At<String>,
+    pub labels: BTreeMap<String, String>,
+    #[serde(rename = "trafficPolicy")]
+    pub traffic_policy: TrafficPolicy,
+}
+
+/// Every field optional, so that a subset's policy overrides the top level field by field.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TrafficPolicy {
+    #[serde(rename = "loadBalancer", skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
+    #[serde(rename = "connectionPool")]
+    pub connection_pool: ConnectionPool,
+    /// Parsed and validated, not applied yet (next issue).
+    #[serde(rename = "outlierDetection", skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionPool {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    #[serde(serialize_with = "ser_opt_duration", skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(rename = "http1MaxPendingRequests", skip_serializing_if = "Option::is_none")]
+    pub http1_max_pending_requests: Option<u32>,
+    #[serde(rename = "http2MaxRequests", skip_serializing_if = "Option::is_none")]
+    pub http2_max_requests: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    #[serde(serialize_with = "ser_opt_duration", skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    #[serde(rename = "consecutive5xxErrors")]
+    pub consecutive_5xx_errors: Option<u32>,
+    pub consecutive_gateway_errors: Option<u32>,
+    pub consecutive_local_origin_failures: Option<u32>,
+    pub split_external_local_origin_errors: Option<bool>,
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub interval: Option<Duration>,
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub base_ejection_time: Option<Duration>,
+    pub max_ejection_percent: Option<u32>,
+    pub min_health_percent: Option<u32>,
+}
+
+const DESTINATION_RULE: Schema = Schema {
+    name: "Istio's DestinationRule",
+    known: &["host", "trafficPolicy", "subsets"],
+    unsupported: &["exportTo", "workloadSelector"],
+    note: no_note,
+};
+const SUBSET: Schema = Schema {
+    name: "Istio's Subset",
+    known: &["name", "labels", "trafficPolicy"],
+    unsupported: &[],
+    note: no_note,
+};
+const TRAFFIC_POLICY: Schema = Schema {
+    name: "Istio's TrafficPolicy",
+    known: &["loadBalancer", "connectionPool"],
+    unsupported: &["outlierDetection", "tls", "portLevelSettings", "tunnel", "proxyProtocol", "retryBudget"],
+    note: no_note,
+};
+const LOAD_BALANCER: Schema = Schema {
+    name: "Istio's LoadBalancerSettings",
+    known: &["simple", "consistentHash"],
+    unsupported: &["localityLbSetting", "warmupDurationSecs", "warmup"],
+    note: no_note,
+};
+const CONSISTENT_HASH: Schema = Schema {
+    name: "Istio's ConsistentHashLB",
+    known: &[
+        "httpHeaderName",
+        "httpCookie",
+        "useSourceIp",
+        "httpQueryParameterName",
+        "ringHash",
+        "maglev",
+        "minimumRingSize",
+    ],
+    unsupported: &[],
+    note: no_note,
+};
+const HTTP_COOKIE: Schema = Schema {
+    name: "Istio's HTTPCookie",
+    known: &["name", "ttl", "path"],
+    unsupported: &["attributes"],
+    note: no_note,
+};
+const RING_HASH: Schema =
+    Schema { name: "Istio's RingHash", known: &["minimumRingSize"], unsupported: &[], note: no_note };
+const MAGLEV: Schema =
+    Schema { name: "Istio's MagLev", known: &["tableSize"], unsupported: &[], note: no_note };
+const CONNECTION_POOL: Schema = Schema {
+    name: "Istio's ConnectionPoolSettings",
+    known: &["tcp", "http"],
+    unsupported: &[],
+    note: no_note,
+};
+const TCP_POOL: Schema = Schema {
+    name: "Istio's ConnectionPoolSettings.TCPSettings",
+    known: &["maxConnections", "connectTimeout"],
+    unsupported: &["tcpKeepalive", "maxConnectionDuration", "idleTimeout"],
+    note: no_note,
+};
+const HTTP_POOL: Schema = Schema {
+    name: "Istio's ConnectionPoolSettings.HTTPSettings",
+    known: &[
+        "http1MaxPendingRequests",
+        "http2MaxRequests",
+        "maxRequestsPerConnection",
+        "maxRetries",
+        "idleTimeout",
+    ],
+    unsupported: &["h2UpgradePolicy", "useClientProtocol", "maxConcurrentStreams"],
+    note: no_note,
+};
+
+fn outlier_note(field: &str) -> Option<&'static str> {
+    if field.starts_with("enforcing") {
+        Some("Envoy's enforcing percentages go in a Tripline ResiliencePolicy")
+    } else if field.starts_with("successRate")
+        || field.starts_with("failurePercentage")
+        || field.starts_with("maxEjectionTime")
+    {
+        Some("Envoy's success-rate, failure-percentage and max-ejection-time settings go in a Tripline ResiliencePolicy")
+    } else {
+        None
+    }
+}
+
+const OUTLIER: Schema = Schema {
+    name: "Istio's OutlierDetection",
+    known: &[
+        "consecutive5xxErrors",
+        "consecutiveGatewayErrors",
+        "consecutiveLocalOriginFailures",
+        "splitExternalLocalOriginErrors",
+        "interval",
+        "baseEjectionTime",
+        "maxEjectionPercent",
+        "minHealthPercent",
+        "consecutiveErrors",
+    ],
+    unsupported: &[],
+    note: outlier_note,
+};
+
+pub fn destination_rule(cx: &mut Cx, spec: &Node) -> Option<DestinationRule> {
+    let f = cx.fields(spec, "spec", &DESTINATION_RULE)?;
+    let host = match f.value("host") {
+        Some((n, p)) => At::new(cx.name(n, &p)?, n, &p),
+        None => {
+            cx.required(&f, "host", "the host (of a ServiceEntry) this rule applies to");
+            return None;
+        }
+    };
+    let traffic_policy = match f.value("trafficPolicy") {
+        Some((n, p)) => decode_traffic_policy(cx, n, &p),
+        None => TrafficPolicy::default(),
+    };
+    let mut subsets: Vec<Subset> = Vec::new();
+    if let Some((n, p)) = f.value("subsets") {
+        for (sn, sp) in cx.list(n, &p, "subsets") {
+            let Some(sf) = cx.fields(sn, &sp, &SUBSET) else { continue };
+            let Some((nn, np)) = sf.value("name") else {
+                cx.required(&sf, "name", "a subset name");
+                continue;
+            };
+            let Some(name) = cx.name(nn, &np) else { continue };
+            if subsets.iter().any(|s| s.name.value == name) {
+                cx.error(nn, &np, format!("subset `{name}` is defined twice"));
+                continue;
+            }
+            let labels = sf.value("labels").map(|(n, p)| cx.string_map(n, &p)).unwrap_or_default();
+            let traffic_policy = match sf.value("trafficPolicy") {
+                Some((n, p)) => decode_traffic_policy(cx, n, &p),
+                None => TrafficPolicy::default(),
+            };
+            subsets.push(Subset { name: At::new(name, nn, &np), labels, traffic_policy });
+        }
+    }
+    Some(DestinationRule { host, traffic_policy, subsets })
+}
+
+fn decode_traffic_policy(cx: &mut Cx, node: &Node, path: &str) -> TrafficPolicy {
+    let mut tp = TrafficPolicy::default();
+    let Some(f) = cx.fields(node, path, &TRAFFIC_POLICY) else { return tp };
+    if let Some((n, p)) = f.value("loadBalancer") {
+        tp.load_balancer = load_balancer(cx, n, &p);
+    }
+    if let Some((n, p)) = f.value("connectionPool") {
+        tp.connection_pool = connection_pool(cx, n, &p);
+    }
+    if let Some((n, p)) = f.value("outlierDetection") {
+        tp.outlier_detection = outlier_detection(cx, n, &p);
+    }
+    tp
+}
+
+fn load_balancer(cx: &mut Cx, node: &Node, path: &str) -> Option<LoadBalancer> {
+    let f = cx.fields(node, path, &LOAD_BALANCER)?;
+    match (f.value("simple"), f.value("consistentHash")) {
+        (Some(_), Some((n, p))) => {
+            cx.error(n, &p, "expected only one of `simple` and `consistentHash`");
+            None
+        }
+        (Some((n, p)), None) => {
+            const SIMPLE: &[&str] = &["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"];
+            match cx.string(n, &p)?.as_str() {
+                "ROUND_ROBIN" => Some(LoadBalancer::RoundRobin),
+                "LEAST_REQUEST" | "LEAST_CONN" => Some(LoadBalancer::LeastRequest),
+                "RANDOM" => Some(LoadBalancer::Random),
+                "UNSPECIFIED" => None,
+                "PASSTHROUGH" => {
+                    cx.error(
+                        n,
+                        &p,
+                        format!("PASSTHROUGH is not supported: expected one of {}", SIMPLE.join(", ")),
+                    );
+                    None
+                }
+                _ => {
+                    cx.error(n, &p, format!("expected one of {}, found {}", SIMPLE.join(", "), n.describe()));
+                    None
+                }
+            }
+        }
+        (None, Some((n, p))) => consistent_hash(cx, n, &p),
+        (None, None) => None,
+    }
+}
+
+fn consistent_hash(cx: &mut Cx, node: &Node, path: &str) -> Option<LoadBalancer> {
+    let f = cx.fields(node, path, &CONSISTENT_HASH)?;
+    let keys: Vec<&str> = ["httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName"]
+        .into_iter()
+        .filter(|k| f.has(k))
+        .collect();
+    let key = match keys.as_slice() {
+        ["httpHeaderName"] => {
+            let (n, p) = f.value("httpHeaderName")?;
+            HashKey::Header(cx.name(n, &p)?.to_ascii_lowercase())
+        }
+        ["httpCookie"] => {
+            let (n, p) = f.value("httpCookie")?;
+            let cf = cx.fields(n, &p, &HTTP_COOKIE)?;
+            let name = match cf.value("name") {
+                Some((n, p)) => cx.name(n, &p)?,
+                None => {
+                    cx.required(&cf, "name", "a cookie name");
+                    return None;
+                }
+            };
+            if let Some((n, p)) = cf.value("ttl") {
+                cx.duration(n, &p, true)?;
+            }
+            if let Some((n, p)) = cf.value("path") {
+                cx.string(n, &p)?;
+            }
+            HashKey::Cookie { name }
+        }
+        ["useSourceIp"] => {
+            let (n, p) = f.value("useSourceIp")?;
+            if !cx.bool(n, &p)? {
+                cx.error(
+                    n,
+                    &p,
+                    "expected true (or another hash key: httpHeaderName, httpCookie, httpQueryParameterName)",
+                );
+                return None;
+            }
+            HashKey::SourceIp
+        }
+        ["httpQueryParameterName"] => {
+            let (n, p) = f.value("httpQueryParameterName")?;
+            HashKey::QueryParameter(cx.name(n, &p)?)
+        }
+        [] => {
+            cx.error(
+                node,
+                path,
+                "expected one hash key: httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName",
+            );
+            return None;
+        }
+        several => {
+            cx.error(node, path, format!("expected only one hash key, found {}", several.join(" and ")));
+            return None;
+        }
+    };
+    match (f.value("ringHash"), f.value("maglev")) {
+        (Some(_), Some((n, p))) => {
+            cx.error(n, &p, "expected only one of `ringHash` and `maglev`");
+            None
+        }
+        (None, Some((n, p))) => {
+            let mf = cx.fields(n, &p, &MAGLEV)?;
+            let table_size = match mf.value("tableSize") {
+                Some((n, p)) => {
+                    let v = cx.int(n, &p, 1, 5_000_011)? as u64;
+                    if !is_prime(v) {
+                        cx.error(
+                            n,
+                            &p,
+                            format!(
+                                "expected a prime number (Maglev needs one), found {v}; 65537 is the default"
+                            ),
+                        );
+                        return None;
+                    }
+                    v
+                }
+                None => 65537,
+            };
+            Some(LoadBalancer::Maglev { key, table_size })
+        }
+        (ring, None) => {
+            let mut minimum_ring_size = 1024;
+            if let Some((n, p)) = f.value("minimumRingSize") {
+                cx.warn(n, &p, "`minimumRingSize` is deprecated: use `ringHash.minimumRingSize`");
+                minimum_ring_size = cx.int(n, &p, 1, 8_388_608)? as u64;
+            }
+            if let Some((n, p)) = ring {
+                let rf = cx.fields(n, &p, &RING_HASH)?;
+                if let Some((n, p)) = rf.value("minimumRingSize") {
+                    minimum_ring_size = cx.int(n, &p, 1, 8_388_608)? as u64;
+                }
+            }
+            Some(LoadBalancer::RingHash { key, minimum_ring_size })
+        }
+    }
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+/// Istio treats 0 as "not set" for pool limits.
+fn limit(cx: &mut Cx, f: &Fields<'_>, name: &str) -> Option<u32> {
+    let (n, p) = f.value(name)?;
+    let v = cx.int(n, &p, 0, i64::from(i32::MAX))?;
+    (v > 0).then_some(v as u32)
+}
+
+fn connection_pool(cx: &mut Cx, node: &Node, path: &str) -> ConnectionPool {
+    let mut cp = ConnectionPool::default();
+    let Some(f) = cx.fields(node, path, &CONNECTION_POOL) else { return cp };
+    if let Some((n, p)) = f.value("tcp") {
+        if let Some(tf) = cx.fields(n, &p, &TCP_POOL) {
+            cp.max_connections = limit(cx, &tf, "maxConnections");
+            cp.connect_timeout = tf.value("connectTimeout").and_then(|(n, p)| cx.duration(n, &p, false));
+        }
+    }
+    if let Some((n, p)) = f.value("http") {
+        if let Some(hf) = cx.fields(n, &p, &HTTP_POOL) {
+            cp.http1_max_pending_requests = limit(cx, &hf, "http1MaxPendingRequests");
+            cp.http2_max_requests = limit(cx, &hf, "http2MaxRequests");
+            cp.max_requests_per_connection = limit(cx, &hf, "maxRequestsPerConnection");
+            cp.max_retries = limit(cx, &hf, "maxRetries");
+            cp.idle_timeout = hf.value("idleTimeout").and_then(|(n, p)| cx.duration(n, &p, false));
+        }
+    }
+    cp
+}
+
+fn outlier_detection(cx: &mut Cx, node: &Node, path: &str) -> Option<OutlierDetection> {
+    let f = cx.fields(node, path, &OUTLIER)?;
+    let count = |cx: &mut Cx, name: &str| f.value(name).and_then(|(n, p)| cx.u32(n, &p, 0));
+    let mut od = OutlierDetection {
+        consecutive_5xx_errors: count(cx, "consecutive5xxErrors"),
+        consecutive_gateway_errors: count(cx, "consecutiveGatewayErrors"),
+        consecutive_local_origin_failures: count(cx, "consecutiveLocalOriginFailures"),
+        ..OutlierDetection::default()
+    };
+    if let Some((n, p)) = f.value("consecutiveErrors") {
+        cx.warn(
+            n,
+            &p,
+            "`consecutiveErrors` is deprecated: use `consecutive5xxErrors` (or `consecutiveGatewayErrors`)",
+        );
+        if od.consecutive_5xx_errors.is_none() {
+            od.consecutive_5xx_errors = cx.u32(n, &p, 0);
+        }
+    }
+    od.split_external_local_origin_errors =
+        f.value("splitExternalLocalOriginErrors").and_then(|(n, p)| cx.bool(n, &p));
+    od.interval = f.value("interval").and_then(|(n, p)| cx.duration(n, &p, false));
+    od.base_ejection_time = f.value("baseEjectionTime").and_then(|(n, p)| cx.duration(n, &p, false));
+    od.max_ejection_percent =
+        f.value("maxEjectionPercent").and_then(|(n, p)| cx.int(n, &p, 0, 100)).map(|v| v as u32);
+    od.min_health_percent =
+        f.value("minHealthPercent").and_then(|(n, p)| cx.int(n, &p, 0, 100)).map(|v| v as u32);
+    Some(od)
+}

@@ -1,0 +1,249 @@
+//! The compiled runtime plan: what the data plane needs, with every default applied, every
+//! reference resolved to an index and every duration parsed.
+//!
+//! The plan is plain data (no sockets, no atomics). The proxy turns it into live objects and
+//! keeps per-endpoint state across reloads by matching endpoints on `(cluster name, address)`.
+//! Keeping the plan free of runtime state is what lets `tripline validate` and `tripline run`
+//! share every check.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Index of a cluster in [`Plan::clusters`].
+pub type ClusterId = usize;
+
+/// Everything the data plane runs, derived from one set of config files.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub listeners: Vec<ListenerPlan>,
+    /// One cluster per (host, port, subset) that a route or the mesh listener refers to.
+    pub clusters: Vec<ClusterPlan>,
+}
+
+impl Plan {
+    pub fn cluster_by_name(&self, name: &str) -> Option<ClusterId> {
+        self.clusters.iter().position(|c| c.name == name)
+    }
+}
+
+/// A socket Tripline accepts on: one `Gateway` server port, or the mesh (sidecar outbound)
+/// listener for VirtualServices that name no gateway.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerPlan {
+    /// `<gateway name>/<port name>` or `mesh`.
+    pub name: String,
+    pub bind: SocketAddr,
+    pub protocol: ListenerProtocol,
+    /// HTTP listeners: virtual hosts in match order (most specific domain first).
+    pub virtual_hosts: Vec<VirtualHostPlan>,
+    /// TCP listeners: the route taken by every connection, if any.
+    pub tcp_route: Option<TcpRoutePlan>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ListenerProtocol {
+    /// HTTP/1.1 and h2c with prior knowledge on the same port (detected per connection).
+    Http,
+    /// HTTP/2 only (h2c prior knowledge); `HTTP2` and `GRPC` in Istio.
+    Http2,
+    /// Raw bytes, proxied both ways.
+    Tcp,
+}
+
+/// A group of routes selected by the request's Host / `:authority`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VirtualHostPlan {
+    pub domains: Vec<HostMatch>,
+    pub routes: Vec<RoutePlan>,
+}
+
+/// How a VirtualService host matches a request authority (port stripped, lower-cased).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum HostMatch {
+    /// `*`
+    Any,
+    /// `api.example.com`
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`
+    Suffix(String),
+}
+
+impl HostMatch {
+    pub fn matches(&self, authority_host: &str) -> bool {
+        match self {
+            HostMatch::Any => true,
+            HostMatch::Exact(h) => h.eq_ignore_ascii_case(authority_host),
+            HostMatch::Suffix(s) => {
+                authority_host.len() > s.len()
+                    && authority_host[authority_host.len() - s.len()..].eq_ignore_ascii_case(s)
+            }
+        }
+    }
+}
+
+/// One `VirtualService.http[]` entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoutePlan {
+    /// `<virtual service>/http[<index>]` or the entry's `name` when it has one.
+    pub name: String,
+    /// Any of these matches selects the route; empty means every request.
+    pub matches: Vec<RequestMatch>,
+    pub destinations: Vec<WeightedCluster>,
+    /// Whole-request timeout; `None` means no timeout (Istio's default).
+    pub timeout: Option<Duration>,
+}
+
+/// All fields present must match (Istio semantics within one `match` entry).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RequestMatch {
+    pub uri: Option<StringMatch>,
+    pub method: Option<StringMatch>,
+    pub authority: Option<StringMatch>,
+    /// Header names are lower-cased.
+    pub headers: Vec<(String, StringMatch)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(#[serde(serialize_with = "ser_regex")] regex::Regex),
+}
+
+fn ser_regex<S: serde::Serializer>(r: &regex::Regex, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(r.as_str())
+}
+
+impl StringMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatch::Exact(e) => value == e,
+            StringMatch::Prefix(p) => value.starts_with(p.as_str()),
+            StringMatch::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// A route destination. Weights of a route's destinations sum to a positive number.
+#[derive(Debug, Clone, Serialize)]
+pub struct WeightedCluster {
+    pub cluster: ClusterId,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpRoutePlan {
+    pub name: String,
+    pub destinations: Vec<WeightedCluster>,
+}
+
+/// An upstream service: one (host, port, subset) with its endpoints and traffic policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterPlan {
+    /// Envoy-style `outbound|<port>|<subset>|<host>`, stable across reloads.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub subset: Option<String>,
+    pub protocol: UpstreamProtocol,
+    pub discovery: Discovery,
+    pub load_balancer: LoadBalancer,
+    pub pool: PoolLimits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// h2c with prior knowledge (ServiceEntry port protocol HTTP2 or GRPC).
+    Http2,
+    Tcp,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum Discovery {
+    /// Fixed addresses (`resolution: STATIC`).
+    Static(Vec<EndpointPlan>),
+    /// Names re-resolved every `refresh`; the last good answer is kept on failure.
+    Dns { targets: Vec<DnsTarget>, refresh: Duration },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EndpointPlan {
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DnsTarget {
+    pub hostname: String,
+    pub port: u16,
+    pub weight: u32,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum LoadBalancer {
+    RoundRobin,
+    /// Power of two choices on active requests.
+    LeastRequest,
+    Random,
+    RingHash {
+        key: HashKey,
+        minimum_ring_size: u64,
+    },
+    Maglev {
+        key: HashKey,
+        table_size: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum HashKey {
+    /// Lower-cased header name.
+    Header(String),
+    Cookie {
+        name: String,
+    },
+    SourceIp,
+    QueryParameter(String),
+}
+
+/// `DestinationRule.trafficPolicy.connectionPool`, with Istio's defaults for absent fields.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolLimits {
+    /// `tcp.maxConnections`: connections per cluster (all endpoints together).
+    pub max_connections: u32,
+    /// `tcp.connectTimeout`, default 10s.
+    pub connect_timeout: Duration,
+    /// `http.http1MaxPendingRequests`: requests waiting for a connection.
+    pub max_pending_requests: u32,
+    /// `http.http2MaxRequests`: concurrent requests to the cluster, any protocol.
+    pub max_requests: u32,
+    /// `http.maxRequestsPerConnection`; `None` means unlimited.
+    pub max_requests_per_connection: Option<u32>,
+    /// `http.maxRetries`: concurrent retries to the cluster.
+    pub max_retries: u32,
+    /// `http.idleTimeout`; default 1h as in Istio.
+    pub idle_timeout: Duration,
+}
+
+/// Istio leaves these unlimited (2^32-1) unless set.
+pub const UNLIMITED: u32 = u32::MAX;
+
+impl Default for PoolLimits {
+    fn default() -> Self {
+        PoolLimits {
+            max_connections: UNLIMITED,
+            connect_timeout: Duration::from_secs(10),
+            max_pending_requests: UNLIMITED,
+            max_requests: UNLIMITED,
+            max_requests_per_connection: None,
+            max_retries: UNLIMITED,
+            idle_timeout: Duration::from_secs(3600),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The Kubernetes envelope of a document (`apiVersion`, `kind`, `metadata`, `spec`): which
+//! kinds Tripline reads, and a clear warning for every document it does not.
+
+use crate::decode::{no_note, Cx, Schema};
+use crate::diag::{Diagnostic, Severity};
+use crate::model::{self, Resource, Spec, API_VERSIONS, KINDS};
+use crate::yaml::{Document, Kind};
+
+const ENVELOPE: Schema = Schema {
+    name: "a Kubernetes resource",
+    known: &["apiVersion", "kind", "metadata", "spec", "status"],
+    unsupported: &[],
+    note: no_note,
+};
+const METADATA: Schema = Schema {
+    name: "Kubernetes metadata",
+    known: &[
+        "name",
+        "namespace",
+        "labels",
+        "annotations",
+        "uid",
+        "resourceVersion",
+        "generation",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "managedFields",
+        "ownerReferences",
+        "finalizers",
+        "generateName",
+        "selfLink",
+    ],
+    unsupported: &[],
+    note: no_note,
+};
+
+/// Decodes one document into a resource Tripline reads, or reports why it is skipped.
+pub fn decode(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option<Resource> {
+    let root = &doc.root;
+    let label = format!("document {}", doc.index + 1);
+    let mut cx = Cx { file, resource: label.clone(), diags };
+    if !matches!(root.kind, Kind::Map(_)) {
+        cx.error(
+            root,
+            "",
+            format!(
+                "expected a resource (a mapping with apiVersion, kind, metadata and spec), found {}",
+                root.describe()
+            ),
+        );
+        return None;
+    }
+    let kind = root.get("kind").and_then(|k| k.as_scalar()).map(str::to_string);
+    let api = root.get("apiVersion").and_then(|k| k.as_scalar()).map(str::to_string);
+    let Some(kind) = kind.filter(|k| !k.is_empty()) else {
+        let msg = if root.get("groups").is_some() {
+            "no `kind`: this looks like a Prometheus rule file (`groups:`), not a mesh resource; it is ignored".to_string()
+        } else {
+            "no `kind`: not a Kubernetes resource; it is ignored".to_string()
+        };
+        cx.report(Severity::Warning, root.pos, "", msg);
+        return None;
+    };
+    let api = api.unwrap_or_default();
+    let kind_node = root.get("kind").unwrap_or(root);
+    cx.resource = format!(
+        "{kind}/{}",
+        root.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_scalar()).unwrap_or("?")
+    );
+    let istio = api.starts_with("networking.istio.io/");
+    if !KINDS.contains(&kind.as_str()) || !istio {
+        let shown = if api.is_empty() { String::new() } else { format!(" ({api})") };
+        let msg = format!("kind `{kind}`{shown} is not supported by Tripline and is ignored (Tripline reads Gateway, ServiceEntry, VirtualService and DestinationRule of networking.istio.io)");
+        cx.warn(kind_node, "kind", msg);
+        return None;
+    }
+    if !API_VERSIONS.contains(&api.as_str()) {
+        let api_node = root.get("apiVersion").unwrap_or(root);
+        cx.error(
+            api_node,
+            "apiVersion",
+            format!("unsupported apiVersion `{api}`: expected one of {}", API_VERSIONS.join(", ")),
+        );
+        return None;
+    }
+    let f = cx.fields(root, "", &ENVELOPE)?;
+    let Some((meta, meta_path)) = f.value("metadata") else {
+        cx.required(&f, "metadata", "{name, namespace}");
+        return None;
+    };
+    let m = cx.fields(meta, &meta_path, &METADATA)?;
+    let name = match m.value("name") {
+        Some((n, p)) => cx.name(n, &p)?,
+        None => {
+            cx.required(&m, "name", "a resource name");
+            return None;
+        }
+    };
+    let namespace = match m.value("namespace") {
+        Some((n, p)) => Some(cx.name(n, &p)?),
+        None => None,
+    };
+    cx.resource = format!("{kind}/{name}");
+    let Some((spec_node, _)) = f.value("spec") else {
+        cx.required(&f, "spec", format!("the {kind} spec").as_str());
+        return None;
+    };
+    let spec = match kind.as_str() {
+        "Gateway" => Spec::Gateway(model::gateway(&mut cx, spec_node)?),
+        "ServiceEntry" => Spec::ServiceEntry(model::service_entry(&mut cx, spec_node)?),
+        "VirtualService" => Spec::VirtualService(model::virtual_service(&mut cx, spec_node)?),
+        _ => Spec::DestinationRule(model::destination_rule(&mut cx, spec_node)?),
+    };
+    Some(Resource {
+        kind,
+        api_version: api,
+        name,
+        namespace,
+        source: format!("{file}:{}", root.pos.line),
+        file: file.to_string(),
+        pos: root.pos,
+        spec,
+    })
+}
