@@ -1,0 +1,187 @@
+//! The retry budget: always on, so that static retry counts cannot multiply into a storm.
+//!
+//! A retry is admitted only if, once admitted, retries in flight stay within
+//! `min(max_retries, max(min_retry_concurrency, percent% × active requests))`
+//! (defaults: 20%, at least 3, `http.maxRetries` unlimited), like Envoy's `retry_budget` but
+//! on by default.
+//!
+//! "In flight" includes retries *waiting in backoff*: the proxy takes the [`RetryPermit`] before
+//! it sleeps and holds it until the retry attempt has finished. Envoy releases the budget during
+//! the backoff sleep, so a burst of failures can schedule far more retries than the budget
+//! (envoy#30205). Both guards are RAII: dropping them, on any path, gives the slot back.
+//!
+//! The budget is checked when a retry is admitted. If active requests then finish, retries
+//! already admitted keep running even if the limit shrinks below them; new ones are refused.
+
+use crate::window::StripedCounter;
+use std::sync::atomic::{AtomicU64, Ordering::*};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudgetConfig {
+    /// Retries in flight as a percentage of active requests (Istio `retryBudget.percent`).
+    pub percent: f64,
+    /// Retries always allowed regardless of load (`retryBudget.minRetryConcurrency`).
+    pub min_retry_concurrency: u32,
+    /// Hard cap on retries in flight (`connectionPool.http.maxRetries`).
+    pub max_retries: u32,
+}
+
+impl Default for RetryBudgetConfig {
+    fn default() -> Self {
+        RetryBudgetConfig { percent: 20.0, min_retry_concurrency: 3, max_retries: u32::MAX }
+    }
+}
+
+/// Why a retry was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetExhausted {
+    pub in_flight: u64,
+    pub limit: u64,
+    pub active: u64,
+}
+
+impl std::fmt::Display for BudgetExhausted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "retry budget exhausted: {} retries in flight, limit {} for {} active requests",
+            self.in_flight, self.limit, self.active
+        )
+    }
+}
+
+/// Per-cluster retry budget. Counting active requests is one striped add per request.
+#[derive(Debug)]
+pub struct RetryBudget {
+    config: RetryBudgetConfig,
+    active: StripedCounter,
+    retries: AtomicU64,
+}
+
+impl RetryBudget {
+    pub fn new(config: RetryBudgetConfig) -> Self {
+        RetryBudget { config, active: StripedCounter::new(), retries: AtomicU64::new(0) }
+    }
+
+    pub fn config(&self) -> &RetryBudgetConfig {
+        &self.config
+    }
+
+    /// Marks one request active for as long as the guard lives (including all its retries).
+    pub fn start_request(&self) -> ActiveRequest<'_> {
+        self.active.add(1);
+        ActiveRequest { budget: self }
+    }
+
+    /// Active requests now.
+    pub fn active(&self) -> u64 {
+        // Guards add and subtract on possibly different stripes; a transiently "negative" sum
+        // (a subtraction seen before its addition) reads as zero.
+        let s = self.active.sum();
+        if s > u64::MAX / 2 {
+            0
+        } else {
+            s
+        }
+    }
+
+    /// Retries in flight now (admitted and not yet finished, including those in backoff).
+    pub fn retries_in_flight(&self) -> u64 {
+        self.retries.load(Relaxed)
+    }
+
+    /// The limit for a given number of active requests.
+    pub fn limit_for(&self, active: u64) -> u64 {
+        let pct = if self.config.percent.is_finite() { self.config.percent.clamp(0.0, 100.0) } else { 0.0 };
+        let by_load = (active as f64 * pct / 100.0).floor() as u64;
+        by_load.max(self.config.min_retry_concurrency as u64).min(self.config.max_retries as u64)
+    }
+
+    /// Takes a retry slot; hold the permit through the backoff sleep and the retry attempt.
+    pub fn try_retry(&self) -> Result<RetryPermit<'_>, BudgetExhausted> {
+        let active = self.active();
+        let limit = self.limit_for(active);
+        self.retries
+            .fetch_update(AcqRel, Relaxed, |r| (r < limit).then_some(r + 1))
+            .map(|_| RetryPermit { budget: self })
+            .map_err(|in_flight| BudgetExhausted { in_flight, limit, active })
+    }
+}
+
+/// An active request; dropping it ends the request.
+#[must_use = "the request counts as active only while the guard lives"]
+#[derive(Debug)]
+pub struct ActiveRequest<'a> {
+    budget: &'a RetryBudget,
+}
+
+impl Drop for ActiveRequest<'_> {
+    fn drop(&mut self) {
+        self.budget.active.sub(1);
+    }
+}
+
+/// A retry in flight; dropping it frees the slot.
+#[must_use = "the retry slot is released as soon as the permit is dropped"]
+#[derive(Debug)]
+pub struct RetryPermit<'a> {
+    budget: &'a RetryBudget,
+}
+
+impl Drop for RetryPermit<'_> {
+    fn drop(&mut self) {
+        self.budget.retries.fetch_sub(1, AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimum_concurrency_applies_at_low_load() {
+        let b = RetryBudget::new(RetryBudgetConfig::default());
+        let _r = b.start_request();
+        let p: Vec<_> = (0..3).map(|_| b.try_retry().unwrap()).collect();
+        let e = b.try_retry().unwrap_err();
+        assert_eq!(e, BudgetExhausted { in_flight: 3, limit: 3, active: 1 });
+        drop(p);
+        assert_eq!(b.retries_in_flight(), 0);
+        assert!(b.try_retry().is_ok());
+    }
+
+    #[test]
+    fn percent_of_active_requests_applies_at_high_load() {
+        let b = RetryBudget::new(RetryBudgetConfig::default());
+        let reqs: Vec<_> = (0..100).map(|_| b.start_request()).collect();
+        assert_eq!(b.active(), 100);
+        let permits: Vec<_> = std::iter::from_fn(|| b.try_retry().ok()).take(1000).collect();
+        assert_eq!(permits.len(), 20);
+        drop(permits);
+        drop(reqs);
+        assert_eq!(b.active(), 0);
+    }
+
+    #[test]
+    fn hard_cap_wins() {
+        let b = RetryBudget::new(RetryBudgetConfig { max_retries: 1, ..Default::default() });
+        let _p = b.try_retry().unwrap();
+        assert_eq!(b.try_retry().unwrap_err().limit, 1);
+        let none = RetryBudget::new(RetryBudgetConfig {
+            percent: f64::NAN,
+            min_retry_concurrency: 0,
+            max_retries: 9,
+        });
+        assert!(none.try_retry().is_err(), "a NaN percent allows nothing beyond the minimum");
+    }
+
+    #[test]
+    fn permit_held_through_backoff_counts() {
+        // The proxy takes the permit, sleeps, then sends: while it sleeps, the slot is taken.
+        let b = RetryBudget::new(RetryBudgetConfig { min_retry_concurrency: 1, ..Default::default() });
+        let waiting = b.try_retry().unwrap();
+        assert!(b.try_retry().is_err());
+        drop(waiting);
+        assert!(b.try_retry().is_ok());
+    }
+}
