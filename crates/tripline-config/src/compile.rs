@@ -587,3 +587,56 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
 fn t_pos(vs: &VirtualService) -> Pos {
     vs.tcp.first().map(|t| t.pos).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_hosts_cover_and_intersect_like_istio() {
+        assert!(covers("*", "a.b"));
+        assert!(covers("*.example.com", "api.example.com"));
+        assert!(covers("*.example.com", "*.eu.example.com"));
+        assert!(!covers("*.example.com", "example.com"));
+        assert!(covers("API.example.com", "api.example.com"));
+        assert_eq!(intersect("api.example.com", "*.example.com").as_deref(), Some("api.example.com"));
+        assert_eq!(
+            intersect("*", "*.example.com").as_deref(),
+            Some("*.example.com"),
+            "the more specific side wins"
+        );
+        assert_eq!(intersect("a.other.com", "*.example.com"), None);
+        assert_eq!(server_host("ns/*.example.com"), "*.example.com");
+    }
+
+    #[test]
+    fn virtual_hosts_sort_most_specific_first() {
+        let mut v = [host_match("*"), host_match("*.com"), host_match("x.a.com"), host_match("*.a.com")];
+        v.sort_by_key(specificity);
+        assert_eq!(
+            v,
+            [
+                HostMatch::Exact("x.a.com".into()),
+                HostMatch::Suffix(".a.com".into()),
+                HostMatch::Suffix(".com".into()),
+                HostMatch::Any
+            ]
+        );
+    }
+
+    #[test]
+    fn subset_policy_overrides_field_by_field() {
+        let mut top = TrafficPolicy { load_balancer: Some(LoadBalancer::Random), ..Default::default() };
+        top.connection_pool.max_connections = Some(10);
+        top.connection_pool.max_retries = Some(2);
+        let mut sub = TrafficPolicy::default();
+        sub.connection_pool.max_connections = Some(3);
+        let (lb, pool) = effective_policy(&top, Some(&sub));
+        assert_eq!(lb, LoadBalancer::Random);
+        assert_eq!((pool.max_connections, pool.max_retries, pool.max_requests), (3, 2, UNLIMITED));
+        assert_eq!(
+            effective_policy(&TrafficPolicy::default(), None),
+            (LoadBalancer::LeastRequest, PoolLimits::default())
+        );
+    }
+}

@@ -158,7 +158,7 @@ pub fn gateway(cx: &mut Cx, spec: &Node) -> Option<Gateway> {
             Some((n, hp)) => {
                 let hosts: Vec<At<String>> =
                     cx.strings(n, &hp).into_iter().map(|(h, pos, path)| At { value: h, pos, path }).collect();
-                if hosts.is_empty() {
+                if hosts.is_empty() && matches!(n.kind, crate::yaml::Kind::Seq(_)) {
                     cx.error(n, &hp, "expected at least one host (`*` for any)");
                 }
                 hosts
@@ -751,6 +751,7 @@ fn string_match(cx: &mut Cx, node: &Node, path: &str) -> Option<StringMatch> {
                             .to_string()
                             .lines()
                             .rfind(|l| !l.trim().is_empty())
+                            .map(|l| l.trim().trim_start_matches("error: "))
                             .unwrap_or("")
                             .trim()
                             .to_string();

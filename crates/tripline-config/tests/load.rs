@@ -1,0 +1,452 @@
+//! The issue-2 example compiles to the expected plan; typical mistakes give the file, line,
+//! column, path and what was expected; hostile input never panics.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tripline_config::plan::*;
+use tripline_config::{load, Diagnostic, LoadOptions, Loaded, Severity, Source};
+
+const EXAMPLE: &str = r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec:
+  servers:
+  - port: {number: 18130, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: backend}
+spec:
+  hosts: [backend.local]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - address: 127.0.0.1
+    ports: {http: 18080}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  http:
+  - route:
+    - destination: {host: backend.local, port: {number: 80}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec:
+  host: backend.local
+  trafficPolicy:
+    loadBalancer: {simple: LEAST_REQUEST}
+    connectionPool:
+      tcp: {maxConnections: 100}
+      http: {http1MaxPendingRequests: 100, http2MaxRequests: 1000}
+"#;
+
+fn src(text: &str) -> Vec<Source> {
+    vec![Source { name: "mesh.yaml".into(), text: text.into() }]
+}
+
+fn ok(text: &str) -> Loaded {
+    match load(&src(text), &LoadOptions::default()) {
+        Ok(l) => l,
+        Err(d) => panic!("{}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")),
+    }
+}
+
+fn errors(text: &str) -> Vec<Diagnostic> {
+    let d = load(&src(text), &LoadOptions::default()).expect_err("config must be refused");
+    d.into_iter().filter(|d| d.severity == Severity::Error).collect()
+}
+
+/// The one error of `text`, as the CLI prints it.
+fn the_error(text: &str) -> String {
+    let e = errors(text);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    e[0].to_string()
+}
+
+#[test]
+fn issue_2_example_compiles_to_the_expected_plan() {
+    let loaded = ok(EXAMPLE);
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    let plan = loaded.plan;
+    assert_eq!(plan.listeners.len(), 1, "no mesh listener when every VirtualService names a gateway");
+    let l = &plan.listeners[0];
+    assert_eq!(l.name, "edge/http");
+    assert_eq!(l.bind, "0.0.0.0:18130".parse::<SocketAddr>().unwrap());
+    assert_eq!(l.protocol, ListenerProtocol::Http);
+    assert!(l.tcp_route.is_none());
+    assert_eq!(l.virtual_hosts.len(), 1);
+    assert_eq!(l.virtual_hosts[0].domains, vec![HostMatch::Any]);
+    let r = &l.virtual_hosts[0].routes[0];
+    assert_eq!(r.name, "backend/http[0]");
+    assert!(r.matches.is_empty());
+    assert_eq!(r.timeout, None);
+    assert_eq!(r.destinations.len(), 1);
+    assert_eq!(r.destinations[0].weight, 100);
+
+    assert_eq!(plan.clusters.len(), 1);
+    let c = &plan.clusters[r.destinations[0].cluster];
+    assert_eq!(c.name, "outbound|80||backend.local");
+    assert_eq!(plan.cluster_by_name("outbound|80||backend.local"), Some(0));
+    assert_eq!((c.host.as_str(), c.port, c.subset.as_deref()), ("backend.local", 80, None));
+    assert_eq!(c.protocol, UpstreamProtocol::Http1);
+    let Discovery::Static(eps) = &c.discovery else { panic!("STATIC resolution") };
+    assert_eq!(eps.len(), 1);
+    assert_eq!(
+        eps[0].address,
+        "127.0.0.1:18080".parse::<SocketAddr>().unwrap(),
+        "endpoint port comes from ports[http]"
+    );
+    assert_eq!(eps[0].weight, 1);
+    assert_eq!(c.load_balancer, LoadBalancer::LeastRequest);
+    assert_eq!(
+        c.pool,
+        PoolLimits {
+            max_connections: 100,
+            connect_timeout: Duration::from_secs(10),
+            max_pending_requests: 100,
+            max_requests: 1000,
+            max_requests_per_connection: None,
+            max_retries: UNLIMITED,
+            idle_timeout: Duration::from_secs(3600),
+        }
+    );
+    let dump = loaded.dump.to_string();
+    for fragment in [
+        r#""kind":"Gateway""#,
+        r#""name":"edge""#,
+        r#""bind":"0.0.0.0""#,
+        r#""maxConnections":100"#,
+        r#""outbound|80||backend.local""#,
+    ] {
+        assert!(dump.contains(fragment), "{fragment} in {dump}");
+    }
+}
+
+const SUBSETS: &str = r#"
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: checkout}
+spec:
+  hosts: [checkout]
+  ports: [{number: 8080, name: grpc-api, protocol: GRPC, targetPort: 9090}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, labels: {version: v1}}
+  - {address: 10.0.0.2, labels: {version: v2}, weight: 3}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: checkout}
+spec:
+  host: checkout
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 10, connectTimeout: 250ms}, http: {maxRetries: 3}}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      loadBalancer: {consistentHash: {httpHeaderName: X-User, ringHash: {minimumRingSize: 2048}}}
+      connectionPool: {tcp: {maxConnections: 5}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: checkout}
+spec:
+  hosts: [checkout, "*.shop.example.com"]
+  http:
+  - name: api
+    match:
+    - uri: {regex: "/v[0-9]+/cart"}
+      headers: {X-Tier: {exact: gold}}
+    timeout: 1.5s
+    route:
+    - destination: {host: checkout, subset: v1}
+      weight: 90
+    - destination: {host: checkout, subset: v2}
+      weight: 10
+"#;
+
+#[test]
+fn mesh_listener_subsets_weights_and_policy_overrides() {
+    let plan = ok(SUBSETS).plan;
+    assert_eq!(plan.listeners.len(), 1);
+    let mesh = &plan.listeners[0];
+    assert_eq!(
+        (mesh.name.as_str(), mesh.bind, mesh.protocol),
+        ("mesh", LoadOptions::default().mesh_bind, ListenerProtocol::Http)
+    );
+    let domains: Vec<&HostMatch> = mesh.virtual_hosts.iter().flat_map(|v| &v.domains).collect();
+    assert_eq!(
+        domains,
+        [&HostMatch::Exact("checkout".into()), &HostMatch::Suffix(".shop.example.com".into())],
+        "exact first"
+    );
+    let route = &mesh.virtual_hosts[0].routes[0];
+    assert_eq!(route.name, "api");
+    assert_eq!(route.timeout, Some(Duration::from_millis(1500)));
+    let m = &route.matches[0];
+    assert!(m.uri.as_ref().unwrap().matches("/v2/cart"));
+    assert!(!m.uri.as_ref().unwrap().matches("/v2/cart/x"), "Istio regexes match the whole path");
+    assert_eq!(m.headers[0].0, "x-tier");
+    let weights: Vec<(String, u32)> =
+        route.destinations.iter().map(|w| (plan.clusters[w.cluster].name.clone(), w.weight)).collect();
+    assert_eq!(
+        weights,
+        [("outbound|8080|v1|checkout".to_string(), 90), ("outbound|8080|v2|checkout".to_string(), 10)]
+    );
+
+    let v1 = &plan.clusters[0];
+    let v2 = &plan.clusters[1];
+    assert_eq!(v1.protocol, UpstreamProtocol::Http2, "GRPC port is h2c upstream");
+    let Discovery::Static(eps) = &v2.discovery else { panic!() };
+    assert_eq!(eps.len(), 1, "subset labels filter the endpoints");
+    assert_eq!(
+        eps[0].address,
+        "10.0.0.2:9090".parse::<SocketAddr>().unwrap(),
+        "targetPort when the endpoint names no port"
+    );
+    assert_eq!(eps[0].weight, 3);
+    assert_eq!(v1.load_balancer, LoadBalancer::LeastRequest, "Istio's default");
+    assert_eq!(
+        v2.load_balancer,
+        LoadBalancer::RingHash { key: HashKey::Header("x-user".into()), minimum_ring_size: 2048 }
+    );
+    assert_eq!((v1.pool.max_connections, v2.pool.max_connections), (10, 5), "subset overrides the top level");
+    assert_eq!(v2.pool.connect_timeout, Duration::from_millis(250), "field by field: the rest is inherited");
+    assert_eq!(v2.pool.max_retries, 3);
+}
+
+#[test]
+fn gateway_hosts_tcp_listeners_and_dns() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  servers:
+  - port: {number: 8443, name: h2, protocol: HTTP2}
+    hosts: ["ns/*.example.com"]
+    bind: 127.0.0.1
+  - port: {number: 5432, name: db, protocol: TCP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext}
+spec:
+  hosts: [api.upstream.test, db.upstream.test]
+  ports: [{number: 80, name: http}, {number: 5432, name: tcp-pg}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vs}
+spec:
+  hosts: ["*", "a.example.com"]
+  gateways: [ns/gw]
+  http:
+  - route: [{destination: {host: api.upstream.test, port: {number: 80}}}]
+  tcp:
+  - route: [{destination: {host: db.upstream.test, port: {number: 5432}}}]
+"#;
+    let plan = ok(yaml).plan;
+    assert_eq!(plan.listeners.len(), 2);
+    let h2 = &plan.listeners[0];
+    assert_eq!((h2.name.as_str(), h2.protocol), ("gw/h2", ListenerProtocol::Http2));
+    assert_eq!(h2.bind, "127.0.0.1:8443".parse::<SocketAddr>().unwrap());
+    let domains: Vec<&HostMatch> = h2.virtual_hosts.iter().flat_map(|v| &v.domains).collect();
+    assert_eq!(
+        domains,
+        [&HostMatch::Exact("a.example.com".into()), &HostMatch::Suffix(".example.com".into())]
+    );
+    let tcp = &plan.listeners[1];
+    assert_eq!(tcp.protocol, ListenerProtocol::Tcp);
+    let c = &plan.clusters[tcp.tcp_route.as_ref().unwrap().destinations[0].cluster];
+    assert_eq!(c.protocol, UpstreamProtocol::Tcp, "protocol from the `tcp-` port name");
+    let Discovery::Dns { targets, refresh } = &c.discovery else { panic!() };
+    assert_eq!(*refresh, LoadOptions::default().dns_refresh);
+    assert_eq!(
+        targets.iter().map(|t| (t.hostname.as_str(), t.port)).collect::<Vec<_>>(),
+        [("api.upstream.test", 5432), ("db.upstream.test", 5432)]
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Mistakes users make, and what they see.
+
+fn with_vs(vs_tail: &str) -> String {
+    format!("{EXAMPLE}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: typo}}\nspec:\n{vs_tail}")
+}
+
+#[test]
+fn typo_in_a_field_is_a_warning_with_a_suggestion() {
+    let text = EXAMPLE.replace("http2MaxRequests", "http2MaxRequest");
+    let loaded = ok(&text);
+    assert_eq!(loaded.warnings.len(), 1);
+    assert_eq!(
+        loaded.warnings[0].to_string(),
+        "warning: mesh.yaml:39:44: DestinationRule/backend: spec.trafficPolicy.connectionPool.http.http2MaxRequest: unknown field `http2MaxRequest` (not part of Istio's ConnectionPoolSettings.HTTPSettings; did you mean `http2MaxRequests`?); it is ignored"
+    );
+    assert_eq!(loaded.plan.clusters[0].pool.max_requests, UNLIMITED, "the misspelt limit is not applied");
+}
+
+#[test]
+fn bad_duration() {
+    let text = with_vs("  hosts: [x.test]\n  http:\n  - timeout: 10 seconds\n    route: [{destination: {host: backend.local}}]\n");
+    assert_eq!(
+        the_error(&text),
+        "error: mesh.yaml:47:14: VirtualService/typo: spec.http[0].timeout: expected a duration like 1.5s or 250ms, found `10 seconds` (unknown unit; use ns, us, ms, s, m or h)"
+    );
+    let negative = with_vs(
+        "  hosts: [x.test]\n  http:\n  - timeout: -1s\n    route: [{destination: {host: backend.local}}]\n",
+    );
+    assert!(the_error(&negative)
+        .contains("spec.http[0].timeout: expected a duration like 1.5s or 250ms, found `-1s` (negative)"));
+    let zero =
+        EXAMPLE.replace("tcp: {maxConnections: 100}", "tcp: {maxConnections: 100, connectTimeout: 0s}");
+    assert!(the_error(&zero)
+        .contains("spec.trafficPolicy.connectionPool.tcp.connectTimeout: expected a positive duration"));
+}
+
+#[test]
+fn unknown_subset() {
+    let text = with_vs(
+        "  hosts: [x.test]\n  http:\n  - route:\n    - destination: {host: backend.local, subset: canary}\n",
+    );
+    assert_eq!(
+        the_error(&text),
+        "error: mesh.yaml:48:50: VirtualService/typo: spec.http[0].route[0].destination.subset: unknown subset `canary` of host `backend.local`: DestinationRule/backend defines subsets: none"
+    );
+}
+
+#[test]
+fn wrong_type() {
+    let text = EXAMPLE.replace("tcp: {maxConnections: 100}", "tcp: {maxConnections: [100]}");
+    assert_eq!(
+        the_error(&text),
+        "error: mesh.yaml:38:29: DestinationRule/backend: spec.trafficPolicy.connectionPool.tcp.maxConnections: expected an integer between 0 and 2147483647, found a list"
+    );
+    let text = EXAMPLE.replace(
+        "hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry",
+        "hosts: \"*\"\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry",
+    );
+    assert!(the_error(&text).contains(
+        "mesh.yaml:7:12: Gateway/edge: spec.servers[0].hosts: expected a list of strings, found `*`"
+    ));
+}
+
+#[test]
+fn enum_values_say_what_is_accepted() {
+    let text = EXAMPLE.replace("LEAST_REQUEST", "LEAST_REQUESTS");
+    assert!(the_error(&text).ends_with(
+        "spec.trafficPolicy.loadBalancer.simple: expected one of ROUND_ROBIN, LEAST_REQUEST, RANDOM, found `LEAST_REQUESTS`"
+    ));
+    let text = EXAMPLE.replace("LEAST_REQUEST", "LEAST_CONN");
+    assert_eq!(
+        ok(&text).plan.clusters[0].load_balancer,
+        LoadBalancer::LeastRequest,
+        "LEAST_CONN is an alias"
+    );
+    let text = EXAMPLE.replace("protocol: HTTP}\n    hosts", "protocol: HTTPS}\n    hosts");
+    assert!(the_error(&text).contains("spec.servers[0].port.protocol: protocol HTTPS is not supported yet"));
+}
+
+#[test]
+fn reference_errors() {
+    let text = with_vs("  hosts: [x.test]\n  gateways: [edge2]\n  http:\n  - route: [{destination: {host: backend.local}}]\n");
+    assert!(the_error(&text)
+        .contains("mesh.yaml:46:14: VirtualService/typo: spec.gateways[0]: unknown gateway `edge2`"));
+    let text = with_vs(
+        "  hosts: [x.test]\n  http:\n  - route: [{destination: {host: backend.local, port: {number: 81}}}]\n",
+    );
+    assert!(the_error(&text).contains("ServiceEntry/backend has no port 81 (its ports: 80)"));
+    let text = with_vs("  hosts: [x.test]\n  http:\n  - route:\n    - {destination: {host: backend.local}, weight: 60}\n    - {destination: {host: backend.local}, weight: 30}\n");
+    assert!(the_error(&text)
+        .contains("spec.http[0].route: the weights of the 2 destinations (60 + 30) sum to 90: expected 100"));
+    let text = with_vs("  hosts: [x.test]\n  http:\n  - match: [{uri: {regex: \"/(a\"}}]\n    route: [{destination: {host: backend.local}}]\n");
+    assert!(the_error(&text).contains("spec.http[0].match[0].uri.regex: invalid regex"));
+    let text = format!("{EXAMPLE}---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: edge2}}\nspec:\n  servers:\n  - port: {{number: 18130, name: other, protocol: TCP}}\n    hosts: [\"*\"]\n");
+    let e = errors(&text);
+    assert!(e[0].to_string().contains("Gateway/edge2: spec.servers[0].port.number: duplicate listener port: 0.0.0.0:18130 is already used by listener `edge/http`"), "{e:#?}");
+}
+
+#[test]
+fn malformed_yaml_has_its_position() {
+    let e = the_error("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: x\nspec: {}\n");
+    assert!(e.starts_with("error: mesh.yaml:4:"), "{e}");
+    assert!(e.contains("invalid YAML"), "{e}");
+}
+
+#[test]
+fn unknown_api_version_of_a_known_kind_is_an_error_not_silence() {
+    let text =
+        EXAMPLE.replacen("networking.istio.io/v1\nkind: Gateway", "networking.istio.io/v2\nkind: Gateway", 1);
+    let e = errors(&text);
+    assert!(
+        e[0].to_string().contains(
+            "mesh.yaml:1:13: Gateway/edge: apiVersion: unsupported apiVersion `networking.istio.io/v2`"
+        ),
+        "{e:#?}"
+    );
+}
+
+#[test]
+fn hostile_input_never_panics() {
+    let nasty = [
+        String::new(),
+        "---\n---\n".into(),
+        "~".into(),
+        "[1, 2]".into(),
+        "kind: [VirtualService]".into(),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: []\nspec: 3".into(),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec: {http: {route: 1}}".into(),
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: a}\nspec: {host: h, trafficPolicy: {loadBalancer: {consistentHash: {maglev: {tableSize: 99999999999999999999999}}}}}".into(),
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: a}\nspec: {servers: [{port: {number: 1e400, protocol: HTTP}, hosts: [\"*\"]}]}".into(),
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a}\nspec: {hosts: [h], resolution: STATIC, ports: [{number: 1, name: p}], endpoints: [{address: '::1', ports: {p: 99999}}]}".into(),
+        "a: &a [*a]".into(),
+        "x: &x {y: 1}\n<<: *x\nkind: Gateway\napiVersion: networking.istio.io/v1\nmetadata: {name: &n n}\nspec: {servers: *n}".into(),
+        "{".repeat(100),
+        "- ".repeat(5000) + "x",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec: {hosts: [\"\u{1F600}\"], http: [{timeout: \"1\u{00B5}\", route: [{destination: {host: \"\u{1F600}\", port: {number: 0}}, weight: -5}]}]}".into(),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a}\nspec: {hosts: [h], http: [{match: [{uri: {regex: \"(((((((((((a{1000}){1000}){1000}\"}}], route: [{destination: {host: h}}]}]}".into(),
+        format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: a}}\nspec: {{host: h, trafficPolicy: {{connectionPool: {{http: {{idleTimeout: \"{}h\"}}}}}}}}", "9".repeat(400)),
+    ];
+    for text in &nasty {
+        let result = std::panic::catch_unwind(|| load(&src(text), &LoadOptions::default()));
+        let result = result.unwrap_or_else(|_| panic!("panicked on {text:?}"));
+        if let Err(diags) = result {
+            assert!(diags.iter().any(|d| d.severity == Severity::Error));
+            assert!(diags.iter().all(|d| !d.message.is_empty() && !d.path.is_empty()), "{diags:#?}");
+        }
+    }
+}
+
+#[test]
+fn wrong_types_everywhere_in_the_example_never_panic_and_always_explain() {
+    // Replace every scalar value of the example, one at a time, with values of the wrong type.
+    let lines: Vec<&str> = EXAMPLE.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        for bad in ["[]", "{}", "-1", "99999999999999999999", "\"\"", "null", "true"] {
+            let Some(colon) = line.rfind(": ") else { continue };
+            let mut mutated = lines.clone();
+            let replaced = format!("{}: {bad}", &line[..colon]);
+            if line.trim_end().ends_with('}') || line.trim_end().ends_with(']') {
+                continue;
+            }
+            mutated[i] = &replaced;
+            let text = mutated.join("\n");
+            let result = std::panic::catch_unwind(|| load(&src(&text), &LoadOptions::default()));
+            assert!(result.is_ok(), "panicked on line {i} = {bad}");
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! Every seed config from the product brief, loaded one by one: which load cleanly, and the
+//! exact problems `tripline validate` reports for the others.
+
+use std::path::PathBuf;
+
+use tripline_config::{load, read_sources, Diagnostic, LoadOptions, Severity};
+
+fn seeds_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seeds")
+}
+
+/// `(severity, line:column, path, message fragment)` of every diagnostic.
+fn outcome(file: &str) -> (bool, Vec<(Severity, String, String, String)>) {
+    let sources = read_sources(&[seeds_dir().join(file)]).expect("seed is readable");
+    let (ok, diags): (bool, Vec<Diagnostic>) = match load(&sources, &LoadOptions::default()) {
+        Ok(l) => (true, l.warnings),
+        Err(d) => (false, d),
+    };
+    for d in &diags {
+        assert!(d.file.ends_with(file), "{d}");
+        assert!(d.line > 0 && d.column > 0, "every seed diagnostic has a place: {d}");
+    }
+    (
+        ok,
+        diags
+            .into_iter()
+            .map(|d| (d.severity, format!("{}:{}", d.line, d.column), d.path, d.message))
+            .collect(),
+    )
+}
+
+/// Asserts the diagnostics equal `expected` (message compared by fragment).
+fn check(file: &str, loads: bool, expected: &[(Severity, &str, &str, &str)]) {
+    let (ok, got) = outcome(file);
+    let shown = format!("{file}: {got:#?}");
+    assert_eq!(ok, loads, "{shown}");
+    assert_eq!(got.len(), expected.len(), "{shown}");
+    for (g, e) in got.iter().zip(expected) {
+        assert_eq!(g.0, e.0, "{shown}");
+        assert_eq!(g.1, e.1, "{shown}");
+        assert_eq!(g.2, e.2, "{shown}");
+        assert!(g.3.contains(e.3), "expected `{}` in `{}`", e.3, g.3);
+    }
+}
+
+use Severity::{Error as E, Warning as W};
+
+const NO_SE: &str = "no ServiceEntry declares host";
+
+#[test]
+fn every_seed_file_is_covered_here() {
+    let mut files: Vec<String> = std::fs::read_dir(seeds_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml"))
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "alerts.yaml",
+            "bulkhead-demo.yaml",
+            "checkout-canary.yaml",
+            "inventory-cb.yaml",
+            "inventory-fallback.yaml",
+            "media-header-routing.yaml",
+            "order-mirror.yaml",
+            "orders-retries.yaml",
+            "payment-service-retries.yaml",
+            "payments-cb-high-traffic.yaml",
+            "payments-cb.yaml",
+            "payments-fault.yaml",
+            "payments-serviceprofile.yaml",
+        ],
+        "a new seed needs its expectation below"
+    );
+}
+
+#[test]
+fn prometheus_rules_are_ignored_with_a_warning() {
+    check("alerts.yaml", true, &[(W, "4:1", "document 1", "looks like a Prometheus rule file (`groups:`)")]);
+}
+
+#[test]
+fn linkerd_service_profile_is_ignored_with_a_warning_naming_the_kind() {
+    check(
+        "payments-serviceprofile.yaml",
+        true,
+        &[(
+            W,
+            "6:7",
+            "ServiceProfile/payments.default.svc.cluster.local: kind",
+            "kind `ServiceProfile` (linkerd.io/v1alpha2) is not supported by Tripline and is ignored",
+        )],
+    );
+}
+
+#[test]
+fn destination_rules_without_service_entry_load_and_wait_for_the_host() {
+    check(
+        "bulkhead-demo.yaml",
+        true,
+        &[(
+            W,
+            "6:9",
+            "DestinationRule/bulkhead-demo: spec.host",
+            "no ServiceEntry declares host `backend.svc.cluster.local`",
+        )],
+    );
+    check(
+        "payments-cb.yaml",
+        true,
+        &[
+            (
+                W,
+                "14:5",
+                "DestinationRule/payments-cb: spec.trafficPolicy.outlierDetection",
+                "is not supported yet and is ignored",
+            ),
+            (W, "6:9", "DestinationRule/payments-cb: spec.host", NO_SE),
+        ],
+    );
+    check(
+        "inventory-cb.yaml",
+        true,
+        &[
+            (
+                W,
+                "14:5",
+                "DestinationRule/inventory-cb: spec.trafficPolicy.outlierDetection",
+                "is not supported yet and is ignored",
+            ),
+            (
+                W,
+                "6:9",
+                "DestinationRule/inventory-cb: spec.host",
+                "no ServiceEntry declares host `inventory`",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn envoy_only_outlier_field_is_an_unknown_field_warning() {
+    check(
+        "payments-cb-high-traffic.yaml",
+        true,
+        &[
+            (W, "11:5", "DestinationRule/payments-cb: spec.trafficPolicy.outlierDetection", "is not supported yet and is ignored"),
+            (
+                W,
+                "16:7",
+                "DestinationRule/payments-cb: spec.trafficPolicy.outlierDetection.enforcingConsecutive5xxErrors",
+                "unknown field `enforcingConsecutive5xxErrors` (not part of Istio's OutlierDetection; Envoy's enforcing percentages go in a Tripline ResiliencePolicy)",
+            ),
+            (W, "9:9", "DestinationRule/payments-cb: spec.host", NO_SE),
+        ],
+    );
+}
+
+#[test]
+fn canary_to_an_undeclared_host_is_an_error_naming_it() {
+    let unknown = "unknown host `checkout`: no ServiceEntry declares it (IST0101";
+    check(
+        "checkout-canary.yaml",
+        false,
+        &[
+            (E, "11:15", "VirtualService/checkout: spec.http[0].route[0].destination.host", unknown),
+            (E, "15:15", "VirtualService/checkout: spec.http[0].route[1].destination.host", unknown),
+        ],
+    );
+}
+
+#[test]
+fn abort_fault_as_fallback_warns_that_the_route_is_unreachable() {
+    check(
+        "inventory-fallback.yaml",
+        false,
+        &[
+            (W, "15:5", "VirtualService/inventory-fallback: spec.http[0].fault", "`spec.http[0].fault` is not supported yet"),
+            (
+                W,
+                "19:11",
+                "VirtualService/inventory-fallback: spec.http[0].fault.abort",
+                "the route destination `inventory-fallback.svc.cluster.local` is unreachable: `fault.abort` answers 100% of matching requests with HTTP 503 before routing",
+            ),
+            (
+                E,
+                "22:15",
+                "VirtualService/inventory-fallback: spec.http[0].route[0].destination.host",
+                "unknown host `inventory-fallback.svc.cluster.local`",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn a_ten_percent_fault_is_not_flagged_as_unreachable() {
+    check(
+        "payments-fault.yaml",
+        false,
+        &[
+            (
+                W,
+                "9:5",
+                "VirtualService/payments-fault: spec.http[0].fault",
+                "is not supported yet and is ignored",
+            ),
+            (
+                E,
+                "16:15",
+                "VirtualService/payments-fault: spec.http[0].route[0].destination.host",
+                "unknown host `payments.svc.cluster.local`",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn unsupported_route_features_are_named_and_undeclared_hosts_are_errors() {
+    check(
+        "order-mirror.yaml",
+        false,
+        &[
+            (
+                W,
+                "13:5",
+                "VirtualService/order: spec.http[0].mirror",
+                "`spec.http[0].mirror` is not supported yet and is ignored",
+            ),
+            (
+                W,
+                "16:5",
+                "VirtualService/order: spec.http[0].mirrorPercentage",
+                "`spec.http[0].mirrorPercentage` is not supported yet",
+            ),
+            (
+                E,
+                "11:15",
+                "VirtualService/order: spec.http[0].route[0].destination.host",
+                "unknown host `order`",
+            ),
+        ],
+    );
+    check(
+        "orders-retries.yaml",
+        false,
+        &[
+            (
+                W,
+                "13:5",
+                "VirtualService/orders: spec.http[0].retries",
+                "`spec.http[0].retries` is not supported yet and is ignored",
+            ),
+            (
+                E,
+                "11:15",
+                "VirtualService/orders: spec.http[0].route[0].destination.host",
+                "unknown host `orders.svc.cluster.local`",
+            ),
+        ],
+    );
+    check(
+        "payment-service-retries.yaml",
+        false,
+        &[
+            (
+                W,
+                "13:5",
+                "VirtualService/payment-service: spec.http[0].retries",
+                "`spec.http[0].retries` is not supported yet",
+            ),
+            (
+                E,
+                "11:15",
+                "VirtualService/payment-service: spec.http[0].route[0].destination.host",
+                "unknown host `payment`",
+            ),
+        ],
+    );
+    check(
+        "media-header-routing.yaml",
+        false,
+        &[
+            (
+                E,
+                "15:15",
+                "VirtualService/media: spec.http[0].route[0].destination.host",
+                "unknown host `media`",
+            ),
+            (
+                E,
+                "23:15",
+                "VirtualService/media: spec.http[1].route[0].destination.host",
+                "unknown host `media`",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn all_seeds_together_in_one_directory_report_the_union_and_never_panic() {
+    let sources = read_sources(&[seeds_dir()]).unwrap();
+    assert_eq!(sources.len(), 13);
+    let diags = load(&sources, &LoadOptions::default()).unwrap_err();
+    let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
+    assert_eq!(errors, 10, "{diags:#?}");
+}
