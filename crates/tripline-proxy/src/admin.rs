@@ -1,0 +1,146 @@
+//! The admin API: readiness, liveness, Prometheus metrics, the effective config and live
+//! cluster state. Served on its own port (default 127.0.0.1:15000), HTTP/1.1.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::cluster::Cluster;
+use crate::Shared;
+
+/// Binds the admin address and serves it until the process exits.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&shared, req)) }
+            });
+            let _ =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn json_response(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    r
+}
+
+fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match req.uri().path() {
+        "/ready" => {
+            if shared.ready.load(Ordering::SeqCst) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/metrics" => {
+            let applied = shared.applied.load();
+            let states: Vec<_> = applied.clusters.iter().map(|c| c.state.clone()).collect();
+            let mut r = text(StatusCode::OK, crate::metrics::render(&shared.global, &states));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        "/config_dump" => json_response(&shared.applied.load().dump),
+        "/clusters" => json_response(&clusters_json(&shared.applied.load().clusters)),
+        "/listeners" => {
+            let applied = shared.applied.load();
+            let list: Vec<_> = applied
+                .listeners
+                .iter()
+                .map(|(name, bind, protocol)| json!({"name": name, "bind": bind.to_string(), "protocol": protocol}))
+                .collect();
+            json_response(&json!({ "listeners": list }))
+        }
+        "/" => text(
+            StatusCode::OK,
+            "tripline admin\n  /ready\n  /healthz\n  /metrics\n  /config_dump\n  /clusters\n  /listeners\n",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "unknown admin path; see /\n"),
+    }
+}
+
+/// Live cluster and endpoint state as JSON.
+pub fn clusters_json(clusters: &[Arc<Cluster>]) -> serde_json::Value {
+    let list: Vec<_> = clusters
+        .iter()
+        .map(|c| {
+            let set = c.endpoints.load();
+            let endpoints: Vec<_> = set
+                .endpoints
+                .iter()
+                .map(|e| {
+                    json!({
+                        "address": e.address.to_string(),
+                        "weight": e.weight,
+                        "labels": e.labels,
+                        "healthy": true,
+                        "active_requests": e.active.load(Ordering::Relaxed),
+                        "connections": e.pool.connections.load(Ordering::Relaxed),
+                        "idle_connections": e.pool.idle_count(),
+                        "requests_total": e.requests_total.load(Ordering::Relaxed),
+                    })
+                })
+                .collect();
+            let s = &c.state;
+            json!({
+                "name": c.name(),
+                "host": c.plan.host,
+                "port": c.plan.port,
+                "subset": c.plan.subset,
+                "protocol": format!("{:?}", c.plan.protocol),
+                "load_balancer": format!("{:?}", c.plan.load_balancer),
+                "active_requests": s.active.current(),
+                "pending_requests": s.pending.current(),
+                "connections": s.connections.current(),
+                "limits": {
+                    "max_connections": c.limits().max_connections,
+                    "max_pending_requests": c.limits().max_pending_requests,
+                    "max_requests": c.limits().max_requests,
+                    "max_requests_per_connection": c.limits().max_requests_per_connection,
+                    "connect_timeout_ms": c.limits().connect_timeout.as_millis() as u64,
+                },
+                "requests_total": s.stats.codes.total(),
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    json!({ "clusters": list })
+}

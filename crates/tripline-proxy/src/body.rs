@@ -1,0 +1,118 @@
+//! Body types that stream through without boxing: the client's request body goes upstream as
+//! is, and the upstream's response body comes back wrapped with the in-flight guard, so the
+//! permits, the pooled connection and the duration measurement are released exactly when the
+//! response ends (or the client goes away).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::upstream::InFlight;
+
+/// A request body sent upstream.
+#[derive(Debug)]
+pub enum RequestBody {
+    Stream(Incoming),
+    Empty,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Stream(b) => b.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Stream(b) => b.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// A response body sent to the client.
+#[derive(Debug)]
+pub struct ResponseBody {
+    inner: Inner,
+    /// Dropped when the body ends or is abandoned: releases permits and returns the connection.
+    guard: Option<InFlight>,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Upstream(Incoming),
+    Local(Option<Bytes>),
+}
+
+impl ResponseBody {
+    pub fn local(bytes: Bytes) -> Self {
+        ResponseBody { inner: Inner::Local(Some(bytes)), guard: None }
+    }
+
+    pub fn upstream(body: Incoming, guard: InFlight) -> Self {
+        ResponseBody { inner: Inner::Upstream(body), guard: Some(guard) }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Inner::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+        };
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(g) = this.guard.take() {
+                    g.finish(true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(g) = this.guard.take() {
+                    g.finish(false);
+                }
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Local(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Upstream(b) => b.size_hint(),
+            Inner::Local(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Local(None) => SizeHint::with_exact(0),
+        }
+    }
+}

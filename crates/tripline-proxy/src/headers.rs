@@ -1,0 +1,260 @@
+//! Header rewriting between client and upstream (RFC 9110 section 7.6.1): hop-by-hop headers
+//! are removed, `x-forwarded-for` is appended, `x-request-id` is generated when absent, and the
+//! request target is put in the form the upstream protocol needs.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, Scheme, Uri};
+use http::{Request, Version};
+use tripline_config::plan::UpstreamProtocol;
+use tripline_core::rng::Rng;
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// True when the request asks to switch protocols (WebSocket and friends, HTTP/1.1 only).
+pub fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && connection_has(req.headers(), "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers. With `keep_upgrade`, `Connection: upgrade` and `Upgrade`
+/// survive (the upgrade is passed through end to end).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers.remove(header::PROXY_AUTHENTICATE);
+    headers.remove(header::PROXY_AUTHORIZATION);
+    if let Some(te) = headers.get(header::TE) {
+        // gRPC needs `te: trailers` end to end; anything else in TE is hop-by-hop.
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            headers.remove(header::TE);
+        }
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header's.
+pub fn authority<B>(req: &Request<B>) -> Option<&str> {
+    req.uri().authority().map(Authority::as_str).or_else(|| req.headers().get(header::HOST)?.to_str().ok())
+}
+
+/// Strips the port from an authority (`host:port`, `[v6]:port`).
+pub fn host_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    }
+}
+
+/// A random UUIDv4 string, for `x-request-id`.
+pub fn request_id(rng: &dyn Rng) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let (a, b) = (rng.next_u64(), rng.next_u64());
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&a.to_le_bytes());
+    bytes[8..].copy_from_slice(&b.to_le_bytes());
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let mut out = [0u8; 36];
+    let mut j = 0;
+    for (i, byte) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[j] = b'-';
+            j += 1;
+        }
+        out[j] = HEX[usize::from(byte >> 4)];
+        out[j + 1] = HEX[usize::from(byte & 0xf)];
+        j += 2;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Rewrites a client request for the upstream: hop-by-hop headers, forwarding headers,
+/// request id, and the request target (origin-form + Host for HTTP/1.1, absolute URI for
+/// HTTP/2).
+pub fn prepare_request<B>(
+    req: &mut Request<B>,
+    protocol: UpstreamProtocol,
+    peer: IpAddr,
+    upgrade: bool,
+    rng: &dyn Rng,
+) {
+    let auth = authority(req).and_then(|a| a.parse::<Authority>().ok());
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers, upgrade);
+    // The client's `Expect: 100-continue` was answered by our server side when we started
+    // reading the body; the upstream gets the body straight away.
+    headers.remove(header::EXPECT);
+    append_forwarded_for(headers, peer);
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if !headers.contains_key(&X_REQUEST_ID) {
+        headers.insert(X_REQUEST_ID.clone(), request_id(rng));
+    }
+    match protocol {
+        UpstreamProtocol::Http2 => {
+            headers.remove(header::HOST);
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.scheme = Some(Scheme::HTTP);
+            if parts.authority.is_none() {
+                parts.authority = auth;
+            }
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+            }
+            *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+            *req.version_mut() = Version::HTTP_2;
+        }
+        _ => {
+            if !req.headers().contains_key(header::HOST) {
+                if let Some(a) = &auth {
+                    if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                        req.headers_mut().insert(header::HOST, v);
+                    }
+                }
+            }
+            if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+                let pq = req.uri().path_and_query().cloned();
+                let mut parts = http::uri::Parts::default();
+                parts.path_and_query = pq.or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
+                *req.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+            }
+            *req.version_mut() = Version::HTTP_11;
+        }
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
+    let ip = peer.to_string();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tripline_core::rng::SplitMix;
+
+    #[test]
+    fn removes_hop_by_hop_and_connection_listed_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "close, x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert(header::TE, "gzip".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        h.insert("x-keep", "yes".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn keeps_te_trailers_for_grpc_and_upgrade_when_asked() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, "trailers".parse().unwrap());
+        h.insert(header::CONNECTION, "Upgrade".parse().unwrap());
+        h.insert(header::UPGRADE, "websocket".parse().unwrap());
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h[header::TE], "trailers");
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn request_id_is_a_v4_uuid() {
+        let id = request_id(&SplitMix::seeded(1));
+        let s = id.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4");
+        assert_eq!(s.matches('-').count(), 4);
+        assert_ne!(request_id(&SplitMix::seeded(2)), id);
+    }
+
+    #[test]
+    fn host_of_strips_ports() {
+        assert_eq!(host_of("a.example:8080"), "a.example");
+        assert_eq!(host_of("a.example"), "a.example");
+        assert_eq!(host_of("[::1]:80"), "::1");
+    }
+
+    #[test]
+    fn h2_client_to_h1_upstream_gets_origin_form_and_host() {
+        let mut req = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("http://api.local:8080/v1/x?q=1")
+            .header("x-forwarded-for", "10.0.0.1")
+            .body(())
+            .unwrap();
+        prepare_request(
+            &mut req,
+            UpstreamProtocol::Http1,
+            "127.0.0.1".parse().unwrap(),
+            false,
+            &SplitMix::seeded(1),
+        );
+        assert_eq!(req.uri(), "/v1/x?q=1");
+        assert_eq!(req.headers()[header::HOST], "api.local:8080");
+        assert_eq!(req.headers()["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert!(req.headers().contains_key("x-request-id"));
+        assert_eq!(req.version(), Version::HTTP_11);
+    }
+
+    #[test]
+    fn h1_client_to_h2_upstream_gets_absolute_uri() {
+        let mut req = Request::builder().uri("/p").header("host", "svc.local").body(()).unwrap();
+        prepare_request(
+            &mut req,
+            UpstreamProtocol::Http2,
+            "127.0.0.1".parse().unwrap(),
+            false,
+            &SplitMix::seeded(1),
+        );
+        assert_eq!(req.uri(), "http://svc.local/p");
+        assert!(!req.headers().contains_key(header::HOST));
+        assert_eq!(req.version(), Version::HTTP_2);
+    }
+}

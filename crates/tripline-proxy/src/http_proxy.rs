@@ -1,0 +1,110 @@
+//! The HTTP request path: route → cluster → admission → endpoint → connection → response.
+//!
+//! Resilience gates (breaker, retries, fault injection) slot in between route selection and
+//! [`upstream::send`]; every early exit is a [`Reason`] so the refusal is always explained.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::body::{RequestBody, ResponseBody};
+use crate::cluster::Cluster;
+use crate::headers::{is_upgrade, prepare_request, strip_hop_by_hop};
+use crate::listener::ListenerRuntime;
+use crate::local_reply::Reason;
+use crate::upstream::{self, Outcome};
+use crate::Shared;
+
+/// Per-connection context shared by the requests of one client connection.
+pub struct ConnContext {
+    pub shared: Arc<Shared>,
+    pub listener: Arc<ListenerRuntime>,
+    pub peer: SocketAddr,
+}
+
+pub async fn handle(
+    ctx: Arc<ConnContext>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let route = {
+        let config = ctx.listener.config.load();
+        config.find(&req).cloned()
+    };
+    let Some(route) = route else {
+        ctx.shared.global.local.inc(Reason::NoRoute);
+        return Ok(Reason::NoRoute.response());
+    };
+    let Some(cluster) = route.pick_cluster(&ctx.shared.rng).cloned() else {
+        ctx.shared.global.local.inc(Reason::NoHealthyUpstream);
+        return Ok(Reason::NoHealthyUpstream.response());
+    };
+    let forward = forward(&ctx, &cluster, req);
+    let resp = match route.timeout {
+        Some(t) => match tokio::time::timeout(t, forward).await {
+            Ok(r) => r,
+            Err(_) => local(&cluster, Reason::RouteTimeout),
+        },
+        None => forward.await,
+    };
+    Ok(resp)
+}
+
+fn local(cluster: &Cluster, reason: Reason) -> Response<ResponseBody> {
+    cluster.state.stats.local.inc(reason);
+    reason.response()
+}
+
+async fn forward(
+    ctx: &ConnContext,
+    cluster: &Arc<Cluster>,
+    mut req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let hash = cluster.hash_key().and_then(|k| upstream::request_hash(k, &req, ctx.peer));
+    let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let mut up_req = Request::from_parts(parts, RequestBody::Stream(body));
+    prepare_request(&mut up_req, cluster.protocol(), ctx.peer.ip(), upgrade.is_some(), &ctx.shared.rng);
+
+    let (mut resp, mut inflight) = match upstream::send(cluster, up_req, hash, &ctx.shared.rng).await {
+        Outcome::Response(resp, inflight) => (resp, inflight),
+        Outcome::Local(reason) => return local(cluster, reason),
+    };
+    cluster.state.stats.codes.inc(resp.status().as_u16());
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = upgrade {
+            inflight.forget_connection();
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, inflight));
+            let (mut parts, _) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers, true);
+            return Response::from_parts(parts, ResponseBody::local(bytes::Bytes::new()));
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    if http_body::Body::is_end_stream(&body) {
+        inflight.mark_complete();
+    }
+    Response::from_parts(parts, ResponseBody::upstream(body, inflight))
+}
+
+/// Joins the client's and the upstream's upgraded connections and copies bytes both ways.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    inflight: upstream::InFlight,
+) {
+    match tokio::try_join!(client, upstream) {
+        Ok((c, u)) => {
+            let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+            let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+    }
+    drop(inflight);
+}

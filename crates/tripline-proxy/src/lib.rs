@@ -1,0 +1,198 @@
+//! Tripline's data plane: listeners, routing, upstream pools, admin API and metrics.
+//!
+//! [`Proxy`] owns the running state. A config load compiles a [`tripline_config::Loaded`]
+//! plan into live clusters (state kept across reloads) and route tables, binds new
+//! listeners, swaps route tables of existing ones, and closes listeners that are gone.
+
+pub mod admin;
+pub mod body;
+pub mod cluster;
+mod dns;
+pub mod headers;
+pub mod http_proxy;
+pub mod listener;
+pub mod local_reply;
+pub mod metrics;
+pub mod router;
+pub mod tcp_proxy;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tripline_config::Loaded;
+use tripline_core::rng::SplitMix;
+
+use crate::cluster::{Cluster, Registry};
+use crate::listener::ListenerRuntime;
+use crate::metrics::GlobalStats;
+use crate::router::ListenerConfig;
+
+/// State shared by every task of the proxy.
+pub struct Shared {
+    pub global: Arc<GlobalStats>,
+    pub rng: SplitMix,
+    /// The config in force, for the admin API.
+    pub applied: ArcSwap<Applied>,
+    /// True once the first config's listeners are bound; false again when draining.
+    pub ready: AtomicBool,
+    /// Flipped to true on SIGTERM: listeners stop accepting and connections drain.
+    pub shutdown: watch::Sender<bool>,
+    registry: Mutex<Registry>,
+    listeners: Mutex<HashMap<SocketAddr, Arc<ListenerRuntime>>>,
+    /// Bumped on every load; DNS refresh tasks of older loads stop.
+    generation: AtomicU64,
+}
+
+/// The config in force.
+#[derive(Default)]
+pub struct Applied {
+    pub clusters: Vec<Arc<Cluster>>,
+    pub dump: serde_json::Value,
+    pub listeners: Vec<(String, SocketAddr, String)>,
+}
+
+/// The running proxy.
+#[derive(Clone)]
+pub struct Proxy {
+    pub shared: Arc<Shared>,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Proxy {
+    pub fn new() -> Self {
+        let (shutdown, _) = watch::channel(false);
+        Proxy {
+            shared: Arc::new(Shared {
+                global: Arc::new(GlobalStats::default()),
+                rng: SplitMix::from_entropy(),
+                applied: ArcSwap::from_pointee(Applied::default()),
+                ready: AtomicBool::new(false),
+                shutdown,
+                registry: Mutex::new(Registry::default()),
+                listeners: Mutex::new(HashMap::new()),
+                generation: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Applies a compiled config. Listeners are bound first; if any bind fails nothing
+    /// changes and the error says which address. Must run inside the tokio runtime.
+    pub async fn apply(&self, loaded: &Loaded) -> Result<(), String> {
+        let shared = &self.shared;
+        let plan = &loaded.plan;
+        let clusters = lock(&shared.registry).build(&plan.clusters);
+        for c in &clusters {
+            dns::resolve_now(c).await;
+        }
+
+        let mut started = Vec::new();
+        let mut updates = Vec::new();
+        {
+            let current = lock(&shared.listeners);
+            for lp in &plan.listeners {
+                let config = ListenerConfig::build(lp, &clusters);
+                match current.get(&lp.bind) {
+                    Some(rt) if rt.protocol == lp.protocol => updates.push((rt.clone(), config)),
+                    _ => started.push((lp, config)),
+                }
+            }
+        }
+        let mut bound = Vec::new();
+        for (lp, config) in started {
+            // A listener whose protocol changed must give its port up before the new bind.
+            let old = lock(&shared.listeners).remove(&lp.bind);
+            if let Some(old) = old {
+                old.stop();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            match ListenerRuntime::start(shared, lp.name.clone(), lp.bind, lp.protocol, config) {
+                Ok(rt) => bound.push(rt),
+                Err(e) => {
+                    for rt in bound {
+                        rt.stop();
+                    }
+                    return Err(format!("listener {} cannot bind {}: {e}", lp.name, lp.bind));
+                }
+            }
+        }
+        for (rt, config) in updates {
+            rt.config.store(Arc::new(config));
+        }
+        {
+            let mut current = lock(&shared.listeners);
+            for rt in bound {
+                tracing::info!(listener = %rt.name, bind = %rt.bind, protocol = ?rt.protocol, "listening");
+                current.insert(rt.bind, rt);
+            }
+            let keep: std::collections::HashSet<SocketAddr> = plan.listeners.iter().map(|l| l.bind).collect();
+            current.retain(|addr, rt| {
+                let stay = keep.contains(addr);
+                if !stay {
+                    rt.stop();
+                }
+                stay
+            });
+        }
+        let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        for c in &clusters {
+            dns::spawn_refresh(shared.clone(), c.clone(), generation);
+        }
+        let listeners =
+            plan.listeners.iter().map(|l| (l.name.clone(), l.bind, format!("{:?}", l.protocol))).collect();
+        shared.applied.store(Arc::new(Applied { clusters, dump: loaded.dump.clone(), listeners }));
+        shared.ready.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Stops accepting, lets in-flight requests finish for up to `timeout`, then returns.
+    pub async fn drain(&self, timeout: Duration) {
+        let shared = &self.shared;
+        shared.ready.store(false, Ordering::SeqCst);
+        let _ = shared.shutdown.send(true);
+        for rt in lock(&shared.listeners).values() {
+            rt.stop();
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while shared.global.downstream_connections.load(Ordering::Relaxed) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    open = shared.global.downstream_connections.load(Ordering::Relaxed),
+                    "drain timeout reached; closing remaining connections"
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Evicts idle upstream connections past their idle timeout, forever.
+    pub async fn run_housekeeping(self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            let applied = self.shared.applied.load_full();
+            for c in &applied.clusters {
+                for ep in &c.endpoints.load().endpoints {
+                    ep.pool.evict_idle(c.limits().idle_timeout);
+                }
+            }
+        }
+    }
+}
+
+/// Locks a control-plane mutex (never used on the request path); a poisoned lock still
+/// holds consistent data because every critical section is a plain map update.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

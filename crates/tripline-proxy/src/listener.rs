@@ -1,0 +1,147 @@
+//! Listeners: accept loops for HTTP (HTTP/1.1 and h2c detected per connection) and raw TCP.
+//!
+//! A listener's routes live in an `ArcSwap` so a reload swaps them without touching the
+//! socket; connections already accepted keep serving, each request reading the current table.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tripline_config::plan::ListenerProtocol;
+
+use crate::http_proxy::{self, ConnContext};
+use crate::local_reply::Reason;
+use crate::router::ListenerConfig;
+use crate::Shared;
+
+/// A bound listener and the routes it serves.
+pub struct ListenerRuntime {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub protocol: ListenerProtocol,
+    pub config: ArcSwap<ListenerConfig>,
+    /// Closing this stops the accept loop (the socket is released).
+    stop: watch::Sender<bool>,
+}
+
+impl ListenerRuntime {
+    /// Binds the socket now (so a bad address fails the load) and starts accepting.
+    pub fn start(
+        shared: &Arc<Shared>,
+        name: String,
+        bind: SocketAddr,
+        protocol: ListenerProtocol,
+        config: ListenerConfig,
+    ) -> std::io::Result<Arc<Self>> {
+        let socket =
+            if bind.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(bind)?;
+        let listener = socket.listen(4096)?;
+        let (stop, stopped) = watch::channel(false);
+        let rt =
+            Arc::new(ListenerRuntime { name, bind, protocol, config: ArcSwap::from_pointee(config), stop });
+        tokio::spawn(accept_loop(shared.clone(), rt.clone(), listener, stopped));
+        Ok(rt)
+    }
+
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    rt: Arc<ListenerRuntime>,
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
+    http.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
+    if rt.protocol == ListenerProtocol::Http2 {
+        http = http.http2_only();
+    }
+    let http = Arc::new(http);
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = %rt.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped.changed() => break,
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let tracker = ConnTracker::new(&shared);
+        match rt.protocol {
+            ListenerProtocol::Tcp => {
+                tokio::spawn(crate::tcp_proxy::serve(shared.clone(), rt.clone(), stream, peer, tracker));
+            }
+            _ => {
+                let ctx = Arc::new(ConnContext { shared: shared.clone(), listener: rt.clone(), peer });
+                tokio::spawn(serve_http(http.clone(), ctx, stream, tracker));
+            }
+        }
+    }
+    tracing::info!(listener = %rt.name, bind = %rt.bind, "listener closed");
+}
+
+async fn serve_http(
+    http: Arc<auto::Builder<TokioExecutor>>,
+    ctx: Arc<ConnContext>,
+    stream: TcpStream,
+    _t: ConnTracker,
+) {
+    let mut shutdown = ctx.shared.shutdown.subscribe();
+    let service_ctx = ctx.clone();
+    let service = service_fn(move |req| http_proxy::handle(service_ctx.clone(), req));
+    let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.changed() => {
+            // Drain: finish in-flight requests, then close (keep-alive clients get
+            // `Connection: close`, HTTP/2 clients a GOAWAY).
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Counts open client connections so shutdown can wait for them to drain.
+pub struct ConnTracker {
+    shared: Arc<Shared>,
+}
+
+impl ConnTracker {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.global.downstream_connections.fetch_add(1, Ordering::Relaxed);
+        shared.global.downstream_connections_total.fetch_add(1, Ordering::Relaxed);
+        ConnTracker { shared: shared.clone() }
+    }
+}
+
+impl Drop for ConnTracker {
+    fn drop(&mut self) {
+        self.shared.global.downstream_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Counts a local refusal that happens before any cluster is chosen.
+pub fn refuse_global(shared: &Shared, reason: Reason) {
+    shared.global.local.inc(reason);
+}

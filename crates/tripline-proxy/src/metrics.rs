@@ -1,0 +1,279 @@
+//! Counters on the request path are plain atomics owned by the cluster or endpoint they
+//! describe, resolved once when the cluster is built; nothing is looked up by name per request.
+//! At scrape time a `prometheus-client` collector walks the live clusters and encodes them.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::cluster::ClusterState;
+use crate::local_reply::Reason;
+
+/// Upper bounds (seconds) of the request duration histogram.
+pub const DURATION_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A lock-free fixed-bucket histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// One per bucket plus +Inf.
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = DURATION_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// (sum in seconds, count, cumulative buckets) as Prometheus wants them.
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut cumulative = 0;
+        let mut out = Vec::with_capacity(self.buckets.len());
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Ordering::Relaxed);
+            out.push((DURATION_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
+        }
+        (self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6, cumulative, out)
+    }
+}
+
+/// Per-status-code request counters (100..=599), indexed directly by code.
+#[derive(Debug)]
+pub struct StatusCounters {
+    codes: Box<[AtomicU64]>,
+}
+
+impl Default for StatusCounters {
+    fn default() -> Self {
+        StatusCounters { codes: (100..600).map(|_| AtomicU64::new(0)).collect() }
+    }
+}
+
+impl StatusCounters {
+    pub fn inc(&self, status: u16) {
+        let i = usize::from(status.clamp(100, 599) - 100);
+        self.codes[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, status: u16) -> u64 {
+        self.codes[usize::from(status.clamp(100, 599) - 100)].load(Ordering::Relaxed)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.codes.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Non-zero (code, count) pairs.
+    pub fn nonzero(&self) -> impl Iterator<Item = (u16, u64)> + '_ {
+        self.codes.iter().enumerate().filter_map(|(i, c)| {
+            let v = c.load(Ordering::Relaxed);
+            (v > 0).then_some((i as u16 + 100, v))
+        })
+    }
+}
+
+/// Locally generated responses, by reason.
+#[derive(Debug, Default)]
+pub struct ReasonCounters {
+    counts: [AtomicU64; Reason::ALL.len()],
+}
+
+impl ReasonCounters {
+    pub fn inc(&self, reason: Reason) {
+        self.counts[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, reason: Reason) -> u64 {
+        self.counts[reason as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// Process-wide counters that belong to no cluster.
+#[derive(Debug, Default)]
+pub struct GlobalStats {
+    /// Local responses that happen before a cluster is chosen (e.g. `no-route`).
+    pub local: ReasonCounters,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    pub downstream_connections: AtomicU64,
+    pub downstream_connections_total: AtomicU64,
+}
+
+/// Encodes everything into Prometheus text format.
+pub fn render(global: &Arc<GlobalStats>, clusters: &[Arc<ClusterState>]) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape { global: global.clone(), clusters: clusters.to_vec() }));
+    let mut out = String::with_capacity(8 * 1024);
+    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+        out.clear();
+        let _ = writeln!(out, "# metrics encoding failed");
+    }
+    out
+}
+
+#[derive(Debug)]
+struct Scrape {
+    global: Arc<GlobalStats>,
+    clusters: Vec<Arc<ClusterState>>,
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl Iterator<Item = (Vec<(&'static str, String)>, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in rows {
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        m.encode_family(&labels)?.encode_counter::<NoLabelSet, u64, u64>(&v, None)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl Iterator<Item = (Vec<(&'static str, String)>, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in rows {
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        m.encode_family(&labels)?.encode_gauge(&v)?;
+    }
+    Ok(())
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let cl = |c: &ClusterState| vec![("cluster", c.name.to_string())];
+        counter(
+            &mut enc,
+            "tripline_requests",
+            "Requests answered by an upstream, by cluster and status code.",
+            self.clusters.iter().flat_map(|c| {
+                c.stats.codes.nonzero().map(move |(code, v)| {
+                    (vec![("cluster", c.name.to_string()), ("code", code.to_string())], v)
+                })
+            }),
+        )?;
+        let mut local_rows = Vec::new();
+        for reason in Reason::ALL {
+            let v = self.global.local.get(reason);
+            if v > 0 {
+                local_rows
+                    .push((vec![("reason", reason.as_str().to_string()), ("cluster", String::new())], v));
+            }
+            for c in &self.clusters {
+                let v = c.stats.local.get(reason);
+                if v > 0 {
+                    local_rows.push((
+                        vec![("reason", reason.as_str().to_string()), ("cluster", c.name.to_string())],
+                        v,
+                    ));
+                }
+            }
+        }
+        counter(
+            &mut enc,
+            "tripline_local_responses",
+            "Responses Tripline generated itself, by reason (also sent as x-tripline-reason).",
+            local_rows.into_iter(),
+        )?;
+        gauge(
+            &mut enc,
+            "tripline_upstream_active_requests",
+            "Requests in flight to the cluster.",
+            self.clusters.iter().map(|c| (cl(c), i64::from(c.active.current()))),
+        )?;
+        gauge(
+            &mut enc,
+            "tripline_upstream_pending_requests",
+            "Requests waiting for an upstream connection.",
+            self.clusters.iter().map(|c| (cl(c), i64::from(c.pending.current()))),
+        )?;
+        gauge(
+            &mut enc,
+            "tripline_upstream_connections",
+            "Open upstream connections.",
+            self.clusters.iter().map(|c| (cl(c), i64::from(c.connections.current()))),
+        )?;
+        counter(
+            &mut enc,
+            "tripline_upstream_connect_failures",
+            "Upstream connection attempts that failed or timed out.",
+            self.clusters.iter().map(|c| (cl(c), c.stats.connect_failures.load(Ordering::Relaxed))),
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                "tripline_request_duration_seconds",
+                "Time from sending the request upstream to the end of the response body.",
+                None,
+                MetricType::Histogram,
+            )?;
+            for c in &self.clusters {
+                let (sum, count, buckets) = c.stats.duration.snapshot();
+                let labels = [("cluster", c.name.as_ref())];
+                m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
+        counter(
+            &mut enc,
+            "tripline_config_reloads",
+            "Configuration reloads by result; a failed reload keeps the previous config.",
+            [
+                (vec![("result", "success".to_string())], self.global.reloads_ok.load(Ordering::Relaxed)),
+                (vec![("result", "failure".to_string())], self.global.reloads_failed.load(Ordering::Relaxed)),
+            ]
+            .into_iter(),
+        )?;
+        gauge(
+            &mut enc,
+            "tripline_downstream_connections",
+            "Open client connections.",
+            std::iter::once((vec![], self.global.downstream_connections.load(Ordering::Relaxed) as i64)),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(20));
+        let (sum, count, b) = h.snapshot();
+        assert_eq!(count, 3);
+        assert!((sum - 20.0033).abs() < 1e-6);
+        assert_eq!(b[0], (0.0005, 1));
+        assert_eq!(b[3], (0.005, 2));
+        assert_eq!(b.last().unwrap().1, 3);
+    }
+
+    #[test]
+    fn status_counters_clamp_odd_codes() {
+        let s = StatusCounters::default();
+        s.inc(200);
+        s.inc(200);
+        s.inc(999);
+        assert_eq!(s.get(200), 2);
+        assert_eq!(s.get(599), 1);
+        assert_eq!(s.nonzero().collect::<Vec<_>>(), vec![(200, 2), (599, 1)]);
+    }
+}

@@ -1,0 +1,186 @@
+//! Route tables: VirtualService rules compiled for one listener, matched per request without
+//! allocation (authority host, then routes in order).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use tripline_config::plan::{
+    HostMatch, ListenerPlan, RequestMatch, RoutePlan, TcpRoutePlan, WeightedCluster,
+};
+use tripline_core::rng::Rng;
+
+use crate::cluster::Cluster;
+use crate::headers::{authority, host_of};
+
+/// What a listener serves, swapped as a whole on reload.
+#[derive(Debug, Default)]
+pub struct ListenerConfig {
+    pub virtual_hosts: Vec<VirtualHost>,
+    pub tcp: Option<Arc<Route>>,
+}
+
+#[derive(Debug)]
+pub struct VirtualHost {
+    pub domains: Vec<HostMatch>,
+    pub routes: Vec<Arc<Route>>,
+}
+
+/// A route: its matches and its weighted destinations.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    matches: Vec<RequestMatch>,
+    destinations: Vec<(Arc<Cluster>, u32)>,
+    total_weight: u32,
+    pub timeout: Option<Duration>,
+}
+
+impl Route {
+    fn new(
+        name: &str,
+        matches: Vec<RequestMatch>,
+        dests: &[WeightedCluster],
+        clusters: &[Arc<Cluster>],
+    ) -> Self {
+        let destinations: Vec<(Arc<Cluster>, u32)> =
+            dests.iter().filter_map(|d| clusters.get(d.cluster).map(|c| (c.clone(), d.weight))).collect();
+        let total_weight = destinations.iter().map(|(_, w)| *w).sum();
+        Route { name: name.into(), matches, destinations, total_weight, timeout: None }
+    }
+
+    fn from_plan(r: &RoutePlan, clusters: &[Arc<Cluster>]) -> Self {
+        let mut route = Route::new(&r.name, r.matches.clone(), &r.destinations, clusters);
+        route.timeout = r.timeout;
+        route
+    }
+
+    fn from_tcp(r: &TcpRoutePlan, clusters: &[Arc<Cluster>]) -> Self {
+        Route::new(&r.name, Vec::new(), &r.destinations, clusters)
+    }
+
+    /// Picks a destination by weight.
+    pub fn pick_cluster(&self, rng: &dyn Rng) -> Option<&Arc<Cluster>> {
+        if self.destinations.len() <= 1 || self.total_weight == 0 {
+            return self.destinations.first().map(|(c, _)| c);
+        }
+        let mut r = rng.below(u64::from(self.total_weight)) as u32;
+        for (c, w) in &self.destinations {
+            if r < *w {
+                return Some(c);
+            }
+            r -= w;
+        }
+        self.destinations.last().map(|(c, _)| c)
+    }
+
+    fn matches<B>(&self, req: &Request<B>) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| request_matches(m, req))
+    }
+}
+
+fn request_matches<B>(m: &RequestMatch, req: &Request<B>) -> bool {
+    if let Some(uri) = &m.uri {
+        if !uri.matches(req.uri().path()) {
+            return false;
+        }
+    }
+    if let Some(method) = &m.method {
+        if !method.matches(req.method().as_str()) {
+            return false;
+        }
+    }
+    if let Some(a) = &m.authority {
+        if !authority(req).is_some_and(|v| a.matches(v)) {
+            return false;
+        }
+    }
+    m.headers.iter().all(|(name, sm)| {
+        req.headers().get(name.as_str()).and_then(|v| v.to_str().ok()).is_some_and(|v| sm.matches(v))
+    })
+}
+
+impl ListenerConfig {
+    pub fn build(plan: &ListenerPlan, clusters: &[Arc<Cluster>]) -> Self {
+        ListenerConfig {
+            virtual_hosts: plan
+                .virtual_hosts
+                .iter()
+                .map(|vh| VirtualHost {
+                    domains: vh.domains.clone(),
+                    routes: vh.routes.iter().map(|r| Arc::new(Route::from_plan(r, clusters))).collect(),
+                })
+                .collect(),
+            tcp: plan.tcp_route.as_ref().map(|r| Arc::new(Route::from_tcp(r, clusters))),
+        }
+    }
+
+    /// The first route of the most specific matching virtual host that matches the request.
+    pub fn find<B>(&self, req: &Request<B>) -> Option<&Arc<Route>> {
+        let host = authority(req).map(host_of).unwrap_or("");
+        let vh = self.virtual_hosts.iter().find(|vh| vh.domains.iter().any(|d| d.matches(host)))?;
+        vh.routes.iter().find(|r| r.matches(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tripline_config::plan::StringMatch;
+    use tripline_core::rng::SplitMix;
+
+    fn route(name: &str, m: Vec<RequestMatch>) -> Arc<Route> {
+        Arc::new(Route {
+            name: name.into(),
+            matches: m,
+            destinations: vec![],
+            total_weight: 0,
+            timeout: None,
+        })
+    }
+
+    fn table() -> ListenerConfig {
+        let by_header = RequestMatch {
+            headers: vec![("x-user-tier".into(), StringMatch::Exact("premium".into()))],
+            ..Default::default()
+        };
+        let by_prefix = RequestMatch { uri: Some(StringMatch::Prefix("/api".into())), ..Default::default() };
+        let by_regex = RequestMatch {
+            uri: Some(StringMatch::Regex(regex::Regex::new("^/v[0-9]+$").unwrap())),
+            ..Default::default()
+        };
+        ListenerConfig {
+            virtual_hosts: vec![
+                VirtualHost {
+                    domains: vec![HostMatch::Exact("media.local".into())],
+                    routes: vec![route("premium", vec![by_header]), route("media-default", vec![])],
+                },
+                VirtualHost {
+                    domains: vec![HostMatch::Suffix(".example.com".into())],
+                    routes: vec![route("api", vec![by_prefix]), route("versioned", vec![by_regex])],
+                },
+            ],
+            tcp: None,
+        }
+    }
+
+    fn find(t: &ListenerConfig, host: &str, path: &str, tier: Option<&str>) -> Option<String> {
+        let mut b = Request::builder().uri(path).header("host", host);
+        if let Some(t) = tier {
+            b = b.header("x-user-tier", t);
+        }
+        t.find(&b.body(()).unwrap()).map(|r| r.name.to_string())
+    }
+
+    #[test]
+    fn routes_by_host_header_and_path() {
+        let t = table();
+        assert_eq!(find(&t, "media.local:80", "/", Some("premium")).as_deref(), Some("premium"));
+        assert_eq!(find(&t, "media.local", "/", Some("free")).as_deref(), Some("media-default"));
+        assert_eq!(find(&t, "shop.example.com", "/api/items", None).as_deref(), Some("api"));
+        assert_eq!(find(&t, "shop.example.com", "/v2", None).as_deref(), Some("versioned"));
+        assert_eq!(find(&t, "shop.example.com", "/v2/x", None), None);
+        assert_eq!(find(&t, "example.com", "/api", None), None, "suffix needs a subdomain");
+        assert_eq!(find(&t, "other.local", "/", None), None);
+    }
+}

@@ -1,0 +1,275 @@
+//! Per-endpoint upstream connection pools with Envoy's `connectionPool` semantics.
+//!
+//! - HTTP/1.1: idle keep-alive connections wait in a lock-free queue; a request takes one,
+//!   or opens a new connection if the cluster is under `maxConnections`, or else waits as
+//!   *pending* (at most `http1MaxPendingRequests` of them, beyond that `overflow-pending`)
+//!   until a connection is returned or closed. A pending request that gets no connection
+//!   within `connectTimeout` is refused with `overflow-connections`: the pool is saturated.
+//! - HTTP/2: one multiplexed connection per endpoint, replaced when it closes or has served
+//!   `maxRequestsPerConnection` requests.
+//!
+//! Connection slots are [`Permit`]s held by the connection's task, so a connection that dies
+//! for any reason frees its slot and wakes the pending requests.
+
+use std::pin::pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+use crossbeam_queue::ArrayQueue;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tripline_config::plan::UpstreamProtocol;
+use tripline_core::limits::Permit;
+
+use crate::body::RequestBody;
+use crate::cluster::{Cluster, ClusterState, Endpoint};
+use crate::local_reply::Reason;
+
+/// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
+const MAX_IDLE_PER_ENDPOINT: usize = 1024;
+
+#[derive(Debug)]
+pub struct ConnectionPool {
+    idle: ArrayQueue<IdleH1>,
+    h2: ArcSwapOption<H2Conn>,
+    /// Open connections to this endpoint.
+    pub connections: AtomicU32,
+}
+
+#[derive(Debug)]
+struct IdleH1 {
+    tx: http1::SendRequest<RequestBody>,
+    since: Instant,
+    uses: u32,
+}
+
+#[derive(Debug)]
+struct H2Conn {
+    tx: http2::SendRequest<RequestBody>,
+    uses: AtomicU32,
+}
+
+/// A connection checked out for one request.
+#[derive(Debug)]
+pub enum Conn {
+    H1 { tx: http1::SendRequest<RequestBody>, uses: u32 },
+    H2(http2::SendRequest<RequestBody>),
+}
+
+/// An HTTP/1.1 connection to give back to its endpoint's pool once the response is read.
+#[derive(Debug)]
+pub struct Reusable {
+    tx: http1::SendRequest<RequestBody>,
+    uses: u32,
+}
+
+impl Default for ConnectionPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConnectionPool {
+    pub fn new() -> Self {
+        ConnectionPool {
+            idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
+            h2: ArcSwapOption::empty(),
+            connections: AtomicU32::new(0),
+        }
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// Returns a connection after a complete response. Closed or worn-out connections are
+    /// dropped (which closes them).
+    pub fn give_back(&self, conn: Reusable, max_uses: Option<u32>) {
+        if conn.tx.is_closed() || max_uses.is_some_and(|m| conn.uses >= m) {
+            return;
+        }
+        let _ = self.idle.push(IdleH1 { tx: conn.tx, since: Instant::now(), uses: conn.uses });
+    }
+
+    /// Drops idle connections older than `idle_timeout` (called periodically).
+    pub fn evict_idle(&self, idle_timeout: std::time::Duration) {
+        for _ in 0..self.idle.len() {
+            match self.idle.pop() {
+                Some(c) if c.since.elapsed() < idle_timeout && !c.tx.is_closed() => {
+                    let _ = self.idle.push(c);
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+    }
+}
+
+/// Held by a connection's task: frees the connection slot and wakes pending requests.
+struct ConnGuard {
+    state: Arc<ClusterState>,
+    endpoint: Arc<Endpoint>,
+    slot: Option<Permit>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.endpoint.pool.connections.fetch_sub(1, Ordering::Relaxed);
+        // Free the slot before waking waiters, so the woken request can take it.
+        drop(self.slot.take());
+        self.state.notify_released();
+    }
+}
+
+/// Finds or opens a connection to `ep`, honouring the cluster's limits.
+pub async fn checkout(cluster: &Cluster, ep: &Arc<Endpoint>) -> Result<Conn, Reason> {
+    let state = &cluster.state;
+    let limits = cluster.limits();
+    let mut pending: Option<Permit> = None;
+    let mut deadline: Option<Instant> = None;
+    let mut armed = false;
+    loop {
+        let notified = state.conn_released.notified();
+        let mut notified = pin!(notified);
+        if armed {
+            // Register before re-checking so a release between the check and the wait is seen.
+            notified.as_mut().enable();
+        }
+        if let Some(conn) = reuse(cluster, ep).await {
+            return Ok(conn);
+        }
+        if let Some(slot) = state.connections.try_acquire() {
+            drop(pending);
+            return connect(cluster, ep, slot).await;
+        }
+        if pending.is_none() {
+            pending = Some(state.pending.try_acquire().ok_or(Reason::OverflowPending)?);
+            deadline = Some(Instant::now() + limits.connect_timeout);
+        }
+        if !armed {
+            armed = true;
+            continue;
+        }
+        let until = deadline.unwrap_or_else(Instant::now);
+        if tokio::time::timeout_at(until.into(), notified).await.is_err() {
+            return Err(Reason::OverflowConnections);
+        }
+    }
+}
+
+async fn reuse(cluster: &Cluster, ep: &Endpoint) -> Option<Conn> {
+    let limits = cluster.limits();
+    match cluster.protocol() {
+        UpstreamProtocol::Http2 => {
+            let c = ep.pool.h2.load_full()?;
+            let uses = c.uses.fetch_add(1, Ordering::Relaxed) + 1;
+            let worn = limits.max_requests_per_connection.is_some_and(|m| uses > m);
+            if c.tx.is_closed() || worn {
+                ep.pool.h2.compare_and_swap(&Some(c), None);
+                return None;
+            }
+            Some(Conn::H2(c.tx.clone()))
+        }
+        _ => {
+            while let Some(idle) = ep.pool.idle.pop() {
+                if idle.since.elapsed() >= limits.idle_timeout {
+                    continue;
+                }
+                let mut tx = idle.tx;
+                if tx.ready().await.is_ok() {
+                    return Some(Conn::H1 { tx, uses: idle.uses });
+                }
+            }
+            None
+        }
+    }
+}
+
+async fn connect(cluster: &Cluster, ep: &Arc<Endpoint>, slot: Permit) -> Result<Conn, Reason> {
+    let state = &cluster.state;
+    let failed = || {
+        state.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+        Reason::UpstreamConnectFailure
+    };
+    let stream = match tokio::time::timeout(cluster.limits().connect_timeout, TcpStream::connect(ep.address))
+        .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(cluster = %state.name, endpoint = %ep.address, error = %e, "upstream connect failed");
+            return Err(failed());
+        }
+        Err(_) => {
+            tracing::debug!(cluster = %state.name, endpoint = %ep.address, "upstream connect timed out");
+            return Err(failed());
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    ep.pool.connections.fetch_add(1, Ordering::Relaxed);
+    let guard = ConnGuard { state: state.clone(), endpoint: ep.clone(), slot: Some(slot) };
+    let io = TokioIo::new(stream);
+    match cluster.protocol() {
+        UpstreamProtocol::Http2 => {
+            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(|_| failed())?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+                drop(guard);
+            });
+            let shared = Arc::new(H2Conn { tx: tx.clone(), uses: AtomicU32::new(1) });
+            ep.pool.h2.store(Some(shared));
+            Ok(Conn::H2(tx))
+        }
+        _ => {
+            let (tx, conn) = http1::Builder::new().handshake(io).await.map_err(|_| failed())?;
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+                drop(guard);
+            });
+            Ok(Conn::H1 { tx, uses: 0 })
+        }
+    }
+}
+
+/// What went wrong sending a request on a connection.
+#[derive(Debug)]
+pub enum SendError {
+    /// The connection was dead before the request went out: safe to try another connection.
+    NotSent(Request<RequestBody>),
+    /// The request (or part of it) was sent and then the connection failed.
+    Reset(hyper::Error),
+}
+
+impl Conn {
+    /// Sends the request. On success returns the response and, for HTTP/1.1, the connection
+    /// to give back once the response body has been read.
+    pub async fn send(
+        self,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Option<Reusable>), SendError> {
+        match self {
+            Conn::H1 { mut tx, uses } => match tx.try_send_request(req).await {
+                Ok(resp) => Ok((resp, Some(Reusable { tx, uses: uses + 1 }))),
+                Err(mut e) => match e.take_message() {
+                    Some(req) => Err(SendError::NotSent(req)),
+                    None => Err(SendError::Reset(e.into_error())),
+                },
+            },
+            Conn::H2(mut tx) => match tx.try_send_request(req).await {
+                Ok(resp) => Ok((resp, None)),
+                Err(mut e) => match e.take_message() {
+                    Some(req) => Err(SendError::NotSent(req)),
+                    None => Err(SendError::Reset(e.into_error())),
+                },
+            },
+        }
+    }
+}

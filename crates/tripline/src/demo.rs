@@ -1,0 +1,222 @@
+//! `tripline demo`: the proxy with an embedded config in front of three built-in upstreams on
+//! loopback (steady, flaky: 30% 503, slow: 300 ms), optional built-in client traffic, and a
+//! live summary of what each endpoint received.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tripline_config::{LoadOptions, Source};
+use tripline_core::rng::{Rng, SplitMix};
+use tripline_proxy::Proxy;
+
+use crate::{init_logging, DemoArgs};
+
+/// The embedded config. `{LISTEN_*}` and `{PORT_*}` are filled in at start.
+const DEMO_CONFIG: &str = include_str!("../../../examples/demo.yaml");
+
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Steady,
+    Flaky,
+    Slow,
+}
+
+async fn upstream(name: &'static str, behaviour: Behaviour) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let rng = Arc::new(SplitMix::from_entropy());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let rng = rng.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: Request<Incoming>| {
+                    let rng = rng.clone();
+                    async move {
+                        let status = match behaviour {
+                            Behaviour::Steady => StatusCode::OK,
+                            Behaviour::Flaky if rng.below(10) < 3 => StatusCode::SERVICE_UNAVAILABLE,
+                            Behaviour::Flaky => StatusCode::OK,
+                            Behaviour::Slow => {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                                StatusCode::OK
+                            }
+                        };
+                        let mut r = Response::new(Full::new(Bytes::from(format!("{name}\n"))));
+                        *r.status_mut() = status;
+                        r.headers_mut().insert("x-demo-upstream", http::HeaderValue::from_static(name));
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+pub fn demo_config(listen: SocketAddr, ports: [u16; 3]) -> String {
+    DEMO_CONFIG
+        .replace("{LISTEN_IP}", &listen.ip().to_string())
+        .replace("{LISTEN_PORT}", &listen.port().to_string())
+        .replace("{PORT_STEADY}", &ports[0].to_string())
+        .replace("{PORT_FLAKY}", &ports[1].to_string())
+        .replace("{PORT_SLOW}", &ports[2].to_string())
+}
+
+pub fn run(args: DemoArgs) -> ExitCode {
+    if args.print_config {
+        print!("{DEMO_CONFIG}");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&args.log);
+    let rt = match crate::run::runtime(1) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tripline demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        match demo(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tripline demo: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    upstream_errors: AtomicU64,
+    refused: AtomicU64,
+}
+
+async fn demo(args: DemoArgs) -> Result<(), String> {
+    let mut ports = [0u16; 3];
+    for (i, (name, b)) in
+        [("steady", Behaviour::Steady), ("flaky", Behaviour::Flaky), ("slow", Behaviour::Slow)]
+            .into_iter()
+            .enumerate()
+    {
+        ports[i] =
+            upstream(name, b).await.map_err(|e| format!("cannot start the {name} upstream: {e}"))?.port();
+    }
+    let text = demo_config(args.listen, ports);
+    let sources = [Source { name: "<embedded demo config>".into(), text }];
+    let loaded = tripline_config::load(&sources, &LoadOptions::default())
+        .map_err(|diags| diags.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))?;
+    let proxy = Proxy::new();
+    let admin = tripline_proxy::admin::bind(args.admin)
+        .await
+        .map_err(|e| format!("cannot bind the admin address {}: {e} (use --admin)", args.admin))?;
+    tokio::spawn(tripline_proxy::admin::serve(proxy.shared.clone(), admin));
+    proxy.apply(&loaded).await?;
+
+    println!("Tripline demo is running.");
+    println!("  proxy:   http://{}/   (try: curl -i http://{}/)", args.listen, args.listen);
+    println!("  admin:   http://{}/clusters  /metrics  /config_dump", args.admin);
+    println!(
+        "  upstreams: steady 127.0.0.1:{}, flaky (30% 503) 127.0.0.1:{}, slow (300 ms) 127.0.0.1:{}",
+        ports[0], ports[1], ports[2]
+    );
+    println!("  config:  tripline demo --print-config");
+    if args.rps > 0 {
+        println!("  sending {} requests/s of demo traffic; Ctrl-C to stop", args.rps);
+    }
+
+    let tally = Arc::new(Tally::default());
+    if args.rps > 0 {
+        tokio::spawn(traffic(args.listen, args.rps, tally.clone()));
+    }
+    let summary = summary_loop(proxy.clone(), tally);
+    match args.duration {
+        Some(d) => {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = summary => {}
+            }
+        }
+        None => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = summary => {}
+            }
+        }
+    }
+    proxy.drain(Duration::from_secs(2)).await;
+    Ok(())
+}
+
+async fn traffic(target: SocketAddr, rps: u32, tally: Arc<Tally>) {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rps.max(1))));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let tally = tally.clone();
+        tokio::spawn(async move {
+            match one_request(target).await {
+                Some((status, reason)) if status.is_success() => {
+                    let _ = reason;
+                    tally.ok.fetch_add(1, Ordering::Relaxed)
+                }
+                Some((_, Some(_))) => tally.refused.fetch_add(1, Ordering::Relaxed),
+                _ => tally.upstream_errors.fetch_add(1, Ordering::Relaxed),
+            };
+        });
+    }
+}
+
+async fn one_request(target: SocketAddr) -> Option<(StatusCode, Option<String>)> {
+    let stream = tokio::net::TcpStream::connect(target).await.ok()?;
+    let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(conn);
+    let req = Request::get("/").header("host", "demo.local").body(Empty::<Bytes>::new()).ok()?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), tx.send_request(req)).await.ok()?.ok()?;
+    let reason = resp.headers().get("x-tripline-reason").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let status = resp.status();
+    let _ = resp.into_body().collect().await;
+    Some((status, reason))
+}
+
+async fn summary_loop(proxy: Proxy, tally: Arc<Tally>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let applied = proxy.shared.applied.load();
+        let mut line = format!(
+            "client: {} ok, {} upstream errors, {} refused by tripline |",
+            tally.ok.load(Ordering::Relaxed),
+            tally.upstream_errors.load(Ordering::Relaxed),
+            tally.refused.load(Ordering::Relaxed)
+        );
+        for c in &applied.clusters {
+            for e in &c.endpoints.load().endpoints {
+                line.push_str(&format!(
+                    " {} {} req ({} active);",
+                    e.address,
+                    e.requests_total.load(Ordering::Relaxed),
+                    e.active.load(Ordering::Relaxed)
+                ));
+            }
+        }
+        println!("{line}");
+    }
+}

@@ -1,0 +1,203 @@
+//! `tripline`: the command line. `run` serves a config, `validate` checks one, `demo` runs an
+//! embedded config against built-in demo upstreams.
+
+mod demo;
+mod run;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "tripline",
+    version,
+    about = "A service-mesh data plane configured with the Istio networking API",
+    long_about = "Tripline is a sidecar or gateway proxy configured with Istio's Gateway, ServiceEntry, \
+                  VirtualService and DestinationRule. It protects services from each other with \
+                  connection-pool limits, timeouts and load balancing, and every response it refuses \
+                  carries the reason in x-tripline-reason."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy with a configuration (files or directories of multi-document YAML).
+    Run(RunArgs),
+    /// Check a configuration without running it. Exit code 0: valid; 2: errors found.
+    Validate(ValidateArgs),
+    /// Run an embedded demo: the proxy plus three built-in upstreams (steady, flaky, slow).
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct LogArgs {
+    /// Log level: error, warn, info, debug, trace (or a tracing filter like tripline_proxy=debug).
+    #[arg(long, default_value = "info", env = "TRIPLINE_LOG")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Config file or directory (every *.yaml / *.yml inside). Repeatable.
+    #[arg(short = 'c', long = "config", required = true, value_name = "PATH")]
+    pub config: Vec<PathBuf>,
+    /// Admin API address (/ready, /metrics, /clusters, /config_dump).
+    #[arg(long, default_value = "127.0.0.1:15000", value_name = "ADDR")]
+    pub admin: SocketAddr,
+    /// Worker threads [default: number of cores].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Where the mesh listener binds (VirtualServices without `gateways`).
+    #[arg(long, default_value = "127.0.0.1:15001", value_name = "ADDR")]
+    pub mesh_bind: SocketAddr,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub drain_timeout: Duration,
+    /// How often config files are checked for changes (SIGHUP reloads at once).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub watch_interval: Duration,
+    /// How often `resolution: DNS` hosts are re-resolved.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub dns_refresh: Duration,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Args)]
+struct ValidateArgs {
+    /// Config files or directories.
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Treat warnings as errors (exit 2).
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Where the demo gateway listens.
+    #[arg(long, default_value = "127.0.0.1:18000", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Admin API address.
+    #[arg(long, default_value = "127.0.0.1:15000", value_name = "ADDR")]
+    pub admin: SocketAddr,
+    /// Built-in client traffic in requests per second (0 turns it off).
+    #[arg(long, default_value_t = 20)]
+    pub rps: u32,
+    /// Stop after this long (default: run until Ctrl-C).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+    /// Print the embedded config and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// Parses `1.5s`, `250ms`, `2m`, `1h`, `100us`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration (try 500ms, 2s, 1m)"))?;
+    let secs = match unit {
+        "h" => n * 3600.0,
+        "m" => n * 60.0,
+        "s" | "" => n,
+        "ms" => n / 1e3,
+        "us" | "µs" => n / 1e6,
+        "ns" => n / 1e9,
+        _ => return Err(format!("`{s}` has an unknown unit (use h, m, s, ms, us)")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("`{s}` is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+pub fn init_logging(log: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match log.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn validate(args: ValidateArgs) -> ExitCode {
+    let result = tripline_config::read_sources(&args.paths)
+        .and_then(|sources| tripline_config::load(&sources, &tripline_config::LoadOptions::default()));
+    match result {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("{w}");
+            }
+            let p = &loaded.plan;
+            println!(
+                "valid: {} listener(s), {} cluster(s), {} warning(s)",
+                p.listeners.len(),
+                p.clusters.len(),
+                loaded.warnings.len()
+            );
+            if args.strict && !loaded.warnings.is_empty() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(diags) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            let errors = diags.iter().filter(|d| d.severity == tripline_config::Severity::Error).count();
+            eprintln!("invalid: {errors} error(s)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Validate(args) => validate(args),
+        Command::Demo(args) => demo::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_istio() {
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,149 @@
+//! `tripline run`: load, serve, reload on change or SIGHUP, drain on SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use tokio::signal::unix::{signal, SignalKind};
+use tripline_config::{LoadOptions, Loaded};
+use tripline_proxy::Proxy;
+
+use crate::{init_logging, RunArgs};
+
+/// Builds the async runtime: one worker runs a single-threaded runtime (no work-stealing
+/// overhead, the fastest per request); more workers share a multi-threaded one.
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+    }
+}
+
+fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Loaded, Vec<tripline_config::Diagnostic>> {
+    tripline_config::read_sources(paths).and_then(|s| tripline_config::load(&s, opts))
+}
+
+pub fn run(args: RunArgs) -> ExitCode {
+    init_logging(&args.log);
+    let opts = LoadOptions { mesh_bind: args.mesh_bind, dns_refresh: args.dns_refresh };
+    let loaded = match load(&args.config, &opts) {
+        Ok(l) => l,
+        Err(diags) => {
+            for d in &diags {
+                eprintln!("{d}");
+            }
+            eprintln!("tripline: the configuration has errors; nothing was started");
+            return ExitCode::from(2);
+        }
+    };
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let rt = match runtime(workers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tripline: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(serve(args, opts, loaded, workers))
+}
+
+async fn serve(args: RunArgs, opts: LoadOptions, loaded: Loaded, workers: usize) -> ExitCode {
+    let proxy = Proxy::new();
+    let admin = match tripline_proxy::admin::bind(args.admin).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tripline: cannot bind the admin address {}: {e} (use --admin)", args.admin);
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::spawn(tripline_proxy::admin::serve(proxy.shared.clone(), admin));
+    if let Err(e) = proxy.apply(&loaded).await {
+        eprintln!("tripline: {e}");
+        return ExitCode::FAILURE;
+    }
+    tracing::info!(admin = %args.admin, workers, "tripline ready");
+    tokio::spawn(proxy.clone().run_housekeeping());
+    tokio::spawn(watch_config(proxy.clone(), args.config.clone(), opts, args.watch_interval));
+
+    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            eprintln!("tripline: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!(timeout = ?args.drain_timeout, "draining");
+    proxy.drain(args.drain_timeout).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+/// A cheap fingerprint of the config paths: every file's name, size and mtime.
+fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut out = Vec::new();
+    for p in paths {
+        let entries: Vec<PathBuf> = match std::fs::read_dir(p) {
+            Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+            Err(_) => vec![p.clone()],
+        };
+        for f in entries {
+            let meta = std::fs::metadata(&f).ok();
+            out.push((f, meta.as_ref().map_or(0, |m| m.len()), meta.and_then(|m| m.modified().ok())));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Reloads when a config file changes or on SIGHUP. A config that fails to load or apply
+/// leaves the running one in place; the failure is logged and counted.
+async fn watch_config(proxy: Proxy, paths: Vec<PathBuf>, opts: LoadOptions, every: Duration) {
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let mut last = fingerprint(&paths);
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(50)));
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
+        };
+        let now = fingerprint(&paths);
+        if !forced && now == last {
+            continue;
+        }
+        last = now;
+        let global = &proxy.shared.global;
+        match load(&paths, &opts) {
+            Ok(loaded) => {
+                for w in &loaded.warnings {
+                    tracing::warn!("{w}");
+                }
+                match proxy.apply(&loaded).await {
+                    Ok(()) => {
+                        global.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(forced, "configuration reloaded");
+                    }
+                    Err(e) => {
+                        global.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, "reload failed; keeping the previous configuration");
+                    }
+                }
+            }
+            Err(diags) => {
+                global.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                for d in &diags {
+                    tracing::error!("{d}");
+                }
+                tracing::error!("reload rejected; keeping the previous configuration");
+            }
+        }
+    }
+}
