@@ -1,0 +1,107 @@
+//! gRPC (hand-rolled framing over h2c): unary, server streaming, error status in trailers.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::Method;
+use http_body_util::BodyExt;
+
+use crate::support::client::full;
+use crate::support::config;
+use crate::support::upstream::{grpc_frame, grpc_messages};
+use crate::support::{free_port, Conn, Proto, Proxy, Upstream};
+
+async fn grpc_proxy(up: &Upstream) -> (Proxy, SocketAddr) {
+    let port = free_port();
+    let proxy = Proxy::start(&config::simple(port, "GRPC", &[up.addr], None)).await;
+    (proxy, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn grpc_request(conn: &Conn, method: &str, msg: &[u8]) -> http::Request<crate::support::client::Body> {
+    conn.request(Method::POST, "grpc.local", method)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(full(grpc_frame(msg)))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_unary_keeps_trailers() {
+    let up = Upstream::http("g1").await;
+    let (_proxy, addr) = grpc_proxy(&up).await;
+    check_unary(addr).await;
+}
+
+pub async fn check_unary(addr: SocketAddr) {
+    let mut conn = Conn::connect(addr, Proto::H2).await.unwrap();
+    let r = conn.call(grpc_request(&conn, "/test.Echo/Unary", b"hello")).await.expect("unary call");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/grpc"));
+    let msgs = grpc_messages(&r.body);
+    assert_eq!(msgs.len(), 1, "one response message");
+    assert_eq!(&msgs[0][..], b"hello|g1");
+    let trailers = r.trailers.expect("gRPC trailers reach the client");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    assert_eq!(trailers.get("grpc-message").unwrap(), "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_server_streaming_streams_and_keeps_trailers() {
+    let up = Upstream::http("g1").await;
+    let (_proxy, addr) = grpc_proxy(&up).await;
+    check_stream(addr).await;
+}
+
+pub async fn check_stream(addr: SocketAddr) {
+    let mut conn = Conn::connect(addr, Proto::H2).await.unwrap();
+    let resp = conn.send(grpc_request(&conn, "/test.Echo/Stream", b"5")).await.expect("stream call");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut data = Vec::new();
+    let mut first_data_at = None;
+    let mut trailers = None;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Some(frame) =
+        tokio::time::timeout_at(deadline.into(), body.frame()).await.expect("stream within 5 s")
+    {
+        let frame = frame.expect("stream frame");
+        if frame.is_data() {
+            first_data_at.get_or_insert_with(Instant::now);
+            data.extend_from_slice(&frame.into_data().unwrap());
+        } else if let Ok(t) = frame.into_trailers() {
+            trailers = Some(t);
+        }
+    }
+    let spread = first_data_at.expect("no message").elapsed();
+    let msgs: Vec<String> =
+        grpc_messages(&data).iter().map(|m| String::from_utf8_lossy(m).into_owned()).collect();
+    assert_eq!(msgs, ["msg-0", "msg-1", "msg-2", "msg-3", "msg-4"]);
+    // Messages are sent 80 ms apart: the first must arrive well before the end.
+    assert!(
+        spread >= Duration::from_millis(200),
+        "stream buffered: first message only {spread:?} before end"
+    );
+    let trailers = trailers.expect("trailers after the stream");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    assert_eq!(trailers.get("grpc-message").unwrap(), "done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_error_status_passes_untouched() {
+    let up = Upstream::http("g1").await;
+    let (_proxy, addr) = grpc_proxy(&up).await;
+    check_fail(addr).await;
+}
+
+pub async fn check_fail(addr: SocketAddr) {
+    let mut conn = Conn::connect(addr, Proto::H2).await.unwrap();
+    let r = conn.call(grpc_request(&conn, "/test.Echo/Fail", b"x")).await.expect("failing call");
+    assert_eq!(r.status, 200, "gRPC errors travel in trailers with HTTP 200");
+    assert_eq!(r.reason(), None, "an upstream gRPC error is not a local response");
+    // A trailers-only response may arrive as headers; either way the values are untouched.
+    let find = |name: &str| r.trailers.as_ref().and_then(|t| t.get(name)).or(r.headers.get(name)).cloned();
+    let status = find("grpc-status").expect("grpc-status reaches the client");
+    let message = find("grpc-message").expect("grpc-message reaches the client");
+    assert_eq!(status, "13");
+    assert_eq!(message, "boom%20here");
+}

@@ -1,0 +1,267 @@
+//! HTTP/1.1 and h2c through the proxy.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Version};
+use http_body_util::BodyExt;
+use hyper::body::Frame;
+
+use crate::support::client::{channel_body, full};
+use crate::support::config;
+use crate::support::{eventually, free_port, get_with, Conn, Proto, Proxy, Upstream};
+
+fn listener_addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+async fn proxy_to(upstreams: &[&Upstream], protocol: &str) -> (Proxy, SocketAddr) {
+    let port = free_port();
+    let eps: Vec<SocketAddr> = upstreams.iter().map(|u| u.addr).collect();
+    let proxy = Proxy::start(&config::simple(port, protocol, &eps, None)).await;
+    (proxy, listener_addr(port))
+}
+
+fn xff_parts(v: &str) -> Vec<String> {
+    v.split(',').map(|s| s.trim().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_passes_status_body_and_headers() {
+    let up = Upstream::http("u1").await;
+    let (_proxy, addr) = proxy_to(&[&up], "HTTP").await;
+
+    let r = get_with(
+        addr,
+        "backend.local",
+        "/hello?x=1",
+        &[
+            ("x-custom", "kept"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "secret"),
+            ("keep-alive", "timeout=5"),
+        ],
+    )
+    .await
+    .expect("request through the proxy");
+    assert_eq!(r.status, 200, "body: {}", r.text());
+    assert_eq!(r.upstream(), Some("u1"));
+    assert_eq!(r.reason(), None, "a proxied response carries no x-tripline-reason");
+    let seen = r.json();
+    assert_eq!(seen["method"], "GET");
+    assert_eq!(seen["path"], "/hello?x=1");
+    assert_eq!(seen["version"], "HTTP/1.1", "upstream protocol HTTP means HTTP/1.1 upstream");
+    assert_eq!(r.seen_header("x-custom").as_deref(), Some("kept"));
+    let xff = r.seen_header("x-forwarded-for").expect("x-forwarded-for reaches the upstream");
+    assert_eq!(xff_parts(&xff), ["10.0.0.1", "127.0.0.1"], "client address appended to x-forwarded-for");
+    assert!(r.seen_header("x-hop").is_none(), "header named in Connection must be removed");
+    assert!(r.seen_header("keep-alive").is_none(), "keep-alive is hop-by-hop");
+    if let Some(c) = r.seen_header("connection") {
+        assert!(!c.contains("x-hop"), "client's Connection header forwarded: {c}");
+    }
+    let rid = r.seen_header("x-request-id").expect("x-request-id generated when absent");
+    assert!(!rid.is_empty());
+    // Hop-by-hop headers of the upstream's response do not reach the client.
+    assert!(r.header("x-up-hop").is_none(), "response header named in Connection leaked");
+    assert!(r.header("keep-alive").is_none(), "response keep-alive leaked");
+
+    // A second request gets a different id; a client-supplied id is kept.
+    let r2 = get_with(addr, "backend.local", "/", &[]).await.unwrap();
+    let rid2 = r2.seen_header("x-request-id").expect("x-request-id on the second request");
+    assert_ne!(rid, rid2, "x-request-id must be unique per request");
+    let r3 = get_with(addr, "backend.local", "/", &[("x-request-id", "my-id-1")]).await.unwrap();
+    assert_eq!(r3.seen_header("x-request-id").as_deref(), Some("my-id-1"));
+    // Without a client x-forwarded-for, the proxy sets it.
+    assert_eq!(r2.seen_header("x-forwarded-for").map(|v| xff_parts(&v)), Some(vec!["127.0.0.1".to_owned()]));
+
+    // Upstream statuses pass through untouched, without a local reason.
+    for code in [201u16, 404, 418, 503] {
+        let r = get_with(addr, "backend.local", &format!("/status/{code}"), &[]).await.unwrap();
+        assert_eq!(r.status.as_u16(), code);
+        assert_eq!(r.upstream(), Some("u1"));
+        assert_eq!(r.reason(), None, "upstream {code} must not look locally generated");
+    }
+
+    // A POST with a content-length body.
+    let mut conn = Conn::connect(addr, Proto::H1).await.unwrap();
+    let req = conn
+        .request(Method::POST, "backend.local", "/upload")
+        .header("content-length", "1000")
+        .body(full(vec![b'a'; 1000]))
+        .unwrap();
+    let r = conn.call(req).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_len"], 1000);
+    assert_eq!(r.json()["method"], "POST");
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_chunked_5mb_round_trip() {
+    let up = Upstream::http("u1").await;
+    let (_proxy, addr) = proxy_to(&[&up], "HTTP").await;
+    check_5mb_round_trip(addr, &up).await;
+}
+
+pub async fn check_5mb_round_trip(addr: SocketAddr, up: &Upstream) {
+    let data = Bytes::from(pattern(5 * 1024 * 1024));
+    let mut conn = Conn::connect(addr, Proto::H1).await.unwrap();
+    let (tx, body) = channel_body(4);
+    let req = conn.request(Method::POST, "backend.local", "/echo-body").body(body).unwrap();
+    let sent = data.clone();
+    let feeder = tokio::spawn(async move {
+        for chunk in sent.chunks(100_000) {
+            if tx.send(Frame::data(Bytes::copy_from_slice(chunk))).await.is_err() {
+                return false;
+            }
+        }
+        true
+    });
+    let r = conn.call(req).await.expect("5 MB round trip");
+    assert!(feeder.await.unwrap(), "the proxy stopped reading the request body");
+    assert_eq!(r.status, 200);
+    assert_eq!(up.body_bytes(), data.len() as u64, "upstream received the whole chunked body");
+    assert_eq!(r.body.len(), data.len(), "echoed body length");
+    assert!(r.body == data, "echoed body differs from what was sent");
+
+    // The connection is still usable afterwards.
+    let r = conn.get("backend.local", "/after").await.unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_request_body_streams_before_it_ends() {
+    let up = Upstream::http("u1").await;
+    let (_proxy, addr) = proxy_to(&[&up], "HTTP").await;
+
+    let mut conn = Conn::connect(addr, Proto::H1).await.unwrap();
+    let (tx, body) = channel_body(4);
+    let req = conn.request(Method::POST, "backend.local", "/sink").body(body).unwrap();
+    let call = tokio::spawn(async move { conn.call(req).await.map_err(|e| e.to_string()) });
+    tx.send(Frame::data(Bytes::from(vec![b'x'; 32 * 1024]))).await.unwrap();
+    // The upstream sees the first chunk while the client has not finished the body.
+    eventually("the first chunk to reach the upstream", Duration::from_secs(5), || async {
+        up.body_bytes() >= 32 * 1024
+    })
+    .await;
+    tx.send(Frame::data(Bytes::from(vec![b'y'; 32 * 1024]))).await.unwrap();
+    drop(tx);
+    let r = call.await.unwrap().expect("streamed upload");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_len"], 64 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_response_body_streams() {
+    let up = Upstream::http("u1").await;
+    let (_proxy, addr) = proxy_to(&[&up], "HTTP").await;
+    check_drip(addr).await;
+}
+
+pub async fn check_drip(addr: SocketAddr) {
+    for proto in [Proto::H1, Proto::H2] {
+        let mut conn = Conn::connect(addr, proto).await.unwrap();
+        let req = conn
+            .request(Method::GET, "backend.local", "/drip")
+            .body(crate::support::client::empty())
+            .unwrap();
+        let resp = conn.send(req).await.expect("drip response head");
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut first_at = None;
+        let mut all = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(frame) =
+            tokio::time::timeout_at(deadline.into(), body.frame()).await.expect("drip body")
+        {
+            if let Ok(data) = frame.unwrap().into_data() {
+                first_at.get_or_insert_with(Instant::now);
+                all.extend_from_slice(&data);
+            }
+        }
+        let gap = first_at.expect("some data").elapsed();
+        assert_eq!(all, b"first;last", "{proto:?}");
+        assert!(
+            gap >= Duration::from_millis(250),
+            "{proto:?}: the first chunk arrived only {gap:?} before the end: response buffered"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_keep_alive_reuses_connections() {
+    // Content-length responses (`/r`) and chunked responses (`/echo-body`) alike.
+    let mut problems = Vec::new();
+    for path in ["/r", "/echo-body"] {
+        let up = Upstream::http("u1").await;
+        let (_proxy, addr) = proxy_to(&[&up], "HTTP").await;
+        let mut conn = Conn::connect(addr, Proto::H1).await.unwrap();
+        for i in 0..5 {
+            let req = conn
+                .request(Method::POST, "backend.local", path)
+                .header("content-length", "2")
+                .body(full(format!("{i}{i}")))
+                .unwrap();
+            let r = conn.call(req).await.expect("request on a kept-alive client connection");
+            assert_eq!(r.status, 200);
+        }
+        if up.connections() != 1 {
+            problems.push(format!(
+                "{path}: 5 sequential requests opened {} upstream connections",
+                up.connections()
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "upstream keep-alive not reused: {problems:?}");
+}
+
+async fn h2c_multiplexed(addr: SocketAddr, expect_upstream_version: &str) {
+    let conn = Conn::connect(addr, Proto::H2).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let mut c = conn.clone_h2();
+        tasks.push(tokio::spawn(async move {
+            c.get_with("backend.local", &format!("/h2/{i}"), &[("x-delay-ms", "100")])
+                .await
+                .map_err(|e| e.to_string())
+        }));
+    }
+    let start = Instant::now();
+    for t in tasks {
+        let r = t.await.unwrap().expect("h2c request");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.version, Version::HTTP_2);
+        let seen = r.json();
+        assert_eq!(seen["version"], expect_upstream_version);
+        assert!(seen["path"].as_str().unwrap().starts_with("/h2/"));
+        assert!(r.seen_header("x-request-id").is_some());
+    }
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "10 concurrent streams of 100 ms took {:?}: not concurrent",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_client_to_http1_upstream() {
+    let up = Upstream::http("u1").await;
+    let (_proxy, addr) = proxy_to(&[&up], "HTTP").await;
+    h2c_multiplexed(addr, "HTTP/1.1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_client_to_h2c_upstream() {
+    let up = Upstream::http("u1").await;
+    let (_proxy, addr) = proxy_to(&[&up], "HTTP2").await;
+    h2c_multiplexed(addr, "HTTP/2.0").await;
+    // HTTP/1.1 client to an h2c upstream works too.
+    let r = get_with(addr, "backend.local", "/from-h1", &[]).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["version"], "HTTP/2.0");
+}

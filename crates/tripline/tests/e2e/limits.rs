@@ -1,0 +1,191 @@
+//! Locally generated responses: overflow reasons under concurrent load, connect failure,
+//! upstream reset, route timeout. Each carries `x-tripline-reason` and shows in metrics.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::config;
+use crate::support::{eventually, free_port, get_with, Proxy, Resp, Upstream};
+use crate::tcp::{read_exact_timeout, tcp_config, IO_TIMEOUT};
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// `n` concurrent GETs, each on its own connection.
+async fn burst(addr: SocketAddr, n: usize) -> Vec<Resp> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        tasks.push(tokio::spawn(async move {
+            get_with(addr, "backend.local", &format!("/burst/{i}"), &[]).await.map_err(|e| e.to_string())
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap().expect("every request gets a response"));
+    }
+    out
+}
+
+fn summary(rs: &[Resp]) -> Vec<String> {
+    rs.iter().map(|r| format!("{} {:?} in {:?}", r.status, r.reason(), r.elapsed)).collect()
+}
+
+/// Checks a burst against a slow (800 ms) upstream: only 200s and 503s with `reason`,
+/// 503s returned at once, at most `max_ok` 200s, and the metric counts the rejections.
+async fn assert_overflow(proxy: &Proxy, rs: &[Resp], reason: &str, max_ok: usize) {
+    let ok = rs.iter().filter(|r| r.status == 200).count();
+    let rejected: Vec<&Resp> = rs.iter().filter(|r| r.status == 503).collect();
+    assert!((1..=max_ok).contains(&ok), "{ok} requests admitted (want 1..={max_ok}): {:?}", summary(rs));
+    assert_eq!(ok + rejected.len(), rs.len(), "unexpected statuses: {:?}", summary(rs));
+    assert!(rejected.len() >= rs.len() - max_ok, "too few rejections: {:?}", summary(rs));
+    for r in &rejected {
+        assert_eq!(r.reason(), Some(reason), "{:?}", summary(rs));
+        assert!(r.elapsed < Duration::from_millis(500), "{reason} must be immediate, took {:?}", r.elapsed);
+        assert_eq!(r.upstream(), None);
+    }
+    let counted = proxy.metric("tripline_local_responses_total", &[("reason", reason)]).await;
+    assert!(
+        counted >= rejected.len() as f64,
+        "tripline_local_responses_total{{reason=\"{reason}\"}} = {counted}, {} rejections seen",
+        rejected.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overflow_pending_when_connections_and_queue_are_full() {
+    let up = Upstream::http_delayed("slow", Duration::from_millis(800)).await;
+    let port = free_port();
+    let tp =
+        "    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1}\n";
+    let proxy = Proxy::start(&config::simple(port, "HTTP", &[up.addr], Some(tp))).await;
+    let rs = burst(addr(port), 6).await;
+    // One request on the single connection, one waiting in the queue, the rest rejected.
+    assert_overflow(&proxy, &rs, "overflow-pending", 2).await;
+    // HTTP/1.1 with one connection: never more than one request at the upstream at once.
+    assert_eq!(up.max_active(), 1, "maxConnections 1 but the upstream served requests concurrently");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overflow_requests_when_concurrency_limit_is_reached() {
+    let up = Upstream::http_delayed("slow", Duration::from_millis(800)).await;
+    let port = free_port();
+    let tp = "    connectionPool:\n      tcp: {maxConnections: 100}\n      http: {http1MaxPendingRequests: 100, http2MaxRequests: 2}\n";
+    let proxy = Proxy::start(&config::simple(port, "HTTP", &[up.addr], Some(tp))).await;
+    let rs = burst(addr(port), 6).await;
+    assert_overflow(&proxy, &rs, "overflow-requests", 2).await;
+    assert_eq!(
+        up.requests(),
+        rs.iter().filter(|r| r.status == 200).count(),
+        "rejected requests reached the upstream"
+    );
+}
+
+/// On a TCP listener, maxConnections is the only limit: a connection over it is closed at
+/// once (no bytes are proxied) and counted as `overflow-connections`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overflow_connections_on_tcp_listener() {
+    let up = Upstream::tcp_echo("t1").await;
+    let port = free_port();
+    let tp = "    connectionPool:\n      tcp: {maxConnections: 1}\n";
+    let proxy = Proxy::start(&tcp_config(port, up.addr, Some(tp))).await;
+
+    let mut first = TcpStream::connect(addr(port)).await.unwrap();
+    first.write_all(b"one").await.unwrap();
+    assert_eq!(read_exact_timeout(&mut first, 3).await, b"one");
+
+    let mut second = TcpStream::connect(addr(port)).await.unwrap();
+    let _ = second.write_all(b"two").await;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(IO_TIMEOUT, second.read_to_end(&mut buf))
+        .await
+        .expect("the connection over maxConnections must be closed, not left hanging");
+    assert!(read.is_err() || buf.is_empty(), "second connection got bytes back: {buf:?}");
+    assert_eq!(up.connections(), 1, "the upstream saw a second connection");
+    let counted = proxy.metric("tripline_local_responses_total", &[("reason", "overflow-connections")]).await;
+    assert!(counted >= 1.0, "overflow-connections not counted\n{}", proxy.metrics().await);
+
+    // The first connection is unaffected, and once it closes a new one is admitted.
+    first.write_all(b"again").await.unwrap();
+    assert_eq!(read_exact_timeout(&mut first, 5).await, b"again");
+    drop(first);
+    eventually("the upstream to see the first connection close", Duration::from_secs(5), || async {
+        up.active() == 0
+    })
+    .await;
+    let mut third = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        let mut s = TcpStream::connect(addr(port)).await.unwrap();
+        s.write_all(b"three").await.unwrap();
+        let mut buf = [0u8; 5];
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), s.read_exact(&mut buf)).await {
+            third = Some(buf);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        third.as_ref().map(|b| &b[..]),
+        Some(&b"three"[..]),
+        "no connection admitted after the first closed"
+    );
+    assert_eq!(up.max_open(), 1, "maxConnections 1 but the upstream had more connections open at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failure_is_503_upstream_connect_failure() {
+    let dead: SocketAddr = addr(free_port()); // nothing listens there
+    let port = free_port();
+    let tp = "    connectionPool:\n      tcp: {connectTimeout: 1s}\n";
+    let proxy = Proxy::start(&config::simple(port, "HTTP", &[dead], Some(tp))).await;
+    let r =
+        get_with(addr(port), "backend.local", "/", &[]).await.expect("a response, not a dropped connection");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.reason(), Some("upstream-connect-failure"));
+    assert!(r.elapsed < Duration::from_secs(3), "refused connect took {:?}", r.elapsed);
+    let counted =
+        proxy.metric("tripline_local_responses_total", &[("reason", "upstream-connect-failure")]).await;
+    assert!(counted >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_reset_is_reported() {
+    let up = Upstream::http("u1").await;
+    let port = free_port();
+    let _proxy = Proxy::start(&config::simple(port, "HTTP", &[up.addr], None)).await;
+    let r = get_with(addr(port), "backend.local", "/reset", &[])
+        .await
+        .expect("a response, not a dropped connection");
+    assert!(r.status == 502 || r.status == 503, "status {}", r.status);
+    assert_eq!(r.reason(), Some("upstream-reset"));
+    // The proxy still serves afterwards.
+    let r = get_with(addr(port), "backend.local", "/fine", &[]).await.unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_is_504() {
+    let up = Upstream::http_delayed("slow", Duration::from_secs(2)).await;
+    let port = free_port();
+    let routes = "  http:\n  - timeout: 200ms\n    route:\n    - destination: {host: backend.local, port: {number: 80}}\n";
+    let yaml = config::join(&[
+        config::gateway("edge", port, "HTTP"),
+        config::service_entry("backend.local", "HTTP", &[up.addr]),
+        config::virtual_service("backend", &["*"], "edge", routes),
+    ]);
+    let proxy = Proxy::start(&yaml).await;
+    let r = get_with(addr(port), "backend.local", "/", &[]).await.unwrap();
+    assert_eq!(r.status, 504);
+    assert_eq!(r.reason(), Some("route-timeout"));
+    assert!(
+        r.elapsed >= Duration::from_millis(150) && r.elapsed < Duration::from_millis(1500),
+        "timeout 200ms answered after {:?}",
+        r.elapsed
+    );
+    let counted = proxy.metric("tripline_local_responses_total", &[("reason", "route-timeout")]).await;
+    assert!(counted >= 1.0);
+}

@@ -1,0 +1,20 @@
+//! End-to-end tests: the real `tripline` binary between a real client and real upstream
+//! servers, all on loopback. Each test starts its own upstreams and its own proxy process on
+//! free ports, so tests run in parallel.
+//!
+//! Run: `cargo test -p tripline --test e2e`. Set `TRIPLINE_E2E_KEEP=1` to keep the proxy's
+//! config and logs (they are always kept, and their tail printed, when a test fails).
+
+mod support;
+
+mod admin;
+mod balancing;
+mod grpc;
+mod harness;
+mod http;
+mod lifecycle;
+mod limits;
+mod reload;
+mod routing;
+mod tcp;
+mod validate;

@@ -1,0 +1,160 @@
+//! Hot reload: under load with zero failed requests; an invalid config keeps the old one.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::support::config;
+use crate::support::{free_port, get_with, Conn, Proto, Proxy, Upstream};
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+#[derive(Default)]
+struct LoopResult {
+    ok: usize,
+    failures: Vec<String>,
+    first: Option<String>,
+    last: Option<String>,
+}
+
+/// Sends requests (50 ms upstream time each, so some are always in flight) on a kept-alive
+/// connection until `stop` or 10 s. A connection the proxy closed between requests is
+/// reopened; any request that fails or is not a 200 is a failure.
+async fn client_loop(addr: SocketAddr, proto: Proto, stop: Arc<AtomicBool>) -> LoopResult {
+    let mut res = LoopResult::default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut conn: Option<Conn> = None;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        if let Some(c) = conn.as_mut() {
+            if c.ready().await.is_err() {
+                conn = None;
+            }
+        }
+        if conn.is_none() {
+            match Conn::connect(addr, proto).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    res.failures.push(format!("connect: {e}"));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().unwrap();
+        match c.get_with("backend.local", "/load", &[("x-delay-ms", "50")]).await {
+            Ok(r) if r.status == 200 => {
+                res.ok += 1;
+                let id = r.upstream().unwrap_or("?").to_owned();
+                res.first.get_or_insert(id.clone());
+                res.last = Some(id);
+            }
+            Ok(r) => res.failures.push(format!("status {} reason {:?}", r.status, r.reason())),
+            Err(e) => {
+                res.failures.push(format!("request: {e}"));
+                conn = None;
+            }
+        }
+    }
+    res
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_under_load_has_zero_failures() {
+    let old = Upstream::http("old").await;
+    let new = Upstream::http("new").await;
+    let port = free_port();
+    let proxy = Proxy::start(&config::simple(port, "HTTP", &[old.addr], None)).await;
+    let reloads = proxy.metric("tripline_config_reloads_total", &[("result", "success")]).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut loops = Vec::new();
+    for i in 0..4 {
+        let proto = if i % 2 == 0 { Proto::H1 } else { Proto::H2 };
+        loops.push(tokio::spawn(client_loop(addr(port), proto, stop.clone())));
+    }
+    crate::support::eventually("load on the old upstream", Duration::from_secs(5), || async {
+        old.requests() >= 8
+    })
+    .await;
+    proxy.write_config(&config::simple(port, "HTTP", &[new.addr], None));
+    proxy.wait_reload("success", reloads, Duration::from_secs(5)).await;
+    // Let traffic run on the new config for a while.
+    let after_reload = new.requests();
+    crate::support::eventually("load on the new upstream", Duration::from_secs(5), || async {
+        new.requests() >= after_reload + 12
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+
+    let mut total = 0;
+    let mut failures = Vec::new();
+    for (i, l) in loops.into_iter().enumerate() {
+        let r = l.await.unwrap();
+        total += r.ok;
+        failures.extend(r.failures.iter().map(|f| format!("loop {i}: {f}")));
+        assert_eq!(r.first.as_deref(), Some("old"), "loop {i} did not start on the old upstream");
+        assert_eq!(r.last.as_deref(), Some("new"), "loop {i}: traffic did not move to the new upstream");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed requests during reload (of {}): {failures:?}",
+        failures.len(),
+        total
+    );
+    assert!(total >= 20, "only {total} requests made");
+    let r = get_with(addr(port), "backend.local", "/", &[]).await.unwrap();
+    assert_eq!(r.upstream(), Some("new"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_reload_keeps_the_old_config() {
+    let old = Upstream::http("old").await;
+    let port = free_port();
+    let good = config::simple(port, "HTTP", &[old.addr], None);
+    let proxy = Proxy::start(&good).await;
+    let failures = proxy.metric("tripline_config_reloads_total", &[("result", "failure")]).await;
+    let successes = proxy.metric("tripline_config_reloads_total", &[("result", "success")]).await;
+
+    // Semantically invalid: the route points at a host no ServiceEntry defines.
+    let bad = config::join(&[
+        config::gateway("edge", port, "HTTP"),
+        config::service_entry("backend.local", "HTTP", &[old.addr]),
+        config::virtual_service("backend", &["*"], "edge", &config::http_route("missing.local")),
+    ]);
+    proxy.write_config(&bad);
+    proxy.wait_reload("failure", failures, Duration::from_secs(5)).await;
+    for _ in 0..5 {
+        let r = get_with(addr(port), "backend.local", "/", &[]).await.unwrap();
+        assert_eq!(r.status, 200, "the old config must keep serving: {}", r.text());
+        assert_eq!(r.upstream(), Some("old"));
+    }
+
+    // Syntactically broken YAML is refused the same way.
+    let failures = proxy.metric("tripline_config_reloads_total", &[("result", "failure")]).await;
+    proxy.write_config("kind: Gateway\nspec: [unclosed\n");
+    proxy.wait_reload("failure", failures, Duration::from_secs(5)).await;
+    let r = get_with(addr(port), "backend.local", "/", &[]).await.unwrap();
+    assert_eq!(r.status, 200);
+    let now = proxy.metric("tripline_config_reloads_total", &[("result", "success")]).await;
+    assert_eq!(now, successes, "an invalid config was counted as a successful reload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_config() {
+    let old = Upstream::http("old").await;
+    let new = Upstream::http("new").await;
+    let port = free_port();
+    let mut proxy = Proxy::start(&config::simple(port, "HTTP", &[old.addr], None)).await;
+    let reloads = proxy.metric("tripline_config_reloads_total", &[("result", "success")]).await;
+    proxy.write_config(&config::simple(port, "HTTP", &[new.addr], None));
+    proxy.signal("HUP");
+    proxy.wait_reload("success", reloads, Duration::from_secs(5)).await;
+    let r = get_with(addr(port), "backend.local", "/", &[]).await.unwrap();
+    assert_eq!(r.upstream(), Some("new"));
+    // The default action of SIGHUP is to terminate: the proxy must handle it.
+    let exited = proxy.wait_exit(Duration::from_millis(200)).await;
+    assert!(exited.is_none(), "SIGHUP stopped the proxy: {exited:?}");
+}

@@ -1,0 +1,114 @@
+//! `tripline validate`: every seed config parses (exit 0) or is diagnosed (exit 2); never a
+//! panic. A broken file gets `file:line:column` diagnostics.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::config;
+use crate::support::proxy::{binary, run_bounded, unique_dir};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn seeds_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seeds")
+}
+
+fn has_location(stderr: &str, file: &str) -> bool {
+    // `<file>:<line>:<column>:`
+    stderr.lines().any(|l| {
+        l.find(file).is_some_and(|at| {
+            let rest = &l[at + file.len()..];
+            let mut parts = rest.splitn(4, ':');
+            parts.next() == Some("")
+                && parts.next().is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+                && parts.next().is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        })
+    })
+}
+
+#[test]
+fn validate_every_seed_is_accepted_or_diagnosed() {
+    let dir = seeds_dir();
+    let mut seeds: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("seed dir {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    seeds.sort();
+    assert!(seeds.len() >= 10, "expected the seed configs in {}", dir.display());
+    let mut problems = Vec::new();
+    let mut report = Vec::new();
+    for seed in &seeds {
+        let name = seed.file_name().unwrap().to_string_lossy().into_owned();
+        let (code, _out, err) = run_bounded(Command::new(binary()).arg("validate").arg(seed), TIMEOUT);
+        report.push(format!("{name}: exit {code:?}"));
+        if err.contains("panicked") || err.contains("RUST_BACKTRACE") {
+            problems.push(format!("{name}: panic\n{err}"));
+        }
+        match code {
+            Some(0) => {}
+            Some(2) => {
+                if !has_location(&err, &name) {
+                    problems
+                        .push(format!("{name}: exit 2 without a `{name}:line:column:` diagnostic:\n{err}"));
+                }
+            }
+            other => problems.push(format!("{name}: exit {other:?}\n{err}")),
+        }
+    }
+    eprintln!("validate results: {report:#?}");
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+#[test]
+fn validate_accepts_a_good_config() {
+    let dir = unique_dir("validate-good");
+    let path = dir.join("good.yaml");
+    let ep = "127.0.0.1:18080".parse().unwrap();
+    std::fs::write(
+        &path,
+        config::simple(18130, "HTTP", &[ep], Some("    loadBalancer: {simple: LEAST_REQUEST}\n")),
+    )
+    .unwrap();
+    let (code, out, err) = run_bounded(Command::new(binary()).arg("validate").arg(&path), TIMEOUT);
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn validate_points_at_the_broken_line() {
+    let dir = unique_dir("validate-bad");
+    let path = dir.join("broken.yaml");
+    // Line 7: a port number that is not a number.
+    let yaml = "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: edge
+spec:
+  servers:
+  - port: {number: not-a-port, name: http, protocol: HTTP}
+    hosts: [\"*\"]
+";
+    std::fs::write(&path, yaml).unwrap();
+    let (code, out, err) = run_bounded(Command::new(binary()).arg("validate").arg(&path), TIMEOUT);
+    assert_eq!(code, Some(2), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(has_location(&err, "broken.yaml"), "no broken.yaml:line:column: diagnostic in:\n{err}");
+    assert!(err.contains("broken.yaml:7:"), "the diagnostic should point at line 7:\n{err}");
+
+    // An unknown destination host is an error too (exit 2), also with a location.
+    let path2 = dir.join("unknown-host.yaml");
+    std::fs::write(
+        &path2,
+        config::join(&[
+            config::gateway("edge", 18130, "HTTP"),
+            config::virtual_service("vs", &["*"], "edge", &config::http_route("nowhere.local")),
+        ]),
+    )
+    .unwrap();
+    let (code, out, err) = run_bounded(Command::new(binary()).arg("validate").arg(&path2), TIMEOUT);
+    assert_eq!(code, Some(2), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(has_location(&err, "unknown-host.yaml"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
