@@ -85,18 +85,22 @@ impl Body for ResponseBody {
             Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
             Inner::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         };
-        match &polled {
-            Poll::Ready(None) => {
-                if let Some(g) = this.guard.take() {
-                    g.finish(true);
-                }
+        // hyper stops polling once `is_end_stream` is true, so a body that ends with its last
+        // data frame (Content-Length) must be recognised here, not only at `Ready(None)`.
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.is_end_stream(),
+            _ => false,
+        };
+        if ended {
+            if let Some(g) = this.guard.take() {
+                g.finish(true);
             }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(g) = this.guard.take() {
-                    g.finish(false);
-                }
+        }
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            if let Some(g) = this.guard.take() {
+                g.finish(false);
             }
-            _ => {}
         }
         polled
     }

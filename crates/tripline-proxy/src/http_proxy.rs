@@ -86,6 +86,8 @@ async fn forward(
         }
     }
     let (mut parts, body) = resp.into_parts();
+    // Speak our own protocol version to the client, whatever the upstream spoke.
+    parts.version = http::Version::default();
     strip_hop_by_hop(&mut parts.headers, false);
     if http_body::Body::is_end_stream(&body) {
         inflight.mark_complete();
