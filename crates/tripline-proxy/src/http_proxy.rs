@@ -16,7 +16,7 @@ use crate::cluster::Cluster;
 use crate::headers::{is_upgrade, prepare_request, strip_hop_by_hop};
 use crate::listener::ListenerRuntime;
 use crate::local_reply::Reason;
-use crate::upstream::{self, Outcome};
+use crate::upstream;
 use crate::Shared;
 
 /// Per-connection context shared by the requests of one client connection.
@@ -70,8 +70,8 @@ async fn forward(
     prepare_request(&mut up_req, cluster.protocol(), ctx.peer.ip(), upgrade.is_some(), &ctx.shared.rng);
 
     let (mut resp, mut inflight) = match upstream::send(cluster, up_req, hash, &ctx.shared.rng).await {
-        Outcome::Response(resp, inflight) => (resp, inflight),
-        Outcome::Local(reason) => return local(cluster, reason),
+        Ok(sent) => sent,
+        Err(reason) => return local(cluster, reason),
     };
     cluster.state.stats.codes.inc(resp.status().as_u16());
 

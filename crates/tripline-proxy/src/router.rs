@@ -183,4 +183,25 @@ mod tests {
         assert_eq!(find(&t, "example.com", "/api", None), None, "suffix needs a subdomain");
         assert_eq!(find(&t, "other.local", "/", None), None);
     }
+
+    #[test]
+    fn weighted_split_follows_weights() {
+        use tripline_config::plan::{ClusterPlan, Discovery, LoadBalancer, PoolLimits, UpstreamProtocol};
+        let plan = |name: &str| ClusterPlan {
+            name: name.into(),
+            host: "checkout".into(),
+            port: 80,
+            subset: None,
+            protocol: UpstreamProtocol::Http1,
+            discovery: Discovery::Static(vec![]),
+            load_balancer: LoadBalancer::RoundRobin,
+            pool: PoolLimits::default(),
+        };
+        let clusters = crate::cluster::Registry::default().build(&[plan("v1"), plan("v2")]);
+        let dests = [WeightedCluster { cluster: 0, weight: 90 }, WeightedCluster { cluster: 1, weight: 10 }];
+        let route = Route::new("canary", vec![], &dests, &clusters);
+        let rng = SplitMix::seeded(11);
+        let v2 = (0..10_000).filter(|_| route.pick_cluster(&rng).unwrap().name() == "v2").count();
+        assert!((850..1150).contains(&v2), "v2 got {v2} of 10000");
+    }
 }

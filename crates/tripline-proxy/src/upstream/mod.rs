@@ -107,11 +107,9 @@ pub fn request_hash<B>(key: &HashKey, req: &Request<B>, peer: SocketAddr) -> Opt
     }
 }
 
-/// The result of sending a request to a cluster.
-pub enum Outcome {
-    Response(Response<Incoming>, InFlight),
-    Local(Reason),
-}
+/// The result of sending a request to a cluster: the upstream's response with its in-flight
+/// guard, or the reason Tripline answers itself.
+pub type Outcome = Result<(Response<Incoming>, InFlight), Reason>;
 
 /// Admits the request to the cluster, picks an endpoint, gets a connection and sends.
 /// Requests that never reached the upstream (dead pooled connection) are sent again on
@@ -124,13 +122,13 @@ pub async fn send(
 ) -> Outcome {
     let state = &cluster.state;
     let Some(active) = state.active.try_acquire() else {
-        return Outcome::Local(Reason::OverflowRequests);
+        return Err(Reason::OverflowRequests);
     };
     let endpoint = {
         let set = cluster.endpoints.load();
         match set.balancer.pick(&set.endpoints, hash, rng) {
             Some(i) => set.endpoints[i].clone(),
-            None => return Outcome::Local(Reason::NoHealthyUpstream),
+            None => return Err(Reason::NoHealthyUpstream),
         }
     };
     let mut inflight = InFlight::new(cluster, endpoint.clone(), active);
@@ -139,19 +137,19 @@ pub async fn send(
     for _ in 0..3 {
         let conn = match pool::checkout(cluster, &endpoint).await {
             Ok(c) => c,
-            Err(reason) => return Outcome::Local(reason),
+            Err(reason) => return Err(reason),
         };
         match conn.send(req).await {
             Ok((resp, reusable)) => {
                 inflight.conn = reusable;
-                return Outcome::Response(resp, inflight);
+                return Ok((resp, inflight));
             }
-            Err(SendError::NotSent(back)) => req = back,
+            Err(SendError::NotSent(back)) => req = *back,
             Err(SendError::Reset(e)) => {
                 tracing::debug!(cluster = %state.name, endpoint = %endpoint.address, error = %e, "upstream reset");
-                return Outcome::Local(Reason::UpstreamReset);
+                return Err(Reason::UpstreamReset);
             }
         }
     }
-    Outcome::Local(Reason::UpstreamReset)
+    Err(Reason::UpstreamReset)
 }

@@ -145,7 +145,9 @@ pub async fn checkout(cluster: &Cluster, ep: &Arc<Endpoint>) -> Result<Conn, Rea
         }
         if let Some(slot) = state.connections.try_acquire() {
             drop(pending);
-            return connect(cluster, ep, slot).await;
+            // Boxed: connecting is the rare path, and its large future would otherwise be
+            // part of every request's future (moved and zeroed on every request).
+            return Box::pin(connect(cluster, ep, slot)).await;
         }
         if pending.is_none() {
             pending = Some(state.pending.try_acquire().ok_or(Reason::OverflowPending)?);
@@ -243,7 +245,7 @@ async fn connect(cluster: &Cluster, ep: &Arc<Endpoint>, slot: Permit) -> Result<
 #[derive(Debug)]
 pub enum SendError {
     /// The connection was dead before the request went out: safe to try another connection.
-    NotSent(Request<RequestBody>),
+    NotSent(Box<Request<RequestBody>>),
     /// The request (or part of it) was sent and then the connection failed.
     Reset(hyper::Error),
 }
@@ -259,14 +261,14 @@ impl Conn {
             Conn::H1 { mut tx, uses } => match tx.try_send_request(req).await {
                 Ok(resp) => Ok((resp, Some(Reusable { tx, uses: uses + 1 }))),
                 Err(mut e) => match e.take_message() {
-                    Some(req) => Err(SendError::NotSent(req)),
+                    Some(req) => Err(SendError::NotSent(Box::new(req))),
                     None => Err(SendError::Reset(e.into_error())),
                 },
             },
             Conn::H2(mut tx) => match tx.try_send_request(req).await {
                 Ok(resp) => Ok((resp, None)),
                 Err(mut e) => match e.take_message() {
-                    Some(req) => Err(SendError::NotSent(req)),
+                    Some(req) => Err(SendError::NotSent(Box::new(req))),
                     None => Err(SendError::Reset(e.into_error())),
                 },
             },
