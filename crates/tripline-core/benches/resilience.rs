@@ -5,6 +5,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
 use tripline_core::breaker::{BreakerConfig, CircuitBreaker};
@@ -39,22 +40,22 @@ fn setup(all_detectors: bool) -> (CircuitBreaker, OutlierDetector) {
 /// A second thread, started once (so it keeps its counter stripe), that runs `iters` cycles on
 /// the same breaker and endpoint whenever the measuring thread does.
 struct Helper {
-    jobs: mpsc::Sender<u64>,
+    jobs: mpsc::Sender<(u64, u64)>,
     start: Arc<Barrier>,
     done: mpsc::Receiver<()>,
 }
 
 impl Helper {
     fn spawn(b: Arc<CircuitBreaker>, ep: Arc<Endpoint>) -> Helper {
-        let (jobs, rx) = mpsc::channel::<u64>();
+        let (jobs, rx) = mpsc::channel::<(u64, u64)>();
         let (done_tx, done) = mpsc::channel();
         let start = Arc::new(Barrier::new(2));
         let go = start.clone();
         std::thread::spawn(move || {
-            for iters in rx {
+            for (base, iters) in rx {
                 go.wait();
                 for i in 0..iters {
-                    cycle(&b, &ep, 1 + i * 1_000 + 500, i);
+                    cycle(&b, &ep, base + i * 1_000 + 500, i);
                 }
                 let _ = done_tx.send(());
             }
@@ -65,13 +66,16 @@ impl Helper {
 
 /// Runs `iters` cycles on this thread (alongside the helper, if any); returns this thread's time.
 fn timed(b: &CircuitBreaker, ep: &Endpoint, iters: u64, helper: Option<&Helper>) -> Duration {
+    // Simulated time moves forward across samples (1 µs per request), as a real clock would.
+    static CLOCK: AtomicU64 = AtomicU64::new(1);
+    let base = CLOCK.fetch_add(iters * 1_000 + 1_000, Ordering::Relaxed);
     if let Some(h) = helper {
-        h.jobs.send(iters).expect("helper alive");
+        h.jobs.send((base, iters)).expect("helper alive");
         h.start.wait();
     }
     let t0 = Instant::now();
     for i in 0..iters {
-        cycle(b, ep, 1 + i * 1_000, i);
+        cycle(b, ep, base + i * 1_000, i);
     }
     let elapsed = t0.elapsed();
     if let Some(h) = helper {

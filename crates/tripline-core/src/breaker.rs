@@ -523,7 +523,8 @@ impl CircuitBreaker {
             self.clear_slots();
             self.episode_deadline.store(0, Release);
             (core.ok, core.failed, core.timed_out) = (0, 0, 0);
-            let evidence = format!("open for {} elapsed", human(Duration::from_nanos(now - core.since)));
+            let evidence =
+                format!("open for {} elapsed", human(Duration::from_nanos(now.saturating_sub(core.since))));
             let states = (State::Open, State::HalfOpen);
             self.set_state(core, events, states, seq, now, Reason::OpenElapsed, evidence, None);
         });

@@ -204,6 +204,7 @@ pub fn histogram_index(latency: Duration) -> usize {
 
 /// The representative latency (the middle) of histogram bucket `i`.
 pub fn histogram_value(i: usize) -> Duration {
+    let i = i.min(HISTOGRAM_BUCKETS - 1);
     if i < 4 {
         return Duration::from_micros(i as u64);
     }

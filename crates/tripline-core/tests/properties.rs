@@ -312,3 +312,62 @@ fn concurrent_retries_never_exceed_the_budget() {
     assert!((1..=5).contains(&peak), "peak {peak}");
     assert_eq!(budget.retries_in_flight(), 0);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Hostile input (headers, statuses, configs with NaN and extremes) never panics.
+    #[test]
+    fn no_panic_on_any_input(
+        header in ".{0,40}",
+        status in any::<u16>(),
+        code in any::<u8>(),
+        micros in any::<u64>(),
+        index in any::<usize>(),
+        hosts in any::<u32>(),
+        percent in any::<u32>(),
+        ratio in prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(-1.0), any::<f64>()],
+        probes in any::<u32>(),
+        secs in any::<u64>(),
+    ) {
+        use tripline_core::backoff::{parse_retry_after, Backoff};
+        use tripline_core::classify::Classifier;
+        use tripline_core::window::{histogram_index, histogram_value};
+        let _ = parse_retry_after(&header, std::time::SystemTime::now());
+        let _ = parse_retry_after(&format!("Sun, 06 Nov {header} 08:49:37 GMT"), std::time::UNIX_EPOCH);
+        let c = Classifier::default();
+        let _ = c.classify(&Outcome::Http(status));
+        let _ = c.classify(&Outcome::grpc(code, None));
+        let _ = histogram_value(histogram_index(Duration::from_micros(micros)));
+        let _ = histogram_value(index);
+        let _ = ejection_cap(hosts, percent, CapRounding::Ceil);
+        let rng = SplitMix::seeded(secs);
+        let _ = Backoff::new(Duration::from_secs(secs), Duration::from_secs(secs)).delay(probes, &rng);
+        let _ = RetryBudget::new(RetryBudgetConfig { percent: ratio, min_retry_concurrency: probes, max_retries: percent }).try_retry();
+
+        let clock = ManualClock::new(micros);
+        let cfg = BreakerConfig {
+            consecutive_failures: Some(1),
+            failure_ratio: Some(RatioRule { ratio, min_requests: 0 }),
+            open_duration: Duration::from_secs(secs),
+            open_multiplier: ratio,
+            max_open_duration: Duration::from_secs(secs / 2),
+            open_jitter: ratio,
+            probes,
+            probe_success_ratio: ratio,
+            probe_timeout: Duration::from_secs(secs),
+            window: Duration::from_nanos(secs),
+            window_buckets: probes,
+            ..Default::default()
+        };
+        let b = CircuitBreaker::with_rng(cfg, Box::new(SplitMix::seeded(secs)));
+        for step in 0..6u64 {
+            if let Ok(a) = b.try_acquire(clock.now()) {
+                a.record(&Outcome::Http(status), Duration::from_micros(micros), clock.now());
+            }
+            clock.set(micros.saturating_add(step.saturating_mul(secs)));
+            b.tick(clock.now());
+        }
+        let _ = b.snapshot(clock.now());
+    }
+}
