@@ -280,6 +280,7 @@ impl<'a> Ctx<'a> {
             discovery,
             load_balancer,
             pool,
+            resilience: crate::plan::ResiliencePlan::default(),
         });
         self.cluster_ids.insert(name, id);
         Some(id)
@@ -500,6 +501,7 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
                 matches: h.matches.clone(),
                 destinations,
                 timeout: h.timeout,
+                retry: crate::plan::RetryPlan::default(),
             });
         }
         let mut tcp_route = None;

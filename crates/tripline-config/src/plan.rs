@@ -94,6 +94,8 @@ pub struct RoutePlan {
     pub destinations: Vec<WeightedCluster>,
     /// Whole-request timeout; `None` means no timeout (Istio's default).
     pub timeout: Option<Duration>,
+    /// Retry policy (Istio's default when the route has no `retries`).
+    pub retry: RetryPlan,
 }
 
 /// All fields present must match (Istio semantics within one `match` entry).
@@ -152,6 +154,103 @@ pub struct ClusterPlan {
     pub discovery: Discovery,
     pub load_balancer: LoadBalancer,
     pub pool: PoolLimits,
+    /// Outlier ejection, breakers and the retry budget for this cluster.
+    pub resilience: ResiliencePlan,
+}
+
+/// The resilience engine's settings for one cluster (a host, or one subset of it), from
+/// `DestinationRule.trafficPolicy.outlierDetection` / `retryBudget` and the Tripline
+/// `ResiliencePolicy` that targets it. The types are the engine's own configs, so what is
+/// validated here is exactly what runs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ResiliencePlan {
+    /// `outlierDetection` (Istio fields), extended by a ResiliencePolicy's `outlierDetection`.
+    #[serde(serialize_with = "ser_debug")]
+    pub outlier: Option<tripline_core::outlier::OutlierConfig>,
+    /// One breaker for the whole destination (cluster or subset).
+    #[serde(serialize_with = "ser_debug")]
+    pub breaker: Option<tripline_core::breaker::BreakerConfig>,
+    /// One breaker per endpoint.
+    #[serde(serialize_with = "ser_debug")]
+    pub endpoint_breaker: Option<tripline_core::breaker::BreakerConfig>,
+    /// Always on: `trafficPolicy.retryBudget {percent, minRetryConcurrency}` and
+    /// `connectionPool.http.maxRetries` (default 20%, at least 3).
+    #[serde(serialize_with = "ser_debug")]
+    pub retry_budget: tripline_core::budget::RetryBudgetConfig,
+    /// Name of the ResiliencePolicy applied, if any (for the admin API and logs).
+    pub policy: Option<String>,
+}
+
+fn ser_debug<T: std::fmt::Debug, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{v:?}"))
+}
+
+/// Which failures a retry is attempted for (`retries.retryOn`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RetryOn {
+    /// `5xx`: any 5xx response, connect failure, reset or refused stream.
+    pub server_error: bool,
+    /// `gateway-error`: 502, 503, 504.
+    pub gateway_error: bool,
+    /// `reset`: the connection or stream was reset, or the per-try timeout fired.
+    pub reset: bool,
+    /// `connect-failure`
+    pub connect_failure: bool,
+    /// `refused-stream` (HTTP/2 REFUSED_STREAM: the upstream never processed it).
+    pub refused_stream: bool,
+    /// `retriable-4xx`: 409.
+    pub retriable_4xx: bool,
+    /// `retriable-status-codes` (the codes are in [`RetryPlan::status_codes`]).
+    pub retriable_status_codes: bool,
+    /// gRPC statuses.
+    pub grpc_cancelled: bool,
+    pub grpc_deadline_exceeded: bool,
+    pub grpc_internal: bool,
+    pub grpc_resource_exhausted: bool,
+    pub grpc_unavailable: bool,
+}
+
+/// `VirtualService.http[].retries`, with Istio's defaults when absent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RetryPlan {
+    /// Retries after the first attempt (Istio `attempts`; 0 disables).
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub retry_on: RetryOn,
+    /// Numeric codes in `retryOn` (plus 503 for Istio's default policy).
+    pub status_codes: Vec<u16>,
+    /// Retry POST/PATCH and other non-idempotent methods even after they reached an upstream
+    /// (opt-in through a ResiliencePolicy; default false: only never-sent requests are retried).
+    pub retry_non_idempotent: bool,
+    /// Exponential backoff with full jitter: base (25 ms) and cap (250 ms).
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Request bodies up to this size are kept for replay; larger ones are not retried.
+    pub max_replay_bytes: usize,
+}
+
+impl Default for RetryPlan {
+    /// Istio's default policy: 2 retries on connect-failure, refused-stream, unavailable,
+    /// cancelled and 503.
+    fn default() -> Self {
+        RetryPlan {
+            attempts: 2,
+            per_try_timeout: None,
+            retry_on: RetryOn {
+                connect_failure: true,
+                refused_stream: true,
+                grpc_unavailable: true,
+                grpc_cancelled: true,
+                retriable_status_codes: true,
+                ..RetryOn::default()
+            },
+            status_codes: vec![503],
+            retry_non_idempotent: false,
+            backoff_base: Duration::from_millis(25),
+            backoff_max: Duration::from_millis(250),
+            max_replay_bytes: 64 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -196,6 +196,7 @@ mod tests {
             discovery: Discovery::Static(vec![]),
             load_balancer: LoadBalancer::RoundRobin,
             pool: PoolLimits::default(),
+            resilience: Default::default(),
         };
         let clusters = crate::cluster::Registry::default().build(&[plan("v1"), plan("v2")]);
         let dests = [WeightedCluster { cluster: 0, weight: 90 }, WeightedCluster { cluster: 1, weight: 10 }];
