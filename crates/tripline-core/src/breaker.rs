@@ -47,6 +47,7 @@ use crate::rng::{Rng, SplitMix};
 use crate::window::{SlidingWindow, WindowCounts};
 use std::collections::VecDeque;
 use std::fmt;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -350,6 +351,18 @@ impl CircuitBreaker {
     /// Asks to send one request. Lock-free unless it triggers a transition.
     #[inline]
     pub fn try_acquire(&self, now: Nanos) -> Result<Admission<'_>, Rejected> {
+        self.admit_decision(now).map(|d| AdmissionOf::new(self, d))
+    }
+
+    /// Like [`try_acquire`](Self::try_acquire), but the admission owns a handle to the breaker,
+    /// so it can travel with a request across tasks (e.g. inside a streaming response body).
+    #[inline]
+    pub fn try_acquire_owned(self: &std::sync::Arc<Self>, now: Nanos) -> Result<OwnedAdmission, Rejected> {
+        self.admit_decision(now).map(|d| AdmissionOf::new(self.clone(), d))
+    }
+
+    #[inline]
+    fn admit_decision(&self, now: Nanos) -> Result<Decision, Rejected> {
         for _ in 0..4 {
             let (st, seq) = unpack(self.word.load(Acquire));
             match st {
@@ -380,11 +393,11 @@ impl CircuitBreaker {
         self.reject(st, seq, Duration::from_millis(1))
     }
 
-    fn admission(&self, probe: Option<Probe>, seq: u64, would_reject: bool) -> Admission<'_> {
-        Admission { breaker: self, probe, seq, would_reject }
+    fn admission(&self, probe: Option<Probe>, seq: u64, would_reject: bool) -> Decision {
+        Decision { probe, seq, would_reject }
     }
 
-    fn reject(&self, state: State, seq: u64, retry_after: Duration) -> Result<Admission<'_>, Rejected> {
+    fn reject(&self, state: State, seq: u64, retry_after: Duration) -> Result<Decision, Rejected> {
         match self.cfg.mode {
             Mode::DryRun => Ok(self.admission(None, seq, true)),
             Mode::Enforcing => Err(Rejected { retry_after, state }),
@@ -724,17 +737,36 @@ impl CircuitBreaker {
     }
 }
 
-/// Permission to send one request. Record its outcome with [`Admission::record`]; dropping it
-/// unrecorded frees a probe slot without counting anything.
-#[must_use = "record the outcome, or drop the admission to cancel"]
-pub struct Admission<'a> {
-    breaker: &'a CircuitBreaker,
+/// What the admit path decided, before it is bound to a breaker handle.
+struct Decision {
     probe: Option<Probe>,
     seq: u64,
     would_reject: bool,
 }
 
-impl fmt::Debug for Admission<'_> {
+/// Permission to send one request. Record its outcome with [`AdmissionOf::record`]; dropping it
+/// unrecorded frees a probe slot without counting anything. `B` is how it refers to its
+/// breaker: a borrow ([`Admission`]) or an `Arc` ([`OwnedAdmission`]).
+#[must_use = "record the outcome, or drop the admission to cancel"]
+pub struct AdmissionOf<B: Deref<Target = CircuitBreaker>> {
+    breaker: B,
+    probe: Option<Probe>,
+    seq: u64,
+    would_reject: bool,
+}
+
+/// An admission borrowing its breaker.
+pub type Admission<'a> = AdmissionOf<&'a CircuitBreaker>;
+/// An admission owning a handle to its breaker.
+pub type OwnedAdmission = AdmissionOf<std::sync::Arc<CircuitBreaker>>;
+
+impl<B: Deref<Target = CircuitBreaker>> AdmissionOf<B> {
+    fn new(breaker: B, d: Decision) -> Self {
+        AdmissionOf { breaker, probe: d.probe, seq: d.seq, would_reject: d.would_reject }
+    }
+}
+
+impl<B: Deref<Target = CircuitBreaker>> fmt::Debug for AdmissionOf<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Admission")
             .field("probe", &self.is_probe())
@@ -743,7 +775,7 @@ impl fmt::Debug for Admission<'_> {
     }
 }
 
-impl Admission<'_> {
+impl<B: Deref<Target = CircuitBreaker>> AdmissionOf<B> {
     /// Whether this request is a half-open probe (the proxy should cap its timeout at the
     /// probe timeout and may tag it in the access log).
     pub fn is_probe(&self) -> bool {
@@ -758,7 +790,7 @@ impl Admission<'_> {
     /// Records the outcome of the request this admission let through.
     #[inline]
     pub fn record(mut self, outcome: &Outcome, latency: Duration, now: Nanos) {
-        let b = self.breaker;
+        let b: &CircuitBreaker = &self.breaker;
         let class = b.cfg.classifier.classify(outcome);
         if class.ignored || self.would_reject {
             return; // a local rejection says nothing about the upstream; Drop frees the slot
@@ -780,7 +812,7 @@ impl Admission<'_> {
     }
 }
 
-impl Drop for Admission<'_> {
+impl<B: Deref<Target = CircuitBreaker>> Drop for AdmissionOf<B> {
     fn drop(&mut self) {
         if let Some(p) = self.probe.take() {
             if self.breaker.word.load(Acquire) == pack(State::HalfOpen, p.seq) {

@@ -14,7 +14,9 @@
 //! already admitted keep running even if the limit shrinks below them; new ones are refused.
 
 use crate::window::StripedCounter;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering::*};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryBudgetConfig {
@@ -70,7 +72,13 @@ impl RetryBudget {
     /// Marks one request active for as long as the guard lives (including all its retries).
     pub fn start_request(&self) -> ActiveRequest<'_> {
         self.active.add(1);
-        ActiveRequest { budget: self }
+        ActiveRequestOf { budget: self }
+    }
+
+    /// Like [`start_request`](Self::start_request), with a guard that owns a budget handle.
+    pub fn start_request_owned(self: &Arc<Self>) -> ActiveRequestOf<Arc<RetryBudget>> {
+        self.active.add(1);
+        ActiveRequestOf { budget: self.clone() }
     }
 
     /// Active requests now.
@@ -99,23 +107,34 @@ impl RetryBudget {
 
     /// Takes a retry slot; hold the permit through the backoff sleep and the retry attempt.
     pub fn try_retry(&self) -> Result<RetryPermit<'_>, BudgetExhausted> {
+        self.take_retry().map(|()| RetryPermitOf { budget: self })
+    }
+
+    /// Like [`try_retry`](Self::try_retry), with a permit that owns a budget handle.
+    pub fn try_retry_owned(self: &Arc<Self>) -> Result<RetryPermitOf<Arc<RetryBudget>>, BudgetExhausted> {
+        self.take_retry().map(|()| RetryPermitOf { budget: self.clone() })
+    }
+
+    fn take_retry(&self) -> Result<(), BudgetExhausted> {
         let active = self.active();
         let limit = self.limit_for(active);
         self.retries
             .fetch_update(AcqRel, Relaxed, |r| (r < limit).then_some(r + 1))
-            .map(|_| RetryPermit { budget: self })
+            .map(|_| ())
             .map_err(|in_flight| BudgetExhausted { in_flight, limit, active })
     }
 }
 
-/// An active request; dropping it ends the request.
+/// An active request; dropping it ends the request. `B` is a borrow or an `Arc` of the budget.
 #[must_use = "the request counts as active only while the guard lives"]
 #[derive(Debug)]
-pub struct ActiveRequest<'a> {
-    budget: &'a RetryBudget,
+pub struct ActiveRequestOf<B: Deref<Target = RetryBudget>> {
+    budget: B,
 }
 
-impl Drop for ActiveRequest<'_> {
+pub type ActiveRequest<'a> = ActiveRequestOf<&'a RetryBudget>;
+
+impl<B: Deref<Target = RetryBudget>> Drop for ActiveRequestOf<B> {
     fn drop(&mut self) {
         self.budget.active.sub(1);
     }
@@ -124,11 +143,13 @@ impl Drop for ActiveRequest<'_> {
 /// A retry in flight; dropping it frees the slot.
 #[must_use = "the retry slot is released as soon as the permit is dropped"]
 #[derive(Debug)]
-pub struct RetryPermit<'a> {
-    budget: &'a RetryBudget,
+pub struct RetryPermitOf<B: Deref<Target = RetryBudget>> {
+    budget: B,
 }
 
-impl Drop for RetryPermit<'_> {
+pub type RetryPermit<'a> = RetryPermitOf<&'a RetryBudget>;
+
+impl<B: Deref<Target = RetryBudget>> Drop for RetryPermitOf<B> {
     fn drop(&mut self) {
         self.budget.retries.fetch_sub(1, AcqRel);
     }

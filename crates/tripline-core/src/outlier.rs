@@ -461,8 +461,21 @@ impl Endpoint {
     /// slots are busy. A healthy endpoint costs one atomic load.
     #[inline]
     pub fn admit(&self, now: Nanos) -> Option<Pass<'_>> {
+        self.decide(now).map(|probe| Pass { endpoint: self, probe })
+    }
+
+    /// Like [`admit`](Self::admit), with a pass that owns a handle to the endpoint, so it can
+    /// travel with a request across tasks.
+    #[inline]
+    pub fn admit_owned(self: &Arc<Self>, now: Nanos) -> Option<OwnedPass> {
+        self.decide(now).map(|probe| PassOf { endpoint: self.clone(), probe })
+    }
+
+    /// `Some(is_probe)` when a request may go through.
+    #[inline]
+    fn decide(&self, now: Nanos) -> Option<bool> {
         match self.health() {
-            Health::Healthy => Some(Pass { endpoint: self, probe: false }),
+            Health::Healthy => Some(false),
             Health::Ejected => {
                 if now < self.until.load(Acquire) {
                     return None;
@@ -474,13 +487,13 @@ impl Endpoint {
         }
     }
 
-    fn admit_probe(&self) -> Option<Pass<'_>> {
+    fn admit_probe(&self) -> Option<bool> {
         if self.health() != Health::Probing {
             return None;
         }
         let max = self.shared.cfg.probe_concurrency.max(1);
         self.probes_in_flight.fetch_update(AcqRel, Acquire, |n| (n < max).then_some(n + 1)).ok()?;
-        Some(Pass { endpoint: self, probe: true })
+        Some(true)
     }
 
     fn start_probing(&self, now: Nanos) {
@@ -652,27 +665,33 @@ impl Endpoint {
     }
 }
 
-/// Permission to send one request to an endpoint; record the outcome with [`Pass::record`].
+/// Permission to send one request to an endpoint; record the outcome with [`PassOf::record`].
+/// `E` is how it refers to the endpoint: a borrow ([`Pass`]) or an `Arc` ([`OwnedPass`]).
 #[must_use = "record the outcome, or drop the pass to cancel"]
-pub struct Pass<'a> {
-    endpoint: &'a Endpoint,
+pub struct PassOf<E: std::ops::Deref<Target = Endpoint>> {
+    endpoint: E,
     probe: bool,
 }
 
-impl fmt::Debug for Pass<'_> {
+/// A pass borrowing its endpoint.
+pub type Pass<'a> = PassOf<&'a Endpoint>;
+/// A pass owning a handle to its endpoint.
+pub type OwnedPass = PassOf<Arc<Endpoint>>;
+
+impl<E: std::ops::Deref<Target = Endpoint>> fmt::Debug for PassOf<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pass").field("endpoint", &self.endpoint.id).field("probe", &self.probe).finish()
     }
 }
 
-impl Pass<'_> {
+impl<E: std::ops::Deref<Target = Endpoint>> PassOf<E> {
     pub fn is_probe(&self) -> bool {
         self.probe
     }
 
     #[inline]
     pub fn record(self, outcome: &Outcome, latency: Duration, now: Nanos) {
-        let ep = self.endpoint;
+        let ep: &Endpoint = &self.endpoint;
         let class = ep.shared.cfg.classifier.classify(outcome);
         if class.ignored {
             return;
@@ -685,7 +704,7 @@ impl Pass<'_> {
     }
 }
 
-impl Drop for Pass<'_> {
+impl<E: std::ops::Deref<Target = Endpoint>> Drop for PassOf<E> {
     fn drop(&mut self) {
         if self.probe {
             self.endpoint.probes_in_flight.fetch_sub(1, AcqRel);
