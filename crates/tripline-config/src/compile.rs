@@ -1,7 +1,7 @@
 //! Cross-resource validation and compilation of decoded resources into a [`Plan`]:
 //! listeners from Gateways (and the mesh listener), virtual hosts from VirtualServices,
 //! clusters from every (host, port, subset) a route refers to, with endpoints from
-//! ServiceEntries and policy from DestinationRules.
+//! ServiceEntries and policy from DestinationRules and ResiliencePolicies.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -9,10 +9,11 @@ use std::net::{IpAddr, SocketAddr};
 use crate::decode::Cx;
 use crate::diag::{Diagnostic, Severity};
 use crate::model::{
-    DestinationRule, Gateway, Resource, RouteDestination, SePort, ServiceEntry, Spec, Subset, TrafficPolicy,
-    VirtualService,
+    DestinationRule, Gateway, HttpRoute, Resource, RouteDestination, SePort, ServiceEntry, Spec, Subset,
+    TrafficPolicy, VirtualService,
 };
 use crate::plan::*;
+use crate::policy::{effective_outlier, PolicyRetries, ResiliencePolicy};
 use crate::yaml::Pos;
 use crate::LoadOptions;
 
@@ -40,6 +41,89 @@ pub fn effective_policy(top: &TrafficPolicy, subset: Option<&TrafficPolicy>) -> 
         idle_timeout: s.idle_timeout.or(t.idle_timeout).unwrap_or(d.idle_timeout),
     };
     (lb, pool)
+}
+
+/// The resilience settings of a cluster: outlier detection from the DestinationRule (subset
+/// over top level, field by field) and the policy (see [`crate::policy`]), the policy's
+/// breakers, and the retry budget (`retryBudget`, subset over top level, capped by
+/// `connectionPool.http.maxRetries`).
+pub fn effective_resilience(
+    top: &TrafficPolicy,
+    subset: Option<&TrafficPolicy>,
+    policy: Option<(&str, &ResiliencePolicy)>,
+    pool: &PoolLimits,
+) -> ResiliencePlan {
+    let p = policy.map(|(_, p)| p);
+    let outlier = effective_outlier(
+        top.outlier_detection.as_ref(),
+        subset.and_then(|s| s.outlier_detection.as_ref()),
+        p,
+    );
+    let (s, t) = (subset.map(|s| &s.retry_budget), &top.retry_budget);
+    let d = tripline_core::budget::RetryBudgetConfig::default();
+    let retry_budget = tripline_core::budget::RetryBudgetConfig {
+        percent: s.and_then(|s| s.percent).or(t.percent).unwrap_or(d.percent),
+        min_retry_concurrency: s
+            .and_then(|s| s.min_retry_concurrency)
+            .or(t.min_retry_concurrency)
+            .unwrap_or(d.min_retry_concurrency),
+        max_retries: pool.max_retries,
+    };
+    ResiliencePlan {
+        outlier,
+        breaker: p.and_then(|p| p.breaker.clone()),
+        endpoint_breaker: p.and_then(|p| p.endpoint_breaker.clone()),
+        retry_budget,
+        policy: policy.map(|(name, _)| name.to_string()),
+    }
+}
+
+/// A route's retry policy: its `retries` (Istio's default when absent), with the retry settings
+/// of the ResiliencePolicies of its destinations. When the destinations disagree the safest
+/// setting wins: non-idempotent requests are retried only if every destination opts in, the
+/// longest backoff and the smallest replay buffer apply.
+pub fn route_retry(h: &HttpRoute, destinations: &[PolicyRetries]) -> RetryPlan {
+    let mut plan = RetryPlan::default();
+    if let Some(r) = &h.retries {
+        plan.attempts = r.attempts;
+        plan.per_try_timeout = r.per_try_timeout;
+        if let Some((on, codes)) = &r.conditions {
+            plan.retry_on = *on;
+            plan.status_codes = codes.clone();
+        }
+    }
+    if let Some(first) = destinations.first() {
+        plan.retry_non_idempotent = destinations.iter().all(|d| d.retry_non_idempotent);
+        plan.backoff_base = destinations.iter().map(|d| d.backoff_base).max().unwrap_or(first.backoff_base);
+        plan.backoff_max = destinations.iter().map(|d| d.backoff_max).max().unwrap_or(first.backoff_max);
+        plan.max_replay_bytes =
+            destinations.iter().map(|d| d.max_replay_bytes).min().unwrap_or(first.max_replay_bytes);
+    }
+    // Istio's `retries.backoff` is the route's own base interval.
+    if let Some(base) = h.retries.as_ref().and_then(|r| r.backoff) {
+        plan.backoff_base = base;
+        plan.backoff_max = plan.backoff_max.max(base);
+    }
+    plan
+}
+
+fn unknown_host(host: &str) -> String {
+    format!(
+        "unknown host `{host}`: no ServiceEntry declares it (IST0101: referenced host not found); add a ServiceEntry with `hosts: [{host}]`, its ports and endpoints"
+    )
+}
+
+fn unknown_subset(subset: &str, host: &str, rule: Option<(&Resource, &DestinationRule)>) -> String {
+    match rule {
+        Some((dr_res, dr)) => {
+            let names: Vec<&str> = dr.subsets.iter().map(|x| x.name.value.as_str()).collect();
+            let known = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+            format!("unknown subset `{subset}` of host `{host}`: {} defines subsets: {known}", dr_res.id())
+        }
+        None => format!(
+            "unknown subset `{subset}` of host `{host}`: no DestinationRule for `{host}` defines subsets; add one with `subsets: [{{name: {subset}, labels: ...}}]`"
+        ),
+    }
 }
 
 /// Strips the `namespace/` of Gateway server hosts (`./`, `*/`, `ns/`).
@@ -97,6 +181,10 @@ struct Ctx<'a> {
     rules: Vec<(&'a Resource, &'a DestinationRule)>,
     clusters: Vec<ClusterPlan>,
     cluster_ids: HashMap<String, ClusterId>,
+    /// ResiliencePolicies whose target is valid.
+    policies: Vec<(&'a Resource, &'a ResiliencePolicy)>,
+    /// The policy applied to each cluster (parallel to `clusters`).
+    cluster_policies: Vec<Option<&'a ResiliencePolicy>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -125,19 +213,68 @@ impl<'a> Ctx<'a> {
         })
     }
 
+    /// The policy for a cluster: the one naming its subset, else the one for the whole host.
+    fn policy(&self, host: &str, subset: Option<&str>) -> Option<(&'a Resource, &'a ResiliencePolicy)> {
+        let of_host = |p: &&(&Resource, &ResiliencePolicy)| p.1.target.host.value.eq_ignore_ascii_case(host);
+        let exact = subset.and_then(|s| {
+            self.policies
+                .iter()
+                .filter(of_host)
+                .find(|(_, p)| p.target.subset.as_ref().is_some_and(|x| x.value == s))
+        });
+        exact
+            .or_else(|| self.policies.iter().filter(of_host).find(|(_, p)| p.target.subset.is_none()))
+            .copied()
+    }
+
+    /// Checks every policy's target (host, subset) and that no two share one.
+    fn check_policies(&mut self, all: Vec<(&'a Resource, &'a ResiliencePolicy)>) {
+        for (r, p) in all {
+            let t = &p.target;
+            if self.service_entry(&t.host.value).is_none() {
+                self.report(r, Severity::Error, t.host.pos, &t.host.path, unknown_host(&t.host.value));
+                continue;
+            }
+            if let Some(s) = &t.subset {
+                let rule = self.rule(&t.host.value);
+                if !rule.is_some_and(|(_, dr)| dr.subsets.iter().any(|x| x.name.value == s.value)) {
+                    self.report(
+                        r,
+                        Severity::Error,
+                        s.pos,
+                        &s.path,
+                        unknown_subset(&s.value, &t.host.value, rule),
+                    );
+                    continue;
+                }
+            }
+            let same = self.policies.iter().find(|(_, o)| {
+                o.target.host.value.eq_ignore_ascii_case(&t.host.value)
+                    && o.target.subset.as_ref().map(|s| &s.value) == t.subset.as_ref().map(|s| &s.value)
+            });
+            if let Some((first, _)) = same {
+                let what = match &t.subset {
+                    Some(s) => format!("subset `{}` of host `{}`", s.value, t.host.value),
+                    None => format!("host `{}`", t.host.value),
+                };
+                let msg = format!(
+                    "{} and {} both target {what} ({}): merge them into one ResiliencePolicy",
+                    first.id(),
+                    r.id(),
+                    first.source
+                );
+                self.report(r, Severity::Error, t.host.pos, &t.host.path, msg);
+                continue;
+            }
+            self.policies.push((r, p));
+        }
+    }
+
     /// Resolves a route destination to a cluster, creating it on first use.
     fn destination(&mut self, r: &Resource, d: &RouteDestination, tcp: bool) -> Option<ClusterId> {
         let host = d.host.value.as_str();
         let Some((se_res, se)) = self.service_entry(host) else {
-            self.report(
-                r,
-                Severity::Error,
-                d.host.pos,
-                &d.host.path,
-                format!(
-                    "unknown host `{host}`: no ServiceEntry declares it (IST0101: referenced host not found); add a ServiceEntry with `hosts: [{host}]`, its ports and endpoints"
-                ),
-            );
+            self.report(r, Severity::Error, d.host.pos, &d.host.path, unknown_host(host));
             return None;
         };
         let ports_list = || se.ports.iter().map(|p| p.number.to_string()).collect::<Vec<_>>().join(", ");
@@ -180,23 +317,8 @@ impl<'a> Ctx<'a> {
                 Some((_, dr)) if dr.subsets.iter().any(|x| x.name.value == s.value) => {
                     dr.subsets.iter().find(|x| x.name.value == s.value)
                 }
-                Some((dr_res, dr)) => {
-                    let names: Vec<&str> = dr.subsets.iter().map(|x| x.name.value.as_str()).collect();
-                    let known = if names.is_empty() { "none".to_string() } else { names.join(", ") };
-                    let msg = format!(
-                        "unknown subset `{}` of host `{host}`: {} defines subsets: {known}",
-                        s.value,
-                        dr_res.id()
-                    );
-                    self.report(r, Severity::Error, s.pos, &s.path, msg);
-                    return None;
-                }
-                None => {
-                    let msg = format!(
-                        "unknown subset `{}` of host `{host}`: no DestinationRule for `{host}` defines subsets; add one with `subsets: [{{name: {}, labels: ...}}]`",
-                        s.value, s.value
-                    );
-                    self.report(r, Severity::Error, s.pos, &s.path, msg);
+                _ => {
+                    self.report(r, Severity::Error, s.pos, &s.path, unknown_subset(&s.value, host, rule));
                     return None;
                 }
             },
@@ -270,6 +392,14 @@ impl<'a> Ctx<'a> {
         }
         let top = rule.map(|(_, dr)| dr.traffic_policy.clone()).unwrap_or_default();
         let (load_balancer, pool) = effective_policy(&top, subset.map(|s| &s.traffic_policy));
+        let policy = self.policy(host, subset_name.as_deref());
+        let resilience = effective_resilience(
+            &top,
+            subset.map(|s| &s.traffic_policy),
+            policy.map(|(pr, p)| (pr.name.as_str(), p)),
+            &pool,
+        );
+        self.cluster_policies.push(policy.map(|(_, p)| p));
         let id = self.clusters.len();
         self.clusters.push(ClusterPlan {
             name: name.clone(),
@@ -280,7 +410,7 @@ impl<'a> Ctx<'a> {
             discovery,
             load_balancer,
             pool,
-            resilience: crate::plan::ResiliencePlan::default(),
+            resilience,
         });
         self.cluster_ids.insert(name, id);
         Some(id)
@@ -361,7 +491,10 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
         rules: Vec::new(),
         clusters: Vec::new(),
         cluster_ids: HashMap::new(),
+        policies: Vec::new(),
+        cluster_policies: Vec::new(),
     };
+    let mut policies = Vec::new();
     let mut gateways: Vec<(&Resource, &Gateway)> = Vec::new();
     let mut services: Vec<(&Resource, &VirtualService)> = Vec::new();
     for r in resources {
@@ -369,6 +502,7 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
             Spec::Gateway(g) => gateways.push((r, g)),
             Spec::ServiceEntry(se) => ctx.service_entries.push((r, se)),
             Spec::VirtualService(vs) => services.push((r, vs)),
+            Spec::ResiliencePolicy(p) => policies.push((r, &**p)),
             Spec::DestinationRule(dr) => {
                 if let Some((first, _)) =
                     ctx.rules.iter().find(|(_, d)| d.host.value.eq_ignore_ascii_case(&dr.host.value))
@@ -381,7 +515,7 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
                     );
                     ctx.report(r, Severity::Warning, dr.host.pos, &dr.host.path, msg);
                 } else {
-                    ctx.rules.push((r, dr));
+                    ctx.rules.push((r, &**dr));
                 }
             }
         }
@@ -411,6 +545,7 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
             ctx.report(r, Severity::Warning, dr.host.pos, &dr.host.path, msg);
         }
     }
+    ctx.check_policies(policies);
 
     // Listeners from Gateway servers.
     let mut listeners: Vec<Listener> = Vec::new();
@@ -496,12 +631,17 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
             }
             let Some(destinations) = ctx.destinations(r, &h.route, &h.path, false) else { continue };
             let name = h.name.clone().unwrap_or_else(|| format!("{}/http[{i}]", r.name));
+            let settings: Vec<PolicyRetries> = destinations
+                .iter()
+                .map(|w| ctx.cluster_policies[w.cluster].and_then(|p| p.retries.clone()).unwrap_or_default())
+                .collect();
+            let retry = route_retry(h, &settings);
             http_routes.push(RoutePlan {
                 name,
                 matches: h.matches.clone(),
                 destinations,
                 timeout: h.timeout,
-                retry: crate::plan::RetryPlan::default(),
+                retry,
             });
         }
         let mut tcp_route = None;

@@ -1,5 +1,5 @@
 //! Tripline configuration: Istio networking resources (`Gateway`, `ServiceEntry`,
-//! `VirtualService`, `DestinationRule`) and Tripline kinds, read from multi-document YAML with
+//! `VirtualService`, `DestinationRule`) and Tripline kinds ([`policy`]: `ResiliencePolicy`), read from multi-document YAML with
 //! file/line/column/field-path diagnostics, validated, and compiled into a [`plan::Plan`].
 
 pub mod compile;
@@ -7,6 +7,7 @@ pub mod decode;
 pub mod diag;
 pub mod model;
 pub mod plan;
+pub mod policy;
 mod resource;
 pub mod yaml;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::decode::{join, no_note, Cx, Fields, Schema};
-use crate::plan::{HashKey, LoadBalancer, RequestMatch, StringMatch};
+use crate::plan::{HashKey, LoadBalancer, RequestMatch, RetryOn, StringMatch};
 use crate::yaml::{Node, Pos};
 
 /// A value with where it was written, for diagnostics found after decoding.
@@ -24,7 +24,7 @@ pub struct At<T> {
 }
 
 impl<T> At<T> {
-    fn new(value: T, node: &Node, path: &str) -> At<T> {
+    pub(crate) fn new(value: T, node: &Node, path: &str) -> At<T> {
         At { value, pos: node.pos, path: path.to_string() }
     }
 }
@@ -33,6 +33,9 @@ impl<T> At<T> {
 pub const API_VERSIONS: &[&str] =
     &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
 pub const KINDS: &[&str] = &["Gateway", "ServiceEntry", "VirtualService", "DestinationRule"];
+/// The API versions and kinds of Tripline's own resources (see [`crate::policy`]).
+pub const TRIPLINE_API_VERSIONS: &[&str] = &["tripline.dev/v1alpha1"];
+pub const TRIPLINE_KINDS: &[&str] = &["ResiliencePolicy"];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Resource {
@@ -64,7 +67,8 @@ pub enum Spec {
     Gateway(Gateway),
     ServiceEntry(ServiceEntry),
     VirtualService(VirtualService),
-    DestinationRule(DestinationRule),
+    DestinationRule(Box<DestinationRule>),
+    ResiliencePolicy(Box<crate::policy::ResiliencePolicy>),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -440,10 +444,12 @@ pub struct Retries {
         skip_serializing_if = "Option::is_none"
     )]
     pub per_try_timeout: Option<Duration>,
+    /// The conditions as written (empty: Istio's default policy).
     #[serde(rename = "retryOn")]
     pub retry_on: Vec<String>,
-    #[serde(rename = "retryRemoteLocalities", skip_serializing_if = "Option::is_none")]
-    pub retry_remote_localities: Option<bool>,
+    /// `retry_on` parsed; `None` when `retryOn` is absent (Istio's default conditions apply).
+    #[serde(skip)]
+    pub conditions: Option<(RetryOn, Vec<u16>)>,
     #[serde(rename = "retryIgnorePreviousHosts", skip_serializing_if = "Option::is_none")]
     pub retry_ignore_previous_hosts: Option<bool>,
     #[serde(serialize_with = "ser_opt_duration", skip_serializing_if = "Option::is_none")]
@@ -499,9 +505,8 @@ const VIRTUAL_SERVICE: Schema = Schema {
 };
 const HTTP_ROUTE: Schema = Schema {
     name: "Istio's HTTPRoute",
-    known: &["name", "match", "route", "timeout"],
+    known: &["name", "match", "route", "timeout", "retries"],
     unsupported: &[
-        "retries",
         "fault",
         "mirror",
         "mirrors",
@@ -557,15 +562,8 @@ const TCP_ROUTE: Schema =
     Schema { name: "Istio's TCPRoute", known: &["match", "route"], unsupported: &[], note: no_note };
 const RETRIES: Schema = Schema {
     name: "Istio's HTTPRetry",
-    known: &[
-        "attempts",
-        "perTryTimeout",
-        "retryOn",
-        "retryRemoteLocalities",
-        "retryIgnorePreviousHosts",
-        "backoff",
-    ],
-    unsupported: &[],
+    known: &["attempts", "perTryTimeout", "retryOn", "retryIgnorePreviousHosts", "backoff"],
+    unsupported: &["retryRemoteLocalities"],
     note: no_note,
 };
 const FAULT: Schema = Schema {
@@ -589,25 +587,120 @@ const ABORT: Schema = Schema {
 const PERCENT: Schema =
     Schema { name: "Istio's Percent", known: &["value"], unsupported: &[], note: no_note };
 
-/// Istio's and Envoy's `retryOn` words; numeric status codes are accepted too.
+/// The `retryOn` conditions Tripline applies (numeric status codes are accepted too).
 pub const RETRY_ON: &[&str] = &[
     "5xx",
     "gateway-error",
     "reset",
-    "reset-before-request",
     "connect-failure",
-    "envoy-ratelimited",
-    "retriable-4xx",
     "refused-stream",
+    "retriable-4xx",
     "retriable-status-codes",
-    "retriable-headers",
-    "http3-post-connect-failure",
     "cancelled",
     "deadline-exceeded",
     "internal",
     "resource-exhausted",
     "unavailable",
 ];
+
+/// Envoy conditions Istio passes through that Tripline does not apply (a warning, not an error,
+/// so that configs Istio accepts still load).
+pub const RETRY_ON_ENVOY_ONLY: &[&str] =
+    &["reset-before-request", "envoy-ratelimited", "retriable-headers", "http3-post-connect-failure"];
+
+/// Sets the flag of one `retryOn` word; false for a word that is not in [`RETRY_ON`].
+fn set_retry_on(on: &mut RetryOn, word: &str) -> bool {
+    let flag = match word {
+        "5xx" => &mut on.server_error,
+        "gateway-error" => &mut on.gateway_error,
+        "reset" => &mut on.reset,
+        "connect-failure" => &mut on.connect_failure,
+        "refused-stream" => &mut on.refused_stream,
+        "retriable-4xx" => &mut on.retriable_4xx,
+        "retriable-status-codes" => &mut on.retriable_status_codes,
+        "cancelled" => &mut on.grpc_cancelled,
+        "deadline-exceeded" => &mut on.grpc_deadline_exceeded,
+        "internal" => &mut on.grpc_internal,
+        "resource-exhausted" => &mut on.grpc_resource_exhausted,
+        "unavailable" => &mut on.grpc_unavailable,
+        _ => return false,
+    };
+    *flag = true;
+    true
+}
+
+/// Where `offset` (bytes into a one-line scalar) is in the file, so that a diagnostic about one
+/// comma-separated word points at that word.
+fn pos_in_scalar(node: &Node, offset: usize) -> Pos {
+    match &node.kind {
+        crate::yaml::Kind::Scalar { text, plain } if !text.contains('\n') => {
+            let chars = text.get(..offset).map_or(0, |t| t.chars().count());
+            Pos { line: node.pos.line, col: node.pos.col + chars + usize::from(!plain) }
+        }
+        _ => node.pos,
+    }
+}
+
+/// Parses Istio's comma-separated `retryOn`: words of [`RETRY_ON`] and status codes (which, as
+/// in Istio, also turn on `retriable-status-codes`).
+fn retry_on(cx: &mut Cx, node: &Node, path: &str) -> Option<(Vec<String>, RetryOn, Vec<u16>)> {
+    let text = cx.string(node, path)?;
+    let (mut words, mut on, mut codes, mut ok) = (Vec::new(), RetryOn::default(), Vec::new(), true);
+    let mut offset = 0;
+    for raw in text.split(',') {
+        let word = raw.trim();
+        let at = pos_in_scalar(node, offset + (raw.len() - raw.trim_start().len()));
+        offset += raw.len() + 1;
+        if word.is_empty() {
+            continue;
+        }
+        if let Ok(code) = word.parse::<u16>() {
+            if !(100..=599).contains(&code) {
+                cx.report(
+                    crate::Severity::Error,
+                    at,
+                    path,
+                    format!("retryOn status code {code} is out of range: expected 100 to 599"),
+                );
+                ok = false;
+                continue;
+            }
+            on.retriable_status_codes = true;
+            if !codes.contains(&code) {
+                codes.push(code);
+            }
+        } else if RETRY_ON_ENVOY_ONLY.contains(&word) {
+            cx.report(
+                crate::Severity::Warning,
+                at,
+                path,
+                format!("retryOn condition `{word}` is Envoy-specific and not supported by Tripline; it is ignored"),
+            );
+            continue;
+        } else if !set_retry_on(&mut on, word) {
+            cx.report(
+                crate::Severity::Error,
+                at,
+                path,
+                format!(
+                    "unknown retryOn condition `{word}`: expected status codes (e.g. 503) or {}",
+                    RETRY_ON.join(", ")
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        words.push(word.to_string());
+    }
+    if on.retriable_status_codes && codes.is_empty() {
+        cx.warn(
+            node,
+            path,
+            "`retriable-status-codes` without any status code retries nothing: list the codes too (e.g. `retriable-status-codes,503`)",
+        );
+    }
+    ok.then_some((words, on, codes))
+}
 
 pub fn virtual_service(cx: &mut Cx, spec: &Node) -> Option<VirtualService> {
     let f = cx.fields(spec, "spec", &VIRTUAL_SERVICE)?;
@@ -696,6 +789,22 @@ fn http_route(cx: &mut Cx, node: &Node, path: &str) -> Option<HttpRoute> {
     let route = destinations(cx, &f);
     let timeout = f.value("timeout").and_then(|(n, p)| cx.duration(n, &p, true)).filter(|d| !d.is_zero());
     let retries = f.value("retries").and_then(|(n, p)| retries(cx, n, &p));
+    if let (Some(timeout), Some(per_try), Some((rn, rp))) =
+        (timeout, retries.as_ref().and_then(|r| r.per_try_timeout), f.value("retries"))
+    {
+        if per_try > timeout {
+            let node = rn.get("perTryTimeout").unwrap_or(rn);
+            cx.warn(
+                node,
+                &join(&rp, "perTryTimeout"),
+                format!(
+                    "perTryTimeout {} is longer than the route timeout {}: the route timeout ends the request first, so no retry can happen after a slow attempt",
+                    crate::decode::format_duration(per_try),
+                    crate::decode::format_duration(timeout)
+                ),
+            );
+        }
+    }
     let fault = f.value("fault").and_then(|(n, p)| fault(cx, n, &p));
     let answers_itself = f.has("redirect") || f.has("directResponse") || f.has("delegate");
     if route.is_empty() && !answers_itself && f.value("route").is_none() {
@@ -840,45 +949,31 @@ fn retries(cx: &mut Cx, node: &Node, path: &str) -> Option<Retries> {
         Some((n, p)) => Some(cx.duration(n, &p, false)?),
         None => None,
     };
-    let mut retry_on = Vec::new();
-    if let Some((n, p)) = f.value("retryOn") {
-        let s = cx.string(n, &p)?;
-        for word in s.split(',').map(str::trim).filter(|w| !w.is_empty()) {
-            let numeric = word.parse::<u16>().is_ok_and(|c| (100..600).contains(&c));
-            if !numeric && !RETRY_ON.contains(&word) {
-                cx.error(
-                    n,
-                    &p,
-                    format!(
-                        "unknown retryOn condition `{word}`: expected status codes or {}",
-                        RETRY_ON.join(", ")
-                    ),
-                );
-                return None;
-            }
-            retry_on.push(word.to_string());
+    let (retry_on, conditions) = match f.value("retryOn") {
+        Some((n, p)) => {
+            let (words, on, codes) = retry_on(cx, n, &p)?;
+            (words, Some((on, codes)))
         }
-    }
-    let retry_remote_localities = match f.value("retryRemoteLocalities") {
-        Some((n, p)) => Some(cx.bool(n, &p)?),
-        None => None,
+        None => (Vec::new(), None),
     };
+    if let Some((n, p)) = f.value("retryRemoteLocalities") {
+        cx.bool(n, &p)?;
+    }
     let retry_ignore_previous_hosts = match f.value("retryIgnorePreviousHosts") {
-        Some((n, p)) => Some(cx.bool(n, &p)?),
+        Some((n, p)) => {
+            let v = cx.bool(n, &p)?;
+            if !v {
+                cx.warn(n, &p, "Tripline always retries on another endpoint when one is available; `retryIgnorePreviousHosts: false` is ignored");
+            }
+            Some(v)
+        }
         None => None,
     };
     let backoff = match f.value("backoff") {
         Some((n, p)) => Some(cx.duration(n, &p, false)?),
         None => None,
     };
-    Some(Retries {
-        attempts,
-        per_try_timeout,
-        retry_on,
-        retry_remote_localities,
-        retry_ignore_previous_hosts,
-        backoff,
-    })
+    Some(Retries { attempts, per_try_timeout, retry_on, conditions, retry_ignore_previous_hosts, backoff })
 }
 
 fn percentage(cx: &mut Cx, f: &Fields<'_>) -> Option<f64> {
@@ -958,9 +1053,21 @@ pub struct TrafficPolicy {
     pub load_balancer: Option<LoadBalancer>,
     #[serde(rename = "connectionPool")]
     pub connection_pool: ConnectionPool,
-    /// Parsed and validated, not applied yet (next issue).
     #[serde(rename = "outlierDetection", skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
+    #[serde(rename = "retryBudget")]
+    pub retry_budget: RetryBudget,
+}
+
+/// `trafficPolicy.retryBudget` (recent Istio): retries in flight as a percentage of active
+/// requests, with a floor.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryBudget {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_retry_concurrency: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -1012,8 +1119,8 @@ const SUBSET: Schema = Schema {
 };
 const TRAFFIC_POLICY: Schema = Schema {
     name: "Istio's TrafficPolicy",
-    known: &["loadBalancer", "connectionPool"],
-    unsupported: &["outlierDetection", "tls", "portLevelSettings", "tunnel", "proxyProtocol", "retryBudget"],
+    known: &["loadBalancer", "connectionPool", "outlierDetection", "retryBudget"],
+    unsupported: &["tls", "portLevelSettings", "tunnel", "proxyProtocol"],
     note: no_note,
 };
 const LOAD_BALANCER: Schema = Schema {
@@ -1084,22 +1191,28 @@ fn outlier_note(field: &str) -> Option<&'static str> {
     }
 }
 
-const OUTLIER: Schema = Schema {
-    name: "Istio's OutlierDetection",
-    known: &[
-        "consecutive5xxErrors",
-        "consecutiveGatewayErrors",
-        "consecutiveLocalOriginFailures",
-        "splitExternalLocalOriginErrors",
-        "interval",
-        "baseEjectionTime",
-        "maxEjectionPercent",
-        "minHealthPercent",
-        "consecutiveErrors",
-    ],
+const RETRY_BUDGET: Schema = Schema {
+    name: "Istio's TrafficPolicy.RetryBudget",
+    known: &["percent", "minRetryConcurrency"],
     unsupported: &[],
-    note: outlier_note,
+    note: no_note,
 };
+
+/// The Istio `OutlierDetection` field names (also accepted in a ResiliencePolicy).
+pub const OUTLIER_FIELDS: &[&str] = &[
+    "consecutive5xxErrors",
+    "consecutiveGatewayErrors",
+    "consecutiveLocalOriginFailures",
+    "splitExternalLocalOriginErrors",
+    "interval",
+    "baseEjectionTime",
+    "maxEjectionPercent",
+    "minHealthPercent",
+    "consecutiveErrors",
+];
+
+const OUTLIER: Schema =
+    Schema { name: "Istio's OutlierDetection", known: OUTLIER_FIELDS, unsupported: &[], note: outlier_note };
 
 pub fn destination_rule(cx: &mut Cx, spec: &Node) -> Option<DestinationRule> {
     let f = cx.fields(spec, "spec", &DESTINATION_RULE)?;
@@ -1148,9 +1261,29 @@ fn decode_traffic_policy(cx: &mut Cx, node: &Node, path: &str) -> TrafficPolicy 
         tp.connection_pool = connection_pool(cx, n, &p);
     }
     if let Some((n, p)) = f.value("outlierDetection") {
-        tp.outlier_detection = outlier_detection(cx, n, &p);
+        tp.outlier_detection = cx.fields(n, &p, &OUTLIER).map(|f| outlier_fields(cx, &f));
+    }
+    if let Some((n, p)) = f.value("retryBudget") {
+        tp.retry_budget = retry_budget(cx, n, &p);
     }
     tp
+}
+
+/// `percent` as a number or as Istio's `{value: N}` Percent, and `minRetryConcurrency`.
+fn retry_budget(cx: &mut Cx, node: &Node, path: &str) -> RetryBudget {
+    let mut rb = RetryBudget::default();
+    let Some(f) = cx.fields(node, path, &RETRY_BUDGET) else { return rb };
+    if let Some((n, p)) = f.value("percent") {
+        rb.percent = if matches!(n.kind, crate::yaml::Kind::Map(_)) {
+            cx.fields(n, &p, &PERCENT)
+                .and_then(|pf| pf.value("value"))
+                .and_then(|(vn, vp)| cx.float(vn, &vp, 0.0, 100.0))
+        } else {
+            cx.float(n, &p, 0.0, 100.0)
+        };
+    }
+    rb.min_retry_concurrency = f.value("minRetryConcurrency").and_then(|(n, p)| cx.u32(n, &p, 0));
+    rb
 }
 
 fn load_balancer(cx: &mut Cx, node: &Node, path: &str) -> Option<LoadBalancer> {
@@ -1319,8 +1452,8 @@ fn connection_pool(cx: &mut Cx, node: &Node, path: &str) -> ConnectionPool {
     cp
 }
 
-fn outlier_detection(cx: &mut Cx, node: &Node, path: &str) -> Option<OutlierDetection> {
-    let f = cx.fields(node, path, &OUTLIER)?;
+/// The Istio fields of an `outlierDetection` mapping (already checked against its schema).
+pub(crate) fn outlier_fields(cx: &mut Cx, f: &Fields<'_>) -> OutlierDetection {
     let count = |cx: &mut Cx, name: &str| f.value(name).and_then(|(n, p)| cx.u32(n, &p, 0));
     let mut od = OutlierDetection {
         consecutive_5xx_errors: count(cx, "consecutive5xxErrors"),
@@ -1346,5 +1479,5 @@ fn outlier_detection(cx: &mut Cx, node: &Node, path: &str) -> Option<OutlierDete
         f.value("maxEjectionPercent").and_then(|(n, p)| cx.int(n, &p, 0, 100)).map(|v| v as u32);
     od.min_health_percent =
         f.value("minHealthPercent").and_then(|(n, p)| cx.int(n, &p, 0, 100)).map(|v| v as u32);
-    Some(od)
+    od
 }

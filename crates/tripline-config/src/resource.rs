@@ -3,7 +3,7 @@
 
 use crate::decode::{no_note, Cx, Schema};
 use crate::diag::{Diagnostic, Severity};
-use crate::model::{self, Resource, Spec, API_VERSIONS, KINDS};
+use crate::model::{self, Resource, Spec, API_VERSIONS, KINDS, TRIPLINE_API_VERSIONS, TRIPLINE_KINDS};
 use crate::yaml::{Document, Kind};
 
 const ENVELOPE: Schema = Schema {
@@ -69,18 +69,32 @@ pub fn decode(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option
         root.get("metadata").and_then(|m| m.get("name")).and_then(|n| n.as_scalar()).unwrap_or("?")
     );
     let istio = api.starts_with("networking.istio.io/");
-    if !KINDS.contains(&kind.as_str()) || !istio {
+    // Tripline's own group: a wrong kind or version there is a mistake, never someone else's
+    // resource, so it is an error.
+    let tripline = api.starts_with("tripline.dev/");
+    if tripline && !TRIPLINE_KINDS.contains(&kind.as_str()) {
+        let msg = format!("unknown Tripline kind `{kind}`: expected one of {}", TRIPLINE_KINDS.join(", "));
+        cx.error(kind_node, "kind", msg);
+        return None;
+    }
+    if !tripline && (!KINDS.contains(&kind.as_str()) || !istio) {
         let shown = if api.is_empty() { String::new() } else { format!(" ({api})") };
-        let msg = format!("kind `{kind}`{shown} is not supported by Tripline and is ignored (Tripline reads Gateway, ServiceEntry, VirtualService and DestinationRule of networking.istio.io)");
+        let hint = if TRIPLINE_KINDS.contains(&kind.as_str()) {
+            format!("; for Tripline's {kind} use apiVersion: {}", TRIPLINE_API_VERSIONS[0])
+        } else {
+            String::new()
+        };
+        let msg = format!("kind `{kind}`{shown} is not supported by Tripline and is ignored (Tripline reads Gateway, ServiceEntry, VirtualService and DestinationRule of networking.istio.io, and ResiliencePolicy of tripline.dev){hint}");
         cx.warn(kind_node, "kind", msg);
         return None;
     }
-    if !API_VERSIONS.contains(&api.as_str()) {
+    let versions = if tripline { TRIPLINE_API_VERSIONS } else { API_VERSIONS };
+    if !versions.contains(&api.as_str()) {
         let api_node = root.get("apiVersion").unwrap_or(root);
         cx.error(
             api_node,
             "apiVersion",
-            format!("unsupported apiVersion `{api}`: expected one of {}", API_VERSIONS.join(", ")),
+            format!("unsupported apiVersion `{api}`: expected one of {}", versions.join(", ")),
         );
         return None;
     }
@@ -110,7 +124,8 @@ pub fn decode(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option
         "Gateway" => Spec::Gateway(model::gateway(&mut cx, spec_node)?),
         "ServiceEntry" => Spec::ServiceEntry(model::service_entry(&mut cx, spec_node)?),
         "VirtualService" => Spec::VirtualService(model::virtual_service(&mut cx, spec_node)?),
-        _ => Spec::DestinationRule(model::destination_rule(&mut cx, spec_node)?),
+        "DestinationRule" => Spec::DestinationRule(Box::new(model::destination_rule(&mut cx, spec_node)?)),
+        _ => Spec::ResiliencePolicy(Box::new(crate::policy::resilience_policy(&mut cx, spec_node)?)),
     };
     Some(Resource {
         kind,

@@ -3,7 +3,10 @@
 
 use std::path::PathBuf;
 
-use tripline_config::{load, read_sources, Diagnostic, LoadOptions, Severity};
+use std::time::Duration;
+
+use tripline_config::plan::{RetryOn, RoutePlan};
+use tripline_config::{load, read_sources, Diagnostic, LoadOptions, Loaded, Severity, Source};
 
 fn seeds_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seeds")
@@ -107,36 +110,11 @@ fn destination_rules_without_service_entry_load_and_wait_for_the_host() {
             "no ServiceEntry declares host `backend.svc.cluster.local`",
         )],
     );
-    check(
-        "payments-cb.yaml",
-        true,
-        &[
-            (
-                W,
-                "14:5",
-                "DestinationRule/payments-cb: spec.trafficPolicy.outlierDetection",
-                "is not supported yet and is ignored",
-            ),
-            (W, "6:9", "DestinationRule/payments-cb: spec.host", NO_SE),
-        ],
-    );
+    check("payments-cb.yaml", true, &[(W, "6:9", "DestinationRule/payments-cb: spec.host", NO_SE)]);
     check(
         "inventory-cb.yaml",
         true,
-        &[
-            (
-                W,
-                "14:5",
-                "DestinationRule/inventory-cb: spec.trafficPolicy.outlierDetection",
-                "is not supported yet and is ignored",
-            ),
-            (
-                W,
-                "6:9",
-                "DestinationRule/inventory-cb: spec.host",
-                "no ServiceEntry declares host `inventory`",
-            ),
-        ],
+        &[(W, "6:9", "DestinationRule/inventory-cb: spec.host", "no ServiceEntry declares host `inventory`")],
     );
 }
 
@@ -146,7 +124,6 @@ fn envoy_only_outlier_field_is_an_unknown_field_warning() {
         "payments-cb-high-traffic.yaml",
         true,
         &[
-            (W, "11:5", "DestinationRule/payments-cb: spec.trafficPolicy.outlierDetection", "is not supported yet and is ignored"),
             (
                 W,
                 "16:7",
@@ -245,38 +222,22 @@ fn unsupported_route_features_are_named_and_undeclared_hosts_are_errors() {
     check(
         "orders-retries.yaml",
         false,
-        &[
-            (
-                W,
-                "13:5",
-                "VirtualService/orders: spec.http[0].retries",
-                "`spec.http[0].retries` is not supported yet and is ignored",
-            ),
-            (
-                E,
-                "11:15",
-                "VirtualService/orders: spec.http[0].route[0].destination.host",
-                "unknown host `orders.svc.cluster.local`",
-            ),
-        ],
+        &[(
+            E,
+            "11:15",
+            "VirtualService/orders: spec.http[0].route[0].destination.host",
+            "unknown host `orders.svc.cluster.local`",
+        )],
     );
     check(
         "payment-service-retries.yaml",
         false,
-        &[
-            (
-                W,
-                "13:5",
-                "VirtualService/payment-service: spec.http[0].retries",
-                "`spec.http[0].retries` is not supported yet",
-            ),
-            (
-                E,
-                "11:15",
-                "VirtualService/payment-service: spec.http[0].route[0].destination.host",
-                "unknown host `payment`",
-            ),
-        ],
+        &[(
+            E,
+            "11:15",
+            "VirtualService/payment-service: spec.http[0].route[0].destination.host",
+            "unknown host `payment`",
+        )],
     );
     check(
         "media-header-routing.yaml",
@@ -305,4 +266,47 @@ fn all_seeds_together_in_one_directory_report_the_union_and_never_panic() {
     let diags = load(&sources, &LoadOptions::default()).unwrap_err();
     let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
     assert_eq!(errors, 10, "{diags:#?}");
+}
+
+/// The seed plus a ServiceEntry and a VirtualService for its host, so that it gets a cluster.
+fn with_host(seed: &str, host: &str, extra: &str) -> Result<Loaded, Vec<Diagnostic>> {
+    let mut sources = read_sources(&[seeds_dir().join(seed)]).expect("seed is readable");
+    let text = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 80, name: http}}]\n  resolution: STATIC\n  endpoints: [{{address: 10.0.0.1}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs}}\nspec:\n  hosts: [{host}]\n  http:\n  - route: [{{destination: {{host: {host}}}}}]\n{extra}"
+    );
+    sources.push(Source { name: "extra.yaml".into(), text });
+    load(&sources, &LoadOptions::default())
+}
+
+#[test]
+fn payments_cb_outlier_detection_now_applies_with_istio_defaults_for_the_rest() {
+    let loaded = with_host("payments-cb.yaml", "payments.svc.cluster.local", "").unwrap();
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    let c = &loaded.plan.clusters[0];
+    let o = c.resilience.outlier.as_ref().expect("outlierDetection is applied");
+    assert_eq!(o.consecutive_5xx_errors, Some(5));
+    assert_eq!(o.interval, Duration::from_secs(10));
+    assert_eq!(o.base_ejection_time, Duration::from_secs(30));
+    assert_eq!(o.max_ejection_percent, 50);
+    assert_eq!(o.consecutive_gateway_errors, None, "not set: off, as in Istio");
+    assert_eq!(o.min_health_percent, 0, "Istio's default: no panic threshold");
+    assert!(c.resilience.breaker.is_none(), "no ResiliencePolicy, no breaker");
+    assert_eq!(c.resilience.policy, None);
+    assert_eq!(c.pool.max_connections, 100);
+}
+
+#[test]
+fn retry_seeds_compile_into_route_retry_policies() {
+    let loaded = with_host("orders-retries.yaml", "orders.svc.cluster.local", "").unwrap();
+    let routes: Vec<&RoutePlan> =
+        loaded.plan.listeners.iter().flat_map(|l| &l.virtual_hosts).flat_map(|v| &v.routes).collect();
+    let r = routes.iter().find(|r| r.name == "orders/http[0]").unwrap();
+    assert_eq!(r.retry.attempts, 3);
+    assert_eq!(r.retry.per_try_timeout, Some(Duration::from_secs(1)));
+    assert_eq!(
+        r.retry.retry_on,
+        RetryOn { gateway_error: true, connect_failure: true, refused_stream: true, ..RetryOn::default() }
+    );
+    assert!(r.retry.status_codes.is_empty());
+    assert!(!r.retry.retry_non_idempotent);
 }
