@@ -104,14 +104,17 @@ pub fn clusters_json(clusters: &[Arc<Cluster>]) -> serde_json::Value {
         .map(|c| {
             let set = c.endpoints.load();
             let endpoints: Vec<_> = set
-                .endpoints
+                .members
                 .iter()
-                .map(|e| {
+                .map(|m| {
+                    let e = &m.ep;
                     json!({
                         "address": e.address.to_string(),
                         "weight": e.weight,
                         "labels": e.labels,
-                        "healthy": true,
+                        "healthy": tripline_core::balancer::EndpointView::is_available(m),
+                        "outlier": m.outlier.as_ref().map(|o| o.health().as_str()).unwrap_or("healthy"),
+                        "breaker": m.breaker.as_ref().map(|b| b.state().as_str()),
                         "active_requests": e.active.load(Ordering::Relaxed),
                         "connections": e.pool.connections.load(Ordering::Relaxed),
                         "idle_connections": e.pool.idle_count(),

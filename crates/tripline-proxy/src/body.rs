@@ -10,12 +10,17 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::upstream::replay::{replay_frame, TeedBody};
 use crate::upstream::InFlight;
 
 /// A request body sent upstream.
 #[derive(Debug)]
 pub enum RequestBody {
     Stream(Incoming),
+    /// Streaming, with a copy kept for a possible retry.
+    Teed(TeedBody),
+    /// A retry: the body buffered from the first attempt.
+    Replay(std::collections::VecDeque<Bytes>, Option<http::HeaderMap>),
     Empty,
 }
 
@@ -29,6 +34,8 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::Teed(b) => b.poll_frame(cx),
+            RequestBody::Replay(chunks, trailers) => Poll::Ready(replay_frame(chunks, trailers).map(Ok)),
             RequestBody::Empty => Poll::Ready(None),
         }
     }
@@ -36,6 +43,8 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Stream(b) => b.is_end_stream(),
+            RequestBody::Teed(b) => b.is_end_stream(),
+            RequestBody::Replay(chunks, trailers) => chunks.is_empty() && trailers.is_none(),
             RequestBody::Empty => true,
         }
     }
@@ -43,6 +52,10 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Stream(b) => b.size_hint(),
+            RequestBody::Teed(b) => b.size_hint(),
+            RequestBody::Replay(chunks, _) => {
+                SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum())
+            }
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }
@@ -87,6 +100,15 @@ impl Body for ResponseBody {
         };
         // hyper stops polling once `is_end_stream` is true, so a body that ends with its last
         // data frame (Content-Length) must be recognised here, not only at `Ready(None)`.
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let (Some(t), Some(g)) = (frame.trailers_ref(), this.guard.as_mut()) {
+                if let Some(code) =
+                    t.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+                {
+                    g.set_grpc_status(code);
+                }
+            }
+        }
         let ended = match &polled {
             Poll::Ready(None) => true,
             Poll::Ready(Some(Ok(_))) => this.is_end_stream(),

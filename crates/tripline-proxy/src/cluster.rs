@@ -6,17 +6,20 @@
 //! requests, connection pool, counters) by cluster name and address. In-flight requests that
 //! started on the old config release their permits into the same counters.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tripline_config::plan::{ClusterPlan, Discovery, HashKey, LoadBalancer, PoolLimits, UpstreamProtocol};
 use tripline_core::balancer::{hash_bytes, Algorithm, Balancer, EndpointSpec, EndpointView};
+use tripline_core::breaker::{CircuitBreaker, State};
 use tripline_core::limits::Limit;
+use tripline_core::outlier::{Endpoint as OutlierEndpoint, Health};
 
 use crate::metrics::{Histogram, ReasonCounters, StatusCounters};
+use crate::resilience::{self, ClusterResilience};
 use crate::upstream::pool::ConnectionPool;
 
 /// Cluster-wide state that survives reloads.
@@ -32,6 +35,8 @@ pub struct ClusterState {
     /// Wakes requests waiting for a connection when one is returned or closed.
     pub conn_released: tokio::sync::Notify,
     pub stats: ClusterStats,
+    /// Set by the outlier sweep: below `minHealthPercent`, balance over every endpoint.
+    pub panic: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -51,6 +56,7 @@ impl ClusterState {
             connections: Limit::new(pool.max_connections),
             conn_released: tokio::sync::Notify::new(),
             stats: ClusterStats::default(),
+            panic: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -72,45 +78,71 @@ impl ClusterState {
 #[derive(Debug)]
 pub struct Endpoint {
     pub address: SocketAddr,
+    /// `127.0.0.1:8080`, the id used by the outlier detector and in logs.
+    pub id: String,
     pub weight: u32,
-    pub labels: std::collections::BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
     pub active: AtomicU32,
     pub requests_total: AtomicU64,
     pub pool: ConnectionPool,
+    /// The endpoint's breaker, kept here between endpoint-set rebuilds (control plane only;
+    /// the request path reads the copy in its [`Member`]).
+    breaker_slot: Mutex<Option<Arc<CircuitBreaker>>>,
 }
 
 impl Endpoint {
-    pub fn new(
-        address: SocketAddr,
-        weight: u32,
-        labels: std::collections::BTreeMap<String, String>,
-    ) -> Arc<Self> {
+    pub fn new(address: SocketAddr, weight: u32, labels: BTreeMap<String, String>) -> Arc<Self> {
         Arc::new(Endpoint {
             address,
+            id: address.to_string(),
             weight,
             labels,
             active: AtomicU32::new(0),
             requests_total: AtomicU64::new(0),
             pool: ConnectionPool::new(),
+            breaker_slot: Mutex::new(None),
         })
     }
 }
 
-impl EndpointView for Endpoint {
+/// An endpoint as the balancer sees it: the endpoint plus its resilience handles.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub ep: Arc<Endpoint>,
+    pub outlier: Option<Arc<OutlierEndpoint>>,
+    pub breaker: Option<Arc<CircuitBreaker>>,
+    /// The cluster's panic flag (fewer healthy endpoints than `minHealthPercent`).
+    panic: Arc<AtomicBool>,
+}
+
+impl Member {
+    /// Not ejected (or the cluster is in panic) and its breaker is not open.
+    pub fn ejected(&self) -> bool {
+        match &self.outlier {
+            Some(o) if o.health() != Health::Healthy => !o.is_available(resilience::now()),
+            _ => false,
+        }
+    }
+
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.as_ref().is_some_and(|b| matches!(b.state(), State::Open | State::ForcedOpen))
+    }
+}
+
+impl EndpointView for Member {
     fn active_requests(&self) -> u32 {
-        self.active.load(Ordering::Relaxed)
+        self.ep.active.load(Ordering::Relaxed)
     }
 
     fn is_available(&self) -> bool {
-        // Outlier ejection and endpoint breakers plug in here.
-        true
+        (!self.ejected() || self.panic.load(Ordering::Relaxed)) && !self.breaker_open()
     }
 }
 
 /// The endpoints of a cluster at one moment, with a balancer built for exactly them.
 #[derive(Debug)]
 pub struct EndpointSet {
-    pub endpoints: Vec<Arc<Endpoint>>,
+    pub members: Vec<Member>,
     pub balancer: Balancer,
 }
 
@@ -119,6 +151,7 @@ pub struct EndpointSet {
 pub struct Cluster {
     pub plan: ClusterPlan,
     pub state: Arc<ClusterState>,
+    pub resilience: Arc<ClusterResilience>,
     pub endpoints: ArcSwap<EndpointSet>,
     pub algorithm: Algorithm,
 }
@@ -144,10 +177,10 @@ impl Cluster {
     }
 
     /// Replaces the endpoint set (DNS refresh), keeping the state of addresses that stay.
-    pub fn set_addresses(&self, addrs: Vec<(SocketAddr, u32, std::collections::BTreeMap<String, String>)>) {
+    pub fn set_addresses(&self, addrs: Vec<(SocketAddr, u32, BTreeMap<String, String>)>) {
         let current = self.endpoints.load();
         let mut by_addr: HashMap<SocketAddr, Arc<Endpoint>> =
-            current.endpoints.iter().map(|e| (e.address, e.clone())).collect();
+            current.members.iter().map(|m| (m.ep.address, m.ep.clone())).collect();
         let endpoints: Vec<Arc<Endpoint>> = addrs
             .into_iter()
             .map(|(address, weight, labels)| match by_addr.remove(&address) {
@@ -155,7 +188,43 @@ impl Cluster {
                 _ => Endpoint::new(address, weight, labels),
             })
             .collect();
-        self.endpoints.store(Arc::new(build_set(self.algorithm, endpoints)));
+        self.endpoints.store(Arc::new(self.build_set(endpoints)));
+    }
+
+    /// Attaches the resilience handles (outlier state, endpoint breakers) and builds the
+    /// balancer for a list of endpoints.
+    fn build_set(&self, endpoints: Vec<Arc<Endpoint>>) -> EndpointSet {
+        let res = &self.resilience;
+        let outliers: Vec<Option<Arc<OutlierEndpoint>>> = match &res.outlier {
+            Some(d) => {
+                let ids: Vec<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
+                d.update_endpoints(&ids, resilience::now()).into_iter().map(Some).collect()
+            }
+            None => vec![None; endpoints.len()],
+        };
+        let members: Vec<Member> = endpoints
+            .into_iter()
+            .zip(outliers)
+            .map(|(ep, outlier)| {
+                let breaker = {
+                    let mut slot = ep.breaker_slot.lock().unwrap_or_else(|p| p.into_inner());
+                    let keep = match (&*slot, &res.plan.endpoint_breaker) {
+                        (Some(b), Some(cfg)) => b.config() == cfg,
+                        _ => false,
+                    };
+                    if !keep {
+                        *slot = res.endpoint_breaker(self.name(), &ep.id);
+                    }
+                    slot.clone()
+                };
+                Member { ep, outlier, breaker, panic: self.state.panic.clone() }
+            })
+            .collect();
+        let specs: Vec<EndpointSpec> = members
+            .iter()
+            .map(|m| EndpointSpec { key: hash_bytes(m.ep.id.as_bytes()), weight: m.ep.weight })
+            .collect();
+        EndpointSet { balancer: Balancer::new(self.algorithm, &specs), members }
     }
 }
 
@@ -171,22 +240,13 @@ fn algorithm(lb: &LoadBalancer) -> Algorithm {
     }
 }
 
-fn endpoint_key(addr: &SocketAddr) -> u64 {
-    hash_bytes(addr.to_string().as_bytes())
-}
-
-fn build_set(algorithm: Algorithm, endpoints: Vec<Arc<Endpoint>>) -> EndpointSet {
-    let specs: Vec<EndpointSpec> =
-        endpoints.iter().map(|e| EndpointSpec { key: endpoint_key(&e.address), weight: e.weight }).collect();
-    EndpointSet { balancer: Balancer::new(algorithm, &specs), endpoints }
-}
-
 /// Keeps cluster and endpoint state across config loads.
 #[derive(Debug, Default)]
 pub struct Registry {
     states: HashMap<String, Arc<ClusterState>>,
+    resilience: HashMap<String, Arc<ClusterResilience>>,
     /// DNS clusters keep their last resolved endpoints until the next resolution.
-    dns: HashMap<String, Arc<EndpointSet>>,
+    dns: HashMap<String, Vec<Arc<Endpoint>>>,
     endpoints: HashMap<(String, SocketAddr), Arc<Endpoint>>,
 }
 
@@ -195,6 +255,7 @@ impl Registry {
     /// State of clusters that are gone is dropped once no request holds it.
     pub fn build(&mut self, plans: &[ClusterPlan]) -> Vec<Arc<Cluster>> {
         let mut states = HashMap::new();
+        let mut resiliences = HashMap::new();
         let mut endpoints = HashMap::new();
         let clusters = plans
             .iter()
@@ -205,44 +266,51 @@ impl Registry {
                     .inspect(|s| s.apply_limits(&plan.pool))
                     .unwrap_or_else(|| Arc::new(ClusterState::new(&plan.name, &plan.pool)));
                 states.insert(plan.name.clone(), state.clone());
-                let statics: &[_] = match &plan.discovery {
-                    Discovery::Static(eps) => eps,
-                    Discovery::Dns { .. } => &[],
+                let resilience = ClusterResilience::build(
+                    &plan.name,
+                    &plan.resilience,
+                    self.resilience.get(&plan.name).map(|r| &**r),
+                );
+                resiliences.insert(plan.name.clone(), resilience.clone());
+                let eps: Vec<Arc<Endpoint>> = match &plan.discovery {
+                    Discovery::Static(statics) => statics
+                        .iter()
+                        .map(|ep| {
+                            let key = (plan.name.clone(), ep.address);
+                            let kept = self
+                                .endpoints
+                                .remove(&key)
+                                .filter(|e| e.weight == ep.weight && e.labels == ep.labels);
+                            let e = kept
+                                .unwrap_or_else(|| Endpoint::new(ep.address, ep.weight, ep.labels.clone()));
+                            endpoints.insert(key, e.clone());
+                            e
+                        })
+                        .collect(),
+                    Discovery::Dns { .. } => self.dns.get(&plan.name).cloned().unwrap_or_default(),
                 };
-                let eps: Vec<Arc<Endpoint>> = statics
-                    .iter()
-                    .map(|ep| {
-                        let key = (plan.name.clone(), ep.address);
-                        let kept = self
-                            .endpoints
-                            .remove(&key)
-                            .filter(|e| e.weight == ep.weight && e.labels == ep.labels);
-                        let e =
-                            kept.unwrap_or_else(|| Endpoint::new(ep.address, ep.weight, ep.labels.clone()));
-                        endpoints.insert(key, e.clone());
-                        e
-                    })
-                    .collect();
                 let algorithm = algorithm(&plan.load_balancer);
+                let empty = EndpointSet { members: Vec::new(), balancer: Balancer::new(algorithm, &[]) };
                 let cluster = Arc::new(Cluster {
                     plan: plan.clone(),
                     state,
-                    endpoints: ArcSwap::from_pointee(build_set(algorithm, eps)),
+                    resilience,
+                    endpoints: ArcSwap::from_pointee(empty),
                     algorithm,
                 });
-                if let (Discovery::Dns { .. }, Some(last)) = (&plan.discovery, self.dns.get(&plan.name)) {
-                    cluster.endpoints.store(Arc::new(build_set(algorithm, last.endpoints.clone())));
-                }
+                cluster.endpoints.store(Arc::new(cluster.build_set(eps)));
                 cluster
             })
             .collect();
         self.states = states;
+        self.resilience = resiliences;
         self.endpoints = endpoints;
         clusters
     }
 
     /// Remembers the resolved endpoints of DNS clusters (called after each resolution).
     pub fn remember_dns(&mut self, cluster: &Cluster) {
-        self.dns.insert(cluster.plan.name.clone(), cluster.endpoints.load_full());
+        let eps = cluster.endpoints.load().members.iter().map(|m| m.ep.clone()).collect();
+        self.dns.insert(cluster.plan.name.clone(), eps);
     }
 }

@@ -42,7 +42,8 @@ pub async fn handle(
         ctx.shared.global.local.inc(Reason::NoHealthyUpstream);
         return Ok(Reason::NoHealthyUpstream.response());
     };
-    let forward = forward(&ctx, &cluster, req);
+    let deadline = route.timeout.map(|t| std::time::Instant::now() + t);
+    let forward = forward(&ctx, &cluster, &route.retry, req, deadline);
     let resp = match route.timeout {
         Some(t) => match tokio::time::timeout(t, forward).await {
             Ok(r) => r,
@@ -53,15 +54,24 @@ pub async fn handle(
     Ok(resp)
 }
 
-fn local(cluster: &Cluster, reason: Reason) -> Response<ResponseBody> {
-    cluster.state.stats.local.inc(reason);
-    reason.response()
+fn local(cluster: &Cluster, refusal: impl Into<upstream::Refusal>) -> Response<ResponseBody> {
+    let refusal = refusal.into();
+    cluster.state.stats.local.inc(refusal.reason);
+    let mut resp = refusal.reason.response();
+    if let Some(ra) = refusal.retry_after {
+        // Whole seconds, rounded up: a client that honours it never comes back too early.
+        let secs = ra.as_secs() + u64::from(ra.subsec_nanos() > 0);
+        resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs.max(1)));
+    }
+    resp
 }
 
 async fn forward(
     ctx: &ConnContext,
     cluster: &Arc<Cluster>,
+    retry: &tripline_config::plan::RetryPlan,
     mut req: Request<Incoming>,
+    deadline: Option<std::time::Instant>,
 ) -> Response<ResponseBody> {
     let hash = cluster.hash_key().and_then(|k| upstream::request_hash(k, &req, ctx.peer));
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
@@ -69,10 +79,11 @@ async fn forward(
     let mut up_req = Request::from_parts(parts, RequestBody::Stream(body));
     prepare_request(&mut up_req, cluster.protocol(), ctx.peer.ip(), upgrade.is_some(), &ctx.shared.rng);
 
-    let (mut resp, mut inflight) = match upstream::send(cluster, up_req, hash, &ctx.shared.rng).await {
-        Ok(sent) => sent,
-        Err(reason) => return local(cluster, reason),
-    };
+    let (mut resp, mut inflight) =
+        match upstream::send(cluster, retry, up_req, hash, &ctx.shared.rng, deadline).await {
+            Ok(sent) => sent,
+            Err(refusal) => return local(cluster, refusal),
+        };
     cluster.state.stats.codes.inc(resp.status().as_u16());
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

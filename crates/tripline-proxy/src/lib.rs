@@ -13,6 +13,7 @@ pub mod http_proxy;
 pub mod listener;
 pub mod local_reply;
 pub mod metrics;
+pub mod resilience;
 pub mod router;
 pub mod tcp_proxy;
 pub mod upstream;
@@ -176,15 +177,29 @@ impl Proxy {
         }
     }
 
-    /// Evicts idle upstream connections past their idle timeout, forever.
+    /// Periodic work, forever: outlier sweeps and breaker ticks (so an open breaker becomes
+    /// half-open even without traffic) every 100 ms, idle connection eviction every 5 s.
     pub async fn run_housekeeping(self) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut n: u64 = 0;
         loop {
             tick.tick().await;
+            n += 1;
             let applied = self.shared.applied.load_full();
+            let now = resilience::now();
             for c in &applied.clusters {
-                for ep in &c.endpoints.load().endpoints {
-                    ep.pool.evict_idle(c.limits().idle_timeout);
+                c.resilience.tick(now);
+                if let Some(o) = &c.resilience.outlier {
+                    c.state.panic.store(o.in_panic(), Ordering::Relaxed);
+                }
+                let set = c.endpoints.load();
+                for m in &set.members {
+                    if let Some(b) = &m.breaker {
+                        b.tick(now);
+                    }
+                    if n % 50 == 0 {
+                        m.ep.pool.evict_idle(c.limits().idle_timeout);
+                    }
                 }
             }
         }

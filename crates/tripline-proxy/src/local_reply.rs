@@ -18,12 +18,14 @@ pub enum Reason {
     UpstreamReset,
     RouteTimeout,
     Draining,
+    BreakerOpen,
+    UpstreamTimeout,
 }
 
 pub const REASON_HEADER: &str = "x-tripline-reason";
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 11] = [
         Reason::OverflowConnections,
         Reason::OverflowPending,
         Reason::OverflowRequests,
@@ -33,6 +35,8 @@ impl Reason {
         Reason::UpstreamReset,
         Reason::RouteTimeout,
         Reason::Draining,
+        Reason::BreakerOpen,
+        Reason::UpstreamTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -46,6 +50,8 @@ impl Reason {
             Reason::UpstreamReset => "upstream-reset",
             Reason::RouteTimeout => "route-timeout",
             Reason::Draining => "draining",
+            Reason::BreakerOpen => "breaker-open",
+            Reason::UpstreamTimeout => "upstream-timeout",
         }
     }
 
@@ -53,7 +59,7 @@ impl Reason {
         match self {
             Reason::NoRoute => StatusCode::NOT_FOUND,
             Reason::UpstreamReset => StatusCode::BAD_GATEWAY,
-            Reason::RouteTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reason::RouteTimeout | Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -69,6 +75,10 @@ impl Reason {
             Reason::UpstreamReset => "the upstream reset the connection\n",
             Reason::RouteTimeout => "the upstream did not answer within the route timeout\n",
             Reason::Draining => "the proxy is shutting down\n",
+            Reason::BreakerOpen => {
+                "circuit breaker open: the upstream is failing and is being let back carefully\n"
+            }
+            Reason::UpstreamTimeout => "the upstream did not answer within the per-try timeout\n",
         }
     }
 

@@ -34,6 +34,7 @@ pub struct Route {
     destinations: Vec<(Arc<Cluster>, u32)>,
     total_weight: u32,
     pub timeout: Option<Duration>,
+    pub retry: tripline_config::plan::RetryPlan,
 }
 
 impl Route {
@@ -46,12 +47,20 @@ impl Route {
         let destinations: Vec<(Arc<Cluster>, u32)> =
             dests.iter().filter_map(|d| clusters.get(d.cluster).map(|c| (c.clone(), d.weight))).collect();
         let total_weight = destinations.iter().map(|(_, w)| *w).sum();
-        Route { name: name.into(), matches, destinations, total_weight, timeout: None }
+        Route {
+            name: name.into(),
+            matches,
+            destinations,
+            total_weight,
+            timeout: None,
+            retry: Default::default(),
+        }
     }
 
     fn from_plan(r: &RoutePlan, clusters: &[Arc<Cluster>]) -> Self {
         let mut route = Route::new(&r.name, r.matches.clone(), &r.destinations, clusters);
         route.timeout = r.timeout;
+        route.retry = r.retry.clone();
         route
     }
 
@@ -130,13 +139,7 @@ mod tests {
     use tripline_core::rng::SplitMix;
 
     fn route(name: &str, m: Vec<RequestMatch>) -> Arc<Route> {
-        Arc::new(Route {
-            name: name.into(),
-            matches: m,
-            destinations: vec![],
-            total_weight: 0,
-            timeout: None,
-        })
+        Arc::new(Route::new(name, m, &[], &[]))
     }
 
     fn table() -> ListenerConfig {

@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use tripline_core::balancer::hash_bytes;
 
 use crate::listener::{refuse_global, ConnTracker, ListenerRuntime};
 use crate::local_reply::Reason;
@@ -30,14 +29,11 @@ pub async fn serve(
         state.stats.local.inc(Reason::OverflowConnections);
         return;
     };
-    let hash = match peer.ip() {
-        std::net::IpAddr::V4(ip) => hash_bytes(&ip.octets()),
-        std::net::IpAddr::V6(ip) => hash_bytes(&ip.octets()),
-    };
+    let hash = crate::upstream::ip_hash(peer);
     let endpoint = {
         let set = cluster.endpoints.load();
-        match set.balancer.pick(&set.endpoints, Some(hash), &shared.rng) {
-            Some(i) => set.endpoints[i].clone(),
+        match set.balancer.pick(&set.members, Some(hash), &shared.rng) {
+            Some(i) => set.members[i].ep.clone(),
             None => {
                 state.stats.local.inc(Reason::NoHealthyUpstream);
                 return;

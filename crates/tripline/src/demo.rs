@@ -208,7 +208,8 @@ async fn summary_loop(proxy: Proxy, tally: Arc<Tally>) {
             tally.refused.load(Ordering::Relaxed)
         );
         for c in &applied.clusters {
-            for e in &c.endpoints.load().endpoints {
+            for m in &c.endpoints.load().members {
+                let e = &m.ep;
                 line.push_str(&format!(
                     " {} {} req ({} active);",
                     e.address,

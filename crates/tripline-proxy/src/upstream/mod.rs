@@ -1,51 +1,92 @@
-//! Sending a request to a cluster: admission, endpoint choice, connection, and the in-flight
-//! guard that releases everything when the response ends.
+//! Sending a request to a cluster: the resilience gates, endpoint choice, connection, retries,
+//! and the in-flight guard that records the outcome when the response ends.
+//!
+//! Order, as in DESIGN.md: cluster breaker → admission limit → (per attempt) endpoint pick over
+//! available endpoints, skipping ones already tried → outlier pass and endpoint breaker →
+//! pooled connection → per-try timeout → classify → retry decision (retryOn, idempotency,
+//! replayable body, breaker state, retry budget, backoff within the deadline).
 
 pub mod pool;
+pub mod replay;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
-use tripline_config::plan::HashKey;
+use tripline_config::plan::{HashKey, RetryOn, RetryPlan};
+use tripline_core::backoff::{parse_retry_after, Backoff};
 use tripline_core::balancer::hash_bytes;
+use tripline_core::breaker::{OwnedAdmission, State};
+use tripline_core::budget::{ActiveRequestOf, RetryBudget, RetryPermitOf};
+use tripline_core::classify::{grpc, Outcome};
 use tripline_core::limits::Permit;
+use tripline_core::outlier::OwnedPass;
 use tripline_core::rng::Rng;
 
 use crate::body::RequestBody;
-use crate::cluster::{Cluster, ClusterState, Endpoint};
+use crate::cluster::{Cluster, ClusterState, Endpoint, Member};
 use crate::local_reply::Reason;
+use crate::resilience::{self, ResilienceStats};
 use pool::{Reusable, SendError};
+use replay::Replay;
 
-/// One request in flight to one endpoint. Dropping it releases the cluster's active-request
-/// slot and the endpoint's counter, records the duration, and gives the connection back if
-/// the response was read to its end.
+pub static X_TRIPLINE_ATTEMPT: header::HeaderName = header::HeaderName::from_static("x-tripline-attempt");
+
+/// Guards that belong to the whole request (all its attempts).
+#[derive(Debug)]
+struct RequestGuards {
+    _active: Permit,
+    _budget: ActiveRequestOf<Arc<RetryBudget>>,
+    cluster_breaker: Option<OwnedAdmission>,
+    stats: Arc<ResilienceStats>,
+    retried: bool,
+    start: Instant,
+}
+
+/// One attempt in flight to one endpoint. Dropping it records the outcome into the endpoint's
+/// outlier state and breaker (and, for the last attempt, the destination breaker), releases
+/// every slot, and gives the connection back if the response was read to its end.
 #[derive(Debug)]
 pub struct InFlight {
     state: Arc<ClusterState>,
     endpoint: Arc<Endpoint>,
     max_uses: Option<u32>,
-    _active: Permit,
     start: Instant,
     conn: Option<Reusable>,
     complete: bool,
+    outcome: Outcome,
+    pass: Option<OwnedPass>,
+    endpoint_breaker: Option<OwnedAdmission>,
+    _retry: Option<RetryPermitOf<Arc<RetryBudget>>>,
+    request: Option<RequestGuards>,
 }
 
 impl InFlight {
-    fn new(cluster: &Cluster, endpoint: Arc<Endpoint>, active: Permit) -> Self {
+    fn new(
+        cluster: &Cluster,
+        member: &Member,
+        pass: Option<OwnedPass>,
+        breaker: Option<OwnedAdmission>,
+    ) -> Self {
+        let endpoint = member.ep.clone();
         endpoint.active.fetch_add(1, Ordering::Relaxed);
         endpoint.requests_total.fetch_add(1, Ordering::Relaxed);
         InFlight {
             state: cluster.state.clone(),
             endpoint,
             max_uses: cluster.limits().max_requests_per_connection,
-            _active: active,
             start: Instant::now(),
             conn: None,
             complete: false,
+            // Until a response says otherwise: an attempt abandoned mid-way timed out.
+            outcome: Outcome::Timeout,
+            pass,
+            endpoint_breaker: breaker,
+            _retry: None,
+            request: None,
         }
     }
 
@@ -56,6 +97,9 @@ impl InFlight {
     /// Marks how the response ended and releases everything.
     pub fn finish(mut self, complete: bool) {
         self.complete = complete;
+        if !complete {
+            self.outcome = Outcome::Reset;
+        }
     }
 
     /// Marks the response as already complete (empty body) without releasing yet.
@@ -67,12 +111,33 @@ impl InFlight {
     pub fn forget_connection(&mut self) {
         self.conn = None;
     }
+
+    /// A gRPC status arrived in the trailers: it decides the outcome.
+    pub fn set_grpc_status(&mut self, code: u8) {
+        self.outcome = Outcome::grpc(code, None);
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        let latency = self.start.elapsed();
         self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
-        self.state.stats.duration.observe(self.start.elapsed());
+        self.state.stats.duration.observe(latency);
+        let now = resilience::now();
+        if let Some(p) = self.pass.take() {
+            p.record(&self.outcome, latency, now);
+        }
+        if let Some(b) = self.endpoint_breaker.take() {
+            b.record(&self.outcome, latency, now);
+        }
+        if let Some(r) = self.request.take() {
+            if let Some(b) = r.cluster_breaker {
+                b.record(&self.outcome, r.start.elapsed(), now);
+            }
+            if r.retried && is_success(&self.outcome) {
+                r.stats.retries_succeeded.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if let Some(conn) = self.conn.take() {
             if self.complete {
                 self.endpoint.pool.give_back(conn, self.max_uses);
@@ -82,14 +147,20 @@ impl Drop for InFlight {
     }
 }
 
+fn is_success(o: &Outcome) -> bool {
+    match o {
+        Outcome::Success => true,
+        Outcome::Http(s) => *s < 500,
+        Outcome::Grpc(c) => !matches!(*c, grpc::UNAVAILABLE | grpc::INTERNAL | grpc::DEADLINE_EXCEEDED),
+        _ => false,
+    }
+}
+
 /// Computes the consistent-hash key of a request, if the cluster hashes and the key is there.
 pub fn request_hash<B>(key: &HashKey, req: &Request<B>, peer: SocketAddr) -> Option<u64> {
     match key {
         HashKey::Header(name) => req.headers().get(name.as_str()).map(|v| hash_bytes(v.as_bytes())),
-        HashKey::SourceIp => Some(match peer.ip() {
-            std::net::IpAddr::V4(ip) => hash_bytes(&ip.octets()),
-            std::net::IpAddr::V6(ip) => hash_bytes(&ip.octets()),
-        }),
+        HashKey::SourceIp => Some(ip_hash(peer)),
         HashKey::Cookie { name } => req
             .headers()
             .get_all(http::header::COOKIE)
@@ -107,49 +178,359 @@ pub fn request_hash<B>(key: &HashKey, req: &Request<B>, peer: SocketAddr) -> Opt
     }
 }
 
-/// The result of sending a request to a cluster: the upstream's response with its in-flight
-/// guard, or the reason Tripline answers itself.
-pub type Outcome = Result<(Response<Incoming>, InFlight), Reason>;
+pub fn ip_hash(peer: SocketAddr) -> u64 {
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => hash_bytes(&ip.octets()),
+        std::net::IpAddr::V6(ip) => hash_bytes(&ip.octets()),
+    }
+}
 
-/// Admits the request to the cluster, picks an endpoint, gets a connection and sends.
-/// Requests that never reached the upstream (dead pooled connection) are sent again on
-/// another connection; nothing that reached the upstream is re-sent here.
+/// Why Tripline answers a request itself, and for how long the client should back off.
+#[derive(Debug, Clone, Copy)]
+pub struct Refusal {
+    pub reason: Reason,
+    pub retry_after: Option<Duration>,
+}
+
+impl From<Reason> for Refusal {
+    fn from(reason: Reason) -> Self {
+        Refusal { reason, retry_after: None }
+    }
+}
+
+/// The result of sending a request to a cluster: the upstream's response with its in-flight
+/// guard, or why Tripline answers itself.
+pub type SendResult = Result<(Response<Incoming>, InFlight), Refusal>;
+
+/// Idempotent methods (RFC 9110 section 9.2.2) may be re-sent after they reached an upstream.
+fn idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+/// Whether `retryOn` covers this outcome. `grpc` is the `grpc-status` of a trailers-only
+/// response.
+fn retriable(
+    on: &RetryOn,
+    codes: &[u16],
+    outcome: &Outcome,
+    status: Option<u16>,
+    grpc_code: Option<u8>,
+) -> bool {
+    if let Some(c) = grpc_code {
+        return match c {
+            grpc::CANCELLED => on.grpc_cancelled,
+            grpc::DEADLINE_EXCEEDED => on.grpc_deadline_exceeded,
+            grpc::INTERNAL => on.grpc_internal,
+            grpc::RESOURCE_EXHAUSTED => on.grpc_resource_exhausted,
+            grpc::UNAVAILABLE => on.grpc_unavailable,
+            _ => false,
+        };
+    }
+    if let Some(s) = status {
+        return (on.server_error && s >= 500)
+            || (on.gateway_error && matches!(s, 502..=504))
+            || (on.retriable_4xx && s == 409)
+            || (on.retriable_status_codes && codes.contains(&s));
+    }
+    match outcome {
+        Outcome::ConnectFailure => on.connect_failure || on.server_error || on.gateway_error,
+        Outcome::Reset | Outcome::Timeout => on.reset || on.server_error || on.gateway_error,
+        _ => false,
+    }
+}
+
+/// The refusal for an attempt that ended without a response.
+fn failure_reason(outcome: &Outcome) -> Reason {
+    match outcome {
+        Outcome::ConnectFailure => Reason::UpstreamConnectFailure,
+        Outcome::Timeout => Reason::UpstreamTimeout,
+        _ => Reason::UpstreamReset,
+    }
+}
+
+/// Picks an available endpoint, preferring ones not tried yet, that its outlier state and
+/// breaker admit. Returns `Err` with the reason when none will take the request.
+fn admit_endpoint(
+    cluster: &Cluster,
+    hash: Option<u64>,
+    rng: &dyn Rng,
+    tried: &mut u64,
+) -> Result<(Member, Option<OwnedPass>, Option<OwnedAdmission>), Refusal> {
+    let set = cluster.endpoints.load();
+    let members = &set.members;
+    let now = resilience::now();
+    let mut breaker_refusal = None;
+    // A few picks: skip endpoints already tried (when others exist) and ones whose probe
+    // slots or breaker refuse.
+    for round in 0..4 {
+        let Some(i) = set.balancer.pick(members, hash, rng) else { break };
+        let bit = 1u64 << (i % 64);
+        if *tried & bit != 0 && round < 2 && members.len() > 1 {
+            // Retry elsewhere if the balancer offers another endpoint.
+            if let Some(j) = (1..members.len()).map(|k| (i + k) % members.len()).find(|&j| {
+                *tried & (1u64 << (j % 64)) == 0
+                    && tripline_core::balancer::EndpointView::is_available(&members[j])
+            }) {
+                if let Some(admitted) = try_member(&members[j], now, &mut breaker_refusal) {
+                    *tried |= 1u64 << (j % 64);
+                    return Ok(admitted);
+                }
+            }
+        }
+        if let Some(admitted) = try_member(&members[i], now, &mut breaker_refusal) {
+            *tried |= bit;
+            return Ok(admitted);
+        }
+    }
+    Err(breaker_refusal.unwrap_or(Reason::NoHealthyUpstream.into()))
+}
+
+type Admitted = (Member, Option<OwnedPass>, Option<OwnedAdmission>);
+
+fn try_member(m: &Member, now: u64, breaker_refusal: &mut Option<Refusal>) -> Option<Admitted> {
+    let pass = match &m.outlier {
+        Some(o) => Some(o.admit_owned(now)?),
+        None => None,
+    };
+    let adm = match &m.breaker {
+        Some(b) => match b.try_acquire_owned(now) {
+            Ok(a) => Some(a),
+            Err(r) => {
+                *breaker_refusal =
+                    Some(Refusal { reason: Reason::BreakerOpen, retry_after: Some(r.retry_after) });
+                return None;
+            }
+        },
+        None => None,
+    };
+    Some((m.clone(), pass, adm))
+}
+
+/// Classifies a response head: (outcome, status if HTTP-classified, grpc code if present).
+fn classify_response(resp: &Response<Incoming>) -> (Outcome, Option<u16>, Option<u8>) {
+    let h = resp.headers();
+    let status = resp.status().as_u16();
+    let retry_after = || {
+        h.get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
+    };
+    if let Some(code) = h.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok())
+    {
+        let ra = if code == grpc::RESOURCE_EXHAUSTED { retry_after() } else { None };
+        return (Outcome::grpc(code, ra), None, Some(code));
+    }
+    let ra = if status == 429 || status == 503 { retry_after() } else { None };
+    (Outcome::http(status, ra), Some(status), None)
+}
+
+/// Sends a request to a cluster, with the route's retry policy. `deadline` is when the
+/// route timeout fires (retries and backoff must fit before it).
 pub async fn send(
     cluster: &Cluster,
+    policy: &RetryPlan,
     mut req: Request<RequestBody>,
     hash: Option<u64>,
     rng: &dyn Rng,
-) -> Outcome {
+    deadline: Option<Instant>,
+) -> SendResult {
     let state = &cluster.state;
+    let res = &cluster.resilience;
+    let now = resilience::now();
+    let cluster_breaker = match &res.breaker {
+        Some(b) => match b.try_acquire_owned(now) {
+            Ok(a) => {
+                if a.would_reject() {
+                    res.stats.dry_run_rejections.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(a)
+            }
+            Err(r) => return Err(Refusal { reason: Reason::BreakerOpen, retry_after: Some(r.retry_after) }),
+        },
+        None => None,
+    };
     let Some(active) = state.active.try_acquire() else {
-        return Err(Reason::OverflowRequests);
+        return Err(Reason::OverflowRequests.into());
     };
-    let endpoint = {
-        let set = cluster.endpoints.load();
-        match set.balancer.pick(&set.endpoints, hash, rng) {
-            Some(i) => set.endpoints[i].clone(),
-            None => return Err(Reason::NoHealthyUpstream),
+    let mut guards = Some(RequestGuards {
+        _active: active,
+        _budget: res.budget.start_request_owned(),
+        cluster_breaker,
+        stats: res.stats.clone(),
+        retried: false,
+        start: Instant::now(),
+    });
+    let mut replay = (policy.attempts > 0).then(|| Replay::capture(&mut req, policy.max_replay_bytes));
+    let mut tried = 0u64;
+    let mut retry_permit = None;
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        req.headers_mut().insert(X_TRIPLINE_ATTEMPT.clone(), attempt_value(attempt));
+        let (member, pass, ep_breaker) = admit_endpoint(cluster, hash, rng, &mut tried)?;
+        let mut inflight = InFlight::new(cluster, &member, pass, ep_breaker);
+        inflight._retry = retry_permit.take();
+        let endpoint = member.ep.clone();
+
+        // Send, re-sending on another pooled connection if one was dead before the request
+        // went out (bounded so a flapping upstream cannot spin us).
+        let mut sent = Err(Outcome::Reset);
+        let mut never_sent = false;
+        let mut pending_req = Some(req);
+        for _ in 0..3 {
+            let Some(r) = pending_req.take() else { break };
+            let conn = match pool::checkout(cluster, &endpoint).await {
+                Ok(c) => c,
+                Err(Reason::UpstreamConnectFailure) => {
+                    sent = Err(Outcome::ConnectFailure);
+                    never_sent = true;
+                    pending_req = Some(r);
+                    break;
+                }
+                Err(reason) => {
+                    // A local overflow says nothing about the upstream.
+                    inflight.outcome = Outcome::Local(tripline_core::classify::LocalReason::Overflow);
+                    return Err(reason.into());
+                }
+            };
+            let attempt_fut = conn.send(r);
+            let result = match policy.per_try_timeout {
+                Some(t) => tokio::time::timeout(t, attempt_fut).await.unwrap_or(Err(SendError::TimedOut)),
+                None => attempt_fut.await,
+            };
+            match result {
+                Ok((resp, reusable)) => {
+                    inflight.conn = reusable;
+                    sent = Ok(resp);
+                }
+                Err(SendError::NotSent(back)) => {
+                    pending_req = Some(*back);
+                    never_sent = true;
+                    continue;
+                }
+                Err(SendError::Reset(e)) => {
+                    tracing::debug!(cluster = %state.name, endpoint = %endpoint.address, error = %e, "upstream reset");
+                    sent = Err(Outcome::Reset);
+                }
+                Err(SendError::TimedOut) => sent = Err(Outcome::Timeout),
+            }
+            break;
         }
-    };
-    let mut inflight = InFlight::new(cluster, endpoint.clone(), active);
-    // A pooled connection can die between checkout and send; bounded so a flapping upstream
-    // cannot spin us.
-    for _ in 0..3 {
-        let conn = match pool::checkout(cluster, &endpoint).await {
-            Ok(c) => c,
-            Err(reason) => return Err(reason),
+        if sent.is_err() && pending_req.is_some() && !never_sent {
+            never_sent = true;
+        }
+
+        let (outcome, status, grpc_code) = match &sent {
+            Ok(resp) => classify_response(resp),
+            Err(o) => (*o, None, None),
         };
-        match conn.send(req).await {
-            Ok((resp, reusable)) => {
-                inflight.conn = reusable;
-                return Ok((resp, inflight));
+        inflight.outcome = outcome;
+
+        // Decide whether to retry; every "no" finalises with what we have.
+        let retry = attempt <= policy.attempts
+            && retriable(&policy.retry_on, &policy.status_codes, &outcome, status, grpc_code)
+            && retry_allowed(
+                cluster,
+                policy,
+                &req_method(&pending_req, &replay),
+                never_sent,
+                &replay,
+                &res.stats,
+            );
+        let permit = if retry {
+            match res.budget.try_retry_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    res.stats.retries_refused_budget.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
             }
-            Err(SendError::NotSent(back)) => req = *back,
-            Err(SendError::Reset(e)) => {
-                tracing::debug!(cluster = %state.name, endpoint = %endpoint.address, error = %e, "upstream reset");
-                return Err(Reason::UpstreamReset);
-            }
+        } else {
+            None
+        };
+        let retry_after = match outcome {
+            Outcome::RateLimited { retry_after } => retry_after,
+            _ => None,
+        };
+        let backoff = Backoff::new(policy.backoff_base, policy.backoff_max);
+        let remaining = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
+        let delay = permit.as_ref().and_then(|_| backoff.delay_for(attempt - 1, retry_after, remaining, rng));
+
+        let Some(delay) = delay else {
+            // Final attempt.
+            inflight.request = guards.take();
+            return match sent {
+                Ok(resp) => Ok((resp, inflight)),
+                Err(o) => Err(failure_reason(&o).into()),
+            };
+        };
+        res.stats.retries_attempted.fetch_add(1, Ordering::Relaxed);
+        if let Some(g) = guards.as_mut() {
+            g.retried = true;
         }
+        drop(sent);
+        drop(inflight);
+        tokio::time::sleep(delay).await;
+        retry_permit = permit;
+        req = match pending_req {
+            Some(r) => r,
+            None => match replay.as_mut().and_then(Replay::next_request) {
+                Some(r) => r,
+                None => unreachable_retry(),
+            },
+        };
     }
-    Err(Reason::UpstreamReset)
+}
+
+/// Only reached if `retry_allowed` said a replay exists and it then did not; answer as a
+/// reset rather than panic.
+fn unreachable_retry() -> Request<RequestBody> {
+    let mut r = Request::new(RequestBody::Empty);
+    *r.method_mut() = Method::GET;
+    r
+}
+
+fn req_method(pending: &Option<Request<RequestBody>>, replay: &Option<Replay>) -> Method {
+    match (pending, replay) {
+        (Some(r), _) => r.method().clone(),
+        (None, Some(rp)) => rp.method().clone(),
+        (None, None) => Method::POST,
+    }
+}
+
+/// Idempotency, body replay and breaker state: may this request be sent again?
+fn retry_allowed(
+    cluster: &Cluster,
+    policy: &RetryPlan,
+    method: &Method,
+    never_sent: bool,
+    replay: &Option<Replay>,
+    stats: &ResilienceStats,
+) -> bool {
+    if !never_sent && !idempotent(method) && !policy.retry_non_idempotent {
+        return false;
+    }
+    if !never_sent && !replay.as_ref().is_some_and(Replay::can_replay) {
+        stats.retries_not_replayable.fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
+    if cluster
+        .resilience
+        .breaker
+        .as_ref()
+        .is_some_and(|b| matches!(b.state(), State::Open | State::ForcedOpen))
+    {
+        stats.retries_suppressed_breaker.fetch_add(1, Ordering::Relaxed);
+        return false;
+    }
+    true
+}
+
+fn attempt_value(n: u32) -> HeaderValue {
+    match n {
+        1 => HeaderValue::from_static("1"),
+        2 => HeaderValue::from_static("2"),
+        3 => HeaderValue::from_static("3"),
+        n => HeaderValue::from(n),
+    }
 }

@@ -248,6 +248,8 @@ pub enum SendError {
     NotSent(Box<Request<RequestBody>>),
     /// The request (or part of it) was sent and then the connection failed.
     Reset(hyper::Error),
+    /// The per-try timeout fired before the response head arrived.
+    TimedOut,
 }
 
 impl Conn {

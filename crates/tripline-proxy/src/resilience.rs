@@ -1,0 +1,209 @@
+//! The resilience engine wired into the proxy: per-cluster breaker, outlier detector and retry
+//! budget built from the plan, their transitions turned into log lines and counters, and the
+//! clock they all read.
+//!
+//! A cluster's [`ClusterResilience`] is kept across reloads while its configuration is
+//! unchanged, so a reload never resets a breaker or forgets an ejection.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use tripline_config::plan::ResiliencePlan;
+use tripline_core::breaker::{BreakerConfig, CircuitBreaker, Reason as BreakerReason, State, Transition};
+use tripline_core::budget::RetryBudget;
+use tripline_core::clock::{Clock, MonotonicClock, Nanos};
+use tripline_core::outlier::{Detector, OutlierDetector, OutlierEvent};
+
+/// The process clock every breaker and detector reads.
+pub fn clock() -> &'static MonotonicClock {
+    static CLOCK: OnceLock<MonotonicClock> = OnceLock::new();
+    CLOCK.get_or_init(MonotonicClock::new)
+}
+
+pub fn now() -> Nanos {
+    clock().now()
+}
+
+pub const STATES: [State; 5] =
+    [State::Closed, State::Open, State::HalfOpen, State::ForcedOpen, State::ForcedClosed];
+pub const BREAKER_REASONS: [BreakerReason; 9] = [
+    BreakerReason::ConsecutiveFailures,
+    BreakerReason::FailureRatio,
+    BreakerReason::SlowCallRatio,
+    BreakerReason::OpenElapsed,
+    BreakerReason::ProbesSucceeded,
+    BreakerReason::ProbesFailed,
+    BreakerReason::NoProbeCompleted,
+    BreakerReason::Forced,
+    BreakerReason::Reset,
+];
+pub const DETECTORS: [Detector; 7] = [
+    Detector::Consecutive5xx,
+    Detector::ConsecutiveGateway,
+    Detector::ConsecutiveLocalOrigin,
+    Detector::SuccessRate,
+    Detector::FailurePercentage,
+    Detector::Latency,
+    Detector::ProbeFailed,
+];
+
+fn state_index(s: State) -> usize {
+    STATES.iter().position(|x| *x == s).unwrap_or(0)
+}
+
+fn reason_index(r: BreakerReason) -> usize {
+    BREAKER_REASONS.iter().position(|x| *x == r).unwrap_or(0)
+}
+
+/// Counters of the resilience engine for one cluster (its own breaker and its endpoints').
+#[derive(Debug, Default)]
+pub struct ResilienceStats {
+    /// Transitions into each state, by reason: `[to][reason]`.
+    transitions: [[AtomicU64; BREAKER_REASONS.len()]; STATES.len()],
+    pub retries_attempted: AtomicU64,
+    pub retries_succeeded: AtomicU64,
+    pub retries_refused_budget: AtomicU64,
+    pub retries_suppressed_breaker: AtomicU64,
+    pub retries_not_replayable: AtomicU64,
+    /// Requests a dry-run breaker would have refused.
+    pub dry_run_rejections: AtomicU64,
+}
+
+impl ResilienceStats {
+    fn count(&self, t: &Transition) {
+        self.transitions[state_index(t.to)][reason_index(t.reason)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Non-zero `(to, reason, count)` rows.
+    pub fn transitions(&self) -> Vec<(State, BreakerReason, u64)> {
+        let mut out = Vec::new();
+        for (si, row) in self.transitions.iter().enumerate() {
+            for (ri, c) in row.iter().enumerate() {
+                let v = c.load(Ordering::Relaxed);
+                if v > 0 {
+                    out.push((STATES[si], BREAKER_REASONS[ri], v));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The resilience objects of one cluster.
+#[derive(Debug)]
+pub struct ClusterResilience {
+    pub plan: ResiliencePlan,
+    /// The destination breaker (whole cluster or subset).
+    pub breaker: Option<Arc<CircuitBreaker>>,
+    pub outlier: Option<Arc<OutlierDetector>>,
+    pub budget: Arc<RetryBudget>,
+    pub stats: Arc<ResilienceStats>,
+    /// When the outlier detector last swept.
+    pub last_sweep: AtomicU64,
+}
+
+impl ClusterResilience {
+    /// Builds the resilience objects, reusing those of `previous` whose config is unchanged.
+    pub fn build(cluster: &str, plan: &ResiliencePlan, previous: Option<&ClusterResilience>) -> Arc<Self> {
+        let stats = previous.map(|p| p.stats.clone()).unwrap_or_default();
+        let breaker = match (&plan.breaker, previous) {
+            (Some(cfg), Some(p)) if p.plan.breaker.as_ref() == Some(cfg) => p.breaker.clone(),
+            (Some(cfg), _) => Some(new_breaker(cfg.clone(), cluster, None, &stats)),
+            (None, _) => None,
+        };
+        let outlier = match (&plan.outlier, previous) {
+            (Some(cfg), Some(p)) if p.plan.outlier.as_ref() == Some(cfg) => p.outlier.clone(),
+            (Some(cfg), _) => {
+                let name: Arc<str> = cluster.into();
+                Some(Arc::new(OutlierDetector::new(cfg.clone()).with_listener(move |e: &OutlierEvent| {
+                    log_outlier(&name, e);
+                })))
+            }
+            (None, _) => None,
+        };
+        let budget = match previous {
+            Some(p) if p.plan.retry_budget == plan.retry_budget => p.budget.clone(),
+            _ => Arc::new(RetryBudget::new(plan.retry_budget)),
+        };
+        Arc::new(ClusterResilience {
+            plan: plan.clone(),
+            breaker,
+            outlier,
+            budget,
+            stats,
+            last_sweep: AtomicU64::new(previous.map_or(0, |p| p.last_sweep.load(Ordering::Relaxed))),
+        })
+    }
+
+    /// A new per-endpoint breaker, if the plan asks for them.
+    pub fn endpoint_breaker(&self, cluster: &str, endpoint: &str) -> Option<Arc<CircuitBreaker>> {
+        let cfg = self.plan.endpoint_breaker.as_ref()?;
+        Some(new_breaker(cfg.clone(), cluster, Some(endpoint), &self.stats))
+    }
+
+    /// Periodic work: sweeps the outlier detector every `interval` and moves breakers whose
+    /// open time is over to half-open even without traffic.
+    pub fn tick(&self, now: Nanos) {
+        if let Some(b) = &self.breaker {
+            b.tick(now);
+        }
+        if let Some(o) = &self.outlier {
+            let interval = tripline_core::clock::nanos(o.config().interval).max(1);
+            let last = self.last_sweep.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= interval
+                && self.last_sweep.compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            {
+                o.sweep(now);
+            }
+        }
+    }
+}
+
+fn new_breaker(
+    cfg: BreakerConfig,
+    cluster: &str,
+    endpoint: Option<&str>,
+    stats: &Arc<ResilienceStats>,
+) -> Arc<CircuitBreaker> {
+    let cluster: Arc<str> = cluster.into();
+    let endpoint: Arc<str> = endpoint.unwrap_or("").into();
+    let stats = stats.clone();
+    Arc::new(CircuitBreaker::new(cfg).with_listener(move |t: &Transition| {
+        stats.count(t);
+        log_transition(&cluster, &endpoint, t);
+    }))
+}
+
+/// One structured line per breaker transition.
+fn log_transition(cluster: &str, endpoint: &str, t: &Transition) {
+    let scope = if endpoint.is_empty() { "destination" } else { "endpoint" };
+    if t.to == State::Open || t.to == State::ForcedOpen {
+        tracing::warn!(
+            target: "tripline::breaker",
+            cluster, endpoint, scope,
+            from = t.from.as_str(), to = t.to.as_str(), reason = t.reason.as_str(), evidence = %t.evidence,
+            "circuit breaker opened"
+        );
+    } else {
+        tracing::info!(
+            target: "tripline::breaker",
+            cluster, endpoint, scope,
+            from = t.from.as_str(), to = t.to.as_str(), reason = t.reason.as_str(), evidence = %t.evidence,
+            "circuit breaker transition"
+        );
+    }
+}
+
+/// One structured line per ejection, probe start and return.
+fn log_outlier(cluster: &str, e: &OutlierEvent) {
+    tracing::warn!(
+        target: "tripline::outlier",
+        cluster,
+        endpoint = %e.endpoint,
+        from = e.from.as_str(),
+        to = e.to.as_str(),
+        detector = e.detector.map(|d| d.as_str()).unwrap_or(""),
+        evidence = %e.evidence,
+        "outlier detection"
+    );
+}
