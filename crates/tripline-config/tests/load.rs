@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tripline_config::plan::*;
-use tripline_config::{load, Diagnostic, LoadOptions, Loaded, Severity, Source};
+mod common;
+
+use common::{errors, ok, src, the_error};
+use tripline_config::{load, LoadOptions, Severity};
 
 const EXAMPLE: &str = r#"apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -47,29 +50,6 @@ spec:
       tcp: {maxConnections: 100}
       http: {http1MaxPendingRequests: 100, http2MaxRequests: 1000}
 "#;
-
-fn src(text: &str) -> Vec<Source> {
-    vec![Source { name: "mesh.yaml".into(), text: text.into() }]
-}
-
-fn ok(text: &str) -> Loaded {
-    match load(&src(text), &LoadOptions::default()) {
-        Ok(l) => l,
-        Err(d) => panic!("{}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")),
-    }
-}
-
-fn errors(text: &str) -> Vec<Diagnostic> {
-    let d = load(&src(text), &LoadOptions::default()).expect_err("config must be refused");
-    d.into_iter().filter(|d| d.severity == Severity::Error).collect()
-}
-
-/// The one error of `text`, as the CLI prints it.
-fn the_error(text: &str) -> String {
-    let e = errors(text);
-    assert_eq!(e.len(), 1, "{e:#?}");
-    e[0].to_string()
-}
 
 #[test]
 fn issue_2_example_compiles_to_the_expected_plan() {

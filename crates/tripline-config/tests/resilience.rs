@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use tripline_config::plan::*;
-use tripline_config::{load, Diagnostic, LoadOptions, Loaded, Severity, Source};
+mod common;
+
+use common::{ok, src, the_error};
+use tripline_config::{load, LoadOptions};
 use tripline_core::breaker::{BreakerConfig, Mode, RatioRule, SlowCallRule};
 use tripline_core::budget::RetryBudgetConfig;
 use tripline_core::classify::{grpc, Outcome};
@@ -47,28 +50,6 @@ spec:
     - {{destination: {{host: payments.svc.cluster.local, subset: v2}}, weight: 50}}
 {route}{extra}"#
     )
-}
-
-fn src(text: &str) -> Vec<Source> {
-    vec![Source { name: "mesh.yaml".into(), text: text.into() }]
-}
-
-fn ok(text: &str) -> Loaded {
-    match load(&src(text), &LoadOptions::default()) {
-        Ok(l) => l,
-        Err(d) => panic!("{}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")),
-    }
-}
-
-fn errors(text: &str) -> Vec<String> {
-    let d: Vec<Diagnostic> = load(&src(text), &LoadOptions::default()).expect_err("config must be refused");
-    d.into_iter().filter(|d| d.severity == Severity::Error).map(|d| d.to_string()).collect()
-}
-
-fn the_error(text: &str) -> String {
-    let e = errors(text);
-    assert_eq!(e.len(), 1, "{e:#?}");
-    e[0].clone()
 }
 
 fn cluster<'p>(plan: &'p Plan, subset: &str) -> &'p ClusterPlan {
