@@ -54,10 +54,28 @@ fn json_response(value: &serde_json::Value) -> Response<Full<Bytes>> {
 }
 
 fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    let path = req.uri().path();
+    if req.method() == Method::POST {
+        let action = path.strip_prefix("/breakers/").and_then(crate::breakers_api::Action::parse);
+        return match action {
+            Some(action) => {
+                let applied = shared.applied.load();
+                match crate::breakers_api::apply(&applied.clusters, action, req.uri().query().unwrap_or("")) {
+                    Ok(msg) => text(StatusCode::OK, msg),
+                    Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                }
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                "POST /breakers/force-open|force-closed|reset?cluster=NAME[&endpoint=ADDR]\n",
+            ),
+        };
     }
-    match req.uri().path() {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "GET, or POST /breakers/...\n");
+    }
+    match path {
+        "/breakers" => json_response(&crate::breakers_api::breakers_json(&shared.applied.load().clusters)),
         "/ready" => {
             if shared.ready.load(Ordering::SeqCst) {
                 text(StatusCode::OK, "ready\n")
@@ -68,8 +86,7 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/metrics" => {
             let applied = shared.applied.load();
-            let states: Vec<_> = applied.clusters.iter().map(|c| c.state.clone()).collect();
-            let mut r = text(StatusCode::OK, crate::metrics::render(&shared.global, &states));
+            let mut r = text(StatusCode::OK, crate::metrics::render(&shared.global, &applied.clusters));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static(
@@ -91,7 +108,7 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         }
         "/" => text(
             StatusCode::OK,
-            "tripline admin\n  /ready\n  /healthz\n  /metrics\n  /config_dump\n  /clusters\n  /listeners\n",
+            "tripline admin\n  /ready\n  /healthz\n  /metrics\n  /config_dump\n  /clusters\n  /listeners\n  /breakers\n  POST /breakers/force-open|force-closed|reset?cluster=NAME[&endpoint=ADDR]\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "unknown admin path; see /\n"),
     }

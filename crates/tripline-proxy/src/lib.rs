@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod breakers_api;
 pub mod cluster;
 mod dns;
 pub mod headers;

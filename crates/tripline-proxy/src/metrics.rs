@@ -12,8 +12,9 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::cluster::ClusterState;
+use crate::cluster::{Cluster, ClusterState};
 use crate::local_reply::Reason;
+use crate::resilience::{DETECTORS, STATES};
 
 /// Upper bounds (seconds) of the request duration histogram.
 pub const DURATION_BUCKETS: [f64; 14] =
@@ -110,9 +111,11 @@ pub struct GlobalStats {
 }
 
 /// Encodes everything into Prometheus text format.
-pub fn render(global: &Arc<GlobalStats>, clusters: &[Arc<ClusterState>]) -> String {
+pub fn render(global: &Arc<GlobalStats>, live: &[Arc<Cluster>]) -> String {
+    let clusters: Vec<Arc<ClusterState>> = live.iter().map(|c| c.state.clone()).collect();
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Scrape { global: global.clone(), clusters: clusters.to_vec() }));
+    registry.register_collector(Box::new(Scrape { global: global.clone(), clusters }));
+    registry.register_collector(Box::new(ResilienceScrape { clusters: live.to_vec() }));
     let mut out = String::with_capacity(8 * 1024);
     if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
         out.clear();
@@ -243,6 +246,119 @@ impl Collector for Scrape {
             "tripline_downstream_connections",
             "Open client connections.",
             std::iter::once((vec![], self.global.downstream_connections.load(Ordering::Relaxed) as i64)),
+        )?;
+        Ok(())
+    }
+}
+
+/// Breakers, outlier detection and retries, per cluster.
+#[derive(Debug)]
+struct ResilienceScrape {
+    clusters: Vec<Arc<Cluster>>,
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+impl Collector for ResilienceScrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut states: Vec<(Labels, i64)> = Vec::new();
+        let mut add_state = |cluster: &str, endpoint: &str, current: tripline_core::breaker::State| {
+            for s in STATES {
+                states.push((
+                    vec![
+                        ("cluster", cluster.to_string()),
+                        ("endpoint", endpoint.to_string()),
+                        ("state", s.as_str().to_string()),
+                    ],
+                    i64::from(s == current),
+                ));
+            }
+        };
+        let mut endpoints_total = Vec::new();
+        let mut ejected = Vec::new();
+        let mut ejections = Vec::new();
+        let mut transitions = Vec::new();
+        let mut retries = Vec::new();
+        for c in &self.clusters {
+            let name = c.name();
+            let res = &c.resilience;
+            if let Some(b) = &res.breaker {
+                add_state(name, "", b.state());
+            }
+            let set = c.endpoints.load();
+            for m in &set.members {
+                if let Some(b) = &m.breaker {
+                    add_state(name, &m.ep.id, b.state());
+                }
+            }
+            let cl = || vec![("cluster", name.to_string())];
+            endpoints_total.push((cl(), set.members.len() as i64));
+            if let Some(o) = &res.outlier {
+                ejected.push((cl(), i64::from(o.ejections_active())));
+                for d in DETECTORS {
+                    let v = o.ejections_total(d);
+                    if v > 0 {
+                        ejections.push((
+                            vec![("cluster", name.to_string()), ("detector", d.as_str().to_string())],
+                            v,
+                        ));
+                    }
+                }
+            }
+            for (to, reason, v) in res.stats.transitions() {
+                transitions.push((
+                    vec![
+                        ("cluster", name.to_string()),
+                        ("to", to.as_str().to_string()),
+                        ("reason", reason.as_str().to_string()),
+                    ],
+                    v,
+                ));
+            }
+            let st = &res.stats;
+            for (result, v) in [
+                ("attempted", &st.retries_attempted),
+                ("succeeded", &st.retries_succeeded),
+                ("refused_budget", &st.retries_refused_budget),
+                ("suppressed_breaker", &st.retries_suppressed_breaker),
+                ("not_replayable", &st.retries_not_replayable),
+            ] {
+                retries.push((
+                    vec![("cluster", name.to_string()), ("result", result.to_string())],
+                    v.load(Ordering::Relaxed),
+                ));
+            }
+        }
+        gauge(
+            &mut enc,
+            "tripline_breaker_state",
+            "Circuit breaker state (one-hot); endpoint=\"\" is the destination breaker.",
+            states.into_iter(),
+        )?;
+        counter(
+            &mut enc,
+            "tripline_breaker_transitions",
+            "Breaker transitions by target state and reason.",
+            transitions.into_iter(),
+        )?;
+        gauge(
+            &mut enc,
+            "tripline_cluster_endpoints",
+            "Endpoints in the cluster.",
+            endpoints_total.into_iter(),
+        )?;
+        gauge(
+            &mut enc,
+            "tripline_outlier_ejections_active",
+            "Endpoints ejected or probing now.",
+            ejected.into_iter(),
+        )?;
+        counter(&mut enc, "tripline_outlier_ejections", "Ejections by detector.", ejections.into_iter())?;
+        counter(
+            &mut enc,
+            "tripline_retries",
+            "Retries by result: attempted, succeeded, refused_budget, suppressed_breaker, not_replayable.",
+            retries.into_iter(),
         )?;
         Ok(())
     }

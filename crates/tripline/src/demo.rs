@@ -128,6 +128,7 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot bind the admin address {}: {e} (use --admin)", args.admin))?;
     tokio::spawn(tripline_proxy::admin::serve(proxy.shared.clone(), admin));
     proxy.apply(&loaded).await?;
+    tokio::spawn(proxy.clone().run_housekeeping());
 
     println!("Tripline demo is running.");
     println!("  proxy:   http://{}/   (try: curl -i http://{}/)", args.listen, args.listen);
@@ -210,11 +211,14 @@ async fn summary_loop(proxy: Proxy, tally: Arc<Tally>) {
         for c in &applied.clusters {
             for m in &c.endpoints.load().members {
                 let e = &m.ep;
+                let health = m.outlier.as_ref().map_or("healthy", |o| o.health().as_str());
+                let breaker = m.breaker.as_ref().map_or("-", |b| b.state().as_str());
                 line.push_str(&format!(
-                    " {} {} req ({} active);",
+                    " {} {} req, {}, breaker {};",
                     e.address,
                     e.requests_total.load(Ordering::Relaxed),
-                    e.active.load(Ordering::Relaxed)
+                    health,
+                    breaker
                 ));
             }
         }
