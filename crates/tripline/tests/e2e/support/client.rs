@@ -233,3 +233,23 @@ pub async fn get_with(
     resp.elapsed = start.elapsed();
     Ok(resp)
 }
+
+/// One request with any method, extra headers and a body on a fresh HTTP/1.1 connection.
+pub async fn send(
+    addr: SocketAddr,
+    method: Method,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Resp, BoxError> {
+    let start = Instant::now();
+    let mut conn = Conn::connect(addr, Proto::H1).await?;
+    let mut b = conn.request(method, host, path);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let mut resp = conn.call(b.body(full(body))?).await?;
+    resp.elapsed = start.elapsed();
+    Ok(resp)
+}

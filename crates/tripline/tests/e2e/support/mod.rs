@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod config;
+pub mod faulty;
 pub mod proxy;
 pub mod upstream;
 

@@ -165,6 +165,14 @@ impl Proxy {
         }
     }
 
+    /// `POST` to the admin API (e.g. `/breakers/force-open?cluster=...`).
+    pub async fn admin_post(&self, path_and_query: &str) -> Resp {
+        match client::send(self.admin, http::Method::POST, "localhost", path_and_query, &[], "").await {
+            Ok(r) => r,
+            Err(e) => panic!("admin POST {path_and_query} failed: {e}\n{}", self.logs()),
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         let r = self.admin_get("/metrics").await;
         assert_eq!(r.status, 200, "GET /metrics");

@@ -47,7 +47,7 @@ pub struct UpstreamState {
 }
 
 impl UpstreamState {
-    fn new(id: &str, delay: Duration) -> Arc<Self> {
+    pub(super) fn new(id: &str, delay: Duration) -> Arc<Self> {
         Arc::new(UpstreamState {
             id: id.to_owned(),
             delay,
@@ -85,7 +85,7 @@ impl Drop for Upstream {
     }
 }
 
-struct ActiveGuard(Arc<UpstreamState>);
+pub(super) struct ActiveGuard(Arc<UpstreamState>);
 
 struct Closed(Arc<UpstreamState>);
 
@@ -96,7 +96,7 @@ impl Drop for Closed {
 }
 
 impl ActiveGuard {
-    fn new(state: &Arc<UpstreamState>) -> Self {
+    pub(super) fn new(state: &Arc<UpstreamState>) -> Self {
         let now = state.active.fetch_add(1, SeqCst) + 1;
         state.max_active.fetch_max(now, SeqCst);
         ActiveGuard(state.clone())
@@ -120,23 +120,8 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let state = UpstreamState::new(id, delay);
         let st = state.clone();
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((stream, peer)) = listener.accept().await else {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                };
-                let conn_id = st.opened();
-                let st = st.clone();
-                tokio::spawn(async move {
-                    let _ = stream.set_nodelay(true);
-                    let svc_state = st.clone();
-                    let svc = service_fn(move |req| handle(svc_state.clone(), conn_id, peer, req));
-                    let builder = auto::Builder::new(TokioExecutor::new());
-                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                    st.closed();
-                });
-            }
+        let accept = serve_http(listener, state.clone(), move |conn_id, peer, req| {
+            handle(st.clone(), conn_id, peer, req)
         });
         Upstream { addr, state, accept }
     }
@@ -211,6 +196,33 @@ impl Upstream {
     pub fn body_bytes(&self) -> u64 {
         self.state.body_bytes.load(SeqCst)
     }
+}
+
+/// Accepts connections on `listener` until aborted and serves each one (HTTP/1.1 or h2c) with
+/// `handle(connection number, peer, request)`, counting connections in `st`.
+pub(super) fn serve_http<H, F>(listener: TcpListener, st: Arc<UpstreamState>, handle: H) -> JoinHandle<()>
+where
+    H: Fn(usize, SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<Response<Body>, BoxError>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            };
+            let conn_id = st.opened();
+            let st = st.clone();
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let _ = stream.set_nodelay(true);
+                let svc = service_fn(move |req| handle(conn_id, peer, req));
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                st.closed();
+            });
+        }
+    })
 }
 
 async fn handle(
