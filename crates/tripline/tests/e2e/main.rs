@@ -15,6 +15,7 @@ mod http;
 mod lifecycle;
 mod limits;
 mod reload;
+mod resilience;
 mod routing;
 mod tcp;
 mod validate;
