@@ -32,38 +32,70 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// The fixed hop-by-hop headers (RFC 9110 section 7.6.1 and the de-facto ones).
+fn hop_by_hop() -> [&'static HeaderName; 8] {
+    [
+        &header::CONNECTION,
+        &header::TE,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+    ]
+}
+
 /// Removes hop-by-hop headers. With `keep_upgrade`, `Connection: upgrade` and `Upgrade`
 /// survive (the upgrade is passed through end to end).
+///
+/// One pass over the names finds which are present, so a message without any (the common
+/// case) costs a few comparisons, and one with `Connection: keep-alive` costs one removal.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
+    let fixed = hop_by_hop();
+    let mut present = 0u8;
+    for name in headers.keys() {
+        if let Some(i) = fixed.iter().position(|h| *h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 && !keep_upgrade {
+        return;
+    }
+    let has = |h: &HeaderName| fixed.iter().position(|x| *x == h).is_some_and(|i| present & (1 << i) != 0);
+    if has(&header::CONNECTION) {
+        // Headers named in Connection are hop-by-hop too (the usual `close` / `keep-alive`
+        // tokens are not header names we would carry).
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .filter(|n| !(keep_upgrade && n == header::UPGRADE))
             .collect();
         for n in named {
             headers.remove(n);
         }
-        headers.remove(header::CONNECTION);
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::PROXY_AUTHENTICATE);
-    headers.remove(header::PROXY_AUTHORIZATION);
-    if let Some(te) = headers.get(header::TE) {
-        // gRPC needs `te: trailers` end to end; anything else in TE is hop-by-hop.
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            headers.remove(header::TE);
+    for (i, h) in fixed.iter().enumerate() {
+        if present & (1 << i) == 0 {
+            continue;
+        }
+        let keep = if *h == header::TE {
+            // gRPC needs `te: trailers` end to end; anything else in TE is hop-by-hop.
+            headers.get(header::TE).is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        } else {
+            keep_upgrade && *h == header::UPGRADE
+        };
+        if !keep {
+            headers.remove(*h);
         }
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 
@@ -112,7 +144,7 @@ pub fn request_id(rng: &dyn Rng) -> HeaderValue {
 pub fn prepare_request<B>(
     req: &mut Request<B>,
     protocol: UpstreamProtocol,
-    peer: IpAddr,
+    peer: &HeaderValue,
     upgrade: bool,
     rng: &dyn Rng,
 ) {
@@ -121,7 +153,9 @@ pub fn prepare_request<B>(
     strip_hop_by_hop(headers, upgrade);
     // The client's `Expect: 100-continue` was answered by our server side when we started
     // reading the body; the upstream gets the body straight away.
-    headers.remove(header::EXPECT);
+    if headers.contains_key(header::EXPECT) {
+        headers.remove(header::EXPECT);
+    }
     append_forwarded_for(headers, peer);
     if !headers.contains_key(&X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
@@ -162,13 +196,17 @@ pub fn prepare_request<B>(
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
-    let ip = peer.to_string();
+/// The client address as a header value, computed once per connection.
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
     let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", peer.to_str().unwrap_or("unknown"))).ok(),
+        None => Some(peer.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = value {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
 }
@@ -232,7 +270,7 @@ mod tests {
         prepare_request(
             &mut req,
             UpstreamProtocol::Http1,
-            "127.0.0.1".parse().unwrap(),
+            &peer_value([127, 0, 0, 1].into()),
             false,
             &SplitMix::seeded(1),
         );
@@ -249,7 +287,7 @@ mod tests {
         prepare_request(
             &mut req,
             UpstreamProtocol::Http2,
-            "127.0.0.1".parse().unwrap(),
+            &peer_value([127, 0, 0, 1].into()),
             false,
             &SplitMix::seeded(1),
         );

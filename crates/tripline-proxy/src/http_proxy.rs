@@ -24,6 +24,8 @@ pub struct ConnContext {
     pub shared: Arc<Shared>,
     pub listener: Arc<ListenerRuntime>,
     pub peer: SocketAddr,
+    /// `peer`'s IP as a header value, for `x-forwarded-for`.
+    pub peer_value: http::HeaderValue,
 }
 
 pub async fn handle(
@@ -77,13 +79,15 @@ async fn forward(
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut up_req = Request::from_parts(parts, RequestBody::Stream(body));
-    prepare_request(&mut up_req, cluster.protocol(), ctx.peer.ip(), upgrade.is_some(), &ctx.shared.rng);
+    prepare_request(&mut up_req, cluster.protocol(), &ctx.peer_value, upgrade.is_some(), &ctx.shared.rng);
 
-    let (mut resp, mut inflight) =
-        match upstream::send(cluster, retry, up_req, hash, &ctx.shared.rng, deadline).await {
-            Ok(sent) => sent,
-            Err(refusal) => return local(cluster, refusal),
-        };
+    // Boxed: the send future (retry loop, replay, guards) is a few KiB; boxing it once costs
+    // less than moving it into every spawned HTTP/2 stream task and hyper's request slot.
+    let send = Box::pin(upstream::send(cluster, retry, up_req, hash, &ctx.shared.rng, deadline));
+    let (mut resp, mut inflight) = match send.await {
+        Ok(sent) => sent,
+        Err(refusal) => return local(cluster, refusal),
+    };
     cluster.state.stats.codes.inc(resp.status().as_u16());
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

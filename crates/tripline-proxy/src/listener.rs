@@ -92,7 +92,9 @@ async fn accept_loop(
                 tokio::spawn(crate::tcp_proxy::serve(shared.clone(), rt.clone(), stream, peer, tracker));
             }
             _ => {
-                let ctx = Arc::new(ConnContext { shared: shared.clone(), listener: rt.clone(), peer });
+                let peer_value = crate::headers::peer_value(peer.ip());
+                let ctx =
+                    Arc::new(ConnContext { shared: shared.clone(), listener: rt.clone(), peer, peer_value });
                 tokio::spawn(serve_http(http.clone(), ctx, stream, tracker));
             }
         }
