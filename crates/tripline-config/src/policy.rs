@@ -96,6 +96,10 @@ pub struct Classification {
     pub grpc_failures: Vec<u8>,
     pub grpc_gateway_errors: Vec<u8>,
     pub rate_limited_is_failure: bool,
+    /// Local-origin outcomes: whether a failed connect, a reset and a per-try timeout count.
+    pub connect_failure: bool,
+    pub reset: bool,
+    pub timeout: bool,
     pub classifier: Classifier,
 }
 
@@ -108,6 +112,9 @@ impl Default for Classification {
             grpc_failures: vec![UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS],
             grpc_gateway_errors: vec![DEADLINE_EXCEEDED, UNAVAILABLE],
             rate_limited_is_failure: false,
+            connect_failure: true,
+            reset: true,
+            timeout: true,
             classifier: Classifier::default(),
         }
     }
@@ -261,6 +268,9 @@ const CLASSIFICATION: Schema = Schema {
         "grpcFailures",
         "grpcGatewayErrors",
         "rateLimitedIsFailure",
+        "connectFailureIsFailure",
+        "resetIsFailure",
+        "timeoutIsFailure",
     ],
     unsupported: &[],
     note: no_note,
@@ -705,6 +715,12 @@ fn classification(cx: &mut Cx, node: &Node, path: &str) -> Option<Classification
         Some((n, p)) => cx.bool(n, &p)?,
         None => false,
     };
+    let mut flag = |name: &str| match f.value(name) {
+        Some((n, p)) => cx.bool(n, &p),
+        None => Some(true),
+    };
+    let (connect_failure, reset, timeout) =
+        (flag("connectFailureIsFailure")?, flag("resetIsFailure")?, flag("timeoutIsFailure")?);
     let failure_statuses = failures.clone().unwrap_or(d.failure_statuses);
     let gateway_statuses = gateway.unwrap_or_else(|| match &failures {
         // Keep the default gateway statuses that are still failures.
@@ -734,12 +750,18 @@ fn classification(cx: &mut Cx, node: &Node, path: &str) -> Option<Classification
         classifier.add_grpc_gateway(c);
     }
     classifier.rate_limited_is_failure = rate_limited_is_failure;
+    classifier.connect_failure_is_failure = connect_failure;
+    classifier.reset_is_failure = reset;
+    classifier.timeout_is_failure = timeout;
     Some(Classification {
         failure_statuses,
         gateway_statuses,
         grpc_failures: grpc_failures_v,
         grpc_gateway_errors,
         rate_limited_is_failure,
+        connect_failure,
+        reset,
+        timeout,
         classifier,
     })
 }
@@ -934,6 +956,9 @@ impl ResiliencePolicy {
                 "grpcFailures": grpc_json(&c.grpc_failures),
                 "grpcGatewayErrors": grpc_json(&c.grpc_gateway_errors),
                 "rateLimitedIsFailure": c.rate_limited_is_failure,
+                "connectFailureIsFailure": c.connect_failure,
+                "resetIsFailure": c.reset,
+                "timeoutIsFailure": c.timeout,
             },
             "retries": self.retries.as_ref().map(|r| json!({
                 "retryNonIdempotent": r.retry_non_idempotent,

@@ -192,6 +192,12 @@ pub struct Classifier {
     grpc_gateway: u32,
     /// Whether 429 / RESOURCE_EXHAUSTED count as failures (default: no).
     pub rate_limited_is_failure: bool,
+    /// Whether a failed TCP connect counts as a failure (default: yes).
+    pub connect_failure_is_failure: bool,
+    /// Whether a connection or stream reset before a complete response counts (default: yes).
+    pub reset_is_failure: bool,
+    /// Whether a per-try timeout counts (default: yes).
+    pub timeout_is_failure: bool,
 }
 
 impl Default for Classifier {
@@ -233,6 +239,9 @@ impl Classifier {
             grpc_failure: 0,
             grpc_gateway: 0,
             rate_limited_is_failure: false,
+            connect_failure_is_failure: true,
+            reset_is_failure: true,
+            timeout_is_failure: true,
         }
     }
 
@@ -286,8 +295,12 @@ impl Classifier {
                 c.failure = self.rate_limited_is_failure;
             }
             Outcome::ConnectFailure | Outcome::Reset | Outcome::Timeout => {
-                c.failure = true;
-                c.gateway_error = true;
+                c.failure = match *outcome {
+                    Outcome::ConnectFailure => self.connect_failure_is_failure,
+                    Outcome::Reset => self.reset_is_failure,
+                    _ => self.timeout_is_failure,
+                };
+                c.gateway_error = c.failure;
                 c.local_origin = true;
             }
             Outcome::Local(_) => c.ignored = true,
