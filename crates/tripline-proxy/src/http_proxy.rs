@@ -6,16 +6,18 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::access_log::Entry;
 use crate::body::{RequestBody, ResponseBody};
 use crate::cluster::Cluster;
 use crate::headers::{is_upgrade, prepare_request, strip_hop_by_hop};
 use crate::listener::ListenerRuntime;
-use crate::local_reply::Reason;
+use crate::local_reply::{Reason, REASON_HEADER};
 use crate::upstream;
 use crate::Shared;
 
@@ -32,28 +34,78 @@ pub async fn handle(
     ctx: Arc<ConnContext>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    let Some(log) = &ctx.shared.access_log else {
+        return Ok(route_and_forward(&ctx, req, &mut Trace::default()).await);
+    };
+    let start = SystemTime::now();
+    let t0 = Instant::now();
+    let method = req.method().clone();
+    let authority = crate::headers::authority(&req).unwrap_or("").to_owned();
+    let path = req.uri().path().to_owned();
+    let protocol = format!("{:?}", req.version());
+    let mut trace = Trace { on: true, ..Trace::default() };
+    let resp = route_and_forward(&ctx, req, &mut trace).await;
+    log.write(&Entry {
+        start,
+        duration: t0.elapsed(),
+        downstream: ctx.peer,
+        listener: &ctx.listener.name,
+        protocol: &protocol,
+        method: method.as_str(),
+        authority: &authority,
+        path: &path,
+        status: resp.status().as_u16(),
+        reason: resp.headers().get(REASON_HEADER).and_then(|v| v.to_str().ok()),
+        route: trace.route.as_deref(),
+        cluster: trace.cluster.as_deref(),
+        upstream: trace.upstream,
+        attempts: trace.attempts,
+        request_id: trace.request_id.as_ref().and_then(|v| v.to_str().ok()),
+    });
+    Ok(resp)
+}
+
+/// What the access log wants to know about a request; filled only when `on`.
+#[derive(Default)]
+struct Trace {
+    on: bool,
+    route: Option<Arc<str>>,
+    cluster: Option<Arc<str>>,
+    upstream: Option<SocketAddr>,
+    attempts: u32,
+    request_id: Option<http::HeaderValue>,
+}
+
+async fn route_and_forward(
+    ctx: &ConnContext,
+    req: Request<Incoming>,
+    trace: &mut Trace,
+) -> Response<ResponseBody> {
     let route = {
         let config = ctx.listener.config.load();
         config.find(&req).cloned()
     };
     let Some(route) = route else {
         ctx.shared.global.local.inc(Reason::NoRoute);
-        return Ok(Reason::NoRoute.response());
+        return Reason::NoRoute.response();
     };
     let Some(cluster) = route.pick_cluster(&ctx.shared.rng).cloned() else {
         ctx.shared.global.local.inc(Reason::NoHealthyUpstream);
-        return Ok(Reason::NoHealthyUpstream.response());
+        return Reason::NoHealthyUpstream.response();
     };
-    let deadline = route.timeout.map(|t| std::time::Instant::now() + t);
-    let forward = forward(&ctx, &cluster, &route.retry, req, deadline);
-    let resp = match route.timeout {
+    if trace.on {
+        trace.route = Some(route.name.clone());
+        trace.cluster = Some(cluster.state.name.clone());
+    }
+    let deadline = route.timeout.map(|t| Instant::now() + t);
+    let forward = forward(ctx, &cluster, &route.retry, req, deadline, trace);
+    match route.timeout {
         Some(t) => match tokio::time::timeout(t, forward).await {
             Ok(r) => r,
             Err(_) => local(&cluster, Reason::RouteTimeout),
         },
         None => forward.await,
-    };
-    Ok(resp)
+    }
 }
 
 fn local(cluster: &Cluster, refusal: impl Into<upstream::Refusal>) -> Response<ResponseBody> {
@@ -73,21 +125,32 @@ async fn forward(
     cluster: &Arc<Cluster>,
     retry: &tripline_config::plan::RetryPlan,
     mut req: Request<Incoming>,
-    deadline: Option<std::time::Instant>,
+    deadline: Option<Instant>,
+    trace: &mut Trace,
 ) -> Response<ResponseBody> {
     let hash = cluster.hash_key().and_then(|k| upstream::request_hash(k, &req, ctx.peer));
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let mut up_req = Request::from_parts(parts, RequestBody::Stream(body));
     prepare_request(&mut up_req, cluster.protocol(), &ctx.peer_value, upgrade.is_some(), &ctx.shared.rng);
+    if trace.on {
+        trace.request_id = up_req.headers().get(&crate::headers::X_REQUEST_ID).cloned();
+    }
 
     // Boxed: the send future (retry loop, replay, guards) is a few KiB; boxing it once costs
     // less than moving it into every spawned HTTP/2 stream task and hyper's request slot.
     let send = Box::pin(upstream::send(cluster, retry, up_req, hash, &ctx.shared.rng, deadline));
     let (mut resp, mut inflight) = match send.await {
         Ok(sent) => sent,
-        Err(refusal) => return local(cluster, refusal),
+        Err(refusal) => {
+            trace.attempts = refusal.attempts;
+            return local(cluster, refusal);
+        }
     };
+    if trace.on {
+        trace.upstream = Some(inflight.endpoint().address);
+        trace.attempts = inflight.attempt();
+    }
     cluster.state.stats.codes.inc(resp.status().as_u16());
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -4,6 +4,7 @@
 //! plan into live clusters (state kept across reloads) and route tables, binds new
 //! listeners, swaps route tables of existing ones, and closes listeners that are gone.
 
+pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod breakers_api;
@@ -49,6 +50,8 @@ pub struct Shared {
     listeners: Mutex<HashMap<SocketAddr, Arc<ListenerRuntime>>>,
     /// Bumped on every load; DNS refresh tasks of older loads stop.
     generation: AtomicU64,
+    /// JSON access log, if enabled.
+    pub access_log: Option<access_log::AccessLog>,
 }
 
 /// The config in force.
@@ -73,6 +76,11 @@ impl Default for Proxy {
 
 impl Proxy {
     pub fn new() -> Self {
+        Self::with_access_log(None)
+    }
+
+    /// A proxy that writes one JSON line per HTTP request to `log`.
+    pub fn with_access_log(access_log: Option<access_log::AccessLog>) -> Self {
         let (shutdown, _) = watch::channel(false);
         Proxy {
             shared: Arc::new(Shared {
@@ -84,6 +92,7 @@ impl Proxy {
                 registry: Mutex::new(Registry::default()),
                 listeners: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
+                access_log,
             }),
         }
     }

@@ -53,7 +53,15 @@ pub fn run(args: RunArgs) -> ExitCode {
 }
 
 async fn serve(args: RunArgs, opts: LoadOptions, loaded: Loaded, workers: usize) -> ExitCode {
-    let proxy = Proxy::new();
+    let access_log =
+        match args.access_log.as_ref().map(tripline_proxy::access_log::AccessLog::open).transpose() {
+            Ok(log) => log,
+            Err(e) => {
+                eprintln!("tripline: cannot open the access log: {e} (check --access-log)");
+                return ExitCode::FAILURE;
+            }
+        };
+    let proxy = Proxy::with_access_log(access_log);
     let admin = match tripline_proxy::admin::bind(args.admin).await {
         Ok(l) => l,
         Err(e) => {

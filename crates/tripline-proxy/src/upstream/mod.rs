@@ -62,6 +62,8 @@ pub struct InFlight {
     endpoint_breaker: Option<OwnedAdmission>,
     _retry: Option<RetryPermitOf<Arc<RetryBudget>>>,
     request: Option<RequestGuards>,
+    /// 1 for the first attempt.
+    attempt: u32,
 }
 
 impl InFlight {
@@ -87,7 +89,13 @@ impl InFlight {
             endpoint_breaker: breaker,
             _retry: None,
             request: None,
+            attempt: 1,
         }
+    }
+
+    /// Which attempt this is (1 = the first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
     }
 
     pub fn endpoint(&self) -> &Arc<Endpoint> {
@@ -190,11 +198,13 @@ pub fn ip_hash(peer: SocketAddr) -> u64 {
 pub struct Refusal {
     pub reason: Reason,
     pub retry_after: Option<Duration>,
+    /// Attempts sent to upstreams before giving up (0: refused before any).
+    pub attempts: u32,
 }
 
 impl From<Reason> for Refusal {
     fn from(reason: Reason) -> Self {
-        Refusal { reason, retry_after: None }
+        Refusal { reason, retry_after: None, attempts: 0 }
     }
 }
 
@@ -296,8 +306,11 @@ fn try_member(m: &Member, now: u64, breaker_refusal: &mut Option<Refusal>) -> Op
         Some(b) => match b.try_acquire_owned(now) {
             Ok(a) => Some(a),
             Err(r) => {
-                *breaker_refusal =
-                    Some(Refusal { reason: Reason::BreakerOpen, retry_after: Some(r.retry_after) });
+                *breaker_refusal = Some(Refusal {
+                    reason: Reason::BreakerOpen,
+                    retry_after: Some(r.retry_after),
+                    attempts: 0,
+                });
                 return None;
             }
         },
@@ -345,7 +358,13 @@ pub async fn send(
                 }
                 Some(a)
             }
-            Err(r) => return Err(Refusal { reason: Reason::BreakerOpen, retry_after: Some(r.retry_after) }),
+            Err(r) => {
+                return Err(Refusal {
+                    reason: Reason::BreakerOpen,
+                    retry_after: Some(r.retry_after),
+                    attempts: 0,
+                })
+            }
         },
         None => None,
     };
@@ -370,12 +389,12 @@ pub async fn send(
         let (member, pass, ep_breaker) = admit_endpoint(cluster, hash, rng, &mut tried)?;
         let mut inflight = InFlight::new(cluster, &member, pass, ep_breaker);
         inflight._retry = retry_permit.take();
+        inflight.attempt = attempt;
         let endpoint = member.ep.clone();
 
         // Send, re-sending on another pooled connection if one was dead before the request
         // went out (bounded so a flapping upstream cannot spin us).
         let mut sent = Err(Outcome::Reset);
-        let mut never_sent = false;
         let mut pending_req = Some(req);
         for _ in 0..3 {
             let Some(r) = pending_req.take() else { break };
@@ -383,7 +402,6 @@ pub async fn send(
                 Ok(c) => c,
                 Err(Reason::UpstreamConnectFailure) => {
                     sent = Err(Outcome::ConnectFailure);
-                    never_sent = true;
                     pending_req = Some(r);
                     break;
                 }
@@ -405,7 +423,6 @@ pub async fn send(
                 }
                 Err(SendError::NotSent(back)) => {
                     pending_req = Some(*back);
-                    never_sent = true;
                     continue;
                 }
                 Err(SendError::Reset(e)) => {
@@ -416,9 +433,9 @@ pub async fn send(
             }
             break;
         }
-        if sent.is_err() && pending_req.is_some() && !never_sent {
-            never_sent = true;
-        }
+        // Still in our hands means it never reached an upstream: safe to send again, whatever
+        // the method.
+        let never_sent = pending_req.is_some();
 
         let (outcome, status, grpc_code) = match &sent {
             Ok(resp) => classify_response(resp),
@@ -456,12 +473,16 @@ pub async fn send(
         let remaining = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
         let delay = permit.as_ref().and_then(|_| backoff.delay_for(attempt - 1, retry_after, remaining, rng));
 
-        let Some(delay) = delay else {
+        // The request to send next: the original if it never left, else the replayed copy.
+        let next = delay.and_then(|d| {
+            pending_req.take().or_else(|| replay.as_mut().and_then(Replay::next_request)).map(|r| (d, r))
+        });
+        let Some((delay, next)) = next else {
             // Final attempt.
             inflight.request = guards.take();
             return match sent {
                 Ok(resp) => Ok((resp, inflight)),
-                Err(o) => Err(failure_reason(&o).into()),
+                Err(o) => Err(Refusal { reason: failure_reason(&o), retry_after: None, attempts: attempt }),
             };
         };
         res.stats.retries_attempted.fetch_add(1, Ordering::Relaxed);
@@ -472,22 +493,8 @@ pub async fn send(
         drop(inflight);
         tokio::time::sleep(delay).await;
         retry_permit = permit;
-        req = match pending_req {
-            Some(r) => r,
-            None => match replay.as_mut().and_then(Replay::next_request) {
-                Some(r) => r,
-                None => unreachable_retry(),
-            },
-        };
+        req = next;
     }
-}
-
-/// Only reached if `retry_allowed` said a replay exists and it then did not; answer as a
-/// reset rather than panic.
-fn unreachable_retry() -> Request<RequestBody> {
-    let mut r = Request::new(RequestBody::Empty);
-    *r.method_mut() = Method::GET;
-    r
 }
 
 fn req_method(pending: &Option<Request<RequestBody>>, replay: &Option<Replay>) -> Method {
