@@ -11,6 +11,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// mimalloc: per-thread free lists suit a proxy's many small, short-lived allocations (header
+/// maps, futures) better than glibc's malloc; see docs/benchmarks.md for the measurement.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tripline",
@@ -72,6 +77,9 @@ pub struct RunArgs {
     /// How often config files are checked for changes (SIGHUP reloads at once).
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     pub watch_interval: Duration,
+    /// JSON access log, one line per HTTP request: stdout, stderr or a file path [default: off].
+    #[arg(long, value_name = "TARGET")]
+    pub access_log: Option<tripline_proxy::access_log::Target>,
     /// How often `resolution: DNS` hosts are re-resolved.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub dns_refresh: Duration,
