@@ -18,4 +18,5 @@ mod reload;
 mod resilience;
 mod routing;
 mod tcp;
+mod upgrade;
 mod validate;

@@ -14,8 +14,24 @@ pub use client::{get, get_with, Conn, Proto, Resp};
 pub use proxy::Proxy;
 pub use upstream::Upstream;
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, for the proxy to bind.
+///
+/// Picked below the kernel's ephemeral range (32768+ on Linux): a port from `bind(:0)` could be
+/// taken by any outgoing connection (the proxy's own upstream connections, the test clients)
+/// between this call and the proxy's bind. Each test process walks its own stretch of
+/// 20000..32000, starting at an offset derived from its pid, so parallel test binaries do
+/// not collide either.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() % 48) * 250;
+    for _ in 0..12_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (20_000 + (base - 20_000 + n) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
