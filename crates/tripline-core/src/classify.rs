@@ -75,6 +75,9 @@ pub enum LocalReason {
     RetryBudget,
     /// No endpoint was available (all ejected, none discovered).
     NoHealthyUpstream,
+    /// The client went away (or the request was abandoned) before the upstream answered: it
+    /// says nothing about the upstream's health.
+    Cancelled,
 }
 
 impl LocalReason {
@@ -85,6 +88,7 @@ impl LocalReason {
             LocalReason::BreakerOpen => "breaker-open",
             LocalReason::RetryBudget => "retry-budget",
             LocalReason::NoHealthyUpstream => "no-healthy-upstream",
+            LocalReason::Cancelled => "cancelled",
         }
     }
 }

@@ -97,15 +97,11 @@ async fn route_and_forward(
         trace.route = Some(route.name.clone());
         trace.cluster = Some(cluster.state.name.clone());
     }
+    // The route timeout is enforced inside `upstream::send` (connection wait, each attempt,
+    // backoff), so a timeout is recorded against the endpoint that was slow instead of the
+    // request simply being dropped.
     let deadline = route.timeout.map(|t| Instant::now() + t);
-    let forward = forward(ctx, &cluster, &route.retry, req, deadline, trace);
-    match route.timeout {
-        Some(t) => match tokio::time::timeout(t, forward).await {
-            Ok(r) => r,
-            Err(_) => local(&cluster, Reason::RouteTimeout),
-        },
-        None => forward.await,
-    }
+    forward(ctx, &cluster, &route.retry, req, deadline, trace).await
 }
 
 fn local(cluster: &Cluster, refusal: impl Into<upstream::Refusal>) -> Response<ResponseBody> {

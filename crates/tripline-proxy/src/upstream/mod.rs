@@ -21,7 +21,7 @@ use tripline_core::backoff::{parse_retry_after, Backoff};
 use tripline_core::balancer::hash_bytes;
 use tripline_core::breaker::{OwnedAdmission, State};
 use tripline_core::budget::{ActiveRequestOf, RetryBudget, RetryPermitOf};
-use tripline_core::classify::{grpc, Outcome};
+use tripline_core::classify::{grpc, LocalReason, Outcome};
 use tripline_core::limits::Permit;
 use tripline_core::outlier::OwnedPass;
 use tripline_core::rng::Rng;
@@ -83,8 +83,10 @@ impl InFlight {
             start: Instant::now(),
             conn: None,
             complete: false,
-            // Until a response says otherwise: an attempt abandoned mid-way timed out.
-            outcome: Outcome::Timeout,
+            // Until the attempt says otherwise: an attempt abandoned mid-way (the client went
+            // away, the request future was dropped) says nothing about the upstream. Timeouts
+            // are detected and recorded by the attempt itself.
+            outcome: Outcome::Local(LocalReason::Cancelled),
             pass,
             endpoint_breaker: breaker,
             _retry: None,
@@ -250,9 +252,10 @@ fn retriable(
 }
 
 /// The refusal for an attempt that ended without a response.
-fn failure_reason(outcome: &Outcome) -> Reason {
+fn failure_reason(outcome: &Outcome, deadline: Option<Instant>) -> Reason {
     match outcome {
         Outcome::ConnectFailure => Reason::UpstreamConnectFailure,
+        Outcome::Timeout if deadline.is_some_and(|d| Instant::now() >= d) => Reason::RouteTimeout,
         Outcome::Timeout => Reason::UpstreamTimeout,
         _ => Reason::UpstreamReset,
     }
@@ -398,7 +401,14 @@ pub async fn send(
         let mut pending_req = Some(req);
         for _ in 0..3 {
             let Some(r) = pending_req.take() else { break };
-            let conn = match pool::checkout(cluster, &endpoint).await {
+            let checkout = pool::checkout(cluster, &endpoint);
+            let checked_out = match deadline {
+                Some(d) => {
+                    tokio::time::timeout_at(d.into(), checkout).await.unwrap_or(Err(Reason::RouteTimeout))
+                }
+                None => checkout.await,
+            };
+            let conn = match checked_out {
                 Ok(c) => c,
                 Err(Reason::UpstreamConnectFailure) => {
                     sent = Err(Outcome::ConnectFailure);
@@ -406,13 +416,23 @@ pub async fn send(
                     break;
                 }
                 Err(reason) => {
-                    // A local overflow says nothing about the upstream.
-                    inflight.outcome = Outcome::Local(tripline_core::classify::LocalReason::Overflow);
-                    return Err(reason.into());
+                    // A local overflow, or the route deadline passing while we waited for a
+                    // connection, says nothing about the upstream.
+                    inflight.outcome = Outcome::Local(LocalReason::Overflow);
+                    return Err(Refusal { reason, retry_after: None, attempts: attempt - 1 });
                 }
             };
+            // The attempt ends at the per-try timeout or the route deadline, whichever is
+            // first, so a timeout is recorded against the endpoint here rather than the
+            // attempt being dropped (which would say nothing about the upstream).
             let attempt_fut = conn.send(r);
-            let result = match policy.per_try_timeout {
+            let limit = match (policy.per_try_timeout, deadline) {
+                (Some(t), Some(d)) => Some(t.min(d.saturating_duration_since(Instant::now()))),
+                (Some(t), None) => Some(t),
+                (None, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
+                (None, None) => None,
+            };
+            let result = match limit {
                 Some(t) => tokio::time::timeout(t, attempt_fut).await.unwrap_or(Err(SendError::TimedOut)),
                 None => attempt_fut.await,
             };
@@ -482,7 +502,11 @@ pub async fn send(
             inflight.request = guards.take();
             return match sent {
                 Ok(resp) => Ok((resp, inflight)),
-                Err(o) => Err(Refusal { reason: failure_reason(&o), retry_after: None, attempts: attempt }),
+                Err(o) => Err(Refusal {
+                    reason: failure_reason(&o, deadline),
+                    retry_after: None,
+                    attempts: attempt,
+                }),
             };
         };
         res.stats.retries_attempted.fetch_add(1, Ordering::Relaxed);

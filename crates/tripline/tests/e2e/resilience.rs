@@ -702,3 +702,38 @@ async fn post_is_retried_only_when_the_policy_opts_in() {
     let second = good.seen().iter().filter(|s| s.method == "POST" && s.attempt == 2).count();
     assert_eq!(second, to_bad);
 }
+
+/// Clients that hang up while their request is at the upstream (a load generator stopping, a
+/// browser tab closing) say nothing about the upstream: no breaker opens, nothing is ejected,
+/// and the next request is served. (Found by the benchmark: wrk stopping with 64 requests in
+/// flight used to open the endpoint breaker with "5 consecutive timeout".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_hanging_up_never_trip_anything() {
+    use tokio::io::AsyncWriteExt;
+    let up = Faulty::start("slow", Fault::Slow(Duration::from_millis(400))).await;
+    let port = free_port();
+    let policy = "  endpointCircuitBreaker: {consecutiveFailures: 2, openDuration: 30s}\n  circuitBreaker: {consecutiveFailures: 2, openDuration: 30s}\n";
+    let yaml = mesh(port, &[up.addr], "", Some(&outlier(2, 100)), Some(policy));
+    let proxy = Proxy::start(&yaml).await;
+    for _ in 0..10 {
+        let mut s = tokio::net::TcpStream::connect(addr(port)).await.unwrap();
+        s.write_all(b"GET /hang-up HTTP/1.1\r\nHost: backend.local\r\n\r\n").await.unwrap();
+        // Let the request reach the upstream, then hang up before the answer.
+        eventually("the request reaches the upstream", WAIT, || {
+            let n = up.requests();
+            async move { n > 0 }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(s);
+    }
+    // Give the proxy time to notice every hang-up and record (or not) each outcome.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let breakers: Value = serde_json::from_str(&proxy.admin_get("/breakers").await.text()).unwrap();
+    let cluster = &breakers["clusters"][0];
+    assert_eq!(cluster["breaker"]["state"], "closed", "{cluster}");
+    assert_eq!(cluster["endpoints"][0]["breaker"]["state"], "closed", "{cluster}");
+    assert_eq!(cluster["endpoints"][0]["outlier"]["health"], "healthy", "{cluster}");
+    let r = get(port, "/after").await.expect("served after the hang-ups");
+    assert_eq!(r.status, 200);
+}
