@@ -225,3 +225,43 @@ async fn summary_loop(proxy: Proxy, tally: Arc<Tally>) {
         println!("{line}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded demo config must always load, with its resilience settings applied: the
+    /// demo is the first thing a newcomer runs.
+    #[test]
+    fn embedded_demo_config_loads_with_breakers_and_ejection() {
+        let text = demo_config("127.0.0.1:18000".parse().unwrap(), [9001, 9002, 9003]);
+        let loaded = tripline_config::load(&[Source { name: "demo".into(), text }], &LoadOptions::default())
+            .unwrap_or_else(|d| {
+                panic!("{}", d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+            });
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let cluster = &loaded.plan.clusters[0];
+        assert!(cluster.resilience.outlier.is_some());
+        assert!(cluster.resilience.endpoint_breaker.is_some());
+        assert_eq!(loaded.plan.listeners[0].bind.port(), 18000);
+    }
+
+    /// Every runnable example in `examples/` validates without warnings.
+    #[test]
+    fn examples_validate() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().is_some_and(|n| n == "demo.yaml") {
+                continue; // has placeholders; covered above
+            }
+            let sources = tripline_config::read_sources(std::slice::from_ref(&path)).unwrap();
+            let loaded = tripline_config::load(&sources, &LoadOptions::default())
+                .unwrap_or_else(|d| panic!("{}: {:?}", path.display(), d));
+            assert!(loaded.warnings.is_empty(), "{}: {:?}", path.display(), loaded.warnings);
+            checked += 1;
+        }
+        assert!(checked >= 2, "expected the examples in {}", dir.display());
+    }
+}
