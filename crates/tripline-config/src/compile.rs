@@ -13,7 +13,7 @@ use crate::model::{
     TrafficPolicy, VirtualService,
 };
 use crate::plan::*;
-use crate::policy::{effective_outlier, PolicyRetries, ResiliencePolicy};
+use crate::policy::{effective_outlier, PolicyRetries, ResiliencePolicy, RouteRef, Target};
 use crate::yaml::Pos;
 use crate::LoadOptions;
 
@@ -107,6 +107,15 @@ pub fn route_retry(h: &HttpRoute, destinations: &[PolicyRetries]) -> RetryPlan {
     plan
 }
 
+fn same_target(first: &Resource, second: &Resource, what: &str) -> String {
+    format!(
+        "{} and {} both target {what} ({}): merge them into one ResiliencePolicy",
+        first.id(),
+        second.id(),
+        first.source
+    )
+}
+
 fn unknown_host(host: &str) -> String {
     format!(
         "unknown host `{host}`: no ServiceEntry declares it (IST0101: referenced host not found); add a ServiceEntry with `hosts: [{host}]`, its ports and endpoints"
@@ -185,6 +194,9 @@ struct Ctx<'a> {
     policies: Vec<(&'a Resource, &'a ResiliencePolicy)>,
     /// The policy applied to each cluster (parallel to `clusters`).
     cluster_policies: Vec<Option<&'a ResiliencePolicy>>,
+    /// ResiliencePolicies whose target is a route, with the route resolved: (VirtualService
+    /// name, index in its `http`).
+    route_policies: Vec<(&'a Resource, &'a ResiliencePolicy, String, usize)>,
 }
 
 impl<'a> Ctx<'a> {
@@ -215,59 +227,156 @@ impl<'a> Ctx<'a> {
 
     /// The policy for a cluster: the one naming its subset, else the one for the whole host.
     fn policy(&self, host: &str, subset: Option<&str>) -> Option<(&'a Resource, &'a ResiliencePolicy)> {
-        let of_host = |p: &&(&Resource, &ResiliencePolicy)| p.1.target.host.value.eq_ignore_ascii_case(host);
-        let exact = subset.and_then(|s| {
-            self.policies
-                .iter()
-                .filter(of_host)
-                .find(|(_, p)| p.target.subset.as_ref().is_some_and(|x| x.value == s))
-        });
-        exact
-            .or_else(|| self.policies.iter().filter(of_host).find(|(_, p)| p.target.subset.is_none()))
-            .copied()
+        let of_subset = |want: Option<&str>| {
+            self.policies.iter().copied().find(|(_, p)| match &p.target {
+                Target::Destination { host: h, subset: s } => {
+                    h.value.eq_ignore_ascii_case(host) && s.as_ref().map(|x| x.value.as_str()) == want
+                }
+                Target::Route { .. } => false,
+            })
+        };
+        subset.and_then(|s| of_subset(Some(s))).or_else(|| of_subset(None))
     }
 
-    /// Checks every policy's target (host, subset) and that no two share one.
-    fn check_policies(&mut self, all: Vec<(&'a Resource, &'a ResiliencePolicy)>) {
+    /// The policy whose target is route `index` of VirtualService `vs`.
+    fn route_policy(&self, vs: &str, index: usize) -> Option<(&'a Resource, &'a ResiliencePolicy)> {
+        self.route_policies.iter().find(|(_, _, v, i)| v == vs && *i == index).map(|&(r, p, _, _)| (r, p))
+    }
+
+    /// Checks every policy's target (host and subset, or VirtualService and route) and that no
+    /// two share one.
+    fn check_policies(
+        &mut self,
+        all: Vec<(&'a Resource, &'a ResiliencePolicy)>,
+        services: &[(&'a Resource, &'a VirtualService)],
+    ) {
         for (r, p) in all {
-            let t = &p.target;
-            if self.service_entry(&t.host.value).is_none() {
-                self.report(r, Severity::Error, t.host.pos, &t.host.path, unknown_host(&t.host.value));
+            let (host, subset) = match &p.target {
+                Target::Destination { host, subset } => (host, subset),
+                Target::Route { virtual_service, route } => {
+                    self.check_route_policy(r, p, services, virtual_service, route);
+                    continue;
+                }
+            };
+            if self.service_entry(&host.value).is_none() {
+                self.report(r, Severity::Error, host.pos, &host.path, unknown_host(&host.value));
                 continue;
             }
-            if let Some(s) = &t.subset {
-                let rule = self.rule(&t.host.value);
+            if let Some(s) = subset {
+                let rule = self.rule(&host.value);
                 if !rule.is_some_and(|(_, dr)| dr.subsets.iter().any(|x| x.name.value == s.value)) {
                     self.report(
                         r,
                         Severity::Error,
                         s.pos,
                         &s.path,
-                        unknown_subset(&s.value, &t.host.value, rule),
+                        unknown_subset(&s.value, &host.value, rule),
                     );
                     continue;
                 }
             }
-            let same = self.policies.iter().find(|(_, o)| {
-                o.target.host.value.eq_ignore_ascii_case(&t.host.value)
-                    && o.target.subset.as_ref().map(|s| &s.value) == t.subset.as_ref().map(|s| &s.value)
+            let want = subset.as_ref().map(|s| s.value.as_str());
+            let same = self.policies.iter().find(|(_, o)| match &o.target {
+                Target::Destination { host: h, subset: s } => {
+                    h.value.eq_ignore_ascii_case(&host.value) && s.as_ref().map(|s| s.value.as_str()) == want
+                }
+                Target::Route { .. } => false,
             });
             if let Some((first, _)) = same {
-                let what = match &t.subset {
-                    Some(s) => format!("subset `{}` of host `{}`", s.value, t.host.value),
-                    None => format!("host `{}`", t.host.value),
+                let what = match subset {
+                    Some(s) => format!("subset `{}` of host `{}`", s.value, host.value),
+                    None => format!("host `{}`", host.value),
                 };
-                let msg = format!(
-                    "{} and {} both target {what} ({}): merge them into one ResiliencePolicy",
-                    first.id(),
-                    r.id(),
-                    first.source
-                );
-                self.report(r, Severity::Error, t.host.pos, &t.host.path, msg);
+                let msg = same_target(first, r, &what);
+                self.report(r, Severity::Error, host.pos, &host.path, msg);
                 continue;
             }
             self.policies.push((r, p));
         }
+    }
+
+    /// Resolves a route target to (VirtualService, index in `http`); reports what is wrong.
+    fn check_route_policy(
+        &mut self,
+        r: &'a Resource,
+        p: &'a ResiliencePolicy,
+        services: &[(&'a Resource, &'a VirtualService)],
+        vs_name: &crate::model::At<String>,
+        route: &crate::model::At<RouteRef>,
+    ) {
+        let Some(&(vs_res, vs)) = services.iter().find(|(vr, _)| vr.name == vs_name.value) else {
+            let known: Vec<&str> = services.iter().map(|(vr, _)| vr.name.as_str()).collect();
+            let known = if known.is_empty() {
+                "none is defined".to_string()
+            } else {
+                format!("defined: {}", known.join(", "))
+            };
+            let msg = format!("unknown VirtualService `{}` ({known})", vs_name.value);
+            self.report(r, Severity::Error, vs_name.pos, &vs_name.path, msg);
+            return;
+        };
+        let routes = || {
+            let all: Vec<String> = vs
+                .http
+                .iter()
+                .enumerate()
+                .map(|(i, h)| match &h.name {
+                    Some(n) => format!("`{n}` (http[{i}])"),
+                    None => format!("http[{i}]"),
+                })
+                .collect();
+            if all.is_empty() {
+                "it has no http routes".to_string()
+            } else {
+                format!("its http routes: {}", all.join(", "))
+            }
+        };
+        let found = match &route.value {
+            RouteRef::Index(i) => (*i < vs.http.len()).then_some(*i),
+            RouteRef::Name(n) => vs.http.iter().position(|h| h.name.as_deref() == Some(n)),
+        };
+        let Some(index) = found else {
+            let msg = format!("{} has no route `{}`: {}", vs_res.id(), route.value, routes());
+            self.report(r, Severity::Error, route.pos, &route.path, msg);
+            return;
+        };
+        let h = &vs.http[index];
+        // Two routes with one name would share one route breaker.
+        let namesakes: Vec<String> = (0..vs.http.len())
+            .filter(|&i| h.name.is_some() && vs.http[i].name == h.name)
+            .map(|i| format!("http[{i}]"))
+            .collect();
+        if namesakes.len() > 1 {
+            let msg = format!(
+                "{} has several routes named `{}` ({}): give them distinct names (each route breaker is keyed by `<virtualService>/<route name>`)",
+                vs_res.id(),
+                h.name.as_deref().unwrap_or_default(),
+                namesakes.join(", ")
+            );
+            self.report(r, Severity::Error, route.pos, &route.path, msg);
+            return;
+        }
+        if h.route.is_empty() {
+            let msg = format!(
+                "route `{}` of {} has no destinations (it answers by itself): a ResiliencePolicy can only target a route that forwards",
+                route.value,
+                vs_res.id()
+            );
+            self.report(r, Severity::Error, route.pos, &route.path, msg);
+            return;
+        }
+        if let Some(&(first, _, _, _)) =
+            self.route_policies.iter().find(|(_, _, v, i)| *v == vs_res.name && *i == index)
+        {
+            let shown = match &h.name {
+                Some(n) => format!("`{n}` (http[{index}])"),
+                None => format!("http[{index}]"),
+            };
+            let msg = same_target(first, r, &format!("route {shown} of {}", vs_res.id()));
+            self.report(r, Severity::Error, route.pos, &route.path, msg);
+            return;
+        }
+        self.route_policies.push((r, p, vs_res.name.clone(), index));
     }
 
     /// Resolves a route destination to a cluster, creating it on first use.
@@ -493,6 +602,7 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
         cluster_ids: HashMap::new(),
         policies: Vec::new(),
         cluster_policies: Vec::new(),
+        route_policies: Vec::new(),
     };
     let mut policies = Vec::new();
     let mut gateways: Vec<(&Resource, &Gateway)> = Vec::new();
@@ -545,7 +655,7 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
             ctx.report(r, Severity::Warning, dr.host.pos, &dr.host.path, msg);
         }
     }
-    ctx.check_policies(policies);
+    ctx.check_policies(policies, &services);
 
     // Listeners from Gateway servers.
     let mut listeners: Vec<Listener> = Vec::new();
@@ -630,11 +740,22 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
                 continue;
             }
             let Some(destinations) = ctx.destinations(r, &h.route, &h.path, false) else { continue };
-            let name = h.name.clone().unwrap_or_else(|| format!("{}/http[{i}]", r.name));
-            let settings: Vec<PolicyRetries> = destinations
-                .iter()
-                .map(|w| ctx.cluster_policies[w.cluster].and_then(|p| p.retries.clone()).unwrap_or_default())
-                .collect();
+            // Unique across VirtualServices: route breakers are keyed by it.
+            let name = match &h.name {
+                Some(n) => format!("{}/{n}", r.name),
+                None => format!("{}/http[{i}]", r.name),
+            };
+            let own = ctx.route_policy(&r.name, i);
+            // The route's own policy's `retries` replaces those of its destinations' policies.
+            let settings: Vec<PolicyRetries> = match own.and_then(|(_, p)| p.retries.clone()) {
+                Some(mine) => vec![mine],
+                None => destinations
+                    .iter()
+                    .map(|w| {
+                        ctx.cluster_policies[w.cluster].and_then(|p| p.retries.clone()).unwrap_or_default()
+                    })
+                    .collect(),
+            };
             let retry = route_retry(h, &settings);
             http_routes.push(RoutePlan {
                 name,
@@ -642,6 +763,8 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
                 destinations,
                 timeout: h.timeout,
                 retry,
+                breaker: own.and_then(|(_, p)| p.breaker.clone()),
+                policy: own.map(|(pr, _)| pr.name.clone()),
             });
         }
         let mut tcp_route = None;

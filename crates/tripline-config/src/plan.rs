@@ -96,6 +96,12 @@ pub struct RoutePlan {
     pub timeout: Option<Duration>,
     /// Retry policy (Istio's default when the route has no `retries`).
     pub retry: RetryPlan,
+    /// A breaker for the route itself (all its traffic, whatever the destination), from a
+    /// ResiliencePolicy whose target is this route.
+    #[serde(serialize_with = "ser_debug")]
+    pub breaker: Option<tripline_core::breaker::BreakerConfig>,
+    /// Name of the ResiliencePolicy that targets this route, if any.
+    pub policy: Option<String>,
 }
 
 /// All fields present must match (Istio semantics within one `match` entry).

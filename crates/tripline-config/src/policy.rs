@@ -17,10 +17,19 @@
 //!
 //! # Target
 //!
+//! Either a destination, `{host, subset}`, or one http route of a VirtualService,
+//! `{virtualService: <name>, route: <route name> | "http[<index>]"}`; mixing the forms is an
+//! error.
+//!
 //! `target.host` must be declared by a ServiceEntry and `target.subset`, when given, defined by
 //! the host's DestinationRule. Without a subset the policy applies to every cluster of the host
 //! (the host itself and each of its subsets); a policy that names the subset replaces it, as a
 //! whole, for that subset. Two policies with the same target are an error.
+//!
+//! A route target gets a breaker for the route itself (`circuitBreaker`, with the policy's
+//! classification) and `retries` that replace, as a whole, those of the destinations' policies
+//! for that route; `endpointCircuitBreaker` and `outlierDetection` apply to hosts and are an
+//! error there.
 //!
 //! # Defaults
 //!
@@ -74,11 +83,43 @@ pub struct ResiliencePolicy {
     pub retries: Option<PolicyRetries>,
 }
 
+/// What a policy applies to: a destination (`{host, subset}`) or one http route of a
+/// VirtualService (`{virtualService, route}`).
 #[derive(Debug, Clone)]
-pub struct Target {
-    pub host: At<String>,
-    pub subset: Option<At<String>>,
+pub enum Target {
+    Destination { host: At<String>, subset: Option<At<String>> },
+    Route { virtual_service: At<String>, route: At<RouteRef> },
 }
+
+/// How a route target names its route: by its `name:` or as `http[<index>]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteRef {
+    Name(String),
+    Index(usize),
+}
+
+impl std::fmt::Display for RouteRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteRef::Name(n) => f.write_str(n),
+            RouteRef::Index(i) => write!(f, "http[{i}]"),
+        }
+    }
+}
+
+impl RouteRef {
+    /// `http[2]` is an index; anything else is a route name.
+    pub fn parse(text: &str) -> RouteRef {
+        let index = text.strip_prefix("http[").and_then(|r| r.strip_suffix(']')).and_then(|i| i.parse().ok());
+        match index {
+            Some(i) => RouteRef::Index(i),
+            None => RouteRef::Name(text.to_string()),
+        }
+    }
+}
+
+/// The two forms of `target`, for messages.
+const TARGET_FORMS: &str = "either {host, subset} (a destination; subset optional) or {virtualService, route} (one http route of a VirtualService, by its `name` or as `http[<index>]`)";
 
 /// The policy's `outlierDetection`: its Istio fields as written (so a DestinationRule can win
 /// field by field) and a config carrying the extras (its Istio fields are overwritten).
@@ -154,8 +195,12 @@ const SPEC: Schema = Schema {
     unsupported: &[],
     note: no_note,
 };
-const TARGET: Schema =
-    Schema { name: "a ResiliencePolicy target", known: &["host", "subset"], unsupported: &[], note: no_note };
+const TARGET: Schema = Schema {
+    name: "a ResiliencePolicy target",
+    known: &["host", "subset", "virtualService", "route"],
+    unsupported: &[],
+    note: no_note,
+};
 const BREAKER: Schema = Schema {
     name: "Tripline's CircuitBreaker",
     known: &[
@@ -371,10 +416,21 @@ pub fn resilience_policy(cx: &mut Cx, spec: &Node) -> Option<ResiliencePolicy> {
     let target = match f.value("target") {
         Some((n, p)) => target(cx, n, &p),
         None => {
-            cx.required(&f, "target", "{host, subset}: the destination this policy applies to");
+            cx.required(&f, "target", &format!("{TARGET_FORMS}: what this policy applies to"));
             None
         }
     };
+    if let Some(Target::Route { .. }) = &target {
+        for name in ["endpointCircuitBreaker", "outlierDetection"] {
+            if let Some((n, p)) = f.get(name) {
+                cx.error(
+                    n,
+                    &p,
+                    format!("`{name}` applies to hosts; target the host instead (a policy whose target is a route accepts circuitBreaker, classification and retries)"),
+                );
+            }
+        }
+    }
     let classification = match f.value("classification") {
         Some((n, p)) => classification(cx, n, &p),
         None => Some(Classification::default()),
@@ -404,18 +460,58 @@ fn errors(cx: &Cx) -> usize {
 
 fn target(cx: &mut Cx, node: &Node, path: &str) -> Option<Target> {
     let f = cx.fields(node, path, &TARGET)?;
-    let host = match f.value("host") {
-        Some((n, p)) => At::new(cx.name(n, &p)?, n, &p),
-        None => {
-            cx.required(&f, "host", "the host (of a ServiceEntry) this policy applies to");
-            return None;
+    let given =
+        |names: [&'static str; 2]| names.into_iter().filter(|n| f.get(n).is_some()).collect::<Vec<_>>();
+    let (destination, route) = (given(["host", "subset"]), given(["virtualService", "route"]));
+    let mut text = |name: &str| match f.value(name) {
+        Some((n, p)) => cx.name(n, &p).map(|v| Some(At::new(v, n, &p))),
+        None => Some(None),
+    };
+    let (host, subset, vs, route_name) =
+        (text("host"), text("subset"), text("virtualService"), text("route"));
+    let list = |names: &[&str]| names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(" and ");
+    match (destination.is_empty(), route.is_empty()) {
+        (false, false) => {
+            let msg = format!(
+                "a target has one form: {} (destination form) cannot be mixed with {} (route form); expected {TARGET_FORMS}",
+                list(&destination),
+                list(&route)
+            );
+            cx.error(node, path, msg);
+            None
         }
-    };
-    let subset = match f.value("subset") {
-        Some((n, p)) => Some(At::new(cx.name(n, &p)?, n, &p)),
-        None => None,
-    };
-    Some(Target { host, subset })
+        (true, true) => {
+            cx.error(node, path, format!("empty target: expected {TARGET_FORMS}"));
+            None
+        }
+        (false, true) => {
+            let Some(host) = host? else {
+                cx.required(
+                    &f,
+                    "host",
+                    &format!("the host (of a ServiceEntry) this policy applies to ({TARGET_FORMS})"),
+                );
+                return None;
+            };
+            Some(Target::Destination { host, subset: subset? })
+        }
+        (true, false) => {
+            let (vs, route_name) = (vs?, route_name?);
+            if vs.is_none() {
+                cx.required(
+                    &f,
+                    "virtualService",
+                    "the name of the VirtualService whose route this policy applies to",
+                );
+            }
+            if route_name.is_none() {
+                cx.required(&f, "route", "the route: its `name` or `http[<index>]`");
+            }
+            let (virtual_service, route) = (vs?, route_name?);
+            let route = At { value: RouteRef::parse(route.value.trim()), pos: route.pos, path: route.path };
+            Some(Target::Route { virtual_service, route })
+        }
+    }
 }
 
 fn breaker_config(cx: &mut Cx, node: &Node, path: &str, classifier: &Classifier) -> Option<BreakerConfig> {
@@ -946,7 +1042,14 @@ impl ResiliencePolicy {
     pub fn to_json(&self) -> Value {
         let c = &self.classification;
         json!({
-            "target": {"host": self.target.host.value, "subset": self.target.subset.as_ref().map(|s| &s.value)},
+            "target": match &self.target {
+                Target::Destination { host, subset } => {
+                    json!({"host": host.value, "subset": subset.as_ref().map(|s| &s.value)})
+                }
+                Target::Route { virtual_service, route } => {
+                    json!({"virtualService": virtual_service.value, "route": route.value.to_string()})
+                }
+            },
             "circuitBreaker": self.breaker.as_ref().map(breaker_json),
             "endpointCircuitBreaker": self.endpoint_breaker.as_ref().map(breaker_json),
             "outlierDetection": self.outlier.as_ref().map(outlier_json),

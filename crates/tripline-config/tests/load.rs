@@ -172,7 +172,7 @@ fn mesh_listener_subsets_weights_and_policy_overrides() {
         "exact first"
     );
     let route = &mesh.virtual_hosts[0].routes[0];
-    assert_eq!(route.name, "api");
+    assert_eq!(route.name, "checkout/api", "named routes are `<virtualService>/<name>`");
     assert_eq!(route.timeout, Some(Duration::from_millis(1500)));
     let m = &route.matches[0];
     assert!(m.uri.as_ref().unwrap().matches("/v2/cart"));

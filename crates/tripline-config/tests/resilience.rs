@@ -477,3 +477,177 @@ fn wrong_types_everywhere_in_a_policy_never_panic_and_always_explain() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Route targets: `target: {virtualService, route}`.
+
+/// `mesh` with two routes: http[0] named `primary` (split over v1 and v2) and http[1], unnamed,
+/// to v1; `{extra}` after everything (its first line is line 34).
+fn two_routes(extra: &str) -> String {
+    let second = "    name: primary\n    match: [{uri: {prefix: /pay}}]\n  - route:\n    - {destination: {host: payments.svc.cluster.local, subset: v1}}\n";
+    mesh("", second, extra)
+}
+
+fn routes(plan: &Plan) -> &[RoutePlan] {
+    &plan.listeners[0].virtual_hosts[0].routes
+}
+
+/// A policy document named `name` (its `target:` is on line 39 when it comes first).
+fn policy_doc(name: &str, target: &str, body: &str) -> String {
+    format!("---\napiVersion: tripline.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {{name: {name}}}\nspec:\n  target: {target}\n{body}")
+}
+
+const ROUTE_BODY: &str = "  circuitBreaker: {consecutiveFailures: 3, openDuration: 2s, halfOpen: {maxProbes: 2}}\n  classification: {failureStatuses: [\"500-599\", 429]}\n  retries: {retryNonIdempotent: true, backoff: {baseInterval: 40ms, maxInterval: 400ms}, maxReplayBytes: 2048}\n";
+
+/// The destination policy on v1: its own breaker and retry settings.
+fn v1_policy() -> String {
+    policy_doc(
+        "v1",
+        "{host: payments.svc.cluster.local, subset: v1}",
+        "  circuitBreaker: {consecutiveFailures: 9}\n  retries: {backoff: {baseInterval: 100ms, maxInterval: 2s}, maxReplayBytes: 512}\n",
+    )
+}
+
+#[test]
+fn a_route_policy_by_name_compiles_into_the_route_breaker_and_overrides_destination_retries() {
+    let text = two_routes(
+        &(policy_doc("checkout-route", "{virtualService: payments, route: primary}", ROUTE_BODY)
+            + &v1_policy()),
+    );
+    let loaded = ok(&text);
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    let rs = routes(&loaded.plan);
+    assert_eq!(rs.len(), 2);
+    let (primary, second) = (&rs[0], &rs[1]);
+    assert_eq!(primary.name, "payments/primary", "named routes are `<virtualService>/<name>`");
+    assert_eq!(second.name, "payments/http[1]");
+    assert_eq!(primary.policy.as_deref(), Some("checkout-route"));
+    let breaker = primary.breaker.clone().expect("the route breaker");
+    assert_eq!(
+        breaker,
+        BreakerConfig {
+            consecutive_failures: Some(3),
+            open_duration: Duration::from_secs(2),
+            probes: 2,
+            classifier: breaker.classifier.clone(),
+            ..BreakerConfig::default()
+        }
+    );
+    let class = |o| breaker.classifier.classify(&o);
+    assert!(class(Outcome::Http(429)).failure, "the policy's classification feeds the route breaker");
+    assert!(class(Outcome::Http(503)).failure && !class(Outcome::Http(404)).failure);
+    // Built exactly like a destination breaker from the same circuitBreaker and classification.
+    let same_on_host = mesh("", "", &policy_doc("h", "{host: payments.svc.cluster.local}", ROUTE_BODY));
+    assert_eq!(cluster(&ok(&same_on_host).plan, "v2").resilience.breaker, Some(breaker.clone()));
+    // The route's own retries win over v1's policy (the route also goes to v1).
+    assert_eq!(
+        primary.retry,
+        RetryPlan {
+            retry_non_idempotent: true,
+            backoff_base: Duration::from_millis(40),
+            backoff_max: Duration::from_millis(400),
+            max_replay_bytes: 2048,
+            ..RetryPlan::default()
+        }
+    );
+    // The other route keeps no breaker and v1's retry settings.
+    assert_eq!((second.breaker.as_ref(), second.policy.as_deref()), (None, None));
+    assert_eq!(
+        (second.retry.backoff_base, second.retry.backoff_max, second.retry.max_replay_bytes),
+        (Duration::from_millis(100), Duration::from_secs(2), 512)
+    );
+    // The clusters keep their own: v1's breaker, none on v2.
+    let v1 = cluster(&loaded.plan, "v1");
+    assert_eq!(v1.resilience.policy.as_deref(), Some("v1"));
+    assert_eq!(v1.resilience.breaker.as_ref().and_then(|b| b.consecutive_failures), Some(9));
+    assert_eq!(cluster(&loaded.plan, "v2").resilience.policy, None);
+
+    let dump = loaded.dump.to_string();
+    assert!(dump.contains(r#""target":{"route":"primary","virtualService":"payments"}"#), "{dump}");
+    assert!(dump.contains(r#""target":{"host":"payments.svc.cluster.local","subset":"v1"}"#), "{dump}");
+}
+
+#[test]
+fn a_route_policy_by_index_and_without_retries_keeps_destination_retries() {
+    let text = two_routes(
+        &(policy_doc("second", "{virtualService: payments, route: \"http[1]\"}", "  circuitBreaker: {}\n")
+            + &v1_policy()),
+    );
+    let loaded = ok(&text);
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    let rs = routes(&loaded.plan);
+    assert_eq!((rs[0].breaker.as_ref(), rs[0].policy.as_deref()), (None, None));
+    assert_eq!(rs[1].name, "payments/http[1]");
+    assert_eq!(rs[1].policy.as_deref(), Some("second"));
+    assert_eq!(rs[1].breaker, Some(BreakerConfig::default()), "`{{}}` is the engine default");
+    assert_eq!(rs[1].retry.max_replay_bytes, 512, "no `retries` in the route policy: v1's apply");
+    let dump = loaded.dump.to_string();
+    assert!(dump.contains(r#""target":{"route":"http[1]","virtualService":"payments"}"#), "{dump}");
+
+    // `http[0]` reaches a named route too; its plan name stays `<vs>/<name>`.
+    let loaded = ok(&two_routes(&policy_doc(
+        "first",
+        "{virtualService: payments, route: \"http[0]\"}",
+        "  circuitBreaker: {}\n",
+    )));
+    let r0 = &routes(&loaded.plan)[0];
+    assert_eq!((r0.name.as_str(), r0.policy.as_deref()), ("payments/primary", Some("first")));
+    assert!(r0.breaker.is_some());
+}
+
+#[test]
+fn route_target_errors_point_at_the_place_and_say_what_is_accepted() {
+    let one = |target: &str, body: &str| the_error(&two_routes(&policy_doc("p", target, body)));
+    let forms = "expected either {host, subset} (a destination; subset optional) or {virtualService, route} (one http route of a VirtualService, by its `name` or as `http[<index>]`)";
+    assert_eq!(
+        one("{host: payments.svc.cluster.local, virtualService: payments, route: primary}", ""),
+        format!("error: mesh.yaml:39:11: ResiliencePolicy/p: spec.target: a target has one form: `host` (destination form) cannot be mixed with `virtualService` and `route` (route form); {forms}")
+    );
+    assert_eq!(
+        one("{}", ""),
+        format!("error: mesh.yaml:39:11: ResiliencePolicy/p: spec.target: empty target: {forms}")
+    );
+    assert_eq!(
+        one("{virtualService: payments}", ""),
+        "error: mesh.yaml:39:11: ResiliencePolicy/p: spec.target.route: `route` is required: expected the route: its `name` or `http[<index>]`"
+    );
+    assert_eq!(
+        one("{virtualService: payment, route: primary}", ""),
+        "error: mesh.yaml:39:28: ResiliencePolicy/p: spec.target.virtualService: unknown VirtualService `payment` (defined: payments)"
+    );
+    assert_eq!(
+        one("{virtualService: payments, route: primay}", ""),
+        "error: mesh.yaml:39:45: ResiliencePolicy/p: spec.target.route: VirtualService/payments has no route `primay`: its http routes: `primary` (http[0]), http[1]"
+    );
+    assert_eq!(
+        one("{virtualService: payments, route: \"http[2]\"}", ""),
+        "error: mesh.yaml:39:45: ResiliencePolicy/p: spec.target.route: VirtualService/payments has no route `http[2]`: its http routes: `primary` (http[0]), http[1]"
+    );
+    assert_eq!(
+        one("{virtualService: payments, route: primary}", "  endpointCircuitBreaker: {consecutiveFailures: 3}\n"),
+        "error: mesh.yaml:40:27: ResiliencePolicy/p: spec.endpointCircuitBreaker: `endpointCircuitBreaker` applies to hosts; target the host instead (a policy whose target is a route accepts circuitBreaker, classification and retries)"
+    );
+    assert!(one("{virtualService: payments, route: primary}", "  outlierDetection: {consecutive5xxErrors: 3}\n")
+        .starts_with("error: mesh.yaml:40:21: ResiliencePolicy/p: spec.outlierDetection: `outlierDetection` applies to hosts; target the host instead"));
+
+    // Two policies on one route (by name and by index): an error naming both.
+    let both = policy_doc("first", "{virtualService: payments, route: primary}", "  circuitBreaker: {}\n")
+        + &policy_doc("second", "{virtualService: payments, route: \"http[0]\"}", "  circuitBreaker: {}\n");
+    assert_eq!(
+        the_error(&two_routes(&both)),
+        "error: mesh.yaml:46:45: ResiliencePolicy/second: spec.target.route: ResiliencePolicy/first and ResiliencePolicy/second both target route `primary` (http[0]) of VirtualService/payments (mesh.yaml:35): merge them into one ResiliencePolicy"
+    );
+}
+
+#[test]
+fn a_route_policy_cannot_target_an_ambiguous_name_and_unnamed_routes_keep_their_index() {
+    // Two routes with the same name would share one route breaker.
+    let text = two_routes(&policy_doc("p", "{virtualService: payments, route: primary}", ""))
+        .replace("  - route:\n    - {destination: {host: payments.svc.cluster.local, subset: v1}}\n", "  - name: primary\n    route:\n    - {destination: {host: payments.svc.cluster.local, subset: v1}}\n");
+    let e = the_error(&text);
+    assert!(e.contains("spec.target.route: VirtualService/payments has several routes named `primary` (http[0], http[1])"), "{e}");
+    // Without a policy nothing changes for unnamed routes.
+    let loaded = ok(&mesh("", "", ""));
+    assert_eq!(route(&loaded.plan).name, "payments/http[0]");
+    assert_eq!((route(&loaded.plan).breaker.as_ref(), route(&loaded.plan).policy.as_deref()), (None, None));
+}
