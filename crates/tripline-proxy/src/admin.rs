@@ -60,7 +60,12 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         return match action {
             Some(action) => {
                 let applied = shared.applied.load();
-                match crate::breakers_api::apply(&applied.clusters, action, req.uri().query().unwrap_or("")) {
+                match crate::breakers_api::apply(
+                    &applied.clusters,
+                    &applied.route_breakers,
+                    action,
+                    req.uri().query().unwrap_or(""),
+                ) {
                     Ok(msg) => text(StatusCode::OK, msg),
                     Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
                 }
@@ -75,7 +80,10 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET, or POST /breakers/...\n");
     }
     match path {
-        "/breakers" => json_response(&crate::breakers_api::breakers_json(&shared.applied.load().clusters)),
+        "/breakers" => {
+            let applied = shared.applied.load();
+            json_response(&crate::breakers_api::breakers_json(&applied.clusters, &applied.route_breakers))
+        }
         "/ready" => {
             if shared.ready.load(Ordering::SeqCst) {
                 text(StatusCode::OK, "ready\n")
@@ -86,7 +94,8 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/metrics" => {
             let applied = shared.applied.load();
-            let mut r = text(StatusCode::OK, crate::metrics::render(&shared.global, &applied.clusters));
+            let mut r =
+                text(StatusCode::OK, crate::metrics::render(&shared.global, &applied.clusters, &applied.route_breakers));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static(

@@ -53,8 +53,13 @@ fn event_json(now: Nanos, e: &OutlierEvent) -> Value {
 }
 
 /// The whole `/breakers` document.
-pub fn breakers_json(clusters: &[Arc<Cluster>]) -> Value {
+pub fn breakers_json(clusters: &[Arc<Cluster>], routes: &resilience::RouteBreakers) -> Value {
     let now = resilience::now();
+    let route_list: Vec<Value> = routes
+        .breakers
+        .iter()
+        .map(|(name, b)| json!({"route": name, "breaker": breaker_json(now, b)}))
+        .collect();
     let list: Vec<Value> = clusters
         .iter()
         .map(|c| {
@@ -101,7 +106,7 @@ pub fn breakers_json(clusters: &[Arc<Cluster>]) -> Value {
             })
         })
         .collect();
-    json!({ "clusters": list })
+    json!({ "clusters": list, "routes": route_list })
 }
 
 /// An operator action on a breaker.
@@ -157,9 +162,21 @@ fn query_param(query: &str, name: &str) -> Option<String> {
 }
 
 /// Applies an action; `Ok` describes what changed, `Err` says what was wrong with the request.
-pub fn apply(clusters: &[Arc<Cluster>], action: Action, query: &str) -> Result<String, String> {
-    let wanted =
-        query_param(query, "cluster").ok_or("missing `cluster` query parameter (a cluster name or host)")?;
+pub fn apply(
+    clusters: &[Arc<Cluster>],
+    routes: &resilience::RouteBreakers,
+    action: Action,
+    query: &str,
+) -> Result<String, String> {
+    if let Some(route) = query_param(query, "route") {
+        let b = routes.breakers.get(&route).ok_or_else(|| {
+            format!("no route breaker named `{route}` (a ResiliencePolicy must target the route); see GET /breakers")
+        })?;
+        act(b, action);
+        return Ok(format!("route {route}: breaker is now {}\n", b.state().as_str()));
+    }
+    let wanted = query_param(query, "cluster")
+        .ok_or("missing `cluster` (a cluster name or host) or `route` query parameter")?;
     let matching: Vec<&Arc<Cluster>> =
         clusters.iter().filter(|c| c.name() == wanted || c.plan.host == wanted).collect();
     let cluster = match matching.as_slice() {
@@ -167,8 +184,6 @@ pub fn apply(clusters: &[Arc<Cluster>], action: Action, query: &str) -> Result<S
         [] => return Err(format!("no cluster named `{wanted}`; see GET /breakers")),
         _ => return Err(format!("`{wanted}` matches several clusters; use the full cluster name")),
     };
-    let now = resilience::now();
-    let note = "admin API";
     let breaker: Arc<CircuitBreaker> = match query_param(query, "endpoint") {
         Some(ep) => {
             let set = cluster.endpoints.load();
@@ -190,12 +205,17 @@ pub fn apply(clusters: &[Arc<Cluster>], action: Action, query: &str) -> Result<S
             )
         })?,
     };
+    act(&breaker, action);
+    Ok(format!("{}: breaker is now {}\n", cluster.name(), breaker.state().as_str()))
+}
+
+fn act(breaker: &CircuitBreaker, action: Action) {
+    let (now, note) = (resilience::now(), "admin API");
     match action {
         Action::ForceOpen => breaker.force_open(now, note),
         Action::ForceClosed => breaker.force_closed(now, note),
         Action::Reset => breaker.reset(now, note),
     }
-    Ok(format!("{}: breaker is now {}\n", cluster.name(), breaker.state().as_str()))
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use crate::cluster::Cluster;
 use crate::headers::{is_upgrade, prepare_request, strip_hop_by_hop};
 use crate::listener::ListenerRuntime;
 use crate::local_reply::{Reason, REASON_HEADER};
+use crate::router::Route;
 use crate::upstream;
 use crate::Shared;
 
@@ -101,7 +102,7 @@ async fn route_and_forward(
     // backoff), so a timeout is recorded against the endpoint that was slow instead of the
     // request simply being dropped.
     let deadline = route.timeout.map(|t| Instant::now() + t);
-    forward(ctx, &cluster, &route.retry, req, deadline, trace).await
+    forward(ctx, &cluster, &route, req, deadline, trace).await
 }
 
 fn local(cluster: &Cluster, refusal: impl Into<upstream::Refusal>) -> Response<ResponseBody> {
@@ -119,7 +120,7 @@ fn local(cluster: &Cluster, refusal: impl Into<upstream::Refusal>) -> Response<R
 async fn forward(
     ctx: &ConnContext,
     cluster: &Arc<Cluster>,
-    retry: &tripline_config::plan::RetryPlan,
+    route: &Route,
     mut req: Request<Incoming>,
     deadline: Option<Instant>,
     trace: &mut Trace,
@@ -135,7 +136,7 @@ async fn forward(
 
     // Boxed: the send future (retry loop, replay, guards) is a few KiB; boxing it once costs
     // less than moving it into every spawned HTTP/2 stream task and hyper's request slot.
-    let send = Box::pin(upstream::send(cluster, retry, up_req, hash, &ctx.shared.rng, deadline));
+    let send = Box::pin(upstream::send(cluster, route, up_req, hash, &ctx.shared.rng, deadline));
     let (mut resp, mut inflight) = match send.await {
         Ok(sent) => sent,
         Err(refusal) => {

@@ -58,6 +58,8 @@ pub struct Shared {
 #[derive(Default)]
 pub struct Applied {
     pub clusters: Vec<Arc<Cluster>>,
+    /// Breakers of routes targeted by a ResiliencePolicy.
+    pub route_breakers: resilience::RouteBreakers,
     pub dump: serde_json::Value,
     pub listeners: Vec<(String, SocketAddr, String)>,
 }
@@ -103,6 +105,13 @@ impl Proxy {
         let shared = &self.shared;
         let plan = &loaded.plan;
         let clusters = lock(&shared.registry).build(&plan.clusters);
+        let route_configs: Vec<(&str, &tripline_core::breaker::BreakerConfig)> = plan
+            .listeners
+            .iter()
+            .flat_map(|l| l.virtual_hosts.iter().flat_map(|vh| vh.routes.iter()))
+            .filter_map(|r| r.breaker.as_ref().map(|b| (r.name.as_str(), b)))
+            .collect();
+        let route_breakers = shared.applied.load().route_breakers.build(&route_configs);
         for c in &clusters {
             dns::resolve_now(c).await;
         }
@@ -112,7 +121,7 @@ impl Proxy {
         {
             let current = lock(&shared.listeners);
             for lp in &plan.listeners {
-                let config = ListenerConfig::build(lp, &clusters);
+                let config = ListenerConfig::build(lp, &clusters, &route_breakers);
                 match current.get(&lp.bind) {
                     Some(rt) if rt.protocol == lp.protocol => updates.push((rt.clone(), config)),
                     _ => started.push((lp, config)),
@@ -161,7 +170,12 @@ impl Proxy {
         }
         let listeners =
             plan.listeners.iter().map(|l| (l.name.clone(), l.bind, format!("{:?}", l.protocol))).collect();
-        shared.applied.store(Arc::new(Applied { clusters, dump: loaded.dump.clone(), listeners }));
+        shared.applied.store(Arc::new(Applied {
+            clusters,
+            route_breakers,
+            dump: loaded.dump.clone(),
+            listeners,
+        }));
         shared.ready.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -197,6 +211,9 @@ impl Proxy {
             n += 1;
             let applied = self.shared.applied.load_full();
             let now = resilience::now();
+            for b in applied.route_breakers.breakers.values() {
+                b.tick(now);
+            }
             for c in &applied.clusters {
                 c.resilience.tick(now);
                 if let Some(o) = &c.resilience.outlier {

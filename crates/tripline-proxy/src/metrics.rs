@@ -111,11 +111,19 @@ pub struct GlobalStats {
 }
 
 /// Encodes everything into Prometheus text format.
-pub fn render(global: &Arc<GlobalStats>, live: &[Arc<Cluster>]) -> String {
+pub fn render(
+    global: &Arc<GlobalStats>,
+    live: &[Arc<Cluster>],
+    routes: &crate::resilience::RouteBreakers,
+) -> String {
     let clusters: Vec<Arc<ClusterState>> = live.iter().map(|c| c.state.clone()).collect();
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Scrape { global: global.clone(), clusters }));
-    registry.register_collector(Box::new(ResilienceScrape { clusters: live.to_vec() }));
+    registry.register_collector(Box::new(ResilienceScrape {
+        clusters: live.to_vec(),
+        routes: routes.breakers.iter().map(|(n, b)| (n.clone(), b.clone())).collect(),
+        route_stats: routes.stats.clone(),
+    }));
     let mut out = String::with_capacity(8 * 1024);
     if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
         out.clear();
@@ -255,6 +263,8 @@ impl Collector for Scrape {
 #[derive(Debug)]
 struct ResilienceScrape {
     clusters: Vec<Arc<Cluster>>,
+    routes: Vec<(String, Arc<tripline_core::breaker::CircuitBreaker>)>,
+    route_stats: Arc<crate::resilience::ResilienceStats>,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -329,6 +339,29 @@ impl Collector for ResilienceScrape {
                 ));
             }
         }
+        let mut route_states = Vec::new();
+        for (route, b) in &self.routes {
+            for s in STATES {
+                route_states.push((
+                    vec![("route", route.clone()), ("state", s.as_str().to_string())],
+                    i64::from(s == b.state()),
+                ));
+            }
+        }
+        gauge(
+            &mut enc,
+            "tripline_route_breaker_state",
+            "Route circuit breaker state (one-hot), for ResiliencePolicies that target a route.",
+            route_states.into_iter(),
+        )?;
+        counter(
+            &mut enc,
+            "tripline_route_breaker_transitions",
+            "Route breaker transitions by target state and reason.",
+            self.route_stats.transitions().into_iter().map(|(to, reason, v)| {
+                (vec![("to", to.as_str().to_string()), ("reason", reason.as_str().to_string())], v)
+            }),
+        )?;
         gauge(
             &mut enc,
             "tripline_breaker_state",

@@ -167,16 +167,46 @@ fn new_breaker(
 ) -> Arc<CircuitBreaker> {
     let cluster: Arc<str> = cluster.into();
     let endpoint: Arc<str> = endpoint.unwrap_or("").into();
+    let scope = if endpoint.is_empty() { "destination" } else { "endpoint" };
     let stats = stats.clone();
     Arc::new(CircuitBreaker::new(cfg).with_listener(move |t: &Transition| {
         stats.count(t);
-        log_transition(&cluster, &endpoint, t);
+        log_transition(scope, &cluster, &endpoint, t);
     }))
 }
 
-/// One structured line per breaker transition.
-fn log_transition(cluster: &str, endpoint: &str, t: &Transition) {
-    let scope = if endpoint.is_empty() { "destination" } else { "endpoint" };
+/// Breakers that belong to VirtualService routes (a ResiliencePolicy targeting a route), kept
+/// by route name across reloads while their config is unchanged.
+#[derive(Debug, Default)]
+pub struct RouteBreakers {
+    pub breakers: std::collections::BTreeMap<String, Arc<CircuitBreaker>>,
+    pub stats: Arc<ResilienceStats>,
+}
+
+impl RouteBreakers {
+    /// The breakers for a plan's routes, reusing those whose config did not change.
+    pub fn build(&self, routes: &[(&str, &BreakerConfig)]) -> RouteBreakers {
+        let mut breakers = std::collections::BTreeMap::new();
+        for (name, cfg) in routes {
+            let b = match self.breakers.get(*name) {
+                Some(b) if b.config() == *cfg => b.clone(),
+                _ => {
+                    let route: Arc<str> = (*name).into();
+                    let stats = self.stats.clone();
+                    Arc::new(CircuitBreaker::new((*cfg).clone()).with_listener(move |t: &Transition| {
+                        stats.count(t);
+                        log_transition("route", &route, "", t);
+                    }))
+                }
+            };
+            breakers.insert(name.to_string(), b);
+        }
+        RouteBreakers { breakers, stats: self.stats.clone() }
+    }
+}
+
+/// One structured line per breaker transition. `cluster` is the route name for route breakers.
+fn log_transition(scope: &str, cluster: &str, endpoint: &str, t: &Transition) {
     if t.to == State::Open || t.to == State::ForcedOpen {
         tracing::warn!(
             target: "tripline::breaker",

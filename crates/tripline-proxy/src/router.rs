@@ -12,6 +12,7 @@ use tripline_core::rng::Rng;
 
 use crate::cluster::Cluster;
 use crate::headers::{authority, host_of};
+use crate::resilience::RouteBreakers;
 
 /// What a listener serves, swapped as a whole on reload.
 #[derive(Debug, Default)]
@@ -35,6 +36,8 @@ pub struct Route {
     total_weight: u32,
     pub timeout: Option<Duration>,
     pub retry: tripline_config::plan::RetryPlan,
+    /// The route's own breaker (ResiliencePolicy targeting this route).
+    pub breaker: Option<Arc<tripline_core::breaker::CircuitBreaker>>,
 }
 
 impl Route {
@@ -54,13 +57,15 @@ impl Route {
             total_weight,
             timeout: None,
             retry: Default::default(),
+            breaker: None,
         }
     }
 
-    fn from_plan(r: &RoutePlan, clusters: &[Arc<Cluster>]) -> Self {
+    fn from_plan(r: &RoutePlan, clusters: &[Arc<Cluster>], breakers: &RouteBreakers) -> Self {
         let mut route = Route::new(&r.name, r.matches.clone(), &r.destinations, clusters);
         route.timeout = r.timeout;
         route.retry = r.retry.clone();
+        route.breaker = breakers.breakers.get(&r.name).cloned();
         route
     }
 
@@ -110,14 +115,18 @@ fn request_matches<B>(m: &RequestMatch, req: &Request<B>) -> bool {
 }
 
 impl ListenerConfig {
-    pub fn build(plan: &ListenerPlan, clusters: &[Arc<Cluster>]) -> Self {
+    pub fn build(plan: &ListenerPlan, clusters: &[Arc<Cluster>], breakers: &RouteBreakers) -> Self {
         ListenerConfig {
             virtual_hosts: plan
                 .virtual_hosts
                 .iter()
                 .map(|vh| VirtualHost {
                     domains: vh.domains.clone(),
-                    routes: vh.routes.iter().map(|r| Arc::new(Route::from_plan(r, clusters))).collect(),
+                    routes: vh
+                        .routes
+                        .iter()
+                        .map(|r| Arc::new(Route::from_plan(r, clusters, breakers)))
+                        .collect(),
                 })
                 .collect(),
             tcp: plan.tcp_route.as_ref().map(|r| Arc::new(Route::from_tcp(r, clusters))),

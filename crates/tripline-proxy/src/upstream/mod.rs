@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use http::{header, HeaderValue, Method, Request, Response};
 use hyper::body::Incoming;
-use tripline_config::plan::{HashKey, RetryOn, RetryPlan};
+use tripline_config::plan::{HashKey, RetryOn};
 use tripline_core::backoff::{parse_retry_after, Backoff};
 use tripline_core::balancer::hash_bytes;
 use tripline_core::breaker::{OwnedAdmission, State};
@@ -30,6 +30,7 @@ use crate::body::RequestBody;
 use crate::cluster::{Cluster, ClusterState, Endpoint, Member};
 use crate::local_reply::Reason;
 use crate::resilience::{self, ResilienceStats};
+use crate::router::Route;
 use pool::{Reusable, SendError};
 use replay::Replay;
 
@@ -41,6 +42,7 @@ struct RequestGuards {
     _active: Permit,
     _budget: ActiveRequestOf<Arc<RetryBudget>>,
     cluster_breaker: Option<OwnedAdmission>,
+    route_breaker: Option<OwnedAdmission>,
     stats: Arc<ResilienceStats>,
     retried: bool,
     start: Instant,
@@ -142,6 +144,9 @@ impl Drop for InFlight {
         }
         if let Some(r) = self.request.take() {
             if let Some(b) = r.cluster_breaker {
+                b.record(&self.outcome, r.start.elapsed(), now);
+            }
+            if let Some(b) = r.route_breaker {
                 b.record(&self.outcome, r.start.elapsed(), now);
             }
             if r.retried && is_success(&self.outcome) {
@@ -344,7 +349,7 @@ fn classify_response(resp: &Response<Incoming>) -> (Outcome, Option<u16>, Option
 /// route timeout fires (retries and backoff must fit before it).
 pub async fn send(
     cluster: &Cluster,
-    policy: &RetryPlan,
+    route: &Route,
     mut req: Request<RequestBody>,
     hash: Option<u64>,
     rng: &dyn Rng,
@@ -352,7 +357,21 @@ pub async fn send(
 ) -> SendResult {
     let state = &cluster.state;
     let res = &cluster.resilience;
+    let policy = &route.retry;
     let now = resilience::now();
+    let route_breaker = match &route.breaker {
+        Some(b) => match b.try_acquire_owned(now) {
+            Ok(a) => Some(a),
+            Err(r) => {
+                return Err(Refusal {
+                    reason: Reason::BreakerOpen,
+                    retry_after: Some(r.retry_after),
+                    attempts: 0,
+                })
+            }
+        },
+        None => None,
+    };
     let cluster_breaker = match &res.breaker {
         Some(b) => match b.try_acquire_owned(now) {
             Ok(a) => {
@@ -378,6 +397,7 @@ pub async fn send(
         _active: active,
         _budget: res.budget.start_request_owned(),
         cluster_breaker,
+        route_breaker,
         stats: res.stats.clone(),
         retried: false,
         start: Instant::now(),
@@ -468,7 +488,7 @@ pub async fn send(
             && retriable(&policy.retry_on, &policy.status_codes, &outcome, status, grpc_code)
             && retry_allowed(
                 cluster,
-                policy,
+                route,
                 &req_method(&pending_req, &replay),
                 never_sent,
                 &replay,
@@ -532,13 +552,13 @@ fn req_method(pending: &Option<Request<RequestBody>>, replay: &Option<Replay>) -
 /// Idempotency, body replay and breaker state: may this request be sent again?
 fn retry_allowed(
     cluster: &Cluster,
-    policy: &RetryPlan,
+    route: &Route,
     method: &Method,
     never_sent: bool,
     replay: &Option<Replay>,
     stats: &ResilienceStats,
 ) -> bool {
-    if !never_sent && !idempotent(method) && !policy.retry_non_idempotent {
+    if !never_sent && !idempotent(method) && !route.retry.retry_non_idempotent {
         return false;
     }
     if !never_sent && !replay.as_ref().is_some_and(Replay::can_replay) {

@@ -737,3 +737,39 @@ async fn clients_hanging_up_never_trip_anything() {
     let r = get(port, "/after").await.expect("served after the hang-ups");
     assert_eq!(r.status, 200);
 }
+
+/// A ResiliencePolicy that targets a route: the route's breaker sees every request of that
+/// route, opens after its failures, refuses with breaker-open without reaching the upstream,
+/// and an operator can reset it by route name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_breaker_opens_refuses_and_resets_by_name() {
+    let up = Faulty::start("bad", Fault::Status(500)).await;
+    let port = free_port();
+    let route = "    name: checkout\n    retries: {attempts: 0}\n";
+    let mut yaml = mesh(port, &[up.addr], route, None, None);
+    yaml.push_str(
+        "---\napiVersion: tripline.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: checkout-route}\nspec:\n  target: {virtualService: backend, route: checkout}\n  circuitBreaker: {consecutiveFailures: 2, openDuration: 30s}\n",
+    );
+    let proxy = Proxy::start(&yaml).await;
+    for _ in 0..2 {
+        assert_eq!(get(port, "/pay").await.unwrap().status, 500);
+    }
+    let refused = get(port, "/pay").await.unwrap();
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("x-tripline-reason"), Some("breaker-open"));
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(up.requests(), 2, "a refused request never reaches the upstream");
+    let breakers: Value = serde_json::from_str(&proxy.admin_get("/breakers").await.text()).unwrap();
+    assert_eq!(breakers["routes"][0]["route"], "backend/checkout", "{breakers}");
+    assert_eq!(breakers["routes"][0]["breaker"]["state"], "open", "{breakers}");
+    let reset = proxy.admin_post("/breakers/reset?route=backend%2Fcheckout").await;
+    assert_eq!(reset.status, 200, "{}", reset.text());
+    up.set(Fault::Healthy);
+    assert_eq!(get(port, "/pay").await.unwrap().status, 200);
+    assert_eq!(
+        proxy
+            .metric("tripline_route_breaker_state", &[("route", "backend/checkout"), ("state", "closed")])
+            .await,
+        1.0
+    );
+}
