@@ -345,6 +345,25 @@ fn classify_response(resp: &Response<Incoming>) -> (Outcome, Option<u16>, Option
     (Outcome::http(status, ra), Some(status), None)
 }
 
+/// Asks a breaker (route or destination) to admit the request. An owned admission is recorded
+/// when the request ends; a dry-run breaker admits and counts what it would have refused.
+fn admit_breaker(
+    breaker: Option<&Arc<tripline_core::breaker::CircuitBreaker>>,
+    now: u64,
+    stats: &ResilienceStats,
+) -> Result<Option<OwnedAdmission>, Refusal> {
+    let Some(b) = breaker else { return Ok(None) };
+    match b.try_acquire_owned(now) {
+        Ok(a) => {
+            if a.would_reject() {
+                stats.dry_run_rejections.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Some(a))
+        }
+        Err(r) => Err(Refusal { reason: Reason::BreakerOpen, retry_after: Some(r.retry_after), attempts: 0 }),
+    }
+}
+
 /// Sends a request to a cluster, with the route's retry policy. `deadline` is when the
 /// route timeout fires (retries and backoff must fit before it).
 pub async fn send(
@@ -359,37 +378,8 @@ pub async fn send(
     let res = &cluster.resilience;
     let policy = &route.retry;
     let now = resilience::now();
-    let route_breaker = match &route.breaker {
-        Some(b) => match b.try_acquire_owned(now) {
-            Ok(a) => Some(a),
-            Err(r) => {
-                return Err(Refusal {
-                    reason: Reason::BreakerOpen,
-                    retry_after: Some(r.retry_after),
-                    attempts: 0,
-                })
-            }
-        },
-        None => None,
-    };
-    let cluster_breaker = match &res.breaker {
-        Some(b) => match b.try_acquire_owned(now) {
-            Ok(a) => {
-                if a.would_reject() {
-                    res.stats.dry_run_rejections.fetch_add(1, Ordering::Relaxed);
-                }
-                Some(a)
-            }
-            Err(r) => {
-                return Err(Refusal {
-                    reason: Reason::BreakerOpen,
-                    retry_after: Some(r.retry_after),
-                    attempts: 0,
-                })
-            }
-        },
-        None => None,
-    };
+    let route_breaker = admit_breaker(route.breaker.as_ref(), now, &res.stats)?;
+    let cluster_breaker = admit_breaker(res.breaker.as_ref(), now, &res.stats)?;
     let Some(active) = state.active.try_acquire() else {
         return Err(Reason::OverflowRequests.into());
     };
