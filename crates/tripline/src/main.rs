@@ -23,8 +23,9 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "A service-mesh data plane configured with the Istio networking API",
     long_about = "Tripline is a sidecar or gateway proxy configured with Istio's Gateway, ServiceEntry, \
                   VirtualService and DestinationRule. It protects services from each other with \
-                  connection-pool limits, timeouts and load balancing, and every response it refuses \
-                  carries the reason in x-tripline-reason."
+                  connection-pool limits, timeouts, load balancing, outlier ejection with probing, \
+                  circuit breakers (a Tripline ResiliencePolicy) and budgeted retries, and every \
+                  response it refuses carries the reason in x-tripline-reason."
 )]
 struct Cli {
     #[command(subcommand)]
