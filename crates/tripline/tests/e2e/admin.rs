@@ -46,3 +46,43 @@ async fn admin_reports_clusters_metrics_and_config() {
     let text = dump.json().to_string();
     assert!(text.contains("backend.local"), "config_dump lacks the ServiceEntry host: {text}");
 }
+
+/// `--access-log PATH`: one JSON line per request; a request Tripline refused carries its
+/// reason, a proxied one its upstream and attempt count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_one_json_line_per_request_with_the_reason() {
+    let up = Upstream::http("u1").await;
+    let port = free_port();
+    let yaml = config::join(&[
+        config::gateway("edge", port, "HTTP"),
+        config::service_entry("backend.local", "HTTP", &[up.addr]),
+        config::virtual_service("backend", &["backend.local"], "edge", &config::http_route("backend.local")),
+    ]);
+    let log = crate::support::proxy::unique_dir("access-log").join("access.log");
+    let proxy = Proxy::start_args(&yaml, &["--access-log", log.to_str().unwrap()]).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(get(addr, "backend.local", "/ok").await.unwrap().status, 200);
+    assert_eq!(get(addr, "elsewhere.local", "/nope").await.unwrap().status, 404);
+
+    let mut lines = Vec::new();
+    crate::support::eventually("two access log lines", std::time::Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        lines = text.lines().map(str::to_owned).collect::<Vec<_>>();
+        let n = lines.len();
+        async move { n >= 2 }
+    })
+    .await;
+    let parsed: Vec<serde_json::Value> =
+        lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let ok = parsed.iter().find(|v| v["path"] == "/ok").expect("a line for /ok");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["reason"], serde_json::Value::Null);
+    assert_eq!(ok["upstream"], up.addr.to_string());
+    assert_eq!(ok["attempts"], 1);
+    assert_eq!(ok["cluster"], "outbound|80||backend.local");
+    assert!(ok["request_id"].as_str().is_some_and(|id| id.len() == 36), "{ok}");
+    let refused = parsed.iter().find(|v| v["path"] == "/nope").expect("a line for /nope");
+    assert_eq!(refused["status"], 404);
+    assert_eq!(refused["reason"], "no-route");
+    drop(proxy);
+}
