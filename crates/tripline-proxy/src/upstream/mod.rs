@@ -475,7 +475,10 @@ pub async fn send(
 
         // Decide whether to retry; every "no" finalises with what we have.
         let retry = attempt <= policy.attempts
-            && retriable(&policy.retry_on, &policy.status_codes, &outcome, status, grpc_code)
+            && (retriable(&policy.retry_on, &policy.status_codes, &outcome, status, grpc_code)
+                // A request the upstream connection never took (hyper handed it back: the
+                // connection closed or refused the stream before it went out).
+                || (never_sent && policy.retry_on.refused_stream))
             && retry_allowed(
                 cluster,
                 route,

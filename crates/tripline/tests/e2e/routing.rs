@@ -103,3 +103,35 @@ async fn routes_by_path_and_header() {
         }
     }
 }
+
+/// `resolution: DNS`: endpoint addresses are names, resolved when the config is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_resolution_endpoints_are_resolved() {
+    let up = crate::support::Upstream::http("dns").await;
+    let port = crate::support::free_port();
+    let se = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: by-name}}\nspec:\n  hosts: [backend.local]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: DNS\n  endpoints:\n  - address: localhost\n    ports: {{http: {}}}\n",
+        up.addr.port()
+    );
+    let yaml = crate::support::config::join(&[
+        crate::support::config::gateway("edge", port, "HTTP"),
+        se,
+        crate::support::config::virtual_service(
+            "backend",
+            &["*"],
+            "edge",
+            &crate::support::config::http_route("backend.local"),
+        ),
+    ]);
+    let proxy = crate::support::Proxy::start(&yaml).await;
+    let r = crate::support::get(std::net::SocketAddr::from(([127, 0, 0, 1], port)), "backend.local", "/")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", proxy.logs());
+    let clusters = proxy.admin_get("/clusters").await.json();
+    let eps = clusters["clusters"][0]["endpoints"].as_array().unwrap().clone();
+    assert!(
+        eps.iter().any(|e| e["address"] == up.addr.to_string()),
+        "localhost must resolve to the upstream's address: {eps:?}"
+    );
+}
