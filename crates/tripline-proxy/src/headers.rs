@@ -148,7 +148,6 @@ pub fn prepare_request<B>(
     upgrade: bool,
     rng: &dyn Rng,
 ) {
-    let auth = authority(req).and_then(|a| a.parse::<Authority>().ok());
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrade);
     // The client's `Expect: 100-continue` was answered by our server side when we started
@@ -165,11 +164,12 @@ pub fn prepare_request<B>(
     }
     match protocol {
         UpstreamProtocol::Http2 => {
-            headers.remove(header::HOST);
+            // HTTP/2 carries the authority in the URI; an HTTP/1.1 client gave it as Host.
+            let host = headers.remove(header::HOST);
             let mut parts = std::mem::take(req.uri_mut()).into_parts();
             parts.scheme = Some(Scheme::HTTP);
             if parts.authority.is_none() {
-                parts.authority = auth;
+                parts.authority = host.and_then(|h| Authority::try_from(h.as_bytes()).ok());
             }
             if parts.path_and_query.is_none() {
                 parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
@@ -178,11 +178,10 @@ pub fn prepare_request<B>(
             *req.version_mut() = Version::HTTP_2;
         }
         _ => {
+            // An HTTP/2 client gave the authority in the URI; HTTP/1.1 wants it as Host.
             if !req.headers().contains_key(header::HOST) {
-                if let Some(a) = &auth {
-                    if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                        req.headers_mut().insert(header::HOST, v);
-                    }
+                if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                    req.headers_mut().insert(header::HOST, v);
                 }
             }
             if req.uri().scheme().is_some() || req.uri().authority().is_some() {
