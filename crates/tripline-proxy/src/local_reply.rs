@@ -17,7 +17,6 @@ pub enum Reason {
     UpstreamConnectFailure,
     UpstreamReset,
     RouteTimeout,
-    Draining,
     BreakerOpen,
     UpstreamTimeout,
 }
@@ -25,7 +24,7 @@ pub enum Reason {
 pub const REASON_HEADER: &str = "x-tripline-reason";
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 10] = [
         Reason::OverflowConnections,
         Reason::OverflowPending,
         Reason::OverflowRequests,
@@ -34,7 +33,6 @@ impl Reason {
         Reason::UpstreamConnectFailure,
         Reason::UpstreamReset,
         Reason::RouteTimeout,
-        Reason::Draining,
         Reason::BreakerOpen,
         Reason::UpstreamTimeout,
     ];
@@ -49,7 +47,6 @@ impl Reason {
             Reason::UpstreamConnectFailure => "upstream-connect-failure",
             Reason::UpstreamReset => "upstream-reset",
             Reason::RouteTimeout => "route-timeout",
-            Reason::Draining => "draining",
             Reason::BreakerOpen => "breaker-open",
             Reason::UpstreamTimeout => "upstream-timeout",
         }
@@ -74,7 +71,6 @@ impl Reason {
             Reason::UpstreamConnectFailure => "could not connect to the upstream\n",
             Reason::UpstreamReset => "the upstream reset the connection\n",
             Reason::RouteTimeout => "the upstream did not answer within the route timeout\n",
-            Reason::Draining => "the proxy is shutting down\n",
             Reason::BreakerOpen => {
                 "circuit breaker open: the upstream is failing and is being let back carefully\n"
             }

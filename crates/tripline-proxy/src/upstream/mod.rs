@@ -538,6 +538,7 @@ fn req_method(pending: &Option<Request<RequestBody>>, replay: &Option<Replay>) -
     match (pending, replay) {
         (Some(r), _) => r.method().clone(),
         (None, Some(rp)) => rp.method().clone(),
+        // Neither: retries are off for this route; the most conservative answer.
         (None, None) => Method::POST,
     }
 }
