@@ -213,9 +213,10 @@ async fn summary_loop(proxy: Proxy, tally: Arc<Tally>) {
                 let e = &m.ep;
                 let health = m.outlier.as_ref().map_or("healthy", |o| o.health().as_str());
                 let breaker = m.breaker.as_ref().map_or("-", |b| b.state().as_str());
+                let name = e.labels.get("instance").map_or_else(|| e.address.to_string(), Clone::clone);
                 line.push_str(&format!(
                     " {} {} req, {}, breaker {};",
-                    e.address,
+                    name,
                     e.requests_total.load(Ordering::Relaxed),
                     health,
                     breaker
