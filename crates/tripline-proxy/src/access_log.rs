@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,15 +27,14 @@ impl std::str::FromStr for Target {
     }
 }
 
-/// Lines waiting for the writer; beyond this, lines are dropped (and counted) rather than
-/// slowing requests down.
+/// Lines waiting for the writer; beyond this, lines are dropped (the caller counts them in
+/// `tripline_access_log_dropped_total`) rather than slowing requests down.
 const QUEUE: usize = 16 * 1024;
 
 /// A handle to the access log writer.
 #[derive(Debug)]
 pub struct AccessLog {
     tx: SyncSender<String>,
-    pub dropped: AtomicU64,
 }
 
 impl AccessLog {
@@ -59,16 +57,15 @@ impl AccessLog {
                 let _ = buf.flush();
             }
         })?;
-        Ok(AccessLog { tx, dropped: AtomicU64::new(0) })
+        Ok(AccessLog { tx })
     }
 
-    pub fn write(&self, entry: &Entry<'_>) {
-        match self.tx.try_send(entry.to_json_line()) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+    /// Queues one line; `false` when it was dropped because the writer is behind (or gone).
+    pub fn write(&self, entry: &Entry<'_>) -> bool {
+        !matches!(
+            self.tx.try_send(entry.to_json_line()),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_))
+        )
     }
 }
 

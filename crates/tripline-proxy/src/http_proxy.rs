@@ -46,7 +46,7 @@ pub async fn handle(
     let protocol = format!("{:?}", req.version());
     let mut trace = Trace { on: true, ..Trace::default() };
     let resp = route_and_forward(&ctx, req, &mut trace).await;
-    log.write(&Entry {
+    let queued = log.write(&Entry {
         start,
         duration: t0.elapsed(),
         downstream: ctx.peer,
@@ -63,6 +63,9 @@ pub async fn handle(
         attempts: trace.attempts,
         request_id: trace.request_id.as_ref().and_then(|v| v.to_str().ok()),
     });
+    if !queued {
+        ctx.shared.global.access_log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(resp)
 }
 

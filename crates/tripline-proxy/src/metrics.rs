@@ -108,6 +108,8 @@ pub struct GlobalStats {
     pub reloads_failed: AtomicU64,
     pub downstream_connections: AtomicU64,
     pub downstream_connections_total: AtomicU64,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: AtomicU64,
 }
 
 /// Encodes everything into Prometheus text format.
@@ -248,6 +250,12 @@ impl Collector for Scrape {
                 (vec![("result", "failure".to_string())], self.global.reloads_failed.load(Ordering::Relaxed)),
             ]
             .into_iter(),
+        )?;
+        counter(
+            &mut enc,
+            "tripline_access_log_dropped",
+            "Access log lines dropped because the writer fell behind (requests are never slowed).",
+            std::iter::once((vec![], self.global.access_log_dropped.load(Ordering::Relaxed))),
         )?;
         gauge(
             &mut enc,

@@ -84,5 +84,9 @@ async fn access_log_has_one_json_line_per_request_with_the_reason() {
     let refused = parsed.iter().find(|v| v["path"] == "/nope").expect("a line for /nope");
     assert_eq!(refused["status"], 404);
     assert_eq!(refused["reason"], "no-route");
-    drop(proxy);
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l == "tripline_access_log_dropped_total 0"),
+        "no line was dropped, and the counter says so"
+    );
 }
