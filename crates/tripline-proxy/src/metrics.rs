@@ -14,7 +14,8 @@ use prometheus_client::registry::Registry;
 
 use crate::cluster::{Cluster, ClusterState};
 use crate::local_reply::Reason;
-use crate::resilience::{DETECTORS, STATES};
+use crate::resilience::STATES;
+use tripline_core::outlier::Detector;
 
 /// Upper bounds (seconds) of the request duration histogram.
 pub const DURATION_BUCKETS: [f64; 14] =
@@ -313,7 +314,7 @@ impl Collector for ResilienceScrape {
             endpoints_total.push((cl(), set.members.len() as i64));
             if let Some(o) = &res.outlier {
                 ejected.push((cl(), i64::from(o.ejections_active())));
-                for d in DETECTORS {
+                for d in Detector::ALL {
                     let v = o.ejections_total(d);
                     if v > 0 {
                         ejections.push((

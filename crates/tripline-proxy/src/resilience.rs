@@ -12,7 +12,7 @@ use tripline_config::plan::ResiliencePlan;
 use tripline_core::breaker::{BreakerConfig, CircuitBreaker, Reason as BreakerReason, State, Transition};
 use tripline_core::budget::RetryBudget;
 use tripline_core::clock::{Clock, MonotonicClock, Nanos};
-use tripline_core::outlier::{Detector, OutlierDetector, OutlierEvent};
+use tripline_core::outlier::{OutlierDetector, OutlierEvent};
 
 /// The process clock every breaker and detector reads.
 pub fn clock() -> &'static MonotonicClock {
@@ -36,15 +36,6 @@ pub const BREAKER_REASONS: [BreakerReason; 9] = [
     BreakerReason::NoProbeCompleted,
     BreakerReason::Forced,
     BreakerReason::Reset,
-];
-pub const DETECTORS: [Detector; 7] = [
-    Detector::Consecutive5xx,
-    Detector::ConsecutiveGateway,
-    Detector::ConsecutiveLocalOrigin,
-    Detector::SuccessRate,
-    Detector::FailurePercentage,
-    Detector::Latency,
-    Detector::ProbeFailed,
 ];
 
 fn state_index(s: State) -> usize {
