@@ -242,8 +242,9 @@ fn traffic(ep: &Endpoint, clock: &ManualClock, ok: usize, fail: usize, latency: 
     }
 }
 
-#[test]
-fn success_rate_ejects_the_statistical_outlier() {
+/// Six endpoints under success-rate detection; all but the first served 99 successes and 1
+/// failure. The caller decides what the first one served.
+fn five_healthy_and_one_under_test() -> (ManualClock, OutlierDetector, Vec<Arc<Endpoint>>) {
     let clock = ManualClock::new(1);
     let cfg = OutlierConfig {
         consecutive_5xx_errors: None,
@@ -256,6 +257,12 @@ fn success_rate_ejects_the_statistical_outlier() {
     for ep in &eps[1..] {
         traffic(ep, &clock, 99, 1, FAST);
     }
+    (clock, d, eps)
+}
+
+#[test]
+fn success_rate_ejects_the_statistical_outlier() {
+    let (clock, d, eps) = five_healthy_and_one_under_test();
     traffic(&eps[0], &clock, 50, 50, FAST);
     d.sweep(clock.now());
     assert_eq!(eps[0].health(), Health::Ejected);
@@ -272,18 +279,7 @@ fn success_rate_ejects_the_statistical_outlier() {
 
 #[test]
 fn success_rate_needs_enough_hosts_and_volume() {
-    let clock = ManualClock::new(1);
-    let cfg = OutlierConfig {
-        consecutive_5xx_errors: None,
-        success_rate: Some(SuccessRateRule::default()),
-        max_ejection_percent: 50,
-        ..Default::default()
-    };
-    let d = detector(cfg);
-    let eps = d.update_endpoints(&hosts(6), clock.now());
-    for ep in &eps[1..] {
-        traffic(ep, &clock, 99, 1, FAST);
-    }
+    let (clock, d, eps) = five_healthy_and_one_under_test();
     traffic(&eps[0], &clock, 40, 40, FAST); // 80 requests < 100
     d.sweep(clock.now());
     assert_eq!(d.ejections_active(), 0);
