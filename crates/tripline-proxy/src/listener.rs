@@ -111,7 +111,7 @@ async fn serve_http(
     let mut shutdown = ctx.shared.shutdown.subscribe();
     let service_ctx = ctx.clone();
     let service = service_fn(move |req| http_proxy::handle(service_ctx.clone(), req));
-    let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = http.serve_connection_with_upgrades(TokioIo::new(crate::net_io::TcpIo::new(stream)), service);
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}

@@ -214,7 +214,7 @@ async fn connect(cluster: &Cluster, ep: &Arc<Endpoint>, slot: Permit) -> Result<
     let _ = stream.set_nodelay(true);
     ep.pool.connections.fetch_add(1, Ordering::Relaxed);
     let guard = ConnGuard { state: state.clone(), endpoint: ep.clone(), slot: Some(slot) };
-    let io = TokioIo::new(stream);
+    let io = TokioIo::new(crate::net_io::TcpIo::new(stream));
     match cluster.protocol() {
         UpstreamProtocol::Http2 => {
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())
