@@ -10,8 +10,12 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::upstream::h1::ResponseStream;
 use crate::upstream::replay::{replay_frame, TeedBody};
 use crate::upstream::InFlight;
+
+/// The error type of bodies that mix hyper's and our own upstream client.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body sent upstream.
 #[derive(Debug)]
@@ -61,17 +65,54 @@ impl Body for RequestBody {
     }
 }
 
+/// A response body as it comes from an upstream: through hyper (HTTP/2, requests with a body,
+/// upgrades) or through the lean HTTP/1.1 client ([`crate::upstream::h1`]).
+#[derive(Debug)]
+pub enum UpstreamBody {
+    Hyper(Incoming),
+    H1(ResponseStream),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::H1(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::H1(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A response body sent to the client.
 #[derive(Debug)]
 pub struct ResponseBody {
     inner: Inner,
     /// Dropped when the body ends or is abandoned: releases permits and returns the connection.
-    guard: Option<InFlight>,
+    guard: Option<Box<InFlight>>,
 }
 
 #[derive(Debug)]
 enum Inner {
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     Local(Option<Bytes>),
 }
 
@@ -80,19 +121,39 @@ impl ResponseBody {
         ResponseBody { inner: Inner::Local(Some(bytes)), guard: None }
     }
 
-    pub fn upstream(body: Incoming, guard: InFlight) -> Self {
-        ResponseBody { inner: Inner::Upstream(body), guard: Some(guard) }
+    /// Wraps an upstream body with its in-flight guard. A body that is already complete (no
+    /// content) releases the guard's connection for reuse at once.
+    pub fn upstream(body: UpstreamBody, mut guard: Box<InFlight>) -> Self {
+        let mut inner = Inner::Upstream(body);
+        if Self::inner_ended(&mut inner, &mut guard) {
+            guard.mark_complete();
+        }
+        ResponseBody { inner, guard: Some(guard) }
+    }
+
+    /// True when the body has ended; then hands a reusable lean-client connection to `guard`.
+    fn inner_ended(inner: &mut Inner, guard: &mut InFlight) -> bool {
+        let Inner::Upstream(body) = inner else { return false };
+        if !body.is_end_stream() {
+            return false;
+        }
+        if let UpstreamBody::H1(stream) = body {
+            if let Some(conn) = stream.take_reusable() {
+                guard.reuse_connection(conn);
+            }
+        }
+        true
     }
 }
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = match &mut this.inner {
             Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
@@ -115,7 +176,8 @@ impl Body for ResponseBody {
             _ => false,
         };
         if ended {
-            if let Some(g) = this.guard.take() {
+            if let Some(mut g) = this.guard.take() {
+                Self::inner_ended(&mut this.inner, &mut g);
                 g.finish(true);
             }
         }

@@ -48,7 +48,7 @@ pub struct ClusterStats {
 }
 
 impl ClusterState {
-    fn new(name: &str, pool: &PoolLimits) -> Self {
+    pub(crate) fn new(name: &str, pool: &PoolLimits) -> Self {
         ClusterState {
             name: name.into(),
             active: Limit::new(pool.max_requests),

@@ -23,7 +23,8 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
         && connection_has(req.headers(), "upgrade")
 }
 
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+/// Whether a `Connection` header lists `token` (case-insensitive).
+pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
@@ -32,18 +33,34 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// The fixed hop-by-hop headers (RFC 9110 section 7.6.1 and the de-facto ones).
-fn hop_by_hop() -> [&'static HeaderName; 8] {
-    [
-        &header::CONNECTION,
-        &header::TE,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-    ]
+/// The fixed hop-by-hop headers (RFC 9110 section 7.6.1 and the de-facto ones), in the bit
+/// order [`hop_index`] uses.
+const HOP_BY_HOP: [&HeaderName; 8] = [
+    &header::CONNECTION,
+    &header::TE,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+];
+
+/// The position of `name` in [`HOP_BY_HOP`]. A match on the (lower-case) name: every message
+/// passes each of its header names through here, so it must cost a length check, not eight
+/// `HeaderName` comparisons.
+fn hop_index(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "te" => 1,
+        "transfer-encoding" => 2,
+        "upgrade" => 3,
+        "proxy-authenticate" => 4,
+        "proxy-authorization" => 5,
+        "keep-alive" => 6,
+        "proxy-connection" => 7,
+        _ => return None,
+    })
 }
 
 /// Removes hop-by-hop headers. With `keep_upgrade`, `Connection: upgrade` and `Upgrade`
@@ -52,17 +69,16 @@ fn hop_by_hop() -> [&'static HeaderName; 8] {
 /// One pass over the names finds which are present, so a message without any (the common
 /// case) costs a few comparisons, and one with `Connection: keep-alive` costs one removal.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let fixed = hop_by_hop();
     let mut present = 0u8;
     for name in headers.keys() {
-        if let Some(i) = fixed.iter().position(|h| *h == name) {
+        if let Some(i) = hop_index(name) {
             present |= 1 << i;
         }
     }
     if present == 0 && !keep_upgrade {
         return;
     }
-    let has = |h: &HeaderName| fixed.iter().position(|x| *x == h).is_some_and(|i| present & (1 << i) != 0);
+    let has = |h: &HeaderName| hop_index(h).is_some_and(|i| present & (1 << i) != 0);
     if has(&header::CONNECTION) {
         // Headers named in Connection are hop-by-hop too (the usual `close` / `keep-alive`
         // tokens are not header names we would carry).
@@ -80,7 +96,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(n);
         }
     }
-    for (i, h) in fixed.iter().enumerate() {
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) == 0 {
             continue;
         }

@@ -167,9 +167,6 @@ async fn forward(
     // Speak our own protocol version to the client, whatever the upstream spoke.
     parts.version = http::Version::default();
     strip_hop_by_hop(&mut parts.headers, false);
-    if http_body::Body::is_end_stream(&body) {
-        inflight.mark_complete();
-    }
     Response::from_parts(parts, ResponseBody::upstream(body, inflight))
 }
 
@@ -177,7 +174,7 @@ async fn forward(
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    inflight: upstream::InFlight,
+    inflight: Box<upstream::InFlight>,
 ) {
     match tokio::try_join!(client, upstream) {
         Ok((c, u)) => {

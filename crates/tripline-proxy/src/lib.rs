@@ -226,7 +226,7 @@ impl Proxy {
                         b.tick(now);
                     }
                     if n % 50 == 0 {
-                        m.ep.pool.evict_idle(c.limits().idle_timeout);
+                        m.ep.pool.evict_idle(c.limits().idle_timeout, now);
                     }
                 }
             }

@@ -6,6 +6,7 @@
 //! pooled connection → per-try timeout → classify → retry decision (retryOn, idempotency,
 //! replayable body, breaker state, retry budget, backoff within the deadline).
 
+pub mod h1;
 pub mod pool;
 pub mod replay;
 
@@ -15,18 +16,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{header, HeaderValue, Method, Request, Response};
-use hyper::body::Incoming;
-use tripline_config::plan::{HashKey, RetryOn};
+use tripline_config::plan::{HashKey, RetryOn, UpstreamProtocol};
 use tripline_core::backoff::{parse_retry_after, Backoff};
 use tripline_core::balancer::hash_bytes;
 use tripline_core::breaker::{OwnedAdmission, State};
 use tripline_core::budget::{ActiveRequestOf, RetryBudget, RetryPermitOf};
 use tripline_core::classify::{grpc, LocalReason, Outcome};
+use tripline_core::clock::Nanos;
 use tripline_core::limits::Permit;
 use tripline_core::outlier::OwnedPass;
 use tripline_core::rng::Rng;
 
-use crate::body::RequestBody;
+use crate::body::{RequestBody, UpstreamBody};
 use crate::cluster::{Cluster, ClusterState, Endpoint, Member};
 use crate::local_reply::Reason;
 use crate::resilience::{self, ResilienceStats};
@@ -45,7 +46,8 @@ struct RequestGuards {
     route_breaker: Option<OwnedAdmission>,
     stats: Arc<ResilienceStats>,
     retried: bool,
-    start: Instant,
+    /// `resilience::now()` when the request was admitted.
+    start: Nanos,
 }
 
 /// One attempt in flight to one endpoint. Dropping it records the outcome into the endpoint's
@@ -56,7 +58,9 @@ pub struct InFlight {
     state: Arc<ClusterState>,
     endpoint: Arc<Endpoint>,
     max_uses: Option<u32>,
-    start: Instant,
+    /// `resilience::now()` when the attempt started. One clock read at each end of an attempt:
+    /// on a VM a read costs tens of nanoseconds, and a request used to make eight.
+    start: Nanos,
     conn: Option<Reusable>,
     complete: bool,
     outcome: Outcome,
@@ -74,15 +78,16 @@ impl InFlight {
         member: &Member,
         pass: Option<OwnedPass>,
         breaker: Option<OwnedAdmission>,
-    ) -> Self {
+        now: Nanos,
+    ) -> Box<Self> {
         let endpoint = member.ep.clone();
         endpoint.active.fetch_add(1, Ordering::Relaxed);
         endpoint.requests_total.fetch_add(1, Ordering::Relaxed);
-        InFlight {
+        Box::new(InFlight {
             state: cluster.state.clone(),
             endpoint,
             max_uses: cluster.limits().max_requests_per_connection,
-            start: Instant::now(),
+            start: now,
             conn: None,
             complete: false,
             // Until the attempt says otherwise: an attempt abandoned mid-way (the client went
@@ -94,7 +99,7 @@ impl InFlight {
             _retry: None,
             request: None,
             attempt: 1,
-        }
+        })
     }
 
     /// Which attempt this is (1 = the first).
@@ -107,7 +112,7 @@ impl InFlight {
     }
 
     /// Marks how the response ended and releases everything.
-    pub fn finish(mut self, complete: bool) {
+    pub fn finish(mut self: Box<Self>, complete: bool) {
         self.complete = complete;
         if !complete {
             self.outcome = Outcome::Reset;
@@ -117,6 +122,11 @@ impl InFlight {
     /// Marks the response as already complete (empty body) without releasing yet.
     pub fn mark_complete(&mut self) {
         self.complete = true;
+    }
+
+    /// The lean client's connection, back from a response body that was read to its end.
+    pub fn reuse_connection(&mut self, conn: h1::RawConn) {
+        self.conn = Some(Reusable(pool::H1Link::Raw(conn)));
     }
 
     /// The connection will not be reused (e.g. it was upgraded to a tunnel).
@@ -132,10 +142,11 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let latency = self.start.elapsed();
+        let now = resilience::now();
+        let since = |start: Nanos| Duration::from_nanos(now.saturating_sub(start));
+        let latency = since(self.start);
         self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
         self.state.stats.duration.observe(latency);
-        let now = resilience::now();
         if let Some(p) = self.pass.take() {
             p.record(&self.outcome, latency, now);
         }
@@ -144,10 +155,10 @@ impl Drop for InFlight {
         }
         if let Some(r) = self.request.take() {
             if let Some(b) = r.cluster_breaker {
-                b.record(&self.outcome, r.start.elapsed(), now);
+                b.record(&self.outcome, since(r.start), now);
             }
             if let Some(b) = r.route_breaker {
-                b.record(&self.outcome, r.start.elapsed(), now);
+                b.record(&self.outcome, since(r.start), now);
             }
             if r.retried && is_success(&self.outcome) {
                 r.stats.retries_succeeded.fetch_add(1, Ordering::Relaxed);
@@ -155,7 +166,7 @@ impl Drop for InFlight {
         }
         if let Some(conn) = self.conn.take() {
             if self.complete {
-                self.endpoint.pool.give_back(conn, self.max_uses);
+                self.endpoint.pool.give_back(conn, self.max_uses, now);
                 self.state.notify_released();
             }
         }
@@ -217,7 +228,10 @@ impl From<Reason> for Refusal {
 
 /// The result of sending a request to a cluster: the upstream's response with its in-flight
 /// guard, or why Tripline answers itself.
-pub type SendResult = Result<(Response<Incoming>, InFlight), Refusal>;
+///
+/// The guard is boxed: it is a few hundred bytes that would otherwise be copied at every
+/// `await` boundary and `return` between here and hyper's response slot.
+pub type SendResult = Result<(Response<UpstreamBody>, Box<InFlight>), Refusal>;
 
 /// Idempotent methods (RFC 9110 section 9.2.2) may be re-sent after they reached an upstream.
 fn idempotent(m: &Method) -> bool {
@@ -273,10 +287,10 @@ fn admit_endpoint(
     hash: Option<u64>,
     rng: &dyn Rng,
     tried: &mut u64,
+    now: Nanos,
 ) -> Result<(Member, Option<OwnedPass>, Option<OwnedAdmission>), Refusal> {
     let set = cluster.endpoints.load();
     let members = &set.members;
-    let now = resilience::now();
     let mut breaker_refusal = None;
     // A few picks: skip endpoints already tried (when others exist) and ones whose probe
     // slots or breaker refuse.
@@ -328,7 +342,7 @@ fn try_member(m: &Member, now: u64, breaker_refusal: &mut Option<Refusal>) -> Op
 }
 
 /// Classifies a response head: (outcome, status if HTTP-classified, grpc code if present).
-fn classify_response(resp: &Response<Incoming>) -> (Outcome, Option<u16>, Option<u8>) {
+fn classify_response<B>(resp: &Response<B>) -> (Outcome, Option<u16>, Option<u8>) {
     let h = resp.headers();
     let status = resp.status().as_u16();
     let retry_after = || {
@@ -377,7 +391,7 @@ pub async fn send(
     let state = &cluster.state;
     let res = &cluster.resilience;
     let policy = &route.retry;
-    let now = resilience::now();
+    let mut now = resilience::now();
     let route_breaker = admit_breaker(route.breaker.as_ref(), now, &res.stats)?;
     let cluster_breaker = admit_breaker(res.breaker.as_ref(), now, &res.stats)?;
     let Some(active) = state.active.try_acquire() else {
@@ -390,7 +404,7 @@ pub async fn send(
         route_breaker,
         stats: res.stats.clone(),
         retried: false,
-        start: Instant::now(),
+        start: now,
     });
     let mut replay = (policy.attempts > 0).then(|| Replay::capture(&mut req, policy.max_replay_bytes));
     let mut tried = 0u64;
@@ -399,8 +413,8 @@ pub async fn send(
     loop {
         attempt += 1;
         req.headers_mut().insert(X_TRIPLINE_ATTEMPT.clone(), attempt_value(attempt));
-        let (member, pass, ep_breaker) = admit_endpoint(cluster, hash, rng, &mut tried)?;
-        let mut inflight = InFlight::new(cluster, &member, pass, ep_breaker);
+        let (member, pass, ep_breaker) = admit_endpoint(cluster, hash, rng, &mut tried, now)?;
+        let mut inflight = InFlight::new(cluster, &member, pass, ep_breaker, now);
         inflight._retry = retry_permit.take();
         inflight.attempt = attempt;
         let endpoint = member.ep.clone();
@@ -411,7 +425,8 @@ pub async fn send(
         let mut pending_req = Some(req);
         for _ in 0..3 {
             let Some(r) = pending_req.take() else { break };
-            let checkout = pool::checkout(cluster, &endpoint);
+            let simple = cluster.protocol() == UpstreamProtocol::Http1 && h1::is_simple(&r);
+            let checkout = pool::checkout(cluster, &endpoint, now, simple);
             let checked_out = match deadline {
                 Some(d) => {
                     tokio::time::timeout_at(d.into(), checkout).await.unwrap_or(Err(Reason::RouteTimeout))
@@ -529,6 +544,7 @@ pub async fn send(
         drop(sent);
         drop(inflight);
         tokio::time::sleep(delay).await;
+        now = resilience::now();
         retry_permit = permit;
         req = next;
     }

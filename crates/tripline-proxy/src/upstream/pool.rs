@@ -24,9 +24,11 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tripline_config::plan::UpstreamProtocol;
+use tripline_core::clock::Nanos;
 use tripline_core::limits::Permit;
 
-use crate::body::RequestBody;
+use super::h1::{self, RawConn};
+use crate::body::{BoxError, RequestBody, UpstreamBody};
 use crate::cluster::{Cluster, ClusterState, Endpoint};
 use crate::local_reply::Reason;
 
@@ -43,9 +45,26 @@ pub struct ConnectionPool {
 
 #[derive(Debug)]
 struct IdleH1 {
-    tx: http1::SendRequest<RequestBody>,
-    since: Instant,
-    uses: u32,
+    link: H1Link,
+    /// `resilience::now()` when it was returned.
+    since: Nanos,
+}
+
+/// An HTTP/1.1 connection: driven by the lean client (requests without a body) or, once a
+/// request needed full-duplex streaming or an upgrade, by hyper.
+#[derive(Debug)]
+pub enum H1Link {
+    Raw(RawConn),
+    Hyper { tx: http1::SendRequest<RequestBody>, uses: u32 },
+}
+
+impl H1Link {
+    fn uses(&self) -> u32 {
+        match self {
+            H1Link::Raw(c) => c.uses,
+            H1Link::Hyper { uses, .. } => *uses,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -57,16 +76,13 @@ struct H2Conn {
 /// A connection checked out for one request.
 #[derive(Debug)]
 pub enum Conn {
-    H1 { tx: http1::SendRequest<RequestBody>, uses: u32 },
+    H1(H1Link),
     H2(http2::SendRequest<RequestBody>),
 }
 
 /// An HTTP/1.1 connection to give back to its endpoint's pool once the response is read.
 #[derive(Debug)]
-pub struct Reusable {
-    tx: http1::SendRequest<RequestBody>,
-    uses: u32,
-}
+pub struct Reusable(pub H1Link);
 
 impl Default for ConnectionPool {
     fn default() -> Self {
@@ -89,29 +105,41 @@ impl ConnectionPool {
 
     /// Returns a connection after a complete response. Closed or worn-out connections are
     /// dropped (which closes them).
-    pub fn give_back(&self, conn: Reusable, max_uses: Option<u32>) {
-        if conn.tx.is_closed() || max_uses.is_some_and(|m| conn.uses >= m) {
+    pub fn give_back(&self, Reusable(link): Reusable, max_uses: Option<u32>, now: Nanos) {
+        let closed = matches!(&link, H1Link::Hyper { tx, .. } if tx.is_closed());
+        if closed || max_uses.is_some_and(|m| link.uses() >= m) {
             return;
         }
-        let _ = self.idle.push(IdleH1 { tx: conn.tx, since: Instant::now(), uses: conn.uses });
+        let _ = self.idle.push(IdleH1 { link, since: now });
     }
 
     /// Drops idle connections older than `idle_timeout` (called periodically).
-    pub fn evict_idle(&self, idle_timeout: std::time::Duration) {
+    pub fn evict_idle(&self, idle_timeout: std::time::Duration, now: Nanos) {
         for _ in 0..self.idle.len() {
-            match self.idle.pop() {
-                Some(c) if c.since.elapsed() < idle_timeout && !c.tx.is_closed() => {
-                    let _ = self.idle.push(c);
-                }
-                Some(_) => {}
-                None => break,
+            let Some(mut c) = self.idle.pop() else { break };
+            if !idle_too_long(c.since, now, idle_timeout) && c.link_alive() {
+                let _ = self.idle.push(c);
             }
         }
     }
 }
 
-/// Held by a connection's task: frees the connection slot and wakes pending requests.
-struct ConnGuard {
+fn idle_too_long(since: Nanos, now: Nanos, idle_timeout: std::time::Duration) -> bool {
+    now.saturating_sub(since) >= u64::try_from(idle_timeout.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl IdleH1 {
+    fn link_alive(&mut self) -> bool {
+        match &mut self.link {
+            H1Link::Raw(c) => c.is_usable(),
+            H1Link::Hyper { tx, .. } => !tx.is_closed(),
+        }
+    }
+}
+
+/// Held by a connection (its hyper task, or the lean client's [`RawConn`]): frees the
+/// connection slot and wakes pending requests when the connection closes.
+pub struct ConnGuard {
     state: Arc<ClusterState>,
     endpoint: Arc<Endpoint>,
     slot: Option<Permit>,
@@ -127,7 +155,14 @@ impl Drop for ConnGuard {
 }
 
 /// Finds or opens a connection to `ep`, honouring the cluster's limits.
-pub async fn checkout(cluster: &Cluster, ep: &Arc<Endpoint>) -> Result<Conn, Reason> {
+/// `now` is `resilience::now()` at the start of the attempt (for the idle timeout); `simple`
+/// says the request can take the lean HTTP/1.1 client ([`h1::is_simple`]).
+pub async fn checkout(
+    cluster: &Cluster,
+    ep: &Arc<Endpoint>,
+    now: Nanos,
+    simple: bool,
+) -> Result<Conn, Reason> {
     let state = &cluster.state;
     let limits = cluster.limits();
     let mut pending: Option<Permit> = None;
@@ -140,14 +175,14 @@ pub async fn checkout(cluster: &Cluster, ep: &Arc<Endpoint>) -> Result<Conn, Rea
             // Register before re-checking so a release between the check and the wait is seen.
             notified.as_mut().enable();
         }
-        if let Some(conn) = reuse(cluster, ep).await {
+        if let Some(conn) = reuse(cluster, ep, now, simple).await {
             return Ok(conn);
         }
         if let Some(slot) = state.connections.try_acquire() {
             drop(pending);
             // Boxed: connecting is the rare path, and its large future would otherwise be
             // part of every request's future (moved and zeroed on every request).
-            return Box::pin(connect(cluster, ep, slot)).await;
+            return Box::pin(connect(cluster, ep, slot, simple)).await;
         }
         if pending.is_none() {
             pending = Some(state.pending.try_acquire().ok_or(Reason::OverflowPending)?);
@@ -164,7 +199,7 @@ pub async fn checkout(cluster: &Cluster, ep: &Arc<Endpoint>) -> Result<Conn, Rea
     }
 }
 
-async fn reuse(cluster: &Cluster, ep: &Endpoint) -> Option<Conn> {
+async fn reuse(cluster: &Cluster, ep: &Endpoint, now: Nanos, simple: bool) -> Option<Conn> {
     let limits = cluster.limits();
     match cluster.protocol() {
         UpstreamProtocol::Http2 => {
@@ -179,12 +214,27 @@ async fn reuse(cluster: &Cluster, ep: &Endpoint) -> Option<Conn> {
         }
         _ => {
             while let Some(idle) = ep.pool.idle.pop() {
-                if idle.since.elapsed() >= limits.idle_timeout {
+                if idle_too_long(idle.since, now, limits.idle_timeout) {
                     continue;
                 }
-                let mut tx = idle.tx;
-                if tx.ready().await.is_ok() {
-                    return Some(Conn::H1 { tx, uses: idle.uses });
+                match idle.link {
+                    H1Link::Raw(mut c) => {
+                        if !c.is_usable() {
+                            continue;
+                        }
+                        if simple {
+                            return Some(Conn::H1(H1Link::Raw(c)));
+                        }
+                        let (stream, guard, uses) = c.into_parts();
+                        if let Ok(tx) = hyper_h1(stream, guard).await {
+                            return Some(Conn::H1(H1Link::Hyper { tx, uses }));
+                        }
+                    }
+                    H1Link::Hyper { mut tx, uses } => {
+                        if tx.ready().await.is_ok() {
+                            return Some(Conn::H1(H1Link::Hyper { tx, uses }));
+                        }
+                    }
                 }
             }
             None
@@ -192,7 +242,7 @@ async fn reuse(cluster: &Cluster, ep: &Endpoint) -> Option<Conn> {
     }
 }
 
-async fn connect(cluster: &Cluster, ep: &Arc<Endpoint>, slot: Permit) -> Result<Conn, Reason> {
+async fn connect(cluster: &Cluster, ep: &Arc<Endpoint>, slot: Permit, simple: bool) -> Result<Conn, Reason> {
     let state = &cluster.state;
     let failed = || {
         state.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -214,9 +264,9 @@ async fn connect(cluster: &Cluster, ep: &Arc<Endpoint>, slot: Permit) -> Result<
     let _ = stream.set_nodelay(true);
     ep.pool.connections.fetch_add(1, Ordering::Relaxed);
     let guard = ConnGuard { state: state.clone(), endpoint: ep.clone(), slot: Some(slot) };
-    let io = TokioIo::new(crate::net_io::TcpIo::new(stream));
     match cluster.protocol() {
         UpstreamProtocol::Http2 => {
+            let io = TokioIo::new(crate::net_io::TcpIo::new(stream));
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .handshake(io)
@@ -230,15 +280,23 @@ async fn connect(cluster: &Cluster, ep: &Arc<Endpoint>, slot: Permit) -> Result<
             ep.pool.h2.store(Some(shared));
             Ok(Conn::H2(tx))
         }
+        _ if simple => Ok(Conn::H1(H1Link::Raw(RawConn::new(stream, guard)))),
         _ => {
-            let (tx, conn) = http1::Builder::new().handshake(io).await.map_err(|_| failed())?;
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-                drop(guard);
-            });
-            Ok(Conn::H1 { tx, uses: 0 })
+            let tx = hyper_h1(stream, guard).await.map_err(|_| failed())?;
+            Ok(Conn::H1(H1Link::Hyper { tx, uses: 0 }))
         }
     }
+}
+
+/// Hands a connection to hyper's HTTP/1.1 client, whose task owns it from now on.
+async fn hyper_h1(stream: TcpStream, guard: ConnGuard) -> hyper::Result<http1::SendRequest<RequestBody>> {
+    let io = TokioIo::new(crate::net_io::TcpIo::new(stream));
+    let (tx, conn) = http1::Builder::new().handshake(io).await?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+        drop(guard);
+    });
+    Ok(tx)
 }
 
 /// What went wrong sending a request on a connection.
@@ -247,7 +305,7 @@ pub enum SendError {
     /// The connection was dead before the request went out: safe to try another connection.
     NotSent(Box<Request<RequestBody>>),
     /// The request (or part of it) was sent and then the connection failed.
-    Reset(hyper::Error),
+    Reset(BoxError),
     /// The per-try timeout fired before the response head arrived.
     TimedOut,
 }
@@ -258,22 +316,39 @@ impl Conn {
     pub async fn send(
         self,
         req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Option<Reusable>), SendError> {
+    ) -> Result<(Response<UpstreamBody>, Option<Reusable>), SendError> {
+        let hyper_body = |resp: Response<Incoming>| resp.map(UpstreamBody::Hyper);
         match self {
-            Conn::H1 { mut tx, uses } => match tx.try_send_request(req).await {
-                Ok(resp) => Ok((resp, Some(Reusable { tx, uses: uses + 1 }))),
-                Err(mut e) => match e.take_message() {
-                    Some(req) => Err(SendError::NotSent(Box::new(req))),
-                    None => Err(SendError::Reset(e.into_error())),
-                },
+            // The lean client's connection travels in the response body and comes back
+            // through it (`ResponseBody`), not here.
+            Conn::H1(H1Link::Raw(c)) => Ok((h1::send(c, req).await?, None)),
+            Conn::H1(H1Link::Hyper { mut tx, uses }) => match tx.try_send_request(req).await {
+                Ok(resp) => Ok((hyper_body(resp), Some(Reusable(H1Link::Hyper { tx, uses: uses + 1 })))),
+                Err(e) => Err(unsent_or_reset(e)),
             },
             Conn::H2(mut tx) => match tx.try_send_request(req).await {
-                Ok(resp) => Ok((resp, None)),
-                Err(mut e) => match e.take_message() {
-                    Some(req) => Err(SendError::NotSent(Box::new(req))),
-                    None => Err(SendError::Reset(e.into_error())),
-                },
+                Ok(resp) => Ok((hyper_body(resp), None)),
+                Err(e) => Err(unsent_or_reset(e)),
             },
         }
+    }
+}
+
+fn unsent_or_reset(mut e: hyper::client::conn::TrySendError<Request<RequestBody>>) -> SendError {
+    match e.take_message() {
+        Some(req) => SendError::NotSent(Box::new(req)),
+        None => SendError::Reset(e.into_error().into()),
+    }
+}
+
+#[cfg(test)]
+impl ConnGuard {
+    /// A guard for a connection outside any configured cluster (unit tests).
+    pub(crate) fn detached() -> Self {
+        let state = Arc::new(ClusterState::new("test", &tripline_config::plan::PoolLimits::default()));
+        let endpoint = Endpoint::new(([127, 0, 0, 1], 1).into(), 1, Default::default());
+        endpoint.pool.connections.fetch_add(1, Ordering::Relaxed);
+        let slot = state.connections.try_acquire();
+        ConnGuard { state, endpoint, slot }
     }
 }
