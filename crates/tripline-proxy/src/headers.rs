@@ -63,6 +63,11 @@ fn hop_index(name: &HeaderName) -> Option<usize> {
     })
 }
 
+/// Whether `name` is one of the fixed hop-by-hop headers.
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_index(name).is_some()
+}
+
 /// Removes hop-by-hop headers. With `keep_upgrade`, `Connection: upgrade` and `Upgrade`
 /// survive (the upgrade is passed through end to end).
 ///

@@ -27,9 +27,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
-use super::pool::{ConnGuard, SendError};
+use super::pool::{ConnGuard, Reusable, SendError};
 use crate::body::{BoxError, RequestBody, UpstreamBody};
-use crate::headers::connection_has;
 
 /// Larger response heads (or trailer blocks) are refused: the request fails as a reset.
 const MAX_HEAD: usize = 64 * 1024;
@@ -131,28 +130,31 @@ fn fail(msg: &'static str) -> BoxError {
 
 /// Sends a request without a body and reads the response head. The body streams from the
 /// connection, which travels inside it and comes back through [`ResponseStream::take_reusable`].
-pub async fn send(mut conn: RawConn, req: Request<RequestBody>) -> Result<Response<UpstreamBody>, SendError> {
+/// The request is only borrowed: the caller keeps it for a retry, with no copy made.
+pub async fn send(
+    mut conn: RawConn,
+    req: &Request<RequestBody>,
+) -> Result<(Response<UpstreamBody>, Option<Reusable>), SendError> {
     conn.uses += 1;
-    encode_head(&mut conn.write_buf, &req);
+    encode_head(&mut conn.write_buf, req);
     let mut written = 0;
     while written < conn.write_buf.len() {
         match conn.stream.write(&conn.write_buf[written..]).await {
             Ok(n) if n > 0 => written += n,
             // Nothing reached the upstream: the request can go out on another connection.
-            Ok(_) | Err(_) if written == 0 => return Err(SendError::NotSent(Box::new(req))),
+            Ok(_) | Err(_) if written == 0 => return Err(SendError::NotSent(None)),
             Ok(_) => return Err(SendError::Reset(fail("upstream stopped reading the request"))),
             Err(e) => return Err(SendError::Reset(e.into())),
         }
     }
     let is_head = req.method() == Method::HEAD;
-    drop(req);
     loop {
         if let Some(head) = parse_head(&mut conn.read_buf).map_err(SendError::Reset)? {
             // Interim responses (103 Early Hints and the like) are not forwarded.
             if head.status.is_informational() {
                 continue;
             }
-            return respond(conn, head, is_head).map_err(SendError::Reset);
+            return respond(conn, head, is_head).map(|r| (r, None)).map_err(SendError::Reset);
         }
         if conn.read_buf.len() > MAX_HEAD {
             return Err(SendError::Reset(fail("upstream response head too large")));
@@ -193,11 +195,24 @@ fn encode_head(buf: &mut Vec<u8>, req: &Request<RequestBody>) {
 struct Head {
     status: StatusCode,
     version: Version,
+    /// End-to-end headers only: hop-by-hop ones are read here and never stored.
     headers: HeaderMap,
+    /// `Connection: close` / `Connection: keep-alive`.
+    close: bool,
+    keep_alive: bool,
+    /// Whether the (last) transfer coding is chunked, if Transfer-Encoding was present.
+    chunked: Option<bool>,
+}
+
+/// Whether `token` is in a comma-separated header value (case-insensitive).
+fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Parses a complete response head off the front of `buf`, or returns `None` if more bytes
-/// are needed. Header values share the head's memory instead of being copied.
+/// are needed. Header values share the head's memory instead of being copied. Hop-by-hop
+/// headers are interpreted and left out, so the proxy does not pay to insert and then remove
+/// them (`Connection` stays only when it names other headers, for `strip_hop_by_hop`).
 fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, BoxError> {
     let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
         [const { MaybeUninit::uninit() }; MAX_HEADERS];
@@ -214,10 +229,27 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, BoxError> {
         StatusCode::from_u16(res.code.unwrap_or(0)).map_err(|_| fail("invalid upstream status code"))?;
     let version = if res.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
     // Names now; values (as offsets into the head) once the head is split off the buffer.
+    let (mut close, mut keep_alive, mut chunked) = (false, false, None);
     let mut fields = Vec::with_capacity(res.headers.len());
     for h in res.headers.iter() {
         let name =
             HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| fail("invalid upstream header name"))?;
+        if name == header::CONNECTION {
+            close |= has_token(h.value, b"close");
+            keep_alive |= has_token(h.value, b"keep-alive");
+            let names_others = h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).any(|t| {
+                !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
+            });
+            if !names_others {
+                continue;
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            let last = h.value.rsplit(|b| *b == b',').next().unwrap_or_default();
+            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            continue;
+        } else if crate::headers::is_hop_by_hop(&name) {
+            continue;
+        }
         fields.push((name, h.value.as_ptr() as usize - base, h.value.len()));
     }
     let head = buf.split_to(len).freeze();
@@ -227,16 +259,16 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, BoxError> {
             .map_err(|_| fail("invalid upstream header value"))?;
         headers.append(name, value);
     }
-    Ok(Some(Head { status, version, headers }))
+    Ok(Some(Head { status, version, headers, close, keep_alive, chunked }))
 }
 
 /// Builds the response and its streaming body from a parsed head.
 fn respond(mut conn: RawConn, head: Head, is_head: bool) -> Result<Response<UpstreamBody>, BoxError> {
-    let Head { status, version, mut headers } = head;
-    let framing = framing(status, is_head, &mut headers)?;
+    let Head { status, version, mut headers, close, keep_alive, chunked } = head;
+    let framing = framing(status, is_head, chunked, &mut headers)?;
     let keep_alive = match version {
-        Version::HTTP_11 => !connection_has(&headers, "close"),
-        _ => connection_has(&headers, "keep-alive"),
+        Version::HTTP_11 => !close,
+        _ => keep_alive && !close,
     } && !matches!(framing, Framing::UntilClose);
     if matches!(framing, Framing::Done) {
         conn.settle();
@@ -269,7 +301,12 @@ enum Chunk {
     Trailers,
 }
 
-fn framing(status: StatusCode, is_head: bool, headers: &mut HeaderMap) -> Result<Framing, BoxError> {
+fn framing(
+    status: StatusCode,
+    is_head: bool,
+    chunked: Option<bool>,
+    headers: &mut HeaderMap,
+) -> Result<Framing, BoxError> {
     if is_head
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -277,10 +314,6 @@ fn framing(status: StatusCode, is_head: bool, headers: &mut HeaderMap) -> Result
     {
         return Ok(Framing::Done);
     }
-    let chunked = headers.get_all(header::TRANSFER_ENCODING).iter().next_back().map(|te| {
-        let last = te.as_bytes().rsplit(|b| *b == b',').next().unwrap_or_default();
-        last.trim_ascii().eq_ignore_ascii_case(b"chunked")
-    });
     if let Some(chunked) = chunked {
         // Transfer-Encoding wins over Content-Length, which must not reach the client.
         headers.remove(header::CONTENT_LENGTH);
@@ -501,6 +534,10 @@ mod tests {
         (RawConn::new(stream, ConnGuard::detached()), server)
     }
 
+    async fn call(conn: RawConn, req: Request<RequestBody>) -> Result<Response<UpstreamBody>, SendError> {
+        send(conn, &req).await.map(|(resp, _)| resp)
+    }
+
     fn get(method: Method, path: &str) -> Request<RequestBody> {
         let mut req = Request::builder().method(method).uri(path).body(RequestBody::Empty).unwrap();
         req.headers_mut().insert(header::HOST, HeaderValue::from_static("backend.local"));
@@ -528,22 +565,25 @@ mod tests {
     async fn content_length_response_then_the_connection_is_reused() {
         let (conn, server) = upstream(
             vec![
-                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello",
                 b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n",
             ],
             7,
         )
         .await;
-        let resp = send(conn, get(Method::GET, "/a?b=c")).await.unwrap();
+        let resp = call(conn, get(Method::GET, "/a?b=c")).await.unwrap();
         assert_eq!(resp.status(), 200);
         let xa: Vec<_> =
             resp.headers().get_all("x-a").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
         assert_eq!(xa, ["1", "2"]);
+        // Hop-by-hop headers are consumed here, never passed on.
+        assert!(resp.headers().get(header::CONNECTION).is_none());
+        assert!(resp.headers().get("keep-alive").is_none());
         let (data, _, back) = read_all(resp).await;
         assert_eq!(data, b"hello");
         let mut conn = back.expect("a complete keep-alive response gives the connection back");
         assert!(conn.is_usable());
-        let resp = send(conn, get(Method::GET, "/second")).await.unwrap();
+        let resp = call(conn, get(Method::GET, "/second")).await.unwrap();
         assert_eq!(resp.status(), 404);
         let (_, _, back) = read_all(resp).await;
         assert_eq!(back.map(|c| c.uses), Some(2));
@@ -557,8 +597,9 @@ mod tests {
         let reply: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n\
             5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\ngrpc-status: 0\r\n\r\n";
         let (conn, _server) = upstream(vec![reply], 1).await;
-        let resp = send(conn, get(Method::GET, "/")).await.unwrap();
+        let resp = call(conn, get(Method::GET, "/")).await.unwrap();
         assert!(resp.headers().get(header::CONTENT_LENGTH).is_none(), "Transfer-Encoding wins");
+        assert!(resp.headers().get(header::TRANSFER_ENCODING).is_none());
         let (data, trailers, back) = read_all(resp).await;
         assert_eq!(data, b"hello world");
         assert_eq!(trailers.unwrap()["grpc-status"], "0");
@@ -576,14 +617,14 @@ mod tests {
             64,
         )
         .await;
-        let resp = send(conn, get(Method::HEAD, "/")).await.unwrap();
+        let resp = call(conn, get(Method::HEAD, "/")).await.unwrap();
         assert_eq!(resp.headers()[header::CONTENT_LENGTH], "1000");
         let (data, _, back) = read_all(resp).await;
         assert!(data.is_empty());
-        let resp = send(back.unwrap(), get(Method::GET, "/")).await.unwrap();
+        let resp = call(back.unwrap(), get(Method::GET, "/")).await.unwrap();
         assert_eq!(resp.status(), 204);
         let (_, _, back) = read_all(resp).await;
-        let resp = send(back.unwrap(), get(Method::GET, "/")).await.unwrap();
+        let resp = call(back.unwrap(), get(Method::GET, "/")).await.unwrap();
         assert_eq!(resp.status(), 304);
         assert!(read_all(resp).await.2.is_some());
     }
@@ -592,24 +633,24 @@ mod tests {
     async fn body_until_close_and_connection_close_are_not_reused() {
         let (conn, _server) = upstream(vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the end"], 4).await;
         // The scripted upstream closes after its last reply: that ends this body.
-        let (data, _, back) = read_all(send(conn, get(Method::GET, "/")).await.unwrap()).await;
+        let (data, _, back) = read_all(call(conn, get(Method::GET, "/")).await.unwrap()).await;
         assert_eq!(data, b"until the end");
         assert!(back.is_none());
 
         let (conn, _server) =
             upstream(vec![b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"], 64).await;
-        let (data, _, back) = read_all(send(conn, get(Method::GET, "/")).await.unwrap()).await;
+        let (data, _, back) = read_all(call(conn, get(Method::GET, "/")).await.unwrap()).await;
         assert_eq!(data, b"ok");
         assert!(back.is_none());
 
         let (conn, _server) = upstream(vec![b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"], 64).await;
-        assert!(read_all(send(conn, get(Method::GET, "/")).await.unwrap()).await.2.is_none());
+        assert!(read_all(call(conn, get(Method::GET, "/")).await.unwrap()).await.2.is_none());
     }
 
     #[tokio::test]
     async fn a_body_cut_short_is_an_error_not_a_short_success() {
         let (conn, _server) = upstream(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"], 64).await;
-        let resp = send(conn, get(Method::GET, "/")).await.unwrap();
+        let resp = call(conn, get(Method::GET, "/")).await.unwrap();
         let UpstreamBody::H1(mut stream) = resp.into_body() else { panic!() };
         assert_eq!(&stream.frame().await.unwrap().unwrap().into_data().unwrap()[..], b"short");
         assert!(stream.frame().await.unwrap().is_err());
@@ -620,7 +661,7 @@ mod tests {
     async fn bad_or_missing_responses_are_resets() {
         for reply in [&b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"[..], b"NOT HTTP\r\n\r\n", b""] {
             let (conn, _server) = upstream(vec![reply], 64).await;
-            match send(conn, get(Method::GET, "/")).await {
+            match call(conn, get(Method::GET, "/")).await {
                 Err(SendError::Reset(_)) => {}
                 other => panic!("{reply:?}: expected a reset, got {other:?}"),
             }
@@ -630,7 +671,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_the_upstream_closed_is_not_usable() {
         let (conn, server) = upstream(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"], 64).await;
-        let resp = send(conn, get(Method::GET, "/")).await.unwrap();
+        let resp = call(conn, get(Method::GET, "/")).await.unwrap();
         let (_, _, back) = read_all(resp).await;
         let mut conn = back.unwrap();
         assert!(conn.is_usable());
@@ -644,7 +685,7 @@ mod tests {
     #[tokio::test]
     async fn post_without_body_says_content_length_zero() {
         let (conn, server) = upstream(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"], 64).await;
-        read_all(send(conn, get(Method::POST, "/submit")).await.unwrap()).await;
+        read_all(call(conn, get(Method::POST, "/submit")).await.unwrap()).await;
         let heads = server.await.unwrap();
         assert!(heads[0].contains("\r\ncontent-length: 0\r\n"), "{}", heads[0]);
     }

@@ -32,7 +32,7 @@ use crate::cluster::{Cluster, ClusterState, Endpoint, Member};
 use crate::local_reply::Reason;
 use crate::resilience::{self, ResilienceStats};
 use crate::router::Route;
-use pool::{Reusable, SendError};
+use pool::{Conn, H1Link, Reusable, SendError};
 use replay::Replay;
 
 pub static X_TRIPLINE_ATTEMPT: header::HeaderName = header::HeaderName::from_static("x-tripline-attempt");
@@ -406,7 +406,9 @@ pub async fn send(
         retried: false,
         start: now,
     });
-    let mut replay = (policy.attempts > 0).then(|| Replay::capture(&mut req, policy.max_replay_bytes));
+    // The copy for a retry is made when a request is handed to hyper (which consumes it);
+    // the lean HTTP/1.1 client only borrows the request, which then serves as its own copy.
+    let mut replay: Option<Replay> = None;
     let mut tried = 0u64;
     let mut retry_permit = None;
     let mut attempt: u32 = 0;
@@ -423,8 +425,10 @@ pub async fn send(
         // went out (bounded so a flapping upstream cannot spin us).
         let mut sent = Err(Outcome::Reset);
         let mut pending_req = Some(req);
+        // A request the lean client sent (it borrowed it): what a retry re-sends.
+        let mut kept = None;
         for _ in 0..3 {
-            let Some(r) = pending_req.take() else { break };
+            let Some(mut r) = pending_req.take() else { break };
             let simple = cluster.protocol() == UpstreamProtocol::Http1 && h1::is_simple(&r);
             let checkout = pool::checkout(cluster, &endpoint, now, simple);
             let checked_out = match deadline {
@@ -450,16 +454,20 @@ pub async fn send(
             // The attempt ends at the per-try timeout or the route deadline, whichever is
             // first, so a timeout is recorded against the endpoint here rather than the
             // attempt being dropped (which would say nothing about the upstream).
-            let attempt_fut = conn.send(r);
             let limit = match (policy.per_try_timeout, deadline) {
                 (Some(t), Some(d)) => Some(t.min(d.saturating_duration_since(Instant::now()))),
                 (Some(t), None) => Some(t),
                 (None, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
                 (None, None) => None,
             };
-            let result = match limit {
-                Some(t) => tokio::time::timeout(t, attempt_fut).await.unwrap_or(Err(SendError::TimedOut)),
-                None => attempt_fut.await,
+            let (result, borrowed) = match conn {
+                Conn::H1(H1Link::Raw(c)) => (within(limit, h1::send(c, &r)).await, Some(r)),
+                hyper_conn => {
+                    if policy.attempts > 0 && replay.is_none() {
+                        replay = Some(Replay::capture(&mut r, policy.max_replay_bytes));
+                    }
+                    (within(limit, hyper_conn.send(r)).await, None)
+                }
             };
             match result {
                 Ok((resp, reusable)) => {
@@ -467,7 +475,7 @@ pub async fn send(
                     sent = Ok(resp);
                 }
                 Err(SendError::NotSent(back)) => {
-                    pending_req = Some(*back);
+                    pending_req = back.map(|b| *b).or(borrowed);
                     continue;
                 }
                 Err(SendError::Reset(e)) => {
@@ -476,6 +484,7 @@ pub async fn send(
                 }
                 Err(SendError::TimedOut) => sent = Err(Outcome::Timeout),
             }
+            kept = borrowed;
             break;
         }
         // Still in our hands means it never reached an upstream: safe to send again, whatever
@@ -497,9 +506,9 @@ pub async fn send(
             && retry_allowed(
                 cluster,
                 route,
-                &req_method(&pending_req, &replay),
+                &req_method(pending_req.as_ref().or(kept.as_ref()), &replay),
                 never_sent,
-                &replay,
+                kept.is_some() || replay.as_ref().is_some_and(Replay::can_replay),
                 &res.stats,
             );
         let permit = if retry {
@@ -523,7 +532,11 @@ pub async fn send(
 
         // The request to send next: the original if it never left, else the replayed copy.
         let next = delay.and_then(|d| {
-            pending_req.take().or_else(|| replay.as_mut().and_then(Replay::next_request)).map(|r| (d, r))
+            pending_req
+                .take()
+                .or_else(|| kept.take())
+                .or_else(|| replay.as_mut().and_then(Replay::next_request))
+                .map(|r| (d, r))
         });
         let Some((delay, next)) = next else {
             // Final attempt.
@@ -550,7 +563,7 @@ pub async fn send(
     }
 }
 
-fn req_method(pending: &Option<Request<RequestBody>>, replay: &Option<Replay>) -> Method {
+fn req_method(pending: Option<&Request<RequestBody>>, replay: &Option<Replay>) -> Method {
     match (pending, replay) {
         (Some(r), _) => r.method().clone(),
         (None, Some(rp)) => rp.method().clone(),
@@ -565,13 +578,13 @@ fn retry_allowed(
     route: &Route,
     method: &Method,
     never_sent: bool,
-    replay: &Option<Replay>,
+    replayable: bool,
     stats: &ResilienceStats,
 ) -> bool {
     if !never_sent && !idempotent(method) && !route.retry.retry_non_idempotent {
         return false;
     }
-    if !never_sent && !replay.as_ref().is_some_and(Replay::can_replay) {
+    if !never_sent && !replayable {
         stats.retries_not_replayable.fetch_add(1, Ordering::Relaxed);
         return false;
     }
@@ -585,6 +598,19 @@ fn retry_allowed(
         return false;
     }
     true
+}
+
+/// Runs one attempt with the per-try/route time limit, if any.
+async fn within<T>(
+    limit: Option<Duration>,
+    attempt: impl std::future::Future<Output = Result<T, SendError>>,
+) -> Result<T, SendError> {
+    match limit {
+        // Boxed: a timer is the rare case, and kept out of the request future it would
+        // otherwise enlarge.
+        Some(t) => Box::pin(tokio::time::timeout(t, attempt)).await.unwrap_or(Err(SendError::TimedOut)),
+        None => attempt.await,
+    }
 }
 
 fn attempt_value(n: u32) -> HeaderValue {

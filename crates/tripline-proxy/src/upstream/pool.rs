@@ -303,7 +303,8 @@ async fn hyper_h1(stream: TcpStream, guard: ConnGuard) -> hyper::Result<http1::S
 #[derive(Debug)]
 pub enum SendError {
     /// The connection was dead before the request went out: safe to try another connection.
-    NotSent(Box<Request<RequestBody>>),
+    /// hyper hands the request back; the lean client only borrowed it (`None`).
+    NotSent(Option<Box<Request<RequestBody>>>),
     /// The request (or part of it) was sent and then the connection failed.
     Reset(BoxError),
     /// The per-try timeout fired before the response head arrived.
@@ -321,7 +322,7 @@ impl Conn {
         match self {
             // The lean client's connection travels in the response body and comes back
             // through it (`ResponseBody`), not here.
-            Conn::H1(H1Link::Raw(c)) => Ok((h1::send(c, req).await?, None)),
+            Conn::H1(H1Link::Raw(c)) => h1::send(c, &req).await,
             Conn::H1(H1Link::Hyper { mut tx, uses }) => match tx.try_send_request(req).await {
                 Ok(resp) => Ok((hyper_body(resp), Some(Reusable(H1Link::Hyper { tx, uses: uses + 1 })))),
                 Err(e) => Err(unsent_or_reset(e)),
@@ -336,7 +337,7 @@ impl Conn {
 
 fn unsent_or_reset(mut e: hyper::client::conn::TrySendError<Request<RequestBody>>) -> SendError {
     match e.take_message() {
-        Some(req) => SendError::NotSent(Box::new(req)),
+        Some(req) => SendError::NotSent(Some(Box::new(req))),
         None => SendError::Reset(e.into_error().into()),
     }
 }
