@@ -163,8 +163,10 @@ impl Body for ResponseBody {
         // data frame (Content-Length) must be recognised here, not only at `Ready(None)`.
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let (Some(t), Some(g)) = (frame.trailers_ref(), this.guard.as_mut()) {
-                if let Some(code) =
-                    t.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+                if let Some(code) = t
+                    .get(&crate::upstream::GRPC_STATUS)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
                 {
                     g.set_grpc_status(code);
                 }

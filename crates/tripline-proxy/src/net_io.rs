@@ -20,6 +20,10 @@ use tokio::net::TcpStream;
 /// does not and is written with `writev` as is.
 const COALESCE_MAX: usize = 2048;
 
+thread_local! {
+    static JOINED: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(COALESCE_MAX));
+}
+
 /// A TCP stream for hyper/h2 connections (wrap it in `hyper_util::rt::TokioIo`).
 #[derive(Debug)]
 pub struct TcpIo {
@@ -60,15 +64,16 @@ impl AsyncWrite for TcpIo {
         if total > COALESCE_MAX {
             return stream.poll_write_vectored(cx, bufs);
         }
-        let mut joined = [0u8; COALESCE_MAX];
-        let mut len = 0;
-        for b in [first, second].into_iter().chain(nonempty) {
-            joined[len..len + b.len()].copy_from_slice(b);
-            len += b.len();
-        }
-        // A partial send reports how many bytes of the concatenation went out, which is what
-        // a vectored write reports too, so the caller advances its buffers the same way.
-        stream.poll_write(cx, &joined[..len])
+        // A per-thread scratch buffer: no allocation, and no zeroing a stack array per write.
+        JOINED.with_borrow_mut(|joined| {
+            joined.clear();
+            for b in [first, second].into_iter().chain(nonempty) {
+                joined.extend_from_slice(b);
+            }
+            // A partial send reports how many bytes of the concatenation went out, which is
+            // what a vectored write reports too, so the caller advances its buffers the same way.
+            stream.poll_write(cx, joined)
+        })
     }
 
     fn is_write_vectored(&self) -> bool {

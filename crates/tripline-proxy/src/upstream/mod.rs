@@ -36,6 +36,8 @@ use pool::{Conn, H1Link, Reusable, SendError};
 use replay::Replay;
 
 pub static X_TRIPLINE_ATTEMPT: header::HeaderName = header::HeaderName::from_static("x-tripline-attempt");
+/// A static name: looking up by `&str` would parse and validate the name on every response.
+pub static GRPC_STATUS: header::HeaderName = header::HeaderName::from_static("grpc-status");
 
 /// Guards that belong to the whole request (all its attempts).
 #[derive(Debug)]
@@ -350,8 +352,7 @@ fn classify_response<B>(resp: &Response<B>) -> (Outcome, Option<u16>, Option<u8>
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
     };
-    if let Some(code) = h.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok())
-    {
+    if let Some(code) = h.get(&GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok()) {
         let ra = if code == grpc::RESOURCE_EXHAUSTED { retry_after() } else { None };
         return (Outcome::grpc(code, ra), None, Some(code));
     }
@@ -383,7 +384,7 @@ fn admit_breaker(
 pub async fn send(
     cluster: &Cluster,
     route: &Route,
-    mut req: Request<RequestBody>,
+    req: Request<RequestBody>,
     hash: Option<u64>,
     rng: &dyn Rng,
     deadline: Option<Instant>,
@@ -412,9 +413,14 @@ pub async fn send(
     let mut tried = 0u64;
     let mut retry_permit = None;
     let mut attempt: u32 = 0;
+    // The request while we own it: until hyper takes it, or for good when the lean client
+    // (which only borrows it) sends it. It stays in place rather than moving per attempt.
+    let mut held = Some(req);
     loop {
         attempt += 1;
-        req.headers_mut().insert(X_TRIPLINE_ATTEMPT.clone(), attempt_value(attempt));
+        if let Some(r) = held.as_mut() {
+            r.headers_mut().insert(X_TRIPLINE_ATTEMPT.clone(), attempt_value(attempt));
+        }
         let (member, pass, ep_breaker) = admit_endpoint(cluster, hash, rng, &mut tried, now)?;
         let mut inflight = InFlight::new(cluster, &member, pass, ep_breaker, now);
         inflight._retry = retry_permit.take();
@@ -424,12 +430,12 @@ pub async fn send(
         // Send, re-sending on another pooled connection if one was dead before the request
         // went out (bounded so a flapping upstream cannot spin us).
         let mut sent = Err(Outcome::Reset);
-        let mut pending_req = Some(req);
-        // A request the lean client sent (it borrowed it): what a retry re-sends.
-        let mut kept = None;
+        // Until a send goes out: the request never reached an upstream, so it is safe to send
+        // again whatever the method.
+        let mut never_sent = true;
         for _ in 0..3 {
-            let Some(mut r) = pending_req.take() else { break };
-            let simple = cluster.protocol() == UpstreamProtocol::Http1 && h1::is_simple(&r);
+            let Some(r) = held.as_ref() else { break };
+            let simple = cluster.protocol() == UpstreamProtocol::Http1 && h1::is_simple(r);
             let checkout = pool::checkout(cluster, &endpoint, now, simple);
             let checked_out = match deadline {
                 Some(d) => {
@@ -441,7 +447,6 @@ pub async fn send(
                 Ok(c) => c,
                 Err(Reason::UpstreamConnectFailure) => {
                     sent = Err(Outcome::ConnectFailure);
-                    pending_req = Some(r);
                     break;
                 }
                 Err(reason) => {
@@ -460,13 +465,14 @@ pub async fn send(
                 (None, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
                 (None, None) => None,
             };
-            let (result, borrowed) = match conn {
-                Conn::H1(H1Link::Raw(c)) => (within(limit, h1::send(c, &r)).await, Some(r)),
+            let result = match conn {
+                Conn::H1(H1Link::Raw(c)) => within(limit, h1::send(c, r)).await,
                 hyper_conn => {
+                    let Some(mut r) = held.take() else { break };
                     if policy.attempts > 0 && replay.is_none() {
                         replay = Some(Replay::capture(&mut r, policy.max_replay_bytes));
                     }
-                    (within(limit, hyper_conn.send(r)).await, None)
+                    within(limit, hyper_conn.send(r)).await
                 }
             };
             match result {
@@ -475,7 +481,9 @@ pub async fn send(
                     sent = Ok(resp);
                 }
                 Err(SendError::NotSent(back)) => {
-                    pending_req = back.map(|b| *b).or(borrowed);
+                    if let Some(back) = back {
+                        held = Some(*back);
+                    }
                     continue;
                 }
                 Err(SendError::Reset(e)) => {
@@ -484,12 +492,11 @@ pub async fn send(
                 }
                 Err(SendError::TimedOut) => sent = Err(Outcome::Timeout),
             }
-            kept = borrowed;
+            never_sent = false;
             break;
         }
-        // Still in our hands means it never reached an upstream: safe to send again, whatever
-        // the method.
-        let never_sent = pending_req.is_some();
+        // Hyper took it and never gave it back: it is gone (only the replay copy is left).
+        let never_sent = never_sent && held.is_some();
 
         let (outcome, status, grpc_code) = match &sent {
             Ok(resp) => classify_response(resp),
@@ -506,9 +513,9 @@ pub async fn send(
             && retry_allowed(
                 cluster,
                 route,
-                &req_method(pending_req.as_ref().or(kept.as_ref()), &replay),
+                &req_method(held.as_ref(), &replay),
                 never_sent,
-                kept.is_some() || replay.as_ref().is_some_and(Replay::can_replay),
+                held.is_some() || replay.as_ref().is_some_and(Replay::can_replay),
                 &res.stats,
             );
         let permit = if retry {
@@ -532,11 +539,7 @@ pub async fn send(
 
         // The request to send next: the original if it never left, else the replayed copy.
         let next = delay.and_then(|d| {
-            pending_req
-                .take()
-                .or_else(|| kept.take())
-                .or_else(|| replay.as_mut().and_then(Replay::next_request))
-                .map(|r| (d, r))
+            held.take().or_else(|| replay.as_mut().and_then(Replay::next_request)).map(|r| (d, r))
         });
         let Some((delay, next)) = next else {
             // Final attempt.
@@ -559,7 +562,7 @@ pub async fn send(
         tokio::time::sleep(delay).await;
         now = resilience::now();
         retry_permit = permit;
-        req = next;
+        held = Some(next);
     }
 }
 
