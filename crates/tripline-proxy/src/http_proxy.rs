@@ -41,7 +41,7 @@ pub async fn handle(
         // the request and response to be moved through.
         return Ok(match route(&ctx, &req, &mut trace) {
             Ok(r) => forward(&ctx, &r.cluster, &r.route, req, r.deadline, &mut trace).await,
-            Err(local) => local,
+            Err(reason) => reason.response(),
         });
     };
     let start = SystemTime::now();
@@ -53,7 +53,7 @@ pub async fn handle(
     let mut trace = Trace { on: true, ..Trace::default() };
     let resp = match route(&ctx, &req, &mut trace) {
         Ok(r) => forward(&ctx, &r.cluster, &r.route, req, r.deadline, &mut trace).await,
-        Err(local) => local,
+        Err(reason) => reason.response(),
     };
     let queued = log.write(&Entry {
         start,
@@ -96,24 +96,20 @@ struct Routed {
     deadline: Option<Instant>,
 }
 
-/// Finds the route and picks the destination, or answers locally (`no-route`,
-/// `no-healthy-upstream`).
-fn route(
-    ctx: &ConnContext,
-    req: &Request<Incoming>,
-    trace: &mut Trace,
-) -> Result<Routed, Response<ResponseBody>> {
+/// Finds the route and picks the destination, or says why Tripline answers itself
+/// (`no-route`, `no-healthy-upstream`; already counted).
+fn route(ctx: &ConnContext, req: &Request<Incoming>, trace: &mut Trace) -> Result<Routed, Reason> {
     let route = {
         let config = ctx.listener.config.load();
         config.find(req).cloned()
     };
     let Some(route) = route else {
         ctx.shared.global.local.inc(Reason::NoRoute);
-        return Err(Reason::NoRoute.response());
+        return Err(Reason::NoRoute);
     };
     let Some(cluster) = route.pick_cluster(&ctx.shared.rng).cloned() else {
         ctx.shared.global.local.inc(Reason::NoHealthyUpstream);
-        return Err(Reason::NoHealthyUpstream.response());
+        return Err(Reason::NoHealthyUpstream);
     };
     if trace.on {
         trace.route = Some(route.name.clone());
