@@ -4,7 +4,9 @@
 //! [`upstream::send`]; every early exit is a [`Reason`] so the refusal is always explained.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -31,51 +33,73 @@ pub struct ConnContext {
     pub peer_value: http::HeaderValue,
 }
 
-pub async fn handle(
+/// The service. Routing and the rewrite of the request for the upstream happen before the
+/// returned future exists, so that future holds a few pointers rather than the request: hyper
+/// moves it into every HTTP/2 stream task and into the HTTP/1 connection's request slot.
+pub fn handle(
     ctx: Arc<ConnContext>,
     req: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Infallible> {
-    let Some(log) = &ctx.shared.access_log else {
-        let mut trace = Trace::default();
-        // Routing is synchronous and `forward` is awaited from here: one async layer less for
-        // the request and response to be moved through.
-        return Ok(match route(&ctx, &req, &mut trace) {
-            Ok(r) => forward(&ctx, &r.cluster, &r.route, req, r.deadline, &mut trace).await,
+) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
+    let log = ctx.shared.access_log.is_some().then(|| Box::new(LogStart::of(&req)));
+    let mut trace = Trace { on: log.is_some(), ..Trace::default() };
+    let started = route(&ctx, &req, &mut trace).map(|r| start(&ctx, r, req, &mut trace));
+    async move {
+        let resp = match started {
+            Ok(s) => s.finish(&mut trace).await,
             Err(reason) => reason.response(),
-        });
-    };
-    let start = SystemTime::now();
-    let t0 = Instant::now();
-    let method = req.method().clone();
-    let authority = crate::headers::authority(&req).unwrap_or("").to_owned();
-    let path = req.uri().path().to_owned();
-    let protocol = format!("{:?}", req.version());
-    let mut trace = Trace { on: true, ..Trace::default() };
-    let resp = match route(&ctx, &req, &mut trace) {
-        Ok(r) => forward(&ctx, &r.cluster, &r.route, req, r.deadline, &mut trace).await,
-        Err(reason) => reason.response(),
-    };
-    let queued = log.write(&Entry {
-        start,
-        duration: t0.elapsed(),
-        downstream: ctx.peer,
-        listener: &ctx.listener.name,
-        protocol: &protocol,
-        method: method.as_str(),
-        authority: &authority,
-        path: &path,
-        status: resp.status().as_u16(),
-        reason: resp.headers().get(REASON_HEADER).and_then(|v| v.to_str().ok()),
-        route: trace.route.as_deref(),
-        cluster: trace.cluster.as_deref(),
-        upstream: trace.upstream,
-        attempts: trace.attempts,
-        request_id: trace.request_id.as_ref().and_then(|v| v.to_str().ok()),
-    });
-    if !queued {
-        ctx.shared.global.access_log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        };
+        if let Some(log) = log {
+            log.write(&ctx, &resp, &trace);
+        }
+        Ok(resp)
     }
-    Ok(resp)
+}
+
+/// What the access log records of a request before it is forwarded.
+struct LogStart {
+    start: SystemTime,
+    t0: Instant,
+    method: http::Method,
+    authority: String,
+    path: String,
+    protocol: String,
+}
+
+impl LogStart {
+    fn of(req: &Request<Incoming>) -> Self {
+        LogStart {
+            start: SystemTime::now(),
+            t0: Instant::now(),
+            method: req.method().clone(),
+            authority: crate::headers::authority(req).unwrap_or("").to_owned(),
+            path: req.uri().path().to_owned(),
+            protocol: format!("{:?}", req.version()),
+        }
+    }
+
+    fn write(&self, ctx: &ConnContext, resp: &Response<ResponseBody>, trace: &Trace) {
+        let Some(log) = &ctx.shared.access_log else { return };
+        let queued = log.write(&Entry {
+            start: self.start,
+            duration: self.t0.elapsed(),
+            downstream: ctx.peer,
+            listener: &ctx.listener.name,
+            protocol: &self.protocol,
+            method: self.method.as_str(),
+            authority: &self.authority,
+            path: &self.path,
+            status: resp.status().as_u16(),
+            reason: resp.headers().get(REASON_HEADER).and_then(|v| v.to_str().ok()),
+            route: trace.route.as_deref(),
+            cluster: trace.cluster.as_deref(),
+            upstream: trace.upstream,
+            attempts: trace.attempts,
+            request_id: trace.request_id.as_ref().and_then(|v| v.to_str().ok()),
+        });
+        if !queued {
+            ctx.shared.global.access_log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// What the access log wants to know about a request; filled only when `on`.
@@ -134,54 +158,60 @@ fn local(cluster: &Cluster, refusal: impl Into<upstream::Refusal>) -> Response<R
     resp
 }
 
-async fn forward(
-    ctx: &ConnContext,
-    cluster: &Arc<Cluster>,
-    route: &Route,
-    mut req: Request<Incoming>,
-    deadline: Option<Instant>,
-    trace: &mut Trace,
-) -> Response<ResponseBody> {
+/// A request on its way upstream: the boxed send future and what the response needs.
+struct Started {
+    cluster: Arc<Cluster>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    send: Pin<Box<dyn Future<Output = upstream::SendResult> + Send>>,
+}
+
+/// Rewrites the request for the upstream and creates (boxed) the future that sends it.
+fn start(ctx: &ConnContext, routed: Routed, mut req: Request<Incoming>, trace: &mut Trace) -> Started {
+    let Routed { route, cluster, deadline } = routed;
     let hash = cluster.hash_key().and_then(|k| upstream::request_hash(k, &req, ctx.peer));
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
-    let mut up_req = Request::from_parts(parts, RequestBody::Stream(body));
+    let mut up_req = req.map(RequestBody::Stream);
     prepare_request(&mut up_req, cluster.protocol(), &ctx.peer_value, upgrade.is_some(), &ctx.shared.rng);
     if trace.on {
         trace.request_id = up_req.headers().get(&crate::headers::X_REQUEST_ID).cloned();
     }
+    let send = upstream::send(cluster.clone(), route, up_req, hash, ctx.shared.clone(), deadline);
+    Started { cluster, upgrade, send: Box::pin(send) }
+}
 
-    // Boxed: the send future (retry loop, replay, guards) is a few KiB; boxing it once costs
-    // less than moving it into every spawned HTTP/2 stream task and hyper's request slot.
-    let send = Box::pin(upstream::send(cluster, route, up_req, hash, &ctx.shared.rng, deadline));
-    let (mut resp, mut inflight) = match send.await {
-        Ok(sent) => sent,
-        Err(refusal) => {
-            trace.attempts = refusal.attempts;
-            return local(cluster, refusal);
+impl Started {
+    /// Awaits the upstream's response head and turns it into the client's response.
+    async fn finish(self, trace: &mut Trace) -> Response<ResponseBody> {
+        let Started { cluster, upgrade, send } = self;
+        let (mut resp, mut inflight) = match send.await {
+            Ok(sent) => sent,
+            Err(refusal) => {
+                trace.attempts = refusal.attempts;
+                return local(&cluster, refusal);
+            }
+        };
+        if trace.on {
+            trace.upstream = Some(inflight.endpoint().address);
+            trace.attempts = inflight.attempt();
         }
-    };
-    if trace.on {
-        trace.upstream = Some(inflight.endpoint().address);
-        trace.attempts = inflight.attempt();
-    }
-    cluster.state.stats.codes.inc(resp.status().as_u16());
+        cluster.state.stats.codes.inc(resp.status().as_u16());
 
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = upgrade {
-            inflight.forget_connection();
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, inflight));
-            let (mut parts, _) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers, true);
-            return Response::from_parts(parts, ResponseBody::local(bytes::Bytes::new()));
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = upgrade {
+                inflight.forget_connection();
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, inflight));
+                let (mut parts, _) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers, true);
+                return Response::from_parts(parts, ResponseBody::local(bytes::Bytes::new()));
+            }
         }
+        let (mut parts, body) = resp.into_parts();
+        // Speak our own protocol version to the client, whatever the upstream spoke.
+        parts.version = http::Version::default();
+        strip_hop_by_hop(&mut parts.headers, false);
+        Response::from_parts(parts, ResponseBody::upstream(body, inflight))
     }
-    let (mut parts, body) = resp.into_parts();
-    // Speak our own protocol version to the client, whatever the upstream spoke.
-    parts.version = http::Version::default();
-    strip_hop_by_hop(&mut parts.headers, false);
-    Response::from_parts(parts, ResponseBody::upstream(body, inflight))
 }
 
 /// Joins the client's and the upstream's upgraded connections and copies bytes both ways.

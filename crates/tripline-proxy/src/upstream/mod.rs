@@ -381,14 +381,18 @@ fn admit_breaker(
 
 /// Sends a request to a cluster, with the route's retry policy. `deadline` is when the
 /// route timeout fires (retries and backoff must fit before it).
+///
+/// Takes its context by `Arc` so the future is `'static` and can be boxed before the caller's
+/// own future exists (see `http_proxy::handle`).
 pub async fn send(
-    cluster: &Cluster,
-    route: &Route,
+    cluster: Arc<Cluster>,
+    route: Arc<Route>,
     req: Request<RequestBody>,
     hash: Option<u64>,
-    rng: &dyn Rng,
+    shared: Arc<crate::Shared>,
     deadline: Option<Instant>,
 ) -> SendResult {
+    let (cluster, route, rng): (&Cluster, &Route, &dyn Rng) = (&cluster, &route, &shared.rng);
     let state = &cluster.state;
     let res = &cluster.resilience;
     let policy = &route.retry;
@@ -472,7 +476,9 @@ pub async fn send(
                     if policy.attempts > 0 && replay.is_none() {
                         replay = Some(Replay::capture(&mut r, policy.max_replay_bytes));
                     }
-                    within(limit, hyper_conn.send(r)).await
+                    // Boxed: hyper's send future is large and this is the less common path;
+                    // inline it would grow every request's future.
+                    within(limit, Box::pin(hyper_conn.send(r))).await
                 }
             };
             match result {

@@ -226,7 +226,7 @@ async fn reuse(cluster: &Cluster, ep: &Endpoint, now: Nanos, simple: bool) -> Op
                             return Some(Conn::H1(H1Link::Raw(c)));
                         }
                         let (stream, guard, uses) = c.into_parts();
-                        if let Ok(tx) = hyper_h1(stream, guard).await {
+                        if let Ok(tx) = Box::pin(hyper_h1(stream, guard)).await {
                             return Some(Conn::H1(H1Link::Hyper { tx, uses }));
                         }
                     }
