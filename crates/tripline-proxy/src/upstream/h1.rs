@@ -69,8 +69,17 @@ impl std::fmt::Debug for RawConn {
 }
 
 impl RawConn {
-    pub fn new(stream: TcpStream, guard: ConnGuard) -> Self {
-        RawConn { stream, read_buf: BytesMut::new(), write_buf: Vec::new(), drained: false, uses: 0, guard }
+    /// Boxed once for its whole life: it then moves through the pool, the request and the
+    /// response body as a pointer.
+    pub fn new(stream: TcpStream, guard: ConnGuard) -> Box<Self> {
+        Box::new(RawConn {
+            stream,
+            read_buf: BytesMut::new(),
+            write_buf: Vec::new(),
+            drained: false,
+            uses: 0,
+            guard,
+        })
     }
 
     /// Whether an idle connection can take a request: false when the upstream closed it, or
@@ -132,7 +141,7 @@ fn fail(msg: &'static str) -> BoxError {
 /// connection, which travels inside it and comes back through [`ResponseStream::take_reusable`].
 /// The request is only borrowed: the caller keeps it for a retry, with no copy made.
 pub async fn send(
-    mut conn: RawConn,
+    mut conn: Box<RawConn>,
     req: &Request<RequestBody>,
 ) -> Result<(Response<UpstreamBody>, Option<Reusable>), SendError> {
     conn.uses += 1;
@@ -263,7 +272,7 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, BoxError> {
 }
 
 /// Builds the response and its streaming body from a parsed head.
-fn respond(mut conn: RawConn, head: Head, is_head: bool) -> Result<Response<UpstreamBody>, BoxError> {
+fn respond(mut conn: Box<RawConn>, head: Head, is_head: bool) -> Result<Response<UpstreamBody>, BoxError> {
     let Head { status, version, mut headers, close, keep_alive, chunked } = head;
     let framing = framing(status, is_head, chunked, &mut headers)?;
     let keep_alive = match version {
@@ -342,7 +351,7 @@ fn framing(
 /// A response body read from a [`RawConn`] as the client consumes it.
 pub struct ResponseStream {
     /// `None` once the body failed (the connection is closed).
-    conn: Option<RawConn>,
+    conn: Option<Box<RawConn>>,
     framing: Framing,
     keep_alive: bool,
 }
@@ -356,7 +365,7 @@ impl std::fmt::Debug for ResponseStream {
 impl ResponseStream {
     /// The connection, if the body was read to its end and the connection may carry another
     /// request.
-    pub fn take_reusable(&mut self) -> Option<RawConn> {
+    pub fn take_reusable(&mut self) -> Option<Box<RawConn>> {
         let reusable = self.framing == Framing::Done
             && self.keep_alive
             && self.conn.as_ref().is_some_and(|c| c.read_buf.is_empty());
@@ -504,7 +513,7 @@ mod tests {
     async fn upstream(
         replies: Vec<&'static [u8]>,
         piece: usize,
-    ) -> (RawConn, tokio::task::JoinHandle<Vec<String>>) {
+    ) -> (Box<RawConn>, tokio::task::JoinHandle<Vec<String>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -534,7 +543,10 @@ mod tests {
         (RawConn::new(stream, ConnGuard::detached()), server)
     }
 
-    async fn call(conn: RawConn, req: Request<RequestBody>) -> Result<Response<UpstreamBody>, SendError> {
+    async fn call(
+        conn: Box<RawConn>,
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
         send(conn, &req).await.map(|(resp, _)| resp)
     }
 
@@ -545,7 +557,7 @@ mod tests {
     }
 
     /// Reads the whole body; returns (data, trailers, connection back for reuse).
-    async fn read_all(resp: Response<UpstreamBody>) -> (Vec<u8>, Option<HeaderMap>, Option<RawConn>) {
+    async fn read_all(resp: Response<UpstreamBody>) -> (Vec<u8>, Option<HeaderMap>, Option<Box<RawConn>>) {
         let UpstreamBody::H1(mut stream) = resp.into_body() else { panic!("not the lean client") };
         let mut data = Vec::new();
         let mut trailers = None;

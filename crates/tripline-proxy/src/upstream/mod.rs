@@ -127,7 +127,7 @@ impl InFlight {
     }
 
     /// The lean client's connection, back from a response body that was read to its end.
-    pub fn reuse_connection(&mut self, conn: h1::RawConn) {
+    pub fn reuse_connection(&mut self, conn: Box<h1::RawConn>) {
         self.conn = Some(Reusable(pool::H1Link::Raw(conn)));
     }
 

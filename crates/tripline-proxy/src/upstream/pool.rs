@@ -54,7 +54,7 @@ struct IdleH1 {
 /// request needed full-duplex streaming or an upgrade, by hyper.
 #[derive(Debug)]
 pub enum H1Link {
-    Raw(RawConn),
+    Raw(Box<RawConn>),
     Hyper { tx: http1::SendRequest<RequestBody>, uses: u32 },
 }
 
@@ -225,7 +225,7 @@ async fn reuse(cluster: &Cluster, ep: &Endpoint, now: Nanos, simple: bool) -> Op
                         if simple {
                             return Some(Conn::H1(H1Link::Raw(c)));
                         }
-                        let (stream, guard, uses) = c.into_parts();
+                        let (stream, guard, uses) = (*c).into_parts();
                         if let Ok(tx) = Box::pin(hyper_h1(stream, guard)).await {
                             return Some(Conn::H1(H1Link::Hyper { tx, uses }));
                         }
