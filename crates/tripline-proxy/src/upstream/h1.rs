@@ -36,6 +36,8 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
 /// How much the read buffer grows by when it is (nearly) full.
 const READ_CHUNK: usize = 16 * 1024;
+/// More interim (1xx) responses than this before the final one are refused.
+const MAX_INTERIM: usize = 16;
 /// A chunk-size line longer than this is not HTTP.
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -157,10 +159,21 @@ pub async fn send(
         }
     }
     let is_head = req.method() == Method::HEAD;
+    let mut interim = 0;
     loop {
         if let Some(head) = parse_head(&mut conn.read_buf).map_err(SendError::Reset)? {
-            // Interim responses (103 Early Hints and the like) are not forwarded.
+            if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                // Nothing asked to switch (upgrades go through hyper): the connection is no
+                // longer HTTP/1.1.
+                return Err(SendError::Reset(fail("upstream switched protocols unasked")));
+            }
+            // Interim responses (103 Early Hints and the like) are not forwarded; an upstream
+            // that sends nothing else must not keep us reading forever.
             if head.status.is_informational() {
+                interim += 1;
+                if interim > MAX_INTERIM {
+                    return Err(SendError::Reset(fail("upstream sent too many interim responses")));
+                }
                 continue;
             }
             return respond(conn, head, is_head).map(|r| (r, None)).map_err(SendError::Reset);
@@ -671,7 +684,15 @@ mod tests {
 
     #[tokio::test]
     async fn bad_or_missing_responses_are_resets() {
-        for reply in [&b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"[..], b"NOT HTTP\r\n\r\n", b""] {
+        let endless_interim: &'static [u8] = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(40).leak();
+        for reply in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"NOT HTTP\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            endless_interim,
+            b"",
+        ] {
             let (conn, _server) = upstream(vec![reply], 64).await;
             match call(conn, get(Method::GET, "/")).await {
                 Err(SendError::Reset(_)) => {}

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Quick same-run A/B of CPU per request: HAProxy against one or more tripline binaries, with
+# the user/kernel split. Minutes instead of run-peers.sh's quarter hour; use it while working,
+# and run-peers.sh for the figures in docs/benchmarks.md.
+#
+#   BINS="/tmp/old-tripline target/release/tripline" ROUNDS=3 DUR=5 bash bench/cpu-ab.sh
+#
+# Needs the peers from ../shared/bench/setup-peers.sh (nginx, haproxy, wrk, h2load). The
+# upstream is the harness's nginx (`return 200 "ok"`) on 127.0.0.1:18080; proxies run one
+# worker on CPU 0, the load generator and upstream on CPU 1. Prints one line per case, mode
+# and round: requests per second, CPU µs per request, and its user and kernel parts.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+PEERS=${PEERS:-$HERE/../../shared/bench}
+BINS=${BINS:-$HERE/../target/release/tripline}
+DUR=${DUR:-5}
+ROUNDS=${ROUNDS:-3}
+MODES=${MODES:-"h1 h2"}
+RUN=$(mktemp -d /tmp/cpu-ab.XXXXXX)
+mkdir -p "$RUN/tmp"
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$RUN"
+}
+trap cleanup EXIT
+
+taskset -c 1 nginx -p "$RUN/" -c "$PEERS/conf/upstream-nginx.conf" -e "$RUN/up.err" -g "pid $RUN/up.pid;" &
+PIDS+=($!)
+taskset -c 0 haproxy -db -f "$PEERS/conf/proxy-haproxy.cfg" >"$RUN/haproxy.log" 2>&1 &
+PIDS+=($!)
+declare -A SUT H1 H2
+SUT[haproxy]=$!; H1[haproxy]=http://127.0.0.1:18090/; H2[haproxy]=http://127.0.0.1:18091/
+CASES=(haproxy)
+i=0
+for bin in $BINS; do
+  i=$((i + 1)); port=$((18130 + i)); name="tripline$i"
+  sed "s/18130/$port/" "$HERE/peers.yaml" >"$RUN/$name.yaml"
+  taskset -c 0 "$bin" run -c "$RUN/$name.yaml" --workers 1 --log-level error --admin "127.0.0.1:$((15100 + i))" \
+    >"$RUN/$name.log" 2>&1 &
+  PIDS+=($!)
+  SUT[$name]=$!; H1[$name]=http://127.0.0.1:$port/; H2[$name]=http://127.0.0.1:$port/
+  CASES+=("$name")
+  echo "$name = $bin"
+done
+for c in "${CASES[@]}"; do
+  for _ in $(seq 50); do curl -sf -o /dev/null "${H1[$c]}" && break; sleep 0.1; done
+done
+
+ticks() { awk '{sub(/^.*\) /,""); print $12, $13}' "/proc/$1/stat"; }
+for r in $(seq "$ROUNDS"); do
+  for c in "${CASES[@]}"; do
+    for mode in $MODES; do
+      read -r u0 s0 < <(ticks "${SUT[$c]}")
+      if [ "$mode" = h1 ]; then
+        n=$(taskset -c 1 wrk -t1 -c64 -d"${DUR}s" "${H1[$c]}" | awk '/requests in/{print $1}')
+      else
+        n=$(taskset -c 1 h2load -t1 -c8 -m8 -D"$DUR" "${H2[$c]}" 2>/dev/null | awk '/^requests:/{print $8}')
+      fi
+      read -r u1 s1 < <(ticks "${SUT[$c]}")
+      awk -v c="$c" -v m="$mode" -v r="$r" -v n="$n" -v d="$DUR" -v u=$((u1 - u0)) -v s=$((s1 - s0)) \
+        -v hz="$(getconf CLK_TCK)" 'BEGIN{ printf "%-10s %s round %d: %6.0f rps  %6.2f us/req  (user %.2f, kernel %.2f)\n",
+          c, m, r, n / d, (u + s) * 1e6 / hz / n, u * 1e6 / hz / n, s * 1e6 / hz / n }'
+    done
+  done
+done
