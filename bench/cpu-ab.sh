@@ -4,6 +4,7 @@
 # and run-peers.sh for the figures in docs/benchmarks.md.
 #
 #   BINS="/tmp/old-tripline target/release/tripline" ROUNDS=3 DUR=5 bash bench/cpu-ab.sh
+#   MODES="lat-h1 lat-h2" bash bench/cpu-ab.sh     # latency at a fixed 5,000 rps (oha) instead
 #
 # Needs the peers from ../shared/bench/setup-peers.sh (nginx, haproxy, wrk, h2load). The
 # upstream is the harness's nginx (`return 200 "ok"`) on 127.0.0.1:18080; proxies run one
@@ -54,11 +55,19 @@ for r in $(seq "$ROUNDS"); do
   for c in "${CASES[@]}"; do
     for mode in $MODES; do
       read -r u0 s0 < <(ticks "${SUT[$c]}")
-      if [ "$mode" = h1 ]; then
-        n=$(taskset -c 1 wrk -t1 -c64 -d"${DUR}s" "${H1[$c]}" | awk '/requests in/{print $1}')
-      else
-        n=$(taskset -c 1 h2load -t1 -c8 -m8 -D"$DUR" "${H2[$c]}" 2>/dev/null | awk '/^requests:/{print $8}')
-      fi
+      case $mode in
+        h1) n=$(taskset -c 1 wrk -t1 -c64 -d"${DUR}s" "${H1[$c]}" | awk '/requests in/{print $1}') ;;
+        h2) n=$(taskset -c 1 h2load -t1 -c8 -m8 -D"$DUR" "${H2[$c]}" 2>/dev/null | awk '/^requests:/{print $8}') ;;
+        lat-h1 | lat-h2)
+          # The harness's fixed-rate latency run: oha at 5,000 rps, latency-corrected.
+          if [ "$mode" = lat-h1 ]; then args=(-c 16 "${H1[$c]}"); else args=(-c 2 -p 8 --http2 "${H2[$c]}"); fi
+          taskset -c 1 oha --no-tui --output-format json -z "${DUR}s" -q 5000 --latency-correction "${args[@]}" \
+            >"$RUN/oha.json" 2>/dev/null
+          python3 -c "import json,sys; p=json.load(open(sys.argv[1]))['latencyPercentiles']
+print('%-10s %s round %s: p50 %.0f  p90 %.0f  p99 %.0f  p99.9 %.0f us' % (sys.argv[2], sys.argv[3], sys.argv[4],
+      p['p50']*1e6, p['p90']*1e6, p['p99']*1e6, p['p99.9']*1e6))" "$RUN/oha.json" "$c" "$mode" "$r"
+          continue ;;
+      esac
       read -r u1 s1 < <(ticks "${SUT[$c]}")
       awk -v c="$c" -v m="$mode" -v r="$r" -v n="$n" -v d="$DUR" -v u=$((u1 - u0)) -v s=$((s1 - s0)) \
         -v hz="$(getconf CLK_TCK)" 'BEGIN{ printf "%-10s %s round %d: %6.0f rps  %6.2f us/req  (user %.2f, kernel %.2f)\n",
