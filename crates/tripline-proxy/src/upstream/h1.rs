@@ -146,6 +146,7 @@ pub async fn send(
     mut conn: Box<RawConn>,
     req: &Request<RequestBody>,
 ) -> Result<(Response<UpstreamBody>, Option<Reusable>), SendError> {
+    let reused = conn.uses > 0;
     conn.uses += 1;
     encode_head(&mut conn.write_buf, req);
     let mut written = 0;
@@ -181,11 +182,17 @@ pub async fn send(
         if conn.read_buf.len() > MAX_HEAD {
             return Err(SendError::Reset(fail("upstream response head too large")));
         }
-        match poll_fn(|cx| conn.poll_fill(cx)).await {
-            Ok(0) => return Err(SendError::Reset(fail("upstream closed the connection before responding"))),
-            Ok(_) => {}
-            Err(e) => return Err(SendError::Reset(e.into())),
-        }
+        let failure = match poll_fn(|cx| conn.poll_fill(cx)).await {
+            Ok(0) => fail("upstream closed the connection before responding"),
+            Ok(_) => continue,
+            Err(e) => e.into(),
+        };
+        // A kept-alive connection the upstream closed just as we reused it (its close and our
+        // request crossed): nothing of a response came back, and an idempotent request
+        // without a body is safe to send again on another connection, as Go's and curl's
+        // clients do. Anything else is a reset for the retry policy to judge.
+        let stale = reused && interim == 0 && conn.read_buf.is_empty() && super::idempotent(req.method());
+        return Err(if stale { SendError::NotSent(None) } else { SendError::Reset(failure) });
     }
 }
 
@@ -713,6 +720,24 @@ mod tests {
         let seen = tokio::time::timeout(std::time::Duration::from_secs(5), conn.stream.readable()).await;
         assert!(seen.is_ok(), "the close never reached the event loop");
         assert!(!conn.is_usable());
+    }
+
+    #[tokio::test]
+    async fn a_reused_connection_closed_under_us_hands_an_idempotent_request_back() {
+        for (method, expect_not_sent) in [(Method::GET, true), (Method::POST, false)] {
+            let (conn, server) = upstream(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"], 64).await;
+            let (_, _, back) = read_all(call(conn, get(Method::GET, "/")).await.unwrap()).await;
+            // The upstream closes; reuse the connection anyway, as if the close had not been
+            // seen yet when the request was sent.
+            server.await.unwrap();
+            match (call(back.unwrap(), get(method.clone(), "/")).await, expect_not_sent) {
+                (Err(SendError::NotSent(None)), true) | (Err(SendError::Reset(_)), false) => {}
+                (other, _) => panic!("{method}: {other:?}"),
+            }
+        }
+        // A fresh connection that closes without answering is a reset, whatever the method.
+        let (conn, _server) = upstream(vec![b""], 64).await;
+        assert!(matches!(call(conn, get(Method::GET, "/")).await, Err(SendError::Reset(_))));
     }
 
     #[tokio::test]

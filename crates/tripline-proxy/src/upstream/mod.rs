@@ -236,7 +236,7 @@ impl From<Reason> for Refusal {
 pub type SendResult = Result<(Response<UpstreamBody>, Box<InFlight>), Refusal>;
 
 /// Idempotent methods (RFC 9110 section 9.2.2) may be re-sent after they reached an upstream.
-fn idempotent(m: &Method) -> bool {
+pub(crate) fn idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 

@@ -265,3 +265,66 @@ async fn h2c_client_to_h2c_upstream() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["version"], "HTTP/2.0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_get_requests_reuse_one_upstream_connection() {
+    // Requests without a body take the lean HTTP/1.1 client; its connections are pooled too.
+    let up = Upstream::http("u1").await;
+    let (_proxy, addr) = proxy_to(&[&up], "HTTP").await;
+    for proto in [Proto::H1, Proto::H2] {
+        let mut conn = Conn::connect(addr, proto).await.unwrap();
+        for _ in 0..10 {
+            let r = conn.get("backend.local", "/r").await.expect("request through the proxy");
+            assert_eq!(r.status, 200);
+        }
+    }
+    assert_eq!(up.connections(), 1, "20 sequential GETs should share one upstream connection");
+}
+
+/// An upstream that answers one request per connection and then closes it, while the
+/// response says nothing of closing: each kept-alive connection is dead by the time the
+/// proxy reuses it. Returns its address and the number of connections it accepted.
+async fn closing_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                // Dropping the socket closes it right after the response.
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_closing_kept_alive_connections_fails_no_request() {
+    let (up, accepted) = closing_upstream().await;
+    let port = free_port();
+    let proxy = Proxy::start(&config::simple(port, "HTTP", &[up], None)).await;
+    let mut conn = Conn::connect(listener_addr(port), Proto::H1).await.unwrap();
+    let mut failed = Vec::new();
+    for i in 0..50 {
+        let r = conn.get("backend.local", "/").await.expect("request through the proxy");
+        if r.status != 200 {
+            failed.push((i, r.status, r.reason().map(str::to_owned)));
+        }
+    }
+    assert!(failed.is_empty(), "requests failed on connections the upstream had closed: {failed:?}");
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(n >= 50, "each request needed a fresh connection, yet the upstream accepted only {n}");
+    drop(proxy);
+}
