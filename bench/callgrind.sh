@@ -10,23 +10,14 @@
 # /tmp/callgrind.tripline.<mode>.out.1 for callgrind_annotate.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-PEERS=${PEERS:-$HERE/../../shared/bench}
 MODE=${1:-h1}
 BIN=${2:-$HERE/../target/release/tripline}
 N=20000
 OUT=/tmp/callgrind.tripline.$MODE.out
-RUN=$(mktemp -d /tmp/callgrind-run.XXXXXX)
-mkdir -p "$RUN/tmp"
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$RUN"
-}
-trap cleanup EXIT
-nginx -p "$RUN/" -c "$PEERS/conf/upstream-nginx.conf" -e "$RUN/up.err" -g "pid $RUN/up.pid;" &
-PIDS+=($!)
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
+
+start_upstream
 rm -f "$OUT" "$OUT".*
 valgrind --tool=callgrind --callgrind-out-file="$OUT" "$BIN" run -c "$HERE/peers.yaml" --workers 1 \
   --log-level error >"$RUN/tripline.log" 2>&1 &

@@ -12,24 +12,14 @@
 # and round: requests per second, CPU µs per request, and its user and kernel parts.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
-PEERS=${PEERS:-$HERE/../../shared/bench}
 BINS=${BINS:-$HERE/../target/release/tripline}
 DUR=${DUR:-5}
 ROUNDS=${ROUNDS:-3}
 MODES=${MODES:-"h1 h2"}
-RUN=$(mktemp -d /tmp/cpu-ab.XXXXXX)
-mkdir -p "$RUN/tmp"
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$RUN"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 
-taskset -c 1 nginx -p "$RUN/" -c "$PEERS/conf/upstream-nginx.conf" -e "$RUN/up.err" -g "pid $RUN/up.pid;" &
-PIDS+=($!)
+start_upstream 1
 taskset -c 0 haproxy -db -f "$PEERS/conf/proxy-haproxy.cfg" >"$RUN/haproxy.log" 2>&1 &
 PIDS+=($!)
 declare -A SUT H1 H2
