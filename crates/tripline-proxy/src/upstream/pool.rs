@@ -7,6 +7,9 @@
 //!   within `connectTimeout` is refused with `overflow-connections`: the pool is saturated.
 //! - HTTP/2: one multiplexed connection per endpoint, replaced when it closes or has served
 //!   `maxRequestsPerConnection` requests.
+//! - An HTTP/1.1 connection is driven by the lean client ([`super::h1`]) for requests without
+//!   a body, or by hyper's client (a task per connection) for the rest. An idle lean-client
+//!   connection taken by a request with a body is handed to hyper; never the other way.
 //!
 //! Connection slots are [`Permit`]s held by the connection's task, so a connection that dies
 //! for any reason frees its slot and wakes the pending requests.
