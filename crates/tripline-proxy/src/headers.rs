@@ -23,14 +23,13 @@ pub fn is_upgrade<B>(req: &Request<B>) -> bool {
         && connection_has(req.headers(), "upgrade")
 }
 
-/// Whether a `Connection` header lists `token` (case-insensitive).
-pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| has_token(v.as_bytes(), token.as_bytes()))
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitive).
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// The fixed hop-by-hop headers (RFC 9110 section 7.6.1 and the de-facto ones), in the bit

@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 
 use super::pool::{ConnGuard, Reusable, SendError};
 use crate::body::{BoxError, RequestBody, UpstreamBody};
+use crate::headers::has_token;
 
 /// Larger response heads (or trailer blocks) are refused: the request fails as a reset.
 const MAX_HEAD: usize = 64 * 1024;
@@ -231,11 +232,6 @@ struct Head {
     keep_alive: bool,
     /// Whether the (last) transfer coding is chunked, if Transfer-Encoding was present.
     chunked: Option<bool>,
-}
-
-/// Whether `token` is in a comma-separated header value (case-insensitive).
-fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// Parses a complete response head off the front of `buf`, or returns `None` if more bytes
