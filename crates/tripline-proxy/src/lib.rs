@@ -15,7 +15,7 @@ pub mod http_proxy;
 pub mod listener;
 pub mod local_reply;
 pub mod metrics;
-mod net_io;
+pub mod net_io;
 pub mod resilience;
 pub mod router;
 pub mod tcp_proxy;

@@ -1,50 +1,376 @@
-//! The socket type hyper and h2 drive: a `TcpStream` whose small vectored writes go out as one
-//! `send`.
+//! The socket type every proxied HTTP connection uses, client side and upstream: a `TcpStream`
+//! whose small writes are held until the event loop has run every ready task, then sent
+//! together, one `send` per connection.
 //!
-//! hyper writes a response as a head buffer plus body buffers and h2 writes a frame head plus
-//! its payload, both through `writev`. On Linux `writev` on a socket costs more kernel time than
-//! `send` (it goes through the VFS layer: `fdget_pos`, iovec import, `rw_verify_area`), about
-//! 0.2 µs a call on the benchmark machine, two calls per proxied HTTP/1.1 request. HAProxy
-//! copies into one buffer and calls `send`; so do we when the buffers are small. Large writes
-//! (bodies) keep `writev`, where the copy would cost more than the syscall saves.
+//! Why hold them: a proxy's work comes in bursts. One `epoll_wait` wakes dozens of connections;
+//! each reads a request and writes it upstream, or reads a response and writes it back. Written
+//! at once, the sends trickle out a couple of microseconds apart, and each can wake a peer
+//! process (the upstream, the client) that had just gone back to sleep: a cross-CPU wakeup the
+//! sender pays for in kernel time. Sent together at the end of the burst, one wakeup serves
+//! them all. HAProxy and Envoy work this way (they read everything ready, then write), and on
+//! the benchmark machine the peers' context switches per request halved. See
+//! docs/architecture.md ("Deferred writes").
+//!
+//! How: the one thread of a single-worker runtime runs a flusher task
+//! ([`defer_writes_on_this_thread`]). A small write is copied into the connection's outbox, the
+//! outbox joins the thread's queue, and the write reports success. Waking the flusher puts it at
+//! the back of the runtime's run queue, behind every task already woken, so it runs when the
+//! burst has been handled and sends each queued outbox. `poll_flush` does not wait for it (the
+//! bytes go out within the same tick); `poll_shutdown` and drop send what is held first.
+//!
+//! Whatever the flusher cannot send (a full socket buffer) stays in the outbox and the owning
+//! task is woken: its next read, write or flush pushes the rest out the usual way, waiting for
+//! the socket to become writable, and further writes wait behind it. An outbox never holds more
+//! than [`DEFER_MAX`] bytes, so backpressure is kept. On a multi-threaded runtime there is no
+//! flusher (a task may move between threads) and writes go straight out.
+//!
+//! Small vectored writes (hyper's head plus body, h2's frame head plus payload) are joined into
+//! one `send` either way: on Linux `writev` on a socket costs more kernel time than `send` (the
+//! VFS layer: `fdget_pos`, iovec import, `rw_verify_area`), about 0.2 µs a call here.
 
-use std::io::{self, IoSlice};
+use std::cell::RefCell;
+use std::io::{self, IoSlice, Write};
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-/// Vectored writes up to this many bytes in total are copied into one buffer and sent with a
-/// single `send`. A response head plus a small body fits; a body chunk of a large download
-/// does not and is written with `writev` as is.
+/// Writes up to this many bytes (all slices together) are deferred, or when there is no
+/// flusher joined into one `send`. Larger ones (body chunks of a download) go out at once with
+/// `writev`: copying them would cost more than the syscall saves.
 const COALESCE_MAX: usize = 2048;
 
+/// An outbox holding this much is sent at once instead of waiting for the end of the tick.
+const DEFER_MAX: usize = 16 * 1024;
+
 thread_local! {
-    static JOINED: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(COALESCE_MAX));
+    /// The scratch buffer small vectored writes are joined in when they are not deferred.
+    static JOINED: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(COALESCE_MAX));
+    /// This thread's flush queue, when it runs a flusher.
+    static QUEUE: RefCell<Option<Arc<FlushQueue>>> = const { RefCell::new(None) };
 }
 
-/// A TCP stream for hyper/h2 connections (wrap it in `hyper_util::rt::TokioIo`).
+/// Starts deferring small writes made on this thread: spawns the flusher task. Call it from
+/// inside a current-thread runtime, once; on a multi-threaded runtime it does nothing (the
+/// flusher could run on another thread than the writers).
+pub fn defer_writes_on_this_thread() {
+    if tokio::runtime::Handle::current().runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
+        return;
+    }
+    let queue = Arc::new(FlushQueue { open: AtomicBool::new(true), inner: Mutex::default() });
+    QUEUE.with_borrow_mut(|q| *q = Some(queue.clone()));
+    let mut flusher = Flusher { queue, spare: Vec::new() };
+    tokio::spawn(std::future::poll_fn(move |cx| {
+        flusher.queue.flush(cx, &mut flusher.spare);
+        Poll::<()>::Pending
+    }));
+}
+
+/// The flusher task's state. When the runtime shuts down and drops it, the queue closes and
+/// later writes on this thread go straight out instead of waiting for a flusher that is gone.
+struct Flusher {
+    queue: Arc<FlushQueue>,
+    spare: Vec<Arc<Outbox>>,
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.queue.open.store(false, Ordering::Relaxed);
+    }
+}
+
+/// The outboxes with bytes due at the end of this tick, and the flusher's waker.
+struct FlushQueue {
+    /// The flusher task is alive.
+    open: AtomicBool,
+    inner: Mutex<QueueInner>,
+}
+
+#[derive(Default)]
+struct QueueInner {
+    due: Vec<Arc<Outbox>>,
+    flusher: Option<Waker>,
+}
+
+impl FlushQueue {
+    fn push(&self, outbox: Arc<Outbox>) {
+        let mut q = lock(&self.inner);
+        q.due.push(outbox);
+        // The first outbox of a tick wakes the flusher, which goes to the back of the run queue.
+        if q.due.len() == 1 {
+            if let Some(w) = &q.flusher {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    /// The flusher's body: sends every due outbox, in the order they were queued.
+    fn flush(&self, cx: &mut Context<'_>, spare: &mut Vec<Arc<Outbox>>) {
+        {
+            let mut q = lock(&self.inner);
+            if !q.flusher.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                q.flusher = Some(cx.waker().clone());
+            }
+            std::mem::swap(&mut q.due, spare);
+        }
+        for outbox in spare.drain(..) {
+            outbox.send_due();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // No code path panics while holding these locks; recover the data rather than spread a
+    // poison panic through every connection if one ever did.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Bytes written but not yet sent, shared between a connection and its thread's flusher.
+struct Outbox {
+    /// The connection's socket. Used by the flusher only while `held.closed` is false, checked
+    /// under the lock: the connection sets it, under the lock, before its socket closes.
+    fd: RawFd,
+    /// The flusher left bytes it could not send: the owner must push them out.
+    stalled: AtomicBool,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    buf: Vec<u8>,
+    /// In the flush queue: the flusher will send `buf` at the end of this tick.
+    queued: bool,
+    /// The connection is gone and its socket may be closed: never touch `fd` again.
+    closed: bool,
+    /// A deferred send failed; the owner's next write or flush reports it.
+    error: Option<io::Error>,
+    /// The failed send was the first of a fresh outbox: none of its bytes reached the socket.
+    failed_unsent: bool,
+    /// The owning task, woken when the flusher leaves bytes or an error behind.
+    owner: Option<Waker>,
+}
+
+impl Outbox {
+    /// Run by the flusher: one `send` of everything held.
+    fn send_due(&self) {
+        let mut held = lock(&self.held);
+        held.queued = false;
+        if held.closed || held.buf.is_empty() {
+            return;
+        }
+        loop {
+            match send_on_fd(self.fd, &held.buf) {
+                Ok(n) if n == held.buf.len() => {
+                    held.buf.clear();
+                    // A burst of small writes can grow the buffer; don't keep that per idle
+                    // connection.
+                    if held.buf.capacity() > 4 * COALESCE_MAX {
+                        held.buf = Vec::new();
+                    }
+                    return;
+                }
+                Ok(n) => {
+                    held.buf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    // Partial sends leave the loop, so an error here is on this batch's first
+                    // send: none of its bytes reached the socket.
+                    held.buf.clear();
+                    held.failed_unsent = true;
+                    held.error = Some(e);
+                }
+            }
+            break;
+        }
+        // Bytes or an error left: the owner takes over.
+        self.stalled.store(true, Ordering::Relaxed);
+        if let Some(w) = held.owner.take() {
+            w.wake();
+        }
+    }
+}
+
+/// `send(2)` on a socket the caller guarantees open (see [`Outbox::fd`]).
+fn send_on_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: the fd belongs to a live `TcpStream`: the caller holds the outbox lock and saw
+    // `closed` false, and the stream's owner sets `closed` under that lock before dropping it.
+    // `ManuallyDrop` keeps this borrowed handle from closing the fd. std's TCP write is
+    // `send(..., MSG_NOSIGNAL)`, and the socket is non-blocking (tokio made it so).
+    let stream = ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+    (&*stream).write(buf)
+}
+
+/// A TCP stream for hyper/h2 connections (wrap it in `hyper_util::rt::TokioIo`) and the lean
+/// HTTP/1.1 client.
 #[derive(Debug)]
 pub struct TcpIo {
     stream: TcpStream,
+    /// Created at the first deferred write.
+    outbox: Option<Arc<Outbox>>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").field("fd", &self.fd).finish_non_exhaustive()
+    }
 }
 
 impl TcpIo {
     pub fn new(stream: TcpStream) -> Self {
-        TcpIo { stream }
+        TcpIo { stream, outbox: None }
+    }
+
+    /// The socket, for reading directly (the lean client does).
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Pushes out bytes the flusher could not send, registering for writability if the socket
+    /// is still full. Readers that bypass `poll_read` call it so held bytes are never stranded.
+    pub fn poll_unstall(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let Some(outbox) = &self.outbox else { return Ok(()) };
+        if !outbox.stalled.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut held = lock(&outbox.held);
+        match drain(&mut self.stream, cx, &mut held) {
+            Poll::Ready(Err(e)) => {
+                held.error = Some(e);
+                Ok(())
+            }
+            Poll::Ready(Ok(())) => {
+                outbox.stalled.store(held.error.is_some(), Ordering::Relaxed);
+                Ok(())
+            }
+            Poll::Pending => Ok(()),
+        }
+    }
+
+    /// Whether a deferred write failed before any of its bytes reached the socket (the lean
+    /// client then knows its request was never sent).
+    pub fn failed_unsent(&self) -> bool {
+        self.outbox.as_ref().is_some_and(|o| {
+            let held = lock(&o.held);
+            held.error.is_some() && held.failed_unsent
+        })
+    }
+
+    /// Sends everything held, waiting for the socket if it is full; a deferred error surfaces
+    /// here.
+    fn poll_send_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(outbox) = &self.outbox else { return Poll::Ready(Ok(())) };
+        let mut held = lock(&outbox.held);
+        if let Some(e) = held.error.take() {
+            return Poll::Ready(Err(e));
+        }
+        ready!(drain(&mut self.stream, cx, &mut held))?;
+        outbox.stalled.store(false, Ordering::Relaxed);
+        Poll::Ready(Ok(()))
+    }
+
+    /// Defers `bufs` (at most [`COALESCE_MAX`] bytes in all) to the end of the tick, if this
+    /// thread has a flusher; `None` if it has not.
+    fn poll_defer(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+        total: usize,
+    ) -> Option<Poll<io::Result<usize>>> {
+        QUEUE.with_borrow(|queue| {
+            let queue = queue.as_ref().filter(|q| q.open.load(Ordering::Relaxed))?;
+            Some(self.defer(queue, cx, bufs, total))
+        })
+    }
+
+    fn defer(
+        &mut self,
+        queue: &FlushQueue,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+        total: usize,
+    ) -> Poll<io::Result<usize>> {
+        let fd = self.stream.as_raw_fd();
+        let outbox = self.outbox.get_or_insert_with(|| {
+            Arc::new(Outbox { fd, stalled: AtomicBool::new(false), held: Mutex::new(Held::default()) })
+        });
+        let mut held = lock(&outbox.held);
+        if let Some(e) = held.error.take() {
+            return Poll::Ready(Err(e));
+        }
+        // Bytes the flusher could not send must go first, and new ones wait behind them; an
+        // outbox that grew large in this tick is sent now.
+        if (!held.queued && !held.buf.is_empty()) || held.buf.len() + total > DEFER_MAX {
+            ready!(drain(&mut self.stream, cx, &mut held))?;
+            outbox.stalled.store(false, Ordering::Relaxed);
+        }
+        for b in bufs {
+            held.buf.extend_from_slice(b);
+        }
+        if !held.owner.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            held.owner = Some(cx.waker().clone());
+        }
+        if !held.queued {
+            held.queued = true;
+            held.failed_unsent = false;
+            drop(held);
+            queue.push(outbox.clone());
+        }
+        Poll::Ready(Ok(total))
+    }
+}
+
+/// Writes out `held.buf` on the stream (tokio's write: a full socket registers the task for
+/// writability).
+fn drain(stream: &mut TcpStream, cx: &mut Context<'_>, held: &mut Held) -> Poll<io::Result<()>> {
+    while !held.buf.is_empty() {
+        match ready!(Pin::new(&mut *stream).poll_write(cx, &held.buf)) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                held.buf.drain(..n);
+            }
+            Err(e) => {
+                held.buf.clear();
+                return Poll::Ready(Err(e));
+            }
+        }
+    }
+    Poll::Ready(Ok(()))
+}
+
+impl Drop for TcpIo {
+    fn drop(&mut self) {
+        let Some(outbox) = &self.outbox else { return };
+        let mut held = lock(&outbox.held);
+        // A response written just before the connection closed still goes out (best effort:
+        // the socket is not waited for).
+        if !held.closed && held.error.is_none() && !held.buf.is_empty() {
+            let _ = self.stream.try_write(&held.buf);
+        }
+        held.closed = true;
+        held.buf = Vec::new();
+        held.owner = None;
     }
 }
 
 impl AsyncRead for TcpIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        // Held bytes are pushed out by whatever the owner polls next; errors wait for a write.
+        this.poll_unstall(cx)?;
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TcpIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -52,7 +378,19 @@ impl AsyncWrite for TcpIo {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let stream = Pin::new(&mut self.get_mut().stream);
+        let this = self.get_mut();
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        if total <= COALESCE_MAX {
+            if let Some(result) = this.poll_defer(cx, bufs, total) {
+                return result;
+            }
+        }
+        // Written now: whatever is held goes first.
+        ready!(this.poll_send_held(cx))?;
+        let stream = Pin::new(&mut this.stream);
         let mut nonempty = bufs.iter().filter(|b| !b.is_empty());
         let (Some(first), second) = (nonempty.next(), nonempty.next()) else {
             return Poll::Ready(Ok(0));
@@ -60,7 +398,6 @@ impl AsyncWrite for TcpIo {
         let Some(second) = second else {
             return stream.poll_write(cx, first);
         };
-        let total: usize = bufs.iter().map(|b| b.len()).sum();
         if total > COALESCE_MAX {
             return stream.poll_write_vectored(cx, bufs);
         }
@@ -80,12 +417,27 @@ impl AsyncWrite for TcpIo {
         true
     }
 
+    /// Held bytes that are queued go out at the end of this tick without the caller waiting;
+    /// bytes the flusher could not send are pushed out here.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        if let Some(outbox) = &this.outbox {
+            let mut held = lock(&outbox.held);
+            if let Some(e) = held.error.take() {
+                return Poll::Ready(Err(e));
+            }
+            if !held.queued && !held.buf.is_empty() {
+                ready!(drain(&mut this.stream, cx, &mut held))?;
+                outbox.stalled.store(false, Ordering::Relaxed);
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        let this = self.get_mut();
+        ready!(this.poll_send_held(cx))?;
+        Pin::new(&mut this.stream).poll_shutdown(cx)
     }
 }
 
@@ -124,5 +476,133 @@ mod tests {
         let mut got = Vec::new();
         peer.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, expected);
+    }
+
+    fn nothing_arrived(peer: &TcpStream) -> bool {
+        matches!(peer.try_read(&mut [0u8; 64]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// One poll of a task (as when a burst of requests is handled) writes on several
+    /// connections: nothing leaves until the tick ends, then each connection's bytes arrive
+    /// whole and in order, and a large write that follows goes out behind the held bytes.
+    #[tokio::test]
+    async fn small_writes_leave_together_when_the_tick_ends() {
+        defer_writes_on_this_thread();
+        let (mut a, mut peer_a) = pair().await;
+        let (mut b, mut peer_b) = pair().await;
+        a.write_all(b"one ").await.unwrap();
+        b.write_all(b"two").await.unwrap();
+        a.write_all(b"three").await.unwrap();
+        a.flush().await.unwrap();
+        assert!(nothing_arrived(&peer_a) && nothing_arrived(&peer_b), "sent before the tick ended");
+        tokio::task::yield_now().await;
+        let mut got = [0u8; 9];
+        peer_a.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"one three");
+        let mut got = [0u8; 3];
+        peer_b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"two");
+
+        let big = vec![b'x'; DEFER_MAX * 2];
+        a.write_all(b"head ").await.unwrap();
+        a.write_all(&big).await.unwrap();
+        a.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        peer_a.read_to_end(&mut got).await.unwrap();
+        assert_eq!(&got[..5], b"head ");
+        assert_eq!(got.len(), 5 + big.len());
+    }
+
+    /// A reader that stops reading: deferred writes fill the socket, the flusher leaves bytes
+    /// behind, and the writer is then held back (its write waits) instead of buffering without
+    /// end. When the reader resumes, every byte arrives, in order.
+    #[tokio::test]
+    async fn a_full_socket_holds_the_writer_back_and_loses_nothing() {
+        defer_writes_on_this_thread();
+        let listener = tokio::net::TcpSocket::new_v4().unwrap();
+        listener.set_recv_buffer_size(4096).unwrap();
+        listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = listener.listen(8).unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_send_buffer_size(4096).unwrap();
+        let mut io = TcpIo::new(socket.connect(listener.local_addr().unwrap()).await.unwrap());
+        let (mut peer, _) = listener.accept().await.unwrap();
+
+        let message = |n: u32| format!("{n:09}\n").into_bytes();
+        let mut sent = Vec::new();
+        let mut n = 0;
+        loop {
+            let msg = message(n);
+            let step = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut io).poll_write(cx, &msg))).await;
+            match step {
+                Poll::Ready(written) => {
+                    assert_eq!(written.unwrap(), msg.len(), "a small write is taken whole");
+                    sent.extend_from_slice(&msg);
+                }
+                Poll::Pending => break,
+            }
+            let held = io.outbox.as_ref().map_or(0, |o| lock(&o.held).buf.len());
+            assert!(held <= DEFER_MAX, "{held} bytes held");
+            // The flusher runs between writes, as it would between request bursts.
+            tokio::task::yield_now().await;
+            n += 1;
+            assert!(n < 1_000_000, "the writer was never held back");
+        }
+        assert!(n > 10, "held back after only {n} writes");
+
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        for n in n..n + 1000 {
+            let msg = message(n);
+            io.write_all(&msg).await.unwrap();
+            sent.extend_from_slice(&msg);
+        }
+        io.shutdown().await.unwrap();
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "bytes arrived out of order");
+    }
+
+    /// A response written just before its connection is dropped still reaches the client.
+    #[tokio::test]
+    async fn bytes_held_when_the_connection_is_dropped_are_still_sent() {
+        defer_writes_on_this_thread();
+        let (mut io, mut peer) = pair().await;
+        io.write_all(b"last words").await.unwrap();
+        drop(io);
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
+    }
+
+    /// The peer reset the connection: the deferred send fails in the flusher, and the writer
+    /// hears of it at its next flush, knowing none of those bytes were sent.
+    #[tokio::test]
+    async fn a_failed_deferred_send_is_reported_to_the_writer() {
+        defer_writes_on_this_thread();
+        let (mut io, peer) = pair().await;
+        peer.set_zero_linger().unwrap();
+        drop(peer);
+        // Loopback delivers the reset before `drop` returns, but let the event loop see it.
+        tokio::task::yield_now().await;
+        io.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(io.failed_unsent());
+        assert!(io.flush().await.is_err());
+    }
+
+    /// Where no flusher runs (a multi-threaded runtime), writes go out at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn without_a_flusher_writes_go_out_at_once() {
+        defer_writes_on_this_thread();
+        let (mut io, mut peer) = pair().await;
+        io.write_all(b"now").await.unwrap();
+        let mut got = [0u8; 3];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"now");
+        assert!(io.outbox.is_none());
     }
 }

@@ -90,7 +90,7 @@ pub fn run(args: DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async move {
+    crate::run::block_on(&rt, async move {
         match demo(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

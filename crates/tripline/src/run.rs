@@ -21,6 +21,16 @@ pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
+/// Runs the proxy's main future on the runtime. On a single-worker runtime, small socket writes
+/// are then deferred to the end of each event-loop tick and sent together (see
+/// `tripline_proxy::net_io`).
+pub fn block_on<T>(rt: &tokio::runtime::Runtime, main: impl std::future::Future<Output = T>) -> T {
+    rt.block_on(async {
+        tripline_proxy::net_io::defer_writes_on_this_thread();
+        main.await
+    })
+}
+
 fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Loaded, Vec<tripline_config::Diagnostic>> {
     tripline_config::read_sources(paths).and_then(|s| tripline_config::load(&s, opts))
 }
@@ -49,7 +59,7 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(serve(args, opts, loaded, workers))
+    block_on(&rt, serve(args, opts, loaded, workers))
 }
 
 async fn serve(args: RunArgs, opts: LoadOptions, loaded: Loaded, workers: usize) -> ExitCode {

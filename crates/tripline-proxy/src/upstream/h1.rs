@@ -30,6 +30,7 @@ use tokio::net::TcpStream;
 use super::pool::{ConnGuard, Reusable, SendError};
 use crate::body::{BoxError, RequestBody, UpstreamBody};
 use crate::headers::has_token;
+use crate::net_io::TcpIo;
 
 /// Larger response heads (or trailer blocks) are refused: the request fails as a reset.
 const MAX_HEAD: usize = 64 * 1024;
@@ -51,7 +52,7 @@ pub fn is_simple(req: &Request<RequestBody>) -> bool {
 
 /// A pooled upstream connection driven by this module.
 pub struct RawConn {
-    stream: TcpStream,
+    io: TcpIo,
     read_buf: BytesMut,
     write_buf: Vec<u8>,
     /// The last read returned less than the buffer offered: the socket had nothing more.
@@ -65,7 +66,7 @@ pub struct RawConn {
 impl std::fmt::Debug for RawConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RawConn")
-            .field("peer", &self.stream.peer_addr().ok())
+            .field("peer", &self.io.stream().peer_addr().ok())
             .field("uses", &self.uses)
             .finish()
     }
@@ -76,7 +77,7 @@ impl RawConn {
     /// response body as a pointer.
     pub fn new(stream: TcpStream, guard: ConnGuard) -> Box<Self> {
         Box::new(RawConn {
-            stream,
+            io: TcpIo::new(stream),
             read_buf: BytesMut::new(),
             write_buf: Vec::new(),
             drained: false,
@@ -91,20 +92,20 @@ impl RawConn {
     /// readable while idle.
     pub fn is_usable(&mut self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
+        match self.io.stream().poll_read_ready(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
             Poll::Ready(Ok(())) => {
                 let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                matches!(self.io.stream().try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
         }
     }
 
     /// The socket and its slot, for hyper to take over (the read buffer is empty: pooled
     /// connections never hold unread bytes).
-    pub fn into_parts(self) -> (TcpStream, ConnGuard, u32) {
-        (self.stream, self.guard, self.uses)
+    pub fn into_parts(self) -> (TcpIo, ConnGuard, u32) {
+        (self.io, self.guard, self.uses)
     }
 
     /// Reads more from the socket into the read buffer; `Ok(0)` is end of stream.
@@ -112,10 +113,12 @@ impl RawConn {
         if self.read_buf.capacity() - self.read_buf.len() < 1024 {
             self.read_buf.reserve(READ_CHUNK);
         }
+        // The request head may still sit in the socket's outbox (see `net_io`).
+        self.io.poll_unstall(cx)?;
         loop {
-            ready!(self.stream.poll_read_ready(cx))?;
+            ready!(self.io.stream().poll_read_ready(cx))?;
             let offered = self.read_buf.capacity() - self.read_buf.len();
-            match self.stream.try_read_buf(&mut self.read_buf) {
+            match self.io.stream().try_read_buf(&mut self.read_buf) {
                 Ok(n) => {
                     self.drained = n < offered;
                     return Poll::Ready(Ok(n));
@@ -131,7 +134,10 @@ impl RawConn {
     /// probe syscall. Tokio clears only if no event arrived since, and never clears "closed".
     fn settle(&mut self) {
         if self.drained && self.read_buf.is_empty() {
-            let _ = self.stream.try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+            let _ = self
+                .io
+                .stream()
+                .try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
         }
     }
 }
@@ -152,7 +158,7 @@ pub async fn send(
     encode_head(&mut conn.write_buf, req);
     let mut written = 0;
     while written < conn.write_buf.len() {
-        match conn.stream.write(&conn.write_buf[written..]).await {
+        match conn.io.write(&conn.write_buf[written..]).await {
             Ok(n) if n > 0 => written += n,
             // Nothing reached the upstream: the request can go out on another connection.
             Ok(_) | Err(_) if written == 0 => return Err(SendError::NotSent(None)),
@@ -192,7 +198,9 @@ pub async fn send(
         // request crossed): nothing of a response came back, and an idempotent request
         // without a body is safe to send again on another connection, as Go's and curl's
         // clients do. Anything else is a reset for the retry policy to judge.
-        let stale = reused && interim == 0 && conn.read_buf.is_empty() && super::idempotent(req.method());
+        // Likewise when the deferred send of the head failed outright (see `net_io`).
+        let unanswered = interim == 0 && conn.read_buf.is_empty();
+        let stale = unanswered && ((reused && super::idempotent(req.method())) || conn.io.failed_unsent());
         return Err(if stale { SendError::NotSent(None) } else { SendError::Reset(failure) });
     }
 }
@@ -713,7 +721,7 @@ mod tests {
         assert!(conn.is_usable());
         // The scripted upstream closes after its last reply; wait for the event loop to see it.
         server.await.unwrap();
-        let seen = tokio::time::timeout(std::time::Duration::from_secs(5), conn.stream.readable()).await;
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(5), conn.io.stream().readable()).await;
         assert!(seen.is_ok(), "the close never reached the event loop");
         assert!(!conn.is_usable());
     }

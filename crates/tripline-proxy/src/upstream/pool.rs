@@ -26,6 +26,8 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+
+use crate::net_io::TcpIo;
 use tripline_config::plan::UpstreamProtocol;
 use tripline_core::clock::Nanos;
 use tripline_core::limits::Permit;
@@ -228,8 +230,8 @@ async fn reuse(cluster: &Cluster, ep: &Endpoint, now: Nanos, simple: bool) -> Op
                         if simple {
                             return Some(Conn::H1(H1Link::Raw(c)));
                         }
-                        let (stream, guard, uses) = (*c).into_parts();
-                        if let Ok(tx) = Box::pin(hyper_h1(stream, guard)).await {
+                        let (io, guard, uses) = (*c).into_parts();
+                        if let Ok(tx) = Box::pin(hyper_h1(io, guard)).await {
                             return Some(Conn::H1(H1Link::Hyper { tx, uses }));
                         }
                     }
@@ -269,7 +271,7 @@ async fn connect(cluster: &Cluster, ep: &Arc<Endpoint>, slot: Permit, simple: bo
     let guard = ConnGuard { state: state.clone(), endpoint: ep.clone(), slot: Some(slot) };
     match cluster.protocol() {
         UpstreamProtocol::Http2 => {
-            let io = TokioIo::new(crate::net_io::TcpIo::new(stream));
+            let io = TokioIo::new(TcpIo::new(stream));
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .handshake(io)
@@ -285,15 +287,15 @@ async fn connect(cluster: &Cluster, ep: &Arc<Endpoint>, slot: Permit, simple: bo
         }
         _ if simple => Ok(Conn::H1(H1Link::Raw(RawConn::new(stream, guard)))),
         _ => {
-            let tx = hyper_h1(stream, guard).await.map_err(|_| failed())?;
+            let tx = hyper_h1(TcpIo::new(stream), guard).await.map_err(|_| failed())?;
             Ok(Conn::H1(H1Link::Hyper { tx, uses: 0 }))
         }
     }
 }
 
 /// Hands a connection to hyper's HTTP/1.1 client, whose task owns it from now on.
-async fn hyper_h1(stream: TcpStream, guard: ConnGuard) -> hyper::Result<http1::SendRequest<RequestBody>> {
-    let io = TokioIo::new(crate::net_io::TcpIo::new(stream));
+async fn hyper_h1(io: TcpIo, guard: ConnGuard) -> hyper::Result<http1::SendRequest<RequestBody>> {
+    let io = TokioIo::new(io);
     let (tx, conn) = http1::Builder::new().handshake(io).await?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;

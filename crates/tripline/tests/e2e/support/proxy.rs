@@ -81,6 +81,11 @@ impl Proxy {
         Self::start_args(yaml, &[]).await
     }
 
+    /// Starts the proxy on the multi-threaded runtime (two workers).
+    pub async fn start_multi(yaml: &str) -> Proxy {
+        Self::start_args(yaml, &["--workers", "2"]).await
+    }
+
     pub async fn start_args(yaml: &str, extra: &[&str]) -> Proxy {
         let dir = unique_dir("proxy");
         let config = dir.join("mesh.yaml");
@@ -89,21 +94,13 @@ impl Proxy {
         let stderr = dir.join("stderr.log");
         let stdout = dir.join("stdout.log");
         let admin_arg = admin.to_string();
-        let mut args: Vec<&str> = vec![
-            "run",
-            "-c",
-            config.to_str().unwrap(),
-            "--admin",
-            &admin_arg,
-            "--workers",
-            "2",
-            "--log-level",
-            "info",
-            "--log-format",
-            "text",
-            "--drain-timeout",
-            "5s",
-        ];
+        let mut args: Vec<&str> = vec!["run", "-c", config.to_str().unwrap(), "--admin", &admin_arg];
+        // One worker by default: the single-threaded runtime with deferred writes, as a
+        // sidecar and the benchmarks run. Tests pass `--workers 2` for the multi-threaded one.
+        if !extra.contains(&"--workers") {
+            args.extend(["--workers", "1"]);
+        }
+        args.extend(["--log-level", "info", "--log-format", "text", "--drain-timeout", "5s"]);
         args.extend_from_slice(extra);
         let child = Command::new(binary())
             .args(&args)
