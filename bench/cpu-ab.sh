@@ -9,7 +9,9 @@
 # Needs the peers from ../shared/bench/setup-peers.sh (nginx, haproxy, wrk, h2load). The
 # upstream is the harness's nginx (`return 200 "ok"`) on 127.0.0.1:18080; proxies run one
 # worker on CPU 0, the load generator and upstream on CPU 1. Prints one line per case, mode
-# and round: requests per second, CPU µs per request, and its user and kernel parts.
+# and round: requests per second, CPU µs per request, and its user and kernel parts, and the
+# context switches per request of the upstream and of the load generator: how often the
+# proxy's sends found them asleep (each such wakeup costs the proxy kernel time).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 BINS=${BINS:-$HERE/../target/release/tripline}
@@ -41,13 +43,24 @@ for c in "${CASES[@]}"; do
 done
 
 ticks() { awk '{sub(/^.*\) /,""); print $12, $13}' "/proc/$1/stat"; }
+# Context switches (voluntary and not) of the upstream's processes, summed.
+switches() {
+  local p t=0
+  for p in $(pgrep -f "nginx: .*process" -P "$(cat "$RUN/up.pid")") "$(cat "$RUN/up.pid")"; do
+    t=$((t + $(awk '/ctxt_switches/{s += $2} END{print s}' "/proc/$p/status")))
+  done
+  echo "$t"
+}
+# Runs the load generator with GNU time, which writes its context switches to $RUN/gen.csw.
+gen() { /usr/bin/time -f "%w %c" -o "$RUN/gen.csw" taskset -c 1 "$@"; }
 for r in $(seq "$ROUNDS"); do
   for c in "${CASES[@]}"; do
     for mode in $MODES; do
       read -r u0 s0 < <(ticks "${SUT[$c]}")
+      w0=$(switches)
       case $mode in
-        h1) n=$(taskset -c 1 wrk -t1 -c64 -d"${DUR}s" "${H1[$c]}" | awk '/requests in/{print $1}') ;;
-        h2) n=$(taskset -c 1 h2load -t1 -c8 -m8 -D"$DUR" "${H2[$c]}" 2>/dev/null | awk '/^requests:/{print $8}') ;;
+        h1) n=$(gen wrk -t1 -c64 -d"${DUR}s" "${H1[$c]}" | awk '/requests in/{print $1}') ;;
+        h2) n=$(gen h2load -t1 -c8 -m8 -D"$DUR" "${H2[$c]}" 2>/dev/null | awk '/^requests:/{print $8}') ;;
         lat-h1 | lat-h2)
           # The harness's fixed-rate latency run: oha at 5,000 rps, latency-corrected.
           if [ "$mode" = lat-h1 ]; then args=(-c 16 "${H1[$c]}"); else args=(-c 2 -p 8 --http2 "${H2[$c]}"); fi
@@ -59,9 +72,12 @@ print('%-10s %s round %s: p50 %.0f  p90 %.0f  p99 %.0f  p99.9 %.0f us' % (sys.ar
           continue ;;
       esac
       read -r u1 s1 < <(ticks "${SUT[$c]}")
+      w1=$(switches)
+      read -r gv gi <"$RUN/gen.csw"
       awk -v c="$c" -v m="$mode" -v r="$r" -v n="$n" -v d="$DUR" -v u=$((u1 - u0)) -v s=$((s1 - s0)) \
-        -v hz="$(getconf CLK_TCK)" 'BEGIN{ printf "%-10s %s round %d: %6.0f rps  %6.2f us/req  (user %.2f, kernel %.2f)\n",
-          c, m, r, n / d, (u + s) * 1e6 / hz / n, u * 1e6 / hz / n, s * 1e6 / hz / n }'
+        -v up=$((w1 - w0)) -v lg=$((gv + gi)) -v hz="$(getconf CLK_TCK)" \
+        'BEGIN{ printf "%-10s %s round %d: %6.0f rps  %6.2f us/req  (user %.2f, kernel %.2f)  switches/req: upstream %.3f, loadgen %.3f\n",
+          c, m, r, n / d, (u + s) * 1e6 / hz / n, u * 1e6 / hz / n, s * 1e6 / hz / n, up / n, lg / n }'
     done
   done
 done
