@@ -3,8 +3,10 @@
 //! permits, the pooled connection and the duration measurement are released exactly when the
 //! response ends (or the client goes away).
 
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -108,6 +110,9 @@ pub struct ResponseBody {
     inner: Inner,
     /// Dropped when the body ends or is abandoned: releases permits and returns the connection.
     guard: Option<Box<InFlight>>,
+    /// The route's timeout, which covers the whole response as Envoy's does: a body still
+    /// streaming when it passes is cut off.
+    deadline: Option<BodyDeadline>,
 }
 
 #[derive(Debug)]
@@ -116,19 +121,36 @@ enum Inner {
     Local(Option<Bytes>),
 }
 
+#[derive(Debug)]
+struct BodyDeadline {
+    at: Instant,
+    /// Armed only when the body first has to wait: a body that is already there (most small
+    /// responses) never registers a timer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl BodyDeadline {
+    /// Ready once the deadline has passed.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let at = self.at;
+        self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into()))).as_mut().poll(cx)
+    }
+}
+
 impl ResponseBody {
     pub fn local(bytes: Bytes) -> Self {
-        ResponseBody { inner: Inner::Local(Some(bytes)), guard: None }
+        ResponseBody { inner: Inner::Local(Some(bytes)), guard: None, deadline: None }
     }
 
-    /// Wraps an upstream body with its in-flight guard. A body that is already complete (no
-    /// content) releases the guard's connection for reuse at once.
-    pub fn upstream(body: UpstreamBody, mut guard: Box<InFlight>) -> Self {
+    /// Wraps an upstream body with its in-flight guard and the route deadline. A body that is
+    /// already complete (no content) releases the guard's connection for reuse at once.
+    pub fn upstream(body: UpstreamBody, mut guard: Box<InFlight>, deadline: Option<Instant>) -> Self {
         let mut inner = Inner::Upstream(body);
         if Self::inner_ended(&mut inner, &mut guard) {
             guard.mark_complete();
         }
-        ResponseBody { inner, guard: Some(guard) }
+        let deadline = deadline.map(|at| BodyDeadline { at, timer: None });
+        ResponseBody { inner, guard: Some(guard), deadline }
     }
 
     /// True when the body has ended; then hands a reusable lean-client connection to `guard`.
@@ -146,6 +168,20 @@ impl ResponseBody {
     }
 }
 
+impl ResponseBody {
+    /// The route deadline passed mid-body: the upstream response is abandoned (its connection
+    /// closed) and the attempt recorded as a timeout. hyper resets the client's stream (HTTP/2)
+    /// or closes its connection (HTTP/1.1), as Envoy does when headers were already sent.
+    fn time_out(&mut self) -> BoxError {
+        self.inner = Inner::Local(None);
+        self.deadline = None;
+        if let Some(g) = self.guard.take() {
+            g.time_out();
+        }
+        "route timeout while streaming the response body".into()
+    }
+}
+
 impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -155,10 +191,22 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        // A body that keeps data coming once its timer is armed is still cut at the deadline.
+        if let Some(d) = this.deadline.as_mut().filter(|d| d.timer.is_some()) {
+            if d.poll_expired(cx).is_ready() {
+                return Poll::Ready(Some(Err(this.time_out())));
+            }
+        }
         let polled = match &mut this.inner {
             Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
             Inner::Local(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         };
+        if polled.is_pending() {
+            if let Some(d) = this.deadline.as_mut() {
+                ready!(d.poll_expired(cx));
+                return Poll::Ready(Some(Err(this.time_out())));
+            }
+        }
         // hyper stops polling once `is_end_stream` is true, so a body that ends with its last
         // data frame (Content-Length) must be recognised here, not only at `Ready(None)`.
         if let Poll::Ready(Some(Ok(frame))) = &polled {

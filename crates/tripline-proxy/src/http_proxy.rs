@@ -161,6 +161,7 @@ fn local(cluster: &Cluster, refusal: impl Into<upstream::Refusal>) -> Response<R
 /// A request on its way upstream: the boxed send future and what the response needs.
 struct Started {
     cluster: Arc<Cluster>,
+    deadline: Option<Instant>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     send: Pin<Box<dyn Future<Output = upstream::SendResult> + Send>>,
 }
@@ -176,13 +177,13 @@ fn start(ctx: &ConnContext, routed: Routed, mut req: Request<Incoming>, trace: &
         trace.request_id = up_req.headers().get(&crate::headers::X_REQUEST_ID).cloned();
     }
     let send = upstream::send(cluster.clone(), route, up_req, hash, ctx.shared.clone(), deadline);
-    Started { cluster, upgrade, send: Box::pin(send) }
+    Started { cluster, deadline, upgrade, send: Box::pin(send) }
 }
 
 impl Started {
     /// Awaits the upstream's response head and turns it into the client's response.
     async fn finish(self, trace: &mut Trace) -> Response<ResponseBody> {
-        let Started { cluster, upgrade, send } = self;
+        let Started { cluster, deadline, upgrade, send } = self;
         let (mut resp, mut inflight) = match send.await {
             Ok(sent) => sent,
             Err(refusal) => {
@@ -210,7 +211,7 @@ impl Started {
         // Speak our own protocol version to the client, whatever the upstream spoke.
         parts.version = http::Version::default();
         strip_hop_by_hop(&mut parts.headers, false);
-        Response::from_parts(parts, ResponseBody::upstream(body, inflight))
+        Response::from_parts(parts, ResponseBody::upstream(body, inflight, deadline))
     }
 }
 

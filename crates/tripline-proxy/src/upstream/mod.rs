@@ -121,6 +121,14 @@ impl InFlight {
         }
     }
 
+    /// The route deadline passed while the response body was streaming: recorded as a timeout
+    /// (for breakers and outlier detection) and counted as a `route-timeout`.
+    pub fn time_out(mut self: Box<Self>) {
+        self.complete = false;
+        self.outcome = Outcome::Timeout;
+        self.state.stats.local.inc(Reason::RouteTimeout);
+    }
+
     /// Marks the response as already complete (empty body) without releasing yet.
     pub fn mark_complete(&mut self) {
         self.complete = true;

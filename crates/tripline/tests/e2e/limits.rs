@@ -8,7 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::config;
-use crate::support::{eventually, free_port, get_with, Proxy, Resp, Upstream};
+use crate::support::faulty::{Fault, Faulty};
+use crate::support::{eventually, free_port, get_with, Conn, Proto, Proxy, Resp, Upstream};
 use crate::tcp::{read_exact_timeout, tcp_config, IO_TIMEOUT};
 
 fn addr(port: u16) -> SocketAddr {
@@ -167,17 +168,23 @@ async fn upstream_reset_is_reported() {
     assert_eq!(r.status, 200);
 }
 
+/// A proxy whose one route to `upstream` has this VirtualService `timeout`.
+async fn with_route_timeout(upstream: SocketAddr, timeout: &str) -> (Proxy, u16) {
+    let port = free_port();
+    let routes =
+        format!("  http:\n  - timeout: {timeout}\n    route:\n    - destination: {{host: backend.local, port: {{number: 80}}}}\n");
+    let yaml = config::join(&[
+        config::gateway("edge", port, "HTTP"),
+        config::service_entry("backend.local", "HTTP", &[upstream]),
+        config::virtual_service("backend", &["*"], "edge", &routes),
+    ]);
+    (Proxy::start(&yaml).await, port)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_timeout_is_504() {
     let up = Upstream::http_delayed("slow", Duration::from_secs(2)).await;
-    let port = free_port();
-    let routes = "  http:\n  - timeout: 200ms\n    route:\n    - destination: {host: backend.local, port: {number: 80}}\n";
-    let yaml = config::join(&[
-        config::gateway("edge", port, "HTTP"),
-        config::service_entry("backend.local", "HTTP", &[up.addr]),
-        config::virtual_service("backend", &["*"], "edge", routes),
-    ]);
-    let proxy = Proxy::start(&yaml).await;
+    let (proxy, port) = with_route_timeout(up.addr, "200ms").await;
     let r = get_with(addr(port), "backend.local", "/", &[]).await.unwrap();
     assert_eq!(r.status, 504);
     assert_eq!(r.reason(), Some("route-timeout"));
@@ -188,4 +195,39 @@ async fn route_timeout_is_504() {
     );
     let counted = proxy.metric("tripline_local_responses_total", &[("reason", "route-timeout")]).await;
     assert!(counted >= 1.0);
+}
+
+/// The route timeout covers the whole response, as Envoy's does: an upstream that sends the
+/// head and a few bytes, then stalls for 3 s, has its response cut at the 300 ms deadline. The
+/// client already has a 200 head, so it sees the body fail (HTTP/1.1: the connection closes
+/// short of its content-length; HTTP/2: the stream is reset), and the cut is counted as a
+/// `route-timeout`. The proxy keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_cuts_a_response_body_that_stalls() {
+    let up = Faulty::start("stall", Fault::StallMidResponse(Duration::from_secs(3))).await;
+    let (proxy, port) = with_route_timeout(up.addr, "300ms").await;
+    for proto in [Proto::H1, Proto::H2] {
+        let mut conn = Conn::connect(addr(port), proto).await.unwrap();
+        let started = std::time::Instant::now();
+        let req = conn
+            .request(http::Method::GET, "backend.local", "/")
+            .body(crate::support::client::empty())
+            .unwrap();
+        let resp = conn.send(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+        let elapsed = started.elapsed();
+        assert!(body.is_err(), "{proto:?}: a body cut at the deadline must not look complete");
+        assert!(
+            elapsed >= Duration::from_millis(250) && elapsed < Duration::from_millis(2500),
+            "{proto:?}: timeout 300ms, body cut after {elapsed:?} (the upstream stalls 3s)"
+        );
+    }
+    let counted = proxy.metric("tripline_local_responses_total", &[("reason", "route-timeout")]).await;
+    assert_eq!(counted, 2.0);
+    // A new connection is served as before (the head arrives; the body would be cut again).
+    let mut conn = Conn::connect(addr(port), Proto::H1).await.unwrap();
+    let req =
+        conn.request(http::Method::GET, "backend.local", "/").body(crate::support::client::empty()).unwrap();
+    assert_eq!(conn.send(req).await.unwrap().status(), 200);
 }

@@ -36,6 +36,8 @@ pub enum Fault {
     Slow(Duration),
     /// `200` with `content-length: 1000`, 10 bytes of body, then the connection is dropped.
     ResetMidResponse,
+    /// `200` with `content-length: 1000` and 10 bytes of body; the other 990 after this delay.
+    StallMidResponse(Duration),
     /// `429` with `Retry-After: <secs>`.
     RateLimited { retry_after_secs: u32 },
 }
@@ -173,6 +175,19 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>
             .header("retry-after", retry_after_secs.to_string())
             .header("x-upstream-id", &st.id)
             .body(full("slow down"))?),
+        Fault::StallMidResponse(stall) => {
+            let (tx, out) = channel_body(2);
+            tokio::spawn(async move {
+                let _ = tx.send(Frame::data(Bytes::from_static(b"partial..."))).await;
+                tokio::time::sleep(stall).await;
+                let _ = tx.send(Frame::data(Bytes::from(vec![b'.'; 990]))).await;
+            });
+            Ok(Response::builder()
+                .status(200)
+                .header("content-length", "1000")
+                .header("x-upstream-id", &st.id)
+                .body(out)?)
+        }
         Fault::ResetMidResponse => {
             let (tx, out) = channel_body(2);
             tokio::spawn(async move {
