@@ -445,6 +445,7 @@ pub async fn send(
         // Until a send goes out: the request never reached an upstream, so it is safe to send
         // again whatever the method.
         let mut never_sent = true;
+        let mut refused = false;
         for _ in 0..3 {
             let Some(r) = held.as_ref() else { break };
             let simple = cluster.protocol() == UpstreamProtocol::Http1 && h1::is_simple(r);
@@ -504,6 +505,11 @@ pub async fn send(
                     tracing::debug!(cluster = %state.name, endpoint = %endpoint.address, error = %e, "upstream reset");
                     sent = Err(Outcome::Reset);
                 }
+                Err(SendError::Refused(e)) => {
+                    tracing::debug!(cluster = %state.name, endpoint = %endpoint.address, error = %e, "upstream refused the stream");
+                    sent = Err(Outcome::Reset);
+                    refused = true;
+                }
                 Err(SendError::TimedOut) => sent = Err(Outcome::Timeout),
             }
             never_sent = false;
@@ -511,6 +517,8 @@ pub async fn send(
         }
         // Hyper took it and never gave it back: it is gone (only the replay copy is left).
         let never_sent = never_sent && held.is_some();
+        // Not processed by the upstream: never sent, or refused (HTTP/2 REFUSED_STREAM).
+        let unprocessed = never_sent || refused;
 
         let (outcome, status, grpc_code) = match &sent {
             Ok(resp) => classify_response(resp),
@@ -521,14 +529,14 @@ pub async fn send(
         // Decide whether to retry; every "no" finalises with what we have.
         let retry = attempt <= policy.attempts
             && (retriable(&policy.retry_on, &policy.status_codes, &outcome, status, grpc_code)
-                // A request the upstream connection never took (hyper handed it back: the
-                // connection closed or refused the stream before it went out).
-                || (never_sent && policy.retry_on.refused_stream))
+                // A request the upstream did not process: the connection never took it (hyper
+                // handed it back), or an HTTP/2 upstream refused the stream.
+                || (unprocessed && policy.retry_on.refused_stream))
             && retry_allowed(
                 cluster,
                 route,
                 &req_method(held.as_ref(), &replay),
-                never_sent,
+                unprocessed,
                 held.is_some() || replay.as_ref().is_some_and(Replay::can_replay),
                 &res.stats,
             );
@@ -594,14 +602,15 @@ fn retry_allowed(
     cluster: &Cluster,
     route: &Route,
     method: &Method,
-    never_sent: bool,
+    unprocessed: bool,
     replayable: bool,
     stats: &ResilienceStats,
 ) -> bool {
-    if !never_sent && !idempotent(method) && !route.retry.retry_non_idempotent {
+    // The upstream did no work on a request it never got or refused: safe whatever the method.
+    if !unprocessed && !idempotent(method) && !route.retry.retry_non_idempotent {
         return false;
     }
-    if !never_sent && !replayable {
+    if !replayable {
         stats.retries_not_replayable.fetch_add(1, Ordering::Relaxed);
         return false;
     }

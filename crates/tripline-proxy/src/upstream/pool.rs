@@ -312,6 +312,9 @@ pub enum SendError {
     NotSent(Option<Box<Request<RequestBody>>>),
     /// The request (or part of it) was sent and then the connection failed.
     Reset(BoxError),
+    /// An HTTP/2 upstream refused the stream (REFUSED_STREAM): it did not process the request.
+    /// hyper consumed the request, so only a replay copy can go again.
+    Refused(BoxError),
     /// The per-try timeout fired before the response head arrived.
     TimedOut,
 }
@@ -343,8 +346,22 @@ impl Conn {
 fn unsent_or_reset(mut e: hyper::client::conn::TrySendError<Request<RequestBody>>) -> SendError {
     match e.take_message() {
         Some(req) => SendError::NotSent(Some(Box::new(req))),
+        None if refused_stream(e.error()) => SendError::Refused(e.into_error().into()),
         None => SendError::Reset(e.into_error().into()),
     }
+}
+
+/// Whether an HTTP/2 upstream reset the stream with REFUSED_STREAM: by RFC 9113 §8.7 it did
+/// no processing of the request, so the request may go again even if not idempotent.
+fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = err.source();
+    }
+    false
 }
 
 #[cfg(test)]

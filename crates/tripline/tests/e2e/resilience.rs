@@ -777,3 +777,64 @@ async fn route_breaker_opens_refuses_and_resets_by_name() {
         1.0
     );
 }
+
+/// An h2c upstream that resets its first `refuse` streams with REFUSED_STREAM (RFC 9113 §8.7:
+/// "not processed"), then answers `200 ok`. Built on the `h2` crate: hyper's server cannot
+/// choose the reset code. Returns its address and how many streams it received.
+async fn refusing_h2_upstream(refuse: usize) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let streams = Arc::new(AtomicUsize::new(0));
+    let seen = streams.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else { return };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    if seen.fetch_add(1, SeqCst) < refuse {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                        continue;
+                    }
+                    let head = http::Response::builder().status(200).body(()).unwrap();
+                    if let Ok(mut body) = respond.send_response(head, false) {
+                        let _ = body.send_data(bytes::Bytes::from_static(b"ok"), true);
+                    }
+                }
+            });
+        }
+    });
+    (addr, streams)
+}
+
+fn h2_mesh(port: u16, upstream: SocketAddr, route: &str) -> String {
+    let routes = format!(
+        "  http:\n  - route:\n    - destination: {{host: backend.local, port: {{number: 80}}}}\n{route}"
+    );
+    config::join(&[
+        config::gateway("edge", port, "HTTP"),
+        config::service_entry("backend.local", "HTTP2", &[upstream]),
+        config::virtual_service("backend", &["*"], "edge", &routes),
+    ])
+}
+
+/// 9. An HTTP/2 upstream refuses a POST's stream (REFUSED_STREAM: it did no work on it). With
+/// `retryOn: refused-stream`, or `5xx` (which covers resets), the POST goes again, body and
+/// all, although it is not idempotent: it was not processed. The client gets the 200. With
+/// retries off, the client gets `upstream-reset`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_stream_is_retried_even_for_a_post() {
+    for (route, status, reason, streams_seen) in [
+        ("    retries: {attempts: 2, retryOn: refused-stream}\n", 200, None, 2),
+        ("    retries: {attempts: 2, retryOn: 5xx}\n", 200, None, 2),
+        ("    retries: {attempts: 0}\n", 502, Some("upstream-reset"), 1),
+    ] {
+        let (up, streams) = refusing_h2_upstream(1).await;
+        let port = free_port();
+        let _proxy = Proxy::start(&h2_mesh(port, up, route)).await;
+        let r = send(addr(port), Method::POST, "backend.local", "/pay", &[], "payload").await.unwrap();
+        assert_eq!((r.status.as_u16(), r.reason()), (status, reason), "{route}");
+        assert_eq!(streams.load(std::sync::atomic::Ordering::SeqCst), streams_seen, "{route}");
+    }
+}
