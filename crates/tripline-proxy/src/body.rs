@@ -166,9 +166,7 @@ impl ResponseBody {
         }
         true
     }
-}
 
-impl ResponseBody {
     /// The route deadline passed mid-body: the upstream response is abandoned (its connection
     /// closed) and the attempt recorded as a timeout. hyper resets the client's stream (HTTP/2)
     /// or closes its connection (HTTP/1.1), as Envoy does when headers were already sent.
