@@ -594,6 +594,92 @@ mod tests {
         assert!(io.flush().await.is_err());
     }
 
+    /// One step of a writer in the property test below.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A write of this many bytes, as one slice or split in three (vectored).
+        Write {
+            len: usize,
+            vectored: bool,
+        },
+        Flush,
+        /// Let the event loop run (the flusher and the reader get their turn).
+        Yield,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (1usize..6000, any::<bool>()).prop_map(|(len, vectored)| Step::Write { len, vectored }),
+            1 => Just(Step::Flush),
+            3 => Just(Step::Yield),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever mix of small (deferred) and large (direct) writes, flushes and event-loop
+        /// turns, against a reader slower than the writer through 4 KiB socket buffers (so the
+        /// flusher is regularly left with bytes it cannot send): the reader gets exactly the
+        /// bytes written, in order, and no outbox ever holds more than `DEFER_MAX`.
+        #[test]
+        fn deferred_writes_keep_every_byte_in_order(steps in proptest::collection::vec(step(), 1..40)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (sent, got) = rt.block_on(async move {
+                defer_writes_on_this_thread();
+                let listener = tokio::net::TcpSocket::new_v4().unwrap();
+                listener.set_recv_buffer_size(4096).unwrap();
+                listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+                let listener = listener.listen(1).unwrap();
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.set_send_buffer_size(4096).unwrap();
+                let mut io = TcpIo::new(socket.connect(listener.local_addr().unwrap()).await.unwrap());
+                let (mut peer, _) = listener.accept().await.unwrap();
+                let reader = tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    let mut chunk = [0u8; 1500];
+                    loop {
+                        match peer.read(&mut chunk).await.unwrap() {
+                            0 => return got,
+                            n => got.extend_from_slice(&chunk[..n]),
+                        }
+                        // Slower than the writer: one read per turn of the event loop.
+                        tokio::task::yield_now().await;
+                    }
+                });
+                let mut sent: Vec<u8> = Vec::new();
+                for (i, step) in steps.iter().enumerate() {
+                    match *step {
+                        Step::Write { len, vectored } => {
+                            let data: Vec<u8> = (0..len).map(|k| ((sent.len() + k) * 31 + i) as u8).collect();
+                            let mut rest = &data[..];
+                            while !rest.is_empty() {
+                                let n = if vectored {
+                                    let (a, b) = rest.split_at(rest.len() / 3);
+                                    let (b, c) = b.split_at(b.len() / 2);
+                                    io.write_vectored(&[IoSlice::new(a), IoSlice::new(b), IoSlice::new(c)]).await
+                                } else {
+                                    io.write(rest).await
+                                }
+                                .unwrap();
+                                rest = &rest[n..];
+                            }
+                            sent.extend_from_slice(&data);
+                        }
+                        Step::Flush => io.flush().await.unwrap(),
+                        Step::Yield => tokio::task::yield_now().await,
+                    }
+                    let held = io.outbox.as_ref().map_or(0, |o| lock(&o.held).buf.len());
+                    assert!(held <= DEFER_MAX, "{held} bytes held");
+                }
+                io.shutdown().await.unwrap();
+                (sent, reader.await.unwrap())
+            });
+            proptest::prop_assert_eq!(got.len(), sent.len());
+            proptest::prop_assert!(got == sent, "bytes arrived out of order");
+        }
+    }
+
     /// Where no flusher runs (a multi-threaded runtime), writes go out at once.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn without_a_flusher_writes_go_out_at_once() {
