@@ -478,6 +478,19 @@ mod tests {
         assert_eq!(got, expected);
     }
 
+    /// A connected pair with 4 KiB socket buffers, so a reader that lags fills them quickly.
+    async fn small_buffer_pair() -> (TcpIo, TcpStream) {
+        let listener = tokio::net::TcpSocket::new_v4().unwrap();
+        listener.set_recv_buffer_size(4096).unwrap();
+        listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = listener.listen(1).unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_send_buffer_size(4096).unwrap();
+        let io = TcpIo::new(socket.connect(listener.local_addr().unwrap()).await.unwrap());
+        let (peer, _) = listener.accept().await.unwrap();
+        (io, peer)
+    }
+
     fn nothing_arrived(peer: &TcpStream) -> bool {
         matches!(peer.try_read(&mut [0u8; 64]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
@@ -519,14 +532,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_socket_holds_the_writer_back_and_loses_nothing() {
         defer_writes_on_this_thread();
-        let listener = tokio::net::TcpSocket::new_v4().unwrap();
-        listener.set_recv_buffer_size(4096).unwrap();
-        listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let listener = listener.listen(8).unwrap();
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_send_buffer_size(4096).unwrap();
-        let mut io = TcpIo::new(socket.connect(listener.local_addr().unwrap()).await.unwrap());
-        let (mut peer, _) = listener.accept().await.unwrap();
+        let (mut io, mut peer) = small_buffer_pair().await;
 
         let message = |n: u32| format!("{n:09}\n").into_bytes();
         let mut sent = Vec::new();
@@ -627,14 +633,7 @@ mod tests {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let (sent, got) = rt.block_on(async move {
                 defer_writes_on_this_thread();
-                let listener = tokio::net::TcpSocket::new_v4().unwrap();
-                listener.set_recv_buffer_size(4096).unwrap();
-                listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-                let listener = listener.listen(1).unwrap();
-                let socket = tokio::net::TcpSocket::new_v4().unwrap();
-                socket.set_send_buffer_size(4096).unwrap();
-                let mut io = TcpIo::new(socket.connect(listener.local_addr().unwrap()).await.unwrap());
-                let (mut peer, _) = listener.accept().await.unwrap();
+                let (mut io, mut peer) = small_buffer_pair().await;
                 let reader = tokio::spawn(async move {
                     let mut got = Vec::new();
                     let mut chunk = [0u8; 1500];
