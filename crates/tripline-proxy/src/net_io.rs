@@ -234,23 +234,20 @@ impl TcpIo {
 
     /// Pushes out bytes the flusher could not send, registering for writability if the socket
     /// is still full. Readers that bypass `poll_read` call it so held bytes are never stranded.
-    pub fn poll_unstall(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        let Some(outbox) = &self.outbox else { return Ok(()) };
+    pub fn poll_unstall(&mut self, cx: &mut Context<'_>) {
+        let Some(outbox) = &self.outbox else { return };
         if !outbox.stalled.load(Ordering::Relaxed) {
-            return Ok(());
+            return;
         }
         let mut held = lock(&outbox.held);
         match drain(&mut self.stream, cx, &mut held) {
-            Poll::Ready(Err(e)) => {
-                held.error = Some(e);
-                Ok(())
-            }
-            Poll::Ready(Ok(())) => {
-                outbox.stalled.store(held.error.is_some(), Ordering::Relaxed);
-                Ok(())
-            }
-            Poll::Pending => Ok(()),
+            // Still full: the task is registered for writability and comes back here.
+            Poll::Pending => return,
+            // Reported by the next write or flush; the reader sees the socket's own error.
+            Poll::Ready(Err(e)) => held.error = Some(e),
+            Poll::Ready(Ok(())) => {}
         }
+        outbox.stalled.store(false, Ordering::Relaxed);
     }
 
     /// Whether a deferred write failed before any of its bytes reached the socket (the lean
@@ -363,7 +360,7 @@ impl AsyncRead for TcpIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         // Held bytes are pushed out by whatever the owner polls next; errors wait for a write.
-        this.poll_unstall(cx)?;
+        this.poll_unstall(cx);
         Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }

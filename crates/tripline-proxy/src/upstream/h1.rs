@@ -114,7 +114,7 @@ impl RawConn {
             self.read_buf.reserve(READ_CHUNK);
         }
         // The request head may still sit in the socket's outbox (see `net_io`).
-        self.io.poll_unstall(cx)?;
+        self.io.poll_unstall(cx);
         loop {
             ready!(self.io.stream().poll_read_ready(cx))?;
             let offered = self.read_buf.capacity() - self.read_buf.len();
