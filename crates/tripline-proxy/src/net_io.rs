@@ -240,14 +240,11 @@ impl TcpIo {
             return;
         }
         let mut held = lock(&outbox.held);
-        match drain(&mut self.stream, cx, &mut held) {
-            // Still full: the task is registered for writability and comes back here.
-            Poll::Pending => return,
-            // Reported by the next write or flush; the reader sees the socket's own error.
-            Poll::Ready(Err(e)) => held.error = Some(e),
-            Poll::Ready(Ok(())) => {}
+        // Pending: still full, the task is registered for writability and comes back here. An
+        // error is reported by the next write or flush; the reader sees the socket's own.
+        if let Poll::Ready(Err(e)) = outbox.drain(&mut self.stream, cx, &mut held) {
+            held.error = Some(e);
         }
-        outbox.stalled.store(false, Ordering::Relaxed);
     }
 
     /// Whether a deferred write failed before any of its bytes reached the socket (the lean
@@ -267,9 +264,7 @@ impl TcpIo {
         if let Some(e) = held.error.take() {
             return Poll::Ready(Err(e));
         }
-        ready!(drain(&mut self.stream, cx, &mut held))?;
-        outbox.stalled.store(false, Ordering::Relaxed);
-        Poll::Ready(Ok(()))
+        outbox.drain(&mut self.stream, cx, &mut held)
     }
 
     /// Defers `bufs` (at most [`COALESCE_MAX`] bytes in all) to the end of the tick, if this
@@ -304,8 +299,7 @@ impl TcpIo {
         // Bytes the flusher could not send must go first, and new ones wait behind them; an
         // outbox that grew large in this tick is sent now.
         if (!held.queued && !held.buf.is_empty()) || held.buf.len() + total > DEFER_MAX {
-            ready!(drain(&mut self.stream, cx, &mut held))?;
-            outbox.stalled.store(false, Ordering::Relaxed);
+            ready!(outbox.drain(&mut self.stream, cx, &mut held))?;
         }
         for b in bufs {
             held.buf.extend_from_slice(b);
@@ -323,22 +317,26 @@ impl TcpIo {
     }
 }
 
-/// Writes out `held.buf` on the stream (tokio's write: a full socket registers the task for
-/// writability).
-fn drain(stream: &mut TcpStream, cx: &mut Context<'_>, held: &mut Held) -> Poll<io::Result<()>> {
-    while !held.buf.is_empty() {
-        match ready!(Pin::new(&mut *stream).poll_write(cx, &held.buf)) {
-            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            Ok(n) => {
-                held.buf.drain(..n);
-            }
-            Err(e) => {
-                held.buf.clear();
-                return Poll::Ready(Err(e));
+impl Outbox {
+    /// Writes out `held.buf` on the owner's stream (tokio's write: a full socket registers the
+    /// task for writability). Once it returns `Ready` nothing is held (after an error the rest
+    /// is dropped), so any stall is over.
+    fn drain(&self, stream: &mut TcpStream, cx: &mut Context<'_>, held: &mut Held) -> Poll<io::Result<()>> {
+        while !held.buf.is_empty() {
+            match ready!(Pin::new(&mut *stream).poll_write(cx, &held.buf)) {
+                Ok(n) if n > 0 => {
+                    held.buf.drain(..n);
+                }
+                failed => {
+                    held.buf.clear();
+                    self.stalled.store(false, Ordering::Relaxed);
+                    return Poll::Ready(Err(failed.err().unwrap_or_else(|| io::ErrorKind::WriteZero.into())));
+                }
             }
         }
+        self.stalled.store(false, Ordering::Relaxed);
+        Poll::Ready(Ok(()))
     }
-    Poll::Ready(Ok(()))
 }
 
 impl Drop for TcpIo {
@@ -424,8 +422,7 @@ impl AsyncWrite for TcpIo {
                 return Poll::Ready(Err(e));
             }
             if !held.queued && !held.buf.is_empty() {
-                ready!(drain(&mut this.stream, cx, &mut held))?;
-                outbox.stalled.store(false, Ordering::Relaxed);
+                ready!(outbox.drain(&mut this.stream, cx, &mut held))?;
             }
         }
         Poll::Ready(Ok(()))
