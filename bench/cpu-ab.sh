@@ -66,9 +66,15 @@ for r in $(seq "$ROUNDS"); do
           if [ "$mode" = lat-h1 ]; then args=(-c 16 "${H1[$c]}"); else args=(-c 2 -p 8 --http2 "${H2[$c]}"); fi
           taskset -c 1 oha --no-tui --output-format json -z "${DUR}s" -q 5000 --latency-correction "${args[@]}" \
             >"$RUN/oha.json" 2>/dev/null
-          python3 -c "import json,sys; p=json.load(open(sys.argv[1]))['latencyPercentiles']
-print('%-10s %s round %s: p50 %.0f  p90 %.0f  p99 %.0f  p99.9 %.0f us' % (sys.argv[2], sys.argv[3], sys.argv[4],
-      p['p50']*1e6, p['p90']*1e6, p['p99']*1e6, p['p99.9']*1e6))" "$RUN/oha.json" "$c" "$mode" "$r"
+          read -r u1 s1 < <(ticks "${SUT[$c]}")
+          # The proxy's CPU per request at this rate: at low load nothing is batched, and every
+          # request pays for waking the proxy and for a cold cache.
+          python3 -c "import json,sys; j=json.load(open(sys.argv[1])); p=j['latencyPercentiles']
+n=sum(j['statusCodeDistribution'].values())
+hz=int(sys.argv[5]); u=int(sys.argv[6])*1e6/hz/n; s=int(sys.argv[7])*1e6/hz/n
+print('%-10s %s round %s: p50 %.0f  p90 %.0f  p99 %.0f  p99.9 %.0f us  cpu %.1f us/req (user %.1f, kernel %.1f)' % (sys.argv[2], sys.argv[3], sys.argv[4],
+      p['p50']*1e6, p['p90']*1e6, p['p99']*1e6, p['p99.9']*1e6, u+s, u, s))" "$RUN/oha.json" "$c" "$mode" "$r" \
+            "$(getconf CLK_TCK)" $((u1 - u0)) $((s1 - s0))
           continue ;;
       esac
       read -r u1 s1 < <(ticks "${SUT[$c]}")

@@ -1,6 +1,7 @@
 //! `tripline`: the command line. `run` serves a config, `validate` checks one, `demo` runs an
 //! embedded config against built-in demo upstreams.
 
+mod alloc;
 mod demo;
 mod run;
 
@@ -12,9 +13,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// mimalloc: per-thread free lists suit a proxy's many small, short-lived allocations (header
-/// maps, futures) better than glibc's malloc; see docs/benchmarks.md for the measurement.
+/// maps, futures) better than glibc's malloc; see docs/benchmarks.md for the measurement, and
+/// `alloc` for why it is called directly.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: alloc::MiMalloc = alloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
