@@ -69,6 +69,30 @@ impl AccessLog {
     }
 }
 
+/// How a response body ended, as the access log's `response_end` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEnd {
+    /// Sent to its end.
+    Complete,
+    /// Cut off by the route timeout while streaming (Envoy's `UT` flag).
+    RouteTimeout,
+    /// The upstream failed while streaming: reset, closed early, malformed (Envoy's `UR`/`UC`).
+    UpstreamReset,
+    /// The client went away before the body was sent (Envoy's `DC`).
+    DownstreamDisconnect,
+}
+
+impl BodyEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BodyEnd::Complete => "complete",
+            BodyEnd::RouteTimeout => "route-timeout",
+            BodyEnd::UpstreamReset => "upstream-reset",
+            BodyEnd::DownstreamDisconnect => "downstream-disconnect",
+        }
+    }
+}
+
 /// One request, as the access log shows it.
 #[derive(Debug)]
 pub struct Entry<'a> {
@@ -83,6 +107,11 @@ pub struct Entry<'a> {
     pub status: u16,
     /// `x-tripline-reason` when Tripline answered itself.
     pub reason: Option<&'a str>,
+    /// From the request to the response head (`duration` runs to the body's end).
+    pub response_head: Duration,
+    /// Response body bytes handed to the client's connection.
+    pub bytes_sent: u64,
+    pub body_end: BodyEnd,
     pub route: Option<&'a str>,
     pub cluster: Option<&'a str>,
     pub upstream: Option<SocketAddr>,
@@ -96,6 +125,7 @@ impl Entry<'_> {
         let mut line = serde_json::json!({
             "start_time_ms": ts.as_millis() as u64,
             "duration_ms": self.duration.as_secs_f64() * 1e3,
+            "response_head_ms": self.response_head.as_secs_f64() * 1e3,
             "downstream": self.downstream.to_string(),
             "listener": self.listener,
             "protocol": self.protocol,
@@ -104,6 +134,8 @@ impl Entry<'_> {
             "path": self.path,
             "status": self.status,
             "reason": self.reason,
+            "bytes_sent": self.bytes_sent,
+            "response_end": self.body_end.as_str(),
             "route": self.route,
             "cluster": self.cluster,
             "upstream": self.upstream.map(|a| a.to_string()),
@@ -133,6 +165,9 @@ mod tests {
             path: "/cart",
             status: 503,
             reason: Some("breaker-open"),
+            response_head: Duration::from_micros(1400),
+            bytes_sent: 54,
+            body_end: BodyEnd::Complete,
             route: Some("shop/http[0]"),
             cluster: Some("outbound|80||shop.local"),
             upstream: None,
@@ -146,6 +181,9 @@ mod tests {
         assert_eq!(v["status"], 503);
         assert_eq!(v["duration_ms"], 1.5);
         assert_eq!(v["upstream"], serde_json::Value::Null);
+        assert_eq!(v["response_head_ms"], 1.4);
+        assert_eq!(v["bytes_sent"], 54);
+        assert_eq!(v["response_end"], "complete");
     }
 
     #[test]

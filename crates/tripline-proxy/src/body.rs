@@ -12,6 +12,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::access_log::BodyEnd;
+use crate::http_proxy::PendingLog;
 use crate::upstream::h1::ResponseStream;
 use crate::upstream::replay::{replay_frame, TeedBody};
 use crate::upstream::InFlight;
@@ -113,6 +115,8 @@ pub struct ResponseBody {
     /// The route's timeout, which covers the whole response as Envoy's does: a body still
     /// streaming when it passes is cut off.
     deadline: Option<BodyDeadline>,
+    /// The access log line, written when the body ends, is cut off or is abandoned.
+    log: Option<Box<PendingLog>>,
 }
 
 #[derive(Debug)]
@@ -139,7 +143,7 @@ impl BodyDeadline {
 
 impl ResponseBody {
     pub fn local(bytes: Bytes) -> Self {
-        ResponseBody { inner: Inner::Local(Some(bytes)), guard: None, deadline: None }
+        ResponseBody { inner: Inner::Local(Some(bytes)), guard: None, deadline: None, log: None }
     }
 
     /// Wraps an upstream body with its in-flight guard and the route deadline. A body that is
@@ -150,7 +154,18 @@ impl ResponseBody {
             guard.mark_complete();
         }
         let deadline = deadline.map(|at| BodyDeadline { at, timer: None });
-        ResponseBody { inner, guard: Some(guard), deadline }
+        ResponseBody { inner, guard: Some(guard), deadline, log: None }
+    }
+
+    /// Writes `log` when this body ends; see [`PendingLog`].
+    pub(crate) fn log_on_end(&mut self, log: Box<PendingLog>) {
+        self.log = Some(log);
+    }
+
+    fn end_log(&mut self, end: BodyEnd) {
+        if let Some(log) = self.log.take() {
+            log.finish(end);
+        }
     }
 
     /// True when the body has ended; then hands a reusable lean-client connection to `guard`.
@@ -176,7 +191,19 @@ impl ResponseBody {
         if let Some(g) = self.guard.take() {
             g.time_out();
         }
+        self.end_log(BodyEnd::RouteTimeout);
         "route timeout while streaming the response body".into()
+    }
+}
+
+impl Drop for ResponseBody {
+    /// hyper drops a body it never had to poll (a `HEAD` or `204` response, an empty body) and
+    /// one whose client went away: only the second is a cut.
+    fn drop(&mut self) {
+        if self.log.is_some() {
+            let end = if self.is_end_stream() { BodyEnd::Complete } else { BodyEnd::DownstreamDisconnect };
+            self.end_log(end);
+        }
     }
 }
 
@@ -208,6 +235,9 @@ impl Body for ResponseBody {
         // hyper stops polling once `is_end_stream` is true, so a body that ends with its last
         // data frame (Content-Length) must be recognised here, not only at `Ready(None)`.
         if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let (Some(d), Some(log)) = (frame.data_ref(), this.log.as_mut()) {
+                log.sent(d.len());
+            }
             if let (Some(t), Some(g)) = (frame.trailers_ref(), this.guard.as_mut()) {
                 if let Some(code) = t
                     .get(&crate::upstream::GRPC_STATUS)
@@ -228,11 +258,13 @@ impl Body for ResponseBody {
                 Self::inner_ended(&mut this.inner, &mut g);
                 g.finish(true);
             }
+            this.end_log(BodyEnd::Complete);
         }
         if let Poll::Ready(Some(Err(_))) = &polled {
             if let Some(g) = this.guard.take() {
                 g.finish(false);
             }
+            this.end_log(BodyEnd::UpstreamReset);
         }
         polled
     }

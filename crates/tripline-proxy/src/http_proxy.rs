@@ -14,7 +14,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::access_log::Entry;
+use crate::access_log::{BodyEnd, Entry};
 use crate::body::{RequestBody, ResponseBody};
 use crate::cluster::Cluster;
 use crate::headers::{is_upgrade, prepare_request, strip_hop_by_hop};
@@ -44,12 +44,14 @@ pub fn handle(
     let mut trace = Trace { on: log.is_some(), ..Trace::default() };
     let started = route(&ctx, &req, &mut trace).map(|r| start(&ctx, r, req, &mut trace));
     async move {
-        let resp = match started {
+        let mut resp = match started {
             Ok(s) => s.finish(&mut trace).await,
             Err(reason) => reason.response(),
         };
         if let Some(log) = log {
-            log.write(&ctx, &resp, &trace);
+            // The line is written when the response body ends, so it tells how it ended.
+            let pending = PendingLog::at_head(ctx, *log, trace, &resp);
+            resp.body_mut().log_on_end(pending);
         }
         Ok(resp)
     }
@@ -76,20 +78,71 @@ impl LogStart {
             protocol: format!("{:?}", req.version()),
         }
     }
+}
 
-    fn write(&self, ctx: &ConnContext, resp: &Response<ResponseBody>, trace: &Trace) {
-        let Some(log) = &ctx.shared.access_log else { return };
-        let queued = log.write(&Entry {
-            start: self.start,
-            duration: self.t0.elapsed(),
-            downstream: ctx.peer,
-            listener: &ctx.listener.name,
-            protocol: &self.protocol,
-            method: self.method.as_str(),
-            authority: &self.authority,
-            path: &self.path,
+/// An access log line waiting for its response body to end (or be cut off): Envoy logs at
+/// the end of the stream too, so the duration covers the body and a cut shows.
+pub(crate) struct PendingLog {
+    ctx: Arc<ConnContext>,
+    start: LogStart,
+    trace: Trace,
+    status: u16,
+    reason: Option<http::HeaderValue>,
+    /// From the request to the response head.
+    head_after: std::time::Duration,
+    bytes_sent: u64,
+}
+
+impl std::fmt::Debug for PendingLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingLog")
+            .field("status", &self.status)
+            .field("bytes_sent", &self.bytes_sent)
+            .finish()
+    }
+}
+
+impl PendingLog {
+    fn at_head(
+        ctx: Arc<ConnContext>,
+        start: LogStart,
+        trace: Trace,
+        resp: &Response<ResponseBody>,
+    ) -> Box<Self> {
+        Box::new(PendingLog {
+            ctx,
+            head_after: start.t0.elapsed(),
+            start,
+            trace,
             status: resp.status().as_u16(),
-            reason: resp.headers().get(REASON_HEADER).and_then(|v| v.to_str().ok()),
+            reason: resp.headers().get(REASON_HEADER).cloned(),
+            bytes_sent: 0,
+        })
+    }
+
+    /// Counts body bytes handed to the client's connection.
+    pub(crate) fn sent(&mut self, n: usize) {
+        self.bytes_sent += n as u64;
+    }
+
+    /// Writes the line.
+    pub(crate) fn finish(self: Box<Self>, end: BodyEnd) {
+        let Some(log) = &self.ctx.shared.access_log else { return };
+        let (start, trace) = (&self.start, &self.trace);
+        let queued = log.write(&Entry {
+            start: start.start,
+            duration: start.t0.elapsed(),
+            response_head: self.head_after,
+            downstream: self.ctx.peer,
+            listener: &self.ctx.listener.name,
+            protocol: &start.protocol,
+            method: start.method.as_str(),
+            authority: &start.authority,
+            path: &start.path,
+            status: self.status,
+            reason: self.reason.as_ref().and_then(|v| v.to_str().ok()),
+            bytes_sent: self.bytes_sent,
+            body_end: end,
             route: trace.route.as_deref(),
             cluster: trace.cluster.as_deref(),
             upstream: trace.upstream,
@@ -97,7 +150,7 @@ impl LogStart {
             request_id: trace.request_id.as_ref().and_then(|v| v.to_str().ok()),
         });
         if !queued {
-            ctx.shared.global.access_log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.ctx.shared.global.access_log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

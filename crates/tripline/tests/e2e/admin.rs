@@ -80,6 +80,8 @@ async fn access_log_has_one_json_line_per_request_with_the_reason() {
     assert_eq!(ok["upstream"], up.addr.to_string());
     assert_eq!(ok["attempts"], 1);
     assert_eq!(ok["cluster"], "outbound|80||backend.local");
+    assert_eq!(ok["response_end"], "complete");
+    assert!(ok["bytes_sent"].as_u64().is_some_and(|n| n > 0), "{ok}");
     assert!(ok["request_id"].as_str().is_some_and(|id| id.len() == 36), "{ok}");
     let refused = parsed.iter().find(|v| v["path"] == "/nope").expect("a line for /nope");
     assert_eq!(refused["status"], 404);

@@ -170,6 +170,10 @@ async fn upstream_reset_is_reported() {
 
 /// A proxy whose one route to `upstream` has this VirtualService `timeout`.
 async fn with_route_timeout(upstream: SocketAddr, timeout: &str) -> (Proxy, u16) {
+    with_route_timeout_args(upstream, timeout, &[]).await
+}
+
+async fn with_route_timeout_args(upstream: SocketAddr, timeout: &str, args: &[&str]) -> (Proxy, u16) {
     let port = free_port();
     let routes =
         format!("  http:\n  - timeout: {timeout}\n    route:\n    - destination: {{host: backend.local, port: {{number: 80}}}}\n");
@@ -178,7 +182,7 @@ async fn with_route_timeout(upstream: SocketAddr, timeout: &str) -> (Proxy, u16)
         config::service_entry("backend.local", "HTTP", &[upstream]),
         config::virtual_service("backend", &["*"], "edge", &routes),
     ]);
-    (Proxy::start(&yaml).await, port)
+    (Proxy::start_args(&yaml, args).await, port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,11 +205,15 @@ async fn route_timeout_is_504() {
 /// head and a few bytes, then stalls for 3 s, has its response cut at the 300 ms deadline. The
 /// client already has a 200 head, so it sees the body fail (HTTP/1.1: the connection closes
 /// short of its content-length; HTTP/2: the stream is reset), and the cut is counted as a
-/// `route-timeout`. The proxy keeps serving.
+/// `route-timeout`, in the metrics and in the access log line, which is written when the body
+/// ends and so shows the cut, the bytes that did go out and the whole duration. The proxy keeps
+/// serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_timeout_cuts_a_response_body_that_stalls() {
     let up = Faulty::start("stall", Fault::StallMidResponse(Duration::from_secs(3))).await;
-    let (proxy, port) = with_route_timeout(up.addr, "300ms").await;
+    let log = crate::support::proxy::unique_dir("cut-log").join("access.log");
+    let (proxy, port) =
+        with_route_timeout_args(up.addr, "300ms", &["--access-log", log.to_str().unwrap()]).await;
     for proto in [Proto::H1, Proto::H2] {
         let mut conn = Conn::connect(addr(port), proto).await.unwrap();
         let started = std::time::Instant::now();
@@ -225,9 +233,62 @@ async fn route_timeout_cuts_a_response_body_that_stalls() {
     }
     let counted = proxy.metric("tripline_local_responses_total", &[("reason", "route-timeout")]).await;
     assert_eq!(counted, 2.0);
+    for line in access_log_lines(&log, 2).await {
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["response_end"], "route-timeout", "{line}");
+        assert_eq!(line["bytes_sent"], 10, "the 10 bytes before the stall: {line}");
+        let (total, head) =
+            (line["duration_ms"].as_f64().unwrap(), line["response_head_ms"].as_f64().unwrap());
+        assert!(total >= 250.0 && head < total, "the duration runs to the cut: {line}");
+    }
     // A new connection is served as before (the head arrives; the body would be cut again).
     let mut conn = Conn::connect(addr(port), Proto::H1).await.unwrap();
     let req =
         conn.request(http::Method::GET, "backend.local", "/").body(crate::support::client::empty()).unwrap();
     assert_eq!(conn.send(req).await.unwrap().status(), 200);
+}
+
+/// A client that goes away in the middle of a response body is logged as such, when it goes:
+/// the upstream stalls for 3 s and the route allows 5 s, but the line appears at once, with
+/// `downstream-disconnect`, and the abandoned upstream attempt is not counted as a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_body_is_logged_as_a_disconnect() {
+    let up = Faulty::start("stall", Fault::StallMidResponse(Duration::from_secs(3))).await;
+    let log = crate::support::proxy::unique_dir("dc-log").join("access.log");
+    let (proxy, port) =
+        with_route_timeout_args(up.addr, "5s", &["--access-log", log.to_str().unwrap()]).await;
+    for proto in [Proto::H1, Proto::H2] {
+        let mut conn = Conn::connect(addr(port), proto).await.unwrap();
+        let req = conn
+            .request(http::Method::GET, "backend.local", "/")
+            .body(crate::support::client::empty())
+            .unwrap();
+        let resp = conn.send(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let first = http_body_util::BodyExt::frame(&mut body).await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap().len(), 10, "{proto:?}: the bytes before the stall");
+        drop(body);
+        drop(conn);
+    }
+    for line in access_log_lines(&log, 2).await {
+        assert_eq!(line["response_end"], "downstream-disconnect", "{line}");
+        assert_eq!(line["bytes_sent"], 10, "{line}");
+        // Logged when the client left, not when the upstream's 3 s stall ended.
+        assert!(line["duration_ms"].as_f64().unwrap() < 2500.0, "{line}");
+    }
+    let timeouts = proxy.metric("tripline_local_responses_total", &[("reason", "route-timeout")]).await;
+    assert_eq!(timeouts, 0.0);
+}
+
+/// Waits for `n` lines in the access log at `path` and parses them.
+async fn access_log_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let mut lines = Vec::new();
+    crate::support::eventually("access log lines", Duration::from_secs(5), || {
+        lines = std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect();
+        let got = lines.len();
+        async move { got >= n }
+    })
+    .await;
+    lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
 }
