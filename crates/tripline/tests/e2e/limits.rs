@@ -210,19 +210,10 @@ async fn route_timeout_is_504() {
 /// serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_timeout_cuts_a_response_body_that_stalls() {
-    let up = Faulty::start("stall", Fault::StallMidResponse(Duration::from_secs(3))).await;
-    let log = crate::support::proxy::unique_dir("cut-log").join("access.log");
-    let (proxy, port) =
-        with_route_timeout_args(up.addr, "300ms", &["--access-log", log.to_str().unwrap()]).await;
+    let (_up, proxy, port, log) = logged_stall("300ms").await;
     for proto in [Proto::H1, Proto::H2] {
-        let mut conn = Conn::connect(addr(port), proto).await.unwrap();
         let started = std::time::Instant::now();
-        let req = conn
-            .request(http::Method::GET, "backend.local", "/")
-            .body(crate::support::client::empty())
-            .unwrap();
-        let resp = conn.send(req).await.unwrap();
-        assert_eq!(resp.status(), 200);
+        let (_conn, resp) = get_stalled(port, proto).await;
         let body = http_body_util::BodyExt::collect(resp.into_body()).await;
         let elapsed = started.elapsed();
         assert!(body.is_err(), "{proto:?}: a body cut at the deadline must not look complete");
@@ -253,18 +244,9 @@ async fn route_timeout_cuts_a_response_body_that_stalls() {
 /// `downstream-disconnect`, and the abandoned upstream attempt is not counted as a timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaving_mid_body_is_logged_as_a_disconnect() {
-    let up = Faulty::start("stall", Fault::StallMidResponse(Duration::from_secs(3))).await;
-    let log = crate::support::proxy::unique_dir("dc-log").join("access.log");
-    let (proxy, port) =
-        with_route_timeout_args(up.addr, "5s", &["--access-log", log.to_str().unwrap()]).await;
+    let (_up, proxy, port, log) = logged_stall("5s").await;
     for proto in [Proto::H1, Proto::H2] {
-        let mut conn = Conn::connect(addr(port), proto).await.unwrap();
-        let req = conn
-            .request(http::Method::GET, "backend.local", "/")
-            .body(crate::support::client::empty())
-            .unwrap();
-        let resp = conn.send(req).await.unwrap();
-        assert_eq!(resp.status(), 200);
+        let (conn, resp) = get_stalled(port, proto).await;
         let mut body = resp.into_body();
         let first = http_body_util::BodyExt::frame(&mut body).await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap().len(), 10, "{proto:?}: the bytes before the stall");
@@ -279,6 +261,26 @@ async fn a_client_leaving_mid_body_is_logged_as_a_disconnect() {
     }
     let timeouts = proxy.metric("tripline_local_responses_total", &[("reason", "route-timeout")]).await;
     assert_eq!(timeouts, 0.0);
+}
+
+/// A proxy with an access log and the route timeout `timeout`, in front of an upstream that
+/// sends a 200 head and 10 of 1000 body bytes, then stalls for 3 s.
+async fn logged_stall(timeout: &str) -> (Faulty, Proxy, u16, std::path::PathBuf) {
+    let up = Faulty::start("stall", Fault::StallMidResponse(Duration::from_secs(3))).await;
+    let log = crate::support::proxy::unique_dir("stall-log").join("access.log");
+    let (proxy, port) =
+        with_route_timeout_args(up.addr, timeout, &["--access-log", log.to_str().unwrap()]).await;
+    (up, proxy, port, log)
+}
+
+/// `GET /` on a new connection; the response head must be a 200.
+async fn get_stalled(port: u16, proto: Proto) -> (Conn, http::Response<hyper::body::Incoming>) {
+    let mut conn = Conn::connect(addr(port), proto).await.unwrap();
+    let req =
+        conn.request(http::Method::GET, "backend.local", "/").body(crate::support::client::empty()).unwrap();
+    let resp = conn.send(req).await.unwrap();
+    assert_eq!(resp.status(), 200, "{proto:?}");
+    (conn, resp)
 }
 
 /// Waits for `n` lines in the access log at `path` and parses them.
