@@ -13,7 +13,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::access_log::BodyEnd;
-use crate::http_proxy::PendingLog;
+use crate::http_proxy::{PendingLog, RequestMark};
 use crate::upstream::h1::ResponseStream;
 use crate::upstream::replay::{replay_frame, TeedBody};
 use crate::upstream::InFlight;
@@ -117,6 +117,8 @@ pub struct ResponseBody {
     deadline: Option<BodyDeadline>,
     /// The access log line, written when the body ends, is cut off or is abandoned.
     log: Option<Box<PendingLog>>,
+    /// Ends the request on its client connection when the body is dropped.
+    request: Option<RequestMark>,
 }
 
 #[derive(Debug)]
@@ -143,7 +145,13 @@ impl BodyDeadline {
 
 impl ResponseBody {
     pub fn local(bytes: Bytes) -> Self {
-        ResponseBody { inner: Inner::Local(Some(bytes)), guard: None, deadline: None, log: None }
+        ResponseBody {
+            inner: Inner::Local(Some(bytes)),
+            guard: None,
+            deadline: None,
+            log: None,
+            request: None,
+        }
     }
 
     /// Wraps an upstream body with its in-flight guard and the route deadline. A body that is
@@ -154,12 +162,17 @@ impl ResponseBody {
             guard.mark_complete();
         }
         let deadline = deadline.map(|at| BodyDeadline { at, timer: None });
-        ResponseBody { inner, guard: Some(guard), deadline, log: None }
+        ResponseBody { inner, guard: Some(guard), deadline, log: None, request: None }
     }
 
     /// Writes `log` when this body ends; see [`PendingLog`].
     pub(crate) fn log_on_end(&mut self, log: Box<PendingLog>) {
         self.log = Some(log);
+    }
+
+    /// Holds `mark` until this body is dropped; see `http_proxy::RequestMark`.
+    pub(crate) fn end_request_with(&mut self, mark: RequestMark) {
+        self.request = Some(mark);
     }
 
     fn end_log(&mut self, end: BodyEnd) {

@@ -31,6 +31,32 @@ pub struct ConnContext {
     pub peer: SocketAddr,
     /// `peer`'s IP as a header value, for `x-forwarded-for`.
     pub peer_value: http::HeaderValue,
+    /// The connection's registration with `client_conns` (request-head timeout, drain).
+    pub conn: crate::client_conns::ConnHandle,
+}
+
+/// A request in flight on its client connection, until the response body is done with:
+/// dropping it tells the connection's supervision (see `client_conns`) that the request ended.
+/// It owns the request's reference to the connection context, so it costs no extra clone.
+pub(crate) struct RequestMark(Arc<ConnContext>);
+
+impl RequestMark {
+    fn new(ctx: Arc<ConnContext>, h2: bool) -> Self {
+        ctx.conn.signal().request_started(h2);
+        RequestMark(ctx)
+    }
+}
+
+impl Drop for RequestMark {
+    fn drop(&mut self) {
+        self.0.conn.signal().request_ended(self.0.shared.client_conns.now_ms());
+    }
+}
+
+impl std::fmt::Debug for RequestMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RequestMark").field(&self.0.peer).finish()
+    }
 }
 
 /// The service. Routing and the rewrite of the request for the upstream happen before the
@@ -42,7 +68,9 @@ pub fn handle(
 ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
     let log = ctx.shared.access_log.is_some().then(|| Box::new(LogStart::of(&req)));
     let mut trace = Trace { on: log.is_some(), ..Trace::default() };
+    let h2 = req.version() == http::Version::HTTP_2;
     let started = route(&ctx, &req, &mut trace).map(|r| start(&ctx, r, req, &mut trace));
+    let mark = RequestMark::new(ctx, h2);
     async move {
         let mut resp = match started {
             Ok(s) => s.finish(&mut trace).await,
@@ -50,9 +78,10 @@ pub fn handle(
         };
         if let Some(log) = log {
             // The line is written when the response body ends, so it tells how it ended.
-            let pending = PendingLog::at_head(ctx, *log, trace, &resp);
+            let pending = PendingLog::at_head(mark.0.clone(), *log, trace, &resp);
             resp.body_mut().log_on_end(pending);
         }
+        resp.body_mut().end_request_with(mark);
         Ok(resp)
     }
 }

@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod breakers_api;
+pub mod client_conns;
 pub mod cluster;
 mod dns;
 pub mod headers;
@@ -53,6 +54,8 @@ pub struct Shared {
     generation: AtomicU64,
     /// JSON access log, if enabled.
     pub access_log: Option<access_log::AccessLog>,
+    /// Open client connections: the request-head timeout and the drain.
+    pub client_conns: Arc<client_conns::ClientConns>,
 }
 
 /// The config in force.
@@ -96,6 +99,7 @@ impl Proxy {
                 listeners: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
                 access_log,
+                client_conns: Arc::default(),
             }),
         }
     }
@@ -189,6 +193,7 @@ impl Proxy {
         for rt in lock(&shared.listeners).values() {
             rt.stop();
         }
+        shared.client_conns.stop_all();
         let deadline = tokio::time::Instant::now() + timeout;
         while shared.global.downstream_connections.load(Ordering::Relaxed) > 0 {
             if tokio::time::Instant::now() >= deadline {
@@ -203,13 +208,21 @@ impl Proxy {
     }
 
     /// Periodic work, forever: outlier sweeps and breaker ticks (so an open breaker becomes
-    /// half-open even without traffic) every 100 ms, idle connection eviction every 5 s.
+    /// half-open even without traffic) every 100 ms, idle connection eviction every 5 s, and
+    /// the client connections' request-head timeout every second (every tick when the timeout
+    /// is under 10 s, so it stays within 10%).
     pub async fn run_housekeeping(self) {
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        const TICK: Duration = Duration::from_millis(100);
+        let mut tick = tokio::time::interval(TICK);
         let mut n: u64 = 0;
         loop {
             tick.tick().await;
             n += 1;
+            let conns = &self.shared.client_conns;
+            let every = (conns.header_timeout().as_millis() / 10 / TICK.as_millis()).clamp(1, 10) as u64;
+            if n % every == 0 {
+                conns.sweep(std::time::Instant::now(), TICK * every as u32);
+            }
             let applied = self.shared.applied.load_full();
             let now = resilience::now();
             for b in applied.route_breakers.breakers.values() {

@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tripline_config::plan::ListenerProtocol;
 
+use crate::client_conns::Supervised;
 use crate::http_proxy::{self, ConnContext};
 use crate::local_reply::Reason;
 use crate::router::ListenerConfig;
@@ -64,7 +65,8 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30)).keep_alive(true);
+    // The request-head timeout is kept by `client_conns` (no timer per request).
+    http.http1().timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
     http.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
     if rt.protocol == ListenerProtocol::Http2 {
         http = http.http2_only();
@@ -93,8 +95,14 @@ async fn accept_loop(
             }
             _ => {
                 let peer_value = crate::headers::peer_value(peer.ip());
-                let ctx =
-                    Arc::new(ConnContext { shared: shared.clone(), listener: rt.clone(), peer, peer_value });
+                let conn = shared.client_conns.open();
+                let ctx = Arc::new(ConnContext {
+                    shared: shared.clone(),
+                    listener: rt.clone(),
+                    peer,
+                    peer_value,
+                    conn,
+                });
                 tokio::spawn(serve_http(http.clone(), ctx, stream, tracker));
             }
         }
@@ -108,20 +116,14 @@ async fn serve_http(
     stream: TcpStream,
     _t: ConnTracker,
 ) {
-    let mut shutdown = ctx.shared.shutdown.subscribe();
-    let service_ctx = ctx.clone();
-    let service = service_fn(move |req| http_proxy::handle(service_ctx.clone(), req));
+    let signal = ctx.conn.signal().clone();
+    let service = service_fn(move |req| http_proxy::handle(ctx.clone(), req));
     let conn = http.serve_connection_with_upgrades(TokioIo::new(crate::net_io::TcpIo::new(stream)), service);
     tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = shutdown.changed() => {
-            // Drain: finish in-flight requests, then close (keep-alive clients get
-            // `Connection: close`, HTTP/2 clients a GOAWAY).
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
-    }
+    // Stopped from outside by the drain or the request-head timeout: in-flight requests
+    // finish, then the connection closes (keep-alive clients get `Connection: close`, HTTP/2
+    // clients a GOAWAY).
+    let _ = Supervised::new(conn, signal, |c| c.as_mut().graceful_shutdown()).await;
 }
 
 /// Counts open client connections so shutdown can wait for them to drain.

@@ -83,6 +83,12 @@ pub struct RunArgs {
     /// JSON access log, one line per HTTP request: stdout, stderr or a file path [default: off].
     #[arg(long, value_name = "TARGET")]
     pub access_log: Option<tripline_proxy::access_log::Target>,
+    /// Close a client connection that has had no request in flight this long: the time a
+    /// client gets to send a complete request head after connecting or after its previous
+    /// response (slow-loris protection; idle HTTP/1.1 keep-alive connections close too).
+    /// HTTP/2 connections, once they have made a request, are only closed by the client.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub header_timeout: Duration,
     /// How often `resolution: DNS` hosts are re-resolved.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub dns_refresh: Duration,

@@ -72,6 +72,7 @@ async fn serve(args: RunArgs, opts: LoadOptions, loaded: Loaded, workers: usize)
             }
         };
     let proxy = Proxy::with_access_log(access_log);
+    proxy.shared.client_conns.set_header_timeout(args.header_timeout);
     let admin = match tripline_proxy::admin::bind(args.admin).await {
         Ok(l) => l,
         Err(e) => {

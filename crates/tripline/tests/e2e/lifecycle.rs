@@ -52,3 +52,54 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     );
     assert!(TcpStream::connect(addr).await.is_err(), "listener open after exit");
 }
+
+/// `--header-timeout`: a client connection with no request in flight that long is closed,
+/// whether it is sending a head too slowly (slow loris) or idling after a response. A request
+/// in flight is never cut, however long the upstream takes, and an HTTP/2 connection that has
+/// made a request stays open. Closing is never early (the sweep runs a tick late, not soon).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_timeout_closes_connections_without_a_request_in_flight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::http_delayed("slow", Duration::from_millis(1500)).await;
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let proxy =
+        Proxy::start_args(&config::simple(port, "HTTP", &[up.addr], None), &["--header-timeout", "500ms"])
+            .await;
+
+    // Reads until the proxy closes the connection; returns what it sent and when it closed.
+    async fn read_to_close(s: &mut TcpStream) -> (String, Instant) {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "the proxy did not close the connection");
+        (String::from_utf8_lossy(&got).into_owned(), Instant::now())
+    }
+
+    let mut slow_head = TcpStream::connect(addr).await.unwrap();
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    let mut h2 = crate::support::Conn::connect(addr, crate::support::Proto::H2).await.unwrap();
+    let opened = Instant::now();
+    slow_head.write_all(b"GET / HTTP/1.1\r\nHost: backend.local\r\n").await.unwrap();
+    busy.write_all(b"GET / HTTP/1.1\r\nHost: backend.local\r\n\r\n").await.unwrap();
+    let req =
+        h2.request(http::Method::GET, "backend.local", "/").body(crate::support::client::empty()).unwrap();
+    assert_eq!(h2.send(req).await.unwrap().status(), 200);
+
+    let (sent, closed) = read_to_close(&mut slow_head).await;
+    assert!(sent.is_empty(), "an incomplete head gets no response: {sent:?}");
+    let after = closed - opened;
+    assert!(after >= Duration::from_millis(500), "closed after {after:?}, before the 500 ms timeout");
+
+    // The busy connection's request outlived the timeout three times over and completed; the
+    // connection closed only after that, once it had idled for the timeout.
+    let (sent, closed) = read_to_close(&mut busy).await;
+    assert!(sent.starts_with("HTTP/1.1 200"), "the request in flight was cut: {sent:?}");
+    assert!(closed - opened >= Duration::from_millis(2000), "closed {:?} after opening", closed - opened);
+
+    // Idle for longer than the timeout, the HTTP/2 connection still serves.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let req =
+        h2.request(http::Method::GET, "backend.local", "/").body(crate::support::client::empty()).unwrap();
+    assert_eq!(h2.send(req).await.unwrap().status(), 200);
+    assert_eq!(proxy.metric("tripline_downstream_connections", &[]).await, 1.0, "only the HTTP/2 one left");
+}
