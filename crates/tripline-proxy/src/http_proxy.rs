@@ -157,6 +157,11 @@ impl PendingLog {
     /// Writes the line.
     pub(crate) fn finish(self: Box<Self>, end: BodyEnd) {
         let Some(log) = &self.ctx.shared.access_log else { return };
+        // hyper drops the body of a response that has none on the wire (HEAD, 204, 304)
+        // without reading it: that is not a client leaving.
+        let bodiless =
+            self.start.method == http::Method::HEAD || matches!(self.status, 100..=199 | 204 | 304);
+        let end = if end == BodyEnd::DownstreamDisconnect && bodiless { BodyEnd::Complete } else { end };
         let (start, trace) = (&self.start, &self.trace);
         let queued = log.write(&Entry {
             start: start.start,

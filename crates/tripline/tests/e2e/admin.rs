@@ -63,13 +63,17 @@ async fn access_log_has_one_json_line_per_request_with_the_reason() {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     assert_eq!(get(addr, "backend.local", "/ok").await.unwrap().status, 200);
     assert_eq!(get(addr, "elsewhere.local", "/nope").await.unwrap().status, 404);
+    let head = crate::support::client::send(addr, http::Method::HEAD, "elsewhere.local", "/head", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(head.status, 404);
 
     let mut lines = Vec::new();
-    crate::support::eventually("two access log lines", std::time::Duration::from_secs(5), || {
+    crate::support::eventually("three access log lines", std::time::Duration::from_secs(5), || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         lines = text.lines().map(str::to_owned).collect::<Vec<_>>();
         let n = lines.len();
-        async move { n >= 2 }
+        async move { n >= 3 }
     })
     .await;
     let parsed: Vec<serde_json::Value> =
@@ -86,6 +90,14 @@ async fn access_log_has_one_json_line_per_request_with_the_reason() {
     let refused = parsed.iter().find(|v| v["path"] == "/nope").expect("a line for /nope");
     assert_eq!(refused["status"], 404);
     assert_eq!(refused["reason"], "no-route");
+    assert_eq!(refused["response_end"], "complete");
+    // A HEAD response has no body to send: not a cut, though hyper never reads it.
+    let head = parsed.iter().find(|v| v["path"] == "/head").expect("a line for /head");
+    assert_eq!(
+        (head["response_end"].as_str(), head["bytes_sent"].as_u64()),
+        (Some("complete"), Some(0)),
+        "{head}"
+    );
     let metrics = proxy.metrics().await;
     assert!(
         metrics.lines().any(|l| l == "tripline_access_log_dropped_total 0"),
