@@ -75,10 +75,11 @@ async fn header_timeout_closes_connections_without_a_request_in_flight() {
         (String::from_utf8_lossy(&got).into_owned(), Instant::now())
     }
 
+    // Taken before connecting: the timeout runs from the proxy's accept, which comes after.
+    let opened = Instant::now();
     let mut slow_head = TcpStream::connect(addr).await.unwrap();
     let mut busy = TcpStream::connect(addr).await.unwrap();
     let mut h2 = crate::support::Conn::connect(addr, crate::support::Proto::H2).await.unwrap();
-    let opened = Instant::now();
     slow_head.write_all(b"GET / HTTP/1.1\r\nHost: backend.local\r\n").await.unwrap();
     busy.write_all(b"GET / HTTP/1.1\r\nHost: backend.local\r\n\r\n").await.unwrap();
     let req =
