@@ -210,12 +210,19 @@ impl ResponseBody {
 }
 
 impl Drop for ResponseBody {
-    /// hyper drops a body it never had to poll (a `HEAD` or `204` response, an empty body) and
-    /// one whose client went away: only the second is a cut.
+    /// hyper drops a body it never had to poll (a `HEAD` or `204` response, an empty body), one
+    /// whose declared length it has sent (HTTP/1.1 stops there, even if an HTTP/2 upstream's
+    /// END_STREAM is still to come), and one whose client went away: only the last is a cut.
     fn drop(&mut self) {
+        let complete = self.is_end_stream() || self.size_hint().exact() == Some(0);
+        if complete {
+            if let Some(mut g) = self.guard.take() {
+                Self::inner_ended(&mut self.inner, &mut g);
+                g.finish(true);
+            }
+        }
         if self.log.is_some() {
-            let end = if self.is_end_stream() { BodyEnd::Complete } else { BodyEnd::DownstreamDisconnect };
-            self.end_log(end);
+            self.end_log(if complete { BodyEnd::Complete } else { BodyEnd::DownstreamDisconnect });
         }
     }
 }

@@ -221,7 +221,7 @@ impl Proxy {
             let conns = &self.shared.client_conns;
             let every = (conns.header_timeout().as_millis() / 10 / TICK.as_millis()).clamp(1, 10) as u64;
             if n % every == 0 {
-                conns.sweep(std::time::Instant::now(), TICK * every as u32);
+                conns.sweep(std::time::Instant::now());
             }
             let applied = self.shared.applied.load_full();
             let now = resilience::now();

@@ -284,7 +284,7 @@ async fn get_stalled(port: u16, proto: Proto) -> (Conn, http::Response<hyper::bo
 }
 
 /// Waits for `n` lines in the access log at `path` and parses them.
-async fn access_log_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+pub(crate) async fn access_log_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
     let mut lines = Vec::new();
     crate::support::eventually("access log lines", Duration::from_secs(5), || {
         lines = std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect();

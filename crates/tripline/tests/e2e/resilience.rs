@@ -838,3 +838,45 @@ async fn refused_stream_is_retried_even_for_a_post() {
         assert_eq!(streams.load(std::sync::atomic::Ordering::SeqCst), streams_seen, "{route}");
     }
 }
+
+/// An HTTP/2 upstream sends all of a response's declared length, then holds its END_STREAM
+/// back for a second. An HTTP/1.1 client has its whole response at once (hyper stops at the
+/// length and drops the body), and that is a complete response, logged as such right then,
+/// not a client that went away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_complete_by_its_length_is_complete_before_the_stream_ends() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else { return };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    tokio::spawn(async move {
+                        let head = http::Response::builder()
+                            .status(200)
+                            .header("content-length", "5")
+                            .body(())
+                            .unwrap();
+                        let Ok(mut body) = respond.send_response(head, false) else { return };
+                        let _ = body.send_data(bytes::Bytes::from_static(b"hello"), false);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        let _ = body.send_data(bytes::Bytes::new(), true);
+                    });
+                }
+            });
+        }
+    });
+    let port = free_port();
+    let log = crate::support::proxy::unique_dir("length-log").join("access.log");
+    let _proxy = Proxy::start_args(&h2_mesh(port, up, ""), &["--access-log", log.to_str().unwrap()]).await;
+    let r = send(addr(port), Method::GET, "backend.local", "/", &[], "").await.unwrap();
+    assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"hello"[..]));
+    let line = crate::limits::access_log_lines(&log, 1).await.remove(0);
+    assert_eq!(
+        (line["response_end"].as_str(), line["bytes_sent"].as_u64()),
+        (Some("complete"), Some(5)),
+        "{line}"
+    );
+    assert!(line["duration_ms"].as_f64().unwrap() < 900.0, "logged when the last byte went out: {line}");
+}
