@@ -72,13 +72,16 @@ pub fn handle(
     let started = route(&ctx, &req, &mut trace).map(|r| start(&ctx, r, req, &mut trace));
     let mark = RequestMark::new(ctx, h2);
     async move {
+        // Written if this future is dropped before the response head: the client left.
+        let mut waiting =
+            LogIfAbandoned(log.map(|start| PendingLog::new(mark.0.clone(), *start, trace.clone())));
         let mut resp = match started {
             Ok(s) => s.finish(&mut trace).await,
             Err(reason) => reason.response(),
         };
-        if let Some(log) = log {
+        if let Some(mut pending) = waiting.0.take() {
             // The line is written when the response body ends, so it tells how it ended.
-            let pending = PendingLog::at_head(mark.0.clone(), *log, trace, &resp);
+            pending.at_head(trace, &resp);
             resp.body_mut().log_on_end(pending);
         }
         resp.body_mut().end_request_with(mark);
@@ -132,21 +135,26 @@ impl std::fmt::Debug for PendingLog {
 }
 
 impl PendingLog {
-    fn at_head(
-        ctx: Arc<ConnContext>,
-        start: LogStart,
-        trace: Trace,
-        resp: &Response<ResponseBody>,
-    ) -> Box<Self> {
+    /// A line for a request that has no response yet: status 0, as Envoy logs a request whose
+    /// client left first.
+    fn new(ctx: Arc<ConnContext>, start: LogStart, trace: Trace) -> Box<Self> {
         Box::new(PendingLog {
             ctx,
-            head_after: start.t0.elapsed(),
+            head_after: std::time::Duration::ZERO,
             start,
             trace,
-            status: resp.status().as_u16(),
-            reason: resp.headers().get(REASON_HEADER).cloned(),
+            status: 0,
+            reason: None,
             bytes_sent: 0,
         })
+    }
+
+    /// The response head is ready.
+    fn at_head(&mut self, trace: Trace, resp: &Response<ResponseBody>) {
+        self.head_after = self.start.t0.elapsed();
+        self.trace = trace;
+        self.status = resp.status().as_u16();
+        self.reason = resp.headers().get(REASON_HEADER).cloned();
     }
 
     /// Counts body bytes handed to the client's connection.
@@ -159,8 +167,8 @@ impl PendingLog {
         let Some(log) = &self.ctx.shared.access_log else { return };
         // hyper drops the body of a response that has none on the wire (HEAD, 204, 304)
         // without reading it: that is not a client leaving.
-        let bodiless =
-            self.start.method == http::Method::HEAD || matches!(self.status, 100..=199 | 204 | 304);
+        let bodiless = self.status != 0
+            && (self.start.method == http::Method::HEAD || matches!(self.status, 100..=199 | 204 | 304));
         let end = if end == BodyEnd::DownstreamDisconnect && bodiless { BodyEnd::Complete } else { end };
         let (start, trace) = (&self.start, &self.trace);
         let queued = log.write(&Entry {
@@ -189,8 +197,19 @@ impl PendingLog {
     }
 }
 
+/// The access log line of a request still waiting for its response head.
+struct LogIfAbandoned(Option<Box<PendingLog>>);
+
+impl Drop for LogIfAbandoned {
+    fn drop(&mut self) {
+        if let Some(pending) = self.0.take() {
+            pending.finish(BodyEnd::DownstreamDisconnect);
+        }
+    }
+}
+
 /// What the access log wants to know about a request; filled only when `on`.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Trace {
     on: bool,
     route: Option<Arc<str>>,

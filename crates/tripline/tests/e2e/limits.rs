@@ -283,6 +283,29 @@ async fn get_stalled(port: u16, proto: Proto) -> (Conn, http::Response<hyper::bo
     (conn, resp)
 }
 
+/// A client that leaves before the response head is logged too, when it leaves: status 0 (as
+/// Envoy logs it) and `downstream-disconnect`, with the route it had been given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_before_the_head_is_logged_with_status_0() {
+    let up = Upstream::http_delayed("slow", Duration::from_secs(2)).await;
+    let log = crate::support::proxy::unique_dir("dc-head-log").join("access.log");
+    let (_proxy, port) =
+        with_route_timeout_args(up.addr, "5s", &["--access-log", log.to_str().unwrap()]).await;
+    let mut client = TcpStream::connect(addr(port)).await.unwrap();
+    client.write_all(b"HEAD /slow HTTP/1.1\r\nHost: backend.local\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(client);
+    let line = access_log_lines(&log, 1).await.remove(0);
+    assert_eq!(
+        (line["status"].as_u64(), line["response_end"].as_str()),
+        (Some(0), Some("downstream-disconnect")),
+        "{line}"
+    );
+    assert_eq!(line["path"], "/slow");
+    assert_eq!(line["route"], "backend/http[0]", "{line}");
+    assert!(line["duration_ms"].as_f64().unwrap() < 1500.0, "logged when the client left: {line}");
+}
+
 /// Waits for `n` lines in the access log at `path` and parses them.
 pub(crate) async fn access_log_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
     let mut lines = Vec::new();
