@@ -10,8 +10,8 @@
 //! second (every 100 ms tick when the timeout is under 10 s).
 //!
 //! A connection's supervision state is a [`ConnSignal`]: requests in flight, since when it has
-//! had none, and a stop flag with the connection task's
-//! waker. [`Supervised`] wraps the connection's future: when the flag is up it starts hyper's
+//! had none, and a stop flag with the connection task's waker. [`Supervised`] wraps the
+//! connection's future: when the flag is up it starts hyper's
 //! graceful shutdown (a request in flight finishes with `Connection: close`, HTTP/2 gets a
 //! GOAWAY); on a timeout, a connection with no request in flight is then dropped outright,
 //! since hyper would wait for the head a slow client is still sending. Otherwise it costs one
@@ -59,8 +59,9 @@ pub struct ConnSignal {
     /// When the last request ended (or the connection opened), in [`ClientConns`]'s
     /// milliseconds.
     idle_since_ms: AtomicU64,
-    /// Set once the connection has spoken HTTP/2, whose idle streams-free time is not a
-    /// request-head wait (gRPC channels idle for minutes); such connections are only drained.
+    /// Set once the connection has made an HTTP/2 request: time without streams there is not
+    /// a request-head wait (gRPC channels idle for minutes), so such connections are only
+    /// drained.
     h2: AtomicBool,
     /// [`STOP_NONE`], [`STOP_DRAIN`] or [`STOP_TIMEOUT`].
     stop: AtomicU8,
