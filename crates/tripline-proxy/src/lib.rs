@@ -21,6 +21,7 @@ pub mod resilience;
 pub mod router;
 pub mod tcp_proxy;
 pub mod upstream;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

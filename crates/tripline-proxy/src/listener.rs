@@ -20,6 +20,7 @@ use crate::client_conns::Supervised;
 use crate::http_proxy::{self, ConnContext};
 use crate::local_reply::Reason;
 use crate::router::ListenerConfig;
+use crate::workers;
 use crate::Shared;
 
 /// A bound listener and the routes it serves.
@@ -91,7 +92,8 @@ async fn accept_loop(
         let tracker = ConnTracker::new(&shared);
         match rt.protocol {
             ListenerProtocol::Tcp => {
-                tokio::spawn(crate::tcp_proxy::serve(shared.clone(), rt.clone(), stream, peer, tracker));
+                let (shared, rt) = (shared.clone(), rt.clone());
+                hand_over(stream, move |s| crate::tcp_proxy::serve(shared, rt, s, peer, tracker));
             }
             _ => {
                 let peer_value = crate::headers::peer_value(peer.ip());
@@ -103,11 +105,44 @@ async fn accept_loop(
                     peer_value,
                     conn,
                 });
-                tokio::spawn(serve_http(http.clone(), ctx, stream, tracker));
+                let http = http.clone();
+                hand_over(stream, move |s| serve_http(http, ctx, s, tracker));
             }
         }
     }
     tracing::info!(listener = %rt.name, bind = %rt.bind, "listener closed");
+}
+
+/// Serves an accepted connection on the worker [`workers::pick`] chooses: here, or moved to
+/// that worker's event loop (the socket leaves this thread's epoll set for that one's).
+fn hand_over<F, Fut>(stream: TcpStream, serve: F)
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let worker = workers::pick();
+    let assigned = workers::Assigned::new(worker);
+    if worker == workers::current() {
+        tokio::spawn(async move {
+            serve(stream).await;
+            drop(assigned);
+        });
+        return;
+    }
+    let moved = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hand a connection to another worker");
+            return;
+        }
+    };
+    workers::spawn_on(worker, async move {
+        match TcpStream::from_std(moved) {
+            Ok(s) => serve(s).await,
+            Err(e) => tracing::warn!(error = %e, "cannot hand a connection to another worker"),
+        }
+        drop(assigned);
+    });
 }
 
 async fn serve_http(

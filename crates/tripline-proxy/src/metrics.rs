@@ -264,6 +264,15 @@ impl Collector for Scrape {
             "Open client connections.",
             std::iter::once((vec![], self.global.downstream_connections.load(Ordering::Relaxed) as i64)),
         )?;
+        counter(
+            &mut enc,
+            "tripline_worker_connections",
+            "Client connections each worker thread was given (the least loaded takes the next).",
+            crate::workers::accepted()
+                .into_iter()
+                .enumerate()
+                .map(|(i, n)| (vec![("worker", i.to_string())], n)),
+        )?;
         Ok(())
     }
 }

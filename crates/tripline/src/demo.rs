@@ -83,7 +83,7 @@ pub fn run(args: DemoArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&args.log);
-    let rt = match crate::run::runtime(1) {
+    let rt = match crate::run::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tripline demo: {e}");

@@ -68,9 +68,10 @@ pub struct RunArgs {
     /// Admin API address (/ready, /metrics, /clusters, /config_dump).
     #[arg(long, default_value = "127.0.0.1:15000", value_name = "ADDR")]
     pub admin: SocketAddr,
-    /// Worker threads [default: number of cores].
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
+    /// Worker threads, each with its own event loop; connections go to the least loaded
+    /// [default: number of cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
     /// Where the mesh listener binds (VirtualServices without `gateways`).
     #[arg(long, default_value = "127.0.0.1:15001", value_name = "ADDR")]
     pub mesh_bind: SocketAddr,

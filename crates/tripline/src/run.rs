@@ -11,19 +11,14 @@ use tripline_proxy::Proxy;
 
 use crate::{init_logging, RunArgs};
 
-/// Builds the async runtime: one worker runs a single-threaded runtime (no work-stealing
-/// overhead, the fastest per request); more workers share a multi-threaded one.
-pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if workers <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
-    }
+/// Builds the main thread's runtime, worker 0: single-threaded, like every worker (see
+/// `tripline_proxy::workers`; `run` starts the others).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
 
-/// Runs the proxy's main future on the runtime. On a single-worker runtime, small socket writes
-/// are then deferred to the end of each event-loop tick and sent together (see
-/// `tripline_proxy::net_io`).
+/// Runs the proxy's main future on the runtime. Small socket writes are then deferred to the
+/// end of each event-loop tick and sent together (see `tripline_proxy::net_io`).
 pub fn block_on<T>(rt: &tokio::runtime::Runtime, main: impl std::future::Future<Output = T>) -> T {
     rt.block_on(async {
         tripline_proxy::net_io::defer_writes_on_this_thread();
@@ -51,15 +46,29 @@ pub fn run(args: RunArgs) -> ExitCode {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    let workers = args.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let rt = match runtime(workers) {
+    let workers =
+        args.workers.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from);
+    let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tripline: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    block_on(&rt, serve(args, opts, loaded, workers))
+    let (code, threads) = block_on(&rt, async move {
+        // Before the config is applied: the upstream pools are sized by the worker count.
+        match tripline_proxy::workers::start(workers) {
+            Ok(threads) => (serve(args, opts, loaded, workers).await, Some(threads)),
+            Err(e) => {
+                eprintln!("tripline: cannot start {workers} workers: {e} (use --workers)");
+                (ExitCode::FAILURE, None)
+            }
+        }
+    });
+    if let Some(threads) = threads {
+        threads.stop();
+    }
+    code
 }
 
 async fn serve(args: RunArgs, opts: LoadOptions, loaded: Loaded, workers: usize) -> ExitCode {

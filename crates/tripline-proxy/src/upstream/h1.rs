@@ -102,6 +102,11 @@ impl RawConn {
         }
     }
 
+    /// The worker whose event loop watches the socket.
+    pub fn home(&self) -> usize {
+        self.guard.home()
+    }
+
     /// The socket and its slot, for hyper to take over (the read buffer is empty: pooled
     /// connections never hold unread bytes).
     pub fn into_parts(self) -> (TcpIo, ConnGuard, u32) {

@@ -5,8 +5,12 @@
 //!   *pending* (at most `http1MaxPendingRequests` of them, beyond that `overflow-pending`)
 //!   until a connection is returned or closed. A pending request that gets no connection
 //!   within `connectTimeout` is refused with `overflow-connections`: the pool is saturated.
-//! - HTTP/2: one multiplexed connection per endpoint, replaced when it closes or has served
-//!   `maxRequestsPerConnection` requests.
+//! - HTTP/2: one multiplexed connection per endpoint (and worker), replaced when it closes or
+//!   has served `maxRequestsPerConnection` requests.
+//! - Per worker (see [`crate::workers`]): each worker thread keeps its own idle connections,
+//!   so a request uses a socket its own event loop watches. The limits are the cluster's,
+//!   across workers; a request that finds its worker without an idle connection and the
+//!   cluster at `maxConnections` borrows one from another worker before it waits.
 //! - An HTTP/1.1 connection is driven by the lean client ([`super::h1`]) for requests without
 //!   a body, or by hyper's client (a task per connection) for the rest. An idle lean-client
 //!   connection taken by a request with a body is handed to hyper; never the other way.
@@ -37,13 +41,17 @@ use crate::body::{BoxError, RequestBody, UpstreamBody};
 use crate::cluster::{Cluster, ClusterState, Endpoint};
 use crate::local_reply::Reason;
 
-/// Idle HTTP/1.1 connections kept per endpoint; more are closed when returned.
+/// Idle HTTP/1.1 connections kept per endpoint, shared out among the workers; more are
+/// closed when returned.
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
 #[derive(Debug)]
 pub struct ConnectionPool {
-    idle: ArrayQueue<IdleH1>,
-    h2: ArcSwapOption<H2Conn>,
+    /// Idle HTTP/1.1 connections, one queue per worker (by the worker whose event loop
+    /// watches the socket).
+    idle: Box<[ArrayQueue<IdleH1>]>,
+    /// The multiplexed HTTP/2 connection of each worker.
+    h2: Box<[ArcSwapOption<H2Conn>]>,
     /// Open connections to this endpoint.
     pub connections: AtomicU32,
 }
@@ -60,7 +68,12 @@ struct IdleH1 {
 #[derive(Debug)]
 pub enum H1Link {
     Raw(Box<RawConn>),
-    Hyper { tx: http1::SendRequest<RequestBody>, uses: u32 },
+    /// `home`: the worker whose event loop watches the socket.
+    Hyper {
+        tx: http1::SendRequest<RequestBody>,
+        uses: u32,
+        home: usize,
+    },
 }
 
 impl H1Link {
@@ -68,6 +81,14 @@ impl H1Link {
         match self {
             H1Link::Raw(c) => c.uses,
             H1Link::Hyper { uses, .. } => *uses,
+        }
+    }
+
+    /// The worker whose event loop watches the socket: the connection's idle queue.
+    fn home(&self) -> usize {
+        match self {
+            H1Link::Raw(c) => c.home(),
+            H1Link::Hyper { home, .. } => *home,
         }
     }
 }
@@ -97,15 +118,22 @@ impl Default for ConnectionPool {
 
 impl ConnectionPool {
     pub fn new() -> Self {
+        let workers = crate::workers::count();
+        let per_worker = (MAX_IDLE_PER_ENDPOINT / workers).max(64);
         ConnectionPool {
-            idle: ArrayQueue::new(MAX_IDLE_PER_ENDPOINT),
-            h2: ArcSwapOption::empty(),
+            idle: (0..workers).map(|_| ArrayQueue::new(per_worker)).collect(),
+            h2: (0..workers).map(|_| ArcSwapOption::empty()).collect(),
             connections: AtomicU32::new(0),
         }
     }
 
     pub fn idle_count(&self) -> usize {
-        self.idle.len()
+        self.idle.iter().map(ArrayQueue::len).sum()
+    }
+
+    /// This worker's slot in the per-worker tables.
+    fn here(&self) -> usize {
+        crate::workers::current() % self.idle.len()
     }
 
     /// Returns a connection after a complete response. Closed or worn-out connections are
@@ -115,15 +143,18 @@ impl ConnectionPool {
         if closed || max_uses.is_some_and(|m| link.uses() >= m) {
             return;
         }
-        let _ = self.idle.push(IdleH1 { link, since: now });
+        let home = link.home() % self.idle.len();
+        let _ = self.idle[home].push(IdleH1 { link, since: now });
     }
 
     /// Drops idle connections older than `idle_timeout` (called periodically).
     pub fn evict_idle(&self, idle_timeout: std::time::Duration, now: Nanos) {
-        for _ in 0..self.idle.len() {
-            let Some(mut c) = self.idle.pop() else { break };
-            if !idle_too_long(c.since, now, idle_timeout) && c.link_alive() {
-                let _ = self.idle.push(c);
+        for queue in self.idle.iter() {
+            for _ in 0..queue.len() {
+                let Some(mut c) = queue.pop() else { break };
+                if !idle_too_long(c.since, now, idle_timeout) && c.link_alive() {
+                    let _ = queue.push(c);
+                }
             }
         }
     }
@@ -148,6 +179,14 @@ pub struct ConnGuard {
     state: Arc<ClusterState>,
     endpoint: Arc<Endpoint>,
     slot: Option<Permit>,
+    /// The worker that opened the connection: its event loop watches the socket.
+    home: usize,
+}
+
+impl ConnGuard {
+    pub(crate) fn home(&self) -> usize {
+        self.home
+    }
 }
 
 impl Drop for ConnGuard {
@@ -180,7 +219,7 @@ pub async fn checkout(
             // Register before re-checking so a release between the check and the wait is seen.
             notified.as_mut().enable();
         }
-        if let Some(conn) = reuse(cluster, ep, now, simple).await {
+        if let Some(conn) = reuse(cluster, ep, now, simple, Some(ep.pool.here())).await {
             return Ok(conn);
         }
         if let Some(slot) = state.connections.try_acquire() {
@@ -188,6 +227,12 @@ pub async fn checkout(
             // Boxed: connecting is the rare path, and its large future would otherwise be
             // part of every request's future (moved and zeroed on every request).
             return Box::pin(connect(cluster, ep, slot, simple)).await;
+        }
+        if ep.pool.idle.len() > 1 {
+            // At the limit: another worker's idle connection serves rather than none.
+            if let Some(conn) = Box::pin(reuse(cluster, ep, now, simple, None)).await {
+                return Ok(conn);
+            }
         }
         if pending.is_none() {
             pending = Some(state.pending.try_acquire().ok_or(Reason::OverflowPending)?);
@@ -204,21 +249,35 @@ pub async fn checkout(
     }
 }
 
-async fn reuse(cluster: &Cluster, ep: &Endpoint, now: Nanos, simple: bool) -> Option<Conn> {
+/// An idle connection of worker `only`, or of any worker (`None`).
+async fn reuse(
+    cluster: &Cluster,
+    ep: &Endpoint,
+    now: Nanos,
+    simple: bool,
+    only: Option<usize>,
+) -> Option<Conn> {
     let limits = cluster.limits();
+    let pool = &ep.pool;
+    let slots = match only {
+        Some(i) => i..i + 1,
+        None => 0..pool.idle.len(),
+    };
     match cluster.protocol() {
-        UpstreamProtocol::Http2 => {
-            let c = ep.pool.h2.load_full()?;
+        UpstreamProtocol::Http2 => slots.into_iter().find_map(|i| {
+            let slot = &pool.h2[i];
+            let c = slot.load_full()?;
             let uses = c.uses.fetch_add(1, Ordering::Relaxed) + 1;
             let worn = limits.max_requests_per_connection.is_some_and(|m| uses > m);
             if c.tx.is_closed() || worn {
-                ep.pool.h2.compare_and_swap(&Some(c), None);
+                slot.compare_and_swap(&Some(c), None);
                 return None;
             }
             Some(Conn::H2(c.tx.clone()))
-        }
+        }),
         _ => {
-            while let Some(idle) = ep.pool.idle.pop() {
+            let queues = &pool.idle[slots];
+            while let Some(idle) = queues.iter().find_map(ArrayQueue::pop) {
                 if idle_too_long(idle.since, now, limits.idle_timeout) {
                     continue;
                 }
@@ -231,13 +290,14 @@ async fn reuse(cluster: &Cluster, ep: &Endpoint, now: Nanos, simple: bool) -> Op
                             return Some(Conn::H1(H1Link::Raw(c)));
                         }
                         let (io, guard, uses) = (*c).into_parts();
+                        let home = guard.home();
                         if let Ok(tx) = Box::pin(hyper_h1(io, guard)).await {
-                            return Some(Conn::H1(H1Link::Hyper { tx, uses }));
+                            return Some(Conn::H1(H1Link::Hyper { tx, uses, home }));
                         }
                     }
-                    H1Link::Hyper { mut tx, uses } => {
+                    H1Link::Hyper { mut tx, uses, home } => {
                         if tx.ready().await.is_ok() {
-                            return Some(Conn::H1(H1Link::Hyper { tx, uses }));
+                            return Some(Conn::H1(H1Link::Hyper { tx, uses, home }));
                         }
                     }
                 }
@@ -268,7 +328,8 @@ async fn connect(cluster: &Cluster, ep: &Arc<Endpoint>, slot: Permit, simple: bo
     };
     let _ = stream.set_nodelay(true);
     ep.pool.connections.fetch_add(1, Ordering::Relaxed);
-    let guard = ConnGuard { state: state.clone(), endpoint: ep.clone(), slot: Some(slot) };
+    let home = crate::workers::current();
+    let guard = ConnGuard { state: state.clone(), endpoint: ep.clone(), slot: Some(slot), home };
     match cluster.protocol() {
         UpstreamProtocol::Http2 => {
             let io = TokioIo::new(TcpIo::new(stream));
@@ -282,13 +343,13 @@ async fn connect(cluster: &Cluster, ep: &Arc<Endpoint>, slot: Permit, simple: bo
                 drop(guard);
             });
             let shared = Arc::new(H2Conn { tx: tx.clone(), uses: AtomicU32::new(1) });
-            ep.pool.h2.store(Some(shared));
+            ep.pool.h2[ep.pool.here()].store(Some(shared));
             Ok(Conn::H2(tx))
         }
         _ if simple => Ok(Conn::H1(H1Link::Raw(RawConn::new(stream, guard)))),
         _ => {
             let tx = hyper_h1(TcpIo::new(stream), guard).await.map_err(|_| failed())?;
-            Ok(Conn::H1(H1Link::Hyper { tx, uses: 0 }))
+            Ok(Conn::H1(H1Link::Hyper { tx, uses: 0, home }))
         }
     }
 }
@@ -331,8 +392,11 @@ impl Conn {
             // The lean client's connection travels in the response body and comes back
             // through it (`ResponseBody`), not here.
             Conn::H1(H1Link::Raw(c)) => h1::send(c, &req).await,
-            Conn::H1(H1Link::Hyper { mut tx, uses }) => match tx.try_send_request(req).await {
-                Ok(resp) => Ok((hyper_body(resp), Some(Reusable(H1Link::Hyper { tx, uses: uses + 1 })))),
+            Conn::H1(H1Link::Hyper { mut tx, uses, home }) => match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    let back = H1Link::Hyper { tx, uses: uses + 1, home };
+                    Ok((hyper_body(resp), Some(Reusable(back))))
+                }
                 Err(e) => Err(unsent_or_reset(e)),
             },
             Conn::H2(mut tx) => match tx.try_send_request(req).await {
@@ -372,6 +436,6 @@ impl ConnGuard {
         let endpoint = Endpoint::new(([127, 0, 0, 1], 1).into(), 1, Default::default());
         endpoint.pool.connections.fetch_add(1, Ordering::Relaxed);
         let slot = state.connections.try_acquire();
-        ConnGuard { state, endpoint, slot }
+        ConnGuard { state, endpoint, slot, home: 0 }
     }
 }

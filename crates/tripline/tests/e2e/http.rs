@@ -270,7 +270,10 @@ async fn h2c_client_to_h2c_upstream() {
 async fn http1_get_requests_reuse_one_upstream_connection() {
     // Requests without a body take the lean HTTP/1.1 client; its connections are pooled too.
     let up = Upstream::http("u1").await;
-    let (_proxy, addr) = proxy_to(&[&up], "HTTP").await;
+    let port = free_port();
+    // One worker: with more, each keeps its own idle connections (see `workers::`).
+    let _proxy = Proxy::start_single(&config::simple(port, "HTTP", &[up.addr], None)).await;
+    let addr = listener_addr(port);
     for proto in [Proto::H1, Proto::H2] {
         let mut conn = Conn::connect(addr, proto).await.unwrap();
         for _ in 0..10 {

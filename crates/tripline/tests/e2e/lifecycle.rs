@@ -13,7 +13,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let up = Upstream::http_delayed("slow", Duration::from_millis(1500)).await;
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut proxy = Proxy::start_multi(&config::simple(port, "HTTP", &[up.addr], None)).await;
+    let mut proxy = Proxy::start(&config::simple(port, "HTTP", &[up.addr], None)).await;
 
     let mut in_flight = Vec::new();
     for i in 0..4 {

@@ -62,7 +62,7 @@ async fn overflow_pending_when_connections_and_queue_are_full() {
     let port = free_port();
     let tp =
         "    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1}\n";
-    let proxy = Proxy::start_multi(&config::simple(port, "HTTP", &[up.addr], Some(tp))).await;
+    let proxy = Proxy::start(&config::simple(port, "HTTP", &[up.addr], Some(tp))).await;
     let rs = burst(addr(port), 6).await;
     // One request on the single connection, one waiting in the queue, the rest rejected.
     assert_overflow(&proxy, &rs, "overflow-pending", 2).await;

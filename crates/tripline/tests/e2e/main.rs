@@ -20,3 +20,4 @@ mod routing;
 mod tcp;
 mod upgrade;
 mod validate;
+mod workers;

@@ -66,7 +66,7 @@ async fn hot_reload_under_load_has_zero_failures() {
     let old = Upstream::http("old").await;
     let new = Upstream::http("new").await;
     let port = free_port();
-    let proxy = Proxy::start_multi(&config::simple(port, "HTTP", &[old.addr], None)).await;
+    let proxy = Proxy::start(&config::simple(port, "HTTP", &[old.addr], None)).await;
     let reloads = proxy.metric("tripline_config_reloads_total", &[("result", "success")]).await;
 
     let stop = Arc::new(AtomicBool::new(false));

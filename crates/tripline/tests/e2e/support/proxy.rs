@@ -81,9 +81,9 @@ impl Proxy {
         Self::start_args(yaml, &[]).await
     }
 
-    /// Starts the proxy on the multi-threaded runtime (two workers).
-    pub async fn start_multi(yaml: &str) -> Proxy {
-        Self::start_args(yaml, &["--workers", "2"]).await
+    /// Starts the proxy with one worker: one event loop, as the benchmarks run it.
+    pub async fn start_single(yaml: &str) -> Proxy {
+        Self::start_args(yaml, &["--workers", "1"]).await
     }
 
     pub async fn start_args(yaml: &str, extra: &[&str]) -> Proxy {
@@ -95,10 +95,10 @@ impl Proxy {
         let stdout = dir.join("stdout.log");
         let admin_arg = admin.to_string();
         let mut args: Vec<&str> = vec!["run", "-c", config.to_str().unwrap(), "--admin", &admin_arg];
-        // One worker by default: the single-threaded runtime with deferred writes, as a
-        // sidecar and the benchmarks run. Tests pass `--workers 2` for the multi-threaded one.
+        // Two workers by default, as `tripline run` starts on a two-core machine: connections
+        // spread over two event loops, and upstream pools with an idle queue for each.
         if !extra.contains(&"--workers") {
-            args.extend(["--workers", "1"]);
+            args.extend(["--workers", "2"]);
         }
         args.extend(["--log-level", "info", "--log-format", "text", "--drain-timeout", "5s"]);
         args.extend_from_slice(extra);
