@@ -5,6 +5,7 @@
 #
 #   BINS="/tmp/old-tripline target/release/tripline" ROUNDS=3 DUR=5 bash bench/cpu-ab.sh
 #   MODES="lat-h1 lat-h2" bash bench/cpu-ab.sh     # latency at a fixed 5,000 rps (oha) instead
+#   WORKERS=2 BINS=... bash bench/cpu-ab.sh          # the binaries with two workers (all on CPU 0)
 #
 # Needs the peers from ../shared/bench/setup-peers.sh (nginx, haproxy, wrk, h2load). The
 # upstream is the harness's nginx (`return 200 "ok"`) on 127.0.0.1:18080; proxies run one
@@ -31,7 +32,7 @@ i=0
 for bin in $BINS; do
   i=$((i + 1)); port=$((18130 + i)); name="tripline$i"
   sed "s/18130/$port/" "$HERE/peers.yaml" >"$RUN/$name.yaml"
-  taskset -c 0 "$bin" run -c "$RUN/$name.yaml" --workers 1 --log-level error --admin "127.0.0.1:$((15100 + i))" \
+  taskset -c 0 "$bin" run -c "$RUN/$name.yaml" --workers "${WORKERS:-1}" --log-level error --admin "127.0.0.1:$((15100 + i))" \
     >"$RUN/$name.log" 2>&1 &
   PIDS+=($!)
   SUT[$name]=$!; H1[$name]=http://127.0.0.1:$port/; H2[$name]=http://127.0.0.1:$port/

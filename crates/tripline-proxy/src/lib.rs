@@ -241,6 +241,9 @@ impl Proxy {
                     }
                     if n % 50 == 0 {
                         m.ep.pool.evict_idle(c.limits().idle_timeout, now);
+                        // A request that looked while the sweep held a connection waits for
+                        // a release: this is one.
+                        c.state.notify_released();
                     }
                 }
             }

@@ -122,7 +122,7 @@ where
 {
     let worker = workers::pick();
     let assigned = workers::Assigned::new(worker);
-    if worker == workers::current() {
+    if workers::runs_here(worker) {
         tokio::spawn(async move {
             serve(stream).await;
             drop(assigned);

@@ -264,14 +264,19 @@ impl Collector for Scrape {
             "Open client connections.",
             std::iter::once((vec![], self.global.downstream_connections.load(Ordering::Relaxed) as i64)),
         )?;
+        let workers = crate::workers::connections();
+        let worker = |i: usize| vec![("worker", i.to_string())];
         counter(
             &mut enc,
             "tripline_worker_connections",
             "Client connections each worker thread was given (the least loaded takes the next).",
-            crate::workers::accepted()
-                .into_iter()
-                .enumerate()
-                .map(|(i, n)| (vec![("worker", i.to_string())], n)),
+            workers.iter().enumerate().map(|(i, (given, _))| (worker(i), *given)),
+        )?;
+        gauge(
+            &mut enc,
+            "tripline_worker_open_connections",
+            "Open client connections on each worker thread.",
+            workers.iter().enumerate().map(|(i, (_, open))| (worker(i), *open as i64)),
         )?;
         Ok(())
     }

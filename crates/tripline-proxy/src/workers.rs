@@ -4,26 +4,27 @@
 //! Why: on a work-stealing runtime a connection's tasks wander between threads, every wakeup
 //! may cross a core, and a socket write cannot be held to the end of the event-loop tick
 //! (`net_io`'s deferred writes need the writer and the flusher on one thread). Measured on the
-//! benchmark machine, two work-stealing workers cost 20–40% more CPU per request than two of
-//! these, most of it kernel time waking peers (docs/benchmarks.md). Envoy and HAProxy run a
-//! loop per thread for the same reason.
+//! benchmark machine, two of these workers sharing a core spend about a quarter less CPU per
+//! h2c request than two work-stealing ones, and wake the proxy's peers half as often
+//! (docs/benchmarks.md). Envoy and HAProxy run a loop per thread for the same reason.
 //!
 //! How:
-//! - Worker 0 is the main thread's runtime; it also runs the control plane (admin API, config
-//!   reload, DNS, housekeeping). Workers 1..N each run a thread of their own ([`start`]).
-//! - One socket per listener accepts on worker 0, and hands each connection to the worker with
-//!   the fewest open client connections ([`pick`]); the connection's tasks, its upstream
-//!   requests and their upstream connections then stay on that worker.
+//! - `--workers 1`: the main thread's runtime is the one worker and runs everything.
+//! - `--workers N`, N ≥ 2: N threads of their own ([`start`]); the main thread keeps the
+//!   control plane (admin API, config reload, DNS, housekeeping) and the accept loops.
+//! - One socket per listener accepts on the main thread and hands each connection to the
+//!   worker with the fewest open client connections ([`pick`]); the connection's tasks, its
+//!   upstream requests and their upstream connections then stay on that worker.
 //! - Upstream pools keep idle connections per worker (`upstream::pool`), so a request takes a
 //!   connection whose socket its own thread watches. Limits (`maxConnections` and the rest)
 //!   stay per cluster, counted across workers: a request on a worker at the limit borrows an
 //!   idle connection of another worker rather than wait.
 //!
-//! Without [`start`] (unit tests, `--workers 1`, the demo) there is one worker, index 0.
+//! Without [`start`] (unit tests, the demo) there is one worker, index 0: this thread.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{mpsc, OnceLock};
 
 use tokio::runtime::Handle;
 use tokio::sync::watch;
@@ -31,7 +32,9 @@ use tokio::sync::watch;
 static WORKERS: OnceLock<Workers> = OnceLock::new();
 
 thread_local! {
-    static INDEX: Cell<usize> = const { Cell::new(0) };
+    /// The worker this thread is; `None` on the main thread when the workers have threads
+    /// of their own.
+    static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 struct Workers {
@@ -40,6 +43,8 @@ struct Workers {
     conns: Box<[AtomicUsize]>,
     /// Client connections each worker was given, ever (for `/metrics`).
     accepted: Box<[AtomicUsize]>,
+    /// Rotates the winner of ties in [`pick`].
+    next: AtomicUsize,
 }
 
 /// The number of workers (1 unless [`start`] ran).
@@ -47,9 +52,18 @@ pub fn count() -> usize {
     WORKERS.get().map_or(1, |w| w.handles.len())
 }
 
-/// The worker this thread is, `0..count()`.
+/// The worker this thread is, `0..count()`; the main thread of several workers counts as 0
+/// (it only runs the control plane, which uses no pool slot of its own).
 pub fn current() -> usize {
-    INDEX.with(Cell::get)
+    INDEX.with(Cell::get).unwrap_or(0)
+}
+
+fn is_here(index: usize) -> bool {
+    match INDEX.with(Cell::get) {
+        Some(i) => i == index,
+        // Never started (unit tests, the demo): everything runs here.
+        None => WORKERS.get().is_none(),
+    }
 }
 
 /// The worker threads started by [`start`]; [`Threads::stop`] ends them.
@@ -68,63 +82,93 @@ impl Threads {
     }
 }
 
-/// Starts workers 1..n, each a thread with a single-threaded runtime that defers small
-/// writes to the end of its tick; the caller's runtime becomes worker 0. Call it once, from
-/// the main runtime, before the first config is applied (pools are sized by [`count`]).
+/// Starts `n` workers, each a single-threaded runtime that defers small writes to the end of
+/// its tick. One worker is the caller's own runtime (the main thread runs everything, as the
+/// benchmarks measure it); several are threads of their own, and the main thread keeps the
+/// control plane and the accept loops, as Envoy's main thread does. Call it once, from the
+/// main runtime, before the first config is applied (pools are sized by [`count`]).
 pub fn start(n: usize) -> std::io::Result<Threads> {
     if WORKERS.get().is_some() {
         return Err(std::io::Error::other("workers already started"));
     }
     let (stop, stopped) = watch::channel(false);
-    let mut handles = vec![Handle::current()];
-    let mut joins = Vec::new();
-    for i in 1..n {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        handles.push(rt.handle().clone());
+    let mut threads = Threads { stop, joins: Vec::new() };
+    let mut handles = Vec::new();
+    if n <= 1 {
+        INDEX.with(|c| c.set(Some(0)));
+        handles.push(Handle::current());
+    }
+    let own_threads = if n > 1 { n } else { 0 };
+    for i in 0..own_threads {
+        // The runtime is built on its own thread: a runtime must not be dropped in async
+        // context, which is where this runs if a later step fails.
+        let (tx, rx) = mpsc::channel();
         let mut stopped = stopped.clone();
-        let join = std::thread::Builder::new().name(format!("tripline-worker-{i}")).spawn(move || {
-            INDEX.with(|c| c.set(i));
+        let spawned = std::thread::Builder::new().name(format!("tripline-worker-{i}")).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return drop(tx.send(Err(e))),
+            };
+            INDEX.with(|c| c.set(Some(i)));
+            let _ = tx.send(Ok(rt.handle().clone()));
             rt.block_on(async move {
                 crate::net_io::defer_writes_on_this_thread();
                 let _ = stopped.wait_for(|s| *s).await;
             });
-        })?;
-        joins.push(join);
+        });
+        let handle = spawned.and_then(|join| {
+            threads.joins.push(join);
+            rx.recv().map_err(std::io::Error::other)?
+        });
+        match handle {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                threads.stop();
+                return Err(e);
+            }
+        }
     }
     let zeros = || (0..handles.len()).map(|_| AtomicUsize::new(0)).collect();
-    let threads = Threads { stop, joins };
-    if WORKERS.set(Workers { conns: zeros(), accepted: zeros(), handles }).is_err() {
+    let workers = Workers { conns: zeros(), accepted: zeros(), handles, next: AtomicUsize::new(0) };
+    if WORKERS.set(workers).is_err() {
         threads.stop();
         return Err(std::io::Error::other("workers already started"));
     }
     Ok(threads)
 }
 
-/// The worker a new client connection goes to: the one with the fewest open connections,
-/// the current one on a tie (no hand-over then).
+/// The worker a new client connection goes to: the one with the fewest open connections;
+/// ties go round the workers in turn.
 pub fn pick() -> usize {
     let Some(w) = WORKERS.get() else { return 0 };
-    least_loaded(w.conns.len(), current(), |i| w.conns[i].load(Ordering::Relaxed))
+    let n = w.conns.len();
+    let first = w.next.fetch_add(1, Ordering::Relaxed) % n;
+    least_loaded(n, first, |i| w.conns[i].load(Ordering::Relaxed))
 }
 
-/// The index in `0..n` with the lowest `load`; `here` wins ties, then the lowest index.
-fn least_loaded(n: usize, here: usize, load: impl Fn(usize) -> usize) -> usize {
-    (0..n).fold(here, |best, i| if load(i) < load(best) { i } else { best })
+/// The index in `0..n` with the lowest `load`; `first` wins ties, then the lowest index.
+fn least_loaded(n: usize, first: usize, load: impl Fn(usize) -> usize) -> usize {
+    (0..n).fold(first, |best, i| if load(i) < load(best) { i } else { best })
 }
 
-/// Runs `fut` on worker `index`: spawned there, or here if it is this one.
+/// Runs `fut` on worker `index`: spawned there, or here if this thread is that worker.
 pub fn spawn_on<F>(index: usize, fut: F)
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     match WORKERS.get().and_then(|w| w.handles.get(index)) {
-        Some(h) if index != current() => {
+        Some(h) if !is_here(index) => {
             h.spawn(fut);
         }
         _ => {
             tokio::spawn(fut);
         }
     }
+}
+
+/// Whether a future for worker `index` may simply be spawned on this thread.
+pub fn runs_here(index: usize) -> bool {
+    is_here(index) || WORKERS.get().is_none_or(|w| index >= w.handles.len())
 }
 
 /// Counts a client connection on its worker while alive.
@@ -148,12 +192,11 @@ impl Drop for Assigned {
     }
 }
 
-/// Client connections accepted per worker so far, in worker order.
-pub fn accepted() -> Vec<u64> {
-    match WORKERS.get() {
-        Some(w) => w.accepted.iter().map(|a| a.load(Ordering::Relaxed) as u64).collect(),
-        None => Vec::new(),
-    }
+/// Client connections given to each worker so far, and open on each now, in worker order.
+pub fn connections() -> Vec<(u64, u64)> {
+    let Some(w) = WORKERS.get() else { return Vec::new() };
+    let load = |a: &AtomicUsize| a.load(Ordering::Relaxed) as u64;
+    w.accepted.iter().zip(w.conns.iter()).map(|(a, o)| (load(a), load(o))).collect()
 }
 
 #[cfg(test)]

@@ -149,7 +149,19 @@ async fn watch_config(proxy: Proxy, paths: Vec<PathBuf>, opts: LoadOptions, ever
         }
         last = now;
         let global = &proxy.shared.global;
-        match load(&paths, &opts) {
+        // Reading and compiling a large config takes a while: off the event loop, which
+        // serves requests too when there is one worker and accepts connections when there
+        // are several.
+        let (p, o) = (paths.clone(), opts.clone());
+        let loaded = match tokio::task::spawn_blocking(move || load(&p, &o)).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                global.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "reload failed; keeping the previous configuration");
+                continue;
+            }
+        };
+        match loaded {
             Ok(loaded) => {
                 for w in &loaded.warnings {
                     tracing::warn!("{w}");

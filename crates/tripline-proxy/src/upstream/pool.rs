@@ -119,7 +119,9 @@ impl Default for ConnectionPool {
 impl ConnectionPool {
     pub fn new() -> Self {
         let workers = crate::workers::count();
-        let per_worker = (MAX_IDLE_PER_ENDPOINT / workers).max(64);
+        // Queues allocate every slot up front: the total stays near the endpoint's cap
+        // whatever the number of workers.
+        let per_worker = (MAX_IDLE_PER_ENDPOINT / workers).max(8);
         ConnectionPool {
             idle: (0..workers).map(|_| ArrayQueue::new(per_worker)).collect(),
             h2: (0..workers).map(|_| ArcSwapOption::empty()).collect(),
@@ -344,6 +346,9 @@ async fn connect(cluster: &Cluster, ep: &Arc<Endpoint>, slot: Permit, simple: bo
             });
             let shared = Arc::new(H2Conn { tx: tx.clone(), uses: AtomicU32::new(1) });
             ep.pool.h2[ep.pool.here()].store(Some(shared));
+            // A request of another worker may wait for a connection at the limit: this one
+            // can carry it.
+            state.notify_released();
             Ok(Conn::H2(tx))
         }
         _ if simple => Ok(Conn::H1(H1Link::Raw(RawConn::new(stream, guard)))),
@@ -354,11 +359,13 @@ async fn connect(cluster: &Cluster, ep: &Arc<Endpoint>, slot: Permit, simple: bo
     }
 }
 
-/// Hands a connection to hyper's HTTP/1.1 client, whose task owns it from now on.
+/// Hands a connection to hyper's HTTP/1.1 client, whose task owns it from now on. The task
+/// runs on the connection's home worker, whose event loop watches the socket, even when
+/// another worker borrowed the connection.
 async fn hyper_h1(io: TcpIo, guard: ConnGuard) -> hyper::Result<http1::SendRequest<RequestBody>> {
     let io = TokioIo::new(io);
     let (tx, conn) = http1::Builder::new().handshake(io).await?;
-    tokio::spawn(async move {
+    crate::workers::spawn_on(guard.home(), async move {
         let _ = conn.with_upgrades().await;
         drop(guard);
     });

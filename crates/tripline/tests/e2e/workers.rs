@@ -90,3 +90,26 @@ async fn max_connections_is_one_limit_across_workers() {
         assert_eq!(refused, 0.0, "{protocol}: no request was refused");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_requests_from_two_workers_share_the_one_connection_being_opened() {
+    for protocol in ["HTTP", "HTTP2"] {
+        let up = Upstream::http("u1").await;
+        let port = free_port();
+        let tp = "    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 10}\n";
+        let proxy = Proxy::start(&config::simple(port, protocol, &[up.addr], Some(tp))).await;
+        // Two client connections, one per worker, and no upstream connection yet: both
+        // requests race for the single slot; the loser must be woken when the winner's
+        // connection can carry it, not refused after the connect timeout (10 s).
+        let mut a = Conn::connect(addr(port), Proto::H2).await.expect("connect a");
+        let mut b = Conn::connect(addr(port), Proto::H2).await.expect("connect b");
+        let t0 = Instant::now();
+        let (ra, rb) = tokio::join!(a.get("backend.local", "/cold/a"), b.get("backend.local", "/cold/b"));
+        let (ra, rb) = (ra.expect("request a"), rb.expect("request b"));
+        let statuses = (ra.status.as_u16(), rb.status.as_u16());
+        assert_eq!(statuses, (200, 200), "{protocol}: {:?} {:?}", ra.reason(), rb.reason());
+        assert!(t0.elapsed() < Duration::from_secs(5), "{protocol}: took {:?}", t0.elapsed());
+        assert_eq!(per_worker(&proxy).await, (1.0, 1.0), "{protocol}: one client connection per worker");
+        assert_eq!(up.connections(), 1, "{protocol}: maxConnections 1 across two workers");
+    }
+}
