@@ -227,6 +227,27 @@ impl TcpIo {
         TcpIo { stream, outbox: None }
     }
 
+    /// Moves the socket to this thread's event loop: an idle pooled connection that another
+    /// worker opened, taken by this one. Held bytes stay held and go out as usual (the
+    /// descriptor does not change). On an error the socket is closed.
+    pub fn rehome(self) -> io::Result<TcpIo> {
+        let mut this = ManuallyDrop::new(self);
+        let outbox = this.outbox.take();
+        // SAFETY: `this` is neither used nor dropped after this read, so the stream is moved
+        // out exactly once (`TcpIo`'s `Drop` only matters for the outbox, taken above).
+        let stream = unsafe { std::ptr::read(&this.stream) };
+        match stream.into_std().and_then(TcpStream::from_std) {
+            Ok(stream) => Ok(TcpIo { stream, outbox }),
+            Err(e) => {
+                if let Some(o) = outbox {
+                    // The descriptor is closed: the flusher must not touch it.
+                    lock(&o.held).closed = true;
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// The socket, for reading directly (the lean client does).
     pub fn stream(&self) -> &TcpStream {
         &self.stream
@@ -487,6 +508,34 @@ mod tests {
 
     fn nothing_arrived(peer: &TcpStream) -> bool {
         matches!(peer.try_read(&mut [0u8; 64]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// A pooled connection moved to another worker's event loop (`TcpIo::rehome`) loses no
+    /// byte: what was held still leaves at the end of the tick, before later writes, and the
+    /// socket keeps working on a runtime of another thread.
+    #[tokio::test]
+    async fn a_socket_moved_to_another_event_loop_keeps_its_held_bytes_and_order() {
+        defer_writes_on_this_thread();
+        let (mut io, mut peer) = pair().await;
+        io.write_all(b"held ").await.unwrap();
+        assert!(nothing_arrived(&peer), "sent before the tick ended");
+        // Moved while bytes are held: they stay queued for this thread's flusher.
+        let mut io = io.rehome().unwrap();
+        io.write_all(b"here ").await.unwrap();
+        tokio::task::yield_now().await;
+        // Another thread's runtime takes it over, as another worker does.
+        let moved = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let mut io = io.rehome().unwrap();
+                io.write_all(b"there").await.unwrap();
+                io.shutdown().await.unwrap();
+            });
+        });
+        moved.join().unwrap();
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"held here there");
     }
 
     /// One poll of a task (as when a burst of requests is handled) writes on several

@@ -107,6 +107,16 @@ impl RawConn {
         self.guard.home()
     }
 
+    /// Moves an idle connection that another worker opened to this worker's event loop: its
+    /// readiness is then this loop's to keep current, and it returns to this worker's idle
+    /// queue. `None` if the socket could not be moved (it is closed, its slot freed).
+    pub fn rehome(self) -> Option<Box<Self>> {
+        let RawConn { io, read_buf, write_buf, drained, uses, mut guard } = self;
+        let io = io.rehome().ok()?;
+        guard.set_home_here();
+        Some(Box::new(RawConn { io, read_buf, write_buf, drained, uses, guard }))
+    }
+
     /// The socket and its slot, for hyper to take over (the read buffer is empty: pooled
     /// connections never hold unread bytes).
     pub fn into_parts(self) -> (TcpIo, ConnGuard, u32) {

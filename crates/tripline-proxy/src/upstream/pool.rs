@@ -189,6 +189,11 @@ impl ConnGuard {
     pub(crate) fn home(&self) -> usize {
         self.home
     }
+
+    /// The connection's socket moved to this worker's event loop.
+    pub(crate) fn set_home_here(&mut self) {
+        self.home = crate::workers::current();
+    }
 }
 
 impl Drop for ConnGuard {
@@ -284,7 +289,13 @@ async fn reuse(
                     continue;
                 }
                 match idle.link {
-                    H1Link::Raw(mut c) => {
+                    H1Link::Raw(c) => {
+                        // Another worker's: moved to this worker's event loop first, so that
+                        // its readiness below is current and it comes back to this worker.
+                        let here = crate::workers::current();
+                        let Some(mut c) = (if c.home() == here { Some(c) } else { (*c).rehome() }) else {
+                            continue;
+                        };
                         if !c.is_usable() {
                             continue;
                         }
