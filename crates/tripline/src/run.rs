@@ -11,8 +11,9 @@ use tripline_proxy::Proxy;
 
 use crate::{init_logging, RunArgs};
 
-/// Builds the main thread's runtime, worker 0: single-threaded, like every worker (see
-/// `tripline_proxy::workers`; `run` starts the others).
+/// Builds the main thread's runtime, single-threaded like every worker's: with one worker it
+/// is the worker; with several it runs the control plane and the accept loops, and `run`
+/// starts the workers' threads (see `tripline_proxy::workers`).
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
