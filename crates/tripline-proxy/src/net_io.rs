@@ -227,25 +227,36 @@ impl TcpIo {
         TcpIo { stream, outbox: None }
     }
 
-    /// Moves the socket to this thread's event loop: an idle pooled connection that another
-    /// worker opened, taken by this one. Held bytes stay held and go out as usual (the
-    /// descriptor does not change). On an error the socket is closed.
-    pub fn rehome(self) -> io::Result<TcpIo> {
-        let mut this = ManuallyDrop::new(self);
-        let outbox = this.outbox.take();
-        // SAFETY: `this` is neither used nor dropped after this read, so the stream is moved
-        // out exactly once (`TcpIo`'s `Drop` only matters for the outbox, taken above).
-        let stream = unsafe { std::ptr::read(&this.stream) };
-        match stream.into_std().and_then(TcpStream::from_std) {
-            Ok(stream) => Ok(TcpIo { stream, outbox }),
-            Err(e) => {
-                if let Some(o) = outbox {
-                    // The descriptor is closed: the flusher must not touch it.
-                    lock(&o.held).closed = true;
-                }
-                Err(e)
+    /// Moves an idle socket to this thread's event loop: a pooled connection that another
+    /// worker opened, taken by this one. `None`, and the socket closed, unless it is idle and
+    /// alive: nothing held for sending, and a non-blocking peek finds the peer has neither
+    /// closed it nor sent anything. The peek is needed because the new registration knows no
+    /// readiness until this thread's event loop next polls, so `poll_read_ready` could not tell.
+    pub fn rehome_idle(self) -> Option<TcpIo> {
+        if let Some(o) = &self.outbox {
+            let held = lock(&o.held);
+            if held.queued || !held.buf.is_empty() || held.error.is_some() {
+                return None;
             }
         }
+        let mut this = ManuallyDrop::new(self);
+        if let Some(o) = this.outbox.take() {
+            // Nothing to send and in no flush queue (only the owner, us, adds to it): retire
+            // it, and the next deferred write makes a fresh one on this thread.
+            let mut held = lock(&o.held);
+            held.closed = true;
+            held.owner = None;
+        }
+        // SAFETY: `this` is neither used nor dropped after this read, so the stream is moved
+        // out exactly once (`TcpIo`'s `Drop` only concerns the outbox, retired above).
+        let stream = unsafe { std::ptr::read(&this.stream) };
+        let moved = stream.into_std().ok()?;
+        match moved.peek(&mut [0u8; 1]) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            // Closed by the peer (`Ok(0)`), bytes nobody asked for, or an error.
+            _ => return None,
+        }
+        TcpStream::from_std(moved).ok().map(TcpIo::new)
     }
 
     /// The socket, for reading directly (the lean client does).
@@ -510,24 +521,19 @@ mod tests {
         matches!(peer.try_read(&mut [0u8; 64]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    /// A pooled connection moved to another worker's event loop (`TcpIo::rehome`) loses no
-    /// byte: what was held still leaves at the end of the tick, before later writes, and the
-    /// socket keeps working on a runtime of another thread.
+    /// An idle pooled connection moves to another thread's event loop (another worker borrowed
+    /// it) and works there, deferred writes included.
     #[tokio::test]
-    async fn a_socket_moved_to_another_event_loop_keeps_its_held_bytes_and_order() {
+    async fn an_idle_socket_moves_to_another_event_loop() {
         defer_writes_on_this_thread();
         let (mut io, mut peer) = pair().await;
-        io.write_all(b"held ").await.unwrap();
-        assert!(nothing_arrived(&peer), "sent before the tick ended");
-        // Moved while bytes are held: they stay queued for this thread's flusher.
-        let mut io = io.rehome().unwrap();
         io.write_all(b"here ").await.unwrap();
         tokio::task::yield_now().await;
-        // Another thread's runtime takes it over, as another worker does.
         let moved = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async move {
-                let mut io = io.rehome().unwrap();
+                defer_writes_on_this_thread();
+                let mut io = io.rehome_idle().expect("an idle, live socket moves");
                 io.write_all(b"there").await.unwrap();
                 io.shutdown().await.unwrap();
             });
@@ -535,7 +541,32 @@ mod tests {
         moved.join().unwrap();
         let mut got = Vec::new();
         peer.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"held here there");
+        assert_eq!(got, b"here there");
+    }
+
+    /// A socket is not moved (and is closed) when it would not serve a request: the peer
+    /// closed it or sent bytes nobody asked for, or bytes are still held for sending. A
+    /// fresh registration knows no readiness yet, so the move itself must look.
+    #[tokio::test]
+    async fn a_closed_chatty_or_busy_socket_is_not_moved() {
+        defer_writes_on_this_thread();
+        let (io, peer) = pair().await;
+        drop(peer);
+        io.stream().readable().await.unwrap();
+        assert!(io.rehome_idle().is_none(), "moved a socket the peer closed");
+
+        let (io, mut peer) = pair().await;
+        peer.write_all(b"HTTP/1.1 408 Request Timeout\r\n\r\n").await.unwrap();
+        io.stream().readable().await.unwrap();
+        assert!(io.rehome_idle().is_none(), "moved a socket with unread bytes");
+
+        let (mut io, mut peer) = pair().await;
+        io.write_all(b"held").await.unwrap();
+        assert!(io.rehome_idle().is_none(), "moved a socket with bytes held for sending");
+        // Dropped rather than moved: what was held still went out, then the close.
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"held");
     }
 
     /// One poll of a task (as when a burst of requests is handled) writes on several

@@ -58,6 +58,12 @@ pub fn current() -> usize {
     INDEX.with(Cell::get).unwrap_or(0)
 }
 
+/// Whether this thread may use a worker's pool slot: it is a worker, or none were started.
+/// The main thread of several workers is not one (it would take worker 0's slot).
+pub fn on_worker() -> bool {
+    INDEX.with(Cell::get).is_some() || WORKERS.get().is_none()
+}
+
 fn is_here(index: usize) -> bool {
     match INDEX.with(Cell::get) {
         Some(i) => i == index,

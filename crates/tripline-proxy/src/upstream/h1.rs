@@ -107,12 +107,15 @@ impl RawConn {
         self.guard.home()
     }
 
-    /// Moves an idle connection that another worker opened to this worker's event loop: its
-    /// readiness is then this loop's to keep current, and it returns to this worker's idle
-    /// queue. `None` if the socket could not be moved (it is closed, its slot freed).
+    /// Moves an idle connection that another worker opened to this worker's event loop, so
+    /// that it returns to this worker's idle queue. `None` if it is not usable (the upstream
+    /// closed it or sent something) or could not be moved: it is closed and its slot freed.
     pub fn rehome(self) -> Option<Box<Self>> {
         let RawConn { io, read_buf, write_buf, drained, uses, mut guard } = self;
-        let io = io.rehome().ok()?;
+        if !read_buf.is_empty() {
+            return None;
+        }
+        let io = io.rehome_idle()?;
         guard.set_home_here();
         Some(Box::new(RawConn { io, read_buf, write_buf, drained, uses, guard }))
     }

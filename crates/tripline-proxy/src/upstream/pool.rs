@@ -135,6 +135,7 @@ impl ConnectionPool {
 
     /// This worker's slot in the per-worker tables.
     fn here(&self) -> usize {
+        debug_assert!(crate::workers::on_worker(), "upstream pool used off the workers");
         crate::workers::current() % self.idle.len()
     }
 
@@ -289,15 +290,17 @@ async fn reuse(
                     continue;
                 }
                 match idle.link {
-                    H1Link::Raw(c) => {
-                        // Another worker's: moved to this worker's event loop first, so that
-                        // its readiness below is current and it comes back to this worker.
+                    H1Link::Raw(mut c) => {
                         let here = crate::workers::current();
-                        let Some(mut c) = (if c.home() == here { Some(c) } else { (*c).rehome() }) else {
-                            continue;
-                        };
-                        if !c.is_usable() {
-                            continue;
+                        if c.home() == here {
+                            if !c.is_usable() {
+                                continue;
+                            }
+                        } else {
+                            // Another worker's: checked and moved to this worker's event loop,
+                            // so it comes back to this worker (connections follow the traffic).
+                            let Some(moved) = (*c).rehome() else { continue };
+                            c = moved;
                         }
                         if simple {
                             return Some(Conn::H1(H1Link::Raw(c)));

@@ -287,7 +287,7 @@ async fn http1_get_requests_reuse_one_upstream_connection() {
 /// An upstream that answers one request per connection and then closes it, while the
 /// response says nothing of closing: each kept-alive connection is dead by the time the
 /// proxy reuses it. Returns its address and the number of connections it accepted.
-async fn closing_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+pub(crate) async fn closing_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

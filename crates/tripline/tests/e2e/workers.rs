@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::support::client::empty;
 use crate::support::config;
 use crate::support::{free_port, Conn, Proto, Proxy, Upstream};
 
@@ -112,4 +113,33 @@ async fn first_requests_from_two_workers_share_the_one_connection_being_opened()
         assert_eq!(per_worker(&proxy).await, (1.0, 1.0), "{protocol}: one client connection per worker");
         assert_eq!(up.connections(), 1, "{protocol}: maxConnections 1 across two workers");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_borrowed_connection_the_upstream_closed_is_not_used() {
+    // An upstream that closes every connection right after its response, and one connection
+    // for the cluster: each request on the other worker would borrow a closed connection if
+    // the borrow did not check it. POSTs are not retried, so a dead connection shows.
+    let (up, accepted) = crate::http::closing_upstream().await;
+    let port = free_port();
+    let tp =
+        "    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 10}\n";
+    let proxy = Proxy::start(&config::simple(port, "HTTP", &[up], Some(tp))).await;
+    let mut conns = [
+        Conn::connect(addr(port), Proto::H1).await.expect("connect"),
+        Conn::connect(addr(port), Proto::H1).await.expect("connect"),
+    ];
+    let mut failed = Vec::new();
+    for round in 0..10 {
+        for (i, c) in conns.iter_mut().enumerate() {
+            let req = c.request(http::Method::POST, "backend.local", &format!("/post/{round}/{i}"));
+            let r = c.call(req.body(empty()).unwrap()).await.expect("request");
+            if r.status != 200 {
+                failed.push((round, i, r.status, r.reason().map(str::to_owned)));
+            }
+        }
+    }
+    assert!(failed.is_empty(), "POSTs failed on connections the upstream had closed: {failed:?}");
+    assert_eq!(per_worker(&proxy).await, (1.0, 1.0), "one client connection per worker");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 20, "a connection per request");
 }
