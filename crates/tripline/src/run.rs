@@ -69,6 +69,9 @@ pub fn run(args: RunArgs) -> ExitCode {
     if let Some(threads) = threads {
         threads.stop();
     }
+    // A config load or DNS lookup still running on a blocking thread (a hung resolver) must
+    // not hold up the exit once the drain is over.
+    rt.shutdown_timeout(Duration::from_millis(500));
     code
 }
 
