@@ -144,17 +144,20 @@ pub fn start(n: usize) -> std::io::Result<Threads> {
 }
 
 /// The worker a new client connection goes to: the one with the fewest open connections;
-/// ties go round the workers in turn.
+/// ties are taken in turn.
 pub fn pick() -> usize {
     let Some(w) = WORKERS.get() else { return 0 };
-    let n = w.conns.len();
-    let first = w.next.fetch_add(1, Ordering::Relaxed) % n;
-    least_loaded(n, first, |i| w.conns[i].load(Ordering::Relaxed))
+    let loads: Vec<usize> = w.conns.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    least_loaded(&loads, w.next.fetch_add(1, Ordering::Relaxed))
 }
 
-/// The index in `0..n` with the lowest `load`; `first` wins ties, then the lowest index.
-fn least_loaded(n: usize, first: usize, load: impl Fn(usize) -> usize) -> usize {
-    (0..n).fold(first, |best, i| if load(i) < load(best) { i } else { best })
+/// The index of the lowest load; among equal lowest loads, the `turn`-th (modulo their
+/// number), so that a counter for `turn` takes them in turn.
+fn least_loaded(loads: &[usize], turn: usize) -> usize {
+    let min = loads.iter().copied().min().unwrap_or(0);
+    let lowest = || loads.iter().enumerate().filter(move |(_, &l)| l == min).map(|(i, _)| i);
+    let tied = lowest().count().max(1);
+    lowest().nth(turn % tied).unwrap_or(0)
 }
 
 /// Runs `fut` on worker `index`: spawned there, or here if this thread is that worker.
@@ -217,11 +220,15 @@ mod tests {
     }
 
     #[test]
-    fn connections_go_to_the_least_loaded_worker_and_stay_here_on_a_tie() {
+    fn connections_go_to_the_least_loaded_worker_and_ties_in_turn() {
         let loads = [3, 1, 1, 2];
-        assert_eq!(least_loaded(4, 0, |i| loads[i]), 1);
-        assert_eq!(least_loaded(4, 2, |i| loads[i]), 2);
-        assert_eq!(least_loaded(4, 3, |i| [2, 2, 2, 2][i]), 3);
-        assert_eq!(least_loaded(1, 0, |_| 9), 0);
+        let picks: Vec<usize> = (0..4).map(|turn| least_loaded(&loads, turn)).collect();
+        assert_eq!(picks, [1, 2, 1, 2]);
+        // Only some tied: the tied ones alternate, the others never come up.
+        let picks: Vec<usize> = (0..4).map(|turn| least_loaded(&[0, 0, 1], turn)).collect();
+        assert_eq!(picks, [0, 1, 0, 1]);
+        let picks: Vec<usize> = (0..4).map(|turn| least_loaded(&[2, 2, 2, 2], turn)).collect();
+        assert_eq!(picks, [0, 1, 2, 3]);
+        assert_eq!(least_loaded(&[9], 7), 0);
     }
 }
