@@ -146,7 +146,7 @@ pub fn start(n: usize) -> std::io::Result<Threads> {
 /// The worker a new client connection goes to: the one with the fewest open connections;
 /// ties are taken in turn.
 pub fn pick() -> usize {
-    let Some(w) = WORKERS.get() else { return 0 };
+    let Some(w) = WORKERS.get().filter(|w| w.conns.len() > 1) else { return 0 };
     let loads: Vec<usize> = w.conns.iter().map(|c| c.load(Ordering::Relaxed)).collect();
     least_loaded(&loads, w.next.fetch_add(1, Ordering::Relaxed))
 }
