@@ -21,10 +21,48 @@ use crate::upstream::InFlight;
 /// The error type of bodies that mix hyper's and our own upstream client.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The body of a client's request, as the server that read its head delivers it.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// HTTP/1.1, through hyper's server.
+    Hyper(Incoming),
+    /// HTTP/2, through Tripline's own server ([`crate::h2_server`]).
+    H2(crate::h2_server::RecvBody),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::H2(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A request body sent upstream.
 #[derive(Debug)]
 pub enum RequestBody {
-    Stream(Incoming),
+    Stream(ClientBody),
     /// Streaming, with a copy kept for a possible retry.
     Teed(TeedBody),
     /// A retry: the body buffered from the first attempt.
@@ -34,12 +72,12 @@ pub enum RequestBody {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Teed(b) => b.poll_frame(cx),

@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::access_log::{BodyEnd, Entry};
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::cluster::Cluster;
 use crate::headers::{is_upgrade, prepare_request, strip_hop_by_hop};
 use crate::listener::ListenerRuntime;
@@ -64,7 +63,7 @@ impl std::fmt::Debug for RequestMark {
 /// moves it into every HTTP/2 stream task and into the HTTP/1 connection's request slot.
 pub fn handle(
     ctx: Arc<ConnContext>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
     let log = ctx.shared.access_log.is_some().then(|| Box::new(LogStart::of(&req)));
     let mut trace = Trace { on: log.is_some(), ..Trace::default() };
@@ -100,7 +99,7 @@ struct LogStart {
 }
 
 impl LogStart {
-    fn of(req: &Request<Incoming>) -> Self {
+    fn of(req: &Request<ClientBody>) -> Self {
         LogStart {
             start: SystemTime::now(),
             t0: Instant::now(),
@@ -228,7 +227,7 @@ struct Routed {
 
 /// Finds the route and picks the destination, or says why Tripline answers itself
 /// (`no-route`, `no-healthy-upstream`; already counted).
-fn route(ctx: &ConnContext, req: &Request<Incoming>, trace: &mut Trace) -> Result<Routed, Reason> {
+fn route(ctx: &ConnContext, req: &Request<ClientBody>, trace: &mut Trace) -> Result<Routed, Reason> {
     let route = {
         let config = ctx.listener.config.load();
         config.find(req).cloned()
@@ -273,7 +272,7 @@ struct Started {
 }
 
 /// Rewrites the request for the upstream and creates (boxed) the future that sends it.
-fn start(ctx: &ConnContext, routed: Routed, mut req: Request<Incoming>, trace: &mut Trace) -> Started {
+fn start(ctx: &ConnContext, routed: Routed, mut req: Request<ClientBody>, trace: &mut Trace) -> Started {
     let Routed { route, cluster, deadline } = routed;
     let hash = cluster.hash_key().and_then(|k| upstream::request_hash(k, &req, ctx.peer));
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));

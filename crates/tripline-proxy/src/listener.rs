@@ -9,15 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tripline_config::plan::ListenerProtocol;
 
-use crate::client_conns::Supervised;
-use crate::http_proxy::{self, ConnContext};
+use crate::http_proxy::ConnContext;
 use crate::local_reply::Reason;
 use crate::router::ListenerConfig;
 use crate::workers;
@@ -65,14 +61,8 @@ async fn accept_loop(
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    // The request-head timeout is kept by `client_conns` (no timer per request).
-    http.http1().timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
-    http.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
-    if rt.protocol == ListenerProtocol::Http2 {
-        http = http.http2_only();
-    }
-    let http = Arc::new(http);
+    let http1 = Arc::new(crate::http_conn::http1_builder());
+    let h2_only = rt.protocol == ListenerProtocol::Http2;
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         let (stream, peer) = tokio::select! {
@@ -105,8 +95,11 @@ async fn accept_loop(
                     peer_value,
                     conn,
                 });
-                let http = http.clone();
-                hand_over(stream, move |s| serve_http(http, ctx, s, tracker));
+                let http1 = http1.clone();
+                hand_over(stream, move |s| async move {
+                    crate::http_conn::serve(http1, h2_only, ctx, s).await;
+                    drop(tracker);
+                });
             }
         }
     }
@@ -143,22 +136,6 @@ where
         }
         drop(assigned);
     });
-}
-
-async fn serve_http(
-    http: Arc<auto::Builder<TokioExecutor>>,
-    ctx: Arc<ConnContext>,
-    stream: TcpStream,
-    _t: ConnTracker,
-) {
-    let signal = ctx.conn.signal().clone();
-    let service = service_fn(move |req| http_proxy::handle(ctx.clone(), req));
-    let conn = http.serve_connection_with_upgrades(TokioIo::new(crate::net_io::TcpIo::new(stream)), service);
-    tokio::pin!(conn);
-    // Stopped from outside by the drain or the request-head timeout: in-flight requests
-    // finish, then the connection closes (keep-alive clients get `Connection: close`, HTTP/2
-    // clients a GOAWAY).
-    let _ = Supervised::new(conn, signal, |c| c.as_mut().graceful_shutdown()).await;
 }
 
 /// Counts open client connections so shutdown can wait for them to drain.

@@ -10,9 +10,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
-use crate::body::RequestBody;
+use crate::body::{BoxError, ClientBody, RequestBody};
 
 /// What was captured of a request for re-sending.
 #[derive(Debug)]
@@ -132,12 +131,12 @@ impl Replay {
 /// The client's body, streaming upstream while a copy goes into the replay buffer.
 #[derive(Debug)]
 pub struct TeedBody {
-    inner: Incoming,
+    inner: ClientBody,
     tee: Arc<Tee>,
 }
 
 impl TeedBody {
-    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => self.tee.record(frame, self.inner.is_end_stream()),

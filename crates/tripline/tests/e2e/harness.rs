@@ -28,7 +28,7 @@ async fn harness_http_upstream_echoes_over_h1_and_h2() {
 async fn harness_streaming_bodies() {
     let up = Upstream::http("self").await;
     crate::http::check_drip(up.addr).await;
-    crate::http::check_5mb_round_trip(up.addr, &up).await;
+    crate::http::check_5mb_round_trip(up.addr, &up, Proto::H1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,12 +105,20 @@ fn pattern(len: usize) -> Vec<u8> {
 async fn http1_chunked_5mb_round_trip() {
     let up = Upstream::http("u1").await;
     let (_proxy, addr) = proxy_to(&[&up], "HTTP").await;
-    check_5mb_round_trip(addr, &up).await;
+    check_5mb_round_trip(addr, &up, Proto::H1).await;
 }
 
-pub async fn check_5mb_round_trip(addr: SocketAddr, up: &Upstream) {
+/// Both directions at once over one HTTP/2 connection: flow control in both windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_5mb_round_trip() {
+    let up = Upstream::http("u1").await;
+    let (_proxy, addr) = proxy_to(&[&up], "HTTP").await;
+    check_5mb_round_trip(addr, &up, Proto::H2).await;
+}
+
+pub async fn check_5mb_round_trip(addr: SocketAddr, up: &Upstream, proto: Proto) {
     let data = Bytes::from(pattern(5 * 1024 * 1024));
-    let mut conn = Conn::connect(addr, Proto::H1).await.unwrap();
+    let mut conn = Conn::connect(addr, proto).await.unwrap();
     let (tx, body) = channel_body(4);
     let req = conn.request(Method::POST, "backend.local", "/echo-body").body(body).unwrap();
     let sent = data.clone();

@@ -10,6 +10,7 @@ mod support;
 mod admin;
 mod balancing;
 mod grpc;
+mod h2_server;
 mod harness;
 mod http;
 mod lifecycle;

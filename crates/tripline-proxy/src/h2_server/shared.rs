@@ -1,0 +1,276 @@
+//! What an HTTP/2 connection shares with its requests: the request bodies still arriving, the
+//! connection's receive window, and which streams need polling.
+//!
+//! Everything else (stream states, send windows, the codec) belongs to the connection task
+//! alone. The request body is the one thing that leaves it: the request path hands it to the
+//! upstream client, which reads it from inside its own future. The lock is uncontended (the
+//! connection and its requests run on one worker thread) and held for a few instructions.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::body::BoxError;
+
+/// The receive window Tripline advertises for each stream and for the connection (hyper's
+/// defaults, which Tripline used before it had its own server).
+pub const RECV_WINDOW: u32 = 1024 * 1024;
+
+/// A map keyed by stream id. Ids are distinct odd numbers, so a multiplicative hash spreads
+/// them without SipHash's cost.
+pub type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u32(&mut self, id: u32) {
+        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// One connection's shared state.
+#[derive(Default)]
+pub struct Shared(Mutex<State>);
+
+#[derive(Default)]
+pub struct State {
+    /// Streams whose future or body was woken, to be polled by the connection task.
+    pub ready: Vec<u32>,
+    /// The connection task's waker.
+    pub conn_waker: Option<Waker>,
+    /// Request bodies still held by their requests.
+    pub bodies: IdMap<Inbound>,
+    /// What the client may still send on the connection as a whole.
+    pub conn_window: i64,
+    /// Bytes the requests have taken that are not yet given back to the client.
+    conn_unacked: u32,
+    /// WINDOW_UPDATEs to send: (stream id, increment); stream 0 is the connection.
+    pub updates: Vec<(u32, u32)>,
+}
+
+/// A request body as it arrives: the chunks not yet read, the trailers, and its window.
+#[derive(Default)]
+pub struct Inbound {
+    pub chunks: VecDeque<Bytes>,
+    pub trailers: Option<HeaderMap>,
+    /// The client sent END_STREAM.
+    pub end: bool,
+    /// The stream was reset (by the client, or by Tripline for a protocol error).
+    pub reset: bool,
+    waker: Option<Waker>,
+    /// What the client may still send on this stream.
+    pub window: i64,
+    unacked: u32,
+}
+
+impl Inbound {
+    pub fn new() -> Self {
+        Inbound { window: i64::from(RECV_WINDOW), ..Inbound::default() }
+    }
+
+    /// Wakes the request reading the body.
+    pub fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+impl Shared {
+    pub fn new() -> Arc<Self> {
+        let shared = Arc::new(Shared::default());
+        shared.lock().conn_window = i64::from(RECV_WINDOW);
+        shared
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    /// Gives `n` bytes the client sent back to its connection window (they were read, or
+    /// thrown away).
+    pub fn release_conn(&mut self, n: u32) {
+        self.conn_unacked += n;
+        // Batched: one WINDOW_UPDATE per half window, as h2 and nginx do.
+        if self.conn_unacked >= RECV_WINDOW / 2 {
+            self.conn_window += i64::from(self.conn_unacked);
+            self.updates.push((0, self.conn_unacked));
+            self.conn_unacked = 0;
+            self.wake_conn();
+        }
+    }
+
+    /// Gives `n` bytes read from stream `id` back to the stream's window and the connection's.
+    pub fn release_stream(&mut self, id: u32, n: u32) {
+        if let Some(inb) = self.bodies.get_mut(&id) {
+            inb.unacked += n;
+            // No update for a request that has ended: the client sends nothing more.
+            if !inb.end && inb.unacked >= RECV_WINDOW / 2 {
+                inb.window += i64::from(inb.unacked);
+                self.updates.push((id, inb.unacked));
+                inb.unacked = 0;
+                self.wake_conn();
+            }
+        }
+        self.release_conn(n);
+    }
+
+    pub fn wake_conn(&mut self) {
+        if let Some(w) = &self.conn_waker {
+            w.wake_by_ref();
+        }
+    }
+
+    /// Remembers the connection task's waker.
+    pub fn register(&mut self, waker: &Waker) {
+        if !self.conn_waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.conn_waker = Some(waker.clone());
+        }
+    }
+}
+
+/// A stream's waker: records the stream as ready and wakes the connection task, so that a
+/// wakeup polls that stream and not every stream of the connection.
+pub struct StreamWaker {
+    id: u32,
+    queued: AtomicBool,
+    shared: Arc<Shared>,
+}
+
+impl StreamWaker {
+    pub fn new(id: u32, shared: Arc<Shared>) -> Arc<Self> {
+        Arc::new(StreamWaker { id, queued: AtomicBool::new(false), shared })
+    }
+
+    /// Called by the connection task just before it polls the stream.
+    pub fn clear(&self) {
+        self.queued.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Wake for StreamWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::Relaxed) {
+            let mut st = self.shared.lock();
+            st.ready.push(self.id);
+            st.wake_conn();
+        }
+    }
+}
+
+/// The body of a request that came over HTTP/2, read by the request path as it arrives. Each
+/// chunk read is given back to the client's flow-control windows.
+pub struct RecvBody {
+    shared: Option<Arc<Shared>>,
+    id: u32,
+    /// Bytes still to come, when the request declared a `content-length`.
+    remaining: Option<u64>,
+    done: bool,
+}
+
+impl std::fmt::Debug for RecvBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvBody").field("stream", &self.id).field("done", &self.done).finish()
+    }
+}
+
+impl RecvBody {
+    /// A request without a body (its HEADERS carried END_STREAM).
+    pub fn empty() -> Self {
+        RecvBody { shared: None, id: 0, remaining: Some(0), done: true }
+    }
+
+    pub fn new(shared: Arc<Shared>, id: u32, content_length: Option<u64>) -> Self {
+        RecvBody { shared: Some(shared), id, remaining: content_length, done: false }
+    }
+}
+
+impl Body for RecvBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(shared) = this.shared.as_ref().filter(|_| !this.done) else { return Poll::Ready(None) };
+        let mut st = shared.lock();
+        let st = &mut *st;
+        let Some(inb) = st.bodies.get_mut(&this.id) else {
+            // The connection closed: the client is gone.
+            this.done = true;
+            return Poll::Ready(Some(Err("client connection closed while sending the request body".into())));
+        };
+        if let Some(chunk) = inb.chunks.pop_front() {
+            let n = chunk.len() as u32;
+            if let Some(r) = this.remaining.as_mut() {
+                *r = r.saturating_sub(u64::from(n));
+            }
+            st.release_stream(this.id, n);
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if inb.reset {
+            this.done = true;
+            return Poll::Ready(Some(Err("client reset the stream while sending the request body".into())));
+        }
+        if let Some(t) = inb.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+        }
+        if inb.end {
+            this.done = true;
+            return Poll::Ready(None);
+        }
+        if !inb.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            inb.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.shared.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for RecvBody {
+    /// A body dropped unread (the request was refused, or answered before its body ended): what
+    /// it still holds goes back to the connection window, and later data for the stream is
+    /// thrown away as it comes (see `Connection::recv_data`).
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.take() else { return };
+        let mut st = shared.lock();
+        if let Some(inb) = st.bodies.remove(&self.id) {
+            let held: usize = inb.chunks.iter().map(Bytes::len).sum();
+            st.release_conn(held as u32);
+        }
+    }
+}

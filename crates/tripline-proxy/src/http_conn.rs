@@ -1,0 +1,163 @@
+//! One client connection on an HTTP listener: which protocol it speaks, then the server for it,
+//! hyper's for HTTP/1.1 and Tripline's own for HTTP/2 ([`crate::h2_server`]).
+//!
+//! The protocol is told from the first bytes, peeked rather than read: an HTTP/1.1 request
+//! stays in the socket for hyper, and only an HTTP/2 client's connection preface is consumed.
+//! The whole connection, the wait for those first bytes included, runs under `client_conns`'
+//! supervision, so a client that connects and says nothing meets the request-head timeout.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+use crate::body::ClientBody;
+use crate::client_conns::Supervised;
+use crate::h2_server::{self, PREFACE};
+use crate::http_proxy::{self, ConnContext};
+use crate::net_io::TcpIo;
+
+/// hyper's HTTP/1.1 server settings, shared by a listener's connections.
+pub fn http1_builder() -> http1::Builder {
+    let mut b = http1::Builder::new();
+    // The request-head timeout is kept by `client_conns` (no timer per request).
+    b.timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
+    b
+}
+
+/// Serves one accepted client connection until it closes. `h2_only`: the listener speaks
+/// HTTP/2 only (Istio's `HTTP2` and `GRPC` ports), so there is nothing to detect.
+pub async fn serve(http1: Arc<http1::Builder>, h2_only: bool, ctx: Arc<ConnContext>, stream: TcpStream) {
+    let signal = ctx.conn.signal().clone();
+    let conn = Conn::Detecting(Box::pin(detect(stream, h2_only)), Some((http1, ctx)));
+    let _ = Supervised::new(conn, signal, Conn::graceful_shutdown).await;
+}
+
+/// The first bytes being looked at: the socket, and whether it speaks HTTP/2.
+type Detecting = Pin<Box<dyn Future<Output = io::Result<(TcpStream, bool)>> + Send>>;
+
+/// A connection through its life: detecting (with what serving it will need), then served by
+/// one of the two servers.
+enum Conn {
+    Detecting(Detecting, Option<(Arc<http1::Builder>, Arc<ConnContext>)>),
+    Http1(Pin<Box<dyn Http1Conn>>),
+    Http2(Box<h2_server::Connection>),
+    Closed,
+}
+
+/// hyper's HTTP/1.1 connection future, whose service closure has no name.
+trait Http1Conn: Future<Output = hyper::Result<()>> + Send {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> Http1Conn for http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming> + Send,
+    S::Future: Send,
+    S::ResBody: Send + 'static,
+    <S::ResBody as http_body::Body>::Data: Send,
+    <S::ResBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl Conn {
+    /// Stops the connection gracefully: one still detecting is simply closed; hyper finishes a
+    /// request in flight with `Connection: close`; HTTP/2 sends GOAWAY and drains its streams.
+    fn graceful_shutdown(&mut self) {
+        match self {
+            Conn::Detecting(..) => *self = Conn::Closed,
+            Conn::Http1(c) => c.as_mut().graceful_shutdown(),
+            Conn::Http2(c) => c.graceful_shutdown(),
+            Conn::Closed => {}
+        }
+    }
+}
+
+impl Future for Conn {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            match &mut *self {
+                Conn::Detecting(detecting, parts) => {
+                    let (stream, h2) = match std::task::ready!(detecting.as_mut().poll(cx)) {
+                        Ok(found) => found,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "client connection closed before its first request");
+                            *self = Conn::Closed;
+                            continue;
+                        }
+                    };
+                    let (http1, ctx) = parts.take().expect("detected once");
+                    let io = TcpIo::new(stream);
+                    *self = if h2 {
+                        Conn::Http2(Box::new(h2_server::Connection::new(io, ctx)))
+                    } else {
+                        let service = service_fn(move |req: Request<Incoming>| {
+                            http_proxy::handle(ctx.clone(), req.map(ClientBody::Hyper))
+                        });
+                        Conn::Http1(Box::pin(
+                            http1.serve_connection(TokioIo::new(io), service).with_upgrades(),
+                        ))
+                    };
+                }
+                Conn::Http1(c) => {
+                    let _ = std::task::ready!(c.as_mut().poll(cx));
+                    return Poll::Ready(());
+                }
+                Conn::Http2(c) => return Pin::new(&mut **c).poll(cx),
+                Conn::Closed => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+/// Tells HTTP/2 (prior knowledge) from HTTP/1.1, consuming the HTTP/2 connection preface.
+async fn detect(mut stream: TcpStream, h2_only: bool) -> io::Result<(TcpStream, bool)> {
+    let h2 = h2_only || starts_with_preface(&stream).await?;
+    if h2 {
+        let mut preface = [0u8; PREFACE.len()];
+        stream.read_exact(&mut preface).await?;
+        if &preface != PREFACE {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not an HTTP/2 connection preface"));
+        }
+    }
+    Ok((stream, h2))
+}
+
+/// Whether the client's first bytes are the HTTP/2 preface. Four bytes decide it ("PRI " is no
+/// HTTP/1.1 method); fewer that could still be either ("P", "PR", "PRI") are looked at again
+/// after a short wait, since bytes left unread keep the socket readable.
+async fn starts_with_preface(stream: &TcpStream) -> io::Result<bool> {
+    let mut buf = [0u8; 4];
+    let mut wait = Duration::from_millis(1);
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if buf[..n] != PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == buf.len() {
+            return Ok(true);
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(100));
+    }
+}

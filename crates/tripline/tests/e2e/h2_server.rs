@@ -1,0 +1,277 @@
+//! Tripline's own HTTP/2 server, frame by frame. A hand-written client on a raw socket sends
+//! what library clients never do (padding, a wrong content-length, a tiny window, streams
+//! opened and reset in a loop) and reads every frame the proxy answers with. Request headers
+//! are HPACK literals without indexing or Huffman, which every decoder must accept.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::config;
+use crate::support::{free_port, Proxy, Upstream};
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
+const END_STREAM: u8 = 0x1;
+const ACK: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+
+const PROTOCOL_ERROR: u32 = 0x1;
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+#[derive(Debug)]
+struct RawFrame {
+    ty: u8,
+    flags: u8,
+    id: u32,
+    payload: Vec<u8>,
+}
+
+impl RawFrame {
+    fn u32_at(&self, at: usize) -> u32 {
+        u32::from_be_bytes(self.payload[at..at + 4].try_into().unwrap())
+    }
+}
+
+/// A client that speaks HTTP/2 one frame at a time.
+struct Raw {
+    s: TcpStream,
+}
+
+fn frame(ty: u8, flags: u8, id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(9 + payload.len());
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    f.extend_from_slice(&[ty, flags]);
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A header block of literals without indexing (RFC 7541 §6.2.2), names and values under 127
+/// bytes.
+fn header_block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut b = Vec::new();
+    for (name, value) in fields {
+        b.push(0x00);
+        b.push(name.len() as u8);
+        b.extend_from_slice(name.as_bytes());
+        b.push(value.len() as u8);
+        b.extend_from_slice(value.as_bytes());
+    }
+    b
+}
+
+fn request_headers(id: u32, method: &str, path: &str, extra: &[(&str, &str)], end_stream: bool) -> Vec<u8> {
+    let mut fields =
+        vec![(":method", method), (":scheme", "http"), (":path", path), (":authority", "backend.local")];
+    fields.extend_from_slice(extra);
+    let flags = END_HEADERS | if end_stream { END_STREAM } else { 0 };
+    frame(HEADERS, flags, id, &header_block(&fields))
+}
+
+impl Raw {
+    /// Connects and sends the preface and SETTINGS with `settings` (id, value).
+    async fn connect(addr: SocketAddr, settings: &[(u16, u32)]) -> Raw {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let mut payload = Vec::new();
+        for (id, v) in settings {
+            payload.extend_from_slice(&id.to_be_bytes());
+            payload.extend_from_slice(&v.to_be_bytes());
+        }
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(SETTINGS, 0, 0, &payload));
+        s.write_all(&out).await.expect("preface");
+        Raw { s }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).await.expect("write");
+    }
+
+    /// The next frame, or `None` when the proxy closed the connection.
+    async fn next(&mut self) -> Option<RawFrame> {
+        let read = async {
+            let mut head = [0u8; 9];
+            self.s.read_exact(&mut head).await.ok()?;
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            self.s.read_exact(&mut payload).await.ok()?;
+            let id = u32::from_be_bytes(head[5..9].try_into().unwrap()) & 0x7fff_ffff;
+            Some(RawFrame { ty: head[3], flags: head[4], id, payload })
+        };
+        tokio::time::timeout(Duration::from_secs(10), read).await.expect("the proxy answers within 10 s")
+    }
+
+    /// Reads frames until one matches, returning it.
+    async fn until(&mut self, what: &str, mut pred: impl FnMut(&RawFrame) -> bool) -> RawFrame {
+        loop {
+            let f = self.next().await.unwrap_or_else(|| panic!("connection closed while waiting for {what}"));
+            if pred(&f) {
+                return f;
+            }
+        }
+    }
+
+    /// Reads a whole response body on `id`, returning it.
+    async fn body(&mut self, id: u32) -> Vec<u8> {
+        let mut body = Vec::new();
+        loop {
+            let f = self.until("the response", |f| f.id == id).await;
+            assert_ne!(f.ty, RST_STREAM, "stream {id} reset with code {}", f.u32_at(0));
+            if f.ty == DATA {
+                body.extend_from_slice(&f.payload);
+            }
+            if f.flags & END_STREAM != 0 && matches!(f.ty, DATA | HEADERS) {
+                return body;
+            }
+        }
+    }
+}
+
+async fn proxy() -> (Upstream, Proxy, SocketAddr) {
+    let up = Upstream::http("h2").await;
+    let port = free_port();
+    let proxy = Proxy::start(&config::simple(port, "HTTP", &[up.addr], None)).await;
+    (up, proxy, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn body_len(json: &[u8]) -> u64 {
+    let v: serde_json::Value = serde_json::from_slice(json).expect("the upstream's JSON");
+    v["body_len"].as_u64().expect("body_len")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn padding_is_given_back_to_the_client_s_flow_control_windows() {
+    let (_up, _proxy, addr) = proxy().await;
+    let mut c = Raw::connect(addr, &[]).await;
+    // 6,000 frames of 100 bytes, each padded with 255 more: 2.1 MB against flow control, more
+    // than both 1 MiB windows, for 600 kB of body. Unless the padding is given back, the
+    // windows close for good after about a third of it and the upload stalls.
+    let (frames, payload, pad) = (6_000u32, 100usize, 255u8);
+    let flow = (payload + usize::from(pad) + 1) as i64;
+    let total = u64::from(frames) * payload as u64;
+    c.write(&request_headers(1, "POST", "/upload", &[("content-length", &total.to_string())], false)).await;
+    let (mut conn_window, mut stream_window) = (65_535i64, 65_535i64);
+    let mut sent = 0;
+    while sent < frames {
+        let mut batch = Vec::new();
+        while sent < frames && conn_window >= flow && stream_window >= flow {
+            let mut p = vec![pad];
+            p.extend(std::iter::repeat_n(b'x', payload));
+            p.extend(std::iter::repeat_n(0u8, usize::from(pad)));
+            sent += 1;
+            batch.extend(frame(DATA, PADDED | if sent == frames { END_STREAM } else { 0 }, 1, &p));
+            conn_window -= flow;
+            stream_window -= flow;
+        }
+        if !batch.is_empty() {
+            c.write(&batch).await;
+            continue;
+        }
+        // Out of window: wait for the proxy to give some back.
+        let f = c
+            .until("a WINDOW_UPDATE", |f| matches!(f.ty, WINDOW_UPDATE | SETTINGS | RST_STREAM | GOAWAY))
+            .await;
+        match f.ty {
+            WINDOW_UPDATE if f.id == 0 => conn_window += i64::from(f.u32_at(0)),
+            WINDOW_UPDATE => stream_window += i64::from(f.u32_at(0)),
+            SETTINGS if f.flags & ACK == 0 => {
+                // SETTINGS_INITIAL_WINDOW_SIZE (4) moves the stream's window.
+                for kv in f.payload.chunks(6) {
+                    if u16::from_be_bytes([kv[0], kv[1]]) == 4 {
+                        let v = u32::from_be_bytes(kv[2..6].try_into().unwrap());
+                        stream_window += i64::from(v) - 65_535;
+                    }
+                }
+            }
+            SETTINGS => {}
+            _ => panic!("upload refused after {sent} frames: {f:?}"),
+        }
+    }
+    assert_eq!(body_len(&c.body(1).await), total, "the upstream got the whole body, padding stripped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_longer_than_its_content_length_resets_only_its_stream() {
+    let (up, _proxy, addr) = proxy().await;
+    let mut c = Raw::connect(addr, &[]).await;
+    let mut out = request_headers(1, "POST", "/", &[("content-length", "5")], false);
+    out.extend(frame(DATA, END_STREAM, 1, b"abcdef"));
+    c.write(&out).await;
+    let rst = c.until("RST_STREAM on stream 1", |f| f.id == 1 && f.ty == RST_STREAM).await;
+    assert_eq!(rst.u32_at(0), PROTOCOL_ERROR);
+    // The connection serves on.
+    c.write(&request_headers(3, "GET", "/after", &[], true)).await;
+    assert_eq!(body_len(&c.body(3).await), 0);
+    assert!(up.requests() <= 2, "the malformed body was not passed on whole");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_s_window_bounds_what_the_proxy_sends() {
+    let (_up, _proxy, addr) = proxy().await;
+    // SETTINGS_INITIAL_WINDOW_SIZE (4) = 16 bytes per stream.
+    let mut c = Raw::connect(addr, &[(4, 16)]).await;
+    c.write(&request_headers(1, "GET", "/windowed", &[], true)).await;
+    let (mut granted, mut body) = (16usize, Vec::new());
+    loop {
+        let f = c.until("the response", |f| f.id == 1).await;
+        if f.ty != DATA {
+            continue;
+        }
+        body.extend_from_slice(&f.payload);
+        assert!(body.len() <= granted, "{} bytes sent on a window of {granted}", body.len());
+        if f.flags & END_STREAM != 0 {
+            break;
+        }
+        if body.len() == granted {
+            // Window spent: a PING's answer comes back with no DATA before it.
+            c.write(&frame(PING, 0, 0, b"tripline")).await;
+            let pong = c.until("the PING ACK", |f| f.ty == PING || (f.ty == DATA && f.id == 1)).await;
+            assert_eq!(pong.ty, PING, "DATA beyond the window: {pong:?}");
+            assert_eq!(
+                (pong.flags, &pong.payload[..]),
+                (ACK, &b"tripline"[..]),
+                "the PING comes back as sent"
+            );
+            c.write(&frame(WINDOW_UPDATE, 0, 1, &16u32.to_be_bytes())).await;
+            granted += 16;
+        }
+    }
+    assert!(body.len() > 64, "the response needed several windows: {} bytes", body.len());
+    assert_eq!(body_len(&body), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resetting_its_streams_in_a_loop_is_told_to_calm_down() {
+    let (up, _proxy, addr) = proxy().await;
+    let mut c = Raw::connect(addr, &[]).await;
+    // Rapid reset (CVE-2023-44487): each request is cancelled as soon as it is sent.
+    let mut out = Vec::new();
+    for i in 0..300u32 {
+        let id = 2 * i + 1;
+        out.extend(request_headers(id, "GET", "/", &[("x-delay-ms", "2000")], true));
+        out.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+    }
+    c.write(&out).await;
+    let goaway = c.until("GOAWAY", |f| f.ty == GOAWAY).await;
+    assert_eq!(goaway.u32_at(4), ENHANCE_YOUR_CALM);
+    let last = goaway.u32_at(0);
+    assert!((199..=599).contains(&last), "GOAWAY after 100 to 300 streams, last stream id {last}");
+    while c.next().await.is_some() {}
+    assert!(up.requests() < 300, "not every reset request reached the upstream ({})", up.requests());
+
+    // A well-behaved connection is not affected.
+    let mut ok = Raw::connect(addr, &[]).await;
+    for i in 0..150u32 {
+        ok.write(&request_headers(2 * i + 1, "GET", "/", &[], true)).await;
+        assert_eq!(body_len(&ok.body(2 * i + 1).await), 0);
+    }
+}
