@@ -16,6 +16,7 @@
 //! SETTINGS, PING, GOAWAY on drain, RST_STREAM, concurrency and header-size limits, and the
 //! defences Envoy has against a client that opens and resets streams in a loop.
 
+mod date;
 mod request;
 mod shared;
 
@@ -26,6 +27,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_core::Stream as _;
@@ -33,7 +35,7 @@ use h2::frame::{
     Data, Frame, GoAway, Headers, Ping, Pseudo, Reason, Reset, Settings, StreamId, WindowUpdate,
 };
 use h2::Codec;
-use http::header::CONTENT_LENGTH;
+use http::header::{CONTENT_LENGTH, DATE};
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body::Body;
 
@@ -61,6 +63,12 @@ const FRAMES_PER_TURN: usize = 16;
 /// streams, it is closed (GOAWAY ENHANCE_YOUR_CALM) when more than half of them were reset
 /// before their response head was sent (by the client, or by Tripline for a malformed request).
 const PREMATURE_RESET_MIN_STREAMS: u32 = 100;
+/// Streams Tripline may reset for the client's errors over a connection's life before closing it
+/// (`h2`'s limit, which hyper's server had): each costs an abandoned upstream request.
+const MAX_LOCAL_ERROR_RESETS: u32 = 1024;
+/// How long a closed connection keeps reading what the client still sends, so that the kernel
+/// does not answer it with a TCP reset that could destroy the last response unread.
+const LINGER: Duration = Duration::from_secs(1);
 /// The largest flow-control window (RFC 9113 §6.9.1).
 const MAX_WINDOW: i64 = (1 << 31) - 1;
 
@@ -91,6 +99,22 @@ struct Stream {
     head_request: bool,
     /// Waiting for the connection or stream send window to open.
     blocked_on_window: bool,
+    /// In the connection's `window_blocked` list (once, however often it blocks).
+    listed: bool,
+}
+
+/// How far the connection is in closing.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Closing {
+    Open,
+    /// The drain's first step: GOAWAY with the largest stream id, and a PING. Streams the client
+    /// opened before it saw the GOAWAY are still served.
+    Draining,
+    /// The PING came back: GOAWAY with the last stream accepted was sent, no new stream is
+    /// served, and the connection closes when the last one ends.
+    Drained,
+    /// A connection error: GOAWAY with the reason sent, every stream cancelled.
+    Failed,
 }
 
 /// What polling a stream came to.
@@ -122,17 +146,19 @@ pub struct Connection {
     conn_send_window: i64,
     /// The client's SETTINGS_INITIAL_WINDOW_SIZE.
     init_send_window: i64,
-    /// The highest stream id the client has opened.
+    /// The highest stream id the client has opened, and the highest Tripline has taken up
+    /// (what a GOAWAY names).
     last_id: u32,
+    last_accepted: u32,
     opened: u32,
     premature_resets: u32,
-    /// Tripline sent GOAWAY (drain): no new streams, close when the last one ends.
-    going_away: bool,
+    local_error_resets: u32,
+    closing: Closing,
     /// The client sent GOAWAY: it opens no more streams.
     peer_going_away: bool,
     read_closed: bool,
-    /// A connection error: write the GOAWAY and close.
-    closing: bool,
+    /// Set once the connection is shut down for writing: reading on until the client closes.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Connection {
@@ -162,46 +188,75 @@ impl Connection {
             conn_send_window: 65_535,
             init_send_window: 65_535,
             last_id: 0,
+            last_accepted: 0,
             opened: 0,
             premature_resets: 0,
-            going_away: false,
+            local_error_resets: 0,
+            closing: Closing::Open,
             peer_going_away: false,
             read_closed: false,
-            closing: false,
+            linger: None,
         }
     }
 
-    /// Starts a graceful close (the drain, the idle timeout): GOAWAY naming the last stream
-    /// accepted, then the streams in flight finish and the connection closes.
+    /// Starts a graceful close (the drain, the idle timeout) in two steps, as `h2` does: GOAWAY
+    /// with the largest stream id and a PING; when the PING comes back, every stream the client
+    /// opened before it saw the GOAWAY has arrived, and a second GOAWAY names the last one. The
+    /// streams in flight finish, then the connection closes.
     pub fn graceful_shutdown(&mut self) {
-        if !self.going_away && !self.closing {
-            self.going_away = true;
-            self.control.push_back(GoAway::new(StreamId::from(self.last_id), Reason::NO_ERROR).into());
+        if self.closing == Closing::Open {
+            self.closing = Closing::Draining;
+            self.control.push_back(GoAway::new(StreamId::MAX, Reason::NO_ERROR).into());
+            self.control.push_back(Ping::new(Ping::SHUTDOWN).into());
         }
     }
 
     fn drive(&mut self, cx: &mut Context<'_>) -> io::Result<Poll<()>> {
+        if self.linger.is_some() {
+            return Ok(self.poll_linger(cx));
+        }
         self.read(cx)?;
         self.queue_window_updates();
         self.write_control(cx)?;
-        if !self.closing {
+        if self.closing != Closing::Failed {
             self.run_streams(cx)?;
             self.write_control(cx)?;
         }
         let flushed = ready_ok(self.codec.flush(cx))?;
-        let done = self.closing
-            || ((self.going_away || self.peer_going_away || self.read_closed) && self.streams.is_empty());
+        let done = self.closing == Closing::Failed
+            || ((self.closing == Closing::Drained || self.peer_going_away || self.read_closed)
+                && self.streams.is_empty());
         if done && flushed && self.control.is_empty() {
             // Best effort: the client may already be gone.
-            return Ok(self.codec.shutdown(cx).map(|_| ()));
+            if self.codec.shutdown(cx).is_pending() {
+                return Ok(Poll::Pending);
+            }
+            if self.read_closed {
+                return Ok(Poll::Ready(()));
+            }
+            self.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+            return Ok(self.poll_linger(cx));
         }
         Ok(Poll::Pending)
+    }
+
+    /// Reads and throws away what the client still sends after the connection was shut down for
+    /// writing, until it closes its side or `LINGER` passes.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..READS_PER_POLL {
+            match Pin::new(&mut self.codec).poll_next(cx) {
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(None | Some(Err(_))) => return Poll::Ready(()),
+                Poll::Pending => break,
+            }
+        }
+        self.linger.as_mut().map_or(Poll::Ready(()), |t| t.as_mut().poll(cx))
     }
 
     /// Reads and handles the frames that have arrived.
     fn read(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         for _ in 0..READS_PER_POLL {
-            if self.read_closed || self.closing {
+            if self.read_closed || self.closing == Closing::Failed {
                 return Ok(());
             }
             if self.control.len() >= MAX_CONTROL_QUEUE {
@@ -233,6 +288,10 @@ impl Connection {
             Frame::Ping(p) => {
                 if !p.is_ack() {
                     self.control.push_back(Ping::pong(p.into_payload()).into());
+                } else if *p.payload() == Ping::SHUTDOWN && self.closing == Closing::Draining {
+                    self.closing = Closing::Drained;
+                    let last = StreamId::from(self.last_accepted);
+                    self.control.push_back(GoAway::new(last, Reason::NO_ERROR).into());
                 }
             }
             Frame::GoAway(_) => self.peer_going_away = true,
@@ -247,9 +306,14 @@ impl Connection {
         match e {
             h2::proto::Error::Reset(id, reason, _) => {
                 let id = u32::from(id);
-                self.last_id = self.last_id.max(id);
-                self.premature_reset();
-                self.reset(id, reason);
+                if id > self.last_id {
+                    // A malformed request still opens its stream, and counts as one.
+                    self.last_id = id;
+                    self.last_accepted = id;
+                    self.opened += 1;
+                    self.premature_reset();
+                }
+                self.reset(id, reason, true);
             }
             h2::proto::Error::GoAway(_, reason, _) => self.fail(reason),
             h2::proto::Error::Io(kind, msg) => {
@@ -265,30 +329,41 @@ impl Connection {
             return self.fail(Reason::PROTOCOL_ERROR);
         }
         if let Some(s) = self.streams.get_mut(&id) {
-            // Trailers: they must end the request (RFC 9113 §8.1).
-            if !s.recv_open || !h.is_end_stream() {
-                return self.reset(id, Reason::PROTOCOL_ERROR);
+            // Trailers: they must end the request (RFC 9113 §8.1), within the size limit and
+            // without pseudo-header fields.
+            if !s.recv_open || !h.is_end_stream() || h.is_over_size() {
+                return self.reset(id, Reason::PROTOCOL_ERROR, true);
             }
             s.recv_open = false;
             let length_ok = s.expected.is_none_or(|n| n == s.received);
-            let (pseudo, fields) = h.into_parts();
-            if !length_ok || pseudo.method.is_some() || pseudo.path.is_some() || pseudo.status.is_some() {
-                return self.reset(id, Reason::PROTOCOL_ERROR);
+            let (p, fields) = h.into_parts();
+            let pseudo = p.method.is_some()
+                || p.scheme.is_some()
+                || p.authority.is_some()
+                || p.path.is_some()
+                || p.protocol.is_some()
+                || p.status.is_some();
+            if !length_ok || pseudo {
+                return self.reset(id, Reason::PROTOCOL_ERROR, true);
             }
-            let mut st = self.shared.lock();
-            if let Some(inb) = st.bodies.get_mut(&id) {
+            let waker = self.shared.lock().bodies.get_mut(&id).and_then(|inb| {
                 inb.trailers = Some(fields);
                 inb.end = true;
-                inb.wake();
-            }
+                inb.take_waker()
+            });
+            wake(waker);
             return;
         }
         if id <= self.last_id {
-            // A stream that already ended; what is still in flight from the client is ignored.
+            // A stream that already ended. Trailers the client sent before it learnt that are
+            // ignored; anything else is a new request on a used id (RFC 9113 §5.1.1).
+            if !h.is_end_stream() {
+                self.fail(Reason::STREAM_CLOSED);
+            }
             return;
         }
         self.last_id = id;
-        if self.going_away {
+        if matches!(self.closing, Closing::Drained | Closing::Failed) {
             // Above the id the GOAWAY named: not processed, the client may retry it elsewhere.
             return;
         }
@@ -297,6 +372,7 @@ impl Connection {
             return;
         }
         self.opened += 1;
+        self.last_accepted = id;
         let end = h.is_end_stream();
         if h.is_over_size() {
             let mut reply = Headers::new(
@@ -336,6 +412,7 @@ impl Connection {
             received: 0,
             head_request,
             blocked_on_window: false,
+            listed: false,
         };
         self.streams.insert(id, stream);
         self.ready.push(id);
@@ -344,7 +421,7 @@ impl Connection {
     fn malformed(&mut self, id: u32, why: &str) {
         tracing::debug!(stream = id, why, "malformed HTTP/2 request");
         self.premature_reset();
-        self.control.push_back(Reset::new(StreamId::from(id), Reason::PROTOCOL_ERROR).into());
+        self.reset(id, Reason::PROTOCOL_ERROR, true);
     }
 
     fn recv_data(&mut self, d: Data) {
@@ -370,7 +447,7 @@ impl Connection {
         };
         if !s.recv_open {
             self.shared.lock().release_conn(len);
-            return self.reset(id, Reason::STREAM_CLOSED);
+            return self.reset(id, Reason::STREAM_CLOSED, true);
         }
         let payload = d.into_payload();
         let n = payload.len() as u64;
@@ -380,12 +457,15 @@ impl Connection {
         }
         let bad_length = s.expected.is_some_and(|e| s.received > e || (end && s.received != e));
         let mut error = bad_length.then_some(Reason::PROTOCOL_ERROR);
-        {
+        let waker = {
             let mut st = self.shared.lock();
             let st = &mut *st;
             match st.bodies.get_mut(&id) {
-                // The request no longer reads its body.
-                None => st.release_conn(len),
+                // The request no longer reads its body: thrown away, the windows given back.
+                None => {
+                    st.release_discarded(id, len, !end);
+                    None
+                }
                 Some(inb) => {
                     inb.window -= i64::from(len);
                     if inb.window < 0 {
@@ -395,22 +475,25 @@ impl Connection {
                         inb.chunks.push_back(payload);
                     }
                     inb.end |= end;
-                    inb.wake();
+                    let waker = inb.take_waker();
                     // Padding is flow-controlled but never read: given back now.
                     let padding = len - n as u32;
                     if padding > 0 {
                         st.release_stream(id, padding);
                     }
+                    waker
                 }
             }
-        }
+        };
+        wake(waker);
         if let Some(reason) = error {
-            self.reset(id, reason);
+            self.reset(id, reason, true);
         }
     }
 
     fn recv_reset(&mut self, id: u32) {
-        if id > self.last_id {
+        if id == 0 || id > self.last_id {
+            // RST_STREAM on the connection or on a stream never opened (RFC 9113 §6.4).
             return self.fail(Reason::PROTOCOL_ERROR);
         }
         let Some(s) = self.streams.remove(&id) else { return };
@@ -431,12 +514,18 @@ impl Connection {
             self.unblock_all();
             return;
         }
+        if id > self.last_id {
+            // WINDOW_UPDATE on a stream never opened (RFC 9113 §5.1).
+            return self.fail(Reason::PROTOCOL_ERROR);
+        }
         let Some(s) = self.streams.get_mut(&id) else { return };
         s.send_window += i64::from(inc);
         if s.send_window > MAX_WINDOW {
-            return self.reset(id, Reason::FLOW_CONTROL_ERROR);
+            return self.reset(id, Reason::FLOW_CONTROL_ERROR, true);
         }
-        if s.blocked_on_window {
+        // Polled again only if the connection has room too; otherwise it stays listed for the
+        // connection's own update (a client sending stream updates alone gets nothing polled).
+        if s.blocked_on_window && self.conn_send_window > 0 {
             s.blocked_on_window = false;
             self.ready.push(id);
         }
@@ -449,8 +538,14 @@ impl Connection {
         if let Some(size) = s.initial_window_size() {
             let delta = i64::from(size) - self.init_send_window;
             self.init_send_window = i64::from(size);
+            let mut overflow = false;
             for s in self.streams.values_mut() {
                 s.send_window += delta;
+                overflow |= s.send_window > MAX_WINDOW;
+            }
+            if overflow {
+                // RFC 9113 §6.9.2.
+                return self.fail(Reason::FLOW_CONTROL_ERROR);
             }
             if delta > 0 {
                 self.unblock_all();
@@ -467,9 +562,12 @@ impl Connection {
 
     fn unblock_all(&mut self) {
         for id in self.window_blocked.drain(..) {
-            if let Some(s) = self.streams.get_mut(&id).filter(|s| s.blocked_on_window) {
-                s.blocked_on_window = false;
-                self.ready.push(id);
+            if let Some(s) = self.streams.get_mut(&id) {
+                s.listed = false;
+                if s.blocked_on_window {
+                    s.blocked_on_window = false;
+                    self.ready.push(id);
+                }
             }
         }
     }
@@ -484,41 +582,60 @@ impl Connection {
         }
     }
 
-    /// Resets a stream (a stream error): its request is cancelled.
-    fn reset(&mut self, id: u32, reason: Reason) {
+    /// Resets a stream (a stream error): its request is cancelled. `client_error`: the client
+    /// caused it, so it counts toward the premature-reset rule (when the response head had not
+    /// gone out) and toward `MAX_LOCAL_ERROR_RESETS`. Otherwise it is an upstream failure after
+    /// the response head.
+    fn reset(&mut self, id: u32, reason: Reason, client_error: bool) {
         self.end_inbound(id);
         let s = self.streams.remove(&id);
         self.control.push_back(Reset::new(StreamId::from(id), reason).into());
+        if client_error {
+            // Made to reset its own streams, a client could otherwise keep any number of
+            // abandoned requests going upstream ("MadeYouReset", CVE-2025-8671).
+            if s.as_ref().is_some_and(|s| matches!(s.task, Task::Handling(_) | Task::Head(..))) {
+                self.premature_reset();
+            }
+            self.local_error_resets += 1;
+            if self.local_error_resets > MAX_LOCAL_ERROR_RESETS {
+                self.fail(Reason::ENHANCE_YOUR_CALM);
+            }
+        }
         drop(s);
     }
 
     /// Tells a request still reading its body that the stream is gone.
     fn end_inbound(&mut self, id: u32) {
-        if let Some(inb) = self.shared.lock().bodies.get_mut(&id) {
+        let waker = self.shared.lock().bodies.get_mut(&id).and_then(|inb| {
             inb.reset = true;
-            inb.wake();
-        }
+            inb.take_waker()
+        });
+        wake(waker);
     }
 
     /// A connection error: GOAWAY with the reason, every stream cancelled, then close.
     fn fail(&mut self, reason: Reason) {
-        if self.closing {
+        if self.closing == Closing::Failed {
             return;
         }
         tracing::debug!(peer = %self.ctx.peer, ?reason, "HTTP/2 connection error");
-        self.closing = true;
-        self.control.push_back(GoAway::new(StreamId::from(self.last_id), reason).into());
+        self.closing = Closing::Failed;
+        self.control.push_back(GoAway::new(StreamId::from(self.last_accepted), reason).into());
         self.drop_all_streams();
     }
 
     fn drop_all_streams(&mut self) {
-        {
+        let wakers: Vec<Waker> = {
             let mut st = self.shared.lock();
-            for inb in st.bodies.values_mut() {
-                inb.reset = true;
-                inb.wake();
-            }
-        }
+            st.bodies
+                .values_mut()
+                .filter_map(|inb| {
+                    inb.reset = true;
+                    inb.take_waker()
+                })
+                .collect()
+        };
+        wakers.into_iter().for_each(Waker::wake);
         // Dropped outside the lock: a request's body takes it when dropped.
         let streams = std::mem::take(&mut self.streams);
         drop(streams);
@@ -580,13 +697,16 @@ impl Connection {
             Step::BlockedOnWrite => self.write_blocked.push(id),
             Step::BlockedOnWindow => {
                 s.blocked_on_window = true;
-                self.window_blocked.push(id);
+                if !s.listed {
+                    s.listed = true;
+                    self.window_blocked.push(id);
+                }
             }
             Step::Yield => {
                 self.ready.push(id);
                 cx.waker().wake_by_ref();
             }
-            Step::Finished(Some(reason)) => self.reset(id, reason),
+            Step::Finished(Some(reason)) => self.reset(id, reason, false),
             Step::Finished(None) => {
                 let s = self.streams.remove(&id);
                 if s.as_ref().is_some_and(|s| s.recv_open) {
@@ -652,14 +772,18 @@ fn advance(
                 let Task::Head(mut parts, body) = std::mem::replace(&mut s.task, Task::Done) else {
                     unreachable!("matched above")
                 };
-                let no_content = matches!(parts.status.as_u16(), 204 | 304);
-                if !no_content && !parts.headers.contains_key(CONTENT_LENGTH) {
-                    // As hyper does: a length known in advance is declared.
+                let bodiless =
+                    s.head_request || matches!(parts.status.as_u16(), 204 | 304) || body.is_end_stream();
+                // As hyper's server did: a body length known in advance is declared, and a
+                // response without a date (Tripline's own replies) gets one.
+                if !bodiless && !parts.headers.contains_key(CONTENT_LENGTH) {
                     if let Some(n) = body.size_hint().exact() {
                         parts.headers.insert(CONTENT_LENGTH, n.into());
                     }
                 }
-                let bodiless = s.head_request || no_content || body.is_end_stream();
+                if !parts.headers.contains_key(DATE) {
+                    parts.headers.insert(DATE, date::now());
+                }
                 let mut frame = Headers::new(sid, Pseudo::response(parts.status), parts.headers);
                 if bodiless {
                     frame.set_end_stream();
@@ -735,6 +859,12 @@ fn advance(
     }
 }
 
+fn wake(waker: Option<Waker>) {
+    if let Some(w) = waker {
+        w.wake();
+    }
+}
+
 /// `Ready(Ok)` as true, `Pending` as false.
 fn ready_ok(p: Poll<io::Result<()>>) -> io::Result<bool> {
     match p {
@@ -764,15 +894,4 @@ fn flow_controlled_len(d: &Data) -> u32 {
         .and_then(|n| n.parse::<u32>().ok())
         .unwrap_or(0);
     payload + pad + 1
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_padded_frame_counts_its_padding_against_the_window() {
-        let d = Data::new(StreamId::from(1), Bytes::from_static(b"abc"));
-        assert_eq!(flow_controlled_len(&d), 3);
-    }
 }

@@ -3,8 +3,9 @@
 //!
 //! Everything else (stream states, send windows, the codec) belongs to the connection task
 //! alone. The request body is the one thing that leaves it: the request path hands it to the
-//! upstream client, which reads it from inside its own future. The lock is uncontended (the
-//! connection and its requests run on one worker thread) and held for a few instructions.
+//! upstream client, which reads it from inside its own task (on the upstream connection's home
+//! worker, usually this one). The lock is held for a few instructions, and nothing is woken
+//! while it is held: a waker may be a stream's, which takes the same lock.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -40,7 +41,11 @@ impl Hasher for IdHasher {
         }
     }
     fn write_u32(&mut self, id: u32) {
-        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // The table picks buckets from the low bits: fold the product's high half (which every
+        // bit of the id reaches) into them, or ids a client picks to differ only in their high
+        // bits would all share a bucket.
+        let h = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = h ^ (h >> 32);
     }
 }
 
@@ -84,11 +89,14 @@ impl Inbound {
         Inbound { window: i64::from(RECV_WINDOW), ..Inbound::default() }
     }
 
-    /// Wakes the request reading the body.
-    pub fn wake(&mut self) {
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
+    /// Everything the client sent has been read: nothing more will come.
+    fn ended(&self) -> bool {
+        self.end && !self.reset && self.chunks.is_empty() && self.trailers.is_none()
+    }
+
+    /// The waker of the request reading the body, to be woken once the lock is released.
+    pub fn take_waker(&mut self) -> Option<Waker> {
+        self.waker.take()
     }
 }
 
@@ -109,8 +117,13 @@ impl State {
     /// thrown away).
     pub fn release_conn(&mut self, n: u32) {
         self.conn_unacked += n;
-        // Batched: one WINDOW_UPDATE per half window, as h2 and nginx do.
-        if self.conn_unacked >= RECV_WINDOW / 2 {
+        // Batched: one WINDOW_UPDATE per half window, as h2 and nginx do; but at once when the
+        // client has less than half a window left, which happens when other streams' bodies
+        // sit unread (a request waiting for an upstream connection): holding the update back
+        // then would stall every upload on the connection, the one that would free them too.
+        if self.conn_unacked > 0
+            && (self.conn_unacked >= RECV_WINDOW / 2 || self.conn_window < i64::from(RECV_WINDOW / 2))
+        {
             self.conn_window += i64::from(self.conn_unacked);
             self.updates.push((0, self.conn_unacked));
             self.conn_unacked = 0;
@@ -129,6 +142,17 @@ impl State {
                 inb.unacked = 0;
                 self.wake_conn();
             }
+        }
+        self.release_conn(n);
+    }
+
+    /// Gives back `n` bytes thrown away from stream `id`, whose request no longer reads its
+    /// body: to the connection, and to the stream if the client has `more` to send, so that it
+    /// can finish (as `h2` does).
+    pub fn release_discarded(&mut self, id: u32, n: u32, more: bool) {
+        if more && n > 0 {
+            self.updates.push((id, n));
+            self.wake_conn();
         }
         self.release_conn(n);
     }
@@ -229,6 +253,9 @@ impl Body for RecvBody {
             if let Some(r) = this.remaining.as_mut() {
                 *r = r.saturating_sub(u64::from(n));
             }
+            // Known to be the last: an HTTP/1.1 client stops polling once it has written the
+            // declared length, and a retry's copy of the body must know it is complete.
+            this.done = inb.ended();
             st.release_stream(this.id, n);
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
@@ -237,6 +264,7 @@ impl Body for RecvBody {
             return Poll::Ready(Some(Err("client reset the stream while sending the request body".into())));
         }
         if let Some(t) = inb.trailers.take() {
+            this.done = true;
             return Poll::Ready(Some(Ok(Frame::trailers(t))));
         }
         if inb.end {
@@ -250,7 +278,11 @@ impl Body for RecvBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.shared.is_none()
+        if self.done {
+            return true;
+        }
+        let Some(shared) = &self.shared else { return true };
+        shared.lock().bodies.get(&self.id).is_some_and(Inbound::ended)
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -272,5 +304,37 @@ impl Drop for RecvBody {
             let held: usize = inb.chunks.iter().map(Bytes::len).sum();
             st.release_conn(held as u32);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn a_connection_window_held_by_an_unread_body_is_refilled_at_once() {
+        let mut st = State { conn_window: i64::from(RECV_WINDOW), ..State::default() };
+        // 600 kB sits unread in one stream's body; 424 kB of another's arrived and was read.
+        st.conn_window -= 600_000 + 424_000;
+        st.release_conn(424_000);
+        assert_eq!(
+            st.updates,
+            vec![(0, 424_000)],
+            "the client gets its window back without waiting for 512 KiB"
+        );
+        assert_eq!(st.conn_window, i64::from(RECV_WINDOW) - 600_000);
+        // With the window mostly open, updates are batched by half windows.
+        let mut st = State { conn_window: i64::from(RECV_WINDOW) - 1_000, ..State::default() };
+        st.release_conn(1_000);
+        assert!(st.updates.is_empty());
+    }
+
+    #[test]
+    fn ids_differing_only_in_high_bits_spread_over_buckets() {
+        let build = BuildHasherDefault::<IdHasher>::default();
+        let buckets: std::collections::HashSet<u64> =
+            (0..64u32).map(|k| build.hash_one(1 + (k << 11)) & 1023).collect();
+        assert!(buckets.len() > 48, "64 ids landed in {} of 1024 buckets", buckets.len());
     }
 }

@@ -268,10 +268,131 @@ async fn a_client_resetting_its_streams_in_a_loop_is_told_to_calm_down() {
     while c.next().await.is_some() {}
     assert!(up.requests() < 300, "not every reset request reached the upstream ({})", up.requests());
 
+    // "MadeYouReset" (CVE-2025-8671): the client sends something that makes the proxy reset
+    // each stream itself (DATA after END_STREAM), which must count the same.
+    let mut c = Raw::connect(addr, &[]).await;
+    let mut out = Vec::new();
+    for i in 0..300u32 {
+        let id = 2 * i + 1;
+        out.extend(request_headers(id, "GET", "/", &[("x-delay-ms", "2000")], true));
+        out.extend(frame(DATA, 0, id, b"x"));
+    }
+    c.write(&out).await;
+    let goaway = c.until("GOAWAY", |f| f.ty == GOAWAY).await;
+    assert_eq!(goaway.u32_at(4), ENHANCE_YOUR_CALM);
+
     // A well-behaved connection is not affected.
     let mut ok = Raw::connect(addr, &[]).await;
     for i in 0..150u32 {
         ok.write(&request_headers(2 * i + 1, "GET", "/", &[], true)).await;
         assert_eq!(body_len(&ok.body(2 * i + 1).await), 0);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_announces_itself_in_two_steps_and_finishes_the_stream_in_flight() {
+    let (up, mut proxy, addr) = proxy().await;
+    let mut c = Raw::connect(addr, &[]).await;
+    c.write(&request_headers(1, "GET", "/slow", &[("x-delay-ms", "600")], true)).await;
+    crate::support::eventually("the request reaches the upstream", Duration::from_secs(5), || {
+        let n = up.requests();
+        async move { n > 0 }
+    })
+    .await;
+    proxy.signal("TERM");
+    // First GOAWAY: the largest id, so streams the client already sent are still served.
+    let first = c.until("the first GOAWAY", |f| f.ty == GOAWAY).await;
+    assert_eq!((first.u32_at(0), first.u32_at(4)), (0x7fff_ffff, 0));
+    let ping = c.until("the drain's PING", |f| f.ty == PING && f.flags & ACK == 0).await;
+    // A stream opened before the client saw the GOAWAY is served.
+    c.write(&request_headers(3, "GET", "/late", &[], true)).await;
+    c.write(&frame(PING, ACK, 0, &ping.payload)).await;
+    // Then everything until the proxy closes the connection.
+    let (mut goaways, mut bodies, mut ended) = (Vec::new(), [Vec::new(), Vec::new()], [false, false]);
+    while let Some(f) = c.next().await {
+        match (f.ty, f.id) {
+            (GOAWAY, _) => goaways.push((f.u32_at(0), f.u32_at(4))),
+            (DATA | HEADERS, 1 | 3) => {
+                let i = (f.id / 2) as usize;
+                if f.ty == DATA {
+                    bodies[i].extend_from_slice(&f.payload);
+                }
+                ended[i] |= f.flags & END_STREAM != 0;
+            }
+            (RST_STREAM, _) => panic!("stream {} reset: {f:?}", f.id),
+            _ => {}
+        }
+    }
+    assert_eq!(goaways, vec![(3, 0)], "the second GOAWAY names the last stream taken");
+    assert_eq!(ended, [true, true], "both streams finished before the connection closed");
+    assert_eq!((body_len(&bodies[0]), body_len(&bodies[1])), (0, 0));
+    let status = proxy.wait_exit(Duration::from_secs(7)).await.expect("tripline exits after the drain");
+    assert_eq!(status.code(), Some(0));
+}
+
+/// A deterministic stream of pseudo-random numbers (xorshift), so a failure replays exactly.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A frame a confused or hostile client might send: any type, any flags, ids that exist,
+/// never existed or are zero, payloads random or shaped like the real thing.
+fn hostile_frame(r: &mut Rng) -> Vec<u8> {
+    let ty = r.below(11) as u8;
+    let flags = r.next() as u8;
+    let id = match r.below(6) {
+        0 => 0,
+        1 => 1,
+        2 => 3,
+        3 => 2 * r.below(40) as u32 + 1,
+        4 => r.next() as u32,
+        _ => 2,
+    };
+    let payload: Vec<u8> = match r.below(4) {
+        0 if ty == HEADERS => {
+            let mut b =
+                header_block(&[(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "h")]);
+            b.truncate(r.below(b.len() as u64 + 1) as usize);
+            b
+        }
+        1 => r.next().to_be_bytes()[..r.below(9) as usize].to_vec(),
+        _ => (0..r.below(48)).map(|_| r.next() as u8).collect(),
+    };
+    frame(ty, flags, id, &payload)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_never_take_the_proxy_down() {
+    let (_up, proxy, addr) = proxy().await;
+    let mut r = Rng(0x7269_706c_696e_6521);
+    for _ in 0..500 {
+        let mut c = Raw::connect(addr, &[]).await;
+        // A valid request first half the time, so there are streams to confuse.
+        let mut out = if r.below(2) == 0 { request_headers(1, "POST", "/", &[], false) } else { Vec::new() };
+        for _ in 0..r.below(40) + 1 {
+            out.extend(hostile_frame(&mut r));
+        }
+        // The proxy may close first; what it writes before that does not matter here.
+        let _ = c.s.write_all(&out).await;
+        let _ = c.s.shutdown().await;
+        // Every connection ends: the proxy closes it or answers and closes once we are gone.
+        while c.next().await.is_some() {}
+    }
+    assert!(!proxy.stderr().contains("panicked"), "the proxy panicked:\n{}", proxy.logs());
+    // And it still serves, over both protocols.
+    let mut ok = Raw::connect(addr, &[]).await;
+    ok.write(&request_headers(1, "GET", "/", &[], true)).await;
+    assert_eq!(body_len(&ok.body(1).await), 0);
+    let r = crate::support::get(addr, "backend.local", "/").await.expect("HTTP/1.1 after the hostile frames");
+    assert_eq!(r.status, 200);
 }

@@ -146,6 +146,11 @@ impl Proxy {
     }
 
     /// The tail of the proxy's stderr and stdout.
+    /// Everything the proxy wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
     pub fn logs(&self) -> String {
         format!(
             "--- tripline stderr (tail) ---\n{}\n--- tripline stdout (tail) ---\n{}\n--- (full logs in {}) ---",
