@@ -111,7 +111,49 @@ pub struct GlobalStats {
     pub downstream_connections_total: AtomicU64,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: AtomicU64,
+    pub http2: Http2Stats,
 }
+
+/// HTTP/2 client connections: what went wrong on them (Envoy's `http2.rx_reset`,
+/// `http2.tx_reset` and its GOAWAY counts).
+#[derive(Debug, Default)]
+pub struct Http2Stats {
+    /// Streams the client reset (RST_STREAM received).
+    pub client_resets: AtomicU64,
+    /// Streams Tripline reset for an error: malformed requests, flow-control violations,
+    /// refused streams, an upstream failing mid-body (not the NO_ERROR reset that tells a
+    /// client its response is complete).
+    pub proxy_resets: AtomicU64,
+    /// Connections Tripline closed with a GOAWAY for an error, by the error code (RFC 9113 §7,
+    /// codes 0x1 to 0xd).
+    connection_errors: [AtomicU64; 14],
+}
+
+impl Http2Stats {
+    pub fn connection_error(&self, code: u32) {
+        if let Some(c) = self.connection_errors.get(code as usize) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// RFC 9113's names of the error codes, for labels.
+const HTTP2_ERRORS: [&str; 14] = [
+    "NO_ERROR",
+    "PROTOCOL_ERROR",
+    "INTERNAL_ERROR",
+    "FLOW_CONTROL_ERROR",
+    "SETTINGS_TIMEOUT",
+    "STREAM_CLOSED",
+    "FRAME_SIZE_ERROR",
+    "REFUSED_STREAM",
+    "CANCEL",
+    "COMPRESSION_ERROR",
+    "CONNECT_ERROR",
+    "ENHANCE_YOUR_CALM",
+    "INADEQUATE_SECURITY",
+    "HTTP_1_1_REQUIRED",
+];
 
 /// Encodes everything into Prometheus text format.
 pub fn render(
@@ -257,6 +299,27 @@ impl Collector for Scrape {
             "tripline_access_log_dropped",
             "Access log lines dropped because the writer fell behind (requests are never slowed).",
             std::iter::once((vec![], self.global.access_log_dropped.load(Ordering::Relaxed))),
+        )?;
+        let h2 = &self.global.http2;
+        counter(
+            &mut enc,
+            "tripline_downstream_http2_stream_resets",
+            "HTTP/2 streams of client connections reset, by who reset them.",
+            [
+                (vec![("by", "client".to_string())], h2.client_resets.load(Ordering::Relaxed)),
+                (vec![("by", "proxy".to_string())], h2.proxy_resets.load(Ordering::Relaxed)),
+            ]
+            .into_iter(),
+        )?;
+        counter(
+            &mut enc,
+            "tripline_downstream_http2_connection_errors",
+            "HTTP/2 client connections closed by Tripline with GOAWAY for an error, by error code \
+             (ENHANCE_YOUR_CALM: a client resetting most of its streams).",
+            HTTP2_ERRORS.iter().zip(&h2.connection_errors).filter_map(|(name, n)| {
+                let n = n.load(Ordering::Relaxed);
+                (n > 0).then(|| (vec![("reason", name.to_string())], n))
+            }),
         )?;
         gauge(
             &mut enc,

@@ -17,7 +17,9 @@
 //! defences Envoy has against a client that opens and resets streams in a loop.
 
 mod date;
+mod recv;
 mod request;
+mod respond;
 mod shared;
 
 use std::collections::VecDeque;
@@ -31,19 +33,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_core::Stream as _;
-use h2::frame::{
-    Data, Frame, GoAway, Headers, Ping, Pseudo, Reason, Reset, Settings, StreamId, WindowUpdate,
-};
+use h2::frame::{Frame, GoAway, Ping, Reason, Reset, Settings, StreamId, WindowUpdate};
 use h2::Codec;
-use http::header::{CONTENT_LENGTH, DATE};
-use http::{HeaderMap, Method, Response, StatusCode};
-use http_body::Body;
+use http::Response;
 
-use crate::body::{ClientBody, ResponseBody};
-use crate::http_proxy::{self, ConnContext};
+use crate::body::ResponseBody;
+use crate::http_proxy::ConnContext;
 use crate::net_io::TcpIo;
+use respond::{advance, ready_ok, user_error};
 pub use shared::RecvBody;
-use shared::{IdMap, Inbound, Shared, StreamWaker, RECV_WINDOW};
+use shared::{IdMap, Shared, StreamWaker, RECV_WINDOW};
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -69,6 +68,10 @@ const MAX_LOCAL_ERROR_RESETS: u32 = 1024;
 /// How long a closed connection keeps reading what the client still sends, so that the kernel
 /// does not answer it with a TCP reset that could destroy the last response unread.
 const LINGER: Duration = Duration::from_secs(1);
+/// How long the drain waits for the client to answer its PING before sending the final GOAWAY
+/// anyway: far above any round trip, and well inside the default `--drain-timeout` (5 s), so
+/// that the streams a silent client opens meanwhile still have time to finish.
+const DRAIN_PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// The largest flow-control window (RFC 9113 §6.9.1).
 const MAX_WINDOW: i64 = (1 << 31) - 1;
 
@@ -157,8 +160,10 @@ pub struct Connection {
     /// The client sent GOAWAY: it opens no more streams.
     peer_going_away: bool,
     read_closed: bool,
-    /// Set once the connection is shut down for writing: reading on until the client closes.
-    linger: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Running while the drain waits for its PING to come back (see `graceful_shutdown`), then
+    /// once the connection is shut down for writing, while it reads on until the client closes.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    lingering: bool,
 }
 
 impl Connection {
@@ -195,7 +200,8 @@ impl Connection {
             closing: Closing::Open,
             peer_going_away: false,
             read_closed: false,
-            linger: None,
+            timer: None,
+            lingering: false,
         }
     }
 
@@ -208,12 +214,29 @@ impl Connection {
             self.closing = Closing::Draining;
             self.control.push_back(GoAway::new(StreamId::MAX, Reason::NO_ERROR).into());
             self.control.push_back(Ping::new(Ping::SHUTDOWN).into());
+            self.timer = Some(Box::pin(tokio::time::sleep(DRAIN_PING_TIMEOUT)));
+        }
+    }
+
+    /// The drain's second step: the client has seen the first GOAWAY (its PING came back, or
+    /// it had `DRAIN_PING_TIMEOUT` to), so the last stream taken up is final.
+    pub(super) fn drained(&mut self) {
+        if self.closing == Closing::Draining {
+            self.closing = Closing::Drained;
+            self.timer = None;
+            let last = StreamId::from(self.last_accepted);
+            self.control.push_back(GoAway::new(last, Reason::NO_ERROR).into());
         }
     }
 
     fn drive(&mut self, cx: &mut Context<'_>) -> io::Result<Poll<()>> {
-        if self.linger.is_some() {
+        if self.lingering {
             return Ok(self.poll_linger(cx));
+        }
+        if self.closing == Closing::Draining
+            && self.timer.as_mut().is_some_and(|t| t.as_mut().poll(cx).is_ready())
+        {
+            self.drained();
         }
         self.read(cx)?;
         self.queue_window_updates();
@@ -234,7 +257,8 @@ impl Connection {
             if self.read_closed {
                 return Ok(Poll::Ready(()));
             }
-            self.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+            self.lingering = true;
+            self.timer = Some(Box::pin(tokio::time::sleep(LINGER)));
             return Ok(self.poll_linger(cx));
         }
         Ok(Poll::Pending)
@@ -243,14 +267,21 @@ impl Connection {
     /// Reads and throws away what the client still sends after the connection was shut down for
     /// writing, until it closes its side or `LINGER` passes.
     fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        for _ in 0..READS_PER_POLL {
+        let mut budget = READS_PER_POLL;
+        loop {
             match Pin::new(&mut self.codec).poll_next(cx) {
-                Poll::Ready(Some(Ok(_))) => {}
+                // A stream-level error is just another frame to throw away.
+                Poll::Ready(Some(Ok(_) | Err(h2::proto::Error::Reset(..)))) => {}
                 Poll::Ready(None | Some(Err(_))) => return Poll::Ready(()),
                 Poll::Pending => break,
             }
+            budget -= 1;
+            if budget == 0 {
+                cx.waker().wake_by_ref();
+                break;
+            }
         }
-        self.linger.as_mut().map_or(Poll::Ready(()), |t| t.as_mut().poll(cx))
+        self.timer.as_mut().map_or(Poll::Ready(()), |t| t.as_mut().poll(cx))
     }
 
     /// Reads and handles the frames that have arrived.
@@ -276,385 +307,6 @@ impl Connection {
         }
         cx.waker().wake_by_ref();
         Ok(())
-    }
-
-    fn recv_frame(&mut self, frame: Frame) {
-        match frame {
-            Frame::Headers(h) => self.recv_headers(h),
-            Frame::Data(d) => self.recv_data(d),
-            Frame::Reset(r) => self.recv_reset(u32::from(r.stream_id())),
-            Frame::WindowUpdate(w) => self.recv_window_update(u32::from(w.stream_id()), w.size_increment()),
-            Frame::Settings(s) => self.recv_settings(&s),
-            Frame::Ping(p) => {
-                if !p.is_ack() {
-                    self.control.push_back(Ping::pong(p.into_payload()).into());
-                } else if *p.payload() == Ping::SHUTDOWN && self.closing == Closing::Draining {
-                    self.closing = Closing::Drained;
-                    let last = StreamId::from(self.last_accepted);
-                    self.control.push_back(GoAway::new(last, Reason::NO_ERROR).into());
-                }
-            }
-            Frame::GoAway(_) => self.peer_going_away = true,
-            Frame::Priority(_) => {}
-            // Only a server pushes.
-            Frame::PushPromise(_) => self.fail(Reason::PROTOCOL_ERROR),
-        }
-    }
-
-    /// The codec found an error: in one stream (a malformed header block) or in the connection.
-    fn recv_error(&mut self, e: h2::proto::Error) -> io::Result<()> {
-        match e {
-            h2::proto::Error::Reset(id, reason, _) => {
-                let id = u32::from(id);
-                if id > self.last_id {
-                    // A malformed request still opens its stream, and counts as one.
-                    self.last_id = id;
-                    self.last_accepted = id;
-                    self.opened += 1;
-                    self.premature_reset();
-                }
-                self.reset(id, reason, true);
-            }
-            h2::proto::Error::GoAway(_, reason, _) => self.fail(reason),
-            h2::proto::Error::Io(kind, msg) => {
-                return Err(io::Error::new(kind, msg.unwrap_or_else(|| "connection error".into())));
-            }
-        }
-        Ok(())
-    }
-
-    fn recv_headers(&mut self, h: Headers) {
-        let id = u32::from(h.stream_id());
-        if !h.stream_id().is_client_initiated() {
-            return self.fail(Reason::PROTOCOL_ERROR);
-        }
-        if let Some(s) = self.streams.get_mut(&id) {
-            // Trailers: they must end the request (RFC 9113 §8.1), within the size limit and
-            // without pseudo-header fields.
-            if !s.recv_open || !h.is_end_stream() || h.is_over_size() {
-                return self.reset(id, Reason::PROTOCOL_ERROR, true);
-            }
-            s.recv_open = false;
-            let length_ok = s.expected.is_none_or(|n| n == s.received);
-            let (p, fields) = h.into_parts();
-            let pseudo = p.method.is_some()
-                || p.scheme.is_some()
-                || p.authority.is_some()
-                || p.path.is_some()
-                || p.protocol.is_some()
-                || p.status.is_some();
-            if !length_ok || pseudo {
-                return self.reset(id, Reason::PROTOCOL_ERROR, true);
-            }
-            let waker = self.shared.lock().bodies.get_mut(&id).and_then(|inb| {
-                inb.trailers = Some(fields);
-                inb.end = true;
-                inb.take_waker()
-            });
-            wake(waker);
-            return;
-        }
-        if id <= self.last_id {
-            // A stream that already ended. Trailers the client sent before it learnt that are
-            // ignored; anything else is a new request on a used id (RFC 9113 §5.1.1).
-            if !h.is_end_stream() {
-                self.fail(Reason::STREAM_CLOSED);
-            }
-            return;
-        }
-        self.last_id = id;
-        if matches!(self.closing, Closing::Drained | Closing::Failed) {
-            // Above the id the GOAWAY named: not processed, the client may retry it elsewhere.
-            return;
-        }
-        if self.streams.len() >= MAX_CONCURRENT_STREAMS as usize {
-            self.control.push_back(Reset::new(h.stream_id(), Reason::REFUSED_STREAM).into());
-            return;
-        }
-        self.opened += 1;
-        self.last_accepted = id;
-        let end = h.is_end_stream();
-        if h.is_over_size() {
-            let mut reply = Headers::new(
-                h.stream_id(),
-                Pseudo::response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
-                HeaderMap::new(),
-            );
-            reply.set_end_stream();
-            self.control.push_back(reply.into());
-            if !end {
-                self.control.push_back(Reset::new(h.stream_id(), Reason::NO_ERROR).into());
-            }
-            return;
-        }
-        let (pseudo, fields) = h.into_parts();
-        let head = match request::head(pseudo, fields) {
-            Ok(head) if !(end && head.content_length.is_some_and(|n| n > 0)) => head,
-            Ok(_) => return self.malformed(id, "content-length on a request without a body"),
-            Err(why) => return self.malformed(id, why),
-        };
-        let body = if end {
-            RecvBody::empty()
-        } else {
-            self.shared.lock().bodies.insert(id, Inbound::new());
-            RecvBody::new(self.shared.clone(), id, head.content_length)
-        };
-        let head_request = head.request.method() == Method::HEAD;
-        let req = head.request.map(|()| ClientBody::H2(body));
-        let queued = StreamWaker::new(id, self.shared.clone());
-        let stream = Stream {
-            task: Task::Handling(Box::pin(http_proxy::handle(self.ctx.clone(), req))),
-            waker: Waker::from(queued.clone()),
-            queued,
-            send_window: self.init_send_window,
-            recv_open: !end,
-            expected: head.content_length,
-            received: 0,
-            head_request,
-            blocked_on_window: false,
-            listed: false,
-        };
-        self.streams.insert(id, stream);
-        self.ready.push(id);
-    }
-
-    fn malformed(&mut self, id: u32, why: &str) {
-        tracing::debug!(stream = id, why, "malformed HTTP/2 request");
-        self.premature_reset();
-        self.reset(id, Reason::PROTOCOL_ERROR, true);
-    }
-
-    fn recv_data(&mut self, d: Data) {
-        let id = u32::from(d.stream_id());
-        let len = flow_controlled_len(&d);
-        let end = d.is_end_stream();
-        {
-            let mut st = self.shared.lock();
-            st.conn_window -= i64::from(len);
-            if st.conn_window < 0 {
-                drop(st);
-                return self.fail(Reason::FLOW_CONTROL_ERROR);
-            }
-        }
-        let Some(s) = self.streams.get_mut(&id) else {
-            if id > self.last_id {
-                // DATA on a stream never opened (RFC 9113 §6.1).
-                return self.fail(Reason::PROTOCOL_ERROR);
-            }
-            // A stream that already ended: thrown away, and given back to the connection.
-            self.shared.lock().release_conn(len);
-            return;
-        };
-        if !s.recv_open {
-            self.shared.lock().release_conn(len);
-            return self.reset(id, Reason::STREAM_CLOSED, true);
-        }
-        let payload = d.into_payload();
-        let n = payload.len() as u64;
-        s.received += n;
-        if end {
-            s.recv_open = false;
-        }
-        let bad_length = s.expected.is_some_and(|e| s.received > e || (end && s.received != e));
-        let mut error = bad_length.then_some(Reason::PROTOCOL_ERROR);
-        let waker = {
-            let mut st = self.shared.lock();
-            let st = &mut *st;
-            match st.bodies.get_mut(&id) {
-                // The request no longer reads its body: thrown away, the windows given back.
-                None => {
-                    st.release_discarded(id, len, !end);
-                    None
-                }
-                Some(inb) => {
-                    inb.window -= i64::from(len);
-                    if inb.window < 0 {
-                        error = Some(Reason::FLOW_CONTROL_ERROR);
-                    }
-                    if !payload.is_empty() {
-                        inb.chunks.push_back(payload);
-                    }
-                    inb.end |= end;
-                    let waker = inb.take_waker();
-                    // Padding is flow-controlled but never read: given back now.
-                    let padding = len - n as u32;
-                    if padding > 0 {
-                        st.release_stream(id, padding);
-                    }
-                    waker
-                }
-            }
-        };
-        wake(waker);
-        if let Some(reason) = error {
-            self.reset(id, reason, true);
-        }
-    }
-
-    fn recv_reset(&mut self, id: u32) {
-        if id == 0 || id > self.last_id {
-            // RST_STREAM on the connection or on a stream never opened (RFC 9113 §6.4).
-            return self.fail(Reason::PROTOCOL_ERROR);
-        }
-        let Some(s) = self.streams.remove(&id) else { return };
-        if matches!(s.task, Task::Handling(_) | Task::Head(..)) {
-            self.premature_reset();
-        }
-        self.end_inbound(id);
-        // Dropping the stream cancels its request: the upstream request is abandoned.
-        drop(s);
-    }
-
-    fn recv_window_update(&mut self, id: u32, inc: u32) {
-        if id == 0 {
-            self.conn_send_window += i64::from(inc);
-            if self.conn_send_window > MAX_WINDOW {
-                return self.fail(Reason::FLOW_CONTROL_ERROR);
-            }
-            self.unblock_all();
-            return;
-        }
-        if id > self.last_id {
-            // WINDOW_UPDATE on a stream never opened (RFC 9113 §5.1).
-            return self.fail(Reason::PROTOCOL_ERROR);
-        }
-        let Some(s) = self.streams.get_mut(&id) else { return };
-        s.send_window += i64::from(inc);
-        if s.send_window > MAX_WINDOW {
-            return self.reset(id, Reason::FLOW_CONTROL_ERROR, true);
-        }
-        // Polled again only if the connection has room too; otherwise it stays listed for the
-        // connection's own update (a client sending stream updates alone gets nothing polled).
-        if s.blocked_on_window && self.conn_send_window > 0 {
-            s.blocked_on_window = false;
-            self.ready.push(id);
-        }
-    }
-
-    fn recv_settings(&mut self, s: &Settings) {
-        if s.is_ack() {
-            return;
-        }
-        if let Some(size) = s.initial_window_size() {
-            let delta = i64::from(size) - self.init_send_window;
-            self.init_send_window = i64::from(size);
-            let mut overflow = false;
-            for s in self.streams.values_mut() {
-                s.send_window += delta;
-                overflow |= s.send_window > MAX_WINDOW;
-            }
-            if overflow {
-                // RFC 9113 §6.9.2.
-                return self.fail(Reason::FLOW_CONTROL_ERROR);
-            }
-            if delta > 0 {
-                self.unblock_all();
-            }
-        }
-        if let Some(size) = s.max_frame_size() {
-            self.codec.set_max_send_frame_size(size as usize);
-        }
-        if let Some(size) = s.header_table_size() {
-            self.codec.set_send_header_table_size(size as usize);
-        }
-        self.control.push_back(Settings::ack().into());
-    }
-
-    fn unblock_all(&mut self) {
-        for id in self.window_blocked.drain(..) {
-            if let Some(s) = self.streams.get_mut(&id) {
-                s.listed = false;
-                if s.blocked_on_window {
-                    s.blocked_on_window = false;
-                    self.ready.push(id);
-                }
-            }
-        }
-    }
-
-    /// A stream reset before its response head: counted toward Envoy's premature-reset rule.
-    fn premature_reset(&mut self) {
-        self.premature_resets += 1;
-        if self.opened >= PREMATURE_RESET_MIN_STREAMS && self.premature_resets * 2 > self.opened {
-            tracing::warn!(peer = %self.ctx.peer, opened = self.opened, reset = self.premature_resets,
-                "closing an HTTP/2 connection that resets most of its streams");
-            self.fail(Reason::ENHANCE_YOUR_CALM);
-        }
-    }
-
-    /// Resets a stream (a stream error): its request is cancelled. `client_error`: the client
-    /// caused it, so it counts toward the premature-reset rule (when the response head had not
-    /// gone out) and toward `MAX_LOCAL_ERROR_RESETS`. Otherwise it is an upstream failure after
-    /// the response head.
-    fn reset(&mut self, id: u32, reason: Reason, client_error: bool) {
-        self.end_inbound(id);
-        let s = self.streams.remove(&id);
-        self.control.push_back(Reset::new(StreamId::from(id), reason).into());
-        if client_error {
-            // Made to reset its own streams, a client could otherwise keep any number of
-            // abandoned requests going upstream ("MadeYouReset", CVE-2025-8671).
-            if s.as_ref().is_some_and(|s| matches!(s.task, Task::Handling(_) | Task::Head(..))) {
-                self.premature_reset();
-            }
-            self.local_error_resets += 1;
-            if self.local_error_resets > MAX_LOCAL_ERROR_RESETS {
-                self.fail(Reason::ENHANCE_YOUR_CALM);
-            }
-        }
-        drop(s);
-    }
-
-    /// Tells a request still reading its body that the stream is gone.
-    fn end_inbound(&mut self, id: u32) {
-        let waker = self.shared.lock().bodies.get_mut(&id).and_then(|inb| {
-            inb.reset = true;
-            inb.take_waker()
-        });
-        wake(waker);
-    }
-
-    /// A connection error: GOAWAY with the reason, every stream cancelled, then close.
-    fn fail(&mut self, reason: Reason) {
-        if self.closing == Closing::Failed {
-            return;
-        }
-        tracing::debug!(peer = %self.ctx.peer, ?reason, "HTTP/2 connection error");
-        self.closing = Closing::Failed;
-        self.control.push_back(GoAway::new(StreamId::from(self.last_accepted), reason).into());
-        self.drop_all_streams();
-    }
-
-    fn drop_all_streams(&mut self) {
-        let wakers: Vec<Waker> = {
-            let mut st = self.shared.lock();
-            st.bodies
-                .values_mut()
-                .filter_map(|inb| {
-                    inb.reset = true;
-                    inb.take_waker()
-                })
-                .collect()
-        };
-        wakers.into_iter().for_each(Waker::wake);
-        // Dropped outside the lock: a request's body takes it when dropped.
-        let streams = std::mem::take(&mut self.streams);
-        drop(streams);
-    }
-
-    /// Turns the window the requests gave back into WINDOW_UPDATE frames.
-    fn queue_window_updates(&mut self) {
-        {
-            let mut st = self.shared.lock();
-            if st.updates.is_empty() {
-                return;
-            }
-            std::mem::swap(&mut st.updates, &mut self.updates);
-        }
-        for (id, inc) in self.updates.drain(..) {
-            if id == 0 || self.streams.get(&id).is_some_and(|s| s.recv_open) {
-                self.control.push_back(WindowUpdate::new(StreamId::from(id), inc).into());
-            }
-        }
     }
 
     fn write_control(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
@@ -700,6 +352,12 @@ impl Connection {
                 if !s.listed {
                     s.listed = true;
                     self.window_blocked.push(id);
+                    // Streams that ended while listed leave their ids behind until the next
+                    // connection-level update: pruned, so the list stays near the streams' count.
+                    if self.window_blocked.len() > 2 * self.streams.len() + 16 {
+                        let streams = &self.streams;
+                        self.window_blocked.retain(|id| streams.get(id).is_some_and(|s| s.listed));
+                    }
                 }
             }
             Step::Yield => {
@@ -743,155 +401,4 @@ impl Drop for Connection {
     fn drop(&mut self) {
         self.drop_all_streams();
     }
-}
-
-/// Moves a stream's response along as far as it can go now.
-fn advance(
-    id: u32,
-    s: &mut Stream,
-    codec: &mut Codec<TcpIo, Bytes>,
-    conn_window: &mut i64,
-    cx: &mut Context<'_>,
-) -> io::Result<Step> {
-    let sid = StreamId::from(id);
-    let mut scx = Context::from_waker(&s.waker);
-    let mut frames = 0;
-    loop {
-        match &mut s.task {
-            Task::Handling(f) => match f.as_mut().poll(&mut scx) {
-                Poll::Pending => return Ok(Step::Waiting),
-                Poll::Ready(Ok(resp)) => {
-                    let (parts, body) = resp.into_parts();
-                    s.task = Task::Head(parts, body);
-                }
-            },
-            Task::Head(..) => {
-                if !ready_ok(codec.poll_ready(cx))? {
-                    return Ok(Step::BlockedOnWrite);
-                }
-                let Task::Head(mut parts, body) = std::mem::replace(&mut s.task, Task::Done) else {
-                    unreachable!("matched above")
-                };
-                let bodiless =
-                    s.head_request || matches!(parts.status.as_u16(), 204 | 304) || body.is_end_stream();
-                // As hyper's server did: a body length known in advance is declared, and a
-                // response without a date (Tripline's own replies) gets one.
-                if !bodiless && !parts.headers.contains_key(CONTENT_LENGTH) {
-                    if let Some(n) = body.size_hint().exact() {
-                        parts.headers.insert(CONTENT_LENGTH, n.into());
-                    }
-                }
-                if !parts.headers.contains_key(DATE) {
-                    parts.headers.insert(DATE, date::now());
-                }
-                let mut frame = Headers::new(sid, Pseudo::response(parts.status), parts.headers);
-                if bodiless {
-                    frame.set_end_stream();
-                }
-                codec.buffer(frame.into()).map_err(user_error)?;
-                if bodiless {
-                    return Ok(Step::Finished(None));
-                }
-                s.task = Task::Body(body, None);
-            }
-            Task::Body(body, chunk) => {
-                if chunk.is_none() {
-                    if !ready_ok(codec.poll_ready(cx))? {
-                        return Ok(Step::BlockedOnWrite);
-                    }
-                    match Pin::new(&mut *body).poll_frame(&mut scx) {
-                        Poll::Pending => return Ok(Step::Waiting),
-                        Poll::Ready(None) => {
-                            let mut d = Data::new(sid, Bytes::new());
-                            d.set_end_stream(true);
-                            codec.buffer(d.into()).map_err(user_error)?;
-                            return Ok(Step::Finished(None));
-                        }
-                        Poll::Ready(Some(Err(e))) => {
-                            tracing::debug!(stream = id, error = %e, "response body failed: stream reset");
-                            return Ok(Step::Finished(Some(Reason::INTERNAL_ERROR)));
-                        }
-                        Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                            Ok(data) if !data.is_empty() => *chunk = Some(data),
-                            Ok(_) => continue,
-                            Err(frame) => {
-                                if let Ok(trailers) = frame.into_trailers() {
-                                    let mut h = Headers::trailers(sid, trailers);
-                                    h.set_end_stream();
-                                    codec.buffer(h.into()).map_err(user_error)?;
-                                    return Ok(Step::Finished(None));
-                                }
-                                continue;
-                            }
-                        },
-                    }
-                }
-                let room = s.send_window.min(*conn_window).min(codec.max_send_frame_size() as i64);
-                if room <= 0 {
-                    return Ok(Step::BlockedOnWindow);
-                }
-                if !ready_ok(codec.poll_ready(cx))? {
-                    return Ok(Step::BlockedOnWrite);
-                }
-                let c = chunk.as_mut().expect("a chunk is waiting");
-                let part = if c.len() as i64 <= room {
-                    chunk.take().expect("some")
-                } else {
-                    c.split_to(room as usize)
-                };
-                let n = part.len() as i64;
-                s.send_window -= n;
-                *conn_window -= n;
-                let end = chunk.is_none() && body.is_end_stream();
-                let mut d = Data::new(sid, part);
-                d.set_end_stream(end);
-                codec.buffer(d.into()).map_err(user_error)?;
-                if end {
-                    return Ok(Step::Finished(None));
-                }
-                frames += 1;
-                if frames == FRAMES_PER_TURN {
-                    return Ok(Step::Yield);
-                }
-            }
-            Task::Done => return Ok(Step::Finished(None)),
-        }
-    }
-}
-
-fn wake(waker: Option<Waker>) {
-    if let Some(w) = waker {
-        w.wake();
-    }
-}
-
-/// `Ready(Ok)` as true, `Pending` as false.
-fn ready_ok(p: Poll<io::Result<()>>) -> io::Result<bool> {
-    match p {
-        Poll::Ready(Ok(())) => Ok(true),
-        Poll::Ready(Err(e)) => Err(e),
-        Poll::Pending => Ok(false),
-    }
-}
-
-fn user_error(e: h2::UserError) -> io::Error {
-    io::Error::other(format!("HTTP/2 frame not encoded: {e:?}"))
-}
-
-/// The bytes a DATA frame counts against flow control: its payload, plus its padding and pad
-/// length byte when padded. `h2` keeps the pad length to itself except in the frame's `Debug`
-/// form, which is read for the rare padded frame (the `h2` version is pinned).
-fn flow_controlled_len(d: &Data) -> u32 {
-    let payload = d.payload().len() as u32;
-    if !d.is_padded() {
-        return payload;
-    }
-    let shown = format!("{d:?}");
-    let pad = shown
-        .split("pad_len: ")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse::<u32>().ok())
-        .unwrap_or(0);
-    payload + pad + 1
 }

@@ -4,8 +4,9 @@
 //! Everything else (stream states, send windows, the codec) belongs to the connection task
 //! alone. The request body is the one thing that leaves it: the request path hands it to the
 //! upstream client, which reads it from inside its own task (on the upstream connection's home
-//! worker, usually this one). The lock is held for a few instructions, and nothing is woken
-//! while it is held: a waker may be a stream's, which takes the same lock.
+//! worker, usually this one). The lock is held for a few instructions, and no request's waker
+//! is woken while it is held: it may be a stream's, which takes the same lock (the connection
+//! task's waker is, and never does).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -301,8 +302,16 @@ impl Drop for RecvBody {
         let Some(shared) = self.shared.take() else { return };
         let mut st = shared.lock();
         if let Some(inb) = st.bodies.remove(&self.id) {
-            let held: usize = inb.chunks.iter().map(Bytes::len).sum();
-            st.release_conn(held as u32);
+            let held = inb.chunks.iter().map(Bytes::len).sum::<usize>() as u32;
+            // The stream's window too, if the client still sends, or it would stay shut: what
+            // was held, and what was read but not yet given back (already given back to the
+            // connection as it was read).
+            let stream_share = held + inb.unacked;
+            if !inb.end && !inb.reset && stream_share > 0 {
+                st.updates.push((self.id, stream_share));
+                st.wake_conn();
+            }
+            st.release_conn(held);
         }
     }
 }

@@ -251,7 +251,7 @@ async fn the_client_s_window_bounds_what_the_proxy_sends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_resetting_its_streams_in_a_loop_is_told_to_calm_down() {
-    let (up, _proxy, addr) = proxy().await;
+    let (up, proxy, addr) = proxy().await;
     let mut c = Raw::connect(addr, &[]).await;
     // Rapid reset (CVE-2023-44487): each request is cancelled as soon as it is sent.
     let mut out = Vec::new();
@@ -267,6 +267,10 @@ async fn a_client_resetting_its_streams_in_a_loop_is_told_to_calm_down() {
     assert!((199..=599).contains(&last), "GOAWAY after 100 to 300 streams, last stream id {last}");
     while c.next().await.is_some() {}
     assert!(up.requests() < 300, "not every reset request reached the upstream ({})", up.requests());
+    let calm = [("reason", "ENHANCE_YOUR_CALM")];
+    assert_eq!(proxy.metric("tripline_downstream_http2_connection_errors_total", &calm).await, 1.0);
+    let by_client = proxy.metric("tripline_downstream_http2_stream_resets_total", &[("by", "client")]).await;
+    assert!(by_client >= 100.0, "{by_client} client resets counted");
 
     // "MadeYouReset" (CVE-2025-8671): the client sends something that makes the proxy reset
     // each stream itself (DATA after END_STREAM), which must count the same.
@@ -280,6 +284,9 @@ async fn a_client_resetting_its_streams_in_a_loop_is_told_to_calm_down() {
     c.write(&out).await;
     let goaway = c.until("GOAWAY", |f| f.ty == GOAWAY).await;
     assert_eq!(goaway.u32_at(4), ENHANCE_YOUR_CALM);
+    assert_eq!(proxy.metric("tripline_downstream_http2_connection_errors_total", &calm).await, 2.0);
+    let by_proxy = proxy.metric("tripline_downstream_http2_stream_resets_total", &[("by", "proxy")]).await;
+    assert!(by_proxy >= 100.0, "{by_proxy} proxy resets counted");
 
     // A well-behaved connection is not affected.
     let mut ok = Raw::connect(addr, &[]).await;
@@ -395,4 +402,34 @@ async fn hostile_frames_never_take_the_proxy_down() {
     assert_eq!(body_len(&ok.body(1).await), 0);
     let r = crate::support::get(addr, "backend.local", "/").await.expect("HTTP/1.1 after the hostile frames");
     assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_the_client_never_acknowledges_still_ends() {
+    let (up, mut proxy, addr) = proxy().await;
+    let mut c = Raw::connect(addr, &[]).await;
+    c.write(&request_headers(1, "GET", "/slow", &[("x-delay-ms", "300")], true)).await;
+    crate::support::eventually("the request reaches the upstream", Duration::from_secs(5), || {
+        let n = up.requests();
+        async move { n > 0 }
+    })
+    .await;
+    proxy.signal("TERM");
+    let first = c.until("the first GOAWAY", |f| f.ty == GOAWAY).await;
+    assert_eq!(first.u32_at(0), 0x7fff_ffff);
+    // The PING is never answered: the final GOAWAY comes after the drain's PING timeout (1 s).
+    let start = std::time::Instant::now();
+    let (mut last, mut ended) = (None, false);
+    while let Some(f) = c.next().await {
+        match f.ty {
+            GOAWAY => last = Some((f.u32_at(0), start.elapsed())),
+            DATA | HEADERS if f.id == 1 => ended |= f.flags & END_STREAM != 0,
+            _ => {}
+        }
+    }
+    let (id, after) = last.expect("a final GOAWAY before the close");
+    assert_eq!(id, 1);
+    assert!(after >= Duration::from_millis(800), "the final GOAWAY waited for the PING ({after:?})");
+    assert!(ended, "the stream in flight finished");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)).await.expect("exit").code(), Some(0));
 }
