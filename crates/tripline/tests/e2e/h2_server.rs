@@ -296,20 +296,26 @@ async fn a_client_resetting_its_streams_in_a_loop_is_told_to_calm_down() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_drain_announces_itself_in_two_steps_and_finishes_the_stream_in_flight() {
-    let (up, mut proxy, addr) = proxy().await;
+/// A proxy sent SIGTERM while stream 1 of `c` waits `delay_ms` at the upstream; the first
+/// GOAWAY (the largest id, so streams the client already sent are still served) is read.
+async fn drain_with_a_request_in_flight(delay_ms: u64) -> (Upstream, Proxy, Raw) {
+    let (up, proxy, addr) = proxy().await;
     let mut c = Raw::connect(addr, &[]).await;
-    c.write(&request_headers(1, "GET", "/slow", &[("x-delay-ms", "600")], true)).await;
+    c.write(&request_headers(1, "GET", "/slow", &[("x-delay-ms", &delay_ms.to_string())], true)).await;
     crate::support::eventually("the request reaches the upstream", Duration::from_secs(5), || {
         let n = up.requests();
         async move { n > 0 }
     })
     .await;
     proxy.signal("TERM");
-    // First GOAWAY: the largest id, so streams the client already sent are still served.
     let first = c.until("the first GOAWAY", |f| f.ty == GOAWAY).await;
     assert_eq!((first.u32_at(0), first.u32_at(4)), (0x7fff_ffff, 0));
+    (up, proxy, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_announces_itself_in_two_steps_and_finishes_the_stream_in_flight() {
+    let (_up, mut proxy, mut c) = drain_with_a_request_in_flight(600).await;
     let ping = c.until("the drain's PING", |f| f.ty == PING && f.flags & ACK == 0).await;
     // A stream opened before the client saw the GOAWAY is served.
     c.write(&request_headers(3, "GET", "/late", &[], true)).await;
@@ -406,17 +412,7 @@ async fn hostile_frames_never_take_the_proxy_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_the_client_never_acknowledges_still_ends() {
-    let (up, mut proxy, addr) = proxy().await;
-    let mut c = Raw::connect(addr, &[]).await;
-    c.write(&request_headers(1, "GET", "/slow", &[("x-delay-ms", "300")], true)).await;
-    crate::support::eventually("the request reaches the upstream", Duration::from_secs(5), || {
-        let n = up.requests();
-        async move { n > 0 }
-    })
-    .await;
-    proxy.signal("TERM");
-    let first = c.until("the first GOAWAY", |f| f.ty == GOAWAY).await;
-    assert_eq!(first.u32_at(0), 0x7fff_ffff);
+    let (_up, mut proxy, mut c) = drain_with_a_request_in_flight(300).await;
     // The PING is never answered: the final GOAWAY comes after the drain's PING timeout (1 s).
     let start = std::time::Instant::now();
     let (mut last, mut ended) = (None, false);
