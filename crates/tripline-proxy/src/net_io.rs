@@ -12,8 +12,12 @@
 //! docs/architecture.md ("Deferred writes").
 //!
 //! How: the one thread of a single-worker runtime runs a flusher task
-//! ([`defer_writes_on_this_thread`]). A small write is copied into the connection's outbox, the
-//! outbox joins the thread's queue, and the write reports success. Waking the flusher puts it at
+//! ([`defer_writes_on_this_thread`]). The first small write of a tick goes out at once, and
+//! wakes the flusher: a request alone in its tick (a quiet proxy) is not held back, which cost
+//! about 9 µs per write at low load (the rest of the writer's poll, before the flusher ran),
+//! 30–50 µs of p50 at 5,000 requests per second. Every later small write of the tick is
+//! copied into its connection's outbox, the outbox joins the thread's queue, and the write
+//! reports success. Waking the flusher puts it at
 //! the back of the runtime's run queue, behind every task already woken, so it runs when the
 //! burst has been handled and sends each queued outbox. `poll_flush` does not wait for it (the
 //! bytes go out within the same tick); `poll_shutdown` and drop send what is held first.
@@ -62,7 +66,11 @@ pub fn defer_writes_on_this_thread() {
     if tokio::runtime::Handle::current().runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread {
         return;
     }
-    let queue = Arc::new(FlushQueue { open: AtomicBool::new(true), inner: Mutex::default() });
+    let queue = Arc::new(FlushQueue {
+        open: AtomicBool::new(true),
+        sent_this_tick: AtomicBool::new(false),
+        inner: Mutex::default(),
+    });
     QUEUE.with_borrow_mut(|q| *q = Some(queue.clone()));
     let mut flusher = Flusher { queue, spare: Vec::new() };
     tokio::spawn(std::future::poll_fn(move |cx| {
@@ -88,6 +96,8 @@ impl Drop for Flusher {
 struct FlushQueue {
     /// The flusher task is alive.
     open: AtomicBool,
+    /// A small write of this tick went out at once: the ones after it are held.
+    sent_this_tick: AtomicBool,
     inner: Mutex<QueueInner>,
 }
 
@@ -98,6 +108,22 @@ struct QueueInner {
 }
 
 impl FlushQueue {
+    /// Whether a small write goes out at once: the first of its tick does (and wakes the
+    /// flusher, which ends the tick), unless writes are already held.
+    fn send_now(&self) -> bool {
+        if self.sent_this_tick.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        let q = lock(&self.inner);
+        if !q.due.is_empty() {
+            return false;
+        }
+        if let Some(w) = &q.flusher {
+            w.wake_by_ref();
+        }
+        true
+    }
+
     fn push(&self, outbox: Arc<Outbox>) {
         let mut q = lock(&self.inner);
         q.due.push(outbox);
@@ -111,6 +137,8 @@ impl FlushQueue {
 
     /// The flusher's body: sends every due outbox, in the order they were queued.
     fn flush(&self, cx: &mut Context<'_>, spare: &mut Vec<Arc<Outbox>>) {
+        // The tick is over: the next one's first write goes out at once again.
+        self.sent_this_tick.store(false, Ordering::Relaxed);
         {
             let mut q = lock(&self.inner);
             if !q.flusher.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
@@ -300,7 +328,7 @@ impl TcpIo {
     }
 
     /// Defers `bufs` (at most [`COALESCE_MAX`] bytes in all) to the end of the tick, if this
-    /// thread has a flusher; `None` if it has not.
+    /// thread has a flusher and this is not the tick's first write; `None` to write now.
     fn poll_defer(
         &mut self,
         cx: &mut Context<'_>,
@@ -309,6 +337,9 @@ impl TcpIo {
     ) -> Option<Poll<io::Result<usize>>> {
         QUEUE.with_borrow(|queue| {
             let queue = queue.as_ref().filter(|q| q.open.load(Ordering::Relaxed))?;
+            if queue.send_now() {
+                return None;
+            }
             Some(self.defer(queue, cx, bufs, total))
         })
     }
@@ -517,6 +548,17 @@ mod tests {
         (io, peer)
     }
 
+    /// Makes the tick's first small write on a connection of its own: it goes out at once
+    /// (without yielding, so the tick goes on), and the writes after it are held until the
+    /// tick ends. Returns the connection, to keep it open.
+    async fn open_the_tick() -> (TcpIo, TcpStream) {
+        let (mut first, peer) = pair().await;
+        // A fresh tick (the flusher, if woken, runs first), then its first write.
+        tokio::task::yield_now().await;
+        first.write_all(b"!").await.unwrap();
+        (first, peer)
+    }
+
     fn nothing_arrived(peer: &TcpStream) -> bool {
         matches!(peer.try_read(&mut [0u8; 64]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
@@ -561,6 +603,7 @@ mod tests {
         assert!(io.rehome_idle().is_none(), "moved a socket with unread bytes");
 
         let (mut io, mut peer) = pair().await;
+        let _first = open_the_tick().await;
         io.write_all(b"held").await.unwrap();
         assert!(io.rehome_idle().is_none(), "moved a socket with bytes held for sending");
         // Dropped rather than moved: what was held still went out, then the close.
@@ -570,13 +613,16 @@ mod tests {
     }
 
     /// One poll of a task (as when a burst of requests is handled) writes on several
-    /// connections: nothing leaves until the tick ends, then each connection's bytes arrive
-    /// whole and in order, and a large write that follows goes out behind the held bytes.
+    /// connections: the tick's first write leaves at once (the read of it inside
+    /// `open_the_tick` would hang otherwise), nothing else leaves until the tick ends, then each
+    /// connection's bytes arrive whole and in order, and a large write that follows goes out
+    /// behind the held bytes.
     #[tokio::test]
     async fn small_writes_leave_together_when_the_tick_ends() {
         defer_writes_on_this_thread();
         let (mut a, mut peer_a) = pair().await;
         let (mut b, mut peer_b) = pair().await;
+        let _first = open_the_tick().await;
         a.write_all(b"one ").await.unwrap();
         b.write_all(b"two").await.unwrap();
         a.write_all(b"three").await.unwrap();
@@ -600,6 +646,19 @@ mod tests {
         assert_eq!(got.len(), 5 + big.len());
     }
 
+    /// A request alone in its tick is not held back: the tick's first small write leaves at
+    /// once, before the task yields.
+    #[tokio::test]
+    async fn the_first_write_of_a_tick_leaves_at_once() {
+        defer_writes_on_this_thread();
+        let (mut io, peer) = pair().await;
+        tokio::task::yield_now().await;
+        io.write_all(b"now").await.unwrap();
+        let mut got = [0u8; 3];
+        let n = peer.try_read(&mut got).unwrap_or(0);
+        assert_eq!(&got[..n], b"now", "the first write of the tick was held");
+    }
+
     /// A reader that stops reading: deferred writes fill the socket, the flusher leaves bytes
     /// behind, and the writer is then held back (its write waits) instead of buffering without
     /// end. When the reader resumes, every byte arrives, in order.
@@ -607,11 +666,14 @@ mod tests {
     async fn a_full_socket_holds_the_writer_back_and_loses_nothing() {
         defer_writes_on_this_thread();
         let (mut io, mut peer) = small_buffer_pair().await;
+        let (mut opener, _opener_peer) = pair().await;
 
         let message = |n: u32| format!("{n:09}\n").into_bytes();
         let mut sent = Vec::new();
         let mut n = 0;
         loop {
+            // Another connection makes each tick's first write, so this one's are held.
+            opener.write_all(b"!").await.unwrap();
             let msg = message(n);
             let step = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut io).poll_write(cx, &msg))).await;
             match step {
@@ -651,7 +713,9 @@ mod tests {
     async fn bytes_held_when_the_connection_is_dropped_are_still_sent() {
         defer_writes_on_this_thread();
         let (mut io, mut peer) = pair().await;
+        let _first = open_the_tick().await;
         io.write_all(b"last words").await.unwrap();
+        assert!(nothing_arrived(&peer), "the write was not held");
         drop(io);
         let mut got = Vec::new();
         peer.read_to_end(&mut got).await.unwrap();
@@ -666,8 +730,9 @@ mod tests {
         let (mut io, peer) = pair().await;
         peer.set_zero_linger().unwrap();
         drop(peer);
-        // Loopback delivers the reset before `drop` returns, but let the event loop see it.
-        tokio::task::yield_now().await;
+        // Loopback delivers the reset before `drop` returns; the tick that follows lets the event
+        // loop see it, and its first write goes elsewhere so this one is deferred.
+        let _first = open_the_tick().await;
         io.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
         tokio::task::yield_now().await;
         assert!(io.failed_unsent());
