@@ -12,12 +12,12 @@
 //! docs/architecture.md ("Deferred writes").
 //!
 //! How: the one thread of a single-worker runtime runs a flusher task
-//! ([`defer_writes_on_this_thread`]). The first small write of a tick goes out at once, and
-//! wakes the flusher: a request alone in its tick (a quiet proxy) is not held back, which cost
-//! about 9 µs per write at low load (the rest of the writer's poll, before the flusher ran),
-//! 30–50 µs of p50 at 5,000 requests per second. Every later small write of the tick is
-//! copied into its connection's outbox, the outbox joins the thread's queue, and the write
-//! reports success. Waking the flusher puts it at
+//! ([`defer_writes_on_this_thread`]). While the proxy is quiet (the last tick ended with at
+//! most one write held), the first small write of a tick goes out at once and wakes the
+//! flusher: a request alone in its tick is not held back, which cost about 9 µs per write (the
+//! rest of the writer's poll, before the flusher ran), 30–50 µs of p50 at 5,000 requests per
+//! second. Every other small write is copied into its connection's outbox, the outbox joins
+//! the thread's queue, and the write reports success. Waking the flusher puts it at
 //! the back of the runtime's run queue, behind every task already woken, so it runs when the
 //! burst has been handled and sends each queued outbox. `poll_flush` does not wait for it (the
 //! bytes go out within the same tick); `poll_shutdown` and drop send what is held first.
@@ -37,7 +37,7 @@ use std::io::{self, IoSlice, Write};
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll, Waker};
 
@@ -69,6 +69,7 @@ pub fn defer_writes_on_this_thread() {
     let queue = Arc::new(FlushQueue {
         open: AtomicBool::new(true),
         sent_this_tick: AtomicBool::new(false),
+        last_batch: AtomicUsize::new(0),
         inner: Mutex::default(),
     });
     QUEUE.with_borrow_mut(|q| *q = Some(queue.clone()));
@@ -98,6 +99,9 @@ struct FlushQueue {
     open: AtomicBool,
     /// A small write of this tick went out at once: the ones after it are held.
     sent_this_tick: AtomicBool,
+    /// Outboxes the flusher sent at the end of the last tick. More than one: the proxy is busy,
+    /// and every write waits for the tick's end, so each burst wakes a peer once.
+    last_batch: AtomicUsize,
     inner: Mutex<QueueInner>,
 }
 
@@ -109,9 +113,9 @@ struct QueueInner {
 
 impl FlushQueue {
     /// Whether a small write goes out at once: the first of its tick does (and wakes the
-    /// flusher, which ends the tick), unless writes are already held.
+    /// flusher, which ends the tick), unless writes are already held or the last tick was busy.
     fn send_now(&self) -> bool {
-        if self.sent_this_tick.swap(true, Ordering::Relaxed) {
+        if self.last_batch.load(Ordering::Relaxed) > 1 || self.sent_this_tick.swap(true, Ordering::Relaxed) {
             return false;
         }
         let q = lock(&self.inner);
@@ -146,6 +150,7 @@ impl FlushQueue {
             }
             std::mem::swap(&mut q.due, spare);
         }
+        self.last_batch.store(spare.len(), Ordering::Relaxed);
         for outbox in spare.drain(..) {
             outbox.send_due();
         }
@@ -657,6 +662,32 @@ mod tests {
         let mut got = [0u8; 3];
         let n = peer.try_read(&mut got).unwrap_or(0);
         assert_eq!(&got[..n], b"now", "the first write of the tick was held");
+    }
+
+    /// Busy ticks keep every write for the tick's end (each burst wakes a peer once); when the
+    /// proxy is quiet again, the first write of a tick leaves at once again.
+    #[tokio::test]
+    async fn after_a_busy_tick_even_the_first_write_waits() {
+        defer_writes_on_this_thread();
+        let (mut a, _peer_a) = pair().await;
+        let (mut b, _peer_b) = pair().await;
+        let (mut c, mut peer_c) = pair().await;
+        let _first = open_the_tick().await;
+        a.write_all(b"a").await.unwrap();
+        b.write_all(b"b").await.unwrap();
+        // The flusher sends the two held writes: a busy tick.
+        tokio::task::yield_now().await;
+        c.write_all(b"held").await.unwrap();
+        assert!(nothing_arrived(&peer_c), "the first write after a busy tick went out at once");
+        // That tick ends with one write held: quiet again.
+        tokio::task::yield_now().await;
+        let mut got = [0u8; 4];
+        peer_c.read_exact(&mut got).await.unwrap();
+        tokio::task::yield_now().await;
+        c.write_all(b"now").await.unwrap();
+        let mut got = [0u8; 3];
+        let n = peer_c.try_read(&mut got).unwrap_or(0);
+        assert_eq!(&got[..n], b"now", "a quiet tick's first write was held");
     }
 
     /// A reader that stops reading: deferred writes fill the socket, the flusher leaves bytes
