@@ -77,6 +77,22 @@ async fn call(port: u16, method: Method, path: &str) -> Result<Resp, String> {
     send(addr(port), method, "backend.local", path, &[], body).await.map_err(|e| e.to_string())
 }
 
+/// POSTs over HTTP/1.1 and HTTP/2 in turn until `bad` has seen four (at least eight, at most
+/// 60). Both protocols, because a body that came over HTTP/2 must be known complete once its
+/// declared length was sent upstream, or it could not be replayed.
+async fn posts_until_four_reach(port: u16, bad: &Faulty) -> Vec<Result<Resp, String>> {
+    let mut posts = Vec::new();
+    while (bad.count_method("POST") < 4 || posts.len() < 8) && posts.len() < 60 {
+        let path = format!("/pay/{}", posts.len());
+        if posts.len() % 2 == 0 {
+            posts.push(call(port, Method::POST, &path).await);
+        } else {
+            posts.push(call_h2(port, Method::POST, &path).await);
+        }
+    }
+    posts
+}
+
 /// `call` over HTTP/2 (h2c).
 async fn call_h2(port: u16, method: Method, path: &str) -> Result<Resp, String> {
     let mut conn = Conn::connect(addr(port), Proto::H2).await.map_err(|e| e.to_string())?;
@@ -345,7 +361,7 @@ async fn refused_connections_are_retried_elsewhere_then_ejected() {
     assert_eq!(good[0].requests() + good[1].requests(), rs.len(), "a request was duplicated or lost");
 }
 
-/// 3a. A POST answered 503 by the upstream is not retried (Istio's default policy retries
+/// 3a. A POST answered 503 by the upstream (over HTTP/1.1 or HTTP/2) is not retried (Istio's default policy retries
 /// 503, but the POST was sent): the upstream sees each POST once, the client gets the 503.
 /// A GET to the same 503 endpoint is retried on the other one, with `x-tripline-attempt: 2`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,17 +371,7 @@ async fn post_that_reached_an_upstream_is_never_retried_but_get_is() {
     let port = free_port();
     let _proxy = Proxy::start(&mesh(port, &[bad.addr, good.addr], "", None, None)).await;
 
-    let mut posts = Vec::new();
-    // Over HTTP/1.1 and HTTP/2 in turn: a body that came over HTTP/2 must be known complete
-    // once its declared length was sent upstream, or it could not be replayed.
-    while (bad.count_method("POST") < 4 || posts.len() < 8) && posts.len() < 60 {
-        let path = format!("/pay/{}", posts.len());
-        if posts.len() % 2 == 0 {
-            posts.push(call(port, Method::POST, &path).await);
-        } else {
-            posts.push(call_h2(port, Method::POST, &path).await);
-        }
-    }
+    let posts = posts_until_four_reach(port, &bad).await;
     let to_bad = bad.count_method("POST");
     assert!(to_bad >= 3, "the 503 endpoint got only {to_bad} of {} POSTs", posts.len());
     assert_eq!(to_bad + good.count_method("POST"), posts.len(), "a POST reached the upstreams twice");
@@ -710,17 +716,7 @@ async fn post_is_retried_only_when_the_policy_opts_in() {
     let port = free_port();
     let policy = "  retries: {retryNonIdempotent: true}\n";
     let _proxy = Proxy::start(&mesh(port, &[bad.addr, good.addr], "", None, Some(policy))).await;
-    let mut posts = Vec::new();
-    // Over HTTP/1.1 and HTTP/2 in turn: a body that came over HTTP/2 must be known complete
-    // once its declared length was sent upstream, or it could not be replayed.
-    while (bad.count_method("POST") < 4 || posts.len() < 8) && posts.len() < 60 {
-        let path = format!("/pay/{}", posts.len());
-        if posts.len() % 2 == 0 {
-            posts.push(call(port, Method::POST, &path).await);
-        } else {
-            posts.push(call_h2(port, Method::POST, &path).await);
-        }
-    }
+    let posts = posts_until_four_reach(port, &bad).await;
     let to_bad = bad.count_method("POST");
     assert!(to_bad >= 3, "the 503 endpoint got only {to_bad} POSTs");
     assert_eq!(not_ok(&posts), Vec::<String>::new(), "opted-in POSTs are retried on the healthy endpoint");
