@@ -30,7 +30,7 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 enum Op {
     /// A request head, maybe padded, maybe with a priority, maybe split into CONTINUATIONs.
     Headers {
-        stream: u8,
+        stream: StreamRef,
         head: Head,
         end_stream: bool,
         pad: Option<u8>,
@@ -39,23 +39,26 @@ enum Op {
     },
     /// Trailers: a header block without pseudo-headers.
     Trailers {
-        stream: u8,
+        stream: StreamRef,
         fields: Vec<(Name, Value)>,
         end_stream: bool,
     },
+    /// `len` is taken modulo the largest frame a client may send by default (16 KiB) unless
+    /// `oversize`: a frame too large is a connection error, which would end most inputs early.
     Data {
-        stream: u8,
+        stream: StreamRef,
         len: u16,
+        oversize: bool,
         end_stream: bool,
         pad: Option<u8>,
     },
     /// On a stream, or (None) the connection. Often small: a large one overflows the window.
     WindowUpdate {
-        stream: Option<u8>,
+        stream: Option<StreamRef>,
         increment: Increment,
     },
     Reset {
-        stream: u8,
+        stream: StreamRef,
         code: u32,
     },
     Settings {
@@ -67,13 +70,19 @@ enum Op {
         data: u64,
     },
     Priority {
-        stream: u8,
-        depends_on: u8,
+        stream: StreamRef,
+        depends_on: StreamRef,
         weight: u8,
     },
     GoAway {
         last: u8,
         code: u32,
+    },
+    /// `n` well-formed requests on fresh streams, each reset by the client at once if `reset`:
+    /// what the rapid-reset rule is for (100 streams, more than half of them reset).
+    Burst {
+        n: u8,
+        reset: bool,
     },
     /// Anything at all, on any stream id (even, zero, huge).
     Raw {
@@ -86,6 +95,17 @@ enum Op {
     Pause,
 }
 
+/// Which stream an operation is on.
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum StreamRef {
+    /// The next unused client id: a new stream.
+    Fresh,
+    /// One of the last few fresh ids (0 the latest): streams open, ended or reset.
+    Recent(u8),
+    /// Any id at all: even, zero, skipped ahead, the maximum.
+    Any(u32),
+}
+
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Increment {
     Small(u16),
@@ -95,12 +115,13 @@ enum Increment {
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Setting {
     HeaderTableSize(u32),
-    EnablePush(u32),
+    EnablePush(bool),
     MaxConcurrentStreams(u32),
     InitialWindowSize(u16),
-    AnyInitialWindowSize(u32),
-    MaxFrameSize(u32),
+    /// Valid sizes, 16 KiB to 16 MiB.
+    MaxFrameSize(u16),
     MaxHeaderListSize(u32),
+    /// Any id and value: out-of-range values and unknown ids.
     Any(u16, u32),
 }
 
@@ -108,11 +129,10 @@ impl Setting {
     fn pair(self) -> (u16, u32) {
         match self {
             Setting::HeaderTableSize(v) => (1, v),
-            Setting::EnablePush(v) => (2, v),
+            Setting::EnablePush(v) => (2, u32::from(v)),
             Setting::MaxConcurrentStreams(v) => (3, v),
             Setting::InitialWindowSize(v) => (4, u32::from(v)),
-            Setting::AnyInitialWindowSize(v) => (4, v),
-            Setting::MaxFrameSize(v) => (5, v),
+            Setting::MaxFrameSize(v) => (5, 16_384 + u32::from(v) * 255),
             Setting::MaxHeaderListSize(v) => (6, v),
             Setting::Any(k, v) => (k, v),
         }
@@ -269,10 +289,35 @@ const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const PADDED: u8 = 0x8;
 const PRIORITY_FLAG: u8 = 0x20;
+const CANCEL: u32 = 0x8;
 
-/// Client streams are odd; four ids, so that operations often meet on the same stream.
-fn stream_id(s: u8) -> u32 {
-    2 * u32::from(s % 4) + 1
+/// Hands out client stream ids: odd and increasing for fresh streams (RFC 9113 §5.1.1).
+struct Ids {
+    next: u32,
+    recent: Vec<u32>,
+}
+
+impl Ids {
+    fn fresh(&mut self) -> u32 {
+        let id = self.next;
+        self.next += 2;
+        self.recent.push(id);
+        if self.recent.len() > 8 {
+            self.recent.remove(0);
+        }
+        id
+    }
+
+    fn get(&mut self, r: StreamRef) -> u32 {
+        match r {
+            StreamRef::Fresh => self.fresh(),
+            StreamRef::Recent(k) => match self.recent.len() {
+                0 => 1,
+                n => self.recent[n - 1 - usize::from(k) % n],
+            },
+            StreamRef::Any(v) => v & 0x7fff_ffff,
+        }
+    }
 }
 
 fn frame(out: &mut Vec<u8>, ty: u8, flags: u8, id: u32, payload: &[u8]) {
@@ -348,6 +393,10 @@ fn increment(i: Increment) -> u32 {
     }
 }
 
+/// Pauses honoured per input: each may wait `QUIET`, and the whole exchange must stay well
+/// inside the fuzzer's timeout.
+const MAX_PAUSES: usize = 16;
+
 fn encode(input: &Input) -> Vec<Segment> {
     let mut segments = vec![Segment::default()];
     let mut seg = segments.last_mut().expect("one segment");
@@ -356,30 +405,37 @@ fn encode(input: &Input) -> Vec<Segment> {
     if let Some(i) = input.connection_window {
         frame(&mut seg.bytes, WINDOW_UPDATE, 0, 0, &increment(i).to_be_bytes());
     }
+    let mut ids = Ids { next: 1, recent: Vec::new() };
+    let mut pauses = 0;
     for op in input.ops.iter().take(256) {
         if let Op::Pause = op {
-            segments.push(Segment::default());
-            seg = segments.last_mut().expect("just pushed");
+            if pauses < MAX_PAUSES {
+                pauses += 1;
+                segments.push(Segment::default());
+                seg = segments.last_mut().expect("just pushed");
+            }
             continue;
         }
         let out = &mut seg.bytes;
         match op {
             Op::Pause => {}
             Op::Headers { stream, head, end_stream, pad, priority, split } => {
-                let id = stream_id(*stream);
-                seg.opened.push(id);
-                let mut block = Vec::new();
-                if *priority {
-                    block.extend_from_slice(&0u32.to_be_bytes());
-                    block.push(15);
+                let id = ids.get(*stream);
+                if let StreamRef::Fresh = stream {
+                    seg.opened.push(id);
                 }
-                block.extend(head_block(head));
+                let block = head_block(head);
                 let mut flags = if *end_stream { END_STREAM } else { 0 };
+                // The priority fields lead the first fragment; only the header block is split.
+                let mut first = Vec::new();
                 if *priority {
                     flags |= PRIORITY_FLAG;
+                    first.extend_from_slice(&0u32.to_be_bytes());
+                    first.push(15);
                 }
                 let at = split.map_or(block.len(), |s| usize::from(s).min(block.len()));
-                let (first, pad_flag) = padded(&block[..at], *pad);
+                first.extend_from_slice(&block[..at]);
+                let (first, pad_flag) = padded(&first, *pad);
                 if at == block.len() {
                     frame(out, HEADERS, flags | pad_flag | END_HEADERS, id, &first);
                 } else {
@@ -393,31 +449,45 @@ fn encode(input: &Input) -> Vec<Segment> {
                     literal(&mut b, n.as_str(), v.as_str());
                 }
                 let flags = END_HEADERS | if *end_stream { END_STREAM } else { 0 };
-                frame(out, HEADERS, flags, stream_id(*stream), &b);
+                frame(out, HEADERS, flags, ids.get(*stream), &b);
             }
-            Op::Data { stream, len, end_stream, pad } => {
-                let body = vec![b'x'; usize::from(*len)];
-                let (payload, pad_flag) = padded(&body, *pad);
+            Op::Data { stream, len, oversize, end_stream, pad } => {
+                let len = if *oversize { usize::from(*len) } else { usize::from(*len) % (16_384 - 256) };
+                let (payload, pad_flag) = padded(&vec![b'x'; len], *pad);
                 let flags = pad_flag | if *end_stream { END_STREAM } else { 0 };
-                frame(out, DATA, flags, stream_id(*stream), &payload);
+                frame(out, DATA, flags, ids.get(*stream), &payload);
             }
             Op::WindowUpdate { stream, increment: inc } => {
-                let id = stream.map_or(0, stream_id);
+                let id = stream.map_or(0, |s| ids.get(s));
                 frame(out, WINDOW_UPDATE, 0, id, &increment(*inc).to_be_bytes());
             }
-            Op::Reset { stream, code } => frame(out, RST_STREAM, 0, stream_id(*stream), &code.to_be_bytes()),
+            Op::Reset { stream, code } => frame(out, RST_STREAM, 0, ids.get(*stream), &code.to_be_bytes()),
             Op::Settings { ack: true, .. } => frame(out, SETTINGS, 1, 0, &[]),
             Op::Settings { ack: false, params } => frame(out, SETTINGS, 0, 0, &settings_payload(params)),
             Op::Ping { ack, data } => frame(out, PING, u8::from(*ack), 0, &data.to_be_bytes()),
             Op::Priority { stream, depends_on, weight } => {
-                let mut p = stream_id(*depends_on).to_be_bytes().to_vec();
+                let id = ids.get(*stream);
+                let mut p = ids.get(*depends_on).to_be_bytes().to_vec();
                 p.push(*weight);
-                frame(out, PRIORITY, 0, stream_id(*stream), &p);
+                frame(out, PRIORITY, 0, id, &p);
             }
             Op::GoAway { last, code } => {
-                let mut p = stream_id(*last).to_be_bytes().to_vec();
+                let mut p = (2 * u32::from(*last) + 1).to_be_bytes().to_vec();
                 p.extend_from_slice(&code.to_be_bytes());
                 frame(out, GOAWAY, 0, 0, &p);
+            }
+            Op::Burst { n, reset } => {
+                let head = Head { method: Method::Get, path: Path::Root, omit: None, fields: Vec::new() };
+                let block = head_block(&head);
+                for _ in 0..*n {
+                    let id = ids.fresh();
+                    frame(out, HEADERS, END_HEADERS | END_STREAM, id, &block);
+                    if *reset {
+                        frame(out, RST_STREAM, 0, id, &CANCEL.to_be_bytes());
+                    } else {
+                        seg.opened.push(id);
+                    }
+                }
             }
             Op::Raw { ty, flags, id, payload } => {
                 frame(out, *ty, *flags, *id, &payload[..payload.len().min(4096)])
@@ -428,7 +498,9 @@ fn encode(input: &Input) -> Vec<Segment> {
 }
 
 /// The upstream: answers every request head with a fixed response, a large one for `/big`, and
-/// closes the connection (so that a request body it does not read cannot confuse it).
+/// closes the connection (so that a request body it does not parse cannot confuse it). It
+/// reads on until the proxy closes too: closing with unread bytes would send a TCP reset,
+/// which could destroy the response, and an input must behave the same on every run.
 async fn upstream(listener: TcpListener) {
     loop {
         let Ok((mut s, _)) = listener.accept().await else { continue };
@@ -447,7 +519,9 @@ async fn upstream(listener: TcpListener) {
                 format!("HTTP/1.1 200 OK\r\ncontent-length: {body_len}\r\nconnection: close\r\n\r\n")
                     .into_bytes();
             response.resize(response.len() + body_len, b'o');
-            let _ = s.write_all(&response).await;
+            if s.write_all(&response).await.is_ok() && s.shutdown().await.is_ok() {
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            }
         });
     }
 }
@@ -496,19 +570,24 @@ fn proxy() -> SocketAddr {
                 let up = TcpListener::bind("127.0.0.1:0").await.expect("upstream bind");
                 let up_port = up.local_addr().expect("upstream address").port();
                 tokio::spawn(upstream(up));
-                // A free port for the listener: bound and released, then taken by the proxy.
-                let port = std::net::TcpListener::bind("127.0.0.1:0")
-                    .and_then(|l| l.local_addr())
-                    .expect("free port")
-                    .port();
-                let text = CONFIG
-                    .replace("PROXY_PORT", &port.to_string())
-                    .replace("UPSTREAM_PORT", &up_port.to_string());
-                let sources = [tripline_config::Source { name: "fuzz.yaml".into(), text }];
-                let loaded = tripline_config::load(&sources, &tripline_config::LoadOptions::default())
-                    .expect("the fuzz config loads");
+                // A port below the kernel's ephemeral range (which starts at 32768), so that no
+                // outgoing connection holds it; another process may, hence the tries.
                 let proxy = tripline_proxy::Proxy::new();
-                proxy.apply(&loaded).await.expect("the proxy starts");
+                let mut port = 0;
+                for attempt in 0..64u32 {
+                    let candidate = 20_000 + (std::process::id() * 7 + attempt * 131) % 10_000;
+                    let text = CONFIG
+                        .replace("PROXY_PORT", &candidate.to_string())
+                        .replace("UPSTREAM_PORT", &up_port.to_string());
+                    let sources = [tripline_config::Source { name: "fuzz.yaml".into(), text }];
+                    let loaded = tripline_config::load(&sources, &tripline_config::LoadOptions::default())
+                        .expect("the fuzz config loads");
+                    if proxy.apply(&loaded).await.is_ok() {
+                        port = candidate as u16;
+                        break;
+                    }
+                }
+                assert_ne!(port, 0, "no free port for the proxy between 20000 and 29999");
                 tx.send(SocketAddr::from(([127, 0, 0, 1], port))).expect("main thread waits");
                 std::future::pending::<()>().await;
             });
@@ -517,10 +596,13 @@ fn proxy() -> SocketAddr {
     })
 }
 
-/// One client connection: sends each segment, waits for the proxy to answer it, then closes its
-/// side and returns once the proxy has closed the connection.
+/// One client connection: sends each segment and waits for the proxy to answer it (at most
+/// `MAX_PAUSES` quiet periods in all), then closes its side: from then on the proxy has `HANG`
+/// to close the connection, or the input is reported as a hang.
 async fn exchange(addr: SocketAddr, segments: Vec<Segment>) {
-    let s = TcpStream::connect(addr).await.expect("the proxy accepts connections");
+    // Loopback connects do not fail while the proxy lives; if one did, it says nothing about
+    // this input.
+    let Ok(s) = TcpStream::connect(addr).await else { return };
     let (mut rd, mut wr) = s.into_split();
     let mut frames = Frames::default();
     for seg in segments {
@@ -536,7 +618,10 @@ async fn exchange(addr: SocketAddr, segments: Vec<Segment>) {
     }
     let _ = wr.shutdown().await;
     let mut buf = vec![0u8; 64 * 1024];
-    while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {}
+    let closed = async { while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {} };
+    if tokio::time::timeout(HANG, closed).await.is_err() {
+        panic!("the proxy kept the connection open {HANG:?} after the client closed its side");
+    }
 }
 
 /// The frames the proxy sends, as far as the client needs to know when its streams are answered.
@@ -589,9 +674,5 @@ fn client() -> &'static tokio::runtime::Runtime {
 fuzz_target!(|input: Input| {
     let addr = proxy();
     let segments = encode(&input);
-    client().block_on(async move {
-        if tokio::time::timeout(HANG, exchange(addr, segments)).await.is_err() {
-            panic!("the proxy kept the connection open {HANG:?} after the client closed its side");
-        }
-    });
+    client().block_on(exchange(addr, segments));
 });
