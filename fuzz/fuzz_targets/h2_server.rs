@@ -178,8 +178,12 @@ enum Method {
 #[derive(Arbitrary, Debug, Clone, Copy)]
 enum Path {
     Root,
-    /// The upstream answers with a body larger than the initial windows.
+    /// The upstream's answer for each of these: see `response`.
     Big,
+    Chunked,
+    Cut,
+    NoContent,
+    UntilClose,
     Star,
     Empty,
     Relative,
@@ -233,6 +237,10 @@ impl Path {
         match self {
             Path::Root => "/",
             Path::Big => "/big",
+            Path::Chunked => "/chunked",
+            Path::Cut => "/cut",
+            Path::NoContent => "/204",
+            Path::UntilClose => "/eof",
             Path::Star => "*",
             Path::Empty => "",
             Path::Relative => "big",
@@ -497,10 +505,27 @@ fn encode(input: &Input) -> Vec<Segment> {
     segments
 }
 
-/// The upstream: answers every request head with a fixed response, a large one for `/big`, and
-/// closes the connection (so that a request body it does not parse cannot confuse it). It
-/// reads on until the proxy closes too: closing with unread bytes would send a TCP reset,
-/// which could destroy the response, and an input must behave the same on every run.
+/// What the upstream answers to a request for `path`: a body larger than the flow-control
+/// windows, a chunked body with trailers, a body cut short of its length (the proxy must reset
+/// the stream), no content, a body delimited by the close, or two bytes.
+fn response(path: &[u8]) -> Vec<u8> {
+    let (head, body): (&str, Vec<u8>) = match path {
+        b"/big" => ("content-length: 200000", vec![b'o'; 200_000]),
+        b"/chunked" => ("transfer-encoding: chunked", b"5\r\nhello\r\n0\r\nx-checksum: 1\r\n\r\n".to_vec()),
+        b"/cut" => ("content-length: 100000", vec![b'o'; 1000]),
+        b"/204" => return b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n".to_vec(),
+        b"/eof" => ("x-framing: none", vec![b'o'; 70_000]),
+        _ => ("content-length: 2", b"ok".to_vec()),
+    };
+    let mut r = format!("HTTP/1.1 200 OK\r\n{head}\r\nconnection: close\r\n\r\n").into_bytes();
+    r.extend_from_slice(&body);
+    r
+}
+
+/// The upstream: answers every request head (see `response`) and closes the connection, so
+/// that a request body it does not parse cannot confuse it. It reads on until the proxy closes
+/// too: closing with unread bytes would send a TCP reset, which could destroy the response,
+/// and an input must behave the same on every run.
 async fn upstream(listener: TcpListener) {
     loop {
         let Ok((mut s, _)) = listener.accept().await else { continue };
@@ -513,13 +538,8 @@ async fn upstream(listener: TcpListener) {
                     Ok(n) => head.extend_from_slice(&buf[..n]),
                 }
             }
-            let body_len =
-                if head.starts_with(b"GET /big") || head.starts_with(b"POST /big") { 200_000 } else { 2 };
-            let mut response =
-                format!("HTTP/1.1 200 OK\r\ncontent-length: {body_len}\r\nconnection: close\r\n\r\n")
-                    .into_bytes();
-            response.resize(response.len() + body_len, b'o');
-            if s.write_all(&response).await.is_ok() && s.shutdown().await.is_ok() {
+            let path = head.split(|&b| b == b' ').nth(1).unwrap_or_default();
+            if s.write_all(&response(path)).await.is_ok() && s.shutdown().await.is_ok() {
                 while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
             }
         });
