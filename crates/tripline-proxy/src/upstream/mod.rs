@@ -7,6 +7,7 @@
 //! replayable body, breaker state, retry budget, backoff within the deadline).
 
 pub mod h1;
+mod idle_stack;
 pub mod pool;
 pub mod replay;
 

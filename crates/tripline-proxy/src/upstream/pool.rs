@@ -1,6 +1,7 @@
 //! Per-endpoint upstream connection pools with Envoy's `connectionPool` semantics.
 //!
-//! - HTTP/1.1: idle keep-alive connections wait in a lock-free queue; a request takes one,
+//! - HTTP/1.1: idle keep-alive connections wait in a lock-free stack; a request takes the one
+//!   returned last ([`IdleStack`] says why),
 //!   or opens a new connection if the cluster is under `maxConnections`, or else waits as
 //!   *pending* (at most `http1MaxPendingRequests` of them, beyond that `overflow-pending`)
 //!   until a connection is returned or closed. A pending request that gets no connection
@@ -24,7 +25,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
-use crossbeam_queue::ArrayQueue;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -37,6 +37,7 @@ use tripline_core::clock::Nanos;
 use tripline_core::limits::Permit;
 
 use super::h1::{self, RawConn};
+use super::idle_stack::IdleStack;
 use crate::body::{BoxError, RequestBody, UpstreamBody};
 use crate::cluster::{Cluster, ClusterState, Endpoint};
 use crate::local_reply::Reason;
@@ -47,9 +48,9 @@ const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
 #[derive(Debug)]
 pub struct ConnectionPool {
-    /// Idle HTTP/1.1 connections, one queue per worker (by the worker whose event loop
+    /// Idle HTTP/1.1 connections, one stack per worker (by the worker whose event loop
     /// watches the socket).
-    idle: Box<[ArrayQueue<IdleH1>]>,
+    idle: Box<[IdleStack<IdleH1>]>,
     /// The multiplexed HTTP/2 connection of each worker.
     h2: Box<[ArcSwapOption<H2Conn>]>,
     /// Open connections to this endpoint.
@@ -119,18 +120,18 @@ impl Default for ConnectionPool {
 impl ConnectionPool {
     pub fn new() -> Self {
         let workers = crate::workers::count();
-        // Queues allocate every slot up front: the total stays near the endpoint's cap
+        // Stacks allocate every slot up front: the total stays near the endpoint's cap
         // whatever the number of workers.
         let per_worker = (MAX_IDLE_PER_ENDPOINT / workers).max(8);
         ConnectionPool {
-            idle: (0..workers).map(|_| ArrayQueue::new(per_worker)).collect(),
+            idle: (0..workers).map(|_| IdleStack::new(per_worker)).collect(),
             h2: (0..workers).map(|_| ArcSwapOption::empty()).collect(),
             connections: AtomicU32::new(0),
         }
     }
 
     pub fn idle_count(&self) -> usize {
-        self.idle.iter().map(ArrayQueue::len).sum()
+        self.idle.iter().map(IdleStack::len).sum()
     }
 
     /// This worker's slot in the per-worker tables.
@@ -152,13 +153,8 @@ impl ConnectionPool {
 
     /// Drops idle connections older than `idle_timeout` (called periodically).
     pub fn evict_idle(&self, idle_timeout: std::time::Duration, now: Nanos) {
-        for queue in self.idle.iter() {
-            for _ in 0..queue.len() {
-                let Some(mut c) = queue.pop() else { break };
-                if !idle_too_long(c.since, now, idle_timeout) && c.link_alive() {
-                    let _ = queue.push(c);
-                }
-            }
+        for stack in self.idle.iter() {
+            stack.retain(|c| !idle_too_long(c.since, now, idle_timeout) && c.link_alive());
         }
     }
 }
@@ -285,7 +281,7 @@ async fn reuse(
         }),
         _ => {
             let queues = &pool.idle[slots];
-            while let Some(idle) = queues.iter().find_map(ArrayQueue::pop) {
+            while let Some(idle) = queues.iter().find_map(IdleStack::pop) {
                 if idle_too_long(idle.since, now, limits.idle_timeout) {
                     continue;
                 }

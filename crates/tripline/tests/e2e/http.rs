@@ -292,6 +292,38 @@ async fn http1_get_requests_reuse_one_upstream_connection() {
     assert_eq!(up.connections(), 1, "20 sequential GETs should share one upstream connection");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn surplus_upstream_connections_idle_out_under_light_traffic() {
+    // A burst opens eight upstream connections. The light traffic after it takes the
+    // connection returned last every time, so the other seven stay idle and `idleTimeout`
+    // closes them. (Taking the oldest instead would rotate through all eight and keep every
+    // one of them alive.)
+    let up = Upstream::http("u1").await;
+    let port = free_port();
+    let policy = "    connectionPool:\n      http: {idleTimeout: 1s}\n";
+    let _proxy = Proxy::start_single(&config::simple(port, "HTTP", &[up.addr], Some(policy))).await;
+    let addr = listener_addr(port);
+    let burst: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(get_with(addr, "backend.local", "/burst", &[("x-delay-ms", "300")])))
+        .collect();
+    for r in burst {
+        assert_eq!(r.await.unwrap().expect("burst request").status, 200);
+    }
+    assert_eq!(up.open(), 8, "the burst of eight concurrent requests should open eight connections");
+    // A request every 100 ms: each of the eight would be used every 800 ms if they took turns.
+    let mut conn = Conn::connect(addr, Proto::H1).await.unwrap();
+    let mut served_on = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.open() > 1 && Instant::now() < deadline {
+        let r = conn.get("backend.local", "/light").await.expect("light request");
+        assert_eq!(r.status, 200);
+        served_on.insert(r.json()["conn"].as_u64().unwrap());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(served_on.len(), 1, "light traffic spread over upstream connections {served_on:?}");
+    assert_eq!(up.open(), 1, "idle upstream connections not closed 10 s after a 1 s idleTimeout");
+}
+
 /// An upstream that answers one request per connection and then closes it, while the
 /// response says nothing of closing: each kept-alive connection is dead by the time the
 /// proxy reuses it. Returns its address and the number of connections it accepted.

@@ -183,6 +183,11 @@ impl Upstream {
         self.state.connections.load(SeqCst)
     }
 
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.state.open.load(SeqCst)
+    }
+
     /// The most connections ever open at once.
     pub fn max_open(&self) -> usize {
         self.state.max_open.load(SeqCst)
