@@ -228,6 +228,14 @@ impl Proxy {
             }
             let applied = self.shared.applied.load_full();
             let now = resilience::now();
+            if n % 50 == 0 {
+                // Each worker sweeps its own idle connections on its own thread, so none of its
+                // requests finds the pool emptied by a sweep in progress.
+                for worker in 0..workers::count() {
+                    let applied = applied.clone();
+                    workers::spawn_on(worker, async move { evict_idle(worker, &applied, now) });
+                }
+            }
             for b in applied.route_breakers.breakers.values() {
                 b.tick(now);
             }
@@ -241,15 +249,22 @@ impl Proxy {
                     if let Some(b) = &m.breaker {
                         b.tick(now);
                     }
-                    if n % 50 == 0 {
-                        m.ep.pool.evict_idle(c.limits().idle_timeout, now);
-                        // A request that looked while the sweep held a connection waits for
-                        // a release: this is one.
-                        c.state.notify_released();
-                    }
                 }
             }
         }
+    }
+}
+
+/// Closes worker `worker`'s idle upstream connections that are past their idle timeout or
+/// closed by the upstream.
+fn evict_idle(worker: usize, applied: &Applied, now: tripline_core::clock::Nanos) {
+    for c in &applied.clusters {
+        for m in &c.endpoints.load().members {
+            m.ep.pool.evict_idle(worker, c.limits().idle_timeout, now);
+        }
+        // A request of another worker that looked while the sweep held the connections waits
+        // for a release: this is one.
+        c.state.notify_released();
     }
 }
 

@@ -134,21 +134,15 @@ impl<T> IdleStack<T> {
         self.len.load(Ordering::Relaxed)
     }
 
-    /// Removes the entries `keep` rejects and keeps the rest in their order. Entries pushed
-    /// meanwhile stay above the kept ones, which is where the most recent belong.
-    pub fn retain(&self, mut keep: impl FnMut(&mut T) -> bool) {
-        let mut kept = Vec::new();
-        for _ in 0..self.len() {
-            let Some(mut v) = self.pop() else { break };
-            if keep(&mut v) {
-                kept.push(v);
-            }
+    /// Takes every entry, top first, including ones other threads push meanwhile (up to
+    /// twice the capacity in all, so that it ends however fast they push).
+    pub fn take_all(&self) -> Vec<T> {
+        let mut all = Vec::with_capacity(self.len());
+        while all.len() < 2 * self.slots.len() {
+            let Some(v) = self.pop() else { break };
+            all.push(v);
         }
-        for v in kept.into_iter().rev() {
-            // Full only if other threads filled it meanwhile; the entry is dropped then,
-            // as one returned to a full stack is.
-            let _ = self.push(v);
-        }
+        all
     }
 }
 
@@ -195,13 +189,13 @@ mod tests {
     }
 
     #[test]
-    fn retain_keeps_order() {
+    fn take_all_top_first() {
         let s = IdleStack::new(8);
         for i in 0..6 {
             s.push(i).unwrap();
         }
-        s.retain(|v| *v % 2 == 0);
-        assert_eq!((s.pop(), s.pop(), s.pop(), s.pop()), (Some(4), Some(2), Some(0), None));
+        assert_eq!(s.take_all(), vec![5, 4, 3, 2, 1, 0]);
+        assert_eq!((s.len(), s.pop()), (0, None));
     }
 
     #[test]
@@ -219,14 +213,14 @@ mod tests {
     enum Op {
         Push(u16),
         Pop,
-        RetainEven,
+        TakeAll,
     }
 
     proptest! {
         /// Any sequence of operations behaves as a `Vec` used as a bounded stack.
         #[test]
         fn matches_a_vec(cap in 0usize..6, ops in prop::collection::vec(prop_oneof![
-            any::<u16>().prop_map(Op::Push), Just(Op::Pop), Just(Op::RetainEven)], 0..64)) {
+            any::<u16>().prop_map(Op::Push), Just(Op::Pop), Just(Op::TakeAll)], 0..64)) {
             let s = IdleStack::new(cap);
             let mut model: Vec<u16> = Vec::new();
             for op in ops {
@@ -236,9 +230,9 @@ mod tests {
                         prop_assert_eq!(s.push(v), expect);
                     }
                     Op::Pop => prop_assert_eq!(s.pop(), model.pop()),
-                    Op::RetainEven => {
-                        s.retain(|v| *v % 2 == 0);
-                        model.retain(|v| *v % 2 == 0);
+                    Op::TakeAll => {
+                        let top_first: Vec<u16> = model.drain(..).rev().collect();
+                        prop_assert_eq!(s.take_all(), top_first);
                     }
                 }
                 prop_assert_eq!(s.len(), model.len());
@@ -246,7 +240,8 @@ mod tests {
         }
     }
 
-    /// Threads pushing and popping at once never lose, duplicate or corrupt an entry.
+    /// Threads pushing, popping and taking all at once never lose, duplicate or corrupt an
+    /// entry.
     #[test]
     fn concurrent_pushes_and_pops_conserve_entries() {
         const THREADS: usize = 4;
@@ -272,7 +267,20 @@ mod tests {
                 })
             })
             .collect();
-        let mut all: Vec<usize> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        // A sweeper takes everything and puts back what fits, as the pool's eviction does.
+        let sweeper = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let mut kept = Vec::new();
+                for _ in 0..ROUNDS / 20 {
+                    let taken = s.take_all();
+                    kept.extend(taken.into_iter().rev().filter_map(|v| s.push(v).err()));
+                }
+                kept
+            })
+        };
+        let mut all: Vec<usize> =
+            handles.into_iter().chain([sweeper]).flat_map(|h| h.join().unwrap()).collect();
         while let Some(v) = s.pop() {
             all.push(v);
         }

@@ -151,11 +151,25 @@ impl ConnectionPool {
         let _ = self.idle[home].push(IdleH1 { link, since: now });
     }
 
-    /// Drops idle connections older than `idle_timeout` (called periodically).
-    pub fn evict_idle(&self, idle_timeout: std::time::Duration, now: Nanos) {
-        for stack in self.idle.iter() {
-            stack.retain(|c| !idle_too_long(c.since, now, idle_timeout) && c.link_alive());
+    /// Closes worker `worker`'s idle connections that are older than `idle_timeout` or dead.
+    /// Called periodically on that worker's thread.
+    pub fn evict_idle(&self, worker: usize, idle_timeout: std::time::Duration, now: Nanos) {
+        let Some(stack) = self.idle.get(worker) else { return };
+        let mut idle = stack.take_all();
+        // Oldest first: pushed back in this order, the connection returned last is on top
+        // again, even if another worker returned one while the stack was taken.
+        idle.sort_by_key(|c| c.since);
+        let mut closing = Vec::new();
+        for mut c in idle {
+            if idle_too_long(c.since, now, idle_timeout) || !c.link_alive() {
+                closing.push(c);
+            } else if let Err(c) = stack.push(c) {
+                // Filled by other workers meanwhile: closed, as one returned to a full pool is.
+                closing.push(c);
+            }
         }
+        // Closed once the live ones are back in the pool.
+        drop(closing);
     }
 }
 
@@ -454,5 +468,56 @@ impl ConnGuard {
         endpoint.pool.connections.fetch_add(1, Ordering::Relaxed);
         let slot = state.connections.try_acquire();
         ConnGuard { state, endpoint, slot, home: 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    const SECOND: Nanos = 1_000_000_000;
+
+    /// Returns to `pool` a lean-client connection to `listener`, marked by its use count, as
+    /// idle since `since`; the accepted server side is kept open in `servers`.
+    async fn give_back_idle(
+        pool: &ConnectionPool,
+        listener: &TcpListener,
+        mark: u32,
+        since: Nanos,
+        servers: &mut Vec<TcpStream>,
+    ) {
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        servers.push(listener.accept().await.unwrap().0);
+        let mut conn = RawConn::new(stream, ConnGuard::detached());
+        conn.uses = mark;
+        pool.give_back(Reusable(H1Link::Raw(conn)), None, since);
+    }
+
+    fn idle_marks(pool: &ConnectionPool) -> Vec<u32> {
+        pool.idle[0].take_all().iter().map(|c| c.link.uses()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_sweep_closes_expired_connections_and_keeps_the_newest_on_top() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut servers = Vec::new();
+        let pool = ConnectionPool::new();
+        // Returned out of order (as when another worker gives one back during a sweep).
+        for (mark, since) in [(1, 0), (3, 20 * SECOND), (2, 10 * SECOND), (4, 25 * SECOND)] {
+            give_back_idle(&pool, &listener, mark, since, &mut servers).await;
+        }
+        // At 30 s with a 15 s idle timeout, the connections idle since 0 s and 10 s expire.
+        pool.evict_idle(0, Duration::from_secs(15), 30 * SECOND);
+        assert_eq!(pool.idle_count(), 2);
+        // The upstream sees the expired ones (marks 1 and 2) closed, the others still open.
+        for (server, closed) in servers.iter_mut().zip([true, false, true, false]) {
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_millis(200), server.read(&mut byte)).await;
+            assert_eq!(matches!(read, Ok(Ok(0))), closed, "server side {read:?}");
+        }
+        assert_eq!(idle_marks(&pool), vec![4, 3], "the connection returned last must be on top");
     }
 }
