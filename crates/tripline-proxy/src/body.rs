@@ -111,7 +111,9 @@ impl Body for RequestBody {
 /// upgrades) or through the lean HTTP/1.1 client ([`crate::upstream::h1`]).
 #[derive(Debug)]
 pub enum UpstreamBody {
-    Hyper(Incoming),
+    /// From hyper's client; over HTTP/2 with the request's hold on the connection, released
+    /// when the body is dropped.
+    Hyper(Incoming, Option<crate::upstream::pool::H2Stream>),
     H1(ResponseStream),
 }
 
@@ -124,21 +126,21 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            UpstreamBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Hyper(b, _) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            UpstreamBody::Hyper(b) => b.is_end_stream(),
+            UpstreamBody::Hyper(b, _) => b.is_end_stream(),
             UpstreamBody::H1(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            UpstreamBody::Hyper(b) => b.size_hint(),
+            UpstreamBody::Hyper(b, _) => b.size_hint(),
             UpstreamBody::H1(b) => b.size_hint(),
         }
     }

@@ -20,7 +20,7 @@
 //! for any reason frees its slot and wakes the pending requests.
 
 use std::pin::pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -98,13 +98,37 @@ impl H1Link {
 struct H2Conn {
     tx: http2::SendRequest<RequestBody>,
     uses: AtomicU32,
+    /// `resilience::now()` when a request last took it or ended on it: once no stream is
+    /// in flight, the idle sweep lets it go `idleTimeout` after that.
+    last_used: AtomicU64,
+    /// Requests holding an [`H2Stream`] on it.
+    streams: AtomicU32,
+}
+
+/// A request's hold on an HTTP/2 connection, from checkout until its response body is
+/// dropped: the idle sweep leaves a connection with streams in flight alone, as Envoy does.
+#[derive(Debug)]
+pub struct H2Stream(Arc<H2Conn>);
+
+impl H2Stream {
+    fn new(conn: Arc<H2Conn>) -> Self {
+        conn.streams.fetch_add(1, Ordering::Relaxed);
+        H2Stream(conn)
+    }
+}
+
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        self.0.last_used.store(crate::resilience::now(), Ordering::Relaxed);
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A connection checked out for one request.
 #[derive(Debug)]
 pub enum Conn {
     H1(H1Link),
-    H2(http2::SendRequest<RequestBody>),
+    H2(http2::SendRequest<RequestBody>, H2Stream),
 }
 
 /// An HTTP/1.1 connection to give back to its endpoint's pool once the response is read.
@@ -154,6 +178,18 @@ impl ConnectionPool {
     /// Closes worker `worker`'s idle connections that are older than `idle_timeout` or dead.
     /// Called periodically on that worker's thread.
     pub fn evict_idle(&self, worker: usize, idle_timeout: std::time::Duration, now: Nanos) {
+        if let Some(slot) = self.h2.get(worker) {
+            // No stream on the HTTP/2 connection for `idle_timeout`: let it go (hyper closes
+            // it once the last handle is dropped). A request that took it just now still
+            // holds a handle and finishes on it; the next one opens a new connection.
+            if let Some(c) = slot.load_full() {
+                let idle = c.streams.load(Ordering::Relaxed) == 0
+                    && idle_too_long(c.last_used.load(Ordering::Relaxed), now, idle_timeout);
+                if c.tx.is_closed() || idle {
+                    slot.compare_and_swap(&Some(c), None);
+                }
+            }
+        }
         let Some(stack) = self.idle.get(worker) else { return };
         let mut idle = stack.take_all();
         // Oldest first: pushed back in this order, the connection returned last is on top
@@ -244,7 +280,7 @@ pub async fn checkout(
             drop(pending);
             // Boxed: connecting is the rare path, and its large future would otherwise be
             // part of every request's future (moved and zeroed on every request).
-            return Box::pin(connect(cluster, ep, slot, simple)).await;
+            return Box::pin(connect(cluster, ep, slot, simple, now)).await;
         }
         if ep.pool.idle.len() > 1 {
             // At the limit: another worker's idle connection serves rather than none.
@@ -286,12 +322,13 @@ async fn reuse(
             let slot = &pool.h2[i];
             let c = slot.load_full()?;
             let uses = c.uses.fetch_add(1, Ordering::Relaxed) + 1;
+            c.last_used.store(now, Ordering::Relaxed);
             let worn = limits.max_requests_per_connection.is_some_and(|m| uses > m);
             if c.tx.is_closed() || worn {
                 slot.compare_and_swap(&Some(c), None);
                 return None;
             }
-            Some(Conn::H2(c.tx.clone()))
+            Some(Conn::H2(c.tx.clone(), H2Stream::new(c)))
         }),
         _ => {
             let queues = &pool.idle[slots];
@@ -333,7 +370,13 @@ async fn reuse(
     }
 }
 
-async fn connect(cluster: &Cluster, ep: &Arc<Endpoint>, slot: Permit, simple: bool) -> Result<Conn, Reason> {
+async fn connect(
+    cluster: &Cluster,
+    ep: &Arc<Endpoint>,
+    slot: Permit,
+    simple: bool,
+    now: Nanos,
+) -> Result<Conn, Reason> {
     let state = &cluster.state;
     let failed = || {
         state.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -368,12 +411,17 @@ async fn connect(cluster: &Cluster, ep: &Arc<Endpoint>, slot: Permit, simple: bo
                 let _ = conn.await;
                 drop(guard);
             });
-            let shared = Arc::new(H2Conn { tx: tx.clone(), uses: AtomicU32::new(1) });
-            ep.pool.h2[ep.pool.here()].store(Some(shared));
+            let shared = Arc::new(H2Conn {
+                tx: tx.clone(),
+                uses: AtomicU32::new(1),
+                last_used: AtomicU64::new(now),
+                streams: AtomicU32::new(0),
+            });
+            ep.pool.h2[ep.pool.here()].store(Some(shared.clone()));
             // A request of another worker may wait for a connection at the limit: this one
             // can carry it.
             state.notify_released();
-            Ok(Conn::H2(tx))
+            Ok(Conn::H2(tx, H2Stream::new(shared)))
         }
         _ if simple => Ok(Conn::H1(H1Link::Raw(RawConn::new(stream, guard)))),
         _ => {
@@ -418,7 +466,7 @@ impl Conn {
         self,
         req: Request<RequestBody>,
     ) -> Result<(Response<UpstreamBody>, Option<Reusable>), SendError> {
-        let hyper_body = |resp: Response<Incoming>| resp.map(UpstreamBody::Hyper);
+        let hyper_body = |resp: Response<Incoming>| resp.map(|b| UpstreamBody::Hyper(b, None));
         match self {
             // The lean client's connection travels in the response body and comes back
             // through it (`ResponseBody`), not here.
@@ -430,8 +478,8 @@ impl Conn {
                 }
                 Err(e) => Err(unsent_or_reset(e)),
             },
-            Conn::H2(mut tx) => match tx.try_send_request(req).await {
-                Ok(resp) => Ok((hyper_body(resp), None)),
+            Conn::H2(mut tx, hold) => match tx.try_send_request(req).await {
+                Ok(resp) => Ok((resp.map(|b| UpstreamBody::Hyper(b, Some(hold))), None)),
                 Err(e) => Err(unsent_or_reset(e)),
             },
         }

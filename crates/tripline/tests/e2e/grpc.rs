@@ -105,3 +105,34 @@ pub async fn check_fail(addr: SocketAddr) {
     assert_eq!(status, "13");
     assert_eq!(message, "boom%20here");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_upstream_connection_closes_after_its_last_stream() {
+    // `idleTimeout: 1s` on an HTTP/2 upstream. A stream of about 6.4 s (80 messages 80 ms
+    // apart) spans the first idle sweep (5 s after start): the connection must stay in the
+    // pool under it, so a request made after that sweep shares it. Once the stream has ended
+    // and nothing else comes, the connection closes.
+    let up = Upstream::http("g1").await;
+    let port = free_port();
+    let policy = "    connectionPool:\n      http: {idleTimeout: 1s}\n";
+    let _proxy = Proxy::start_single(&config::simple(port, "GRPC", &[up.addr], Some(policy))).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut conn = Conn::connect(addr, Proto::H2).await.unwrap();
+    let req = grpc_request(&conn, "/test.Echo/Stream", b"80");
+    let stream = tokio::spawn(async move { conn.call(req).await.map_err(|e| e.to_string()) });
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    check_unary(addr).await;
+    assert_eq!(up.connections(), 1, "the sweep let the connection of a stream in flight go");
+    let r = stream.await.unwrap().expect("stream call");
+    assert_eq!(grpc_messages(&r.body).len(), 80, "the stream was cut");
+    assert_eq!(r.trailers.expect("trailers").get("grpc-status").unwrap(), "0");
+    crate::support::eventually(
+        "the idle HTTP/2 upstream connection to close",
+        Duration::from_secs(8),
+        || async { up.open() == 0 },
+    )
+    .await;
+    // The next request opens a new connection.
+    check_unary(addr).await;
+    assert_eq!(up.connections(), 2);
+}
