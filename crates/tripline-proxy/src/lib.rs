@@ -55,6 +55,8 @@ pub struct Shared {
     listeners: Mutex<HashMap<SocketAddr, Arc<ListenerRuntime>>>,
     /// Bumped on every load; DNS refresh tasks of older loads stop.
     generation: AtomicU64,
+    /// The last good answer of every DNS name, kept across refreshes and reloads.
+    dns_answers: Mutex<dns::LastAnswers>,
     /// JSON access log, if enabled.
     pub access_log: Option<access_log::AccessLog>,
     /// Open client connections: the request-head timeout and the drain.
@@ -101,6 +103,7 @@ impl Proxy {
                 registry: Mutex::new(Registry::default()),
                 listeners: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
+                dns_answers: Mutex::default(),
                 access_log,
                 client_conns: Arc::default(),
             }),
@@ -121,7 +124,7 @@ impl Proxy {
             .collect();
         let route_breakers = shared.applied.load().route_breakers.build(&route_configs);
         for c in &clusters {
-            dns::resolve_now(c).await;
+            dns::resolve_now(shared, c).await;
         }
 
         let mut started = Vec::new();
@@ -136,19 +139,28 @@ impl Proxy {
                 }
             }
         }
+        // New addresses first: if one cannot be bound, no running listener has been touched.
+        // A listener whose protocol changed gives its port up just before its new bind, and
+        // comes back as it was if a bind fails after that.
+        started.sort_by_key(|(lp, _)| lock(&shared.listeners).contains_key(&lp.bind));
         let mut bound = Vec::new();
+        let mut replaced = Vec::new();
         for (lp, config) in started {
-            // A listener whose protocol changed must give its port up before the new bind.
             let old = lock(&shared.listeners).remove(&lp.bind);
             if let Some(old) = old {
                 old.stop();
                 tokio::time::sleep(Duration::from_millis(20)).await;
+                replaced.push(old);
             }
-            match ListenerRuntime::start(shared, lp.name.clone(), lp.bind, lp.protocol, config) {
+            match ListenerRuntime::start(shared, lp.name.clone(), lp.bind, lp.protocol, Arc::new(config)) {
                 Ok(rt) => bound.push(rt),
                 Err(e) => {
                     for rt in bound {
                         rt.stop();
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    for old in replaced {
+                        restore(shared, &old);
                     }
                     return Err(format!("listener {} cannot bind {}: {e}", lp.name, lp.bind));
                 }
@@ -251,6 +263,18 @@ impl Proxy {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Starts again a listener that a failed reload had stopped, with its old protocol and routes.
+fn restore(shared: &Arc<Shared>, old: &ListenerRuntime) {
+    match ListenerRuntime::start(shared, old.name.clone(), old.bind, old.protocol, old.config.load_full()) {
+        Ok(rt) => {
+            lock(&shared.listeners).insert(rt.bind, rt);
+        }
+        Err(e) => {
+            tracing::error!(listener = %old.name, bind = %old.bind, error = %e, "cannot restore the listener after a failed reload")
         }
     }
 }

@@ -36,7 +36,7 @@ impl ListenerRuntime {
         name: String,
         bind: SocketAddr,
         protocol: ListenerProtocol,
-        config: ListenerConfig,
+        config: Arc<ListenerConfig>,
     ) -> std::io::Result<Arc<Self>> {
         let socket =
             if bind.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
@@ -44,8 +44,7 @@ impl ListenerRuntime {
         socket.bind(bind)?;
         let listener = socket.listen(4096)?;
         let (stop, stopped) = watch::channel(false);
-        let rt =
-            Arc::new(ListenerRuntime { name, bind, protocol, config: ArcSwap::from_pointee(config), stop });
+        let rt = Arc::new(ListenerRuntime { name, bind, protocol, config: ArcSwap::new(config), stop });
         tokio::spawn(accept_loop(shared.clone(), rt.clone(), listener, stopped));
         Ok(rt)
     }

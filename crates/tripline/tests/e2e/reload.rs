@@ -143,11 +143,39 @@ async fn invalid_reload_keeps_the_old_config() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_cannot_bind_leaves_every_listener_serving() {
+    // The new config turns the HTTP listener into a TCP one and adds a listener on a port
+    // something else holds. The bind fails, so the reload fails, and the HTTP listener must
+    // still be there: not stopped to make way for its TCP replacement.
+    let old = Upstream::http("old").await;
+    let port = free_port();
+    let proxy = Proxy::start(&config::simple(port, "HTTP", &[old.addr], None)).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let failures = proxy.metric("tripline_config_reloads_total", &[("result", "failure")]).await;
+    proxy.write_config(&config::join(&[
+        config::gateway("edge", port, "TCP"),
+        config::service_entry("echo.local", "TCP", &[old.addr]),
+        config::virtual_service("echo", &["*"], "edge", &config::tcp_route("echo.local")),
+        config::gateway("edge2", taken_port, "HTTP"),
+        config::service_entry("backend.local", "HTTP", &[old.addr]),
+        config::virtual_service("backend", &["*"], "edge2", &config::http_route("backend.local")),
+    ]));
+    proxy.wait_reload("failure", failures, Duration::from_secs(5)).await;
+    let r = get_with(addr(port), "backend.local", "/", &[]).await.expect("the HTTP listener still serves");
+    assert_eq!((r.status.as_u16(), r.upstream()), (200, Some("old")));
+    drop(taken);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_config() {
     let old = Upstream::http("old").await;
     let new = Upstream::http("new").await;
     let port = free_port();
-    let mut proxy = Proxy::start(&config::simple(port, "HTTP", &[old.addr], None)).await;
+    // File polling off (an hour between looks), so only the signal can cause the reload.
+    let mut proxy =
+        Proxy::start_args(&config::simple(port, "HTTP", &[old.addr], None), &["--watch-interval", "1h"])
+            .await;
     let reloads = proxy.metric("tripline_config_reloads_total", &[("result", "success")]).await;
     proxy.write_config(&config::simple(port, "HTTP", &[new.addr], None));
     proxy.signal("HUP");
