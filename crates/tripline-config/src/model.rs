@@ -1145,8 +1145,8 @@ const CONSISTENT_HASH: Schema = Schema {
 };
 const HTTP_COOKIE: Schema = Schema {
     name: "Istio's HTTPCookie",
-    known: &["name", "ttl", "path"],
-    unsupported: &["attributes"],
+    known: &["name"],
+    unsupported: &["ttl", "path", "attributes"],
     note: no_note,
 };
 const RING_HASH: Schema =

@@ -281,6 +281,25 @@ fn typo_in_a_field_is_a_warning_with_a_suggestion() {
 }
 
 #[test]
+fn a_cookie_ttl_is_warned_about_not_dropped() {
+    // Envoy would set the cookie on a first response when `ttl` is given; Tripline only hashes
+    // a cookie the client sends, and says so.
+    let text = EXAMPLE.replace(
+        "loadBalancer: {simple: LEAST_REQUEST}",
+        "loadBalancer: {consistentHash: {httpCookie: {name: session, ttl: 0s, path: /}}}",
+    );
+    let loaded = ok(&text);
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:#?}");
+    for (w, field) in warnings.iter().zip(["ttl", "path"]) {
+        assert!(
+            w.contains(&format!("consistentHash.httpCookie.{field}:")) && w.contains("not supported yet"),
+            "{w}"
+        );
+    }
+}
+
+#[test]
 fn bad_duration() {
     let text = with_vs("  hosts: [x.test]\n  http:\n  - timeout: 10 seconds\n    route: [{destination: {host: backend.local}}]\n");
     assert_eq!(

@@ -417,6 +417,38 @@ mod tests {
         assert!(moved * 20 < kept, "kept {kept} moved {moved}");
     }
 
+    /// Endpoints A B D, then C added: how many keys stay and how many move to C, and how
+    /// many move between the old endpoints (which must not happen with a ring).
+    fn added_keys(algorithm: Algorithm) -> (usize, usize, usize) {
+        let before_keys = [10u64, 20, 40];
+        let after_keys = [10u64, 20, 30, 40];
+        let before = Balancer::new(algorithm, &specs(&before_keys));
+        let after = Balancer::new(algorithm, &specs(&after_keys));
+        let rng = SplitMix::seeded(5);
+        let (e3, e4) = (eps(3), eps(4));
+        let (mut stayed, mut to_new, mut between_old) = (0, 0, 0);
+        for k in 0..5000u64 {
+            let h = hash_bytes(&k.to_le_bytes());
+            let was = before_keys[before.pick(&e3, Some(h), &rng).unwrap()];
+            match after_keys[after.pick(&e4, Some(h), &rng).unwrap()] {
+                30 => to_new += 1,
+                now if now == was => stayed += 1,
+                _ => between_old += 1,
+            }
+        }
+        (stayed, to_new, between_old)
+    }
+
+    #[test]
+    fn an_added_endpoint_takes_keys_only_from_the_others() {
+        let (stayed, to_new, between) = added_keys(Algorithm::RingHash { minimum_ring_size: 1024 });
+        assert_eq!(between, 0, "ring hash moved keys between endpoints that stayed");
+        assert!((900..1600).contains(&to_new) && stayed > 3000, "stayed {stayed}, to the new one {to_new}");
+        let (stayed, to_new, between) = added_keys(Algorithm::Maglev { table_size: 65537 });
+        assert!(between * 20 < stayed, "Maglev moved {between} keys between old endpoints ({stayed} stayed)");
+        assert!((900..1600).contains(&to_new), "Maglev gave the new endpoint {to_new} of 5000 keys");
+    }
+
     #[test]
     fn hashing_is_sticky_and_skips_unavailable() {
         let b = Balancer::new(Algorithm::RingHash { minimum_ring_size: 1024 }, &specs(&[1, 2, 3]));

@@ -223,13 +223,16 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
             v.insert(peer.clone());
         }
         header::Entry::Occupied(mut o) => {
-            let prev = o.get().to_str().ok();
-            let joined = prev.and_then(|prev| {
-                HeaderValue::from_str(&format!("{prev}, {}", peer.to_str().unwrap_or("unknown"))).ok()
-            });
-            if let Some(v) = joined {
-                o.insert(v);
+            // Every line the client sent, in order, as one list (RFC 9110 §5.3), then the
+            // client's address. Joined as bytes: a value need not be UTF-8 to be passed on.
+            let mut joined = Vec::new();
+            for v in o.iter() {
+                joined.extend_from_slice(v.as_bytes());
+                joined.extend_from_slice(b", ");
             }
+            joined.extend_from_slice(peer.as_bytes());
+            // Valid values joined by ", " are valid: the fallback is never taken.
+            o.insert(HeaderValue::from_bytes(&joined).unwrap_or_else(|_| peer.clone()));
         }
     }
 }
@@ -302,6 +305,17 @@ mod tests {
         assert_eq!(req.headers()["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert!(req.headers().contains_key("x-request-id"));
         assert_eq!(req.version(), Version::HTTP_11);
+    }
+
+    #[test]
+    fn x_forwarded_for_keeps_every_line_the_client_sent() {
+        let mut h = HeaderMap::new();
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1, 10.0.0.2"));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.3"));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        append_forwarded_for(&mut h, &peer_value([127, 0, 0, 1].into()));
+        let all: Vec<&[u8]> = h.get_all(&X_FORWARDED_FOR).iter().map(HeaderValue::as_bytes).collect();
+        assert_eq!(all, [&b"10.0.0.1, 10.0.0.2, 10.0.0.3, caf\xe9, 127.0.0.1"[..]]);
     }
 
     #[test]

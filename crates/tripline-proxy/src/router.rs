@@ -197,6 +197,45 @@ mod tests {
     }
 
     #[test]
+    fn a_match_needs_method_authority_and_every_header() {
+        let m = RequestMatch {
+            method: Some(StringMatch::Exact("POST".into())),
+            authority: Some(StringMatch::Prefix("api.".into())),
+            headers: vec![
+                ("x-version".into(), StringMatch::Prefix("v2".into())),
+                ("x-user".into(), StringMatch::Regex(regex::Regex::new("^[0-9]+$").unwrap())),
+            ],
+            ..Default::default()
+        };
+        let req = |method: &str, host: &str, version: &str, user: &str| {
+            Request::builder()
+                .method(method)
+                .uri("/")
+                .header("host", host)
+                .header("x-version", version)
+                .header("x-user", user)
+                .body(())
+                .unwrap()
+        };
+        assert!(request_matches(&m, &req("POST", "api.local", "v2.1", "42")));
+        assert!(!request_matches(&m, &req("GET", "api.local", "v2.1", "42")), "method");
+        assert!(!request_matches(&m, &req("POST", "web.local", "v2.1", "42")), "authority prefix");
+        assert!(!request_matches(&m, &req("POST", "api.local", "v1", "42")), "header prefix");
+        assert!(!request_matches(&m, &req("POST", "api.local", "v2", "4x2")), "header regex");
+        let absent = Request::builder().method("POST").uri("/").header("host", "api.local").body(()).unwrap();
+        assert!(!request_matches(&m, &absent), "a header the match names must be present");
+        // An HTTP/2 request's authority is in its URI, not a Host header.
+        let h2 = Request::builder()
+            .method("POST")
+            .uri("http://api.mesh/")
+            .header("x-version", "v2")
+            .header("x-user", "7")
+            .body(())
+            .unwrap();
+        assert!(request_matches(&m, &h2));
+    }
+
+    #[test]
     fn weighted_split_follows_weights() {
         use tripline_config::plan::{ClusterPlan, Discovery, LoadBalancer, PoolLimits, UpstreamProtocol};
         let plan = |name: &str| ClusterPlan {

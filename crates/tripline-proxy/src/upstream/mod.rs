@@ -648,3 +648,47 @@ fn attempt_value(n: u32) -> HeaderValue {
         n => HeaderValue::from(n),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    const PEER: ([u8; 4], u16) = ([10, 1, 2, 3], 40000);
+
+    /// The hash of the request under `key`, with the client at `PEER`.
+    fn hash(key: &HashKey, req: &Request<()>) -> Option<u64> {
+        request_hash(key, req, PEER.into())
+    }
+
+    #[test]
+    fn each_hash_key_reads_its_own_part_of_the_request() {
+        let user = |v: &str| Some(hash_bytes(v.as_bytes()));
+
+        let header = HashKey::Header("x-user".into());
+        assert_eq!(hash(&header, &get("/", &[("x-user", "bob")])), user("bob"));
+        assert_eq!(hash(&header, &get("/", &[])), None);
+
+        let cookie = HashKey::Cookie { name: "session".into() };
+        assert_eq!(hash(&cookie, &get("/", &[("cookie", "a=1; session=bob; b=2")])), user("bob"));
+        assert_eq!(hash(&cookie, &get("/", &[("cookie", "a=1"), ("cookie", "session=bob")])), user("bob"));
+        assert_eq!(hash(&cookie, &get("/", &[("cookie", "mysession=bob")])), None, "a different cookie");
+
+        let query = HashKey::QueryParameter("user".into());
+        assert_eq!(hash(&query, &get("/p?x=1&user=bob", &[])), user("bob"));
+        assert_eq!(hash(&query, &get("/p?username=bob", &[])), None);
+        assert_eq!(hash(&query, &get("/p", &[])), None);
+
+        // The client's address without its port: every connection of one client hashes alike.
+        let ip = request_hash(&HashKey::SourceIp, &get("/", &[]), PEER.into());
+        assert_eq!(ip, request_hash(&HashKey::SourceIp, &get("/", &[]), ([10, 1, 2, 3], 50000).into()));
+        assert_ne!(ip, request_hash(&HashKey::SourceIp, &get("/", &[]), ([10, 1, 2, 4], 40000).into()));
+    }
+}

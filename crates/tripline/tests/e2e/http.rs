@@ -143,20 +143,27 @@ pub async fn check_5mb_round_trip(addr: SocketAddr, up: &Upstream, proto: Proto)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http1_request_body_streams_before_it_ends() {
-    let up = Upstream::http("u1").await;
-    let (_proxy, addr) = proxy_to(&[&up], "HTTP").await;
+async fn request_body_streams_before_it_ends() {
+    // HTTP/1.1 and h2c clients, each to an HTTP/1.1 and an h2c upstream.
+    for (client, upstream) in
+        [(Proto::H1, "HTTP"), (Proto::H2, "HTTP"), (Proto::H1, "HTTP2"), (Proto::H2, "HTTP2")]
+    {
+        check_upload_streams(client, upstream).await;
+    }
+}
 
-    let mut conn = Conn::connect(addr, Proto::H1).await.unwrap();
+async fn check_upload_streams(client: Proto, upstream: &str) {
+    let up = Upstream::http("u1").await;
+    let (_proxy, addr) = proxy_to(&[&up], upstream).await;
+
+    let mut conn = Conn::connect(addr, client).await.unwrap();
     let (tx, body) = channel_body(4);
     let req = conn.request(Method::POST, "backend.local", "/sink").body(body).unwrap();
     let call = tokio::spawn(async move { conn.call(req).await.map_err(|e| e.to_string()) });
     tx.send(Frame::data(Bytes::from(vec![b'x'; 32 * 1024]))).await.unwrap();
     // The upstream sees the first chunk while the client has not finished the body.
-    eventually("the first chunk to reach the upstream", Duration::from_secs(5), || async {
-        up.body_bytes() >= 32 * 1024
-    })
-    .await;
+    let what = format!("the first chunk to reach the upstream ({client:?} client, {upstream} upstream)");
+    eventually(&what, Duration::from_secs(5), || async { up.body_bytes() >= 32 * 1024 }).await;
     tx.send(Frame::data(Bytes::from(vec![b'y'; 32 * 1024]))).await.unwrap();
     drop(tx);
     let r = call.await.unwrap().expect("streamed upload");
@@ -322,6 +329,24 @@ async fn surplus_upstream_connections_idle_out_under_light_traffic() {
     }
     assert_eq!(served_on.len(), 1, "light traffic spread over upstream connections {served_on:?}");
     assert_eq!(up.open(), 1, "idle upstream connections not closed 10 s after a 1 s idleTimeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_requests_per_connection_retires_upstream_connections() {
+    for protocol in ["HTTP", "HTTP2"] {
+        let up = Upstream::http("u1").await;
+        let port = free_port();
+        let policy = "    connectionPool:\n      http: {maxRequestsPerConnection: 2}\n";
+        let _proxy = Proxy::start_single(&config::simple(port, protocol, &[up.addr], Some(policy))).await;
+        let mut conn = Conn::connect(listener_addr(port), Proto::H1).await.unwrap();
+        let mut served_on = Vec::new();
+        for _ in 0..5 {
+            let r = conn.get("backend.local", "/r").await.expect("request through the proxy");
+            assert_eq!(r.status, 200);
+            served_on.push(r.json()["conn"].as_u64().unwrap());
+        }
+        assert_eq!(served_on, [1, 1, 2, 2, 3], "{protocol} upstream: two requests per connection");
+    }
 }
 
 /// An upstream that answers one request per connection and then closes it, while the

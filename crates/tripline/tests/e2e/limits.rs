@@ -85,6 +85,58 @@ async fn overflow_requests_when_concurrency_limit_is_reached() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overflow_connections_when_a_pending_request_waits_past_connect_timeout() {
+    // One connection, busy for 1.5 s; the queue has room, so the others wait as pending, and
+    // each is refused once `connectTimeout` passes without a connection coming free.
+    let up = Upstream::http_delayed("slow", Duration::from_millis(1500)).await;
+    let port = free_port();
+    let tp = "    connectionPool:\n      tcp: {maxConnections: 1, connectTimeout: 300ms}\n      http: {http1MaxPendingRequests: 10}\n";
+    let proxy = Proxy::start(&config::simple(port, "HTTP", &[up.addr], Some(tp))).await;
+    let rs = burst(addr(port), 4).await;
+    let ok = rs.iter().filter(|r| r.status == 200).count();
+    assert_eq!(ok, 1, "one request holds the one connection: {:?}", summary(&rs));
+    for r in rs.iter().filter(|r| r.status != 200) {
+        assert_eq!(
+            (r.status.as_u16(), r.reason()),
+            (503, Some("overflow-connections")),
+            "{:?}",
+            summary(&rs)
+        );
+        assert!(
+            r.elapsed >= Duration::from_millis(250) && r.elapsed < Duration::from_millis(1200),
+            "refused after {:?}: should wait connectTimeout (300 ms), not the upstream (1.5 s)",
+            r.elapsed
+        );
+    }
+    let counted = proxy.metric("tripline_local_responses_total", &[("reason", "overflow-connections")]).await;
+    assert!(counted >= 3.0, "overflow-connections counted {counted}, 3 refusals seen");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_healthy_upstream_when_the_subset_has_no_endpoints() {
+    let up = Upstream::http("u1").await;
+    let port = free_port();
+    // The route's subset selects `version: v2`; the only endpoint has no labels.
+    let docs = [
+        config::gateway("edge", port, "HTTP"),
+        config::service_entry("backend.local", "HTTP", &[up.addr]),
+        config::virtual_service(
+            "backend",
+            &["*"],
+            "edge",
+            "  http:\n  - route:\n    - destination: {host: backend.local, subset: v2, port: {number: 80}}\n",
+        ),
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: backend}\nspec:\n  host: backend.local\n  subsets:\n  - {name: v2, labels: {version: v2}}\n".to_owned(),
+    ];
+    let proxy = Proxy::start(&config::join(&docs)).await;
+    let r = get_with(addr(port), "backend.local", "/", &[]).await.expect("a response");
+    assert_eq!((r.status.as_u16(), r.reason()), (503, Some("no-healthy-upstream")));
+    assert_eq!(up.requests(), 0);
+    let counted = proxy.metric("tripline_local_responses_total", &[("reason", "no-healthy-upstream")]).await;
+    assert!(counted >= 1.0, "no-healthy-upstream not counted\n{}", proxy.metrics().await);
+}
+
 /// On a TCP listener, maxConnections is the only limit: a connection over it is closed at
 /// once (no bytes are proxied) and counted as `overflow-connections`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -110,5 +110,12 @@ spec:
     let (code, out, err) = run_bounded(Command::new(binary()).arg("validate").arg(&path2), TIMEOUT);
     assert_eq!(code, Some(2), "stdout:\n{out}\nstderr:\n{err}");
     assert!(has_location(&err, "unknown-host.yaml"), "{err}");
+
+    // `tripline run` refuses to start on it the same way: exit 2, the same diagnostic.
+    let admin = format!("127.0.0.1:{}", crate::support::free_port());
+    let (code, out, err) =
+        run_bounded(Command::new(binary()).args(["run", "--admin", &admin, "-c"]).arg(&path), TIMEOUT);
+    assert_eq!(code, Some(2), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("broken.yaml:7:"), "run should point at line 7 too:\n{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }

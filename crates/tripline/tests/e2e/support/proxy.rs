@@ -96,7 +96,7 @@ impl Proxy {
         let admin_arg = admin.to_string();
         let mut args: Vec<&str> = vec!["run", "-c", config.to_str().unwrap(), "--admin", &admin_arg];
         // Two workers by default, as `tripline run` starts on a two-core machine: connections
-        // spread over two event loops, and upstream pools with an idle queue for each.
+        // spread over two event loops, and upstream pools with an idle stack for each.
         if !extra.contains(&"--workers") {
             args.extend(["--workers", "2"]);
         }
