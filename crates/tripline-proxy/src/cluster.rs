@@ -250,20 +250,31 @@ pub struct Registry {
     endpoints: HashMap<(String, SocketAddr), Arc<Endpoint>>,
 }
 
+/// Clusters built for a plan, not yet in force: a reload that fails after building them (a
+/// listener cannot bind) must leave the running config's limits and state as they were.
+pub struct Built {
+    pub clusters: Vec<Arc<Cluster>>,
+    states: HashMap<String, Arc<ClusterState>>,
+    resilience: HashMap<String, Arc<ClusterResilience>>,
+    endpoints: HashMap<(String, SocketAddr), Arc<Endpoint>>,
+}
+
 impl Registry {
     /// Builds live clusters for a plan, reusing the state of clusters and endpoints that stay.
-    /// State of clusters that are gone is dropped once no request holds it.
-    pub fn build(&mut self, plans: &[ClusterPlan]) -> Vec<Arc<Cluster>> {
+    /// Nothing running changes until [`Registry::commit`]; then the state of clusters that
+    /// are gone is dropped once no request holds it.
+    pub fn build(&self, plans: &[ClusterPlan]) -> Built {
         let mut states = HashMap::new();
         let mut resiliences = HashMap::new();
         let mut endpoints = HashMap::new();
         let clusters = plans
             .iter()
             .map(|plan| {
+                // A kept state gets the new limits at commit.
                 let state = self
                     .states
-                    .remove(&plan.name)
-                    .inspect(|s| s.apply_limits(&plan.pool))
+                    .get(&plan.name)
+                    .cloned()
                     .unwrap_or_else(|| Arc::new(ClusterState::new(&plan.name, &plan.pool)));
                 states.insert(plan.name.clone(), state.clone());
                 let resilience = ClusterResilience::build(
@@ -277,10 +288,12 @@ impl Registry {
                         .iter()
                         .map(|ep| {
                             let key = (plan.name.clone(), ep.address);
-                            let kept = self
-                                .endpoints
-                                .remove(&key)
-                                .filter(|e| e.weight == ep.weight && e.labels == ep.labels);
+                            // An address listed twice gets a second endpoint, not the same one.
+                            let kept = (!endpoints.contains_key(&key))
+                                .then(|| self.endpoints.get(&key))
+                                .flatten()
+                                .filter(|e| e.weight == ep.weight && e.labels == ep.labels)
+                                .cloned();
                             let e = kept
                                 .unwrap_or_else(|| Endpoint::new(ep.address, ep.weight, ep.labels.clone()));
                             endpoints.insert(key, e.clone());
@@ -302,10 +315,18 @@ impl Registry {
                 cluster
             })
             .collect();
-        self.states = states;
-        self.resilience = resiliences;
-        self.endpoints = endpoints;
-        clusters
+        Built { clusters, states, resilience: resiliences, endpoints }
+    }
+
+    /// Puts built clusters in force: their limits apply, and their state is what the next
+    /// build reuses.
+    pub fn commit(&mut self, built: &Built) {
+        for c in &built.clusters {
+            c.state.apply_limits(&c.plan.pool);
+        }
+        self.states = built.states.clone();
+        self.resilience = built.resilience.clone();
+        self.endpoints = built.endpoints.clone();
     }
 
     /// Remembers the resolved endpoints of DNS clusters (called after each resolution).

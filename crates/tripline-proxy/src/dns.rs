@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tripline_config::plan::{Discovery, DnsTarget};
+use tripline_config::plan::{ClusterPlan, Discovery, DnsTarget};
 
 use crate::cluster::Cluster;
 use crate::{lock, Shared};
@@ -67,6 +67,18 @@ fn merge(
         }
     }
     addrs
+}
+
+/// Forgets the answers of names that no cluster of the config in force resolves, so the map
+/// does not grow with every reload, and a name that comes back later starts afresh.
+pub fn forget_unused(last: &mut LastAnswers, plans: &[ClusterPlan]) {
+    last.retain(|(cluster, host, port), _| {
+        plans.iter().any(|p| {
+            p.name == *cluster
+                && matches!(&p.discovery, Discovery::Dns { targets, .. }
+                    if targets.iter().any(|t| t.hostname == *host && t.port == *port))
+        })
+    });
 }
 
 /// Re-resolves until a newer config replaces this one.
@@ -130,6 +142,31 @@ mod tests {
         // Another cluster's answer for the same name is not borrowed.
         merge("other", &[target("a.svc", 1)], vec![Some(vec![addr(1)])], &mut last);
         assert!(merge("c", &[target("a.svc", 1)], vec![None], &mut last).is_empty());
+    }
+
+    #[test]
+    fn answers_of_names_no_longer_configured_are_forgotten() {
+        use tripline_config::plan::{LoadBalancer, PoolLimits, UpstreamProtocol};
+        let plan = |targets: Vec<DnsTarget>| ClusterPlan {
+            name: "c".into(),
+            host: "svc".into(),
+            port: 80,
+            subset: None,
+            protocol: UpstreamProtocol::Http1,
+            discovery: Discovery::Dns { targets, refresh: std::time::Duration::from_secs(30) },
+            load_balancer: LoadBalancer::RoundRobin,
+            pool: PoolLimits::default(),
+            resilience: Default::default(),
+        };
+        let mut last = LastAnswers::new();
+        let both = [target("a.svc", 1), target("b.svc", 1)];
+        merge("c", &both, vec![Some(vec![addr(1)]), Some(vec![addr(2)])], &mut last);
+        forget_unused(&mut last, &[plan(both.to_vec())]);
+        assert_eq!(last.len(), 2);
+        forget_unused(&mut last, &[plan(vec![target("a.svc", 1)])]);
+        assert_eq!(last.keys().map(|(_, h, _)| h.as_str()).collect::<Vec<_>>(), ["a.svc"]);
+        forget_unused(&mut last, &[]);
+        assert!(last.is_empty());
     }
 
     #[test]

@@ -111,11 +111,14 @@ impl Proxy {
     }
 
     /// Applies a compiled config. Listeners are bound first; if any bind fails nothing
-    /// changes and the error says which address. Must run inside the tokio runtime.
+    /// changes (cluster limits and state stay the running config's, and a listener replaced
+    /// for a protocol change is started again) and the error says which address. Must run
+    /// inside the tokio runtime.
     pub async fn apply(&self, loaded: &Loaded) -> Result<(), String> {
         let shared = &self.shared;
         let plan = &loaded.plan;
-        let clusters = lock(&shared.registry).build(&plan.clusters);
+        let built = lock(&shared.registry).build(&plan.clusters);
+        let clusters = built.clusters.clone();
         let route_configs: Vec<(&str, &tripline_core::breaker::BreakerConfig)> = plan
             .listeners
             .iter()
@@ -159,13 +162,21 @@ impl Proxy {
                         rt.stop();
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
+                    let mut why = format!("listener {} cannot bind {}: {e}", lp.name, lp.bind);
                     for old in replaced {
-                        restore(shared, &old);
+                        if let Err(e) = restore(shared, &old) {
+                            why.push_str(&format!(
+                                "; and listener {} could not be started again on {}: {e}",
+                                old.name, old.bind
+                            ));
+                        }
                     }
-                    return Err(format!("listener {} cannot bind {}: {e}", lp.name, lp.bind));
+                    return Err(why);
                 }
             }
         }
+        // Nothing can fail from here on: the new clusters' limits and state take over.
+        lock(&shared.registry).commit(&built);
         for (rt, config) in updates {
             rt.config.store(Arc::new(config));
         }
@@ -184,6 +195,7 @@ impl Proxy {
                 stay
             });
         }
+        dns::forget_unused(&mut lock(&shared.dns_answers), &plan.clusters);
         let generation = shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
         for c in &clusters {
             dns::spawn_refresh(shared.clone(), c.clone(), generation);
@@ -268,15 +280,11 @@ impl Proxy {
 }
 
 /// Starts again a listener that a failed reload had stopped, with its old protocol and routes.
-fn restore(shared: &Arc<Shared>, old: &ListenerRuntime) {
-    match ListenerRuntime::start(shared, old.name.clone(), old.bind, old.protocol, old.config.load_full()) {
-        Ok(rt) => {
-            lock(&shared.listeners).insert(rt.bind, rt);
-        }
-        Err(e) => {
-            tracing::error!(listener = %old.name, bind = %old.bind, error = %e, "cannot restore the listener after a failed reload")
-        }
-    }
+fn restore(shared: &Arc<Shared>, old: &ListenerRuntime) -> std::io::Result<()> {
+    let rt =
+        ListenerRuntime::start(shared, old.name.clone(), old.bind, old.protocol, old.config.load_full())?;
+    lock(&shared.listeners).insert(rt.bind, rt);
+    Ok(())
 }
 
 /// Closes worker `worker`'s idle upstream connections that are past their idle timeout or

@@ -120,7 +120,8 @@ impl H2Stream {
 impl Drop for H2Stream {
     fn drop(&mut self) {
         self.0.last_used.store(crate::resilience::now(), Ordering::Relaxed);
-        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+        // Release, with the sweep's Acquire: a sweep that sees the count drop sees this time.
+        self.0.streams.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -183,7 +184,7 @@ impl ConnectionPool {
             // it once the last handle is dropped). A request that took it just now still
             // holds a handle and finishes on it; the next one opens a new connection.
             if let Some(c) = slot.load_full() {
-                let idle = c.streams.load(Ordering::Relaxed) == 0
+                let idle = c.streams.load(Ordering::Acquire) == 0
                     && idle_too_long(c.last_used.load(Ordering::Relaxed), now, idle_timeout);
                 if c.tx.is_closed() || idle {
                     slot.compare_and_swap(&Some(c), None);

@@ -144,10 +144,11 @@ async fn invalid_reload_keeps_the_old_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_cannot_bind_leaves_every_listener_serving() {
-    // The new config turns the HTTP listener into a TCP one and adds a listener on a port
-    // something else holds. The bind fails, so the reload fails, and the HTTP listener must
-    // still be there: not stopped to make way for its TCP replacement.
-    let old = Upstream::http("old").await;
+    // The new config turns the HTTP listener into a TCP one, limits the backend to one
+    // connection, and adds a listener on a port something else holds. The bind fails, so the
+    // reload fails, and the running config must be untouched: the HTTP listener still there
+    // (not stopped to make way for its TCP replacement), and the old limits still in force.
+    let old = Upstream::http_delayed("old", Duration::from_millis(300)).await;
     let port = free_port();
     let proxy = Proxy::start(&config::simple(port, "HTTP", &[old.addr], None)).await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -160,10 +161,22 @@ async fn a_reload_that_cannot_bind_leaves_every_listener_serving() {
         config::gateway("edge2", taken_port, "HTTP"),
         config::service_entry("backend.local", "HTTP", &[old.addr]),
         config::virtual_service("backend", &["*"], "edge2", &config::http_route("backend.local")),
+        config::destination_rule(
+            "backend.local",
+            "    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1}\n",
+        ),
     ]));
     proxy.wait_reload("failure", failures, Duration::from_secs(5)).await;
-    let r = get_with(addr(port), "backend.local", "/", &[]).await.expect("the HTTP listener still serves");
-    assert_eq!((r.status.as_u16(), r.upstream()), (200, Some("old")));
+    let concurrent: Vec<_> =
+        (0..4).map(|_| tokio::spawn(get_with(addr(port), "backend.local", "/", &[]))).collect();
+    for r in concurrent {
+        let r = r.await.unwrap().expect("the HTTP listener still serves");
+        assert_eq!(
+            (r.status.as_u16(), r.reason(), r.upstream()),
+            (200, None, Some("old")),
+            "the rejected config's limits must not apply"
+        );
+    }
     drop(taken);
 }
 
