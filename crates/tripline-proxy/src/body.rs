@@ -68,6 +68,19 @@ pub enum RequestBody {
     /// A retry: the body buffered from the first attempt.
     Replay(std::collections::VecDeque<Bytes>, Option<http::HeaderMap>),
     Empty,
+    /// Sent on an HTTP/2 connection, which it holds until uploaded: a body can outlast its
+    /// response, and the idle sweep must not let the connection go under it.
+    Held(Box<RequestBody>, std::sync::Arc<crate::upstream::pool::H2Stream>),
+}
+
+impl RequestBody {
+    /// The body without its hold on a connection (for another try on another connection).
+    pub fn unheld(self) -> RequestBody {
+        match self {
+            RequestBody::Held(inner, _) => inner.unheld(),
+            other => other,
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -83,6 +96,7 @@ impl Body for RequestBody {
             RequestBody::Teed(b) => b.poll_frame(cx),
             RequestBody::Replay(chunks, trailers) => Poll::Ready(replay_frame(chunks, trailers).map(Ok)),
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Held(b, _) => Pin::new(&mut **b).poll_frame(cx),
         }
     }
 
@@ -92,6 +106,7 @@ impl Body for RequestBody {
             RequestBody::Teed(b) => b.is_end_stream(),
             RequestBody::Replay(chunks, trailers) => chunks.is_empty() && trailers.is_none(),
             RequestBody::Empty => true,
+            RequestBody::Held(b, _) => b.is_end_stream(),
         }
     }
 
@@ -103,6 +118,7 @@ impl Body for RequestBody {
                 SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum())
             }
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Held(b, _) => b.size_hint(),
         }
     }
 }
@@ -113,7 +129,7 @@ impl Body for RequestBody {
 pub enum UpstreamBody {
     /// From hyper's client; over HTTP/2 with the request's hold on the connection, released
     /// when the body is dropped.
-    Hyper(Incoming, Option<crate::upstream::pool::H2Stream>),
+    Hyper(Incoming, Option<std::sync::Arc<crate::upstream::pool::H2Stream>>),
     H1(ResponseStream),
 }
 

@@ -106,7 +106,8 @@ struct H2Conn {
 }
 
 /// A request's hold on an HTTP/2 connection, from checkout until its response body is
-/// dropped: the idle sweep leaves a connection with streams in flight alone, as Envoy does.
+/// dropped and its request body has gone out (whichever is later: an upload can outlast its
+/// response). The idle sweep leaves a connection with streams in flight alone, as Envoy does.
 #[derive(Debug)]
 pub struct H2Stream(Arc<H2Conn>);
 
@@ -479,17 +480,26 @@ impl Conn {
                 }
                 Err(e) => Err(unsent_or_reset(e)),
             },
-            Conn::H2(mut tx, hold) => match tx.try_send_request(req).await {
-                Ok(resp) => Ok((resp.map(|b| UpstreamBody::Hyper(b, Some(hold))), None)),
-                Err(e) => Err(unsent_or_reset(e)),
-            },
+            Conn::H2(mut tx, hold) => {
+                // The response body and a request body still uploading each hold the stream.
+                let hold = Arc::new(hold);
+                let req = if hyper::body::Body::is_end_stream(req.body()) {
+                    req
+                } else {
+                    req.map(|b| RequestBody::Held(Box::new(b), hold.clone()))
+                };
+                match tx.try_send_request(req).await {
+                    Ok(resp) => Ok((resp.map(|b| UpstreamBody::Hyper(b, Some(hold))), None)),
+                    Err(e) => Err(unsent_or_reset(e)),
+                }
+            }
         }
     }
 }
 
 fn unsent_or_reset(mut e: hyper::client::conn::TrySendError<Request<RequestBody>>) -> SendError {
     match e.take_message() {
-        Some(req) => SendError::NotSent(Some(Box::new(req))),
+        Some(req) => SendError::NotSent(Some(Box::new(req.map(RequestBody::unheld)))),
         None if refused_stream(e.error()) => SendError::Refused(e.into_error().into()),
         None => SendError::Reset(e.into_error().into()),
     }

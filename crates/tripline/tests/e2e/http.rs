@@ -349,6 +349,35 @@ async fn max_requests_per_connection_retires_upstream_connections() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_outlasting_its_response_keeps_its_http2_connection() {
+    // `idleTimeout: 1s` on an HTTP/2 upstream that answers at once and reads the upload after.
+    // An HTTP/1.1 client's upload goes on for about 6 s after the answer (an HTTP/2 client's
+    // would be reset once its response ends), across the first idle sweep (5 s after start):
+    // the connection must stay in the pool under it, so a request made after that sweep
+    // shares it.
+    let up = Upstream::http("u1").await;
+    let port = free_port();
+    let policy = "    connectionPool:\n      http: {idleTimeout: 1s}\n";
+    let _proxy = Proxy::start_single(&config::simple(port, "HTTP2", &[up.addr], Some(policy))).await;
+    let addr = listener_addr(port);
+    let mut conn = Conn::connect(addr, Proto::H1).await.unwrap();
+    let (tx, body) = channel_body(4);
+    let req = conn.request(Method::POST, "backend.local", "/early").body(body).unwrap();
+    let resp = conn.call(req).await.expect("the early answer");
+    assert_eq!(resp.text(), "early");
+    for _ in 0..12 {
+        tx.send(Frame::data(Bytes::from_static(b"chunk"))).await.expect("the upload goes on");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let r = get_with(addr, "backend.local", "/after-the-sweep", &[]).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(up.connections(), 1, "the sweep let go of the connection of an upload in flight");
+    drop(tx);
+    eventually("the whole upload to arrive", Duration::from_secs(5), || async { up.body_bytes() == 60 })
+        .await;
+}
+
 /// An upstream that answers one request per connection and then closes it, while the
 /// response says nothing of closing: each kept-alive connection is dead by the time the
 /// proxy reuses it. Returns its address and the number of connections it accepted.

@@ -7,6 +7,8 @@
 //! - `/echo-body`: answers with the request body, streamed back in 64 KiB chunks.
 //! - `/drip`: answers `first;` then, 400 ms later, `last`.
 //! - `/reset`: closes the connection without answering.
+//! - `/early`: answers `early` at once and reads the request body after the answer (counted
+//!   in `body_bytes`).
 //! - gRPC (content-type application/grpc): `/test.Echo/Unary` answers `<msg>|<id>`,
 //!   `/test.Echo/Stream` answers N messages (`msg-i`, 80 ms apart, N = the request message),
 //!   `/test.Echo/Fail` answers grpc-status 13; all with trailers.
@@ -263,6 +265,18 @@ async fn handle(
 
     match path.as_str() {
         "/reset" => return Err("reset requested by the test".into()),
+        "/early" => {
+            // Answers before the body has come, and reads the body on after the answer.
+            let st = st.clone();
+            tokio::spawn(async move {
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Ok(data) = frame.into_data() {
+                        st.body_bytes.fetch_add(data.len() as u64, SeqCst);
+                    }
+                }
+            });
+            return Ok(Response::new(full("early")));
+        }
         "/echo-body" => {
             let data = body.collect().await?.to_bytes();
             st.body_bytes.fetch_add(data.len() as u64, SeqCst);
