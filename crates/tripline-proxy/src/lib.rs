@@ -110,13 +110,15 @@ impl Proxy {
         }
     }
 
-    /// Applies a compiled config. Listeners are bound first; if any bind fails nothing
-    /// changes (cluster limits and state stay the running config's, and a listener replaced
-    /// for a protocol change is started again) and the error says which address. Must run
-    /// inside the tokio runtime.
+    /// Applies a compiled config. The sockets of new listeners are bound first, before
+    /// anything running changes: if a bind fails, the error says which address and the
+    /// running config stays whole (listeners, routes, cluster limits, endpoint and outlier
+    /// state; a listener stopped for a protocol change is started again). Must run inside
+    /// the tokio runtime.
     pub async fn apply(&self, loaded: &Loaded) -> Result<(), String> {
         let shared = &self.shared;
         let plan = &loaded.plan;
+        let mut sockets = bind_new_listeners(shared, plan).await?;
         let built = lock(&shared.registry).build(&plan.clusters);
         let clusters = built.clusters.clone();
         let route_configs: Vec<(&str, &tripline_core::breaker::BreakerConfig)> = plan
@@ -130,55 +132,29 @@ impl Proxy {
             dns::resolve_now(shared, c).await;
         }
 
-        let mut started = Vec::new();
+        let mut bound = Vec::new();
         let mut updates = Vec::new();
         {
             let current = lock(&shared.listeners);
             for lp in &plan.listeners {
-                let config = ListenerConfig::build(lp, &clusters, &route_breakers);
-                match current.get(&lp.bind) {
-                    Some(rt) if rt.protocol == lp.protocol => updates.push((rt.clone(), config)),
-                    _ => started.push((lp, config)),
+                let config = Arc::new(ListenerConfig::build(lp, &clusters, &route_breakers));
+                match sockets.remove(&lp.bind) {
+                    Some(socket) => bound.push(ListenerRuntime::start_bound(
+                        shared,
+                        lp.name.clone(),
+                        lp.bind,
+                        lp.protocol,
+                        config,
+                        socket,
+                    )),
+                    None => updates.extend(current.get(&lp.bind).map(|rt| (rt.clone(), config))),
                 }
             }
         }
-        // New addresses first: if one cannot be bound, no running listener has been touched.
-        // A listener whose protocol changed gives its port up just before its new bind, and
-        // comes back as it was if a bind fails after that.
-        started.sort_by_key(|(lp, _)| lock(&shared.listeners).contains_key(&lp.bind));
-        let mut bound = Vec::new();
-        let mut replaced = Vec::new();
-        for (lp, config) in started {
-            let old = lock(&shared.listeners).remove(&lp.bind);
-            if let Some(old) = old {
-                old.stop();
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                replaced.push(old);
-            }
-            match ListenerRuntime::start(shared, lp.name.clone(), lp.bind, lp.protocol, Arc::new(config)) {
-                Ok(rt) => bound.push(rt),
-                Err(e) => {
-                    for rt in bound {
-                        rt.stop();
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    let mut why = format!("listener {} cannot bind {}: {e}", lp.name, lp.bind);
-                    for old in replaced {
-                        if let Err(e) = restore(shared, &old) {
-                            why.push_str(&format!(
-                                "; and listener {} could not be started again on {}: {e}",
-                                old.name, old.bind
-                            ));
-                        }
-                    }
-                    return Err(why);
-                }
-            }
-        }
-        // Nothing can fail from here on: the new clusters' limits and state take over.
+        // The new clusters' limits and state take over.
         lock(&shared.registry).commit(&built);
         for (rt, config) in updates {
-            rt.config.store(Arc::new(config));
+            rt.config.store(config);
         }
         {
             let mut current = lock(&shared.listeners);
@@ -277,6 +253,57 @@ impl Proxy {
             }
         }
     }
+}
+
+/// Binds the sockets of the listeners `plan` adds, or whose protocol it changes, by address.
+/// New addresses go first, so a failure there touches no running listener; a listener whose
+/// protocol changes gives its port up just before the new bind, and is started again as it
+/// was if a later bind fails.
+async fn bind_new_listeners(
+    shared: &Arc<Shared>,
+    plan: &tripline_config::plan::Plan,
+) -> Result<HashMap<SocketAddr, tokio::net::TcpListener>, String> {
+    let mut wanted: Vec<(bool, &tripline_config::plan::ListenerPlan)> = {
+        let current = lock(&shared.listeners);
+        plan.listeners
+            .iter()
+            .filter_map(|lp| match current.get(&lp.bind) {
+                Some(rt) if rt.protocol == lp.protocol => None,
+                running => Some((running.is_some(), lp)),
+            })
+            .collect()
+    };
+    wanted.sort_by_key(|(replaces, _)| *replaces);
+    let mut sockets = HashMap::new();
+    let mut replaced = Vec::new();
+    for (_, lp) in wanted {
+        let old = lock(&shared.listeners).remove(&lp.bind);
+        if let Some(old) = old {
+            old.stop();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            replaced.push(old);
+        }
+        match listener::bind(lp.bind) {
+            Ok(socket) => {
+                sockets.insert(lp.bind, socket);
+            }
+            Err(e) => {
+                // Never accepted on: closed at once.
+                drop(sockets);
+                let mut why = format!("listener {} cannot bind {}: {e}", lp.name, lp.bind);
+                for old in replaced {
+                    if let Err(e) = restore(shared, &old) {
+                        why.push_str(&format!(
+                            "; and listener {} could not be started again on {}: {e}",
+                            old.name, old.bind
+                        ));
+                    }
+                }
+                return Err(why);
+            }
+        }
+    }
+    Ok(sockets)
 }
 
 /// Starts again a listener that a failed reload had stopped, with its old protocol and routes.

@@ -29,24 +29,41 @@ pub struct ListenerRuntime {
     stop: watch::Sender<bool>,
 }
 
+/// Binds and listens on `addr` (accepting starts with [`ListenerRuntime::start_bound`]).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket =
+        if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 impl ListenerRuntime {
     /// Binds the socket now (so a bad address fails the load) and starts accepting.
     pub fn start(
         shared: &Arc<Shared>,
         name: String,
-        bind: SocketAddr,
+        addr: SocketAddr,
         protocol: ListenerProtocol,
         config: Arc<ListenerConfig>,
     ) -> std::io::Result<Arc<Self>> {
-        let socket =
-            if bind.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
-        socket.set_reuseaddr(true)?;
-        socket.bind(bind)?;
-        let listener = socket.listen(4096)?;
+        let listener = bind(addr)?;
+        Ok(Self::start_bound(shared, name, addr, protocol, config, listener))
+    }
+
+    /// Starts accepting on a socket [`bind`] returned.
+    pub fn start_bound(
+        shared: &Arc<Shared>,
+        name: String,
+        bind: SocketAddr,
+        protocol: ListenerProtocol,
+        config: Arc<ListenerConfig>,
+        listener: TcpListener,
+    ) -> Arc<Self> {
         let (stop, stopped) = watch::channel(false);
         let rt = Arc::new(ListenerRuntime { name, bind, protocol, config: ArcSwap::new(config), stop });
         tokio::spawn(accept_loop(shared.clone(), rt.clone(), listener, stopped));
-        Ok(rt)
+        rt
     }
 
     pub fn stop(&self) {
