@@ -320,13 +320,13 @@ impl Registry {
 
     /// Puts built clusters in force: their limits apply, and their state is what the next
     /// build reuses.
-    pub fn commit(&mut self, built: &Built) {
+    pub fn commit(&mut self, built: Built) {
         for c in &built.clusters {
             c.state.apply_limits(&c.plan.pool);
         }
-        self.states = built.states.clone();
-        self.resilience = built.resilience.clone();
-        self.endpoints = built.endpoints.clone();
+        self.states = built.states;
+        self.resilience = built.resilience;
+        self.endpoints = built.endpoints;
     }
 
     /// Remembers the resolved endpoints of DNS clusters (called after each resolution).

@@ -152,7 +152,7 @@ impl Proxy {
             }
         }
         // The new clusters' limits and state take over.
-        lock(&shared.registry).commit(&built);
+        lock(&shared.registry).commit(built);
         for (rt, config) in updates {
             rt.config.store(config);
         }
