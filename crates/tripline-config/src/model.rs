@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::decode::{join, no_note, Cx, Fields, Schema};
-use crate::plan::{HashKey, LoadBalancer, RequestMatch, RetryOn, StringMatch};
+use crate::plan::{HashKey, LoadBalancer, NewCookie, RequestMatch, RetryOn, StringMatch};
 use crate::yaml::{Node, Pos};
 
 /// A value with where it was written, for diagnostics found after decoding.
@@ -1145,8 +1145,14 @@ const CONSISTENT_HASH: Schema = Schema {
 };
 const HTTP_COOKIE: Schema = Schema {
     name: "Istio's HTTPCookie",
-    known: &["name"],
-    unsupported: &["ttl", "path", "attributes"],
+    known: &["name", "ttl", "path", "attributes"],
+    unsupported: &[],
+    note: no_note,
+};
+const COOKIE_ATTRIBUTE: Schema = Schema {
+    name: "Istio's HTTPCookie.Attribute",
+    known: &["name", "value"],
+    unsupported: &[],
     note: no_note,
 };
 const RING_HASH: Schema =
@@ -1319,6 +1325,90 @@ fn load_balancer(cx: &mut Cx, node: &Node, path: &str) -> Option<LoadBalancer> {
     }
 }
 
+/// `consistentHash.httpCookie`. With `ttl`, Tripline sets the cookie on the response to a
+/// client that sent none (as Envoy does), so the client sticks from its first request on.
+fn http_cookie(cx: &mut Cx, node: &Node, path: &str) -> Option<HashKey> {
+    let f = cx.fields(node, path, &HTTP_COOKIE)?;
+    let name = match f.value("name") {
+        Some((n, p)) => cookie_token(cx, n, &p)?,
+        None => {
+            cx.required(&f, "name", "a cookie name");
+            return None;
+        }
+    };
+    let ttl = match f.value("ttl") {
+        Some((n, p)) => Some(cx.duration(n, &p, true)?),
+        None => None,
+    };
+    let cookie_path = match f.value("path") {
+        Some((n, p)) => Some(cookie_value(cx, n, &p)?),
+        None => None,
+    };
+    let mut attributes = Vec::new();
+    if let Some((n, p)) = f.value("attributes") {
+        for (item, p) in cx.list(n, &p, "cookie attributes ({name, value})") {
+            let af = cx.fields(item, &p, &COOKIE_ATTRIBUTE)?;
+            let Some((n, p)) = af.value("name") else {
+                cx.required(&af, "name", "an attribute name such as SameSite");
+                return None;
+            };
+            let attr = cookie_token(cx, n, &p)?;
+            let value = match af.value("value") {
+                Some((n, p)) => Some(cookie_value(cx, n, &p)?),
+                None => None,
+            };
+            attributes.push((attr, value));
+        }
+    }
+    let generate = match ttl {
+        Some(ttl) => {
+            Some(NewCookie { max_age: (!ttl.is_zero()).then_some(ttl), path: cookie_path, attributes })
+        }
+        None => {
+            for field in ["path", "attributes"] {
+                if let Some((n, p)) = f.value(field) {
+                    cx.warn(
+                        n,
+                        &p,
+                        format!(
+                            "`{field}` has no effect without `ttl`: Tripline sets the cookie only when `ttl` asks it to"
+                        ),
+                    );
+                }
+            }
+            None
+        }
+    };
+    Some(HashKey::Cookie { name, generate })
+}
+
+/// A cookie or attribute name: an RFC 9110 token, so that the `Set-Cookie` Tripline writes
+/// parses as the user meant.
+fn cookie_token(cx: &mut Cx, node: &Node, path: &str) -> Option<String> {
+    let s = cx.name(node, path)?;
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if !s.chars().all(tchar) {
+        cx.error(
+            node,
+            path,
+            format!("expected a cookie name (letters, digits, and !#$%&'*+-.^_`|~), found {s:?}"),
+        );
+        return None;
+    }
+    Some(s)
+}
+
+/// A cookie attribute value (`path`, an attribute's `value`): printable ASCII without `;`,
+/// which would end the attribute.
+fn cookie_value(cx: &mut Cx, node: &Node, path: &str) -> Option<String> {
+    let s = cx.string(node, path)?;
+    if !s.chars().all(|c| (c.is_ascii_graphic() || c == ' ') && c != ';') {
+        cx.error(node, path, format!("expected printable ASCII without `;`, found {s:?}"));
+        return None;
+    }
+    Some(s)
+}
+
 fn consistent_hash(cx: &mut Cx, node: &Node, path: &str) -> Option<LoadBalancer> {
     let f = cx.fields(node, path, &CONSISTENT_HASH)?;
     let keys: Vec<&str> = ["httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName"]
@@ -1332,21 +1422,7 @@ fn consistent_hash(cx: &mut Cx, node: &Node, path: &str) -> Option<LoadBalancer>
         }
         ["httpCookie"] => {
             let (n, p) = f.value("httpCookie")?;
-            let cf = cx.fields(n, &p, &HTTP_COOKIE)?;
-            let name = match cf.value("name") {
-                Some((n, p)) => cx.name(n, &p)?,
-                None => {
-                    cx.required(&cf, "name", "a cookie name");
-                    return None;
-                }
-            };
-            if let Some((n, p)) = cf.value("ttl") {
-                cx.duration(n, &p, true)?;
-            }
-            if let Some((n, p)) = cf.value("path") {
-                cx.string(n, &p)?;
-            }
-            HashKey::Cookie { name }
+            http_cookie(cx, n, &p)?
         }
         ["useSourceIp"] => {
             let (n, p) = f.value("useSourceIp")?;

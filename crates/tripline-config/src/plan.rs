@@ -310,11 +310,24 @@ pub enum LoadBalancer {
 pub enum HashKey {
     /// Lower-cased header name.
     Header(String),
+    /// `httpCookie`: hashes the cookie's value; `generate` when `ttl` was given.
     Cookie {
         name: String,
+        generate: Option<NewCookie>,
     },
     SourceIp,
     QueryParameter(String),
+}
+
+/// The cookie Tripline sets on the response to a request that came without one
+/// (`httpCookie.ttl` given), so that the client's next requests hash to the same endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NewCookie {
+    /// `Max-Age`, from `ttl`; `None` (`ttl: 0s`) makes a session cookie.
+    pub max_age: Option<Duration>,
+    pub path: Option<String>,
+    /// Extra attributes such as `SameSite=Strict` or `Secure` (no value).
+    pub attributes: Vec<(String, Option<String>)>,
 }
 
 /// `DestinationRule.trafficPolicy.connectionPool`, with Istio's defaults for absent fields.

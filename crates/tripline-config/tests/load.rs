@@ -280,23 +280,63 @@ fn typo_in_a_field_is_a_warning_with_a_suggestion() {
     assert_eq!(loaded.plan.clusters[0].pool.max_requests, UNLIMITED, "the misspelt limit is not applied");
 }
 
-#[test]
-fn a_cookie_ttl_is_warned_about_not_dropped() {
-    // Envoy would set the cookie on a first response when `ttl` is given; Tripline only hashes
-    // a cookie the client sends, and says so.
-    let text = EXAMPLE.replace(
+/// The DestinationRule of EXAMPLE load-balanced by `consistentHash`, given in flow style.
+fn with_consistent_hash(hash: &str) -> String {
+    EXAMPLE.replace(
         "loadBalancer: {simple: LEAST_REQUEST}",
-        "loadBalancer: {consistentHash: {httpCookie: {name: session, ttl: 0s, path: /}}}",
+        &format!("loadBalancer: {{consistentHash: {hash}}}"),
+    )
+}
+
+#[test]
+fn a_cookie_with_ttl_is_one_tripline_creates() {
+    let text = with_consistent_hash(
+        "{httpCookie: {name: route, ttl: 1h, path: /app, attributes: [{name: SameSite, value: Lax}, {name: Secure}]}}",
     );
     let loaded = ok(&text);
-    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
-    assert_eq!(warnings.len(), 2, "{warnings:#?}");
-    for (w, field) in warnings.iter().zip(["ttl", "path"]) {
-        assert!(
-            w.contains(&format!("consistentHash.httpCookie.{field}:")) && w.contains("not supported yet"),
-            "{w}"
-        );
-    }
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    let generate = Some(NewCookie {
+        max_age: Some(Duration::from_secs(3600)),
+        path: Some("/app".into()),
+        attributes: vec![("SameSite".into(), Some("Lax".into())), ("Secure".into(), None)],
+    });
+    assert_eq!(
+        loaded.plan.clusters[0].load_balancer,
+        LoadBalancer::RingHash {
+            key: HashKey::Cookie { name: "route".into(), generate },
+            minimum_ring_size: 1024
+        }
+    );
+
+    // `ttl: 0s`: a session cookie. Without `ttl`, Tripline hashes only a cookie the client
+    // sends, and says that `path` alone does nothing.
+    let session = ok(&with_consistent_hash("{httpCookie: {name: route, ttl: 0s}}"));
+    let LoadBalancer::RingHash { key: HashKey::Cookie { generate: Some(g), .. }, .. } =
+        &session.plan.clusters[0].load_balancer
+    else {
+        panic!("{:?}", session.plan.clusters[0].load_balancer)
+    };
+    assert_eq!(g.max_age, None);
+    let no_ttl = ok(&with_consistent_hash("{httpCookie: {name: route, path: /}}"));
+    let warnings: Vec<String> = no_ttl.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("consistentHash.httpCookie.path:") && warnings[0].contains("without `ttl`"),
+        "{}",
+        warnings[0]
+    );
+}
+
+#[test]
+fn a_cookie_that_would_break_the_set_cookie_header_is_refused() {
+    let e = the_error(&with_consistent_hash("{httpCookie: {name: \"my route\", ttl: 1h}}"));
+    assert!(e.contains("consistentHash.httpCookie.name:") && e.contains("expected a cookie name"), "{e}");
+    let e =
+        the_error(&with_consistent_hash("{httpCookie: {name: route, ttl: 1h, path: \"/; Domain=evil\"}}"));
+    assert!(e.contains("consistentHash.httpCookie.path:") && e.contains("without `;`"), "{e}");
+    let e =
+        the_error(&with_consistent_hash("{httpCookie: {name: route, ttl: 1h, attributes: [{value: Lax}]}}"));
+    assert!(e.contains("httpCookie.attributes[0].name:") && e.contains("is required"), "{e}");
 }
 
 #[test]

@@ -268,27 +268,32 @@ struct Started {
     cluster: Arc<Cluster>,
     deadline: Option<Instant>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The sticky cookie to set on the upstream's response (`httpCookie.ttl`).
+    set_cookie: Option<http::HeaderValue>,
     send: Pin<Box<dyn Future<Output = upstream::SendResult> + Send>>,
 }
 
 /// Rewrites the request for the upstream and creates (boxed) the future that sends it.
 fn start(ctx: &ConnContext, routed: Routed, mut req: Request<ClientBody>, trace: &mut Trace) -> Started {
     let Routed { route, cluster, deadline } = routed;
-    let hash = cluster.hash_key().and_then(|k| upstream::request_hash(k, &req, ctx.peer));
+    let hashed = match cluster.hash_key() {
+        Some(key) => upstream::request_hash(key, &req, ctx.peer, &ctx.shared.rng),
+        None => upstream::HashedRequest::default(),
+    };
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let mut up_req = req.map(RequestBody::Stream);
     prepare_request(&mut up_req, cluster.protocol(), &ctx.peer_value, upgrade.is_some(), &ctx.shared.rng);
     if trace.on {
         trace.request_id = up_req.headers().get(&crate::headers::X_REQUEST_ID).cloned();
     }
-    let send = upstream::send(cluster.clone(), route, up_req, hash, ctx.shared.clone(), deadline);
-    Started { cluster, deadline, upgrade, send: Box::pin(send) }
+    let send = upstream::send(cluster.clone(), route, up_req, hashed.hash, ctx.shared.clone(), deadline);
+    Started { cluster, deadline, upgrade, set_cookie: hashed.set_cookie, send: Box::pin(send) }
 }
 
 impl Started {
     /// Awaits the upstream's response head and turns it into the client's response.
     async fn finish(self, trace: &mut Trace) -> Response<ResponseBody> {
-        let Started { cluster, deadline, upgrade, send } = self;
+        let Started { cluster, deadline, upgrade, set_cookie, send } = self;
         let (mut resp, mut inflight) = match send.await {
             Ok(sent) => sent,
             Err(refusal) => {
@@ -316,6 +321,9 @@ impl Started {
         // Speak our own protocol version to the client, whatever the upstream spoke.
         parts.version = http::Version::default();
         strip_hop_by_hop(&mut parts.headers, false);
+        if let Some(cookie) = set_cookie {
+            parts.headers.append(http::header::SET_COOKIE, cookie);
+        }
         Response::from_parts(parts, ResponseBody::upstream(body, inflight, deadline))
     }
 }

@@ -7,19 +7,19 @@
 //! replayable body, breaker state, retry budget, backoff within the deadline).
 
 pub mod h1;
+mod hash_key;
+pub use hash_key::{ip_hash, request_hash, HashedRequest};
 mod idle_stack;
 pub mod pool;
 pub mod replay;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{header, HeaderValue, Method, Request, Response};
-use tripline_config::plan::{HashKey, RetryOn, UpstreamProtocol};
+use tripline_config::plan::{RetryOn, UpstreamProtocol};
 use tripline_core::backoff::{parse_retry_after, Backoff};
-use tripline_core::balancer::hash_bytes;
 use tripline_core::breaker::{OwnedAdmission, State};
 use tripline_core::budget::{ActiveRequestOf, RetryBudget, RetryPermitOf};
 use tripline_core::classify::{grpc, LocalReason, Outcome};
@@ -190,35 +190,6 @@ fn is_success(o: &Outcome) -> bool {
         Outcome::Http(s) => *s < 500,
         Outcome::Grpc(c) => !matches!(*c, grpc::UNAVAILABLE | grpc::INTERNAL | grpc::DEADLINE_EXCEEDED),
         _ => false,
-    }
-}
-
-/// Computes the consistent-hash key of a request, if the cluster hashes and the key is there.
-pub fn request_hash<B>(key: &HashKey, req: &Request<B>, peer: SocketAddr) -> Option<u64> {
-    match key {
-        HashKey::Header(name) => req.headers().get(name.as_str()).map(|v| hash_bytes(v.as_bytes())),
-        HashKey::SourceIp => Some(ip_hash(peer)),
-        HashKey::Cookie { name } => req
-            .headers()
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| hash_bytes(v.as_bytes())),
-        HashKey::QueryParameter(name) => req
-            .uri()
-            .query()
-            .and_then(|q| q.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| k == name))
-            .map(|(_, v)| hash_bytes(v.as_bytes())),
-    }
-}
-
-pub fn ip_hash(peer: SocketAddr) -> u64 {
-    match peer.ip() {
-        std::net::IpAddr::V4(ip) => hash_bytes(&ip.octets()),
-        std::net::IpAddr::V6(ip) => hash_bytes(&ip.octets()),
     }
 }
 
@@ -646,49 +617,5 @@ fn attempt_value(n: u32) -> HeaderValue {
         2 => HeaderValue::from_static("2"),
         3 => HeaderValue::from_static("3"),
         n => HeaderValue::from(n),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn get(uri: &str, headers: &[(&str, &str)]) -> Request<()> {
-        let mut b = Request::builder().uri(uri);
-        for (k, v) in headers {
-            b = b.header(*k, *v);
-        }
-        b.body(()).unwrap()
-    }
-
-    const PEER: ([u8; 4], u16) = ([10, 1, 2, 3], 40000);
-
-    /// The hash of the request under `key`, with the client at `PEER`.
-    fn hash(key: &HashKey, req: &Request<()>) -> Option<u64> {
-        request_hash(key, req, PEER.into())
-    }
-
-    #[test]
-    fn each_hash_key_reads_its_own_part_of_the_request() {
-        let user = |v: &str| Some(hash_bytes(v.as_bytes()));
-
-        let header = HashKey::Header("x-user".into());
-        assert_eq!(hash(&header, &get("/", &[("x-user", "bob")])), user("bob"));
-        assert_eq!(hash(&header, &get("/", &[])), None);
-
-        let cookie = HashKey::Cookie { name: "session".into() };
-        assert_eq!(hash(&cookie, &get("/", &[("cookie", "a=1; session=bob; b=2")])), user("bob"));
-        assert_eq!(hash(&cookie, &get("/", &[("cookie", "a=1"), ("cookie", "session=bob")])), user("bob"));
-        assert_eq!(hash(&cookie, &get("/", &[("cookie", "mysession=bob")])), None, "a different cookie");
-
-        let query = HashKey::QueryParameter("user".into());
-        assert_eq!(hash(&query, &get("/p?x=1&user=bob", &[])), user("bob"));
-        assert_eq!(hash(&query, &get("/p?username=bob", &[])), None);
-        assert_eq!(hash(&query, &get("/p", &[])), None);
-
-        // The client's address without its port: every connection of one client hashes alike.
-        let ip = request_hash(&HashKey::SourceIp, &get("/", &[]), PEER.into());
-        assert_eq!(ip, request_hash(&HashKey::SourceIp, &get("/", &[]), ([10, 1, 2, 3], 50000).into()));
-        assert_ne!(ip, request_hash(&HashKey::SourceIp, &get("/", &[]), ([10, 1, 2, 4], 40000).into()));
     }
 }
