@@ -116,9 +116,14 @@ impl Proxy {
     /// state; a listener stopped for a protocol change is started again). Must run inside
     /// the tokio runtime.
     pub async fn apply(&self, loaded: &Loaded) -> Result<(), String> {
+        self.apply_binding(loaded, &listener::bind).await
+    }
+
+    /// [`Proxy::apply`], binding listener sockets with `bind` (tests inject a failure).
+    async fn apply_binding(&self, loaded: &Loaded, bind: &Binder) -> Result<(), String> {
         let shared = &self.shared;
         let plan = &loaded.plan;
-        let mut sockets = bind_new_listeners(shared, plan).await?;
+        let mut sockets = bind_new_listeners(shared, plan, bind).await?;
         let built = lock(&shared.registry).build(&plan.clusters);
         let clusters = built.clusters.clone();
         let route_configs: Vec<(&str, &tripline_core::breaker::BreakerConfig)> = plan
@@ -262,6 +267,7 @@ impl Proxy {
 async fn bind_new_listeners(
     shared: &Arc<Shared>,
     plan: &tripline_config::plan::Plan,
+    bind: &Binder,
 ) -> Result<HashMap<SocketAddr, tokio::net::TcpListener>, String> {
     let mut wanted: Vec<(bool, &tripline_config::plan::ListenerPlan)> = {
         let current = lock(&shared.listeners);
@@ -283,7 +289,7 @@ async fn bind_new_listeners(
             tokio::time::sleep(Duration::from_millis(20)).await;
             replaced.push(old);
         }
-        match listener::bind(lp.bind) {
+        match bind(lp.bind) {
             Ok(socket) => {
                 sockets.insert(lp.bind, socket);
             }
@@ -292,7 +298,7 @@ async fn bind_new_listeners(
                 drop(sockets);
                 let mut why = format!("listener {} cannot bind {}: {e}", lp.name, lp.bind);
                 for old in replaced {
-                    if let Err(e) = restore(shared, &old) {
+                    if let Err(e) = restore(shared, &old, bind) {
                         why.push_str(&format!(
                             "; and listener {} could not be started again on {}: {e}",
                             old.name, old.bind
@@ -307,12 +313,22 @@ async fn bind_new_listeners(
 }
 
 /// Starts again a listener that a failed reload had stopped, with its old protocol and routes.
-fn restore(shared: &Arc<Shared>, old: &ListenerRuntime) -> std::io::Result<()> {
-    let rt =
-        ListenerRuntime::start(shared, old.name.clone(), old.bind, old.protocol, old.config.load_full())?;
+fn restore(shared: &Arc<Shared>, old: &ListenerRuntime, bind: &Binder) -> std::io::Result<()> {
+    let socket = bind(old.bind)?;
+    let rt = ListenerRuntime::start_bound(
+        shared,
+        old.name.clone(),
+        old.bind,
+        old.protocol,
+        old.config.load_full(),
+        socket,
+    );
     lock(&shared.listeners).insert(rt.bind, rt);
     Ok(())
 }
+
+/// Binds a listener socket: [`listener::bind`], or a test's stand-in.
+type Binder = dyn Fn(SocketAddr) -> std::io::Result<tokio::net::TcpListener> + Sync;
 
 /// Closes worker `worker`'s idle upstream connections that are past their idle timeout or
 /// closed by the upstream.
@@ -331,4 +347,98 @@ fn evict_idle(worker: usize, applied: &Applied, now: tripline_core::clock::Nanos
 /// holds consistent data because every critical section is a plain map update.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tripline_config::plan::ListenerProtocol;
+    use tripline_config::{load, LoadOptions, Source};
+
+    use super::*;
+
+    /// Two listeners on `ports`, both speaking `protocol` (HTTP or TCP) to one backend.
+    fn two_listeners(ports: [u16; 2], protocol: &str) -> Loaded {
+        let route = if protocol == "TCP" { "tcp" } else { "http" };
+        let text = format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  servers:
+  - {{port: {{number: {a}, name: a, protocol: {protocol}}}, bind: 127.0.0.1, hosts: ["*"]}}
+  - {{port: {{number: {b}, name: b, protocol: {protocol}}}, bind: 127.0.0.1, hosts: ["*"]}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: backend}}
+spec:
+  hosts: [backend.local]
+  ports: [{{number: 80, name: {route}, protocol: {protocol}}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{{route}: 9}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: backend}}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  {route}:
+  - route: [{{destination: {{host: backend.local, port: {{number: 80}}}}}}]
+"#,
+            a = ports[0],
+            b = ports[1]
+        );
+        load(&[Source { name: "mesh.yaml".into(), text }], &LoadOptions::default()).expect("valid config")
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// Whether the listener on `port` answers an HTTP request with a status line. An HTTP
+    /// listener does (a 503: nothing listens on the backend's port 9); a TCP one would relay
+    /// the bytes to the backend instead.
+    async fn answers_http(port: u16) -> bool {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("listener accepts");
+        s.write_all(b"GET / HTTP/1.1\r\nhost: backend.local\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 9];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await;
+        matches!(read, Ok(Ok(_))) && &buf == b"HTTP/1.1 "
+    }
+
+    /// The restore path of a failed reload, which no real bind failure reaches on demand:
+    /// both listeners change protocol, so each gives its port up just before its new bind,
+    /// and the stand-in binder (the only mock here) refuses the second address, also when it
+    /// is started again. The first listener must be back, speaking HTTP, and the error must
+    /// name both the failed bind and the listener it could not start again.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failed_rebind_starts_the_replaced_listeners_again_and_names_any_it_cannot() {
+        let ports = [free_port(), free_port()];
+        let proxy = Proxy::new();
+        proxy.apply(&two_listeners(ports, "HTTP")).await.expect("first config");
+        assert!(answers_http(ports[0]).await && answers_http(ports[1]).await);
+
+        let refused = SocketAddr::from(([127, 0, 0, 1], ports[1]));
+        let bind = move |addr: SocketAddr| {
+            if addr == refused {
+                Err(std::io::Error::from(std::io::ErrorKind::AddrInUse))
+            } else {
+                listener::bind(addr)
+            }
+        };
+        let err = proxy.apply_binding(&two_listeners(ports, "TCP"), &bind).await.unwrap_err();
+        assert!(err.contains(&format!("cannot bind 127.0.0.1:{}", ports[1])), "{err}");
+        assert!(err.contains(&format!("could not be started again on 127.0.0.1:{}", ports[1])), "{err}");
+        assert!(!err.contains(&format!("on 127.0.0.1:{}:", ports[0])), "the first one was restored: {err}");
+
+        let protocol = |port: u16| {
+            let running = lock(&proxy.shared.listeners);
+            running.get(&SocketAddr::from(([127, 0, 0, 1], port))).map(|rt| rt.protocol)
+        };
+        assert_eq!(protocol(ports[0]), Some(ListenerProtocol::Http), "restored with its old protocol");
+        assert_eq!(protocol(ports[1]), None, "the one that could not be restored is not listed as running");
+        assert!(answers_http(ports[0]).await, "the restored listener serves HTTP with its old routes");
+    }
 }

@@ -39,18 +39,6 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl ListenerRuntime {
-    /// Binds the socket now (so a bad address fails the load) and starts accepting.
-    pub fn start(
-        shared: &Arc<Shared>,
-        name: String,
-        addr: SocketAddr,
-        protocol: ListenerProtocol,
-        config: Arc<ListenerConfig>,
-    ) -> std::io::Result<Arc<Self>> {
-        let listener = bind(addr)?;
-        Ok(Self::start_bound(shared, name, addr, protocol, config, listener))
-    }
-
     /// Starts accepting on a socket [`bind`] returned.
     pub fn start_bound(
         shared: &Arc<Shared>,
