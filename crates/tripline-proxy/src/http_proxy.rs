@@ -68,7 +68,11 @@ pub fn handle(
     let log = ctx.shared.access_log.is_some().then(|| Box::new(LogStart::of(&req)));
     let mut trace = Trace { on: log.is_some(), ..Trace::default() };
     let h2 = req.version() == http::Version::HTTP_2;
-    let started = route(&ctx, &req, &mut trace).map(|r| start(&ctx, r, req, &mut trace));
+    let started = if missing_host(&req) {
+        Err(Refused::MissingHost)
+    } else {
+        route(&ctx, &req, &mut trace).map(|r| start(&ctx, r, req, &mut trace)).map_err(Refused::Reason)
+    };
     let mark = RequestMark::new(ctx, h2);
     async move {
         // Written if this future is dropped before the response head: the client left.
@@ -76,7 +80,8 @@ pub fn handle(
             LogIfAbandoned(log.map(|start| PendingLog::new(mark.0.clone(), *start, trace.clone())));
         let mut resp = match started {
             Ok(s) => s.finish(&mut trace).await,
-            Err(reason) => reason.response(),
+            Err(Refused::Reason(reason)) => reason.response(),
+            Err(Refused::MissingHost) => missing_host_response(),
         };
         if let Some(mut pending) = waiting.0.take() {
             // The line is written when the response body ends, so it tells how it ended.
@@ -86,6 +91,29 @@ pub fn handle(
         resp.body_mut().end_request_with(mark);
         Ok(resp)
     }
+}
+
+/// Why a request is answered without being forwarded.
+enum Refused {
+    /// Routing refused it (`no-route`, `no-healthy-upstream`), with `x-tripline-reason`.
+    Reason(Reason),
+    /// An HTTP/1.1 request without `Host`: malformed, like the parser's own 400s.
+    MissingHost,
+}
+
+/// RFC 9112 §3.2: a server must answer an HTTP/1.1 request without `Host` with 400. (HTTP/1.0
+/// may leave it out; HTTP/2 carries `:authority` in the URI.)
+fn missing_host<B>(req: &Request<B>) -> bool {
+    req.version() == http::Version::HTTP_11 && crate::headers::authority(req).is_none()
+}
+
+/// The 400 for [`missing_host`]; the connection closes after it, as after the parser's 400s.
+fn missing_host_response() -> Response<ResponseBody> {
+    let mut resp =
+        Response::new(ResponseBody::local(bytes::Bytes::from_static(b"HTTP/1.1 request without Host\n")));
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    resp
 }
 
 /// What the access log records of a request before it is forwarded.
@@ -282,6 +310,13 @@ fn start(ctx: &ConnContext, routed: Routed, mut req: Request<ClientBody>, trace:
     };
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let mut up_req = req.map(RequestBody::Stream);
+    if crate::headers::authority(&up_req).is_none() {
+        // An HTTP/1.0 client (or an HTTP/2 one without `:authority`) gave no host; the
+        // upstream gets the destination's, as nginx's `proxy_pass` sends.
+        if let Ok(host) = http::HeaderValue::from_str(&cluster.plan.host) {
+            up_req.headers_mut().insert(http::header::HOST, host);
+        }
+    }
     prepare_request(&mut up_req, cluster.protocol(), &ctx.peer_value, upgrade.is_some(), &ctx.shared.rng);
     if trace.on {
         trace.request_id = up_req.headers().get(&crate::headers::X_REQUEST_ID).cloned();

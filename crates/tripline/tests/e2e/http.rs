@@ -263,6 +263,41 @@ async fn h2c_multiplexed(addr: SocketAddr, expect_upstream_version: &str) {
     );
 }
 
+/// Sends `request` on a fresh connection and reads until the proxy closes it (or 5 s pass).
+async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the proxy kept the connection open: {}", String::from_utf8_lossy(&out));
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host` gets 400 and is not forwarded. HTTP/1.0
+/// may leave `Host` out: the upstream (HTTP/1.1 or HTTP/2) then gets the destination's host
+/// and the request's own path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_host_is_refused_on_http11_and_given_one_on_http10() {
+    for upstream_protocol in ["HTTP", "HTTP2"] {
+        let up = Upstream::http("u1").await;
+        let (_proxy, addr) = proxy_to(&[&up], upstream_protocol).await;
+
+        let refused =
+            raw_exchange(addr, b"GET /no-host HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\nhost: a\r\n\r\n").await;
+        assert!(refused.starts_with("HTTP/1.1 400 "), "{refused}");
+        assert!(refused.contains("without Host"), "{refused}");
+        assert!(!refused.contains("HTTP/1.1 200"), "the connection closes after the 400: {refused}");
+        assert_eq!(up.requests(), 0, "a request without Host reached the upstream");
+
+        let old = raw_exchange(addr, b"GET /old/client?q=1 HTTP/1.0\r\n\r\n").await;
+        assert!(old.starts_with("HTTP/1.0 200 "), "{old}");
+        let json: serde_json::Value = serde_json::from_str(old.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(json["authority"], "backend.local", "{upstream_protocol} upstream: {json}");
+        assert_eq!(json["path"], "/old/client?q=1", "{upstream_protocol} upstream: {json}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_client_to_http1_upstream() {
     let up = Upstream::http("u1").await;

@@ -254,6 +254,11 @@ async fn handle(
     let delay = st.delay + extra;
     let path = req.uri().path().to_owned();
     let path_and_query = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or(path.clone());
+    // Where the request said it was going: `:authority` on HTTP/2, `Host` on HTTP/1.1.
+    let authority =
+        req.uri().authority().map(|a| a.to_string()).or_else(|| {
+            req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)
+        });
     let version = req.version();
     let method = req.method().to_string();
     let mut headers = serde_json::Map::new();
@@ -324,6 +329,7 @@ async fn handle(
         "conn": conn,
         "method": method,
         "path": path_and_query,
+        "authority": authority,
         "version": format!("{version:?}"),
         "headers": headers,
         "body_len": body_len,
