@@ -1329,16 +1329,30 @@ fn load_balancer(cx: &mut Cx, node: &Node, path: &str) -> Option<LoadBalancer> {
 /// client that sent none (as Envoy does), so the client sticks from its first request on.
 fn http_cookie(cx: &mut Cx, node: &Node, path: &str) -> Option<HashKey> {
     let f = cx.fields(node, path, &HTTP_COOKIE)?;
+    let ttl = match f.value("ttl") {
+        Some((n, p)) => Some(cx.duration(n, &p, true)?),
+        None => None,
+    };
     let name = match f.value("name") {
-        Some((n, p)) => cookie_token(cx, n, &p)?,
+        // Only a cookie Tripline writes must be a token; one it only reads may be anything.
+        Some((n, p)) if ttl.is_some() => cookie_token(cx, n, &p)?,
+        Some((n, p)) => cx.name(n, &p)?,
         None => {
             cx.required(&f, "name", "a cookie name");
             return None;
         }
     };
-    let ttl = match f.value("ttl") {
-        Some((n, p)) => Some(cx.duration(n, &p, true)?),
-        None => None,
+    let Some(ttl) = ttl else {
+        for field in ["path", "attributes"] {
+            if let Some((n, p)) = f.value(field) {
+                cx.warn(
+                    n,
+                    &p,
+                    format!("`{field}` has no effect without `ttl`: Tripline sets the cookie only when `ttl` asks it to"),
+                );
+            }
+        }
+        return Some(HashKey::Cookie { name, generate: None });
     };
     let cookie_path = match f.value("path") {
         Some((n, p)) => Some(cookie_value(cx, n, &p)?),
@@ -1353,6 +1367,20 @@ fn http_cookie(cx: &mut Cx, node: &Node, path: &str) -> Option<HashKey> {
                 return None;
             };
             let attr = cookie_token(cx, n, &p)?;
+            let written = match attr.to_ascii_lowercase().as_str() {
+                "max-age" | "expires" => Some("set from `ttl`"),
+                "path" => Some("set from `path`"),
+                "httponly" => Some("always set"),
+                _ => None,
+            };
+            if let Some(how) = written {
+                cx.error(
+                    n,
+                    &p,
+                    format!("`{attr}` is an attribute Tripline writes itself ({how}); remove it here"),
+                );
+                return None;
+            }
             let value = match af.value("value") {
                 Some((n, p)) => Some(cookie_value(cx, n, &p)?),
                 None => None,
@@ -1360,26 +1388,40 @@ fn http_cookie(cx: &mut Cx, node: &Node, path: &str) -> Option<HashKey> {
             attributes.push((attr, value));
         }
     }
-    let generate = match ttl {
-        Some(ttl) => {
-            Some(NewCookie { max_age: (!ttl.is_zero()).then_some(ttl), path: cookie_path, attributes })
-        }
-        None => {
-            for field in ["path", "attributes"] {
-                if let Some((n, p)) = f.value(field) {
-                    cx.warn(
-                        n,
-                        &p,
-                        format!(
-                            "`{field}` has no effect without `ttl`: Tripline sets the cookie only when `ttl` asks it to"
-                        ),
-                    );
-                }
-            }
-            None
-        }
+    check_cookie_prefix(cx, &f, &name, cookie_path.as_deref(), &attributes);
+    Some(HashKey::Cookie {
+        name,
+        generate: Some(NewCookie { max_age: (!ttl.is_zero()).then_some(ttl), path: cookie_path, attributes }),
+    })
+}
+
+/// Browsers drop a `__Secure-` cookie without `Secure`, and a `__Host-` one without `Secure`
+/// and `Path=/` or with `Domain`: Tripline would then set a new cookie on every response and
+/// the client never stick. A warning, since the rules are the browsers' and may change.
+fn check_cookie_prefix(
+    cx: &mut Cx,
+    f: &Fields<'_>,
+    name: &str,
+    path: Option<&str>,
+    attributes: &[(String, Option<String>)],
+) {
+    let has = |a: &str| attributes.iter().any(|(k, _)| k.eq_ignore_ascii_case(a));
+    let host = name.starts_with("__Host-");
+    let problem = if !(host || name.starts_with("__Secure-")) {
+        None
+    } else if !has("Secure") {
+        Some("without the attribute `{name: Secure}`")
+    } else if host && path != Some("/") {
+        Some("without `path: /`")
+    } else if host && has("Domain") {
+        Some("with a `Domain` attribute")
+    } else {
+        None
     };
-    Some(HashKey::Cookie { name, generate })
+    if let (Some(problem), Some((n, p))) = (problem, f.value("name")) {
+        let prefix = if host { "__Host-" } else { "__Secure-" };
+        cx.warn(n, &p, format!("browsers ignore a `{prefix}` cookie {problem}, so clients would not stick"));
+    }
 }
 
 /// A cookie or attribute name: an RFC 9110 token, so that the `Set-Cookie` Tripline writes

@@ -337,6 +337,29 @@ fn a_cookie_that_would_break_the_set_cookie_header_is_refused() {
     let e =
         the_error(&with_consistent_hash("{httpCookie: {name: route, ttl: 1h, attributes: [{value: Lax}]}}"));
     assert!(e.contains("httpCookie.attributes[0].name:") && e.contains("is required"), "{e}");
+    // An attribute Tripline writes itself would appear twice.
+    let e = the_error(&with_consistent_hash(
+        "{httpCookie: {name: route, ttl: 1h, attributes: [{name: SameSite, value: Lax}, {name: max-age, value: '5'}]}}",
+    ));
+    assert!(e.contains("httpCookie.attributes[1].name:") && e.contains("set from `ttl`"), "{e}");
+    // A cookie Tripline only reads need not be one it could write.
+    ok(&with_consistent_hash("{httpCookie: {name: \"session:id\"}}"));
+}
+
+#[test]
+fn a_prefixed_cookie_browsers_would_drop_is_warned_about() {
+    let warning = |cookie: &str| {
+        let loaded = ok(&with_consistent_hash(&format!("{{httpCookie: {cookie}}}")));
+        loaded.warnings.iter().map(ToString::to_string).collect::<Vec<_>>()
+    };
+    let w = warning("{name: __Host-route, ttl: 1h, path: /}");
+    assert!(w.len() == 1 && w[0].contains("httpCookie.name:") && w[0].contains("`{name: Secure}`"), "{w:#?}");
+    let w = warning("{name: __Host-route, ttl: 1h, attributes: [{name: Secure}]}");
+    assert!(w.len() == 1 && w[0].contains("without `path: /`"), "{w:#?}");
+    let w = warning("{name: __Secure-route, ttl: 1h, attributes: [{name: Secure}]}");
+    assert!(w.is_empty(), "{w:#?}");
+    let w = warning("{name: __Host-route, ttl: 1h, path: /, attributes: [{name: Secure}]}");
+    assert!(w.is_empty(), "{w:#?}");
 }
 
 #[test]

@@ -68,8 +68,8 @@ pub fn handle(
     let log = ctx.shared.access_log.is_some().then(|| Box::new(LogStart::of(&req)));
     let mut trace = Trace { on: log.is_some(), ..Trace::default() };
     let h2 = req.version() == http::Version::HTTP_2;
-    let started = if missing_host(&req) {
-        Err(Refused::MissingHost)
+    let started = if bad_host(&req) {
+        Err(Refused::BadHost)
     } else {
         route(&ctx, &req, &mut trace).map(|r| start(&ctx, r, req, &mut trace)).map_err(Refused::Reason)
     };
@@ -81,7 +81,7 @@ pub fn handle(
         let mut resp = match started {
             Ok(s) => s.finish(&mut trace).await,
             Err(Refused::Reason(reason)) => reason.response(),
-            Err(Refused::MissingHost) => missing_host_response(),
+            Err(Refused::BadHost) => bad_host_response(),
         };
         if let Some(mut pending) = waiting.0.take() {
             // The line is written when the response body ends, so it tells how it ended.
@@ -97,20 +97,28 @@ pub fn handle(
 enum Refused {
     /// Routing refused it (`no-route`, `no-healthy-upstream`), with `x-tripline-reason`.
     Reason(Reason),
-    /// An HTTP/1.1 request without `Host`: malformed, like the parser's own 400s.
-    MissingHost,
+    /// An HTTP/1 request whose `Host` is missing, repeated or invalid: malformed, like the
+    /// parser's own 400s.
+    BadHost,
 }
 
-/// RFC 9112 §3.2: a server must answer an HTTP/1.1 request without `Host` with 400. (HTTP/1.0
-/// may leave it out; HTTP/2 carries `:authority` in the URI.)
-fn missing_host<B>(req: &Request<B>) -> bool {
-    req.version() == http::Version::HTTP_11 && crate::headers::authority(req).is_none()
+/// RFC 9112 §3.2: a server must answer with 400 an HTTP/1.1 request without `Host` (even in
+/// absolute form), and any request with several `Host` lines or an invalid one. HTTP/1.0 may
+/// leave it out; HTTP/2 carries `:authority` in the URI and has no `Host` to check here.
+fn bad_host<B>(req: &Request<B>) -> bool {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => req.version() == http::Version::HTTP_11,
+        (Some(host), None) => host.to_str().is_err(),
+        (Some(_), Some(_)) => true,
+    }
 }
 
-/// The 400 for [`missing_host`]; the connection closes after it, as after the parser's 400s.
-fn missing_host_response() -> Response<ResponseBody> {
-    let mut resp =
-        Response::new(ResponseBody::local(bytes::Bytes::from_static(b"HTTP/1.1 request without Host\n")));
+/// The 400 for [`bad_host`]; the connection closes after it, as after the parser's 400s.
+fn bad_host_response() -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::local(bytes::Bytes::from_static(
+        b"an HTTP/1.1 request needs exactly one valid Host header\n",
+    )));
     *resp.status_mut() = StatusCode::BAD_REQUEST;
     resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
     resp
@@ -305,15 +313,16 @@ struct Started {
 fn start(ctx: &ConnContext, routed: Routed, mut req: Request<ClientBody>, trace: &mut Trace) -> Started {
     let Routed { route, cluster, deadline } = routed;
     let hashed = match cluster.hash_key() {
-        Some(key) => upstream::request_hash(key, &req, ctx.peer, &ctx.shared.rng),
-        None => upstream::HashedRequest::default(),
+        Some(key) => upstream::request_hash(key, &req, ctx.peer, ctx.shared.sticky_secret),
+        None => upstream::RequestHash::default(),
     };
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let mut up_req = req.map(RequestBody::Stream);
     if crate::headers::authority(&up_req).is_none() {
         // An HTTP/1.0 client (or an HTTP/2 one without `:authority`) gave no host; the
-        // upstream gets the destination's, as nginx's `proxy_pass` sends.
-        if let Ok(host) = http::HeaderValue::from_str(&cluster.plan.host) {
+        // upstream gets the destination's, with its port unless 80, as nginx's `proxy_pass`
+        // sends.
+        if let Some(host) = destination_host(&cluster.plan) {
             up_req.headers_mut().insert(http::header::HOST, host);
         }
     }
@@ -323,6 +332,12 @@ fn start(ctx: &ConnContext, routed: Routed, mut req: Request<ClientBody>, trace:
     }
     let send = upstream::send(cluster.clone(), route, up_req, hashed.hash, ctx.shared.clone(), deadline);
     Started { cluster, deadline, upgrade, set_cookie: hashed.set_cookie, send: Box::pin(send) }
+}
+
+/// `host` or `host:port` of a cluster's destination, for a request that named none.
+fn destination_host(plan: &tripline_config::plan::ClusterPlan) -> Option<http::HeaderValue> {
+    let host = if plan.port == 80 { plan.host.clone() } else { format!("{}:{}", plan.host, plan.port) };
+    http::HeaderValue::try_from(host).ok()
 }
 
 impl Started {
@@ -349,6 +364,10 @@ impl Started {
                 tokio::spawn(tunnel(client_upgrade, upstream_upgrade, inflight));
                 let (mut parts, _) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers, true);
+                // A WebSocket client becomes sticky from its handshake.
+                if let Some(cookie) = set_cookie {
+                    parts.headers.append(http::header::SET_COOKIE, cookie);
+                }
                 return Response::from_parts(parts, ResponseBody::local(bytes::Bytes::new()));
             }
         }

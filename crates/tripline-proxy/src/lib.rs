@@ -34,7 +34,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 use tripline_config::Loaded;
-use tripline_core::rng::SplitMix;
+use tripline_core::rng::{Rng, SplitMix};
 
 use crate::cluster::{Cluster, Registry};
 use crate::listener::ListenerRuntime;
@@ -45,6 +45,9 @@ use crate::router::ListenerConfig;
 pub struct Shared {
     pub global: Arc<GlobalStats>,
     pub rng: SplitMix,
+    /// Random per process: mixed into the sticky cookies Tripline generates
+    /// (`httpCookie.ttl`), so that their values cannot be predicted from client addresses.
+    pub sticky_secret: u64,
     /// The config in force, for the admin API.
     pub applied: ArcSwap<Applied>,
     /// True once the first config's listeners are bound; false again when draining.
@@ -93,10 +96,13 @@ impl Proxy {
     /// A proxy that writes one JSON line per HTTP request to `log`.
     pub fn with_access_log(access_log: Option<access_log::AccessLog>) -> Self {
         let (shutdown, _) = watch::channel(false);
+        let rng = SplitMix::from_entropy();
+        let sticky_secret = rng.next_u64();
         Proxy {
             shared: Arc::new(Shared {
                 global: Arc::new(GlobalStats::default()),
-                rng: SplitMix::from_entropy(),
+                rng,
+                sticky_secret,
                 applied: ArcSwap::from_pointee(Applied::default()),
                 ready: AtomicBool::new(false),
                 shutdown,
@@ -421,7 +427,10 @@ spec:
         assert!(answers_http(ports[0]).await && answers_http(ports[1]).await);
 
         let refused = SocketAddr::from(([127, 0, 0, 1], ports[1]));
+        let binds = Arc::new(Mutex::new(Vec::new()));
+        let seen = binds.clone();
         let bind = move |addr: SocketAddr| {
+            lock(&seen).push(addr.port());
             if addr == refused {
                 Err(std::io::Error::from(std::io::ErrorKind::AddrInUse))
             } else {
@@ -429,9 +438,17 @@ spec:
             }
         };
         let err = proxy.apply_binding(&two_listeners(ports, "TCP"), &bind).await.unwrap_err();
-        assert!(err.contains(&format!("cannot bind 127.0.0.1:{}", ports[1])), "{err}");
-        assert!(err.contains(&format!("could not be started again on 127.0.0.1:{}", ports[1])), "{err}");
+        assert!(err.contains(&format!("cannot bind 127.0.0.1:{}:", ports[1])), "{err}");
+        assert!(err.contains(&format!("could not be started again on 127.0.0.1:{}:", ports[1])), "{err}");
         assert!(!err.contains(&format!("on 127.0.0.1:{}:", ports[0])), "the first one was restored: {err}");
+        // The first listener really gave its port up: bound for the new config, then again
+        // for the old one.
+        let bound = lock(&binds).clone();
+        assert_eq!(
+            bound,
+            [ports[0], ports[1], ports[0], ports[1]],
+            "binds in order: new a, new b, restore a, restore b"
+        );
 
         let protocol = |port: u16| {
             let running = lock(&proxy.shared.listeners);

@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use http::{HeaderValue, Request};
 use tripline_config::plan::{HashKey, NewCookie};
 use tripline_core::balancer::hash_bytes;
-use tripline_core::rng::Rng;
+use tripline_core::rng::mix64;
 
 /// What consistent hashing takes from a request.
 #[derive(Debug, Default)]
-pub struct HashedRequest {
+pub struct RequestHash {
     /// The key's hash; `None` when the request lacks the key (the balancer then picks freely).
     pub hash: Option<u64>,
     /// A `Set-Cookie` for the response: the request came without the hash cookie and
@@ -19,20 +19,23 @@ pub struct HashedRequest {
     pub set_cookie: Option<HeaderValue>,
 }
 
-/// Hashes a request under `key`. A missing cookie with `generate` gets a fresh random value
-/// (64 bits, hex), as a sticky-session load balancer would: unlike Envoy, which derives it
-/// from the client's address, clients behind one NAT or gateway still spread over endpoints.
-pub fn request_hash<B>(key: &HashKey, req: &Request<B>, peer: SocketAddr, rng: &dyn Rng) -> HashedRequest {
+/// Hashes a request under `key`. A missing (or empty) cookie with `generate` gets a value
+/// derived from the client connection's address and port and the process's `secret`: every
+/// request of one connection gets the same value, so a browser's first requests racing on one
+/// HTTP/2 connection all land on one endpoint and receive one cookie (Envoy hashes the
+/// connection's addresses for the same reason); other connections, even from one NAT, get
+/// others; and the secret keeps the values unpredictable.
+pub fn request_hash<B>(key: &HashKey, req: &Request<B>, peer: SocketAddr, secret: u64) -> RequestHash {
     let hash = key_hash(key, req, peer);
     match key {
         HashKey::Cookie { name, generate: Some(new) } if hash.is_none() => {
-            let value = format!("{:016x}", rng.next_u64());
-            HashedRequest {
+            let value = format!("{:016x}", mix64(secret ^ connection_hash(peer)));
+            RequestHash {
                 hash: Some(hash_bytes(value.as_bytes())),
                 set_cookie: set_cookie(name, &value, new),
             }
         }
-        _ => HashedRequest { hash, set_cookie: None },
+        _ => RequestHash { hash, set_cookie: None },
     }
 }
 
@@ -40,21 +43,34 @@ fn key_hash<B>(key: &HashKey, req: &Request<B>, peer: SocketAddr) -> Option<u64>
     match key {
         HashKey::Header(name) => req.headers().get(name.as_str()).map(|v| hash_bytes(v.as_bytes())),
         HashKey::SourceIp => Some(ip_hash(peer)),
-        HashKey::Cookie { name, .. } => req
-            .headers()
-            .get_all(http::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| hash_bytes(v.as_bytes())),
+        HashKey::Cookie { name, .. } => cookie(req, name.as_bytes()).map(hash_bytes),
         HashKey::QueryParameter(name) => req
             .uri()
             .query()
             .and_then(|q| q.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| k == name))
             .map(|(_, v)| hash_bytes(v.as_bytes())),
     }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers: as bytes, so that another
+/// cookie's UTF-8 value does not hide it; without the quotes RFC 6265 allows (and Envoy
+/// writes); `None` when absent or empty, as Envoy treats an empty one.
+fn cookie<'r, B>(req: &'r Request<B>, name: &[u8]) -> Option<&'r [u8]> {
+    req.headers()
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .filter_map(|pair| {
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (pair[..eq].trim_ascii() == name).then(|| pair[eq + 1..].trim_ascii())
+        })
+        .map(|v| v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v))
+        .find(|v| !v.is_empty())
+}
+
+/// The client connection, by its address and port.
+fn connection_hash(peer: SocketAddr) -> u64 {
+    ip_hash(peer) ^ mix64(u64::from(peer.port()))
 }
 
 /// `name=value; Max-Age=…; Path=…; HttpOnly` and the configured attributes. `HttpOnly` as
@@ -95,9 +111,9 @@ pub fn ip_hash(peer: SocketAddr) -> u64 {
 mod tests {
     use std::time::Duration;
 
-    use tripline_core::rng::SplitMix;
-
     use super::*;
+
+    const SECRET: u64 = 0x5eed;
 
     fn get(uri: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut b = Request::builder().uri(uri);
@@ -111,7 +127,7 @@ mod tests {
 
     /// The hash of the request under `key`, with the client at `PEER`.
     fn hash(key: &HashKey, req: &Request<()>) -> Option<u64> {
-        let hashed = request_hash(key, req, PEER.into(), &SplitMix::seeded(1));
+        let hashed = request_hash(key, req, PEER.into(), SECRET);
         assert!(hashed.set_cookie.is_none());
         hashed.hash
     }
@@ -128,6 +144,16 @@ mod tests {
         assert_eq!(hash(&cookie, &get("/", &[("cookie", "a=1; session=bob; b=2")])), user("bob"));
         assert_eq!(hash(&cookie, &get("/", &[("cookie", "a=1"), ("cookie", "session=bob")])), user("bob"));
         assert_eq!(hash(&cookie, &get("/", &[("cookie", "mysession=bob")])), None, "a different cookie");
+        assert_eq!(
+            hash(&cookie, &get("/", &[("cookie", "session=\"bob\"")])),
+            user("bob"),
+            "quotes are not the value"
+        );
+        assert_eq!(hash(&cookie, &get("/", &[("cookie", "session=; x=1")])), None, "empty counts as absent");
+        let mut utf8 = get("/", &[]);
+        utf8.headers_mut()
+            .insert("cookie", HeaderValue::from_bytes("name=Zoë; session=bob".as_bytes()).unwrap());
+        assert_eq!(hash(&cookie, &utf8), user("bob"), "another cookie's UTF-8 value does not hide it");
 
         let query = HashKey::QueryParameter("user".into());
         assert_eq!(hash(&query, &get("/p?x=1&user=bob", &[])), user("bob"));
@@ -155,8 +181,7 @@ mod tests {
             Some("/"),
             &[("SameSite", Some("Strict")), ("Secure", None)],
         );
-        let rng = SplitMix::seeded(7);
-        let first = request_hash(&key, &get("/", &[]), PEER.into(), &rng);
+        let first = request_hash(&key, &get("/", &[]), PEER.into(), SECRET);
         let header = first.set_cookie.expect("a cookie for a client without one");
         let header = header.to_str().unwrap();
         let value = header.strip_prefix("route=").and_then(|r| r.split(';').next()).unwrap();
@@ -168,20 +193,27 @@ mod tests {
 
         // The client sends it back: same hash, and no new cookie.
         let cookie = format!("route={value}");
-        let back = request_hash(&key, &get("/", &[("cookie", &cookie)]), PEER.into(), &rng);
+        let back = request_hash(&key, &get("/", &[("cookie", &cookie)]), PEER.into(), SECRET);
         assert_eq!(back.hash, first.hash);
         assert!(back.set_cookie.is_none());
 
-        // Another new client gets another value.
-        let other = request_hash(&key, &get("/", &[]), PEER.into(), &rng);
-        assert_ne!(other.hash, first.hash);
+        // Requests racing on the same connection before the cookie arrives get the same one.
+        let racing = request_hash(&key, &get("/other", &[]), PEER.into(), SECRET);
+        assert_eq!(racing.hash, first.hash);
+        assert_eq!(racing.set_cookie.unwrap().to_str().unwrap(), header);
+
+        // Another connection, even from the same address, and another proxy process (secret)
+        // give other values.
+        let other_port = request_hash(&key, &get("/", &[]), ([10, 1, 2, 3], 40001).into(), SECRET);
+        assert_ne!(other_port.hash, first.hash);
+        let other_secret = request_hash(&key, &get("/", &[]), PEER.into(), SECRET + 1);
+        assert_ne!(other_secret.hash, first.hash);
     }
 
     #[test]
     fn a_zero_ttl_makes_a_session_cookie_and_subsecond_ttls_round_up() {
-        let rng = SplitMix::seeded(7);
         let cookie = |key: &HashKey| {
-            let h = request_hash(key, &get("/", &[]), PEER.into(), &rng).set_cookie.unwrap();
+            let h = request_hash(key, &get("/", &[]), PEER.into(), SECRET).set_cookie.unwrap();
             h.to_str().unwrap()["route=".len() + 16..].to_string()
         };
         assert_eq!(cookie(&sticky(None, None, &[])), "; HttpOnly");

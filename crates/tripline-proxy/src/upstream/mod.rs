@@ -8,7 +8,7 @@
 
 pub mod h1;
 mod hash_key;
-pub use hash_key::{ip_hash, request_hash, HashedRequest};
+pub use hash_key::{ip_hash, request_hash, RequestHash};
 mod idle_stack;
 pub mod pool;
 pub mod replay;

@@ -140,7 +140,8 @@ async fn sticky_and_stable_when_an_endpoint_leaves(algorithm: &str, moved_percen
 }
 
 /// `httpCookie` with `ttl`: a client without the cookie gets one on its first response, and
-/// sending it back keeps it on that endpoint; new clients get different cookies and spread.
+/// sending it back keeps it on that endpoint. Requests of one connection that race before the
+/// cookie arrives get the same cookie; new connections get different ones and spread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generated_cookie_makes_a_client_sticky_from_its_first_request() {
     let ups = [Upstream::http("a").await, Upstream::http("b").await, Upstream::http("c").await];
@@ -150,9 +151,11 @@ async fn a_generated_cookie_makes_a_client_sticky_from_its_first_request() {
     let eps: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
     let _proxy = Proxy::start(&config::simple(port, "HTTP", &eps, Some(tp))).await;
 
-    let mut conn = Conn::connect(addr(port), Proto::H1).await.unwrap();
     let mut first_endpoints = Vec::new();
     for client in 0..12 {
+        // Each client on its own connection; HTTP/2 for half of them.
+        let proto = if client % 2 == 0 { Proto::H1 } else { Proto::H2 };
+        let mut conn = Conn::connect(addr(port), proto).await.unwrap();
         let first = conn.get("backend.local", &format!("/new/{client}")).await.unwrap();
         assert_eq!(first.status, 200);
         let set_cookie = first.header("set-cookie").expect("a Set-Cookie for a client without the cookie");
@@ -160,11 +163,15 @@ async fn a_generated_cookie_makes_a_client_sticky_from_its_first_request() {
         let cookie = set_cookie.split(';').next().unwrap().to_string();
         assert!(cookie.starts_with("route="), "{set_cookie}");
         let endpoint = first.upstream().unwrap().to_owned();
+
+        // A second request sent before the cookie was stored: same cookie, same endpoint.
+        let racing = conn.get("backend.local", &format!("/new/{client}/again")).await.unwrap();
+        assert_eq!(racing.header("set-cookie"), Some(set_cookie), "client {client}");
+        assert_eq!(racing.upstream(), Some(endpoint.as_str()), "client {client}");
+
         for i in 0..3 {
-            let r = conn
-                .get_with("backend.local", &format!("/back/{client}/{i}"), &[("cookie", &cookie)])
-                .await
-                .unwrap();
+            let path = format!("/back/{client}/{i}");
+            let r = conn.get_with("backend.local", &path, &[("cookie", &cookie)]).await.unwrap();
             assert_eq!(r.upstream(), Some(endpoint.as_str()), "client {client} with {cookie} moved");
             assert_eq!(r.header("set-cookie"), None, "a client that has the cookie gets no new one");
         }

@@ -274,21 +274,32 @@ async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// RFC 9112 §3.2: an HTTP/1.1 request without `Host` gets 400 and is not forwarded. HTTP/1.0
-/// may leave `Host` out: the upstream (HTTP/1.1 or HTTP/2) then gets the destination's host
-/// and the request's own path.
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host` (also in absolute form), or with two,
+/// gets 400, is not forwarded, and ends its connection. HTTP/1.0 may leave `Host` out: the
+/// upstream (HTTP/1.1 or HTTP/2) then gets the destination's host and the request's own path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_host_is_refused_on_http11_and_given_one_on_http10() {
     for upstream_protocol in ["HTTP", "HTTP2"] {
         let up = Upstream::http("u1").await;
         let (_proxy, addr) = proxy_to(&[&up], upstream_protocol).await;
 
-        let refused =
-            raw_exchange(addr, b"GET /no-host HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\nhost: a\r\n\r\n").await;
-        assert!(refused.starts_with("HTTP/1.1 400 "), "{refused}");
-        assert!(refused.contains("without Host"), "{refused}");
-        assert!(!refused.contains("HTTP/1.1 200"), "the connection closes after the 400: {refused}");
-        assert_eq!(up.requests(), 0, "a request without Host reached the upstream");
+        let bad: [&[u8]; 3] = [
+            b"GET /no-host HTTP/1.1\r\n\r\n",
+            b"GET http://backend.local/absolute HTTP/1.1\r\n\r\n",
+            b"GET /two HTTP/1.1\r\nhost: backend.local\r\nhost: other.local\r\n\r\n",
+        ];
+        for head in bad {
+            let what = String::from_utf8_lossy(head).lines().next().unwrap_or_default().to_owned();
+            let next = b"GET /next HTTP/1.1\r\nhost: backend.local\r\n\r\n";
+            let refused = raw_exchange(addr, &[head, &next[..]].concat()).await;
+            assert!(refused.starts_with("HTTP/1.1 400 "), "{what}: {refused}");
+            assert!(refused.contains("needs exactly one valid Host"), "{what}: {refused}");
+            assert!(
+                !refused.contains("HTTP/1.1 200"),
+                "{what}: the connection must close after the 400: {refused}"
+            );
+            assert_eq!(up.requests(), 0, "{what} reached the upstream");
+        }
 
         let old = raw_exchange(addr, b"GET /old/client?q=1 HTTP/1.0\r\n\r\n").await;
         assert!(old.starts_with("HTTP/1.0 200 "), "{old}");

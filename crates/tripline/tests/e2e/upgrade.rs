@@ -78,7 +78,9 @@ async fn read_head(s: &mut TcpStream) -> String {
 async fn upgrade_becomes_a_tunnel_both_ways() {
     let up = upgrade_upstream().await;
     let port = free_port();
-    let _proxy = Proxy::start(&config::simple(port, "HTTP", &[up], None)).await;
+    // With sticky cookies on, so that the handshake shows it carries one.
+    let tp = "    loadBalancer:\n      consistentHash:\n        httpCookie: {name: route, ttl: 1h}\n";
+    let _proxy = Proxy::start(&config::simple(port, "HTTP", &[up], Some(tp))).await;
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     s.write_all(b"GET /chat HTTP/1.1\r\nHost: backend.local\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
         .await
@@ -88,6 +90,10 @@ async fn upgrade_becomes_a_tunnel_both_ways() {
     assert!(
         head.to_ascii_lowercase().contains("upgrade: echo"),
         "the Upgrade header must pass through:\n{head}"
+    );
+    assert!(
+        head.contains("set-cookie: route="),
+        "a WebSocket client becomes sticky from its handshake:\n{head}"
     );
     for msg in [&b"ping"[..], &b"a longer message through the tunnel"[..]] {
         s.write_all(msg).await.unwrap();
