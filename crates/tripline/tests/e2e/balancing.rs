@@ -181,3 +181,38 @@ async fn a_generated_cookie_makes_a_client_sticky_from_its_first_request() {
     first_endpoints.dedup();
     assert!(first_endpoints.len() >= 2, "12 new clients all went to {first_endpoints:?}");
 }
+
+/// A browser's first page load: eight requests at once on one new HTTP/2 connection, none with
+/// the cookie. They must all get one cookie and one endpoint; random values per request would
+/// scatter them and leave the browser with whichever cookie it stored last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_on_one_connection_get_one_cookie() {
+    let ups = [Upstream::http("a").await, Upstream::http("b").await, Upstream::http("c").await];
+    let port = free_port();
+    let tp = "    loadBalancer:\n      consistentHash:\n        httpCookie: {name: route, ttl: 0s}\n";
+    let eps: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
+    let _proxy = Proxy::start(&config::simple(port, "HTTP", &eps, Some(tp))).await;
+
+    let conn = Conn::connect(addr(port), Proto::H2).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let mut c = conn.clone_h2();
+            tokio::spawn(async move {
+                c.get("backend.local", &format!("/asset/{i}")).await.map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        let r = t.await.unwrap().expect("request");
+        assert_eq!(r.status, 200);
+        let cookie = r.header("set-cookie").expect("each cookie-less request gets the cookie").to_owned();
+        assert!(
+            cookie.ends_with("; HttpOnly") && !cookie.contains("Max-Age"),
+            "ttl 0s: a session cookie: {cookie}"
+        );
+        seen.push((cookie, r.upstream().unwrap().to_owned()));
+    }
+    seen.dedup();
+    assert_eq!(seen.len(), 1, "one connection's first requests got different cookies or endpoints: {seen:?}");
+}
