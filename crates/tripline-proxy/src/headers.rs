@@ -85,7 +85,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let has = |h: &HeaderName| hop_index(h).is_some_and(|i| present & (1 << i) != 0);
     if has(&header::CONNECTION) {
         // Headers named in Connection are hop-by-hop too (the usual `close` / `keep-alive`
-        // tokens are not header names we would carry).
+        // tokens are not header names we would carry). Except `Host` and `Content-Length`:
+        // they say where a request goes and where a message ends, so a peer naming them
+        // (`Connection: close, host`) must not make us forward a request without a host or
+        // re-frame a body.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -94,6 +97,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             .map(str::trim)
             .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|n| n != header::HOST && n != header::CONTENT_LENGTH)
             .filter(|n| !(keep_upgrade && n == header::UPGRADE))
             .collect();
         for n in named {
@@ -254,6 +258,19 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1, "{h:?}");
         assert_eq!(h["x-keep"], "yes");
+    }
+
+    #[test]
+    fn connection_cannot_name_host_or_content_length_away() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "close, Host, content-length, x-secret".parse().unwrap());
+        h.insert(header::HOST, "backend.local".parse().unwrap());
+        h.insert(header::CONTENT_LENGTH, "5".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[header::HOST], "backend.local");
+        assert_eq!(h[header::CONTENT_LENGTH], "5");
     }
 
     #[test]

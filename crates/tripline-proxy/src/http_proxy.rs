@@ -68,8 +68,8 @@ pub fn handle(
     let log = ctx.shared.access_log.is_some().then(|| Box::new(LogStart::of(&req)));
     let mut trace = Trace { on: log.is_some(), ..Trace::default() };
     let h2 = req.version() == http::Version::HTTP_2;
-    let started = if bad_host(&req) {
-        Err(Refused::BadHost)
+    let started = if let Some(why) = malformed(&req) {
+        Err(Refused::Malformed(why))
     } else {
         route(&ctx, &req, &mut trace).map(|r| start(&ctx, r, req, &mut trace)).map_err(Refused::Reason)
     };
@@ -81,7 +81,7 @@ pub fn handle(
         let mut resp = match started {
             Ok(s) => s.finish(&mut trace).await,
             Err(Refused::Reason(reason)) => reason.response(),
-            Err(Refused::BadHost) => bad_host_response(),
+            Err(Refused::Malformed(why)) => malformed_response(why, h2),
         };
         if let Some(mut pending) = waiting.0.take() {
             // The line is written when the response body ends, so it tells how it ended.
@@ -97,30 +97,47 @@ pub fn handle(
 enum Refused {
     /// Routing refused it (`no-route`, `no-healthy-upstream`), with `x-tripline-reason`.
     Reason(Reason),
-    /// An HTTP/1 request whose `Host` is missing, repeated or invalid: malformed, like the
-    /// parser's own 400s.
-    BadHost,
+    /// A request the parser let through that is malformed all the same (see [`malformed`]),
+    /// answered like the parser's own 400s; what is wrong with it.
+    Malformed(&'static str),
 }
 
-/// RFC 9112 §3.2: a server must answer with 400 an HTTP/1.1 request without `Host` (even in
-/// absolute form), and any request with several `Host` lines or an invalid one. HTTP/1.0 may
-/// leave it out; HTTP/2 carries `:authority` in the URI and has no `Host` to check here.
-fn bad_host<B>(req: &Request<B>) -> bool {
+/// What is wrong with a request that hyper's parser (or ours, for HTTP/2) accepts but no
+/// upstream should get, or `None`:
+/// - RFC 9112 §3.2: an HTTP/1.1 request without `Host` (even in absolute form), and any
+///   request with several `Host` lines or an invalid one (see [`valid_host`]). HTTP/1.0 may leave it out; HTTP/2
+///   carries `:authority` in the URI and has no `Host` to check here.
+/// - RFC 9112 §3.2.4, RFC 9113 §8.3.1: the target `*` is for `OPTIONS` only.
+fn malformed<B>(req: &Request<B>) -> Option<&'static str> {
     let mut hosts = req.headers().get_all(http::header::HOST).iter();
-    match (hosts.next(), hosts.next()) {
+    let bad_host = match (hosts.next(), hosts.next()) {
         (None, _) => req.version() == http::Version::HTTP_11,
-        (Some(host), None) => host.to_str().is_err(),
+        (Some(host), None) => !valid_host(host.as_bytes()),
         (Some(_), Some(_)) => true,
+    };
+    if bad_host {
+        return Some("an HTTP/1.1 request needs exactly one valid Host header\n");
     }
+    if req.uri().path() == "*" && req.method() != http::Method::OPTIONS {
+        return Some("only an OPTIONS request may have the target *\n");
+    }
+    None
 }
 
-/// The 400 for [`bad_host`]; the connection closes after it, as after the parser's 400s.
-fn bad_host_response() -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::local(bytes::Bytes::from_static(
-        b"an HTTP/1.1 request needs exactly one valid Host header\n",
-    )));
+/// RFC 9110 §7.2 and §4.2.1: `Host` is the target's authority, `uri-host [":" port]`; for an
+/// `http` URI the host is not empty, and it has no user information.
+fn valid_host(host: &[u8]) -> bool {
+    !host.is_empty() && !host.contains(&b'@') && http::uri::Authority::try_from(host).is_ok()
+}
+
+/// The 400 for [`malformed`]. An HTTP/1 connection closes after it, as after the parser's
+/// 400s; HTTP/2 has no `Connection` header, and its other streams are unaffected.
+fn malformed_response(why: &'static str, h2: bool) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::local(bytes::Bytes::from_static(why.as_bytes())));
     *resp.status_mut() = StatusCode::BAD_REQUEST;
-    resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    if !h2 {
+        resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
     resp
 }
 
@@ -358,27 +375,47 @@ impl Started {
         cluster.state.stats.codes.inc(resp.status().as_u16());
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = upgrade {
-                inflight.forget_connection();
-                let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(tunnel(client_upgrade, upstream_upgrade, inflight));
-                let (mut parts, _) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers, true);
-                // A WebSocket client becomes sticky from its handshake.
-                if let Some(cookie) = set_cookie {
-                    parts.headers.append(http::header::SET_COOKIE, cookie);
-                }
-                return Response::from_parts(parts, ResponseBody::local(bytes::Bytes::new()));
+            // RFC 9110 §15.2.2: a switch answers an HTTP/1.1 request that asked for one, and
+            // names the protocol. Anything else leaves the connection in an unknown protocol:
+            // it is closed (dropped with the response), and the client gets a 502.
+            let named = resp.version() == http::Version::HTTP_11
+                && resp.headers().contains_key(http::header::UPGRADE);
+            let Some(client_upgrade) = upgrade.filter(|_| named) else {
+                // Recorded as a reset, for breakers and outlier detection.
+                inflight.finish(false);
+                return local(&cluster, crate::local_reply::Reason::UpstreamReset);
+            };
+            inflight.forget_connection();
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, inflight));
+            let (mut parts, _) = resp.into_parts();
+            parts.version = http::Version::default();
+            strip_hop_by_hop(&mut parts.headers, true);
+            drop_forbidden_length(&mut parts);
+            // A WebSocket client becomes sticky from its handshake.
+            if let Some(cookie) = set_cookie {
+                parts.headers.append(http::header::SET_COOKIE, cookie);
             }
+            return Response::from_parts(parts, ResponseBody::local(bytes::Bytes::new()));
         }
         let (mut parts, body) = resp.into_parts();
         // Speak our own protocol version to the client, whatever the upstream spoke.
         parts.version = http::Version::default();
         strip_hop_by_hop(&mut parts.headers, false);
+        drop_forbidden_length(&mut parts);
         if let Some(cookie) = set_cookie {
             parts.headers.append(http::header::SET_COOKIE, cookie);
         }
         Response::from_parts(parts, ResponseBody::upstream(body, inflight, deadline))
+    }
+}
+
+/// RFC 9110 §8.6: no `Content-Length` on a 1xx or 204 response. An upstream that sends one
+/// anyway would have the client (or hyper's encoder, which trusts the header) wait for a
+/// body that never comes.
+fn drop_forbidden_length(parts: &mut http::response::Parts) {
+    if parts.status.is_informational() || parts.status == StatusCode::NO_CONTENT {
+        parts.headers.remove(http::header::CONTENT_LENGTH);
     }
 }
 

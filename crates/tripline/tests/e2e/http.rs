@@ -275,18 +275,24 @@ async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request without `Host` (also in absolute form), or with two,
-/// gets 400, is not forwarded, and ends its connection. HTTP/1.0 may leave `Host` out: the
-/// upstream (HTTP/1.1 or HTTP/2) then gets the destination's host and the request's own path.
+/// gets 400, is not forwarded, and ends its connection; so does `*` as the target of anything
+/// but OPTIONS. `Connection: host` does not take the host away. HTTP/1.0 may leave `Host` out:
+/// the upstream (HTTP/1.1 or HTTP/2) then gets the destination's host and the request's own
+/// path.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_host_is_refused_on_http11_and_given_one_on_http10() {
     for upstream_protocol in ["HTTP", "HTTP2"] {
         let up = Upstream::http("u1").await;
         let (_proxy, addr) = proxy_to(&[&up], upstream_protocol).await;
 
-        let bad: [&[u8]; 3] = [
+        let bad: [&[u8]; 6] = [
             b"GET /no-host HTTP/1.1\r\n\r\n",
             b"GET http://backend.local/absolute HTTP/1.1\r\n\r\n",
             b"GET /two HTTP/1.1\r\nhost: backend.local\r\nhost: other.local\r\n\r\n",
+            // Found by the `client_h1` fuzz target: an empty Host was forwarded.
+            b"GET /empty HTTP/1.1\r\nhost: \r\n\r\n",
+            b"GET /space HTTP/1.1\r\nhost: backend local\r\n\r\n",
+            b"GET /user HTTP/1.1\r\nhost: user@backend.local\r\n\r\n",
         ];
         for head in bad {
             let what = String::from_utf8_lossy(head).lines().next().unwrap_or_default().to_owned();
@@ -300,6 +306,23 @@ async fn a_request_without_host_is_refused_on_http11_and_given_one_on_http10() {
             );
             assert_eq!(up.requests(), 0, "{what} reached the upstream");
         }
+
+        // RFC 9112 §3.2.4: the target `*` is for OPTIONS only (found by the `client_h1` fuzz
+        // target, which saw `HEAD *` forwarded).
+        let star = raw_exchange(addr, b"HEAD * HTTP/1.1\r\nhost: backend.local\r\n\r\n").await;
+        assert!(star.starts_with("HTTP/1.1 400 "), "{star}");
+        assert_eq!(up.requests(), 0, "HEAD * reached the upstream");
+
+        // `Connection` may not name `Host` away (nor `Content-Length`): the upstream still gets
+        // the client's host.
+        let named = raw_exchange(
+            addr,
+            b"GET /named HTTP/1.1\r\nhost: backend.local\r\nconnection: close, host, content-length\r\n\r\n",
+        )
+        .await;
+        assert!(named.starts_with("HTTP/1.1 200 "), "{named}");
+        let json: serde_json::Value = serde_json::from_str(named.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(json["authority"], "backend.local", "{upstream_protocol} upstream: {json}");
 
         let old = raw_exchange(addr, b"GET /old/client?q=1 HTTP/1.0\r\n\r\n").await;
         assert!(old.starts_with("HTTP/1.0 200 "), "{old}");
@@ -428,6 +451,15 @@ async fn an_upload_outlasting_its_response_keeps_its_http2_connection() {
 /// response says nothing of closing: each kept-alive connection is dead by the time the
 /// proxy reuses it. Returns its address and the number of connections it accepted.
 pub(crate) async fn closing_upstream() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    scripted_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await
+}
+
+/// An upstream that answers the first request head on each connection with `response`, byte
+/// for byte, and then closes the connection. Returns its address and the number of
+/// connections it accepted.
+pub(crate) async fn scripted_upstream(
+    response: &'static [u8],
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -445,12 +477,69 @@ pub(crate) async fn closing_upstream() -> (SocketAddr, std::sync::Arc<std::sync:
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                let _ = s.write_all(response).await;
                 // Dropping the socket closes it right after the response.
             });
         }
     });
     (addr, accepted)
+}
+
+/// RFC 9110 §8.6: a 1xx or 204 response has no `Content-Length`. An upstream that sends one
+/// anyway (found by the `upstream_h1` fuzz target: hyper's encoder trusted the header, and a
+/// debug build panicked) must not pass it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_on_101_and_204_is_not_passed_on() {
+    let cases: [(&[u8], &[u8], &str); 2] = [
+        (
+            b"GET /ws HTTP/1.1\r\nhost: backend.local\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\ncontent-length: 2\r\n\r\n",
+            "HTTP/1.1 101 ",
+        ),
+        (
+            b"GET /empty HTTP/1.1\r\nhost: backend.local\r\nconnection: close\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\ncontent-length: 2\r\n\r\n",
+            "HTTP/1.1 204 ",
+        ),
+    ];
+    for (request, response, status) in cases {
+        let got = through_scripted_upstream(request, response).await;
+        assert!(got.starts_with(status), "{status}: {got}");
+        let head = got.split("\r\n\r\n").next().unwrap_or_default().to_ascii_lowercase();
+        assert!(!head.contains("content-length"), "{status} passed on a Content-Length: {got}");
+    }
+}
+
+/// Sends `request` through a proxy in front of a [`scripted_upstream`] answering `response`.
+async fn through_scripted_upstream(request: &[u8], response: &'static [u8]) -> String {
+    let (up, _) = scripted_upstream(response).await;
+    let port = free_port();
+    let _proxy = Proxy::start(&config::simple(port, "HTTP", &[up], None)).await;
+    raw_exchange(listener_addr(port), request).await
+}
+
+/// RFC 9110 §15.2.2: a 101 must answer an HTTP/1.1 request that asked to switch, and name the
+/// protocol in `Upgrade`. Otherwise the upstream connection is in an unknown state: the client
+/// gets a 502 `upstream-reset`, not a switch (found by the `upstream_h1` fuzz target: an
+/// HTTP/1.0 101 was passed on as `HTTP/1.0 101`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switch_that_is_not_one_is_a_502() {
+    // `close`, so that the proxy ends the connection after its 502.
+    let upgrade =
+        b"GET /ws HTTP/1.1\r\nhost: backend.local\r\nconnection: upgrade, close\r\nupgrade: echo\r\n\r\n";
+    let plain =
+        b"POST /form HTTP/1.1\r\nhost: backend.local\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi";
+    let cases: [(&[u8], &'static [u8]); 3] = [
+        (upgrade, b"HTTP/1.0 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n"),
+        (upgrade, b"HTTP/1.1 101 Switching Protocols\r\n\r\n"),
+        (plain, b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n"),
+    ];
+    for (request, response) in cases {
+        let what = String::from_utf8_lossy(response).lines().next().unwrap_or_default().to_owned();
+        let got = through_scripted_upstream(request, response).await;
+        assert!(got.starts_with("HTTP/1.1 502 "), "{what}: {got}");
+        assert!(got.contains("x-tripline-reason: upstream-reset"), "{what}: {got}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
