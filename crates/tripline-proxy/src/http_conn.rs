@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::body::ClientBody;
@@ -156,6 +156,12 @@ async fn starts_with_preface(stream: &TcpStream) -> io::Result<bool> {
         }
         if n == buf.len() {
             return Ok(true);
+        }
+        // A client that closed its side after these bytes will send no more: they are not the
+        // preface, and hyper answers them. (Without this it waited for the request-head
+        // timeout.)
+        if stream.ready(Interest::READABLE).await?.is_read_closed() {
+            return Ok(false);
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_millis(100));

@@ -265,13 +265,37 @@ async fn h2c_multiplexed(addr: SocketAddr, expect_upstream_version: &str) {
 
 /// Sends `request` on a fresh connection and reads until the proxy closes it (or 5 s pass).
 async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {
+    raw_exchange_then(addr, request, false).await
+}
+
+/// [`raw_exchange`], closing the client's side after the request if `close`.
+async fn raw_exchange_then(addr: SocketAddr, request: &[u8], close: bool) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(request).await.unwrap();
+    if close {
+        s.shutdown().await.unwrap();
+    }
     let mut out = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
     assert!(read.is_ok(), "the proxy kept the connection open: {}", String::from_utf8_lossy(&out));
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A client that sends the start of the HTTP/2 preface ("P", "PR", "PRI") and closes its side
+/// will send no more: the proxy lets it go at once, where it used to wait for the request-head
+/// timeout (30 s) to tell HTTP/1.1 from HTTP/2 (found by the `client_h1` fuzz target). A whole
+/// preface followed by the close is let go too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_mid_preface_is_let_go() {
+    let up = Upstream::http("u1").await;
+    let (_proxy, addr) = proxy_to(&[&up], "HTTP").await;
+    for start in ["P", "PR", "PRI", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"] {
+        // `raw_exchange_then` fails the test if the connection stays open for 5 s.
+        let answer = raw_exchange_then(addr, start.as_bytes(), true).await;
+        assert!(!answer.contains("200"), "{start:?}: {answer}");
+    }
+    assert_eq!(up.requests(), 0);
 }
 
 /// RFC 9112 §3.2: an HTTP/1.1 request without `Host` (also in absolute form), or with two,
