@@ -175,6 +175,8 @@ pub struct ResponseBody {
     log: Option<Box<PendingLog>>,
     /// Ends the request on its client connection when the body is dropped.
     request: Option<RequestMark>,
+    /// The upstream body's error, held for one poll: see [`ResponseBody::poll_frame`].
+    failed: Option<BoxError>,
 }
 
 #[derive(Debug)]
@@ -207,6 +209,7 @@ impl ResponseBody {
             deadline: None,
             log: None,
             request: None,
+            failed: None,
         }
     }
 
@@ -218,7 +221,7 @@ impl ResponseBody {
             guard.mark_complete();
         }
         let deadline = deadline.map(|at| BodyDeadline { at, timer: None });
-        ResponseBody { inner, guard: Some(guard), deadline, log: None, request: None }
+        ResponseBody { inner, guard: Some(guard), deadline, log: None, request: None, failed: None }
     }
 
     /// Writes `log` when this body ends; see [`PendingLog`].
@@ -292,6 +295,9 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
         // A body that keeps data coming once its timer is armed is still cut at the deadline.
         if let Some(d) = this.deadline.as_mut().filter(|d| d.timer.is_some()) {
             if d.poll_expired(cx).is_ready() {
@@ -336,11 +342,20 @@ impl Body for ResponseBody {
             }
             this.end_log(BodyEnd::Complete);
         }
-        if let Poll::Ready(Some(Err(_))) = &polled {
+        if let Poll::Ready(Some(Err(e))) = polled {
             if let Some(g) = this.guard.take() {
                 g.finish(false);
             }
             this.end_log(BodyEnd::UpstreamReset);
+            // The error waits for the next poll. hyper's HTTP/1.1 server gives up its unsent
+            // buffer when a body fails, and an upstream that closes right after the head and a
+            // few bytes fails the body in the same turn that queued the head: the client got
+            // no response at all. Told to wait, hyper flushes first, so the client sees the
+            // head and what came of the body, then the close (found by the `upstream_h1`
+            // fuzz target).
+            this.failed = Some(e);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
         polled
     }

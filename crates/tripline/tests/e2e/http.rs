@@ -542,6 +542,23 @@ async fn through_scripted_upstream(request: &[u8], response: &'static [u8]) -> S
     raw_exchange(listener_addr(port), request).await
 }
 
+/// An upstream that sends a head and part of the body and then closes, all at once: the
+/// client gets the head and those bytes, then the close (a body shorter than its length: a
+/// cut it can tell). It used to get nothing at all: hyper's server dropped its unsent buffer,
+/// head included, when the body failed in the same turn (found by the `upstream_h1` fuzz
+/// target).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_at_once_still_delivers_the_head() {
+    let got = through_scripted_upstream(
+        b"GET /cut HTTP/1.1\r\nhost: backend.local\r\nconnection: close\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\nthe first bytes",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got:?}");
+    assert!(got.contains("content-length: 100000"), "{got:?}");
+    assert!(got.ends_with("\r\n\r\nthe first bytes"), "{got:?}");
+}
+
 /// RFC 9110 §15.2.2: a 101 must answer an HTTP/1.1 request that asked to switch, and name the
 /// protocol in `Upgrade`. Otherwise the upstream connection is in an unknown state: the client
 /// gets a 502 `upstream-reset`, not a switch (found by the `upstream_h1` fuzz target: an
