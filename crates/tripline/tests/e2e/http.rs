@@ -559,6 +559,84 @@ async fn a_body_cut_at_once_still_delivers_the_head() {
     assert!(got.ends_with("\r\n\r\nthe first bytes"), "{got:?}");
 }
 
+/// An upstream that answers a request and then, unasked, sends a second response on the
+/// kept-alive connection: that response must never reach the next request (a desync), which
+/// gets the upstream's own answer instead. Checked on a pooled connection that has served a
+/// request already, for a request that takes hyper's client (an upgrade the upstream declines,
+/// handed over from the lean client) and for one that takes the lean client. (The
+/// `upstream_h1` fuzz target once reported such a desync. The cause was in its upstream:
+/// Nagle's algorithm held the second response until the proxy's next request acknowledged the
+/// first, so it arrived after that request, where no proxy can tell it from the answer.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsolicited_response_never_reaches_the_next_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let first_requests: [&[u8]; 2] = [
+        b"GET /ws HTTP/1.1\r\nhost: backend.local\r\nconnection: upgrade, close\r\nupgrade: websocket\r\n\r\n",
+        b"GET /plain HTTP/1.1\r\nhost: backend.local\r\nconnection: close\r\n\r\n",
+    ];
+    for first in first_requests {
+        let what = String::from_utf8_lossy(first).lines().next().unwrap_or_default().to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = listener.local_addr().unwrap();
+        let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Answers a request with `first`, then 20 ms later with a second response nobody asked
+        // for, and tells the test; answers `/canary` with `canary`.
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                // Without it, Nagle's algorithm holds the second response until the proxy's
+                // next segment acknowledges the first: it would arrive after the next request
+                // went out, where no proxy can tell it from that request's answer.
+                let _ = s.set_nodelay(true);
+                let sent = sent_tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        let canary = buf.starts_with(b"GET /canary ") || buf.starts_with(b"GET /warm ");
+                        buf.drain(..end);
+                        if canary {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\ncanary").await;
+                            continue;
+                        }
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst").await;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nunasked!").await;
+                        let _ = sent.send(());
+                    }
+                });
+            }
+        });
+        let port = free_port();
+        let _proxy = Proxy::start_single(&config::simple(port, "HTTP", &[up], None)).await;
+        // A kept-alive connection in the pool first, which the request below reuses (the lean
+        // client's, handed to hyper for the upgrade).
+        let warm = raw_exchange(
+            listener_addr(port),
+            b"GET /warm HTTP/1.1\r\nhost: backend.local\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(warm.ends_with("canary"), "{warm}");
+        let got = raw_exchange(listener_addr(port), first).await;
+        assert!(got.contains("first"), "{what}: {got}");
+        tokio::time::timeout(Duration::from_secs(5), sent_rx.recv())
+            .await
+            .expect("the upstream answered twice");
+        let canary = raw_exchange(
+            listener_addr(port),
+            b"GET /canary HTTP/1.1\r\nhost: backend.local\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(canary.ends_with("\r\n\r\ncanary"), "{what}: the next request got {canary:?}");
+    }
+}
+
 /// RFC 9110 §15.2.2: a 101 must answer an HTTP/1.1 request that asked to switch, and name the
 /// protocol in `Upgrade`. Otherwise the upstream connection is in an unknown state: the client
 /// gets a 502 `upstream-reset`, not a switch (found by the `upstream_h1` fuzz target: an
