@@ -546,74 +546,11 @@ async fn upstream(listener: TcpListener) {
     }
 }
 
-const CONFIG: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: edge}
-spec:
-  servers:
-  - port: {number: PROXY_PORT, name: http, protocol: HTTP}
-    bind: 127.0.0.1
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: backend}
-spec:
-  hosts: [backend.local]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  resolution: STATIC
-  endpoints:
-  - address: 127.0.0.1
-    ports: {http: UPSTREAM_PORT}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: backend}
-spec:
-  hosts: ["*"]
-  gateways: [edge]
-  http:
-  - route:
-    - destination: {host: backend.local, port: {number: 80}}
-"#;
 
-/// Starts the upstream and the proxy on a background thread, once; returns the proxy's address.
+/// The proxy in front of `upstream`, started once; its address.
 fn proxy() -> SocketAddr {
     static ADDR: OnceLock<SocketAddr> = OnceLock::new();
-    *ADDR.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            rt.block_on(async move {
-                tripline_proxy::net_io::defer_writes_on_this_thread();
-                let up = TcpListener::bind("127.0.0.1:0").await.expect("upstream bind");
-                let up_port = up.local_addr().expect("upstream address").port();
-                tokio::spawn(upstream(up));
-                // A port below the kernel's ephemeral range (which starts at 32768), so that no
-                // outgoing connection holds it; another process may, hence the tries.
-                let proxy = tripline_proxy::Proxy::new();
-                let mut port = 0;
-                for attempt in 0..64u32 {
-                    let candidate = 20_000 + (std::process::id() * 7 + attempt * 131) % 10_000;
-                    let text = CONFIG
-                        .replace("PROXY_PORT", &candidate.to_string())
-                        .replace("UPSTREAM_PORT", &up_port.to_string());
-                    let sources = [tripline_config::Source { name: "fuzz.yaml".into(), text }];
-                    let loaded = tripline_config::load(&sources, &tripline_config::LoadOptions::default())
-                        .expect("the fuzz config loads");
-                    if proxy.apply(&loaded).await.is_ok() {
-                        port = candidate as u16;
-                        break;
-                    }
-                }
-                assert_ne!(port, 0, "no free port for the proxy between 20000 and 29999");
-                tx.send(SocketAddr::from(([127, 0, 0, 1], port))).expect("main thread waits");
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv().expect("the proxy thread starts")
-    })
+    *ADDR.get_or_init(|| tripline_fuzz::start(tripline_fuzz::ONE_UPSTREAM, upstream))
 }
 
 /// One client connection: sends each segment and waits for the proxy to answer it (at most
@@ -686,13 +623,8 @@ impl Frames {
     }
 }
 
-fn client() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime"))
-}
-
 fuzz_target!(|input: Input| {
     let addr = proxy();
     let segments = encode(&input);
-    client().block_on(exchange(addr, segments));
+    tripline_fuzz::client().block_on(exchange(addr, segments));
 });
