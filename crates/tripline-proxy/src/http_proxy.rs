@@ -105,8 +105,8 @@ enum Refused {
 /// What is wrong with a request that hyper's parser (or ours, for HTTP/2) accepts but no
 /// upstream should get, or `None`:
 /// - RFC 9112 §3.2: an HTTP/1.1 request without `Host` (even in absolute form), and any
-///   request with several `Host` lines or an invalid one (see [`valid_host`]). HTTP/1.0 may leave it out; HTTP/2
-///   carries `:authority` in the URI and has no `Host` to check here.
+///   request with several `Host` lines or an invalid one (see [`valid_host`]). HTTP/1.0 may
+///   leave it out; HTTP/2 carries `:authority` in the URI and has no `Host` to check here.
 /// - RFC 9112 §3.2.4, RFC 9113 §8.3.1: the target `*` is for `OPTIONS` only.
 fn malformed<B>(req: &Request<B>) -> Option<&'static str> {
     let mut hosts = req.headers().get_all(http::header::HOST).iter();
