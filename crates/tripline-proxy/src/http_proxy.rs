@@ -389,33 +389,29 @@ impl Started {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             tokio::spawn(tunnel(client_upgrade, upstream_upgrade, inflight));
             let (mut parts, _) = resp.into_parts();
-            parts.version = http::Version::default();
-            strip_hop_by_hop(&mut parts.headers, true);
-            drop_forbidden_length(&mut parts);
             // A WebSocket client becomes sticky from its handshake.
-            if let Some(cookie) = set_cookie {
-                parts.headers.append(http::header::SET_COOKIE, cookie);
-            }
+            client_head(&mut parts, true, set_cookie);
             return Response::from_parts(parts, ResponseBody::local(bytes::Bytes::new()));
         }
         let (mut parts, body) = resp.into_parts();
-        // Speak our own protocol version to the client, whatever the upstream spoke.
-        parts.version = http::Version::default();
-        strip_hop_by_hop(&mut parts.headers, false);
-        drop_forbidden_length(&mut parts);
-        if let Some(cookie) = set_cookie {
-            parts.headers.append(http::header::SET_COOKIE, cookie);
-        }
+        client_head(&mut parts, false, set_cookie);
         Response::from_parts(parts, ResponseBody::upstream(body, inflight, deadline))
     }
 }
 
-/// RFC 9110 §8.6: no `Content-Length` on a 1xx or 204 response. An upstream that sends one
-/// anyway would have the client (or hyper's encoder, which trusts the header) wait for a
+/// Turns an upstream's response head into the client's: our own protocol version, whatever
+/// the upstream spoke; no hop-by-hop headers (`Upgrade` kept for a switch); the sticky cookie.
+/// And RFC 9110 §8.6: no `Content-Length` on a 1xx or 204 response. An upstream that sends
+/// one anyway would have the client (or hyper's encoder, which trusts the header) wait for a
 /// body that never comes.
-fn drop_forbidden_length(parts: &mut http::response::Parts) {
+fn client_head(parts: &mut http::response::Parts, upgrade: bool, set_cookie: Option<http::HeaderValue>) {
+    parts.version = http::Version::default();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
     if parts.status.is_informational() || parts.status == StatusCode::NO_CONTENT {
         parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
+    if let Some(cookie) = set_cookie {
+        parts.headers.append(http::header::SET_COOKIE, cookie);
     }
 }
 
