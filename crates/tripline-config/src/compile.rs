@@ -459,9 +459,12 @@ impl<'a> Ctx<'a> {
             Discovery::Static(eps)
         } else {
             let targets = if se.endpoints.is_empty() {
+                // As in Istio: without endpoints, a host's cluster resolves that host only, not
+                // every host of the entry. A wildcard host has nothing to resolve.
                 se.hosts
                     .iter()
-                    .filter(|h| !h.value.contains('*'))
+                    .filter(|h| h.value.eq_ignore_ascii_case(host) && !h.value.contains('*'))
+                    .take(1)
                     .map(|h| DnsTarget {
                         hostname: h.value.clone(),
                         port: port.target_port.unwrap_or(port.number),

@@ -225,7 +225,7 @@ kind: ServiceEntry
 metadata: {name: ext}
 spec:
   hosts: [api.upstream.test, db.upstream.test]
-  ports: [{number: 80, name: http}, {number: 5432, name: tcp-pg}]
+  ports: [{number: 80, name: http, targetPort: 8080}, {number: 5432, name: tcp-pg}]
   resolution: DNS
 ---
 apiVersion: networking.istio.io/v1
@@ -257,7 +257,15 @@ spec:
     assert_eq!(*refresh, LoadOptions::default().dns_refresh);
     assert_eq!(
         targets.iter().map(|t| (t.hostname.as_str(), t.port)).collect::<Vec<_>>(),
-        [("api.upstream.test", 5432), ("db.upstream.test", 5432)]
+        [("db.upstream.test", 5432)],
+        "without endpoints, db's cluster resolves db's host only, not every host of the entry"
+    );
+    let h = &plan.clusters[h2.virtual_hosts[0].routes[0].destinations[0].cluster];
+    let Discovery::Dns { targets, .. } = &h.discovery else { panic!() };
+    assert_eq!(
+        targets.iter().map(|t| (t.hostname.as_str(), t.port)).collect::<Vec<_>>(),
+        [("api.upstream.test", 8080)],
+        "and api's cluster resolves api's host only, on the port's targetPort"
     );
 }
 
