@@ -18,14 +18,16 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncReadExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::body::ClientBody;
 use crate::client_conns::Supervised;
 use crate::h2_server::{self, PREFACE};
 use crate::http_proxy::{self, ConnContext};
+use crate::local_reply::{Reason, REASON_HEADER};
 use crate::net_io::TcpIo;
+use crate::Shared;
 
 /// hyper's HTTP/1.1 server settings, shared by a listener's connections.
 pub fn http1_builder() -> http1::Builder {
@@ -36,10 +38,11 @@ pub fn http1_builder() -> http1::Builder {
 }
 
 /// Serves one accepted client connection until it closes. `h2_only`: the listener speaks
-/// HTTP/2 only (Istio's `HTTP2` and `GRPC` ports), so there is nothing to detect.
+/// HTTP/2 only (Istio's `HTTP2` and `GRPC` ports); an HTTP/1.x client gets `505 http2-only`.
 pub async fn serve(http1: Arc<http1::Builder>, h2_only: bool, ctx: Arc<ConnContext>, stream: TcpStream) {
     let signal = ctx.conn.signal().clone();
-    let conn = Conn::Detecting(Box::pin(detect(stream, h2_only)), Some((http1, ctx)));
+    let refuse_http1 = h2_only.then(|| ctx.shared.clone());
+    let conn = Conn::Detecting(Box::pin(detect(stream, refuse_http1)), Some((http1, ctx)));
     let _ = Supervised::new(conn, signal, Conn::graceful_shutdown).await;
 }
 
@@ -128,8 +131,15 @@ impl Future for Conn {
 }
 
 /// Tells HTTP/2 (prior knowledge) from HTTP/1.1, consuming the HTTP/2 connection preface.
-async fn detect(mut stream: TcpStream, h2_only: bool) -> io::Result<(TcpStream, bool)> {
-    let h2 = h2_only || starts_with_preface(&stream).await?;
+/// `refuse_http1` (an HTTP/2-only listener): an HTTP/1.x client is answered with
+/// `505 http2-only` and the connection closed, instead of being reset or left waiting.
+async fn detect(mut stream: TcpStream, refuse_http1: Option<Arc<Shared>>) -> io::Result<(TcpStream, bool)> {
+    let h2 = starts_with_preface(&stream).await?;
+    if let (false, Some(shared)) = (h2, refuse_http1) {
+        crate::listener::refuse_global(&shared, Reason::Http2Only);
+        refuse_http1_client(&mut stream, Reason::Http2Only).await;
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "HTTP/1.x on an HTTP/2-only listener"));
+    }
     if h2 {
         let mut preface = [0u8; PREFACE.len()];
         stream.read_exact(&mut preface).await?;
@@ -138,6 +148,30 @@ async fn detect(mut stream: TcpStream, h2_only: bool) -> io::Result<(TcpStream, 
         }
     }
     Ok((stream, h2))
+}
+
+/// Answers an HTTP/1.x client with `reason` and closes. The request is read on (for up to a
+/// second) after the answer, so closing with it unread does not reset the connection under the
+/// answer before the client has read it.
+async fn refuse_http1_client(stream: &mut TcpStream, reason: Reason) {
+    let body = reason.body();
+    let status = reason.status();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\n{REASON_HEADER}: {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        reason.as_str(),
+        body.len()
+    );
+    if stream.write_all(format!("{head}{body}").as_bytes()).await.is_err() || stream.shutdown().await.is_err()
+    {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// Whether the client's first bytes are the HTTP/2 preface. Four bytes decide it ("PRI " is no

@@ -19,12 +19,14 @@ pub enum Reason {
     RouteTimeout,
     BreakerOpen,
     UpstreamTimeout,
+    /// An HTTP/1.x request on an `HTTP2`/`GRPC` listener, which speaks h2c only.
+    Http2Only,
 }
 
 pub const REASON_HEADER: &str = "x-tripline-reason";
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::OverflowConnections,
         Reason::OverflowPending,
         Reason::OverflowRequests,
@@ -35,6 +37,7 @@ impl Reason {
         Reason::RouteTimeout,
         Reason::BreakerOpen,
         Reason::UpstreamTimeout,
+        Reason::Http2Only,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,6 +52,7 @@ impl Reason {
             Reason::RouteTimeout => "route-timeout",
             Reason::BreakerOpen => "breaker-open",
             Reason::UpstreamTimeout => "upstream-timeout",
+            Reason::Http2Only => "http2-only",
         }
     }
 
@@ -57,11 +61,12 @@ impl Reason {
             Reason::NoRoute => StatusCode::NOT_FOUND,
             Reason::UpstreamReset => StatusCode::BAD_GATEWAY,
             Reason::RouteTimeout | Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reason::Http2Only => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
-    fn body(self) -> &'static str {
+    pub(crate) fn body(self) -> &'static str {
         match self {
             Reason::OverflowConnections => "upstream connection pool is full\n",
             Reason::OverflowPending => "too many requests waiting for an upstream connection\n",
@@ -75,6 +80,7 @@ impl Reason {
                 "circuit breaker open: the upstream is failing and is being let back carefully\n"
             }
             Reason::UpstreamTimeout => "the upstream did not answer within the per-try timeout\n",
+            Reason::Http2Only => "this listener speaks HTTP/2 only (h2c with prior knowledge)\n",
         }
     }
 

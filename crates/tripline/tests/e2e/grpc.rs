@@ -136,3 +136,44 @@ async fn idle_http2_upstream_connection_closes_after_its_last_stream() {
     check_unary(addr).await;
     assert_eq!(up.connections(), 2);
 }
+
+/// A Gateway server with `protocol: GRPC` is an HTTP/2-only listener (h2c prior knowledge,
+/// nothing detected): gRPC works on it end to end, and an HTTP/1.1 client gets a clear answer
+/// at once rather than a reset or a wait for the request-head timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_listener_serves_h2c_and_refuses_http1_clearly() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::http("g1").await;
+    let port = free_port();
+    let yaml = config::join(&[
+        config::gateway("edge", port, "GRPC"),
+        config::service_entry("grpc.local", "GRPC", &[up.addr]),
+        config::virtual_service("grpc", &["*"], "edge", &config::http_route("grpc.local")),
+    ]);
+    let proxy = Proxy::start(&yaml).await;
+    let listeners = proxy.admin_get("/listeners").await.json();
+    assert_eq!(listeners["listeners"][0]["protocol"], "Http2", "{listeners}");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    check_unary(addr).await;
+    check_stream(addr).await;
+
+    // HTTP/1.x requests, a full one and one shorter than the HTTP/2 preface (24 bytes): each
+    // is answered at once, not reset (the first was) nor left to the 30 s request-head
+    // timeout (the second was).
+    for head in ["GET / HTTP/1.1\r\nHost: grpc.local\r\n\r\n", "GET / HTTP/1.0\r\n\r\n"] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+        let read = read.unwrap_or_else(|_| panic!("{head:?}: no answer and no close within 5 s"));
+        let got = String::from_utf8_lossy(&got);
+        assert!(read.is_ok(), "{head:?}: {read:?} after {got:?}");
+        assert!(got.starts_with("HTTP/1.1 505 "), "{head:?}: {got:?}");
+        assert!(got.contains("\r\nx-tripline-reason: http2-only\r\n"), "{head:?}: {got:?}");
+        assert!(got.ends_with("HTTP/2 only (h2c with prior knowledge)\n"), "{head:?}: {got:?}");
+    }
+    let counted = proxy.metric("tripline_local_responses_total", &[("reason", "http2-only")]).await;
+    assert_eq!(counted, 2.0, "two HTTP/1.x clients refused");
+    assert_eq!(up.requests(), 2, "only the gRPC calls reached the upstream");
+    check_unary(addr).await;
+}
