@@ -46,8 +46,9 @@ enum Command {
 
 #[derive(Args, Clone)]
 pub struct LogArgs {
-    /// Log level: error, warn, info, debug, trace (or a tracing filter like tripline_proxy=debug).
-    #[arg(long, default_value = "info", env = "TRIPLINE_LOG")]
+    /// Log level: error, warn, info, debug, trace or off; or a filter of comma-separated
+    /// directives, each a level or `target=level` (e.g. `info,tripline_proxy=debug`).
+    #[arg(long, default_value = "info", env = "TRIPLINE_LOG", value_name = "LEVEL|FILTER", value_parser = parse_log_filter)]
     pub log_level: String,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -149,6 +150,35 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// Checks a `--log-level` / `TRIPLINE_LOG` value: a level, or tracing filter directives in
+/// which every bare word is a level. tracing reads a bare word that is not a level as a target
+/// name (`debugg` logs only a target called `debugg`, that is nothing), so a typo would turn
+/// all logging off without a word; here it is a usage error instead.
+/// An empty value (`TRIPLINE_LOG=`) means the default, `info`.
+pub fn parse_log_filter(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Ok("info".to_string());
+    }
+    let why = s.split(',').map(str::trim).find_map(|d| {
+        if d.is_empty() {
+            Some("it has an empty directive (a comma too many)".to_string())
+        } else if !d.contains(['=', '[']) && !LOG_LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l)) {
+            Some(format!("`{d}` is not a level"))
+        } else {
+            d.parse::<tracing_subscriber::filter::Directive>().err().map(|e| format!("`{d}`: {e}"))
+        }
+    });
+    match why {
+        None => Ok(s.to_string()),
+        Some(why) => Err(format!(
+            "{why}; --log-level and TRIPLINE_LOG take a level ({}) or directives like `info,tripline_proxy=debug`",
+            LOG_LEVELS.join(", ")
+        )),
+    }
+}
+
 pub fn init_logging(log: &LogArgs) {
     let filter = tracing_subscriber::EnvFilter::try_new(&log.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -211,6 +241,26 @@ mod tests {
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn log_filters_are_levels_or_directives_whose_bare_words_are_levels() {
+        for good in ["info", "WARN", "off", "info,tripline_proxy=debug", "tripline=trace", "warn, hyper=off"]
+        {
+            assert_eq!(parse_log_filter(good).as_deref(), Ok(good), "{good}");
+        }
+        assert_eq!(parse_log_filter("").as_deref(), Ok("info"), "TRIPLINE_LOG= is the default");
+        for (bad, says) in [
+            ("debugg", "`debugg` is not a level"),
+            ("verbose", "`verbose` is not a level"),
+            ("info,tripline_proxy", "`tripline_proxy` is not a level"),
+            ("warn,,", "empty directive"),
+            ("tripline=loud", "`tripline=loud`"),
+        ] {
+            let e = parse_log_filter(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+            assert!(e.contains("error, warn, info, debug, trace, off"), "{bad:?} lists the levels: {e}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod support;
 
 mod admin;
 mod balancing;
+mod cli;
 mod grpc;
 mod h2_server;
 mod harness;

@@ -1,0 +1,76 @@
+//! The command line as a user meets it: `--log-level` / `TRIPLINE_LOG` values.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::proxy::{binary, run_bounded, tail, unique_dir};
+use crate::support::{client, config, free_port};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+const LEVELS: &str = "error, warn, info, debug, trace, off";
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A log level that is not one (a typo, or a word tracing would take for a target name and so
+/// log nothing at all) is a usage error, from the flag and from the environment alike.
+#[test]
+fn a_bad_log_level_is_a_usage_error_that_lists_the_levels() {
+    for (flag, env) in [(Some("debugg"), None), (Some("warn,,"), None), (None, Some("verbose"))] {
+        let mut cmd = Command::new(binary());
+        cmd.args(["run", "-c", "does-not-matter.yaml"]).env_remove("TRIPLINE_LOG");
+        if let Some(v) = flag {
+            cmd.args(["--log-level", v]);
+        }
+        if let Some(v) = env {
+            cmd.env("TRIPLINE_LOG", v);
+        }
+        let (code, out, err) = run_bounded(&mut cmd, TIMEOUT);
+        let value = flag.or(env).unwrap();
+        assert_eq!(code, Some(2), "{value:?}: stdout:\n{out}\nstderr:\n{err}");
+        assert!(err.contains(&format!("invalid value '{value}' for '--log-level")), "{value:?}: {err}");
+        assert!(err.contains(LEVELS), "{value:?}: the message lists the levels: {err}");
+    }
+}
+
+/// A filter of directives whose bare words are levels is accepted and logs as it says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_with_a_target_directive_starts_and_logs() {
+    let dir = unique_dir("cli-log-filter");
+    let path = dir.join("mesh.yaml");
+    std::fs::write(&path, config::simple(free_port(), "HTTP", &[loopback(free_port())], None)).unwrap();
+    let admin = loopback(free_port());
+    let stderr = dir.join("stderr.log");
+    let mut child = Command::new(binary())
+        .args(["run", "-c", path.to_str().unwrap(), "--workers", "1"])
+        .args(["--admin", &admin.to_string(), "--mesh-bind", &loopback(free_port()).to_string()])
+        .args(["--log-level", "warn,tripline::run=info"])
+        .env_remove("TRIPLINE_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("spawn tripline");
+    let start = Instant::now();
+    let ready = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("tripline exited ({st}) before /ready:\n{}", tail(&stderr, 40));
+        }
+        if client::get(admin, "localhost", "/ready").await.is_ok_and(|r| r.status == 200) {
+            break true;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(ready, "not ready after 10 s:\n{log}");
+    assert!(log.contains("tripline ready"), "`tripline::run=info` logs the ready line:\n{log}");
+    assert!(!log.contains("listening"), "tripline_proxy's info lines are below `warn`:\n{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
