@@ -77,10 +77,39 @@ pub fn demo_config(listen: SocketAddr, ports: [u16; 3]) -> String {
         .replace("{PORT_SLOW}", &ports[2].to_string())
 }
 
+/// What `--print-config` prints: the config the demo would run with these flags, ready for
+/// `tripline validate`. The demo starts its upstreams on free ports each time, so the three
+/// upstream ports here are free ports picked now, as the demo picks them.
+fn printed_config(args: &DemoArgs) -> std::io::Result<String> {
+    let listeners =
+        (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<std::io::Result<Vec<_>>>()?;
+    let mut ports = [0u16; 3];
+    for (port, l) in ports.iter_mut().zip(&listeners) {
+        *port = l.local_addr()?.port();
+    }
+    let filled = demo_config(args.listen, ports);
+    // The template's first line speaks of placeholders, which are filled in here.
+    let body = filled.split_once('\n').map_or(filled.as_str(), |(_, rest)| rest);
+    Ok(format!(
+        "# The config `tripline demo --listen {}` runs; its admin API is on {} (--admin).\n\
+         # The demo starts its three upstreams on free ports each time: the ports below are an example.\n\
+         {body}",
+        args.listen, args.admin
+    ))
+}
+
 pub fn run(args: DemoArgs) -> ExitCode {
     if args.print_config {
-        print!("{DEMO_CONFIG}");
-        return ExitCode::SUCCESS;
+        return match printed_config(&args) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tripline demo: cannot pick ports for the demo upstreams: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     init_logging(&args.log);
     let rt = match crate::run::runtime() {

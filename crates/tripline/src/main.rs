@@ -122,7 +122,7 @@ pub struct DemoArgs {
     /// Stop after this long (default: run until Ctrl-C).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub duration: Option<Duration>,
-    /// Print the embedded config and exit.
+    /// Print the config the demo runs (with --listen filled in) and exit.
     #[arg(long)]
     pub print_config: bool,
     #[command(flatten)]

@@ -1,4 +1,5 @@
-//! The command line as a user meets it: `--log-level` / `TRIPLINE_LOG` values.
+//! The command line as a user meets it: `--log-level` / `TRIPLINE_LOG` values, and
+//! `tripline demo` (its printed config and a short run).
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -73,4 +74,43 @@ async fn a_filter_with_a_target_directive_starts_and_logs() {
     assert!(log.contains("tripline ready"), "`tripline::run=info` logs the ready line:\n{log}");
     assert!(!log.contains("listening"), "tripline_proxy's info lines are below `warn`:\n{log}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `demo --print-config` prints a config `tripline validate` accepts, with `--listen` in it.
+#[test]
+fn demo_print_config_validates() {
+    let listen = loopback(free_port());
+    let (code, out, err) = run_bounded(
+        Command::new(binary()).args(["demo", "--print-config", "--listen", &listen.to_string()]),
+        TIMEOUT,
+    );
+    assert_eq!(code, Some(0), "stderr:\n{err}");
+    assert!(!out.contains("{LISTEN_") && !out.contains("{PORT_"), "placeholders left:\n{out}");
+    assert!(out.contains(&format!("number: {}", listen.port())), "--listen's port in the config:\n{out}");
+    let dir = unique_dir("cli-demo-config");
+    let path = dir.join("demo.yaml");
+    std::fs::write(&path, &out).unwrap();
+    let (code, vout, verr) = run_bounded(Command::new(binary()).arg("validate").arg(&path), TIMEOUT);
+    assert_eq!(code, Some(0), "validate of the printed config:\n{vout}\n{verr}\nconfig:\n{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tripline demo --duration` runs on the given addresses, says where they are, prints a
+/// summary line and exits 0 on its own.
+#[test]
+fn demo_runs_for_its_duration_and_prints_a_summary() {
+    let (listen, admin) = (loopback(free_port()), loopback(free_port()));
+    let (code, out, err) = run_bounded(
+        Command::new(binary())
+            .args(["demo", "--listen", &listen.to_string(), "--admin", &admin.to_string()])
+            .args(["--rps", "20", "--duration", "5s", "--log-level", "warn"])
+            .env_remove("TRIPLINE_LOG"),
+        TIMEOUT,
+    );
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains(&format!("http://{listen}/")), "the listener URL:\n{out}");
+    assert!(out.contains(&format!("http://{admin}/clusters")), "the admin URL:\n{out}");
+    let summary =
+        out.lines().find(|l| l.starts_with("client: ")).unwrap_or_else(|| panic!("no summary:\n{out}"));
+    assert!(summary.contains(" ok, ") && summary.contains("steady"), "{summary}");
 }
