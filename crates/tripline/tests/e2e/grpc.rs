@@ -6,9 +6,12 @@ use std::time::{Duration, Instant};
 use http::Method;
 use http_body_util::BodyExt;
 
-use crate::support::client::full;
+use bytes::BytesMut;
+use hyper::body::Frame;
+
+use crate::support::client::{channel_body, full, Body};
 use crate::support::config;
-use crate::support::upstream::{grpc_frame, grpc_messages};
+use crate::support::upstream::{grpc_frame, grpc_messages, grpc_take_message};
 use crate::support::{free_port, Conn, Proto, Proxy, Upstream};
 
 async fn grpc_proxy(up: &Upstream) -> (Proxy, SocketAddr) {
@@ -17,11 +20,16 @@ async fn grpc_proxy(up: &Upstream) -> (Proxy, SocketAddr) {
     (proxy, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
-fn grpc_request(conn: &Conn, method: &str, msg: &[u8]) -> http::Request<crate::support::client::Body> {
+fn grpc_request(conn: &Conn, method: &str, msg: &[u8]) -> http::Request<Body> {
+    grpc_call(conn, method, full(grpc_frame(msg)))
+}
+
+/// A call to `method` with the body given (gRPC messages, whole or streamed).
+fn grpc_call(conn: &Conn, method: &str, body: Body) -> http::Request<Body> {
     conn.request(Method::POST, "grpc.local", method)
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .body(full(grpc_frame(msg)))
+        .body(body)
         .unwrap()
 }
 
@@ -84,6 +92,58 @@ pub async fn check_stream(addr: SocketAddr) {
     let trailers = trailers.expect("trailers after the stream");
     assert_eq!(trailers.get("grpc-status").unwrap(), "0");
     assert_eq!(trailers.get("grpc-message").unwrap(), "done");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_bidi_streaming_answers_each_message_while_the_request_streams() {
+    let up = Upstream::http("g1").await;
+    let (_proxy, addr) = grpc_proxy(&up).await;
+    check_bidi(addr).await;
+}
+
+/// A bidirectional call in lockstep: each message is sent only once the echo of the one
+/// before has come back, so a proxy that holds the request body (or the response) until the
+/// request ends never gets past the first message.
+pub async fn check_bidi(addr: SocketAddr) {
+    const STEP: Duration = Duration::from_secs(3);
+    let mut conn = Conn::connect(addr, Proto::H2).await.unwrap();
+    let (tx, req_body) = channel_body(4);
+    let req = grpc_call(&conn, "/test.Echo/Bidi", req_body);
+    tx.send(Frame::data(grpc_frame(b"ping-0"))).await.unwrap();
+    let resp = tokio::time::timeout(STEP, conn.send(req))
+        .await
+        .expect("no response head while the request streams")
+        .expect("bidi call");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut buf = BytesMut::new();
+    for i in 0..5 {
+        if i > 0 {
+            tx.send(Frame::data(grpc_frame(format!("ping-{i}").as_bytes()))).await.unwrap();
+        }
+        let echo = loop {
+            if let Some(msg) = grpc_take_message(&mut buf) {
+                break msg;
+            }
+            let frame = tokio::time::timeout(STEP, body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("no echo of message {i} while the request is still open"))
+                .unwrap_or_else(|| panic!("the response ended before the echo of message {i}"))
+                .expect("response frame");
+            let data = frame.into_data().unwrap_or_else(|f| panic!("trailers before echo {i}: {f:?}"));
+            buf.extend_from_slice(&data);
+        };
+        assert_eq!(&echo[..], format!("ping-{i}|g1").as_bytes());
+    }
+    // The client ends its side; the server then ends the call with its status.
+    drop(tx);
+    let rest = tokio::time::timeout(STEP, body.collect())
+        .await
+        .expect("no trailers after the request ended")
+        .expect("response end");
+    let trailers = rest.trailers().cloned().expect("trailers end the call");
+    assert!(buf.is_empty() && rest.to_bytes().is_empty(), "messages nobody sent");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,6 +216,7 @@ async fn grpc_listener_serves_h2c_and_refuses_http1_clearly() {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     check_unary(addr).await;
     check_stream(addr).await;
+    check_bidi(addr).await;
 
     // HTTP/1.x requests, a full one and one shorter than the HTTP/2 preface (24 bytes): each
     // is answered at once, not reset (the first was) nor left to the 30 s request-head
@@ -174,6 +235,6 @@ async fn grpc_listener_serves_h2c_and_refuses_http1_clearly() {
     }
     let counted = proxy.metric("tripline_local_responses_total", &[("reason", "http2-only")]).await;
     assert_eq!(counted, 2.0, "two HTTP/1.x clients refused");
-    assert_eq!(up.requests(), 2, "only the gRPC calls reached the upstream");
+    assert_eq!(up.requests(), 3, "only the gRPC calls reached the upstream");
     check_unary(addr).await;
 }

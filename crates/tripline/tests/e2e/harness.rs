@@ -37,6 +37,7 @@ async fn harness_grpc_upstream() {
     crate::grpc::check_unary(up.addr).await;
     crate::grpc::check_stream(up.addr).await;
     crate::grpc::check_fail(up.addr).await;
+    crate::grpc::check_bidi(up.addr).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

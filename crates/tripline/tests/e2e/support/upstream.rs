@@ -11,7 +11,9 @@
 //!   in `body_bytes`).
 //! - gRPC (content-type application/grpc): `/test.Echo/Unary` answers `<msg>|<id>`,
 //!   `/test.Echo/Stream` answers N messages (`msg-i`, 80 ms apart, N = the request message),
-//!   `/test.Echo/Fail` answers grpc-status 13; all with trailers.
+//!   `/test.Echo/Fail` answers grpc-status 13, `/test.Echo/Bidi` answers each request message
+//!   (`<msg>|<id>`) as soon as it has come, while the request is still streaming; all with
+//!   trailers.
 //!
 //! TCP echo: echoes bytes as they come; after the client's half-close it writes `<EOF:n>`
 //! (n = bytes received) and closes.
@@ -358,16 +360,33 @@ pub fn grpc_frame(msg: &[u8]) -> Bytes {
 
 /// Splits a body into gRPC messages; panics on a malformed frame.
 pub fn grpc_messages(body: &[u8]) -> Vec<Bytes> {
+    let mut buf = BytesMut::from(body);
     let mut out = Vec::new();
-    let mut at = 0;
-    while at < body.len() {
-        assert!(body.len() - at >= 5, "truncated gRPC frame header");
-        let len = u32::from_be_bytes([body[at + 1], body[at + 2], body[at + 3], body[at + 4]]) as usize;
-        assert!(body.len() - at - 5 >= len, "truncated gRPC message");
-        out.push(Bytes::copy_from_slice(&body[at + 5..at + 5 + len]));
-        at += 5 + len;
+    while let Some(msg) = grpc_take_message(&mut buf) {
+        out.push(msg);
     }
+    assert!(buf.is_empty(), "truncated gRPC message: {} bytes left", buf.len());
     out
+}
+
+/// Takes the first whole gRPC message off the front of `buf`, if it has come in full.
+pub fn grpc_take_message(buf: &mut BytesMut) -> Option<Bytes> {
+    if buf.len() < 5 {
+        return None;
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+    if buf.len() - 5 < len {
+        return None;
+    }
+    let mut frame = buf.split_to(5 + len);
+    Some(frame.split_off(5).freeze())
+}
+
+/// What the gRPC echo methods answer to `msg`: `<msg>|<upstream id>`.
+fn grpc_echo(msg: &[u8], id: &str) -> Bytes {
+    let mut reply = msg.to_vec();
+    reply.extend_from_slice(format!("|{id}").as_bytes());
+    grpc_frame(&reply)
 }
 
 fn grpc_trailers(status: &'static str, message: &'static str) -> HeaderMap {
@@ -379,16 +398,33 @@ fn grpc_trailers(status: &'static str, message: &'static str) -> HeaderMap {
 
 async fn grpc(st: Arc<UpstreamState>, req: Request<Incoming>) -> Result<Response<Body>, BoxError> {
     let path = req.uri().path().to_owned();
-    let data = req.into_body().collect().await?.to_bytes();
-    let msg = grpc_messages(&data).into_iter().next().unwrap_or_default();
     let (tx, out) = channel_body(16);
     let id = st.id.clone();
+    let mut body = req.into_body();
+    if path == "/test.Echo/Bidi" {
+        // Answers with the head at once, then each message as soon as it has come.
+        tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            while let Some(Ok(frame)) = body.frame().await {
+                let Ok(data) = frame.into_data() else { continue };
+                buf.extend_from_slice(&data);
+                while let Some(msg) = grpc_take_message(&mut buf) {
+                    if tx.send(Frame::data(grpc_echo(&msg, &id))).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(Frame::trailers(grpc_trailers("0", "ok"))).await;
+        });
+        return grpc_response(&st, out);
+    }
+    let data = body.collect().await?.to_bytes();
+    let msg = grpc_messages(&data).into_iter().next().unwrap_or_default();
     match path.as_str() {
         "/test.Echo/Unary" => {
-            let mut reply = msg.to_vec();
-            reply.extend_from_slice(format!("|{id}").as_bytes());
+            let reply = grpc_echo(&msg, &id);
             tokio::spawn(async move {
-                let _ = tx.send(Frame::data(grpc_frame(&reply))).await;
+                let _ = tx.send(Frame::data(reply)).await;
                 let _ = tx.send(Frame::trailers(grpc_trailers("0", "ok"))).await;
             });
         }
@@ -417,9 +453,13 @@ async fn grpc(st: Arc<UpstreamState>, req: Request<Incoming>) -> Result<Response
             });
         }
     }
+    grpc_response(&st, out)
+}
+
+fn grpc_response(st: &UpstreamState, body: Body) -> Result<Response<Body>, BoxError> {
     Ok(Response::builder()
         .status(200)
         .header("content-type", "application/grpc")
         .header("x-upstream-id", &st.id)
-        .body(out)?)
+        .body(body)?)
 }
