@@ -292,21 +292,49 @@ impl<'a> Cx<'a> {
 
     /// A mapping of string to string (labels).
     pub fn string_map(&mut self, node: &Node, path: &str) -> BTreeMap<String, String> {
+        self.map_of(node, path, "a label name", Self::string)
+    }
+
+    /// A mapping of port names to port numbers (a WorkloadEntry's `ports`). Whatever stands
+    /// where a number should (a mapping, a list, null, text) gets the port-number message.
+    pub fn port_map(&mut self, node: &Node, path: &str) -> BTreeMap<String, u16> {
+        self.map_of(node, path, "a port name", |cx, v, p| {
+            let port = match &v.kind {
+                Kind::Scalar { text, .. } if !v.is_null() => {
+                    text.trim().parse::<u16>().ok().filter(|&n| n > 0)
+                }
+                _ => None,
+            };
+            if port.is_none() {
+                cx.error(v, p, format!("expected a port number between 1 and 65535, found {}", v.describe()));
+            }
+            port
+        })
+    }
+
+    /// A mapping of names (`key`: what a name is) to values read by `value`.
+    fn map_of<T>(
+        &mut self,
+        node: &Node,
+        path: &str,
+        key: &str,
+        mut value: impl FnMut(&mut Self, &Node, &str) -> Option<T>,
+    ) -> BTreeMap<String, T> {
         let mut out = BTreeMap::new();
         match &node.kind {
             Kind::Map(entries) => {
                 for (k, v) in entries {
-                    let Some(key) = k.as_scalar() else {
-                        self.error(k, path, format!("expected a label name, found {}", k.describe()));
+                    let Some(name) = k.as_scalar() else {
+                        self.error(k, path, format!("expected {key}, found {}", k.describe()));
                         continue;
                     };
-                    let p = join(path, key);
-                    if out.contains_key(key) {
-                        self.error(k, &p, format!("duplicate key `{key}`"));
+                    let p = join(path, name);
+                    if out.contains_key(name) {
+                        self.error(k, &p, format!("duplicate key `{name}`"));
                         continue;
                     }
-                    if let Some(val) = self.string(v, &p) {
-                        out.insert(key.to_string(), val);
+                    if let Some(val) = value(self, v, &p) {
+                        out.insert(name.to_string(), val);
                     }
                 }
             }

@@ -345,22 +345,7 @@ pub fn service_entry(cx: &mut Cx, spec: &Node) -> Option<ServiceEntry> {
                 cx.error(an, &ap, format!("expected an IP address for resolution STATIC, found {} (use resolution: DNS for host names)", an.describe()));
                 continue;
             }
-            let mut ports = BTreeMap::new();
-            if let Some((pn, pp)) = ef.value("ports") {
-                for (name, value) in cx.string_map(pn, &pp) {
-                    let node = pn.get(&name).unwrap_or(pn);
-                    match value.trim().parse::<u16>() {
-                        Ok(v) if v > 0 => {
-                            ports.insert(name, v);
-                        }
-                        _ => cx.error(
-                            node,
-                            &join(&pp, &name),
-                            format!("expected a port number between 1 and 65535, found {}", node.describe()),
-                        ),
-                    }
-                }
-            }
+            let ports = ef.value("ports").map(|(n, p)| cx.port_map(n, &p)).unwrap_or_default();
             let labels = ef.value("labels").map(|(n, p)| cx.string_map(n, &p)).unwrap_or_default();
             let weight = match ef.value("weight") {
                 Some((n, p)) => match cx.u32(n, &p, 1) {

@@ -416,6 +416,18 @@ fn wrong_type() {
 }
 
 #[test]
+fn an_endpoint_port_that_is_not_a_number_says_a_port_number_is_expected() {
+    for (value, found) in [("{x: 1}", "a mapping"), ("[1]", "a list"), ("abc", "`abc`"), ("0", "`0`")] {
+        let text = EXAMPLE.replace("ports: {http: 18080}", &format!("ports: {{http: {value}}}"));
+        assert_eq!(
+            the_error(&text),
+            format!("error: mesh.yaml:18:19: ServiceEntry/backend: spec.endpoints[0].ports.http: expected a port number between 1 and 65535, found {found}"),
+            "ports: {{http: {value}}}"
+        );
+    }
+}
+
+#[test]
 fn enum_values_say_what_is_accepted() {
     let text = EXAMPLE.replace("LEAST_REQUEST", "LEAST_REQUESTS");
     assert!(the_error(&text).ends_with(
