@@ -99,31 +99,9 @@ async fn maglev_is_sticky_and_stable_when_an_endpoint_leaves() {
 /// Of the keys not on c, at most `moved_percent`% may move.
 async fn sticky_and_stable_when_an_endpoint_leaves(algorithm: &str, moved_percent: usize) {
     let ups = [Upstream::http("a").await, Upstream::http("b").await, Upstream::http("c").await];
-    let port = free_port();
-    let tp = format!(
-        "    loadBalancer:\n      consistentHash:\n        httpHeaderName: x-user\n        {algorithm}\n"
-    );
-    let eps: Vec<SocketAddr> = ups.iter().map(|u| u.addr).collect();
-    let proxy = Proxy::start(&config::simple(port, "HTTP", &eps, Some(&tp))).await;
-
-    let keys: Vec<String> = (0..120).map(|i| format!("user-{i}")).collect();
-    let mut conn = Conn::connect(addr(port), Proto::H1).await.unwrap();
-    let before = placement(&mut conn, &keys).await;
-    let mut used: Vec<&String> = before.values().collect();
-    used.sort();
-    used.dedup();
-    assert_eq!(used.len(), 3, "120 keys hashed only to {used:?}");
-
-    // Remove endpoint c.
-    let reloads = proxy.metric("tripline_config_reloads_total", &[("result", "success")]).await;
-    proxy.write_config(&config::simple(port, "HTTP", &eps[..2], Some(&tp)));
-    proxy.wait_reload("success", reloads, Duration::from_secs(5)).await;
-
-    let mut conn = Conn::connect(addr(port), Proto::H1).await.unwrap();
-    let after = placement(&mut conn, &keys).await;
+    let placed = placement_across_reload(algorithm, &ups, &ups[..2]).await;
     let (mut kept, mut moved) = (0, Vec::new());
-    for key in &keys {
-        let (old, new) = (&before[key], &after[key]);
+    for (key, old, new) in &placed {
         assert_ne!(new, "c", "key {key} still sent to the removed endpoint");
         if old != "c" {
             kept += 1;
@@ -137,6 +115,81 @@ async fn sticky_and_stable_when_an_endpoint_leaves(algorithm: &str, moved_percen
         "{} of the {kept} keys not on the removed endpoint moved: {moved:?}",
         moved.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_hash_moves_keys_only_to_an_added_endpoint() {
+    keys_move_only_to_an_added_endpoint("ringHash: {minimumRingSize: 1024}", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maglev_moves_keys_mostly_to_an_added_endpoint() {
+    // As when an endpoint leaves, Maglev's refilled table hands a few slots between the others.
+    keys_move_only_to_an_added_endpoint("maglev: {tableSize: 65537}", 10).await;
+}
+
+/// 120 keys over three endpoints with the `algorithm` given; endpoint d joins by a reload. A
+/// key stays where it was or moves to d; at most `moved_percent`% move between the old three
+/// (a hash taken modulo the endpoint count would move most of them). d gets its share.
+async fn keys_move_only_to_an_added_endpoint(algorithm: &str, moved_percent: usize) {
+    let ups = [
+        Upstream::http("a").await,
+        Upstream::http("b").await,
+        Upstream::http("c").await,
+        Upstream::http("d").await,
+    ];
+    let placed = placement_across_reload(algorithm, &ups[..3], &ups).await;
+    let to_new = placed.iter().filter(|(_, old, new)| old != new && new == "d").count();
+    let between_old: Vec<String> = placed
+        .iter()
+        .filter(|(_, old, new)| old != new && new != "d")
+        .map(|(key, old, new)| format!("{key}: {old} -> {new}"))
+        .collect();
+    assert!(
+        between_old.len() * 100 <= placed.len() * moved_percent,
+        "{} of {} keys moved between the endpoints that were already there: {between_old:?}",
+        between_old.len(),
+        placed.len()
+    );
+    // A quarter (30) on average; the new endpoint must take a real share, not all or none.
+    assert!((10..=60).contains(&to_new), "{to_new} of {} keys moved to the added endpoint", placed.len());
+}
+
+/// Starts the proxy with consistent hashing on `x-user` (`algorithm`) over `before`, places
+/// 120 keys (each sticky), reloads to `after` and places them again: (key, old id, new id).
+/// Every `before` endpoint must get some keys.
+async fn placement_across_reload(
+    algorithm: &str,
+    before: &[Upstream],
+    after: &[Upstream],
+) -> Vec<(String, String, String)> {
+    let port = free_port();
+    let tp = format!(
+        "    loadBalancer:\n      consistentHash:\n        httpHeaderName: x-user\n        {algorithm}\n"
+    );
+    let eps = |ups: &[Upstream]| ups.iter().map(|u| u.addr).collect::<Vec<SocketAddr>>();
+    let proxy = Proxy::start(&config::simple(port, "HTTP", &eps(before), Some(&tp))).await;
+
+    let keys: Vec<String> = (0..120).map(|i| format!("user-{i}")).collect();
+    let mut conn = Conn::connect(addr(port), Proto::H1).await.unwrap();
+    let old = placement(&mut conn, &keys).await;
+    let mut used: Vec<&String> = old.values().collect();
+    used.sort();
+    used.dedup();
+    assert_eq!(used.len(), before.len(), "120 keys hashed only to {used:?}");
+
+    let reloads = proxy.metric("tripline_config_reloads_total", &[("result", "success")]).await;
+    proxy.write_config(&config::simple(port, "HTTP", &eps(after), Some(&tp)));
+    proxy.wait_reload("success", reloads, Duration::from_secs(5)).await;
+
+    let mut conn = Conn::connect(addr(port), Proto::H1).await.unwrap();
+    let mut new = placement(&mut conn, &keys).await;
+    keys.into_iter()
+        .map(|key| {
+            let (o, n) = (old[&key].clone(), new.remove(&key).unwrap());
+            (key, o, n)
+        })
+        .collect()
 }
 
 /// `httpCookie` with `ttl`: a client without the cookie gets one on its first response, and
