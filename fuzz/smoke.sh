@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# A short run of every fuzz target, for CI: builds them (nightly, cargo-fuzz) and runs each
+# for FUZZ_SECONDS (default 20) from a scratch corpus; the config target starts from the
+# project's examples and the brief's seed configs. Not a substitute for the minutes-long runs
+# in docs/testing.md: it catches targets that no longer build, and crashes the first few
+# thousand inputs reach. Exits non-zero on the first crash, leak or timeout libFuzzer reports.
+set -euo pipefail
+cd "$(dirname "$0")"
+SECONDS_EACH=${FUZZ_SECONDS:-20}
+
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  echo "fuzz smoke: SKIPPED, no nightly toolchain (rustup toolchain install nightly)" >&2
+  exit 0
+fi
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  cargo install --locked cargo-fuzz
+fi
+
+cargo +nightly fuzz build -O
+scratch=$(mktemp -d /tmp/tripline-fuzz-smoke.XXXXXX)
+trap 'rm -rf "$scratch"' EXIT
+for target in config h2_server client_h1 upstream_h1; do
+  mkdir -p "$scratch/$target"
+  seeds=()
+  if [ "$target" = config ]; then
+    seeds=(../examples)
+    if [ -d ../../shared/examples/seeds ]; then seeds+=(../../shared/examples/seeds); fi
+  fi
+  echo "== fuzz smoke: $target, ${SECONDS_EACH}s"
+  log="$scratch/$target.log"
+  if ! cargo +nightly fuzz run -O "$target" "$scratch/$target" "${seeds[@]}" -- \
+    -max_total_time="$SECONDS_EACH" -timeout=20 -max_len=2048 -print_final_stats=1 >"$log" 2>&1; then
+    tail -n 80 "$log"
+    echo "fuzz smoke: $target FAILED (the input is in fuzz/artifacts/$target; decode it with" \
+      "cargo +nightly fuzz fmt $target <file>)" >&2
+    exit 1
+  fi
+  grep -E '^stat::(number_of_executed_units|peak_rss_mb)' "$log" | tr '\n' ' '
+  echo
+done
+echo "fuzz smoke: all targets ran ${SECONDS_EACH}s without a finding"
