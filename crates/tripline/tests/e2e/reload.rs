@@ -199,3 +199,79 @@ async fn sighup_reloads_the_config() {
     let exited = proxy.wait_exit(Duration::from_millis(200)).await;
     assert!(exited.is_none(), "SIGHUP stopped the proxy: {exited:?}");
 }
+
+/// Waits until a request is answered by the upstream `id` (bounded), e.g. after a reload.
+async fn until_served_by(port: u16, id: &str) {
+    crate::support::eventually(&format!("requests answered by `{id}`"), Duration::from_secs(5), || async {
+        let r = get_with(addr(port), "backend.local", "/", &[]).await;
+        r.is_ok_and(|r| r.status == 200 && r.upstream() == Some(id))
+    })
+    .await;
+}
+
+/// One config in two files: the listener and route to `backend.local` in `routes`, the
+/// ServiceEntry that defines `backend.local` (endpoint `up`) in `endpoints`.
+fn write_split_config(routes: &std::path::Path, endpoints: &std::path::Path, port: u16, up: SocketAddr) {
+    std::fs::write(routes, config::edge(port, &config::http_route("backend.local"))).unwrap();
+    std::fs::write(endpoints, config::service_entry("backend.local", "HTTP", &[up])).unwrap();
+}
+
+/// `tripline run -c routes.yaml -c endpoints.yaml`: the files make one config (the route in
+/// one names the host the other defines; either alone fails to start or routes nowhere), and
+/// a change to either file is picked up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_config_files_make_one_config_and_each_reloads() {
+    let one = Upstream::http("one").await;
+    let two = Upstream::http("two").await;
+    let port = free_port();
+    let conf = crate::support::proxy::unique_dir("conf");
+    let (routes, endpoints) = (conf.join("routes.yaml"), conf.join("endpoints.yaml"));
+    write_split_config(&routes, &endpoints, port, one.addr);
+    let proxy = Proxy::start_paths(&[&routes, &endpoints], &["--watch-interval", "100ms"]).await;
+    let r = get_with(addr(port), "backend.local", "/", &[]).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.upstream()), (200, Some("one")), "{}", r.text());
+
+    // The second file changes: the endpoints move.
+    proxy.write_file(&endpoints, &config::service_entry("backend.local", "HTTP", &[two.addr]));
+    until_served_by(port, "two").await;
+    let on_one = one.requests();
+    // The first file changes: a route timeout shorter than the upstream's delay now applies
+    // to the second file's host.
+    let timed = "  http:\n  - timeout: 100ms\n    route:\n    - destination: {host: backend.local, port: {number: 80}}\n";
+    proxy.write_file(&routes, &config::edge(port, timed));
+    crate::support::eventually("the new route timeout to apply", Duration::from_secs(5), || async {
+        let r = get_with(addr(port), "backend.local", "/", &[("x-delay-ms", "1000")]).await;
+        r.is_ok_and(|r| r.reason() == Some("route-timeout"))
+    })
+    .await;
+    assert_eq!(one.requests(), on_one, "the endpoint the second file dropped still got requests");
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(conf);
+}
+
+/// `tripline run -c DIR`: every *.yaml and *.yml in it (and nothing else) makes the config,
+/// and changing a file in it hot-reloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_directory_loads_every_yaml_file_and_reloads_on_change() {
+    let one = Upstream::http("one").await;
+    let two = Upstream::http("two").await;
+    let port = free_port();
+    let conf = crate::support::proxy::unique_dir("conf");
+    let backend = conf.join("20-backend.yml");
+    write_split_config(&conf.join("10-edge.yaml"), &backend, port, one.addr);
+    // Not YAML by its name: ignored, though it would not parse.
+    std::fs::write(conf.join("notes.txt"), "kind: [unclosed\n").unwrap();
+    let proxy = Proxy::start_paths(&[&conf], &["--watch-interval", "100ms"]).await;
+    let r = get_with(addr(port), "backend.local", "/", &[]).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.upstream()), (200, Some("one")), "{}", r.text());
+
+    let reloads = proxy.metric("tripline_config_reloads_total", &[("result", "success")]).await;
+    proxy.write_file(&backend, &config::service_entry("backend.local", "HTTP", &[two.addr]));
+    until_served_by(port, "two").await;
+    assert!(
+        proxy.metric("tripline_config_reloads_total", &[("result", "success")]).await > reloads,
+        "served by the new endpoint without a counted reload"
+    );
+    drop(proxy);
+    let _ = std::fs::remove_dir_all(conf);
+}

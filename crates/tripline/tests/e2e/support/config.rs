@@ -100,12 +100,17 @@ pub fn simple(
     traffic_policy: Option<&str>,
 ) -> String {
     let mut docs = vec![
-        gateway("edge", listener, "HTTP"),
         service_entry("backend.local", upstream_protocol, endpoints),
-        virtual_service("backend", &["*"], "edge", &http_route("backend.local")),
+        edge(listener, &http_route("backend.local")),
     ];
     if let Some(tp) = traffic_policy {
         docs.push(destination_rule("backend.local", tp));
     }
     join(&docs)
+}
+
+/// Listener `listener` (HTTP, Gateway `edge`) with one VirtualService for every host; `routes`
+/// as for [`virtual_service`].
+pub fn edge(listener: u16, routes: &str) -> String {
+    join(&[gateway("edge", listener, "HTTP"), virtual_service("backend", &["*"], "edge", routes)])
 }

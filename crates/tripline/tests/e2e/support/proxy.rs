@@ -90,11 +90,25 @@ impl Proxy {
         let dir = unique_dir("proxy");
         let config = dir.join("mesh.yaml");
         fs::write(&config, yaml).unwrap();
+        Self::spawn(dir, config.clone(), &[&config], extra).await
+    }
+
+    /// Starts `tripline run` with a `-c` for each of `paths` (files or directories) and waits
+    /// for `/ready`. [`Proxy::write_file`] changes them; `config` is the first.
+    pub async fn start_paths(paths: &[&Path], extra: &[&str]) -> Proxy {
+        Self::spawn(unique_dir("proxy"), paths[0].to_owned(), paths, extra).await
+    }
+
+    async fn spawn(dir: PathBuf, config: PathBuf, paths: &[&Path], extra: &[&str]) -> Proxy {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let stderr = dir.join("stderr.log");
         let stdout = dir.join("stdout.log");
         let admin_arg = admin.to_string();
-        let mut args: Vec<&str> = vec!["run", "-c", config.to_str().unwrap(), "--admin", &admin_arg];
+        let mut args: Vec<&str> = vec!["run"];
+        for p in paths {
+            args.extend(["-c", p.to_str().unwrap()]);
+        }
+        args.extend(["--admin", &admin_arg]);
         // Two workers by default, as `tripline run` starts on a two-core machine: connections
         // spread over two event loops, and upstream pools with an idle stack for each.
         if !extra.contains(&"--workers") {
@@ -188,9 +202,15 @@ impl Proxy {
 
     /// Replaces the config file atomically (write + rename).
     pub fn write_config(&self, yaml: &str) {
-        let tmp = self.dir.join("mesh.yaml.tmp");
+        self.write_file(&self.config, yaml);
+    }
+
+    /// Writes `path` atomically: written beside the proxy's logs, then renamed into place, so
+    /// a watched directory never shows a half-written or temporary file.
+    pub fn write_file(&self, path: &Path, yaml: &str) {
+        let tmp = self.dir.join("config.tmp");
         fs::write(&tmp, yaml).unwrap();
-        fs::rename(&tmp, &self.config).unwrap();
+        fs::rename(&tmp, path).unwrap();
     }
 
     /// Waits until `tripline_config_reloads_total{result}` goes above `before`.
