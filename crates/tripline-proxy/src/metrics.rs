@@ -37,15 +37,18 @@ impl Histogram {
         self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// (sum in seconds, count, cumulative buckets) as Prometheus wants them.
+    /// (sum in seconds, count, the count of each bucket alone) as `prometheus-client`'s
+    /// `encode_histogram` wants them: it adds them up into the cumulative `le` buckets itself
+    /// (given cumulative counts, it exported sums of sums, `+Inf` far above `_count`).
     pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let mut cumulative = 0;
+        let mut count = 0;
         let mut out = Vec::with_capacity(self.buckets.len());
         for (i, b) in self.buckets.iter().enumerate() {
-            cumulative += b.load(Ordering::Relaxed);
-            out.push((DURATION_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), cumulative));
+            let n = b.load(Ordering::Relaxed);
+            count += n;
+            out.push((DURATION_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), n));
         }
-        (self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6, cumulative, out)
+        (self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6, count, out)
     }
 }
 
@@ -488,7 +491,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histogram_buckets_are_cumulative() {
+    fn histogram_snapshot_counts_each_bucket_alone() {
         let h = Histogram::default();
         h.observe(Duration::from_micros(300));
         h.observe(Duration::from_millis(3));
@@ -497,8 +500,9 @@ mod tests {
         assert_eq!(count, 3);
         assert!((sum - 20.0033).abs() < 1e-6);
         assert_eq!(b[0], (0.0005, 1));
-        assert_eq!(b[3], (0.005, 2));
-        assert_eq!(b.last().unwrap().1, 3);
+        assert_eq!(b[3], (0.005, 1));
+        assert_eq!(*b.last().unwrap(), (f64::INFINITY, 1));
+        assert_eq!(b.iter().map(|(_, n)| n).sum::<u64>(), count);
     }
 
     #[test]
