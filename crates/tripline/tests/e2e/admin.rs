@@ -1,15 +1,21 @@
 //! The admin API reflects what went through the proxy.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
+use crate::support::client::spawn_gets;
 use crate::support::config;
-use crate::support::{free_port, get, Proxy, Upstream};
+use crate::support::proxy::metric_sum;
+use crate::support::{eventually, free_port, get, Proxy, Upstream};
+
+const CLUSTER: &str = "outbound|80||backend.local";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_reports_clusters_metrics_and_config() {
     let up = Upstream::http("u1").await;
     let port = free_port();
-    let proxy = Proxy::start(&config::simple(port, "HTTP", &[up.addr], None)).await;
+    let tp = "    connectionPool:\n      tcp: {maxConnections: 7, connectTimeout: 2s}\n      http: {http1MaxPendingRequests: 9, http2MaxRequests: 11}\n";
+    let proxy = Proxy::start(&config::simple(port, "HTTP", &[up.addr], Some(tp))).await;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     for _ in 0..3 {
         assert_eq!(get(addr, "backend.local", "/").await.unwrap().status, 200);
@@ -18,33 +24,119 @@ async fn admin_reports_clusters_metrics_and_config() {
     assert_eq!(proxy.admin_get("/healthz").await.status, 200);
     assert_eq!(proxy.admin_get("/ready").await.status, 200);
 
-    let clusters = proxy.admin_get("/clusters").await;
-    assert_eq!(clusters.status, 200);
-    let v = clusters.json();
-    let list = v["clusters"].as_array().expect("clusters array");
-    let cluster = list
-        .iter()
-        .find(|c| c["name"].as_str().is_some_and(|n| n.contains("backend.local")))
-        .unwrap_or_else(|| panic!("no backend.local cluster in {v}"));
-    assert_eq!(cluster["name"], "outbound|80||backend.local");
+    let cluster = proxy.cluster(CLUSTER).await;
     let endpoints = cluster["endpoints"].as_array().expect("endpoints array");
     let ep = endpoints
         .iter()
         .find(|e| e["address"] == up.addr.to_string())
         .unwrap_or_else(|| panic!("endpoint {} missing in {cluster}", up.addr));
     assert_eq!(ep["healthy"], true);
-    assert!(ep["requests_total"].as_u64().unwrap_or(0) >= 3, "endpoint requests_total: {ep}");
+    assert_eq!(ep["requests_total"], 3, "endpoint requests_total: {ep}");
+    assert_eq!(cluster["requests_total"], 3, "{cluster}");
     assert_eq!(cluster["active_requests"], 0);
+    let limits = &cluster["limits"];
+    assert_eq!(
+        (&limits["max_connections"], &limits["max_pending_requests"], &limits["max_requests"]),
+        (&7.into(), &9.into(), &11.into()),
+        "{cluster}"
+    );
 
     let m = proxy.metrics().await;
-    let ok = crate::support::proxy::metric_sum(&m, "tripline_requests_total", &[("code", "200")]);
-    assert!(ok >= 3.0, "tripline_requests_total{{code=\"200\"}} = {ok}\n{m}");
-    assert!(m.contains("tripline_request_duration_seconds_bucket"), "no duration histogram in\n{m}");
+    let ok = metric_sum(&m, "tripline_requests_total", &[("cluster", CLUSTER), ("code", "200")]);
+    assert_eq!(ok, 3.0, "tripline_requests_total{{code=\"200\"}}\n{m}");
+    // Each request's duration is observed once, for its cluster, in a bucket.
+    let count = metric_sum(&m, "tripline_request_duration_seconds_count", &[("cluster", CLUSTER)]);
+    let inf =
+        metric_sum(&m, "tripline_request_duration_seconds_bucket", &[("cluster", CLUSTER), ("le", "+Inf")]);
+    let fast =
+        metric_sum(&m, "tripline_request_duration_seconds_bucket", &[("cluster", CLUSTER), ("le", "1.0")]);
+    assert_eq!((count, inf, fast), (3.0, 3.0, 3.0), "three quick requests in the histogram\n{m}");
 
+    // The effective config: the listener where it is bound, the cluster with its endpoint and
+    // the connectionPool limits as configured, and the DestinationRule as written.
     let dump = proxy.admin_get("/config_dump").await;
     assert_eq!(dump.status, 200);
-    let text = dump.json().to_string();
-    assert!(text.contains("backend.local"), "config_dump lacks the ServiceEntry host: {text}");
+    let dump = dump.json();
+    let listeners = dump["plan"]["listeners"].as_array().expect("plan.listeners");
+    assert!(
+        listeners.iter().any(|l| l["name"] == "edge/http" && l["bind"] == addr.to_string()),
+        "no listener edge/http on {addr}: {listeners:?}"
+    );
+    let clusters = dump["plan"]["clusters"].as_array().expect("plan.clusters");
+    let c = clusters.iter().find(|c| c["name"] == CLUSTER).unwrap_or_else(|| panic!("{clusters:?}"));
+    assert_eq!(c["discovery"]["Static"][0]["address"], up.addr.to_string(), "{c}");
+    let pool = &c["pool"];
+    assert_eq!(
+        (&pool["max_connections"], &pool["max_pending_requests"], &pool["max_requests"]),
+        (&7.into(), &9.into(), &11.into()),
+        "{c}"
+    );
+    assert_eq!(pool["connect_timeout"]["secs"], 2, "{c}");
+    let resources = dump["resources"].as_array().expect("resources");
+    let dr = resources.iter().find(|r| r["kind"] == "DestinationRule").expect("the DestinationRule");
+    let effective = &dr["effectivePolicy"][""]["connectionPool"];
+    assert_eq!(effective["max_connections"], 7, "{dr}");
+    let source = dr["source"].as_str().unwrap_or_default();
+    assert!(source.contains("mesh.yaml:"), "the DestinationRule's file and line: {dr}");
+}
+
+/// While a slow upstream holds requests, the gauges in /metrics and /clusters show them (two
+/// at the upstream on the two connections allowed, two waiting for one), and go back to zero
+/// once they are done. Each connection serves one request (`maxRequestsPerConnection: 1`), so
+/// no idle connection stays open after the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gauges_show_requests_held_by_a_slow_upstream_and_return_to_zero() {
+    let up = Upstream::http_delayed("slow", Duration::from_millis(1000)).await;
+    let port = free_port();
+    let tp = "    connectionPool:\n      tcp: {maxConnections: 2, connectTimeout: 5s}\n      http: {http1MaxPendingRequests: 10, maxRequestsPerConnection: 1}\n";
+    let proxy = Proxy::start(&config::simple(port, "HTTP", &[up.addr], Some(tp))).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let requests = spawn_gets(addr, "backend.local", "/held", 4);
+    eventually("2 requests at the upstream and 2 waiting", Duration::from_secs(3), || async {
+        up.active() == 2
+            && proxy.metric("tripline_upstream_pending_requests", &[("cluster", CLUSTER)]).await == 2.0
+    })
+    .await;
+
+    // (active, pending, connections): every admitted request is active, waiting or not.
+    let m = proxy.metrics().await;
+    let held = gauges(&m);
+    assert_eq!(held, [4.0, 2.0, 2.0], "(active, pending, connections) in /metrics\n{m}");
+    let cluster = proxy.cluster(CLUSTER).await;
+    let shown =
+        ["active_requests", "pending_requests", "connections"].map(|k| cluster[k].as_f64().unwrap_or(-1.0));
+    assert_eq!(shown, held, "/clusters disagrees with /metrics: {cluster}");
+    assert_eq!(cluster["endpoints"][0]["connections"], 2, "{cluster}");
+
+    for r in requests {
+        let r = r.await.unwrap().expect("held request");
+        assert_eq!((r.status.as_u16(), r.reason()), (200, None));
+    }
+    eventually("the gauges back at zero", Duration::from_secs(3), || async {
+        let cluster = proxy.cluster(CLUSTER).await;
+        let shown = ["active_requests", "pending_requests", "connections"].map(|k| cluster[k].as_f64());
+        gauges(&proxy.metrics().await) == [0.0; 3] && shown == [Some(0.0); 3]
+    })
+    .await;
+    // All four took the upstream's second or more: none lands in a bucket below it.
+    let m = proxy.metrics().await;
+    let bucket = |le: &str| {
+        metric_sum(&m, "tripline_request_duration_seconds_bucket", &[("cluster", CLUSTER), ("le", le)])
+    };
+    let count = metric_sum(&m, "tripline_request_duration_seconds_count", &[("cluster", CLUSTER)]);
+    let sum = metric_sum(&m, "tripline_request_duration_seconds_sum", &[("cluster", CLUSTER)]);
+    assert_eq!((count, bucket("0.5"), bucket("+Inf")), (4.0, 0.0, 4.0), "\n{m}");
+    assert!(sum >= 4.0, "four requests of a second or more sum to {sum} s");
+}
+
+/// tripline_upstream_{active_requests, pending_requests, connections} of [`CLUSTER`].
+fn gauges(metrics: &str) -> [f64; 3] {
+    [
+        "tripline_upstream_active_requests",
+        "tripline_upstream_pending_requests",
+        "tripline_upstream_connections",
+    ]
+    .map(|name| metric_sum(metrics, name, &[("cluster", CLUSTER)]))
 }
 
 /// `--access-log PATH`: one JSON line per request; a request Tripline refused carries its
@@ -69,7 +161,7 @@ async fn access_log_has_one_json_line_per_request_with_the_reason() {
     assert_eq!(head.status, 404);
 
     let mut lines = Vec::new();
-    crate::support::eventually("three access log lines", std::time::Duration::from_secs(5), || {
+    eventually("three access log lines", Duration::from_secs(5), || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         lines = text.lines().map(str::to_owned).collect::<Vec<_>>();
         let n = lines.len();

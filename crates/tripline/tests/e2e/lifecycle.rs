@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
+use crate::support::client::spawn_gets;
 use crate::support::config;
-use crate::support::{eventually, free_port, get_with, Proxy, Upstream};
+use crate::support::{eventually, free_port, Proxy, Upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_exits_0() {
@@ -15,12 +16,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut proxy = Proxy::start(&config::simple(port, "HTTP", &[up.addr], None)).await;
 
-    let mut in_flight = Vec::new();
-    for i in 0..4 {
-        in_flight.push(tokio::spawn(async move {
-            get_with(addr, "backend.local", &format!("/drain/{i}"), &[]).await.map_err(|e| e.to_string())
-        }));
-    }
+    let in_flight = spawn_gets(addr, "backend.local", "/drain", 4);
     eventually("4 requests in flight at the upstream", Duration::from_secs(5), || async { up.active() == 4 })
         .await;
     let term_at = Instant::now();

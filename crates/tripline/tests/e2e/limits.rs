@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::client::spawn_gets;
 use crate::support::config;
 use crate::support::faulty::{Fault, Faulty};
 use crate::support::{eventually, free_port, get_with, Conn, Proto, Proxy, Resp, Upstream};
@@ -18,14 +19,8 @@ fn addr(port: u16) -> SocketAddr {
 
 /// `n` concurrent GETs, each on its own connection.
 async fn burst(addr: SocketAddr, n: usize) -> Vec<Resp> {
-    let mut tasks = Vec::new();
-    for i in 0..n {
-        tasks.push(tokio::spawn(async move {
-            get_with(addr, "backend.local", &format!("/burst/{i}"), &[]).await.map_err(|e| e.to_string())
-        }));
-    }
     let mut out = Vec::new();
-    for t in tasks {
+    for t in spawn_gets(addr, "backend.local", "/burst", n) {
         out.push(t.await.unwrap().expect("every request gets a response"));
     }
     out

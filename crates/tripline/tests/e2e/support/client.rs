@@ -253,3 +253,19 @@ pub async fn send(
     resp.elapsed = start.elapsed();
     Ok(resp)
 }
+
+/// `n` GETs at once, each on its own HTTP/1.1 connection, to `path/0` .. `path/n-1`: await the
+/// handles for the responses.
+pub fn spawn_gets(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<Resp, String>>> {
+    (0..n)
+        .map(|i| {
+            let (host, path) = (host.to_owned(), format!("{path}/{i}"));
+            tokio::spawn(async move { get_with(addr, &host, &path, &[]).await.map_err(|e| e.to_string()) })
+        })
+        .collect()
+}

@@ -195,6 +195,16 @@ impl Proxy {
         r.text()
     }
 
+    /// The cluster `name` (e.g. `outbound|80||backend.local`) in `/clusters`.
+    pub async fn cluster(&self, name: &str) -> serde_json::Value {
+        let v = self.admin_get("/clusters").await.json();
+        v["clusters"]
+            .as_array()
+            .and_then(|l| l.iter().find(|c| c["name"] == name))
+            .unwrap_or_else(|| panic!("no cluster {name} in /clusters: {v}"))
+            .clone()
+    }
+
     /// Sum of the samples of `name` whose labels include all of `labels`.
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         metric_sum(&self.metrics().await, name, labels)
