@@ -22,6 +22,16 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let term_at = Instant::now();
     proxy.signal("TERM");
 
+    // Readiness goes first: a load balancer polling /ready stops sending here while the
+    // requests already in flight are still being served.
+    let admin = proxy.admin;
+    eventually("/ready to answer 503 while draining", Duration::from_secs(1), || async move {
+        let r = crate::support::get(admin, "localhost", "/ready").await;
+        r.is_ok_and(|r| r.status == 503 && r.text() == "not ready\n")
+    })
+    .await;
+    assert_eq!(up.active(), 4, "/ready went 503 only once the in-flight requests had ended");
+
     // New connections are refused while the in-flight requests drain.
     let mut refused_after = None;
     while term_at.elapsed() < Duration::from_millis(1200) {
