@@ -1055,23 +1055,66 @@ pub struct RetryBudget {
     pub min_retry_concurrency: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+/// Istio's `connectionPool`, its `tcp` and `http` groups read into one struct (they never share
+/// a field name). `/config_dump` writes it back in Istio's shape, nested.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConnectionPool {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
-    #[serde(serialize_with = "ser_opt_duration", skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Duration>,
-    #[serde(rename = "http1MaxPendingRequests", skip_serializing_if = "Option::is_none")]
     pub http1_max_pending_requests: Option<u32>,
-    #[serde(rename = "http2MaxRequests", skip_serializing_if = "Option::is_none")]
     pub http2_max_requests: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_requests_per_connection: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_retries: Option<u32>,
-    #[serde(serialize_with = "ser_opt_duration", skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
+}
+
+impl Serialize for ConnectionPool {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Tcp {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            max_connections: Option<u32>,
+            #[serde(serialize_with = "ser_opt_duration", skip_serializing_if = "Option::is_none")]
+            connect_timeout: Option<Duration>,
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Http {
+            #[serde(rename = "http1MaxPendingRequests", skip_serializing_if = "Option::is_none")]
+            http1_max_pending_requests: Option<u32>,
+            #[serde(rename = "http2MaxRequests", skip_serializing_if = "Option::is_none")]
+            http2_max_requests: Option<u32>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            max_requests_per_connection: Option<u32>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            max_retries: Option<u32>,
+            #[serde(serialize_with = "ser_opt_duration", skip_serializing_if = "Option::is_none")]
+            idle_timeout: Option<Duration>,
+        }
+        #[derive(Serialize)]
+        struct Nested {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tcp: Option<Tcp>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            http: Option<Http>,
+        }
+        let tcp = Tcp { max_connections: self.max_connections, connect_timeout: self.connect_timeout };
+        let http = Http {
+            http1_max_pending_requests: self.http1_max_pending_requests,
+            http2_max_requests: self.http2_max_requests,
+            max_requests_per_connection: self.max_requests_per_connection,
+            max_retries: self.max_retries,
+            idle_timeout: self.idle_timeout,
+        };
+        let tcp_set = tcp.max_connections.is_some() || tcp.connect_timeout.is_some();
+        let http_set = http.http1_max_pending_requests.is_some()
+            || http.http2_max_requests.is_some()
+            || http.max_requests_per_connection.is_some()
+            || http.max_retries.is_some()
+            || http.idle_timeout.is_some();
+        Nested { tcp: tcp_set.then_some(tcp), http: http_set.then_some(http) }.serialize(s)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]

@@ -76,6 +76,18 @@ async fn admin_reports_clusters_metrics_and_config() {
     let dr = resources.iter().find(|r| r["kind"] == "DestinationRule").expect("the DestinationRule");
     let effective = &dr["effectivePolicy"][""]["connectionPool"];
     assert_eq!(effective["max_connections"], 7, "{dr}");
+    // As written: Istio's shape, the limits under `tcp` and `http`.
+    let written = &dr["spec"]["trafficPolicy"]["connectionPool"];
+    assert_eq!(
+        (&written["tcp"]["maxConnections"], &written["tcp"]["connectTimeout"]),
+        (&7.into(), &"2s".into()),
+        "{dr}"
+    );
+    assert_eq!(
+        (&written["http"]["http1MaxPendingRequests"], &written["http"]["http2MaxRequests"]),
+        (&9.into(), &11.into()),
+        "{dr}"
+    );
     let source = dr["source"].as_str().unwrap_or_default();
     assert!(source.contains("mesh.yaml:"), "the DestinationRule's file and line: {dr}");
 }
