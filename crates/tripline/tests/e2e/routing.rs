@@ -1,6 +1,7 @@
 //! Routing by host, path (exact, prefix, regex) and header; no route → 404 no-route.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::support::config;
 use crate::support::{free_port, get_with, Conn, Proto, Proxy, Upstream};
@@ -134,4 +135,92 @@ async fn dns_resolution_endpoints_are_resolved() {
         eps.iter().any(|e| e["address"] == up.addr.to_string()),
         "localhost must resolve to the upstream's address: {eps:?}"
     );
+}
+
+/// `resolution: DNS` names are looked up again every `--dns-refresh`: when a name's address
+/// changes, traffic follows it; when the name stops resolving, its last answer stays in use.
+///
+/// The resolver is the real one (getaddrinfo through /etc/hosts), with answers the test
+/// controls: the proxy runs in a mount namespace of its own (`unshare`, which needs root) where
+/// /etc/hosts is a file the test rewrites and /etc/nsswitch.conf consults only that file, so a
+/// name taken out of it fails at once instead of going to a DNS server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_names_are_looked_up_again_and_keep_their_last_answer() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")));
+    if !root {
+        eprintln!("SKIPPED dns_names_are_looked_up_again_and_keep_their_last_answer: needs root for unshare --mount");
+        return;
+    }
+    // Two upstreams on the same port at two loopback addresses: the two answers the name gets.
+    let first = Upstream::http_at("first", "127.0.0.2:0".parse().unwrap()).await;
+    let second = Upstream::http_at("second", SocketAddr::from(([127, 0, 0, 3], first.addr.port()))).await;
+    let dir = crate::support::proxy::unique_dir("dns");
+    let hosts = dir.join("hosts");
+    let nsswitch = dir.join("nsswitch.conf");
+    let name = "backend.tripline.test";
+    // Rewritten in place (truncate and write), never replaced: the bind mount is of this inode.
+    let answer = |addr: Option<&str>| {
+        let line = addr.map(|a| format!("{a} {name}\n")).unwrap_or_default();
+        std::fs::write(&hosts, format!("127.0.0.1 localhost\n{line}")).unwrap();
+    };
+    answer(Some("127.0.0.2"));
+    std::fs::write(&nsswitch, "hosts: files\n").unwrap();
+    let script =
+        "mount --bind \"$1\" /etc/hosts && mount --bind \"$2\" /etc/nsswitch.conf && shift 2 && exec \"$@\"";
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        script,
+        "sh",
+        hosts.to_str().unwrap(),
+        nsswitch.to_str().unwrap(),
+    ];
+
+    let port = free_port();
+    let se = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: by-name}}\nspec:\n  hosts: [backend.local]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: DNS\n  endpoints:\n  - address: {name}\n    ports: {{http: {}}}\n",
+        first.addr.port()
+    );
+    let yaml = config::join(&[
+        config::gateway("edge", port, "HTTP"),
+        se,
+        config::virtual_service("backend", &["*"], "edge", &config::http_route("backend.local")),
+    ]);
+    let proxy = Proxy::start_wrapped(&yaml, &["--dns-refresh", "100ms"], &wrapper).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let served_by = || async move {
+        get_with(addr, "backend.local", "/", &[]).await.ok().and_then(|r| r.upstream().map(str::to_owned))
+    };
+    assert_eq!(served_by().await.as_deref(), Some("first"), "{}", proxy.logs());
+
+    // The name moves: within a few refreshes every request goes to the new address.
+    answer(Some("127.0.0.3"));
+    crate::support::eventually(
+        "requests to follow the name to 127.0.0.3",
+        Duration::from_secs(10),
+        || async { served_by().await.as_deref() == Some("second") },
+    )
+    .await;
+    let first_served = first.requests();
+
+    // The name stops resolving: the failure is logged, and the last answer stays in use.
+    answer(None);
+    let failures = || proxy.stderr().matches("DNS resolution failed").count();
+    crate::support::eventually("two failed lookups in the log", Duration::from_secs(10), || async {
+        failures() >= 2
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(served_by().await.as_deref(), Some("second"), "{}", proxy.logs());
+    }
+    let cluster = proxy.cluster("outbound|80||backend.local").await;
+    let endpoints: Vec<&str> =
+        cluster["endpoints"].as_array().unwrap().iter().filter_map(|e| e["address"].as_str()).collect();
+    assert_eq!(endpoints, [second.addr.to_string()], "{cluster}");
+    assert_eq!(first.requests(), first_served, "nothing goes back to the old address");
 }

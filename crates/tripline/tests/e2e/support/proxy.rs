@@ -90,16 +90,31 @@ impl Proxy {
         let dir = unique_dir("proxy");
         let config = dir.join("mesh.yaml");
         fs::write(&config, yaml).unwrap();
-        Self::spawn(dir, config.clone(), &[&config], extra).await
+        Self::spawn(dir, config.clone(), &[&config], extra, &[]).await
+    }
+
+    /// Starts `tripline run` on `yaml` as the last arguments of `wrapper` (a command that ends
+    /// by exec'ing its arguments, so the proxy keeps the child's pid and gets its signals).
+    pub async fn start_wrapped(yaml: &str, extra: &[&str], wrapper: &[&str]) -> Proxy {
+        let dir = unique_dir("proxy");
+        let config = dir.join("mesh.yaml");
+        fs::write(&config, yaml).unwrap();
+        Self::spawn(dir, config.clone(), &[&config], extra, wrapper).await
     }
 
     /// Starts `tripline run` with a `-c` for each of `paths` (files or directories) and waits
     /// for `/ready`. [`Proxy::write_file`] changes them; `config` is the first.
     pub async fn start_paths(paths: &[&Path], extra: &[&str]) -> Proxy {
-        Self::spawn(unique_dir("proxy"), paths[0].to_owned(), paths, extra).await
+        Self::spawn(unique_dir("proxy"), paths[0].to_owned(), paths, extra, &[]).await
     }
 
-    async fn spawn(dir: PathBuf, config: PathBuf, paths: &[&Path], extra: &[&str]) -> Proxy {
+    async fn spawn(
+        dir: PathBuf,
+        config: PathBuf,
+        paths: &[&Path],
+        extra: &[&str],
+        wrapper: &[&str],
+    ) -> Proxy {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let stderr = dir.join("stderr.log");
         let stdout = dir.join("stdout.log");
@@ -116,7 +131,15 @@ impl Proxy {
         }
         args.extend(["--log-level", "info", "--log-format", "text", "--drain-timeout", "5s"]);
         args.extend_from_slice(extra);
-        let child = Command::new(binary())
+        let mut cmd = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(wrapper_args).arg(binary());
+                cmd
+            }
+            None => Command::new(binary()),
+        };
+        let child = cmd
             .args(&args)
             .stdin(Stdio::null())
             .stdout(fs::File::create(&stdout).unwrap())

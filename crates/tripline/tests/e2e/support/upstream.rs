@@ -120,7 +120,17 @@ impl Upstream {
 
     /// An HTTP upstream that waits `delay` before every answer.
     pub async fn http_delayed(id: &str, delay: Duration) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::http_on(id, delay, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    /// An HTTP upstream on `addr`: another loopback address than 127.0.0.1, say, so that two
+    /// upstreams can have the same port, as two addresses a name resolves to do.
+    pub async fn http_at(id: &str, addr: SocketAddr) -> Upstream {
+        Self::http_on(id, Duration::ZERO, addr).await
+    }
+
+    async fn http_on(id: &str, delay: Duration, addr: SocketAddr) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         let addr = listener.local_addr().unwrap();
         let state = UpstreamState::new(id, delay);
         let st = state.clone();
