@@ -161,7 +161,8 @@ pub fn parse_log_filter(s: &str) -> Result<String, String> {
     if s.trim().is_empty() {
         return Ok("info".to_string());
     }
-    let why = s.split(',').map(str::trim).find_map(|d| {
+    let directives: Vec<&str> = s.split(',').map(str::trim).collect();
+    let why = directives.iter().find_map(|&d| {
         if d.is_empty() {
             Some("it has an empty directive (a comma too many)".to_string())
         } else if !d.contains(['=', '[']) && !LOG_LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l)) {
@@ -170,8 +171,13 @@ pub fn parse_log_filter(s: &str) -> Result<String, String> {
             d.parse::<tracing_subscriber::filter::Directive>().err().map(|e| format!("`{d}`: {e}"))
         }
     });
+    // Passed on trimmed: tracing's parser trims a directive but then slices it by the trimmed
+    // positions, so ` hyper=off` (after `warn,`) would fail there and fall back to `info`.
+    let filter = directives.join(",");
+    let why =
+        why.or_else(|| tracing_subscriber::EnvFilter::try_new(&filter).err().map(|e| format!("`{s}`: {e}")));
     match why {
-        None => Ok(s.to_string()),
+        None => Ok(filter),
         Some(why) => Err(format!(
             "{why}; --log-level and TRIPLINE_LOG take a level ({}) or directives like `info,tripline_proxy=debug`",
             LOG_LEVELS.join(", ")
@@ -180,8 +186,12 @@ pub fn parse_log_filter(s: &str) -> Result<String, String> {
 }
 
 pub fn init_logging(log: &LogArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&log.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // `parse_log_filter` has checked the value with the same parser; should it still fail,
+    // say so rather than log at another level without a word.
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.log_level).unwrap_or_else(|e| {
+        eprintln!("tripline: --log-level `{}`: {e}; logging at info", log.log_level);
+        tracing_subscriber::EnvFilter::new("info")
+    });
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match log.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -245,10 +255,19 @@ mod tests {
 
     #[test]
     fn log_filters_are_levels_or_directives_whose_bare_words_are_levels() {
-        for good in ["info", "WARN", "off", "info,tripline_proxy=debug", "tripline=trace", "warn, hyper=off"]
-        {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "info,tripline_proxy=debug",
+            "tripline=trace",
+            "tripline_proxy[conn]=debug",
+        ] {
             assert_eq!(parse_log_filter(good).as_deref(), Ok(good), "{good}");
+            assert!(tracing_subscriber::EnvFilter::try_new(good).is_ok(), "{good}");
         }
+        // Spaces after commas are dropped: tracing's own parser would reject ` hyper=off`.
+        assert_eq!(parse_log_filter("warn, hyper=off ").as_deref(), Ok("warn,hyper=off"));
         assert_eq!(parse_log_filter("").as_deref(), Ok("info"), "TRIPLINE_LOG= is the default");
         for (bad, says) in [
             ("debugg", "`debugg` is not a level"),
