@@ -1055,8 +1055,9 @@ pub struct RetryBudget {
     pub min_retry_concurrency: Option<u32>,
 }
 
-/// Istio's `connectionPool`, its `tcp` and `http` groups read into one struct (they never share
-/// a field name). `/config_dump` writes it back in Istio's shape, nested.
+/// The fields of Istio's `connectionPool` that Tripline supports, its `tcp` and `http` groups
+/// read into one struct (`idle_timeout` is `http.idleTimeout`; `tcp.idleTimeout` is warned
+/// about as unsupported). `/config_dump` writes it back in Istio's shape, nested.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConnectionPool {
     pub max_connections: Option<u32>,
@@ -1099,21 +1100,31 @@ impl Serialize for ConnectionPool {
             #[serde(skip_serializing_if = "Option::is_none")]
             http: Option<Http>,
         }
-        let tcp = Tcp { max_connections: self.max_connections, connect_timeout: self.connect_timeout };
-        let http = Http {
-            http1_max_pending_requests: self.http1_max_pending_requests,
-            http2_max_requests: self.http2_max_requests,
-            max_requests_per_connection: self.max_requests_per_connection,
-            max_retries: self.max_retries,
-            idle_timeout: self.idle_timeout,
-        };
-        let tcp_set = tcp.max_connections.is_some() || tcp.connect_timeout.is_some();
-        let http_set = http.http1_max_pending_requests.is_some()
-            || http.http2_max_requests.is_some()
-            || http.max_requests_per_connection.is_some()
-            || http.max_retries.is_some()
-            || http.idle_timeout.is_some();
-        Nested { tcp: tcp_set.then_some(tcp), http: http_set.then_some(http) }.serialize(s)
+        // Destructured whole: a field added to the struct must be placed in a group here.
+        let ConnectionPool {
+            max_connections,
+            connect_timeout,
+            http1_max_pending_requests,
+            http2_max_requests,
+            max_requests_per_connection,
+            max_retries,
+            idle_timeout,
+        } = *self;
+        let tcp = (max_connections.is_some() || connect_timeout.is_some())
+            .then_some(Tcp { max_connections, connect_timeout });
+        let http_set =
+            [http1_max_pending_requests, http2_max_requests, max_requests_per_connection, max_retries]
+                .iter()
+                .any(Option::is_some)
+                || idle_timeout.is_some();
+        let http = http_set.then_some(Http {
+            http1_max_pending_requests,
+            http2_max_requests,
+            max_requests_per_connection,
+            max_retries,
+            idle_timeout,
+        });
+        Nested { tcp, http }.serialize(s)
     }
 }
 
