@@ -101,7 +101,7 @@ impl Future for Conn {
                     let (stream, h2) = match std::task::ready!(detecting.as_mut().poll(cx)) {
                         Ok(found) => found,
                         Err(e) => {
-                            tracing::debug!(error = %e, "client connection closed before its first request");
+                            tracing::debug!(error = %e, "client connection ended before its first request was read");
                             *self = Conn::Closed;
                             continue;
                         }
@@ -151,8 +151,9 @@ async fn detect(mut stream: TcpStream, refuse_http1: Option<Arc<Shared>>) -> io:
 }
 
 /// Answers an HTTP/1.x client with `reason` and closes. The request is read on (for up to a
-/// second) after the answer, so closing with it unread does not reset the connection under the
-/// answer before the client has read it.
+/// second and 64 KiB) after the answer, so closing with it unread does not reset the
+/// connection under the answer before the client has read it; a client that keeps sending
+/// past that gets the reset.
 async fn refuse_http1_client(stream: &mut TcpStream, reason: Reason) {
     let body = reason.body();
     let status = reason.status();
@@ -168,8 +169,14 @@ async fn refuse_http1_client(stream: &mut TcpStream, reason: Reason) {
         return;
     }
     let mut sink = [0u8; 4096];
+    let mut left = 64 * 1024usize;
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        while let Ok(n @ 1..) = stream.read(&mut sink).await {
+            left = left.saturating_sub(n);
+            if left == 0 {
+                break;
+            }
+        }
     })
     .await;
 }
