@@ -98,7 +98,10 @@ async fn admin_reports_clusters_metrics_and_config() {
 /// no idle connection stays open after the load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gauges_show_requests_held_by_a_slow_upstream_and_return_to_zero() {
-    let up = Upstream::http_delayed("slow", Duration::from_millis(1000)).await;
+    // Long enough that the three reads below all fall while the first two are held, on a
+    // busy machine too.
+    const HOLD: Duration = Duration::from_secs(3);
+    let up = Upstream::http_delayed("slow", HOLD).await;
     let port = free_port();
     let tp = "    connectionPool:\n      tcp: {maxConnections: 2, connectTimeout: 5s}\n      http: {http1MaxPendingRequests: 10, maxRequestsPerConnection: 1}\n";
     let proxy = Proxy::start(&config::simple(port, "HTTP", &[up.addr], Some(tp))).await;
@@ -130,7 +133,7 @@ async fn gauges_show_requests_held_by_a_slow_upstream_and_return_to_zero() {
         gauges(&proxy.metrics().await) == [0.0; 3] && shown == [Some(0.0); 3]
     })
     .await;
-    // All four took the upstream's second or more: none lands in a bucket below it.
+    // All four took the upstream's three seconds or more: none lands in a bucket below.
     let m = proxy.metrics().await;
     let bucket = |le: &str| {
         metric_sum(&m, "tripline_request_duration_seconds_bucket", &[("cluster", CLUSTER), ("le", le)])
@@ -138,7 +141,7 @@ async fn gauges_show_requests_held_by_a_slow_upstream_and_return_to_zero() {
     let count = metric_sum(&m, "tripline_request_duration_seconds_count", &[("cluster", CLUSTER)]);
     let sum = metric_sum(&m, "tripline_request_duration_seconds_sum", &[("cluster", CLUSTER)]);
     assert_eq!((count, bucket("0.5"), bucket("+Inf")), (4.0, 0.0, 4.0), "\n{m}");
-    assert!(sum >= 4.0, "four requests of a second or more sum to {sum} s");
+    assert!(sum >= 4.0 * HOLD.as_secs_f64(), "four requests of {HOLD:?} or more sum to {sum} s");
 }
 
 /// tripline_upstream_{active_requests, pending_requests, connections} of [`CLUSTER`].

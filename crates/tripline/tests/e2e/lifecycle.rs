@@ -11,7 +11,8 @@ use crate::support::{eventually, free_port, Proxy, Upstream};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_exits_0() {
-    let up = Upstream::http_delayed("slow", Duration::from_millis(1500)).await;
+    // The requests stay in flight this long: time for the checks below on a busy machine.
+    let up = Upstream::http_delayed("slow", Duration::from_secs(3)).await;
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut proxy = Proxy::start(&config::simple(port, "HTTP", &[up.addr], None)).await;
@@ -25,7 +26,7 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     // Readiness goes first: a load balancer polling /ready stops sending here while the
     // requests already in flight are still being served.
     let admin = proxy.admin;
-    eventually("/ready to answer 503 while draining", Duration::from_secs(1), || async move {
+    eventually("/ready to answer 503 while draining", Duration::from_secs(2), || async move {
         let r = crate::support::get(admin, "localhost", "/ready").await;
         r.is_ok_and(|r| r.status == 503 && r.text() == "not ready\n")
     })

@@ -141,15 +141,21 @@ async fn dns_resolution_endpoints_are_resolved() {
 /// changes, traffic follows it; when the name stops resolving, its last answer stays in use.
 ///
 /// The resolver is the real one (getaddrinfo through /etc/hosts), with answers the test
-/// controls: the proxy runs in a mount namespace of its own (`unshare`, which needs root) where
+/// controls: the proxy runs in a mount namespace of its own (`unshare`, which needs root; skipped with a
+/// message where mount namespaces are not allowed) where
 /// /etc/hosts is a file the test rewrites and /etc/nsswitch.conf consults only that file, so a
 /// name taken out of it fails at once instead of going to a DNS server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_names_are_looked_up_again_and_keep_their_last_answer() {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")));
-    if !root {
-        eprintln!("SKIPPED dns_names_are_looked_up_again_and_keep_their_last_answer: needs root for unshare --mount");
+    // Needs mount namespaces (root, or CAP_SYS_ADMIN): probe them the way the proxy is started.
+    let probe =
+        std::process::Command::new("unshare").args(["--mount", "--propagation", "private", "true"]).output();
+    if let Some(why) = match &probe {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(String::from_utf8_lossy(&out.stderr).into_owned()),
+        Err(e) => Some(e.to_string()),
+    } {
+        eprintln!("SKIPPED dns_names_are_looked_up_again_and_keep_their_last_answer: unshare --mount: {why}");
         return;
     }
     // Two upstreams on the same port at two loopback addresses: the two answers the name gets.
@@ -209,10 +215,12 @@ async fn dns_names_are_looked_up_again_and_keep_their_last_answer() {
     let first_served = first.requests();
 
     // The name stops resolving: the failure is logged, and the last answer stays in use.
-    answer(None);
+    // (Earlier rewrites may have failed a lookup too: the file is empty for a moment.)
     let failures = || proxy.stderr().matches("DNS resolution failed").count();
-    crate::support::eventually("two failed lookups in the log", Duration::from_secs(10), || async {
-        failures() >= 2
+    let failed_before = failures();
+    answer(None);
+    crate::support::eventually("two more failed lookups in the log", Duration::from_secs(10), || async {
+        failures() >= failed_before + 2
     })
     .await;
     for _ in 0..10 {
@@ -223,4 +231,5 @@ async fn dns_names_are_looked_up_again_and_keep_their_last_answer() {
         cluster["endpoints"].as_array().unwrap().iter().filter_map(|e| e["address"].as_str()).collect();
     assert_eq!(endpoints, [second.addr.to_string()], "{cluster}");
     assert_eq!(first.requests(), first_served, "nothing goes back to the old address");
+    let _ = std::fs::remove_dir_all(&dir);
 }
