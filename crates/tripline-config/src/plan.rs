@@ -93,6 +93,7 @@ pub struct RoutePlan {
     pub matches: Vec<RequestMatch>,
     pub destinations: Vec<WeightedCluster>,
     /// Whole-request timeout; `None` means no timeout (Istio's default).
+    #[serde(serialize_with = "crate::model::ser_opt_duration")]
     pub timeout: Option<Duration>,
     /// Retry policy (Istio's default when the route has no `retries`).
     pub retry: RetryPlan,
@@ -221,6 +222,7 @@ pub struct RetryOn {
 pub struct RetryPlan {
     /// Retries after the first attempt (Istio `attempts`; 0 disables).
     pub attempts: u32,
+    #[serde(serialize_with = "crate::model::ser_opt_duration")]
     pub per_try_timeout: Option<Duration>,
     pub retry_on: RetryOn,
     /// Numeric codes in `retryOn` (plus 503 for Istio's default policy).
@@ -229,7 +231,9 @@ pub struct RetryPlan {
     /// (opt-in through a ResiliencePolicy; default false: only never-sent requests are retried).
     pub retry_non_idempotent: bool,
     /// Exponential backoff with full jitter: base (25 ms) and cap (250 ms).
+    #[serde(serialize_with = "crate::model::ser_duration")]
     pub backoff_base: Duration,
+    #[serde(serialize_with = "crate::model::ser_duration")]
     pub backoff_max: Duration,
     /// Request bodies up to this size are kept for replay; larger ones are not retried.
     pub max_replay_bytes: usize,
@@ -272,7 +276,11 @@ pub enum Discovery {
     /// Fixed addresses (`resolution: STATIC`).
     Static(Vec<EndpointPlan>),
     /// Names re-resolved every `refresh`; the last good answer is kept on failure.
-    Dns { targets: Vec<DnsTarget>, refresh: Duration },
+    Dns {
+        targets: Vec<DnsTarget>,
+        #[serde(serialize_with = "crate::model::ser_duration")]
+        refresh: Duration,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -324,6 +332,7 @@ pub enum HashKey {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NewCookie {
     /// `Max-Age`, from `ttl`; `None` (`ttl: 0s`) makes a session cookie.
+    #[serde(serialize_with = "crate::model::ser_opt_duration")]
     pub max_age: Option<Duration>,
     pub path: Option<String>,
     /// Extra attributes such as `SameSite=Strict` or `Secure` (no value).
@@ -336,6 +345,7 @@ pub struct PoolLimits {
     /// `tcp.maxConnections`: connections per cluster (all endpoints together).
     pub max_connections: u32,
     /// `tcp.connectTimeout`, default 10s.
+    #[serde(serialize_with = "crate::model::ser_duration")]
     pub connect_timeout: Duration,
     /// `http.http1MaxPendingRequests`: requests waiting for a connection.
     pub max_pending_requests: u32,
@@ -346,6 +356,7 @@ pub struct PoolLimits {
     /// `http.maxRetries`: concurrent retries to the cluster.
     pub max_retries: u32,
     /// `http.idleTimeout`; default 1h as in Istio.
+    #[serde(serialize_with = "crate::model::ser_duration")]
     pub idle_timeout: Duration,
 }
 

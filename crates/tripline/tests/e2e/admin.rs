@@ -71,7 +71,7 @@ async fn admin_reports_clusters_metrics_and_config() {
         (&7.into(), &9.into(), &11.into()),
         "{c}"
     );
-    assert_eq!(pool["connect_timeout"]["secs"], 2, "{c}");
+    assert_eq!(pool["connect_timeout"], "2s", "durations as written in Istio config: {c}");
     let resources = dump["resources"].as_array().expect("resources");
     let dr = resources.iter().find(|r| r["kind"] == "DestinationRule").expect("the DestinationRule");
     let effective = &dr["effectivePolicy"][""]["connectionPool"];
