@@ -129,7 +129,10 @@ impl Proxy {
         if !extra.contains(&"--workers") {
             args.extend(["--workers", "2"]);
         }
-        args.extend(["--log-level", "info", "--log-format", "text", "--drain-timeout", "5s"]);
+        if !extra.contains(&"--log-level") {
+            args.extend(["--log-level", "info"]);
+        }
+        args.extend(["--log-format", "text", "--drain-timeout", "5s"]);
         args.extend_from_slice(extra);
         let mut cmd = match wrapper.split_first() {
             Some((program, wrapper_args)) => {
