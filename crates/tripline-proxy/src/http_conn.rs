@@ -11,7 +11,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use http::Request;
 use hyper::body::Incoming;
@@ -21,13 +21,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
+use crate::access_log::{BodyEnd, Entry};
 use crate::body::ClientBody;
 use crate::client_conns::Supervised;
 use crate::h2_server::{self, PREFACE};
 use crate::http_proxy::{self, ConnContext};
 use crate::local_reply::{Reason, REASON_HEADER};
 use crate::net_io::TcpIo;
-use crate::Shared;
 
 /// hyper's HTTP/1.1 server settings, shared by a listener's connections.
 pub fn http1_builder() -> http1::Builder {
@@ -41,7 +41,7 @@ pub fn http1_builder() -> http1::Builder {
 /// HTTP/2 only (Istio's `HTTP2` and `GRPC` ports); an HTTP/1.x client gets `505 http2-only`.
 pub async fn serve(http1: Arc<http1::Builder>, h2_only: bool, ctx: Arc<ConnContext>, stream: TcpStream) {
     let signal = ctx.conn.signal().clone();
-    let refuse_http1 = h2_only.then(|| ctx.shared.clone());
+    let refuse_http1 = h2_only.then(|| ctx.clone());
     let conn = Conn::Detecting(Box::pin(detect(stream, refuse_http1)), Some((http1, ctx)));
     let _ = Supervised::new(conn, signal, Conn::graceful_shutdown).await;
 }
@@ -132,12 +132,23 @@ impl Future for Conn {
 
 /// Tells HTTP/2 (prior knowledge) from HTTP/1.1, consuming the HTTP/2 connection preface.
 /// `refuse_http1` (an HTTP/2-only listener): an HTTP/1.x client is answered with
-/// `505 http2-only` and the connection closed, instead of being reset or left waiting.
-async fn detect(mut stream: TcpStream, refuse_http1: Option<Arc<Shared>>) -> io::Result<(TcpStream, bool)> {
+/// `505 http2-only` (counted, and in the access log) and the connection closed, instead of
+/// being reset or left waiting.
+async fn detect(
+    mut stream: TcpStream,
+    refuse_http1: Option<Arc<ConnContext>>,
+) -> io::Result<(TcpStream, bool)> {
     let h2 = starts_with_preface(&stream).await?;
-    if let (false, Some(shared)) = (h2, refuse_http1) {
-        crate::listener::refuse_global(&shared, Reason::Http2Only);
-        refuse_http1_client(&mut stream, Reason::Http2Only).await;
+    if let (false, Some(ctx)) = (h2, refuse_http1) {
+        let started = (SystemTime::now(), Instant::now());
+        let reason = Reason::Http2Only;
+        crate::listener::refuse_global(&ctx.shared, reason);
+        let line = RequestLine::peek(&stream).await;
+        let answered = refuse_http1_client(&mut stream, reason).await;
+        log_refusal(&ctx, started, &line, reason, answered);
+        if answered {
+            linger(&mut stream).await;
+        }
         return Err(io::Error::new(io::ErrorKind::InvalidData, "HTTP/1.x on an HTTP/2-only listener"));
     }
     if h2 {
@@ -150,11 +161,9 @@ async fn detect(mut stream: TcpStream, refuse_http1: Option<Arc<Shared>>) -> io:
     Ok((stream, h2))
 }
 
-/// Answers an HTTP/1.x client with `reason` and closes. The request is read on (for up to a
-/// second and 64 KiB) after the answer, so closing with it unread does not reset the
-/// connection under the answer before the client has read it; a client that keeps sending
-/// past that gets the reset.
-async fn refuse_http1_client(stream: &mut TcpStream, reason: Reason) {
+/// Answers an HTTP/1.x client with `reason` and shuts the sending side; `false` if the
+/// client was already gone.
+async fn refuse_http1_client(stream: &mut TcpStream, reason: Reason) -> bool {
     let body = reason.body();
     let status = reason.status();
     let head = format!(
@@ -164,10 +173,13 @@ async fn refuse_http1_client(stream: &mut TcpStream, reason: Reason) {
         reason.as_str(),
         body.len()
     );
-    if stream.write_all(format!("{head}{body}").as_bytes()).await.is_err() || stream.shutdown().await.is_err()
-    {
-        return;
-    }
+    stream.write_all(format!("{head}{body}").as_bytes()).await.is_ok() && stream.shutdown().await.is_ok()
+}
+
+/// Reads on (for up to a second and 64 KiB) after an answer, so closing with the request
+/// unread does not reset the connection under the answer before the client has read it; a
+/// client that keeps sending past that gets the reset.
+async fn linger(stream: &mut TcpStream) {
     let mut sink = [0u8; 4096];
     let mut left = 64 * 1024usize;
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -179,6 +191,84 @@ async fn refuse_http1_client(stream: &mut TcpStream, reason: Reason) {
         }
     })
     .await;
+}
+
+/// What the access log shows of a request refused before it was parsed: its request line and
+/// `Host`, from the bytes already received (whatever of them is there and well formed).
+#[derive(Default)]
+struct RequestLine {
+    method: String,
+    path: String,
+    version: &'static str,
+    host: String,
+}
+
+impl RequestLine {
+    async fn peek(stream: &TcpStream) -> RequestLine {
+        let mut buf = [0u8; 2048];
+        // The detection saw bytes (or the close), so this returns at once; bounded anyway.
+        let peeked = tokio::time::timeout(Duration::from_millis(100), stream.peek(&mut buf)).await;
+        let n = match peeked {
+            Ok(Ok(n)) => n,
+            _ => 0,
+        };
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        let complete = matches!(req.parse(&buf[..n]), Ok(httparse::Status::Complete(_)));
+        let host = if complete {
+            req.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("host"))
+                .map(|h| String::from_utf8_lossy(h.value).into_owned())
+        } else {
+            None
+        };
+        RequestLine {
+            method: req.method.unwrap_or("").to_owned(),
+            path: req.path.unwrap_or("").to_owned(),
+            version: match req.version {
+                Some(0) => "HTTP/1.0",
+                Some(_) => "HTTP/1.1",
+                None => "",
+            },
+            host: host.unwrap_or_default(),
+        }
+    }
+}
+
+/// Writes the access log line of a connection refused before its request was parsed.
+fn log_refusal(
+    ctx: &ConnContext,
+    started: (SystemTime, Instant),
+    line: &RequestLine,
+    reason: Reason,
+    answered: bool,
+) {
+    let Some(log) = &ctx.shared.access_log else { return };
+    let took = started.1.elapsed();
+    let queued = log.write(&Entry {
+        start: started.0,
+        duration: took,
+        response_head: took,
+        downstream: ctx.peer,
+        listener: &ctx.listener.name,
+        protocol: line.version,
+        method: &line.method,
+        authority: &line.host,
+        path: &line.path,
+        status: reason.status().as_u16(),
+        reason: Some(reason.as_str()),
+        bytes_sent: if answered { reason.body().len() as u64 } else { 0 },
+        body_end: if answered { BodyEnd::Complete } else { BodyEnd::DownstreamDisconnect },
+        route: None,
+        cluster: None,
+        upstream: None,
+        attempts: 0,
+        request_id: None,
+    });
+    if !queued {
+        ctx.shared.global.access_log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Whether the client's first bytes are the HTTP/2 preface. Four bytes decide it ("PRI " is no

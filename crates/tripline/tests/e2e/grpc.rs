@@ -210,7 +210,8 @@ async fn grpc_listener_serves_h2c_and_refuses_http1_clearly() {
         config::service_entry("grpc.local", "GRPC", &[up.addr]),
         config::virtual_service("grpc", &["*"], "edge", &config::http_route("grpc.local")),
     ]);
-    let proxy = Proxy::start(&yaml).await;
+    let log = crate::support::proxy::unique_dir("grpc-access-log").join("access.log");
+    let proxy = Proxy::start_args(&yaml, &["--access-log", log.to_str().unwrap()]).await;
     let listeners = proxy.admin_get("/listeners").await.json();
     assert_eq!(listeners["listeners"][0]["protocol"], "Http2", "{listeners}");
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -235,6 +236,38 @@ async fn grpc_listener_serves_h2c_and_refuses_http1_clearly() {
     }
     let counted = proxy.metric("tripline_local_responses_total", &[("reason", "http2-only")]).await;
     assert_eq!(counted, 2.0, "two HTTP/1.x clients refused");
+    // Both refusals are in the access log, with what was read of their request lines.
+    let mut refused = Vec::new();
+    crate::support::eventually("the two refusals in the access log", Duration::from_secs(5), || {
+        refused = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["reason"] == "http2-only")
+            .collect();
+        std::future::ready(refused.len() == 2)
+    })
+    .await;
+    let seen: Vec<_> = refused
+        .iter()
+        .map(|v| {
+            (
+                v["status"].clone(),
+                v["method"].clone(),
+                v["path"].clone(),
+                v["protocol"].clone(),
+                v["authority"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (505.into(), "GET".into(), "/".into(), "HTTP/1.1".into(), "grpc.local".into()),
+            (505.into(), "GET".into(), "/".into(), "HTTP/1.0".into(), "".into()),
+        ],
+        "{refused:?}"
+    );
     assert_eq!(up.requests(), 3, "only the gRPC calls reached the upstream");
     check_unary(addr).await;
 }
