@@ -401,8 +401,10 @@ async fn surplus_upstream_connections_idle_out_under_light_traffic() {
     let up = Upstream::http("u1").await;
     let port = free_port();
     let policy = "    connectionPool:\n      http: {idleTimeout: 1s}\n";
-    let _proxy = Proxy::start_single(&config::simple(port, "HTTP", &[up.addr], Some(policy))).await;
+    let proxy = Proxy::start_single(&config::simple(port, "HTTP", &[up.addr], Some(policy))).await;
     let addr = listener_addr(port);
+    let gauge =
+        || proxy.metric("tripline_upstream_connections", &[("cluster", "outbound|80||backend.local")]);
     let burst: Vec<_> = (0..8)
         .map(|_| tokio::spawn(get_with(addr, "backend.local", "/burst", &[("x-delay-ms", "300")])))
         .collect();
@@ -410,6 +412,7 @@ async fn surplus_upstream_connections_idle_out_under_light_traffic() {
         assert_eq!(r.await.unwrap().expect("burst request").status, 200);
     }
     assert_eq!(up.open(), 8, "the burst of eight concurrent requests should open eight connections");
+    assert_eq!(gauge().await, 8.0, "tripline_upstream_connections after the burst");
     // A request every 100 ms: each of the eight would be used every 800 ms if they took turns.
     let mut conn = Conn::connect(addr, Proto::H1).await.unwrap();
     let mut served_on = std::collections::BTreeSet::new();
@@ -422,6 +425,11 @@ async fn surplus_upstream_connections_idle_out_under_light_traffic() {
     }
     assert_eq!(served_on.len(), 1, "light traffic spread over upstream connections {served_on:?}");
     assert_eq!(up.open(), 1, "idle upstream connections not closed 10 s after a 1 s idleTimeout");
+    // The gauge follows the connections closed for idling.
+    crate::support::eventually("tripline_upstream_connections at 1", Duration::from_secs(2), || async {
+        gauge().await == 1.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
