@@ -175,16 +175,7 @@ async fn access_log_has_one_json_line_per_request_with_the_reason() {
         .unwrap();
     assert_eq!(head.status, 404);
 
-    let mut lines = Vec::new();
-    eventually("three access log lines", Duration::from_secs(5), || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        lines = text.lines().map(str::to_owned).collect::<Vec<_>>();
-        let n = lines.len();
-        async move { n >= 3 }
-    })
-    .await;
-    let parsed: Vec<serde_json::Value> =
-        lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let parsed = crate::support::access_log_lines(&log, 3).await;
     let ok = parsed.iter().find(|v| v["path"] == "/ok").expect("a line for /ok");
     assert_eq!(ok["status"], 200);
     assert_eq!(ok["reason"], serde_json::Value::Null);

@@ -271,7 +271,7 @@ async fn route_timeout_cuts_a_response_body_that_stalls() {
     }
     let counted = proxy.metric("tripline_local_responses_total", &[("reason", "route-timeout")]).await;
     assert_eq!(counted, 2.0);
-    for line in access_log_lines(&log, 2).await {
+    for line in crate::support::access_log_lines(&log, 2).await {
         assert_eq!(line["status"], 200, "{line}");
         assert_eq!(line["response_end"], "route-timeout", "{line}");
         assert_eq!(line["bytes_sent"], 10, "the 10 bytes before the stall: {line}");
@@ -300,7 +300,7 @@ async fn a_client_leaving_mid_body_is_logged_as_a_disconnect() {
         drop(body);
         drop(conn);
     }
-    for line in access_log_lines(&log, 2).await {
+    for line in crate::support::access_log_lines(&log, 2).await {
         assert_eq!(line["response_end"], "downstream-disconnect", "{line}");
         assert_eq!(line["bytes_sent"], 10, "{line}");
         // Logged when the client left, not when the upstream's 3 s stall ended.
@@ -342,7 +342,7 @@ async fn a_client_leaving_before_the_head_is_logged_with_status_0() {
     client.write_all(b"HEAD /slow HTTP/1.1\r\nHost: backend.local\r\n\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(client);
-    let line = access_log_lines(&log, 1).await.remove(0);
+    let line = crate::support::access_log_lines(&log, 1).await.remove(0);
     assert_eq!(
         (line["status"].as_u64(), line["response_end"].as_str()),
         (Some(0), Some("downstream-disconnect")),
@@ -351,16 +351,4 @@ async fn a_client_leaving_before_the_head_is_logged_with_status_0() {
     assert_eq!(line["path"], "/slow");
     assert_eq!(line["route"], "backend/http[0]", "{line}");
     assert!(line["duration_ms"].as_f64().unwrap() < 1500.0, "logged when the client left: {line}");
-}
-
-/// Waits for `n` lines in the access log at `path` and parses them.
-pub(crate) async fn access_log_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
-    let mut lines = Vec::new();
-    crate::support::eventually("access log lines", Duration::from_secs(5), || {
-        lines = std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect();
-        let got = lines.len();
-        async move { got >= n }
-    })
-    .await;
-    lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
 }

@@ -889,7 +889,7 @@ async fn a_response_complete_by_its_length_is_complete_before_the_stream_ends() 
     let _proxy = Proxy::start_args(&h2_mesh(port, up, ""), &["--access-log", log.to_str().unwrap()]).await;
     let r = send(addr(port), Method::GET, "backend.local", "/", &[], "").await.unwrap();
     assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"hello"[..]));
-    let line = crate::limits::access_log_lines(&log, 1).await.remove(0);
+    let line = crate::support::access_log_lines(&log, 1).await.remove(0);
     assert_eq!(
         (line["response_end"].as_str(), line["bytes_sent"].as_u64()),
         (Some("complete"), Some(5)),

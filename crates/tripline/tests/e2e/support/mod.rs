@@ -52,3 +52,15 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Waits for `n` lines in the access log at `path` and parses them.
+pub async fn access_log_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let mut lines = Vec::new();
+    eventually("access log lines", Duration::from_secs(5), || {
+        lines = std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect();
+        let got = lines.len();
+        async move { got >= n }
+    })
+    .await;
+    lines.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect()
+}
