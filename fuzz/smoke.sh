@@ -27,7 +27,8 @@ for target in config h2_server client_h1 upstream_h1; do
   if [ "$target" = config ]; then
     max_len=8192 # the seed configs are up to a few KiB
     seeds=(../examples)
-    if [ -d ../../shared/examples/seeds ]; then seeds+=(../../shared/examples/seeds); fi
+    shared=${TRIPLINE_SHARED:-../../shared}
+    if [ -d "$shared/examples/seeds" ]; then seeds+=("$shared/examples/seeds"); fi
   fi
   echo "== fuzz smoke: $target, ${SECONDS_EACH}s"
   log="$scratch/$target.log"

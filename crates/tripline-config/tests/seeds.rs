@@ -1,16 +1,13 @@
 //! Every seed config from the product brief, loaded one by one: which load cleanly, and the
 //! exact problems `tripline validate` reports for the others.
 
-use std::path::PathBuf;
-
 use std::time::Duration;
 
 use tripline_config::plan::{RetryOn, RoutePlan};
 use tripline_config::{load, read_sources, Diagnostic, LoadOptions, Loaded, Severity, Source};
 
-fn seeds_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seeds")
-}
+mod seeds_dir;
+use seeds_dir::seeds_dir;
 
 /// `(severity, line:column, path, message fragment)` of every diagnostic.
 fn outcome(file: &str) -> (bool, Vec<(Severity, String, String, String)>) {

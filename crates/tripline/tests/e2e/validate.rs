@@ -10,9 +10,9 @@ use crate::support::proxy::{binary, run_bounded, unique_dir};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-fn seeds_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/examples/seeds")
-}
+#[path = "../../../tripline-config/tests/seeds_dir/mod.rs"]
+mod seeds_dir;
+use seeds_dir::seeds_dir;
 
 fn has_location(stderr: &str, file: &str) -> bool {
     // `<file>:<line>:<column>:`
