@@ -78,6 +78,9 @@ pub enum LocalReason {
     /// The client went away (or the request was abandoned) before the upstream answered: it
     /// says nothing about the upstream's health.
     Cancelled,
+    /// The client broke its request (a malformed body, or one still arriving at the
+    /// deadline): the upstream's failure to answer it is the client's fault.
+    ClientFault,
 }
 
 impl LocalReason {
@@ -89,6 +92,7 @@ impl LocalReason {
             LocalReason::RetryBudget => "retry-budget",
             LocalReason::NoHealthyUpstream => "no-healthy-upstream",
             LocalReason::Cancelled => "cancelled",
+            LocalReason::ClientFault => "client-fault",
         }
     }
 }

@@ -14,14 +14,17 @@ use hyper::body::Incoming;
 
 use crate::access_log::BodyEnd;
 use crate::http_proxy::{PendingLog, RequestMark};
+use crate::upload::{ClientBodyError, Watched};
 use crate::upstream::h1::ResponseStream;
 use crate::upstream::replay::{replay_frame, TeedBody};
 use crate::upstream::InFlight;
+use tripline_core::classify::grpc::{DEADLINE_EXCEEDED, UNAVAILABLE};
 
 /// The error type of bodies that mix hyper's and our own upstream client.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The body of a client's request, as the server that read its head delivers it.
+/// The body of a client's request, as the server that read its head delivers it. Its errors
+/// are [`ClientBodyError`]s: they say whether the client sent a malformed body or left.
 #[derive(Debug)]
 pub enum ClientBody {
     /// HTTP/1.1, through hyper's server.
@@ -39,7 +42,9 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ClientBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientBody::Hyper(b) => {
+                Pin::new(b).poll_frame(cx).map_err(|e| ClientBodyError::from_hyper(e).into())
+            }
             ClientBody::H2(b) => Pin::new(b).poll_frame(cx),
         }
     }
@@ -62,7 +67,7 @@ impl Body for ClientBody {
 /// A request body sent upstream.
 #[derive(Debug)]
 pub enum RequestBody {
-    Stream(ClientBody),
+    Stream(Watched),
     /// Streaming, with a copy kept for a possible retry.
     Teed(TeedBody),
     /// A retry: the body buffered from the first attempt.
@@ -177,6 +182,9 @@ pub struct ResponseBody {
     request: Option<RequestMark>,
     /// The upstream body's error, held for one poll: see [`ResponseBody::poll_frame`].
     failed: Option<BoxError>,
+    /// A gRPC response: cut short, it ends with a `grpc-status` in trailers (a status the client
+    /// can act on) instead of a reset, which clients report as INTERNAL.
+    grpc: bool,
 }
 
 #[derive(Debug)]
@@ -202,14 +210,17 @@ impl BodyDeadline {
 }
 
 impl ResponseBody {
+    /// A body Tripline made; an empty one has ended already (a gRPC trailers-only answer
+    /// must end its stream with its head).
     pub fn local(bytes: Bytes) -> Self {
         ResponseBody {
-            inner: Inner::Local(Some(bytes)),
+            inner: Inner::Local((!bytes.is_empty()).then_some(bytes)),
             guard: None,
             deadline: None,
             log: None,
             request: None,
             failed: None,
+            grpc: false,
         }
     }
 
@@ -221,7 +232,34 @@ impl ResponseBody {
             guard.mark_complete();
         }
         let deadline = deadline.map(|at| BodyDeadline { at, timer: None });
-        ResponseBody { inner, guard: Some(guard), deadline, log: None, request: None, failed: None }
+        ResponseBody {
+            inner,
+            guard: Some(guard),
+            deadline,
+            log: None,
+            request: None,
+            failed: None,
+            grpc: false,
+        }
+    }
+
+    /// Makes a failure after the head (the upstream gone, the route deadline passed) end the
+    /// response with gRPC status trailers: `UNAVAILABLE` (retryable) or `DEADLINE_EXCEEDED`.
+    pub(crate) fn end_with_grpc_status(&mut self) {
+        self.grpc = true;
+    }
+
+    /// What the client gets when the body fails with `error` (the upstream's `status`): the
+    /// error, which resets the stream or closes the connection, or for gRPC the status in
+    /// trailers, which ends the stream cleanly.
+    fn failure(&mut self, status: u8, error: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.grpc {
+            return Poll::Ready(Some(Err(error)));
+        }
+        self.grpc = false;
+        self.inner = Inner::Local(None);
+        let message = format!("upstream response cut short by Tripline: {error}");
+        Poll::Ready(Some(Ok(Frame::trailers(crate::grpc::status_trailers(status, &message)))))
     }
 
     /// Writes `log` when this body ends; see [`PendingLog`].
@@ -257,14 +295,14 @@ impl ResponseBody {
     /// The route deadline passed mid-body: the upstream response is abandoned (its connection
     /// closed) and the attempt recorded as a timeout. hyper resets the client's stream (HTTP/2)
     /// or closes its connection (HTTP/1.1), as Envoy does when headers were already sent.
-    fn time_out(&mut self) -> BoxError {
+    fn time_out(&mut self) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.inner = Inner::Local(None);
         self.deadline = None;
         if let Some(g) = self.guard.take() {
             g.time_out();
         }
         self.end_log(BodyEnd::RouteTimeout);
-        "route timeout while streaming the response body".into()
+        self.failure(DEADLINE_EXCEEDED, "route timeout while streaming the response body".into())
     }
 }
 
@@ -301,7 +339,7 @@ impl Body for ResponseBody {
         // A body that keeps data coming once its timer is armed is still cut at the deadline.
         if let Some(d) = this.deadline.as_mut().filter(|d| d.timer.is_some()) {
             if d.poll_expired(cx).is_ready() {
-                return Poll::Ready(Some(Err(this.time_out())));
+                return this.time_out();
             }
         }
         let polled = match &mut this.inner {
@@ -311,7 +349,7 @@ impl Body for ResponseBody {
         if polled.is_pending() {
             if let Some(d) = this.deadline.as_mut() {
                 ready!(d.poll_expired(cx));
-                return Poll::Ready(Some(Err(this.time_out())));
+                return this.time_out();
             }
         }
         // hyper stops polling once `is_end_stream` is true, so a body that ends with its last
@@ -322,7 +360,7 @@ impl Body for ResponseBody {
             }
             if let (Some(t), Some(g)) = (frame.trailers_ref(), this.guard.as_mut()) {
                 if let Some(code) = t
-                    .get(&crate::upstream::GRPC_STATUS)
+                    .get(&crate::grpc::GRPC_STATUS)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok())
                 {
@@ -347,6 +385,9 @@ impl Body for ResponseBody {
                 g.finish(false);
             }
             this.end_log(BodyEnd::UpstreamReset);
+            if this.grpc {
+                return this.failure(UNAVAILABLE, e);
+            }
             // The error waits for the next poll. hyper's HTTP/1.1 server gives up its unsent
             // buffer when a body fails, and an upstream that closes right after the head and a
             // few bytes fails the body in the same turn that queued the head: the client got

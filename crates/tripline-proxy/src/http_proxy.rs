@@ -16,10 +16,12 @@ use hyper_util::rt::TokioIo;
 use crate::access_log::{BodyEnd, Entry};
 use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::cluster::Cluster;
+use crate::grpc::is_grpc;
 use crate::headers::{is_upgrade, prepare_request, strip_hop_by_hop};
 use crate::listener::ListenerRuntime;
 use crate::local_reply::{Reason, REASON_HEADER};
 use crate::router::Route;
+use crate::upload::Watched;
 use crate::upstream;
 use crate::Shared;
 
@@ -68,10 +70,15 @@ pub fn handle(
     let log = ctx.shared.access_log.is_some().then(|| Box::new(LogStart::of(&req)));
     let mut trace = Trace { on: log.is_some(), ..Trace::default() };
     let h2 = req.version() == http::Version::HTTP_2;
-    let started = if let Some(why) = malformed(&req) {
-        Err(Refused::Malformed(why))
-    } else {
-        route(&ctx, &req, &mut trace).map(|r| start(&ctx, r, req, &mut trace)).map_err(Refused::Reason)
+    let grpc = is_grpc(req.headers());
+    let started = match refuse(&req) {
+        Some(refused) => {
+            ctx.shared.global.local.inc(refused.reason());
+            Err(refused)
+        }
+        None => route(&ctx, &req, grpc, &mut trace)
+            .map(|r| start(&ctx, r, req, grpc, &mut trace))
+            .map_err(Refused::Reason),
     };
     let mark = RequestMark::new(ctx, h2);
     async move {
@@ -80,8 +87,8 @@ pub fn handle(
             LogIfAbandoned(log.map(|start| PendingLog::new(mark.0.clone(), *start, trace.clone())));
         let mut resp = match started {
             Ok(s) => s.finish(&mut trace).await,
-            Err(Refused::Reason(reason)) => reason.response(),
-            Err(Refused::Malformed(why)) => malformed_response(why, h2),
+            Err(Refused::Reason(reason)) => reply(reason, grpc),
+            Err(refused) => refused.response(h2),
         };
         if let Some(mut pending) = waiting.0.take() {
             // The line is written when the response body ends, so it tells how it ended.
@@ -93,33 +100,99 @@ pub fn handle(
     }
 }
 
+/// Tripline's own answer: for a gRPC client, a trailers-only gRPC status it can read.
+fn reply(reason: Reason, grpc: bool) -> Response<ResponseBody> {
+    if grpc {
+        reason.grpc_response()
+    } else {
+        reason.response()
+    }
+}
+
 /// Why a request is answered without being forwarded.
 enum Refused {
     /// Routing refused it (`no-route`, `no-healthy-upstream`), with `x-tripline-reason`.
     Reason(Reason),
-    /// A request the parser let through that is malformed all the same (see [`malformed`]),
+    /// A request the parser let through that is malformed all the same (see [`refuse`]),
     /// answered like the parser's own 400s; what is wrong with it.
     Malformed(&'static str),
+    /// `CONNECT`: Tripline proxies requests, it does not open tunnels.
+    Connect,
 }
 
-/// What is wrong with a request that hyper's parser (or ours, for HTTP/2) accepts but no
-/// upstream should get, or `None`:
+impl Refused {
+    fn reason(&self) -> Reason {
+        match self {
+            Refused::Reason(r) => *r,
+            Refused::Malformed(_) => Reason::BadRequest,
+            Refused::Connect => Reason::ConnectNotSupported,
+        }
+    }
+
+    /// The answer to a refused request that never reached routing. An HTTP/1 connection
+    /// closes after it, as after the parser's 400s (a CONNECT client may already be sending
+    /// the tunnel's bytes); HTTP/2 has no `Connection` header, and its other streams are
+    /// unaffected.
+    fn response(self, h2: bool) -> Response<ResponseBody> {
+        let mut resp = match self {
+            Refused::Malformed(why) => Reason::BadRequest.response_with(why),
+            refused => {
+                let mut resp = refused.reason().response();
+                // RFC 9110 §15.5.6: a 405 lists the methods that are allowed.
+                resp.headers_mut().insert(
+                    http::header::ALLOW,
+                    http::HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"),
+                );
+                resp
+            }
+        };
+        if !h2 {
+            resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+/// Why a request that hyper's parser (or ours, for HTTP/2) accepts must not be forwarded:
+/// - `CONNECT` (RFC 9110 §9.3.6) asks for a tunnel, which Tripline does not open: `405`.
 /// - RFC 9112 §3.2: an HTTP/1.1 request without `Host` (even in absolute form), and any
 ///   request with several `Host` lines or an invalid one (see [`valid_host`]). HTTP/1.0 may
-///   leave it out; HTTP/2 carries `:authority` in the URI and has no `Host` to check here.
+///   leave it out.
+/// - RFC 9112 §3.2.3: the authority form (`host:port`) is for `CONNECT` only.
+/// - RFC 9110 §4.2.4: a target with user information (`http://user@host/`) is an error.
+/// - RFC 9113 §8.3.1: an HTTP/2 request whose `Host` names another authority than its
+///   `:authority` is malformed (a proxy would route by one and forward the other).
 /// - RFC 9112 §3.2.4, RFC 9113 §8.3.1: the target `*` is for `OPTIONS` only.
-fn malformed<B>(req: &Request<B>) -> Option<&'static str> {
+fn refuse<B>(req: &Request<B>) -> Option<Refused> {
+    if req.method() == http::Method::CONNECT {
+        return Some(Refused::Connect);
+    }
     let mut hosts = req.headers().get_all(http::header::HOST).iter();
-    let bad_host = match (hosts.next(), hosts.next()) {
+    let (first, second) = (hosts.next(), hosts.next());
+    let bad_host = match (first, second) {
         (None, _) => req.version() == http::Version::HTTP_11,
         (Some(host), None) => !valid_host(host.as_bytes()),
         (Some(_), Some(_)) => true,
     };
     if bad_host {
-        return Some("an HTTP/1.1 request needs exactly one valid Host header\n");
+        return Some(Refused::Malformed("an HTTP/1.1 request needs exactly one valid Host header\n"));
     }
-    if req.uri().path() == "*" && req.method() != http::Method::OPTIONS {
-        return Some("only an OPTIONS request may have the target *\n");
+    let uri = req.uri();
+    if let Some(authority) = uri.authority() {
+        if uri.scheme().is_none() {
+            return Some(Refused::Malformed("the authority form (host:port) is for CONNECT only\n"));
+        }
+        if authority.as_str().contains('@') {
+            return Some(Refused::Malformed("a request target must not carry user information\n"));
+        }
+        let differs =
+            first.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()));
+        if req.version() == http::Version::HTTP_2 && differs {
+            return Some(Refused::Malformed("the Host header names another authority than :authority\n"));
+        }
+    }
+    if uri.path() == "*" && req.method() != http::Method::OPTIONS {
+        return Some(Refused::Malformed("only an OPTIONS request may have the target *\n"));
     }
     None
 }
@@ -128,17 +201,6 @@ fn malformed<B>(req: &Request<B>) -> Option<&'static str> {
 /// `http` URI the host is not empty, and it has no user information.
 fn valid_host(host: &[u8]) -> bool {
     !host.is_empty() && !host.contains(&b'@') && http::uri::Authority::try_from(host).is_ok()
-}
-
-/// The 400 for [`malformed`]. An HTTP/1 connection closes after it, as after the parser's
-/// 400s; HTTP/2 has no `Connection` header, and its other streams are unaffected.
-fn malformed_response(why: &'static str, h2: bool) -> Response<ResponseBody> {
-    let mut resp = Response::new(ResponseBody::local(bytes::Bytes::from_static(why.as_bytes())));
-    *resp.status_mut() = StatusCode::BAD_REQUEST;
-    if !h2 {
-        resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-    }
-    resp
 }
 
 /// What the access log records of a request before it is forwarded.
@@ -280,7 +342,12 @@ struct Routed {
 
 /// Finds the route and picks the destination, or says why Tripline answers itself
 /// (`no-route`, `no-healthy-upstream`; already counted).
-fn route(ctx: &ConnContext, req: &Request<ClientBody>, trace: &mut Trace) -> Result<Routed, Reason> {
+fn route(
+    ctx: &ConnContext,
+    req: &Request<ClientBody>,
+    grpc: bool,
+    trace: &mut Trace,
+) -> Result<Routed, Reason> {
     let route = {
         let config = ctx.listener.config.load();
         config.find(req).cloned()
@@ -299,15 +366,22 @@ fn route(ctx: &ConnContext, req: &Request<ClientBody>, trace: &mut Trace) -> Res
     }
     // The route timeout is enforced inside `upstream::send` (connection wait, each attempt,
     // backoff), so a timeout is recorded against the endpoint that was slow instead of the
-    // request simply being dropped.
-    let deadline = route.timeout.map(|t| Instant::now() + t);
+    // request simply being dropped. A gRPC client's own deadline (`grpc-timeout`) counts
+    // too, capped by the route's (Envoy's `grpc_timeout_header_max`, which Istio sets to the
+    // route timeout).
+    let client = if grpc { crate::grpc::timeout(req.headers()) } else { None };
+    let timeout = match (route.timeout, client) {
+        (Some(r), Some(c)) => Some(r.min(c)),
+        (r, c) => r.or(c),
+    };
+    let deadline = timeout.map(|t| Instant::now() + t);
     Ok(Routed { route, cluster, deadline })
 }
 
-fn local(cluster: &Cluster, refusal: impl Into<upstream::Refusal>) -> Response<ResponseBody> {
+fn local(cluster: &Cluster, refusal: impl Into<upstream::Refusal>, grpc: bool) -> Response<ResponseBody> {
     let refusal = refusal.into();
     cluster.state.stats.local.inc(refusal.reason);
-    let mut resp = refusal.reason.response();
+    let mut resp = reply(refusal.reason, grpc);
     if let Some(ra) = refusal.retry_after {
         // Whole seconds, rounded up: a client that honours it never comes back too early.
         let secs = ra.as_secs() + u64::from(ra.subsec_nanos() > 0);
@@ -320,6 +394,8 @@ fn local(cluster: &Cluster, refusal: impl Into<upstream::Refusal>) -> Response<R
 struct Started {
     cluster: Arc<Cluster>,
     deadline: Option<Instant>,
+    /// A gRPC request: refusals and failures are told in `grpc-status`.
+    grpc: bool,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     /// The sticky cookie to set on the upstream's response (`httpCookie.ttl`).
     set_cookie: Option<http::HeaderValue>,
@@ -327,14 +403,23 @@ struct Started {
 }
 
 /// Rewrites the request for the upstream and creates (boxed) the future that sends it.
-fn start(ctx: &ConnContext, routed: Routed, mut req: Request<ClientBody>, trace: &mut Trace) -> Started {
+fn start(
+    ctx: &ConnContext,
+    routed: Routed,
+    mut req: Request<ClientBody>,
+    grpc: bool,
+    trace: &mut Trace,
+) -> Started {
     let Routed { route, cluster, deadline } = routed;
     let hashed = match cluster.hash_key() {
         Some(key) => upstream::request_hash(key, &req, ctx.peer, ctx.shared.sticky_secret),
         None => upstream::RequestHash::default(),
     };
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    let mut up_req = req.map(RequestBody::Stream);
+    let (parts, body) = req.into_parts();
+    let body = Watched::new(body);
+    let upload = body.upload().cloned();
+    let mut up_req = Request::from_parts(parts, RequestBody::Stream(body));
     if crate::headers::authority(&up_req).is_none() {
         // An HTTP/1.0 client (or an HTTP/2 one without `:authority`) gave no host; the
         // upstream gets the destination's, with its port unless 80, as nginx's `proxy_pass`
@@ -347,8 +432,9 @@ fn start(ctx: &ConnContext, routed: Routed, mut req: Request<ClientBody>, trace:
     if trace.on {
         trace.request_id = up_req.headers().get(&crate::headers::X_REQUEST_ID).cloned();
     }
-    let send = upstream::send(cluster.clone(), route, up_req, hashed.hash, ctx.shared.clone(), deadline);
-    Started { cluster, deadline, upgrade, set_cookie: hashed.set_cookie, send: Box::pin(send) }
+    let send =
+        upstream::send(cluster.clone(), route, up_req, hashed.hash, ctx.shared.clone(), deadline, upload);
+    Started { cluster, deadline, grpc, upgrade, set_cookie: hashed.set_cookie, send: Box::pin(send) }
 }
 
 /// `host` or `host:port` of a cluster's destination, for a request that named none.
@@ -360,12 +446,12 @@ fn destination_host(plan: &tripline_config::plan::ClusterPlan) -> Option<http::H
 impl Started {
     /// Awaits the upstream's response head and turns it into the client's response.
     async fn finish(self, trace: &mut Trace) -> Response<ResponseBody> {
-        let Started { cluster, deadline, upgrade, set_cookie, send } = self;
+        let Started { cluster, deadline, grpc, upgrade, set_cookie, send } = self;
         let (mut resp, mut inflight) = match send.await {
             Ok(sent) => sent,
             Err(refusal) => {
                 trace.attempts = refusal.attempts;
-                return local(&cluster, refusal);
+                return local(&cluster, refusal, grpc);
             }
         };
         if trace.on {
@@ -383,7 +469,7 @@ impl Started {
             let Some(client_upgrade) = upgrade.filter(|_| named) else {
                 // Recorded as a reset, for breakers and outlier detection.
                 inflight.finish(false);
-                return local(&cluster, crate::local_reply::Reason::UpstreamReset);
+                return local(&cluster, crate::local_reply::Reason::UpstreamReset, grpc);
             };
             inflight.forget_connection();
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -395,7 +481,11 @@ impl Started {
         }
         let (mut parts, body) = resp.into_parts();
         client_head(&mut parts, false, set_cookie);
-        Response::from_parts(parts, ResponseBody::upstream(body, inflight, deadline))
+        let mut body = ResponseBody::upstream(body, inflight, deadline);
+        if grpc && parts.status == StatusCode::OK {
+            body.end_with_grpc_status();
+        }
+        Response::from_parts(parts, body)
     }
 }
 

@@ -11,6 +11,7 @@ pub mod breakers_api;
 pub mod client_conns;
 pub mod cluster;
 mod dns;
+pub mod grpc;
 pub mod h2_server;
 pub mod headers;
 pub mod http_conn;
@@ -22,6 +23,7 @@ pub mod net_io;
 pub mod resilience;
 pub mod router;
 pub mod tcp_proxy;
+pub mod upload;
 pub mod upstream;
 pub mod workers;
 

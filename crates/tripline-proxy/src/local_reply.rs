@@ -1,8 +1,15 @@
 //! Responses Tripline generates itself. Each carries its reason in `x-tripline-reason`, so a
 //! 503 is never anonymous: the same reason is counted in metrics and shown in the access log.
+//!
+//! A gRPC client (`content-type: application/grpc*`) reads a status from `grpc-status`, not
+//! from the HTTP status: it is answered the way gRPC servers answer an error, as Envoy does,
+//! with HTTP 200 and a trailers-only response (`grpc-status` mapped from the HTTP status,
+//! `grpc-message` saying why), `x-tripline-reason` kept. Otherwise a gRPC client reports only
+//! "Received http2 header with status: 503". See `crate::grpc`.
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
+use tripline_core::classify::grpc;
 
 use crate::body::ResponseBody;
 
@@ -21,12 +28,32 @@ pub enum Reason {
     UpstreamTimeout,
     /// An HTTP/1.x request on an `HTTP2`/`GRPC` listener, which speaks h2c only.
     Http2Only,
+    /// A request the parsers let through that no upstream should get (see
+    /// `http_proxy::malformed`).
+    BadRequest,
+    /// The client's request body broke the protocol (bad chunked framing, wrong length).
+    BadRequestBody,
+    /// The client left before its request was complete; logged, rarely seen by anyone.
+    DownstreamDisconnect,
+    /// The client was still sending its request body when the route timeout passed.
+    RequestTimeout,
+    /// Neither the client nor the upstream moved the request for the stream idle timeout.
+    StreamIdleTimeout,
+    /// `CONNECT`, which Tripline does not tunnel.
+    ConnectNotSupported,
 }
 
 pub const REASON_HEADER: &str = "x-tripline-reason";
 
+/// Everything fixed about a reason.
+struct Info {
+    name: &'static str,
+    status: u16,
+    body: &'static str,
+}
+
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 17] = [
         Reason::OverflowConnections,
         Reason::OverflowPending,
         Reason::OverflowRequests,
@@ -38,60 +65,133 @@ impl Reason {
         Reason::BreakerOpen,
         Reason::UpstreamTimeout,
         Reason::Http2Only,
+        Reason::BadRequest,
+        Reason::BadRequestBody,
+        Reason::DownstreamDisconnect,
+        Reason::RequestTimeout,
+        Reason::StreamIdleTimeout,
+        Reason::ConnectNotSupported,
     ];
 
+    fn info(self) -> Info {
+        let (name, status, body) = match self {
+            Reason::OverflowConnections => {
+                ("overflow-connections", 503, "upstream connection pool is full\n")
+            }
+            Reason::OverflowPending => {
+                ("overflow-pending", 503, "too many requests waiting for an upstream connection\n")
+            }
+            Reason::OverflowRequests => {
+                ("overflow-requests", 503, "too many concurrent requests to the upstream\n")
+            }
+            Reason::NoRoute => ("no-route", 404, "no route matches this request\n"),
+            Reason::NoHealthyUpstream => ("no-healthy-upstream", 503, "no healthy upstream\n"),
+            Reason::UpstreamConnectFailure => {
+                ("upstream-connect-failure", 503, "could not connect to the upstream\n")
+            }
+            Reason::UpstreamReset => ("upstream-reset", 502, "the upstream reset the connection\n"),
+            Reason::RouteTimeout => {
+                ("route-timeout", 504, "the upstream did not answer within the route timeout\n")
+            }
+            Reason::BreakerOpen => (
+                "breaker-open",
+                503,
+                "circuit breaker open: the upstream is failing and is being let back carefully\n",
+            ),
+            Reason::UpstreamTimeout => {
+                ("upstream-timeout", 504, "the upstream did not answer within the per-try timeout\n")
+            }
+            Reason::Http2Only => {
+                ("http2-only", 505, "this listener speaks HTTP/2 only (h2c with prior knowledge)\n")
+            }
+            Reason::BadRequest => ("bad-request", 400, "malformed request\n"),
+            Reason::BadRequestBody => (
+                "bad-request-body",
+                400,
+                "the request body is malformed (its chunked framing or length is wrong)\n",
+            ),
+            Reason::DownstreamDisconnect => {
+                ("downstream-disconnect", 499, "the client left before its request was complete\n")
+            }
+            Reason::RequestTimeout => (
+                "request-timeout",
+                408,
+                "the request body was still arriving when the route timeout passed\n",
+            ),
+            Reason::StreamIdleTimeout => {
+                ("stream-idle-timeout", 408, "the request made no progress for the stream idle timeout\n")
+            }
+            Reason::ConnectNotSupported => (
+                "connect-not-supported",
+                405,
+                "CONNECT is not supported: Tripline does not tunnel through HTTP proxies\n",
+            ),
+        };
+        Info { name, status, body }
+    }
+
     pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::OverflowConnections => "overflow-connections",
-            Reason::OverflowPending => "overflow-pending",
-            Reason::OverflowRequests => "overflow-requests",
-            Reason::NoRoute => "no-route",
-            Reason::NoHealthyUpstream => "no-healthy-upstream",
-            Reason::UpstreamConnectFailure => "upstream-connect-failure",
-            Reason::UpstreamReset => "upstream-reset",
-            Reason::RouteTimeout => "route-timeout",
-            Reason::BreakerOpen => "breaker-open",
-            Reason::UpstreamTimeout => "upstream-timeout",
-            Reason::Http2Only => "http2-only",
-        }
+        self.info().name
     }
 
     pub fn status(self) -> StatusCode {
-        match self {
-            Reason::NoRoute => StatusCode::NOT_FOUND,
-            Reason::UpstreamReset => StatusCode::BAD_GATEWAY,
-            Reason::RouteTimeout | Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Reason::Http2Only => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-            _ => StatusCode::SERVICE_UNAVAILABLE,
-        }
+        StatusCode::from_u16(self.info().status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     pub(crate) fn body(self) -> &'static str {
+        self.info().body
+    }
+
+    /// The gRPC status a gRPC client is given: Envoy's mapping of HTTP statuses
+    /// (`Grpc::Utility::httpToGrpcStatus`), except that timeouts are `DEADLINE_EXCEEDED`.
+    pub fn grpc_status(self) -> u8 {
         match self {
-            Reason::OverflowConnections => "upstream connection pool is full\n",
-            Reason::OverflowPending => "too many requests waiting for an upstream connection\n",
-            Reason::OverflowRequests => "too many concurrent requests to the upstream\n",
-            Reason::NoRoute => "no route matches this request\n",
-            Reason::NoHealthyUpstream => "no healthy upstream\n",
-            Reason::UpstreamConnectFailure => "could not connect to the upstream\n",
-            Reason::UpstreamReset => "the upstream reset the connection\n",
-            Reason::RouteTimeout => "the upstream did not answer within the route timeout\n",
-            Reason::BreakerOpen => {
-                "circuit breaker open: the upstream is failing and is being let back carefully\n"
-            }
-            Reason::UpstreamTimeout => "the upstream did not answer within the per-try timeout\n",
-            Reason::Http2Only => "this listener speaks HTTP/2 only (h2c with prior knowledge)\n",
+            Reason::RouteTimeout
+            | Reason::UpstreamTimeout
+            | Reason::RequestTimeout
+            | Reason::StreamIdleTimeout => grpc::DEADLINE_EXCEEDED,
+            Reason::DownstreamDisconnect => grpc::CANCELLED,
+            _ => grpc_of_http(self.status()),
         }
     }
 
     /// The response sent to the client.
     pub fn response(self) -> Response<ResponseBody> {
-        let mut resp = Response::new(ResponseBody::local(Bytes::from_static(self.body().as_bytes())));
+        self.response_with(self.body())
+    }
+
+    /// The response, with `body` saying in more words what is wrong.
+    pub fn response_with(self, body: &'static str) -> Response<ResponseBody> {
+        let mut resp = Response::new(ResponseBody::local(Bytes::from_static(body.as_bytes())));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         h.insert(REASON_HEADER, HeaderValue::from_static(self.as_str()));
         h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         resp
+    }
+
+    /// The response for a gRPC client: trailers-only (an empty body, so the head ends the
+    /// stream), HTTP 200, `grpc-status` and `grpc-message` in it.
+    pub fn grpc_response(self) -> Response<ResponseBody> {
+        let mut resp = Response::new(ResponseBody::local(Bytes::new()));
+        let h = resp.headers_mut();
+        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        crate::grpc::set_status(h, self.grpc_status(), self.body());
+        h.insert(REASON_HEADER, HeaderValue::from_static(self.as_str()));
+        resp
+    }
+}
+
+/// Envoy's mapping of an HTTP status to a gRPC status.
+fn grpc_of_http(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        400 => grpc::INTERNAL,
+        401 => grpc::UNAUTHENTICATED,
+        403 => grpc::PERMISSION_DENIED,
+        404 => grpc::UNIMPLEMENTED,
+        429 => grpc::RESOURCE_EXHAUSTED,
+        502..=504 => grpc::UNAVAILABLE,
+        _ => grpc::UNKNOWN,
     }
 }
 
@@ -117,5 +217,32 @@ mod tests {
         assert_eq!(r.headers()[REASON_HEADER], "overflow-pending");
         assert_eq!(Reason::RouteTimeout.response().status(), 504);
         assert_eq!(Reason::NoRoute.response().status(), 404);
+        assert_eq!(Reason::DownstreamDisconnect.response().status(), 499);
+    }
+
+    #[test]
+    fn grpc_clients_get_a_trailers_only_status_they_can_read() {
+        let cases = [
+            (Reason::BreakerOpen, grpc::UNAVAILABLE),
+            (Reason::OverflowPending, grpc::UNAVAILABLE),
+            (Reason::NoHealthyUpstream, grpc::UNAVAILABLE),
+            (Reason::UpstreamConnectFailure, grpc::UNAVAILABLE),
+            (Reason::UpstreamReset, grpc::UNAVAILABLE),
+            (Reason::RouteTimeout, grpc::DEADLINE_EXCEEDED),
+            (Reason::UpstreamTimeout, grpc::DEADLINE_EXCEEDED),
+            (Reason::NoRoute, grpc::UNIMPLEMENTED),
+            (Reason::BadRequestBody, grpc::INTERNAL),
+        ];
+        for (reason, code) in cases {
+            let r = reason.grpc_response();
+            assert_eq!(r.status(), 200, "{reason:?}");
+            let h = r.headers();
+            assert_eq!(h["grpc-status"], code.to_string().as_str(), "{reason:?}");
+            assert_eq!(h[REASON_HEADER], reason.as_str());
+            assert_eq!(h["content-type"], "application/grpc");
+            assert!(!h["grpc-message"].is_empty());
+            assert!(http_body::Body::is_end_stream(r.body()), "trailers-only: no body");
+        }
+        assert_eq!(grpc_of_http(StatusCode::TOO_MANY_REQUESTS), grpc::RESOURCE_EXHAUSTED);
     }
 }

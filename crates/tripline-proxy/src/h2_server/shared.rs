@@ -20,6 +20,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::body::BoxError;
+use crate::upload::{ClientBodyError, ClientFault};
 
 /// The receive window Tripline advertises for each stream and for the connection (hyper's
 /// defaults, which Tripline used before it had its own server).
@@ -247,7 +248,11 @@ impl Body for RecvBody {
         let Some(inb) = st.bodies.get_mut(&this.id) else {
             // The connection closed: the client is gone.
             this.done = true;
-            return Poll::Ready(Some(Err("client connection closed while sending the request body".into())));
+            let gone = ClientBodyError::new(
+                ClientFault::Disconnected,
+                "client connection closed during the request body",
+            );
+            return Poll::Ready(Some(Err(gone.into())));
         };
         if let Some(chunk) = inb.chunks.pop_front() {
             let n = chunk.len() as u32;
@@ -262,7 +267,13 @@ impl Body for RecvBody {
         }
         if inb.reset {
             this.done = true;
-            return Poll::Ready(Some(Err("client reset the stream while sending the request body".into())));
+            // Reset by the client, or by Tripline for the client's protocol error: the stream
+            // (and the request with it) is gone either way, and no response will be read.
+            let gone = ClientBodyError::new(
+                ClientFault::Disconnected,
+                "the request's stream was reset during its body",
+            );
+            return Poll::Ready(Some(Err(gone.into())));
         }
         if let Some(t) = inb.trailers.take() {
             this.done = true;

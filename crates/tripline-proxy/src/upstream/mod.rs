@@ -33,12 +33,11 @@ use crate::cluster::{Cluster, ClusterState, Endpoint, Member};
 use crate::local_reply::Reason;
 use crate::resilience::{self, ResilienceStats};
 use crate::router::Route;
+use crate::upload::{ClientFault, Upload};
 use pool::{Conn, H1Link, Reusable, SendError};
 use replay::Replay;
 
 pub static X_TRIPLINE_ATTEMPT: header::HeaderName = header::HeaderName::from_static("x-tripline-attempt");
-/// A static name: looking up by `&str` would parse and validate the name on every response.
-pub static GRPC_STATUS: header::HeaderName = header::HeaderName::from_static("grpc-status");
 
 /// Guards that belong to the whole request (all its attempts).
 #[derive(Debug)]
@@ -73,6 +72,8 @@ pub struct InFlight {
     request: Option<RequestGuards>,
     /// 1 for the first attempt.
     attempt: u32,
+    /// How the client's request body is doing: a failure it caused is not the upstream's.
+    upload: Option<Arc<Upload>>,
 }
 
 impl InFlight {
@@ -102,6 +103,7 @@ impl InFlight {
             _retry: None,
             request: None,
             attempt: 1,
+            upload: None,
         })
     }
 
@@ -156,6 +158,9 @@ impl Drop for InFlight {
         let now = resilience::now();
         let since = |start: Nanos| Duration::from_nanos(now.saturating_sub(start));
         let latency = since(self.start);
+        if let Some(local) = self.upload.as_ref().and_then(|u| u.blame(&self.outcome)) {
+            self.outcome = Outcome::Local(local);
+        }
         self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
         self.state.stats.duration.observe(latency);
         if let Some(p) = self.pass.take() {
@@ -262,13 +267,42 @@ fn failure_reason(outcome: &Outcome, deadline: Option<Instant>) -> Reason {
     }
 }
 
+/// The endpoints a request has tried, by identity (an endpoint keeps its `Arc` across endpoint
+/// set rebuilds), however many the cluster has. The first attempt's is kept inline: a request
+/// that is not retried allocates nothing.
+#[derive(Default)]
+struct Tried {
+    first: Option<usize>,
+    more: Vec<usize>,
+}
+
+impl Tried {
+    /// The endpoint's address in memory: compared, never followed.
+    fn id(m: &Member) -> usize {
+        Arc::as_ptr(&m.ep) as usize
+    }
+
+    fn contains(&self, m: &Member) -> bool {
+        let p = Self::id(m);
+        self.first == Some(p) || self.more.contains(&p)
+    }
+
+    fn add(&mut self, m: &Member) {
+        let p = Self::id(m);
+        match self.first {
+            None => self.first = Some(p),
+            Some(_) => self.more.push(p),
+        }
+    }
+}
+
 /// Picks an available endpoint, preferring ones not tried yet, that its outlier state and
 /// breaker admit. Returns `Err` with the reason when none will take the request.
 fn admit_endpoint(
     cluster: &Cluster,
     hash: Option<u64>,
     rng: &dyn Rng,
-    tried: &mut u64,
+    tried: &mut Tried,
     now: Nanos,
 ) -> Result<(Member, Option<OwnedPass>, Option<OwnedAdmission>), Refusal> {
     let set = cluster.endpoints.load();
@@ -278,21 +312,20 @@ fn admit_endpoint(
     // slots or breaker refuse.
     for round in 0..4 {
         let Some(i) = set.balancer.pick(members, hash, rng) else { break };
-        let bit = 1u64 << (i % 64);
-        if *tried & bit != 0 && round < 2 && members.len() > 1 {
+        if round < 2 && members.len() > 1 && tried.contains(&members[i]) {
             // Retry elsewhere if the balancer offers another endpoint.
             if let Some(j) = (1..members.len()).map(|k| (i + k) % members.len()).find(|&j| {
-                *tried & (1u64 << (j % 64)) == 0
+                !tried.contains(&members[j])
                     && tripline_core::balancer::EndpointView::is_available(&members[j])
             }) {
                 if let Some(admitted) = try_member(&members[j], now, &mut breaker_refusal) {
-                    *tried |= 1u64 << (j % 64);
+                    tried.add(&members[j]);
                     return Ok(admitted);
                 }
             }
         }
         if let Some(admitted) = try_member(&members[i], now, &mut breaker_refusal) {
-            *tried |= bit;
+            tried.add(&members[i]);
             return Ok(admitted);
         }
     }
@@ -332,7 +365,9 @@ fn classify_response<B>(resp: &Response<B>) -> (Outcome, Option<u16>, Option<u8>
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
     };
-    if let Some(code) = h.get(&GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok()) {
+    if let Some(code) =
+        h.get(&crate::grpc::GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok())
+    {
         let ra = if code == grpc::RESOURCE_EXHAUSTED { retry_after() } else { None };
         return (Outcome::grpc(code, ra), None, Some(code));
     }
@@ -371,6 +406,7 @@ pub async fn send(
     hash: Option<u64>,
     shared: Arc<crate::Shared>,
     deadline: Option<Instant>,
+    upload: Option<Arc<Upload>>,
 ) -> SendResult {
     let (cluster, route, rng): (&Cluster, &Route, &dyn Rng) = (&cluster, &route, &shared.rng);
     let state = &cluster.state;
@@ -394,7 +430,7 @@ pub async fn send(
     // The copy for a retry is made when a request is handed to hyper (which consumes it);
     // the lean HTTP/1.1 client only borrows the request, which then serves as its own copy.
     let mut replay: Option<Replay> = None;
-    let mut tried = 0u64;
+    let mut tried = Tried::default();
     let mut retry_permit = None;
     let mut attempt: u32 = 0;
     // The request while we own it: until hyper takes it, or for good when the lean client
@@ -404,11 +440,18 @@ pub async fn send(
         attempt += 1;
         if let Some(r) = held.as_mut() {
             r.headers_mut().insert(X_TRIPLINE_ATTEMPT.clone(), attempt_value(attempt));
+            if let Some(d) = deadline {
+                // A gRPC client's deadline goes upstream as the time that is left.
+                if let Some(t) = r.headers_mut().get_mut(&crate::grpc::GRPC_TIMEOUT) {
+                    *t = crate::grpc::timeout_value(d.saturating_duration_since(Instant::now()));
+                }
+            }
         }
         let (member, pass, ep_breaker) = admit_endpoint(cluster, hash, rng, &mut tried, now)?;
         let mut inflight = InFlight::new(cluster, &member, pass, ep_breaker, now);
         inflight._retry = retry_permit.take();
         inflight.attempt = attempt;
+        inflight.upload = upload.clone();
         let endpoint = member.ep.clone();
 
         // Send, re-sending on another pooled connection if one was dead before the request
@@ -497,6 +540,15 @@ pub async fn send(
             Err(o) => (*o, None, None),
         };
         inflight.outcome = outcome;
+        if let (Err(o), Some(u)) = (&sent, &upload) {
+            // The client broke its request (or is still sending it at the deadline): not the
+            // upstream's failure, and nothing to retry. The guard records it as local.
+            if u.blame(o).is_some() {
+                inflight.request = guards.take();
+                let reason = u.fault().map_or(Reason::RequestTimeout, ClientFault::reason);
+                return Err(Refusal { reason, retry_after: None, attempts: attempt });
+            }
+        }
 
         // Decide whether to retry; every "no" finalises with what we have.
         let retry = attempt <= policy.attempts

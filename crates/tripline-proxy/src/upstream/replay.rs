@@ -11,7 +11,8 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 
-use crate::body::{BoxError, ClientBody, RequestBody};
+use crate::body::{BoxError, RequestBody};
+use crate::upload::Watched;
 
 /// What was captured of a request for re-sending.
 #[derive(Debug)]
@@ -131,7 +132,7 @@ impl Replay {
 /// The client's body, streaming upstream while a copy goes into the replay buffer.
 #[derive(Debug)]
 pub struct TeedBody {
-    inner: ClientBody,
+    inner: Watched,
     tee: Arc<Tee>,
 }
 

@@ -266,3 +266,105 @@ async fn grpc_listener_serves_h2c_and_refuses_http1_clearly() {
     assert_eq!(up.requests(), 3, "only the gRPC calls reached the upstream");
     check_unary(addr).await;
 }
+
+/// What a gRPC client sees of an answer Tripline gives itself: HTTP 200 with the status in
+/// the head and no body (trailers-only), the reason kept.
+fn assert_grpc_status(r: &crate::support::Resp, code: &str, reason: &str) {
+    assert_eq!(r.status, 200, "gRPC clients read grpc-status, not the HTTP status: {r:?}");
+    assert_eq!(r.header("grpc-status"), Some(code), "{r:?}");
+    assert_eq!(r.reason(), Some(reason), "{r:?}");
+    assert!(r.header("grpc-message").is_some_and(|m| !m.is_empty()), "{r:?}");
+    assert!(r.body.is_empty() && r.trailers.is_none(), "trailers-only: {r:?}");
+}
+
+/// Refusals (a connect failure, an open breaker) are gRPC statuses a client can act on:
+/// UNAVAILABLE, which gRPC clients retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_of_grpc_calls_are_grpc_statuses() {
+    let port = free_port();
+    let dead = crate::support::faulty::refusing_addr();
+    let policy = "apiVersion: tripline.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: backend}\nspec:\n  target: {host: backend.local}\n  circuitBreaker: {consecutiveFailures: 100}\n";
+    let yaml = config::join(&[config::simple(port, "GRPC", &[dead], None), policy.to_owned()]);
+    let proxy = Proxy::start(&yaml).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut conn = Conn::connect(addr, Proto::H2).await.unwrap();
+    let r = conn.call(grpc_request(&conn, "/test.Echo/Unary", b"hi")).await.unwrap();
+    assert_grpc_status(&r, "14", "upstream-connect-failure");
+
+    let forced = proxy.admin_post("/breakers/force-open?cluster=outbound%7C80%7C%7Cbackend.local").await;
+    assert_eq!(forced.status, 200, "{}", forced.text());
+    let r = conn.call(grpc_request(&conn, "/test.Echo/Unary", b"hi")).await.unwrap();
+    assert_grpc_status(&r, "14", "breaker-open");
+    assert!(r.header("retry-after").is_some(), "{r:?}");
+
+    // A plain HTTP request on the same route still gets the HTTP answer.
+    let mut h2 = Conn::connect(addr, Proto::H2).await.unwrap();
+    let plain = h2.get("backend.local", "/").await.unwrap();
+    assert_eq!(plain.status, 503);
+    assert_eq!(plain.reason(), Some("breaker-open"));
+}
+
+/// `grpc-timeout` is the call's deadline, capped by the route timeout; the upstream gets the
+/// time that is left, and a call past its deadline ends with DEADLINE_EXCEEDED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_timeout_is_the_deadline_and_what_is_left_goes_upstream() {
+    let up = Upstream::http("g1").await;
+    let port = free_port();
+    let route = "  http:\n  - route:\n    - destination: {host: backend.local, port: {number: 80}}\n    timeout: 2s\n";
+    let yaml = config::join(&[
+        config::service_entry("backend.local", "GRPC", &[up.addr]),
+        config::edge(port, route),
+    ]);
+    let _proxy = Proxy::start(&yaml).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut conn = Conn::connect(addr, Proto::H2).await.unwrap();
+    let call = |conn: &Conn, timeout: &str, delay_ms: u64| {
+        let mut req = grpc_request(conn, "/test.Echo/Unary", b"hi");
+        req.headers_mut().insert("grpc-timeout", timeout.parse().unwrap());
+        req.headers_mut().insert("x-delay-ms", delay_ms.into());
+        req
+    };
+    let seen_ms = |r: &crate::support::Resp| -> u64 {
+        let v = r.header("x-seen-grpc-timeout").unwrap_or_else(|| panic!("no grpc-timeout upstream: {r:?}"));
+        v.strip_suffix('m').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("in milliseconds: {v}"))
+    };
+
+    // The client's deadline is shorter than the route's: it is what goes upstream, less the
+    // time already spent.
+    let r = conn.call(call(&conn, "1500m", 0)).await.unwrap();
+    assert_eq!(
+        r.trailers.as_ref().and_then(|t| t.get("grpc-status")).map(|v| v.to_str().unwrap()),
+        Some("0")
+    );
+    let ms = seen_ms(&r);
+    assert!((1000..=1500).contains(&ms), "upstream got {ms} ms of a 1500 ms deadline");
+    // Longer than the route's 2 s: capped.
+    let ms = seen_ms(&conn.call(call(&conn, "30S", 0)).await.unwrap());
+    assert!((1500..=2000).contains(&ms), "upstream got {ms} ms; the route allows 2000");
+
+    // Past the client's deadline: DEADLINE_EXCEEDED, long before the route timeout.
+    let started = Instant::now();
+    let r = conn.call(call(&conn, "300m", 5000)).await.unwrap();
+    assert_grpc_status(&r, "4", "route-timeout");
+    assert!(
+        started.elapsed() < Duration::from_millis(1900),
+        "ended at the client's deadline, not the route's"
+    );
+}
+
+/// An upstream that dies after the response head ends the call with UNAVAILABLE in trailers
+/// (retryable), after the messages that did arrive; not with a stream reset, which clients
+/// report as INTERNAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_dying_mid_call_ends_it_with_unavailable() {
+    let up = Upstream::http("g1").await;
+    let (_proxy, addr) = grpc_proxy(&up).await;
+    let mut conn = Conn::connect(addr, Proto::H2).await.unwrap();
+    let r = conn.call(grpc_request(&conn, "/test.Echo/Die", b"hello")).await.expect("the call ends cleanly");
+    assert_eq!(r.status, 200);
+    let msgs = grpc_messages(&r.body);
+    assert_eq!(msgs.len(), 1, "the message sent before the upstream died arrives");
+    let trailers = r.trailers.expect("a status in trailers");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "14", "{trailers:?}");
+    assert!(trailers.get("grpc-message").is_some(), "{trailers:?}");
+}

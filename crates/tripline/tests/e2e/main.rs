@@ -10,6 +10,7 @@ mod support;
 mod admin;
 mod balancing;
 mod cli;
+mod client_faults;
 mod grpc;
 mod h2_server;
 mod harness;

@@ -1,5 +1,6 @@
 //! A tiny HTTP client over hyper's connection API: HTTP/1.1 and h2c with prior knowledge.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -49,6 +50,28 @@ impl hyper::body::Body for ChannelBody {
 pub fn channel_body(capacity: usize) -> (mpsc::Sender<Frame<Bytes>>, Body) {
     let (tx, rx) = mpsc::channel(capacity);
     (tx, ChannelBody { rx }.boxed_unsync())
+}
+
+/// A body that sends `first`, then fails `after` later (hyper resets the stream or closes the
+/// connection): a peer dying mid-body.
+pub fn failing_body(first: Bytes, after: Duration) -> Body {
+    struct Failing(Option<Bytes>, Pin<Box<tokio::time::Sleep>>);
+    impl hyper::body::Body for Failing {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            if let Some(first) = self.0.take() {
+                return Poll::Ready(Some(Ok(Frame::data(first))));
+            }
+            std::task::ready!(self.1.as_mut().poll(cx));
+            Poll::Ready(Some(Err("the body fails, as the test asked".into())))
+        }
+    }
+    Failing(Some(first), Box::pin(tokio::time::sleep(after))).boxed_unsync()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -34,7 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use super::client::{channel_body, full, Body, BoxError};
+use super::client::{channel_body, failing_body, full, Body, BoxError};
 
 pub struct UpstreamState {
     pub id: String,
@@ -410,6 +410,14 @@ async fn grpc(st: Arc<UpstreamState>, req: Request<Incoming>) -> Result<Response
     let path = req.uri().path().to_owned();
     let (tx, out) = channel_body(16);
     let id = st.id.clone();
+    // The deadline the proxy passed on, echoed back for the tests that check it.
+    let deadline = req.headers().get("grpc-timeout").cloned();
+    let delay = req
+        .headers()
+        .get("x-delay-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis);
     let mut body = req.into_body();
     if path == "/test.Echo/Bidi" {
         // Answers with the head at once, then each message as soon as it has come.
@@ -430,7 +438,17 @@ async fn grpc(st: Arc<UpstreamState>, req: Request<Incoming>) -> Result<Response
     }
     let data = body.collect().await?.to_bytes();
     let msg = grpc_messages(&data).into_iter().next().unwrap_or_default();
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     match path.as_str() {
+        "/test.Echo/Die" => {
+            // One message, then the upstream's stream fails: hyper resets it.
+            let mut resp =
+                grpc_response(&st, failing_body(grpc_echo(&msg, &id), Duration::from_millis(100)))?;
+            echo_deadline(&mut resp, deadline);
+            return Ok(resp);
+        }
         "/test.Echo/Unary" => {
             let reply = grpc_echo(&msg, &id);
             tokio::spawn(async move {
@@ -463,7 +481,16 @@ async fn grpc(st: Arc<UpstreamState>, req: Request<Incoming>) -> Result<Response
             });
         }
     }
-    grpc_response(&st, out)
+    let mut resp = grpc_response(&st, out)?;
+    echo_deadline(&mut resp, deadline);
+    Ok(resp)
+}
+
+/// Shows the `grpc-timeout` the upstream received as `x-seen-grpc-timeout`.
+fn echo_deadline(resp: &mut Response<Body>, deadline: Option<HeaderValue>) {
+    if let Some(d) = deadline {
+        resp.headers_mut().insert("x-seen-grpc-timeout", d);
+    }
 }
 
 fn grpc_response(st: &UpstreamState, body: Body) -> Result<Response<Body>, BoxError> {

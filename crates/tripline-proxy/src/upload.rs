@@ -1,0 +1,230 @@
+//! The client's request body on its way upstream, and whose fault it was when it broke off.
+//!
+//! An upload can fail on the client's side: a malformed chunked body, a client that
+//! disconnects or resets its stream mid-upload, or one still sending when the route deadline
+//! passes. The upstream then sees a request cut short and answers with an error, a reset or
+//! nothing at all, and that failure must never count against it: three anonymous clients
+//! sending broken bodies would otherwise eject a healthy endpoint and open its breaker, cutting
+//! the service off for everyone.
+//!
+//! A request with a body shares an [`Upload`] between its body ([`Watched`], which records how
+//! the body ended) and its attempts, which ask it ([`Upload::blame`]) before recording an
+//! outcome: a failure while the client's side had failed is the client's, recorded as
+//! [`Outcome::Local`] and answered `400 bad-request-body` or `499 downstream-disconnect`.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tripline_core::classify::{LocalReason, Outcome};
+
+use crate::body::{BoxError, ClientBody};
+use crate::local_reply::Reason;
+
+/// How a client's request body failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientFault {
+    /// The body broke the protocol: bad chunked framing, more or less than its declared length.
+    Malformed,
+    /// The client went away (closed, reset the connection or its stream) before the body ended.
+    Disconnected,
+}
+
+impl ClientFault {
+    /// What the client is answered, if it is still there to read it.
+    pub fn reason(self) -> Reason {
+        match self {
+            ClientFault::Malformed => Reason::BadRequestBody,
+            ClientFault::Disconnected => Reason::DownstreamDisconnect,
+        }
+    }
+}
+
+/// A request body the client could not deliver: what went wrong, whose fault ([`ClientFault`]),
+/// and the server's own error as the cause.
+#[derive(Debug)]
+pub struct ClientBodyError {
+    fault: ClientFault,
+    cause: BoxError,
+}
+
+impl ClientBodyError {
+    pub fn new(fault: ClientFault, cause: impl Into<BoxError>) -> Self {
+        ClientBodyError { fault, cause: cause.into() }
+    }
+
+    /// Classifies an error of hyper's server-side body (HTTP/1.1). hyper reports a body that
+    /// ended early as `UnexpectedEof`, and bad framing (chunk sizes, extensions, lengths) as
+    /// `InvalidInput`/`InvalidData`, each the `io::Error` under its own.
+    pub fn from_hyper(e: hyper::Error) -> Self {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+        let mut fault = ClientFault::Disconnected;
+        while let Some(s) = source {
+            if let Some(io) = s.downcast_ref::<std::io::Error>() {
+                if matches!(io.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData) {
+                    fault = ClientFault::Malformed;
+                }
+                break;
+            }
+            source = s.source();
+        }
+        if e.is_parse() {
+            fault = ClientFault::Malformed;
+        }
+        ClientBodyError::new(fault, e)
+    }
+
+    pub fn fault(&self) -> ClientFault {
+        self.fault
+    }
+}
+
+impl fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.fault {
+            ClientFault::Malformed => "malformed request body",
+            ClientFault::Disconnected => "client left during the request body",
+        };
+        write!(f, "{what}: {}", self.cause)
+    }
+}
+
+impl std::error::Error for ClientBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.cause)
+    }
+}
+
+const STREAMING: u8 = 0;
+const COMPLETE: u8 = 1;
+const MALFORMED: u8 = 2;
+const DISCONNECTED: u8 = 3;
+
+/// How far the client's body got, shared by the body and the request's attempts (one atomic:
+/// the body may be read on another worker's thread, by the upstream connection's task).
+#[derive(Debug, Default)]
+pub struct Upload(AtomicU8);
+
+impl Upload {
+    fn set(&self, state: u8) {
+        // The first end wins: a body that failed stays failed.
+        let _ = self.0.compare_exchange(STREAMING, state, Ordering::Release, Ordering::Relaxed);
+    }
+
+    /// How the client's side failed, if it did.
+    pub fn fault(&self) -> Option<ClientFault> {
+        match self.0.load(Ordering::Acquire) {
+            MALFORMED => Some(ClientFault::Malformed),
+            DISCONNECTED => Some(ClientFault::Disconnected),
+            _ => None,
+        }
+    }
+
+    /// Whether the whole body was read.
+    pub fn complete(&self) -> bool {
+        self.0.load(Ordering::Acquire) == COMPLETE
+    }
+
+    /// Whose fault an attempt's failure is. `Some` when the client caused it: the body failed
+    /// (whatever the upstream then did), or a timeout passed while the client was still
+    /// sending (the upstream cannot be blamed for not answering a request it does not have).
+    /// A response, or a reset by the upstream while the body streams, stays the upstream's.
+    pub fn blame(&self, outcome: &Outcome) -> Option<LocalReason> {
+        if matches!(outcome, Outcome::Local(_)) {
+            return None;
+        }
+        match self.0.load(Ordering::Acquire) {
+            MALFORMED => Some(LocalReason::ClientFault),
+            DISCONNECTED => Some(LocalReason::Cancelled),
+            STREAMING if *outcome == Outcome::Timeout => Some(LocalReason::ClientFault),
+            _ => None,
+        }
+    }
+}
+
+/// The client's request body, recording how it ends in its [`Upload`].
+#[derive(Debug)]
+pub struct Watched {
+    body: ClientBody,
+    upload: Option<Arc<Upload>>,
+}
+
+impl Watched {
+    /// Watches `body`; a body that is already over (most requests) needs no watching and
+    /// allocates nothing.
+    pub fn new(body: ClientBody) -> Self {
+        let upload = (!body.is_end_stream()).then(Arc::default);
+        Watched { body, upload }
+    }
+
+    /// The state the request's attempts share, if the request has a body.
+    pub fn upload(&self) -> Option<&Arc<Upload>> {
+        self.upload.as_ref()
+    }
+}
+
+impl Body for Watched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Some(upload) = &self.upload {
+            match &polled {
+                Poll::Ready(None) => upload.set(COMPLETE),
+                Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => upload.set(COMPLETE),
+                Poll::Ready(Some(Err(e))) => upload.set(match e.downcast_ref::<ClientBodyError>() {
+                    Some(c) if c.fault() == ClientFault::Malformed => MALFORMED,
+                    _ => DISCONNECTED,
+                }),
+                _ => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_body_makes_every_failure_the_clients() {
+        let u = Upload::default();
+        u.set(MALFORMED);
+        u.set(COMPLETE);
+        assert_eq!(u.fault(), Some(ClientFault::Malformed), "the first end wins");
+        for o in [Outcome::Reset, Outcome::Timeout, Outcome::Http(502), Outcome::ConnectFailure] {
+            assert_eq!(u.blame(&o), Some(LocalReason::ClientFault), "{o}");
+        }
+        let gone = Upload::default();
+        gone.set(DISCONNECTED);
+        assert_eq!(gone.blame(&Outcome::Reset), Some(LocalReason::Cancelled));
+        assert_eq!(gone.blame(&Outcome::Local(LocalReason::Overflow)), None, "already local");
+    }
+
+    #[test]
+    fn an_unfinished_body_excuses_the_upstream_only_for_a_timeout() {
+        let u = Upload::default();
+        assert_eq!(u.blame(&Outcome::Timeout), Some(LocalReason::ClientFault));
+        assert_eq!(u.blame(&Outcome::Reset), None, "the upstream reset while the body streamed");
+        assert_eq!(u.blame(&Outcome::Http(503)), None);
+        u.set(COMPLETE);
+        assert_eq!(u.blame(&Outcome::Timeout), None, "the upstream had the whole request");
+    }
+}
