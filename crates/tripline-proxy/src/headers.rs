@@ -128,15 +128,17 @@ pub fn authority<B>(req: &Request<B>) -> Option<&str> {
     req.uri().authority().map(Authority::as_str).or_else(|| req.headers().get(header::HOST)?.to_str().ok())
 }
 
-/// Strips the port from an authority (`host:port`, `[v6]:port`).
+/// The host of an authority, as routes match it: the port stripped (`host:port`,
+/// `[v6]:port`), and a trailing dot (`a.local.`, the same name fully qualified) too.
 pub fn host_of(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }
-    match authority.rsplit_once(':') {
+    let host = match authority.rsplit_once(':') {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => authority,
-    }
+    };
+    host.strip_suffix('.').unwrap_or(host)
 }
 
 /// A random UUIDv4 string, for `x-request-id`.
@@ -199,11 +201,11 @@ pub fn prepare_request<B>(
             *req.version_mut() = Version::HTTP_2;
         }
         _ => {
-            // An HTTP/2 client gave the authority in the URI; HTTP/1.1 wants it as Host.
-            if !req.headers().contains_key(header::HOST) {
-                if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-                    req.headers_mut().insert(header::HOST, v);
-                }
+            // HTTP/1.1 wants the authority as Host. An HTTP/2 client gave it in the URI, and an
+            // absolute-form target's authority replaces the client's Host (RFC 9112 §3.2.2):
+            // the request was routed by it, so it is what the upstream must see.
+            if let Some(v) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                req.headers_mut().insert(header::HOST, v);
             }
             if req.uri().scheme().is_some() || req.uri().authority().is_some() {
                 let pq = req.uri().path_and_query().cloned();
@@ -300,6 +302,8 @@ mod tests {
         assert_eq!(host_of("a.example:8080"), "a.example");
         assert_eq!(host_of("a.example"), "a.example");
         assert_eq!(host_of("[::1]:80"), "::1");
+        assert_eq!(host_of("a.example.:8080"), "a.example");
+        assert_eq!(host_of("a.example."), "a.example");
     }
 
     #[test]
@@ -322,6 +326,24 @@ mod tests {
         assert_eq!(req.headers()["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert!(req.headers().contains_key("x-request-id"));
         assert_eq!(req.version(), Version::HTTP_11);
+    }
+
+    #[test]
+    fn an_absolute_form_target_decides_the_host_the_upstream_gets() {
+        let mut req = Request::builder()
+            .uri("http://internal.local/admin")
+            .header("host", "backend.local")
+            .body(())
+            .unwrap();
+        prepare_request(
+            &mut req,
+            UpstreamProtocol::Http1,
+            &peer_value([127, 0, 0, 1].into()),
+            false,
+            &SplitMix::seeded(1),
+        );
+        assert_eq!(req.uri(), "/admin");
+        assert_eq!(req.headers()[header::HOST], "internal.local");
     }
 
     #[test]

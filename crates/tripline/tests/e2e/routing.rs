@@ -233,3 +233,91 @@ async fn dns_names_are_looked_up_again_and_keep_their_last_answer() {
     assert_eq!(first.requests(), first_served, "nothing goes back to the old address");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sends `request` on a fresh connection and reads until the proxy closes it (at most 5 s).
+async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The JSON an upstream of `support::Upstream` answered, from a raw HTTP/1.1 answer.
+fn upstream_json(answer: &str) -> serde_json::Value {
+    serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {answer}"))
+}
+
+/// One authority decides both where a request goes and what the upstream is told: an
+/// absolute-form target routes by its authority and the upstream gets that as `Host`, not the
+/// client's `Host` (RFC 9112 §3.2.2); an HTTP/2 `host` that contradicts `:authority` is a 400.
+/// A trailing dot names the same host. CONNECT and authority-form targets are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_authority_decides_the_route_and_the_host_the_upstream_gets() {
+    let internal = Upstream::http("internal").await;
+    let public = Upstream::http("public").await;
+    let port = free_port();
+    let yaml = config::join(&[
+        config::gateway("edge", port, "HTTP"),
+        config::service_entry("internal.svc", "HTTP", &[internal.addr]),
+        config::service_entry("public.svc", "HTTP", &[public.addr]),
+        config::virtual_service(
+            "vs-internal",
+            &["internal.local"],
+            "edge",
+            &config::http_route("internal.svc"),
+        ),
+        config::virtual_service("vs-public", &["backend.local"], "edge", &config::http_route("public.svc")),
+    ]);
+    let _proxy = Proxy::start(&yaml).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+    let answer = raw(
+        addr,
+        b"GET http://internal.local/x HTTP/1.1\r\nhost: backend.local\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let json = upstream_json(&answer);
+    assert_eq!(json["id"], "internal", "routed by the target's authority: {json}");
+    assert_eq!(json["authority"], "internal.local", "and told the same authority: {json}");
+    assert_eq!(json["path"], "/x", "origin form upstream: {json}");
+
+    // The fully qualified spelling routes like the bare name.
+    let answer = raw(addr, b"GET /dot HTTP/1.1\r\nhost: internal.local.\r\nconnection: close\r\n\r\n").await;
+    assert_eq!(upstream_json(&answer)["id"], "internal", "{answer}");
+
+    // HTTP/2: `:authority` and a different `host`.
+    let mut conn = Conn::connect(addr, Proto::H2).await.unwrap();
+    let req = conn
+        .request(http::Method::GET, "internal.local", "/h2")
+        .header("host", "backend.local")
+        .body(crate::support::client::empty())
+        .unwrap();
+    let r = conn.call(req).await.unwrap();
+    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(r.reason(), Some("bad-request"));
+
+    for (request, status, reason) in [
+        (
+            &b"CONNECT internal.local:443 HTTP/1.1\r\nhost: internal.local:443\r\n\r\n"[..],
+            "405",
+            "connect-not-supported",
+        ),
+        (&b"GET internal.local:80 HTTP/1.1\r\nhost: internal.local\r\n\r\n"[..], "400", "bad-request"),
+        (
+            &b"GET http://user@internal.local/ HTTP/1.1\r\nhost: internal.local\r\n\r\n"[..],
+            "400",
+            "bad-request",
+        ),
+    ] {
+        let answer = raw(addr, request).await;
+        let what = String::from_utf8_lossy(request).lines().next().unwrap_or_default().to_owned();
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status} ")), "{what}: {answer}");
+        assert!(answer.contains(&format!("x-tripline-reason: {reason}")), "{what}: {answer}");
+    }
+    assert_eq!(public.requests(), 0, "nothing reached the upstream the client's Host named");
+    assert_eq!(internal.requests(), 2);
+}
