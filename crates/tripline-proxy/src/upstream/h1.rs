@@ -373,8 +373,12 @@ fn framing(
     let mut length = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
         for part in v.as_bytes().split(|b| *b == b',') {
-            let n = std::str::from_utf8(part.trim_ascii())
+            // `1*DIGIT` (RFC 9110 §8.6): Rust's integer parser also takes a leading `+`, which
+            // another hop could read differently.
+            let part = part.trim_ascii();
+            let n = std::str::from_utf8(part)
                 .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|s| s.parse::<u64>().ok())
                 .ok_or_else(|| fail("invalid upstream Content-Length"))?;
             if length.is_some_and(|l| l != n) {
@@ -716,6 +720,9 @@ mod tests {
         let endless_interim: &'static [u8] = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(40).leak();
         for reply in [
             &b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2, \r\n\r\nok",
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
             b"NOT HTTP\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",

@@ -25,7 +25,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
-use http::{Request, Response};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderValue, Request, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -473,13 +475,15 @@ impl Conn {
             // The lean client's connection travels in the response body and comes back
             // through it (`ResponseBody`), not here.
             Conn::H1(H1Link::Raw(c)) => h1::send(c, &req).await,
-            Conn::H1(H1Link::Hyper { mut tx, uses, home }) => match tx.try_send_request(req).await {
-                Ok(resp) => {
-                    let back = H1Link::Hyper { tx, uses: uses + 1, home };
-                    Ok((hyper_body(resp), Some(Reusable(back))))
+            Conn::H1(H1Link::Hyper { mut tx, uses, home }) => {
+                match tx.try_send_request(chunked_if_unsized(req)).await {
+                    Ok(resp) => {
+                        let back = H1Link::Hyper { tx, uses: uses + 1, home };
+                        Ok((hyper_body(resp), Some(Reusable(back))))
+                    }
+                    Err(e) => Err(unsent_or_reset(e)),
                 }
-                Err(e) => Err(unsent_or_reset(e)),
-            },
+            }
             Conn::H2(mut tx, hold) => {
                 // The response body and a request body still uploading each hold the stream.
                 let hold = Arc::new(hold);
@@ -495,6 +499,21 @@ impl Conn {
             }
         }
     }
+}
+
+/// A body of unknown length goes upstream chunked, whatever the method. hyper's client sends
+/// such a body chunked unless the method is GET, HEAD or CONNECT, where it assumes there is
+/// none and drops it; and the client's own `Transfer-Encoding` was removed as hop-by-hop. So a
+/// GET with a chunked body lost its body (one with `Content-Length` went through).
+fn chunked_if_unsized(mut req: Request<RequestBody>) -> Request<RequestBody> {
+    let body = req.body();
+    if !body.is_end_stream()
+        && body.size_hint().exact().is_none()
+        && !req.headers().contains_key(CONTENT_LENGTH)
+    {
+        req.headers_mut().insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+    }
+    req
 }
 
 fn unsent_or_reset(mut e: hyper::client::conn::TrySendError<Request<RequestBody>>) -> SendError {

@@ -687,3 +687,26 @@ async fn upstream_closing_kept_alive_connections_fails_no_request() {
     assert!(n >= 50, "each request needed a fresh connection, yet the upstream accepted only {n}");
     drop(proxy);
 }
+
+/// A GET with a chunked body keeps its body, as one with `Content-Length` does (hyper's client
+/// drops a body of unknown length on GET and HEAD unless told it is chunked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_with_a_chunked_body_keeps_its_body() {
+    for upstream_protocol in ["HTTP", "HTTP2"] {
+        let up = Upstream::http("u1").await;
+        let (_proxy, addr) = proxy_to(&[&up], upstream_protocol).await;
+        for (framing, body) in [
+            ("transfer-encoding: chunked", "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+            ("content-length: 11", "hello world"),
+        ] {
+            let req = format!(
+                "GET /search HTTP/1.1\r\nhost: backend.local\r\n{framing}\r\nconnection: close\r\n\r\n{body}"
+            );
+            let answer = raw_exchange(addr, req.as_bytes()).await;
+            assert!(answer.starts_with("HTTP/1.1 200 "), "{upstream_protocol} {framing}: {answer}");
+            let json: serde_json::Value =
+                serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+            assert_eq!(json["body_len"], 11, "{upstream_protocol} upstream, {framing}: {json}");
+        }
+    }
+}
