@@ -80,6 +80,8 @@ pub enum BodyEnd {
     UpstreamReset,
     /// The client went away before the body was sent (Envoy's `DC`).
     DownstreamDisconnect,
+    /// Nothing moved for the stream idle timeout: the client stopped reading (Envoy's `SI`).
+    StreamIdleTimeout,
 }
 
 impl BodyEnd {
@@ -89,6 +91,7 @@ impl BodyEnd {
             BodyEnd::RouteTimeout => "route-timeout",
             BodyEnd::UpstreamReset => "upstream-reset",
             BodyEnd::DownstreamDisconnect => "downstream-disconnect",
+            BodyEnd::StreamIdleTimeout => "stream-idle-timeout",
         }
     }
 }

@@ -319,7 +319,12 @@ impl Drop for ResponseBody {
             }
         }
         if self.log.is_some() {
-            self.end_log(if complete { BodyEnd::Complete } else { BodyEnd::DownstreamDisconnect });
+            let idle = self.request.as_ref().is_some_and(|m| m.signal().stream_idle_expired());
+            self.end_log(match (complete, idle) {
+                (true, _) => BodyEnd::Complete,
+                (false, true) => BodyEnd::StreamIdleTimeout,
+                (false, false) => BodyEnd::DownstreamDisconnect,
+            });
         }
     }
 }
@@ -355,6 +360,9 @@ impl Body for ResponseBody {
         // hyper stops polling once `is_end_stream` is true, so a body that ends with its last
         // data frame (Content-Length) must be recognised here, not only at `Ready(None)`.
         if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(mark) = &this.request {
+                mark.signal().progress();
+            }
             if let (Some(d), Some(log)) = (frame.data_ref(), this.log.as_mut()) {
                 log.sent(d.len());
             }

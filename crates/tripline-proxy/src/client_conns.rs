@@ -1,6 +1,9 @@
 //! Client connections as Tripline supervises them from outside their tasks: the request-head
 //! timeout (a connection that has no request in flight for `--header-timeout` is closed:
-//! slow-loris clients, idle HTTP/1.1 keep-alive) and the drain on SIGTERM.
+//! slow-loris clients, idle HTTP/1.1 keep-alive), the stream idle timeout (a request whose
+//! bytes have not moved either way for `--stream-idle-timeout`: a client that never reads its
+//! response or uploads a byte a minute, holding an upstream connection that others need) and
+//! the drain on SIGTERM.
 //!
 //! Why not hyper's `header_read_timeout`: it arms a timer for every request on a keep-alive
 //! connection (a boxed `Sleep`, a clock read, an insert into and a removal from tokio's timer
@@ -27,6 +30,12 @@ use std::time::{Duration, Instant};
 
 /// hyper's default, and what Tripline used before it kept the time itself.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Envoy's default `stream_idle_timeout`.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How stale a progress stamp can be: the coarse clock requests stamp their progress with is
+/// advanced by the housekeeping task every 100 ms, so a stream is only called idle once it
+/// has been idle for the timeout plus this.
+const COARSE_TICK_MS: u64 = 100;
 
 /// Every open client connection, for the sweep and the drain.
 #[derive(Debug)]
@@ -36,8 +45,13 @@ pub struct ClientConns {
     /// Times are kept as milliseconds since this instant.
     epoch: Instant,
     header_timeout_ms: AtomicU64,
+    /// 0: off.
+    stream_idle_timeout_ms: AtomicU64,
     /// Set by the drain: connections opened after it are stopped at once.
     draining: AtomicBool,
+    /// The time progress is stamped with: milliseconds since `epoch`, advanced by
+    /// [`ClientConns::tick`] (a load instead of a clock read for every body chunk).
+    coarse: Arc<AtomicU64>,
 }
 
 impl Default for ClientConns {
@@ -47,7 +61,9 @@ impl Default for ClientConns {
             next_id: AtomicU64::new(0),
             epoch: Instant::now(),
             header_timeout_ms: AtomicU64::new(DEFAULT_HEADER_TIMEOUT.as_millis() as u64),
+            stream_idle_timeout_ms: AtomicU64::new(DEFAULT_STREAM_IDLE_TIMEOUT.as_millis() as u64),
             draining: AtomicBool::new(false),
+            coarse: Arc::default(),
         }
     }
 }
@@ -56,6 +72,13 @@ impl Default for ClientConns {
 #[derive(Debug, Default)]
 pub struct ConnSignal {
     in_flight: AtomicU32,
+    /// Requests whose response head is not ready yet (HTTP/1.1: at most one).
+    awaiting_head: AtomicU32,
+    /// When a request of the connection last moved a byte (its head, a request or response
+    /// body chunk), on the coarse clock.
+    progress_ms: AtomicU64,
+    /// The registry's coarse clock.
+    coarse: Arc<AtomicU64>,
     /// When the last request ended (or the connection opened), in [`ClientConns`]'s
     /// milliseconds.
     idle_since_ms: AtomicU64,
@@ -75,10 +98,33 @@ const STOP_DRAIN: u8 = 1;
 /// once, even mid-head (hyper's graceful shutdown waits for the head a fresh connection is
 /// sending, which is just what a slow-loris client wants).
 const STOP_TIMEOUT: u8 = 2;
+/// The stream idle timeout: a request waiting for its response head is answered `408
+/// stream-idle-timeout` (see [`StreamIdle`]) and the connection closes after it; one whose
+/// response is under way is cut (the connection dropped), as Envoy resets such a stream.
+const STOP_IDLE: u8 = 3;
 
 /// What a sweep decides for one connection.
 fn expired(in_flight: u32, h2: bool, idle_since_ms: u64, now_ms: u64, timeout_ms: u64) -> bool {
     in_flight == 0 && !h2 && now_ms.saturating_sub(idle_since_ms) >= timeout_ms
+}
+
+/// Whether the requests in flight on a connection have made no progress for the stream idle
+/// timeout (`timeout_ms` 0: off). HTTP/2 connections carry many streams whose progress one
+/// stamp cannot tell apart; their server keeps its own per stream.
+fn stream_idle(in_flight: u32, h2: bool, progress_ms: u64, now_ms: u64, timeout_ms: u64) -> bool {
+    timeout_ms > 0
+        && in_flight > 0
+        && !h2
+        && now_ms.saturating_sub(progress_ms) >= timeout_ms + COARSE_TICK_MS
+}
+
+/// What a sweep stopped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Connections past the request-head timeout.
+    pub head_timeouts: usize,
+    /// Connections whose request made no progress for the stream idle timeout.
+    pub stream_idle: usize,
 }
 
 impl ClientConns {
@@ -88,6 +134,16 @@ impl ClientConns {
 
     pub fn header_timeout(&self) -> Duration {
         Duration::from_millis(self.header_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// `Duration::ZERO` turns the stream idle timeout off.
+    pub fn set_stream_idle_timeout(&self, timeout: Duration) {
+        self.stream_idle_timeout_ms.store(timeout.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Advances the coarse clock that progress is stamped with (every housekeeping tick).
+    pub fn tick(&self, now: Instant) {
+        self.coarse.store(self.ms_at(now), Ordering::Relaxed);
     }
 
     /// Milliseconds since this registry's epoch at `at`.
@@ -109,7 +165,7 @@ impl ClientConns {
 
     /// [`Self::open`], for a connection accepted at `at`.
     pub fn open_at(self: &Arc<Self>, at: Instant) -> ConnHandle {
-        let signal = Arc::new(ConnSignal::default());
+        let signal = Arc::new(ConnSignal { coarse: self.coarse.clone(), ..ConnSignal::default() });
         signal.idle_since_ms.store(self.ms_at(at), Ordering::Relaxed);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         lock(&self.conns).insert(id, signal.clone());
@@ -119,27 +175,30 @@ impl ClientConns {
         ConnHandle { conns: self.clone(), id, signal }
     }
 
-    /// Stops every connection whose request-head wait has passed the timeout at `now`.
-    /// Returns how many were stopped.
-    pub fn sweep(&self, now: Instant) -> usize {
+    /// Stops every connection whose request-head wait has passed the timeout at `now`, and
+    /// every one whose request made no progress for the stream idle timeout.
+    pub fn sweep(&self, now: Instant) -> Swept {
         let now_ms = self.ms_at(now);
         let timeout_ms = self.header_timeout_ms.load(Ordering::Relaxed);
+        let idle_ms = self.stream_idle_timeout_ms.load(Ordering::Relaxed);
         let conns = lock(&self.conns);
-        let mut stopped = 0;
+        let mut swept = Swept::default();
         for s in conns.values() {
-            let hit = expired(
-                s.in_flight.load(Ordering::Acquire),
-                s.h2.load(Ordering::Relaxed),
-                s.idle_since_ms.load(Ordering::Relaxed),
-                now_ms,
-                timeout_ms,
-            );
-            if hit && s.stop.load(Ordering::Relaxed) == STOP_NONE {
+            let (in_flight, h2) = (s.in_flight.load(Ordering::Acquire), s.h2.load(Ordering::Relaxed));
+            let stop = s.stop.load(Ordering::Relaxed);
+            if stop == STOP_NONE
+                && expired(in_flight, h2, s.idle_since_ms.load(Ordering::Relaxed), now_ms, timeout_ms)
+            {
                 s.signal_stop(STOP_TIMEOUT);
-                stopped += 1;
+                swept.head_timeouts += 1;
+            } else if stop != STOP_IDLE
+                && stream_idle(in_flight, h2, s.progress_ms.load(Ordering::Relaxed), now_ms, idle_ms)
+            {
+                s.signal_stop(STOP_IDLE);
+                swept.stream_idle += 1;
             }
         }
-        stopped
+        swept
     }
 
     /// The drain: every connection finishes what it has in flight and closes.
@@ -171,10 +230,28 @@ impl ConnSignal {
 
     /// A request arrived (its head is parsed). `h2`: it came over HTTP/2.
     pub fn request_started(&self, h2: bool) {
+        self.progress();
+        self.awaiting_head.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         if h2 {
             self.h2.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// A request's response head is ready (or the request is gone without one).
+    pub fn head_ready(&self) {
+        self.progress();
+        self.awaiting_head.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A request moved bytes: a chunk of its body came in, or one of its response went out.
+    pub fn progress(&self) {
+        self.progress_ms.store(self.coarse.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// The stream idle timeout fired: the request waiting for its head gives up.
+    pub fn stream_idle_expired(&self) -> bool {
+        self.stop.load(Ordering::Acquire) == STOP_IDLE
     }
 
     /// A request ended (its response body was sent, cut or abandoned) at `now_ms`
@@ -214,16 +291,18 @@ pub struct Supervised<F, S> {
     signal: Arc<ConnSignal>,
     registered: bool,
     stopping: bool,
+    /// The stream idle timeout was seen (and what to do decided).
+    idle_seen: bool,
 }
 
 impl<F, S: FnMut(&mut F)> Supervised<F, S> {
     pub fn new(conn: F, signal: Arc<ConnSignal>, shut_down: S) -> Self {
-        Supervised { conn, shut_down, signal, registered: false, stopping: false }
+        Supervised { conn, shut_down, signal, registered: false, stopping: false, idle_seen: false }
     }
 }
 
 impl<F: Future + Unpin, S: FnMut(&mut F) + Unpin> Future for Supervised<F, S> {
-    /// `None` when the request-head timeout closed the connection outright.
+    /// `None` when a timeout closed the connection outright.
     type Output = Option<F::Output>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -234,6 +313,16 @@ impl<F: Future + Unpin, S: FnMut(&mut F) + Unpin> Future for Supervised<F, S> {
             this.registered = true;
         }
         let stop = this.signal.stop.load(Ordering::Acquire);
+        if stop == STOP_IDLE && !this.idle_seen {
+            this.idle_seen = true;
+            // Decided once, when first seen. A response under way that has moved nothing is
+            // cut, with the connection (HTTP/1.1 has no other way to end a response early).
+            // A request still waiting for its head is answered 408 by its own wait
+            // (`StreamIdle`), and the connection closes gracefully after it.
+            if this.signal.awaiting_head.load(Ordering::Acquire) == 0 {
+                return Poll::Ready(None);
+            }
+        }
         if !this.stopping && stop != STOP_NONE {
             this.stopping = true;
             (this.shut_down)(&mut this.conn);
@@ -252,6 +341,30 @@ impl<F: Future + Unpin, S: FnMut(&mut F) + Unpin> Future for Supervised<F, S> {
         }
         let polled = Pin::new(&mut this.conn).poll(cx);
         polled.map(Some)
+    }
+}
+
+/// A request's wait for its response head, given up when the stream idle timeout fires on its
+/// connection: `None`. Costs an atomic load a poll; the timer is the sweep's.
+pub struct StreamIdle<'a, F: ?Sized> {
+    signal: &'a ConnSignal,
+    inner: Pin<&'a mut F>,
+}
+
+impl<'a, F: Future + ?Sized> StreamIdle<'a, F> {
+    pub fn new(signal: &'a ConnSignal, inner: Pin<&'a mut F>) -> Self {
+        StreamIdle { signal, inner }
+    }
+}
+
+impl<F: Future + ?Sized> Future for StreamIdle<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.signal.stream_idle_expired() {
+            return Poll::Ready(None);
+        }
+        self.inner.as_mut().poll(cx).map(Some)
     }
 }
 
@@ -282,14 +395,14 @@ mod tests {
         let idle = conns.open_at(at(1));
         let busy = conns.open_at(at(1));
         busy.signal().request_started(false);
-        assert_eq!(conns.sweep(at(30)), 0);
-        assert_eq!(conns.sweep(at(31)), 1);
+        assert_eq!(conns.sweep(at(30)).head_timeouts, 0);
+        assert_eq!(conns.sweep(at(31)).head_timeouts, 1);
         assert_eq!(idle.signal().stop.load(Ordering::Relaxed), STOP_TIMEOUT);
         assert_eq!(busy.signal().stop.load(Ordering::Relaxed), STOP_NONE);
         // The busy connection's request ends at t = 40 s: it may wait for a head until 70 s.
         busy.signal().request_ended(conns.ms_at(at(40)));
-        assert_eq!(conns.sweep(at(69)), 0);
-        assert_eq!(conns.sweep(at(70)), 1);
+        assert_eq!(conns.sweep(at(69)).head_timeouts, 0);
+        assert_eq!(conns.sweep(at(70)).head_timeouts, 1);
         assert_eq!(conns.len(), 2);
         drop((idle, busy));
         assert!(conns.is_empty(), "closed connections deregister");
@@ -348,6 +461,62 @@ mod tests {
         // Its response body is dropped while hyper may still be writing it out.
         handle.signal().request_ended(conns.now_ms());
         assert!(poll_once(fut.as_mut()).is_pending(), "never cut: the connection closes when hyper is done");
+    }
+
+    #[test]
+    fn a_request_that_moves_no_byte_for_the_stream_idle_timeout_is_stopped() {
+        let conns = Arc::new(ClientConns::default());
+        conns.set_stream_idle_timeout(Duration::from_secs(10));
+        let at = |ms: u64| conns.epoch + Duration::from_millis(ms);
+        let (stuck, moving, idle) = (conns.open_at(at(0)), conns.open_at(at(0)), conns.open_at(at(0)));
+        conns.tick(at(1_000));
+        stuck.signal().request_started(false);
+        moving.signal().request_started(false);
+        for ms in (2_000..=11_000).step_by(1_000) {
+            conns.tick(at(ms));
+            moving.signal().progress();
+            assert_eq!(conns.sweep(at(ms)).stream_idle, 0, "{ms} ms");
+        }
+        // Stamped at 1 s on a clock that may lag a tick: idle from 11.1 s on, not before.
+        conns.tick(at(11_099));
+        assert_eq!(conns.sweep(at(11_099)).stream_idle, 0);
+        conns.tick(at(11_100));
+        assert_eq!(conns.sweep(at(11_100)), Swept { head_timeouts: 0, stream_idle: 1 });
+        assert!(stuck.signal().stream_idle_expired());
+        assert!(!moving.signal().stream_idle_expired(), "progress keeps a stream alive");
+        assert!(!idle.signal().stream_idle_expired(), "a connection without a request is the head timeout's");
+        assert_eq!(conns.sweep(at(20_000)).stream_idle, 0, "fired once");
+
+        conns.set_stream_idle_timeout(Duration::ZERO);
+        moving.signal().request_started(false);
+        conns.tick(at(1_000_000));
+        assert_eq!(conns.sweep(at(1_000_000)).stream_idle, 0, "0 turns it off");
+    }
+
+    #[test]
+    fn the_stream_idle_timeout_answers_a_request_waiting_for_its_head_and_cuts_one_under_way() {
+        let conns = Arc::new(ClientConns::default());
+        // Waiting for its head: the connection is not dropped; the request's wait gives up.
+        let (handle, fut) = supervised(&conns, false);
+        let mut fut = std::pin::pin!(fut);
+        handle.signal().request_started(false);
+        let mut waiting = std::pin::pin!(std::future::pending::<()>());
+        let mut wait = std::pin::pin!(StreamIdle::new(handle.signal(), waiting.as_mut()));
+        assert!(poll_once(wait.as_mut()).is_pending());
+        handle.signal().signal_stop(STOP_IDLE);
+        assert_eq!(poll_once(wait.as_mut()), Poll::Ready(None), "the wait ends: 408");
+        assert!(poll_once(fut.as_mut()).is_pending(), "the connection stays to write the 408");
+        handle.signal().head_ready();
+        assert!(poll_once(fut.as_mut()).is_pending(), "and closes gracefully after it");
+
+        // A response under way that moved nothing: the connection is dropped, cutting it.
+        let (handle, fut) = supervised(&conns, false);
+        let mut fut = std::pin::pin!(fut);
+        handle.signal().request_started(false);
+        handle.signal().head_ready();
+        assert!(poll_once(fut.as_mut()).is_pending());
+        handle.signal().signal_stop(STOP_IDLE);
+        assert_eq!(poll_once(fut.as_mut()), Poll::Ready(None));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::access_log::{BodyEnd, Entry};
 use crate::body::{ClientBody, RequestBody, ResponseBody};
+use crate::client_conns::{ConnSignal, StreamIdle};
 use crate::cluster::Cluster;
 use crate::grpc::is_grpc;
 use crate::headers::{is_upgrade, prepare_request, strip_hop_by_hop};
@@ -39,24 +40,40 @@ pub struct ConnContext {
 /// A request in flight on its client connection, until the response body is done with:
 /// dropping it tells the connection's supervision (see `client_conns`) that the request ended.
 /// It owns the request's reference to the connection context, so it costs no extra clone.
-pub(crate) struct RequestMark(Arc<ConnContext>);
+pub(crate) struct RequestMark {
+    ctx: Arc<ConnContext>,
+    /// Until the response head is ready (the stream idle timeout answers such a request 408).
+    awaiting_head: bool,
+}
 
 impl RequestMark {
     fn new(ctx: Arc<ConnContext>, h2: bool) -> Self {
         ctx.conn.signal().request_started(h2);
-        RequestMark(ctx)
+        RequestMark { ctx, awaiting_head: true }
+    }
+
+    fn head_ready(&mut self) {
+        if std::mem::take(&mut self.awaiting_head) {
+            self.signal().head_ready();
+        }
+    }
+
+    /// The connection's supervision: body chunks moving stamp its progress.
+    pub(crate) fn signal(&self) -> &crate::client_conns::ConnSignal {
+        self.ctx.conn.signal()
     }
 }
 
 impl Drop for RequestMark {
     fn drop(&mut self) {
-        self.0.conn.signal().request_ended(self.0.shared.client_conns.now_ms());
+        self.head_ready();
+        self.signal().request_ended(self.ctx.shared.client_conns.now_ms());
     }
 }
 
 impl std::fmt::Debug for RequestMark {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("RequestMark").field(&self.0.peer).finish()
+        f.debug_tuple("RequestMark").field(&self.ctx.peer).finish()
     }
 }
 
@@ -80,13 +97,13 @@ pub fn handle(
             .map(|r| start(&ctx, r, req, grpc, &mut trace))
             .map_err(Refused::Reason),
     };
-    let mark = RequestMark::new(ctx, h2);
+    let mut mark = RequestMark::new(ctx, h2);
     async move {
         // Written if this future is dropped before the response head: the client left.
         let mut waiting =
-            LogIfAbandoned(log.map(|start| PendingLog::new(mark.0.clone(), *start, trace.clone())));
+            LogIfAbandoned(log.map(|start| PendingLog::new(mark.ctx.clone(), *start, trace.clone())));
         let mut resp = match started {
-            Ok(s) => s.finish(&mut trace).await,
+            Ok(s) => s.finish(&mut trace, mark.signal(), h2).await,
             Err(Refused::Reason(reason)) => reply(reason, grpc),
             Err(refused) => refused.response(h2),
         };
@@ -95,6 +112,7 @@ pub fn handle(
             pending.at_head(trace, &resp);
             resp.body_mut().log_on_end(pending);
         }
+        mark.head_ready();
         resp.body_mut().end_request_with(mark);
         Ok(resp)
     }
@@ -417,7 +435,7 @@ fn start(
     };
     let upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let body = Watched::new(body);
+    let body = Watched::new(body, ctx.conn.signal());
     let upload = body.upload().cloned();
     let mut up_req = Request::from_parts(parts, RequestBody::Stream(body));
     if crate::headers::authority(&up_req).is_none() {
@@ -444,10 +462,24 @@ fn destination_host(plan: &tripline_config::plan::ClusterPlan) -> Option<http::H
 }
 
 impl Started {
-    /// Awaits the upstream's response head and turns it into the client's response.
-    async fn finish(self, trace: &mut Trace) -> Response<ResponseBody> {
-        let Started { cluster, deadline, grpc, upgrade, set_cookie, send } = self;
-        let (mut resp, mut inflight) = match send.await {
+    /// Awaits the upstream's response head and turns it into the client's response. The wait
+    /// ends early when the stream idle timeout fires on the client's connection (`signal`):
+    /// `408 stream-idle-timeout` (counted by the sweep that fired it), and an HTTP/1
+    /// connection closes after it.
+    async fn finish(self, trace: &mut Trace, signal: &ConnSignal, h2: bool) -> Response<ResponseBody> {
+        let Started { cluster, deadline, grpc, upgrade, set_cookie, mut send } = self;
+        let sent = match StreamIdle::new(signal, send.as_mut()).await {
+            Some(sent) => sent,
+            None => {
+                let mut resp = reply(Reason::StreamIdleTimeout, grpc);
+                if !h2 {
+                    resp.headers_mut()
+                        .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
+                return resp;
+            }
+        };
+        let (mut resp, mut inflight) = match sent {
             Ok(sent) => sent,
             Err(refusal) => {
                 trace.attempts = refusal.attempts;

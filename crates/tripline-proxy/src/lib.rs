@@ -235,9 +235,20 @@ impl Proxy {
             tick.tick().await;
             n += 1;
             let conns = &self.shared.client_conns;
+            let at = std::time::Instant::now();
+            conns.tick(at);
             let every = (conns.header_timeout().as_millis() / 10 / TICK.as_millis()).clamp(1, 10) as u64;
             if n % every == 0 {
-                conns.sweep(std::time::Instant::now());
+                let swept = conns.sweep(at);
+                if swept.stream_idle > 0 {
+                    tracing::info!(
+                        connections = swept.stream_idle,
+                        "stream idle timeout: requests that moved no byte either way are ended"
+                    );
+                    for _ in 0..swept.stream_idle {
+                        self.shared.global.local.inc(local_reply::Reason::StreamIdleTimeout);
+                    }
+                }
             }
             let applied = self.shared.applied.load_full();
             let now = resilience::now();

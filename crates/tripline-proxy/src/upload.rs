@@ -23,6 +23,7 @@ use http_body::{Body, Frame, SizeHint};
 use tripline_core::classify::{LocalReason, Outcome};
 
 use crate::body::{BoxError, ClientBody};
+use crate::client_conns::ConnSignal;
 use crate::local_reply::Reason;
 
 /// How a client's request body failed.
@@ -146,19 +147,23 @@ impl Upload {
     }
 }
 
-/// The client's request body, recording how it ends in its [`Upload`].
+/// The client's request body, recording how it ends in its [`Upload`], and each chunk as
+/// progress on its connection (the stream idle timeout).
 #[derive(Debug)]
 pub struct Watched {
     body: ClientBody,
     upload: Option<Arc<Upload>>,
+    conn: Option<Arc<ConnSignal>>,
 }
 
 impl Watched {
-    /// Watches `body`; a body that is already over (most requests) needs no watching and
-    /// allocates nothing.
-    pub fn new(body: ClientBody) -> Self {
-        let upload = (!body.is_end_stream()).then(Arc::default);
-        Watched { body, upload }
+    /// Watches `body`, from a client connection supervised by `conn`; a body that is already
+    /// over (most requests) needs no watching and allocates nothing.
+    pub fn new(body: ClientBody, conn: &Arc<ConnSignal>) -> Self {
+        if body.is_end_stream() {
+            return Watched { body, upload: None, conn: None };
+        }
+        Watched { body, upload: Some(Arc::default()), conn: Some(conn.clone()) }
     }
 
     /// The state the request's attempts share, if the request has a body.
@@ -176,6 +181,9 @@ impl Body for Watched {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(_))), Some(conn)) = (&polled, &self.conn) {
+            conn.progress();
+        }
         if let Some(upload) = &self.upload {
             match &polled {
                 Poll::Ready(None) => upload.set(COMPLETE),

@@ -91,6 +91,13 @@ pub struct RunArgs {
     /// HTTP/2 connections, once they have made a request, are only closed by the client.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub header_timeout: Duration,
+    /// End a request whose bytes have moved neither way this long (Envoy's
+    /// `stream_idle_timeout`): a client that stops reading its response, or sends its body a
+    /// byte at a time, would otherwise hold an upstream connection as long as it likes.
+    /// Waiting for the response head: `408 stream-idle-timeout`; once it is under way the
+    /// response is cut. HTTP/1.1 only for now; `0s` turns it off.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub stream_idle_timeout: Duration,
     /// How often `resolution: DNS` hosts are re-resolved.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub dns_refresh: Duration,

@@ -313,6 +313,27 @@ async fn handle(
             });
             return Ok(Response::builder().status(200).header("x-upstream-id", &st.id).body(out)?);
         }
+        p if p.starts_with("/bytes/") => {
+            // `n` bytes in 64 KiB chunks, as fast as the proxy takes them.
+            let n: usize = p["/bytes/".len()..].parse().unwrap_or(0);
+            let (tx, out) = channel_body(4);
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                let mut left = n;
+                while left > 0 {
+                    let take = left.min(chunk.len());
+                    if tx.send(Frame::data(chunk.slice(..take))).await.is_err() {
+                        return;
+                    }
+                    left -= take;
+                }
+            });
+            return Ok(Response::builder()
+                .status(200)
+                .header("content-length", n)
+                .header("x-upstream-id", &st.id)
+                .body(out)?);
+        }
         "/drip" => {
             let (tx, out) = channel_body(4);
             tokio::spawn(async move {
