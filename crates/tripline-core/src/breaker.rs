@@ -234,6 +234,8 @@ pub struct BreakerSnapshot {
     pub probe_failures: u32,
     /// Consecutive openings (drives the growth of the open duration).
     pub opens: u32,
+    /// Dry run: requests an enforcing breaker would have refused.
+    pub dry_run_rejections: u64,
 }
 
 type Listener = Box<dyn Fn(&Transition) + Send + Sync>;
@@ -292,6 +294,8 @@ pub struct CircuitBreaker {
     episode_deadline: AtomicU64,
     slow: Option<Nanos>,
     need: u32,
+    /// Dry run: requests an enforcing breaker would have refused.
+    dry_run_rejections: AtomicU64,
     core: Mutex<Core>,
     rng: Box<dyn Rng>,
     listener: Option<Listener>,
@@ -327,6 +331,7 @@ impl CircuitBreaker {
             episode_deadline: AtomicU64::new(0),
             slow: cfg.slow_calls.map(|s| nanos(s.threshold)),
             need,
+            dry_run_rejections: AtomicU64::new(0),
             core: Mutex::new(Core::default()),
             rng,
             listener: None,
@@ -346,6 +351,23 @@ impl CircuitBreaker {
 
     pub fn state(&self) -> State {
         unpack(self.word.load(Acquire)).0
+    }
+
+    /// Whether the breaker keeps traffic away right now: open and enforcing, or forced open
+    /// by an operator. A dry-run breaker goes through the same states but never refuses, so a
+    /// caller that routes around open breakers (endpoint choice, retry suppression) must ask
+    /// this rather than [`state`](Self::state).
+    pub fn refuses_traffic(&self) -> bool {
+        match self.state() {
+            State::ForcedOpen => true,
+            State::Open => self.cfg.mode == Mode::Enforcing,
+            _ => false,
+        }
+    }
+
+    /// Dry run: how many requests an enforcing breaker would have refused.
+    pub fn dry_run_rejections(&self) -> u64 {
+        self.dry_run_rejections.load(Relaxed)
     }
 
     /// Asks to send one request. Lock-free unless it triggers a transition.
@@ -399,7 +421,10 @@ impl CircuitBreaker {
 
     fn reject(&self, state: State, seq: u64, retry_after: Duration) -> Result<Decision, Rejected> {
         match self.cfg.mode {
-            Mode::DryRun => Ok(self.admission(None, seq, true)),
+            Mode::DryRun => {
+                self.dry_run_rejections.fetch_add(1, Relaxed);
+                Ok(self.admission(None, seq, true))
+            }
             Mode::Enforcing => Err(Rejected { retry_after, state }),
         }
     }
@@ -733,6 +758,7 @@ impl CircuitBreaker {
             probe_successes: core.ok,
             probe_failures: core.failed,
             opens: core.opens,
+            dry_run_rejections: self.dry_run_rejections(),
         }
     }
 }

@@ -356,6 +356,7 @@ fn dry_run_reports_transitions_but_never_rejects() {
         a.record(&Outcome::Http(503), FAST, clock.now());
     }
     assert_eq!(b.state(), State::Open);
+    assert!(!b.refuses_traffic(), "open in dry run, yet nothing is kept away");
     let a = b.try_acquire(clock.now()).unwrap();
     assert!(a.would_reject() && !a.is_probe());
     a.record(&Outcome::Http(200), FAST, clock.now());
@@ -363,11 +364,28 @@ fn dry_run_reports_transitions_but_never_rejects() {
     let probes: Vec<_> = (0..3).map(|_| b.try_acquire(clock.now()).unwrap()).collect();
     assert!(probes.iter().all(|p| p.is_probe()));
     assert!(b.try_acquire(clock.now()).unwrap().would_reject());
+    assert_eq!(b.dry_run_rejections(), 2, "each request it would have refused is counted");
+    assert_eq!(b.snapshot(clock.now()).dry_run_rejections, 2);
     for p in probes {
         p.record(&Outcome::Http(200), FAST, clock.now());
     }
     assert_eq!(b.state(), State::Closed);
     assert_eq!(b.history().len(), 3);
+    // An operator's force-open is obeyed in dry run too.
+    b.force_open(clock.now(), "by admin");
+    assert!(b.refuses_traffic());
+}
+
+#[test]
+fn an_enforcing_open_breaker_refuses_traffic() {
+    let clock = ManualClock::new(1);
+    let b = breaker(exact());
+    for _ in 0..5 {
+        b.try_acquire(clock.now()).unwrap().record(&Outcome::Http(503), FAST, clock.now());
+    }
+    assert_eq!(b.state(), State::Open);
+    assert!(b.refuses_traffic());
+    assert_eq!(b.dry_run_rejections(), 0);
 }
 
 #[test]

@@ -37,6 +37,7 @@ pub fn breaker_json(now: Nanos, b: &CircuitBreaker) -> Value {
         "consecutive_failures": s.consecutive_failures,
         "window": {"requests": s.window.requests, "failures": s.window.failures, "slow": s.window.slow},
         "probes_in_flight": s.probes_in_flight,
+        "dry_run_rejections": s.dry_run_rejections,
         "history": b.history().iter().rev().map(|t| transition_json(now, t)).collect::<Vec<_>>(),
     })
 }

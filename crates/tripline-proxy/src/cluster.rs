@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use tripline_config::plan::{ClusterPlan, Discovery, HashKey, LoadBalancer, PoolLimits, UpstreamProtocol};
 use tripline_core::balancer::{hash_bytes, Algorithm, Balancer, EndpointSpec, EndpointView};
-use tripline_core::breaker::{CircuitBreaker, State};
+use tripline_core::breaker::CircuitBreaker;
 use tripline_core::limits::Limit;
 use tripline_core::outlier::{Endpoint as OutlierEndpoint, Health};
 
@@ -124,8 +124,10 @@ impl Member {
         }
     }
 
+    /// Its breaker keeps traffic away (open and enforcing, or forced open; a dry-run breaker
+    /// never does).
     pub fn breaker_open(&self) -> bool {
-        self.breaker.as_ref().is_some_and(|b| matches!(b.state(), State::Open | State::ForcedOpen))
+        self.breaker.as_ref().is_some_and(|b| b.refuses_traffic())
     }
 }
 

@@ -361,16 +361,19 @@ type Labels = Vec<(&'static str, String)>;
 impl Collector for ResilienceScrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut states: Vec<(Labels, i64)> = Vec::new();
-        let mut add_state = |cluster: &str, endpoint: &str, current: tripline_core::breaker::State| {
+        let mut dry_run: Vec<(Labels, u64)> = Vec::new();
+        let mut add_breaker = |cluster: &str, endpoint: &str, b: &tripline_core::breaker::CircuitBreaker| {
+            let current = b.state();
+            let labels = || vec![("cluster", cluster.to_string()), ("endpoint", endpoint.to_string())];
             for s in STATES {
-                states.push((
-                    vec![
-                        ("cluster", cluster.to_string()),
-                        ("endpoint", endpoint.to_string()),
-                        ("state", s.as_str().to_string()),
-                    ],
-                    i64::from(s == current),
-                ));
+                let mut l = labels();
+                l.push(("state", s.as_str().to_string()));
+                states.push((l, i64::from(s == current)));
+            }
+            // Every dry-run breaker, from zero: a series that appears only once it counts
+            // cannot be told from a breaker that is not there.
+            if b.config().mode == tripline_core::breaker::Mode::DryRun {
+                dry_run.push((labels(), b.dry_run_rejections()));
             }
         };
         let mut endpoints_total = Vec::new();
@@ -382,12 +385,12 @@ impl Collector for ResilienceScrape {
             let name = c.name();
             let res = &c.resilience;
             if let Some(b) = &res.breaker {
-                add_state(name, "", b.state());
+                add_breaker(name, "", b);
             }
             let set = c.endpoints.load();
             for m in &set.members {
                 if let Some(b) = &m.breaker {
-                    add_state(name, &m.ep.id, b.state());
+                    add_breaker(name, &m.ep.id, b);
                 }
             }
             let cl = || vec![("cluster", name.to_string())];
@@ -429,6 +432,7 @@ impl Collector for ResilienceScrape {
             }
         }
         let mut route_states = Vec::new();
+        let mut route_dry_run = Vec::new();
         for (route, b) in &self.routes {
             for s in STATES {
                 route_states.push((
@@ -436,7 +440,16 @@ impl Collector for ResilienceScrape {
                     i64::from(s == b.state()),
                 ));
             }
+            if b.config().mode == tripline_core::breaker::Mode::DryRun {
+                route_dry_run.push((vec![("route", route.clone())], b.dry_run_rejections()));
+            }
         }
+        counter(
+            &mut enc,
+            "tripline_route_breaker_dry_run_rejections",
+            "Requests a DRY_RUN route breaker would have refused (it lets them through).",
+            route_dry_run.into_iter(),
+        )?;
         gauge(
             &mut enc,
             "tripline_route_breaker_state",
@@ -462,6 +475,12 @@ impl Collector for ResilienceScrape {
             "tripline_breaker_transitions",
             "Breaker transitions by target state and reason.",
             transitions.into_iter(),
+        )?;
+        counter(
+            &mut enc,
+            "tripline_breaker_dry_run_rejections",
+            "Requests a DRY_RUN breaker would have refused (it lets them through); endpoint=\"\" is the destination breaker.",
+            dry_run.into_iter(),
         )?;
         gauge(
             &mut enc,

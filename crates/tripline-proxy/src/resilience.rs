@@ -56,8 +56,6 @@ pub struct ResilienceStats {
     pub retries_refused_budget: AtomicU64,
     pub retries_suppressed_breaker: AtomicU64,
     pub retries_not_replayable: AtomicU64,
-    /// Requests a dry-run breaker would have refused.
-    pub dry_run_rejections: AtomicU64,
 }
 
 impl ResilienceStats {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use http::{header, HeaderValue, Method, Request, Response};
 use tripline_config::plan::{RetryOn, UpstreamProtocol};
 use tripline_core::backoff::{parse_retry_after, Backoff};
-use tripline_core::breaker::{OwnedAdmission, State};
+use tripline_core::breaker::OwnedAdmission;
 use tripline_core::budget::{ActiveRequestOf, RetryBudget, RetryPermitOf};
 use tripline_core::classify::{grpc, LocalReason, Outcome};
 use tripline_core::clock::Nanos;
@@ -376,20 +376,14 @@ fn classify_response<B>(resp: &Response<B>) -> (Outcome, Option<u16>, Option<u8>
 }
 
 /// Asks a breaker (route or destination) to admit the request. An owned admission is recorded
-/// when the request ends; a dry-run breaker admits and counts what it would have refused.
+/// when the request ends; a dry-run breaker admits, and counts what it would have refused.
 fn admit_breaker(
     breaker: Option<&Arc<tripline_core::breaker::CircuitBreaker>>,
     now: u64,
-    stats: &ResilienceStats,
 ) -> Result<Option<OwnedAdmission>, Refusal> {
     let Some(b) = breaker else { return Ok(None) };
     match b.try_acquire_owned(now) {
-        Ok(a) => {
-            if a.would_reject() {
-                stats.dry_run_rejections.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Some(a))
-        }
+        Ok(a) => Ok(Some(a)),
         Err(r) => Err(Refusal { reason: Reason::BreakerOpen, retry_after: Some(r.retry_after), attempts: 0 }),
     }
 }
@@ -413,8 +407,8 @@ pub async fn send(
     let res = &cluster.resilience;
     let policy = &route.retry;
     let mut now = resilience::now();
-    let route_breaker = admit_breaker(route.breaker.as_ref(), now, &res.stats)?;
-    let cluster_breaker = admit_breaker(res.breaker.as_ref(), now, &res.stats)?;
+    let route_breaker = admit_breaker(route.breaker.as_ref(), now)?;
+    let cluster_breaker = admit_breaker(res.breaker.as_ref(), now)?;
     let Some(active) = state.active.try_acquire() else {
         return Err(Reason::OverflowRequests.into());
     };
@@ -638,12 +632,7 @@ fn retry_allowed(
         stats.retries_not_replayable.fetch_add(1, Ordering::Relaxed);
         return false;
     }
-    if cluster
-        .resilience
-        .breaker
-        .as_ref()
-        .is_some_and(|b| matches!(b.state(), State::Open | State::ForcedOpen))
-    {
+    if cluster.resilience.breaker.as_ref().is_some_and(|b| b.refuses_traffic()) {
         stats.retries_suppressed_breaker.fetch_add(1, Ordering::Relaxed);
         return false;
     }

@@ -897,3 +897,52 @@ async fn a_response_complete_by_its_length_is_complete_before_the_stream_ends() 
     );
     assert!(line["duration_ms"].as_f64().unwrap() < 900.0, "logged when the last byte went out: {line}");
 }
+
+/// DRY_RUN breakers only record: an endpoint breaker that "opens" in dry run leaves its
+/// endpoint in the rotation, a dry-run destination breaker does not suppress retries, clients
+/// never see breaker-open or no-healthy-upstream, and what the breakers would have refused is
+/// shown in /breakers and in metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_breakers_record_and_never_change_traffic() {
+    let bad = Faulty::start("bad", Fault::Status(503)).await;
+    let good = Faulty::start("good", Fault::Healthy).await;
+    let port = free_port();
+    let policy = "  circuitBreaker: {mode: DRY_RUN, consecutiveFailures: 2, openDuration: 60s}\n  endpointCircuitBreaker: {mode: DRY_RUN, consecutiveFailures: 2, openDuration: 60s}\n";
+    let route = "    retries: {attempts: 2, retryOn: 5xx}\n";
+    let yaml = mesh(port, &[bad.addr, good.addr], route, None, Some(policy));
+    let proxy = Proxy::start(&yaml).await;
+    // Both endpoints fail for a moment: the destination breaker "opens" too.
+    good.set(Fault::Status(503));
+    for i in 0..3 {
+        let r = get(port, &format!("/down/{i}")).await.unwrap();
+        assert_eq!(r.status, 503, "the upstreams' own 503, not a refusal: {r:?}");
+        assert_eq!(r.reason(), None, "{r:?}");
+    }
+    assert_eq!(breakers(&proxy).await["breaker"]["state"], "open");
+    good.set(Fault::Healthy);
+    let mut results = Vec::new();
+    for i in 0..40 {
+        results.push(get(port, &format!("/dry/{i}")).await);
+    }
+    assert!(not_ok(&results).is_empty(), "every request served by retries: {:?}", not_ok(&results));
+    // The bad endpoint stayed in the rotation after its breaker "opened".
+    assert!(bad.requests() >= 10, "the bad endpoint kept getting traffic: {} requests", bad.requests());
+
+    let b = breakers(&proxy).await;
+    let dest = &b["breaker"];
+    assert_eq!(dest["mode"], "dry-run", "{b}");
+    assert!(dest["dry_run_rejections"].as_u64().unwrap() >= 40, "every request after it opened: {dest}");
+    let bad_ep =
+        b["endpoints"].as_array().unwrap().iter().find(|e| e["address"] == bad.addr.to_string()).unwrap();
+    assert_eq!(bad_ep["breaker"]["state"], "open", "{bad_ep}");
+    assert_eq!(bad_ep["available"], true, "dry run never takes an endpoint out: {bad_ep}");
+    let would = bad_ep["breaker"]["dry_run_rejections"].as_u64().unwrap();
+    assert!(would >= 5, "the bad endpoint's breaker would have refused {would}");
+    let bad_id = bad.addr.to_string();
+    let metric = proxy
+        .metric("tripline_breaker_dry_run_rejections_total", &[("cluster", CLUSTER), ("endpoint", &bad_id)])
+        .await;
+    assert_eq!(metric, would as f64, "exported as counted");
+    let suppressed = proxy.metric("tripline_retries_total", &[("result", "suppressed_breaker")]).await;
+    assert_eq!(suppressed, 0.0, "a dry-run breaker suppresses no retry");
+}
