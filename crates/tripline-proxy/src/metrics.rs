@@ -231,14 +231,24 @@ impl Collector for Scrape {
         for reason in Reason::ALL {
             let v = self.global.local.get(reason);
             if v > 0 {
-                local_rows
-                    .push((vec![("reason", reason.as_str().to_string()), ("cluster", String::new())], v));
+                local_rows.push((
+                    vec![
+                        ("reason", reason.as_str().to_string()),
+                        ("cluster", String::new()),
+                        ("code", reason.status().as_str().to_string()),
+                    ],
+                    v,
+                ));
             }
             for c in &self.clusters {
                 let v = c.stats.local.get(reason);
                 if v > 0 {
                     local_rows.push((
-                        vec![("reason", reason.as_str().to_string()), ("cluster", c.name.to_string())],
+                        vec![
+                            ("reason", reason.as_str().to_string()),
+                            ("cluster", c.name.to_string()),
+                            ("code", reason.status().as_str().to_string()),
+                        ],
                         v,
                     ));
                 }
@@ -247,7 +257,7 @@ impl Collector for Scrape {
         counter(
             &mut enc,
             "tripline_local_responses",
-            "Responses Tripline generated itself, by reason (also sent as x-tripline-reason).",
+            "Responses Tripline generated itself, by reason (also sent as x-tripline-reason) and HTTP status.",
             local_rows.into_iter(),
         )?;
         gauge(

@@ -103,9 +103,9 @@ async fn malformed_bodies_and_clients_leaving_mid_upload_never_count_against_the
     let bad = reasons.iter().filter(|r| **r == ("bad-request-body", 400)).count();
     let gone = reasons.iter().filter(|r| **r == ("downstream-disconnect", 499)).count();
     assert_eq!((bad, gone), (4, 4), "access log reasons: {reasons:?}");
-    for reason in ["bad-request-body", "downstream-disconnect"] {
+    for (reason, code) in [("bad-request-body", "400"), ("downstream-disconnect", "499")] {
         assert_eq!(
-            proxy.metric("tripline_local_responses_total", &[("reason", reason)]).await,
+            proxy.metric("tripline_local_responses_total", &[("reason", reason), ("code", code)]).await,
             4.0,
             "{reason}"
         );
