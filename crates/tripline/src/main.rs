@@ -199,11 +199,19 @@ pub fn init_logging(log: &LogArgs) {
         eprintln!("tripline: --log-level `{}`: {e}; logging at info", log.log_level);
         tracing_subscriber::EnvFilter::new("info")
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = colour(std::io::IsTerminal::is_terminal(&std::io::stderr()), std::env::var_os("NO_COLOR"));
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match log.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+}
+
+/// Whether log lines are coloured: only on a terminal, and not when `NO_COLOR` is set to
+/// anything but the empty string (no-color.org). Escapes in a file or a pipe are noise.
+fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn validate(args: ValidateArgs) -> ExitCode {
@@ -250,6 +258,14 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logs_are_coloured_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(!colour(false, None), "a file or a pipe gets no escapes");
+        assert!(!colour(true, Some("1".into())));
+        assert!(colour(true, Some("".into())), "an empty NO_COLOR does not count (no-color.org)");
+    }
 
     #[test]
     fn durations_parse_like_istio() {

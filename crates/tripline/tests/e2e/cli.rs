@@ -72,14 +72,14 @@ fn demo_print_config_validates() {
 }
 
 /// `tripline demo --duration` runs on the given addresses, says where they are, prints a
-/// summary line and exits 0 on its own.
+/// summary line and exits 0 on its own. Its output goes to pipes here: no colour escapes.
 #[test]
 fn demo_runs_for_its_duration_and_prints_a_summary() {
     let (listen, admin) = (loopback(free_port()), loopback(free_port()));
     let (code, out, err) = run_bounded(
         Command::new(binary())
             .args(["demo", "--listen", &listen.to_string(), "--admin", &admin.to_string()])
-            .args(["--rps", "20", "--duration", "5s", "--log-level", "warn"])
+            .args(["--rps", "20", "--duration", "5s", "--log-level", "info"])
             .env_remove("TRIPLINE_LOG"),
         TIMEOUT,
     );
@@ -89,4 +89,6 @@ fn demo_runs_for_its_duration_and_prints_a_summary() {
     let summary =
         out.lines().find(|l| l.starts_with("client: ")).unwrap_or_else(|| panic!("no summary:\n{out}"));
     assert!(summary.contains(" ok, ") && summary.contains("steady"), "{summary}");
+    assert!(err.contains("INFO"), "log lines were written:\n{err}");
+    assert!(!out.contains('\x1b') && !err.contains('\x1b'), "ANSI escapes in a pipe:\n{err}");
 }
