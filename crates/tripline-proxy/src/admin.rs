@@ -23,17 +23,43 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// Admin connections open at once; more are closed as soon as accepted. A local process (or
+/// a web page) opening connections without finishing a request must not be able to use up
+/// the file descriptors the data plane accepts with.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Serves the admin API. Each connection gets `--header-timeout` for each request head, as
+/// client connections on the data plane do.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut backoff = crate::listener::AcceptBackoff::default();
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                backoff.failed("admin", &e).await;
+                continue;
+            }
+        };
+        backoff.succeeded("admin");
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            shared.global.admin_connections_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(max = MAX_CONNECTIONS, "admin connection refused: too many open");
+            continue;
+        };
         let shared = shared.clone();
         tokio::spawn(async move {
+            let head_timeout = shared.client_conns.header_timeout();
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(route(&shared, req)) }
             });
-            let _ =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(head_timeout)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+            drop(slot);
         });
     }
 }
@@ -54,6 +80,9 @@ fn json_response(value: &serde_json::Value) -> Response<Full<Bytes>> {
 }
 
 fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if let Err(refused) = crate::admin_guard::check(req.method(), req.headers()) {
+        return text(refused.status, refused.why);
+    }
     let path = req.uri().path();
     if req.method() == Method::POST {
         let action = path.strip_prefix("/breakers/").and_then(crate::breakers_api::Action::parse);

@@ -59,6 +59,38 @@ impl ListenerRuntime {
     }
 }
 
+/// How an accept loop waits after `accept` fails (out of file descriptors, most often): it
+/// backs off, from 10 ms doubling to 1 s, instead of spinning on the error, and logs once per
+/// run of failures rather than at every try.
+#[derive(Debug, Default)]
+pub struct AcceptBackoff {
+    delay: Duration,
+    failures: u64,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    /// `accept` failed: waits before the next try.
+    pub async fn failed(&mut self, what: &str, e: &std::io::Error) {
+        if self.failures == 0 {
+            tracing::warn!(listener = what, error = %e, "accept failed; backing off until it succeeds again");
+        }
+        self.failures += 1;
+        self.delay = (self.delay * 2).clamp(Self::FIRST, Self::MAX);
+        tokio::time::sleep(self.delay).await;
+    }
+
+    /// `accept` succeeded: the next failure starts from the first delay.
+    pub fn succeeded(&mut self, what: &str) {
+        if self.failures > 0 {
+            tracing::info!(listener = what, failures = self.failures, "accepting again");
+        }
+        *self = AcceptBackoff::default();
+    }
+}
+
 async fn accept_loop(
     shared: Arc<Shared>,
     rt: Arc<ListenerRuntime>,
@@ -68,20 +100,25 @@ async fn accept_loop(
     let http1 = Arc::new(crate::http_conn::http1_builder());
     let h2_only = rt.protocol == ListenerProtocol::Http2;
     let mut shutdown = shared.shutdown.subscribe();
+    let mut backoff = AcceptBackoff::default();
     loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(listener = %rt.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
             _ = stopped.changed() => break,
             _ = shutdown.changed() => break,
         };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tokio::select! {
+                    _ = backoff.failed(&rt.name, &e) => {}
+                    _ = stopped.changed() => break,
+                    _ = shutdown.changed() => break,
+                }
+                continue;
+            }
+        };
+        backoff.succeeded(&rt.name);
         let _ = stream.set_nodelay(true);
         let tracker = ConnTracker::new(&shared);
         match rt.protocol {

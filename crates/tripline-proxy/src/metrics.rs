@@ -114,6 +114,8 @@ pub struct GlobalStats {
     pub downstream_connections_total: AtomicU64,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: AtomicU64,
+    /// Admin connections closed at once because `admin::MAX_CONNECTIONS` were open.
+    pub admin_connections_refused: AtomicU64,
     pub http2: Http2Stats,
 }
 
@@ -312,6 +314,12 @@ impl Collector for Scrape {
             "tripline_access_log_dropped",
             "Access log lines dropped because the writer fell behind (requests are never slowed).",
             std::iter::once((vec![], self.global.access_log_dropped.load(Ordering::Relaxed))),
+        )?;
+        counter(
+            &mut enc,
+            "tripline_admin_connections_refused",
+            "Admin connections closed at once because the admin API had its maximum open.",
+            std::iter::once((vec![], self.global.admin_connections_refused.load(Ordering::Relaxed))),
         )?;
         let h2 = &self.global.http2;
         counter(

@@ -3,6 +3,7 @@
 
 mod alloc;
 mod demo;
+mod fd_limit;
 mod run;
 
 use std::net::SocketAddr;

@@ -33,6 +33,10 @@ fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Loaded, Vec<tripline_co
 
 pub fn run(args: RunArgs) -> ExitCode {
     init_logging(&args.log);
+    match crate::fd_limit::raise_to_hard() {
+        Ok((soft, hard)) => tracing::info!(soft, hard, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit to its hard limit"),
+    }
     let opts = LoadOptions { mesh_bind: args.mesh_bind, dns_refresh: args.dns_refresh };
     let loaded = match load(&args.config, &opts) {
         Ok(l) => l,
@@ -94,6 +98,12 @@ async fn serve(args: RunArgs, opts: LoadOptions, loaded: Loaded, workers: usize)
             return ExitCode::FAILURE;
         }
     };
+    if !args.admin.ip().is_loopback() {
+        tracing::warn!(
+            admin = %args.admin,
+            "the admin API listens beyond loopback: anyone who reaches it can read the config and force breakers open (use --admin 127.0.0.1:PORT unless a network policy guards it)"
+        );
+    }
     tokio::spawn(tripline_proxy::admin::serve(proxy.shared.clone(), admin));
     if let Err(e) = proxy.apply(&loaded).await {
         eprintln!("tripline: {e}");

@@ -202,3 +202,106 @@ async fn access_log_has_one_json_line_per_request_with_the_reason() {
         "no line was dropped, and the counter says so"
     );
 }
+
+/// Sends `request` to `addr` on a new connection and returns the answer (read until the
+/// admin closes, at most 5 s).
+async fn raw(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A web page can reach the admin port (it listens on loopback, where the browser is): one
+/// whose name rebinds to 127.0.0.1 must not read it (its `Host` is its own name), and no page
+/// may force a breaker open (a cross-origin or form POST). curl, which sends neither, may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_pages_cannot_read_the_admin_api_or_trip_breakers() {
+    let up = Upstream::http("u1").await;
+    let port = free_port();
+    let policy = "---\napiVersion: tripline.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: b}\nspec:\n  target: {host: backend.local}\n  circuitBreaker: {consecutiveFailures: 5}\n";
+    let proxy = Proxy::start(&format!("{}{policy}", config::simple(port, "HTTP", &[up.addr], None))).await;
+    let admin = proxy.admin;
+    let force = "POST /breakers/force-open?cluster=outbound%7C80%7C%7Cbackend.local HTTP/1.1\r\nconnection: close\r\n";
+
+    let rebound =
+        raw(admin, "GET /config_dump HTTP/1.1\r\nhost: evil.example:15000\r\nconnection: close\r\n\r\n")
+            .await;
+    assert!(rebound.starts_with("HTTP/1.1 403 "), "{rebound}");
+    assert!(!rebound.contains("backend.local"), "nothing of the config leaks: {rebound}");
+    for (extra, status) in [
+        ("host: evil.example\r\n", "403"),
+        (&*format!("host: {admin}\r\norigin: http://evil.example\r\n"), "403"),
+        (&*format!("host: {admin}\r\nsec-fetch-site: cross-site\r\n"), "403"),
+        (
+            &*format!(
+                "host: {admin}\r\ncontent-type: application/x-www-form-urlencoded\r\ncontent-length: 0\r\n"
+            ),
+            "415",
+        ),
+    ] {
+        let answer = raw(admin, &format!("{force}{extra}\r\n")).await;
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status} ")), "{extra:?}: {answer}");
+    }
+    assert_eq!(proxy.cluster(CLUSTER).await["endpoints"][0]["healthy"], true);
+    let b = proxy.admin_get("/breakers").await.json();
+    assert_eq!(b["clusters"][0]["breaker"]["state"], "closed", "no page forced it open: {b}");
+
+    let curl = raw(admin, &format!("{force}host: {admin}\r\nuser-agent: curl/8.5.0\r\n\r\n")).await;
+    assert!(curl.starts_with("HTTP/1.1 200 "), "{curl}");
+    let b = proxy.admin_get("/breakers").await.json();
+    assert_eq!(b["clusters"][0]["breaker"]["state"], "forced-open", "{b}");
+}
+
+/// Half-sent admin requests cannot use up the file descriptors the data plane accepts with:
+/// the admin API keeps at most 64 connections open. The proxy runs with an open-file limit of
+/// 256 (soft and hard), and 300 admin connections each send half a request head and wait
+/// (the head timeout, 30 s, is longer than a client call may take here: without the cap the
+/// data plane's `accept` fails with "Too many open files" until it passes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_admin_requests_cannot_starve_the_data_plane() {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::http("u1").await;
+    let port = free_port();
+    let yaml = config::simple(port, "HTTP", &[up.addr], None);
+    let proxy = Proxy::start_wrapped(&yaml, &[], &["prlimit", "--nofile=256:256", "--"]).await;
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        let mut s = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
+        let _ = s.write_all(b"GET /ready HTTP/1.1\r\nHo").await;
+        held.push(s);
+    }
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for i in 0..20 {
+        let r = get(addr, "backend.local", &format!("/during/{i}")).await;
+        assert!(matches!(&r, Ok(r) if r.status == 200), "request {i} while the admin port is flooded: {r:?}");
+    }
+    assert!(!proxy.stderr().contains("Too many open files"), "{}", proxy.logs());
+    drop(held);
+    eventually("the admin API answers again", Duration::from_secs(10), || {
+        let admin = proxy.admin;
+        async move { crate::support::client::get(admin, "localhost", "/ready").await.is_ok() }
+    })
+    .await;
+    let refused = proxy.metric("tripline_admin_connections_refused_total", &[]).await;
+    assert!(refused >= 200.0, "connections past the cap were closed at once: {refused}");
+}
+
+/// An admin connection gets `--header-timeout` for its request head, as client connections do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_admin_request_is_closed_at_the_head_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::http("u1").await;
+    let proxy = Proxy::start_args(
+        &config::simple(free_port(), "HTTP", &[up.addr], None),
+        &["--header-timeout", "1s"],
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(proxy.admin).await.unwrap();
+    s.write_all(b"GET /ready HTTP/1.1\r\nHo").await.unwrap();
+    let mut buf = [0u8; 512];
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(_)) | Ok(Err(_))), "closed (or answered 408) at the head timeout: {read:?}");
+}

@@ -117,3 +117,17 @@ async fn header_timeout_closes_connections_without_a_request_in_flight() {
     assert_eq!(h2.send(req).await.unwrap().status(), 200);
     assert_eq!(proxy.metric("tripline_downstream_connections", &[]).await, 1.0, "only the HTTP/2 one left");
 }
+
+/// `tripline run` raises its soft open-file limit to the hard one: a proxy started under a
+/// soft limit of 256 (many init systems start services at 1,024) can hold as many connections
+/// as the hard limit allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let up = Upstream::http("u1").await;
+    let yaml = config::simple(free_port(), "HTTP", &[up.addr], None);
+    let proxy = Proxy::start_wrapped(&yaml, &[], &["prlimit", "--nofile=256:4096", "--"]).await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", proxy.pid())).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let values: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(values, ["4096", "4096"], "{line}");
+}
