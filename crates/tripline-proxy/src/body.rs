@@ -6,7 +6,8 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -205,7 +206,7 @@ impl BodyDeadline {
     /// Ready once the deadline has passed.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let at = self.at;
-        self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into()))).as_mut().poll(cx)
+        self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at))).as_mut().poll(cx)
     }
 }
 

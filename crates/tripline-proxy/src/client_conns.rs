@@ -26,7 +26,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// hyper's default, and what Tripline used before it kept the time itself.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);

@@ -8,7 +8,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
+
+use tokio::time::Instant;
 
 use http::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;

@@ -236,7 +236,7 @@ impl Proxy {
             tick.tick().await;
             n += 1;
             let conns = &self.shared.client_conns;
-            let at = std::time::Instant::now();
+            let at = tokio::time::Instant::now();
             conns.tick(at);
             let every = (conns.header_timeout().as_millis() / 10 / TICK.as_millis()).clamp(1, 10) as u64;
             if n % every == 0 {

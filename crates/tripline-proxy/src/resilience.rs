@@ -11,17 +11,26 @@ use std::sync::{Arc, OnceLock};
 use tripline_config::plan::ResiliencePlan;
 use tripline_core::breaker::{BreakerConfig, CircuitBreaker, Reason as BreakerReason, State, Transition};
 use tripline_core::budget::RetryBudget;
-use tripline_core::clock::{Clock, MonotonicClock, Nanos};
+use tripline_core::clock::{nanos, Nanos};
 use tripline_core::outlier::{OutlierDetector, OutlierEvent};
 
-/// The process clock every breaker and detector reads.
-pub fn clock() -> &'static MonotonicClock {
-    static CLOCK: OnceLock<MonotonicClock> = OnceLock::new();
-    CLOCK.get_or_init(MonotonicClock::new)
-}
-
+/// The time every breaker, detector and pool reads: the tokio runtime's clock
+/// (`tokio::time::Instant`), in nanoseconds. The proxy's timers, deadlines and timeouts are
+/// the runtime's too, so they all agree. In a running proxy that is the monotonic clock; a
+/// test that pauses the runtime's time (`#[tokio::test(start_paused = true)]`) moves all of
+/// them at once by advancing it, and asserts exact behaviour without waiting.
+///
+/// Readings are offset so that a runtime paused before the first reading (tests run in
+/// parallel, each with its own paused clock) still reads positive, increasing times.
 pub fn now() -> Nanos {
-    clock().now()
+    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+    const OFFSET: Nanos = 1 << 42;
+    let origin = *ORIGIN.get_or_init(std::time::Instant::now);
+    let at = tokio::time::Instant::now().into_std();
+    match at.checked_duration_since(origin) {
+        Some(d) => OFFSET.saturating_add(nanos(d)),
+        None => OFFSET.saturating_sub(nanos(origin.saturating_duration_since(at))),
+    }
 }
 
 pub const STATES: [State; 5] =

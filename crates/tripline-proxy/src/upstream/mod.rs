@@ -15,7 +15,9 @@ pub mod replay;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use http::{header, HeaderValue, Method, Request, Response};
 use tripline_config::plan::{RetryOn, UpstreamProtocol};
@@ -461,7 +463,7 @@ pub async fn send(
             let checkout = pool::checkout(cluster, &endpoint, now, simple);
             let checked_out = match deadline {
                 Some(d) => {
-                    tokio::time::timeout_at(d.into(), checkout).await.unwrap_or(Err(Reason::RouteTimeout))
+                    tokio::time::timeout_at(d, checkout).await.unwrap_or(Err(Reason::RouteTimeout))
                 }
                 None => checkout.await,
             };

@@ -22,7 +22,8 @@
 use std::pin::pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+
+use tokio::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -301,7 +302,7 @@ pub async fn checkout(
             continue;
         }
         let until = deadline.unwrap_or_else(Instant::now);
-        if tokio::time::timeout_at(until.into(), notified).await.is_err() {
+        if tokio::time::timeout_at(until, notified).await.is_err() {
             return Err(Reason::OverflowConnections);
         }
     }
