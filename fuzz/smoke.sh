@@ -28,7 +28,14 @@ for target in config h2_server client_h1 upstream_h1; do
     max_len=8192 # the seed configs are up to a few KiB
     seeds=(../examples)
     shared=${TRIPLINE_SHARED:-../../shared}
-    if [ -d "$shared/examples/seeds" ]; then seeds+=("$shared/examples/seeds"); fi
+    if [ -d "$shared/examples/seeds" ]; then
+      seeds+=("$shared/examples/seeds")
+    elif [ "${CI:-}" = true ]; then
+      echo "fuzz smoke: no seed configs in $shared/examples/seeds (CI=true requires them; set TRIPLINE_SHARED)" >&2
+      exit 1
+    else
+      echo "fuzz smoke: no seed configs in $shared/examples/seeds; the config target starts from examples/ only"
+    fi
   fi
   echo "== fuzz smoke: $target, ${SECONDS_EACH}s"
   log="$scratch/$target.log"

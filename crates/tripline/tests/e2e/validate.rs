@@ -29,7 +29,7 @@ fn has_location(stderr: &str, file: &str) -> bool {
 
 #[test]
 fn validate_every_seed_is_accepted_or_diagnosed() {
-    let dir = seeds_dir();
+    let Some(dir) = seeds_dir() else { return };
     let mut seeds: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("seed dir {}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
