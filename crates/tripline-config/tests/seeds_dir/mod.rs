@@ -12,9 +12,14 @@ use std::path::PathBuf;
 
 /// `$TRIPLINE_SHARED/examples/seeds`, by default the `shared` directory beside the checkout.
 fn location() -> PathBuf {
+    let beside_the_clone = || {
+        // CARGO_MANIFEST_DIR is <clone>/crates/<crate>: three levels up holds the clone.
+        let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        manifest.ancestors().nth(3).unwrap_or(manifest).join("shared")
+    };
     std::env::var_os("TRIPLINE_SHARED")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+        .unwrap_or_else(beside_the_clone)
         .join("examples/seeds")
 }
 
