@@ -528,6 +528,37 @@ impl<'a> Ctx<'a> {
         Some(id)
     }
 
+    /// Refuses the settings that act on HTTP requests only (see [`crate::model::HttpOnly`])
+    /// in the DestinationRule and ResiliencePolicy of every cluster a `tcp` route sends to:
+    /// they would do nothing there.
+    fn check_tcp_clusters(&mut self, tcp_clusters: &[ClusterId]) {
+        let mut reported = std::collections::HashSet::new();
+        for &id in tcp_clusters {
+            let (host, subset, name) = {
+                let c = &self.clusters[id];
+                (c.host.clone(), c.subset.clone(), c.name.clone())
+            };
+            let mut found: Vec<(&'a Resource, &'a crate::model::HttpOnly)> = Vec::new();
+            if let Some((r, dr)) = self.rule(&host) {
+                found.extend(dr.traffic_policy.http_only.iter().map(|s| (r, s)));
+                let sub = dr.subsets.iter().find(|s| Some(&s.name.value) == subset.as_ref());
+                found.extend(sub.into_iter().flat_map(|s| &s.traffic_policy.http_only).map(|s| (r, s)));
+            }
+            if let Some((r, p)) = self.policy(&host, subset.as_deref()) {
+                found.extend(p.http_only.iter().map(|s| (r, s)));
+            }
+            for (r, setting) in found {
+                if reported.insert((r.id(), setting.path.clone())) {
+                    let msg = format!(
+                        "`{}` acts on HTTP requests only, and `{name}` is the cluster of a `tcp` route: remove it, or send the TCP traffic to a host of its own (a TCP cluster takes `connectionPool.tcp` and `outlierDetection`, fed by connect failures)",
+                        setting.path
+                    );
+                    self.report(r, Severity::Error, setting.pos, &setting.path, msg);
+                }
+            }
+        }
+    }
+
     /// Resolves a route's destinations and checks weights (Istio: they sum to 100).
     fn destinations(
         &mut self,
@@ -621,12 +652,12 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
                     ctx.rules.iter().find(|(_, d)| d.host.value.eq_ignore_ascii_case(&dr.host.value))
                 {
                     let msg = format!(
-                        "{} already applies to host `{}` ({}); this DestinationRule is ignored",
+                        "{} already applies to host `{}` ({}): merge the two into one DestinationRule (Tripline applies one per host)",
                         first.id(),
                         dr.host.value,
                         first.source
                     );
-                    ctx.report(r, Severity::Warning, dr.host.pos, &dr.host.path, msg);
+                    ctx.report(r, Severity::Error, dr.host.pos, &dr.host.path, msg);
                 } else {
                     ctx.rules.push((r, &**dr));
                 }
@@ -641,11 +672,11 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
                 .find(|(_, o)| o.hosts.iter().any(|x| x.value.eq_ignore_ascii_case(&h.value)));
             if let Some((first, _)) = earlier {
                 let msg = format!(
-                    "host `{}` is already declared by {}; this ServiceEntry's entry for it is ignored",
+                    "host `{}` is already declared by {}: declare each host in one ServiceEntry (Tripline takes a host's ports and endpoints from one)",
                     h.value,
                     first.id()
                 );
-                ctx.report(r, Severity::Warning, h.pos, &h.path, msg);
+                ctx.report(r, Severity::Error, h.pos, &h.path, msg);
             }
         }
     }
@@ -690,6 +721,7 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
     }
 
     // VirtualServices.
+    let mut tcp_clusters = Vec::new();
     for (r, vs) in &services {
         let mut targets_mesh = vs.gateways.is_empty();
         let mut targets: Vec<&str> = Vec::new();
@@ -770,12 +802,18 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
                 policy: own.map(|(pr, _)| pr.name.clone()),
             });
         }
+        // One `tcp` route per VirtualService: without TCP matches, a second could never be
+        // taken.
         let mut tcp_route = None;
         for (i, t) in vs.tcp.iter().enumerate() {
+            if i > 0 {
+                let msg = "a VirtualService has one `tcp` route (TCP matches are not implemented yet, so this one would never be taken): put its destinations into `tcp[0]`, with weights";
+                ctx.report(r, Severity::Error, t.pos, &t.path, msg);
+                continue;
+            }
             if let Some(destinations) = ctx.destinations(r, &t.route, &t.path, true) {
-                if tcp_route.is_none() {
-                    tcp_route = Some(TcpRoutePlan { name: format!("{}/tcp[{i}]", r.name), destinations });
-                }
+                tcp_clusters.extend(destinations.iter().map(|w| w.cluster));
+                tcp_route = Some(TcpRoutePlan { name: format!("{}/tcp[{i}]", r.name), destinations });
             }
         }
         let mut attached_any = false;
@@ -793,8 +831,8 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
                     if l.plan.tcp_route.is_none() {
                         l.plan.tcp_route = Some(t.clone());
                     } else {
-                        let msg = format!("TCP listener `{}` already has a route; this VirtualService's `tcp` route is ignored there", l.plan.name);
-                        ctx.report(r, Severity::Warning, t_pos(vs), "spec.tcp", msg);
+                        let msg = format!("TCP listener `{}` already has a `tcp` route from another VirtualService, and takes one (TCP matches are not implemented yet): bind this VirtualService to another Gateway server, or merge the two routes", l.plan.name);
+                        ctx.report(r, Severity::Error, t_pos(vs), "spec.tcp[0]", msg);
                     }
                 }
                 continue;
@@ -822,6 +860,8 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
             ctx.report(r, Severity::Warning, vs.hosts[0].pos, &vs.hosts[0].path, msg);
         }
     }
+
+    ctx.check_tcp_clusters(&tcp_clusters);
 
     let mut plan_listeners = Vec::new();
     for mut l in listeners {

@@ -16,16 +16,60 @@ pub struct Cx<'a> {
     pub diags: &'a mut Vec<Diagnostic>,
 }
 
-/// What a mapping may hold: known fields, and known fields Tripline does not support yet.
+/// What a mapping may hold.
+///
+/// Every field Tripline reads but does not act on is in one of two lists, by one rule: a field
+/// may be ignored (a warning) only if ignoring it cannot change which requests a route takes
+/// or what they get; otherwise it is refused (an error) until it is implemented. Both kinds
+/// are still returned by [`Fields::get`], so a decoder may validate them.
+#[derive(Clone, Copy)]
 pub struct Schema {
     /// Used in messages: "not part of Istio's OutlierDetection".
     pub name: &'static str,
     pub known: &'static [&'static str],
-    /// Istio fields that are warned about as "not supported yet" (they are still returned
-    /// by [`Fields::get`], so a decoder may validate them).
-    pub unsupported: &'static [&'static str],
+    /// Not implemented yet, and ignoring them would change routing or responses: an error
+    /// `` `<path>` is not implemented yet; <what to do> `` for each `(field, what to do)`.
+    pub refused: &'static [(&'static str, &'static str)],
+    /// Not implemented, and harmless to ignore: a warning `` `<path>` is ignored: <why> `` for
+    /// each `(field, why ignoring it changes nothing a request gets)`.
+    pub ignored: &'static [(&'static str, &'static str)],
+    /// The mapping's fields are conditions that narrow what a route takes (a request match):
+    /// an unknown one is an error, since leaving a condition out widens the match.
+    pub conditions: bool,
     /// Extra words for an unknown field (e.g. where Envoy-only fields belong).
     pub note: fn(&str) -> Option<&'static str>,
+}
+
+impl Schema {
+    /// A schema of known fields only.
+    pub const fn new(name: &'static str, known: &'static [&'static str]) -> Schema {
+        Schema { name, known, refused: &[], ignored: &[], conditions: false, note: no_note }
+    }
+
+    /// With fields that are errors until implemented, each with what to do instead.
+    pub const fn refusing(self, refused: &'static [(&'static str, &'static str)]) -> Schema {
+        Schema { refused, ..self }
+    }
+
+    /// With fields that are ignored with a warning, each with why that is harmless.
+    pub const fn ignoring(self, ignored: &'static [(&'static str, &'static str)]) -> Schema {
+        Schema { ignored, ..self }
+    }
+
+    /// Its fields are match conditions: unknown ones are errors.
+    pub const fn of_conditions(self) -> Schema {
+        Schema { conditions: true, ..self }
+    }
+
+    pub const fn with_note(self, note: fn(&str) -> Option<&'static str>) -> Schema {
+        Schema { note, ..self }
+    }
+
+    /// Every field name the schema recognises, for "did you mean".
+    fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        let listed = self.refused.iter().chain(self.ignored).map(|(f, _)| *f);
+        self.known.iter().copied().chain(listed)
+    }
 }
 
 pub fn no_note(_: &str) -> Option<&'static str> {
@@ -89,8 +133,9 @@ impl<'a> Cx<'a> {
         self.report(Severity::Warning, node.pos, path, message);
     }
 
-    /// Checks a mapping against its schema: unknown fields and unsupported fields are
-    /// warnings, duplicate keys and non-string keys are errors. Null reads as an empty mapping.
+    /// Checks a mapping against its schema: refused fields, duplicate keys and non-string keys
+    /// are errors; ignored fields and unknown ones are warnings (unknown ones are errors in a
+    /// schema of conditions). Null reads as an empty mapping.
     pub fn fields<'n>(&mut self, node: &'n Node, path: &str, schema: &Schema) -> Option<Fields<'n>> {
         let mut fields = Fields { node, path: path.to_string(), entries: Vec::new() };
         if node.is_null() {
@@ -119,8 +164,10 @@ impl<'a> Cx<'a> {
                 );
                 continue;
             }
-            if schema.unsupported.contains(&name) {
-                self.warn(key, &field_path, format!("`{field_path}` is not supported yet and is ignored"));
+            if let Some((_, fix)) = schema.refused.iter().find(|(f, _)| *f == name) {
+                self.error(key, &field_path, format!("`{field_path}` is not implemented yet; {fix}"));
+            } else if let Some((_, why)) = schema.ignored.iter().find(|(f, _)| *f == name) {
+                self.warn(key, &field_path, format!("`{field_path}` is ignored: {why}"));
             } else if !schema.known.contains(&name) {
                 let mut msg = format!("unknown field `{name}`");
                 let mut notes = Vec::new();
@@ -129,11 +176,18 @@ impl<'a> Cx<'a> {
                 } else {
                     notes.push(format!("not part of {}", schema.name));
                 }
-                if let Some(s) = suggest(name, schema.known.iter().chain(schema.unsupported)) {
+                if let Some(s) = suggest(name, schema.names()) {
                     notes.push(format!("did you mean `{s}`?"));
                 }
-                msg += &format!(" ({}); it is ignored", notes.join("; "));
-                self.warn(key, &field_path, msg);
+                msg += &format!(" ({})", notes.join("; "));
+                if schema.conditions {
+                    msg +=
+                        "; a condition Tripline does not read would widen this match: correct or remove it";
+                    self.error(key, &field_path, msg);
+                } else {
+                    msg += "; it is ignored";
+                    self.warn(key, &field_path, msg);
+                }
             }
             fields.entries.push((name, value));
         }
@@ -428,7 +482,7 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 /// The closest known name within edit distance 2 (case differences count as 0).
-fn suggest<'s>(name: &str, known: impl Iterator<Item = &'s &'s str>) -> Option<&'s str> {
+fn suggest<'s>(name: &str, known: impl Iterator<Item = &'s str>) -> Option<&'s str> {
     let lower = name.to_ascii_lowercase();
     known
         .map(|k| {
@@ -436,7 +490,7 @@ fn suggest<'s>(name: &str, known: impl Iterator<Item = &'s &'s str>) -> Option<&
         })
         .filter(|(_, d)| *d <= 2)
         .min_by_key(|(_, d)| *d)
-        .map(|(k, _)| *k)
+        .map(|(k, _)| k)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -492,28 +546,45 @@ mod tests {
     #[test]
     fn suggestions_catch_typos_and_case() {
         let known = ["timeout", "route", "match"];
-        assert_eq!(suggest("timout", known.iter()), Some("timeout"));
-        assert_eq!(suggest("Route", known.iter()), Some("route"));
-        assert_eq!(suggest("enforcingConsecutive5xxErrors", known.iter()), None);
+        assert_eq!(suggest("timout", known.into_iter()), Some("timeout"));
+        assert_eq!(suggest("Route", known.into_iter()), Some("route"));
+        assert_eq!(suggest("enforcingConsecutive5xxErrors", known.into_iter()), None);
     }
 
-    const SCHEMA: Schema = Schema { name: "Thing", known: &["a", "b"], unsupported: &["c"], note: no_note };
+    const SCHEMA: Schema = Schema::new("Thing", &["a", "b"])
+        .refusing(&[("c", "remove it, or use `a`")])
+        .ignoring(&[("d", "it only names statistics")]);
 
     #[test]
-    fn fields_report_unknown_unsupported_and_duplicate_keys_with_positions() {
-        let docs = yaml::parse("a: 1\nbb: 2\nc: 3\na: 4\n").unwrap();
+    fn fields_report_unknown_refused_ignored_and_duplicate_keys_with_positions() {
+        let docs = yaml::parse("a: 1\nbb: 2\nc: 3\na: 4\nd: 5\n").unwrap();
         let mut diags = Vec::new();
         let mut cx = Cx { file: "f.yaml", resource: "Thing/x".into(), diags: &mut diags };
         let f = cx.fields(&docs[0].root, "spec", &SCHEMA).unwrap();
-        assert!(f.has("c"), "unsupported fields are still readable");
+        assert!(f.has("c") && f.has("d"), "refused and ignored fields are still readable");
         let shown: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
         assert_eq!(
             shown,
             [
                 "warning: f.yaml:2:1: Thing/x: spec.bb: unknown field `bb` (not part of Thing; did you mean `b`?); it is ignored",
-                "warning: f.yaml:3:1: Thing/x: spec.c: `spec.c` is not supported yet and is ignored",
+                "error: f.yaml:3:1: Thing/x: spec.c: `spec.c` is not implemented yet; remove it, or use `a`",
                 "error: f.yaml:4:1: Thing/x: spec.a: duplicate field `a` (first given on line 1)",
+                "warning: f.yaml:5:1: Thing/x: spec.d: `spec.d` is ignored: it only names statistics",
             ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_among_conditions_is_an_error() {
+        let docs = yaml::parse("exct: /a\n").unwrap();
+        let mut diags = Vec::new();
+        let mut cx = Cx { file: "f.yaml", resource: "Thing/x".into(), diags: &mut diags };
+        let conditions = Schema::new("a match", &["exact", "prefix"]).of_conditions();
+        cx.fields(&docs[0].root, "uri", &conditions).unwrap();
+        let shown: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            shown,
+            ["error: f.yaml:1:1: Thing/x: uri.exct: unknown field `exct` (not part of a match; did you mean `exact`?); a condition Tripline does not read would widen this match: correct or remove it"]
         );
     }
 

@@ -5,6 +5,7 @@
 pub mod compile;
 pub mod decode;
 pub mod diag;
+pub mod gaps;
 pub mod model;
 pub mod plan;
 pub mod policy;
@@ -111,9 +112,14 @@ pub fn read_sources(paths: &[PathBuf]) -> Result<Vec<Source>, Vec<Diagnostic>> {
 }
 
 /// Parses, validates and compiles. `Err` carries every error found (and the warnings).
+///
+/// A configuration without a listener is an error: it would accept no connection, and what
+/// yields one is almost always a file caught empty or half written by an editor, which a
+/// reload must not put in force.
 pub fn load(sources: &[Source], opts: &LoadOptions) -> Result<Loaded, Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let mut resources: Vec<model::Resource> = Vec::new();
+    let mut documents = 0;
     for source in sources {
         match yaml::parse(&source.text) {
             Err(e) => diags.push(Diagnostic {
@@ -125,6 +131,7 @@ pub fn load(sources: &[Source], opts: &LoadOptions) -> Result<Loaded, Vec<Diagno
                 message: format!("invalid YAML: {}", e.message),
             }),
             Ok(docs) => {
+                documents += docs.len();
                 for doc in &docs {
                     if let Some(r) = resource::decode(&source.name, doc, &mut diags) {
                         if let Some(first) = resources
@@ -148,11 +155,35 @@ pub fn load(sources: &[Source], opts: &LoadOptions) -> Result<Loaded, Vec<Diagno
         }
     }
     let plan = compile::compile(&resources, opts, &mut diags);
-    if diags.iter().any(|d| d.severity == Severity::Error) {
+    let has_errors = |d: &[Diagnostic]| d.iter().any(|d| d.severity == Severity::Error);
+    // Only when nothing else is wrong: a listener lost to another error is that error's.
+    if plan.listeners.is_empty() && !has_errors(&diags) {
+        diags.push(no_listener(sources, documents));
+    }
+    if has_errors(&diags) {
         return Err(diags);
     }
     let dump = dump(&resources, &plan);
     Ok(Loaded { plan, warnings: diags, dump })
+}
+
+/// The error for a configuration without a listener, at the start of its first file.
+fn no_listener(sources: &[Source], documents: usize) -> Diagnostic {
+    let what = if documents == 0 {
+        "the configuration is empty (no YAML document)"
+    } else {
+        "the configuration has no listener: no Gateway server, and no VirtualService without `gateways` (the mesh listener)"
+    };
+    Diagnostic {
+        severity: Severity::Error,
+        file: sources.first().map_or_else(|| "(config)".to_string(), |s| s.name.clone()),
+        line: 1,
+        column: 1,
+        path: "(config)".into(),
+        message: format!(
+            "{what}; Tripline would accept no connection, so it refuses to run on it (a reload keeps the running config): add a Gateway with a server, or a VirtualService for the mesh listener"
+        ),
+    }
 }
 
 /// The effective resources for `/config_dump`: each resource as read (defaults applied where

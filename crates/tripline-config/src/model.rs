@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::decode::{join, no_note, Cx, Fields, Schema};
+use crate::decode::{join, Cx, Fields, Schema};
+use crate::gaps;
 use crate::plan::{HashKey, LoadBalancer, NewCookie, RequestMatch, RetryOn, StringMatch};
 use crate::yaml::{Node, Pos};
 
@@ -89,20 +90,11 @@ pub struct Server {
     pub bind: IpAddr,
 }
 
-const GATEWAY: Schema =
-    Schema { name: "Istio's Gateway", known: &["servers", "selector"], unsupported: &[], note: no_note };
-const SERVER: Schema = Schema {
-    name: "Istio's Server",
-    known: &["port", "hosts", "bind", "name"],
-    unsupported: &["tls", "defaultEndpoint"],
-    note: no_note,
-};
-const PORT: Schema = Schema {
-    name: "Istio's Port",
-    known: &["number", "name", "protocol"],
-    unsupported: &["targetPort"],
-    note: no_note,
-};
+const GATEWAY: Schema = Schema::new("Istio's Gateway", &["servers", "selector"]);
+const SERVER: Schema =
+    Schema::new("Istio's Server", &["port", "hosts", "bind", "name"]).refusing(gaps::SERVER);
+const PORT: Schema =
+    Schema::new("Istio's Port", &["number", "name", "protocol"]).ignoring(gaps::GATEWAY_PORT);
 
 pub fn gateway(cx: &mut Cx, spec: &Node) -> Option<Gateway> {
     let f = cx.fields(spec, "spec", &GATEWAY)?;
@@ -227,28 +219,21 @@ pub struct Endpoint {
     pub weight: u32,
 }
 
-const SERVICE_ENTRY: Schema = Schema {
-    name: "Istio's ServiceEntry",
-    known: &["hosts", "ports", "resolution", "endpoints", "location"],
-    unsupported: &["addresses", "exportTo", "subjectAltNames", "workloadSelector"],
-    note: no_note,
-};
-const SE_PORT: Schema = Schema {
-    name: "Istio's ServicePort",
-    known: &["number", "name", "protocol", "targetPort"],
-    unsupported: &[],
-    note: no_note,
-};
-const WORKLOAD_ENTRY: Schema = Schema {
-    name: "Istio's WorkloadEntry",
-    known: &["address", "ports", "labels", "weight"],
-    unsupported: &["network", "locality", "serviceAccount"],
-    note: no_note,
-};
+const SERVICE_ENTRY: Schema = Schema::new(
+    "Istio's ServiceEntry",
+    &["hosts", "ports", "resolution", "endpoints", "location", "exportTo"],
+)
+.refusing(gaps::SERVICE_ENTRY)
+.ignoring(gaps::SERVICE_ENTRY_IGNORED);
+const SE_PORT: Schema = Schema::new("Istio's ServicePort", &["number", "name", "protocol", "targetPort"]);
+const WORKLOAD_ENTRY: Schema =
+    Schema::new("Istio's WorkloadEntry", &["address", "ports", "labels", "weight"])
+        .refusing(gaps::WORKLOAD_ENTRY);
 pub const SE_PROTOCOLS: &[&str] = &["HTTP", "HTTP2", "GRPC", "TCP", "MONGO", "MYSQL", "REDIS"];
 
 pub fn service_entry(cx: &mut Cx, spec: &Node) -> Option<ServiceEntry> {
     let f = cx.fields(spec, "spec", &SERVICE_ENTRY)?;
+    export_to(cx, &f);
     let hosts: Vec<At<String>> = match f.value("hosts") {
         Some((n, p)) => {
             cx.strings(n, &p).into_iter().map(|(h, pos, path)| At { value: h, pos, path }).collect()
@@ -482,95 +467,38 @@ pub(crate) fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S)
     }
 }
 
-const VIRTUAL_SERVICE: Schema = Schema {
-    name: "Istio's VirtualService",
-    known: &["hosts", "gateways", "http", "tcp"],
-    unsupported: &["tls", "exportTo"],
-    note: no_note,
-};
-const HTTP_ROUTE: Schema = Schema {
-    name: "Istio's HTTPRoute",
-    known: &["name", "match", "route", "timeout", "retries"],
-    unsupported: &[
-        "fault",
-        "mirror",
-        "mirrors",
-        "mirrorPercentage",
-        "mirrorPercent",
-        "mirror_percent",
-        "corsPolicy",
-        "rewrite",
-        "redirect",
-        "directResponse",
-        "headers",
-        "delegate",
-    ],
-    note: no_note,
-};
-const MATCH: Schema = Schema {
-    name: "Istio's HTTPMatchRequest",
-    known: &["name", "uri", "headers", "method", "authority"],
-    unsupported: &[
-        "scheme",
-        "port",
-        "queryParams",
-        "ignoreUriCase",
-        "withoutHeaders",
-        "sourceLabels",
-        "sourceNamespace",
-        "gateways",
-        "statPrefix",
-    ],
-    note: no_note,
-};
-const STRING_MATCH: Schema = Schema {
-    name: "Istio's StringMatch",
-    known: &["exact", "prefix", "regex"],
-    unsupported: &[],
-    note: no_note,
-};
-const DESTINATION: Schema = Schema {
-    name: "Istio's HTTPRouteDestination",
-    known: &["destination", "weight"],
-    unsupported: &["headers"],
-    note: no_note,
-};
-const DEST: Schema = Schema {
-    name: "Istio's Destination",
-    known: &["host", "subset", "port"],
-    unsupported: &[],
-    note: no_note,
-};
-const PORT_SELECTOR: Schema =
-    Schema { name: "Istio's PortSelector", known: &["number"], unsupported: &[], note: no_note };
-const TCP_ROUTE: Schema =
-    Schema { name: "Istio's TCPRoute", known: &["match", "route"], unsupported: &[], note: no_note };
-const RETRIES: Schema = Schema {
-    name: "Istio's HTTPRetry",
-    known: &["attempts", "perTryTimeout", "retryOn", "retryIgnorePreviousHosts", "backoff"],
-    unsupported: &["retryRemoteLocalities"],
-    note: no_note,
-};
-const FAULT: Schema = Schema {
-    name: "Istio's HTTPFaultInjection",
-    known: &["delay", "abort"],
-    unsupported: &[],
-    note: no_note,
-};
-const DELAY: Schema = Schema {
-    name: "Istio's HTTPFaultInjection.Delay",
-    known: &["fixedDelay", "percentage", "percent"],
-    unsupported: &[],
-    note: no_note,
-};
-const ABORT: Schema = Schema {
-    name: "Istio's HTTPFaultInjection.Abort",
-    known: &["httpStatus", "grpcStatus", "http2Error", "percentage"],
-    unsupported: &[],
-    note: no_note,
-};
-const PERCENT: Schema =
-    Schema { name: "Istio's Percent", known: &["value"], unsupported: &[], note: no_note };
+const VIRTUAL_SERVICE: Schema =
+    Schema::new("Istio's VirtualService", &["hosts", "gateways", "http", "tcp", "exportTo"])
+        .refusing(gaps::VIRTUAL_SERVICE);
+const HTTP_ROUTE: Schema =
+    Schema::new("Istio's HTTPRoute", &["name", "match", "route", "timeout", "retries"])
+        .refusing(gaps::HTTP_ROUTE)
+        .ignoring(gaps::HTTP_ROUTE_IGNORED);
+const MATCH: Schema =
+    Schema::new("Istio's HTTPMatchRequest", &["name", "uri", "headers", "method", "authority"])
+        .refusing(gaps::MATCH)
+        .ignoring(gaps::MATCH_IGNORED)
+        .of_conditions();
+const STRING_MATCH: Schema =
+    Schema::new("Istio's StringMatch", &["exact", "prefix", "regex"]).of_conditions();
+const DESTINATION: Schema = Schema::new("Istio's HTTPRouteDestination", &["destination", "weight"])
+    .refusing(gaps::HTTP_ROUTE_DESTINATION);
+const DEST: Schema = Schema::new("Istio's Destination", &["host", "subset", "port"]);
+const PORT_SELECTOR: Schema = Schema::new("Istio's PortSelector", &["number"]);
+const TCP_ROUTE: Schema = Schema::new("Istio's TCPRoute", &["route"]).refusing(gaps::TCP_ROUTE);
+const RETRIES: Schema = Schema::new(
+    "Istio's HTTPRetry",
+    &["attempts", "perTryTimeout", "retryOn", "retryIgnorePreviousHosts", "backoff"],
+)
+.ignoring(gaps::RETRIES_IGNORED);
+const FAULT: Schema = Schema::new("Istio's HTTPFaultInjection", &["delay", "abort"]);
+const DELAY: Schema =
+    Schema::new("Istio's HTTPFaultInjection.Delay", &["fixedDelay", "percentage", "percent"]);
+const ABORT: Schema = Schema::new(
+    "Istio's HTTPFaultInjection.Abort",
+    &["httpStatus", "grpcStatus", "http2Error", "percentage"],
+);
+const PERCENT: Schema = Schema::new("Istio's Percent", &["value"]);
 
 /// The `retryOn` conditions Tripline applies (numeric status codes are accepted too).
 pub const RETRY_ON: &[&str] = &[
@@ -588,10 +516,20 @@ pub const RETRY_ON: &[&str] = &[
     "unavailable",
 ];
 
-/// Envoy conditions Istio passes through that Tripline does not apply (a warning, not an error,
-/// so that configs Istio accepts still load).
-pub const RETRY_ON_ENVOY_ONLY: &[&str] =
-    &["reset-before-request", "envoy-ratelimited", "retriable-headers", "http3-post-connect-failure"];
+/// Envoy conditions Istio passes through that Tripline does not read, and why ignoring each
+/// changes no retry (a warning).
+pub const RETRY_ON_IGNORED: gaps::Ignored = &[
+    (
+        "reset-before-request",
+        "Tripline always sends a request again on another connection when its connection closed before the request went out",
+    ),
+    ("retriable-headers", "Istio cannot set the headers it needs, so it retries nothing in Envoy either"),
+    ("http3-post-connect-failure", "Tripline has no HTTP/3 upstreams"),
+];
+
+/// Envoy conditions that would retry responses Tripline does not retry yet (an error).
+pub const RETRY_ON_REFUSED: gaps::Refused =
+    &[("envoy-ratelimited", "remove it: Tripline does not retry responses that carry `x-envoy-ratelimited`")];
 
 /// Sets the flag of one `retryOn` word; false for a word that is not in [`RETRY_ON`].
 fn set_retry_on(on: &mut RetryOn, word: &str) -> bool {
@@ -654,13 +592,14 @@ fn retry_on(cx: &mut Cx, node: &Node, path: &str) -> Option<(Vec<String>, RetryO
             if !codes.contains(&code) {
                 codes.push(code);
             }
-        } else if RETRY_ON_ENVOY_ONLY.contains(&word) {
-            cx.report(
-                crate::Severity::Warning,
-                at,
-                path,
-                format!("retryOn condition `{word}` is Envoy-specific and not supported by Tripline; it is ignored"),
-            );
+        } else if let Some((_, why)) = RETRY_ON_IGNORED.iter().find(|(w, _)| *w == word) {
+            let msg = format!("retryOn condition `{word}` is Envoy-specific and is ignored: {why}");
+            cx.report(crate::Severity::Warning, at, path, msg);
+            continue;
+        } else if let Some((_, fix)) = RETRY_ON_REFUSED.iter().find(|(w, _)| *w == word) {
+            let msg = format!("retryOn condition `{word}` is not implemented yet; {fix}");
+            cx.report(crate::Severity::Error, at, path, msg);
+            ok = false;
             continue;
         } else if !set_retry_on(&mut on, word) {
             cx.report(
@@ -689,6 +628,7 @@ fn retry_on(cx: &mut Cx, node: &Node, path: &str) -> Option<(Vec<String>, RetryO
 
 pub fn virtual_service(cx: &mut Cx, spec: &Node) -> Option<VirtualService> {
     let f = cx.fields(spec, "spec", &VIRTUAL_SERVICE)?;
+    export_to(cx, &f);
     let hosts: Vec<At<String>> = match f.value("hosts") {
         Some((n, p)) => {
             cx.strings(n, &p).into_iter().map(|(h, pos, path)| At { value: h, pos, path }).collect()
@@ -716,13 +656,6 @@ pub fn virtual_service(cx: &mut Cx, spec: &Node) -> Option<VirtualService> {
     if let Some((n, p)) = f.value("tcp") {
         for (rn, rp) in cx.list(n, &p, "TCP routes") {
             let Some(tf) = cx.fields(rn, &rp, &TCP_ROUTE) else { continue };
-            if let Some((mn, mp)) = tf.value("match") {
-                cx.warn(
-                    mn,
-                    &mp,
-                    format!("`{mp}` is not supported yet and is ignored: every connection takes this route"),
-                );
-            }
             let route = destinations(cx, &tf);
             tcp.push(TcpRoute { route, pos: rn.pos, path: rp });
         }
@@ -948,7 +881,8 @@ fn retries(cx: &mut Cx, node: &Node, path: &str) -> Option<Retries> {
         Some((n, p)) => {
             let v = cx.bool(n, &p)?;
             if !v {
-                cx.warn(n, &p, "Tripline always retries on another endpoint when one is available; `retryIgnorePreviousHosts: false` is ignored");
+                cx.error(n, &p, "`retryIgnorePreviousHosts: false` is not implemented yet; remove it: Tripline always retries on another endpoint when one is available");
+                return None;
             }
             Some(v)
         }
@@ -1042,6 +976,32 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(rename = "retryBudget")]
     pub retry_budget: RetryBudget,
+    /// The settings written here that act on HTTP requests only (`connectionPool.http`,
+    /// `retryBudget`, a consistent-hash key read from the request): a TCP route's cluster
+    /// refuses them, since they would do nothing there.
+    #[serde(skip)]
+    pub http_only: Vec<HttpOnly>,
+}
+
+/// A setting that acts on HTTP requests only, and where it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpOnly {
+    pub pos: Pos,
+    pub path: String,
+}
+
+impl HttpOnly {
+    /// Every field set (not null) in `node`, when it is a mapping.
+    pub(crate) fn fields_of(node: &Node, path: &str) -> Vec<HttpOnly> {
+        match &node.kind {
+            crate::yaml::Kind::Map(entries) => entries
+                .iter()
+                .filter(|(_, v)| !v.is_null())
+                .filter_map(|(k, _)| Some(HttpOnly { pos: k.pos, path: join(path, k.as_scalar()?) }))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// `trafficPolicy.retryBudget` (recent Istio): retries in flight as a percentage of active
@@ -1144,33 +1104,20 @@ pub struct OutlierDetection {
     pub min_health_percent: Option<u32>,
 }
 
-const DESTINATION_RULE: Schema = Schema {
-    name: "Istio's DestinationRule",
-    known: &["host", "trafficPolicy", "subsets"],
-    unsupported: &["exportTo", "workloadSelector"],
-    note: no_note,
-};
-const SUBSET: Schema = Schema {
-    name: "Istio's Subset",
-    known: &["name", "labels", "trafficPolicy"],
-    unsupported: &[],
-    note: no_note,
-};
-const TRAFFIC_POLICY: Schema = Schema {
-    name: "Istio's TrafficPolicy",
-    known: &["loadBalancer", "connectionPool", "outlierDetection", "retryBudget"],
-    unsupported: &["tls", "portLevelSettings", "tunnel", "proxyProtocol"],
-    note: no_note,
-};
-const LOAD_BALANCER: Schema = Schema {
-    name: "Istio's LoadBalancerSettings",
-    known: &["simple", "consistentHash"],
-    unsupported: &["localityLbSetting", "warmupDurationSecs", "warmup"],
-    note: no_note,
-};
-const CONSISTENT_HASH: Schema = Schema {
-    name: "Istio's ConsistentHashLB",
-    known: &[
+const DESTINATION_RULE: Schema =
+    Schema::new("Istio's DestinationRule", &["host", "trafficPolicy", "subsets", "exportTo"])
+        .refusing(gaps::DESTINATION_RULE);
+const SUBSET: Schema = Schema::new("Istio's Subset", &["name", "labels", "trafficPolicy"]);
+const TRAFFIC_POLICY: Schema = Schema::new(
+    "Istio's TrafficPolicy",
+    &["loadBalancer", "connectionPool", "outlierDetection", "retryBudget"],
+)
+.refusing(gaps::TRAFFIC_POLICY);
+const LOAD_BALANCER: Schema =
+    Schema::new("Istio's LoadBalancerSettings", &["simple", "consistentHash"]).refusing(gaps::LOAD_BALANCER);
+const CONSISTENT_HASH: Schema = Schema::new(
+    "Istio's ConsistentHashLB",
+    &[
         "httpHeaderName",
         "httpCookie",
         "useSourceIp",
@@ -1179,49 +1126,28 @@ const CONSISTENT_HASH: Schema = Schema {
         "maglev",
         "minimumRingSize",
     ],
-    unsupported: &[],
-    note: no_note,
-};
-const HTTP_COOKIE: Schema = Schema {
-    name: "Istio's HTTPCookie",
-    known: &["name", "ttl", "path", "attributes"],
-    unsupported: &[],
-    note: no_note,
-};
-const COOKIE_ATTRIBUTE: Schema = Schema {
-    name: "Istio's HTTPCookie.Attribute",
-    known: &["name", "value"],
-    unsupported: &[],
-    note: no_note,
-};
-const RING_HASH: Schema =
-    Schema { name: "Istio's RingHash", known: &["minimumRingSize"], unsupported: &[], note: no_note };
-const MAGLEV: Schema =
-    Schema { name: "Istio's MagLev", known: &["tableSize"], unsupported: &[], note: no_note };
-const CONNECTION_POOL: Schema = Schema {
-    name: "Istio's ConnectionPoolSettings",
-    known: &["tcp", "http"],
-    unsupported: &[],
-    note: no_note,
-};
-const TCP_POOL: Schema = Schema {
-    name: "Istio's ConnectionPoolSettings.TCPSettings",
-    known: &["maxConnections", "connectTimeout"],
-    unsupported: &["tcpKeepalive", "maxConnectionDuration", "idleTimeout"],
-    note: no_note,
-};
-const HTTP_POOL: Schema = Schema {
-    name: "Istio's ConnectionPoolSettings.HTTPSettings",
-    known: &[
+);
+const HTTP_COOKIE: Schema = Schema::new("Istio's HTTPCookie", &["name", "ttl", "path", "attributes"]);
+const COOKIE_ATTRIBUTE: Schema = Schema::new("Istio's HTTPCookie.Attribute", &["name", "value"]);
+const RING_HASH: Schema = Schema::new("Istio's RingHash", &["minimumRingSize"]);
+const MAGLEV: Schema = Schema::new("Istio's MagLev", &["tableSize"]);
+const CONNECTION_POOL: Schema = Schema::new("Istio's ConnectionPoolSettings", &["tcp", "http"]);
+const TCP_POOL: Schema =
+    Schema::new("Istio's ConnectionPoolSettings.TCPSettings", &["maxConnections", "connectTimeout"])
+        .refusing(gaps::TCP_POOL);
+const HTTP_POOL: Schema = Schema::new(
+    "Istio's ConnectionPoolSettings.HTTPSettings",
+    &[
         "http1MaxPendingRequests",
         "http2MaxRequests",
         "maxRequestsPerConnection",
         "maxRetries",
         "idleTimeout",
+        "h2UpgradePolicy",
+        "useClientProtocol",
     ],
-    unsupported: &["h2UpgradePolicy", "useClientProtocol", "maxConcurrentStreams"],
-    note: no_note,
-};
+)
+.refusing(gaps::HTTP_POOL);
 
 fn outlier_note(field: &str) -> Option<&'static str> {
     if field.starts_with("enforcing") {
@@ -1236,12 +1162,8 @@ fn outlier_note(field: &str) -> Option<&'static str> {
     }
 }
 
-const RETRY_BUDGET: Schema = Schema {
-    name: "Istio's TrafficPolicy.RetryBudget",
-    known: &["percent", "minRetryConcurrency"],
-    unsupported: &[],
-    note: no_note,
-};
+const RETRY_BUDGET: Schema =
+    Schema::new("Istio's TrafficPolicy.RetryBudget", &["percent", "minRetryConcurrency"]);
 
 /// The Istio `OutlierDetection` field names (also accepted in a ResiliencePolicy).
 pub const OUTLIER_FIELDS: &[&str] = &[
@@ -1256,11 +1178,11 @@ pub const OUTLIER_FIELDS: &[&str] = &[
     "consecutiveErrors",
 ];
 
-const OUTLIER: Schema =
-    Schema { name: "Istio's OutlierDetection", known: OUTLIER_FIELDS, unsupported: &[], note: outlier_note };
+const OUTLIER: Schema = Schema::new("Istio's OutlierDetection", OUTLIER_FIELDS).with_note(outlier_note);
 
 pub fn destination_rule(cx: &mut Cx, spec: &Node) -> Option<DestinationRule> {
     let f = cx.fields(spec, "spec", &DESTINATION_RULE)?;
+    export_to(cx, &f);
     let host = match f.value("host") {
         Some((n, p)) => At::new(cx.name(n, &p)?, n, &p),
         None => {
@@ -1301,15 +1223,26 @@ fn decode_traffic_policy(cx: &mut Cx, node: &Node, path: &str) -> TrafficPolicy 
     let Some(f) = cx.fields(node, path, &TRAFFIC_POLICY) else { return tp };
     if let Some((n, p)) = f.value("loadBalancer") {
         tp.load_balancer = load_balancer(cx, n, &p);
+        // A hash key read from the request (all but `useSourceIp`).
+        if let Some(hash) = n.get("consistentHash") {
+            let keys = HttpOnly::fields_of(hash, &join(&p, "consistentHash"));
+            let from_request = ["httpHeaderName", "httpCookie", "httpQueryParameterName"];
+            tp.http_only
+                .extend(keys.into_iter().filter(|k| from_request.iter().any(|f| k.path.ends_with(f))));
+        }
     }
     if let Some((n, p)) = f.value("connectionPool") {
         tp.connection_pool = connection_pool(cx, n, &p);
+        if let Some(http) = n.get("http") {
+            tp.http_only.extend(HttpOnly::fields_of(http, &join(&p, "http")));
+        }
     }
     if let Some((n, p)) = f.value("outlierDetection") {
         tp.outlier_detection = cx.fields(n, &p, &OUTLIER).map(|f| outlier_fields(cx, &f));
     }
     if let Some((n, p)) = f.value("retryBudget") {
         tp.retry_budget = retry_budget(cx, n, &p);
+        tp.http_only.push(HttpOnly { pos: n.pos, path: p });
     }
     tp
 }
@@ -1604,9 +1537,39 @@ fn connection_pool(cx: &mut Cx, node: &Node, path: &str) -> ConnectionPool {
             cp.max_requests_per_connection = limit(cx, &hf, "maxRequestsPerConnection");
             cp.max_retries = limit(cx, &hf, "maxRetries");
             cp.idle_timeout = hf.value("idleTimeout").and_then(|(n, p)| cx.duration(n, &p, false));
+            upstream_protocol_choice(cx, &hf);
         }
     }
     cp
+}
+
+/// `h2UpgradePolicy` and `useClientProtocol`: Tripline speaks to an upstream in its
+/// ServiceEntry port's protocol and never upgrades, which is what `DO_NOT_UPGRADE` (Istio's
+/// default) and `useClientProtocol: false` say; the other values are errors until implemented.
+fn upstream_protocol_choice(cx: &mut Cx, f: &Fields<'_>) {
+    if let Some((n, p)) = f.value("h2UpgradePolicy") {
+        let policies = ["DEFAULT", "DO_NOT_UPGRADE", "UPGRADE"];
+        if cx.one_of(n, &p, &policies, "").as_deref() == Some("UPGRADE") {
+            cx.error(n, &p, "`UPGRADE` is not implemented yet; remove it, or declare the ServiceEntry port as HTTP2 to speak HTTP/2 to the upstream");
+        }
+    }
+    if let Some((n, p)) = f.value("useClientProtocol") {
+        if cx.bool(n, &p) == Some(true) {
+            cx.error(n, &p, "`useClientProtocol: true` is not implemented yet; remove it: Tripline speaks to the upstream in its ServiceEntry port's protocol");
+        }
+    }
+}
+
+/// `exportTo`: Tripline has no namespaces and applies every resource in its config, which is
+/// what `["*"]` (Istio's default) says; any narrower visibility is an error.
+fn export_to(cx: &mut Cx, f: &Fields<'_>) {
+    let Some((n, p)) = f.value("exportTo") else { return };
+    for (name, pos, path) in cx.strings(n, &p) {
+        if name != "*" {
+            let msg = format!("exporting to `{name}` is not implemented yet; remove `exportTo` (or use [\"*\"]): Tripline has no namespaces and applies every resource in its config");
+            cx.report(crate::Severity::Error, pos, &path, msg);
+        }
+    }
 }
 
 /// The Istio fields of an `outlierDetection` mapping (already checked against its schema).

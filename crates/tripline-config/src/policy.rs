@@ -66,8 +66,8 @@ use tripline_core::outlier::{
     CapRounding, Enforcing, FailurePercentageRule, LatencyRule, OutlierConfig, SuccessRateRule,
 };
 
-use crate::decode::{format_duration, no_note, Cx, Fields, Schema};
-use crate::model::{At, OutlierDetection, OUTLIER_FIELDS};
+use crate::decode::{format_duration, Cx, Fields, Schema};
+use crate::model::{At, HttpOnly, OutlierDetection, OUTLIER_FIELDS};
 use crate::yaml::{Kind, Node};
 
 /// A decoded `ResiliencePolicy` spec, every value validated and defaults applied.
@@ -81,6 +81,9 @@ pub struct ResiliencePolicy {
     pub outlier: Option<PolicyOutlier>,
     pub classification: Classification,
     pub retries: Option<PolicyRetries>,
+    /// The sections set that act on HTTP requests only (the breakers, `retries`, the latency
+    /// detector): a TCP route's cluster refuses them, since they would do nothing there.
+    pub http_only: Vec<HttpOnly>,
 }
 
 /// What a policy applies to: a destination (`{host, subset}`) or one http route of a
@@ -182,28 +185,15 @@ impl Default for PolicyRetries {
     }
 }
 
-const SPEC: Schema = Schema {
-    name: "Tripline's ResiliencePolicy",
-    known: &[
-        "target",
-        "circuitBreaker",
-        "endpointCircuitBreaker",
-        "outlierDetection",
-        "classification",
-        "retries",
-    ],
-    unsupported: &[],
-    note: no_note,
-};
-const TARGET: Schema = Schema {
-    name: "a ResiliencePolicy target",
-    known: &["host", "subset", "virtualService", "route"],
-    unsupported: &[],
-    note: no_note,
-};
-const BREAKER: Schema = Schema {
-    name: "Tripline's CircuitBreaker",
-    known: &[
+const SPEC: Schema = Schema::new(
+    "Tripline's ResiliencePolicy",
+    &["target", "circuitBreaker", "endpointCircuitBreaker", "outlierDetection", "classification", "retries"],
+);
+const TARGET: Schema =
+    Schema::new("a ResiliencePolicy target", &["host", "subset", "virtualService", "route"]);
+const BREAKER: Schema = Schema::new(
+    "Tripline's CircuitBreaker",
+    &[
         "mode",
         "consecutiveFailures",
         "failureRatio",
@@ -216,27 +206,12 @@ const BREAKER: Schema = Schema {
         "openJitter",
         "halfOpen",
     ],
-    unsupported: &[],
-    note: no_note,
-};
-const FAILURE_RATIO: Schema = Schema {
-    name: "a failureRatio rule",
-    known: &["enabled", "threshold", "minimumRequests"],
-    unsupported: &[],
-    note: no_note,
-};
-const SLOW_CALLS: Schema = Schema {
-    name: "a slowCalls rule",
-    known: &["enabled", "duration", "threshold", "minimumRequests"],
-    unsupported: &[],
-    note: no_note,
-};
-const HALF_OPEN: Schema = Schema {
-    name: "Tripline's HalfOpen",
-    known: &["maxProbes", "successRatio", "probeTimeout"],
-    unsupported: &[],
-    note: no_note,
-};
+);
+const FAILURE_RATIO: Schema =
+    Schema::new("a failureRatio rule", &["enabled", "threshold", "minimumRequests"]);
+const SLOW_CALLS: Schema =
+    Schema::new("a slowCalls rule", &["enabled", "duration", "threshold", "minimumRequests"]);
+const HALF_OPEN: Schema = Schema::new("Tripline's HalfOpen", &["maxProbes", "successRatio", "probeTimeout"]);
 const OUTLIER_EXTRAS: &[&str] = &[
     "successRate",
     "failurePercentage",
@@ -262,33 +237,19 @@ const OUTLIER_ALL: [&str; 17] = {
     }
     all
 };
-const OUTLIER: Schema = Schema {
-    name: "Tripline's OutlierDetection (Istio's fields and Envoy's extras)",
-    known: &OUTLIER_ALL,
-    unsupported: &[],
-    note: no_note,
-};
-const SUCCESS_RATE: Schema = Schema {
-    name: "a successRate rule",
-    known: &["minimumHosts", "requestVolume", "stdevFactor"],
-    unsupported: &[],
-    note: no_note,
-};
-const FAILURE_PERCENTAGE: Schema = Schema {
-    name: "a failurePercentage rule",
-    known: &["threshold", "minimumHosts", "requestVolume"],
-    unsupported: &[],
-    note: no_note,
-};
-const LATENCY: Schema = Schema {
-    name: "a latency rule",
-    known: &["percentile", "factor", "minimumHosts", "requestVolume", "minimumRequests", "minimumLatency"],
-    unsupported: &[],
-    note: no_note,
-};
-const ENFORCING: Schema = Schema {
-    name: "enforcing percentages",
-    known: &[
+const OUTLIER: Schema =
+    Schema::new("Tripline's OutlierDetection (Istio's fields and Envoy's extras)", &OUTLIER_ALL);
+const SUCCESS_RATE: Schema =
+    Schema::new("a successRate rule", &["minimumHosts", "requestVolume", "stdevFactor"]);
+const FAILURE_PERCENTAGE: Schema =
+    Schema::new("a failurePercentage rule", &["threshold", "minimumHosts", "requestVolume"]);
+const LATENCY: Schema = Schema::new(
+    "a latency rule",
+    &["percentile", "factor", "minimumHosts", "requestVolume", "minimumRequests", "minimumLatency"],
+);
+const ENFORCING: Schema = Schema::new(
+    "enforcing percentages",
+    &[
         "consecutive5xx",
         "consecutiveGateway",
         "consecutiveLocalOrigin",
@@ -296,18 +257,11 @@ const ENFORCING: Schema = Schema {
         "failurePercentage",
         "latency",
     ],
-    unsupported: &[],
-    note: no_note,
-};
-const PROBE: Schema = Schema {
-    name: "ejection probing",
-    known: &["concurrency", "successes"],
-    unsupported: &[],
-    note: no_note,
-};
-const CLASSIFICATION: Schema = Schema {
-    name: "Tripline's Classification",
-    known: &[
+);
+const PROBE: Schema = Schema::new("ejection probing", &["concurrency", "successes"]);
+const CLASSIFICATION: Schema = Schema::new(
+    "Tripline's Classification",
+    &[
         "failureStatuses",
         "gatewayStatuses",
         "grpcFailures",
@@ -317,21 +271,10 @@ const CLASSIFICATION: Schema = Schema {
         "resetIsFailure",
         "timeoutIsFailure",
     ],
-    unsupported: &[],
-    note: no_note,
-};
-const RETRIES: Schema = Schema {
-    name: "Tripline's retry settings",
-    known: &["retryNonIdempotent", "backoff", "maxReplayBytes"],
-    unsupported: &[],
-    note: no_note,
-};
-const BACKOFF: Schema = Schema {
-    name: "a retry backoff",
-    known: &["baseInterval", "maxInterval"],
-    unsupported: &[],
-    note: no_note,
-};
+);
+const RETRIES: Schema =
+    Schema::new("Tripline's retry settings", &["retryNonIdempotent", "backoff", "maxReplayBytes"]);
+const BACKOFF: Schema = Schema::new("a retry backoff", &["baseInterval", "maxInterval"]);
 
 /// Probes in half-open and probe requests to an ejected endpoint: 1..=64.
 const MAX_PROBES: i64 = 64;
@@ -444,6 +387,15 @@ pub fn resilience_policy(cx: &mut Cx, spec: &Node) -> Option<ResiliencePolicy> {
     if errors(cx) > before {
         return None;
     }
+    let mut http_only = Vec::new();
+    for name in ["circuitBreaker", "endpointCircuitBreaker", "retries"] {
+        if let Some((n, p)) = f.value(name) {
+            http_only.push(HttpOnly { pos: n.pos, path: p });
+        }
+    }
+    if let Some((n, p)) = f.value("outlierDetection").and_then(|(o, p)| Some((o.get("latency")?, p))) {
+        http_only.push(HttpOnly { pos: n.pos, path: crate::decode::join(&p, "latency") });
+    }
     Some(ResiliencePolicy {
         target: target?,
         breaker,
@@ -451,6 +403,7 @@ pub fn resilience_policy(cx: &mut Cx, spec: &Node) -> Option<ResiliencePolicy> {
         outlier,
         classification: classification?,
         retries,
+        http_only,
     })
 }
 

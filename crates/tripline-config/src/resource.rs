@@ -1,20 +1,16 @@
 //! The Kubernetes envelope of a document (`apiVersion`, `kind`, `metadata`, `spec`): which
 //! kinds Tripline reads, and a clear warning for every document it does not.
 
-use crate::decode::{no_note, Cx, Schema};
+use crate::decode::{Cx, Schema};
 use crate::diag::{Diagnostic, Severity};
 use crate::model::{self, Resource, Spec, API_VERSIONS, KINDS, TRIPLINE_API_VERSIONS, TRIPLINE_KINDS};
 use crate::yaml::{Document, Kind};
 
-const ENVELOPE: Schema = Schema {
-    name: "a Kubernetes resource",
-    known: &["apiVersion", "kind", "metadata", "spec", "status"],
-    unsupported: &[],
-    note: no_note,
-};
-const METADATA: Schema = Schema {
-    name: "Kubernetes metadata",
-    known: &[
+const ENVELOPE: Schema =
+    Schema::new("a Kubernetes resource", &["apiVersion", "kind", "metadata", "spec", "status"]);
+const METADATA: Schema = Schema::new(
+    "Kubernetes metadata",
+    &[
         "name",
         "namespace",
         "labels",
@@ -31,9 +27,7 @@ const METADATA: Schema = Schema {
         "generateName",
         "selfLink",
     ],
-    unsupported: &[],
-    note: no_note,
-};
+);
 
 /// Decodes one document into a resource Tripline reads, or reports why it is skipped.
 pub fn decode(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option<Resource> {
@@ -77,15 +71,29 @@ pub fn decode(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option
         cx.error(kind_node, "kind", msg);
         return None;
     }
+    if !tripline && TRIPLINE_KINDS.contains(&kind.as_str()) {
+        let api_node = root.get("apiVersion").unwrap_or(root);
+        let found = if api.is_empty() { "none".to_string() } else { format!("`{api}`") };
+        let msg = format!(
+            "`{kind}` is a Tripline kind: use apiVersion: {} (found {found})",
+            TRIPLINE_API_VERSIONS[0]
+        );
+        cx.error(api_node, "apiVersion", msg);
+        return None;
+    }
     if !tripline && (!KINDS.contains(&kind.as_str()) || !istio) {
         let shown = if api.is_empty() { String::new() } else { format!(" ({api})") };
-        let hint = if TRIPLINE_KINDS.contains(&kind.as_str()) {
-            format!("; for Tripline's {kind} use apiVersion: {}", TRIPLINE_API_VERSIONS[0])
+        const READS: &str = "Tripline reads Gateway, ServiceEntry, VirtualService and DestinationRule of networking.istio.io, and ResiliencePolicy of tripline.dev";
+        let group = api.split_once('/').map_or(api.as_str(), |(g, _)| g);
+        // Istio's own kinds (Sidecar, EnvoyFilter, AuthorizationPolicy, ...) say what this
+        // proxy's traffic gets: ignoring one would change it. Telemetry only observes.
+        if group.ends_with(".istio.io") && group != "telemetry.istio.io" {
+            let msg = format!("kind `{kind}`{shown} is not implemented yet; remove it from Tripline's config: ignoring it would change what requests get ({READS})");
+            cx.error(kind_node, "kind", msg);
         } else {
-            String::new()
-        };
-        let msg = format!("kind `{kind}`{shown} is not supported by Tripline and is ignored (Tripline reads Gateway, ServiceEntry, VirtualService and DestinationRule of networking.istio.io, and ResiliencePolicy of tripline.dev){hint}");
-        cx.warn(kind_node, "kind", msg);
+            let msg = format!("kind `{kind}`{shown} is not supported by Tripline and is ignored ({READS})");
+            cx.warn(kind_node, "kind", msg);
+        }
         return None;
     }
     let versions = if tripline { TRIPLINE_API_VERSIONS } else { API_VERSIONS };

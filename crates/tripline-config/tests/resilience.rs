@@ -368,11 +368,26 @@ fn retry_warnings_for_what_cannot_work_or_is_not_applied() {
     assert!(shown.iter().any(|w| w.contains(
         "spec.http[0].retries.perTryTimeout: perTryTimeout 2s is longer than the route timeout 1s"
     )));
-    assert!(shown.iter().any(|w| w.contains("retryOn condition `reset-before-request` is Envoy-specific")));
-    assert!(shown.iter().any(
-        |w| w.contains("spec.http[0].retries.retryRemoteLocalities` is not supported yet and is ignored")
-    ));
+    assert!(shown.iter().any(|w| w.contains(
+        "retryOn condition `reset-before-request` is Envoy-specific and is ignored: Tripline always sends a request again"
+    )));
+    assert!(shown.iter().any(|w| w.contains(
+        "spec.http[0].retries.retryRemoteLocalities: `spec.http[0].retries.retryRemoteLocalities` is ignored: Tripline has no localities"
+    )));
     assert!(route(&loaded.plan).retry.retry_on.connect_failure);
+}
+
+/// Retry settings Tripline would not honour change which requests are retried: errors.
+#[test]
+fn retry_settings_that_would_change_retries_are_refused() {
+    let route_yaml = "    retries: {attempts: 2, retryOn: \"connect-failure,envoy-ratelimited\"}\n";
+    assert!(the_error(&mesh("", route_yaml, "")).contains(
+        "spec.http[0].retries.retryOn: retryOn condition `envoy-ratelimited` is not implemented yet; remove it"
+    ));
+    let route_yaml = "    retries: {attempts: 2, retryIgnorePreviousHosts: false}\n";
+    assert!(the_error(&mesh("", route_yaml, "")).contains(
+        "spec.http[0].retries.retryIgnorePreviousHosts: `retryIgnorePreviousHosts: false` is not implemented yet"
+    ));
 }
 
 #[test]
@@ -447,10 +462,10 @@ fn kinds_and_versions_of_the_tripline_group() {
     assert!(the_error(&doc("tripline.dev/v1", "ResiliencePolicy")).contains(
         "apiVersion: unsupported apiVersion `tripline.dev/v1`: expected one of tripline.dev/v1alpha1"
     ));
-    let loaded = ok(&doc("networking.istio.io/v1", "ResiliencePolicy"));
-    assert!(loaded.warnings[0]
-        .message
-        .contains("for Tripline's ResiliencePolicy use apiVersion: tripline.dev/v1alpha1"));
+    // In another group it would be dropped, and its breakers with it: an error.
+    assert!(the_error(&doc("networking.istio.io/v1", "ResiliencePolicy")).contains(
+        "apiVersion: `ResiliencePolicy` is a Tripline kind: use apiVersion: tripline.dev/v1alpha1 (found `networking.istio.io/v1`)"
+    ));
     let loaded = ok(&doc("tripline.dev/v1alpha1", "ResiliencePolicy"));
     assert!(loaded.warnings.is_empty(), "a policy with only a target is valid: {:#?}", loaded.warnings);
     assert_eq!(cluster(&loaded.plan, "v1").resilience.policy.as_deref(), Some("p"));

@@ -49,6 +49,13 @@ fn check(file: &str, loads: bool, expected: &[(Severity, &str, &str, &str)]) {
 use Severity::{Error as E, Warning as W};
 
 const NO_SE: &str = "no ServiceEntry declares host";
+/// A seed with no Gateway and no VirtualService: alone, it is a config without a listener.
+const NO_LISTENER: (Severity, &str, &str, &str) = (
+    E,
+    "1:1",
+    "(config)",
+    "the configuration has no listener: no Gateway server, and no VirtualService without `gateways` (the mesh listener); Tripline would accept no connection, so it refuses to run on it",
+);
 
 #[test]
 fn every_seed_file_is_covered_here() {
@@ -82,40 +89,62 @@ fn every_seed_file_is_covered_here() {
 
 #[test]
 fn prometheus_rules_are_ignored_with_a_warning() {
-    check("alerts.yaml", true, &[(W, "4:1", "document 1", "looks like a Prometheus rule file (`groups:`)")]);
+    check(
+        "alerts.yaml",
+        false,
+        &[(W, "4:1", "document 1", "looks like a Prometheus rule file (`groups:`)"), NO_LISTENER],
+    );
 }
 
 #[test]
 fn linkerd_service_profile_is_ignored_with_a_warning_naming_the_kind() {
     check(
         "payments-serviceprofile.yaml",
-        true,
-        &[(
-            W,
-            "6:7",
-            "ServiceProfile/payments.default.svc.cluster.local: kind",
-            "kind `ServiceProfile` (linkerd.io/v1alpha2) is not supported by Tripline and is ignored",
-        )],
+        false,
+        &[
+            (
+                W,
+                "6:7",
+                "ServiceProfile/payments.default.svc.cluster.local: kind",
+                "kind `ServiceProfile` (linkerd.io/v1alpha2) is not supported by Tripline and is ignored",
+            ),
+            NO_LISTENER,
+        ],
     );
 }
 
 #[test]
-fn destination_rules_without_service_entry_load_and_wait_for_the_host() {
+fn destination_rules_alone_wait_for_their_host_and_have_no_listener() {
     check(
         "bulkhead-demo.yaml",
-        true,
-        &[(
-            W,
-            "6:9",
-            "DestinationRule/bulkhead-demo: spec.host",
-            "no ServiceEntry declares host `backend.svc.cluster.local`",
-        )],
+        false,
+        &[
+            (
+                W,
+                "6:9",
+                "DestinationRule/bulkhead-demo: spec.host",
+                "no ServiceEntry declares host `backend.svc.cluster.local`",
+            ),
+            NO_LISTENER,
+        ],
     );
-    check("payments-cb.yaml", true, &[(W, "6:9", "DestinationRule/payments-cb: spec.host", NO_SE)]);
+    check(
+        "payments-cb.yaml",
+        false,
+        &[(W, "6:9", "DestinationRule/payments-cb: spec.host", NO_SE), NO_LISTENER],
+    );
     check(
         "inventory-cb.yaml",
-        true,
-        &[(W, "6:9", "DestinationRule/inventory-cb: spec.host", "no ServiceEntry declares host `inventory`")],
+        false,
+        &[
+            (
+                W,
+                "6:9",
+                "DestinationRule/inventory-cb: spec.host",
+                "no ServiceEntry declares host `inventory`",
+            ),
+            NO_LISTENER,
+        ],
     );
 }
 
@@ -123,7 +152,7 @@ fn destination_rules_without_service_entry_load_and_wait_for_the_host() {
 fn envoy_only_outlier_field_is_an_unknown_field_warning() {
     check(
         "payments-cb-high-traffic.yaml",
-        true,
+        false,
         &[
             (
                 W,
@@ -132,6 +161,7 @@ fn envoy_only_outlier_field_is_an_unknown_field_warning() {
                 "unknown field `enforcingConsecutive5xxErrors` (not part of Istio's OutlierDetection; Envoy's enforcing percentages go in a Tripline ResiliencePolicy)",
             ),
             (W, "9:9", "DestinationRule/payments-cb: spec.host", NO_SE),
+            NO_LISTENER,
         ],
     );
 }
@@ -149,13 +179,20 @@ fn canary_to_an_undeclared_host_is_an_error_naming_it() {
     );
 }
 
+/// Fault injection is not implemented: a route with `fault` is refused (Tripline would send
+/// its requests on without the abort), and the 100% abort is still called out as no fallback.
 #[test]
-fn abort_fault_as_fallback_warns_that_the_route_is_unreachable() {
+fn abort_fault_as_fallback_is_refused_and_warns_that_the_route_is_unreachable() {
     check(
         "inventory-fallback.yaml",
         false,
         &[
-            (W, "15:5", "VirtualService/inventory-fallback: spec.http[0].fault", "`spec.http[0].fault` is not supported yet"),
+            (
+                E,
+                "15:5",
+                "VirtualService/inventory-fallback: spec.http[0].fault",
+                "`spec.http[0].fault` is not implemented yet; remove it: Tripline would send the requests on to the destination with no delay or abort",
+            ),
             (
                 W,
                 "19:11",
@@ -173,16 +210,16 @@ fn abort_fault_as_fallback_warns_that_the_route_is_unreachable() {
 }
 
 #[test]
-fn a_ten_percent_fault_is_not_flagged_as_unreachable() {
+fn a_ten_percent_fault_is_refused_and_not_flagged_as_unreachable() {
     check(
         "payments-fault.yaml",
         false,
         &[
             (
-                W,
+                E,
                 "9:5",
                 "VirtualService/payments-fault: spec.http[0].fault",
-                "is not supported yet and is ignored",
+                "`spec.http[0].fault` is not implemented yet; remove it",
             ),
             (
                 E,
@@ -194,24 +231,16 @@ fn a_ten_percent_fault_is_not_flagged_as_unreachable() {
     );
 }
 
+/// Mirroring only adds shadow traffic: ignoring it is harmless, so it stays a warning.
 #[test]
-fn unsupported_route_features_are_named_and_undeclared_hosts_are_errors() {
+fn mirroring_is_ignored_with_a_warning_and_undeclared_hosts_are_errors() {
+    let harmless = "is ignored: mirroring only sends copies whose responses are discarded, so requests and their responses are the same without it";
     check(
         "order-mirror.yaml",
         false,
         &[
-            (
-                W,
-                "13:5",
-                "VirtualService/order: spec.http[0].mirror",
-                "`spec.http[0].mirror` is not supported yet and is ignored",
-            ),
-            (
-                W,
-                "16:5",
-                "VirtualService/order: spec.http[0].mirrorPercentage",
-                "`spec.http[0].mirrorPercentage` is not supported yet",
-            ),
+            (W, "13:5", "VirtualService/order: spec.http[0].mirror", harmless),
+            (W, "16:5", "VirtualService/order: spec.http[0].mirrorPercentage", harmless),
             (
                 E,
                 "11:15",
@@ -220,6 +249,10 @@ fn unsupported_route_features_are_named_and_undeclared_hosts_are_errors() {
             ),
         ],
     );
+}
+
+#[test]
+fn undeclared_hosts_are_errors() {
     check(
         "orders-retries.yaml",
         false,
@@ -267,7 +300,9 @@ fn all_seeds_together_in_one_directory_report_the_union_and_never_panic() {
     assert_eq!(sources.len(), 13);
     let diags = load(&sources, &LoadOptions::default()).unwrap_err();
     let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
-    assert_eq!(errors, 10, "{diags:#?}");
+    // Nine unknown hosts, two faults, and the two DestinationRules named `payments-cb` (a
+    // duplicate); the VirtualServices' mesh listener means no "no listener".
+    assert_eq!(errors, 12, "{diags:#?}");
 }
 
 /// The seed plus a ServiceEntry and a VirtualService for its host, so that it gets a cluster;

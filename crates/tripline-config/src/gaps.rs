@@ -1,0 +1,136 @@
+//! Every Istio field Tripline reads but does not act on yet, in one place, sorted by the rule
+//! that decides how it is reported: a field may be **ignored** (a warning saying why) only if
+//! ignoring it cannot change which requests a route takes or what they get; every other one
+//! is **refused** (an error saying what to do) until it is implemented.
+//!
+//! Each list goes to the [`Schema`](crate::decode::Schema) of the mapping that holds the
+//! fields (`refusing` / `ignoring`); the messages read
+//! `` `<path>` is not implemented yet; <what to do> `` and `` `<path>` is ignored: <why> ``.
+//! docs/configuration.md lists the same fields for users: change both together.
+
+/// `(field, what to do)`: an error until implemented.
+pub type Refused = &'static [(&'static str, &'static str)];
+/// `(field, why ignoring it is harmless)`: a warning.
+pub type Ignored = &'static [(&'static str, &'static str)];
+
+const NO_UPSTREAM_TLS: &str = "remove it: Tripline's connections to endpoints are plain TCP for now";
+const NO_HEADER_EDITS: &str =
+    "remove it, or have the upstream set the headers: Tripline forwards headers unchanged for now";
+const NO_LOCALITY: &str = "remove it: every endpoint has the same priority for now";
+const MATCH_INSTEAD: &str = "remove it, or match on `uri`, `headers`, `method` or `authority` instead: ignored, it would let this match take the requests it is meant to leave out";
+const MIRRORING: &str = "mirroring only sends copies whose responses are discarded, so requests and their responses are the same without it (it is not implemented yet)";
+
+/// Gateway `servers[]`.
+pub const SERVER: Refused = &[
+    (
+        "tls",
+        "remove it: the server serves plain HTTP or TCP for now (no TLS termination, no redirect to HTTPS)",
+    ),
+    ("defaultEndpoint", "remove it: requests go to the routes of the VirtualServices bound to this Gateway"),
+];
+
+/// Gateway `servers[].port`.
+pub const GATEWAY_PORT: Ignored =
+    &[("targetPort", "Istio ignores it on a Gateway server too (it applies to ServiceEntry ports); the listener binds `number`")];
+
+/// ServiceEntry.
+pub const SERVICE_ENTRY: Refused = &[
+    ("subjectAltNames", NO_UPSTREAM_TLS),
+    (
+        "workloadSelector",
+        "list the endpoints under `endpoints` instead: Tripline does not discover workloads by their labels",
+    ),
+];
+pub const SERVICE_ENTRY_IGNORED: Ignored = &[(
+    "addresses",
+    "Tripline routes by host name on its own listeners and never takes traffic by its destination address, so the addresses select nothing",
+)];
+
+/// ServiceEntry `endpoints[]` (WorkloadEntry).
+pub const WORKLOAD_ENTRY: Refused = &[
+    ("network", "remove it: Tripline connects to every endpoint directly, never through a network's gateway"),
+    ("locality", NO_LOCALITY),
+    ("serviceAccount", NO_UPSTREAM_TLS),
+];
+
+/// VirtualService.
+pub const VIRTUAL_SERVICE: Refused =
+    &[("tls", "remove it, and route plain TCP with `tcp`: Tripline does not route TLS by SNI")];
+
+/// VirtualService `http[]`.
+pub const HTTP_ROUTE: Refused = &[
+    ("fault", "remove it: Tripline would send the requests on to the destination with no delay or abort"),
+    ("corsPolicy", "remove it, or answer CORS in the upstream: Tripline would pass preflight requests on and add no CORS headers"),
+    ("rewrite", "remove it, or have the upstream accept the original path and authority: Tripline would forward them unchanged"),
+    ("redirect", "remove the route, or let an upstream answer with the redirect: Tripline would not answer it, and its requests would go to the next route"),
+    ("directResponse", "remove the route, or let an upstream answer: Tripline would not answer it, and its requests would go to the next route"),
+    ("headers", NO_HEADER_EDITS),
+    ("delegate", "put the delegate VirtualService's routes here instead: Tripline would not follow the delegation"),
+];
+pub const HTTP_ROUTE_IGNORED: Ignored = &[
+    ("mirror", MIRRORING),
+    ("mirrors", MIRRORING),
+    ("mirrorPercentage", MIRRORING),
+    ("mirrorPercent", MIRRORING),
+    ("mirror_percent", MIRRORING),
+];
+
+/// VirtualService `http[].match[]`.
+pub const MATCH: Refused = &[
+    ("queryParams", MATCH_INSTEAD),
+    ("withoutHeaders", MATCH_INSTEAD),
+    ("scheme", MATCH_INSTEAD),
+    ("port", "remove it, or give that port a Gateway server and VirtualService of its own: ignored, it would let this match take requests on every port"),
+    ("ignoreUriCase", "remove it, and match both cases with a regex such as `uri: {regex: \"(?i)/api/.*\"}`: Tripline compares URIs case-sensitively"),
+    ("sourceLabels", "remove it: Tripline does not know the labels of the client's workload, so this match would take every client's requests"),
+    ("sourceNamespace", "remove it: Tripline does not know the client's namespace, so this match would take every client's requests"),
+    ("gateways", "bind the VirtualService to those gateways with `spec.gateways` instead (a VirtualService of its own if need be): ignored, it would let this match take requests on every gateway"),
+];
+pub const MATCH_IGNORED: Ignored = &[("statPrefix", "it only names statistics")];
+
+/// VirtualService `http[].route[]`.
+pub const HTTP_ROUTE_DESTINATION: Refused = &[("headers", NO_HEADER_EDITS)];
+
+/// VirtualService `tcp[]`.
+pub const TCP_ROUTE: Refused = &[(
+    "match",
+    "remove it: a TCP listener sends every connection to its one `tcp` route, so this match would take them all",
+)];
+
+/// VirtualService `http[].retries`.
+pub const RETRIES_IGNORED: Ignored =
+    &[("retryRemoteLocalities", "Tripline has no localities, so a retry may go to any endpoint either way")];
+
+/// DestinationRule.
+pub const DESTINATION_RULE: Refused = &[(
+    "workloadSelector",
+    "remove it: Tripline has no workload labels, and applies the rule to all of its own traffic",
+)];
+
+/// DestinationRule `trafficPolicy` (top level and subsets).
+pub const TRAFFIC_POLICY: Refused = &[
+    ("tls", NO_UPSTREAM_TLS),
+    ("portLevelSettings", "move the settings to the top level or to a subset: Tripline applies one policy to every port of a host"),
+    ("tunnel", "remove it: Tripline connects to the endpoints directly"),
+    ("proxyProtocol", "remove it: Tripline sends no PROXY protocol header, so the upstream would not see the client's address"),
+];
+
+/// DestinationRule `trafficPolicy.loadBalancer`.
+pub const LOAD_BALANCER: Refused = &[
+    ("localityLbSetting", NO_LOCALITY),
+    ("warmupDurationSecs", "remove it: a new endpoint gets its full share of requests at once"),
+    ("warmup", "remove it: a new endpoint gets its full share of requests at once"),
+];
+
+/// DestinationRule `trafficPolicy.connectionPool.tcp`.
+pub const TCP_POOL: Refused = &[
+    ("tcpKeepalive", "remove it: upstream connections get no keepalive probes for now"),
+    ("maxConnectionDuration", "remove it: upstream connections have no maximum lifetime for now"),
+    ("idleTimeout", "remove it (`http.idleTimeout` closes idle HTTP upstream connections): proxied TCP connections are never closed for being idle for now"),
+];
+
+/// DestinationRule `trafficPolicy.connectionPool.http`.
+pub const HTTP_POOL: Refused = &[(
+    "maxConcurrentStreams",
+    "remove it: Tripline keeps one HTTP/2 connection per endpoint and worker, limited only by the upstream's own SETTINGS_MAX_CONCURRENT_STREAMS",
+)];
