@@ -147,8 +147,38 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
     out
 }
 
-/// Reloads when a config file changes or on SIGHUP. A config that fails to load or apply
-/// leaves the running one in place; the failure is logged and counted.
+/// While config files change, how often they are looked at.
+const SETTLE_POLL: Duration = Duration::from_millis(50);
+/// How long they must stay the same before a change is read.
+const SETTLE_QUIET: Duration = Duration::from_millis(200);
+/// The longest a change waits for the files to stop changing.
+const SETTLE_MAX: Duration = Duration::from_secs(2);
+
+/// Waits for writes to settle: editors truncate a file and then write it, and a copy arrives in
+/// pieces, so a file read just after it changed is often half a config. Starting from `seen`,
+/// the look that showed a change, it looks again every [`SETTLE_POLL`] and returns the last
+/// look once [`SETTLE_QUIET`] has passed without a change, or [`SETTLE_MAX`] after it started
+/// if the files never stop changing.
+async fn settle<T: PartialEq>(mut seen: T, mut look: impl FnMut() -> T) -> T {
+    let start = tokio::time::Instant::now();
+    let mut quiet_since = start;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now - quiet_since >= SETTLE_QUIET || now - start >= SETTLE_MAX {
+            return seen;
+        }
+        tokio::time::sleep(SETTLE_POLL).await;
+        let again = look();
+        if again != seen {
+            seen = again;
+            quiet_since = tokio::time::Instant::now();
+        }
+    }
+}
+
+/// Reloads when a config file changes (once the writes have settled: [`settle`]) or at once on
+/// SIGHUP. A config that fails to load or apply leaves the running one in place; the failure
+/// is logged and counted.
 async fn watch_config(proxy: Proxy, paths: Vec<PathBuf>, opts: LoadOptions, every: Duration) {
     let mut hup = signal(SignalKind::hangup()).ok();
     let mut last = fingerprint(&paths);
@@ -162,7 +192,7 @@ async fn watch_config(proxy: Proxy, paths: Vec<PathBuf>, opts: LoadOptions, ever
         if !forced && now == last {
             continue;
         }
-        last = now;
+        last = if forced { now } else { settle(now, || fingerprint(&paths)).await };
         let global = &proxy.shared.global;
         // Reading and compiling a large config takes a while: off the event loop, which
         // serves requests too when there is one worker and accepts connections when there
@@ -200,5 +230,53 @@ async fn watch_config(proxy: Proxy, paths: Vec<PathBuf>, opts: LoadOptions, ever
                 tracing::error!("reload rejected; keeping the previous configuration");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    /// What a look at the files returns at `t` after the test starts: each `(from, value)`
+    /// holds from its time on.
+    fn script(start: Instant, steps: &'static [(u64, &'static str)]) -> impl FnMut() -> &'static str {
+        move || {
+            let t = start.elapsed().as_millis() as u64;
+            steps.iter().rev().find(|(from, _)| t >= *from).map_or("", |(_, v)| v)
+        }
+    }
+
+    /// An editor truncates, then writes 120 ms later: the write is what gets read, 200 ms
+    /// after it, and the empty file never is.
+    #[tokio::test(start_paused = true)]
+    async fn a_truncate_then_a_write_is_read_once_whole() {
+        let start = Instant::now();
+        let got = settle("empty", script(start, &[(0, "empty"), (120, "whole")])).await;
+        assert_eq!(got, "whole");
+        // Seen at the 150 ms look; quiet from there for 200 ms.
+        assert_eq!(start.elapsed(), Duration::from_millis(350));
+    }
+
+    /// Files that stay as they were seen are read after the quiet period.
+    #[tokio::test(start_paused = true)]
+    async fn a_finished_change_is_read_after_the_quiet_period() {
+        let start = Instant::now();
+        assert_eq!(settle("whole", script(start, &[(0, "whole")])).await, "whole");
+        assert_eq!(start.elapsed(), SETTLE_QUIET);
+    }
+
+    /// Files that never stop changing are read anyway, at the limit.
+    #[tokio::test(start_paused = true)]
+    async fn files_that_keep_changing_are_read_at_the_limit() {
+        let start = Instant::now();
+        let mut n = 0u32;
+        let got = settle(0, || {
+            n += 1;
+            n
+        })
+        .await;
+        assert_eq!(start.elapsed(), SETTLE_MAX);
+        assert_eq!(got, (SETTLE_MAX.as_millis() / SETTLE_POLL.as_millis()) as u32);
     }
 }

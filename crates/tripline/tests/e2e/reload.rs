@@ -109,6 +109,88 @@ async fn hot_reload_under_load_has_zero_failures() {
     assert_eq!(r.upstream(), Some("new"));
 }
 
+/// Upstreams `old` and `new`, and a proxy on a free port sending to `old`, that looks at its
+/// config file every 50 ms.
+async fn watching_proxy() -> (Upstream, Upstream, u16, Proxy) {
+    let old = Upstream::http("old").await;
+    let new = Upstream::http("new").await;
+    let port = free_port();
+    let proxy =
+        Proxy::start_args(&config::simple(port, "HTTP", &[old.addr], None), &["--watch-interval", "50ms"])
+            .await;
+    (old, new, port, proxy)
+}
+
+/// Empties the config file in place, as an editor does before it writes the new text.
+fn truncate(path: &std::path::Path) {
+    std::fs::OpenOptions::new().write(true).truncate(true).open(path).unwrap();
+}
+
+/// An editor saving in place: the file is truncated, then written 100 ms later. Under load,
+/// no request fails and the listener never closes, whether the proxy read the file between
+/// the two (an empty config is refused) or only once it was whole; then the new config is in
+/// force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_then_a_delayed_write_never_closes_the_listener() {
+    let (old, new, port, proxy) = watching_proxy().await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let loops: Vec<_> = [Proto::H1, Proto::H2]
+        .into_iter()
+        .map(|proto| tokio::spawn(client_loop(addr(port), proto, stop.clone())))
+        .collect();
+    crate::support::eventually("load on the old upstream", Duration::from_secs(5), || async {
+        old.requests() >= 4
+    })
+    .await;
+    truncate(&proxy.config);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    std::fs::write(&proxy.config, config::simple(port, "HTTP", &[new.addr], None)).unwrap();
+    let after = new.requests();
+    crate::support::eventually("load on the new upstream", Duration::from_secs(5), || async {
+        new.requests() >= after + 6
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for (i, l) in loops.into_iter().enumerate() {
+        let r = l.await.unwrap();
+        assert!(
+            r.failures.is_empty(),
+            "loop {i}: {} of {} requests failed: {:?}",
+            r.failures.len(),
+            r.ok + r.failures.len(),
+            r.failures
+        );
+        assert_eq!((r.first.as_deref(), r.last.as_deref()), (Some("old"), Some("new")), "loop {i}");
+    }
+}
+
+/// A config file left empty is refused like any invalid config: the old one keeps serving,
+/// the log says why, and the file's next version is put in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_config_keeps_the_old_one_until_the_file_is_whole_again() {
+    // `old` must stay up: the requests below go to it.
+    let (_old, new, port, proxy) = watching_proxy().await;
+    let failures = proxy.metric("tripline_config_reloads_total", &[("result", "failure")]).await;
+    let successes = proxy.metric("tripline_config_reloads_total", &[("result", "success")]).await;
+    truncate(&proxy.config);
+    proxy.wait_reload("failure", failures, Duration::from_secs(5)).await;
+    for _ in 0..3 {
+        let r = get_with(addr(port), "backend.local", "/", &[]).await.expect("the listener is still open");
+        assert_eq!((r.status.as_u16(), r.upstream()), (200, Some("old")), "{}", r.text());
+    }
+    let log = proxy.stderr();
+    assert!(
+        log.contains("mesh.yaml:1:1: (config): the configuration is empty (no YAML document)"),
+        "the log should say why the reload was refused:\n{}",
+        proxy.logs()
+    );
+    let now = proxy.metric("tripline_config_reloads_total", &[("result", "success")]).await;
+    assert_eq!(now, successes, "the empty config was counted as a successful reload");
+    std::fs::write(&proxy.config, config::simple(port, "HTTP", &[new.addr], None)).unwrap();
+    proxy.wait_reload("success", successes, Duration::from_secs(5)).await;
+    until_served_by(port, "new").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_reload_keeps_the_old_config() {
     let old = Upstream::http("old").await;
