@@ -1,16 +1,31 @@
 //! TCP proxying: pick a destination, connect within the connect timeout, and copy bytes both
 //! ways. `copy_bidirectional` forwards a half-close (FIN) in each direction independently, so
 //! a client that shuts its write side still receives the rest of the upstream's answer.
+//!
+//! Connecting feeds outlier detection the way Envoy's TCP proxy does: a connect that fails or
+//! times out is a local-origin failure of its endpoint, a connect that succeeds a success, so a
+//! dead endpoint is ejected and skipped like an HTTP one. A failed connect is tried again on
+//! another endpoint, up to [`MAX_CONNECT_ATTEMPTS`] in all: the client only sees a closed
+//! connection when none of them could be reached.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tripline_core::balancer::EndpointView;
+use tripline_core::classify::Outcome;
 
+use crate::cluster::{Cluster, Endpoint, Member};
 use crate::listener::{refuse_global, ConnTracker, ListenerRuntime};
 use crate::local_reply::Reason;
+use crate::resilience;
 use crate::Shared;
+
+/// Endpoints one client connection tries, each once, before it is closed: the first and
+/// two more after a failed or timed-out connect (fewer when the cluster has fewer available).
+pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 pub async fn serve(
     shared: Arc<Shared>,
@@ -30,22 +45,10 @@ pub async fn serve(
         return;
     };
     let hash = crate::upstream::ip_hash(peer);
-    let endpoint = {
-        let set = cluster.endpoints.load();
-        match set.balancer.pick(&set.members, Some(hash), &shared.rng) {
-            Some(i) => set.members[i].ep.clone(),
-            None => {
-                state.stats.local.inc(Reason::NoHealthyUpstream);
-                return;
-            }
-        }
-    };
-    let connect = TcpStream::connect(endpoint.address);
-    let mut upstream = match tokio::time::timeout(cluster.limits().connect_timeout, connect).await {
-        Ok(Ok(s)) => s,
-        _ => {
-            state.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-            state.stats.local.inc(Reason::UpstreamConnectFailure);
+    let (mut upstream, endpoint) = match connect(&shared, &cluster, hash).await {
+        Ok(connected) => connected,
+        Err(reason) => {
+            state.stats.local.inc(reason);
             return;
         }
     };
@@ -59,4 +62,187 @@ pub async fn serve(
     }
     endpoint.pool.connections.fetch_sub(1, Ordering::Relaxed);
     endpoint.active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Connects to an endpoint that the balancer offers and outlier detection admits, recording
+/// each attempt's outcome against its endpoint, and tries endpoints not tried yet after a
+/// failure. `Err` is why the client's connection is closed: no endpoint available, or every
+/// attempt failed.
+async fn connect(
+    shared: &Shared,
+    cluster: &Cluster,
+    hash: u64,
+) -> Result<(TcpStream, Arc<Endpoint>), Reason> {
+    let set = cluster.endpoints.load();
+    let timeout = cluster.limits().connect_timeout;
+    let mut tried = [0usize; MAX_CONNECT_ATTEMPTS];
+    let mut attempts = 0;
+    let mut failed = false;
+    while attempts < MAX_CONNECT_ATTEMPTS {
+        let now = resilience::now();
+        let picked = set.balancer.pick(&set.members, Some(hash), &shared.rng);
+        let Some(i) = pick_untried(&set.members, &tried[..attempts], picked) else { break };
+        tried[attempts] = i;
+        attempts += 1;
+        let member = &set.members[i];
+        let pass = match &member.outlier {
+            Some(o) => match o.admit_owned(now) {
+                Some(pass) => Some(pass),
+                // Its probe slots filled since the balancer looked: another endpoint.
+                None => continue,
+            },
+            None => None,
+        };
+        let (outcome, stream) = attempt(member.ep.address, timeout).await;
+        let end = resilience::now();
+        if let Some(pass) = pass {
+            pass.record(&outcome, Duration::from_nanos(end.saturating_sub(now)), end);
+        }
+        match stream {
+            Some(s) => return Ok((s, member.ep.clone())),
+            None => {
+                failed = true;
+                cluster.state.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    Err(if failed { Reason::UpstreamConnectFailure } else { Reason::NoHealthyUpstream })
+}
+
+/// The balancer's choice if not tried yet, else the next available endpoint after it that is
+/// not; `None` when every available endpoint has been tried.
+fn pick_untried(members: &[Member], tried: &[usize], picked: Option<usize>) -> Option<usize> {
+    let first = picked?;
+    (0..members.len())
+        .map(|k| (first + k) % members.len())
+        .find(|&j| !tried.contains(&j) && (j == first || members[j].is_available()))
+}
+
+/// One connect within the connect timeout: the outcome to record, and the stream if it worked.
+async fn attempt(address: SocketAddr, timeout: Duration) -> (Outcome, Option<TcpStream>) {
+    match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+        Ok(Ok(s)) => (Outcome::Success, Some(s)),
+        Ok(Err(e)) => {
+            tracing::debug!(endpoint = %address, error = %e, "tcp connect failed");
+            (Outcome::ConnectFailure, None)
+        }
+        Err(_) => {
+            tracing::debug!(endpoint = %address, ?timeout, "tcp connect timed out");
+            (Outcome::Timeout, None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use tripline_config::plan::{
+        ClusterPlan, Discovery, EndpointPlan, LoadBalancer, PoolLimits, ResiliencePlan, UpstreamProtocol,
+    };
+    use tripline_core::outlier::{Health, OutlierConfig};
+
+    /// A cluster of `endpoints`, round robin, ejecting an endpoint after two consecutive
+    /// failures (for as long as the test runs), with up to all of them ejected.
+    fn cluster(endpoints: &[SocketAddr], connect_timeout: Duration) -> Arc<Cluster> {
+        let outlier = OutlierConfig {
+            consecutive_5xx_errors: Some(2),
+            base_ejection_time: Duration::from_secs(600),
+            max_ejection_percent: 100,
+            ..OutlierConfig::default()
+        };
+        let plan = ClusterPlan {
+            name: "outbound|5432||db.local".into(),
+            host: "db.local".into(),
+            port: 5432,
+            subset: None,
+            protocol: UpstreamProtocol::Tcp,
+            discovery: Discovery::Static(
+                endpoints
+                    .iter()
+                    .map(|&address| EndpointPlan { address, weight: 1, labels: BTreeMap::new() })
+                    .collect(),
+            ),
+            load_balancer: LoadBalancer::RoundRobin,
+            pool: PoolLimits { connect_timeout, ..PoolLimits::default() },
+            resilience: ResiliencePlan { outlier: Some(outlier), ..ResiliencePlan::default() },
+        };
+        crate::cluster::Registry::default().build(&[plan]).clusters.remove(0)
+    }
+
+    fn shared() -> Arc<Shared> {
+        crate::Proxy::new().shared
+    }
+
+    /// A port nothing listens on: connects are refused at once.
+    fn refusing() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    fn health(cluster: &Cluster, address: SocketAddr) -> Health {
+        let set = cluster.endpoints.load();
+        let m = set.members.iter().find(|m| m.ep.address == address).unwrap();
+        m.outlier.as_ref().unwrap().health()
+    }
+
+    /// The case: one dead endpoint, one live. Every connect reaches the live one (the
+    /// dead one is tried and then skipped), and after two failures the dead one is ejected and
+    /// no longer tried at all.
+    #[tokio::test]
+    async fn a_refused_connect_is_retried_elsewhere_and_ejects_its_endpoint() {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (dead, up) = (refusing(), live.local_addr().unwrap());
+        let cluster = cluster(&[dead, up], Duration::from_secs(5));
+        let shared = shared();
+        for n in 0..6 {
+            let (_stream, ep) = connect(&shared, &cluster, n).await.expect("the live endpoint connects");
+            assert_eq!(ep.address, up, "connection {n}");
+        }
+        assert_eq!(health(&cluster, dead), Health::Ejected);
+        assert_eq!(health(&cluster, up), Health::Healthy);
+        assert_eq!(
+            cluster.state.stats.connect_failures.load(Ordering::Relaxed),
+            2,
+            "tried until ejected, then skipped"
+        );
+    }
+
+    /// A connect that times out is a failure of its endpoint too (a listener whose accept
+    /// queue is full drops the SYN, so the connect hangs until the timeout).
+    #[tokio::test]
+    async fn a_timed_out_connect_is_retried_elsewhere_and_ejects_its_endpoint() {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let full = socket.listen(0).unwrap();
+        let silent = full.local_addr().unwrap();
+        let _queued = std::net::TcpStream::connect(silent).unwrap();
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = live.local_addr().unwrap();
+        let cluster = cluster(&[silent, up], Duration::from_millis(100));
+        let shared = shared();
+        for n in 0..4 {
+            let (_stream, ep) = connect(&shared, &cluster, n).await.expect("the live endpoint connects");
+            assert_eq!(ep.address, up);
+        }
+        assert_eq!(health(&cluster, silent), Health::Ejected);
+    }
+
+    /// Attempts are bounded: with every endpoint dead, a connection tries three of them, each
+    /// once, and is closed as a connect failure; once all are ejected, as no-healthy-upstream.
+    #[tokio::test]
+    async fn with_every_endpoint_dead_three_are_tried_then_none() {
+        let dead: Vec<SocketAddr> = (0..4).map(|_| refusing()).collect();
+        let cluster = cluster(&dead, Duration::from_secs(5));
+        let shared = shared();
+        assert!(matches!(connect(&shared, &cluster, 0).await, Err(Reason::UpstreamConnectFailure)));
+        assert_eq!(cluster.state.stats.connect_failures.load(Ordering::Relaxed), MAX_CONNECT_ATTEMPTS as u64);
+        let mut rounds = 0;
+        while let Err(Reason::UpstreamConnectFailure) = connect(&shared, &cluster, 0).await {
+            rounds += 1;
+            assert!(rounds < 4, "each endpoint is ejected after its second failure");
+        }
+        assert!(matches!(connect(&shared, &cluster, 0).await, Err(Reason::NoHealthyUpstream)));
+        assert_eq!(cluster.state.stats.connect_failures.load(Ordering::Relaxed), 8, "two per endpoint");
+    }
 }
