@@ -6,7 +6,10 @@
 //! Each list goes to the [`Schema`](crate::decode::Schema) of the mapping that holds the
 //! fields (`refusing` / `ignoring`); the messages read
 //! `` `<path>` is not implemented yet; <what to do> `` and `` `<path>` is ignored: <why> ``.
-//! docs/configuration.md lists the same fields for users: change both together.
+//! Where only some values of a field are what Tripline does, the decoder checks the value
+//! (`exportTo`, `h2UpgradePolicy`, `useClientProtocol`, `retryIgnorePreviousHosts` in
+//! `model.rs`); the `retryOn` words are listed here. docs/configuration.md lists the same
+//! fields for users: change both together.
 
 /// `(field, what to do)`: an error until implemented.
 pub type Refused = &'static [(&'static str, &'static str)];
@@ -134,3 +137,18 @@ pub const HTTP_POOL: Refused = &[(
     "maxConcurrentStreams",
     "remove it: Tripline keeps one HTTP/2 connection per endpoint and worker, limited only by the upstream's own SETTINGS_MAX_CONCURRENT_STREAMS",
 )];
+
+/// Envoy conditions Istio passes through that Tripline does not read, and why ignoring each
+/// changes no retry (a warning).
+pub const RETRY_ON_IGNORED: Ignored = &[
+    (
+        "reset-before-request",
+        "Tripline always sends a request again on another connection when its connection closed before the request went out",
+    ),
+    ("retriable-headers", "Istio cannot set the headers it needs, so it retries nothing in Envoy either"),
+    ("http3-post-connect-failure", "Tripline has no HTTP/3 upstreams"),
+];
+
+/// Envoy conditions that would retry responses Tripline does not retry yet (an error).
+pub const RETRY_ON_REFUSED: Refused =
+    &[("envoy-ratelimited", "remove it: Tripline does not retry responses that carry `x-envoy-ratelimited`")];

@@ -516,21 +516,6 @@ pub const RETRY_ON: &[&str] = &[
     "unavailable",
 ];
 
-/// Envoy conditions Istio passes through that Tripline does not read, and why ignoring each
-/// changes no retry (a warning).
-pub const RETRY_ON_IGNORED: gaps::Ignored = &[
-    (
-        "reset-before-request",
-        "Tripline always sends a request again on another connection when its connection closed before the request went out",
-    ),
-    ("retriable-headers", "Istio cannot set the headers it needs, so it retries nothing in Envoy either"),
-    ("http3-post-connect-failure", "Tripline has no HTTP/3 upstreams"),
-];
-
-/// Envoy conditions that would retry responses Tripline does not retry yet (an error).
-pub const RETRY_ON_REFUSED: gaps::Refused =
-    &[("envoy-ratelimited", "remove it: Tripline does not retry responses that carry `x-envoy-ratelimited`")];
-
 /// Sets the flag of one `retryOn` word; false for a word that is not in [`RETRY_ON`].
 fn set_retry_on(on: &mut RetryOn, word: &str) -> bool {
     let flag = match word {
@@ -592,11 +577,11 @@ fn retry_on(cx: &mut Cx, node: &Node, path: &str) -> Option<(Vec<String>, RetryO
             if !codes.contains(&code) {
                 codes.push(code);
             }
-        } else if let Some((_, why)) = RETRY_ON_IGNORED.iter().find(|(w, _)| *w == word) {
+        } else if let Some((_, why)) = gaps::RETRY_ON_IGNORED.iter().find(|(w, _)| *w == word) {
             let msg = format!("retryOn condition `{word}` is Envoy-specific and is ignored: {why}");
             cx.report(crate::Severity::Warning, at, path, msg);
             continue;
-        } else if let Some((_, fix)) = RETRY_ON_REFUSED.iter().find(|(w, _)| *w == word) {
+        } else if let Some((_, fix)) = gaps::RETRY_ON_REFUSED.iter().find(|(w, _)| *w == word) {
             let msg = format!("retryOn condition `{word}` is not implemented yet; {fix}");
             cx.report(crate::Severity::Error, at, path, msg);
             ok = false;

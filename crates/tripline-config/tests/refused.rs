@@ -450,11 +450,8 @@ fn the_configuration_docs_name_every_refused_and_ignored_field() {
     let section = docs.split("## Fields Tripline does not act on yet").nth(1).expect("the section");
     let docs = section.split("\n## ").next().unwrap();
     let mut missing = Vec::new();
-    let retry_on: Vec<&str> = tripline_config::model::RETRY_ON_IGNORED
-        .iter()
-        .chain(tripline_config::model::RETRY_ON_REFUSED)
-        .map(|(w, _)| *w)
-        .collect();
+    let retry_on: Vec<&str> =
+        gaps::RETRY_ON_IGNORED.iter().chain(gaps::RETRY_ON_REFUSED).map(|(w, _)| *w).collect();
     for &(_, _, refused, ignored) in PLACES {
         for (field, _) in refused.iter().chain(ignored) {
             if !docs.contains(&format!("`{field}`")) {
