@@ -812,11 +812,11 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
                 continue;
             }
             if let Some(destinations) = ctx.destinations(r, &t.route, &t.path, true) {
-                tcp_clusters.extend(destinations.iter().map(|w| w.cluster));
                 tcp_route = Some(TcpRoutePlan { name: format!("{}/tcp[{i}]", r.name), destinations });
             }
         }
         let mut attached_any = false;
+        let mut tcp_listeners = 0;
         for l in listeners.iter_mut() {
             let wanted = match &l.gateway {
                 Some(g) => targets.contains(&g.as_str()),
@@ -828,7 +828,9 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
             if l.plan.protocol == ListenerProtocol::Tcp {
                 if let Some(t) = &tcp_route {
                     attached_any = true;
+                    tcp_listeners += 1;
                     if l.plan.tcp_route.is_none() {
+                        tcp_clusters.extend(t.destinations.iter().map(|w| w.cluster));
                         l.plan.tcp_route = Some(t.clone());
                     } else {
                         let msg = format!("TCP listener `{}` already has a `tcp` route from another VirtualService, and takes one (TCP matches are not implemented yet): bind this VirtualService to another Gateway server, or merge the two routes", l.plan.name);
@@ -851,6 +853,10 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
                     }
                 }
             }
+        }
+        if tcp_route.is_some() && tcp_listeners == 0 {
+            let msg = "no TCP listener serves this `tcp` route, so it receives no connection (the mesh listener serves HTTP only): bind the VirtualService to a Gateway with a `TCP` server";
+            ctx.report(r, Severity::Warning, t_pos(vs), "spec.tcp[0]", msg);
         }
         if !attached_any && !targets.is_empty() && !vs.hosts.is_empty() {
             let msg = format!(

@@ -406,6 +406,22 @@ fn a_second_tcp_route_is_an_error_in_one_virtual_service_or_across_two() {
     assert!(e[0].to_string().contains("VirtualService/db2: spec.tcp[0]: TCP listener `tcp-edge/tcp` already has a `tcp` route from another VirtualService"), "{}", e[0]);
 }
 
+/// A `tcp` route no TCP listener serves (the mesh listener is HTTP) takes no connection: a
+/// warning that says so, and the HTTP-only settings of its cluster are not its business.
+#[test]
+fn a_tcp_route_no_tcp_listener_serves_is_a_warning() {
+    let text = tcp_with_rule("    connectionPool: {http: {maxRetries: 3}}\n")
+        .replace("  gateways: [tcp-edge]\n", "");
+    let loaded = ok(&text);
+    let w: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(w.len(), 2, "{w:#?}");
+    assert!(w[0].contains("mesh.yaml:24:5: VirtualService/db: spec.tcp[0]: no TCP listener serves this `tcp` route, so it receives no connection (the mesh listener serves HTTP only)"), "{w:#?}");
+    assert!(
+        w[1].contains("listener `tcp-edge/tcp` (0.0.0.0:18131): no VirtualService gives it a `tcp` route"),
+        "{w:#?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // A config without a listener
 
