@@ -2,6 +2,8 @@
 //! `VirtualService`, `DestinationRule`) and Tripline kinds ([`policy`]: `ResiliencePolicy`), read from multi-document YAML with
 //! file/line/column/field-path diagnostics, validated, and compiled into a [`plan::Plan`].
 
+#![forbid(unsafe_code)]
+
 pub mod compile;
 pub mod decode;
 pub mod diag;

@@ -4,6 +4,8 @@
 //!
 //! The proxy is the main user, but every type here is usable on its own inside a Rust service.
 
+#![forbid(unsafe_code)]
+
 pub mod backoff;
 pub mod balancer;
 pub mod breaker;
