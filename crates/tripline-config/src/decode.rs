@@ -34,7 +34,7 @@ pub struct Schema {
     /// each `(field, why ignoring it changes nothing a request gets)`.
     pub ignored: &'static [(&'static str, &'static str)],
     /// The mapping's fields are conditions that narrow what a route takes (a request match):
-    /// an unknown one is an error, since leaving a condition out widens the match.
+    /// an unknown one (an error, as everywhere) would widen the match, and its message says so.
     pub conditions: bool,
     /// Extra words for an unknown field (e.g. where Envoy-only fields belong).
     pub note: fn(&str) -> Option<&'static str>,
@@ -56,7 +56,7 @@ impl Schema {
         Schema { ignored, ..self }
     }
 
-    /// Its fields are match conditions: unknown ones are errors.
+    /// Its fields are match conditions: the error for an unknown one says it widens the match.
     pub const fn of_conditions(self) -> Schema {
         Schema { conditions: true, ..self }
     }
@@ -180,14 +180,15 @@ impl<'a> Cx<'a> {
                     notes.push(format!("did you mean `{s}`?"));
                 }
                 msg += &format!(" ({})", notes.join("; "));
-                if schema.conditions {
-                    msg +=
-                        "; a condition Tripline does not read would widen this match: correct or remove it";
-                    self.error(key, &field_path, msg);
+                // An error, never a warning: Tripline cannot know that ignoring a field it does
+                // not know (a misspelt `timeout`, a newer Istio field) leaves every request as
+                // the author meant.
+                msg += if schema.conditions {
+                    "; a condition Tripline does not read would widen this match: correct or remove it"
                 } else {
-                    msg += "; it is ignored";
-                    self.warn(key, &field_path, msg);
-                }
+                    "; Tripline does not act on it, so what it asks for would not happen: correct or remove it"
+                };
+                self.error(key, &field_path, msg);
             }
             fields.entries.push((name, value));
         }
@@ -566,7 +567,7 @@ mod tests {
         assert_eq!(
             shown,
             [
-                "warning: f.yaml:2:1: Thing/x: spec.bb: unknown field `bb` (not part of Thing; did you mean `b`?); it is ignored",
+                "error: f.yaml:2:1: Thing/x: spec.bb: unknown field `bb` (not part of Thing; did you mean `b`?); Tripline does not act on it, so what it asks for would not happen: correct or remove it",
                 "error: f.yaml:3:1: Thing/x: spec.c: `spec.c` is not implemented yet; remove it, or use `a`",
                 "error: f.yaml:4:1: Thing/x: spec.a: duplicate field `a` (first given on line 1)",
                 "warning: f.yaml:5:1: Thing/x: spec.d: `spec.d` is ignored: it only names statistics",

@@ -27,6 +27,10 @@ pub struct LoadOptions {
     pub mesh_bind: SocketAddr,
     /// How often `resolution: DNS` names are re-resolved.
     pub dns_refresh: Duration,
+    /// Whether a configuration without a listener is an error (`run` and reloads: it would
+    /// accept nothing) or a warning (`validate`, which checks files one at a time too, such as
+    /// a file of DestinationRules). An empty configuration is an error either way.
+    pub listeners_required: bool,
 }
 
 impl Default for LoadOptions {
@@ -34,6 +38,7 @@ impl Default for LoadOptions {
         LoadOptions {
             mesh_bind: SocketAddr::from(([127, 0, 0, 1], 15001)),
             dns_refresh: Duration::from_secs(30),
+            listeners_required: true,
         }
     }
 }
@@ -160,7 +165,7 @@ pub fn load(sources: &[Source], opts: &LoadOptions) -> Result<Loaded, Vec<Diagno
     let has_errors = |d: &[Diagnostic]| d.iter().any(|d| d.severity == Severity::Error);
     // Only when nothing else is wrong: a listener lost to another error is that error's.
     if plan.listeners.is_empty() && !has_errors(&diags) {
-        diags.push(no_listener(sources, documents));
+        diags.push(no_listener(sources, documents, opts.listeners_required));
     }
     if has_errors(&diags) {
         return Err(diags);
@@ -169,22 +174,38 @@ pub fn load(sources: &[Source], opts: &LoadOptions) -> Result<Loaded, Vec<Diagno
     Ok(Loaded { plan, warnings: diags, dump })
 }
 
-/// The error for a configuration without a listener, at the start of its first file.
-fn no_listener(sources: &[Source], documents: usize) -> Diagnostic {
-    let what = if documents == 0 {
+/// A configuration without a listener, at the start of its first file: an error when
+/// `required` or when the configuration is empty, else a warning (see
+/// [`LoadOptions::listeners_required`]).
+fn no_listener(sources: &[Source], documents: usize, required: bool) -> Diagnostic {
+    let empty = documents == 0;
+    let what = if empty {
         "the configuration is empty (no YAML document)"
     } else {
         "the configuration has no listener: no Gateway server, and no VirtualService without `gateways` (the mesh listener)"
     };
+    let (severity, message) = if required || empty {
+        (
+            Severity::Error,
+            format!(
+                "{what}; Tripline would accept no connection, so it refuses to run on it (a reload keeps the running config): add a Gateway with a server, or a VirtualService for the mesh listener"
+            ),
+        )
+    } else {
+        (
+            Severity::Warning,
+            format!(
+                "{what}; `tripline run` refuses a configuration that accepts no connection: run (and validate) these files together with the ones that define the listeners"
+            ),
+        )
+    };
     Diagnostic {
-        severity: Severity::Error,
+        severity,
         file: sources.first().map_or_else(|| "(config)".to_string(), |s| s.name.clone()),
         line: 1,
         column: 1,
         path: "(config)".into(),
-        message: format!(
-            "{what}; Tripline would accept no connection, so it refuses to run on it (a reload keeps the running config): add a Gateway with a server, or a VirtualService for the mesh listener"
-        ),
+        message,
     }
 }
 

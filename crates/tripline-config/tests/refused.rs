@@ -226,9 +226,16 @@ fn a_misspelt_match_condition_is_an_error_with_a_suggestion() {
     let e = errors(&text);
     assert_eq!(e.len(), 1, "{}", shown(&e));
     assert!(e[0].to_string().contains("spec.http[0].match[0].uri.prefx: unknown field `prefx` (not part of Istio's StringMatch; did you mean `prefix`?)"), "{}", e[0]);
-    // Elsewhere a typo stays a warning (the field is named, and `validate --strict` fails).
-    let loaded = ok(&with("@ROUTE", "timout: 1s"));
-    assert!(loaded.warnings[0].message.contains("did you mean `timeout`?); it is ignored"));
+    // Elsewhere a typo is an error too: a route without the timeout it asked for.
+    let e = errors(&with("@ROUTE", "timout: 1s"));
+    assert_eq!(e.len(), 1, "{}", shown(&e));
+    assert!(
+        e[0].message.contains(
+            "did you mean `timeout`?); Tripline does not act on it, so what it asks for would not happen"
+        ),
+        "{}",
+        e[0]
+    );
 }
 
 /// A route that answers by itself (redirect, directResponse) or delegates was dropped, and its
@@ -449,6 +456,17 @@ fn a_config_without_a_listener_is_an_error() {
         load_err(&src(rule)).into_iter().filter(|d| d.severity == Severity::Error).collect();
     assert_eq!(e.len(), 1, "{}", shown(&e));
     assert!(e[0].to_string().starts_with("error: mesh.yaml:1:1: (config): the configuration has no listener: no Gateway server, and no VirtualService without `gateways` (the mesh listener)"), "{}", e[0]);
+    // `validate` checks such a file on its own: a warning there, which --strict makes fatal.
+    let lenient = LoadOptions { listeners_required: false, ..LoadOptions::default() };
+    let loaded = load(&src(rule), &lenient).expect("validate accepts a file of rules alone");
+    assert!(
+        loaded.warnings.iter().any(|w| w
+            .to_string()
+            .starts_with("warning: mesh.yaml:1:1: (config): the configuration has no listener")),
+        "{:?}",
+        loaded.warnings
+    );
+    assert!(load(&src(""), &lenient).is_err(), "an empty configuration is an error for validate too");
     // A file being rewritten next to one that still holds the listener: the config is whole.
     let sources = vec![
         tripline_config::Source { name: "empty.yaml".into(), text: String::new() },

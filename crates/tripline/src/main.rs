@@ -216,8 +216,11 @@ fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
 }
 
 fn validate(args: ValidateArgs) -> ExitCode {
-    let result = tripline_config::read_sources(&args.paths)
-        .and_then(|sources| tripline_config::load(&sources, &tripline_config::LoadOptions::default()));
+    let result = tripline_config::read_sources(&args.paths).and_then(|sources| {
+        // A file of DestinationRules alone has no listener: a warning here, an error for run.
+        let opts = tripline_config::LoadOptions { listeners_required: false, ..Default::default() };
+        tripline_config::load(&sources, &opts)
+    });
     match result {
         Ok(loaded) => {
             for w in &loaded.warnings {

@@ -37,7 +37,8 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok((soft, hard)) => tracing::info!(soft, hard, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit to its hard limit"),
     }
-    let opts = LoadOptions { mesh_bind: args.mesh_bind, dns_refresh: args.dns_refresh };
+    let opts =
+        LoadOptions { mesh_bind: args.mesh_bind, dns_refresh: args.dns_refresh, ..LoadOptions::default() };
     let loaded = match load(&args.config, &opts) {
         Ok(l) => l,
         Err(diags) => {

@@ -462,9 +462,7 @@ pub async fn send(
             let simple = cluster.protocol() == UpstreamProtocol::Http1 && h1::is_simple(r);
             let checkout = pool::checkout(cluster, &endpoint, now, simple);
             let checked_out = match deadline {
-                Some(d) => {
-                    tokio::time::timeout_at(d, checkout).await.unwrap_or(Err(Reason::RouteTimeout))
-                }
+                Some(d) => tokio::time::timeout_at(d, checkout).await.unwrap_or(Err(Reason::RouteTimeout)),
                 None => checkout.await,
             };
             let conn = match checked_out {
