@@ -710,7 +710,14 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
                 _ => ListenerProtocol::Http2,
             };
             listeners.push(Listener {
-                plan: ListenerPlan { name, bind, protocol, virtual_hosts: Vec::new(), tcp_route: None },
+                plan: ListenerPlan {
+                    name,
+                    bind,
+                    protocol,
+                    virtual_hosts: Vec::new(),
+                    tcp_route: None,
+                    trust_client: g.trusted_proxies > 0,
+                },
                 gateway: Some(r.name.clone()),
                 hosts: s.hosts.iter().map(|h| server_host(&h.value).to_string()).collect(),
                 domains: Vec::new(),
@@ -759,6 +766,8 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
                         protocol: ListenerProtocol::Http,
                         virtual_hosts: Vec::new(),
                         tcp_route: None,
+                        // The sidecar's own application: its headers are believed.
+                        trust_client: true,
                     },
                     gateway: None,
                     hosts: vec!["*".into()],

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::decode::{join, Cx, Fields, Schema};
 use crate::gaps;
 use crate::plan::{HashKey, LoadBalancer, NewCookie, RequestMatch, RetryOn, StringMatch};
-use crate::yaml::{Node, Pos};
+use crate::yaml::{Kind, Node, Pos};
 
 /// A value with where it was written, for diagnostics found after decoding.
 #[derive(Debug, Clone, Serialize)]
@@ -78,6 +78,67 @@ pub enum Spec {
 #[derive(Debug, Clone, Serialize)]
 pub struct Gateway {
     pub servers: Vec<Server>,
+    /// Istio's `gatewayTopology.numTrustedProxies`, from the `proxy.istio.io/config`
+    /// annotation (see [`gateway_topology`]): how many proxies in front of this gateway are
+    /// trusted. 0 (the default): the gateway is the edge, and what clients say about the
+    /// request's scheme and id is not believed.
+    #[serde(rename = "numTrustedProxies", skip_serializing_if = "is_zero")]
+    pub trusted_proxies: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// The annotation Istio reads a gateway's proxy settings from (on its pod; on the Gateway
+/// here, which is what stands for the gateway in Tripline's config).
+pub const PROXY_CONFIG_ANNOTATION: &str = "proxy.istio.io/config";
+
+/// `gatewayTopology.numTrustedProxies` of a `proxy.istio.io/config` annotation (`node` holds
+/// its YAML or JSON text). Its other `gatewayTopology` fields change what upstreams are told
+/// (client certificate details, proxy protocol), so they are refused until implemented; the
+/// annotation's other settings are about the proxy process, not its requests, and are
+/// ignored with a warning.
+pub fn gateway_topology(cx: &mut Cx, node: &Node, path: &str) -> u32 {
+    let Some(text) = cx.string(node, path) else { return 0 };
+    let root = match crate::yaml::parse(&text) {
+        Ok(docs) => docs.into_iter().next().map(|d| d.root),
+        Err(e) => {
+            cx.error(
+                node,
+                path,
+                format!("`{PROXY_CONFIG_ANNOTATION}` is not valid YAML or JSON: {}", e.message),
+            );
+            return 0;
+        }
+    };
+    let Some(Kind::Map(entries)) = root.as_ref().map(|r| &r.kind) else { return 0 };
+    let mut trusted = 0;
+    for (k, v) in entries {
+        let key = k.as_scalar().unwrap_or("");
+        if key != "gatewayTopology" {
+            cx.warn(node, path, format!("`{key}` in `{PROXY_CONFIG_ANNOTATION}` is ignored: it sets up the proxy process, and Tripline reads only `gatewayTopology.numTrustedProxies` there"));
+            continue;
+        }
+        let Kind::Map(topology) = &v.kind else {
+            cx.error(
+                node,
+                path,
+                "`gatewayTopology` must be a mapping, e.g. {numTrustedProxies: 1}".to_string(),
+            );
+            continue;
+        };
+        for (tk, tv) in topology {
+            match tk.as_scalar().unwrap_or("") {
+                "numTrustedProxies" => match tv.as_scalar().and_then(|s| s.parse::<u32>().ok()) {
+                    Some(n) => trusted = n,
+                    None => cx.error(node, path, "`gatewayTopology.numTrustedProxies` must be a whole number".to_string()),
+                },
+                other => cx.error(node, path, format!("`gatewayTopology.{other}` in `{PROXY_CONFIG_ANNOTATION}` is not implemented yet; remove it (Tripline reads only numTrustedProxies)")),
+            }
+        }
+    }
+    trusted
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -187,7 +248,7 @@ pub fn gateway(cx: &mut Cx, spec: &Node) -> Option<Gateway> {
             }
         }
     }
-    Some(Gateway { servers })
+    Some(Gateway { servers, trusted_proxies: 0 })
 }
 
 // ---------------------------------------------------------------------------------------------

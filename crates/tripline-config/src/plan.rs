@@ -41,6 +41,12 @@ pub struct ListenerPlan {
     pub virtual_hosts: Vec<VirtualHostPlan>,
     /// TCP listeners: the route taken by every connection, if any.
     pub tcp_route: Option<TcpRoutePlan>,
+    /// Whether the client's `x-forwarded-proto` and `x-request-id` are passed on (Envoy's
+    /// `use_remote_address: false` / `preserve_external_request_id`): the mesh listener's
+    /// client is the sidecar's own application, and a Gateway trusts its clients when
+    /// `gatewayTopology.numTrustedProxies` says proxies stand in front of it. A Gateway at the
+    /// edge sets the first and gives every request a fresh id.
+    pub trust_client: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

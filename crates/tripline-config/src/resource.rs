@@ -129,7 +129,17 @@ pub fn decode(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option
         return None;
     };
     let spec = match kind.as_str() {
-        "Gateway" => Spec::Gateway(model::gateway(&mut cx, spec_node)?),
+        "Gateway" => {
+            let mut g = model::gateway(&mut cx, spec_node)?;
+            let annotations = m.value("annotations");
+            if let Some((node, path)) = annotations.as_ref().and_then(|(a, p)| {
+                a.get(model::PROXY_CONFIG_ANNOTATION)
+                    .map(|n| (n, format!("{p}.{}", model::PROXY_CONFIG_ANNOTATION)))
+            }) {
+                g.trusted_proxies = model::gateway_topology(&mut cx, node, &path);
+            }
+            Spec::Gateway(g)
+        }
         "ServiceEntry" => Spec::ServiceEntry(model::service_entry(&mut cx, spec_node)?),
         "VirtualService" => Spec::VirtualService(model::virtual_service(&mut cx, spec_node)?),
         "DestinationRule" => Spec::DestinationRule(Box::new(model::destination_rule(&mut cx, spec_node)?)),

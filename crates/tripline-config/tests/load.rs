@@ -531,3 +531,41 @@ fn wrong_types_everywhere_in_the_example_never_panic_and_always_explain() {
         }
     }
 }
+
+/// A Gateway is the edge unless Istio's `gatewayTopology.numTrustedProxies` (the
+/// `proxy.istio.io/config` annotation) says proxies stand in front of it; the mesh listener's
+/// client is the sidecar's application, always trusted.
+#[test]
+fn gateways_trust_their_clients_only_behind_trusted_proxies() {
+    let edge = ok(EXAMPLE);
+    assert!(!edge.plan.listeners[0].trust_client, "a Gateway is the edge by default");
+    let behind = EXAMPLE.replace(
+        "metadata: {name: edge}",
+        "metadata:\n  name: edge\n  annotations:\n    proxy.istio.io/config: '{\"gatewayTopology\": {\"numTrustedProxies\": 1}}'",
+    );
+    let loaded = ok(&behind);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert!(loaded.plan.listeners[0].trust_client);
+    let mesh = ok(&EXAMPLE.replace("  gateways: [edge]\n", ""));
+    let listener = mesh.plan.listeners.iter().find(|l| l.name == "mesh").expect("the mesh listener");
+    assert!(listener.trust_client);
+
+    let annotated = |config: &str| {
+        EXAMPLE.replace(
+            "metadata: {name: edge}",
+            &format!("metadata:\n  name: edge\n  annotations:\n    proxy.istio.io/config: '{config}'"),
+        )
+    };
+    assert_eq!(
+        the_error(&annotated("{\"gatewayTopology\": {\"forwardClientCertDetails\": \"SANITIZE\"}}")),
+        "error: mesh.yaml:6:28: Gateway/edge: metadata.annotations.proxy.istio.io/config: `gatewayTopology.forwardClientCertDetails` in `proxy.istio.io/config` is not implemented yet; remove it (Tripline reads only numTrustedProxies)"
+    );
+    assert!(the_error(&annotated("{\"gatewayTopology\": {\"numTrustedProxies\": -1}}"))
+        .contains("must be a whole number"));
+    let other = ok(&annotated("{\"concurrency\": 2}"));
+    assert!(
+        other.warnings[0].message.contains("`concurrency` in `proxy.istio.io/config` is ignored"),
+        "{:?}",
+        other.warnings
+    );
+}

@@ -164,6 +164,16 @@ pub fn request_id(rng: &dyn Rng) -> HeaderValue {
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
+/// Who the client is, for the headers that describe the request: at the edge (a Gateway with
+/// no trusted proxy in front), a client's `x-forwarded-proto` and `x-request-id` are not
+/// believed (it could pose as having come over TLS, or reuse another request's id to poison
+/// traces and logs); a trusted client's are passed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    Edge,
+    Trusted,
+}
+
 /// Rewrites a client request for the upstream: hop-by-hop headers, forwarding headers,
 /// request id, and the request target (origin-form + Host for HTTP/1.1, absolute URI for
 /// HTTP/2).
@@ -171,6 +181,7 @@ pub fn prepare_request<B>(
     req: &mut Request<B>,
     protocol: UpstreamProtocol,
     peer: &HeaderValue,
+    client: Client,
     upgrade: bool,
     rng: &dyn Rng,
 ) {
@@ -182,9 +193,18 @@ pub fn prepare_request<B>(
         headers.remove(header::EXPECT);
     }
     append_forwarded_for(headers, peer);
-    // `entry`: one hash lookup each instead of a `contains_key` and an `insert`.
-    headers.entry(&X_FORWARDED_PROTO).or_insert_with(|| HeaderValue::from_static("http"));
-    headers.entry(&X_REQUEST_ID).or_insert_with(|| request_id(rng));
+    match client {
+        Client::Edge => {
+            // The scheme the client used with Tripline: plain HTTP (no listener terminates TLS).
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            headers.insert(&X_REQUEST_ID, request_id(rng));
+        }
+        Client::Trusted => {
+            // `entry`: one hash lookup each instead of a `contains_key` and an `insert`.
+            headers.entry(&X_FORWARDED_PROTO).or_insert_with(|| HeaderValue::from_static("http"));
+            headers.entry(&X_REQUEST_ID).or_insert_with(|| request_id(rng));
+        }
+    }
     match protocol {
         UpstreamProtocol::Http2 => {
             // HTTP/2 carries the authority in the URI; an HTTP/1.1 client gave it as Host.
@@ -318,6 +338,7 @@ mod tests {
             &mut req,
             UpstreamProtocol::Http1,
             &peer_value([127, 0, 0, 1].into()),
+            Client::Trusted,
             false,
             &SplitMix::seeded(1),
         );
@@ -339,11 +360,42 @@ mod tests {
             &mut req,
             UpstreamProtocol::Http1,
             &peer_value([127, 0, 0, 1].into()),
+            Client::Trusted,
             false,
             &SplitMix::seeded(1),
         );
         assert_eq!(req.uri(), "/admin");
         assert_eq!(req.headers()[header::HOST], "internal.local");
+    }
+
+    #[test]
+    fn at_the_edge_the_clients_scheme_and_request_id_are_not_believed() {
+        let request = || {
+            Request::builder()
+                .uri("/p")
+                .header("host", "svc.local")
+                .header("x-forwarded-proto", "https")
+                .header("x-request-id", "chosen-by-the-client")
+                .body(())
+                .unwrap()
+        };
+        let peer = peer_value([127, 0, 0, 1].into());
+        let mut edge = request();
+        prepare_request(&mut edge, UpstreamProtocol::Http1, &peer, Client::Edge, false, &SplitMix::seeded(1));
+        assert_eq!(edge.headers()["x-forwarded-proto"], "http", "the scheme it used with Tripline");
+        assert_eq!(edge.headers()["x-request-id"], request_id(&SplitMix::seeded(1)), "a fresh id");
+        assert_eq!(edge.headers().get_all("x-request-id").iter().count(), 1);
+        let mut trusted = request();
+        prepare_request(
+            &mut trusted,
+            UpstreamProtocol::Http1,
+            &peer,
+            Client::Trusted,
+            false,
+            &SplitMix::seeded(1),
+        );
+        assert_eq!(trusted.headers()["x-forwarded-proto"], "https");
+        assert_eq!(trusted.headers()["x-request-id"], "chosen-by-the-client");
     }
 
     #[test]
@@ -364,6 +416,7 @@ mod tests {
             &mut req,
             UpstreamProtocol::Http2,
             &peer_value([127, 0, 0, 1].into()),
+            Client::Trusted,
             false,
             &SplitMix::seeded(1),
         );

@@ -20,7 +20,7 @@ use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::client_conns::{ConnSignal, StreamIdle};
 use crate::cluster::Cluster;
 use crate::grpc::is_grpc;
-use crate::headers::{is_upgrade, prepare_request, strip_hop_by_hop};
+use crate::headers::{is_upgrade, prepare_request, strip_hop_by_hop, Client};
 use crate::listener::ListenerRuntime;
 use crate::local_reply::{Reason, REASON_HEADER};
 use crate::router::Route;
@@ -358,6 +358,8 @@ struct Routed {
     route: Arc<Route>,
     cluster: Arc<Cluster>,
     deadline: Option<Instant>,
+    /// The listener's `trust_client`.
+    trust_client: bool,
 }
 
 /// Finds the route and picks the destination, or says why Tripline answers itself
@@ -368,9 +370,9 @@ fn route(
     grpc: bool,
     trace: &mut Trace,
 ) -> Result<Routed, Reason> {
-    let route = {
+    let (route, trust_client) = {
         let config = ctx.listener.config.load();
-        config.find(req).cloned()
+        (config.find(req).cloned(), config.trust_client)
     };
     let Some(route) = route else {
         ctx.shared.global.local.inc(Reason::NoRoute);
@@ -395,7 +397,7 @@ fn route(
         (r, c) => r.or(c),
     };
     let deadline = timeout.map(|t| Instant::now() + t);
-    Ok(Routed { route, cluster, deadline })
+    Ok(Routed { route, cluster, deadline, trust_client })
 }
 
 fn local(cluster: &Cluster, refusal: impl Into<upstream::Refusal>, grpc: bool) -> Response<ResponseBody> {
@@ -430,7 +432,7 @@ fn start(
     grpc: bool,
     trace: &mut Trace,
 ) -> Started {
-    let Routed { route, cluster, deadline } = routed;
+    let Routed { route, cluster, deadline, trust_client } = routed;
     let hashed = match cluster.hash_key() {
         Some(key) => upstream::request_hash(key, &req, ctx.peer, ctx.shared.sticky_secret),
         None => upstream::RequestHash::default(),
@@ -448,7 +450,15 @@ fn start(
             up_req.headers_mut().insert(http::header::HOST, host);
         }
     }
-    prepare_request(&mut up_req, cluster.protocol(), &ctx.peer_value, upgrade.is_some(), &ctx.shared.rng);
+    let client = if trust_client { Client::Trusted } else { Client::Edge };
+    prepare_request(
+        &mut up_req,
+        cluster.protocol(),
+        &ctx.peer_value,
+        client,
+        upgrade.is_some(),
+        &ctx.shared.rng,
+    );
     if trace.on {
         trace.request_id = up_req.headers().get(&crate::headers::X_REQUEST_ID).cloned();
     }

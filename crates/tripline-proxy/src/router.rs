@@ -19,6 +19,8 @@ use crate::resilience::RouteBreakers;
 pub struct ListenerConfig {
     pub virtual_hosts: Vec<VirtualHost>,
     pub tcp: Option<Arc<Route>>,
+    /// See `ListenerPlan::trust_client`.
+    pub trust_client: bool,
 }
 
 #[derive(Debug)]
@@ -130,6 +132,7 @@ impl ListenerConfig {
                 })
                 .collect(),
             tcp: plan.tcp_route.as_ref().map(|r| Arc::new(Route::from_tcp(r, clusters))),
+            trust_client: plan.trust_client,
         }
     }
 
@@ -173,6 +176,7 @@ mod tests {
                 },
             ],
             tcp: None,
+            trust_client: false,
         }
     }
 

@@ -67,12 +67,11 @@ async fn http1_passes_status_body_and_headers() {
     assert!(r.header("x-up-hop").is_none(), "response header named in Connection leaked");
     assert!(r.header("keep-alive").is_none(), "response keep-alive leaked");
 
-    // A second request gets a different id; a client-supplied id is kept.
+    // A second request gets a different id; at this edge Gateway, a client-supplied one is
+    // replaced (see `an_edge_gateway_sets_the_scheme_and_request_id_and_a_trusted_one_keeps_them`).
     let r2 = get_with(addr, "backend.local", "/", &[]).await.unwrap();
     let rid2 = r2.seen_header("x-request-id").expect("x-request-id on the second request");
     assert_ne!(rid, rid2, "x-request-id must be unique per request");
-    let r3 = get_with(addr, "backend.local", "/", &[("x-request-id", "my-id-1")]).await.unwrap();
-    assert_eq!(r3.seen_header("x-request-id").as_deref(), Some("my-id-1"));
     // Without a client x-forwarded-for, the proxy sets it.
     assert_eq!(r2.seen_header("x-forwarded-for").map(|v| xff_parts(&v)), Some(vec!["127.0.0.1".to_owned()]));
 
@@ -707,6 +706,37 @@ async fn a_get_with_a_chunked_body_keeps_its_body() {
             let json: serde_json::Value =
                 serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
             assert_eq!(json["body_len"], 11, "{upstream_protocol} upstream, {framing}: {json}");
+        }
+    }
+}
+
+/// At a Gateway that is the edge, a client cannot pose as having come over TLS or choose its
+/// request id: the upstream gets `x-forwarded-proto: http` and a fresh `x-request-id`. Behind
+/// trusted proxies (`gatewayTopology.numTrustedProxies`), what they set is passed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_gateway_sets_the_scheme_and_request_id_and_a_trusted_one_keeps_them() {
+    for trusted in [false, true] {
+        let up = Upstream::http("u1").await;
+        let port = free_port();
+        let mut yaml = config::simple(port, "HTTP", &[up.addr], None);
+        if trusted {
+            yaml = yaml.replace(
+                "metadata: {name: edge}",
+                "metadata:\n  name: edge\n  annotations:\n    proxy.istio.io/config: '{gatewayTopology: {numTrustedProxies: 1}}'",
+            );
+        }
+        let _proxy = Proxy::start(&yaml).await;
+        let headers = [("x-forwarded-proto", "https"), ("x-request-id", "chosen-by-the-client")];
+        let r = get_with(listener_addr(port), "backend.local", "/", &headers).await.unwrap();
+        let seen = r.json()["headers"].clone();
+        let id = seen["x-request-id"].as_str().unwrap_or_default().to_owned();
+        if trusted {
+            assert_eq!(seen["x-forwarded-proto"], "https", "{seen}");
+            assert_eq!(id, "chosen-by-the-client", "{seen}");
+        } else {
+            assert_eq!(seen["x-forwarded-proto"], "http", "{seen}");
+            assert_ne!(id, "chosen-by-the-client", "{seen}");
+            assert_eq!(id.len(), 36, "a fresh UUID: {seen}");
         }
     }
 }
