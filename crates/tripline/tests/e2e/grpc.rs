@@ -3,34 +3,20 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use http::Method;
 use http_body_util::BodyExt;
 
 use bytes::BytesMut;
 use hyper::body::Frame;
 
-use crate::support::client::{channel_body, full, Body};
+use crate::support::client::channel_body;
 use crate::support::config;
-use crate::support::upstream::{grpc_frame, grpc_messages, grpc_take_message};
+use crate::support::upstream::{grpc_call, grpc_frame, grpc_messages, grpc_request, grpc_take_message};
 use crate::support::{free_port, Conn, Proto, Proxy, Upstream};
 
 async fn grpc_proxy(up: &Upstream) -> (Proxy, SocketAddr) {
     let port = free_port();
     let proxy = Proxy::start(&config::simple(port, "GRPC", &[up.addr], None)).await;
     (proxy, SocketAddr::from(([127, 0, 0, 1], port)))
-}
-
-fn grpc_request(conn: &Conn, method: &str, msg: &[u8]) -> http::Request<Body> {
-    grpc_call(conn, method, full(grpc_frame(msg)))
-}
-
-/// A call to `method` with the body given (gRPC messages, whole or streamed).
-fn grpc_call(conn: &Conn, method: &str, body: Body) -> http::Request<Body> {
-    conn.request(Method::POST, "grpc.local", method)
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(body)
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

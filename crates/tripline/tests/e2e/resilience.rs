@@ -30,28 +30,9 @@ fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// Gateway on `port` → `backend.local` (the given endpoints). `route` is appended to the
-/// route entry (e.g. `    retries: {...}\n`), `dr` is the DestinationRule traffic policy
-/// (indented four spaces), `policy` the body of a ResiliencePolicy spec after its target
-/// (indented two spaces).
+/// Gateway on `port` → `backend.local` (HTTP/1.1, the given endpoints): see [`config::mesh`].
 fn mesh(port: u16, endpoints: &[SocketAddr], route: &str, dr: Option<&str>, policy: Option<&str>) -> String {
-    let routes = format!(
-        "  http:\n  - route:\n    - destination: {{host: backend.local, port: {{number: 80}}}}\n{route}"
-    );
-    let mut docs = vec![
-        config::gateway("edge", port, "HTTP"),
-        config::service_entry("backend.local", "HTTP", endpoints),
-        config::virtual_service("backend", &["*"], "edge", &routes),
-    ];
-    if let Some(tp) = dr {
-        docs.push(config::destination_rule("backend.local", tp));
-    }
-    if let Some(p) = policy {
-        docs.push(format!(
-            "apiVersion: tripline.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {{name: backend}}\nspec:\n  target: {{host: backend.local}}\n{p}"
-        ));
-    }
-    config::join(&docs)
+    config::mesh(port, "HTTP", endpoints, route, dr, policy)
 }
 
 /// Outlier detection with short times: eject after `n` consecutive 5xx, 1s sweeps, 1s

@@ -1,10 +1,14 @@
 //! A tiny HTTP client over hyper's connection API: HTTP/1.1 and h2c with prior knowledge.
+//!
+//! Shared with the proxy's in-process tests (`crates/tripline-proxy/tests/support`), which run
+//! under tokio's paused time: every time here is the runtime's clock (`tokio::time::Instant`,
+//! the monotonic clock unless a test pauses it), so `Resp::elapsed` is virtual there.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
@@ -15,6 +19,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;

@@ -1,4 +1,5 @@
-//! Builders for the Istio YAML the tests feed to `tripline run`.
+//! Builders for the Istio YAML the tests feed to `tripline run` (and the proxy's in-process
+//! tests to `tripline_config::load`: `crates/tripline-proxy/tests/support` shares this file).
 
 use std::net::SocketAddr;
 
@@ -113,4 +114,33 @@ pub fn simple(
 /// as for [`virtual_service`].
 pub fn edge(listener: u16, routes: &str) -> String {
     join(&[gateway("edge", listener, "HTTP"), virtual_service("backend", &["*"], "edge", routes)])
+}
+
+/// Listener `port` (HTTP, Gateway `edge`) → `backend.local` over `protocol` at `endpoints`.
+/// `route` is appended to the route entry (e.g. `    retries: {...}\n`), `dr` is the
+/// DestinationRule traffic policy (indented four spaces), `policy` the body of a
+/// ResiliencePolicy spec after its target (indented two spaces).
+pub fn mesh(
+    port: u16,
+    protocol: &str,
+    endpoints: &[SocketAddr],
+    route: &str,
+    dr: Option<&str>,
+    policy: Option<&str>,
+) -> String {
+    let routes = format!("{}{route}", http_route("backend.local"));
+    let mut docs = vec![
+        gateway("edge", port, "HTTP"),
+        service_entry("backend.local", protocol, endpoints),
+        virtual_service("backend", &["*"], "edge", &routes),
+    ];
+    if let Some(tp) = dr {
+        docs.push(destination_rule("backend.local", tp));
+    }
+    if let Some(p) = policy {
+        docs.push(format!(
+            "apiVersion: tripline.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {{name: backend}}\nspec:\n  target: {{host: backend.local}}\n{p}"
+        ));
+    }
+    join(&docs)
 }

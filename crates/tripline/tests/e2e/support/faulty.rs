@@ -1,14 +1,17 @@
 //! Faulty HTTP upstreams (HTTP/1.1 and h2c) for the resilience tests: a behaviour switchable
-//! while the test runs, and a log of every request received (method,
-//! `x-tripline-attempt`), counted on arrival, before any fault is applied.
+//! while the test runs (or queued for the next requests only), and a log of every request
+//! received (method, `x-tripline-attempt`, when), counted on arrival, before any fault is
+//! applied. Times are the runtime's clock, virtual under paused time (the proxy's in-process
+//! tests share this file).
 //!
 //! A healthy answer is `200` with `x-upstream-id` and a JSON body `{"id", "attempt"}`.
 //! A "refuse connections" upstream is just a closed port: see [`refusing_addr`].
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -16,6 +19,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::client::{channel_body, full, Body, BoxError};
 use super::upstream::{serve_http, ActiveGuard, UpstreamState};
@@ -54,6 +58,8 @@ pub struct Seen {
 struct State {
     id: String,
     fault: Mutex<Fault>,
+    /// Faults for the next requests, in order of arrival, before `fault` again.
+    next: Mutex<VecDeque<Fault>>,
     rng: Mutex<u64>,
     seen: Mutex<Vec<Seen>>,
     /// Connection and in-flight counters, as for the other test upstreams.
@@ -88,6 +94,7 @@ impl Faulty {
         let state = Arc::new(State {
             id: id.to_owned(),
             fault: Mutex::new(fault),
+            next: Mutex::default(),
             rng: Mutex::new(seed.max(1)),
             seen: Mutex::new(Vec::new()),
             counters: UpstreamState::new(id, Duration::ZERO),
@@ -100,6 +107,12 @@ impl Faulty {
     /// Switches the behaviour for the requests that arrive from now on.
     pub fn set(&self, fault: Fault) {
         *self.state.fault.lock().unwrap() = fault;
+    }
+
+    /// Queues `fault` for one request: the next to arrive that no earlier `then` claimed.
+    #[allow(dead_code)] // the proxy's in-process tests use it
+    pub fn then(&self, fault: Fault) {
+        self.state.next.lock().unwrap().push_back(fault);
     }
 
     /// Every request received so far.
@@ -141,7 +154,8 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>
         .unwrap_or(0);
     st.seen.lock().unwrap().push(Seen { method: req.method().to_string(), attempt, at: Instant::now() });
     let _active = ActiveGuard::new(&st.counters);
-    let fault = *st.fault.lock().unwrap();
+    let queued = st.next.lock().unwrap().pop_front();
+    let fault = queued.unwrap_or_else(|| *st.fault.lock().unwrap());
     // Read the request body fully, as a real server would before answering.
     let _ = req.into_body().collect().await;
     let json = |status: u16| -> Result<Response<Body>, BoxError> {

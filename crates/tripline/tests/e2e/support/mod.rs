@@ -4,6 +4,7 @@
 pub mod client;
 pub mod config;
 pub mod faulty;
+pub mod metrics;
 pub mod proxy;
 pub mod upstream;
 

@@ -17,14 +17,17 @@
 //!
 //! TCP echo: echoes bytes as they come; after the client's half-close it writes `<EOF:n>`
 //! (n = bytes received) and closes.
+//!
+//! Delays are tokio sleeps and times the runtime's clock, so under paused time (the proxy's
+//! in-process tests share this file) they are virtual and exact.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderValue, Request, Response, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
@@ -33,8 +36,9 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use super::client::{channel_body, failing_body, full, Body, BoxError};
+use super::client::{channel_body, failing_body, full, Body, BoxError, Conn};
 
 pub struct UpstreamState {
     pub id: String,
@@ -48,6 +52,8 @@ pub struct UpstreamState {
     /// The most requests ever in flight at once.
     pub max_active: AtomicUsize,
     pub body_bytes: AtomicU64,
+    /// When each connection closed, in order.
+    pub closed_at: Mutex<Vec<Instant>>,
 }
 
 impl UpstreamState {
@@ -62,6 +68,7 @@ impl UpstreamState {
             max_open: AtomicUsize::new(0),
             max_active: AtomicUsize::new(0),
             body_bytes: AtomicU64::new(0),
+            closed_at: Mutex::default(),
         })
     }
 
@@ -73,6 +80,7 @@ impl UpstreamState {
     }
 
     fn closed(&self) {
+        self.closed_at.lock().unwrap().push(Instant::now());
         self.open.fetch_sub(1, SeqCst);
     }
 }
@@ -198,6 +206,7 @@ impl Upstream {
     }
 
     /// Connections open now.
+    #[allow(dead_code)] // the proxy's in-process tests use it
     pub fn open(&self) -> usize {
         self.state.open.load(SeqCst)
     }
@@ -214,6 +223,12 @@ impl Upstream {
 
     pub fn body_bytes(&self) -> u64 {
         self.state.body_bytes.load(SeqCst)
+    }
+
+    /// When each connection closed so far, in order.
+    #[allow(dead_code)] // the proxy's in-process tests use it
+    pub fn closed_at(&self) -> Vec<Instant> {
+        self.state.closed_at.lock().unwrap().clone()
     }
 }
 
@@ -387,6 +402,20 @@ pub fn grpc_frame(msg: &[u8]) -> Bytes {
     b.put_u32(msg.len() as u32);
     b.put_slice(msg);
     b.freeze()
+}
+
+/// A call to `method` of this upstream's gRPC service with one message.
+pub fn grpc_request(conn: &Conn, method: &str, msg: &[u8]) -> http::Request<Body> {
+    grpc_call(conn, method, full(grpc_frame(msg)))
+}
+
+/// A call to `method` with the body given (gRPC messages, whole or streamed).
+pub fn grpc_call(conn: &Conn, method: &str, body: Body) -> http::Request<Body> {
+    conn.request(Method::POST, "grpc.local", method)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap()
 }
 
 /// Splits a body into gRPC messages; panics on a malformed frame.
