@@ -152,37 +152,6 @@ pub async fn check_fail(addr: SocketAddr) {
     assert_eq!(message, "boom%20here");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_http2_upstream_connection_closes_after_its_last_stream() {
-    // `idleTimeout: 1s` on an HTTP/2 upstream. A stream of about 6.4 s (80 messages 80 ms
-    // apart) spans the first idle sweep (5 s after start): the connection must stay in the
-    // pool under it, so a request made after that sweep shares it. Once the stream has ended
-    // and nothing else comes, the connection closes.
-    let up = Upstream::http("g1").await;
-    let port = free_port();
-    let policy = "    connectionPool:\n      http: {idleTimeout: 1s}\n";
-    let _proxy = Proxy::start_single(&config::simple(port, "GRPC", &[up.addr], Some(policy))).await;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut conn = Conn::connect(addr, Proto::H2).await.unwrap();
-    let req = grpc_request(&conn, "/test.Echo/Stream", b"80");
-    let stream = tokio::spawn(async move { conn.call(req).await.map_err(|e| e.to_string()) });
-    tokio::time::sleep(Duration::from_millis(5500)).await;
-    check_unary(addr).await;
-    assert_eq!(up.connections(), 1, "the sweep let the connection of a stream in flight go");
-    let r = stream.await.unwrap().expect("stream call");
-    assert_eq!(grpc_messages(&r.body).len(), 80, "the stream was cut");
-    assert_eq!(r.trailers.expect("trailers").get("grpc-status").unwrap(), "0");
-    crate::support::eventually(
-        "the idle HTTP/2 upstream connection to close",
-        Duration::from_secs(8),
-        || async { up.open() == 0 },
-    )
-    .await;
-    // The next request opens a new connection.
-    check_unary(addr).await;
-    assert_eq!(up.connections(), 2);
-}
-
 /// A Gateway server with `protocol: GRPC` is an HTTP/2-only listener (h2c prior knowledge,
 /// nothing detected): gRPC works on it end to end, and an HTTP/1.1 client gets a clear answer
 /// at once rather than a reset or a wait for the request-head timeout.
@@ -328,14 +297,10 @@ async fn grpc_timeout_is_the_deadline_and_what_is_left_goes_upstream() {
     let ms = seen_ms(&conn.call(call(&conn, "30S", 0)).await.unwrap());
     assert!((1500..=2000).contains(&ms), "upstream got {ms} ms; the route allows 2000");
 
-    // Past the client's deadline: DEADLINE_EXCEEDED, long before the route timeout.
-    let started = Instant::now();
+    // Past the client's deadline: DEADLINE_EXCEEDED. (At the deadline to the millisecond, and
+    // the upstream's share exact: `crates/tripline-proxy/tests/timeouts.rs`.)
     let r = conn.call(call(&conn, "300m", 5000)).await.unwrap();
     assert_grpc_status(&r, "4", "route-timeout");
-    assert!(
-        started.elapsed() < Duration::from_millis(1900),
-        "ended at the client's deadline, not the route's"
-    );
 }
 
 /// An upstream that dies after the response head ends the call with UNAVAILABLE in trailers

@@ -245,7 +245,7 @@ async fn h2c_multiplexed(addr: SocketAddr, expect_upstream_version: &str) {
                 .map_err(|e| e.to_string())
         }));
     }
-    let start = Instant::now();
+    // (That the ten are served at once, all at 100 ms: `crates/tripline-proxy/tests/streaming.rs`.)
     for t in tasks {
         let r = t.await.unwrap().expect("h2c request");
         assert_eq!(r.status, 200);
@@ -255,11 +255,6 @@ async fn h2c_multiplexed(addr: SocketAddr, expect_upstream_version: &str) {
         assert!(seen["path"].as_str().unwrap().starts_with("/h2/"));
         assert!(r.seen_header("x-request-id").is_some());
     }
-    assert!(
-        start.elapsed() < Duration::from_millis(900),
-        "10 concurrent streams of 100 ms took {:?}: not concurrent",
-        start.elapsed()
-    );
 }
 
 /// Sends `request` on a fresh connection and reads until the proxy closes it (or 5 s pass).
@@ -392,46 +387,6 @@ async fn http1_get_requests_reuse_one_upstream_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn surplus_upstream_connections_idle_out_under_light_traffic() {
-    // A burst opens eight upstream connections. The light traffic after it takes the
-    // connection returned last every time, so the other seven stay idle and `idleTimeout`
-    // closes them. (Taking the oldest instead would rotate through all eight and keep every
-    // one of them alive.)
-    let up = Upstream::http("u1").await;
-    let port = free_port();
-    let policy = "    connectionPool:\n      http: {idleTimeout: 1s}\n";
-    let proxy = Proxy::start_single(&config::simple(port, "HTTP", &[up.addr], Some(policy))).await;
-    let addr = listener_addr(port);
-    let gauge =
-        || proxy.metric("tripline_upstream_connections", &[("cluster", "outbound|80||backend.local")]);
-    let burst: Vec<_> = (0..8)
-        .map(|_| tokio::spawn(get_with(addr, "backend.local", "/burst", &[("x-delay-ms", "300")])))
-        .collect();
-    for r in burst {
-        assert_eq!(r.await.unwrap().expect("burst request").status, 200);
-    }
-    assert_eq!(up.open(), 8, "the burst of eight concurrent requests should open eight connections");
-    assert_eq!(gauge().await, 8.0, "tripline_upstream_connections after the burst");
-    // A request every 100 ms: each of the eight would be used every 800 ms if they took turns.
-    let mut conn = Conn::connect(addr, Proto::H1).await.unwrap();
-    let mut served_on = std::collections::BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while up.open() > 1 && Instant::now() < deadline {
-        let r = conn.get("backend.local", "/light").await.expect("light request");
-        assert_eq!(r.status, 200);
-        served_on.insert(r.json()["conn"].as_u64().unwrap());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(served_on.len(), 1, "light traffic spread over upstream connections {served_on:?}");
-    assert_eq!(up.open(), 1, "idle upstream connections not closed 10 s after a 1 s idleTimeout");
-    // The gauge follows the connections closed for idling.
-    crate::support::eventually("tripline_upstream_connections at 1", Duration::from_secs(2), || async {
-        gauge().await == 1.0
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_requests_per_connection_retires_upstream_connections() {
     for protocol in ["HTTP", "HTTP2"] {
         let up = Upstream::http("u1").await;
@@ -447,35 +402,6 @@ async fn max_requests_per_connection_retires_upstream_connections() {
         }
         assert_eq!(served_on, [1, 1, 2, 2, 3], "{protocol} upstream: two requests per connection");
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_outlasting_its_response_keeps_its_http2_connection() {
-    // `idleTimeout: 1s` on an HTTP/2 upstream that answers at once and reads the upload after.
-    // An HTTP/1.1 client's upload goes on for about 6 s after the answer (an HTTP/2 client's
-    // would be reset once its response ends), across the first idle sweep (5 s after start):
-    // the connection must stay in the pool under it, so a request made after that sweep
-    // shares it.
-    let up = Upstream::http("u1").await;
-    let port = free_port();
-    let policy = "    connectionPool:\n      http: {idleTimeout: 1s}\n";
-    let _proxy = Proxy::start_single(&config::simple(port, "HTTP2", &[up.addr], Some(policy))).await;
-    let addr = listener_addr(port);
-    let mut conn = Conn::connect(addr, Proto::H1).await.unwrap();
-    let (tx, body) = channel_body(4);
-    let req = conn.request(Method::POST, "backend.local", "/early").body(body).unwrap();
-    let resp = conn.call(req).await.expect("the early answer");
-    assert_eq!(resp.text(), "early");
-    for _ in 0..12 {
-        tx.send(Frame::data(Bytes::from_static(b"chunk"))).await.expect("the upload goes on");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let r = get_with(addr, "backend.local", "/after-the-sweep", &[]).await.unwrap();
-    assert_eq!(r.status, 200);
-    assert_eq!(up.connections(), 1, "the sweep let go of the connection of an upload in flight");
-    drop(tx);
-    eventually("the whole upload to arrive", Duration::from_secs(5), || async { up.body_bytes() == 60 })
-        .await;
 }
 
 /// An upstream that answers one request per connection and then closes it, while the

@@ -1,4 +1,6 @@
-//! SIGTERM: stop accepting, drain in-flight requests, exit 0.
+//! SIGTERM: stop accepting, drain in-flight requests, exit 0; and `--header-timeout`. Smoke
+//! tests of the real binary: the times these happen at, exactly, are checked under paused time
+//! in `crates/tripline-proxy/tests/client_connections.rs`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -34,14 +36,11 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     assert_eq!(up.active(), 4, "/ready went 503 only once the in-flight requests had ended");
 
     // New connections are refused while the in-flight requests drain.
-    let mut refused_after = None;
-    while term_at.elapsed() < Duration::from_millis(1200) {
-        match TcpStream::connect(addr).await {
-            Err(_) => {
-                refused_after = Some(term_at.elapsed());
-                break;
-            }
-            Ok(s) => drop(s),
+    let mut refused = false;
+    while up.active() > 0 && term_at.elapsed() < Duration::from_secs(5) {
+        if TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -53,24 +52,20 @@ async fn sigterm_drains_in_flight_requests_and_exits_0() {
     let status =
         proxy.wait_exit(Duration::from_secs(7)).await.expect("tripline still running 7 s after SIGTERM");
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status}");
-    assert!(
-        refused_after.is_some(),
-        "the listener still accepted connections 1.2 s after SIGTERM while draining"
-    );
+    assert!(refused, "the listener accepted connections for as long as the in-flight requests drained");
     assert!(TcpStream::connect(addr).await.is_err(), "listener open after exit");
 }
 
-/// `--header-timeout`: a client connection with no request in flight that long is closed,
-/// whether it is sending a head too slowly (slow loris) or idling after a response. A request
-/// in flight is never cut, however long the upstream takes, and an HTTP/2 connection that has
-/// made a request stays open. Closing is never early (the sweep runs a tick late, not soon).
+/// `--header-timeout`: a client connection with no request in flight that long is closed:
+/// one sending its head too slowly (slow loris) is, never before the timeout; a request in
+/// flight is not cut, however long the upstream takes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_timeout_closes_connections_without_a_request_in_flight() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::http_delayed("slow", Duration::from_millis(1500)).await;
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let proxy =
+    let _proxy =
         Proxy::start_args(&config::simple(port, "HTTP", &[up.addr], None), &["--header-timeout", "500ms"])
             .await;
 
@@ -88,34 +83,11 @@ async fn header_timeout_closes_connections_without_a_request_in_flight() {
     let mut busy = TcpStream::connect(addr).await.unwrap();
     slow_head.write_all(b"GET / HTTP/1.1\r\nHost: backend.local\r\n").await.unwrap();
     busy.write_all(b"GET / HTTP/1.1\r\nHost: backend.local\r\n\r\n").await.unwrap();
-    // Both are watched from now on, so the times they close at are when they closed.
-    let slow_head = tokio::spawn(read_to_close(slow_head));
-    let busy = tokio::spawn(read_to_close(busy));
-    let mut h2 = crate::support::Conn::connect(addr, crate::support::Proto::H2).await.unwrap();
-    let req =
-        h2.request(http::Method::GET, "backend.local", "/").body(crate::support::client::empty()).unwrap();
-    assert_eq!(h2.send(req).await.unwrap().status(), 200);
-
-    let (sent, closed) = slow_head.await.unwrap();
+    let (sent, closed) = read_to_close(slow_head).await;
     assert!(sent.is_empty(), "an incomplete head gets no response: {sent:?}");
-    let after = closed - opened;
-    assert!(
-        after >= Duration::from_millis(500) && after < Duration::from_secs(5),
-        "closed after {after:?}: the timeout is 500 ms, swept every 100 ms"
-    );
-
-    // The busy connection's request outlived the timeout three times over and completed; the
-    // connection closed only after that, once it had idled for the timeout.
-    let (sent, closed) = busy.await.unwrap();
+    assert!(closed - opened >= Duration::from_millis(500), "closed after {:?}", closed - opened);
+    let (sent, _) = read_to_close(busy).await;
     assert!(sent.starts_with("HTTP/1.1 200"), "the request in flight was cut: {sent:?}");
-    assert!(closed - opened >= Duration::from_millis(2000), "closed {:?} after opening", closed - opened);
-
-    // Idle for longer than the timeout, the HTTP/2 connection still serves.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let req =
-        h2.request(http::Method::GET, "backend.local", "/").body(crate::support::client::empty()).unwrap();
-    assert_eq!(h2.send(req).await.unwrap().status(), 200);
-    assert_eq!(proxy.metric("tripline_downstream_connections", &[]).await, 1.0, "only the HTTP/2 one left");
 }
 
 /// `tripline run` raises its soft open-file limit to the hard one: a proxy started under a

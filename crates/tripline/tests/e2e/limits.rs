@@ -1,5 +1,7 @@
 //! Locally generated responses: overflow reasons under concurrent load, connect failure,
-//! upstream reset, route timeout. Each carries `x-tripline-reason` and shows in metrics.
+//! upstream reset, route timeout. Each carries `x-tripline-reason` and shows in metrics. Time
+//! bounds here are only "not sooner than"; when each comes, exactly, is checked under paused
+//! time in `crates/tripline-proxy/tests/` (pools, timeouts).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -30,8 +32,9 @@ fn summary(rs: &[Resp]) -> Vec<String> {
     rs.iter().map(|r| format!("{} {:?} in {:?}", r.status, r.reason(), r.elapsed)).collect()
 }
 
-/// Checks a burst against a slow (800 ms) upstream: only 200s and 503s with `reason`,
-/// 503s returned at once, at most `max_ok` 200s, and the metric counts the rejections.
+/// Checks a burst against a slow (800 ms) upstream: only 200s and 503s with `reason`, at most
+/// `max_ok` 200s, and the metric counts the rejections. (That the refusals are immediate, and
+/// exactly which requests are served when, is `crates/tripline-proxy/tests/pools.rs`.)
 async fn assert_overflow(proxy: &Proxy, rs: &[Resp], reason: &str, max_ok: usize) {
     let ok = rs.iter().filter(|r| r.status == 200).count();
     let rejected: Vec<&Resp> = rs.iter().filter(|r| r.status == 503).collect();
@@ -40,7 +43,6 @@ async fn assert_overflow(proxy: &Proxy, rs: &[Resp], reason: &str, max_ok: usize
     assert!(rejected.len() >= rs.len() - max_ok, "too few rejections: {:?}", summary(rs));
     for r in &rejected {
         assert_eq!(r.reason(), Some(reason), "{:?}", summary(rs));
-        assert!(r.elapsed < Duration::from_millis(500), "{reason} must be immediate, took {:?}", r.elapsed);
         assert_eq!(r.upstream(), None);
     }
     let counted = proxy.metric("tripline_local_responses_total", &[("reason", reason)]).await;
@@ -89,8 +91,8 @@ async fn overflow_connections_when_a_pending_request_waits_past_connect_timeout(
     let tp = "    connectionPool:\n      tcp: {maxConnections: 1, connectTimeout: 300ms}\n      http: {http1MaxPendingRequests: 10}\n";
     let proxy = Proxy::start(&config::simple(port, "HTTP", &[up.addr], Some(tp))).await;
     let rs = burst(addr(port), 4).await;
-    let ok = rs.iter().filter(|r| r.status == 200).count();
-    assert_eq!(ok, 1, "one request holds the one connection: {:?}", summary(&rs));
+    let ok: Vec<&Resp> = rs.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(ok.len(), 1, "one request holds the one connection: {:?}", summary(&rs));
     for r in rs.iter().filter(|r| r.status != 200) {
         assert_eq!(
             (r.status.as_u16(), r.reason()),
@@ -99,7 +101,7 @@ async fn overflow_connections_when_a_pending_request_waits_past_connect_timeout(
             summary(&rs)
         );
         assert!(
-            r.elapsed >= Duration::from_millis(250) && r.elapsed < Duration::from_millis(1200),
+            r.elapsed >= Duration::from_millis(300) && r.elapsed < ok[0].elapsed,
             "refused after {:?}: should wait connectTimeout (300 ms), not the upstream (1.5 s)",
             r.elapsed
         );
@@ -239,22 +241,18 @@ async fn route_timeout_is_504() {
     let r = get_with(addr(port), "backend.local", "/", &[]).await.unwrap();
     assert_eq!(r.status, 504);
     assert_eq!(r.reason(), Some("route-timeout"));
-    assert!(
-        r.elapsed >= Duration::from_millis(150) && r.elapsed < Duration::from_millis(1500),
-        "timeout 200ms answered after {:?}",
-        r.elapsed
-    );
+    assert!(r.elapsed >= Duration::from_millis(200), "timeout 200ms answered after {:?}", r.elapsed);
     let counted = proxy.metric("tripline_local_responses_total", &[("reason", "route-timeout")]).await;
     assert!(counted >= 1.0);
 }
 
 /// The route timeout covers the whole response, as Envoy's does: an upstream that sends the
-/// head and a few bytes, then stalls for 3 s, has its response cut at the 300 ms deadline. The
+/// head and a few bytes, then stalls for 10 s, has its response cut at the 300 ms deadline. The
 /// client already has a 200 head, so it sees the body fail (HTTP/1.1: the connection closes
 /// short of its content-length; HTTP/2: the stream is reset), and the cut is counted as a
 /// `route-timeout`, in the metrics and in the access log line, which is written when the body
 /// ends and so shows the cut, the bytes that did go out and the whole duration. The proxy keeps
-/// serving.
+/// serving. (When the cut comes, to the millisecond: `crates/tripline-proxy/tests/timeouts.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_timeout_cuts_a_response_body_that_stalls() {
     let (_up, proxy, port, log) = logged_stall("300ms").await;
@@ -265,8 +263,8 @@ async fn route_timeout_cuts_a_response_body_that_stalls() {
         let elapsed = started.elapsed();
         assert!(body.is_err(), "{proto:?}: a body cut at the deadline must not look complete");
         assert!(
-            elapsed >= Duration::from_millis(250) && elapsed < Duration::from_millis(2500),
-            "{proto:?}: timeout 300ms, body cut after {elapsed:?} (the upstream stalls 3s)"
+            elapsed >= Duration::from_millis(300),
+            "{proto:?}: timeout 300ms, body cut after {elapsed:?}"
         );
     }
     let counted = proxy.metric("tripline_local_responses_total", &[("reason", "route-timeout")]).await;
@@ -277,7 +275,7 @@ async fn route_timeout_cuts_a_response_body_that_stalls() {
         assert_eq!(line["bytes_sent"], 10, "the 10 bytes before the stall: {line}");
         let (total, head) =
             (line["duration_ms"].as_f64().unwrap(), line["response_head_ms"].as_f64().unwrap());
-        assert!(total >= 250.0 && head < total, "the duration runs to the cut: {line}");
+        assert!(total >= 300.0 && head < total, "the duration runs to the cut: {line}");
     }
     // A new connection is served as before (the head arrives; the body would be cut again).
     let mut conn = Conn::connect(addr(port), Proto::H1).await.unwrap();
@@ -287,11 +285,11 @@ async fn route_timeout_cuts_a_response_body_that_stalls() {
 }
 
 /// A client that goes away in the middle of a response body is logged as such, when it goes:
-/// the upstream stalls for 3 s and the route allows 5 s, but the line appears at once, with
+/// the upstream stalls for 10 s and the route allows 15 s, but the line appears at once, with
 /// `downstream-disconnect`, and the abandoned upstream attempt is not counted as a timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaving_mid_body_is_logged_as_a_disconnect() {
-    let (_up, proxy, port, log) = logged_stall("5s").await;
+    let (_up, proxy, port, log) = logged_stall("15s").await;
     for proto in [Proto::H1, Proto::H2] {
         let (conn, resp) = get_stalled(port, proto).await;
         let mut body = resp.into_body();
@@ -303,17 +301,17 @@ async fn a_client_leaving_mid_body_is_logged_as_a_disconnect() {
     for line in crate::support::access_log_lines(&log, 2).await {
         assert_eq!(line["response_end"], "downstream-disconnect", "{line}");
         assert_eq!(line["bytes_sent"], 10, "{line}");
-        // Logged when the client left, not when the upstream's 3 s stall ended.
-        assert!(line["duration_ms"].as_f64().unwrap() < 2500.0, "{line}");
+        // Logged when the client left, not when the upstream's 10 s stall ended.
+        assert!(line["duration_ms"].as_f64().unwrap() < 5000.0, "{line}");
     }
     let timeouts = proxy.metric("tripline_local_responses_total", &[("reason", "route-timeout")]).await;
     assert_eq!(timeouts, 0.0);
 }
 
 /// A proxy with an access log and the route timeout `timeout`, in front of an upstream that
-/// sends a 200 head and 10 of 1000 body bytes, then stalls for 3 s.
+/// sends a 200 head and 10 of 1000 body bytes, then stalls for 10 s.
 async fn logged_stall(timeout: &str) -> (Faulty, Proxy, u16, std::path::PathBuf) {
-    let up = Faulty::start("stall", Fault::StallMidResponse(Duration::from_secs(3))).await;
+    let up = Faulty::start("stall", Fault::StallMidResponse(Duration::from_secs(10))).await;
     let log = crate::support::proxy::unique_dir("stall-log").join("access.log");
     let (proxy, port) =
         with_route_timeout_args(up.addr, timeout, &["--access-log", log.to_str().unwrap()]).await;
@@ -334,10 +332,10 @@ async fn get_stalled(port: u16, proto: Proto) -> (Conn, http::Response<hyper::bo
 /// Envoy logs it) and `downstream-disconnect`, with the route it had been given.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaving_before_the_head_is_logged_with_status_0() {
-    let up = Upstream::http_delayed("slow", Duration::from_secs(2)).await;
+    let up = Upstream::http_delayed("slow", Duration::from_secs(10)).await;
     let log = crate::support::proxy::unique_dir("dc-head-log").join("access.log");
     let (_proxy, port) =
-        with_route_timeout_args(up.addr, "5s", &["--access-log", log.to_str().unwrap()]).await;
+        with_route_timeout_args(up.addr, "15s", &["--access-log", log.to_str().unwrap()]).await;
     let mut client = TcpStream::connect(addr(port)).await.unwrap();
     client.write_all(b"HEAD /slow HTTP/1.1\r\nHost: backend.local\r\n\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -350,5 +348,5 @@ async fn a_client_leaving_before_the_head_is_logged_with_status_0() {
     );
     assert_eq!(line["path"], "/slow");
     assert_eq!(line["route"], "backend/http[0]", "{line}");
-    assert!(line["duration_ms"].as_f64().unwrap() < 1500.0, "logged when the client left: {line}");
+    assert!(line["duration_ms"].as_f64().unwrap() < 5000.0, "logged when the client left: {line}");
 }
