@@ -564,8 +564,25 @@ mod tests {
         (first, peer)
     }
 
+    /// The bytes waiting on `peer`'s socket, unread, asked of the socket itself: a raw
+    /// non-blocking `recv(MSG_PEEK)` (std's `peek`, on a duplicate of the descriptor, which
+    /// shares the socket and its non-blocking mode). tokio's `try_read` (and `peek`) answer
+    /// `WouldBlock` from the readiness the event loop last saw, without a system call: "nothing
+    /// arrived" read through them can be "the event loop has not looked yet", and a check that
+    /// bytes were held could never fail.
+    fn arrived(peer: &TcpStream) -> Vec<u8> {
+        use std::os::fd::AsFd;
+        let socket = std::net::TcpStream::from(peer.as_fd().try_clone_to_owned().unwrap());
+        let mut buf = vec![0u8; 64 * 1024];
+        match socket.peek(&mut buf) {
+            Ok(n) => buf[..n].to_vec(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Vec::new(),
+            Err(e) => panic!("peek: {e}"),
+        }
+    }
+
     fn nothing_arrived(peer: &TcpStream) -> bool {
-        matches!(peer.try_read(&mut [0u8; 64]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        arrived(peer).is_empty()
     }
 
     /// An idle pooled connection moves to another thread's event loop (another worker borrowed
@@ -659,9 +676,7 @@ mod tests {
         let (mut io, peer) = pair().await;
         tokio::task::yield_now().await;
         io.write_all(b"now").await.unwrap();
-        let mut got = [0u8; 3];
-        let n = peer.try_read(&mut got).unwrap_or(0);
-        assert_eq!(&got[..n], b"now", "the first write of the tick was held");
+        assert_eq!(arrived(&peer), b"now", "the first write of the tick was held");
     }
 
     /// Busy ticks keep every write for the tick's end (each burst wakes a peer once); when the
@@ -685,9 +700,7 @@ mod tests {
         peer_c.read_exact(&mut got).await.unwrap();
         tokio::task::yield_now().await;
         c.write_all(b"now").await.unwrap();
-        let mut got = [0u8; 3];
-        let n = peer_c.try_read(&mut got).unwrap_or(0);
-        assert_eq!(&got[..n], b"now", "a quiet tick's first write was held");
+        assert_eq!(arrived(&peer_c), b"now", "a quiet tick's first write was held");
     }
 
     /// A reader that stops reading: deferred writes fill the socket, the flusher leaves bytes
