@@ -64,6 +64,35 @@ async fn assert_untouched(proxy: &Proxy) {
     assert_eq!(cluster["breaker"]["consecutive_failures"], 0, "{cluster}");
 }
 
+/// Sends the start of a request (`start`: its head and the first bytes of its body), waits until
+/// the upstream has it (its `seen`-th POST), then breaks the body off: sends `rest`, and closes
+/// the sending side if `close_write`. Returns what comes back until the proxy closes (at most
+/// 5 s). Waiting makes sure the failure happens while an upstream attempt is in flight, the
+/// case that used to count against the upstream.
+async fn broken_upload(
+    port: u16,
+    up: &Faulty,
+    seen: usize,
+    start: &str,
+    rest: &[u8],
+    close_write: bool,
+) -> String {
+    let mut s = TcpStream::connect(addr(port)).await.unwrap();
+    s.write_all(start.as_bytes()).await.unwrap();
+    crate::support::eventually("the request reaches the upstream", Duration::from_secs(5), || {
+        let n = up.count_method("POST");
+        async move { n >= seen }
+    })
+    .await;
+    s.write_all(rest).await.unwrap();
+    if close_write {
+        s.shutdown().await.unwrap();
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_bodies_and_clients_leaving_mid_upload_never_count_against_the_upstream() {
     let up = Faulty::start("healthy", Fault::Healthy).await;
@@ -74,19 +103,18 @@ async fn malformed_bodies_and_clients_leaving_mid_upload_never_count_against_the
 
     // A chunk whose size line is not hexadecimal, after a good chunk that has gone upstream.
     for i in 0..4 {
-        let req = format!(
-            "POST /bad/{i} HTTP/1.1\r\nhost: backend.local\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n"
-        );
-        let answer = exchange(port, req.as_bytes(), false).await;
+        let start =
+            format!("POST /bad/{i} HTTP/1.1\r\nhost: backend.local\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n");
+        let answer = broken_upload(port, &up, i + 1, &start, b"ZZ\r\n", false).await;
         assert!(answer.starts_with("HTTP/1.1 400 "), "malformed chunked body {i}: {answer:?}");
         assert!(answer.contains("x-tripline-reason: bad-request-body"), "{answer:?}");
     }
     // A body that stops 990 bytes short of its declared length: the client closes its side.
     for i in 0..4 {
-        let req = format!(
+        let start = format!(
             "POST /gone/{i} HTTP/1.1\r\nhost: backend.local\r\ncontent-length: 1000\r\n\r\n0123456789"
         );
-        let answer = exchange(port, req.as_bytes(), true).await;
+        let answer = broken_upload(port, &up, i + 5, &start, b"", true).await;
         assert!(!answer.contains(" 502 "), "never an upstream failure: {answer:?}");
     }
     assert_eq!(up.count_method("POST"), 8, "each request reached the upstream before its body broke off");
