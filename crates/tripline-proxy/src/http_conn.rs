@@ -24,9 +24,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::access_log::{BodyEnd, Entry};
-use crate::body::ClientBody;
+use crate::body::{ClientBody, ResponseBody};
 use crate::client_conns::Supervised;
-use crate::h2_server::{self, PREFACE};
+use crate::h2_server::{self, Handling, PREFACE};
 use crate::http_proxy::{self, ConnContext};
 use crate::local_reply::{Reason, REASON_HEADER};
 use crate::net_io::TcpIo;
@@ -48,6 +48,17 @@ pub async fn serve(http1: Arc<http1::Builder>, h2_only: bool, ctx: Arc<ConnConte
     let _ = Supervised::new(conn, signal, Conn::graceful_shutdown).await;
 }
 
+/// The proxy's request path as the HTTP/2 server's handler.
+pub struct Proxying(Arc<ConnContext>);
+
+impl h2_server::Handler for Proxying {
+    type Body = ResponseBody;
+
+    fn call(&mut self, request: Request<ClientBody>) -> Handling<ResponseBody> {
+        Box::pin(http_proxy::handle(self.0.clone(), request))
+    }
+}
+
 /// The first bytes being looked at: the socket, and whether it speaks HTTP/2.
 type Detecting = Pin<Box<dyn Future<Output = io::Result<(TcpStream, bool)>> + Send>>;
 
@@ -56,7 +67,7 @@ type Detecting = Pin<Box<dyn Future<Output = io::Result<(TcpStream, bool)>> + Se
 enum Conn {
     Detecting(Detecting, Option<(Arc<http1::Builder>, Arc<ConnContext>)>),
     Http1(Pin<Box<dyn Http1Conn>>),
-    Http2(Box<h2_server::Connection>),
+    Http2(Box<h2_server::Connection<TcpIo, Proxying>>),
     Closed,
 }
 
@@ -111,7 +122,12 @@ impl Future for Conn {
                     let (http1, ctx) = parts.take().expect("detected once");
                     let io = TcpIo::new(stream);
                     *self = if h2 {
-                        Conn::Http2(Box::new(h2_server::Connection::new(io, ctx)))
+                        let config = h2_server::Config {
+                            peer: ctx.peer,
+                            stats: ctx.shared.global.clone(),
+                            limits: ctx.shared.header_limits.get(),
+                        };
+                        Conn::Http2(Box::new(h2_server::Connection::new(io, Proxying(ctx), config)))
                     } else {
                         let service = service_fn(move |req: Request<Incoming>| {
                             http_proxy::handle(ctx.clone(), req.map(ClientBody::Hyper))

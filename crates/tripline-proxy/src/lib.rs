@@ -14,6 +14,7 @@ pub mod cluster;
 mod dns;
 pub mod grpc;
 pub mod h2_server;
+pub mod header_limits;
 pub mod headers;
 pub mod http_conn;
 pub mod http_proxy;
@@ -67,6 +68,8 @@ pub struct Shared {
     pub access_log: Option<access_log::AccessLog>,
     /// Open client connections: the request-head timeout and the drain.
     pub client_conns: Arc<client_conns::ClientConns>,
+    /// `--max-request-headers-kb` and `--max-request-headers`.
+    pub header_limits: header_limits::ConfiguredLimits,
 }
 
 /// The config in force.
@@ -115,6 +118,7 @@ impl Proxy {
                 dns_answers: Mutex::default(),
                 access_log,
                 client_conns: Arc::default(),
+                header_limits: header_limits::ConfiguredLimits::default(),
             }),
         }
     }

@@ -132,12 +132,67 @@ pub struct Http2Stats {
     /// Connections Tripline closed with a GOAWAY for an error, by the error code (RFC 9113 §7,
     /// codes 0x1 to 0xd).
     connection_errors: [AtomicU64; 14],
+    /// Connections closed (GOAWAY ENHANCE_YOUR_CALM) by an abuse limit, by the limit.
+    floods: [AtomicU64; Http2Flood::ALL.len()],
 }
 
 impl Http2Stats {
     pub fn connection_error(&self, code: u32) {
         if let Some(c) = self.connection_errors.get(code as usize) {
             c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn connection_errors(&self, code: u32) -> u64 {
+        self.connection_errors.get(code as usize).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    pub fn flood(&self, kind: Http2Flood) {
+        self.floods[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn floods(&self, kind: Http2Flood) -> u64 {
+        self.floods[kind as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// The abuse limits of Tripline's HTTP/2 server (`h2_server`), each of which closes a client
+/// connection with GOAWAY ENHANCE_YOUR_CALM (Envoy's `http2.*_flood` statistics). The
+/// discriminant indexes counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http2Flood {
+    /// Most of the streams reset before their response (rapid reset, CVE-2023-44487).
+    RapidReset,
+    /// Over 1,024 streams reset by Tripline for the client's errors (`h2`'s limit).
+    StreamErrors,
+    /// HEADERS or DATA frames carrying nothing, twice in a row.
+    EmptyFrames,
+    /// PRIORITY frames beyond 100 per stream opened.
+    Priority,
+    /// WINDOW_UPDATE frames beyond 10 per DATA frame sent.
+    WindowUpdate,
+    /// RST_STREAM frames on closed streams beyond one per stream opened (and 100 spare).
+    ClosedStreamResets,
+}
+
+impl Http2Flood {
+    pub const ALL: [Http2Flood; 6] = [
+        Http2Flood::RapidReset,
+        Http2Flood::StreamErrors,
+        Http2Flood::EmptyFrames,
+        Http2Flood::Priority,
+        Http2Flood::WindowUpdate,
+        Http2Flood::ClosedStreamResets,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Http2Flood::RapidReset => "rapid-reset",
+            Http2Flood::StreamErrors => "stream-errors",
+            Http2Flood::EmptyFrames => "empty-frames",
+            Http2Flood::Priority => "priority",
+            Http2Flood::WindowUpdate => "window-update",
+            Http2Flood::ClosedStreamResets => "closed-stream-resets",
         }
     }
 }
@@ -341,6 +396,14 @@ impl Collector for Scrape {
                 let n = n.load(Ordering::Relaxed);
                 (n > 0).then(|| (vec![("reason", name.to_string())], n))
             }),
+        )?;
+        counter(
+            &mut enc,
+            "tripline_downstream_http2_floods",
+            "HTTP/2 client connections closed by Tripline with GOAWAY ENHANCE_YOUR_CALM, by the abuse \
+             limit they went past (rapid-reset, stream-errors, empty-frames, priority, window-update, \
+             closed-stream-resets).",
+            Http2Flood::ALL.iter().map(|&k| (vec![("kind", k.as_str().to_string())], h2.floods(k))),
         )?;
         gauge(
             &mut enc,

@@ -13,19 +13,28 @@
 //! HTTP/2 that are easiest to get subtly wrong and where `h2` is well tested and fuzzed.
 //!
 //! What this module owns: streams (RFC 9113 §5.1), flow control both ways (§5.2, §6.9),
-//! SETTINGS, PING, GOAWAY on drain, RST_STREAM, concurrency and header-size limits, and the
-//! defences Envoy has against a client that opens and resets streams in a loop.
+//! SETTINGS, PING, GOAWAY on drain, RST_STREAM, concurrency and header limits, and the
+//! defences `h2` and Envoy have against abusive clients (rapid reset, frame floods).
+//!
+//! The connection answers its requests through a [`Handler`] (the proxy's request path,
+//! `http_proxy::handle`, in production) and runs over any byte stream, so that the unit tests
+//! (`tests`) and the fuzz target drive it frame by frame over an in-memory pipe.
 
+mod closed;
 mod date;
+mod flood;
 mod recv;
 mod request;
 mod respond;
 mod shared;
+#[cfg(test)]
+mod tests;
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -35,12 +44,16 @@ use bytes::Bytes;
 use futures_core::Stream as _;
 use h2::frame::{Frame, GoAway, Ping, Reason, Reset, Settings, StreamId, WindowUpdate};
 use h2::Codec;
-use http::Response;
+use http::{Request, Response};
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::body::ResponseBody;
-use crate::http_proxy::ConnContext;
-use crate::net_io::TcpIo;
-use respond::{advance, ready_ok, user_error};
+use crate::body::ClientBody;
+use crate::header_limits::HeaderLimits;
+use crate::metrics::GlobalStats;
+use closed::ClosedStreams;
+use flood::Flood;
+use respond::{advance, ready_ok, user_error, Outbound};
 pub use shared::RecvBody;
 use shared::{IdMap, Shared, StreamWaker, RECV_WINDOW};
 
@@ -49,8 +62,6 @@ pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Streams a client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
-/// The largest request header block accepted (hyper's default); a larger one gets a 431.
-const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 /// Control frames (acks, window updates, resets) waiting to be written before reading stops:
 /// a client that floods PINGs or SETTINGS without reading the answers is not read either.
 const MAX_CONTROL_QUEUE: usize = 1024;
@@ -63,7 +74,8 @@ const FRAMES_PER_TURN: usize = 16;
 /// before their response head was sent (by the client, or by Tripline for a malformed request).
 const PREMATURE_RESET_MIN_STREAMS: u32 = 100;
 /// Streams Tripline may reset for the client's errors over a connection's life before closing it
-/// (`h2`'s limit, which hyper's server had): each costs an abandoned upstream request.
+/// (`h2`'s limit, which hyper's server had): each costs an abandoned upstream request, and
+/// each frame on a closed stream that is answered with RST_STREAM counts too.
 const MAX_LOCAL_ERROR_RESETS: u32 = 1024;
 /// How long a closed connection keeps reading what the client still sends, so that the kernel
 /// does not answer it with a TCP reset that could destroy the last response unread.
@@ -75,21 +87,56 @@ const DRAIN_PING_TIMEOUT: Duration = Duration::from_secs(1);
 /// The largest flow-control window (RFC 9113 §6.9.1).
 const MAX_WINDOW: i64 = (1 << 31) - 1;
 
-type Handling = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+/// A request being answered: the future the [`Handler`] returned for it.
+pub type Handling<B> = Pin<Box<dyn Future<Output = Result<Response<B>, Infallible>> + Send>>;
+
+/// What answers a connection's requests: the proxy's request path (`http_proxy::handle`) in
+/// production, canned responders in the unit tests and the fuzz target. Any
+/// `FnMut(Request<ClientBody>) -> impl Future<Output = Result<Response<B>, Infallible>>` is one.
+pub trait Handler {
+    /// The response body; its error resets the stream with INTERNAL_ERROR.
+    type Body: Body<Data = Bytes, Error: std::fmt::Display> + Unpin + Send + 'static;
+
+    fn call(&mut self, request: Request<ClientBody>) -> Handling<Self::Body>;
+}
+
+impl<F, Fut, B> Handler for F
+where
+    F: FnMut(Request<ClientBody>) -> Fut,
+    Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: Body<Data = Bytes, Error: std::fmt::Display> + Unpin + Send + 'static,
+{
+    type Body = B;
+
+    fn call(&mut self, request: Request<ClientBody>) -> Handling<B> {
+        Box::pin(self(request))
+    }
+}
+
+/// What a connection needs besides its byte stream and its handler.
+#[derive(Clone)]
+pub struct Config {
+    /// The client, for the logs.
+    pub peer: SocketAddr,
+    /// Where `tripline_downstream_http2_*` are counted.
+    pub stats: Arc<GlobalStats>,
+    /// `--max-request-headers-kb` and `--max-request-headers`.
+    pub limits: HeaderLimits,
+}
 
 /// Where a stream is in answering its request.
-enum Task {
+enum Task<B> {
     /// The request path is working on the response head.
-    Handling(Handling),
+    Handling(Handling<B>),
     /// The head is ready, waiting for room in the codec.
-    Head(http::response::Parts, ResponseBody),
+    Head(http::response::Parts, B),
     /// Sending the body; the chunk is what is left of the last one, waiting for window.
-    Body(ResponseBody, Option<Bytes>),
+    Body(B, Option<Bytes>),
     Done,
 }
 
-struct Stream {
-    task: Task,
+struct Stream<B> {
+    task: Task<B>,
     queued: Arc<StreamWaker>,
     waker: Waker,
     /// What the client lets Tripline send on this stream.
@@ -131,12 +178,18 @@ enum Step {
     Finished(Option<Reason>),
 }
 
-/// One client connection speaking HTTP/2: a future that runs until the connection closes.
-pub struct Connection {
-    codec: Codec<TcpIo, Bytes>,
-    ctx: Arc<ConnContext>,
+/// One client connection speaking HTTP/2 over `T`, its requests answered by `H`: a future that
+/// runs until the connection closes.
+pub struct Connection<T, H: Handler> {
+    codec: Codec<T, Bytes>,
+    handler: H,
+    config: Config,
     shared: Arc<Shared>,
-    streams: IdMap<Stream>,
+    streams: IdMap<Stream<H::Body>>,
+    /// Streams that are no longer open, as far as frames arriving on them need to know.
+    closed: ClosedStreams,
+    /// The frame counts Envoy's flood limits are checked on.
+    flood: Flood,
     /// Frames that are not stream output: acks, window updates, resets, GOAWAY.
     control: VecDeque<Frame<Bytes>>,
     /// Streams to poll on this turn besides those their wakers queued.
@@ -145,8 +198,9 @@ pub struct Connection {
     window_blocked: Vec<u32>,
     scratch: Vec<u32>,
     updates: Vec<(u32, u32)>,
-    /// What the client lets Tripline send on the connection as a whole.
-    conn_send_window: i64,
+    /// What the client lets Tripline send on the connection as a whole, and the DATA frames
+    /// sent so far.
+    out: Outbound,
     /// The client's SETTINGS_INITIAL_WINDOW_SIZE.
     init_send_window: i64,
     /// The highest stream id the client has opened, and the highest Tripline has taken up
@@ -166,31 +220,39 @@ pub struct Connection {
     lingering: bool,
 }
 
-impl Connection {
+impl<T, H> Connection<T, H>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
     /// Serves a client whose connection preface has been read from `io`.
-    pub fn new(io: TcpIo, ctx: Arc<ConnContext>) -> Self {
+    pub fn new(io: T, handler: H, config: Config) -> Self {
         let mut codec = Codec::new(io);
-        codec.set_max_recv_header_list_size(MAX_HEADER_LIST_SIZE as usize);
+        let max_header_list = config.limits.max_bytes();
+        codec.set_max_recv_header_list_size(max_header_list as usize);
         let mut settings = Settings::default();
         settings.set_max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS));
         settings.set_initial_window_size(Some(RECV_WINDOW));
-        settings.set_max_header_list_size(Some(MAX_HEADER_LIST_SIZE));
+        settings.set_max_header_list_size(Some(max_header_list));
         let mut control = VecDeque::with_capacity(8);
         control.push_back(settings.into());
         // The connection window starts at 65,535 whatever SETTINGS say (RFC 9113 §6.9.2).
         control.push_back(WindowUpdate::new(StreamId::zero(), RECV_WINDOW - 65_535).into());
         Connection {
             codec,
-            ctx,
+            handler,
+            config,
             shared: Shared::new(),
             streams: IdMap::default(),
+            closed: ClosedStreams::default(),
+            flood: Flood::default(),
             control,
             ready: Vec::new(),
             write_blocked: Vec::new(),
             window_blocked: Vec::new(),
             scratch: Vec::new(),
             updates: Vec::new(),
-            conn_send_window: 65_535,
+            out: Outbound { conn_window: 65_535, data_frames: 0 },
             init_send_window: 65_535,
             last_id: 0,
             last_accepted: 0,
@@ -344,7 +406,7 @@ impl Connection {
     fn poll_stream(&mut self, id: u32, cx: &mut Context<'_>) -> io::Result<()> {
         let Some(s) = self.streams.get_mut(&id) else { return Ok(()) };
         s.queued.clear();
-        match advance(id, s, &mut self.codec, &mut self.conn_send_window, cx)? {
+        match advance(id, s, &mut self.codec, &mut self.out, cx)? {
             Step::Waiting => {}
             Step::BlockedOnWrite => self.write_blocked.push(id),
             Step::BlockedOnWindow => {
@@ -371,6 +433,7 @@ impl Connection {
                     // The response is complete before the request: the client may stop
                     // sending (RFC 9113 §8.1).
                     self.end_inbound(id);
+                    self.closed.reset_by_us(id, false);
                     self.control.push_back(Reset::new(StreamId::from(id), Reason::NO_ERROR).into());
                 }
                 drop(s);
@@ -380,7 +443,11 @@ impl Connection {
     }
 }
 
-impl Future for Connection {
+impl<T, H> Future for Connection<T, H>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    H: Handler + Unpin,
+{
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
@@ -389,7 +456,7 @@ impl Future for Connection {
         match this.drive(cx) {
             Ok(p) => p,
             Err(e) => {
-                tracing::debug!(peer = %this.ctx.peer, error = %e, "HTTP/2 connection lost");
+                tracing::debug!(peer = %this.config.peer, error = %e, "HTTP/2 connection lost");
                 this.drop_all_streams();
                 Poll::Ready(())
             }
@@ -397,7 +464,7 @@ impl Future for Connection {
     }
 }
 
-impl Drop for Connection {
+impl<T, H: Handler> Drop for Connection<T, H> {
     fn drop(&mut self) {
         self.drop_all_streams();
     }

@@ -10,22 +10,48 @@ use h2::frame::{
     Data, Frame, GoAway, Headers, Ping, Pseudo, Reason, Reset, Settings, StreamId, WindowUpdate,
 };
 use http::{HeaderMap, Method, StatusCode};
+use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::closed::Verdict;
 use super::shared::{Inbound, RecvBody, StreamWaker};
 use super::{
-    request, Closing, Connection, Stream, Task, MAX_CONCURRENT_STREAMS, MAX_LOCAL_ERROR_RESETS, MAX_WINDOW,
-    PREMATURE_RESET_MIN_STREAMS,
+    request, Closing, Connection, Handler, Stream, Task, MAX_CONCURRENT_STREAMS, MAX_LOCAL_ERROR_RESETS,
+    MAX_WINDOW, PREMATURE_RESET_MIN_STREAMS,
 };
 use crate::body::ClientBody;
-use crate::http_proxy;
+use crate::metrics::Http2Flood;
 
-impl Connection {
+impl<T, H> Connection<T, H>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    H: Handler,
+{
     pub(super) fn recv_frame(&mut self, frame: Frame) {
         match frame {
-            Frame::Headers(h) => self.recv_headers(h),
-            Frame::Data(d) => self.recv_data(d),
+            Frame::Headers(mut h) => {
+                let empty = !h.is_end_stream()
+                    && !h.is_over_size()
+                    && h.fields().is_empty()
+                    && is_empty(h.pseudo_mut());
+                let flood = self.flood.payload_frame(empty);
+                if !self.flooded(flood) {
+                    self.recv_headers(h);
+                }
+            }
+            Frame::Data(d) => {
+                let empty = !d.is_end_stream() && d.payload().is_empty();
+                let flood = self.flood.payload_frame(empty);
+                if !self.flooded(flood) {
+                    self.recv_data(d);
+                }
+            }
             Frame::Reset(r) => self.recv_reset(u32::from(r.stream_id())),
-            Frame::WindowUpdate(w) => self.recv_window_update(u32::from(w.stream_id()), w.size_increment()),
+            Frame::WindowUpdate(w) => {
+                let flood = self.flood.window_update(self.opened, self.out.data_frames);
+                if !self.flooded(flood) {
+                    self.recv_window_update(u32::from(w.stream_id()), w.size_increment());
+                }
+            }
             Frame::Settings(s) => self.recv_settings(&s),
             Frame::Ping(p) => {
                 if !p.is_ack() {
@@ -35,7 +61,11 @@ impl Connection {
                 }
             }
             Frame::GoAway(_) => self.peer_going_away = true,
-            Frame::Priority(_) => {}
+            // Ignored, as RFC 9113 §5.3.2 allows; counted.
+            Frame::Priority(_) => {
+                let flood = self.flood.priority(self.opened);
+                self.flooded(flood);
+            }
             // Only a server pushes.
             Frame::PushPromise(_) => self.fail(Reason::PROTOCOL_ERROR),
         }
@@ -53,7 +83,7 @@ impl Connection {
                     }
                     // A malformed request still opens its stream, and counts as one; it was
                     // not taken up, so a GOAWAY does not name it.
-                    self.last_id = id;
+                    self.new_stream_id(id);
                     self.opened += 1;
                     self.premature_reset();
                 } else if id % 2 == 0 {
@@ -71,27 +101,37 @@ impl Connection {
         Ok(())
     }
 
+    /// The client opened stream `id`, the highest so far.
+    fn new_stream_id(&mut self, id: u32) {
+        self.closed.opened(self.last_id, id);
+        self.last_id = id;
+    }
+
+    /// After the final GOAWAY, streams above the last one it names were never taken up: what
+    /// the client sends on them is ignored (RFC 9113 §6.8).
+    fn beyond_goaway(&self, id: u32) -> bool {
+        matches!(self.closing, Closing::Drained | Closing::Failed) && id > self.last_accepted
+    }
+
     fn recv_headers(&mut self, h: Headers) {
         let id = u32::from(h.stream_id());
         if !h.stream_id().is_client_initiated() {
             return self.fail(Reason::PROTOCOL_ERROR);
         }
         if let Some(s) = self.streams.get_mut(&id) {
+            if !s.recv_open {
+                // Half-closed (remote): the request has ended (RFC 9113 §5.1).
+                return self.reset(id, Reason::STREAM_CLOSED, true);
+            }
             // Trailers: they must end the request (RFC 9113 §8.1), within the size limit and
             // without pseudo-header fields.
-            if !s.recv_open || !h.is_end_stream() || h.is_over_size() {
+            if !h.is_end_stream() || h.is_over_size() {
                 return self.reset(id, Reason::PROTOCOL_ERROR, true);
             }
             s.recv_open = false;
             let length_ok = s.expected.is_none_or(|n| n == s.received);
             let (p, fields) = h.into_parts();
-            let pseudo = p.method.is_some()
-                || p.scheme.is_some()
-                || p.authority.is_some()
-                || p.path.is_some()
-                || p.protocol.is_some()
-                || p.status.is_some();
-            if !length_ok || pseudo {
+            if !length_ok || !is_empty(&p) {
                 return self.reset(id, Reason::PROTOCOL_ERROR, true);
             }
             let waker = self.shared.lock().bodies.get_mut(&id).and_then(|inb| {
@@ -103,25 +143,28 @@ impl Connection {
             return;
         }
         if id <= self.last_id {
-            // A stream that already ended. Trailers the client sent before it learnt that are
-            // ignored; anything else is a new request on a used id (RFC 9113 §5.1.1).
-            if !h.is_end_stream() {
-                self.fail(Reason::STREAM_CLOSED);
+            if self.beyond_goaway(id) {
+                return;
+            }
+            // A stream that has closed, or an id skipped for good: trailers the client sent
+            // before it saw Tripline's reset are ignored, anything else ends the connection.
+            if let Verdict::Error(reason) = self.closed.headers(id, h.is_end_stream()) {
+                self.fail(reason);
             }
             return;
         }
-        self.last_id = id;
+        self.new_stream_id(id);
         if matches!(self.closing, Closing::Drained | Closing::Failed) {
             // Above the id the GOAWAY named: not processed, the client may retry it elsewhere.
             return;
         }
+        let end = h.is_end_stream();
         if self.streams.len() >= MAX_CONCURRENT_STREAMS as usize {
-            return self.send_reset(id, Reason::REFUSED_STREAM);
+            return self.send_reset(id, Reason::REFUSED_STREAM, end);
         }
         self.opened += 1;
         self.last_accepted = id;
-        let end = h.is_end_stream();
-        if h.is_over_size() {
+        if h.is_over_size() || h.fields().len() > self.config.limits.max_count() as usize {
             let mut reply = Headers::new(
                 h.stream_id(),
                 Pseudo::response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
@@ -130,6 +173,7 @@ impl Connection {
             reply.set_end_stream();
             self.control.push_back(reply.into());
             if !end {
+                self.closed.reset_by_us(id, false);
                 self.control.push_back(Reset::new(h.stream_id(), Reason::NO_ERROR).into());
             }
             return;
@@ -150,7 +194,7 @@ impl Connection {
         let req = head.request.map(|()| ClientBody::H2(body));
         let queued = StreamWaker::new(id, self.shared.clone());
         let stream = Stream {
-            task: Task::Handling(Box::pin(http_proxy::handle(self.ctx.clone(), req))),
+            task: Task::Handling(self.handler.call(req)),
             waker: Waker::from(queued.clone()),
             queued,
             send_window: self.init_send_window,
@@ -188,8 +232,15 @@ impl Connection {
                 // DATA on a stream never opened (RFC 9113 §6.1).
                 return self.fail(Reason::PROTOCOL_ERROR);
             }
-            // A stream that already ended: thrown away, and given back to the connection.
+            // A stream that has closed: thrown away, and given back to the connection (RFC 9113
+            // §6.9: it counted against the window all the same). Ignored if Tripline reset the
+            // stream and the client sent it before it knew; otherwise a stream error.
             self.shared.lock().release_conn(len);
+            if !self.beyond_goaway(id) {
+                if let Verdict::Error(reason) = self.closed.data(id, len, end) {
+                    self.reset(id, reason, true);
+                }
+            }
             return;
         };
         if !s.recv_open {
@@ -243,8 +294,13 @@ impl Connection {
             // RST_STREAM on the connection or on a stream never opened (RFC 9113 §6.4).
             return self.fail(Reason::PROTOCOL_ERROR);
         }
-        self.ctx.shared.global.http2.client_resets.fetch_add(1, Ordering::Relaxed);
-        let Some(s) = self.streams.remove(&id) else { return };
+        let Some(s) = self.streams.remove(&id) else {
+            // Closed already: ignored (RFC 9113 §5.1), but only so many times.
+            let flood = self.flood.reset_on_closed_stream(self.opened);
+            self.flooded(flood);
+            return;
+        };
+        self.config.stats.http2.client_resets.fetch_add(1, Ordering::Relaxed);
         if matches!(s.task, Task::Handling(_) | Task::Head(..)) {
             self.premature_reset();
         }
@@ -255,8 +311,8 @@ impl Connection {
 
     fn recv_window_update(&mut self, id: u32, inc: u32) {
         if id == 0 {
-            self.conn_send_window += i64::from(inc);
-            if self.conn_send_window > MAX_WINDOW {
+            self.out.conn_window += i64::from(inc);
+            if self.out.conn_window > MAX_WINDOW {
                 return self.fail(Reason::FLOW_CONTROL_ERROR);
             }
             self.unblock_all();
@@ -266,6 +322,7 @@ impl Connection {
             // WINDOW_UPDATE on a stream never opened (RFC 9113 §5.1).
             return self.fail(Reason::PROTOCOL_ERROR);
         }
+        // On a closed stream: ignored (RFC 9113 §5.1), and counted by the flood limit.
         let Some(s) = self.streams.get_mut(&id) else { return };
         s.send_window += i64::from(inc);
         if s.send_window > MAX_WINDOW {
@@ -273,7 +330,7 @@ impl Connection {
         }
         // Polled again only if the connection has room too; otherwise it stays listed for the
         // connection's own update (a client sending stream updates alone gets nothing polled).
-        if s.blocked_on_window && self.conn_send_window > 0 {
+        if s.blocked_on_window && self.out.conn_window > 0 {
             s.blocked_on_window = false;
             self.ready.push(id);
         }
@@ -324,10 +381,21 @@ impl Connection {
     fn premature_reset(&mut self) {
         self.premature_resets += 1;
         if self.opened >= PREMATURE_RESET_MIN_STREAMS && self.premature_resets * 2 > self.opened {
-            tracing::warn!(peer = %self.ctx.peer, opened = self.opened, reset = self.premature_resets,
-                "closing an HTTP/2 connection that resets most of its streams");
+            self.flooded(Some(Http2Flood::RapidReset));
+        }
+    }
+
+    /// Closes the connection with GOAWAY ENHANCE_YOUR_CALM if the client went past an abuse
+    /// limit (`kind`); true if it did.
+    fn flooded(&mut self, kind: Option<Http2Flood>) -> bool {
+        let Some(kind) = kind else { return false };
+        if self.closing != Closing::Failed {
+            tracing::warn!(peer = %self.config.peer, limit = kind.as_str(), opened = self.opened,
+                reset = self.premature_resets, "closing an abusive HTTP/2 connection");
+            self.config.stats.http2.flood(kind);
             self.fail(Reason::ENHANCE_YOUR_CALM);
         }
+        true
     }
 
     /// Resets a stream (a stream error): its request is cancelled. `client_error`: the client
@@ -337,7 +405,9 @@ impl Connection {
     pub(super) fn reset(&mut self, id: u32, reason: Reason, client_error: bool) {
         self.end_inbound(id);
         let s = self.streams.remove(&id);
-        self.send_reset(id, reason);
+        // Once answered, a closed stream's frames are ignored like an open one's: they were
+        // sent before the answer arrived.
+        self.send_reset(id, reason, s.as_ref().is_some_and(|s| !s.recv_open));
         if client_error {
             // Made to reset its own streams, a client could otherwise keep any number of
             // abandoned requests going upstream ("MadeYouReset", CVE-2025-8671).
@@ -346,15 +416,18 @@ impl Connection {
             }
             self.local_error_resets += 1;
             if self.local_error_resets > MAX_LOCAL_ERROR_RESETS {
-                self.fail(Reason::ENHANCE_YOUR_CALM);
+                self.flooded(Some(Http2Flood::StreamErrors));
             }
         }
         drop(s);
     }
 
-    /// Queues RST_STREAM, counted in `tripline_downstream_http2_stream_resets{by="proxy"}`.
-    pub(super) fn send_reset(&mut self, id: u32, reason: Reason) {
-        self.ctx.shared.global.http2.proxy_resets.fetch_add(1, Ordering::Relaxed);
+    /// Queues RST_STREAM, counted in `tripline_downstream_http2_stream_resets{by="proxy"}`, and
+    /// remembers the stream so that what the client sent before it sees the reset is ignored.
+    /// `ended`: the client had already ended its side of the stream.
+    pub(super) fn send_reset(&mut self, id: u32, reason: Reason, ended: bool) {
+        self.config.stats.http2.proxy_resets.fetch_add(1, Ordering::Relaxed);
+        self.closed.reset_by_us(id, ended);
         self.control.push_back(Reset::new(StreamId::from(id), reason).into());
     }
 
@@ -372,28 +445,11 @@ impl Connection {
         if self.closing == Closing::Failed {
             return;
         }
-        tracing::debug!(peer = %self.ctx.peer, ?reason, "HTTP/2 connection error");
-        self.ctx.shared.global.http2.connection_error(reason.into());
+        tracing::debug!(peer = %self.config.peer, ?reason, "HTTP/2 connection error");
+        self.config.stats.http2.connection_error(reason.into());
         self.closing = Closing::Failed;
         self.control.push_back(GoAway::new(StreamId::from(self.last_accepted), reason).into());
         self.drop_all_streams();
-    }
-
-    pub(super) fn drop_all_streams(&mut self) {
-        let wakers: Vec<Waker> = {
-            let mut st = self.shared.lock();
-            st.bodies
-                .values_mut()
-                .filter_map(|inb| {
-                    inb.reset = true;
-                    inb.take_waker()
-                })
-                .collect()
-        };
-        wakers.into_iter().for_each(Waker::wake);
-        // Dropped outside the lock: a request's body takes it when dropped.
-        let streams = std::mem::take(&mut self.streams);
-        drop(streams);
     }
 
     /// Turns the window the requests gave back into WINDOW_UPDATE frames.
@@ -411,6 +467,35 @@ impl Connection {
             }
         }
     }
+}
+
+impl<T, H: Handler> Connection<T, H> {
+    pub(super) fn drop_all_streams(&mut self) {
+        let wakers: Vec<Waker> = {
+            let mut st = self.shared.lock();
+            st.bodies
+                .values_mut()
+                .filter_map(|inb| {
+                    inb.reset = true;
+                    inb.take_waker()
+                })
+                .collect()
+        };
+        wakers.into_iter().for_each(Waker::wake);
+        // Dropped outside the lock: a request's body takes it when dropped.
+        let streams = std::mem::take(&mut self.streams);
+        drop(streams);
+    }
+}
+
+/// True when a header block has no pseudo-header field.
+fn is_empty(p: &Pseudo) -> bool {
+    p.method.is_none()
+        && p.scheme.is_none()
+        && p.authority.is_none()
+        && p.path.is_none()
+        && p.protocol.is_none()
+        && p.status.is_none()
 }
 
 /// The bytes a DATA frame counts against flow control: its payload, plus its padding and pad

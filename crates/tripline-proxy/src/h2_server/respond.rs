@@ -10,18 +10,30 @@ use h2::frame::{Data, Headers, Pseudo, Reason, StreamId};
 use h2::Codec;
 use http::header::{CONTENT_LENGTH, DATE};
 use http_body::Body;
+use tokio::io::AsyncWrite;
 
 use super::{date, Step, Stream, Task, FRAMES_PER_TURN};
-use crate::net_io::TcpIo;
+
+/// The connection's sending side as the streams share it.
+pub(super) struct Outbound {
+    /// What the client lets Tripline send on the connection as a whole.
+    pub conn_window: i64,
+    /// DATA frames sent so far: the client's WINDOW_UPDATEs are limited by it (see `flood`).
+    pub data_frames: u64,
+}
 
 /// Moves a stream's response along as far as it can go now.
-pub(super) fn advance(
+pub(super) fn advance<T, B>(
     id: u32,
-    s: &mut Stream,
-    codec: &mut Codec<TcpIo, Bytes>,
-    conn_window: &mut i64,
+    s: &mut Stream<B>,
+    codec: &mut Codec<T, Bytes>,
+    out: &mut Outbound,
     cx: &mut Context<'_>,
-) -> io::Result<Step> {
+) -> io::Result<Step>
+where
+    T: AsyncWrite + Unpin,
+    B: Body<Data = Bytes, Error: std::fmt::Display> + Unpin,
+{
     let sid = StreamId::from(id);
     let mut scx = Context::from_waker(&s.waker);
     let mut frames = 0;
@@ -74,6 +86,7 @@ pub(super) fn advance(
                             let mut d = Data::new(sid, Bytes::new());
                             d.set_end_stream(true);
                             codec.buffer(d.into()).map_err(user_error)?;
+                            out.data_frames += 1;
                             return Ok(Step::Finished(None));
                         }
                         Poll::Ready(Some(Err(e))) => {
@@ -95,7 +108,7 @@ pub(super) fn advance(
                         },
                     }
                 }
-                let room = s.send_window.min(*conn_window).min(codec.max_send_frame_size() as i64);
+                let room = s.send_window.min(out.conn_window).min(codec.max_send_frame_size() as i64);
                 if room <= 0 {
                     return Ok(Step::BlockedOnWindow);
                 }
@@ -110,7 +123,8 @@ pub(super) fn advance(
                 };
                 let n = part.len() as i64;
                 s.send_window -= n;
-                *conn_window -= n;
+                out.conn_window -= n;
+                out.data_frames += 1;
                 let end = chunk.is_none() && body.is_end_stream();
                 let mut d = Data::new(sid, part);
                 d.set_end_stream(end);
