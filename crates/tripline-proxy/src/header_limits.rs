@@ -41,8 +41,8 @@ impl HeaderLimits {
         self.max_bytes
     }
 
-    /// The most header fields a request may have (pseudo-header fields and the request line
-    /// not counted).
+    /// The most header fields a request may have (HTTP/1.1's `Host` among them; HTTP/2's
+    /// pseudo-header fields not counted).
     pub fn max_count(self) -> u32 {
         self.max_count
     }

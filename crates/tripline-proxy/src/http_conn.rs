@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use http::Request;
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -27,15 +27,25 @@ use crate::access_log::{BodyEnd, Entry};
 use crate::body::{ClientBody, ResponseBody};
 use crate::client_conns::Supervised;
 use crate::h2_server::{self, Handling, PREFACE};
+use crate::header_limits::HeaderLimits;
 use crate::http_proxy::{self, ConnContext};
 use crate::local_reply::{Reason, REASON_HEADER};
 use crate::net_io::TcpIo;
 
 /// hyper's HTTP/1.1 server settings, shared by a listener's connections.
-pub fn http1_builder() -> http1::Builder {
+pub fn http1_builder(limits: HeaderLimits) -> http1::Builder {
     let mut b = http1::Builder::new();
     // The request-head timeout is kept by `client_conns` (no timer per request).
     b.timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
+    // hyper answers 431 once its read buffer is full and the head is still incomplete. A head
+    // arriving in one read may overshoot the buffer, so the exact size check is `serve_http1`'s;
+    // this bounds what a connection buffers (twice the limit leaves room for the request line).
+    b.max_buf_size((2 * limits.max_bytes() as usize).max(8192));
+    // hyper's default is 100 fields on the stack; any other count costs it an allocation per
+    // request, so it is only set when it differs.
+    if limits.max_count() != 100 {
+        b.max_headers(limits.max_count() as usize);
+    }
     b
 }
 
@@ -57,6 +67,23 @@ impl h2_server::Handler for Proxying {
     fn call(&mut self, request: Request<ClientBody>) -> Handling<ResponseBody> {
         Box::pin(http_proxy::handle(self.0.clone(), request))
     }
+}
+
+/// An HTTP/1.1 request through the proxy's request path, unless its header fields are over
+/// `--max-request-headers-kb`: then `431` and the connection closes, as hyper does for a head
+/// that does not fit its buffer.
+async fn serve_http1(
+    ctx: Arc<ConnContext>,
+    limits: HeaderLimits,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+    if limits.too_large(req.headers()) {
+        let mut r = Response::new(ResponseBody::local(bytes::Bytes::new()));
+        *r.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
+        r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+        return Ok(r);
+    }
+    http_proxy::handle(ctx, req.map(ClientBody::Hyper)).await
 }
 
 /// The first bytes being looked at: the socket, and whether it speaks HTTP/2.
@@ -121,17 +148,14 @@ impl Future for Conn {
                     };
                     let (http1, ctx) = parts.take().expect("detected once");
                     let io = TcpIo::new(stream);
+                    let limits = ctx.shared.header_limits.get();
                     *self = if h2 {
-                        let config = h2_server::Config {
-                            peer: ctx.peer,
-                            stats: ctx.shared.global.clone(),
-                            limits: ctx.shared.header_limits.get(),
-                        };
+                        let config =
+                            h2_server::Config { peer: ctx.peer, stats: ctx.shared.global.clone(), limits };
                         Conn::Http2(Box::new(h2_server::Connection::new(io, Proxying(ctx), config)))
                     } else {
-                        let service = service_fn(move |req: Request<Incoming>| {
-                            http_proxy::handle(ctx.clone(), req.map(ClientBody::Hyper))
-                        });
+                        let service =
+                            service_fn(move |req: Request<Incoming>| serve_http1(ctx.clone(), limits, req));
                         Conn::Http1(Box::pin(
                             http1.serve_connection(TokioIo::new(io), service).with_upgrades(),
                         ))

@@ -97,7 +97,7 @@ async fn accept_loop(
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let http1 = Arc::new(crate::http_conn::http1_builder());
+    let http1 = Arc::new(crate::http_conn::http1_builder(shared.header_limits.get()));
     let h2_only = rt.protocol == ListenerProtocol::Http2;
     let mut shutdown = shared.shutdown.subscribe();
     let mut backoff = AcceptBackoff::default();

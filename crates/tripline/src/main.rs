@@ -99,6 +99,16 @@ pub struct RunArgs {
     /// response is cut. HTTP/1.1 only for now; `0s` turns it off.
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub stream_idle_timeout: Duration,
+    /// The largest request header a client may send, in KiB; a larger one gets 431. HTTP/1.1
+    /// counts the header fields' names and values, HTTP/2 the header list as
+    /// SETTINGS_MAX_HEADER_LIST_SIZE does (which Tripline advertises).
+    #[arg(long, default_value_t = 60, value_name = "KIB",
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(tripline_proxy::header_limits::HeaderLimits::MAX_KB)))]
+    pub max_request_headers_kb: u32,
+    /// The most header fields a request may have (HTTP/1.1's Host among them; HTTP/2's
+    /// pseudo-header fields not counted); more get 431.
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_request_headers: u32,
     /// How often `resolution: DNS` hosts are re-resolved.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub dns_refresh: Duration,

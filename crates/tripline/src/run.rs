@@ -92,6 +92,7 @@ async fn serve(args: RunArgs, opts: LoadOptions, loaded: Loaded, workers: usize)
     let proxy = Proxy::with_access_log(access_log);
     proxy.shared.client_conns.set_header_timeout(args.header_timeout);
     proxy.shared.client_conns.set_stream_idle_timeout(args.stream_idle_timeout);
+    proxy.shared.header_limits.set(args.max_request_headers_kb, args.max_request_headers);
     let admin = match tripline_proxy::admin::bind(args.admin).await {
         Ok(l) => l,
         Err(e) => {

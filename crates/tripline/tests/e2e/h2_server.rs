@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::config;
-use crate::support::{free_port, Proxy, Upstream};
+use crate::support::{free_port, Conn, Proto, Proxy, Resp, Upstream};
 
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
@@ -428,4 +428,58 @@ async fn a_drain_the_client_never_acknowledges_still_ends() {
     assert!(after >= Duration::from_millis(800), "the final GOAWAY waited for the PING ({after:?})");
     assert!(ended, "the stream in flight finished");
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)).await.expect("exit").code(), Some(0));
+}
+
+/// `n` fields of gRPC-style binary metadata (`x-meta-<i>-bin`), `len` bytes of value each.
+fn metadata(n: usize, len: usize) -> Vec<(String, String)> {
+    (0..n).map(|i| (format!("x-meta-{i}-bin"), "QUJD".repeat(len / 4))).collect()
+}
+
+/// One GET with `fields` on a fresh connection of `proto`.
+async fn get_with_fields(addr: SocketAddr, proto: Proto, fields: &[(String, String)]) -> Resp {
+    let mut conn = Conn::connect(addr, proto).await.expect("connect");
+    let refs: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    conn.get_with("backend.local", "/", &refs).await.expect("a response")
+}
+
+/// `--max-request-headers-kb` and `--max-request-headers` at their defaults (Envoy's: 60 KiB,
+/// 100 fields): 20 KiB of gRPC metadata reaches the upstream over either protocol (the limit
+/// was 16 KiB for HTTP/2), and 61 KiB or 101 fields get 431 from the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_headers_within_the_default_limits_pass_and_beyond_them_get_431() {
+    let (up, _proxy, addr) = proxy().await;
+    for proto in [Proto::H1, Proto::H2] {
+        let r = get_with_fields(addr, proto, &metadata(20, 1024)).await;
+        assert_eq!(r.status, 200, "{proto:?}: 20 KiB of metadata");
+        assert_eq!(
+            r.seen_header("x-meta-19-bin").map(|v| v.len()),
+            Some(1024),
+            "{proto:?}: reached the upstream"
+        );
+        let before = up.requests();
+        let r = get_with_fields(addr, proto, &metadata(61, 1024)).await;
+        assert_eq!(r.status, 431, "{proto:?}: 61 KiB");
+        let r = get_with_fields(addr, proto, &metadata(101, 1)).await;
+        assert_eq!(r.status, 431, "{proto:?}: 101 fields");
+        assert_eq!(up.requests(), before, "{proto:?}: refused requests never reach the upstream");
+    }
+}
+
+/// The flags move both limits, for both protocols (a count other than hyper's default, 100,
+/// goes through hyper's `max_headers`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_limits_follow_their_flags() {
+    let up = Upstream::http("h2").await;
+    let port = free_port();
+    let yaml = config::simple(port, "HTTP", &[up.addr], None);
+    let _proxy =
+        Proxy::start_args(&yaml, &["--max-request-headers-kb", "8", "--max-request-headers", "10"]).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for proto in [Proto::H1, Proto::H2] {
+        // Nine fields: ten with HTTP/1.1's Host (HTTP/2's pseudo-header fields do not count).
+        let ok = get_with_fields(addr, proto, &metadata(9, 768)).await;
+        assert_eq!(ok.status, 200, "{proto:?}: 9 fields, 7 KiB");
+        assert_eq!(get_with_fields(addr, proto, &metadata(11, 4)).await.status, 431, "{proto:?}: 11 fields");
+        assert_eq!(get_with_fields(addr, proto, &metadata(9, 1024)).await.status, 431, "{proto:?}: 9 KiB");
+    }
 }
