@@ -3,6 +3,10 @@
 //!
 //! The protocol is told from the first bytes, peeked rather than read: an HTTP/1.1 request
 //! stays in the socket for hyper, and only an HTTP/2 client's connection preface is consumed.
+//! Bytes that are neither (a preface that goes wrong after `PRI `, or a request line whose
+//! version is not HTTP/1.x) are an invalid HTTP/2 preface (RFC 9113 §3.4): GOAWAY
+//! PROTOCOL_ERROR and the close. Anything else that is not the preface is HTTP/1.x, malformed
+//! or not, for hyper to answer (a 400 for a malformed request).
 //! The whole connection, the wait for those first bytes included, runs under `client_conns`'
 //! supervision, so a client that connects and says nothing meets the request-head timeout.
 
@@ -53,8 +57,7 @@ pub fn http1_builder(limits: HeaderLimits) -> http1::Builder {
 /// HTTP/2 only (Istio's `HTTP2` and `GRPC` ports); an HTTP/1.x client gets `505 http2-only`.
 pub async fn serve(http1: Arc<http1::Builder>, h2_only: bool, ctx: Arc<ConnContext>, stream: TcpStream) {
     let signal = ctx.conn.signal().clone();
-    let refuse_http1 = h2_only.then(|| ctx.clone());
-    let conn = Conn::Detecting(Box::pin(detect(stream, refuse_http1)), Some((http1, ctx)));
+    let conn = Conn::Detecting(Box::pin(detect(stream, ctx.clone(), h2_only)), Some((http1, ctx)));
     let _ = Supervised::new(conn, signal, Conn::graceful_shutdown).await;
 }
 
@@ -172,35 +175,86 @@ impl Future for Conn {
     }
 }
 
+/// What a connection's first bytes say it speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Detected {
+    Http1,
+    /// `PRI `: an HTTP/2 preface, to be read whole.
+    Http2,
+    /// Neither HTTP/1.x nor the HTTP/2 preface: an invalid preface (RFC 9113 §3.4).
+    Invalid,
+}
+
 /// Tells HTTP/2 (prior knowledge) from HTTP/1.1, consuming the HTTP/2 connection preface.
-/// `refuse_http1` (an HTTP/2-only listener): an HTTP/1.x client is answered with
-/// `505 http2-only` (counted, and in the access log) and the connection closed, instead of
-/// being reset or left waiting.
+/// `h2_only` (an HTTP/2-only listener): an HTTP/1.x client is answered with `505 http2-only`
+/// (counted, and in the access log) and the connection closed, instead of being reset or left
+/// waiting. Bytes that are neither get GOAWAY PROTOCOL_ERROR and the close.
 async fn detect(
     mut stream: TcpStream,
-    refuse_http1: Option<Arc<ConnContext>>,
+    ctx: Arc<ConnContext>,
+    h2_only: bool,
 ) -> io::Result<(TcpStream, bool)> {
-    let h2 = starts_with_preface(&stream).await?;
-    if let (false, Some(ctx)) = (h2, refuse_http1) {
-        let started = (SystemTime::now(), Instant::now());
-        let reason = Reason::Http2Only;
-        crate::listener::refuse_global(&ctx.shared, reason);
-        let line = RequestLine::peek(&stream).await;
-        let answered = refuse_http1_client(&mut stream, reason).await;
-        log_refusal(&ctx, started, &line, reason, answered);
-        if answered {
-            linger(&mut stream).await;
+    let detected = match sniff(&stream).await? {
+        Detected::Http2 => read_preface(&mut stream).await?,
+        other => other,
+    };
+    match detected {
+        Detected::Http2 => Ok((stream, true)),
+        Detected::Http1 if !h2_only => Ok((stream, false)),
+        Detected::Http1 => {
+            let started = (SystemTime::now(), Instant::now());
+            let reason = Reason::Http2Only;
+            crate::listener::refuse_global(&ctx.shared, reason);
+            let line = RequestLine::peek(&stream).await;
+            let answered = refuse_http1_client(&mut stream, reason).await;
+            log_refusal(&ctx, started, &line, reason, answered);
+            if answered {
+                linger(&mut stream).await;
+            }
+            Err(io::Error::new(io::ErrorKind::InvalidData, "HTTP/1.x on an HTTP/2-only listener"))
         }
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "HTTP/1.x on an HTTP/2-only listener"));
-    }
-    if h2 {
-        let mut preface = [0u8; PREFACE.len()];
-        stream.read_exact(&mut preface).await?;
-        if &preface != PREFACE {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "not an HTTP/2 connection preface"));
+        Detected::Invalid => {
+            ctx.shared.global.http2.connection_error(h2::Reason::PROTOCOL_ERROR.into());
+            if stream.write_all(&INVALID_PREFACE_GOAWAY).await.is_ok() && stream.shutdown().await.is_ok() {
+                linger(&mut stream).await;
+            }
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "neither HTTP/1.x nor the HTTP/2 connection preface",
+            ))
         }
     }
-    Ok((stream, h2))
+}
+
+/// GOAWAY (last stream 0, PROTOCOL_ERROR): the answer to an invalid connection preface.
+const INVALID_PREFACE_GOAWAY: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// Reads the HTTP/2 connection preface, stopping at the first byte that differs from it.
+async fn read_preface(stream: &mut TcpStream) -> io::Result<Detected> {
+    let mut got = [0u8; PREFACE.len()];
+    let mut n = 0;
+    while n < got.len() {
+        let read = stream.read(&mut got[n..]).await?;
+        if read == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if got[n..n + read] != PREFACE[n..n + read] {
+            return Ok(Detected::Invalid);
+        }
+        n += read;
+    }
+    Ok(Detected::Http2)
+}
+
+/// Whether bytes that are not the HTTP/2 preface can be HTTP/1.x: anything but a request line
+/// with another version (`PRI * HTTP/2.0` aside). A malformed request is still HTTP/1.x, for
+/// hyper to answer with 400; so is a request line not complete yet.
+fn http1_or_invalid(first: &[u8]) -> Detected {
+    let mut no_fields = [];
+    match httparse::Request::new(&mut no_fields).parse(first) {
+        Err(httparse::Error::Version) => Detected::Invalid,
+        _ => Detected::Http1,
+    }
 }
 
 /// Answers an HTTP/1.x client with `reason` and shuts the sending side; `false` if the
@@ -313,30 +367,50 @@ fn log_refusal(
     }
 }
 
-/// Whether the client's first bytes are the HTTP/2 preface. Four bytes decide it ("PRI " is no
-/// HTTP/1.1 method); fewer that could still be either ("P", "PR", "PRI") are looked at again
-/// after a short wait, since bytes left unread keep the socket readable.
-async fn starts_with_preface(stream: &TcpStream) -> io::Result<bool> {
-    let mut buf = [0u8; 4];
+/// What the client's first bytes say (they stay in the socket). Four bytes decide HTTP/2 ("PRI "
+/// is no HTTP/1.1 method); fewer that could still be either ("P", "PR", "PRI") are looked at
+/// again after a short wait, since bytes left unread keep the socket readable. Otherwise the
+/// request line, as far as it has arrived, tells HTTP/1.x from neither.
+async fn sniff(stream: &TcpStream) -> io::Result<Detected> {
+    let mut buf = [0u8; 512];
     let mut wait = Duration::from_millis(1);
     loop {
         let n = stream.peek(&mut buf).await?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        if buf[..n] != PREFACE[..n] {
-            return Ok(false);
+        let k = n.min(4);
+        if buf[..k] != PREFACE[..k] {
+            return Ok(http1_or_invalid(&buf[..n]));
         }
-        if n == buf.len() {
-            return Ok(true);
+        if k == 4 {
+            return Ok(Detected::Http2);
         }
         // A client that closed its side after these bytes will send no more: they are not the
         // preface, and hyper answers them. (Without this it waited for the request-head
         // timeout.)
         if stream.ready(Interest::READABLE).await?.is_read_closed() {
-            return Ok(false);
+            return Ok(Detected::Http1);
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_millis(100));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_that_are_not_http_1_x_are_an_invalid_preface() {
+        // h2spec's http2/3.5/2.
+        assert_eq!(http1_or_invalid(b"INVALID CONNECTION PREFACE\r\n\r\n"), Detected::Invalid);
+        assert_eq!(http1_or_invalid(b"GET / HTTP/2.0\r\n\r\n"), Detected::Invalid);
+        assert_eq!(http1_or_invalid(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"), Detected::Http1);
+        assert_eq!(http1_or_invalid(b"GET / HTTP/1.0\r\n\r\n"), Detected::Http1);
+        // Malformed or incomplete HTTP/1.x: hyper answers (400) or waits for the rest.
+        assert_eq!(http1_or_invalid(b"GET /\x01 HTTP/1.1\r\n\r\n"), Detected::Http1);
+        assert_eq!(http1_or_invalid(b"GET /a-long-path HT"), Detected::Http1);
+        assert_eq!(http1_or_invalid(b"\x16\x03\x01\x02\x00"), Detected::Http1, "TLS gets hyper's 400");
     }
 }

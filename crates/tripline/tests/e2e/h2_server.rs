@@ -483,3 +483,51 @@ async fn the_header_limits_follow_their_flags() {
         assert_eq!(get_with_fields(addr, proto, &metadata(9, 1024)).await.status, 431, "{proto:?}: 9 KiB");
     }
 }
+
+/// Sends `bytes` as a connection's first bytes, then reads until the proxy closes.
+async fn first_bytes(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(bytes).await.expect("write");
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    read.expect("an answer and the close within 5 s").expect("a clean close");
+    got
+}
+
+/// GOAWAY, last stream 0, PROTOCOL_ERROR.
+const PREFACE_GOAWAY: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+/// h2spec http2/3.5/2: bytes that are neither HTTP/1.x nor the HTTP/2 preface are an invalid
+/// preface, a connection error PROTOCOL_ERROR, on both kinds of listener; HTTP/1.x (well
+/// formed or not) is still HTTP/1.x.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_connection_preface_gets_goaway_and_http_1_x_its_answer() {
+    let up = Upstream::http("h2").await;
+    let (http_port, grpc_port) = (free_port(), free_port());
+    let yaml = config::join(&[
+        config::gateway("edge", http_port, "HTTP"),
+        config::gateway("grpc", grpc_port, "GRPC"),
+        config::service_entry("backend.local", "HTTP", &[up.addr]),
+        config::virtual_service("backend", &["*"], "edge", &config::http_route("backend.local")),
+        config::virtual_service("backend-grpc", &["*"], "grpc", &config::http_route("backend.local")),
+    ]);
+    let proxy = Proxy::start(&yaml).await;
+    let http = SocketAddr::from(([127, 0, 0, 1], http_port));
+    let grpc = SocketAddr::from(([127, 0, 0, 1], grpc_port));
+    for addr in [http, grpc] {
+        // What h2spec sends, and a preface that goes wrong after `PRI `.
+        assert_eq!(first_bytes(addr, b"INVALID CONNECTION PREFACE\r\n\r\n").await, PREFACE_GOAWAY);
+        assert_eq!(first_bytes(addr, b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n").await, PREFACE_GOAWAY);
+    }
+    let errors = proxy
+        .metric("tripline_downstream_http2_connection_errors_total", &[("reason", "PROTOCOL_ERROR")])
+        .await;
+    assert_eq!(errors, 4.0);
+    // A malformed HTTP/1.1 request is answered as one on the HTTP listener (hyper's 400) ...
+    let got = first_bytes(http, b"GET /\x01 HTTP/1.1\r\nhost: backend.local\r\n\r\n").await;
+    assert!(got.starts_with(b"HTTP/1.1 400 "), "{:?}", String::from_utf8_lossy(&got));
+    // ... and HTTP/1.1 on the gRPC listener is told to use HTTP/2.
+    let got = first_bytes(grpc, b"GET / HTTP/1.1\r\nhost: backend.local\r\n\r\n").await;
+    assert!(got.starts_with(b"HTTP/1.1 505 "), "{:?}", String::from_utf8_lossy(&got));
+    assert_eq!(up.requests(), 0);
+}
