@@ -44,6 +44,7 @@ pub(super) struct Flood {
 impl Flood {
     /// A HEADERS or DATA frame: `empty` when it carries nothing (no payload beyond its padding,
     /// no END_STREAM).
+    #[inline]
     pub fn payload_frame(&mut self, empty: bool) -> Option<Http2Flood> {
         if !empty {
             self.empty_in_a_row = 0;
@@ -53,18 +54,21 @@ impl Flood {
         (self.empty_in_a_row > MAX_CONSECUTIVE_EMPTY_FRAMES).then_some(Http2Flood::EmptyFrames)
     }
 
+    #[inline]
     pub fn priority(&mut self, opened: u32) -> Option<Http2Flood> {
         self.priority += 1;
         (self.priority > MAX_PRIORITY_FRAMES_PER_STREAM * (1 + u64::from(opened)))
             .then_some(Http2Flood::Priority)
     }
 
+    #[inline]
     pub fn window_update(&mut self, opened: u32, data_frames_sent: u64) -> Option<Http2Flood> {
         self.window_updates += 1;
         let allowed = 5 + 2 * (u64::from(opened) + MAX_WINDOW_UPDATES_PER_DATA_FRAME_SENT * data_frames_sent);
         (self.window_updates > allowed).then_some(Http2Flood::WindowUpdate)
     }
 
+    #[inline]
     pub fn reset_on_closed_stream(&mut self, opened: u32) -> Option<Http2Flood> {
         self.resets_on_closed += 1;
         (self.resets_on_closed > u64::from(opened) + SPARE_RESETS_ON_CLOSED_STREAMS)

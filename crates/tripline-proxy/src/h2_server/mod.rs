@@ -108,6 +108,7 @@ where
 {
     type Body = B;
 
+    #[inline]
     fn call(&mut self, request: Request<ClientBody>) -> Handling<B> {
         Box::pin(self(request))
     }

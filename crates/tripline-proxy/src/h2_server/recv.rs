@@ -28,16 +28,7 @@ where
 {
     pub(super) fn recv_frame(&mut self, frame: Frame) {
         match frame {
-            Frame::Headers(mut h) => {
-                let empty = !h.is_end_stream()
-                    && !h.is_over_size()
-                    && h.fields().is_empty()
-                    && is_empty(h.pseudo_mut());
-                let flood = self.flood.payload_frame(empty);
-                if !self.flooded(flood) {
-                    self.recv_headers(h);
-                }
-            }
+            Frame::Headers(h) => self.recv_headers(h),
             Frame::Data(d) => {
                 let empty = !d.is_end_stream() && d.payload().is_empty();
                 let flood = self.flood.payload_frame(empty);
@@ -113,7 +104,14 @@ where
         matches!(self.closing, Closing::Drained | Closing::Failed) && id > self.last_accepted
     }
 
-    fn recv_headers(&mut self, h: Headers) {
+    fn recv_headers(&mut self, mut h: Headers) {
+        // (Checked here rather than where the frame is matched: there, it cost the frame a copy.)
+        let empty =
+            !h.is_end_stream() && !h.is_over_size() && h.fields().is_empty() && is_empty(h.pseudo_mut());
+        let flood = self.flood.payload_frame(empty);
+        if self.flooded(flood) {
+            return;
+        }
         let id = u32::from(h.stream_id());
         if !h.stream_id().is_client_initiated() {
             return self.fail(Reason::PROTOCOL_ERROR);
@@ -386,16 +384,26 @@ where
     }
 
     /// Closes the connection with GOAWAY ENHANCE_YOUR_CALM if the client went past an abuse
-    /// limit (`kind`); true if it did.
+    /// limit (`kind`); true if it did. (Checked on most frames: the common answer is inline.)
+    #[inline(always)]
     fn flooded(&mut self, kind: Option<Http2Flood>) -> bool {
-        let Some(kind) = kind else { return false };
+        match kind {
+            None => false,
+            Some(kind) => {
+                self.calm_down(kind);
+                true
+            }
+        }
+    }
+
+    #[cold]
+    fn calm_down(&mut self, kind: Http2Flood) {
         if self.closing != Closing::Failed {
             tracing::warn!(peer = %self.config.peer, limit = kind.as_str(), opened = self.opened,
                 reset = self.premature_resets, "closing an abusive HTTP/2 connection");
             self.config.stats.http2.flood(kind);
             self.fail(Reason::ENHANCE_YOUR_CALM);
         }
-        true
     }
 
     /// Resets a stream (a stream error): its request is cancelled. `client_error`: the client
