@@ -1,30 +1,50 @@
 //! Any sequence of HTTP/2 frames from a client: Tripline's own HTTP/2 server
 //! (`tripline_proxy::h2_server`) must answer or close, never panic, hang or stop serving.
 //!
-//! Real sockets on loopback, as in production: a proxy (the library, with deferred writes, on a
-//! single-threaded runtime like a worker's) in front of a tiny upstream, both on a background
-//! thread. Each input is a list of frame operations, encoded into well-formed frames (stream
-//! ids, HPACK literals, padding, CONTINUATION splits) so that the fuzzer reaches the stream
-//! states behind the frame parser, plus raw frames for everything else. `Pause` splits the input:
-//! the client sends what came before and reads until those streams are answered (so that later
-//! frames meet responses in progress: window updates, resets, SETTINGS changes). Then it closes
-//! its side and must see the proxy close the connection within `HANG`. A panic anywhere aborts
-//! (libFuzzer's panic hook), which is the finding.
+//! In memory: the server's `Connection` over a `tokio::io::duplex` pipe, its requests answered
+//! by a handler that answers by path (a large body, a chunked one with trailers, one cut short,
+//! none, one without a length: see `answer`), on a single-threaded runtime with tokio's paused
+//! time, so that the server's timers (the linger, the drain's PING) and the client's "quiet"
+//! cost no wall-clock time. No sockets, no upstream, no runtime per input: a run goes through
+//! thousands of connections a second (docs/testing.md has the figures). (The proxy behind the
+//! server, and the protocol detection in front of it, are the end-to-end tests' and the
+//! HTTP/1.1 targets' to drive.)
+//!
+//! Each input is a list of frame operations, encoded into well-formed frames (stream ids,
+//! HPACK literals, padding, CONTINUATION splits) so that the fuzzer reaches the stream states
+//! behind the frame parser, plus raw frames for everything else, and the server's header
+//! limits (small, so that 431 is reachable). `Repeat` sends an operation's frames again (the
+//! flood limits), `Drain` starts the server's drain. `Pause` splits the input: the client
+//! sends what came before and reads until those streams are answered (so that later frames
+//! meet responses in progress: window updates, resets, SETTINGS changes). Then it closes its
+//! side and must see the server close the connection, and the connection's task end, within
+//! `HANG`. A panic anywhere aborts (libFuzzer's panic hook), which is the finding.
 #![no_main]
 
-use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::collections::{HashSet, VecDeque};
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method as HttpMethod, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tripline_proxy::body::ClientBody;
+use tripline_proxy::h2_server::{Config, Connection, Handler};
+use tripline_proxy::header_limits::HeaderLimits;
+use tripline_proxy::metrics::GlobalStats;
 
 /// Longer than anything the server waits for by itself (its linger and drain timers are 1 s).
+/// Paused time: it costs nothing unless the server really hangs.
 const HANG: Duration = Duration::from_secs(5);
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Bytes the pipe holds each way: small, so that backpressure is reached.
+const PIPE: usize = 32 * 1024;
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -69,6 +89,8 @@ enum Op {
         ack: bool,
         data: u64,
     },
+    /// The ACK of the drain's PING (the payload `h2` and Tripline use), as a client sends it.
+    DrainPingAck,
     Priority {
         stream: StreamRef,
         depends_on: StreamRef,
@@ -79,7 +101,8 @@ enum Op {
         code: u32,
     },
     /// `n` well-formed requests on fresh streams, each reset by the client at once if `reset`:
-    /// what the rapid-reset rule is for (100 streams, more than half of them reset).
+    /// what the rapid-reset rule is for (100 streams, more than half of them reset). At most
+    /// `MAX_BURST_STREAMS` in all per input: more only makes an input slow.
     Burst {
         n: u8,
         reset: bool,
@@ -91,8 +114,17 @@ enum Op {
         id: u32,
         payload: Vec<u8>,
     },
-    /// Send what came before and wait for the answers (see `settle`) before going on.
+    /// The previous operation's frames again, `times` more times (at most `MAX_REPEATED` bytes
+    /// of them in all per input): what the flood limits are for.
+    Repeat {
+        times: u8,
+    },
+    /// Send what came before and wait for the answers (see `send_and_settle`) before going on.
     Pause,
+    /// The same, then the server starts draining (what SIGTERM and the request-head timeout
+    /// do): GOAWAY, a PING, the final GOAWAY once the PING comes back or a second passes.
+    /// Once per input.
+    Drain,
 }
 
 /// Which stream an operation is on.
@@ -157,9 +189,12 @@ enum Pseudo {
 }
 
 /// What the client sends before its operations: its SETTINGS, and (as most clients do) a
-/// larger connection window, so that a response can be held by its stream's window alone.
+/// larger connection window, so that a response can be held by its stream's window alone. And
+/// the server's header limits: 1 to 8 KiB, 1 to 256 fields.
 #[derive(Arbitrary, Debug)]
 struct Input {
+    header_kb: u8,
+    header_count: u8,
     settings: Vec<Setting>,
     connection_window: Option<Increment>,
     ops: Vec<Op>,
@@ -345,23 +380,42 @@ fn literal(block: &mut Vec<u8>, name: &str, value: &str) {
     block.extend_from_slice(value.as_bytes());
 }
 
+/// The pseudo-header fields as clients send them, from HPACK's static table (RFC 7541
+/// Appendix A): `:method GET` or `POST`, `:scheme http` and `:path /` indexed, other values
+/// literal with an indexed name. (Far less to decode than literal names, so more inputs a
+/// second; the literal names of the other fields still exercise the name checks.)
 fn head_block(h: &Head) -> Vec<u8> {
     let mut b = Vec::new();
-    let pseudo = [
-        (Pseudo::Method, ":method", h.method.as_str()),
-        (Pseudo::Scheme, ":scheme", "http"),
-        (Pseudo::Path, ":path", h.path.as_str()),
-        (Pseudo::Authority, ":authority", "backend.local"),
-    ];
-    for (which, name, value) in pseudo {
-        if h.omit != Some(which) {
-            literal(&mut b, name, value);
+    if h.omit != Some(Pseudo::Method) {
+        match h.method {
+            Method::Get => b.push(0x82),
+            Method::Post => b.push(0x83),
+            other => indexed_name(&mut b, 2, other.as_str()),
         }
+    }
+    if h.omit != Some(Pseudo::Scheme) {
+        b.push(0x86);
+    }
+    if h.omit != Some(Pseudo::Path) {
+        match h.path {
+            Path::Root => b.push(0x84),
+            other => indexed_name(&mut b, 4, other.as_str()),
+        }
+    }
+    if h.omit != Some(Pseudo::Authority) {
+        indexed_name(&mut b, 1, "backend.local");
     }
     for (n, v) in h.fields.iter().take(64) {
         literal(&mut b, n.as_str(), v.as_str());
     }
     b
+}
+
+/// A literal without indexing whose name is static-table entry `index` (under 16).
+fn indexed_name(block: &mut Vec<u8>, index: u8, value: &str) {
+    block.push(index);
+    block.push(value.len() as u8);
+    block.extend_from_slice(value.as_bytes());
 }
 
 /// A payload with optional padding (the PADDED flag's length byte first).
@@ -383,6 +437,8 @@ fn padded(body: &[u8], pad: Option<u8>) -> (Vec<u8>, u8) {
 struct Segment {
     bytes: Vec<u8>,
     opened: Vec<u32>,
+    /// The server is told to drain before this segment is sent.
+    drain: bool,
 }
 
 fn settings_payload(settings: &[Setting]) -> Vec<u8> {
@@ -401,6 +457,13 @@ fn increment(i: Increment) -> u32 {
     }
 }
 
+/// Streams all the `Burst` operations of an input open together: enough for the rapid-reset
+/// rule (100 streams) and the concurrency limit's neighbourhood is the unit tests'.
+const MAX_BURST_STREAMS: usize = 400;
+
+/// Bytes the `Repeat` operations of an input may add in all (a PRIORITY frame is 14 bytes).
+const MAX_REPEATED: usize = 64 * 1024;
+
 /// Pauses honoured per input: each may wait `QUIET`, and the whole exchange must stay well
 /// inside the fuzzer's timeout.
 const MAX_PAUSES: usize = 16;
@@ -408,25 +471,42 @@ const MAX_PAUSES: usize = 16;
 fn encode(input: &Input) -> Vec<Segment> {
     let mut segments = vec![Segment::default()];
     let mut seg = segments.last_mut().expect("one segment");
-    seg.bytes.extend_from_slice(PREFACE);
+    // The preface itself is read before the connection starts (`http_conn`).
     frame(&mut seg.bytes, SETTINGS, 0, 0, &settings_payload(&input.settings));
     if let Some(i) = input.connection_window {
         frame(&mut seg.bytes, WINDOW_UPDATE, 0, 0, &increment(i).to_be_bytes());
     }
     let mut ids = Ids { next: 1, recent: Vec::new() };
     let mut pauses = 0;
+    let mut burst_left = MAX_BURST_STREAMS;
+    let mut drained = false;
+    let (mut last_op, mut repeated) = (Vec::new(), 0);
     for op in input.ops.iter().take(256) {
-        if let Op::Pause = op {
-            if pauses < MAX_PAUSES {
+        if let Op::Pause | Op::Drain = op {
+            let drain = matches!(op, Op::Drain) && !drained;
+            drained |= drain;
+            if pauses < MAX_PAUSES || drain {
                 pauses += 1;
-                segments.push(Segment::default());
+                segments.push(Segment { drain, ..Segment::default() });
                 seg = segments.last_mut().expect("just pushed");
             }
             continue;
         }
         let out = &mut seg.bytes;
+        if let Op::Repeat { times } = op {
+            let last = last_op.clone();
+            for _ in 0..*times {
+                if repeated + last.len() > MAX_REPEATED {
+                    break;
+                }
+                repeated += last.len();
+                out.extend_from_slice(&last);
+            }
+            continue;
+        }
+        let before = out.len();
         match op {
-            Op::Pause => {}
+            Op::Pause | Op::Drain | Op::Repeat { .. } => {}
             Op::Headers { stream, head, end_stream, pad, priority, split } => {
                 let id = ids.get(*stream);
                 if let StreamRef::Fresh = stream {
@@ -473,6 +553,7 @@ fn encode(input: &Input) -> Vec<Segment> {
             Op::Settings { ack: true, .. } => frame(out, SETTINGS, 1, 0, &[]),
             Op::Settings { ack: false, params } => frame(out, SETTINGS, 0, 0, &settings_payload(params)),
             Op::Ping { ack, data } => frame(out, PING, u8::from(*ack), 0, &data.to_be_bytes()),
+            Op::DrainPingAck => frame(out, PING, 1, 0, &[0x0b, 0x7b, 0xa2, 0xf0, 0x8b, 0x9b, 0xfe, 0x54]),
             Op::Priority { stream, depends_on, weight } => {
                 let id = ids.get(*stream);
                 let mut p = ids.get(*depends_on).to_be_bytes().to_vec();
@@ -487,7 +568,9 @@ fn encode(input: &Input) -> Vec<Segment> {
             Op::Burst { n, reset } => {
                 let head = Head { method: Method::Get, path: Path::Root, omit: None, fields: Vec::new() };
                 let block = head_block(&head);
-                for _ in 0..*n {
+                let n = usize::from(*n).min(burst_left);
+                burst_left -= n;
+                for _ in 0..n {
                     let id = ids.fresh();
                     frame(out, HEADERS, END_HEADERS | END_STREAM, id, &block);
                     if *reset {
@@ -501,130 +584,249 @@ fn encode(input: &Input) -> Vec<Segment> {
                 frame(out, *ty, *flags, *id, &payload[..payload.len().min(4096)])
             }
         }
+        // Repeated as is: the same stream ids, so a repeated request head is a used id.
+        last_op = out[before..].to_vec();
     }
     segments
 }
 
-/// What the upstream answers to a request for `path`: a body larger than the flow-control
-/// windows, a chunked body with trailers, a body cut short of its length (the proxy must reset
-/// the stream), no content, a body delimited by the close, or two bytes.
-fn response(path: &[u8]) -> Vec<u8> {
-    let (head, body): (&str, Vec<u8>) = match path {
-        b"/big" => ("content-length: 200000", vec![b'o'; 200_000]),
-        b"/chunked" => ("transfer-encoding: chunked", b"5\r\nhello\r\n0\r\nx-checksum: 1\r\n\r\n".to_vec()),
-        b"/cut" => ("content-length: 100000", vec![b'o'; 1000]),
-        b"/204" => return b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n".to_vec(),
-        b"/eof" => ("x-framing: none", vec![b'o'; 70_000]),
-        _ => ("content-length: 2", b"ok".to_vec()),
-    };
-    let mut r = format!("HTTP/1.1 200 OK\r\n{head}\r\nconnection: close\r\n\r\n").into_bytes();
-    r.extend_from_slice(&body);
-    r
+/// A response body as an upstream's would come: in chunks, each after a turn of the event loop
+/// (as if read off a socket), maybe with trailers, maybe failing at its end.
+struct Answer {
+    chunks: VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+    fail: bool,
+    /// The length declared (as a `content-length` would).
+    length: Option<u64>,
+    turn: bool,
 }
 
-/// The upstream: answers every request head (see `response`) and closes the connection, so
-/// that a request body it does not parse cannot confuse it. It reads on until the proxy closes
-/// too: closing with unread bytes would send a TCP reset, which could destroy the response,
-/// and an input must behave the same on every run.
-async fn upstream(listener: TcpListener) {
-    loop {
-        let Ok((mut s, _)) = listener.accept().await else { continue };
-        tokio::spawn(async move {
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
-            let path = head.split(|&b| b == b' ').nth(1).unwrap_or_default();
-            if s.write_all(&response(path)).await.is_ok() && s.shutdown().await.is_ok() {
-                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
-            }
-        });
+impl Answer {
+    fn new(chunks: impl IntoIterator<Item = Bytes>, length: Option<u64>) -> Answer {
+        Answer { chunks: chunks.into_iter().collect(), trailers: None, fail: false, length, turn: false }
     }
 }
 
+impl Body for Answer {
+    type Data = Bytes;
+    type Error = &'static str;
 
-/// The proxy in front of `upstream`, started once; its address.
-fn proxy() -> SocketAddr {
-    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
-    *ADDR.get_or_init(|| tripline_fuzz::start(tripline_fuzz::ONE_UPSTREAM, upstream))
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, &'static str>>> {
+        if self.turn {
+            self.turn = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        if let Some(c) = self.chunks.pop_front() {
+            self.turn = true;
+            return Poll::Ready(Some(Ok(Frame::data(c))));
+        }
+        if let Some(t) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+        }
+        if std::mem::take(&mut self.fail) {
+            return Poll::Ready(Some(Err("the upstream closed before the end of the body")));
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty() && self.trailers.is_none() && !self.fail
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.length.map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
 }
 
-/// One client connection: sends each segment and waits for the proxy to answer it (at most
-/// `MAX_PAUSES` quiet periods in all), then closes its side: from then on the proxy has `HANG`
-/// to close the connection, or the input is reported as a hang.
-async fn exchange(addr: SocketAddr, segments: Vec<Segment>) {
-    // Loopback connects do not fail while the proxy lives; if one did, it says nothing about
-    // this input.
-    let Ok(s) = TcpStream::connect(addr).await else { return };
-    let (mut rd, mut wr) = s.into_split();
-    let mut frames = Frames::default();
+/// `n` bytes in chunks of at most 16 KiB (one static buffer: nothing to allocate or fill).
+fn chunks(n: usize) -> Vec<Bytes> {
+    static CHUNK: [u8; 16 * 1024] = [b'o'; 16 * 1024];
+    let chunk = Bytes::from_static(&CHUNK);
+    (0..n).step_by(chunk.len()).map(|at| chunk.slice(..chunk.len().min(n - at))).collect()
+}
+
+/// The handler: a POST's body is read to its end (or error) first, so that request bodies meet
+/// flow control; any other request's body is dropped unread. Then the answer by path: `/big`
+/// a body larger than the flow-control windows, `/chunked` a body without a length and with
+/// trailers, `/cut` a body that fails short of its declared length (the stream is reset after
+/// its head), `/204` no content, `/eof` a body without a length, anything else two bytes.
+async fn answer(req: Request<ClientBody>) -> Result<Response<Answer>, Infallible> {
+    let (parts, mut body) = req.into_parts();
+    if parts.method == HttpMethod::POST {
+        while let Some(Ok(_)) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {}
+    }
+    drop(body);
+    let (status, body) = match parts.uri.path() {
+        "/big" => (200, Answer::new(chunks(200_000), Some(200_000))),
+        "/chunked" => {
+            let mut a = Answer::new([Bytes::from_static(b"hello")], None);
+            let mut t = HeaderMap::new();
+            t.insert("x-checksum", HeaderValue::from_static("1"));
+            a.trailers = Some(t);
+            (200, a)
+        }
+        "/cut" => {
+            let mut a = Answer::new(chunks(1_000), Some(100_000));
+            a.fail = true;
+            (200, a)
+        }
+        "/204" => (204, Answer::new([], Some(0))),
+        "/eof" => (200, Answer::new(chunks(70_000), None)),
+        _ => (200, Answer::new([Bytes::from_static(b"ok")], Some(2))),
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = StatusCode::from_u16(status).expect("a status");
+    Ok(r)
+}
+
+/// The runtime every input runs on: single-threaded, time paused (it advances only when every
+/// task waits), built once.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime")
+    })
+}
+
+/// One client connection: sends each segment and waits for the server to answer it (at most
+/// `MAX_PAUSES` quiet periods in all), then closes its side: from then on the server has `HANG`
+/// to close the connection and end its task, or the input is reported as a hang.
+async fn exchange(input: &Input, segments: Vec<Segment>) {
+    let (client, server) = tokio::io::duplex(PIPE);
+    let limits = HeaderLimits::new(1 + u32::from(input.header_kb % 8), 1 + u32::from(input.header_count));
+    let config =
+        Config { peer: ([127, 0, 0, 1], 40000).into(), stats: Arc::new(GlobalStats::default()), limits };
+    let (drain, drain_rx) = tokio::sync::oneshot::channel();
+    let conn =
+        tokio::spawn(Drainable { conn: Connection::new(server, answer, config), drain: Some(drain_rx) });
+    let mut drain = Some(drain);
+    let (mut rd, mut wr) = tokio::io::split(client);
+    let mut frames = Frames { chunk: vec![0; 16 * 1024], ..Frames::default() };
     for seg in segments {
-        // Written while reading, so that neither side blocks on a full socket. The proxy may
-        // close before reading everything: that is an answer too.
-        let write = async {
-            let _ = wr.write_all(&seg.bytes).await;
-        };
-        let (_, open) = tokio::join!(write, frames.settle(&mut rd, &seg.opened));
-        if !open {
-            return;
+        if seg.drain {
+            let _ = drain.take().map(|d| d.send(()));
+        }
+        if !frames.send_and_settle(&mut rd, &mut wr, &seg).await {
+            break;
         }
     }
     let _ = wr.shutdown().await;
-    let mut buf = vec![0u8; 64 * 1024];
-    let closed = async { while matches!(rd.read(&mut buf).await, Ok(n) if n > 0) {} };
+    let buf = &mut frames.chunk;
+    let closed = async { while matches!(rd.read(buf).await, Ok(n) if n > 0) {} };
     if tokio::time::timeout(HANG, closed).await.is_err() {
-        panic!("the proxy kept the connection open {HANG:?} after the client closed its side");
+        panic!("the server kept the connection open {HANG:?} after the client closed its side");
+    }
+    match tokio::time::timeout(HANG, conn).await {
+        Err(_) => panic!("the connection's task did not end {HANG:?} after the client closed its side"),
+        Ok(Err(e)) => panic!("the connection's task failed: {e}"),
+        Ok(Ok(())) => {}
     }
 }
 
-/// The frames the proxy sends, as far as the client needs to know when its streams are answered.
+/// The connection, which the client can have drain.
+struct Drainable<H: Handler> {
+    conn: Connection<DuplexStream, H>,
+    drain: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl<H: Handler + Unpin> Future for Drainable<H> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(rx) = self.drain.as_mut() {
+            if let Poll::Ready(signal) = Pin::new(rx).poll(cx) {
+                self.drain = None;
+                if signal.is_ok() {
+                    self.conn.graceful_shutdown();
+                }
+            }
+        }
+        Pin::new(&mut self.conn).poll(cx)
+    }
+}
+
+/// The frames the server sends, as far as the client needs to know when its streams are answered.
 #[derive(Default)]
 struct Frames {
     buf: Vec<u8>,
-    ended: std::collections::HashSet<u32>,
+    /// What each read fills.
+    chunk: Vec<u8>,
+    ended: HashSet<u32>,
     goaway: bool,
 }
 
 impl Frames {
-    /// Reads until every stream in `opened` has ended (END_STREAM or RST_STREAM from the proxy),
-    /// the proxy sent GOAWAY, or nothing arrived for `QUIET` (a stream waiting for window or for
-    /// more of its request). False once the connection is closed.
-    async fn settle(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf, opened: &[u32]) -> bool {
+    /// Writes `seg` while reading what the server sends (so that neither side blocks on a full
+    /// pipe), until the write is done and every stream `seg` opened has ended (END_STREAM or
+    /// RST_STREAM from the server), the server sent GOAWAY, or nothing arrived for `QUIET` (a
+    /// stream waiting for window or for more of its request). False once the connection is
+    /// closed.
+    async fn send_and_settle(
+        &mut self,
+        rd: &mut ReadHalf<DuplexStream>,
+        wr: &mut WriteHalf<DuplexStream>,
+        seg: &Segment,
+    ) -> bool {
         const QUIET: Duration = Duration::from_millis(20);
-        let mut chunk = vec![0u8; 64 * 1024];
+        let mut write = std::pin::pin!(wr.write_all(&seg.bytes));
+        let mut written = false;
+        // Quiet periods while the write is blocked: the server reads nothing and sends nothing.
+        let mut stalled = Duration::ZERO;
         loop {
-            if self.goaway || opened.iter().all(|id| self.ended.contains(id)) {
+            if written && (self.goaway || seg.opened.iter().all(|id| self.ended.contains(id))) {
                 return true;
             }
-            match tokio::time::timeout(QUIET, rd.read(&mut chunk)).await {
-                Err(_) => return true,
-                Ok(Ok(0) | Err(_)) => return false,
-                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
-            }
-            while self.buf.len() >= 9 {
-                let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
-                if self.buf.len() < 9 + len {
-                    break;
+            tokio::select! {
+                r = &mut write, if !written => {
+                    written = true;
+                    if r.is_err() {
+                        // The server closed its end: the connection is over.
+                        return false;
+                    }
                 }
-                let (ty, flags) = (self.buf[3], self.buf[4]);
-                let id =
-                    u32::from_be_bytes([self.buf[5], self.buf[6], self.buf[7], self.buf[8]]) & 0x7fff_ffff;
-                if ty == RST_STREAM || ((ty == DATA || ty == HEADERS) && flags & END_STREAM != 0) {
-                    self.ended.insert(id);
-                }
-                self.goaway |= ty == GOAWAY;
-                self.buf.drain(..9 + len);
+                r = tokio::time::timeout(QUIET, rd.read(&mut self.chunk)) => match r {
+                    Err(_) if written => return true,
+                    Err(_) => {
+                        stalled += QUIET;
+                        assert!(stalled < HANG, "the server stopped reading with nothing left to send");
+                    }
+                    Ok(Ok(0) | Err(_)) => return false,
+                    Ok(Ok(n)) => {
+                        stalled = Duration::ZERO;
+                        self.buf.extend_from_slice(&self.chunk[..n]);
+                        self.parse();
+                    }
+                },
             }
+        }
+    }
+
+    fn parse(&mut self) {
+        while self.buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
+            if self.buf.len() < 9 + len {
+                break;
+            }
+            let (ty, flags) = (self.buf[3], self.buf[4]);
+            let id = u32::from_be_bytes([self.buf[5], self.buf[6], self.buf[7], self.buf[8]]) & 0x7fff_ffff;
+            if ty == RST_STREAM || ((ty == DATA || ty == HEADERS) && flags & END_STREAM != 0) {
+                self.ended.insert(id);
+            }
+            self.goaway |= ty == GOAWAY;
+            self.buf.drain(..9 + len);
         }
     }
 }
 
 fuzz_target!(|input: Input| {
-    let addr = proxy();
     let segments = encode(&input);
-    tripline_fuzz::client().block_on(exchange(addr, segments));
+    runtime().block_on(exchange(&input, segments));
 });
