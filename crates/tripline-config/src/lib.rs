@@ -127,6 +127,10 @@ pub fn load(sources: &[Source], opts: &LoadOptions) -> Result<Loaded, Vec<Diagno
     let mut diags = Vec::new();
     let mut resources: Vec<model::Resource> = Vec::new();
     let mut documents = 0;
+    // (kind, namespace, name) → index in `resources`: a scan per document was quadratic, 40%
+    // of loading 10,000 services.
+    let mut seen: std::collections::HashMap<(String, Option<String>, String), usize> =
+        std::collections::HashMap::new();
     for source in sources {
         match yaml::parse(&source.text) {
             Err(e) => diags.push(Diagnostic {
@@ -141,10 +145,8 @@ pub fn load(sources: &[Source], opts: &LoadOptions) -> Result<Loaded, Vec<Diagno
                 documents += docs.len();
                 for doc in &docs {
                     if let Some(r) = resource::decode(&source.name, doc, &mut diags) {
-                        if let Some(first) = resources
-                            .iter()
-                            .find(|o| o.kind == r.kind && o.name == r.name && o.namespace == r.namespace)
-                        {
+                        let key = (r.kind.clone(), r.namespace.clone(), r.name.clone());
+                        if let Some(first) = seen.get(&key).map(|&i| &resources[i]) {
                             diags.push(Diagnostic {
                                 severity: Severity::Error,
                                 file: r.file.clone(),
@@ -155,6 +157,7 @@ pub fn load(sources: &[Source], opts: &LoadOptions) -> Result<Loaded, Vec<Diagno
                             });
                             continue;
                         }
+                        seen.insert(key, resources.len());
                         resources.push(r);
                     }
                 }

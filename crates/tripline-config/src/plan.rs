@@ -67,7 +67,7 @@ pub struct VirtualHostPlan {
 }
 
 /// How a VirtualService host matches a request authority (port stripped, lower-cased).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub enum HostMatch {
     /// `*`
     Any,

@@ -569,3 +569,71 @@ fn gateways_trust_their_clients_only_behind_trusted_proxies() {
         other.warnings
     );
 }
+
+/// Hosts are looked up through indexes (a scan per lookup made loading 10,000 services take
+/// 20 s): lookups ignore case, a host declared twice is found and both later declarations are
+/// errors, a wildcard DestinationRule covers hosts without their own, and a resource
+/// defined twice is an error naming the first.
+#[test]
+fn host_lookups_ignore_case_and_the_first_declaration_wins() {
+    let more = r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: shadow}
+spec:
+  hosts: [BACKEND.local, other.local]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.2, ports: {http: 18081}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: shadow}
+spec:
+  host: Backend.Local
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 7}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: all-local}
+spec:
+  host: "*.local"
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 9}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: other}
+spec:
+  hosts: [other.test]
+  gateways: [edge]
+  http:
+  - route: [{destination: {host: Other.Local}}]
+"#;
+    // Declared twice (ignoring case): errors naming the first declaration.
+    let e: Vec<String> = errors(&format!("{EXAMPLE}{more}")).iter().map(|d| d.to_string()).collect();
+    assert_eq!(e.len(), 2, "{e:#?}");
+    assert!(e.iter().any(|m| m.contains("ServiceEntry/shadow: spec.hosts[0]: host `BACKEND.local` is already declared by ServiceEntry/backend")), "{e:#?}");
+    assert!(e.iter().any(|m| m.contains("DestinationRule/shadow: spec.host: DestinationRule/backend already applies to host `Backend.Local`")), "{e:#?}");
+    // Without the duplicates: case-insensitive lookups, and the wildcard rule for the rest.
+    let single = more.replace("hosts: [BACKEND.local, other.local]", "hosts: [other.local]");
+    let single = single.replace(
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: shadow}\nspec:\n  host: Backend.Local\n  trafficPolicy:\n    connectionPool: {tcp: {maxConnections: 7}}\n",
+        "",
+    );
+    let loaded = ok(&format!("{EXAMPLE}{single}"));
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    let plan = &loaded.plan;
+    let backend = &plan.clusters[plan.cluster_by_name("outbound|80||backend.local").unwrap()];
+    assert_eq!(backend.pool.max_connections, 100, "its own DestinationRule, not the wildcard");
+    let other = &plan.clusters[plan.cluster_by_name("outbound|80||Other.Local").unwrap()];
+    let Discovery::Static(eps) = &other.discovery else { panic!("STATIC resolution") };
+    assert_eq!(eps[0].address, "127.0.0.2:18081".parse::<SocketAddr>().unwrap());
+    assert_eq!(other.pool.max_connections, 9, "the wildcard DestinationRule's");
+
+    let twice = format!("{EXAMPLE}---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: edge}}\nspec:\n  servers:\n  - port: {{number: 18131, name: http, protocol: HTTP}}\n    hosts: [\"*\"]\n");
+    assert!(the_error(&twice)
+        .contains("Gateway/edge: metadata.name: duplicate Gateway/edge: already defined at mesh.yaml:1"));
+}
