@@ -21,7 +21,7 @@
 
 use std::pin::pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::time::Instant;
 
@@ -51,13 +51,23 @@ const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
 #[derive(Debug)]
 pub struct ConnectionPool {
-    /// Idle HTTP/1.1 connections, one stack per worker (by the worker whose event loop
-    /// watches the socket).
-    idle: Box<[IdleStack<IdleH1>]>,
-    /// The multiplexed HTTP/2 connection of each worker.
-    h2: Box<[ArcSwapOption<H2Conn>]>,
+    /// Each worker's connections (by the worker whose event loop watches the socket),
+    /// allocated when the endpoint gets its first connection: a mesh proxy knows every
+    /// endpoint of every service it may call, and most of them never see a request.
+    workers: OnceLock<Box<[WorkerPool]>>,
+    /// How many workers there were when the pool was made: the length of `workers`.
+    width: usize,
     /// Open connections to this endpoint.
     pub connections: AtomicU32,
+}
+
+/// One worker's connections to an endpoint.
+#[derive(Debug)]
+struct WorkerPool {
+    /// Idle HTTP/1.1 connections.
+    idle: IdleStack<IdleH1>,
+    /// The multiplexed HTTP/2 connection.
+    h2: ArcSwapOption<H2Conn>,
 }
 
 #[derive(Debug)]
@@ -148,25 +158,43 @@ impl Default for ConnectionPool {
 
 impl ConnectionPool {
     pub fn new() -> Self {
-        let workers = crate::workers::count();
-        // Stacks allocate every slot up front: the total stays near the endpoint's cap
-        // whatever the number of workers.
-        let per_worker = (MAX_IDLE_PER_ENDPOINT / workers).max(8);
         ConnectionPool {
-            idle: (0..workers).map(|_| IdleStack::new(per_worker)).collect(),
-            h2: (0..workers).map(|_| ArcSwapOption::empty()).collect(),
+            workers: OnceLock::new(),
+            width: crate::workers::count(),
             connections: AtomicU32::new(0),
         }
     }
 
+    /// The workers' pools, allocated now if this is the endpoint's first connection.
+    fn workers(&self) -> &[WorkerPool] {
+        self.workers.get_or_init(|| {
+            // The endpoint's cap shared out: the total stays near it whatever the number of
+            // workers (a stack's slots grow with its use, up to that).
+            let per_worker = (MAX_IDLE_PER_ENDPOINT / self.width).max(8);
+            (0..self.width)
+                .map(|_| WorkerPool { idle: IdleStack::new(per_worker), h2: ArcSwapOption::empty() })
+                .collect()
+        })
+    }
+
+    /// The workers' pools, empty while the endpoint never had a connection.
+    fn existing(&self) -> &[WorkerPool] {
+        self.workers.get().map_or(&[], |w| w)
+    }
+
     pub fn idle_count(&self) -> usize {
-        self.idle.iter().map(IdleStack::len).sum()
+        self.existing().iter().map(|w| w.idle.len()).sum()
+    }
+
+    /// Whether the endpoint ever had a connection (the pool's tables are allocated).
+    pub fn is_allocated(&self) -> bool {
+        self.workers.get().is_some()
     }
 
     /// This worker's slot in the per-worker tables.
     fn here(&self) -> usize {
         debug_assert!(crate::workers::on_worker(), "upstream pool used off the workers");
-        crate::workers::current() % self.idle.len()
+        crate::workers::current() % self.width
     }
 
     /// Returns a connection after a complete response. Closed or worn-out connections are
@@ -176,26 +204,24 @@ impl ConnectionPool {
         if closed || max_uses.is_some_and(|m| link.uses() >= m) {
             return;
         }
-        let home = link.home() % self.idle.len();
-        let _ = self.idle[home].push(IdleH1 { link, since: now });
+        let home = link.home() % self.width;
+        let _ = self.workers()[home].idle.push(IdleH1 { link, since: now });
     }
 
     /// Closes worker `worker`'s idle connections that are older than `idle_timeout` or dead.
     /// Called periodically on that worker's thread.
     pub fn evict_idle(&self, worker: usize, idle_timeout: std::time::Duration, now: Nanos) {
-        if let Some(slot) = self.h2.get(worker) {
-            // No stream on the HTTP/2 connection for `idle_timeout`: let it go (hyper closes
-            // it once the last handle is dropped). A request that took it just now still
-            // holds a handle and finishes on it; the next one opens a new connection.
-            if let Some(c) = slot.load_full() {
-                let idle = c.streams.load(Ordering::Acquire) == 0
-                    && idle_too_long(c.last_used.load(Ordering::Relaxed), now, idle_timeout);
-                if c.tx.is_closed() || idle {
-                    slot.compare_and_swap(&Some(c), None);
-                }
+        let Some(WorkerPool { idle: stack, h2: slot }) = self.existing().get(worker) else { return };
+        // No stream on the HTTP/2 connection for `idle_timeout`: let it go (hyper closes it
+        // once the last handle is dropped). A request that took it just now still holds a
+        // handle and finishes on it; the next one opens a new connection.
+        if let Some(c) = slot.load_full() {
+            let idle = c.streams.load(Ordering::Acquire) == 0
+                && idle_too_long(c.last_used.load(Ordering::Relaxed), now, idle_timeout);
+            if c.tx.is_closed() || idle {
+                slot.compare_and_swap(&Some(c), None);
             }
         }
-        let Some(stack) = self.idle.get(worker) else { return };
         let mut idle = stack.take_all();
         // Oldest first: pushed back in this order, the connection returned last is on top
         // again, even if another worker returned one while the stack was taken.
@@ -287,7 +313,7 @@ pub async fn checkout(
             // part of every request's future (moved and zeroed on every request).
             return Box::pin(connect(cluster, ep, slot, simple, now)).await;
         }
-        if ep.pool.idle.len() > 1 {
+        if ep.pool.width > 1 {
             // At the limit: another worker's idle connection serves rather than none.
             if let Some(conn) = Box::pin(reuse(cluster, ep, now, simple, None)).await {
                 return Ok(conn);
@@ -317,14 +343,15 @@ async fn reuse(
     only: Option<usize>,
 ) -> Option<Conn> {
     let limits = cluster.limits();
-    let pool = &ep.pool;
+    let pools = ep.pool.existing();
     let slots = match only {
         Some(i) => i..i + 1,
-        None => 0..pool.idle.len(),
+        None => 0..pools.len(),
     };
+    let pools = pools.get(slots)?;
     match cluster.protocol() {
-        UpstreamProtocol::Http2 => slots.into_iter().find_map(|i| {
-            let slot = &pool.h2[i];
+        UpstreamProtocol::Http2 => pools.iter().find_map(|w| {
+            let slot = &w.h2;
             let c = slot.load_full()?;
             let uses = c.uses.fetch_add(1, Ordering::Relaxed) + 1;
             c.last_used.store(now, Ordering::Relaxed);
@@ -336,8 +363,7 @@ async fn reuse(
             Some(Conn::H2(c.tx.clone(), H2Stream::new(c)))
         }),
         _ => {
-            let queues = &pool.idle[slots];
-            while let Some(idle) = queues.iter().find_map(IdleStack::pop) {
+            while let Some(idle) = pools.iter().find_map(|w| w.idle.pop()) {
                 if idle_too_long(idle.since, now, limits.idle_timeout) {
                     continue;
                 }
@@ -422,7 +448,7 @@ async fn connect(
                 last_used: AtomicU64::new(now),
                 streams: AtomicU32::new(0),
             });
-            ep.pool.h2[ep.pool.here()].store(Some(shared.clone()));
+            ep.pool.workers()[ep.pool.here()].h2.store(Some(shared.clone()));
             // A request of another worker may wait for a connection at the limit: this one
             // can carry it.
             state.notify_released();
@@ -576,7 +602,21 @@ mod tests {
     }
 
     fn idle_marks(pool: &ConnectionPool) -> Vec<u32> {
-        pool.idle[0].take_all().iter().map(|c| c.link.uses()).collect()
+        pool.existing()[0].idle.take_all().iter().map(|c| c.link.uses()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_pool_is_allocated_by_its_first_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut servers = Vec::new();
+        let pool = ConnectionPool::new();
+        // What the housekeeping and the admin API do to every endpoint leaves it unallocated.
+        pool.evict_idle(0, Duration::from_secs(15), 30 * SECOND);
+        assert_eq!((pool.idle_count(), pool.is_allocated()), (0, false));
+        give_back_idle(&pool, &listener, 1, 0, &mut servers).await;
+        assert_eq!((pool.idle_count(), pool.is_allocated()), (1, true));
+        assert_eq!(pool.existing()[0].idle.allocated_slots(), 8, "one chunk for one connection");
+        assert_eq!(idle_marks(&pool), vec![1]);
     }
 
     #[tokio::test]
