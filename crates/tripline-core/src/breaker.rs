@@ -49,7 +49,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// How many transitions a breaker remembers.
@@ -299,7 +299,9 @@ pub struct CircuitBreaker {
     core: Mutex<Core>,
     rng: Box<dyn Rng>,
     listener: Option<Listener>,
-    cfg: BreakerConfig,
+    /// Shared by breakers made from one config (a cluster's endpoint breakers): 440 bytes
+    /// each otherwise.
+    cfg: Arc<BreakerConfig>,
 }
 
 impl fmt::Debug for CircuitBreaker {
@@ -315,8 +317,21 @@ impl CircuitBreaker {
     }
 
     /// A breaker with injected randomness (tests, reproducible simulations).
-    pub fn with_rng(mut cfg: BreakerConfig, rng: Box<dyn Rng>) -> Self {
-        cfg.probes = cfg.probes.clamp(1, 64);
+    pub fn with_rng(cfg: BreakerConfig, rng: Box<dyn Rng>) -> Self {
+        Self::with_shared_config(Arc::new(cfg), rng)
+    }
+
+    /// A breaker that shares its config with others made from the same `Arc` (one per
+    /// endpoint of a cluster), with jitter seeded from entropy.
+    pub fn shared(cfg: Arc<BreakerConfig>) -> Self {
+        Self::with_shared_config(cfg, Box::new(SplitMix::from_entropy()))
+    }
+
+    /// [`shared`](Self::shared) with injected randomness.
+    pub fn with_shared_config(mut cfg: Arc<BreakerConfig>, rng: Box<dyn Rng>) -> Self {
+        if !(1..=64).contains(&cfg.probes) {
+            Arc::make_mut(&mut cfg).probes = cfg.probes.clamp(1, 64);
+        }
         let ratio =
             if cfg.probe_success_ratio.is_finite() { cfg.probe_success_ratio.clamp(0.0, 1.0) } else { 1.0 };
         let need = ((ratio * cfg.probes as f64).ceil() as u32).clamp(1, cfg.probes);
@@ -847,5 +862,28 @@ impl<B: Deref<Target = CircuitBreaker>> Drop for AdmissionOf<B> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix;
+
+    /// A breaker that never sees a result allocates no window; the first result does, and
+    /// counts as it always did.
+    #[test]
+    fn the_window_is_allocated_by_the_first_result() {
+        let b = CircuitBreaker::with_rng(BreakerConfig::default(), Box::new(SplitMix::seeded(1)));
+        b.tick(1_000);
+        let admitted = b.try_acquire(1_000).expect("closed");
+        assert_eq!(b.snapshot(1_000).window, WindowCounts::default());
+        b.reset(1_000, "test");
+        assert!(!b.window.is_allocated(), "admitting, ticking, reading and resetting allocate nothing");
+        drop(admitted);
+        b.try_acquire(2_000).expect("closed").record(&Outcome::Http(503), Duration::from_millis(1), 2_000);
+        assert!(b.window.is_allocated());
+        let w = b.snapshot(2_000).window;
+        assert_eq!((w.requests, w.failures, b.snapshot(2_000).consecutive_failures), (1, 1, 1));
     }
 }

@@ -865,7 +865,8 @@ impl OutlierDetector {
         let mut samples = Vec::with_capacity(eps.len());
         for ep in eps {
             let packed = ep.interval.take();
-            let hist = ep.latency.as_ref().map(|h| {
+            // An endpoint that never recorded a latency has no histogram to read.
+            let hist = ep.latency.as_ref().filter(|h| h.is_allocated()).map(|h| {
                 let mut acc = Box::new([0u64; HISTOGRAM_BUCKETS]);
                 h.take_into(&mut acc);
                 acc
@@ -968,5 +969,25 @@ impl OutlierDetector {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix;
+
+    /// An endpoint that never sees a request has no latency histogram, and the sweep does not
+    /// make one; its first result does.
+    #[test]
+    fn the_latency_histogram_is_allocated_by_the_first_result() {
+        let cfg = OutlierConfig { latency: Some(LatencyRule::default()), ..Default::default() };
+        let d = OutlierDetector::with_rng(cfg, Box::new(SplitMix::seeded(1)));
+        let eps = d.update_endpoints(&["a:1", "b:1"], 0);
+        let allocated = |e: &Endpoint| e.latency.as_ref().expect("latency rule on").is_allocated();
+        d.sweep(10_000_000_000);
+        assert!(!allocated(&eps[0]) && !allocated(&eps[1]));
+        eps[0].admit(1).expect("healthy").record(&Outcome::Http(200), Duration::from_millis(3), 1);
+        assert!(allocated(&eps[0]) && !allocated(&eps[1]));
     }
 }

@@ -13,10 +13,17 @@
 //!   on the same stripe can be lost. Stripes are per thread, so this needs more threads than
 //!   stripes and a bucket boundary at the same instant; it undercounts by one at most.
 //! - Each bucket holds at most 2²¹−1 (about two million) of each counter per stripe.
+//!
+//! The window's buckets and the histogram's counts are allocated at the first record, not
+//! when they are made: a proxy keeps a breaker window (768 bytes with the default 10 buckets)
+//! and a latency histogram (3.5 KiB) for every endpoint in its config, and most endpoints of a
+//! mesh never see a request. Until the first record they read as empty; after it they behave
+//! exactly as if allocated from the start. The check costs the record path one load.
 
 use crate::clock::Nanos;
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Number of stripes per counter; a power of two.
@@ -116,23 +123,27 @@ struct Bucket {
     counts: AtomicU64,
 }
 
+type Lines = Box<[CachePadded<[Bucket; 4]>]>;
+
 /// Requests, failures and slow calls over the last `span`, in `buckets` time buckets.
 #[derive(Debug)]
 pub struct SlidingWindow {
     width: Nanos,
     buckets: u64,
     lines_per_stripe: usize,
-    lines: Box<[CachePadded<[Bucket; 4]>]>,
+    /// The buckets, four to a cache line, `lines_per_stripe` lines per stripe; allocated by
+    /// the first record.
+    lines: OnceLock<Lines>,
 }
 
 impl SlidingWindow {
     /// `span` is split into `buckets` buckets (at least 1; the width is at least 1 ns).
+    /// Allocates nothing until the first [`record`](Self::record).
     pub fn new(span: Duration, buckets: u32) -> Self {
         let buckets = buckets.clamp(1, 1024) as u64;
         let width = (crate::clock::nanos(span) / buckets).max(1);
         let lines_per_stripe = (buckets as usize).div_ceil(4);
-        let lines = (0..lines_per_stripe * STRIPES).map(|_| CachePadded::default()).collect();
-        SlidingWindow { width, buckets, lines_per_stripe, lines }
+        SlidingWindow { width, buckets, lines_per_stripe, lines: OnceLock::new() }
     }
 
     /// The time covered by the window.
@@ -140,16 +151,27 @@ impl SlidingWindow {
         Duration::from_nanos(self.width.saturating_mul(self.buckets))
     }
 
+    /// Whether anything was ever recorded (the buckets are allocated).
+    pub fn is_allocated(&self) -> bool {
+        self.lines.get().is_some()
+    }
+
     #[inline]
-    fn bucket(&self, stripe: usize, i: usize) -> &Bucket {
-        &self.lines[stripe * self.lines_per_stripe + i / 4].0[i % 4]
+    fn lines(&self) -> &[CachePadded<[Bucket; 4]>] {
+        self.lines
+            .get_or_init(|| (0..self.lines_per_stripe * STRIPES).map(|_| CachePadded::default()).collect())
+    }
+
+    #[inline]
+    fn bucket<'a>(&self, lines: &'a [CachePadded<[Bucket; 4]>], stripe: usize, i: usize) -> &'a Bucket {
+        &lines[stripe * self.lines_per_stripe + i / 4].0[i % 4]
     }
 
     /// Counts one call at `now`.
     #[inline]
     pub fn record(&self, now: Nanos, failure: bool, slow: bool) {
         let epoch = now / self.width;
-        let b = self.bucket(stripe(), (epoch % self.buckets) as usize);
+        let b = self.bucket(self.lines(), stripe(), (epoch % self.buckets) as usize);
         let seen = b.epoch.load(Acquire);
         if seen < epoch && b.epoch.compare_exchange(seen, epoch, AcqRel, Acquire).is_ok() {
             b.counts.store(0, Release);
@@ -162,9 +184,10 @@ impl SlidingWindow {
     pub fn totals(&self, now: Nanos) -> WindowCounts {
         let current = now / self.width;
         let mut t = WindowCounts::default();
+        let Some(lines) = self.lines.get() else { return t };
         for s in 0..STRIPES {
             for i in 0..self.buckets as usize {
-                let b = self.bucket(s, i);
+                let b = self.bucket(lines, s, i);
                 let e = b.epoch.load(Acquire);
                 if e + self.buckets > current && e <= current {
                     let c = b.counts.load(Relaxed);
@@ -179,7 +202,7 @@ impl SlidingWindow {
 
     /// Forgets everything (for example when a breaker closes again).
     pub fn reset(&self) {
-        for line in self.lines.iter() {
+        for line in self.lines.get().into_iter().flat_map(|l| l.iter()) {
             for b in &line.0 {
                 b.counts.store(0, Relaxed);
                 b.epoch.store(0, Relaxed);
@@ -215,28 +238,32 @@ pub fn histogram_value(i: usize) -> Duration {
     Duration::from_micros((lo + hi) / 2)
 }
 
-/// A striped latency histogram, read-and-reset once per interval by the outlier sweep.
-#[derive(Debug)]
-pub struct LatencyHistogram {
-    stripes: Box<[CachePadded<[AtomicU64; HISTOGRAM_BUCKETS]>]>,
-}
+type Stripes = Box<[CachePadded<[AtomicU64; HISTOGRAM_BUCKETS]>]>;
 
-impl Default for LatencyHistogram {
-    fn default() -> Self {
-        let stripes = (0..STRIPES).map(|_| CachePadded(std::array::from_fn(|_| AtomicU64::new(0)))).collect();
-        LatencyHistogram { stripes }
-    }
+/// A striped latency histogram, read-and-reset once per interval by the outlier sweep. Its
+/// counts are allocated by the first record.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    stripes: OnceLock<Stripes>,
 }
 
 impl LatencyHistogram {
     #[inline]
     pub fn record(&self, latency: Duration) {
-        self.stripes[stripe()].0[histogram_index(latency)].fetch_add(1, Relaxed);
+        let stripes = self.stripes.get_or_init(|| {
+            (0..STRIPES).map(|_| CachePadded(std::array::from_fn(|_| AtomicU64::new(0)))).collect()
+        });
+        stripes[stripe()].0[histogram_index(latency)].fetch_add(1, Relaxed);
+    }
+
+    /// Whether anything was ever recorded (the counts are allocated).
+    pub fn is_allocated(&self) -> bool {
+        self.stripes.get().is_some()
     }
 
     /// Adds the counts into `acc` and resets them.
     pub fn take_into(&self, acc: &mut [u64; HISTOGRAM_BUCKETS]) {
-        for s in self.stripes.iter() {
+        for s in self.stripes.get().into_iter().flat_map(|s| s.iter()) {
             for (a, c) in acc.iter_mut().zip(s.0.iter()) {
                 *a += c.swap(0, Relaxed);
             }
@@ -284,6 +311,27 @@ mod tests {
         assert_eq!(w.totals(13 * S), WindowCounts { requests: 1, failures: 1, slow: 0 });
         w.reset();
         assert_eq!(w.totals(13 * S), WindowCounts::default());
+    }
+
+    #[test]
+    fn window_and_histogram_allocate_at_their_first_record() {
+        let w = SlidingWindow::new(Duration::from_secs(10), 10);
+        w.reset();
+        assert_eq!(w.totals(5 * S), WindowCounts::default());
+        assert!(!w.is_allocated(), "reading and resetting allocate nothing");
+        w.record(5 * S, true, false);
+        assert!(w.is_allocated());
+        assert_eq!(w.totals(5 * S), WindowCounts { requests: 1, failures: 1, slow: 0 });
+
+        let h = LatencyHistogram::default();
+        let mut acc = [0; HISTOGRAM_BUCKETS];
+        h.take_into(&mut acc);
+        assert_eq!((acc, h.is_allocated()), ([0; HISTOGRAM_BUCKETS], false));
+        h.record(Duration::from_millis(10));
+        h.take_into(&mut acc);
+        assert!(h.is_allocated());
+        assert_eq!(acc.iter().sum::<u64>(), 1);
+        assert_eq!(percentile(&acc, 0.5), Some(histogram_value(histogram_index(Duration::from_millis(10)))));
     }
 
     #[test]

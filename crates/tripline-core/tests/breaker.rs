@@ -460,3 +460,23 @@ fn concurrent_callers_never_hold_more_than_n_probes() {
     });
     assert_eq!(admitted.into_inner(), 3);
 }
+
+/// A cluster's endpoint breakers share one config (it was 440 bytes a breaker) but nothing
+/// else: one tripping leaves the others closed. A shared config out of range is clamped in a
+/// copy of the breaker's own, not in the others'.
+#[test]
+fn breakers_made_from_one_config_share_it_and_trip_alone() {
+    let clock = ManualClock::new(1_000);
+    let cfg = Arc::new(exact());
+    let a = CircuitBreaker::with_shared_config(cfg.clone(), Box::new(SplitMix::seeded(1)));
+    let b = CircuitBreaker::with_shared_config(cfg.clone(), Box::new(SplitMix::seeded(2)));
+    assert!(std::ptr::eq(a.config(), b.config()) && std::ptr::eq(a.config(), &*cfg));
+    trip(&a, &clock);
+    assert_eq!(b.state(), State::Closed);
+    call(&b, &clock, Outcome::Http(200));
+    assert_eq!(b.snapshot(clock.now()).window.requests, 1);
+
+    let wide = Arc::new(BreakerConfig { probes: 100, ..exact() });
+    let c = CircuitBreaker::with_shared_config(wide.clone(), Box::new(SplitMix::seeded(3)));
+    assert_eq!((c.config().probes, wide.probes), (64, 100));
+}

@@ -83,7 +83,7 @@ pub fn breakers_json(clusters: &[Arc<Cluster>], routes: &resilience::RouteBreake
                         })
                     });
                     json!({
-                        "address": m.ep.id,
+                        "address": &*m.ep.id,
                         "available": tripline_core::balancer::EndpointView::is_available(m),
                         "outlier": outlier,
                         "breaker": m.breaker.as_ref().map(|b| breaker_json(now, b)),
@@ -191,7 +191,7 @@ pub fn apply(
             let m = set
                 .members
                 .iter()
-                .find(|m| m.ep.id == ep)
+                .find(|m| *m.ep.id == *ep)
                 .ok_or_else(|| format!("cluster `{}` has no endpoint `{ep}`", cluster.name()))?;
             m.breaker.clone().ok_or_else(|| {
                 format!(

@@ -78,8 +78,9 @@ impl ClusterState {
 #[derive(Debug)]
 pub struct Endpoint {
     pub address: SocketAddr,
-    /// `127.0.0.1:8080`, the id used by the outlier detector and in logs.
-    pub id: String,
+    /// `127.0.0.1:8080`, the id used by the outlier detector and in logs (shared with the
+    /// endpoint breaker's log lines).
+    pub id: Arc<str>,
     pub weight: u32,
     pub labels: BTreeMap<String, String>,
     pub active: AtomicU32,
@@ -94,7 +95,7 @@ impl Endpoint {
     pub fn new(address: SocketAddr, weight: u32, labels: BTreeMap<String, String>) -> Arc<Self> {
         Arc::new(Endpoint {
             address,
-            id: address.to_string(),
+            id: address.to_string().into(),
             weight,
             labels,
             active: AtomicU32::new(0),
@@ -199,7 +200,7 @@ impl Cluster {
         let res = &self.resilience;
         let outliers: Vec<Option<Arc<OutlierEndpoint>>> = match &res.outlier {
             Some(d) => {
-                let ids: Vec<&str> = endpoints.iter().map(|e| e.id.as_str()).collect();
+                let ids: Vec<&str> = endpoints.iter().map(|e| &*e.id).collect();
                 d.update_endpoints(&ids, resilience::now()).into_iter().map(Some).collect()
             }
             None => vec![None; endpoints.len()],
@@ -215,7 +216,7 @@ impl Cluster {
                         _ => false,
                     };
                     if !keep {
-                        *slot = res.endpoint_breaker(self.name(), &ep.id);
+                        *slot = res.endpoint_breaker(&ep.id);
                     }
                     slot.clone()
                 };
@@ -335,5 +336,89 @@ impl Registry {
     pub fn remember_dns(&mut self, cluster: &Cluster) {
         let eps = cluster.endpoints.load().members.iter().map(|m| m.ep.clone()).collect();
         self.dns.insert(cluster.plan.name.clone(), eps);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tripline_core::classify::Outcome;
+
+    fn plan(connect_timeout: &str) -> Vec<ClusterPlan> {
+        let yaml = format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  servers: [{{port: {{number: 18130, name: http, protocol: HTTP}}, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: svc}}
+spec:
+  hosts: [svc.local]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 10.0.0.1, ports: {{http: 80}}}}, {{address: 10.0.0.2, ports: {{http: 80}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: svc}}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  http: [{{route: [{{destination: {{host: svc.local}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: svc}}
+spec:
+  host: svc.local
+  trafficPolicy:
+    connectionPool: {{tcp: {{connectTimeout: {connect_timeout}}}}}
+    outlierDetection: {{consecutive5xxErrors: 5}}
+---
+apiVersion: tripline.dev/v1alpha1
+kind: ResiliencePolicy
+metadata: {{name: svc}}
+spec:
+  target: {{host: svc.local}}
+  endpointCircuitBreaker: {{consecutiveFailures: 2}}
+  outlierDetection: {{latency: {{minimumHosts: 1, requestVolume: 1}}}}
+"#
+        );
+        let sources = [tripline_config::Source { name: "mesh.yaml".into(), text: yaml }];
+        tripline_config::load(&sources, &Default::default()).expect("valid").plan.clusters
+    }
+
+    /// A reload keeps each endpoint's state (its breaker, outlier state and pool are the same
+    /// objects) whether or not the endpoint ever allocated anything, and an endpoint's pool
+    /// stays unallocated until it gets a connection.
+    #[test]
+    fn endpoint_state_survives_a_reload_allocated_or_not() {
+        let mut registry = Registry::default();
+        let built = registry.build(&plan("500ms"));
+        let cluster = built.clusters[0].clone();
+        registry.commit(built);
+        let set = cluster.endpoints.load();
+        let (used, unused) = (&set.members[0], &set.members[1]);
+        let breaker = used.breaker.clone().expect("endpoint breakers on");
+        for _ in 0..2 {
+            breaker.try_acquire(1).expect("closed").record(&Outcome::Http(503), Default::default(), 1);
+        }
+        assert_eq!(breaker.state(), State::Open);
+        assert!(!used.ep.pool.is_allocated() && !unused.ep.pool.is_allocated());
+
+        let built = registry.build(&plan("750ms"));
+        let after = built.clusters[0].endpoints.load();
+        registry.commit(built);
+        for (old, new) in set.members.iter().zip(&after.members) {
+            assert!(Arc::ptr_eq(&old.ep, &new.ep), "the same endpoint, pool and counters");
+            assert!(Arc::ptr_eq(old.breaker.as_ref().unwrap(), new.breaker.as_ref().unwrap()));
+            assert!(Arc::ptr_eq(old.outlier.as_ref().unwrap(), new.outlier.as_ref().unwrap()));
+        }
+        assert_eq!(after.members[0].breaker.as_ref().unwrap().state(), State::Open, "still open");
+        assert!(after.members[0].breaker_open() && !after.members[1].breaker_open());
+        assert!(!after.members[1].ep.pool.is_allocated());
     }
 }

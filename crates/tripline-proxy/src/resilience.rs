@@ -91,6 +91,10 @@ impl ResilienceStats {
 #[derive(Debug)]
 pub struct ClusterResilience {
     pub plan: ResiliencePlan,
+    /// The cluster's name, shared by its endpoint breakers' log lines.
+    cluster: Arc<str>,
+    /// `plan.endpoint_breaker`, shared by every endpoint breaker of the cluster.
+    endpoint_breaker: Option<Arc<BreakerConfig>>,
     /// The destination breaker (whole cluster or subset).
     pub breaker: Option<Arc<CircuitBreaker>>,
     pub outlier: Option<Arc<OutlierDetector>>,
@@ -104,15 +108,16 @@ impl ClusterResilience {
     /// Builds the resilience objects, reusing those of `previous` whose config is unchanged.
     pub fn build(cluster: &str, plan: &ResiliencePlan, previous: Option<&ClusterResilience>) -> Arc<Self> {
         let stats = previous.map(|p| p.stats.clone()).unwrap_or_default();
+        let name: Arc<str> = cluster.into();
         let breaker = match (&plan.breaker, previous) {
             (Some(cfg), Some(p)) if p.plan.breaker.as_ref() == Some(cfg) => p.breaker.clone(),
-            (Some(cfg), _) => Some(new_breaker(cfg.clone(), cluster, None, &stats)),
+            (Some(cfg), _) => Some(new_breaker(Arc::new(cfg.clone()), &name, &Arc::from(""), &stats)),
             (None, _) => None,
         };
         let outlier = match (&plan.outlier, previous) {
             (Some(cfg), Some(p)) if p.plan.outlier.as_ref() == Some(cfg) => p.outlier.clone(),
             (Some(cfg), _) => {
-                let name: Arc<str> = cluster.into();
+                let name = name.clone();
                 Some(Arc::new(OutlierDetector::new(cfg.clone()).with_listener(move |e: &OutlierEvent| {
                     log_outlier(&name, e);
                 })))
@@ -125,6 +130,8 @@ impl ClusterResilience {
         };
         Arc::new(ClusterResilience {
             plan: plan.clone(),
+            cluster: name,
+            endpoint_breaker: plan.endpoint_breaker.clone().map(Arc::new),
             breaker,
             outlier,
             budget,
@@ -134,9 +141,9 @@ impl ClusterResilience {
     }
 
     /// A new per-endpoint breaker, if the plan asks for them.
-    pub fn endpoint_breaker(&self, cluster: &str, endpoint: &str) -> Option<Arc<CircuitBreaker>> {
-        let cfg = self.plan.endpoint_breaker.as_ref()?;
-        Some(new_breaker(cfg.clone(), cluster, Some(endpoint), &self.stats))
+    pub fn endpoint_breaker(&self, endpoint: &Arc<str>) -> Option<Arc<CircuitBreaker>> {
+        let cfg = self.endpoint_breaker.as_ref()?;
+        Some(new_breaker(cfg.clone(), &self.cluster, endpoint, &self.stats))
     }
 
     /// Periodic work: sweeps the outlier detector every `interval` and moves breakers whose
@@ -157,17 +164,18 @@ impl ClusterResilience {
     }
 }
 
+/// A destination breaker (`endpoint` empty) or an endpoint breaker, logging and counting its
+/// transitions.
 fn new_breaker(
-    cfg: BreakerConfig,
-    cluster: &str,
-    endpoint: Option<&str>,
+    cfg: Arc<BreakerConfig>,
+    cluster: &Arc<str>,
+    endpoint: &Arc<str>,
     stats: &Arc<ResilienceStats>,
 ) -> Arc<CircuitBreaker> {
-    let cluster: Arc<str> = cluster.into();
-    let endpoint: Arc<str> = endpoint.unwrap_or("").into();
+    let (cluster, endpoint) = (cluster.clone(), endpoint.clone());
     let scope = if endpoint.is_empty() { "destination" } else { "endpoint" };
     let stats = stats.clone();
-    Arc::new(CircuitBreaker::new(cfg).with_listener(move |t: &Transition| {
+    Arc::new(CircuitBreaker::shared(cfg).with_listener(move |t: &Transition| {
         stats.count(t);
         log_transition(scope, &cluster, &endpoint, t);
     }))
