@@ -16,6 +16,7 @@ pub mod yaml;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use diag::{Diagnostic, Severity};
@@ -49,8 +50,11 @@ pub struct Loaded {
     pub plan: plan::Plan,
     /// Non-fatal findings: unsupported fields, suspicious values.
     pub warnings: Vec<Diagnostic>,
-    /// The effective resources (defaults applied), for `/config_dump`.
-    pub dump: serde_json::Value,
+    /// The effective resources (defaults applied) and the plan, for `/config_dump`: compact
+    /// JSON text, written once per load and shared, not copied, by whoever keeps it. As a
+    /// `serde_json::Value` tree it took seven times the room (55 MB for 1,000 services of 10
+    /// endpoints) and was cloned when applied.
+    pub dump: Arc<str>,
 }
 
 /// A YAML source: a name for diagnostics (usually the file path) and its text.
@@ -132,36 +136,40 @@ pub fn load(sources: &[Source], opts: &LoadOptions) -> Result<Loaded, Vec<Diagno
     let mut seen: std::collections::HashMap<(String, Option<String>, String), usize> =
         std::collections::HashMap::new();
     for source in sources {
-        match yaml::parse(&source.text) {
-            Err(e) => diags.push(Diagnostic {
+        // Each document is decoded as soon as it is parsed, and its tree dropped. A file with
+        // a syntax error reports only that: what its documents said before it is discarded.
+        let (resources_before, diags_before) = (resources.len(), diags.len());
+        let parsed = yaml::parse_each(&source.text, |doc| {
+            documents += 1;
+            let Some(r) = resource::decode(&source.name, &doc, &mut diags) else { return };
+            let key = (r.kind.clone(), r.namespace.clone(), r.name.clone());
+            if let Some(first) = seen.get(&key).map(|&i| &resources[i]) {
+                diags.push(Diagnostic {
+                    severity: Severity::Error,
+                    file: r.file.clone(),
+                    line: r.pos.line,
+                    column: r.pos.col,
+                    path: format!("{}: metadata.name", r.id()),
+                    message: format!("duplicate {}: already defined at {}", r.id(), first.source),
+                });
+                return;
+            }
+            seen.insert(key, resources.len());
+            resources.push(r);
+        });
+        if let Err(e) = parsed {
+            for r in resources.drain(resources_before..) {
+                seen.remove(&(r.kind, r.namespace, r.name));
+            }
+            diags.truncate(diags_before);
+            diags.push(Diagnostic {
                 severity: Severity::Error,
                 file: source.name.clone(),
                 line: e.pos.line,
                 column: e.pos.col,
                 path: "(YAML)".into(),
                 message: format!("invalid YAML: {}", e.message),
-            }),
-            Ok(docs) => {
-                documents += docs.len();
-                for doc in &docs {
-                    if let Some(r) = resource::decode(&source.name, doc, &mut diags) {
-                        let key = (r.kind.clone(), r.namespace.clone(), r.name.clone());
-                        if let Some(first) = seen.get(&key).map(|&i| &resources[i]) {
-                            diags.push(Diagnostic {
-                                severity: Severity::Error,
-                                file: r.file.clone(),
-                                line: r.pos.line,
-                                column: r.pos.col,
-                                path: format!("{}: metadata.name", r.id()),
-                                message: format!("duplicate {}: already defined at {}", r.id(), first.source),
-                            });
-                            continue;
-                        }
-                        seen.insert(key, resources.len());
-                        resources.push(r);
-                    }
-                }
-            }
+            });
         }
     }
     let plan = compile::compile(&resources, opts, &mut diags);
@@ -213,26 +221,37 @@ fn no_listener(sources: &[Source], documents: usize, required: bool) -> Diagnost
 }
 
 /// The effective resources for `/config_dump`: each resource as read (defaults applied where
-/// Tripline applies them), the effective policy of every DestinationRule subset, and the plan.
-fn dump(resources: &[model::Resource], plan: &plan::Plan) -> serde_json::Value {
+/// Tripline applies them), the effective policy of every DestinationRule subset, and the plan,
+/// as `{"plan": ..., "resources": [...]}`. Written straight to text: only one resource at a
+/// time is ever a `serde_json::Value`.
+fn dump(resources: &[model::Resource], plan: &plan::Plan) -> Arc<str> {
+    #[derive(serde::Serialize)]
+    struct Dump<'a> {
+        plan: &'a plan::Plan,
+        resources: Resources<'a>,
+    }
+    struct Resources<'a>(&'a [model::Resource]);
+    impl serde::Serialize for Resources<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(self.0.iter().map(resource_dump))
+        }
+    }
+    serde_json::to_string(&Dump { plan, resources: Resources(resources) }).unwrap_or_default().into()
+}
+
+/// One resource for the dump, with its `effectivePolicy` if it is a DestinationRule.
+fn resource_dump(r: &model::Resource) -> serde_json::Value {
     use serde_json::json;
-    let resources: Vec<serde_json::Value> = resources
-        .iter()
-        .map(|r| {
-            let mut v = serde_json::to_value(r).unwrap_or(serde_json::Value::Null);
-            if let model::Spec::DestinationRule(dr) = &r.spec {
-                let mut effective = serde_json::Map::new();
-                let (lb, pool) = compile::effective_policy(&dr.traffic_policy, None);
-                effective.insert(String::new(), json!({"loadBalancer": lb, "connectionPool": pool}));
-                for s in &dr.subsets {
-                    let (lb, pool) = compile::effective_policy(&dr.traffic_policy, Some(&s.traffic_policy));
-                    effective
-                        .insert(s.name.value.clone(), json!({"loadBalancer": lb, "connectionPool": pool}));
-                }
-                v["effectivePolicy"] = serde_json::Value::Object(effective);
-            }
-            v
-        })
-        .collect();
-    json!({ "resources": resources, "plan": plan })
+    let mut v = serde_json::to_value(r).unwrap_or(serde_json::Value::Null);
+    if let model::Spec::DestinationRule(dr) = &r.spec {
+        let mut effective = serde_json::Map::new();
+        let (lb, pool) = compile::effective_policy(&dr.traffic_policy, None);
+        effective.insert(String::new(), json!({"loadBalancer": lb, "connectionPool": pool}));
+        for s in &dr.subsets {
+            let (lb, pool) = compile::effective_policy(&dr.traffic_policy, Some(&s.traffic_policy));
+            effective.insert(s.name.value.clone(), json!({"loadBalancer": lb, "connectionPool": pool}));
+        }
+        v["effectivePolicy"] = serde_json::Value::Object(effective);
+    }
+    v
 }

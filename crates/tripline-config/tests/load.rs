@@ -637,3 +637,12 @@ spec:
     assert!(the_error(&twice)
         .contains("Gateway/edge: metadata.name: duplicate Gateway/edge: already defined at mesh.yaml:1"));
 }
+
+/// Documents are decoded as they are parsed; a syntax error further down the file still
+/// reports only itself, as when the whole file was parsed first.
+#[test]
+fn a_syntax_error_later_in_a_file_is_its_only_diagnostic() {
+    let text = format!("{EXAMPLE}---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: edge}}\nspec: {{servers: 7}}\n---\nkind: [unclosed\n");
+    let e = the_error(&text);
+    assert!(e.starts_with("error: mesh.yaml:") && e.contains("invalid YAML"), "{e}");
+}

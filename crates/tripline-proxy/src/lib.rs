@@ -78,7 +78,8 @@ pub struct Applied {
     pub clusters: Vec<Arc<Cluster>>,
     /// Breakers of routes targeted by a ResiliencePolicy.
     pub route_breakers: resilience::RouteBreakers,
-    pub dump: serde_json::Value,
+    /// `/config_dump`'s JSON (shared with the [`Loaded`] it came from).
+    pub dump: Arc<str>,
     pub listeners: Vec<(String, SocketAddr, String)>,
 }
 
