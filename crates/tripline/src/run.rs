@@ -111,6 +111,8 @@ async fn serve(args: RunArgs, opts: LoadOptions, loaded: Loaded, workers: usize)
         eprintln!("tripline: {e}");
         return ExitCode::FAILURE;
     }
+    // The running config keeps what it needs; the plan is not needed for the process's life.
+    drop(loaded);
     tracing::info!(admin = %args.admin, workers, "tripline ready");
     tokio::spawn(proxy.clone().run_housekeeping());
     tokio::spawn(watch_config(proxy.clone(), args.config.clone(), opts, args.watch_interval));
@@ -195,6 +197,7 @@ async fn watch_config(proxy: Proxy, paths: Vec<PathBuf>, opts: LoadOptions, ever
             continue;
         }
         last = if forced { now } else { settle(now, || fingerprint(&paths)).await };
+        let started = std::time::Instant::now();
         let global = &proxy.shared.global;
         // Reading and compiling a large config takes a while: off the event loop, which
         // serves requests too when there is one worker and accepts connections when there
@@ -216,7 +219,8 @@ async fn watch_config(proxy: Proxy, paths: Vec<PathBuf>, opts: LoadOptions, ever
                 match proxy.apply(&loaded).await {
                     Ok(()) => {
                         global.reloads_ok.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(forced, "configuration reloaded");
+                        let took_ms = started.elapsed().as_secs_f64() * 1e3;
+                        tracing::info!(forced, took_ms, "configuration reloaded");
                     }
                     Err(e) => {
                         global.reloads_failed.fetch_add(1, Ordering::Relaxed);
