@@ -113,6 +113,7 @@ async fn serve(args: RunArgs, opts: LoadOptions, loaded: Loaded, workers: usize)
     }
     // The running config keeps what it needs; the plan is not needed for the process's life.
     drop(loaded);
+    crate::alloc::release_free_memory();
     tracing::info!(admin = %args.admin, workers, "tripline ready");
     tokio::spawn(proxy.clone().run_housekeeping());
     tokio::spawn(watch_config(proxy.clone(), args.config.clone(), opts, args.watch_interval));
@@ -219,6 +220,8 @@ async fn watch_config(proxy: Proxy, paths: Vec<PathBuf>, opts: LoadOptions, ever
                 match proxy.apply(&loaded).await {
                     Ok(()) => {
                         global.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                        drop(loaded);
+                        crate::alloc::release_free_memory();
                         let took_ms = started.elapsed().as_secs_f64() * 1e3;
                         tracing::info!(forced, took_ms, "configuration reloaded");
                     }
