@@ -342,6 +342,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tripline_core::breaker::State;
     use tripline_core::classify::Outcome;
 
     fn plan(connect_timeout: &str) -> Vec<ClusterPlan> {
