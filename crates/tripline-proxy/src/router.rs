@@ -18,6 +18,12 @@ use crate::resilience::RouteBreakers;
 #[derive(Debug, Default)]
 pub struct ListenerConfig {
     pub virtual_hosts: Vec<VirtualHost>,
+    /// Where each exact domain (lower-cased) first appears in `virtual_hosts`, and which
+    /// virtual hosts have a wildcard domain (`*.example.com`, `*`): a lookup is a hash probe
+    /// and a scan of the few wildcards, not a scan of every virtual host (10,000 services
+    /// added 200 µs to a request for the last one).
+    exact: std::collections::HashMap<String, usize>,
+    wildcards: Vec<usize>,
     pub tcp: Option<Arc<Route>>,
     /// See `ListenerPlan::trust_client`.
     pub trust_client: bool,
@@ -118,7 +124,7 @@ fn request_matches<B>(m: &RequestMatch, req: &Request<B>) -> bool {
 
 impl ListenerConfig {
     pub fn build(plan: &ListenerPlan, clusters: &[Arc<Cluster>], breakers: &RouteBreakers) -> Self {
-        ListenerConfig {
+        Self::indexed(ListenerConfig {
             virtual_hosts: plan
                 .virtual_hosts
                 .iter()
@@ -133,14 +139,59 @@ impl ListenerConfig {
                 .collect(),
             tcp: plan.tcp_route.as_ref().map(|r| Arc::new(Route::from_tcp(r, clusters))),
             trust_client: plan.trust_client,
-        }
+            exact: Default::default(),
+            wildcards: Vec::new(),
+        })
     }
 
-    /// The first route of the most specific matching virtual host that matches the request.
+    /// Builds the domain index of `config`'s virtual hosts.
+    fn indexed(mut config: ListenerConfig) -> Self {
+        for (i, vh) in config.virtual_hosts.iter().enumerate() {
+            for d in &vh.domains {
+                match d {
+                    HostMatch::Exact(h) => {
+                        config.exact.entry(h.to_ascii_lowercase()).or_insert(i);
+                    }
+                    _ => {
+                        if config.wildcards.last() != Some(&i) {
+                            config.wildcards.push(i);
+                        }
+                    }
+                }
+            }
+        }
+        config
+    }
+
+    /// The first route of the most specific matching virtual host that matches the request:
+    /// the first virtual host (in their order, most specific first) with a domain that matches.
     pub fn find<B>(&self, req: &Request<B>) -> Option<&Arc<Route>> {
         let host = authority(req).map(host_of).unwrap_or("");
-        let vh = self.virtual_hosts.iter().find(|vh| vh.domains.iter().any(|d| d.matches(host)))?;
+        let exact = self.exact_index(host);
+        let wildcard = self
+            .wildcards
+            .iter()
+            .copied()
+            .take_while(|&i| exact.is_none_or(|e| i < e))
+            .find(|&i| self.virtual_hosts[i].domains.iter().any(|d| d.matches(host)));
+        let vh = &self.virtual_hosts[wildcard.or(exact)?];
         vh.routes.iter().find(|r| r.matches(req))
+    }
+
+    /// The first virtual host with `host` as an exact domain, whatever its case.
+    fn exact_index(&self, host: &str) -> Option<usize> {
+        if self.exact.is_empty() {
+            return None;
+        }
+        if !host.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.exact.get(host).copied();
+        }
+        // Lower-cased on the stack: a DNS name is at most 253 bytes.
+        let mut buf = [0u8; 256];
+        let lower = buf.get_mut(..host.len())?;
+        lower.copy_from_slice(host.as_bytes());
+        lower.make_ascii_lowercase();
+        self.exact.get(std::str::from_utf8(lower).ok()?).copied()
     }
 }
 
@@ -164,7 +215,7 @@ mod tests {
             uri: Some(StringMatch::Regex(regex::Regex::new("^/v[0-9]+$").unwrap())),
             ..Default::default()
         };
-        ListenerConfig {
+        ListenerConfig::indexed(ListenerConfig {
             virtual_hosts: vec![
                 VirtualHost {
                     domains: vec![HostMatch::Exact("media.local".into())],
@@ -177,7 +228,9 @@ mod tests {
             ],
             tcp: None,
             trust_client: false,
-        }
+            exact: Default::default(),
+            wildcards: Vec::new(),
+        })
     }
 
     fn find(t: &ListenerConfig, host: &str, path: &str, tier: Option<&str>) -> Option<String> {
@@ -198,6 +251,46 @@ mod tests {
         assert_eq!(find(&t, "shop.example.com", "/v2/x", None), None);
         assert_eq!(find(&t, "example.com", "/api", None), None, "suffix needs a subdomain");
         assert_eq!(find(&t, "other.local", "/", None), None);
+    }
+
+    /// The domain index finds what a scan in order finds: an exact domain whatever its case,
+    /// among thousands of virtual hosts; a wildcard virtual host placed before an exact one
+    /// still wins; a host that only a wildcard matches falls to it.
+    #[test]
+    fn the_domain_index_finds_what_a_scan_in_order_finds() {
+        let vh = |domain: HostMatch, name: &str| VirtualHost {
+            domains: vec![domain],
+            routes: vec![route(name, vec![])],
+        };
+        let mut hosts: Vec<VirtualHost> =
+            (0..5000).map(|i| vh(HostMatch::Exact(format!("svc-{i}.local")), &format!("svc-{i}"))).collect();
+        hosts.push(vh(HostMatch::Suffix(".local".into()), "any-local"));
+        hosts.push(vh(HostMatch::Any, "catch-all"));
+        let t = ListenerConfig::indexed(ListenerConfig { virtual_hosts: hosts, ..Default::default() });
+        assert_eq!(find(&t, "svc-4999.local", "/", None).as_deref(), Some("svc-4999"));
+        assert_eq!(find(&t, "SVC-17.Local:8080", "/", None).as_deref(), Some("svc-17"));
+        assert_eq!(find(&t, "svc-17.local.", "/", None).as_deref(), Some("svc-17"), "fully qualified");
+        assert_eq!(find(&t, "new.local", "/", None).as_deref(), Some("any-local"));
+        assert_eq!(find(&t, "elsewhere", "/", None).as_deref(), Some("catch-all"));
+
+        let ordered = ListenerConfig::indexed(ListenerConfig {
+            virtual_hosts: vec![
+                vh(HostMatch::Suffix(".local".into()), "wildcard-first"),
+                vh(HostMatch::Exact("a.local".into()), "exact-later"),
+                vh(HostMatch::Exact("A.LOCAL".into()), "exact-again"),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(find(&ordered, "a.local", "/", None).as_deref(), Some("wildcard-first"), "order decides");
+        let exact_first = ListenerConfig::indexed(ListenerConfig {
+            virtual_hosts: vec![
+                vh(HostMatch::Exact("A.local".into()), "exact-first"),
+                vh(HostMatch::Exact("a.LOCAL".into()), "exact-again"),
+                vh(HostMatch::Suffix(".local".into()), "wildcard"),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(find(&exact_first, "a.local", "/", None).as_deref(), Some("exact-first"));
     }
 
     #[test]
