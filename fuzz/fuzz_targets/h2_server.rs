@@ -702,8 +702,12 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 async fn exchange(input: &Input, segments: Vec<Segment>) {
     let (client, server) = tokio::io::duplex(PIPE);
     let limits = HeaderLimits::new(1 + u32::from(input.header_kb % 8), 1 + u32::from(input.header_count));
-    let config =
-        Config { peer: ([127, 0, 0, 1], 40000).into(), stats: Arc::new(GlobalStats::default()), limits };
+    let config = Config {
+        peer: ([127, 0, 0, 1], 40000).into(),
+        stats: Arc::new(GlobalStats::default()),
+        limits,
+        stream_idle: None,
+    };
     let (drain, drain_rx) = tokio::sync::oneshot::channel();
     let conn =
         tokio::spawn(Drainable { conn: Connection::new(server, answer, config), drain: Some(drain_rx) });

@@ -263,6 +263,20 @@ impl ResponseBody {
         Poll::Ready(Some(Ok(Frame::trailers(crate::grpc::status_trailers(status, &message)))))
     }
 
+    /// The stream idle timeout cut this response (HTTP/2, where the stream is reset): its log
+    /// line says so. (On HTTP/1.1 the connection's stop flag tells `drop`.)
+    pub(crate) fn end_idle(&mut self) {
+        self.count_idle_cut();
+        self.end_log(BodyEnd::StreamIdleTimeout);
+    }
+
+    /// Counts a response the stream idle timeout cut, for its cluster.
+    fn count_idle_cut(&self) {
+        if let Some(g) = &self.guard {
+            g.count_local(crate::local_reply::Reason::StreamIdleTimeout);
+        }
+    }
+
     /// Writes `log` when this body ends; see [`PendingLog`].
     pub(crate) fn log_on_end(&mut self, log: Box<PendingLog>) {
         self.log = Some(log);
@@ -319,8 +333,12 @@ impl Drop for ResponseBody {
                 g.finish(true);
             }
         }
+        // HTTP/1.1: the stream idle timeout cuts a response by dropping its connection.
+        let idle = !complete && self.request.as_ref().is_some_and(|m| m.signal().stream_idle_expired());
+        if idle {
+            self.count_idle_cut();
+        }
         if self.log.is_some() {
-            let idle = self.request.as_ref().is_some_and(|m| m.signal().stream_idle_expired());
             self.end_log(match (complete, idle) {
                 (true, _) => BodyEnd::Complete,
                 (false, true) => BodyEnd::StreamIdleTimeout,

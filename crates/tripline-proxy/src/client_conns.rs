@@ -143,6 +143,16 @@ impl ClientConns {
         self.stream_idle_timeout_ms.store(timeout.as_millis() as u64, Ordering::Relaxed);
     }
 
+    /// The stream idle timeout as an HTTP/2 connection keeps it for its streams (each stamped
+    /// on this registry's coarse clock), or `None` when it is off.
+    pub fn stream_idle_config(&self) -> Option<crate::h2_server::StreamIdleConfig> {
+        let ms = self.stream_idle_timeout_ms.load(Ordering::Relaxed);
+        (ms > 0).then(|| crate::h2_server::StreamIdleConfig {
+            timeout: Duration::from_millis(ms),
+            clock: self.coarse.clone(),
+        })
+    }
+
     /// Advances the coarse clock that progress is stamped with (every housekeeping tick).
     pub fn tick(&self, now: Instant) {
         self.coarse.store(self.ms_at(now), Ordering::Relaxed);
@@ -346,8 +356,15 @@ impl<F: Future + Unpin, S: FnMut(&mut F) + Unpin> Future for Supervised<F, S> {
     }
 }
 
+thread_local! {
+    /// Set while the HTTP/2 server polls a stream the stream idle timeout fired on (HTTP/2
+    /// keeps the timeout per stream, and the request path cannot name its stream).
+    static IDLE_STREAM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// A request's wait for its response head, given up when the stream idle timeout fires on its
-/// connection: `None`. Costs an atomic load a poll; the timer is the sweep's.
+/// connection (HTTP/1.1) or its stream (HTTP/2): `None`. Costs an atomic load and a
+/// thread-local read a poll; the timers are the sweep's and the HTTP/2 connection's.
 pub struct StreamIdle<'a, F: ?Sized> {
     signal: &'a ConnSignal,
     inner: Pin<&'a mut F>,
@@ -359,11 +376,25 @@ impl<'a, F: Future + ?Sized> StreamIdle<'a, F> {
     }
 }
 
+impl StreamIdle<'_, ()> {
+    /// Runs `poll` (the HTTP/2 server polling a stream's request) telling any `StreamIdle` in
+    /// it whether the stream's idle timeout fired.
+    pub fn told<T>(expired: bool, poll: impl FnOnce() -> T) -> T {
+        if !expired {
+            return poll();
+        }
+        IDLE_STREAM.with(|c| c.set(true));
+        let out = poll();
+        IDLE_STREAM.with(|c| c.set(false));
+        out
+    }
+}
+
 impl<F: Future + ?Sized> Future for StreamIdle<'_, F> {
     type Output = Option<F::Output>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.signal.stream_idle_expired() {
+        if self.signal.stream_idle_expired() || IDLE_STREAM.with(std::cell::Cell::get) {
             return Poll::Ready(None);
         }
         self.inner.as_mut().poll(cx).map(Some)

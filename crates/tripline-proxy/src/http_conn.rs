@@ -73,6 +73,11 @@ impl h2_server::Handler for Proxying {
     fn call(&mut self, request: Request<ClientBody>) -> Handling<ResponseBody> {
         Box::pin(http_proxy::handle(self.0.clone(), request))
     }
+
+    /// The cut is counted and logged as `stream-idle-timeout`.
+    fn idle_cut(&mut self, mut body: ResponseBody) {
+        body.end_idle();
+    }
 }
 
 /// An HTTP/1.1 request through the proxy's request path, unless its header fields are over
@@ -181,8 +186,12 @@ impl Future for Conn {
                     let io = TcpIo::new(stream);
                     let limits = ctx.shared.header_limits.get();
                     *self = if h2 {
-                        let config =
-                            h2_server::Config { peer: ctx.peer, stats: ctx.shared.global.clone(), limits };
+                        let config = h2_server::Config {
+                            peer: ctx.peer,
+                            stats: ctx.shared.global.clone(),
+                            limits,
+                            stream_idle: ctx.shared.client_conns.stream_idle_config(),
+                        };
                         Conn::Http2(Box::new(h2_server::Connection::new(io, Proxying(ctx), config)))
                     } else {
                         let service =

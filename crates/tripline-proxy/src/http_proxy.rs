@@ -483,6 +483,7 @@ impl Started {
         let sent = match StreamIdle::new(signal, send.as_mut()).await {
             Some(sent) => sent,
             None => {
+                cluster.state.stats.local.inc(Reason::StreamIdleTimeout);
                 let mut resp = reply(Reason::StreamIdleTimeout, grpc);
                 if !h2 {
                     resp.headers_mut()

@@ -247,13 +247,11 @@ impl Proxy {
             if n % every == 0 {
                 let swept = conns.sweep(at);
                 if swept.stream_idle > 0 {
+                    // Counted where each request ends (a 408, or a cut response).
                     tracing::info!(
                         connections = swept.stream_idle,
                         "stream idle timeout: requests that moved no byte either way are ended"
                     );
-                    for _ in 0..swept.stream_idle {
-                        self.shared.global.local.inc(local_reply::Reason::StreamIdleTimeout);
-                    }
                 }
             }
             let applied = self.shared.applied.load_full();

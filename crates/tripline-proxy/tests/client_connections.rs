@@ -168,3 +168,78 @@ async fn the_drain_refuses_new_connections_and_finishes_what_is_in_flight() {
     assert_eq!(proxy.time_of(drained), ms(3010));
     assert_eq!(proxy.metric("tripline_downstream_connections", &[]), 0.0);
 }
+
+/// HTTP/2 keeps the stream idle timeout per stream (one connection carries many): with 1 s,
+/// a stream whose upstream stays silent gets `408 stream-idle-timeout` (a gRPC call its
+/// `DEADLINE_EXCEEDED`) at the connection's first check after 1.1 s of quiet (it checks every
+/// quarter of the timeout from its first stream on: 1.25 s), while the connection and its other
+/// streams go on.
+#[tokio::test(start_paused = true)]
+async fn an_http2_stream_whose_upstream_stays_silent_gets_408_and_the_connection_serves_on() {
+    let silent = Faulty::start("silent", Fault::Slow(Duration::from_secs(30))).await;
+    let proxy = Proxy::new();
+    proxy.shared.client_conns.set_stream_idle_timeout(ms(1000));
+    let proxy = InProcess::start_with(proxy, |port| config::simple(port, "HTTP", &[silent.addr], None)).await;
+    let conn = Conn::connect(proxy.addr, Proto::H2).await.unwrap();
+    let call = |path: &'static str, grpc: bool| {
+        let mut c = conn.clone_h2();
+        let mut req = c.request(http::Method::GET, "backend.local", path);
+        if grpc {
+            req = req.header("content-type", "application/grpc");
+        }
+        let req = req.body(empty()).unwrap();
+        tokio::spawn(async move { (c.call(req).await.unwrap(), tokio::time::Instant::now()) })
+    };
+    let (plain, grpc) = (call("/silent", false), call("/silent-grpc", true));
+    proxy.run_until(ms(1249)).await;
+    assert!(!plain.is_finished() && !grpc.is_finished(), "answered early");
+    let (r, at) = plain.await.unwrap();
+    assert_eq!((r.status.as_u16(), r.reason()), (408, Some("stream-idle-timeout")), "{r:?}");
+    assert_eq!(proxy.time_of(at), ms(1250));
+    let (r, _) = grpc.await.unwrap();
+    assert_eq!((r.status.as_u16(), r.header("grpc-status")), (200, Some("4")), "{r:?}");
+    assert_eq!(r.reason(), Some("stream-idle-timeout"));
+    assert_eq!(proxy.local_responses("stream-idle-timeout"), 2.0);
+    // The connection itself was never idle for the client: a new stream on it is served.
+    silent.set(Fault::Healthy);
+    let mut c = conn.clone_h2();
+    assert_eq!(c.get("backend.local", "/after").await.unwrap().status, 200);
+}
+
+/// An HTTP/2 client that never reads a large response (its stream window stays shut) holds the
+/// one upstream connection (`maxConnections: 1`) only until the stream idle timeout: the
+/// stream is reset (CANCEL), logged as `stream-idle-timeout`, the upstream connection is freed
+/// for the next client, and the stalled client's connection still serves its other streams.
+#[tokio::test(start_paused = true)]
+async fn an_http2_stream_the_client_stops_reading_is_reset_and_frees_the_upstream() {
+    let up = Upstream::http("big").await;
+    let (proxy, log) = with_access_log("h2-stream-idle");
+    proxy.shared.client_conns.set_stream_idle_timeout(ms(2000));
+    let pool = "    connectionPool:\n      tcp: {maxConnections: 1, connectTimeout: 20s}\n";
+    let proxy =
+        InProcess::start_with(proxy, |port| config::simple(port, "HTTP", &[up.addr], Some(pool))).await;
+    let mut conn = Conn::connect(proxy.addr, Proto::H2).await.unwrap();
+    let req = conn.request(http::Method::GET, "backend.local", "/bytes/67108864").body(empty()).unwrap();
+    // The head arrives; the body is never read, so the client's window stays shut.
+    let stalled = conn.send(req).await.unwrap();
+    assert_eq!(stalled.status(), 200);
+    proxy.run_until(ms(1000)).await;
+    let addr = proxy.addr;
+    let next =
+        tokio::spawn(async move { send(addr, http::Method::GET, "backend.local", "/next", &[], "").await });
+    proxy.run_until(ms(2000)).await;
+    assert!(!next.is_finished(), "served while the stalled stream held the connection");
+    let next = next.await.unwrap().unwrap();
+    assert_eq!(next.status, 200, "{next:?}");
+    let cut_at = proxy.now();
+    // Its last frame went out at once (the window filled), so it is idle once the coarse clock
+    // reads 2.1 s; the connection checks every 500 ms (a quarter of the timeout): 2.5 s.
+    assert_eq!(cut_at, ms(2500), "cut at the first check after 2.1 s of quiet");
+    let body = http_body_util::BodyExt::collect(stalled.into_body()).await;
+    assert!(body.is_err(), "the stalled stream was reset");
+    let lines = access_log_lines(&log, 2);
+    let cut = lines.iter().find(|l| l["path"] == "/bytes/67108864").expect("a line for the stalled stream");
+    assert_eq!(cut["response_end"], "stream-idle-timeout", "{cut}");
+    assert_eq!(proxy.local_responses("stream-idle-timeout"), 1.0);
+    assert_eq!(conn.get("backend.local", "/after").await.unwrap().status, 200, "the connection serves on");
+}

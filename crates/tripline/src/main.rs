@@ -96,7 +96,7 @@ pub struct RunArgs {
     /// `stream_idle_timeout`): a client that stops reading its response, or sends its body a
     /// byte at a time, would otherwise hold an upstream connection as long as it likes.
     /// Waiting for the response head: `408 stream-idle-timeout`; once it is under way the
-    /// response is cut. HTTP/1.1 only for now; `0s` turns it off.
+    /// response is cut (HTTP/2: the stream is reset, the connection serves on). `0s` turns it off.
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub stream_idle_timeout: Duration,
     /// The largest request header a client may send, in KiB; a larger one gets 431. HTTP/1.1

@@ -23,6 +23,7 @@
 mod closed;
 mod date;
 mod flood;
+mod idle;
 mod recv;
 mod request;
 mod respond;
@@ -53,6 +54,8 @@ use crate::header_limits::HeaderLimits;
 use crate::metrics::GlobalStats;
 use closed::ClosedStreams;
 use flood::Flood;
+use idle::IdleCheck;
+pub use idle::StreamIdleConfig;
 use respond::{advance, ready_ok, user_error, Outbound};
 pub use shared::RecvBody;
 use shared::{IdMap, Shared, StreamWaker, RECV_WINDOW};
@@ -98,6 +101,12 @@ pub trait Handler {
     type Body: Body<Data = Bytes, Error: std::fmt::Display> + Unpin + Send + 'static;
 
     fn call(&mut self, request: Request<ClientBody>) -> Handling<Self::Body>;
+
+    /// The stream idle timeout cut a response under way: its body, before it is dropped and
+    /// the stream reset (CANCEL).
+    fn idle_cut(&mut self, body: Self::Body) {
+        drop(body);
+    }
 }
 
 impl<F, Fut, B> Handler for F
@@ -123,6 +132,8 @@ pub struct Config {
     pub stats: Arc<GlobalStats>,
     /// `--max-request-headers-kb` and `--max-request-headers`.
     pub limits: HeaderLimits,
+    /// `--stream-idle-timeout` and the clock streams are stamped with; `None`: off.
+    pub stream_idle: Option<StreamIdleConfig>,
 }
 
 /// Where a stream is in answering its request.
@@ -152,6 +163,11 @@ struct Stream<B> {
     blocked_on_window: bool,
     /// In the connection's `window_blocked` list (once, however often it blocks).
     listed: bool,
+    /// When a frame of the stream last came in or went out (the stream idle timeout's coarse
+    /// clock), and whether the stream idle timeout fired while its request waits for its
+    /// response head: the request path then answers it (`client_conns::StreamIdle`).
+    progress: u64,
+    idle_expired: bool,
 }
 
 /// How far the connection is in closing.
@@ -219,6 +235,8 @@ pub struct Connection<T, H: Handler> {
     /// once the connection is shut down for writing, while it reads on until the client closes.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     lingering: bool,
+    /// The stream idle timeout, if on.
+    idle: Option<IdleCheck>,
 }
 
 impl<T, H> Connection<T, H>
@@ -240,6 +258,7 @@ where
         // The connection window starts at 65,535 whatever SETTINGS say (RFC 9113 §6.9.2).
         control.push_back(WindowUpdate::new(StreamId::zero(), RECV_WINDOW - 65_535).into());
         Connection {
+            idle: config.stream_idle.as_ref().and_then(IdleCheck::new),
             codec,
             handler,
             config,
@@ -302,6 +321,10 @@ where
             self.drained();
         }
         self.read(cx)?;
+        let busy = !self.streams.is_empty();
+        if self.idle.as_mut().is_some_and(|i| i.due(busy, cx)) {
+            self.expire_idle_streams();
+        }
         self.queue_window_updates();
         self.write_control(cx)?;
         if self.closing != Closing::Failed {
@@ -404,10 +427,39 @@ where
         Ok(())
     }
 
+    /// Ends every stream that has been idle for the stream idle timeout: one still waiting for
+    /// its response head is polled once more, told so (its request path answers
+    /// `408 stream-idle-timeout`, or a gRPC status, and logs it), one whose response is under
+    /// way is reset (CANCEL), as Envoy does.
+    fn expire_idle_streams(&mut self) {
+        let Some(idle) = &self.idle else { return };
+        let expired: Vec<u32> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| !s.idle_expired && idle.expired(s.progress))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            let Some(s) = self.streams.get_mut(&id) else { continue };
+            tracing::debug!(peer = %self.config.peer, stream = id, "stream idle timeout");
+            if matches!(s.task, Task::Handling(_)) {
+                s.idle_expired = true;
+                self.ready.push(id);
+                continue;
+            }
+            match std::mem::replace(&mut s.task, Task::Done) {
+                Task::Head(_, body) | Task::Body(body, _) => self.handler.idle_cut(body),
+                _ => {}
+            }
+            self.reset(id, Reason::CANCEL, false);
+        }
+    }
+
     fn poll_stream(&mut self, id: u32, cx: &mut Context<'_>) -> io::Result<()> {
         let Some(s) = self.streams.get_mut(&id) else { return Ok(()) };
         s.queued.clear();
-        match advance(id, s, &mut self.codec, &mut self.out, cx)? {
+        let now = self.idle.as_ref().map_or(0, IdleCheck::now);
+        match advance(id, s, &mut self.codec, &mut self.out, now, cx)? {
             Step::Waiting => {}
             Step::BlockedOnWrite => self.write_blocked.push(id),
             Step::BlockedOnWindow => {

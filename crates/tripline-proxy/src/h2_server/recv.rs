@@ -13,6 +13,7 @@ use http::{HeaderMap, Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::closed::Verdict;
+use super::idle::IdleCheck;
 use super::shared::{Inbound, RecvBody, StreamWaker};
 use super::{
     request, Closing, Connection, Handler, Stream, Task, MAX_CONCURRENT_STREAMS, MAX_LOCAL_ERROR_RESETS,
@@ -202,6 +203,8 @@ where
             head_request,
             blocked_on_window: false,
             listed: false,
+            progress: self.idle.as_ref().map_or(0, IdleCheck::now),
+            idle_expired: false,
         };
         self.streams.insert(id, stream);
         self.ready.push(id);
@@ -248,6 +251,9 @@ where
         let payload = d.into_payload();
         let n = payload.len() as u64;
         s.received += n;
+        if let Some(idle) = &self.idle {
+            s.progress = idle.now();
+        }
         if end {
             s.recv_open = false;
         }

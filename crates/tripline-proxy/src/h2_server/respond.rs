@@ -28,6 +28,7 @@ pub(super) fn advance<T, B>(
     s: &mut Stream<B>,
     codec: &mut Codec<T, Bytes>,
     out: &mut Outbound,
+    now: u64,
     cx: &mut Context<'_>,
 ) -> io::Result<Step>
 where
@@ -39,13 +40,15 @@ where
     let mut frames = 0;
     loop {
         match &mut s.task {
-            Task::Handling(f) => match f.as_mut().poll(&mut scx) {
-                Poll::Pending => return Ok(Step::Waiting),
-                Poll::Ready(Ok(resp)) => {
-                    let (parts, body) = resp.into_parts();
-                    s.task = Task::Head(parts, body);
+            Task::Handling(f) => {
+                match crate::client_conns::StreamIdle::told(s.idle_expired, || f.as_mut().poll(&mut scx)) {
+                    Poll::Pending => return Ok(Step::Waiting),
+                    Poll::Ready(Ok(resp)) => {
+                        let (parts, body) = resp.into_parts();
+                        s.task = Task::Head(parts, body);
+                    }
                 }
-            },
+            }
             Task::Head(..) => {
                 if !ready_ok(codec.poll_ready(cx))? {
                     return Ok(Step::BlockedOnWrite);
@@ -70,6 +73,7 @@ where
                     frame.set_end_stream();
                 }
                 codec.buffer(frame.into()).map_err(user_error)?;
+                s.progress = now;
                 if bodiless {
                     return Ok(Step::Finished(None));
                 }
@@ -129,6 +133,7 @@ where
                 let mut d = Data::new(sid, part);
                 d.set_end_stream(end);
                 codec.buffer(d.into()).map_err(user_error)?;
+                s.progress = now;
                 if end {
                     return Ok(Step::Finished(None));
                 }

@@ -134,6 +134,11 @@ impl InFlight {
         self.state.stats.local.inc(Reason::RouteTimeout);
     }
 
+    /// Counts a response Tripline ended itself under its cluster's local responses.
+    pub fn count_local(&self, reason: Reason) {
+        self.state.stats.local.inc(reason);
+    }
+
     /// Marks the response as already complete (empty body) without releasing yet.
     pub fn mark_complete(&mut self) {
         self.complete = true;

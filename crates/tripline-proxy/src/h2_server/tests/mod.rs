@@ -194,11 +194,18 @@ pub struct Options {
     pub settings: Settings,
     /// Bytes the pipe holds in each direction.
     pub pipe: usize,
+    /// The stream idle timeout and its clock, if on.
+    pub stream_idle: Option<super::StreamIdleConfig>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { limits: HeaderLimits::default(), settings: Settings::default(), pipe: 1 << 20 }
+        Options {
+            limits: HeaderLimits::default(),
+            settings: Settings::default(),
+            pipe: 1 << 20,
+            stream_idle: None,
+        }
     }
 }
 
@@ -236,7 +243,12 @@ where
 {
     let (io, server_io) = tokio::io::duplex(opts.pipe);
     let stats = Arc::new(GlobalStats::default());
-    let config = Config { peer: ([127, 0, 0, 1], 40000).into(), stats: stats.clone(), limits: opts.limits };
+    let config = Config {
+        peer: ([127, 0, 0, 1], 40000).into(),
+        stats: stats.clone(),
+        limits: opts.limits,
+        stream_idle: opts.stream_idle,
+    };
     let (drain, drain_rx) = oneshot::channel();
     let server =
         tokio::spawn(Server { conn: Connection::new(server_io, handler, config), drain: Some(drain_rx) });
