@@ -358,11 +358,12 @@ fn framing(
     chunked: Option<bool>,
     headers: &mut HeaderMap,
 ) -> Result<Framing, BoxError> {
-    if is_head
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    if status.is_informational() || status == StatusCode::NO_CONTENT {
+        // Any Content-Length goes (`http_proxy::client_head`): these never have a body.
+        return Ok(Framing::Done);
+    }
+    if is_head || status == StatusCode::NOT_MODIFIED {
+        normalize_content_length(headers)?;
         return Ok(Framing::Done);
     }
     if let Some(chunked) = chunked {
@@ -370,11 +371,20 @@ fn framing(
         headers.remove(header::CONTENT_LENGTH);
         return Ok(if chunked { Framing::Chunked(Chunk::Size) } else { Framing::UntilClose });
     }
+    Ok(match content_length(headers)? {
+        Some(0) => Framing::Done,
+        Some(n) => Framing::Length(n),
+        None => Framing::UntilClose,
+    })
+}
+
+/// The response's Content-Length: `None` without one, an error unless every value (of every
+/// field, comma lists included) is `1*DIGIT` (RFC 9110 §8.6) and all agree. Rust's integer
+/// parser also takes a leading `+`, which another hop could read differently.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, BoxError> {
     let mut length = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
         for part in v.as_bytes().split(|b| *b == b',') {
-            // `1*DIGIT` (RFC 9110 §8.6): Rust's integer parser also takes a leading `+`, which
-            // another hop could read differently.
             let part = part.trim_ascii();
             let n = std::str::from_utf8(part)
                 .ok()
@@ -387,11 +397,26 @@ fn framing(
             length = Some(n);
         }
     }
-    Ok(match length {
-        Some(0) => Framing::Done,
-        Some(n) => Framing::Length(n),
-        None => Framing::UntilClose,
-    })
+    Ok(length)
+}
+
+/// Holds a response's Content-Length to [`content_length`]'s rules and makes repeated values one
+/// field. A response without a body (to HEAD, or a 304) still tells there the length the body
+/// would have had, and the client reads it; hyper's HTTP/1.1 encoder trusts the header and
+/// answers a second one by closing the client's connection without a response (a fuzzer found
+/// that: an upstream's `Content-Length: 5` twice on a HEAD response left the client with
+/// nothing). An upstream that breaks the rules gets the 502 of any other bad framing. Used for
+/// this client's bodiless responses and by `pool::Conn::send` for hyper's clients (whose
+/// HTTP/2 side checks only the first value).
+pub(crate) fn normalize_content_length(headers: &mut HeaderMap) -> Result<(), BoxError> {
+    let Some(n) = content_length(headers)? else { return Ok(()) };
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let plain = values.next().is_some_and(|v| v.as_bytes().iter().all(u8::is_ascii_digit));
+    if !plain || values.next().is_some() {
+        // A list (`5, 5`), spaces or several fields: one clean value instead.
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    Ok(())
 }
 
 /// A response body read from a [`RawConn`] as the client consumes it.
@@ -685,6 +710,32 @@ mod tests {
         let resp = call(back.unwrap(), get(Method::GET, "/")).await.unwrap();
         assert_eq!(resp.status(), 304);
         assert!(read_all(resp).await.2.is_some());
+    }
+
+    #[test]
+    fn content_length_without_a_body_is_checked_and_made_one_field() {
+        let head = |fields: &[&'static str]| {
+            let mut h = HeaderMap::new();
+            for f in fields {
+                h.append(header::CONTENT_LENGTH, HeaderValue::from_static(f));
+            }
+            h
+        };
+        for (fields, expect) in [
+            (&["5"][..], Some("5")),
+            (&["5", "5"], Some("5")),
+            (&["5, 5"], Some("5")),
+            (&[" 007"], Some("7")),
+            (&[], None),
+        ] {
+            let mut h = head(fields);
+            normalize_content_length(&mut h).unwrap();
+            let values: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().collect();
+            assert_eq!(values, expect.into_iter().collect::<Vec<_>>(), "{fields:?}");
+        }
+        for fields in [&["+2"][..], &["1, 2"], &["5", "6"], &[""], &["-1"], &["5,"]] {
+            assert!(normalize_content_length(&mut head(fields)).is_err(), "{fields:?}");
+        }
     }
 
     #[tokio::test]

@@ -467,6 +467,39 @@ async fn content_length_on_101_and_204_is_not_passed_on() {
     }
 }
 
+/// A response without a body (to HEAD, or a 304) still carries the Content-Length the body
+/// would have had. Repeated values reach the client as one field; an invalid or conflicting
+/// one is the upstream's bad framing, a 502. The client used to get nothing at all: hyper's
+/// encoder refuses a second Content-Length by closing the connection (found by the
+/// `upstream_h1` fuzz target). Checked on the lean client (a HEAD without a body) and on
+/// hyper's (a HEAD with a body, a POST answered 304).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_without_a_body_reaches_the_client_once_or_is_a_502() {
+    let head = b"HEAD /h HTTP/1.1\r\nhost: backend.local\r\nconnection: close\r\n\r\n";
+    let head_with_body =
+        b"HEAD /h HTTP/1.1\r\nhost: backend.local\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi";
+    let post = b"POST /p HTTP/1.1\r\nhost: backend.local\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi";
+    let twice: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n";
+    let list: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n";
+    for (request, response) in [(&head[..], twice), (head, list), (head_with_body, twice)] {
+        let got = through_scripted_upstream(request, response).await;
+        assert!(got.starts_with("HTTP/1.1 200 "), "{got:?}");
+        let fields = got.to_ascii_lowercase().matches("\r\ncontent-length: 5\r\n").count();
+        assert_eq!(fields, 1, "{got:?}");
+    }
+    let bad: [(&[u8], &'static [u8]); 4] = [
+        (head, b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\n"),
+        (head, b"HTTP/1.1 535 Odd\r\ncontent-length: 1, 2\r\n\r\n"),
+        (head_with_body, b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n"),
+        (post, b"HTTP/1.1 304 Not Modified\r\ncontent-length: x\r\n\r\n"),
+    ];
+    for (request, response) in bad {
+        let got = through_scripted_upstream(request, response).await;
+        assert!(got.starts_with("HTTP/1.1 502 "), "{:?}: {got:?}", String::from_utf8_lossy(response));
+        assert!(got.contains("x-tripline-reason: upstream-reset"), "{got:?}");
+    }
+}
+
 /// Sends `request` through a proxy in front of a [`scripted_upstream`] answering `response`.
 async fn through_scripted_upstream(request: &[u8], response: &'static [u8]) -> String {
     let (up, _) = scripted_upstream(response).await;
