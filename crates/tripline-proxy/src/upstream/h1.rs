@@ -258,6 +258,9 @@ struct Head {
     keep_alive: bool,
     /// Whether the (last) transfer coding is chunked, if Transfer-Encoding was present.
     chunked: Option<bool>,
+    /// The upstream's reason phrase, kept only for a status with no standard one: hyper's
+    /// server would write `<none>` there (hyper's client keeps it the same way).
+    reason: Option<hyper::ext::ReasonPhrase>,
 }
 
 /// Parses a complete response head off the front of `buf`, or returns `None` if more bytes
@@ -279,6 +282,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, BoxError> {
     let status =
         StatusCode::from_u16(res.code.unwrap_or(0)).map_err(|_| fail("invalid upstream status code"))?;
     let version = if res.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+    let reason = match status.canonical_reason() {
+        Some(_) => None,
+        None => res.reason.and_then(|r| hyper::ext::ReasonPhrase::try_from(r.as_bytes()).ok()),
+    };
     // Names now; values (as offsets into the head) once the head is split off the buffer.
     let (mut close, mut keep_alive, mut chunked) = (false, false, None);
     let mut fields = Vec::with_capacity(res.headers.len());
@@ -310,12 +317,12 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, BoxError> {
             .map_err(|_| fail("invalid upstream header value"))?;
         headers.append(name, value);
     }
-    Ok(Some(Head { status, version, headers, close, keep_alive, chunked }))
+    Ok(Some(Head { status, version, headers, close, keep_alive, chunked, reason }))
 }
 
 /// Builds the response and its streaming body from a parsed head.
 fn respond(mut conn: Box<RawConn>, head: Head, is_head: bool) -> Result<Response<UpstreamBody>, BoxError> {
-    let Head { status, version, mut headers, close, keep_alive, chunked } = head;
+    let Head { status, version, mut headers, close, keep_alive, chunked, reason } = head;
     let framing = framing(status, is_head, chunked, &mut headers)?;
     let keep_alive = match version {
         Version::HTTP_11 => !close,
@@ -329,6 +336,9 @@ fn respond(mut conn: Box<RawConn>, head: Head, is_head: bool) -> Result<Response
     *resp.status_mut() = status;
     *resp.version_mut() = version;
     *resp.headers_mut() = headers;
+    if let Some(reason) = reason {
+        resp.extensions_mut().insert(reason);
+    }
     Ok(resp)
 }
 

@@ -481,6 +481,11 @@ async fn content_length_without_a_body_reaches_the_client_once_or_is_a_502() {
     let post = b"POST /p HTTP/1.1\r\nhost: backend.local\r\ncontent-length: 2\r\nconnection: close\r\n\r\nhi";
     let twice: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n";
     let list: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\n";
+    // A status with no standard reason phrase keeps the upstream's (hyper's server would
+    // write `<none>`).
+    let odd: &[u8] = b"HTTP/1.1 535 Odd Thing\r\ncontent-length: 5\r\n\r\n";
+    let got = through_scripted_upstream(head, odd).await;
+    assert!(got.starts_with("HTTP/1.1 535 Odd Thing\r\n"), "{got:?}");
     for (request, response) in [(&head[..], twice), (head, list), (head_with_body, twice)] {
         let got = through_scripted_upstream(request, response).await;
         assert!(got.starts_with("HTTP/1.1 200 "), "{got:?}");
