@@ -391,16 +391,12 @@ fn framing(
 /// The response's Content-Length: `None` without one, an error unless every value (of every
 /// field, comma lists included) is `1*DIGIT` (RFC 9110 §8.6) and all agree. Rust's integer
 /// parser also takes a leading `+`, which another hop could read differently.
+#[inline]
 fn content_length(headers: &HeaderMap) -> Result<Option<u64>, BoxError> {
     let mut length = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
         for part in v.as_bytes().split(|b| *b == b',') {
-            let part = part.trim_ascii();
-            let n = std::str::from_utf8(part)
-                .ok()
-                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| fail("invalid upstream Content-Length"))?;
+            let n = digits(part.trim_ascii()).ok_or_else(|| fail("invalid upstream Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(fail("conflicting upstream Content-Length values"));
             }
@@ -408,6 +404,17 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, BoxError> {
         }
     }
     Ok(length)
+}
+
+/// `1*DIGIT` as a number, in one pass; `None` if empty, not digits or over `u64`.
+fn digits(s: &[u8]) -> Option<u64> {
+    if s.is_empty() {
+        return None;
+    }
+    s.iter().try_fold(0u64, |n, &b| match b {
+        b'0'..=b'9' => n.checked_mul(10)?.checked_add(u64::from(b - b'0')),
+        _ => None,
+    })
 }
 
 /// Holds a response's Content-Length to [`content_length`]'s rules and makes repeated values one
@@ -743,7 +750,8 @@ mod tests {
             let values: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().collect();
             assert_eq!(values, expect.into_iter().collect::<Vec<_>>(), "{fields:?}");
         }
-        for fields in [&["+2"][..], &["1, 2"], &["5", "6"], &[""], &["-1"], &["5,"]] {
+        let too_big = "18446744073709551616"; // u64::MAX + 1
+        for fields in [&["+2"][..], &["1, 2"], &["5", "6"], &[""], &["-1"], &["5,"], &["0x5"], &[too_big]] {
             assert!(normalize_content_length(&mut head(fields)).is_err(), "{fields:?}");
         }
     }
