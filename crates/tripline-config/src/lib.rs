@@ -7,6 +7,7 @@
 pub mod compile;
 pub mod decode;
 pub mod diag;
+mod documents;
 pub mod dump;
 pub mod gaps;
 pub mod model;
@@ -143,12 +144,28 @@ fn compiled(
     let mut seen: std::collections::HashMap<(String, Option<String>, String), usize> =
         std::collections::HashMap::new();
     for source in sources {
-        // Each document is decoded as soon as it is parsed, and its tree dropped. A file with
-        // a syntax error reports only that: what its documents said before it is discarded.
-        let (resources_before, diags_before) = (resources.len(), diags.len());
-        let parsed = yaml::parse_each(&source.text, |doc| {
-            documents += 1;
-            let Some(r) = resource::decode(&source.name, &doc, &mut diags) else { return };
+        // A file with a syntax error reports only that: what its documents said before it is
+        // discarded.
+        let decoded = match documents::decode(source) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                diags.push(Diagnostic {
+                    severity: Severity::Error,
+                    file: source.name.clone(),
+                    line: e.pos.line,
+                    column: e.pos.col,
+                    path: "(YAML)".into(),
+                    message: format!("invalid YAML: {}", e.message),
+                });
+                continue;
+            }
+        };
+        documents += decoded.documents;
+        let mut file_diags = decoded.diags.into_iter();
+        let mut taken = 0;
+        for (r, diags_before) in decoded.resources {
+            diags.extend(file_diags.by_ref().take(diags_before - taken));
+            taken = diags_before;
             let key = (r.kind.clone(), r.namespace.clone(), r.name.clone());
             if let Some(first) = seen.get(&key).map(|&i| &resources[i]) {
                 diags.push(Diagnostic {
@@ -159,25 +176,12 @@ fn compiled(
                     path: format!("{}: metadata.name", r.id()),
                     message: format!("duplicate {}: already defined at {}", r.id(), first.source),
                 });
-                return;
+                continue;
             }
             seen.insert(key, resources.len());
             resources.push(r);
-        });
-        if let Err(e) = parsed {
-            for r in resources.drain(resources_before..) {
-                seen.remove(&(r.kind, r.namespace, r.name));
-            }
-            diags.truncate(diags_before);
-            diags.push(Diagnostic {
-                severity: Severity::Error,
-                file: source.name.clone(),
-                line: e.pos.line,
-                column: e.pos.col,
-                path: "(YAML)".into(),
-                message: format!("invalid YAML: {}", e.message),
-            });
         }
+        diags.extend(file_diags);
     }
     let plan = compile::compile(&resources, opts, &mut diags);
     let has_errors = |d: &[Diagnostic]| d.iter().any(|d| d.severity == Severity::Error);
