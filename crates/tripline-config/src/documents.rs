@@ -18,8 +18,9 @@ const HALVES_FROM: usize = 1 << 20;
 /// What a source (or a part of one) decoded to.
 #[derive(Debug, Default)]
 pub(crate) struct Decoded {
-    /// Its resources in document order, each with how many of `diags` came before it was
-    /// decoded (so that checks across resources can interleave theirs as a single pass would).
+    /// Its resources in document order, each with how many of `diags` were reported up to
+    /// its own decoding included (so that checks across resources can put theirs after it, as
+    /// a single pass did).
     pub resources: Vec<(Resource, usize)>,
     pub diags: Vec<Diagnostic>,
     /// Documents that are not empty.
