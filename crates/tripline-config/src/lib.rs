@@ -7,6 +7,8 @@
 pub mod compile;
 pub mod decode;
 pub mod diag;
+mod documents;
+pub mod dump;
 pub mod gaps;
 pub mod model;
 pub mod plan;
@@ -16,7 +18,6 @@ pub mod yaml;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub use diag::{Diagnostic, Severity};
@@ -50,11 +51,9 @@ pub struct Loaded {
     pub plan: plan::Plan,
     /// Non-fatal findings: unsupported fields, suspicious values.
     pub warnings: Vec<Diagnostic>,
-    /// The effective resources (defaults applied) and the plan, for `/config_dump`: compact
-    /// JSON text, written once per load and shared, not copied, by whoever keeps it. As a
-    /// `serde_json::Value` tree it took seven times the room (55 MB for 1,000 services of 10
-    /// endpoints) and was cloned when applied.
-    pub dump: Arc<str>,
+    /// The effective resources (defaults applied) and the plan, for `/config_dump`: written
+    /// as JSON text only when first asked for (see [`dump`]).
+    pub dump: dump::ConfigDump,
 }
 
 /// A YAML source: a name for diagnostics (usually the file path) and its text.
@@ -128,6 +127,15 @@ pub fn read_sources(paths: &[PathBuf]) -> Result<Vec<Source>, Vec<Diagnostic>> {
 /// yields one is almost always a file caught empty or half written by an editor, which a
 /// reload must not put in force.
 pub fn load(sources: &[Source], opts: &LoadOptions) -> Result<Loaded, Vec<Diagnostic>> {
+    let (_, plan, warnings) = compiled(sources, opts)?;
+    Ok(Loaded { plan, warnings, dump: dump::ConfigDump::new(sources, opts) })
+}
+
+/// [`load`]'s work: the decoded resources, the plan and the warnings, or every error.
+fn compiled(
+    sources: &[Source],
+    opts: &LoadOptions,
+) -> Result<(Vec<model::Resource>, plan::Plan, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut diags = Vec::new();
     let mut resources: Vec<model::Resource> = Vec::new();
     let mut documents = 0;
@@ -136,12 +144,28 @@ pub fn load(sources: &[Source], opts: &LoadOptions) -> Result<Loaded, Vec<Diagno
     let mut seen: std::collections::HashMap<(String, Option<String>, String), usize> =
         std::collections::HashMap::new();
     for source in sources {
-        // Each document is decoded as soon as it is parsed, and its tree dropped. A file with
-        // a syntax error reports only that: what its documents said before it is discarded.
-        let (resources_before, diags_before) = (resources.len(), diags.len());
-        let parsed = yaml::parse_each(&source.text, |doc| {
-            documents += 1;
-            let Some(r) = resource::decode(&source.name, &doc, &mut diags) else { return };
+        // A file with a syntax error reports only that: what its documents said before it is
+        // discarded.
+        let decoded = match documents::decode(source) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                diags.push(Diagnostic {
+                    severity: Severity::Error,
+                    file: source.name.clone(),
+                    line: e.pos.line,
+                    column: e.pos.col,
+                    path: "(YAML)".into(),
+                    message: format!("invalid YAML: {}", e.message),
+                });
+                continue;
+            }
+        };
+        documents += decoded.documents;
+        let mut file_diags = decoded.diags.into_iter();
+        let mut taken = 0;
+        for (r, diags_before) in decoded.resources {
+            diags.extend(file_diags.by_ref().take(diags_before - taken));
+            taken = diags_before;
             let key = (r.kind.clone(), r.namespace.clone(), r.name.clone());
             if let Some(first) = seen.get(&key).map(|&i| &resources[i]) {
                 diags.push(Diagnostic {
@@ -152,25 +176,12 @@ pub fn load(sources: &[Source], opts: &LoadOptions) -> Result<Loaded, Vec<Diagno
                     path: format!("{}: metadata.name", r.id()),
                     message: format!("duplicate {}: already defined at {}", r.id(), first.source),
                 });
-                return;
+                continue;
             }
             seen.insert(key, resources.len());
             resources.push(r);
-        });
-        if let Err(e) = parsed {
-            for r in resources.drain(resources_before..) {
-                seen.remove(&(r.kind, r.namespace, r.name));
-            }
-            diags.truncate(diags_before);
-            diags.push(Diagnostic {
-                severity: Severity::Error,
-                file: source.name.clone(),
-                line: e.pos.line,
-                column: e.pos.col,
-                path: "(YAML)".into(),
-                message: format!("invalid YAML: {}", e.message),
-            });
         }
+        diags.extend(file_diags);
     }
     let plan = compile::compile(&resources, opts, &mut diags);
     let has_errors = |d: &[Diagnostic]| d.iter().any(|d| d.severity == Severity::Error);
@@ -181,8 +192,7 @@ pub fn load(sources: &[Source], opts: &LoadOptions) -> Result<Loaded, Vec<Diagno
     if has_errors(&diags) {
         return Err(diags);
     }
-    let dump = dump(&resources, &plan);
-    Ok(Loaded { plan, warnings: diags, dump })
+    Ok((resources, plan, diags))
 }
 
 /// A configuration without a listener, at the start of its first file: an error when
@@ -218,40 +228,4 @@ fn no_listener(sources: &[Source], documents: usize, required: bool) -> Diagnost
         path: "(config)".into(),
         message,
     }
-}
-
-/// The effective resources for `/config_dump`: each resource as read (defaults applied where
-/// Tripline applies them), the effective policy of every DestinationRule subset, and the plan,
-/// as `{"plan": ..., "resources": [...]}`. Written straight to text: only one resource at a
-/// time is ever a `serde_json::Value`.
-fn dump(resources: &[model::Resource], plan: &plan::Plan) -> Arc<str> {
-    #[derive(serde::Serialize)]
-    struct Dump<'a> {
-        plan: &'a plan::Plan,
-        resources: Resources<'a>,
-    }
-    struct Resources<'a>(&'a [model::Resource]);
-    impl serde::Serialize for Resources<'_> {
-        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(self.0.iter().map(resource_dump))
-        }
-    }
-    serde_json::to_string(&Dump { plan, resources: Resources(resources) }).unwrap_or_default().into()
-}
-
-/// One resource for the dump, with its `effectivePolicy` if it is a DestinationRule.
-fn resource_dump(r: &model::Resource) -> serde_json::Value {
-    use serde_json::json;
-    let mut v = serde_json::to_value(r).unwrap_or(serde_json::Value::Null);
-    if let model::Spec::DestinationRule(dr) = &r.spec {
-        let mut effective = serde_json::Map::new();
-        let (lb, pool) = compile::effective_policy(&dr.traffic_policy, None);
-        effective.insert(String::new(), json!({"loadBalancer": lb, "connectionPool": pool}));
-        for s in &dr.subsets {
-            let (lb, pool) = compile::effective_policy(&dr.traffic_policy, Some(&s.traffic_policy));
-            effective.insert(s.name.value.clone(), json!({"loadBalancer": lb, "connectionPool": pool}));
-        }
-        v["effectivePolicy"] = serde_json::Value::Object(effective);
-    }
-    v
 }

@@ -23,8 +23,8 @@ pub struct Pos {
 }
 
 impl Pos {
-    fn from_span(span: &Span) -> Pos {
-        Pos { line: span.start.line(), col: span.start.col() + 1 }
+    fn from_span(span: &Span, lines_before: usize) -> Pos {
+        Pos { line: lines_before + span.start.line(), col: span.start.col() + 1 }
     }
 }
 
@@ -124,20 +124,44 @@ pub fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
 /// complete, so that only one document's tree exists at a time (a tree takes about 25 times
 /// the room of its text). Stops at the first syntax error: the documents before it have been
 /// handed out already.
-pub fn parse_each(text: &str, mut each: impl FnMut(Document)) -> Result<(), SyntaxError> {
+pub fn parse_each(text: &str, each: impl FnMut(Document)) -> Result<(), SyntaxError> {
+    parse_part(text, Offset::default(), each).map(|_| ())
+}
+
+/// Where a part of a source starts: how many lines and documents of the source come before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Offset {
+    pub lines: usize,
+    pub documents: usize,
+}
+
+/// What [`parse_part`] read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Part {
+    /// Documents, counting empty ones.
+    pub documents: usize,
+    /// Whether an anchor or an alias was used: [`ALIAS_BUDGET`] is spent across a whole
+    /// source, so a source cut into parts that use them must be read whole.
+    pub anchors: bool,
+}
+
+/// [`parse_each`] for a part of a source that starts after `at`, its first line at the start
+/// of one of the source's lines: positions and document indexes are the source's.
+pub fn parse_part(text: &str, at: Offset, mut each: impl FnMut(Document)) -> Result<Part, SyntaxError> {
     let mut parser = Parser::new_from_str(text);
     let mut stack: Vec<Frame> = Vec::new();
     let mut root: Option<Node> = None;
     let mut anchors: HashMap<usize, Node> = HashMap::new();
     let mut budget = ALIAS_BUDGET;
-    let mut doc_index = 0usize;
+    let mut doc_index = at.documents;
+    let mut anchored = false;
 
     while let Some(next) = parser.next_event() {
         let (event, span) = next.map_err(|e| SyntaxError {
-            pos: Pos { line: e.marker().line(), col: e.marker().col() + 1 },
+            pos: Pos { line: at.lines + e.marker().line(), col: e.marker().col() + 1 },
             message: e.info().to_string(),
         })?;
-        let pos = Pos::from_span(&span);
+        let pos = Pos::from_span(&span, at.lines);
         let done: Option<(Node, usize)> = match event {
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart(_) => None,
             Event::DocumentEnd => {
@@ -189,6 +213,7 @@ pub fn parse_each(text: &str, mut each: impl FnMut(Document)) -> Result<(), Synt
                 Some((Node { pos, kind: Kind::Scalar { text: text.into_owned(), plain } }, anchor))
             }
             Event::Alias(id) => {
+                anchored = true;
                 let Some(target) = anchors.get(&id) else {
                     return Err(SyntaxError { pos, message: "alias to an unknown anchor".into() });
                 };
@@ -207,6 +232,7 @@ pub fn parse_each(text: &str, mut each: impl FnMut(Document)) -> Result<(), Synt
         };
         let Some((node, anchor)) = done else { continue };
         if anchor > 0 {
+            anchored = true;
             let n = node.count();
             if n > budget {
                 return Err(SyntaxError {
@@ -225,7 +251,7 @@ pub fn parse_each(text: &str, mut each: impl FnMut(Document)) -> Result<(), Synt
             },
         }
     }
-    Ok(())
+    Ok(Part { documents: doc_index - at.documents, anchors: anchored })
 }
 
 #[cfg(test)]

@@ -98,7 +98,7 @@ fn issue_2_example_compiles_to_the_expected_plan() {
             idle_timeout: Duration::from_secs(3600),
         }
     );
-    let dump = loaded.dump.to_string();
+    let dump = loaded.dump.text().to_string();
     for fragment in [
         r#""kind":"Gateway""#,
         r#""name":"edge""#,

@@ -209,7 +209,7 @@ fn a_full_policy_compiles_into_exactly_these_engine_configs() {
     assert_eq!(r.retry.backoff_max, Duration::from_secs(1));
     assert_eq!(r.retry.max_replay_bytes, 1024);
 
-    let dump = loaded.dump.to_string();
+    let dump = loaded.dump.text().to_string();
     for fragment in [
         r#""kind":"ResiliencePolicy""#,
         r#""apiVersion":"tripline.dev/v1alpha1""#,
@@ -577,7 +577,7 @@ fn a_route_policy_by_name_compiles_into_the_route_breaker_and_overrides_destinat
     assert_eq!(v1.resilience.breaker.as_ref().and_then(|b| b.consecutive_failures), Some(9));
     assert_eq!(cluster(&loaded.plan, "v2").resilience.policy, None);
 
-    let dump = loaded.dump.to_string();
+    let dump = loaded.dump.text().to_string();
     assert!(dump.contains(r#""target":{"route":"primary","virtualService":"payments"}"#), "{dump}");
     assert!(dump.contains(r#""target":{"host":"payments.svc.cluster.local","subset":"v1"}"#), "{dump}");
 }
@@ -596,7 +596,7 @@ fn a_route_policy_by_index_and_without_retries_keeps_destination_retries() {
     assert_eq!(rs[1].policy.as_deref(), Some("second"));
     assert_eq!(rs[1].breaker, Some(BreakerConfig::default()), "`{{}}` is the engine default");
     assert_eq!(rs[1].retry.max_replay_bytes, 512, "no `retries` in the route policy: v1's apply");
-    let dump = loaded.dump.to_string();
+    let dump = loaded.dump.text().to_string();
     assert!(dump.contains(r#""target":{"route":"http[1]","virtualService":"payments"}"#), "{dump}");
 
     // `http[0]` reaches a named route too; its plan name stays `<vs>/<name>`.

@@ -52,7 +52,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             let head_timeout = shared.client_conns.header_timeout();
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, req)) }
+                async move { Ok::<_, Infallible>(route(&shared, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -79,22 +79,38 @@ fn json_response(value: &serde_json::Value) -> Response<Full<Bytes>> {
     r
 }
 
-/// JSON already written (the config dump), sent without a copy.
-fn json_text(text: Arc<str>) -> Response<Full<Bytes>> {
-    // Before the first config is applied there is none.
-    let text = if text.is_empty() { Arc::from("null") } else { text };
+/// `/config_dump`: the config in force, as JSON written on the first request for it (see
+/// [`tripline_config::dump`]) and sent without a copy. Writing it takes most of a second for
+/// 100,000 endpoints: on a blocking thread, not on the event loop, which accepts the data
+/// plane's connections too.
+async fn config_dump(shared: &Shared) -> Response<Full<Bytes>> {
+    let dump = shared.applied.load().dump.clone();
+    let written = match dump {
+        // Before the first config is applied there is none.
+        None => Arc::from("null"),
+        Some(dump) if dump.is_written() => dump.text(),
+        Some(dump) => match tokio::task::spawn_blocking(move || dump.text()).await {
+            Ok(written) => written,
+            Err(e) => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the config dump was not written: {e}\n"),
+                )
+            }
+        },
+    };
     struct Text(Arc<str>);
     impl AsRef<[u8]> for Text {
         fn as_ref(&self) -> &[u8] {
             self.0.as_bytes()
         }
     }
-    let mut r = Response::new(Full::new(Bytes::from_owner(Text(text))));
+    let mut r = Response::new(Full::new(Bytes::from_owner(Text(written))));
     r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     r
 }
 
-fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Err(refused) = crate::admin_guard::check(req.method(), req.headers()) {
         return text(refused.status, refused.why);
     }
@@ -148,7 +164,7 @@ fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
             );
             r
         }
-        "/config_dump" => json_text(shared.applied.load().dump.clone()),
+        "/config_dump" => config_dump(shared).await,
         "/clusters" => json_response(&clusters_json(&shared.applied.load().clusters)),
         "/listeners" => {
             let applied = shared.applied.load();
@@ -216,4 +232,78 @@ pub fn clusters_json(clusters: &[Arc<Cluster>]) -> serde_json::Value {
         })
         .collect();
     json!({ "clusters": list })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tripline_config::{load, LoadOptions, Source};
+
+    use super::*;
+    use crate::Proxy;
+
+    /// A Gateway on a free port of 127.0.0.1, one backend behind it.
+    fn config() -> tripline_config::Loaded {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let text = format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  servers: [{{port: {{number: {port}, name: http, protocol: HTTP}}, bind: 127.0.0.1, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: backend}}
+spec:
+  hosts: [backend.local]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: 9}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: backend}}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  http: [{{route: [{{destination: {{host: backend.local}}}}]}}]
+"#
+        );
+        load(&[Source { name: "mesh.yaml".into(), text }], &LoadOptions::default()).expect("valid config")
+    }
+
+    /// The body of `GET path` on the admin API at `addr`.
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        assert!(answer.contains("content-type: application/json"), "{answer}");
+        answer.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+    }
+
+    /// `/config_dump` is `null` before a config is applied; then the applied config's dump,
+    /// written by the first request (on a blocking thread), the same text at every request.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_config_dump_is_written_when_first_requested() {
+        let proxy = Proxy::new();
+        let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(proxy.shared.clone(), listener));
+        assert_eq!(get(addr, "/config_dump").await, "null");
+
+        let loaded = config();
+        proxy.apply(&loaded).await.expect("applied");
+        assert!(!loaded.dump.is_written(), "applying a config writes no dump");
+        let first = get(addr, "/config_dump").await;
+        assert!(loaded.dump.is_written());
+        assert_eq!(first, *loaded.dump.text());
+        let dump: serde_json::Value = serde_json::from_str(&first).expect("JSON");
+        assert_eq!(dump["resources"].as_array().map(Vec::len), Some(3), "{dump}");
+        assert_eq!(dump["plan"]["clusters"][0]["name"], "outbound|80||backend.local", "{dump}");
+        assert_eq!(get(addr, "/config_dump").await, first);
+    }
 }

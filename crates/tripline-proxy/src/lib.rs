@@ -78,8 +78,9 @@ pub struct Applied {
     pub clusters: Vec<Arc<Cluster>>,
     /// Breakers of routes targeted by a ResiliencePolicy.
     pub route_breakers: resilience::RouteBreakers,
-    /// `/config_dump`'s JSON (shared with the [`Loaded`] it came from).
-    pub dump: Arc<str>,
+    /// What `/config_dump` shows (shared with the [`Loaded`] it came from); `None` before the
+    /// first config is applied.
+    pub dump: Option<tripline_config::dump::ConfigDump>,
     pub listeners: Vec<(String, SocketAddr, String)>,
 }
 
@@ -200,7 +201,7 @@ impl Proxy {
         shared.applied.store(Arc::new(Applied {
             clusters,
             route_breakers,
-            dump: loaded.dump.clone(),
+            dump: Some(loaded.dump.clone()),
             listeners,
         }));
         shared.ready.store(true, Ordering::SeqCst);
