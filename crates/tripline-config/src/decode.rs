@@ -76,13 +76,17 @@ pub fn no_note(_: &str) -> Option<&'static str> {
     None
 }
 
-/// `a.b` from `a` and `b`.
+/// `a.b` from `a` and `b`. (Built by hand: it runs for every field of every resource, and
+/// `format!` was a few percent of a 10,000-service reload.)
 pub fn join(path: &str, field: &str) -> String {
     if path.is_empty() {
-        field.to_string()
-    } else {
-        format!("{path}.{field}")
+        return field.to_string();
     }
+    let mut joined = String::with_capacity(path.len() + 1 + field.len());
+    joined.push_str(path);
+    joined.push('.');
+    joined.push_str(field);
+    joined
 }
 
 /// `a[3]`
