@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use tripline_fuzz::Segments;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tripline_fuzz::Segments;
 
 /// Longer than anything the proxy or the upstream waits for by itself.
 const HANG: Duration = Duration::from_secs(5);
@@ -50,10 +50,17 @@ enum Req {
 
 #[derive(Arbitrary, Debug, Clone)]
 enum Piece {
-    StatusLine { version: Version, code: Code, reason: bool },
+    StatusLine {
+        version: Version,
+        code: Code,
+        reason: bool,
+    },
     /// A whole well-formed response with a body of that length: two in a row are an answer
     /// and an unsolicited one, which a pooled connection must not deliver to the next request.
-    Response { code: Code, length: u8 },
+    Response {
+        code: Code,
+        length: u8,
+    },
     Field(Name, Value),
     EndHead,
     /// That many body bytes.
@@ -188,7 +195,9 @@ impl Value {
             Value::KeepAlive => "keep-alive",
             Value::UpgradeToken => "upgrade",
             Value::Websocket => "websocket",
-            Value::Long => "a-value-long-enough-to-count-towards-the-head-size-limit-when-it-is-repeated-often",
+            Value::Long => {
+                "a-value-long-enough-to-count-towards-the-head-size-limit-when-it-is-repeated-often"
+            }
             Value::Controls => "a\u{1}b",
             Value::Folded => "a\r\n b",
             Value::Empty => "",
@@ -207,7 +216,9 @@ fn encode(script: &[Piece]) -> Segments {
                 out.bytes(if *reason { b" Reason\r\n" } else { b"\r\n" });
             }
             Piece::Response { code, length } => {
-                out.bytes(format!("HTTP/1.1 {:03} R\r\ncontent-length: {length}\r\n\r\n", code.number()).as_bytes());
+                out.bytes(
+                    format!("HTTP/1.1 {:03} R\r\ncontent-length: {length}\r\n\r\n", code.number()).as_bytes(),
+                );
                 out.fill(usize::from(*length), b'r');
             }
             Piece::Field(n, v) => out.field(n.as_str(), v.as_str()),
@@ -312,7 +323,6 @@ async fn upstream(listener: TcpListener) {
     }
 }
 
-
 fn proxy() -> SocketAddr {
     static ADDR: OnceLock<SocketAddr> = OnceLock::new();
     *ADDR.get_or_init(|| tripline_fuzz::start(tripline_fuzz::ONE_UPSTREAM, upstream))
@@ -376,7 +386,8 @@ async fn run(input: Input) {
     }
     eprintln!("DBG client: got response, script done");
     if input.canary {
-        let resp = exchange(addr, b"GET /canary HTTP/1.1\r\nhost: backend.local\r\nconnection: close\r\n\r\n").await;
+        let resp =
+            exchange(addr, b"GET /canary HTTP/1.1\r\nhost: backend.local\r\nconnection: close\r\n\r\n").await;
         let text = String::from_utf8_lossy(&resp);
         let made_by_proxy = text.to_ascii_lowercase().contains("\r\nx-tripline-reason:");
         let canary = text.starts_with("HTTP/1.1 200 ") && text.ends_with("\r\n\r\ncanary");
