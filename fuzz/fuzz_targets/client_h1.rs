@@ -1,11 +1,12 @@
 //! Any bytes from an HTTP/1.1 client: the proxy must answer or close, never panic or hang, and
 //! whatever it forwards must be one unambiguous, well-formed request (no request smuggling).
 //!
-//! Real sockets on loopback: a proxy (the library, as one worker runs it) in front of a strict
-//! upstream. The client writes the input's pieces (request lines, header fields, bodies,
-//! chunks, raw bytes; `Pause` sends what came before and waits a millisecond), closes its
-//! side, and must see the proxy close within `HANG`. The upstream parses every request it gets
-//! and panics, which is the finding, unless:
+//! Real sockets on loopback, all on one runtime with paused time (`tripline_fuzz::Harness`): a
+//! proxy (the library, as one worker runs it) in front of a strict upstream. The client writes
+//! the input's pieces (request lines, header fields, bodies, chunks, raw bytes; `Pause` sends
+//! what came before and waits a millisecond), closes its side, and must see the proxy close
+//! within `HANG` (`tripline_fuzz::within`). The upstream parses every request it gets and
+//! panics, which is the finding, unless:
 //! - the request line and head parse, the target is in origin form (or `*` for OPTIONS);
 //! - there is exactly one non-empty `Host`;
 //! - the body's length is told one way: one `Content-Length` of digits, or
@@ -15,7 +16,6 @@
 //! - a chunked body is well-formed.
 #![no_main]
 
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tripline_fuzz::Segments;
+use tripline_fuzz::{Harness, Segments};
 
 /// Longer than anything the proxy waits for by itself for a client that closed its side.
 const HANG: Duration = Duration::from_secs(5);
@@ -376,6 +376,7 @@ async fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
 async fn upstream(listener: TcpListener) {
     loop {
         let Ok((mut s, _)) = listener.accept().await else { continue };
+        let _ = s.set_nodelay(true);
         tokio::spawn(async move {
             let mut buf = Vec::new();
             loop {
@@ -417,14 +418,15 @@ async fn upstream(listener: TcpListener) {
     }
 }
 
-fn proxy() -> SocketAddr {
-    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
-    *ADDR.get_or_init(|| tripline_fuzz::start(tripline_fuzz::ONE_UPSTREAM, upstream))
+fn harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| Harness::start(tripline_fuzz::ONE_UPSTREAM, upstream))
 }
 
-async fn exchange(addr: SocketAddr, parts: Segments) {
+async fn exchange(parts: Segments) {
     // Loopback connects do not fail while the proxy lives.
-    let Ok(s) = TcpStream::connect(addr).await else { return };
+    let Ok(s) = TcpStream::connect(harness().proxy()).await else { return };
+    let _ = s.set_nodelay(true);
     let (mut rd, mut wr) = s.into_split();
     // Written while reading, so that neither side blocks on a full socket; the proxy may close
     // before reading everything.
@@ -436,7 +438,7 @@ async fn exchange(addr: SocketAddr, parts: Segments) {
     let read = async {
         let mut chunk = vec![0u8; 64 * 1024];
         let closed = async { while matches!(rd.read(&mut chunk).await, Ok(n) if n > 0) {} };
-        if tokio::time::timeout(HANG, closed).await.is_err() {
+        if tripline_fuzz::within(HANG, closed).await.is_none() {
             panic!("the proxy kept the connection open {HANG:?} after the client closed its side");
         }
     };
@@ -444,6 +446,5 @@ async fn exchange(addr: SocketAddr, parts: Segments) {
 }
 
 fuzz_target!(|pieces: Vec<Piece>| {
-    let addr = proxy();
-    tripline_fuzz::client().block_on(exchange(addr, encode(&pieces)));
+    harness().run(exchange(encode(&pieces)));
 });
