@@ -1,11 +1,12 @@
 //! Any bytes from an HTTP/1.1 client: the proxy must answer or close, never panic or hang, and
 //! whatever it forwards must be one unambiguous, well-formed request (no request smuggling).
 //!
-//! Real sockets on loopback: a proxy (the library, as one worker runs it) in front of a strict
-//! upstream. The client writes the input's pieces (request lines, header fields, bodies,
-//! chunks, raw bytes; `Pause` sends what came before and waits a millisecond), closes its
-//! side, and must see the proxy close within `HANG`. The upstream parses every request it gets
-//! and panics, which is the finding, unless:
+//! Real sockets on loopback, all on one runtime with paused time (`tripline_fuzz::Harness`): a
+//! proxy (the library, as one worker runs it) in front of a strict upstream. The client writes
+//! the input's pieces (request lines, header fields, bodies, chunks, raw bytes; `Pause` sends
+//! what came before and waits a millisecond), closes its side, and must see the proxy close
+//! within `HANG` (`tripline_fuzz::within`). The upstream parses every request it gets and
+//! panics, which is the finding, unless:
 //! - the request line and head parse, the target is in origin form (or `*` for OPTIONS);
 //! - there is exactly one non-empty `Host`;
 //! - the body's length is told one way: one `Content-Length` of digits, or
@@ -15,22 +16,25 @@
 //! - a chunked body is well-formed.
 #![no_main]
 
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use tripline_fuzz::Segments;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tripline_fuzz::{Harness, Segments};
 
 /// Longer than anything the proxy waits for by itself for a client that closed its side.
 const HANG: Duration = Duration::from_secs(5);
 
 #[derive(Arbitrary, Debug)]
 enum Piece {
-    RequestLine { method: Method, target: Target, version: Version },
+    RequestLine {
+        method: Method,
+        target: Target,
+        version: Version,
+    },
     Field(Name, Value),
     EndHead,
     /// That many body bytes (modulo 4 KiB).
@@ -220,7 +224,9 @@ impl Value {
             Value::Websocket => "websocket",
             Value::Continue => "100-continue",
             Value::Trailers => "trailers",
-            Value::Long => "a-value-long-enough-to-count-towards-the-head-size-limit-when-it-is-repeated-often",
+            Value::Long => {
+                "a-value-long-enough-to-count-towards-the-head-size-limit-when-it-is-repeated-often"
+            }
             Value::Controls => "a\u{1}b",
             Value::Folded => "a\r\n b",
         }
@@ -232,9 +238,8 @@ fn encode(pieces: &[Piece]) -> Segments {
     let mut out = Segments::default();
     for piece in pieces.iter().take(256) {
         match piece {
-            Piece::RequestLine { method, target, version } => out.bytes(
-                format!("{} {}{}\r\n", method.as_str(), target.as_str(), version.as_str()).as_bytes(),
-            ),
+            Piece::RequestLine { method, target, version } => out
+                .bytes(format!("{} {}{}\r\n", method.as_str(), target.as_str(), version.as_str()).as_bytes()),
             Piece::Field(n, v) => out.field(n.as_str(), v.as_str()),
             Piece::EndHead | Piece::Crlf => out.bytes(b"\r\n"),
             Piece::Body(n) => out.fill(usize::from(*n % 4096), b'b'),
@@ -285,7 +290,11 @@ fn check_head(req: &httparse::Request<'_, '_>, raw: &[u8]) -> Framing {
     assert!(hosts.len() == 1 && !hosts[0].is_empty(), "forwarded without exactly one Host: {}", show());
     let lengths = values("content-length");
     let codings = values("transfer-encoding");
-    assert!(lengths.is_empty() || codings.is_empty(), "forwarded both Content-Length and Transfer-Encoding: {}", show());
+    assert!(
+        lengths.is_empty() || codings.is_empty(),
+        "forwarded both Content-Length and Transfer-Encoding: {}",
+        show()
+    );
     assert!(lengths.len() <= 1 && codings.len() <= 1, "forwarded a repeated framing field: {}", show());
     for name in ["keep-alive", "proxy-connection"] {
         assert!(values(name).is_empty(), "forwarded the hop-by-hop field {name}: {}", show());
@@ -294,14 +303,21 @@ fn check_head(req: &httparse::Request<'_, '_>, raw: &[u8]) -> Framing {
     let connection = values("connection");
     let upgrade = !values("upgrade").is_empty();
     assert!(
-        connection.is_empty() || (upgrade && connection.len() == 1 && connection[0].eq_ignore_ascii_case("upgrade")),
+        connection.is_empty()
+            || (upgrade && connection.len() == 1 && connection[0].eq_ignore_ascii_case("upgrade")),
         "forwarded Connection (or Upgrade without it): {}",
         show()
     );
     assert!(!upgrade || !connection.is_empty(), "forwarded Upgrade without Connection: {}", show());
     if let Some(len) = lengths.first() {
-        assert!(!len.is_empty() && len.bytes().all(|b| b.is_ascii_digit()), "forwarded a bad Content-Length: {}", show());
-        return Framing::Length(len.parse().unwrap_or_else(|_| panic!("forwarded a huge Content-Length: {}", show())));
+        assert!(
+            !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit()),
+            "forwarded a bad Content-Length: {}",
+            show()
+        );
+        return Framing::Length(
+            len.parse().unwrap_or_else(|_| panic!("forwarded a huge Content-Length: {}", show())),
+        );
     }
     if let Some(coding) = codings.first() {
         assert!(coding.eq_ignore_ascii_case("chunked"), "forwarded a coding other than chunked: {}", show());
@@ -360,6 +376,7 @@ async fn read_chunked(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
 async fn upstream(listener: TcpListener) {
     loop {
         let Ok((mut s, _)) = listener.accept().await else { continue };
+        let _ = s.set_nodelay(true);
         tokio::spawn(async move {
             let mut buf = Vec::new();
             loop {
@@ -369,7 +386,9 @@ async fn upstream(listener: TcpListener) {
                     match req.parse(&buf) {
                         Ok(httparse::Status::Complete(n)) => break (check_head(&req, &buf[..n]), n),
                         Ok(httparse::Status::Partial) => {}
-                        Err(e) => panic!("forwarded a malformed head ({e}): {:?}", String::from_utf8_lossy(&buf)),
+                        Err(e) => {
+                            panic!("forwarded a malformed head ({e}): {:?}", String::from_utf8_lossy(&buf))
+                        }
                     }
                     if !fill(&mut s, &mut buf).await {
                         return;
@@ -399,15 +418,15 @@ async fn upstream(listener: TcpListener) {
     }
 }
 
-
-fn proxy() -> SocketAddr {
-    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
-    *ADDR.get_or_init(|| tripline_fuzz::start(tripline_fuzz::ONE_UPSTREAM, upstream))
+fn harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| Harness::start(tripline_fuzz::ONE_UPSTREAM, upstream))
 }
 
-async fn exchange(addr: SocketAddr, parts: Segments) {
+async fn exchange(parts: Segments) {
     // Loopback connects do not fail while the proxy lives.
-    let Ok(s) = TcpStream::connect(addr).await else { return };
+    let Ok(s) = TcpStream::connect(harness().proxy()).await else { return };
+    let _ = s.set_nodelay(true);
     let (mut rd, mut wr) = s.into_split();
     // Written while reading, so that neither side blocks on a full socket; the proxy may close
     // before reading everything.
@@ -419,7 +438,7 @@ async fn exchange(addr: SocketAddr, parts: Segments) {
     let read = async {
         let mut chunk = vec![0u8; 64 * 1024];
         let closed = async { while matches!(rd.read(&mut chunk).await, Ok(n) if n > 0) {} };
-        if tokio::time::timeout(HANG, closed).await.is_err() {
+        if tripline_fuzz::within(HANG, closed).await.is_none() {
             panic!("the proxy kept the connection open {HANG:?} after the client closed its side");
         }
     };
@@ -427,6 +446,5 @@ async fn exchange(addr: SocketAddr, parts: Segments) {
 }
 
 fuzz_target!(|pieces: Vec<Piece>| {
-    let addr = proxy();
-    tripline_fuzz::client().block_on(exchange(addr, encode(&pieces)));
+    harness().run(exchange(encode(&pieces)));
 });

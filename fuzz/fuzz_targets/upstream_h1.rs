@@ -2,28 +2,30 @@
 //! the proxy must answer its client (a response head, even if only a 502) and close, never
 //! panic or hang, and must never hand a later request a response that was not meant for it.
 //!
-//! Real sockets on loopback: a proxy (the library, as one worker runs it) in front of an
-//! upstream that plays the input's script of response pieces to each request for `/fuzz`,
-//! and answers `/canary` correctly. The client sends one request (a `GET` or `HEAD`, which take
-//! the lean client in `upstream::h1`; a `POST` with a body or an upgrade, which take hyper's),
-//! reads until the proxy closes, and waits for the upstream to finish its script. Then, if the
-//! input asks, it sends a canary request on a new connection: if the proxy put the fuzzed
-//! connection back in its pool with bytes left on it (a desync), the canary would get them.
-//! The canary must get the upstream's own answer, or one the proxy made (`x-tripline-reason`).
+//! Real sockets on loopback, all on one runtime with paused time (`tripline_fuzz::Harness`): a
+//! proxy (the library, as one worker runs it) in front of an upstream that plays the input's
+//! script of response pieces to each request for `/fuzz`, and answers `/canary` correctly. The
+//! client sends one request (a `GET` or `HEAD`, which take the lean client in `upstream::h1`;
+//! a `POST` with a body or an upgrade, which take hyper's), reads until the proxy closes
+//! (within `HANG`, checked by `tripline_fuzz::within`), and waits for the upstream to finish
+//! its script. Then, if the input asks, it sends a canary request on a new connection: if the
+//! proxy put the fuzzed connection back in its pool with bytes left on it (a desync), the
+//! canary would get them. The canary must get the upstream's own answer, or one the proxy made
+//! (`x-tripline-reason`).
 #![no_main]
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use tripline_fuzz::Segments;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tripline_fuzz::{Harness, Segments};
 
-/// Longer than anything the proxy or the upstream waits for by itself.
+/// Longer than anything the proxy or the upstream waits for by itself (on the harness's paused
+/// clock, as `IDLE` and the script's pauses).
 const HANG: Duration = Duration::from_secs(5);
 /// How long the upstream keeps a connection open for another request after a script that
 /// leaves it open: a keep-alive upstream with a short idle timeout.
@@ -50,10 +52,17 @@ enum Req {
 
 #[derive(Arbitrary, Debug, Clone)]
 enum Piece {
-    StatusLine { version: Version, code: Code, reason: bool },
+    StatusLine {
+        version: Version,
+        code: Code,
+        reason: bool,
+    },
     /// A whole well-formed response with a body of that length: two in a row are an answer
     /// and an unsolicited one, which a pooled connection must not deliver to the next request.
-    Response { code: Code, length: u8 },
+    Response {
+        code: Code,
+        length: u8,
+    },
     Field(Name, Value),
     EndHead,
     /// That many body bytes.
@@ -188,7 +197,9 @@ impl Value {
             Value::KeepAlive => "keep-alive",
             Value::UpgradeToken => "upgrade",
             Value::Websocket => "websocket",
-            Value::Long => "a-value-long-enough-to-count-towards-the-head-size-limit-when-it-is-repeated-often",
+            Value::Long => {
+                "a-value-long-enough-to-count-towards-the-head-size-limit-when-it-is-repeated-often"
+            }
             Value::Controls => "a\u{1}b",
             Value::Folded => "a\r\n b",
             Value::Empty => "",
@@ -207,7 +218,9 @@ fn encode(script: &[Piece]) -> Segments {
                 out.bytes(if *reason { b" Reason\r\n" } else { b"\r\n" });
             }
             Piece::Response { code, length } => {
-                out.bytes(format!("HTTP/1.1 {:03} R\r\ncontent-length: {length}\r\n\r\n", code.number()).as_bytes());
+                out.bytes(
+                    format!("HTTP/1.1 {:03} R\r\ncontent-length: {length}\r\n\r\n", code.number()).as_bytes(),
+                );
                 out.fill(usize::from(*length), b'r');
             }
             Piece::Field(n, v) => out.field(n.as_str(), v.as_str()),
@@ -279,9 +292,7 @@ async fn upstream(listener: TcpListener) {
         tokio::spawn(async move {
             let mut buf = Vec::new();
             let mut wait = HANG;
-            let port = s.peer_addr().map(|a| a.port()).unwrap_or(0);
             while let Some(path) = read_request(&mut s, &mut buf, wait).await {
-                eprintln!("DBG conn {port}: request {:?}", String::from_utf8_lossy(&path));
                 wait = IDLE;
                 if path == b"/canary" {
                     if s.write_all(CANARY).await.is_err() {
@@ -293,7 +304,6 @@ async fn upstream(listener: TcpListener) {
                 stage.playing.fetch_add(1, Ordering::SeqCst);
                 let script = stage.script.lock().expect("script lock").clone();
                 let ok = script.write_to(&mut s).await;
-                eprintln!("DBG conn {port}: script written ok={ok}");
                 let keep = ok && stage.keep_open.load(Ordering::SeqCst);
                 if !keep {
                     let _ = s.shutdown().await;
@@ -312,10 +322,9 @@ async fn upstream(listener: TcpListener) {
     }
 }
 
-
-fn proxy() -> SocketAddr {
-    static ADDR: OnceLock<SocketAddr> = OnceLock::new();
-    *ADDR.get_or_init(|| tripline_fuzz::start(tripline_fuzz::ONE_UPSTREAM, upstream))
+fn harness() -> &'static Harness {
+    static HARNESS: OnceLock<Harness> = OnceLock::new();
+    HARNESS.get_or_init(|| Harness::start(tripline_fuzz::ONE_UPSTREAM, upstream))
 }
 
 fn request(req: Req) -> &'static [u8] {
@@ -333,9 +342,12 @@ fn request(req: Req) -> &'static [u8] {
 }
 
 /// Sends `req` on a new connection and reads until the proxy closes it (within `HANG`).
-async fn exchange(addr: SocketAddr, req: &[u8]) -> Vec<u8> {
+async fn exchange(req: &[u8]) -> Vec<u8> {
     // Loopback connects do not fail while the proxy lives.
-    let Ok(mut s) = TcpStream::connect(addr).await else { return b"HTTP/1.1 000 no connect".to_vec() };
+    let Ok(mut s) = TcpStream::connect(harness().proxy()).await else {
+        return b"HTTP/1.1 000 no connect".to_vec();
+    };
+    let _ = s.set_nodelay(true);
     let _ = s.write_all(req).await;
     let mut out = Vec::new();
     let read = async {
@@ -347,7 +359,7 @@ async fn exchange(addr: SocketAddr, req: &[u8]) -> Vec<u8> {
             out.extend_from_slice(&chunk[..n]);
         }
     };
-    if tokio::time::timeout(HANG, read).await.is_err() {
+    if tripline_fuzz::within(HANG, read).await.is_none() {
         panic!("the proxy kept the client connection open {HANG:?} after the request");
     }
     out
@@ -358,25 +370,28 @@ fn has_status_line(resp: &[u8]) -> bool {
 }
 
 async fn run(input: Input) {
-    let addr = proxy();
     let stage = stage();
     *stage.script.lock().expect("script lock") = Arc::new(encode(&input.script));
     stage.keep_open.store(input.keep_open, Ordering::SeqCst);
-    let resp = exchange(addr, request(input.request)).await;
+    let resp = exchange(request(input.request)).await;
     assert!(
         has_status_line(&resp),
         "the proxy closed without a response: {:?}",
         String::from_utf8_lossy(&resp[..resp.len().min(200)])
     );
     // Every play of the script (a retry makes a second one) is written before the canary goes.
-    let started = tokio::time::Instant::now();
-    while stage.playing.load(Ordering::SeqCst) > 0 {
-        assert!(started.elapsed() < HANG, "the upstream could not write its script for {HANG:?}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    eprintln!("DBG client: got response, script done");
+    let played = async {
+        while stage.playing.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    assert!(
+        tripline_fuzz::within(HANG, played).await.is_some(),
+        "the upstream could not write its script for {HANG:?}"
+    );
     if input.canary {
-        let resp = exchange(addr, b"GET /canary HTTP/1.1\r\nhost: backend.local\r\nconnection: close\r\n\r\n").await;
+        let resp =
+            exchange(b"GET /canary HTTP/1.1\r\nhost: backend.local\r\nconnection: close\r\n\r\n").await;
         let text = String::from_utf8_lossy(&resp);
         let made_by_proxy = text.to_ascii_lowercase().contains("\r\nx-tripline-reason:");
         let canary = text.starts_with("HTTP/1.1 200 ") && text.ends_with("\r\n\r\ncanary");
@@ -385,5 +400,5 @@ async fn run(input: Input) {
 }
 
 fuzz_target!(|input: Input| {
-    tripline_fuzz::client().block_on(run(input));
+    harness().run(run(input));
 });

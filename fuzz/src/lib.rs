@@ -1,14 +1,16 @@
-//! What the fuzz targets share: the proxy (the library, as one worker runs it) in front of an
-//! upstream the target writes, on loopback, started once per fuzzing process.
+//! What the HTTP/1.1 fuzz targets share: the proxy (the library, as one worker runs it) in
+//! front of an upstream the target writes, on loopback sockets, with the target's client, all
+//! on one runtime with paused time, started once per fuzzing process ([`Harness`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// A listener on `PROXY_PORT` routing every request to one HTTP/1.1 endpoint on
-/// `UPSTREAM_PORT`, for [`start`].
+/// `UPSTREAM_PORT`, for [`Harness::start`].
 pub const ONE_UPSTREAM: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -84,11 +86,12 @@ impl Segments {
         }
     }
 
-    /// Writes the segments, a millisecond apart; false if a write failed.
+    /// Writes the segments, a millisecond apart (of the runtime's time, paused in the
+    /// [`Harness`]); false if a write failed.
     pub async fn write_to<W: AsyncWrite + Unpin>(&self, w: &mut W) -> bool {
         for (i, part) in self.parts.iter().enumerate() {
             if i > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             if w.write_all(part).await.is_err() {
                 return false;
@@ -98,27 +101,51 @@ impl Segments {
     }
 }
 
-/// Starts the upstream (`upstream`, given its listener) and a proxy configured by `config`
-/// on a background thread with a single-threaded runtime and deferred writes, as a worker
-/// runs; returns the proxy's address. `config` names the ports `PROXY_PORT` and
-/// `UPSTREAM_PORT`. Call it once per process (keep the address in a `OnceLock`).
-pub fn start<F, Fut>(config: &'static str, upstream: F) -> SocketAddr
-where
-    F: FnOnce(TcpListener) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(async move {
+/// The fuzzing process's one runtime: the proxy (the library, as one worker runs it: a
+/// current-thread runtime with deferred writes), the upstream the target writes and the
+/// target's client all run on it, on loopback sockets, with tokio's clock paused.
+///
+/// Paused time makes the clients' and upstreams' millisecond pauses ([`Segments::write_to`])
+/// and the proxy's own timers (its linger, its timeouts) cost no wall-clock time: when every
+/// task waits, tokio moves the clock to the next timer at once. With sockets that is only
+/// safe in small steps: bytes on their way through the kernel do not count as work, so the
+/// clock could jump over a timeout while an answer is in flight. A task that sleeps 1 ms in a
+/// loop keeps every jump to a millisecond (between two, the runtime polls the sockets), and the
+/// hang checks go through [`within`], which gives a slow answer real time before it reports.
+pub struct Harness {
+    rt: tokio::runtime::Runtime,
+    proxy_addr: SocketAddr,
+    /// Kept for the life of the process: it holds the listener's state.
+    _proxy: tripline_proxy::Proxy,
+}
+
+impl Harness {
+    /// Builds the runtime, starts the upstream (`upstream`, given its listener) and a proxy
+    /// configured by `config`, which names the ports `PROXY_PORT` and `UPSTREAM_PORT`. Call it
+    /// once per process, on the thread that runs the inputs (keep it in a `OnceLock`).
+    pub fn start<F, Fut>(config: &str, upstream: F) -> Harness
+    where
+        F: FnOnce(TcpListener) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        let (proxy, proxy_addr) = rt.block_on(async move {
             tripline_proxy::net_io::defer_writes_on_this_thread();
+            tokio::spawn(async {
+                loop {
+                    tokio::time::sleep(TICK).await;
+                }
+            });
             let up = TcpListener::bind("127.0.0.1:0").await.expect("upstream bind");
             let up_port = up.local_addr().expect("upstream address").port();
             tokio::spawn(upstream(up));
             // A port below the kernel's ephemeral range (which starts at 32768), so that no
             // outgoing connection holds it; another process may, hence the tries.
             let proxy = tripline_proxy::Proxy::new();
-            let mut port = 0;
             for attempt in 0..64u32 {
                 let candidate = 20_000 + (std::process::id() * 7 + attempt * 131) % 10_000;
                 let text = config
@@ -128,20 +155,71 @@ where
                 let loaded = tripline_config::load(&sources, &tripline_config::LoadOptions::default())
                     .expect("the fuzz config loads");
                 if proxy.apply(&loaded).await.is_ok() {
-                    port = candidate as u16;
-                    break;
+                    return (proxy, SocketAddr::from(([127, 0, 0, 1], candidate as u16)));
                 }
             }
-            assert_ne!(port, 0, "no free port for the proxy between 20000 and 29999");
-            tx.send(SocketAddr::from(([127, 0, 0, 1], port))).expect("main thread waits");
-            std::future::pending::<()>().await;
+            panic!("no free port for the proxy between 20000 and 29999");
         });
-    });
-    rx.recv().expect("the proxy thread starts")
+        Harness { rt, proxy_addr, _proxy: proxy }
+    }
+
+    /// The proxy's listening address.
+    pub fn proxy(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// Runs `fut` (one input's exchange) on the runtime, with everything started before.
+    pub fn run<Fut: Future>(&self, fut: Fut) -> Fut::Output {
+        self.rt.block_on(fut)
+    }
 }
 
-/// A single-threaded runtime for the fuzzing client, built once.
-pub fn client() -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime"))
+/// The largest step the paused clock takes while the runtime waits (see [`Harness`]).
+const TICK: Duration = Duration::from_millis(1);
+
+/// How much of a [`within`] limit runs on real time.
+const PACED: Duration = Duration::from_secs(2);
+
+/// `fut`'s output if it finishes within `limit` of the runtime's time; `None` if not: a hang.
+///
+/// On paused time a wait for bytes the kernel has not handed over yet looks like idleness,
+/// and each millisecond step of the clock costs only microseconds: a slow moment of the
+/// machine could run the clock past `limit` with nothing wrong. So the last [`PACED`] of the
+/// limit runs on real time: a blocking task (while one runs, tokio does not move a paused
+/// clock by itself) ticks every real millisecond and the clock moves one millisecond per tick.
+/// A future that waits on the clock (a timer of the proxy's longer than `limit`, or a pause)
+/// still reaches the limit, as on a runtime with real time; one that waits for bytes in flight
+/// gets them first. A future that never finishes is reported after `PACED` of real time.
+pub async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    let fast = limit.saturating_sub(PACED);
+    let mut fut = std::pin::pin!(fut);
+    if let Ok(out) = tokio::time::timeout(fast, fut.as_mut()).await {
+        return Some(out);
+    }
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let (tick, mut ticks) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let pacer = tokio::task::spawn_blocking(move || {
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(TICK) {
+            if tick.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = tokio::time::Instant::now() + (limit - fast);
+    let out = loop {
+        tokio::select! {
+            biased;
+            out = fut.as_mut() => break Some(out),
+            ticked = ticks.recv() => {
+                if ticked.is_none() || tokio::time::Instant::now() >= deadline {
+                    break None;
+                }
+                tokio::time::advance(TICK).await;
+            }
+        }
+    };
+    // The clock moves by itself again once the pacer has returned.
+    drop(stop);
+    let _ = pacer.await;
+    out
 }
