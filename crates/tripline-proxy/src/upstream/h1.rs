@@ -406,6 +406,21 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, BoxError> {
     Ok(length)
 }
 
+/// What hyper's clients leave of a response's framing headers, made safe to pass on. hyper
+/// checks the Content-Length that frames a body but hands the header on as it came: beside a
+/// Transfer-Encoding (which wins, RFC 9112 §6.3) even an empty or invalid one, and a value
+/// repeated as it was repeated. hyper's server, which writes the client's response, trusts the
+/// header and closes the client's connection without a response when it is invalid or
+/// repeated (the fuzzer found both). So with a Transfer-Encoding the Content-Length goes, and
+/// otherwise it is checked and made one field as [`normalize_content_length`] does.
+pub(crate) fn settle_hyper_length(headers: &mut HeaderMap) -> Result<(), BoxError> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+        return Ok(());
+    }
+    normalize_content_length(headers)
+}
+
 /// `1*DIGIT` as a number, in one pass; `None` if empty, not digits or over `u64`.
 fn digits(s: &[u8]) -> Option<u64> {
     if s.is_empty() {
@@ -423,8 +438,7 @@ fn digits(s: &[u8]) -> Option<u64> {
 /// answers a second one by closing the client's connection without a response (a fuzzer found
 /// that: an upstream's `Content-Length: 5` twice on a HEAD response left the client with
 /// nothing). An upstream that breaks the rules gets the 502 of any other bad framing. Used for
-/// this client's bodiless responses and by `pool::Conn::send` for hyper's clients (whose
-/// HTTP/2 side checks only the first value).
+/// this client's bodiless responses and, through [`settle_hyper_length`], for hyper's.
 pub(crate) fn normalize_content_length(headers: &mut HeaderMap) -> Result<(), BoxError> {
     let Some(n) = content_length(headers)? else { return Ok(()) };
     let mut values = headers.get_all(header::CONTENT_LENGTH).iter();

@@ -503,13 +503,9 @@ impl Conn {
             // through it (`ResponseBody`), not here.
             Conn::H1(H1Link::Raw(c)) => h1::send(c, &req).await,
             Conn::H1(H1Link::Hyper { mut tx, uses, home }) => {
-                let is_head = req.method() == http::Method::HEAD;
                 match tx.try_send_request(chunked_if_unsized(req)).await {
                     Ok(mut resp) => {
-                        // hyper checks the lengths that frame a body, not the others.
-                        if is_head || resp.status() == http::StatusCode::NOT_MODIFIED {
-                            h1::normalize_content_length(resp.headers_mut()).map_err(SendError::Reset)?;
-                        }
+                        h1::settle_hyper_length(resp.headers_mut()).map_err(SendError::Reset)?;
                         let back = H1Link::Hyper { tx, uses: uses + 1, home };
                         Ok((hyper_body(resp), Some(Reusable(back))))
                     }
@@ -526,7 +522,7 @@ impl Conn {
                 };
                 match tx.try_send_request(req).await {
                     Ok(mut resp) => {
-                        h1::normalize_content_length(resp.headers_mut()).map_err(SendError::Reset)?;
+                        h1::settle_hyper_length(resp.headers_mut()).map_err(SendError::Reset)?;
                         Ok((resp.map(|b| UpstreamBody::Hyper(b, Some(hold))), None))
                     }
                     Err(e) => Err(unsent_or_reset(e)),
