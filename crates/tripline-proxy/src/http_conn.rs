@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -91,12 +91,33 @@ fn serve_http1(
     req: Request<Incoming>,
 ) -> Http1Response<impl Future<Output = Result<Response<ResponseBody>, Infallible>>> {
     if limits.too_large(req.headers()) {
-        let mut r = Response::new(ResponseBody::local(bytes::Bytes::new()));
-        *r.status_mut() = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-        r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
-        return Http1Response::Refused(Some(Box::new(r)));
+        return Http1Response::Refused(Some(Box::new(refuse_headers(&ctx, &req))));
     }
     Http1Response::Proxied(http_proxy::handle(ctx, req.map(ClientBody::Hyper)))
+}
+
+/// The `431 request-headers-too-large` of a request whose header fields are over the limits:
+/// counted and logged like the other refusals before routing, and the connection closes.
+#[cold]
+fn refuse_headers(ctx: &ConnContext, req: &Request<Incoming>) -> Response<ResponseBody> {
+    let started = (SystemTime::now(), Instant::now());
+    let reason = Reason::RequestHeadersTooLarge;
+    crate::listener::refuse_global(&ctx.shared, reason);
+    let line = RequestLine {
+        method: req.method().as_str().to_owned(),
+        path: req.uri().path_and_query().map_or_else(String::new, |p| p.as_str().to_owned()),
+        version: if req.version() == http::Version::HTTP_10 { "HTTP/1.0" } else { "HTTP/1.1" },
+        host: req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    log_refusal(ctx, started, &line, reason, true);
+    let mut r = reason.response();
+    r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    r
 }
 
 /// `serve_http1`'s answer: the refusal, or the request path's future polled where it is. (An

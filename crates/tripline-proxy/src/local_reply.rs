@@ -41,6 +41,9 @@ pub enum Reason {
     StreamIdleTimeout,
     /// `CONNECT`, which Tripline does not tunnel.
     ConnectNotSupported,
+    /// The request's header fields are over `--max-request-headers-kb` or
+    /// `--max-request-headers`: answered by the server that read them, before routing.
+    RequestHeadersTooLarge,
 }
 
 pub const REASON_HEADER: &str = "x-tripline-reason";
@@ -53,7 +56,7 @@ struct Info {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::OverflowConnections,
         Reason::OverflowPending,
         Reason::OverflowRequests,
@@ -71,6 +74,7 @@ impl Reason {
         Reason::RequestTimeout,
         Reason::StreamIdleTimeout,
         Reason::ConnectNotSupported,
+        Reason::RequestHeadersTooLarge,
     ];
 
     fn info(self) -> Info {
@@ -125,6 +129,11 @@ impl Reason {
                 "connect-not-supported",
                 405,
                 "CONNECT is not supported: Tripline does not tunnel through HTTP proxies\n",
+            ),
+            Reason::RequestHeadersTooLarge => (
+                "request-headers-too-large",
+                431,
+                "the request's header fields are over the proxy's limit (size or count)\n",
             ),
         };
         Info { name, status, body }

@@ -9,7 +9,7 @@ use std::task::Waker;
 use h2::frame::{
     Data, Frame, GoAway, Headers, Ping, Pseudo, Reason, Reset, Settings, StreamId, WindowUpdate,
 };
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, Method};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::closed::Verdict;
@@ -164,11 +164,11 @@ where
         self.opened += 1;
         self.last_accepted = id;
         if h.is_over_size() || h.fields().len() > self.config.limits.max_count() as usize {
-            let mut reply = Headers::new(
-                h.stream_id(),
-                Pseudo::response(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
-                HeaderMap::new(),
-            );
+            let reason = crate::local_reply::Reason::RequestHeadersTooLarge;
+            self.config.stats.local.inc(reason);
+            let mut fields = HeaderMap::new();
+            fields.insert(crate::local_reply::REASON_HEADER, http::HeaderValue::from_static(reason.as_str()));
+            let mut reply = Headers::new(h.stream_id(), Pseudo::response(reason.status()), fields);
             reply.set_end_stream();
             self.control.push_back(reply.into());
             if !end {

@@ -174,8 +174,31 @@ async fn access_log_has_one_json_line_per_request_with_the_reason() {
         .await
         .unwrap();
     assert_eq!(head.status, 404);
+    // Refused before routing, for header fields over --max-request-headers-kb (60 KiB).
+    let big = "a".repeat(61 * 1024);
+    let refused = crate::support::client::send(
+        addr,
+        http::Method::GET,
+        "backend.local",
+        "/big",
+        &[("x-big", &big)],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status, 431);
+    assert_eq!(refused.reason(), Some("request-headers-too-large"));
 
-    let parsed = crate::support::access_log_lines(&log, 3).await;
+    let parsed = crate::support::access_log_lines(&log, 4).await;
+    let big = parsed.iter().find(|v| v["path"] == "/big").expect("a line for /big");
+    assert_eq!(
+        (&big["status"], &big["reason"]),
+        (&serde_json::json!(431), &serde_json::json!("request-headers-too-large"))
+    );
+    assert_eq!(big["authority"], "backend.local");
+    let counted =
+        proxy.metric("tripline_local_responses_total", &[("reason", "request-headers-too-large")]).await;
+    assert_eq!(counted, 1.0);
     let ok = parsed.iter().find(|v| v["path"] == "/ok").expect("a line for /ok");
     assert_eq!(ok["status"], 200);
     assert_eq!(ok["reason"], serde_json::Value::Null);

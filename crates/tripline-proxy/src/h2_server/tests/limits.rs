@@ -34,7 +34,11 @@ async fn the_header_list_size_is_advertised_and_a_larger_request_gets_431() {
     assert_eq!(c.response(1).await.status, StatusCode::OK);
     // Over: 20 such fields.
     c.send(request(3, Method::GET, "/", fields(20, 100), true)).await;
-    assert_eq!(c.response(3).await.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let refused = c.response(3).await;
+    assert_eq!(refused.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(refused.headers["x-tripline-reason"], "request-headers-too-large");
+    let counted = c.stats.local.get(crate::local_reply::Reason::RequestHeadersTooLarge);
+    assert_eq!(counted, 1, "counted with the other local replies");
     // With a body to come: 431, and the stream reset so that the client stops sending it.
     c.send(request(5, Method::POST, "/", fields(20, 100), false)).await;
     assert_eq!(c.response(5).await.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
