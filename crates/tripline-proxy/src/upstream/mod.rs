@@ -6,6 +6,7 @@
 //! pooled connection → per-try timeout → classify → retry decision (retryOn, idempotency,
 //! replayable body, breaker state, retry budget, backoff within the deadline).
 
+mod content_length;
 pub mod h1;
 mod hash_key;
 pub use hash_key::{ip_hash, request_hash, RequestHash};

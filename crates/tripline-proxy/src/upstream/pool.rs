@@ -505,7 +505,7 @@ impl Conn {
             Conn::H1(H1Link::Hyper { mut tx, uses, home }) => {
                 match tx.try_send_request(chunked_if_unsized(req)).await {
                     Ok(mut resp) => {
-                        h1::settle_hyper_length(resp.headers_mut()).map_err(SendError::Reset)?;
+                        super::content_length::settle_hyper(resp.headers_mut()).map_err(SendError::Reset)?;
                         let back = H1Link::Hyper { tx, uses: uses + 1, home };
                         Ok((hyper_body(resp), Some(Reusable(back))))
                     }
@@ -522,7 +522,7 @@ impl Conn {
                 };
                 match tx.try_send_request(req).await {
                     Ok(mut resp) => {
-                        h1::settle_hyper_length(resp.headers_mut()).map_err(SendError::Reset)?;
+                        super::content_length::settle_hyper(resp.headers_mut()).map_err(SendError::Reset)?;
                         Ok((resp.map(|b| UpstreamBody::Hyper(b, Some(hold))), None))
                     }
                     Err(e) => Err(unsent_or_reset(e)),
