@@ -15,9 +15,13 @@
 #   per_ep_b    (RSS - RSS of the N=1 run) / (10 x (N - 1)): what each endpoint (and its share
 #               of its service) costs; needs N=1 in SERVICES, first
 #   reload_s    median of RELOADS reloads: from SIGHUP to the proxy's `configuration reloaded`
-#               log line (the log is polled every 5 ms); the config alternates between two
-#               variants (every cluster's connect timeout changes, service 1 gains an endpoint)
+#               log line, written once the new config is in force (the log is polled every
+#               5 ms); the config alternates between two variants (every cluster's connect
+#               timeout changes, service 1 gains an endpoint)
 #   rss_after   VmRSS after the reloads
+#   cleanup_s   median time the proxy took after each reload to free the load and return the
+#               allocator's free pages (its `cleanup_ms`; `-` for a binary that does not log
+#               it); the next reload waits for it, so it is not in anyone's reload_s
 # With LATENCY=1, for the largest N: a fixed-rate open-loop client (500 requests/s on 8
 # keep-alive connections, 10 s) against service 0 and against service N-1 (the last virtual
 # host), first with no reload, then with a reload every 2 s; p50 / p99 / max in µs, measured
@@ -50,6 +54,7 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
 kib() { awk -v k="$2" '$1 == k":" { print $2 }' "/proc/$1/status"; }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 reloaded() { grep -c "configuration reloaded" "$RUN/proxy.log" || true; }
+released() { grep -c "memory of the load released" "$RUN/proxy.log" || true; }
 
 # reload N: puts the other variant in place, sends SIGHUP and waits for the N-th reload line.
 reload() {
@@ -63,13 +68,19 @@ reload() {
     sleep 0.005
   done
   since "$t0"
+  # Then the proxy frees the load (a binary that logs it: wait for the line, so that the next
+  # SIGHUP does not wait for this cleanup inside its own time).
+  deadline=$((SECONDS + 5))
+  while [ "$(released)" -lt "$n" ] && { [ "$(released)" -gt 0 ] || [ $SECONDS -lt $deadline ]; }; do
+    sleep 0.005
+  done
 }
 
 "${PY[@]}" upstream --port $UPSTREAM --count 10 >"$RUN/upstream.log" 2>&1 &
 PIDS+=($!)
 base_kib=""
 largest=""
-printf '%-8s %-9s %8s %8s %8s %9s %8s %9s\n' services endpoints ready_s rss_mib hwm_mib per_ep_b reload_s rss_after
+printf '%-8s %-9s %8s %8s %8s %9s %8s %9s %9s\n' services endpoints ready_s rss_mib hwm_mib per_ep_b reload_s rss_after cleanup_s
 for svc in $SERVICES; do
   largest=$svc
   "${PY[@]}" gen --services "$svc" --listen $LISTEN --upstream $UPSTREAM --variant 0 --out "$RUN/v0.$svc.yaml"
@@ -96,9 +107,11 @@ for svc in $SERVICES; do
   for r in $(seq "$RELOADS"); do times+=("$(reload "$r" $pid "$svc")"); done
   reload_med=$(printf '%s\n' "${times[@]}" | median)
   sleep 1
-  printf '%-8s %-9s %8s %8.1f %8.1f %9s %8s %9.1f\n' "$svc" $((svc * 10)) "$ready" \
+  cleanup_med=$(grep -o 'cleanup_ms=[0-9.]*' "$RUN/proxy.log" | cut -d= -f2 | median)
+  [ -n "$cleanup_med" ] && cleanup_med=$(awk -v ms="$cleanup_med" 'BEGIN { printf "%.3f", ms / 1000 }') || cleanup_med="-"
+  printf '%-8s %-9s %8s %8.1f %8.1f %9s %8s %9.1f %9s\n' "$svc" $((svc * 10)) "$ready" \
     "$(echo "$rss / 1024" | bc -l)" "$(echo "$hwm / 1024" | bc -l)" "$per_ep" "$reload_med" \
-    "$(echo "$(kib $pid VmRSS) / 1024" | bc -l)"
+    "$(echo "$(kib $pid VmRSS) / 1024" | bc -l)" "$cleanup_med"
   if [ "$LATENCY" = 1 ] && [ "$svc" = "$(echo "$SERVICES" | tr ' ' '\n' | tail -1)" ]; then
     n=$RELOADS
     for host in svc-0.bench "svc-$((svc - 1)).bench"; do
