@@ -25,7 +25,8 @@
 # With LATENCY=1, for the largest N: a fixed-rate open-loop client (500 requests/s on 8
 # keep-alive connections, 10 s) against service 0 and against service N-1 (the last virtual
 # host), first with no reload, then with a reload every 2 s; p50 / p99 / max in µs, measured
-# from when each request was due. Bounded: every load run is RPS x SECONDS requests and is
+# from when each request was due; then, as a control, the same load while two processes that
+# are not the proxy burn about a reload's CPU every 2 s (BURN_S seconds each). Bounded: every load run is RPS x SECONDS requests and is
 # cut after SECONDS + 30 s.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -126,8 +127,20 @@ for svc in $SERVICES; do
         sleep 1
       done
       wait $loadpid
+      # The control: the same load while two processes that are not the proxy spin for
+      # BURN_S s every 2 s, about the CPU a reload takes (1.2 s at 10,000 x 10): what the
+      # machine's two cores do to the tail by themselves.
+      "${PY[@]}" load --port $LISTEN --host "$host" --rps "$RPS" --seconds "$SECONDS_LOAD" >"$RUN/burn.json" &
+      loadpid=$!
+      for _ in $(seq $(( ${SECONDS_LOAD%.*} / 2 ))); do
+        sleep 1
+        "${PY[@]}" burn --threads 2 --seconds "${BURN_S:-0.6}"
+        sleep 1
+      done
+      wait $loadpid
       echo "latency $host, no reload:        $quiet"
       echo "latency $host, reload every 2 s: $(cat "$RUN/busy.json")"
+      echo "latency $host, CPU burn every 2 s (control, no reload): $(cat "$RUN/burn.json")"
     done
   fi
   kill $pid

@@ -16,6 +16,8 @@
             response is timed from when it was due (so a stalled proxy shows in every
             request that waited), any other from when it was sent; the p50/p99/max are
             printed as JSON.
+  burn      a control for the latency runs: THREADS processes that spin on the CPU for
+            SECONDS, as a reload's parsing threads do, without touching the proxy.
 """
 import argparse
 import asyncio
@@ -158,6 +160,22 @@ async def load(a):
                       "p99_us": pct(0.99), "max_us": round(lat[-1] * 1e6)}))
 
 
+def spin(seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def burn(a):
+    import multiprocessing
+
+    procs = [multiprocessing.Process(target=spin, args=(a.seconds,)) for _ in range(a.threads)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+
+
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -177,9 +195,14 @@ def main():
     ld.add_argument("--rps", type=float, default=500)
     ld.add_argument("--seconds", type=float, default=10)
     ld.add_argument("--conns", type=int, default=8)
+    b = sub.add_parser("burn")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--seconds", type=float, default=0.6)
     a = p.parse_args()
     if a.cmd == "gen":
         gen(a)
+    elif a.cmd == "burn":
+        burn(a)
     elif a.cmd == "upstream":
         asyncio.run(upstream(a))
     else:

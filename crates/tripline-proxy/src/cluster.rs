@@ -248,8 +248,6 @@ fn algorithm(lb: &LoadBalancer) -> Algorithm {
 pub struct Registry {
     states: HashMap<String, Arc<ClusterState>>,
     resilience: HashMap<String, Arc<ClusterResilience>>,
-    /// DNS clusters keep their last resolved endpoints until the next resolution.
-    dns: HashMap<String, Vec<Arc<Endpoint>>>,
     /// Each cluster's static endpoints by address: one lookup by name per cluster, then only
     /// addresses are hashed (a key of name and address copied the name for every endpoint and
     /// hashed it again for each: a tenth of a 100,000-endpoint reload's main-thread time).
@@ -266,10 +264,11 @@ pub struct Built {
 }
 
 impl Registry {
-    /// Builds live clusters for a plan, reusing the state of clusters and endpoints that stay.
+    /// Builds live clusters for a plan, reusing the state of clusters and endpoints that stay
+    /// (DNS clusters start from `dns`, their last resolved endpoints).
     /// Nothing running changes until [`Registry::commit`]; then the state of clusters that
     /// are gone is dropped once no request holds it.
-    pub fn build(&self, plans: &[ClusterPlan]) -> Built {
+    pub fn build(&self, plans: &[ClusterPlan], dns: &DnsEndpoints) -> Built {
         let mut states = HashMap::new();
         let mut resiliences = HashMap::new();
         let mut endpoints = HashMap::new();
@@ -314,7 +313,7 @@ impl Registry {
                         endpoints.insert(plan.name.clone(), now);
                         eps
                     }
-                    Discovery::Dns { .. } => self.dns.get(&plan.name).cloned().unwrap_or_default(),
+                    Discovery::Dns { .. } => dns.get(&plan.name).cloned().unwrap_or_default(),
                 };
                 let algorithm = algorithm(&plan.load_balancer);
                 let empty = EndpointSet { members: Vec::new(), balancer: Balancer::new(algorithm, &[]) };
@@ -342,12 +341,17 @@ impl Registry {
         self.resilience = built.resilience;
         self.endpoints = built.endpoints;
     }
+}
 
-    /// Remembers the resolved endpoints of DNS clusters (called after each resolution).
-    pub fn remember_dns(&mut self, cluster: &Cluster) {
-        let eps = cluster.endpoints.load().members.iter().map(|m| m.ep.clone()).collect();
-        self.dns.insert(cluster.plan.name.clone(), eps);
-    }
+/// DNS clusters keep their last resolved endpoints (by cluster name) until the next
+/// resolution. Apart from [`Registry`]: DNS refreshes on the event loop write it while a reload
+/// may be building clusters at low priority, which must not hold a lock they wait for.
+pub type DnsEndpoints = HashMap<String, Vec<Arc<Endpoint>>>;
+
+/// Remembers the resolved endpoints of a DNS cluster (called after each resolution).
+pub fn remember_dns(dns: &mut DnsEndpoints, cluster: &Cluster) {
+    let eps = cluster.endpoints.load().members.iter().map(|m| m.ep.clone()).collect();
+    dns.insert(cluster.plan.name.clone(), eps);
 }
 
 #[cfg(test)]
@@ -409,7 +413,7 @@ spec:
     #[test]
     fn endpoint_state_survives_a_reload_allocated_or_not() {
         let mut registry = Registry::default();
-        let built = registry.build(&plan("500ms"));
+        let built = registry.build(&plan("500ms"), &DnsEndpoints::new());
         let cluster = built.clusters[0].clone();
         registry.commit(built);
         let set = cluster.endpoints.load();
@@ -421,7 +425,7 @@ spec:
         assert_eq!(breaker.state(), State::Open);
         assert!(!used.ep.pool.is_allocated() && !unused.ep.pool.is_allocated());
 
-        let built = registry.build(&plan("750ms"));
+        let built = registry.build(&plan("750ms"), &DnsEndpoints::new());
         let after = built.clusters[0].endpoints.load();
         registry.commit(built);
         for (old, new) in set.members.iter().zip(&after.members) {

@@ -87,7 +87,7 @@ pub fn spawn_refresh(shared: Arc<Shared>, cluster: Arc<Cluster>, generation: u64
         return;
     };
     let refresh = *refresh;
-    lock(&shared.registry).remember_dns(&cluster);
+    crate::cluster::remember_dns(&mut lock(&shared.dns_endpoints), &cluster);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(refresh).await;
@@ -95,7 +95,7 @@ pub fn spawn_refresh(shared: Arc<Shared>, cluster: Arc<Cluster>, generation: u64
                 return;
             }
             if resolve_now(&shared, &cluster).await {
-                lock(&shared.registry).remember_dns(&cluster);
+                crate::cluster::remember_dns(&mut lock(&shared.dns_endpoints), &cluster);
             }
         }
     });

@@ -58,7 +58,11 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Flipped to true on SIGTERM: listeners stop accepting and connections drain.
     pub shutdown: watch::Sender<bool>,
+    /// Cluster and endpoint state across reloads; locked only by reloads (and the first load),
+    /// one after the other.
     registry: Mutex<Registry>,
+    /// DNS clusters' last endpoints, kept across reloads.
+    dns_endpoints: Mutex<cluster::DnsEndpoints>,
     listeners: Mutex<HashMap<SocketAddr, Arc<ListenerRuntime>>>,
     /// Bumped on every load; DNS refresh tasks of older loads stop.
     generation: AtomicU64,
@@ -70,6 +74,16 @@ pub struct Shared {
     pub client_conns: Arc<client_conns::ClientConns>,
     /// `--max-request-headers-kb` and `--max-request-headers`.
     pub header_limits: header_limits::ConfiguredLimits,
+}
+
+/// A config's live clusters and route tables, built by [`Proxy::prepare`] and not yet in
+/// force.
+pub struct Prepared {
+    built: cluster::Built,
+    clusters: Vec<Arc<Cluster>>,
+    route_breakers: resilience::RouteBreakers,
+    /// One per listener of the plan, in its order.
+    configs: Vec<Arc<ListenerConfig>>,
 }
 
 /// The config in force.
@@ -115,6 +129,7 @@ impl Proxy {
                 ready: AtomicBool::new(false),
                 shutdown,
                 registry: Mutex::new(Registry::default()),
+                dns_endpoints: Mutex::default(),
                 listeners: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
                 dns_answers: Mutex::default(),
@@ -136,10 +151,21 @@ impl Proxy {
 
     /// [`Proxy::apply`], binding listener sockets with `bind` (tests inject a failure).
     async fn apply_binding(&self, loaded: &Loaded, bind: &Binder) -> Result<(), String> {
+        let prepared = self.prepare(&loaded.plan);
+        self.apply_prepared_binding(loaded, prepared, bind).await
+    }
+
+    /// The part of applying `plan` that takes CPU: the live clusters (reusing the state of
+    /// those that stay), the route breakers and every listener's route table. Nothing running
+    /// changes. Runs on any thread: a reload prepares at low priority, off the event loop
+    /// (at 100,000 endpoints this is most of what applying took on the main thread).
+    /// [`Proxy::apply_prepared`] puts it in force; a reload must not prepare another in
+    /// between.
+    pub fn prepare(&self, plan: &tripline_config::plan::Plan) -> Prepared {
         let shared = &self.shared;
-        let plan = &loaded.plan;
-        let mut sockets = bind_new_listeners(shared, plan, bind).await?;
-        let built = lock(&shared.registry).build(&plan.clusters);
+        // A copy: DNS refreshes on the event loop must not wait for this build.
+        let dns = lock(&shared.dns_endpoints).clone();
+        let built = lock(&shared.registry).build(&plan.clusters, &dns);
         let clusters = built.clusters.clone();
         let route_configs: Vec<(&str, &tripline_core::breaker::BreakerConfig)> = plan
             .listeners
@@ -148,6 +174,30 @@ impl Proxy {
             .filter_map(|r| r.breaker.as_ref().map(|b| (r.name.as_str(), b)))
             .collect();
         let route_breakers = shared.applied.load().route_breakers.build(&route_configs);
+        let configs = plan
+            .listeners
+            .iter()
+            .map(|lp| Arc::new(ListenerConfig::build(lp, &clusters, &route_breakers)))
+            .collect();
+        Prepared { built, clusters, route_breakers, configs }
+    }
+
+    /// Puts a [`Proxy::prepare`]d config in force, as [`Proxy::apply`] does; `loaded` is the
+    /// config it was prepared from.
+    pub async fn apply_prepared(&self, loaded: &Loaded, prepared: Prepared) -> Result<(), String> {
+        self.apply_prepared_binding(loaded, prepared, &listener::bind).await
+    }
+
+    async fn apply_prepared_binding(
+        &self,
+        loaded: &Loaded,
+        prepared: Prepared,
+        bind: &Binder,
+    ) -> Result<(), String> {
+        let shared = &self.shared;
+        let plan = &loaded.plan;
+        let mut sockets = bind_new_listeners(shared, plan, bind).await?;
+        let Prepared { built, clusters, route_breakers, configs } = prepared;
         for c in &clusters {
             dns::resolve_now(shared, c).await;
         }
@@ -156,8 +206,7 @@ impl Proxy {
         let mut updates = Vec::new();
         {
             let current = lock(&shared.listeners);
-            for lp in &plan.listeners {
-                let config = Arc::new(ListenerConfig::build(lp, &clusters, &route_breakers));
+            for (lp, config) in plan.listeners.iter().zip(configs) {
                 match sockets.remove(&lp.bind) {
                     Some(socket) => bound.push(ListenerRuntime::start_bound(
                         shared,

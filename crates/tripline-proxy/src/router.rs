@@ -346,7 +346,9 @@ mod tests {
             pool: PoolLimits::default(),
             resilience: Default::default(),
         };
-        let clusters = crate::cluster::Registry::default().build(&[plan("v1"), plan("v2")]).clusters;
+        let clusters = crate::cluster::Registry::default()
+            .build(&[plan("v1"), plan("v2")], &Default::default())
+            .clusters;
         let dests = [WeightedCluster { cluster: 0, weight: 90 }, WeightedCluster { cluster: 1, weight: 10 }];
         let route = Route::new("canary", vec![], &dests, &clusters);
         let rng = SplitMix::seeded(11);

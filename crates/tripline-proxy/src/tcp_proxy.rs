@@ -167,7 +167,7 @@ mod tests {
             pool: PoolLimits { connect_timeout, ..PoolLimits::default() },
             resilience: ResiliencePlan { outlier: Some(outlier), ..ResiliencePlan::default() },
         };
-        crate::cluster::Registry::default().build(&[plan]).clusters.remove(0)
+        crate::cluster::Registry::default().build(&[plan], &Default::default()).clusters.remove(0)
     }
 
     fn shared() -> Arc<Shared> {

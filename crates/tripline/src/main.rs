@@ -4,6 +4,7 @@
 mod alloc;
 mod demo;
 mod fd_limit;
+mod low_priority;
 mod run;
 
 use std::net::SocketAddr;

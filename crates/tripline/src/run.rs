@@ -202,22 +202,22 @@ async fn watch_config(proxy: Proxy, paths: Vec<PathBuf>, opts: LoadOptions, ever
         let global = &proxy.shared.global;
         // Reading and compiling a large config takes a while: off the event loop, which
         // serves requests too when there is one worker and accepts connections when there
-        // are several.
-        let (p, o) = (paths.clone(), opts.clone());
-        let loaded = match tokio::task::spawn_blocking(move || load(&p, &o)).await {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                global.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "reload failed; keeping the previous configuration");
-                continue;
-            }
+        // are several, and at the lowest priority (`low_priority`).
+        // The live clusters and route tables are built there too (`Proxy::prepare`); only
+        // putting them in force is left to this thread.
+        let (p, o, px) = (paths.clone(), opts.clone(), proxy.clone());
+        let work = move || load(&p, &o).map(|loaded| (px.prepare(&loaded.plan), loaded));
+        let Some(loaded) = crate::low_priority::run("tripline-reload", work).await else {
+            global.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!("reload failed (its thread did not finish); keeping the previous configuration");
+            continue;
         };
         match loaded {
-            Ok(loaded) => {
+            Ok((prepared, loaded)) => {
                 for w in &loaded.warnings {
                     tracing::warn!("{w}");
                 }
-                match proxy.apply(&loaded).await {
+                match proxy.apply_prepared(&loaded, prepared).await {
                     Ok(()) => {
                         global.reloads_ok.fetch_add(1, Ordering::Relaxed);
                         // The new config is in force: that is the reload's time. Freeing the
