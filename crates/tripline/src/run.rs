@@ -206,25 +206,44 @@ async fn watch_config(proxy: Proxy, paths: Vec<PathBuf>, opts: LoadOptions, ever
         // The live clusters and route tables are built there too (`Proxy::prepare`); only
         // putting them in force is left to this thread.
         let (p, o, px) = (paths.clone(), opts.clone(), proxy.clone());
-        let work = move || load(&p, &o).map(|loaded| (px.prepare(&loaded.plan), loaded));
+        let work = move || {
+            let loaded = load(&p, &o)?;
+            let at = std::time::Instant::now();
+            let prepared = px.prepare(&loaded.plan);
+            Ok::<_, Vec<tripline_config::Diagnostic>>((prepared, loaded, at.elapsed()))
+        };
         let Some(loaded) = crate::low_priority::run("tripline-reload", work).await else {
             global.reloads_failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!("reload failed (its thread did not finish); keeping the previous configuration");
             continue;
         };
         match loaded {
-            Ok((prepared, loaded)) => {
+            Ok((prepared, loaded, prepare)) => {
                 for w in &loaded.warnings {
                     tracing::warn!("{w}");
                 }
+                let applying = std::time::Instant::now();
                 match proxy.apply_prepared(&loaded, prepared).await {
                     Ok(()) => {
                         global.reloads_ok.fetch_add(1, Ordering::Relaxed);
                         // The new config is in force: that is the reload's time. Freeing the
                         // load and returning the allocator's free pages come after, and are
                         // timed on their own (`bench/endpoints-scale.sh` reads both).
+                        // With where it went: reading and compiling, building the live
+                        // clusters and route tables (both at low priority), and putting
+                        // them in force on this thread.
                         let took_ms = started.elapsed().as_secs_f64() * 1e3;
-                        tracing::info!(forced, took_ms, "configuration reloaded");
+                        let prepare_ms = prepare.as_secs_f64() * 1e3;
+                        let apply_ms = applying.elapsed().as_secs_f64() * 1e3;
+                        let load_ms = took_ms - prepare_ms - apply_ms;
+                        tracing::info!(
+                            forced,
+                            took_ms,
+                            load_ms,
+                            prepare_ms,
+                            apply_ms,
+                            "configuration reloaded"
+                        );
                         let cleanup = std::time::Instant::now();
                         drop(loaded);
                         crate::alloc::release_free_memory();
