@@ -407,6 +407,44 @@ spec:
         tripline_config::load(&sources, &Default::default()).expect("valid").plan.clusters
     }
 
+    /// Housekeeping visits a cluster's endpoint breakers only while one of them is open or
+    /// half-open (it has nothing to do for closed ones): the count follows the breaker there
+    /// and back, and an open breaker is still moved to half-open by the tick, without traffic.
+    #[test]
+    fn only_clusters_with_an_open_or_half_open_endpoint_breaker_need_ticks() {
+        let mut registry = Registry::default();
+        let built = registry.build(&plan("500ms"), &DnsEndpoints::new());
+        let cluster = built.clusters[0].clone();
+        registry.commit(built);
+        let stats = &cluster.resilience.stats;
+        let set = cluster.endpoints.load();
+        let breaker = set.members[0].breaker.clone().expect("endpoint breakers on");
+        assert!(!stats.endpoint_breakers_need_tick(), "all closed");
+
+        let t0 = 1_000_000_000;
+        for _ in 0..2 {
+            breaker.try_acquire(t0).expect("closed").record(&Outcome::Http(503), Default::default(), t0);
+        }
+        assert_eq!(breaker.state(), State::Open);
+        assert!(stats.endpoint_breakers_need_tick(), "one open");
+
+        // Past any jittered open time: the tick alone moves it to half-open.
+        let later = t0 + 60_000_000_000;
+        breaker.tick(later);
+        assert_eq!(breaker.state(), State::HalfOpen);
+        assert!(stats.endpoint_breakers_need_tick(), "half-open still needs ticks");
+
+        while breaker.state() == State::HalfOpen {
+            breaker.try_acquire(later).expect("a probe").record(
+                &Outcome::Http(200),
+                Default::default(),
+                later,
+            );
+        }
+        assert_eq!(breaker.state(), State::Closed);
+        assert!(!stats.endpoint_breakers_need_tick(), "closed again");
+    }
+
     /// A reload keeps each endpoint's state (its breaker, outlier state and pool are the same
     /// objects) whether or not the endpoint ever allocated anything, and an endpoint's pool
     /// stays unallocated until it gets a connection.

@@ -322,10 +322,11 @@ impl Proxy {
                 if let Some(o) = &c.resilience.outlier {
                     c.state.panic.store(o.in_panic(), Ordering::Relaxed);
                 }
-                let set = c.endpoints.load();
-                for m in &set.members {
-                    if let Some(b) = &m.breaker {
-                        b.tick(now);
+                if c.resilience.stats.endpoint_breakers_need_tick() {
+                    for m in &c.endpoints.load().members {
+                        if let Some(b) = &m.breaker {
+                            b.tick(now);
+                        }
                     }
                 }
             }
