@@ -398,6 +398,14 @@ pub struct Endpoint {
     removed: AtomicBool,
 }
 
+impl Shared {
+    fn in_panic(&self) -> bool {
+        let hosts = self.hosts.load(Acquire) as u64;
+        let healthy = hosts.saturating_sub(self.ejected.load(Acquire) as u64);
+        hosts > 0 && healthy * 100 < self.cfg.min_health_percent.min(100) as u64 * hosts
+    }
+}
+
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Endpoint").field("id", &self.id).field("health", &self.health()).finish()
@@ -441,6 +449,13 @@ impl Endpoint {
 
     pub fn health(&self) -> Health {
         Health::from_u8(self.health.load(Acquire))
+    }
+
+    /// Its detector's [`OutlierDetector::in_panic`]: read where the balancer needs it, so
+    /// nothing has to copy it to the clusters periodically.
+    #[inline]
+    pub fn detector_in_panic(&self) -> bool {
+        self.shared.in_panic()
     }
 
     /// Whether the balancer may pick this endpoint now: healthy, or its ejection is over and a
@@ -847,9 +862,7 @@ impl OutlierDetector {
     /// Fewer than `min_health_percent` of the endpoints are healthy: balance over all of them.
     #[inline]
     pub fn in_panic(&self) -> bool {
-        let hosts = self.shared.hosts.load(Acquire) as u64;
-        let healthy = hosts.saturating_sub(self.shared.ejected.load(Acquire) as u64);
-        hosts > 0 && healthy * 100 < self.shared.cfg.min_health_percent.min(100) as u64 * hosts
+        self.shared.in_panic()
     }
 
     /// The last events, oldest first.

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -35,8 +35,6 @@ pub struct ClusterState {
     /// Wakes requests waiting for a connection when one is returned or closed.
     pub conn_released: tokio::sync::Notify,
     pub stats: ClusterStats,
-    /// Set by the outlier sweep: below `minHealthPercent`, balance over every endpoint.
-    pub panic: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -56,7 +54,6 @@ impl ClusterState {
             connections: Limit::new(pool.max_connections),
             conn_released: tokio::sync::Notify::new(),
             stats: ClusterStats::default(),
-            panic: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -112,8 +109,6 @@ pub struct Member {
     pub ep: Arc<Endpoint>,
     pub outlier: Option<Arc<OutlierEndpoint>>,
     pub breaker: Option<Arc<CircuitBreaker>>,
-    /// The cluster's panic flag (fewer healthy endpoints than `minHealthPercent`).
-    panic: Arc<AtomicBool>,
 }
 
 impl Member {
@@ -138,7 +133,10 @@ impl EndpointView for Member {
     }
 
     fn is_available(&self) -> bool {
-        (!self.ejected() || self.panic.load(Ordering::Relaxed)) && !self.breaker_open()
+        // In panic (fewer healthy endpoints than `minHealthPercent`) the balancer spreads over
+        // every endpoint; asked of the detector only for an ejected endpoint.
+        (!self.ejected() || self.outlier.as_ref().is_some_and(|o| o.detector_in_panic()))
+            && !self.breaker_open()
     }
 }
 
@@ -220,7 +218,7 @@ impl Cluster {
                     }
                     slot.clone()
                 };
-                Member { ep, outlier, breaker, panic: self.state.panic.clone() }
+                Member { ep, outlier, breaker }
             })
             .collect();
         let specs: Vec<EndpointSpec> = members
@@ -246,6 +244,9 @@ fn algorithm(lb: &LoadBalancer) -> Algorithm {
 /// Keeps cluster and endpoint state across config loads.
 #[derive(Debug, Default)]
 pub struct Registry {
+    /// Where the clusters' breakers list themselves while open or half-open (housekeeping
+    /// ticks those); shared with [`crate::Shared`].
+    pub timed: Arc<resilience::TimedBreakers>,
     states: HashMap<String, Arc<ClusterState>>,
     resilience: HashMap<String, Arc<ClusterResilience>>,
     /// Each cluster's static endpoints by address: one lookup by name per cluster, then only
@@ -264,6 +265,11 @@ pub struct Built {
 }
 
 impl Registry {
+    /// A registry whose clusters' breakers list themselves in `timed` while open or half-open.
+    pub fn new(timed: Arc<resilience::TimedBreakers>) -> Self {
+        Registry { timed, ..Default::default() }
+    }
+
     /// Builds live clusters for a plan, reusing the state of clusters and endpoints that stay
     /// (DNS clusters start from `dns`, their last resolved endpoints).
     /// Nothing running changes until [`Registry::commit`]; then the state of clusters that
@@ -286,6 +292,7 @@ impl Registry {
                     &plan.name,
                     &plan.resilience,
                     self.resilience.get(&plan.name).map(|r| &**r),
+                    &self.timed,
                 );
                 resiliences.insert(plan.name.clone(), resilience.clone());
                 let eps: Vec<Arc<Endpoint>> = match &plan.discovery {
@@ -332,14 +339,17 @@ impl Registry {
     }
 
     /// Puts built clusters in force: their limits apply, and their state is what the next
-    /// build reuses.
-    pub fn commit(&mut self, built: Built) {
+    /// build reuses. Returns the maps it replaced, for the caller to drop where it likes.
+    pub fn commit(&mut self, built: Built) -> Built {
         for c in &built.clusters {
             c.state.apply_limits(&c.plan.pool);
         }
-        self.states = built.states;
-        self.resilience = built.resilience;
-        self.endpoints = built.endpoints;
+        Built {
+            clusters: built.clusters,
+            states: std::mem::replace(&mut self.states, built.states),
+            resilience: std::mem::replace(&mut self.resilience, built.resilience),
+            endpoints: std::mem::replace(&mut self.endpoints, built.endpoints),
+        }
     }
 }
 
@@ -407,32 +417,58 @@ spec:
         tripline_config::load(&sources, &Default::default()).expect("valid").plan.clusters
     }
 
-    /// Housekeeping visits a cluster's endpoint breakers only while one of them is open or
-    /// half-open (it has nothing to do for closed ones): the count follows the breaker there
-    /// and back, and an open breaker is still moved to half-open by the tick, without traffic.
+    /// Below `minHealthPercent` healthy endpoints the balancer spreads over every endpoint,
+    /// ejected or not, from the ejection on (no periodic task copies the detector's state).
     #[test]
-    fn only_clusters_with_an_open_or_half_open_endpoint_breaker_need_ticks() {
+    fn an_ejected_endpoint_is_picked_again_once_the_cluster_is_in_panic() {
+        let plans = |min_health: u32| {
+            let mut plans = plan("500ms");
+            let cfg = plans[0].resilience.outlier.as_mut().expect("outlier detection on");
+            cfg.consecutive_5xx_errors = Some(1);
+            cfg.max_ejection_percent = 100;
+            cfg.min_health_percent = min_health;
+            plans
+        };
+        for (min_health, in_panic) in [(0, false), (60, true)] {
+            let registry = Registry::default();
+            let cluster = registry.build(&plans(min_health), &DnsEndpoints::new()).clusters.remove(0);
+            let set = cluster.endpoints.load();
+            let ejected = &set.members[0];
+            let now = resilience::now();
+            let pass = ejected.outlier.as_ref().expect("outlier state").admit(now).expect("healthy");
+            pass.record(&Outcome::Http(503), Default::default(), now);
+            assert!(ejected.ejected(), "one 5xx ejects it");
+            assert_eq!(EndpointView::is_available(ejected), in_panic, "minHealthPercent {min_health}");
+        }
+    }
+
+    /// Housekeeping ticks a breaker only while it is open or half-open (it has nothing to do
+    /// for closed ones): the breaker lists itself when it opens, the tick still moves it to
+    /// half-open without traffic, and forgets it once it is closed.
+    #[test]
+    fn only_open_or_half_open_breakers_are_ticked() {
         let mut registry = Registry::default();
         let built = registry.build(&plan("500ms"), &DnsEndpoints::new());
         let cluster = built.clusters[0].clone();
         registry.commit(built);
-        let stats = &cluster.resilience.stats;
+        let timed = registry.timed.clone();
         let set = cluster.endpoints.load();
         let breaker = set.members[0].breaker.clone().expect("endpoint breakers on");
-        assert!(!stats.endpoint_breakers_need_tick(), "all closed");
+        assert_eq!(timed.listed(), 0, "all closed");
 
         let t0 = 1_000_000_000;
         for _ in 0..2 {
             breaker.try_acquire(t0).expect("closed").record(&Outcome::Http(503), Default::default(), t0);
         }
         assert_eq!(breaker.state(), State::Open);
-        assert!(stats.endpoint_breakers_need_tick(), "one open");
+        assert_eq!(timed.listed(), 1, "one open");
 
-        // Past any jittered open time: the tick alone moves it to half-open.
+        // Past any jittered open time: the housekeeping tick alone moves it to half-open.
         let later = t0 + 60_000_000_000;
-        breaker.tick(later);
+        timed.tick(later);
         assert_eq!(breaker.state(), State::HalfOpen);
-        assert!(stats.endpoint_breakers_need_tick(), "half-open still needs ticks");
+        timed.tick(later);
+        assert_eq!(timed.listed(), 1, "half-open still needs ticks");
 
         while breaker.state() == State::HalfOpen {
             breaker.try_acquire(later).expect("a probe").record(
@@ -442,7 +478,8 @@ spec:
             );
         }
         assert_eq!(breaker.state(), State::Closed);
-        assert!(!stats.endpoint_breakers_need_tick(), "closed again");
+        timed.tick(later);
+        assert_eq!(timed.listed(), 0, "closed again: forgotten");
     }
 
     /// A reload keeps each endpoint's state (its breaker, outlier state and pool are the same

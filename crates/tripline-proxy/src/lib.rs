@@ -63,6 +63,8 @@ pub struct Shared {
     registry: Mutex<Registry>,
     /// DNS clusters' last endpoints, kept across reloads.
     dns_endpoints: Mutex<cluster::DnsEndpoints>,
+    /// The clusters' open and half-open breakers, for housekeeping (the registry's list).
+    timed: Arc<resilience::TimedBreakers>,
     listeners: Mutex<HashMap<SocketAddr, Arc<ListenerRuntime>>>,
     /// Bumped on every load; DNS refresh tasks of older loads stop.
     generation: AtomicU64,
@@ -85,6 +87,12 @@ pub struct Prepared {
     /// One per listener of the plan, in its order.
     configs: Vec<Arc<ListenerConfig>>,
 }
+
+/// What putting a config in force replaced (the old clusters, route tables and registry
+/// maps), for the caller to drop. At 100,000 endpoints freeing them is most of what applying
+/// costs on the main thread; a reload hands them to a low-priority thread.
+#[must_use = "dropping it frees the old config here"]
+pub struct Retired(Vec<Box<dyn Send>>);
 
 /// The config in force.
 #[derive(Default)]
@@ -118,6 +126,7 @@ impl Proxy {
     /// A proxy that writes one JSON line per HTTP request to `log`.
     pub fn with_access_log(access_log: Option<access_log::AccessLog>) -> Self {
         let (shutdown, _) = watch::channel(false);
+        let timed = Arc::new(resilience::TimedBreakers::default());
         let rng = SplitMix::from_entropy();
         let sticky_secret = rng.next_u64();
         Proxy {
@@ -128,8 +137,9 @@ impl Proxy {
                 applied: ArcSwap::from_pointee(Applied::default()),
                 ready: AtomicBool::new(false),
                 shutdown,
-                registry: Mutex::new(Registry::default()),
+                registry: Mutex::new(Registry::new(timed.clone())),
                 dns_endpoints: Mutex::default(),
+                timed,
                 listeners: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
                 dns_answers: Mutex::default(),
@@ -152,7 +162,7 @@ impl Proxy {
     /// [`Proxy::apply`], binding listener sockets with `bind` (tests inject a failure).
     async fn apply_binding(&self, loaded: &Loaded, bind: &Binder) -> Result<(), String> {
         let prepared = self.prepare(&loaded.plan);
-        self.apply_prepared_binding(loaded, prepared, bind).await
+        self.apply_prepared_binding(loaded, prepared, bind).await.map(drop)
     }
 
     /// The part of applying `plan` that takes CPU: the live clusters (reusing the state of
@@ -183,8 +193,9 @@ impl Proxy {
     }
 
     /// Puts a [`Proxy::prepare`]d config in force, as [`Proxy::apply`] does; `loaded` is the
-    /// config it was prepared from.
-    pub async fn apply_prepared(&self, loaded: &Loaded, prepared: Prepared) -> Result<(), String> {
+    /// config it was prepared from. Returns what it replaced, for the caller to drop: a
+    /// reload does that at low priority.
+    pub async fn apply_prepared(&self, loaded: &Loaded, prepared: Prepared) -> Result<Retired, String> {
         self.apply_prepared_binding(loaded, prepared, &listener::bind).await
     }
 
@@ -193,7 +204,8 @@ impl Proxy {
         loaded: &Loaded,
         prepared: Prepared,
         bind: &Binder,
-    ) -> Result<(), String> {
+    ) -> Result<Retired, String> {
+        let mut retired = Retired(Vec::new());
         let shared = &self.shared;
         let plan = &loaded.plan;
         let mut sockets = bind_new_listeners(shared, plan, bind).await?;
@@ -221,9 +233,9 @@ impl Proxy {
             }
         }
         // The new clusters' limits and state take over.
-        lock(&shared.registry).commit(built);
+        retired.0.push(Box::new(lock(&shared.registry).commit(built)));
         for (rt, config) in updates {
-            rt.config.store(config);
+            retired.0.push(Box::new(rt.config.swap(config)));
         }
         {
             let mut current = lock(&shared.listeners);
@@ -247,14 +259,14 @@ impl Proxy {
         }
         let listeners =
             plan.listeners.iter().map(|l| (l.name.clone(), l.bind, format!("{:?}", l.protocol))).collect();
-        shared.applied.store(Arc::new(Applied {
+        retired.0.push(Box::new(shared.applied.swap(Arc::new(Applied {
             clusters,
             route_breakers,
             dump: Some(loaded.dump.clone()),
             listeners,
-        }));
+        }))));
         shared.ready.store(true, Ordering::SeqCst);
-        Ok(())
+        Ok(retired)
     }
 
     /// Stops accepting, lets in-flight requests finish for up to `timeout`, then returns.
@@ -287,6 +299,7 @@ impl Proxy {
         const TICK: Duration = Duration::from_millis(100);
         let mut tick = tokio::time::interval(TICK);
         let mut n: u64 = 0;
+        let (mut next_sweep, mut swept_generation) = (0, u64::MAX);
         loop {
             tick.tick().await;
             n += 1;
@@ -314,21 +327,22 @@ impl Proxy {
                     workers::spawn_on(worker, async move { evict_idle(worker, &applied, now) });
                 }
             }
+            // Breakers: only the open and half-open ones have anything to do.
+            self.shared.timed.tick(now);
             for b in applied.route_breakers.breakers.values() {
                 b.tick(now);
             }
-            for c in &applied.clusters {
-                c.resilience.tick(now);
-                if let Some(o) = &c.resilience.outlier {
-                    c.state.panic.store(o.in_panic(), Ordering::Relaxed);
-                }
-                if c.resilience.stats.endpoint_breakers_need_tick() {
-                    for m in &c.endpoints.load().members {
-                        if let Some(b) = &m.breaker {
-                            b.tick(now);
-                        }
-                    }
-                }
+            // Outlier sweeps: a pass over the clusters only when one is due (each cluster's
+            // `interval`, 10 s by default), or when a new config came in.
+            let generation = self.shared.generation.load(Ordering::Relaxed);
+            if now >= next_sweep || generation != swept_generation {
+                next_sweep = applied
+                    .clusters
+                    .iter()
+                    .filter_map(|c| c.resilience.sweep_outliers(now))
+                    .min()
+                    .unwrap_or(u64::MAX);
+                swept_generation = generation;
             }
         }
     }

@@ -1,4 +1,4 @@
-//! Work that must not take CPU from the workers: a config reload.
+//! Work that must not take CPU from the workers: a config reload, and freeing what it replaced.
 //!
 //! Reading, parsing and compiling a large config takes a second of CPU or more (about 1.2 s
 //! at 100,000 endpoints), and on a small machine the workers, and the client and upstream
