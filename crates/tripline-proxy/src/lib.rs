@@ -421,7 +421,7 @@ type Binder = dyn Fn(SocketAddr) -> std::io::Result<tokio::net::TcpListener> + S
 /// Closes worker `worker`'s idle upstream connections that are past their idle timeout or
 /// closed by the upstream.
 fn evict_idle(worker: usize, applied: &Applied, now: tripline_core::clock::Nanos) {
-    for c in &applied.clusters {
+    for c in applied.clusters.iter().filter(|c| c.state.connected.load(Ordering::Relaxed)) {
         for m in &c.endpoints.load().members {
             m.ep.pool.evict_idle(worker, c.limits().idle_timeout, now);
         }
@@ -494,6 +494,87 @@ spec:
         let mut buf = [0u8; 9];
         let read = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await;
         matches!(read, Ok(Ok(_))) && &buf == b"HTTP/1.1 "
+    }
+
+    /// The idle sweep visits only clusters that ever connected upstream (a mesh proxy knows
+    /// every endpoint of every service and talks to few), and still closes their idle
+    /// connections once past `idleTimeout`: the upstream sees its pooled connection closed.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_idle_sweep_visits_only_clusters_that_connected_and_closes_their_idle_connections() {
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up_port = upstream.local_addr().unwrap().port();
+        let port = free_port();
+        let text = format!(
+            r#"apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  servers: [{{port: {{number: {port}, name: http, protocol: HTTP}}, bind: 127.0.0.1, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: used}}
+spec:
+  hosts: [used.local]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {up_port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: unused}}
+spec:
+  hosts: [unused.local]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: 9}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: routes}}
+spec:
+  hosts: ["*"]
+  gateways: [edge]
+  http:
+  - match: [{{headers: {{x-to: {{exact: unused}}}}}}]
+    route: [{{destination: {{host: unused.local}}}}]
+  - route: [{{destination: {{host: used.local}}}}]
+"#
+        );
+        let loaded =
+            load(&[Source { name: "mesh.yaml".into(), text }], &LoadOptions::default()).expect("valid");
+        let proxy = Proxy::new();
+        proxy.apply(&loaded).await.expect("applies");
+
+        let server = tokio::spawn(async move {
+            let (mut s, _) = upstream.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+            // Kept open by the proxy's pool until the sweep closes it.
+            tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await
+        });
+        let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").await.unwrap();
+        let mut resp = Vec::new();
+        c.read_to_end(&mut resp).await.unwrap();
+        assert!(resp.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&resp));
+
+        let applied = proxy.shared.applied.load_full();
+        let connected = |host: &str| {
+            let named = |c: &&Arc<Cluster>| c.name().rsplit('|').next() == Some(host);
+            let c = applied.clusters.iter().find(named).expect("cluster");
+            c.state.connected.load(Ordering::Relaxed)
+        };
+        assert!(connected("used.local") && !connected("unused.local"));
+        assert!(!server.is_finished(), "the pooled connection stays open before the sweep");
+        evict_idle(0, &applied, resilience::now() + 2 * 3_600 * 1_000_000_000);
+        let read = server.await.unwrap();
+        assert!(matches!(read, Ok(Ok(0))), "the sweep closed the idle connection: {read:?}");
     }
 
     /// The restore path of a failed reload, which no real bind failure reaches on demand:

@@ -428,6 +428,9 @@ async fn connect(
     };
     let _ = stream.set_nodelay(true);
     ep.pool.connections.fetch_add(1, Ordering::Relaxed);
+    if !state.connected.load(Ordering::Relaxed) {
+        state.connected.store(true, Ordering::Relaxed);
+    }
     let home = crate::workers::current();
     let guard = ConnGuard { state: state.clone(), endpoint: ep.clone(), slot: Some(slot), home };
     match cluster.protocol() {
