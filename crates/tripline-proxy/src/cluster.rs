@@ -251,7 +251,7 @@ fn algorithm(lb: &LoadBalancer) -> Algorithm {
 pub struct Registry {
     /// Where the clusters' breakers list themselves while open or half-open (housekeeping
     /// ticks those); shared with [`crate::Shared`].
-    pub timed: Arc<resilience::TimedBreakers>,
+    pub(crate) timed: Arc<resilience::TimedBreakers>,
     states: HashMap<String, Arc<ClusterState>>,
     resilience: HashMap<String, Arc<ClusterResilience>>,
     /// Each cluster's static endpoints by address: one lookup by name per cluster, then only

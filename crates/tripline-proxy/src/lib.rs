@@ -82,7 +82,6 @@ pub struct Shared {
 /// force.
 pub struct Prepared {
     built: cluster::Built,
-    clusters: Vec<Arc<Cluster>>,
     route_breakers: resilience::RouteBreakers,
     /// One per listener of the plan, in its order.
     configs: Vec<Arc<ListenerConfig>>,
@@ -176,7 +175,6 @@ impl Proxy {
         // A copy: DNS refreshes on the event loop must not wait for this build.
         let dns = lock(&shared.dns_endpoints).clone();
         let built = lock(&shared.registry).build(&plan.clusters, &dns);
-        let clusters = built.clusters.clone();
         let route_configs: Vec<(&str, &tripline_core::breaker::BreakerConfig)> = plan
             .listeners
             .iter()
@@ -187,9 +185,9 @@ impl Proxy {
         let configs = plan
             .listeners
             .iter()
-            .map(|lp| Arc::new(ListenerConfig::build(lp, &clusters, &route_breakers)))
+            .map(|lp| Arc::new(ListenerConfig::build(lp, &built.clusters, &route_breakers)))
             .collect();
-        Prepared { built, clusters, route_breakers, configs }
+        Prepared { built, route_breakers, configs }
     }
 
     /// Puts a [`Proxy::prepare`]d config in force, as [`Proxy::apply`] does; `loaded` is the
@@ -209,7 +207,8 @@ impl Proxy {
         let shared = &self.shared;
         let plan = &loaded.plan;
         let mut sockets = bind_new_listeners(shared, plan, bind).await?;
-        let Prepared { built, clusters, route_breakers, configs } = prepared;
+        let Prepared { built, route_breakers, configs } = prepared;
+        let clusters = built.clusters.clone();
         for c in &clusters {
             dns::resolve_now(shared, c).await;
         }

@@ -223,14 +223,20 @@ impl TimedBreakers {
     /// Ticks every open or half-open breaker and forgets the others. The ticks run outside
     /// the lock: a tick's transition comes back to [`TimedBreakers::watch`].
     pub fn tick(&self, now: Nanos) {
-        let due: Vec<Arc<CircuitBreaker>> = {
+        let mut due = Vec::new();
+        {
             let mut list = self.lock();
-            list.retain(|w| w.upgrade().is_some_and(|b| timed_state(b.state())));
             // A breaker that closed and opened again between two ticks is listed twice.
             list.sort_by_key(|w| w.as_ptr() as usize);
             list.dedup_by(|a, b| a.ptr_eq(b));
-            list.iter().filter_map(Weak::upgrade).collect()
-        };
+            list.retain(|w| match w.upgrade() {
+                Some(b) if timed_state(b.state()) => {
+                    due.push(b);
+                    true
+                }
+                _ => false,
+            });
+        }
         for b in due {
             b.tick(now);
         }
