@@ -4,30 +4,37 @@
 //! Why here and not left to the clients: the length reaches the client through hyper's
 //! HTTP/1.1 server, which trusts the header. An invalid or repeated value there makes it close
 //! the client's connection without writing a response, and the client cannot tell that from a
-//! crash. The `upstream_h1` fuzz target found three ways an upstream gets one through: on a
-//! response without a body (HEAD, 304), where no client reads it for framing; beside a
-//! Transfer-Encoding; and repeated (docs/testing.md).
+//! crash; a list (`5, 5`) it passes on, for the next hop to read its own way. The
+//! `upstream_h1` fuzz target found four ways an upstream gets one through: on a response
+//! without a body (HEAD, 304), where no client reads it for framing; beside a
+//! Transfer-Encoding; repeated; and as a list framing a body (docs/testing.md).
 
 use http::header::{self, HeaderMap, HeaderValue};
 
 use crate::body::BoxError;
 
-/// The response's Content-Length: `None` without one, an error unless every value (of every
+/// The response's Content-Length and whether the header is already one clean field (a single
+/// `1*DIGIT` value), in one lookup. `None` without one; an error unless every value (of every
 /// field, comma lists included) is `1*DIGIT` (RFC 9110 §8.6) and all agree. Rust's integer
 /// parser also takes a leading `+`, which another hop could read differently.
 #[inline]
-pub(crate) fn parse(headers: &HeaderMap) -> Result<Option<u64>, BoxError> {
+fn scan(headers: &HeaderMap) -> Result<Option<(u64, bool)>, BoxError> {
     let mut length = None;
+    let mut values = 0usize;
+    let mut bare = true;
     for v in headers.get_all(header::CONTENT_LENGTH) {
         for part in v.as_bytes().split(|b| *b == b',') {
-            let n = digits(part.trim_ascii()).ok_or("invalid upstream Content-Length")?;
+            let trimmed = part.trim_ascii();
+            let n = digits(trimmed).ok_or("invalid upstream Content-Length")?;
             if length.is_some_and(|l| l != n) {
                 return Err("conflicting upstream Content-Length values".into());
             }
             length = Some(n);
+            values += 1;
+            bare &= trimmed.len() == part.len();
         }
     }
-    Ok(length)
+    Ok(length.map(|n| (n, bare && values == 1)))
 }
 
 /// What hyper's clients leave of a response's framing headers, made safe to pass on. hyper
@@ -42,7 +49,7 @@ pub(crate) fn settle_hyper(headers: &mut HeaderMap) -> Result<(), BoxError> {
         headers.remove(header::CONTENT_LENGTH);
         return Ok(());
     }
-    normalize(headers)
+    normalize(headers).map(drop)
 }
 
 /// `1*DIGIT` as a number, in one pass; `None` if empty, not digits or over `u64`.
@@ -56,22 +63,24 @@ fn digits(s: &[u8]) -> Option<u64> {
     })
 }
 
-/// Holds a response's Content-Length to [`parse`]'s rules and makes repeated values one
-/// field. A response without a body (to HEAD, or a 304) still tells there the length the body
-/// would have had, and the client reads it; hyper's HTTP/1.1 encoder trusts the header and
-/// answers a second one by closing the client's connection without a response (a fuzzer found
-/// that: an upstream's `Content-Length: 5` twice on a HEAD response left the client with
-/// nothing). An upstream that breaks the rules gets the 502 of any other bad framing. Used for
-/// the lean client's bodiless responses and, through [`settle_hyper`], for hyper's.
-pub(crate) fn normalize(headers: &mut HeaderMap) -> Result<(), BoxError> {
-    let Some(n) = parse(headers)? else { return Ok(()) };
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let plain = values.next().is_some_and(|v| v.as_bytes().iter().all(u8::is_ascii_digit));
-    if !plain || values.next().is_some() {
+/// Holds a response's Content-Length to [`scan`]'s rules and makes repeated values one
+/// field; returns the length. hyper's HTTP/1.1 server, which writes the client's response,
+/// trusts the header: it answers a second field by closing the client's connection without a
+/// response, and passes a list (`5, 5`) on, which the next hop may read differently (RFC 9110
+/// §8.6 lets a recipient accept or reject it). Fuzzers found both: on a HEAD or 304 response,
+/// whose length no client reads for framing (`Content-Length: 5` twice on a HEAD response left
+/// the client with nothing); on hyper's client, which passes the header on as it came; and on
+/// the lean client's responses with a body, which passed a list (`2, 2`) on. An upstream that
+/// breaks the rules gets the 502 of any other bad framing. Used for all the lean client's
+/// responses and, through [`settle_hyper`], for hyper's.
+#[inline]
+pub(crate) fn normalize(headers: &mut HeaderMap) -> Result<Option<u64>, BoxError> {
+    let Some((n, clean)) = scan(headers)? else { return Ok(None) };
+    if !clean {
         // A list (`5, 5`), spaces or several fields: one clean value instead.
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     }
-    Ok(())
+    Ok(Some(n))
 }
 
 #[cfg(test)]

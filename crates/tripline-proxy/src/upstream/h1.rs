@@ -18,20 +18,19 @@ use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncWriteExt, Interest};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
 use super::content_length;
+use super::io::UpstreamIo;
 use super::pool::{ConnGuard, Reusable, SendError};
 use crate::body::{BoxError, RequestBody, UpstreamBody};
 use crate::headers::has_token;
-use crate::net_io::TcpIo;
 
 /// Larger response heads (or trailer blocks) are refused: the request fails as a reset.
 const MAX_HEAD: usize = 64 * 1024;
@@ -53,7 +52,7 @@ pub fn is_simple(req: &Request<RequestBody>) -> bool {
 
 /// A pooled upstream connection driven by this module.
 pub struct RawConn {
-    io: TcpIo,
+    io: UpstreamIo,
     read_buf: BytesMut,
     write_buf: Vec<u8>,
     /// The last read returned less than the buffer offered: the socket had nothing more.
@@ -66,19 +65,16 @@ pub struct RawConn {
 
 impl std::fmt::Debug for RawConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawConn")
-            .field("peer", &self.io.stream().peer_addr().ok())
-            .field("uses", &self.uses)
-            .finish()
+        f.debug_struct("RawConn").field("peer", &self.io.peer_addr()).field("uses", &self.uses).finish()
     }
 }
 
 impl RawConn {
     /// Boxed once for its whole life: it then moves through the pool, the request and the
     /// response body as a pointer.
-    pub fn new(stream: TcpStream, guard: ConnGuard) -> Box<Self> {
+    pub fn new(io: UpstreamIo, guard: ConnGuard) -> Box<Self> {
         Box::new(RawConn {
-            io: TcpIo::new(stream),
+            io,
             read_buf: BytesMut::new(),
             write_buf: Vec::new(),
             drained: false,
@@ -88,19 +84,10 @@ impl RawConn {
     }
 
     /// Whether an idle connection can take a request: false when the upstream closed it, or
-    /// sent bytes nobody asked for, while it sat in the pool. The event loop keeps the
-    /// socket's readiness up to date, so this costs no syscall unless the socket became
-    /// readable while idle.
+    /// sent bytes nobody asked for, while it sat in the pool (see
+    /// [`UpstreamIo::is_idle_usable`]: no syscall in the common case).
     pub fn is_usable(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.io.stream().poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.io.stream().try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+        self.io.is_idle_usable()
     }
 
     /// The worker whose event loop watches the socket.
@@ -123,7 +110,7 @@ impl RawConn {
 
     /// The socket and its slot, for hyper to take over (the read buffer is empty: pooled
     /// connections never hold unread bytes).
-    pub fn into_parts(self) -> (TcpIo, ConnGuard, u32) {
+    pub fn into_parts(self) -> (UpstreamIo, ConnGuard, u32) {
         (self.io, self.guard, self.uses)
     }
 
@@ -132,20 +119,10 @@ impl RawConn {
         if self.read_buf.capacity() - self.read_buf.len() < 1024 {
             self.read_buf.reserve(READ_CHUNK);
         }
-        // The request head may still sit in the socket's outbox (see `net_io`).
-        self.io.poll_unstall(cx);
-        loop {
-            ready!(self.io.stream().poll_read_ready(cx))?;
-            let offered = self.read_buf.capacity() - self.read_buf.len();
-            match self.io.stream().try_read_buf(&mut self.read_buf) {
-                Ok(n) => {
-                    self.drained = n < offered;
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        let offered = self.read_buf.capacity() - self.read_buf.len();
+        let n = ready!(self.io.poll_read_buf(cx, &mut self.read_buf))?;
+        self.drained = n < offered;
+        Poll::Ready(Ok(n))
     }
 
     /// Called when a response ended and nothing is left unread. The last read drained the
@@ -153,10 +130,7 @@ impl RawConn {
     /// probe syscall. Tokio clears only if no event arrived since, and never clears "closed".
     fn settle(&mut self) {
         if self.drained && self.read_buf.is_empty() {
-            let _ = self
-                .io
-                .stream()
-                .try_io(Interest::READABLE, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+            self.io.forget_readable();
         }
     }
 }
@@ -382,7 +356,7 @@ fn framing(
         headers.remove(header::CONTENT_LENGTH);
         return Ok(if chunked { Framing::Chunked(Chunk::Size) } else { Framing::UntilClose });
     }
-    Ok(match content_length::parse(headers)? {
+    Ok(match content_length::normalize(headers)? {
         Some(0) => Framing::Done,
         Some(n) => Framing::Length(n),
         None => Framing::UntilClose,
@@ -543,10 +517,11 @@ fn parse_trailers(buf: &mut BytesMut) -> Result<Option<Option<HeaderMap>>, BoxEr
 
 #[cfg(test)]
 mod tests {
-    //! Real loopback sockets: a scripted upstream writes raw bytes, the client reads them.
+    //! Real loopback sockets (and, where the transport should not matter, an in-memory pipe
+    //! too): a scripted upstream writes raw bytes, the client reads them.
     use super::*;
     use http_body_util::BodyExt;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
     use tokio::net::TcpListener;
 
     /// An upstream that answers each request head it reads with the next scripted reply,
@@ -557,31 +532,47 @@ mod tests {
     ) -> (Box<RawConn>, tokio::task::JoinHandle<Vec<String>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut heads = Vec::new();
-            let mut buf = Vec::new();
-            for reply in replies {
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let mut chunk = [0u8; 1024];
-                    let n = s.read(&mut chunk).await.unwrap();
-                    if n == 0 {
-                        return heads;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
+        let server =
+            tokio::spawn(async move { play(listener.accept().await.unwrap().0, replies, piece).await });
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        (RawConn::new(UpstreamIo::tcp(stream), ConnGuard::detached()), server)
+    }
+
+    /// The same upstream at the other end of an in-memory pipe (`UpstreamIo::Memory`).
+    fn piped(
+        replies: Vec<&'static [u8]>,
+        piece: usize,
+    ) -> (Box<RawConn>, tokio::task::JoinHandle<Vec<String>>) {
+        let (client, server) = tokio::io::duplex(4096);
+        let server = tokio::spawn(play(server, replies, piece));
+        (RawConn::new(UpstreamIo::Memory(client), ConnGuard::detached()), server)
+    }
+
+    async fn play<S: AsyncRead + AsyncWrite + Unpin>(
+        mut s: S,
+        replies: Vec<&'static [u8]>,
+        piece: usize,
+    ) -> Vec<String> {
+        let mut heads = Vec::new();
+        let mut buf = Vec::new();
+        for reply in replies {
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 1024];
+                let n = s.read(&mut chunk).await.unwrap();
+                if n == 0 {
+                    return heads;
                 }
-                let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                heads.push(String::from_utf8(buf.drain(..end).collect()).unwrap());
-                for part in reply.chunks(piece) {
-                    s.write_all(part).await.unwrap();
-                    s.flush().await.unwrap();
-                    tokio::task::yield_now().await;
-                }
+                buf.extend_from_slice(&chunk[..n]);
             }
-            heads
-        });
-        let stream = TcpStream::connect(addr).await.unwrap();
-        (RawConn::new(stream, ConnGuard::detached()), server)
+            let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+            heads.push(String::from_utf8(buf.drain(..end).collect()).unwrap());
+            for part in reply.chunks(piece) {
+                s.write_all(part).await.unwrap();
+                s.flush().await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        }
+        heads
     }
 
     async fn call(
@@ -649,14 +640,15 @@ mod tests {
     async fn chunked_response_byte_by_byte_with_trailers() {
         let reply: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n\
             5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\ngrpc-status: 0\r\n\r\n";
-        let (conn, _server) = upstream(vec![reply], 1).await;
-        let resp = call(conn, get(Method::GET, "/")).await.unwrap();
-        assert!(resp.headers().get(header::CONTENT_LENGTH).is_none(), "Transfer-Encoding wins");
-        assert!(resp.headers().get(header::TRANSFER_ENCODING).is_none());
-        let (data, trailers, back) = read_all(resp).await;
-        assert_eq!(data, b"hello world");
-        assert_eq!(trailers.unwrap()["grpc-status"], "0");
-        assert!(back.is_some());
+        for (conn, _server) in [upstream(vec![reply], 1).await, piped(vec![reply], 1)] {
+            let resp = call(conn, get(Method::GET, "/")).await.unwrap();
+            assert!(resp.headers().get(header::CONTENT_LENGTH).is_none(), "Transfer-Encoding wins");
+            assert!(resp.headers().get(header::TRANSFER_ENCODING).is_none());
+            let (data, trailers, back) = read_all(resp).await;
+            assert_eq!(data, b"hello world");
+            assert_eq!(trailers.unwrap()["grpc-status"], "0");
+            assert!(back.is_some());
+        }
     }
 
     #[tokio::test]
@@ -684,11 +676,13 @@ mod tests {
 
     #[tokio::test]
     async fn body_until_close_and_connection_close_are_not_reused() {
-        let (conn, _server) = upstream(vec![b"HTTP/1.1 200 OK\r\n\r\nuntil the end"], 4).await;
-        // The scripted upstream closes after its last reply: that ends this body.
-        let (data, _, back) = read_all(call(conn, get(Method::GET, "/")).await.unwrap()).await;
-        assert_eq!(data, b"until the end");
-        assert!(back.is_none());
+        let reply: &[u8] = b"HTTP/1.1 200 OK\r\n\r\nuntil the end";
+        for (conn, _server) in [upstream(vec![reply], 4).await, piped(vec![reply], 4)] {
+            // The scripted upstream closes after its last reply: that ends this body.
+            let (data, _, back) = read_all(call(conn, get(Method::GET, "/")).await.unwrap()).await;
+            assert_eq!(data, b"until the end");
+            assert!(back.is_none());
+        }
 
         let (conn, _server) =
             upstream(vec![b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"], 64).await;
@@ -698,6 +692,24 @@ mod tests {
 
         let (conn, _server) = upstream(vec![b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"], 64).await;
         assert!(read_all(call(conn, get(Method::GET, "/")).await.unwrap()).await.2.is_none());
+    }
+
+    /// A body framed by a repeated Content-Length (a list or two fields, all equal) is read by
+    /// that length, and the client gets one clean field, never the list (found by
+    /// `upstream_h1`; see `content_length::normalize`).
+    #[tokio::test]
+    async fn a_repeated_content_length_framing_a_body_is_passed_on_once() {
+        let replies: [&[u8]; 2] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nok",
+        ];
+        for reply in replies {
+            let (conn, _server) = piped(vec![reply], 64);
+            let resp = call(conn, get(Method::GET, "/")).await.unwrap();
+            let lengths: Vec<_> = resp.headers().get_all(header::CONTENT_LENGTH).iter().collect();
+            assert_eq!(lengths, ["2"], "{:?}", String::from_utf8_lossy(reply));
+            assert_eq!(read_all(resp).await.0, b"ok");
+        }
     }
 
     #[tokio::test]
@@ -741,7 +753,9 @@ mod tests {
         assert!(conn.is_usable());
         // The scripted upstream closes after its last reply; wait for the event loop to see it.
         server.await.unwrap();
-        let seen = tokio::time::timeout(std::time::Duration::from_secs(5), conn.io.stream().readable()).await;
+        let seen =
+            tokio::time::timeout(std::time::Duration::from_secs(5), conn.io.tcp_stream().unwrap().readable())
+                .await;
         assert!(seen.is_ok(), "the close never reached the event loop");
         assert!(!conn.is_usable());
     }

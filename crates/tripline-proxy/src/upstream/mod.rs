@@ -11,6 +11,7 @@ pub mod h1;
 mod hash_key;
 pub use hash_key::{ip_hash, request_hash, RequestHash};
 mod idle_stack;
+pub mod io;
 pub mod pool;
 pub mod replay;
 

@@ -34,6 +34,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::io::UpstreamIo;
 use crate::net_io::TcpIo;
 use tripline_config::plan::UpstreamProtocol;
 use tripline_core::clock::Nanos;
@@ -457,9 +458,9 @@ async fn connect(
             state.notify_released();
             Ok(Conn::H2(tx, H2Stream::new(shared)))
         }
-        _ if simple => Ok(Conn::H1(H1Link::Raw(RawConn::new(stream, guard)))),
+        _ if simple => Ok(Conn::H1(H1Link::Raw(RawConn::new(UpstreamIo::tcp(stream), guard)))),
         _ => {
-            let tx = hyper_h1(TcpIo::new(stream), guard).await.map_err(|_| failed())?;
+            let tx = hyper_h1(UpstreamIo::tcp(stream), guard).await.map_err(|_| failed())?;
             Ok(Conn::H1(H1Link::Hyper { tx, uses: 0, home }))
         }
     }
@@ -468,7 +469,7 @@ async fn connect(
 /// Hands a connection to hyper's HTTP/1.1 client, whose task owns it from now on. The task
 /// runs on the connection's home worker, whose event loop watches the socket, even when
 /// another worker borrowed the connection.
-async fn hyper_h1(io: TcpIo, guard: ConnGuard) -> hyper::Result<http1::SendRequest<RequestBody>> {
+pub async fn hyper_h1(io: UpstreamIo, guard: ConnGuard) -> hyper::Result<http1::SendRequest<RequestBody>> {
     let io = TokioIo::new(io);
     let (tx, conn) = http1::Builder::new().handshake(io).await?;
     crate::workers::spawn_on(guard.home(), async move {
@@ -571,10 +572,10 @@ fn refused_stream(e: &hyper::Error) -> bool {
     false
 }
 
-#[cfg(test)]
 impl ConnGuard {
-    /// A guard for a connection outside any configured cluster (unit tests).
-    pub(crate) fn detached() -> Self {
+    /// A guard for a connection outside any configured cluster: unit tests and the
+    /// `upstream_h1` fuzz target, which drive the HTTP/1.1 clients over an in-memory pipe.
+    pub fn detached() -> Self {
         let state = Arc::new(ClusterState::new("test", &tripline_config::plan::PoolLimits::default()));
         let endpoint = Endpoint::new(([127, 0, 0, 1], 1).into(), 1, Default::default());
         endpoint.pool.connections.fetch_add(1, Ordering::Relaxed);
@@ -603,7 +604,7 @@ mod tests {
     ) {
         let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         servers.push(listener.accept().await.unwrap().0);
-        let mut conn = RawConn::new(stream, ConnGuard::detached());
+        let mut conn = RawConn::new(UpstreamIo::tcp(stream), ConnGuard::detached());
         conn.uses = mark;
         pool.give_back(Reusable(H1Link::Raw(conn)), None, since);
     }

@@ -526,6 +526,24 @@ async fn content_length_without_a_body_reaches_the_client_once_or_is_a_502() {
     }
 }
 
+/// A body framed by a repeated Content-Length (a list, or two fields, all equal) reaches the
+/// client with one clean value. The lean client passed the list on as it came (`5, 5`), which
+/// a recipient may accept or reject (RFC 9110 §8.6): two hops that read one message's length
+/// differently is how request smuggling starts (found by the in-memory `upstream_h1` target).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_content_length_framing_a_body_reaches_the_client_once() {
+    let get = b"GET /r HTTP/1.1\r\nhost: backend.local\r\nconnection: close\r\n\r\n";
+    let replies: [&'static [u8]; 2] = [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\nhello",
+    ];
+    for response in replies {
+        let got = through_scripted_upstream(get, response).await;
+        assert!(got.starts_with("HTTP/1.1 200 ") && got.ends_with("\r\n\r\nhello"), "{got:?}");
+        assert_eq!(got.to_ascii_lowercase().matches("\r\ncontent-length: 5\r\n").count(), 1, "{got:?}");
+    }
+}
+
 /// Sends `request` through a proxy in front of a [`scripted_upstream`] answering `response`.
 async fn through_scripted_upstream(request: &[u8], response: &'static [u8]) -> String {
     let (up, _) = scripted_upstream(response).await;
