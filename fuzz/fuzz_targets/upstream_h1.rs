@@ -1,35 +1,47 @@
 //! Any HTTP/1.1 response from an upstream, well-formed or not, whole or cut, slow or fast:
-//! the proxy must answer its client (a response head, even if only a 502) and close, never
-//! panic or hang, and must never hand a later request a response that was not meant for it.
+//! the proxy's upstream clients must give a response or an error, and a body that ends or
+//! fails, never panic or hang, and must never hand a later request a response that was not
+//! meant for it.
 //!
-//! Real sockets on loopback, all on one runtime with paused time (`tripline_fuzz::Harness`): a
-//! proxy (the library, as one worker runs it) in front of an upstream that plays the input's
-//! script of response pieces to each request for `/fuzz`, and answers `/canary` correctly. The
-//! client sends one request (a `GET` or `HEAD`, which take the lean client in `upstream::h1`;
-//! a `POST` with a body or an upgrade, which take hyper's), reads until the proxy closes
-//! (within `HANG`, checked by `tripline_fuzz::within`), and waits for the upstream to finish
-//! its script. Then, if the input asks, it sends a canary request on a new connection: if the
-//! proxy put the fuzzed connection back in its pool with bytes left on it (a desync), the
-//! canary would get them. The canary must get the upstream's own answer, or one the proxy made
-//! (`x-tripline-reason`).
+//! In memory: the client side of an upstream connection as the proxy's pool makes it
+//! (`tripline_proxy::upstream`: the lean client of `upstream::h1` for a `GET` or `HEAD`,
+//! hyper's client for a `POST` with a body or an upgrade) over a `tokio::io::duplex` pipe
+//! (`UpstreamIo::Memory`), on a single-threaded runtime with tokio's paused time. At the other
+//! end, an upstream plays the input's script of response pieces to the request for `/fuzz`
+//! and answers `/canary` correctly. The client sends one request and reads the body to its end
+//! or its error, all within `HANG` (a hang is the finding). A response must be one the proxy
+//! can pass on as it is: at most one `Content-Length`, of digits, never beside
+//! `Transfer-Encoding`, and a complete body of that length (`framing`). Then, if the input asks and the
+//! client says the connection can carry another request (as the pool asks it: the body ended,
+//! the connection is idle and usable), a canary request goes on the same connection: had the
+//! client left bytes of the fuzzed response on it (a desync), the canary would get them. The
+//! canary must get the upstream's own answer, or an error. No sockets, no proxy, no router: a
+//! run goes through thousands of connections a second (docs/testing.md has the figures). The
+//! proxy around these clients (its 502s, its pool) is the end-to-end tests' to drive.
 #![no_main]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::VecDeque;
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request};
+use http_body::Body as _;
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tripline_fuzz::{Harness, Segments};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tripline_fuzz::Segments;
+use tripline_proxy::body::{RequestBody, UpstreamBody};
+use tripline_proxy::upstream::io::UpstreamIo;
+use tripline_proxy::upstream::pool::{hyper_h1, Conn, ConnGuard, H1Link, Reusable};
 
-/// Longer than anything the proxy or the upstream waits for by itself (on the harness's paused
-/// clock, as `IDLE` and the script's pauses).
+/// Longer than anything the clients or the upstream wait for by themselves (on paused time).
 const HANG: Duration = Duration::from_secs(5);
 /// How long the upstream keeps a connection open for another request after a script that
 /// leaves it open: a keep-alive upstream with a short idle timeout.
 const IDLE: Duration = Duration::from_millis(20);
+/// The pipe's buffer each way: a socket's worth, so a long script waits for the client.
+const PIPE: usize = 64 * 1024;
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -234,27 +246,11 @@ fn encode(script: &[Piece]) -> Segments {
     out
 }
 
-/// The script the upstream plays to requests for `/fuzz`, and how many plays are running.
-struct Stage {
-    script: Mutex<Arc<Segments>>,
-    keep_open: std::sync::atomic::AtomicBool,
-    playing: AtomicUsize,
-}
-
-fn stage() -> &'static Stage {
-    static STAGE: OnceLock<Stage> = OnceLock::new();
-    STAGE.get_or_init(|| Stage {
-        script: Mutex::new(Arc::new(Segments::default())),
-        keep_open: false.into(),
-        playing: AtomicUsize::new(0),
-    })
-}
-
 const CANARY: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\ncanary";
 
 /// Reads one request head (and its `content-length` body) from `s`; returns its path.
 /// `None` when the connection closed, failed, or stayed quiet for `wait`.
-async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>, wait: Duration) -> Option<Vec<u8>> {
+async fn read_request<R: AsyncRead + Unpin>(s: &mut R, buf: &mut Vec<u8>, wait: Duration) -> Option<Vec<u8>> {
     let mut chunk = [0u8; 4096];
     let read = async {
         loop {
@@ -280,125 +276,206 @@ async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>, wait: Duration) -> O
     tokio::time::timeout(wait, read).await.ok().flatten()
 }
 
-/// The upstream: answers `/canary` correctly and anything else with the current script.
-async fn upstream(listener: TcpListener) {
-    loop {
-        let Ok((mut s, _)) = listener.accept().await else { continue };
-        // Each write goes out at once. With Nagle's algorithm a response written after an
-        // earlier one waits for the proxy's acknowledgement, which a delayed ACK sends only
-        // with the proxy's next request: bytes that arrive after a request are its answer to
-        // any HTTP/1.1 client, so the canary check would report a desync that is not one.
-        let _ = s.set_nodelay(true);
-        tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let mut wait = HANG;
-            while let Some(path) = read_request(&mut s, &mut buf, wait).await {
-                wait = IDLE;
-                if path == b"/canary" {
-                    if s.write_all(CANARY).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                let stage = stage();
-                stage.playing.fetch_add(1, Ordering::SeqCst);
-                let script = stage.script.lock().expect("script lock").clone();
-                let ok = script.write_to(&mut s).await;
-                let keep = ok && stage.keep_open.load(Ordering::SeqCst);
-                if !keep {
-                    let _ = s.shutdown().await;
-                }
-                stage.playing.fetch_sub(1, Ordering::SeqCst);
-                if !keep {
-                    // Reads on until the proxy closes: closing with unread bytes would send a
-                    // TCP reset, which could destroy what the proxy has not read yet.
-                    let mut sink = [0u8; 4096];
-                    let drain = async { while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {} };
-                    let _ = tokio::time::timeout(HANG, drain).await;
-                    return;
-                }
+/// The upstream end of the pipe: answers `/canary` correctly and anything else with `script`
+/// (once; a second request for it gets nothing and the connection closes).
+/// Says on `played` when the script is written (or could not be).
+async fn upstream(
+    mut s: DuplexStream,
+    script: Segments,
+    keep_open: bool,
+    played: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut buf = Vec::new();
+    let mut wait = HANG;
+    let mut script = Some((script, played));
+    while let Some(path) = read_request(&mut s, &mut buf, wait).await {
+        wait = IDLE;
+        if path == b"/canary" {
+            if s.write_all(CANARY).await.is_err() {
+                return;
             }
-        });
+            continue;
+        }
+        let Some((script, played)) = script.take() else { return };
+        let ok = script.write_to(&mut s).await;
+        let _ = played.send(());
+        if !(ok && keep_open) {
+            let _ = s.shutdown().await;
+            // Reads on until the client closes, as a server that closes its side only.
+            let mut sink = [0u8; 4096];
+            let drain = async { while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {} };
+            let _ = tokio::time::timeout(HANG, drain).await;
+            return;
+        }
     }
 }
 
-fn harness() -> &'static Harness {
-    static HARNESS: OnceLock<Harness> = OnceLock::new();
-    HARNESS.get_or_init(|| Harness::start(tripline_fuzz::ONE_UPSTREAM, upstream))
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime")
+    })
 }
 
-fn request(req: Req) -> &'static [u8] {
+fn request(req: Req, path: &'static str) -> Request<RequestBody> {
+    let (method, body) = match req {
+        Req::Get => (Method::GET, None),
+        Req::Head => (Method::HEAD, None),
+        Req::Post | Req::ExpectContinue => (Method::POST, Some(Bytes::from_static(b"hello"))),
+        Req::Upgrade => (Method::GET, None),
+    };
+    let body = match body {
+        Some(b) => RequestBody::Replay(VecDeque::from([b]), None),
+        None => RequestBody::Empty,
+    };
+    let mut r = Request::builder().method(method).uri(path).body(body).expect("request");
+    let h = r.headers_mut();
+    h.insert(header::HOST, HeaderValue::from_static("backend.local"));
     match req {
-        Req::Get => b"GET /fuzz HTTP/1.1\r\nhost: backend.local\r\nconnection: close\r\n\r\n",
-        Req::Head => b"HEAD /fuzz HTTP/1.1\r\nhost: backend.local\r\nconnection: close\r\n\r\n",
-        Req::Post => b"POST /fuzz HTTP/1.1\r\nhost: backend.local\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+        Req::Post => {
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        }
         Req::ExpectContinue => {
-            b"POST /fuzz HTTP/1.1\r\nhost: backend.local\r\ncontent-length: 5\r\nexpect: 100-continue\r\nconnection: close\r\n\r\nhello"
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+            h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
         }
         Req::Upgrade => {
-            b"GET /fuzz HTTP/1.1\r\nhost: backend.local\r\nconnection: upgrade, close\r\nupgrade: websocket\r\n\r\n"
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         }
+        Req::Get | Req::Head => {}
     }
+    r
 }
 
-/// Sends `req` on a new connection and reads until the proxy closes it (within `HANG`).
-async fn exchange(req: &[u8]) -> Vec<u8> {
-    // Loopback connects do not fail while the proxy lives.
-    let Ok(mut s) = TcpStream::connect(harness().proxy()).await else {
-        return b"HTTP/1.1 000 no connect".to_vec();
+/// A connection as the pool opens it for `req`: the lean client for a request it can carry,
+/// hyper's otherwise. `None` if hyper's handshake failed.
+async fn open(io: UpstreamIo, req: &Request<RequestBody>) -> Option<Conn> {
+    if tripline_proxy::upstream::h1::is_simple(req) {
+        return Some(Conn::H1(H1Link::Raw(tripline_proxy::upstream::h1::RawConn::new(
+            io,
+            ConnGuard::detached(),
+        ))));
+    }
+    let tx = hyper_h1(io, ConnGuard::detached()).await.ok()?;
+    Some(Conn::H1(H1Link::Hyper { tx, uses: 0, home: 0 }))
+}
+
+/// Sends `req` on `conn` and reads the response body to its end or its error. The response
+/// (status and body) if it all came, and the connection if the client gives it back for
+/// another request.
+async fn exchange(conn: Conn, req: Request<RequestBody>) -> (Option<(u16, Vec<u8>)>, Option<H1Link>) {
+    let bodiless = req.method() == Method::HEAD;
+    let (resp, reusable) = match conn.send(req).await {
+        Ok(sent) => sent,
+        Err(_) => return (None, None),
     };
-    let _ = s.set_nodelay(true);
-    let _ = s.write_all(req).await;
-    let mut out = Vec::new();
-    let read = async {
-        let mut chunk = vec![0u8; 64 * 1024];
-        while let Ok(n) = s.read(&mut chunk).await {
-            if n == 0 {
-                break;
+    let status = resp.status().as_u16();
+    // A 1xx or 204 response's Content-Length is dropped later (`http_proxy::client_head`).
+    let length = if matches!(status, 100..=199 | 204) { None } else { framing(resp.headers()) };
+    let mut body = resp.into_body();
+    let mut data = Vec::new();
+    let complete = loop {
+        match std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await {
+            None => break true,
+            Some(Ok(frame)) => {
+                if let Some(d) = frame.data_ref() {
+                    data.extend_from_slice(d);
+                }
             }
-            out.extend_from_slice(&chunk[..n]);
+            Some(Err(_)) => break false,
         }
     };
-    if tripline_fuzz::within(HANG, read).await.is_none() {
-        panic!("the proxy kept the client connection open {HANG:?} after the request");
+    let bodiless = bodiless || matches!(status, 100..=199 | 204 | 304);
+    if let (true, false, Some(length)) = (complete, bodiless, length) {
+        assert_eq!(data.len() as u64, length, "a complete body of another length than its Content-Length");
     }
-    out
+    // As the proxy gives a connection back: the lean client's travels in its body.
+    let back = match (body, reusable) {
+        (UpstreamBody::H1(mut stream), _) => stream.take_reusable().map(|c| H1Link::Raw(c)),
+        (_, Some(Reusable(link))) if complete => Some(link),
+        _ => None,
+    };
+    (complete.then_some((status, data)), back)
 }
 
-fn has_status_line(resp: &[u8]) -> bool {
-    resp.len() >= 12 && resp.starts_with(b"HTTP/1.1 ") && resp[9..12].iter().all(u8::is_ascii_digit)
+/// The response's `Content-Length`, after checking that the proxy's downstream side can write
+/// the head as it is: one `Content-Length` of digits at most, never beside `Transfer-Encoding`.
+/// (hyper's server closes the connection without a word on anything else: before 2acfde8, the
+/// proxy's clients got no response at all for such upstream answers.)
+fn framing(headers: &http::HeaderMap) -> Option<u64> {
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    let length = lengths.next()?;
+    assert!(lengths.next().is_none(), "more than one Content-Length passed on: {headers:?}");
+    assert!(
+        !headers.contains_key(header::TRANSFER_ENCODING),
+        "Content-Length beside Transfer-Encoding: {headers:?}"
+    );
+    let digits = length.as_bytes();
+    assert!(
+        !digits.is_empty() && digits.iter().all(u8::is_ascii_digit),
+        "Content-Length {length:?} passed on"
+    );
+    Some(
+        std::str::from_utf8(digits)
+            .ok()?
+            .parse()
+            .expect("a Content-Length that does not fit 64 bits passed on"),
+    )
+}
+
+/// The connection, if it can take another request as the pool checks an idle one: the lean
+/// client's must be usable (nothing came while idle), hyper's ready.
+async fn reuse(link: H1Link) -> Option<Conn> {
+    match link {
+        H1Link::Raw(mut c) => c.is_usable().then_some(Conn::H1(H1Link::Raw(c))),
+        H1Link::Hyper { mut tx, uses, home } => {
+            tx.ready().await.is_ok().then_some(Conn::H1(H1Link::Hyper { tx, uses, home }))
+        }
+    }
 }
 
 async fn run(input: Input) {
-    let stage = stage();
-    *stage.script.lock().expect("script lock") = Arc::new(encode(&input.script));
-    stage.keep_open.store(input.keep_open, Ordering::SeqCst);
-    let resp = exchange(request(input.request)).await;
-    assert!(
-        has_status_line(&resp),
-        "the proxy closed without a response: {:?}",
-        String::from_utf8_lossy(&resp[..resp.len().min(200)])
-    );
-    // Every play of the script (a retry makes a second one) is written before the canary goes.
-    let played = async {
-        while stage.playing.load(Ordering::SeqCst) > 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+    let (client, server) = tokio::io::duplex(PIPE);
+    let (played, script_played) = tokio::sync::oneshot::channel();
+    let up = tokio::spawn(upstream(server, encode(&input.script), input.keep_open, played));
+    let req = request(input.request, "/fuzz");
+    let conn = open(UpstreamIo::Memory(client), &req).await;
+    let Some(conn) = conn else { return };
+    let Ok((_, back)) = tokio::time::timeout(HANG, exchange(conn, req)).await else {
+        panic!("the client hung for {HANG:?} on the response");
     };
-    assert!(
-        tripline_fuzz::within(HANG, played).await.is_some(),
-        "the upstream could not write its script for {HANG:?}"
-    );
-    if input.canary {
-        let resp =
-            exchange(b"GET /canary HTTP/1.1\r\nhost: backend.local\r\nconnection: close\r\n\r\n").await;
-        let text = String::from_utf8_lossy(&resp);
-        let made_by_proxy = text.to_ascii_lowercase().contains("\r\nx-tripline-reason:");
-        let canary = text.starts_with("HTTP/1.1 200 ") && text.ends_with("\r\n\r\ncanary");
-        assert!(made_by_proxy || canary, "the canary request got another response: {text:?}");
+    // No client can tell bytes that have not come yet from none: before the canary, the
+    // upstream has written all of its script, or filled the pipe (a client that stopped
+    // reading), or given up.
+    let _ = tokio::time::timeout(HANG * 2, script_played).await;
+    let back = match back.filter(|_| input.canary) {
+        Some(link) => reuse(link).await,
+        None => None,
+    };
+    if let Some(conn) = back {
+        let canary = tokio::time::timeout(HANG, exchange(conn, request(Req::Get, "/canary"))).await;
+        match canary {
+            Err(_) => panic!("the client hung for {HANG:?} on the canary's response"),
+            Ok((Some((status, body)), _)) => assert!(
+                status == 200 && body == b"canary",
+                "the canary request got another response: {status} {:?}",
+                String::from_utf8_lossy(&body)
+            ),
+            // An error is the client noticing something wrong: no desync.
+            Ok((None, _)) => {}
+        }
+    }
+    // With the client's side gone, the upstream ends (its reads see the pipe close).
+    if tokio::time::timeout(HANG * 3, up).await.is_err() {
+        panic!("the upstream never saw the connection close");
     }
 }
 
 fuzz_target!(|input: Input| {
-    harness().run(run(input));
+    runtime().block_on(run(input));
 });
