@@ -97,13 +97,13 @@ pub fn index(path: &str, i: usize) -> String {
 /// The entries of a mapping, checked against a schema.
 pub struct Fields<'n> {
     pub node: &'n Node,
-    pub path: String,
+    pub path: &'n str,
     entries: Vec<(&'n str, &'n Node)>,
 }
 
 impl<'n> Fields<'n> {
     pub fn get(&self, name: &str) -> Option<(&'n Node, String)> {
-        self.entries.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v, join(&self.path, name)))
+        self.entries.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v, join(self.path, name)))
     }
 
     /// A field that is present and not null.
@@ -140,8 +140,8 @@ impl<'a> Cx<'a> {
     /// Checks a mapping against its schema: refused fields, duplicate keys and non-string keys
     /// are errors; ignored fields and unknown ones are warnings (unknown ones are errors in a
     /// schema of conditions). Null reads as an empty mapping.
-    pub fn fields<'n>(&mut self, node: &'n Node, path: &str, schema: &Schema) -> Option<Fields<'n>> {
-        let mut fields = Fields { node, path: path.to_string(), entries: Vec::new() };
+    pub fn fields<'n>(&mut self, node: &'n Node, path: &'n str, schema: &Schema) -> Option<Fields<'n>> {
+        let mut fields = Fields { node, path, entries: Vec::new() };
         if node.is_null() {
             return Some(fields);
         }
@@ -158,19 +158,22 @@ impl<'a> Cx<'a> {
                 self.error(key, path, format!("expected a field name, found {}", key.describe()));
                 continue;
             };
-            let field_path = join(path, name);
+            // Only a diagnostic needs the field's path: most mappings have none.
+            let field_path = || join(path, name);
             if let Some(first) = fields.entries.iter().find(|(k, _)| *k == name) {
                 let line = first.1.pos.line;
                 self.error(
                     key,
-                    &field_path,
+                    &field_path(),
                     format!("duplicate field `{name}` (first given on line {line})"),
                 );
                 continue;
             }
             if let Some((_, fix)) = schema.refused.iter().find(|(f, _)| *f == name) {
+                let field_path = field_path();
                 self.error(key, &field_path, format!("`{field_path}` is not implemented yet; {fix}"));
             } else if let Some((_, why)) = schema.ignored.iter().find(|(f, _)| *f == name) {
+                let field_path = field_path();
                 self.warn(key, &field_path, format!("`{field_path}` is ignored: {why}"));
             } else if !schema.known.contains(&name) {
                 let mut msg = format!("unknown field `{name}`");
@@ -192,7 +195,7 @@ impl<'a> Cx<'a> {
                 } else {
                     "; Tripline does not act on it, so what it asks for would not happen: correct or remove it"
                 };
-                self.error(key, &field_path, msg);
+                self.error(key, &field_path(), msg);
             }
             fields.entries.push((name, value));
         }
@@ -201,7 +204,7 @@ impl<'a> Cx<'a> {
 
     /// Reports `field` missing from a mapping at the mapping's position.
     pub fn required(&mut self, f: &Fields<'_>, field: &str, expected: &str) {
-        let path = join(&f.path, field);
+        let path = join(f.path, field);
         self.error(f.node, &path, format!("`{field}` is required: expected {expected}"));
     }
 
