@@ -11,7 +11,8 @@
 # detection, a ResiliencePolicy with destination and endpoint breakers and latency ejection),
 # starts the release binary with `--workers 2` and prints one line:
 #   ready_s     from exec to the first `200` from the admin `/ready` (polled every 10 ms)
-#   rss_mib     VmRSS 2 s after ready; hwm_mib: VmHWM (the peak) by then
+#   rss_mib     VmRSS 2 s after ready (after cache_s for a binary that fills a reload cache);
+#               hwm_mib: VmHWM (the peak) by then
 #   per_ep_b    (RSS - RSS of the N=1 run) / (10 x (N - 1)): what each endpoint (and its share
 #               of its service) costs; needs N=1 in SERVICES, first
 #   reload_s    median of RELOADS reloads: from SIGHUP to the proxy's `configuration reloaded`
@@ -22,6 +23,8 @@
 #   cleanup_s   median time the proxy took after each reload to free the load and return the
 #               allocator's free pages (its `cleanup_ms`; `-` for a binary that does not log
 #               it); the next reload waits for it, so it is not in anyone's reload_s
+#   cache_s     from exec to the proxy's `documents kept for reloads` line: the reload cache
+#               it fills after it is ready, at low priority (`-` for a binary without one)
 # With LATENCY=1, for the largest N: a fixed-rate open-loop client (500 requests/s on 8
 # keep-alive connections, 10 s) against service 0 and against service N-1 (the last virtual
 # host), first with no reload, then with a reload every 2 s; p50 / p99 / max in µs, measured
@@ -81,7 +84,7 @@ reload() {
 PIDS+=($!)
 base_kib=""
 largest=""
-printf '%-8s %-9s %8s %8s %8s %9s %8s %9s %9s\n' services endpoints ready_s rss_mib hwm_mib per_ep_b reload_s rss_after cleanup_s
+printf '%-8s %-9s %8s %8s %8s %9s %8s %9s %9s %8s\n' services endpoints ready_s rss_mib hwm_mib per_ep_b reload_s rss_after cleanup_s cache_s
 for svc in $SERVICES; do
   largest=$svc
   "${PY[@]}" gen --services "$svc" --listen $LISTEN --upstream $UPSTREAM --variant 0 --out "$RUN/v0.$svc.yaml"
@@ -98,6 +101,16 @@ for svc in $SERVICES; do
     sleep 0.01
   done
   ready=$(since "$t0")
+  # A binary that fills its reload cache after it is ready (`documents kept for reloads`):
+  # wait for that, so that the memory and the reloads are those of the proxy from then on.
+  cache_s="-"
+  if grep -q "documents kept for reloads" "$BIN" 2>/dev/null; then
+    until grep -q "documents kept for reloads" "$RUN/proxy.log"; do
+      [ $SECONDS -lt $deadline ] || { echo "no reload cache within ${WAIT:-120} s" >&2; exit 1; }
+      sleep 0.05
+    done
+    cache_s=$(since "$t0")
+  fi
   sleep 2
   rss=$(kib $pid VmRSS)
   hwm=$(kib $pid VmHWM)
@@ -110,9 +123,9 @@ for svc in $SERVICES; do
   sleep 1
   cleanup_med=$(grep -o 'cleanup_ms=[0-9.]*' "$RUN/proxy.log" | cut -d= -f2 | median)
   [ -n "$cleanup_med" ] && cleanup_med=$(awk -v ms="$cleanup_med" 'BEGIN { printf "%.3f", ms / 1000 }') || cleanup_med="-"
-  printf '%-8s %-9s %8s %8.1f %8.1f %9s %8s %9.1f %9s\n' "$svc" $((svc * 10)) "$ready" \
+  printf '%-8s %-9s %8s %8.1f %8.1f %9s %8s %9.1f %9s %8s\n' "$svc" $((svc * 10)) "$ready" \
     "$(echo "$rss / 1024" | bc -l)" "$(echo "$hwm / 1024" | bc -l)" "$per_ep" "$reload_med" \
-    "$(echo "$(kib $pid VmRSS) / 1024" | bc -l)" "$cleanup_med"
+    "$(echo "$(kib $pid VmRSS) / 1024" | bc -l)" "$cleanup_med" "$cache_s"
   if [ "$LATENCY" = 1 ] && [ "$svc" = "$(echo "$SERVICES" | tr ' ' '\n' | tail -1)" ]; then
     n=$RELOADS
     for host in svc-0.bench "svc-$((svc - 1)).bench"; do

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use crate::decode::Cx;
 use crate::diag::{Diagnostic, Severity};
@@ -213,8 +214,10 @@ impl<'a> Ctx<'a> {
         Cx { file: &r.file, resource: r.id(), diags: self.diags }
     }
 
+    /// `pos` is one of `r`'s own, read when its document was decoded (see
+    /// [`Resource::shifted`]).
     fn report(&mut self, r: &Resource, severity: Severity, pos: Pos, path: &str, msg: impl Into<String>) {
-        self.cx(r).report(severity, pos, path, msg);
+        self.cx(r).report(severity, r.shifted(pos), path, msg);
     }
 
     fn service_entry(&self, host: &str) -> Option<(&'a Resource, &'a ServiceEntry)> {
@@ -661,7 +664,7 @@ struct Listener {
 }
 
 /// Validates references across resources and builds the plan. Problems go to `diags`.
-pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagnostic>) -> Plan {
+pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<Diagnostic>) -> Plan {
     let mut ctx = Ctx {
         opts,
         diags,
@@ -680,7 +683,7 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
     let mut policies = Vec::new();
     let mut gateways: Vec<(&Resource, &Gateway)> = Vec::new();
     let mut services: Vec<(&Resource, &VirtualService)> = Vec::new();
-    for r in resources {
+    for r in resources.iter().map(|r| &**r) {
         match &r.spec {
             Spec::Gateway(g) => gateways.push((r, g)),
             Spec::ServiceEntry(se) => ctx.service_entries.push((r, se)),
@@ -767,7 +770,7 @@ pub fn compile(resources: &[Resource], opts: &LoadOptions, diags: &mut Vec<Diagn
                     "the mesh listener address {} is already used by listener `{other}`",
                     opts.mesh_bind
                 );
-                ctx.report(r, Severity::Error, r.pos, "spec.gateways", msg);
+                ctx.report(r, Severity::Error, r.decoded_pos(), "spec.gateways", msg);
             } else {
                 binds.insert(opts.mesh_bind, "mesh".into());
                 listeners.push(Listener {

@@ -46,7 +46,7 @@ impl ConfigDump {
     }
 
     fn write(&self) -> Arc<str> {
-        match crate::compiled(&self.0.sources, &self.0.opts) {
+        match crate::compiled(&self.0.sources, &self.0.opts, None) {
             Ok((resources, plan, _)) => render(&resources, &plan),
             // These sources loaded without an error once, and a load depends on nothing else.
             Err(diags) => {
@@ -71,16 +71,16 @@ impl fmt::Debug for ConfigDump {
 /// Each resource as read (defaults applied where Tripline applies them), the effective policy
 /// of every DestinationRule subset, and the plan. Written straight to text: only one resource
 /// at a time is ever a `serde_json::Value`.
-fn render(resources: &[model::Resource], plan: &plan::Plan) -> Arc<str> {
+fn render(resources: &[Arc<model::Resource>], plan: &plan::Plan) -> Arc<str> {
     #[derive(serde::Serialize)]
     struct Dump<'a> {
         plan: &'a plan::Plan,
         resources: Resources<'a>,
     }
-    struct Resources<'a>(&'a [model::Resource]);
+    struct Resources<'a>(&'a [Arc<model::Resource>]);
     impl serde::Serialize for Resources<'_> {
         fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            s.collect_seq(self.0.iter().map(resource))
+            s.collect_seq(self.0.iter().map(|r| resource(r)))
         }
     }
     serde_json::to_string(&Dump { plan, resources: Resources(resources) }).unwrap_or_default().into()

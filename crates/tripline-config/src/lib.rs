@@ -18,9 +18,11 @@ pub mod yaml;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use diag::{Diagnostic, Severity};
+pub use documents::DocumentCache;
 
 /// Knobs that come from the command line rather than from YAML.
 #[derive(Debug, Clone)]
@@ -127,17 +129,34 @@ pub fn read_sources(paths: &[PathBuf]) -> Result<Vec<Source>, Vec<Diagnostic>> {
 /// yields one is almost always a file caught empty or half written by an editor, which a
 /// reload must not put in force.
 pub fn load(sources: &[Source], opts: &LoadOptions) -> Result<Loaded, Vec<Diagnostic>> {
-    let (_, plan, warnings) = compiled(sources, opts)?;
+    let (_, plan, warnings) = compiled(sources, opts, None)?;
     Ok(Loaded { plan, warnings, dump: dump::ConfigDump::new(sources, opts) })
 }
+
+/// [`load`], taking the documents that did not change since the last load from `cache` (and
+/// leaving this load's there for the next): what a reload does. The result is the same as
+/// [`load`]'s, diagnostics and their positions included.
+pub fn load_reusing(
+    sources: &[Source],
+    opts: &LoadOptions,
+    cache: &mut DocumentCache,
+) -> Result<Loaded, Vec<Diagnostic>> {
+    let (_, plan, warnings) = compiled(sources, opts, Some(cache))?;
+    Ok(Loaded { plan, warnings, dump: dump::ConfigDump::new(sources, opts) })
+}
+
+/// What [`compiled`] gives: the decoded resources, the plan and the warnings.
+type Compiled = (Vec<Arc<model::Resource>>, plan::Plan, Vec<Diagnostic>);
 
 /// [`load`]'s work: the decoded resources, the plan and the warnings, or every error.
 fn compiled(
     sources: &[Source],
     opts: &LoadOptions,
-) -> Result<(Vec<model::Resource>, plan::Plan, Vec<Diagnostic>), Vec<Diagnostic>> {
+    mut cache: Option<&mut DocumentCache>,
+) -> Result<Compiled, Vec<Diagnostic>> {
+    let reuse = cache.as_deref_mut().map(documents::Reuse::from);
     let mut diags = Vec::new();
-    let mut resources: Vec<model::Resource> = Vec::new();
+    let mut resources: Vec<Arc<model::Resource>> = Vec::new();
     let mut documents = 0;
     // (kind, namespace, name) → index in `resources`: a scan per document was quadratic, 40%
     // of loading 10,000 services.
@@ -146,7 +165,7 @@ fn compiled(
     for source in sources {
         // A file with a syntax error reports only that: what its documents said before it is
         // discarded.
-        let decoded = match documents::decode(source) {
+        let decoded = match documents::decode(source, reuse.as_ref()) {
             Ok(decoded) => decoded,
             Err(e) => {
                 diags.push(Diagnostic {
@@ -184,6 +203,9 @@ fn compiled(
         diags.extend(file_diags);
     }
     let plan = compile::compile(&resources, opts, &mut diags);
+    if let (Some(reuse), Some(cache)) = (reuse, cache) {
+        reuse.finish(cache);
+    }
     let has_errors = |d: &[Diagnostic]| d.iter().any(|d| d.severity == Severity::Error);
     // Only when nothing else is wrong: a listener lost to another error is that error's.
     if plan.listeners.is_empty() && !has_errors(&diags) {

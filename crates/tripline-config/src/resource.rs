@@ -153,6 +153,7 @@ pub fn decode(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option
         source: format!("{file}:{}", root.pos.line),
         file: file.to_string(),
         pos: root.pos,
+        decoded_at_line: root.pos.line,
         spec,
     })
 }

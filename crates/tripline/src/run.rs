@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
-use tripline_config::{LoadOptions, Loaded};
+use tripline_config::{DocumentCache, LoadOptions, Loaded};
 use tripline_proxy::Proxy;
 
 use crate::{init_logging, RunArgs};
@@ -27,8 +28,18 @@ pub fn block_on<T>(rt: &tokio::runtime::Runtime, main: impl std::future::Future<
     })
 }
 
-fn load(paths: &[PathBuf], opts: &LoadOptions) -> Result<Loaded, Vec<tripline_config::Diagnostic>> {
-    tripline_config::read_sources(paths).and_then(|s| tripline_config::load(&s, opts))
+/// Reads and loads the config; with a `cache`, taking the documents that did not change since
+/// the last load from it (`tripline_config::DocumentCache`: a reload parses only what changed).
+fn load(
+    paths: &[PathBuf],
+    opts: &LoadOptions,
+    cache: Option<&mut DocumentCache>,
+) -> Result<Loaded, Vec<tripline_config::Diagnostic>> {
+    let sources = tripline_config::read_sources(paths)?;
+    match cache {
+        Some(cache) => tripline_config::load_reusing(&sources, opts, cache),
+        None => tripline_config::load(&sources, opts),
+    }
 }
 
 pub fn run(args: RunArgs) -> ExitCode {
@@ -39,7 +50,7 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
     let opts =
         LoadOptions { mesh_bind: args.mesh_bind, dns_refresh: args.dns_refresh, ..LoadOptions::default() };
-    let loaded = match load(&args.config, &opts) {
+    let loaded = match load(&args.config, &opts, None) {
         Ok(l) => l,
         Err(diags) => {
             for d in &diags {
@@ -116,7 +127,9 @@ async fn serve(args: RunArgs, opts: LoadOptions, loaded: Loaded, workers: usize)
     crate::alloc::release_free_memory();
     tracing::info!(admin = %args.admin, workers, "tripline ready");
     tokio::spawn(proxy.clone().run_housekeeping());
-    tokio::spawn(watch_config(proxy.clone(), args.config.clone(), opts, args.watch_interval));
+    let cache = Arc::new(Mutex::new(DocumentCache::default()));
+    let filling = tokio::spawn(fill_document_cache(args.config.clone(), opts.clone(), cache.clone()));
+    tokio::spawn(watch_config(proxy.clone(), args.config.clone(), opts, args.watch_interval, cache, filling));
 
     let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(t), Ok(i)) => (t, i),
@@ -181,10 +194,39 @@ async fn settle<T: PartialEq>(mut seen: T, mut look: impl FnMut() -> T) -> T {
     }
 }
 
+/// Fills the cache that lets a reload parse only the documents that changed, by loading the
+/// config once more, after the proxy is ready and at low priority: filling it during the
+/// start-up load (cutting every document apart, copying what it decoded) would delay
+/// readiness by a fifth at 100,000 endpoints (docs/benchmarks.md).
+async fn fill_document_cache(paths: Vec<PathBuf>, opts: LoadOptions, cache: Arc<Mutex<DocumentCache>>) {
+    let started = std::time::Instant::now();
+    let filled = crate::low_priority::run("tripline-cache", move || {
+        let mut cache = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let loaded = load(&paths, &opts, Some(&mut cache));
+        let documents = cache.len();
+        drop((cache, loaded));
+        crate::alloc::release_free_memory();
+        documents
+    })
+    .await;
+    if let Some(documents) = filled {
+        let took_ms = started.elapsed().as_secs_f64() * 1e3;
+        tracing::info!(documents, took_ms, "documents kept for reloads");
+    }
+}
+
 /// Reloads when a config file changes (once the writes have settled: [`settle`]) or at once on
 /// SIGHUP. A config that fails to load or apply leaves the running one in place; the failure
 /// is logged and counted.
-async fn watch_config(proxy: Proxy, paths: Vec<PathBuf>, opts: LoadOptions, every: Duration) {
+async fn watch_config(
+    proxy: Proxy,
+    paths: Vec<PathBuf>,
+    opts: LoadOptions,
+    every: Duration,
+    cache: Arc<Mutex<DocumentCache>>,
+    filling: tokio::task::JoinHandle<()>,
+) {
+    let mut filling = Some(filling);
     let mut hup = signal(SignalKind::hangup()).ok();
     let mut last = fingerprint(&paths);
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(50)));
@@ -198,6 +240,10 @@ async fn watch_config(proxy: Proxy, paths: Vec<PathBuf>, opts: LoadOptions, ever
             continue;
         }
         last = if forced { now } else { settle(now, || fingerprint(&paths)).await };
+        // The first reload waits for the cache to be filled, so that it parses only what changed.
+        if let Some(filling) = filling.take() {
+            let _ = filling.await;
+        }
         let started = std::time::Instant::now();
         let global = &proxy.shared.global;
         // Reading and compiling a large config takes a while: off the event loop, which
@@ -205,12 +251,17 @@ async fn watch_config(proxy: Proxy, paths: Vec<PathBuf>, opts: LoadOptions, ever
         // are several, and at the lowest priority (`low_priority`).
         // The live clusters and route tables are built there too (`Proxy::prepare`); only
         // putting them in force is left to this thread.
-        let (p, o, px) = (paths.clone(), opts.clone(), proxy.clone());
+        let (p, o, px, c) = (paths.clone(), opts.clone(), proxy.clone(), cache.clone());
         let work = move || {
-            let loaded = load(&p, &o)?;
+            // One reload at a time: the lock is never contended.
+            // A reload waits here if the cache is still being filled (`fill_document_cache`).
+            let mut cache = c.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let loaded = load(&p, &o, Some(&mut cache))?;
+            let reused = cache.reused();
+            drop(cache);
             let at = std::time::Instant::now();
             let prepared = px.prepare(&loaded.plan);
-            Ok::<_, Vec<tripline_config::Diagnostic>>((prepared, loaded, at.elapsed()))
+            Ok::<_, Vec<tripline_config::Diagnostic>>((prepared, loaded, at.elapsed(), reused))
         };
         let Some(loaded) = crate::low_priority::run("tripline-reload", work).await else {
             global.reloads_failed.fetch_add(1, Ordering::Relaxed);
@@ -218,7 +269,7 @@ async fn watch_config(proxy: Proxy, paths: Vec<PathBuf>, opts: LoadOptions, ever
             continue;
         };
         match loaded {
-            Ok((prepared, loaded, prepare)) => {
+            Ok((prepared, loaded, prepare, reused_documents)) => {
                 for w in &loaded.warnings {
                     tracing::warn!("{w}");
                 }
@@ -242,6 +293,7 @@ async fn watch_config(proxy: Proxy, paths: Vec<PathBuf>, opts: LoadOptions, ever
                             load_ms,
                             prepare_ms,
                             apply_ms,
+                            reused_documents,
                             "configuration reloaded"
                         );
                         // Freeing the load and the old config (at 100,000 endpoints tens of

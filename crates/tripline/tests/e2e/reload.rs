@@ -357,3 +357,57 @@ async fn a_config_directory_loads_every_yaml_file_and_reloads_on_change() {
     drop(proxy);
     let _ = std::fs::remove_dir_all(conf);
 }
+
+/// A reload takes the documents that did not change from the load before (the log line says
+/// how many), also when a document added above them moves them down; and an error found in
+/// such a moved document (a route to a host whose ServiceEntry went) is reported at the line
+/// it is on now, exactly as `tripline validate` reports it for the same file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reuses_unchanged_documents_and_reports_moved_ones_where_they_are() {
+    let up = Upstream::http("up").await;
+    let other = Upstream::http("other").await;
+    let port = free_port();
+    let (gateway_and_routes, backend) = (
+        config::edge(port, &config::http_route("backend.local")),
+        config::service_entry("backend.local", "HTTP", &[up.addr]),
+    );
+    let proxy = Proxy::start(&config::join(&[backend.clone(), gateway_and_routes.clone()])).await;
+
+    // A document added above: the three others move down; the two after a `---` line are
+    // taken as they were (the first of a file has no `---` line, so its text changed).
+    // Longer than `backend`'s, so that the VirtualService below is never back on its first line.
+    let added = config::service_entry("other.local", "HTTP", &[other.addr, other.addr, other.addr]);
+    let successes = proxy.metric("tripline_config_reloads_total", &[("result", "success")]).await;
+    proxy.write_config(&config::join(&[added.clone(), backend, gateway_and_routes.clone()]));
+    proxy.wait_reload("success", successes, Duration::from_secs(5)).await;
+    until_served_by(port, "up").await;
+    let logs = &proxy;
+    crate::support::eventually("the reload's log line", Duration::from_secs(5), move || async move {
+        logs.stderr().contains("reused_documents=2")
+    })
+    .await;
+
+    // `backend.local` goes: the kept VirtualService, moved again, now routes nowhere.
+    let failures = proxy.metric("tripline_config_reloads_total", &[("result", "failure")]).await;
+    let broken = config::join(&[added, gateway_and_routes]);
+    proxy.write_config(&broken);
+    proxy.wait_reload("failure", failures, Duration::from_secs(5)).await;
+    let validate = std::process::Command::new(crate::support::proxy::binary())
+        .args(["validate", proxy.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let expected: Vec<String> = String::from_utf8_lossy(&validate.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&validate.stderr).lines())
+        .filter(|l| l.contains("unknown host `backend.local`"))
+        .map(|l| l[l.find("error: ").expect("an error line")..].to_string())
+        .collect();
+    assert_eq!(expected.len(), 1, "validate: {validate:?}");
+    let expected = expected[0].as_str();
+    crate::support::eventually(
+        "the reload's error, as validate reports it",
+        Duration::from_secs(5),
+        move || async move { logs.stderr().contains(expected) },
+    )
+    .await;
+}
