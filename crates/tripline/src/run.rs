@@ -253,8 +253,7 @@ async fn watch_config(
         // putting them in force is left to this thread.
         let (p, o, px, c) = (paths.clone(), opts.clone(), proxy.clone(), cache.clone());
         let work = move || {
-            // One reload at a time: the lock is never contended.
-            // A reload waits here if the cache is still being filled (`fill_document_cache`).
+            // Reloads run one at a time, after the cache was filled: never contended.
             let mut cache = c.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let loaded = load(&p, &o, Some(&mut cache))?;
             let reused = cache.reused();
