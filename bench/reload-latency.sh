@@ -56,6 +56,14 @@ for round in $(seq "$ROUNDS"); do
       [ $SECONDS -lt $deadline ] || { echo "$bin not ready" >&2; exit 1; }
       sleep 0.05
     done
+    # A binary that fills its reload cache after it is ready: wait for it, as a proxy that has
+    # been up for a few seconds would have.
+    if grep -q "documents kept for reloads" "$bin" 2>/dev/null; then
+      until grep -q "documents kept for reloads" "$RUN/proxy.log"; do
+        [ $SECONDS -lt $deadline ] || { echo "$bin: no reload cache" >&2; exit 1; }
+        sleep 0.05
+      done
+    fi
     sleep 1
     n=0
     hup() {
