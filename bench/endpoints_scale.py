@@ -16,8 +16,14 @@
             response is timed from when it was due (so a stalled proxy shows in every
             request that waited), any other from when it was sent; the p50/p99/max are
             printed as JSON.
+            With `--record FILE`, also writes one line a request: when it was due or sent
+            (Unix time, s) and its latency (s).
   burn      a control for the latency runs: THREADS processes that spin on the CPU for
             SECONDS, as a reload's parsing threads do, without touching the proxy.
+  split     reads a `--record` file and a file of windows (`start end` in Unix time, one a
+            line) and prints, as JSON, the p50/p99/max of the requests that overlap a window
+            and of all the others: the same run, so the same
+            machine noise, split by whether a reload (or a burn) was going on.
 """
 import argparse
 import asyncio
@@ -113,7 +119,7 @@ async def upstream(a):
     await asyncio.gather(*(s.serve_forever() for s in servers))
 
 
-async def one_conn(a, due_times, lat, errors):
+async def one_conn(a, due_times, lat, errors, starts):
     reader, writer = await asyncio.open_connection("127.0.0.1", a.port)
     req = f"GET / HTTP/1.1\r\nhost: {a.host}\r\n\r\n".encode()
     loop = asyncio.get_running_loop()
@@ -138,6 +144,7 @@ async def one_conn(a, due_times, lat, errors):
             errors.append(head.split(b"\r\n", 1)[0].decode(errors="replace"))
         free_at = loop.time()
         lat.append(free_at - started)
+        starts.append(started)
     writer.close()
 
 
@@ -147,17 +154,44 @@ async def load(a):
     start = loop.time() + 0.1
     # Request k is due at start + k / rps; connection c sends requests c, c + C, c + 2C, ...
     dues = [[start + k / a.rps for k in range(c, total, a.conns)] for c in range(a.conns)]
-    lat, errors = [], []
+    lat, errors, starts = [], [], []
     await asyncio.wait_for(
-        asyncio.gather(*(one_conn(a, d, lat, errors) for d in dues)), timeout=a.seconds + 30
+        asyncio.gather(*(one_conn(a, d, lat, errors, starts) for d in dues)),
+        timeout=a.seconds + 30,
     )
-    lat.sort()
+    if a.record:
+        to_unix = time.time() - loop.time()
+        with open(a.record, "w") as f:
+            for t, l in zip(starts, lat):
+                f.write(f"{t + to_unix:.6f} {l:.6f}\n")
+    print(json.dumps(dict(summary(lat), errors=len(errors))))
+
+
+def summary(lat):
+    lat = sorted(lat)
+    if not lat:
+        return {"requests": 0}
 
     def pct(q):
         return round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1e6)
 
-    print(json.dumps({"requests": len(lat), "errors": len(errors), "p50_us": pct(0.5),
-                      "p99_us": pct(0.99), "max_us": round(lat[-1] * 1e6)}))
+    return {"requests": len(lat), "p50_us": pct(0.5), "p99_us": pct(0.99),
+            "max_us": round(lat[-1] * 1e6)}
+
+
+def split(a):
+    windows = [tuple(map(float, line.split())) for line in open(a.windows) if line.strip()]
+    inside, outside = [], []
+    for line in open(a.record):
+        t, l = map(float, line.split())
+        # Inside if any part of the request overlaps a window.
+        (inside if any(t <= e and s <= t + l for s, e in windows) else outside).append(l)
+    i, o = summary(inside), summary(outside)
+    if a.brief:
+        ratio = f"{i['p99_us'] / o['p99_us']:.2f}" if i["requests"] and o["requests"] else "-"
+        print(f"{i.get('p99_us', '-')}/{o.get('p99_us', '-')} = {ratio} ({i['requests']} in)")
+    else:
+        print(json.dumps({"inside": i, "outside": o}))
 
 
 def spin(seconds):
@@ -195,6 +229,11 @@ def main():
     ld.add_argument("--rps", type=float, default=500)
     ld.add_argument("--seconds", type=float, default=10)
     ld.add_argument("--conns", type=int, default=8)
+    ld.add_argument("--record")
+    sp = sub.add_parser("split")
+    sp.add_argument("--record", required=True)
+    sp.add_argument("--windows", required=True)
+    sp.add_argument("--brief", action="store_true", help="p99 inside/outside = ratio (requests inside)")
     b = sub.add_parser("burn")
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--seconds", type=float, default=0.6)
@@ -203,6 +242,8 @@ def main():
         gen(a)
     elif a.cmd == "burn":
         burn(a)
+    elif a.cmd == "split":
+        split(a)
     elif a.cmd == "upstream":
         asyncio.run(upstream(a))
     else:

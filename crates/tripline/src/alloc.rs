@@ -73,32 +73,65 @@ unsafe impl GlobalAlloc for MiMalloc {
     }
 }
 
-/// Runs [`no_transparent_huge_pages`] as the process loads, before Rust's runtime makes the
-/// first allocation: in `main` it would come after mimalloc had faulted in its first arena
-/// pages (9.8 MiB idle instead of 6.2).
+/// Runs [`no_transparent_huge_pages`] and [`purge_arenas_only_when_asked`] as the process
+/// loads, before Rust's runtime makes the first allocation: in `main` the first would come
+/// after mimalloc had faulted in its first arena pages (9.8 MiB idle instead of 6.2).
 #[cfg(target_os = "linux")]
 #[used]
 #[link_section = ".init_array"]
-static NO_THP_AT_LOAD: extern "C" fn() = {
+static AT_LOAD: extern "C" fn() = {
     extern "C" fn at_load() {
         no_transparent_huge_pages();
+        purge_arenas_only_when_asked();
     }
     at_load
 };
 
-/// Gives the memory this thread's heap has free back to the system.
+/// `mi_option_arena_purge_mult` in mimalloc 3's `mi_option_t` (the version `libmimalloc-sys`
+/// builds; checked by a test).
+const MI_OPTION_ARENA_PURGE_MULT: std::ffi::c_int = 24;
+
+/// The arena purge delay this sets: mimalloc's `purge_delay` (1 s) times this.
+const ARENA_PURGE_MULT: std::ffi::c_long = 60;
+
+extern "C" {
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// Delays mimalloc's own returning of freed arena memory to the system from 1 s to 60 s,
+/// so that [`release_free_memory`], called on the low-priority thread after the work that
+/// freed it, is what returns it.
+///
+/// Why: a reload frees hundreds of megabytes (at 100,000 endpoints: the load's YAML trees and
+/// the config it replaced). mimalloc gives freed arena memory back (`madvise`) a second after
+/// it was freed, on whichever thread next frees or abandons a page once that time has passed,
+/// and that was often a worker: perf showed a worker in `_mi_arenas_collect` →
+/// `madvise` for 15 ms, during which every request it held waited (up to 29 ms at the end of
+/// a reload, against a p99 of about 1 ms; `bench/reload-latency.sh`). With the delay at 60 s
+/// the low-priority thread's forced purge comes first; memory freed by workers (after a
+/// burst of connections) goes back within the minute either way.
+fn purge_arenas_only_when_asked() {
+    // SAFETY: sets an integer option of mimalloc's; no pointers. Valid before and after
+    // mimalloc initialises (options are read when used).
+    unsafe { mi_option_set(MI_OPTION_ARENA_PURGE_MULT, ARENA_PURGE_MULT) }
+}
+
+/// Gives back to the system the memory this thread's heap has free and all the free arena
+/// memory of the process.
 ///
 /// Why: loading a config builds and drops far more than the running config keeps (YAML trees,
 /// the decoded resources, the plan: about 400 MB for 100,000 endpoints), and mimalloc keeps
 /// freed pages for reuse, so the resident size stayed at that peak. Called on the main thread
-/// after a config is applied, which is where the first config is loaded and where a reload's
-/// old config is dropped.
+/// after the first config is applied, where it was loaded, and on the low-priority thread
+/// (`low_priority`) after the reload cache is filled and after a reload's old config is
+/// dropped: the purge can take tens of milliseconds, which must not be a worker's
+/// ([`purge_arenas_only_when_asked`]).
 pub fn release_free_memory() {
     extern "C" {
         fn mi_collect(force: bool);
     }
-    // SAFETY: `mi_collect` only walks this thread's heap and returns free pages; it takes no
-    // pointer of ours.
+    // SAFETY: `mi_collect` walks this thread's heap and the arenas and returns free pages; it
+    // takes no pointer of ours.
     unsafe { mi_collect(true) }
 }
 
@@ -135,6 +168,23 @@ pub fn no_transparent_huge_pages() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The option numbers are mimalloc 3's: its neighbours hold their documented defaults
+    /// (`purge_delay` 1,000 ms at 15, `arena_reserve` 1 GiB in KiB at 23, the deprecated
+    /// `purge_extend_delay` 1 at 25), and the one we set holds our value, so the constructor
+    /// set the right one.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn arena_purges_wait_for_the_low_priority_thread() {
+        extern "C" {
+            fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
+        }
+        // SAFETY: reads integer options; no pointers.
+        let get = |option| unsafe { mi_option_get(option) };
+        assert_eq!((get(15), get(23), get(25)), (1_000, 1 << 20, 1));
+        assert_eq!(get(MI_OPTION_ARENA_PURGE_MULT), ARENA_PURGE_MULT);
+        assert_eq!(get(15) * ARENA_PURGE_MULT, 60_000, "60 s");
+    }
 
     #[cfg(target_os = "linux")]
     #[test]

@@ -200,7 +200,7 @@ async fn settle<T: PartialEq>(mut seen: T, mut look: impl FnMut() -> T) -> T {
 /// readiness by a fifth at 100,000 endpoints (docs/benchmarks.md).
 async fn fill_document_cache(paths: Vec<PathBuf>, opts: LoadOptions, cache: Arc<Mutex<DocumentCache>>) {
     let started = std::time::Instant::now();
-    let filled = crate::low_priority::run("tripline-cache", move || {
+    let filled = crate::low_priority::run(move || {
         let mut cache = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let loaded = load(&paths, &opts, Some(&mut cache));
         let documents = cache.len();
@@ -262,9 +262,9 @@ async fn watch_config(
             let prepared = px.prepare(&loaded.plan);
             Ok::<_, Vec<tripline_config::Diagnostic>>((prepared, loaded, at.elapsed(), reused))
         };
-        let Some(loaded) = crate::low_priority::run("tripline-reload", work).await else {
+        let Some(loaded) = crate::low_priority::run(work).await else {
             global.reloads_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!("reload failed (its thread did not finish); keeping the previous configuration");
+            tracing::error!("reload failed (it panicked, or the low-priority thread could not start); keeping the previous configuration");
             continue;
         };
         match loaded {
@@ -298,7 +298,7 @@ async fn watch_config(
                         // Freeing the load and the old config (at 100,000 endpoints tens of
                         // milliseconds of cache misses) at low priority too.
                         let cleanup = std::time::Instant::now();
-                        crate::low_priority::run("tripline-cleanup", move || {
+                        crate::low_priority::run(move || {
                             drop(loaded);
                             drop(retired);
                             crate::alloc::release_free_memory();
