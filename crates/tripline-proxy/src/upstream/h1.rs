@@ -193,7 +193,8 @@ pub async fn send(
         // clients do. Anything else is a reset for the retry policy to judge.
         // Likewise when the deferred send of the head failed outright (see `net_io`).
         let unanswered = interim == 0 && conn.read_buf.is_empty();
-        let stale = unanswered && ((reused && super::idempotent(req.method())) || conn.io.failed_unsent());
+        let stale =
+            unanswered && ((reused && super::retry::idempotent(req.method())) || conn.io.failed_unsent());
         return Err(if stale { SendError::NotSent(None) } else { SendError::Reset(failure) });
     }
 }

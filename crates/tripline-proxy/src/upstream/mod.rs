@@ -5,15 +5,21 @@
 //! available endpoints, skipping ones already tried → outlier pass and endpoint breaker →
 //! pooled connection → per-try timeout → classify → retry decision (retryOn, idempotency,
 //! replayable body, breaker state, retry budget, backoff within the deadline).
+//!
+//! [`send`] runs that loop; one try at one endpoint is an [`attempt::Attempt`] (connection
+//! and send within the time limits), what it means for the endpoint is recorded by its
+//! [`InFlight`] guard, and whether to try again is the pure [`retry::decide`].
 
 mod content_length;
 pub mod h1;
 mod hash_key;
 pub use hash_key::{ip_hash, request_hash, RequestHash};
+mod attempt;
 mod idle_stack;
 pub mod io;
 pub mod pool;
 pub mod replay;
+pub mod retry;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,7 +28,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use http::{header, HeaderValue, Method, Request, Response};
-use tripline_config::plan::{RetryOn, UpstreamProtocol};
 use tripline_core::backoff::{parse_retry_after, Backoff};
 use tripline_core::breaker::OwnedAdmission;
 use tripline_core::budget::{ActiveRequestOf, RetryBudget, RetryPermitOf};
@@ -38,8 +43,10 @@ use crate::local_reply::Reason;
 use crate::resilience::{self, ResilienceStats};
 use crate::router::Route;
 use crate::upload::{ClientFault, Upload};
-use pool::{Conn, H1Link, Reusable, SendError};
+use attempt::{Attempt, Sent};
+use pool::{Reusable, SendError};
 use replay::Replay;
+use retry::Verdict;
 
 pub static X_TRIPLINE_ATTEMPT: header::HeaderName = header::HeaderName::from_static("x-tripline-attempt");
 
@@ -229,43 +236,6 @@ impl From<Reason> for Refusal {
 /// `await` boundary and `return` between here and hyper's response slot.
 pub type SendResult = Result<(Response<UpstreamBody>, Box<InFlight>), Refusal>;
 
-/// Idempotent methods (RFC 9110 section 9.2.2) may be re-sent after they reached an upstream.
-pub(crate) fn idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
-}
-
-/// Whether `retryOn` covers this outcome. `grpc` is the `grpc-status` of a trailers-only
-/// response.
-fn retriable(
-    on: &RetryOn,
-    codes: &[u16],
-    outcome: &Outcome,
-    status: Option<u16>,
-    grpc_code: Option<u8>,
-) -> bool {
-    if let Some(c) = grpc_code {
-        return match c {
-            grpc::CANCELLED => on.grpc_cancelled,
-            grpc::DEADLINE_EXCEEDED => on.grpc_deadline_exceeded,
-            grpc::INTERNAL => on.grpc_internal,
-            grpc::RESOURCE_EXHAUSTED => on.grpc_resource_exhausted,
-            grpc::UNAVAILABLE => on.grpc_unavailable,
-            _ => false,
-        };
-    }
-    if let Some(s) = status {
-        return (on.server_error && s >= 500)
-            || (on.gateway_error && matches!(s, 502..=504))
-            || (on.retriable_4xx && s == 409)
-            || (on.retriable_status_codes && codes.contains(&s));
-    }
-    match outcome {
-        Outcome::ConnectFailure => on.connect_failure || on.server_error || on.gateway_error,
-        Outcome::Reset | Outcome::Timeout => on.reset || on.server_error || on.gateway_error,
-        _ => false,
-    }
-}
-
 /// The refusal for an attempt that ended without a response.
 fn failure_reason(outcome: &Outcome, deadline: Option<Instant>) -> Reason {
     match outcome {
@@ -450,34 +420,19 @@ pub async fn send(
                 }
             }
         }
-        let (member, pass, ep_breaker) = admit_endpoint(cluster, hash, rng, &mut tried, now)?;
-        let mut inflight = InFlight::new(cluster, &member, pass, ep_breaker, now);
-        inflight._retry = retry_permit.take();
-        inflight.attempt = attempt;
-        inflight.upload = upload.clone();
-        let endpoint = member.ep.clone();
-
-        // Send, re-sending on another pooled connection if one was dead before the request
-        // went out (bounded so a flapping upstream cannot spin us).
-        let mut sent = Err(Outcome::Reset);
-        // Until a send goes out: the request never reached an upstream, so it is safe to send
-        // again whatever the method.
-        let mut never_sent = true;
-        let mut refused = false;
-        for _ in 0..3 {
-            let Some(r) = held.as_ref() else { break };
-            let simple = cluster.protocol() == UpstreamProtocol::Http1 && h1::is_simple(r);
-            let checkout = pool::checkout(cluster, &endpoint, now, simple);
-            let checked_out = match deadline {
-                Some(d) => tokio::time::timeout_at(d, checkout).await.unwrap_or(Err(Reason::RouteTimeout)),
-                None => checkout.await,
-            };
-            let conn = match checked_out {
-                Ok(c) => c,
-                Err(Reason::UpstreamConnectFailure) => {
-                    sent = Err(Outcome::ConnectFailure);
-                    break;
-                }
+        // The attempt in a scope of its own: what it holds is gone before the backoff's wait,
+        // which keeps the request's (boxed) future small.
+        let (delay, permit) = {
+            let (member, pass, ep_breaker) = admit_endpoint(cluster, hash, rng, &mut tried, now)?;
+            let mut inflight = InFlight::new(cluster, &member, pass, ep_breaker, now);
+            inflight._retry = retry_permit.take();
+            inflight.attempt = attempt;
+            inflight.upload = upload.clone();
+            let attempted = Attempt { cluster, endpoint: &member.ep, policy, deadline, now };
+            let mut response = None;
+            let sent = attempted.send(&mut held, &mut replay, &mut response, &mut inflight.conn).await;
+            let Sent { failed, unprocessed } = match sent {
+                Ok(sent) => sent,
                 Err(reason) => {
                     // A local overflow, or the route deadline passing while we waited for a
                     // connection, says nothing about the upstream.
@@ -485,131 +440,81 @@ pub async fn send(
                     return Err(Refusal { reason, retry_after: None, attempts: attempt - 1 });
                 }
             };
-            // The attempt ends at the per-try timeout or the route deadline, whichever is
-            // first, so a timeout is recorded against the endpoint here rather than the
-            // attempt being dropped (which would say nothing about the upstream).
-            let limit = match (policy.per_try_timeout, deadline) {
-                (Some(t), Some(d)) => Some(t.min(d.saturating_duration_since(Instant::now()))),
-                (Some(t), None) => Some(t),
-                (None, Some(d)) => Some(d.saturating_duration_since(Instant::now())),
-                (None, None) => None,
-            };
-            let result = match conn {
-                Conn::H1(H1Link::Raw(c)) => within(limit, h1::send(c, r)).await,
-                hyper_conn => {
-                    let Some(mut r) = held.take() else { break };
-                    if policy.attempts > 0 && replay.is_none() {
-                        replay = Some(Replay::capture(&mut r, policy.max_replay_bytes));
-                    }
-                    // Boxed: hyper's send future is large and this is the less common path;
-                    // inline it would grow every request's future.
-                    within(limit, Box::pin(hyper_conn.send(r))).await
-                }
-            };
-            match result {
-                Ok((resp, reusable)) => {
-                    inflight.conn = reusable;
-                    sent = Ok(resp);
-                }
-                Err(SendError::NotSent(back)) => {
-                    if let Some(back) = back {
-                        held = Some(*back);
-                    }
-                    continue;
-                }
-                Err(SendError::Reset(e)) => {
-                    tracing::debug!(cluster = %state.name, endpoint = %endpoint.address, error = %e, "upstream reset");
-                    sent = Err(Outcome::Reset);
-                }
-                Err(SendError::Refused(e)) => {
-                    tracing::debug!(cluster = %state.name, endpoint = %endpoint.address, error = %e, "upstream refused the stream");
-                    sent = Err(Outcome::Reset);
-                    refused = true;
-                }
-                Err(SendError::TimedOut) => sent = Err(Outcome::Timeout),
-            }
-            never_sent = false;
-            break;
-        }
-        // Hyper took it and never gave it back: it is gone (only the replay copy is left).
-        let never_sent = never_sent && held.is_some();
-        // Not processed by the upstream: never sent, or refused (HTTP/2 REFUSED_STREAM).
-        let unprocessed = never_sent || refused;
 
-        let (outcome, status, grpc_code) = match &sent {
-            Ok(resp) => classify_response(resp),
-            Err(o) => (*o, None, None),
-        };
-        inflight.outcome = outcome;
-        if let (Err(o), Some(u)) = (&sent, &upload) {
-            // The client broke its request (or is still sending it at the deadline): not the
-            // upstream's failure, and nothing to retry. The guard records it as local.
-            if u.blame(o).is_some() {
+            let (outcome, status, grpc_code) = match (&response, failed) {
+                (Some(resp), _) => classify_response(resp),
+                (None, failed) => (failed.unwrap_or(Outcome::Reset), None, None),
+            };
+            inflight.outcome = outcome;
+            if let (None, Some(u)) = (&response, &upload) {
+                // The client broke its request (or is still sending it at the deadline): not the
+                // upstream's failure, and nothing to retry. The guard records it as local.
+                if u.blame(&outcome).is_some() {
+                    inflight.request = guards.take();
+                    let reason = u.fault().map_or(Reason::RequestTimeout, ClientFault::reason);
+                    return Err(Refusal { reason, retry_after: None, attempts: attempt });
+                }
+            }
+
+            // Decide whether to retry; every "no" finalises with what we have.
+            let ended = retry::Ended { outcome, status, grpc: grpc_code, unprocessed };
+            let verdict = retry::decide(policy, attempt, &ended, || retry::Again {
+                idempotent: retry::idempotent(&req_method(held.as_ref(), &replay)),
+                replayable: held.is_some() || replay.as_ref().is_some_and(Replay::can_replay),
+                breaker_refuses: res.breaker.as_ref().is_some_and(|b| b.refuses_traffic()),
+            });
+            match verdict {
+                Verdict::NotReplayable => res.stats.retries_not_replayable.fetch_add(1, Ordering::Relaxed),
+                Verdict::BreakerOpen => res.stats.retries_suppressed_breaker.fetch_add(1, Ordering::Relaxed),
+                _ => 0,
+            };
+            let retry = verdict == Verdict::Retry;
+            let permit = if retry {
+                match res.budget.try_retry_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        res.stats.retries_refused_budget.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let retry_after = match outcome {
+                Outcome::RateLimited { retry_after } => retry_after,
+                _ => None,
+            };
+            let backoff = Backoff::new(policy.backoff_base, policy.backoff_max);
+            let remaining = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
+            let delay =
+                permit.as_ref().and_then(|_| backoff.delay_for(attempt - 1, retry_after, remaining, rng));
+
+            // The request to send next: the original if it never left, else the replayed copy.
+            let next = delay.and_then(|d| {
+                held.take().or_else(|| replay.as_mut().and_then(Replay::next_request)).map(|r| (d, r))
+            });
+            let Some((delay, next)) = next else {
+                // Final attempt.
                 inflight.request = guards.take();
-                let reason = u.fault().map_or(Reason::RequestTimeout, ClientFault::reason);
-                return Err(Refusal { reason, retry_after: None, attempts: attempt });
-            }
-        }
-
-        // Decide whether to retry; every "no" finalises with what we have.
-        let retry = attempt <= policy.attempts
-            && (retriable(&policy.retry_on, &policy.status_codes, &outcome, status, grpc_code)
-                // A request the upstream did not process: the connection never took it (hyper
-                // handed it back), or an HTTP/2 upstream refused the stream.
-                || (unprocessed && policy.retry_on.refused_stream))
-            && retry_allowed(
-                cluster,
-                route,
-                &req_method(held.as_ref(), &replay),
-                unprocessed,
-                held.is_some() || replay.as_ref().is_some_and(Replay::can_replay),
-                &res.stats,
-            );
-        let permit = if retry {
-            match res.budget.try_retry_owned() {
-                Ok(p) => Some(p),
-                Err(_) => {
-                    res.stats.retries_refused_budget.fetch_add(1, Ordering::Relaxed);
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let retry_after = match outcome {
-            Outcome::RateLimited { retry_after } => retry_after,
-            _ => None,
-        };
-        let backoff = Backoff::new(policy.backoff_base, policy.backoff_max);
-        let remaining = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
-        let delay = permit.as_ref().and_then(|_| backoff.delay_for(attempt - 1, retry_after, remaining, rng));
-
-        // The request to send next: the original if it never left, else the replayed copy.
-        let next = delay.and_then(|d| {
-            held.take().or_else(|| replay.as_mut().and_then(Replay::next_request)).map(|r| (d, r))
-        });
-        let Some((delay, next)) = next else {
-            // Final attempt.
-            inflight.request = guards.take();
-            return match sent {
-                Ok(resp) => Ok((resp, inflight)),
-                Err(o) => Err(Refusal {
-                    reason: failure_reason(&o, deadline),
-                    retry_after: None,
-                    attempts: attempt,
-                }),
+                return match response {
+                    Some(resp) => Ok((resp, inflight)),
+                    None => Err(Refusal {
+                        reason: failure_reason(&outcome, deadline),
+                        retry_after: None,
+                        attempts: attempt,
+                    }),
+                };
             };
+            res.stats.retries_attempted.fetch_add(1, Ordering::Relaxed);
+            if let Some(g) = guards.as_mut() {
+                g.retried = true;
+            }
+            held = Some(next);
+            (delay, permit)
         };
-        res.stats.retries_attempted.fetch_add(1, Ordering::Relaxed);
-        if let Some(g) = guards.as_mut() {
-            g.retried = true;
-        }
-        drop(sent);
-        drop(inflight);
         tokio::time::sleep(delay).await;
         now = resilience::now();
         retry_permit = permit;
-        held = Some(next);
     }
 }
 
@@ -620,30 +525,6 @@ fn req_method(pending: Option<&Request<RequestBody>>, replay: &Option<Replay>) -
         // Neither: retries are off for this route; the most conservative answer.
         (None, None) => Method::POST,
     }
-}
-
-/// Idempotency, body replay and breaker state: may this request be sent again?
-fn retry_allowed(
-    cluster: &Cluster,
-    route: &Route,
-    method: &Method,
-    unprocessed: bool,
-    replayable: bool,
-    stats: &ResilienceStats,
-) -> bool {
-    // The upstream did no work on a request it never got or refused: safe whatever the method.
-    if !unprocessed && !idempotent(method) && !route.retry.retry_non_idempotent {
-        return false;
-    }
-    if !replayable {
-        stats.retries_not_replayable.fetch_add(1, Ordering::Relaxed);
-        return false;
-    }
-    if cluster.resilience.breaker.as_ref().is_some_and(|b| b.refuses_traffic()) {
-        stats.retries_suppressed_breaker.fetch_add(1, Ordering::Relaxed);
-        return false;
-    }
-    true
 }
 
 /// Runs one attempt with the per-try/route time limit, if any.
