@@ -6,6 +6,7 @@ mod demo;
 mod fd_limit;
 mod low_priority;
 mod run;
+mod validate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,8 +41,8 @@ struct Cli {
 enum Command {
     /// Run the proxy with a configuration (files or directories of multi-document YAML).
     Run(RunArgs),
-    /// Check a configuration without running it. Exit code 0: valid; 2: errors found.
-    Validate(ValidateArgs),
+    /// Check a configuration without running it. Exit code 0: clean; 1: warnings only; 2: errors.
+    Validate(validate::ValidateArgs),
     /// Run an embedded demo: the proxy plus three built-in upstreams (steady, flaky, slow).
     Demo(DemoArgs),
 }
@@ -115,16 +116,6 @@ pub struct RunArgs {
     pub dns_refresh: Duration,
     #[command(flatten)]
     pub log: LogArgs,
-}
-
-#[derive(Args)]
-struct ValidateArgs {
-    /// Config files or directories.
-    #[arg(required = true, value_name = "PATH")]
-    paths: Vec<PathBuf>,
-    /// Treat warnings as errors (exit 2).
-    #[arg(long)]
-    strict: bool,
 }
 
 #[derive(Args)]
@@ -226,46 +217,11 @@ fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
     terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
-fn validate(args: ValidateArgs) -> ExitCode {
-    let result = tripline_config::read_sources(&args.paths).and_then(|sources| {
-        // A file of DestinationRules alone has no listener: a warning here, an error for run.
-        let opts = tripline_config::LoadOptions { listeners_required: false, ..Default::default() };
-        tripline_config::load(&sources, &opts)
-    });
-    match result {
-        Ok(loaded) => {
-            for w in &loaded.warnings {
-                eprintln!("{w}");
-            }
-            let p = &loaded.plan;
-            println!(
-                "valid: {} listener(s), {} cluster(s), {} warning(s)",
-                p.listeners.len(),
-                p.clusters.len(),
-                loaded.warnings.len()
-            );
-            if args.strict && !loaded.warnings.is_empty() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
-        Err(diags) => {
-            for d in &diags {
-                eprintln!("{d}");
-            }
-            let errors = diags.iter().filter(|d| d.severity == tripline_config::Severity::Error).count();
-            eprintln!("invalid: {errors} error(s)");
-            ExitCode::from(2)
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::run(args),
-        Command::Validate(args) => validate(args),
+        Command::Validate(args) => validate::run(args),
         Command::Demo(args) => demo::run(args),
     }
 }

@@ -1,5 +1,6 @@
-//! `tripline validate`: every seed config parses (exit 0) or is diagnosed (exit 2); never a
-//! panic. A broken file gets `file:line:column` diagnostics.
+//! `tripline validate`: every seed config parses (exit 0), parses with warnings (exit 1) or is
+//! diagnosed (exit 2); never a panic. A broken file gets `file:line:column` diagnostics, in
+//! text or, with `--output json`, as JSON.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -48,10 +49,10 @@ fn validate_every_seed_is_accepted_or_diagnosed() {
         }
         match code {
             Some(0) => {}
-            Some(2) => {
+            Some(c @ (1 | 2)) => {
                 if !has_location(&err, &name) {
                     problems
-                        .push(format!("{name}: exit 2 without a `{name}:line:column:` diagnostic:\n{err}"));
+                        .push(format!("{name}: exit {c} without a `{name}:line:column:` diagnostic:\n{err}"));
                 }
             }
             other => problems.push(format!("{name}: exit {other:?}\n{err}")),
@@ -117,5 +118,60 @@ spec:
         run_bounded(Command::new(binary()).args(["run", "--admin", &admin, "-c"]).arg(&path), TIMEOUT);
     assert_eq!(code, Some(2), "stdout:\n{out}\nstderr:\n{err}");
     assert!(err.contains("broken.yaml:7:"), "run should point at line 7 too:\n{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Warnings alone exit 1 (2 under `--strict`), so CI can tell "review this" from "this will not
+/// run"; `--output json` gives the same findings as one JSON document on stdout.
+#[test]
+fn warnings_exit_1_and_json_gives_each_finding_its_place() {
+    let dir = unique_dir("validate-warn");
+    let path = dir.join("rules.yaml");
+    // A DestinationRule for a host no ServiceEntry declares, in a file without a listener:
+    // both are warnings (the file may be run beside others that declare them).
+    let yaml = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: inventory
+spec:
+  host: inventory.local
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 10}}
+";
+    std::fs::write(&path, yaml).unwrap();
+    let validate =
+        |extra: &[&str]| run_bounded(Command::new(binary()).arg("validate").args(extra).arg(&path), TIMEOUT);
+    let (code, out, err) = validate(&[]);
+    assert_eq!(code, Some(1), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(has_location(&err, "rules.yaml"), "{err}");
+    assert!(out.starts_with("valid: 0 listener(s)"), "{out}");
+    let (code, _, err) = validate(&["--strict"]);
+    assert_eq!(code, Some(2), "{err}");
+
+    let (code, out, err) = validate(&["--output", "json"]);
+    assert_eq!(code, Some(1), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.is_empty(), "json output keeps stderr empty: {err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(
+        (j["valid"].as_bool(), j["errors"].as_u64(), j["exit"].as_u64()),
+        (Some(true), Some(0), Some(1))
+    );
+    let diags = j["diagnostics"].as_array().expect("diagnostics");
+    assert_eq!(j["warnings"].as_u64(), Some(diags.len() as u64));
+    let host = diags
+        .iter()
+        .find(|d| d["path"].as_str().is_some_and(|p| p.ends_with("spec.host")))
+        .unwrap_or_else(|| panic!("a finding at spec.host in {out}"));
+    assert_eq!(host["severity"], "warning");
+    assert!(host["file"].as_str().is_some_and(|f| f.ends_with("rules.yaml")), "{host}");
+    assert_eq!((host["line"].as_u64(), host["column"].as_u64()), (Some(6), Some(9)), "{host}");
+
+    // Errors: exit 2, and the JSON says invalid.
+    std::fs::write(&path, yaml.replace("maxConnections: 10", "maxConnections: many")).unwrap();
+    let (code, out, _) = validate(&["--output", "json"]);
+    assert_eq!(code, Some(2), "{out}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["valid"], false);
+    assert!(j["errors"].as_u64().is_some_and(|n| n >= 1), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
 }

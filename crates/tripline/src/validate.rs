@@ -1,0 +1,161 @@
+//! `tripline validate`: loads a config as `run` would, without binding anything, and says what
+//! it found, for a person (text on stderr and a summary line) or for a CI tool (`--output
+//! json` on stdout). The exit code is the verdict: 0 clean, 1 warnings only, 2 errors (or
+//! warnings under `--strict`), as `istioctl analyze` and linters do, so a pipeline can tell
+//! "review this" from "this will not run".
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use tripline_config::{Diagnostic, Severity};
+
+#[derive(Args)]
+pub struct ValidateArgs {
+    /// Config files or directories.
+    #[arg(required = true, value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Treat warnings as errors (exit 2).
+    #[arg(long)]
+    strict: bool,
+    /// `text`: diagnostics on stderr and a summary line on stdout; `json`: one JSON document on
+    /// stdout (the diagnostics with their file, line, column and field path, and the counts).
+    #[arg(long, value_enum, default_value = "text", value_name = "FORMAT")]
+    output: Output,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+/// What a validation found: the diagnostics, and what the config holds when it loaded.
+struct Findings {
+    diagnostics: Vec<Diagnostic>,
+    /// Listeners and clusters, when the config loaded.
+    loaded: Option<(usize, usize)>,
+}
+
+impl Findings {
+    fn count(&self, severity: Severity) -> usize {
+        self.diagnostics.iter().filter(|d| d.severity == severity).count()
+    }
+
+    /// 0 clean, 1 warnings only, 2 errors or (strict) warnings.
+    fn exit_code(&self, strict: bool) -> u8 {
+        match (self.count(Severity::Error), self.count(Severity::Warning)) {
+            (0, 0) => 0,
+            (0, _) if !strict => 1,
+            _ => 2,
+        }
+    }
+
+    fn json(&self, strict: bool) -> serde_json::Value {
+        let diagnostics: Vec<_> = self
+            .diagnostics
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "severity": match d.severity { Severity::Warning => "warning", Severity::Error => "error" },
+                    "file": d.file,
+                    "line": d.line,
+                    "column": d.column,
+                    "path": d.path,
+                    "message": d.message,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "valid": self.loaded.is_some(),
+            "exit": self.exit_code(strict),
+            "errors": self.count(Severity::Error),
+            "warnings": self.count(Severity::Warning),
+            "listeners": self.loaded.map(|(l, _)| l),
+            "clusters": self.loaded.map(|(_, c)| c),
+            "diagnostics": diagnostics,
+        })
+    }
+}
+
+fn check(paths: &[PathBuf]) -> Findings {
+    let result = tripline_config::read_sources(paths).and_then(|sources| {
+        // A file of DestinationRules alone has no listener: a warning here, an error for run.
+        let opts = tripline_config::LoadOptions { listeners_required: false, ..Default::default() };
+        tripline_config::load(&sources, &opts)
+    });
+    match result {
+        Ok(loaded) => Findings {
+            loaded: Some((loaded.plan.listeners.len(), loaded.plan.clusters.len())),
+            diagnostics: loaded.warnings,
+        },
+        Err(diagnostics) => Findings { diagnostics, loaded: None },
+    }
+}
+
+pub fn run(args: ValidateArgs) -> ExitCode {
+    let findings = check(&args.paths);
+    let code = findings.exit_code(args.strict);
+    match args.output {
+        Output::Json => println!("{}", findings.json(args.strict)),
+        Output::Text => {
+            for d in &findings.diagnostics {
+                eprintln!("{d}");
+            }
+            let warnings = findings.count(Severity::Warning);
+            match findings.loaded {
+                Some((listeners, clusters)) => {
+                    println!("valid: {listeners} listener(s), {clusters} cluster(s), {warnings} warning(s)")
+                }
+                None => eprintln!("invalid: {} error(s)", findings.count(Severity::Error)),
+            }
+        }
+    }
+    ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn diag(severity: Severity) -> Diagnostic {
+        Diagnostic {
+            severity,
+            file: "mesh.yaml".into(),
+            line: 7,
+            column: 3,
+            path: "VirtualService/vs: spec.http[0]".into(),
+            message: "something".into(),
+        }
+    }
+
+    #[test]
+    fn the_exit_code_tells_clean_from_warnings_from_errors() {
+        let clean = Findings { diagnostics: vec![], loaded: Some((1, 1)) };
+        let warned = Findings { diagnostics: vec![diag(Severity::Warning)], loaded: Some((1, 1)) };
+        let failed =
+            Findings { diagnostics: vec![diag(Severity::Warning), diag(Severity::Error)], loaded: None };
+        assert_eq!([clean.exit_code(false), warned.exit_code(false), failed.exit_code(false)], [0, 1, 2]);
+        assert_eq!([clean.exit_code(true), warned.exit_code(true), failed.exit_code(true)], [0, 2, 2]);
+    }
+
+    #[test]
+    fn json_names_every_diagnostic_with_its_place() {
+        let failed =
+            Findings { diagnostics: vec![diag(Severity::Warning), diag(Severity::Error)], loaded: None };
+        let j = failed.json(false);
+        assert_eq!(j["valid"], false);
+        assert_eq!(
+            (j["errors"].as_u64(), j["warnings"].as_u64(), j["exit"].as_u64()),
+            (Some(1), Some(1), Some(2))
+        );
+        assert_eq!(j["listeners"], serde_json::Value::Null);
+        let d = &j["diagnostics"][1];
+        assert_eq!(d["severity"], "error");
+        assert_eq!(
+            (d["file"].as_str(), d["line"].as_u64(), d["column"].as_u64()),
+            (Some("mesh.yaml"), Some(7), Some(3))
+        );
+        assert_eq!(d["path"], "VirtualService/vs: spec.http[0]");
+    }
+}
