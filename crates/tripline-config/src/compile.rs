@@ -792,6 +792,10 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                 });
             }
         }
+        for (i, by) in crate::lint::shadowed(&vs.http) {
+            let h = &vs.http[i];
+            ctx.report(r, Severity::Warning, h.pos, &h.path, crate::lint::shadowed_message(&vs.http[by]));
+        }
         // Compile the routes once; attach them to every listener they belong to.
         let mut http_routes = Vec::new();
         for (i, h) in vs.http.iter().enumerate() {
@@ -816,6 +820,9 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                     .collect(),
             };
             let retry = route_retry(h, &settings);
+            if let Some(msg) = crate::lint::non_idempotent_retries(h, &retry) {
+                ctx.report(r, Severity::Warning, h.pos, &format!("{}.retries", h.path), msg);
+            }
             http_routes.push(RoutePlan {
                 name,
                 matches: h.matches.clone(),

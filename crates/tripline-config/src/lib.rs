@@ -10,6 +10,7 @@ pub mod diag;
 mod documents;
 pub mod dump;
 pub mod gaps;
+mod lint;
 pub mod model;
 pub mod plan;
 pub mod policy;

@@ -834,6 +834,11 @@ fn http_route(cx: &mut Cx, node: &Node, path: &str) -> Option<HttpRoute> {
                 ),
             );
         }
+        let attempts = retries.as_ref().map_or(0, |r| r.attempts);
+        if let Some(msg) = crate::lint::retries_outlast_timeout(timeout, per_try, attempts) {
+            let node = rn.get("perTryTimeout").unwrap_or(rn);
+            cx.warn(node, &join(&rp, "perTryTimeout"), msg);
+        }
     }
     let fault = f.value("fault").and_then(|(n, p)| fault(cx, n, &p));
     let answers_itself = f.has("redirect") || f.has("directResponse") || f.has("delegate");

@@ -646,3 +646,30 @@ fn a_syntax_error_later_in_a_file_is_its_only_diagnostic() {
     let e = the_error(&text);
     assert!(e.starts_with("error: mesh.yaml:") && e.contains("invalid YAML"), "{e}");
 }
+
+/// `tripline validate`'s findings about configs that load but may not do what they say (issue
+/// 18): each a warning at the route, with what will happen.
+#[test]
+fn findings_a_config_that_loads_may_not_do_what_it_says() {
+    let warnings =
+        |tail: &str| -> Vec<String> { ok(&with_vs(tail)).warnings.iter().map(|w| w.to_string()).collect() };
+    // A catch-all before other routes: they are never taken.
+    let w = warnings("  hosts: [x.test]\n  http:\n  - route: [{destination: {host: backend.local}}]\n  - match: [{uri: {prefix: /api}}]\n    route: [{destination: {host: backend.local}}]\n");
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(w[0].starts_with("warning: mesh.yaml:48:5:"), "{w:#?}");
+    assert!(w[0].contains("VirtualService/typo: spec.http[1]: this route is never taken: `spec.http[0]` before it matches every request"), "{w:#?}");
+    // The same routes the other way round: nothing to say.
+    let w = warnings("  hosts: [x.test]\n  http:\n  - match: [{uri: {prefix: /api}}]\n    route: [{destination: {host: backend.local}}]\n  - route: [{destination: {host: backend.local}}]\n");
+    assert!(w.is_empty(), "{w:#?}");
+    // Retries whose per-try timeouts outlast the route timeout.
+    let w = warnings("  hosts: [x.test]\n  http:\n  - route: [{destination: {host: backend.local}}]\n    timeout: 1s\n    retries: {attempts: 3, perTryTimeout: 500ms}\n");
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(w[0].contains("mesh.yaml:49:43: VirtualService/typo: spec.http[0].retries.perTryTimeout: perTryTimeout 500ms × 3 retries = 1500ms is longer than the route timeout 1s"), "{w:#?}");
+    // Retries on a route that only takes POSTs.
+    let w = warnings("  hosts: [x.test]\n  http:\n  - match: [{method: {exact: POST}}]\n    route: [{destination: {host: backend.local}}]\n    retries: {attempts: 2}\n");
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(
+        w[0].contains("spec.http[0].retries: this route takes only POST requests and has 2 retries"),
+        "{w:#?}"
+    );
+}

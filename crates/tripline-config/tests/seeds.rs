@@ -261,12 +261,21 @@ fn undeclared_hosts_are_errors() {
     check(
         "orders-retries.yaml",
         false,
-        &[(
-            E,
-            "11:15",
-            "VirtualService/orders: spec.http[0].route[0].destination.host",
-            "unknown host `orders.svc.cluster.local`",
-        )],
+        &[
+            // 1 s × 3 retries against a 2 s route timeout: issue 18's `validate` finding.
+            (
+                W,
+                "15:22",
+                "VirtualService/orders: spec.http[0].retries.perTryTimeout",
+                "perTryTimeout 1s × 3 retries = 3s is longer than the route timeout 2s",
+            ),
+            (
+                E,
+                "11:15",
+                "VirtualService/orders: spec.http[0].route[0].destination.host",
+                "unknown host `orders.svc.cluster.local`",
+            ),
+        ],
     );
     check(
         "payment-service-retries.yaml",

@@ -1,0 +1,188 @@
+//! Findings about a config that loads but may not do what its author meant: the checks users
+//! of `istioctl analyze` expect from `tripline validate`. Each is a warning (the config runs
+//! as written) that says what will happen and what to change.
+//!
+//! Pure functions over one VirtualService route and what it compiled to; the compiler
+//! reports what they find at the route's place.
+
+use std::time::Duration;
+
+use crate::decode::format_duration;
+use crate::model::HttpRoute;
+use crate::plan::{RequestMatch, RetryPlan, StringMatch};
+
+/// Whether a `match` entry takes every request: no condition, or only a `/` (or empty) URI
+/// prefix, which every origin-form path has.
+fn matches_everything(m: &RequestMatch) -> bool {
+    let uri_all = match &m.uri {
+        None => true,
+        Some(StringMatch::Prefix(p)) => p.is_empty() || p == "/",
+        Some(_) => false,
+    };
+    uri_all && m.method.is_none() && m.authority.is_none() && m.headers.is_empty()
+}
+
+/// Whether a route takes every request that reaches it: it has no `match`, or one of its
+/// entries matches everything.
+fn catch_all(h: &HttpRoute) -> bool {
+    h.matches.is_empty() || h.matches.iter().any(matches_everything)
+}
+
+/// For each route after one that takes every request: the index of that catch-all. First
+/// match wins, so these routes are never taken.
+pub(crate) fn shadowed(routes: &[HttpRoute]) -> Vec<(usize, usize)> {
+    let Some(first) = routes.iter().position(|h| (!h.route.is_empty() || h.answers_itself) && catch_all(h))
+    else {
+        return Vec::new();
+    };
+    (first + 1..routes.len()).map(|i| (i, first)).collect()
+}
+
+pub(crate) fn shadowed_message(by: &HttpRoute) -> String {
+    format!(
+        "this route is never taken: `{}` before it matches every request (first match wins); move the catch-all last or give it a narrower `match`",
+        by.path
+    )
+}
+
+/// The per-try timeout times the retries outlasts the route timeout: when tries time out, the
+/// route timeout ends the request before its retries are used up. (The first try is not
+/// counted: a route timeout that leaves room for the retries alone is a deliberate cap on the
+/// worst case, common in Istio configs. A per-try timeout longer than the route timeout by
+/// itself has its own finding.)
+pub(crate) fn retries_outlast_timeout(timeout: Duration, per_try: Duration, attempts: u32) -> Option<String> {
+    let total = per_try.saturating_mul(attempts);
+    (per_try <= timeout && total > timeout).then(|| {
+        format!(
+            "perTryTimeout {} × {attempts} retries = {} is longer than the route timeout {}: when tries time out, the route timeout ends the request before its retries are used up; lower perTryTimeout or attempts, or raise timeout",
+            format_duration(per_try),
+            format_duration(total),
+            format_duration(timeout)
+        )
+    })
+}
+
+/// A method that is not idempotent (RFC 9110 §9.2.2).
+fn non_idempotent(method: &str) -> bool {
+    !matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
+}
+
+/// Retries on a route that takes only non-idempotent methods: Tripline resends those only when
+/// the upstream never processed them, which may be less than the author expects.
+pub(crate) fn non_idempotent_retries(h: &HttpRoute, retry: &RetryPlan) -> Option<String> {
+    if retry.attempts == 0 {
+        return None;
+    }
+    // Opted in (a ResiliencePolicy's `retryNonIdempotent`): the author chose it, by name.
+    if retry.retry_non_idempotent {
+        return None;
+    }
+    let methods: Vec<&str> = h
+        .matches
+        .iter()
+        .map(|m| match &m.method {
+            Some(StringMatch::Exact(method)) if non_idempotent(method) => Some(method.as_str()),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let first = methods.first()?;
+    Some(format!(
+        "this route takes only {first} requests and has {} retries: Tripline resends a {first} only when the upstream never processed it (connect failure, refused stream), not on a 5xx or a reset; set `retryNonIdempotent: true` in a ResiliencePolicy if the upstream deduplicates, or `attempts: 0` to say there are none",
+        retry.attempts
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{At, RouteDestination};
+    use crate::yaml::Pos;
+
+    fn route(path: &str, matches: Vec<RequestMatch>) -> HttpRoute {
+        let host = At { value: "a.local".to_string(), pos: Pos::default(), path: "host".into() };
+        let destination = RouteDestination {
+            host,
+            subset: None,
+            port: None,
+            weight: None,
+            pos: Pos::default(),
+            path: String::new(),
+        };
+        HttpRoute {
+            name: None,
+            matches,
+            route: vec![destination],
+            timeout: None,
+            retries: None,
+            fault: None,
+            answers_itself: false,
+            pos: Pos::default(),
+            path: path.into(),
+        }
+    }
+
+    fn uri(m: StringMatch) -> RequestMatch {
+        RequestMatch { uri: Some(m), method: None, authority: None, headers: vec![] }
+    }
+
+    fn method(m: &str) -> RequestMatch {
+        RequestMatch {
+            uri: None,
+            method: Some(StringMatch::Exact(m.into())),
+            authority: None,
+            headers: vec![],
+        }
+    }
+
+    #[test]
+    fn routes_after_a_catch_all_are_shadowed() {
+        let api = route("spec.http[0]", vec![uri(StringMatch::Prefix("/api".into()))]);
+        let all = route("spec.http[1]", vec![]);
+        let slash = route("spec.http[1]", vec![uri(StringMatch::Prefix("/".into())), method("GET")]);
+        let later = route("spec.http[2]", vec![uri(StringMatch::Exact("/x".into()))]);
+        assert_eq!(shadowed(&[api.clone(), all.clone(), later.clone()]), vec![(2, 1)]);
+        assert_eq!(shadowed(&[all.clone(), api.clone(), later.clone()]), vec![(1, 0), (2, 0)]);
+        // One entry of a route that matches everything is enough.
+        assert_eq!(shadowed(&[slash, later.clone()]), vec![(1, 0)]);
+        // A catch-all last shadows nothing; narrower routes shadow nothing.
+        assert!(shadowed(&[api.clone(), later.clone(), all]).is_empty());
+        let get_only = route("spec.http[0]", vec![method("GET")]);
+        assert!(shadowed(&[get_only, api, later]).is_empty());
+        assert!(shadowed_message(&route("spec.http[1]", vec![])).contains("`spec.http[1]` before it"));
+    }
+
+    #[test]
+    fn per_try_timeouts_times_the_retries_longer_than_the_route_timeout_are_named() {
+        let ms = Duration::from_millis;
+        let msg = retries_outlast_timeout(ms(5000), ms(2000), 3).expect("2s × 3 > 5s");
+        assert!(
+            msg.starts_with("perTryTimeout 2s × 3 retries = 6s is longer than the route timeout 5s"),
+            "{msg}"
+        );
+        assert_eq!(retries_outlast_timeout(ms(5000), ms(1250), 4), None, "exactly 5s fits");
+        assert_eq!(retries_outlast_timeout(ms(5000), ms(9000), 0), None, "no retries");
+        assert_eq!(
+            retries_outlast_timeout(ms(1000), ms(2000), 2),
+            None,
+            "the per-try timeout alone has its finding"
+        );
+        let msg = retries_outlast_timeout(ms(500), ms(250), 3).unwrap();
+        assert!(msg.contains("perTryTimeout 250ms × 3 retries = 750ms"), "{msg}");
+    }
+
+    #[test]
+    fn retries_on_non_idempotent_routes_say_what_happens() {
+        let retries = RetryPlan { attempts: 2, ..Default::default() };
+        let post = route("spec.http[0]", vec![method("POST")]);
+        let msg = non_idempotent_retries(&post, &retries).expect("a POST-only route with retries");
+        assert!(msg.contains("takes only POST requests and has 2 retries"), "{msg}");
+        // A route that also takes GETs retries those as configured: nothing to say.
+        let mixed = route("spec.http[0]", vec![method("POST"), method("GET")]);
+        assert_eq!(non_idempotent_retries(&mixed, &retries), None);
+        assert_eq!(non_idempotent_retries(&route("spec.http[0]", vec![]), &retries), None);
+        assert_eq!(non_idempotent_retries(&post, &RetryPlan { attempts: 0, ..retries.clone() }), None);
+        // Opted in by name in a ResiliencePolicy: the author chose it.
+        let opted = RetryPlan { retry_non_idempotent: true, ..retries };
+        assert_eq!(non_idempotent_retries(&post, &opted), None);
+    }
+}
