@@ -547,6 +547,7 @@ impl<'a> Ctx<'a> {
             policy.map(|(pr, p)| (pr.name.as_str(), p)),
             &pool,
         );
+        self.check_ejection_cap(rule, subset, &discovery, &resilience);
         self.cluster_policies.push(policy.map(|(_, p)| p));
         let id = self.clusters.len();
         self.clusters.push(ClusterPlan {
@@ -592,6 +593,38 @@ impl<'a> Ctx<'a> {
                     self.report(r, Severity::Error, setting.pos, &setting.path, msg);
                 }
             }
+        }
+    }
+
+    /// A written `maxEjectionPercent` that, for the cluster's endpoints, ejects nobody or
+    /// everybody: a warning where it was written (the subset's, else the rule's).
+    fn check_ejection_cap(
+        &mut self,
+        rule: Option<(&Resource, &DestinationRule)>,
+        subset: Option<&Subset>,
+        discovery: &Discovery,
+        resilience: &ResiliencePlan,
+    ) {
+        let (Some((rule_res, dr)), Discovery::Static(endpoints), Some(outlier)) =
+            (rule, discovery, &resilience.outlier)
+        else {
+            return;
+        };
+        let written =
+            |p: &TrafficPolicy| p.outlier_detection.as_ref().and_then(|o| o.max_ejection_percent.clone());
+        let Some(at) =
+            subset.and_then(|s| written(&s.traffic_policy)).or_else(|| written(&dr.traffic_policy))
+        else {
+            return;
+        };
+        let msg = crate::lint::ejection_cap(
+            endpoints.len(),
+            outlier.max_ejection_percent,
+            outlier.cap_rounding,
+            outlier.min_health_percent,
+        );
+        if let Some(msg) = msg {
+            self.report(rule_res, Severity::Warning, at.pos, &at.path, msg);
         }
     }
 

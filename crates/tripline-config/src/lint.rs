@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::decode::format_duration;
 use crate::model::HttpRoute;
 use crate::plan::{RequestMatch, RetryPlan, StringMatch};
+use tripline_core::outlier::CapRounding;
 
 /// Whether a `match` entry takes every request: no condition, or only a `/` (or empty) URI
 /// prefix, which every origin-form path has.
@@ -60,6 +61,32 @@ pub(crate) fn retries_outlast_timeout(timeout: Duration, per_try: Duration, atte
             format_duration(timeout)
         )
     })
+}
+
+/// A `maxEjectionPercent` that, for the cluster's endpoint count, can eject none of them, or
+/// all of them at once with nothing to fall back on (no `minHealthPercent` panic mode). One
+/// endpoint that can be ejected is Tripline's documented fail-fast, not a finding.
+pub(crate) fn ejection_cap(
+    endpoints: usize,
+    percent: u32,
+    rounding: CapRounding,
+    min_health: u32,
+) -> Option<String> {
+    let n = u32::try_from(endpoints).ok().filter(|&n| n > 0)?;
+    let cap = tripline_core::outlier::ejection_cap(n, percent, rounding);
+    if cap == 0 {
+        let least =
+            if percent == 0 { "above 0".to_string() } else { format!("at least {}", 100u32.div_ceil(n)) };
+        Some(format!(
+            "maxEjectionPercent {percent} of {n} endpoint(s) ejects none of them ({rounding:?} rounding): outlier detection can never eject; raise it to {least}"
+        ))
+    } else if cap == n && n > 1 && min_health == 0 {
+        Some(format!(
+            "maxEjectionPercent {percent} lets all {n} endpoints be ejected at once, leaving none to serve (requests then get 503 no-healthy-upstream); lower it, or set minHealthPercent so that panic mode spreads the load over all of them"
+        ))
+    } else {
+        None
+    }
 }
 
 /// A method that is not idempotent (RFC 9110 §9.2.2).
@@ -168,6 +195,25 @@ mod tests {
         );
         let msg = retries_outlast_timeout(ms(500), ms(250), 3).unwrap();
         assert!(msg.contains("perTryTimeout 250ms × 3 retries = 750ms"), "{msg}");
+    }
+
+    #[test]
+    fn ejection_caps_that_eject_nobody_or_everybody_are_named() {
+        use CapRounding::*;
+        let msg = ejection_cap(9, 10, Floor, 0).expect("floor(0.9) = 0");
+        assert!(
+            msg.starts_with("maxEjectionPercent 10 of 9 endpoint(s) ejects none of them (Floor rounding)"),
+            "{msg}"
+        );
+        assert!(msg.ends_with("raise it to at least 12"), "{msg}");
+        assert!(ejection_cap(3, 0, AtLeastOne, 0).unwrap().ends_with("raise it to above 0"));
+        assert_eq!(ejection_cap(9, 10, AtLeastOne, 0), None, "at least one");
+        let msg = ejection_cap(4, 100, AtLeastOne, 0).expect("all 4");
+        assert!(msg.starts_with("maxEjectionPercent 100 lets all 4 endpoints be ejected at once"), "{msg}");
+        assert_eq!(ejection_cap(4, 100, AtLeastOne, 50), None, "panic mode takes over");
+        assert_eq!(ejection_cap(1, 10, AtLeastOne, 0), None, "one endpoint: the documented fail-fast");
+        assert_eq!(ejection_cap(4, 75, Ceil, 0), None, "3 of 4");
+        assert_eq!(ejection_cap(0, 10, Floor, 0), None, "no endpoints has its own finding");
     }
 
     #[test]

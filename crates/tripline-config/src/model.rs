@@ -31,6 +31,13 @@ impl<T> At<T> {
     }
 }
 
+/// Equal when the values are: where a value was written does not change what it means.
+impl<T: PartialEq> PartialEq for At<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
 /// The API versions of `networking.istio.io` Tripline reads.
 pub const API_VERSIONS: &[&str] =
     &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
@@ -1217,7 +1224,9 @@ pub struct OutlierDetection {
     pub interval: Option<Duration>,
     #[serde(serialize_with = "ser_opt_duration")]
     pub base_ejection_time: Option<Duration>,
-    pub max_ejection_percent: Option<u32>,
+    /// With where it was written: `tripline validate` says when it can eject nobody or
+    /// everybody for the cluster's endpoint count.
+    pub max_ejection_percent: Option<At<u32>>,
     pub min_health_percent: Option<u32>,
 }
 
@@ -1712,8 +1721,9 @@ pub(crate) fn outlier_fields(cx: &mut Cx, f: &Fields<'_>) -> OutlierDetection {
         f.value("splitExternalLocalOriginErrors").and_then(|(n, p)| cx.bool(n, &p));
     od.interval = f.value("interval").and_then(|(n, p)| cx.duration(n, &p, false));
     od.base_ejection_time = f.value("baseEjectionTime").and_then(|(n, p)| cx.duration(n, &p, false));
-    od.max_ejection_percent =
-        f.value("maxEjectionPercent").and_then(|(n, p)| cx.int(n, &p, 0, 100)).map(|v| v as u32);
+    od.max_ejection_percent = f
+        .value("maxEjectionPercent")
+        .and_then(|(n, p)| cx.int(n, &p, 0, 100).map(|v| At::new(v as u32, n, &p)));
     od.min_health_percent =
         f.value("minHealthPercent").and_then(|(n, p)| cx.int(n, &p, 0, 100)).map(|v| v as u32);
     od

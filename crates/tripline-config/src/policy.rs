@@ -881,8 +881,8 @@ pub fn apply_istio_outlier(cfg: &mut OutlierConfig, od: &OutlierDetection) {
     if let Some(v) = od.base_ejection_time {
         cfg.base_ejection_time = v;
     }
-    if let Some(v) = od.max_ejection_percent {
-        cfg.max_ejection_percent = v;
+    if let Some(v) = &od.max_ejection_percent {
+        cfg.max_ejection_percent = v.value;
     }
     if let Some(v) = od.min_health_percent {
         cfg.min_health_percent = v;

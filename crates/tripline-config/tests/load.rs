@@ -673,3 +673,32 @@ fn findings_a_config_that_loads_may_not_do_what_it_says() {
         "{w:#?}"
     );
 }
+
+/// A `maxEjectionPercent` that ejects every endpoint of the cluster at once, or none: a warning
+/// where it was written, the subset's when the subset sets it.
+#[test]
+fn an_ejection_cap_of_everybody_or_nobody_is_a_finding_where_it_was_written() {
+    let endpoints = "  - address: 127.0.0.1\n    ports: {http: 18080}\n  - address: 127.0.0.2\n    ports: {http: 18080}\n    labels: {version: v2}\n  - address: 127.0.0.3\n    ports: {http: 18080}\n";
+    let text = EXAMPLE.replace("  - address: 127.0.0.1\n    ports: {http: 18080}\n", endpoints).replace(
+        "    loadBalancer: {simple: LEAST_REQUEST}\n",
+        "    loadBalancer: {simple: LEAST_REQUEST}\n    outlierDetection: {consecutive5xxErrors: 3, maxEjectionPercent: 100}\n",
+    );
+    let w: Vec<String> = ok(&text).warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(
+        w[0].contains("DestinationRule/backend: spec.trafficPolicy.outlierDetection.maxEjectionPercent: maxEjectionPercent 100 lets all 3 endpoints be ejected at once"),
+        "{w:#?}"
+    );
+    let line = text.lines().position(|l| l.contains("maxEjectionPercent")).unwrap() + 1;
+    assert!(w[0].starts_with(&format!("warning: mesh.yaml:{line}:")), "{w:#?}");
+    // With panic mode to fall back on, or a cap that leaves some endpoints, nothing to say.
+    let calm = text.replace("maxEjectionPercent: 100}", "maxEjectionPercent: 100, minHealthPercent: 50}");
+    assert!(ok(&calm).warnings.is_empty());
+    assert!(ok(&text.replace("maxEjectionPercent: 100", "maxEjectionPercent: 34")).warnings.is_empty());
+    let none = text.replace("maxEjectionPercent: 100", "maxEjectionPercent: 0");
+    let w: Vec<String> = ok(&none).warnings.iter().map(|w| w.to_string()).collect();
+    assert!(
+        w.len() == 1 && w[0].contains("maxEjectionPercent 0 of 3 endpoint(s) ejects none of them"),
+        "{w:#?}"
+    );
+}
