@@ -548,6 +548,7 @@ impl<'a> Ctx<'a> {
             &pool,
         );
         self.check_ejection_cap(rule, subset, &discovery, &resilience);
+        self.check_retry_floor(rule, subset, &resilience);
         self.cluster_policies.push(policy.map(|(_, p)| p));
         let id = self.clusters.len();
         self.clusters.push(ClusterPlan {
@@ -624,6 +625,37 @@ impl<'a> Ctx<'a> {
             outlier.min_health_percent,
         );
         if let Some(msg) = msg {
+            self.report(rule_res, Severity::Warning, at.pos, &at.path, msg);
+        }
+    }
+
+    /// A written `maxRetries` below the retry budget's floor: a warning where it was written
+    /// (the subset's, else the rule's).
+    fn check_retry_floor(
+        &mut self,
+        rule: Option<(&Resource, &DestinationRule)>,
+        subset: Option<&Subset>,
+        resilience: &ResiliencePlan,
+    ) {
+        let Some((rule_res, dr)) = rule else { return };
+        let written = |p: &TrafficPolicy| {
+            p.http_only.iter().find(|w| w.path.ends_with("connectionPool.http.maxRetries")).cloned()
+        };
+        let Some(at) =
+            subset.and_then(|s| written(&s.traffic_policy)).or_else(|| written(&dr.traffic_policy))
+        else {
+            return;
+        };
+        let budget = &resilience.retry_budget;
+        let floor_written = [subset.map(|s| &s.traffic_policy), Some(&dr.traffic_policy)]
+            .into_iter()
+            .flatten()
+            .any(|p| p.retry_budget.min_retry_concurrency.is_some());
+        if let Some(msg) = crate::lint::retries_below_budget_floor(
+            budget.max_retries,
+            budget.min_retry_concurrency,
+            floor_written,
+        ) {
             self.report(rule_res, Severity::Warning, at.pos, &at.path, msg);
         }
     }

@@ -89,6 +89,22 @@ pub(crate) fn ejection_cap(
     }
 }
 
+/// A `connectionPool.http.maxRetries` below the retry budget's floor (`minRetryConcurrency`,
+/// the retries always allowed whatever the load): the pool limit refuses retries the budget
+/// promises, so the floor never holds.
+pub(crate) fn retries_below_budget_floor(
+    max_retries: u32,
+    floor: u32,
+    floor_written: bool,
+) -> Option<String> {
+    (max_retries < floor).then(|| {
+        let whose = if floor_written { "its" } else { "the default" };
+        format!(
+            "maxRetries {max_retries} is below the retry budget's floor (minRetryConcurrency {floor}, {whose}): at most {max_retries} retries are ever in flight, so the {floor} the budget always allows never are; raise maxRetries to {floor} or lower retryBudget.minRetryConcurrency"
+        )
+    })
+}
+
 /// A method that is not idempotent (RFC 9110 §9.2.2).
 fn non_idempotent(method: &str) -> bool {
     !matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
@@ -214,6 +230,20 @@ mod tests {
         assert_eq!(ejection_cap(1, 10, AtLeastOne, 0), None, "one endpoint: the documented fail-fast");
         assert_eq!(ejection_cap(4, 75, Ceil, 0), None, "3 of 4");
         assert_eq!(ejection_cap(0, 10, Floor, 0), None, "no endpoints has its own finding");
+    }
+
+    #[test]
+    fn a_pool_limit_below_the_retry_floor_is_named() {
+        let msg = retries_below_budget_floor(2, 3, false).expect("2 < 3");
+        assert!(
+            msg.starts_with(
+                "maxRetries 2 is below the retry budget's floor (minRetryConcurrency 3, the default)"
+            ),
+            "{msg}"
+        );
+        assert!(retries_below_budget_floor(1, 5, true).unwrap().contains("(minRetryConcurrency 5, its)"));
+        assert_eq!(retries_below_budget_floor(3, 3, false), None);
+        assert_eq!(retries_below_budget_floor(u32::MAX, 3, false), None);
     }
 
     #[test]

@@ -702,3 +702,19 @@ fn an_ejection_cap_of_everybody_or_nobody_is_a_finding_where_it_was_written() {
         "{w:#?}"
     );
 }
+
+/// A pool's `maxRetries` below the retry budget's floor: the floor never holds.
+#[test]
+fn max_retries_below_the_retry_budget_floor_is_a_finding_at_the_field() {
+    let text = EXAMPLE.replace("http2MaxRequests: 1000}", "http2MaxRequests: 1000, maxRetries: 2}");
+    let w: Vec<String> = ok(&text).warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(w.len(), 1, "{w:#?}");
+    let line = text.lines().position(|l| l.contains("maxRetries")).unwrap() + 1;
+    assert!(
+        w[0].starts_with(&format!("warning: mesh.yaml:{line}:")) && w[0].contains("DestinationRule/backend: spec.trafficPolicy.connectionPool.http.maxRetries: maxRetries 2 is below the retry budget's floor (minRetryConcurrency 3, the default)"),
+        "{w:#?}"
+    );
+    let lowered =
+        text.replace("    loadBalancer:", "    retryBudget: {minRetryConcurrency: 2}\n    loadBalancer:");
+    assert!(ok(&lowered).warnings.is_empty(), "{:#?}", ok(&lowered).warnings);
+}
