@@ -273,7 +273,7 @@ impl ResponseBody {
     /// Counts a response the stream idle timeout cut, for its cluster.
     fn count_idle_cut(&self) {
         if let Some(g) = &self.guard {
-            g.count_local(crate::local_reply::Reason::StreamIdleTimeout);
+            g.count_local(crate::reason::Reason::StreamIdleTimeout);
         }
     }
 

@@ -34,8 +34,9 @@ use crate::client_conns::Supervised;
 use crate::h2_server::{self, Handling, PREFACE};
 use crate::header_limits::HeaderLimits;
 use crate::http_proxy::{self, ConnContext};
-use crate::local_reply::{Reason, REASON_HEADER};
+use crate::local_reply::Reply;
 use crate::net_io::TcpIo;
+use crate::reason::{Reason, REASON_HEADER};
 
 /// hyper's HTTP/1.1 server settings, shared by a listener's connections.
 pub fn http1_builder(limits: HeaderLimits) -> http1::Builder {

@@ -22,7 +22,8 @@ use crate::cluster::Cluster;
 use crate::grpc::is_grpc;
 use crate::headers::{is_upgrade, prepare_request, strip_hop_by_hop, Client};
 use crate::listener::ListenerRuntime;
-use crate::local_reply::{Reason, REASON_HEADER};
+use crate::local_reply::Reply;
+use crate::reason::{Reason, REASON_HEADER};
 use crate::router::Route;
 use crate::upload::Watched;
 use crate::upstream;
@@ -514,7 +515,7 @@ impl Started {
             let Some(client_upgrade) = upgrade.filter(|_| named) else {
                 // Recorded as a reset, for breakers and outlier detection.
                 inflight.finish(false);
-                return local(&cluster, crate::local_reply::Reason::UpstreamReset, grpc);
+                return local(&cluster, crate::reason::Reason::UpstreamReset, grpc);
             };
             inflight.forget_connection();
             let upstream_upgrade = hyper::upgrade::on(&mut resp);

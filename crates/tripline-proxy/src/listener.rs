@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tripline_config::plan::ListenerProtocol;
 
 use crate::http_proxy::ConnContext;
-use crate::local_reply::Reason;
+use crate::reason::Reason;
 use crate::router::ListenerConfig;
 use crate::workers;
 use crate::Shared;

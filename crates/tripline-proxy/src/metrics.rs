@@ -13,7 +13,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::cluster::{Cluster, ClusterState};
-use crate::local_reply::Reason;
+use crate::reason::Reason;
 use crate::resilience::STATES;
 use tripline_core::outlier::Detector;
 

@@ -19,7 +19,7 @@ use tripline_core::classify::Outcome;
 
 use crate::cluster::{Cluster, Endpoint, Member};
 use crate::listener::{refuse_global, ConnTracker, ListenerRuntime};
-use crate::local_reply::Reason;
+use crate::reason::Reason;
 use crate::resilience;
 use crate::Shared;
 

@@ -24,7 +24,7 @@ use tripline_core::classify::{LocalReason, Outcome};
 
 use crate::body::{BoxError, ClientBody};
 use crate::client_conns::ConnSignal;
-use crate::local_reply::Reason;
+use crate::reason::Reason;
 
 /// How a client's request body failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -164,10 +164,10 @@ where
         self.opened += 1;
         self.last_accepted = id;
         if h.is_over_size() || h.fields().len() > self.config.limits.max_count() as usize {
-            let reason = crate::local_reply::Reason::RequestHeadersTooLarge;
+            let reason = crate::reason::Reason::RequestHeadersTooLarge;
             self.config.stats.local.inc(reason);
             let mut fields = HeaderMap::new();
-            fields.insert(crate::local_reply::REASON_HEADER, http::HeaderValue::from_static(reason.as_str()));
+            fields.insert(crate::reason::REASON_HEADER, http::HeaderValue::from_static(reason.as_str()));
             let mut reply = Headers::new(h.stream_id(), Pseudo::response(reason.status()), fields);
             reply.set_end_stream();
             self.control.push_back(reply.into());

@@ -20,7 +20,7 @@ use super::replay::Replay;
 use super::{h1, within};
 use crate::body::{RequestBody, UpstreamBody};
 use crate::cluster::{Cluster, Endpoint};
-use crate::local_reply::Reason;
+use crate::reason::Reason;
 
 /// An attempt about to be made: where to, and under which limits.
 pub(super) struct Attempt<'a> {

@@ -39,7 +39,7 @@ use tripline_core::rng::Rng;
 
 use crate::body::{RequestBody, UpstreamBody};
 use crate::cluster::{Cluster, ClusterState, Endpoint, Member};
-use crate::local_reply::Reason;
+use crate::reason::Reason;
 use crate::resilience::{self, ResilienceStats};
 use crate::router::Route;
 use crate::upload::{ClientFault, Upload};

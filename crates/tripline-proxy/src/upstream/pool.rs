@@ -44,7 +44,7 @@ use super::h1::{self, RawConn};
 use super::idle_stack::IdleStack;
 use crate::body::{BoxError, RequestBody, UpstreamBody};
 use crate::cluster::{Cluster, ClusterState, Endpoint};
-use crate::local_reply::Reason;
+use crate::reason::Reason;
 
 /// Idle HTTP/1.1 connections kept per endpoint, shared out among the workers; more are
 /// closed when returned.

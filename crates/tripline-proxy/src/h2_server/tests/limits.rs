@@ -37,7 +37,7 @@ async fn the_header_list_size_is_advertised_and_a_larger_request_gets_431() {
     let refused = c.response(3).await;
     assert_eq!(refused.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     assert_eq!(refused.headers["x-tripline-reason"], "request-headers-too-large");
-    let counted = c.stats.local.get(crate::local_reply::Reason::RequestHeadersTooLarge);
+    let counted = c.stats.local.get(crate::reason::Reason::RequestHeadersTooLarge);
     assert_eq!(counted, 1, "counted with the other local replies");
     // With a body to come: 431, and the stream reset so that the client stops sending it.
     c.send(request(5, Method::POST, "/", fields(20, 100), false)).await;
