@@ -13,6 +13,7 @@ use tripline_core::rng::Rng;
 use crate::cluster::Cluster;
 use crate::headers::{authority, host_of};
 use crate::resilience::RouteBreakers;
+use crate::upstream::RoutePolicy;
 
 /// What a listener serves, swapped as a whole on reload.
 #[derive(Debug, Default)]
@@ -43,9 +44,16 @@ pub struct Route {
     destinations: Vec<(Arc<Cluster>, u32)>,
     total_weight: u32,
     pub timeout: Option<Duration>,
-    pub retry: tripline_config::plan::RetryPlan,
-    /// The route's own breaker (ResiliencePolicy targeting this route).
-    pub breaker: Option<Arc<tripline_core::breaker::CircuitBreaker>>,
+    /// What `upstream::send` needs of the route: its retry policy and its own breaker.
+    pub upstream: RoutePolicy,
+}
+
+/// `upstream::send` takes the route through this, so that the upstream layer does not depend
+/// on the router above it.
+impl AsRef<RoutePolicy> for Route {
+    fn as_ref(&self) -> &RoutePolicy {
+        &self.upstream
+    }
 }
 
 impl Route {
@@ -64,16 +72,15 @@ impl Route {
             destinations,
             total_weight,
             timeout: None,
-            retry: Default::default(),
-            breaker: None,
+            upstream: RoutePolicy::default(),
         }
     }
 
     fn from_plan(r: &RoutePlan, clusters: &[Arc<Cluster>], breakers: &RouteBreakers) -> Self {
         let mut route = Route::new(&r.name, r.matches.clone(), &r.destinations, clusters);
         route.timeout = r.timeout;
-        route.retry = r.retry.clone();
-        route.breaker = breakers.breakers.get(&r.name).cloned();
+        route.upstream =
+            RoutePolicy { retry: r.retry.clone(), breaker: breakers.breakers.get(&r.name).cloned() };
         route
     }
 

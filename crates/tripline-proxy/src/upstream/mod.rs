@@ -41,7 +41,6 @@ use crate::body::{RequestBody, UpstreamBody};
 use crate::cluster::{Cluster, ClusterState, Endpoint, Member};
 use crate::reason::Reason;
 use crate::resilience::{self, ResilienceStats};
-use crate::router::Route;
 use crate::upload::{ClientFault, Upload};
 use attempt::{Attempt, Sent};
 use pool::{Reusable, SendError};
@@ -49,6 +48,14 @@ use replay::Replay;
 use retry::Verdict;
 
 pub static X_TRIPLINE_ATTEMPT: header::HeaderName = header::HeaderName::from_static("x-tripline-attempt");
+
+/// What [`send`] needs of the route a request took: its retry policy and its own breaker (a
+/// ResiliencePolicy that targets the route). The router's `Route` holds one.
+#[derive(Debug, Default)]
+pub struct RoutePolicy {
+    pub retry: tripline_config::plan::RetryPlan,
+    pub breaker: Option<Arc<tripline_core::breaker::CircuitBreaker>>,
+}
 
 /// Guards that belong to the whole request (all its attempts).
 #[derive(Debug)]
@@ -372,16 +379,17 @@ fn admit_breaker(
 ///
 /// Takes its context by `Arc` so the future is `'static` and can be boxed before the caller's
 /// own future exists (see `http_proxy::handle`).
-pub async fn send(
+pub async fn send<R: AsRef<RoutePolicy> + Send + Sync + 'static>(
     cluster: Arc<Cluster>,
-    route: Arc<Route>,
+    route: Arc<R>,
     req: Request<RequestBody>,
     hash: Option<u64>,
     shared: Arc<crate::Shared>,
     deadline: Option<Instant>,
     upload: Option<Arc<Upload>>,
 ) -> SendResult {
-    let (cluster, route, rng): (&Cluster, &Route, &dyn Rng) = (&cluster, &route, &shared.rng);
+    let (cluster, route, rng): (&Cluster, &RoutePolicy, &dyn Rng) =
+        (&cluster, (*route).as_ref(), &shared.rng);
     let state = &cluster.state;
     let res = &cluster.resilience;
     let policy = &route.retry;
