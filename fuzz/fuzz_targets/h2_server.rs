@@ -38,7 +38,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tripline_proxy::body::ClientBody;
 use tripline_proxy::h2_server::{Config, Connection, Handler};
 use tripline_proxy::header_limits::HeaderLimits;
-use tripline_proxy::metrics::GlobalStats;
+use tripline_proxy::stats::GlobalStats;
 
 /// Longer than anything the server waits for by itself (its linger and drain timers are 1 s).
 /// Paused time: it costs nothing unless the server really hangs.

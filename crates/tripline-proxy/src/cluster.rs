@@ -18,8 +18,8 @@ use tripline_core::breaker::CircuitBreaker;
 use tripline_core::limits::Limit;
 use tripline_core::outlier::{Endpoint as OutlierEndpoint, Health};
 
-use crate::metrics::{Histogram, ReasonCounters, StatusCounters};
 use crate::resilience::{self, ClusterResilience};
+use crate::stats::{Histogram, ReasonCounters, StatusCounters};
 use crate::upstream::pool::ConnectionPool;
 
 /// Cluster-wide state that survives reloads.

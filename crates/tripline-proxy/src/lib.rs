@@ -25,6 +25,7 @@ pub mod net_io;
 pub mod reason;
 pub mod resilience;
 pub mod router;
+pub mod stats;
 pub mod tcp_proxy;
 pub mod upload;
 pub mod upstream;
@@ -43,8 +44,8 @@ use tripline_core::rng::{Rng, SplitMix};
 
 use crate::cluster::{Cluster, Registry};
 use crate::listener::ListenerRuntime;
-use crate::metrics::GlobalStats;
 use crate::router::ListenerConfig;
+use crate::stats::GlobalStats;
 
 /// State shared by every task of the proxy.
 pub struct Shared {

@@ -14,7 +14,7 @@
 //! - PING and SETTINGS floods: each asks for an answer, so the same control-queue backpressure
 //!   holds them.
 
-use crate::metrics::Http2Flood;
+use crate::stats::Http2Flood;
 
 /// Envoy's `max_consecutive_inbound_frames_with_empty_payload`: HEADERS or DATA frames in a row
 /// with an empty payload (padding aside) and without END_STREAM, which carry nothing.

@@ -51,7 +51,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::body::ClientBody;
 use crate::header_limits::HeaderLimits;
-use crate::metrics::GlobalStats;
+use crate::stats::GlobalStats;
 use closed::ClosedStreams;
 use flood::Flood;
 use idle::IdleCheck;

@@ -20,7 +20,7 @@ use super::{
     MAX_WINDOW, PREMATURE_RESET_MIN_STREAMS,
 };
 use crate::body::ClientBody;
-use crate::metrics::Http2Flood;
+use crate::stats::Http2Flood;
 
 impl<T, H> Connection<T, H>
 where

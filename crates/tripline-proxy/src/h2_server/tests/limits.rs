@@ -6,7 +6,7 @@ use h2::frame::{Reason, StreamId, WindowUpdate};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use super::*;
-use crate::metrics::Http2Flood;
+use crate::stats::Http2Flood;
 
 fn limits(kb: u32, count: u32) -> Options {
     Options { limits: HeaderLimits::new(kb, count), ..Options::default() }

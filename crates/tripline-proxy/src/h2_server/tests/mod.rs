@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Config, Connection, Handler};
 use crate::body::ClientBody;
 use crate::header_limits::HeaderLimits;
-use crate::metrics::GlobalStats;
+use crate::stats::GlobalStats;
 
 pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;
