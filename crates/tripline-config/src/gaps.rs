@@ -20,7 +20,7 @@ const NO_UPSTREAM_TLS: &str = "remove it: Tripline's connections to endpoints ar
 const NO_HEADER_EDITS: &str =
     "remove it, or have the upstream set the headers: Tripline forwards headers unchanged for now";
 const NO_LOCALITY: &str = "remove it: every endpoint has the same priority for now";
-const MATCH_INSTEAD: &str = "remove it, or match on `uri`, `headers`, `method` or `authority` instead: ignored, it would let this match take the requests it is meant to leave out";
+const MATCH_INSTEAD: &str = "remove it, or match on `uri`, `headers`, `withoutHeaders`, `queryParams`, `method` or `authority` instead: ignored, it would let this match take the requests it is meant to leave out";
 const MIRRORING: &str = "mirroring only sends copies whose responses are discarded, so requests and their responses are the same without it (it is not implemented yet)";
 
 /// Gateway `servers[]`.
@@ -80,11 +80,8 @@ pub const HTTP_ROUTE_IGNORED: Ignored = &[
 
 /// VirtualService `http[].match[]`.
 pub const MATCH: Refused = &[
-    ("queryParams", MATCH_INSTEAD),
-    ("withoutHeaders", MATCH_INSTEAD),
     ("scheme", MATCH_INSTEAD),
     ("port", "remove it, or give that port a Gateway server and VirtualService of its own: ignored, it would let this match take requests on every port"),
-    ("ignoreUriCase", "remove it, and match both cases with a regex such as `uri: {regex: \"(?i)/api/.*\"}`: Tripline compares URIs case-sensitively"),
     ("sourceLabels", "remove it: Tripline does not know the labels of the client's workload, so this match would take every client's requests"),
     ("sourceNamespace", "remove it: Tripline does not know the client's namespace, so this match would take every client's requests"),
     ("gateways", "bind the VirtualService to those gateways with `spec.gateways` instead (a VirtualService of its own if need be): ignored, it would let this match take requests on every gateway"),

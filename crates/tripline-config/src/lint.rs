@@ -13,14 +13,19 @@ use crate::plan::{RequestMatch, RetryPlan, StringMatch};
 use tripline_core::outlier::CapRounding;
 
 /// Whether a `match` entry takes every request: no condition, or only a `/` (or empty) URI
-/// prefix, which every origin-form path has.
+/// prefix, which every origin-form path has (`ignoreUriCase` changes nothing to that).
 fn matches_everything(m: &RequestMatch) -> bool {
     let uri_all = match &m.uri {
         None => true,
         Some(StringMatch::Prefix(p)) => p.is_empty() || p == "/",
         Some(_) => false,
     };
-    uri_all && m.method.is_none() && m.authority.is_none() && m.headers.is_empty()
+    uri_all
+        && m.method.is_none()
+        && m.authority.is_none()
+        && m.headers.is_empty()
+        && m.without_headers.is_empty()
+        && m.query_params.is_empty()
 }
 
 /// Whether a route takes every request that reaches it: it has no `match`, or one of its
@@ -165,16 +170,11 @@ mod tests {
     }
 
     fn uri(m: StringMatch) -> RequestMatch {
-        RequestMatch { uri: Some(m), method: None, authority: None, headers: vec![] }
+        RequestMatch { uri: Some(m), ..Default::default() }
     }
 
     fn method(m: &str) -> RequestMatch {
-        RequestMatch {
-            uri: None,
-            method: Some(StringMatch::Exact(m.into())),
-            authority: None,
-            headers: vec![],
-        }
+        RequestMatch { method: Some(StringMatch::Exact(m.into())), ..Default::default() }
     }
 
     #[test]
@@ -190,7 +190,19 @@ mod tests {
         // A catch-all last shadows nothing; narrower routes shadow nothing.
         assert!(shadowed(&[api.clone(), later.clone(), all]).is_empty());
         let get_only = route("spec.http[0]", vec![method("GET")]);
-        assert!(shadowed(&[get_only, api, later]).is_empty());
+        assert!(shadowed(&[get_only, api.clone(), later.clone()]).is_empty());
+        // A match on what must be absent, or on the query, is a condition too.
+        let without = RequestMatch {
+            without_headers: vec![("x-canary".into(), StringMatch::Exact("true".into()))],
+            ..Default::default()
+        };
+        let query = RequestMatch {
+            query_params: vec![("v".into(), StringMatch::Exact("2".into()))],
+            ..Default::default()
+        };
+        for m in [without, query] {
+            assert!(shadowed(&[route("spec.http[0]", vec![m]), api.clone(), later.clone()]).is_empty());
+        }
         assert!(shadowed_message(&route("spec.http[1]", vec![])).contains("`spec.http[1]` before it"));
     }
 

@@ -604,11 +604,13 @@ const HTTP_ROUTE: Schema =
     Schema::new("Istio's HTTPRoute", &["name", "match", "route", "timeout", "retries"])
         .refusing(gaps::HTTP_ROUTE)
         .ignoring(gaps::HTTP_ROUTE_IGNORED);
-const MATCH: Schema =
-    Schema::new("Istio's HTTPMatchRequest", &["name", "uri", "headers", "method", "authority"])
-        .refusing(gaps::MATCH)
-        .ignoring(gaps::MATCH_IGNORED)
-        .of_conditions();
+const MATCH: Schema = Schema::new(
+    "Istio's HTTPMatchRequest",
+    &["name", "uri", "headers", "method", "authority", "withoutHeaders", "queryParams", "ignoreUriCase"],
+)
+.refusing(gaps::MATCH)
+.ignoring(gaps::MATCH_IGNORED)
+.of_conditions();
 const STRING_MATCH: Schema =
     Schema::new("Istio's StringMatch", &["exact", "prefix", "regex"]).of_conditions();
 const DESTINATION: Schema = Schema::new("Istio's HTTPRouteDestination", &["destination", "weight"])
@@ -802,23 +804,17 @@ fn http_route(cx: &mut Cx, node: &Node, path: &str) -> Option<HttpRoute> {
             if let Some((n, p)) = mf.value("authority") {
                 m.authority = string_match(cx, n, &p);
             }
-            if let Some((hn, hp)) = mf.value("headers") {
-                match &hn.kind {
-                    crate::yaml::Kind::Map(entries) => {
-                        for (k, v) in entries {
-                            let Some(name) = cx.name(k, &hp) else { continue };
-                            let p = join(&hp, &name);
-                            if let Some(sm) = string_match(cx, v, &p) {
-                                m.headers.push((name.to_ascii_lowercase(), sm));
-                            }
-                        }
-                    }
-                    _ => cx.error(
-                        hn,
-                        &hp,
-                        format!("expected a mapping of header names to matches, found {}", hn.describe()),
-                    ),
-                }
+            if let Some((n, p)) = mf.value("headers") {
+                m.headers = named_matches(cx, n, &p, "header names", true);
+            }
+            if let Some((n, p)) = mf.value("withoutHeaders") {
+                m.without_headers = named_matches(cx, n, &p, "header names", true);
+            }
+            if let Some((n, p)) = mf.value("queryParams") {
+                m.query_params = named_matches(cx, n, &p, "query parameter names", false);
+            }
+            if let Some((n, p)) = mf.value("ignoreUriCase") {
+                m.ignore_uri_case = cx.bool(n, &p).unwrap_or(false);
             }
             matches.push(m);
         }
@@ -882,6 +878,35 @@ fn http_route(cx: &mut Cx, node: &Node, path: &str) -> Option<HttpRoute> {
         pos: node.pos,
         path: path.to_string(),
     })
+}
+
+/// A mapping of names (header names, lower-cased when `lower`, or query parameter names) to
+/// string matches.
+fn named_matches(
+    cx: &mut Cx,
+    node: &Node,
+    path: &str,
+    what: &str,
+    lower: bool,
+) -> Vec<(String, StringMatch)> {
+    let mut out = Vec::new();
+    match &node.kind {
+        crate::yaml::Kind::Map(entries) => {
+            for (k, v) in entries {
+                let Some(name) = cx.name(k, path) else { continue };
+                let p = join(path, &name);
+                if let Some(sm) = string_match(cx, v, &p) {
+                    out.push((if lower { name.to_ascii_lowercase() } else { name }, sm));
+                }
+            }
+        }
+        _ => cx.error(
+            node,
+            path,
+            format!("expected a mapping of {what} to matches, found {}", node.describe()),
+        ),
+    }
+    out
 }
 
 fn string_match(cx: &mut Cx, node: &Node, path: &str) -> Option<StringMatch> {

@@ -119,6 +119,15 @@ pub struct RequestMatch {
     pub authority: Option<StringMatch>,
     /// Header names are lower-cased.
     pub headers: Vec<(String, StringMatch)>,
+    /// Headers that must not match (`withoutHeaders`): absent, or with a value the match
+    /// refuses. An empty match (`{}`) means the header must be absent.
+    pub without_headers: Vec<(String, StringMatch)>,
+    /// Query parameters (`queryParams`), matched against their percent-decoded values; an
+    /// empty `exact` or an empty match means the parameter is present (Istio's reading).
+    pub query_params: Vec<(String, StringMatch)>,
+    /// `ignoreUriCase`: `uri`'s `exact` and `prefix` compare ASCII case-insensitively (a regex
+    /// is unchanged, as in Istio).
+    pub ignore_uri_case: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]

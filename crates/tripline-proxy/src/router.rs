@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::Request;
 use tripline_config::plan::{
-    HostMatch, ListenerPlan, RequestMatch, RoutePlan, TcpRoutePlan, WeightedCluster,
+    HostMatch, ListenerPlan, RequestMatch, RoutePlan, StringMatch, TcpRoutePlan, WeightedCluster,
 };
 use tripline_core::rng::Rng;
 
@@ -110,7 +110,7 @@ impl Route {
 
 fn request_matches<B>(m: &RequestMatch, req: &Request<B>) -> bool {
     if let Some(uri) = &m.uri {
-        if !uri.matches(req.uri().path()) {
+        if !uri_matches(uri, m.ignore_uri_case, req.uri().path()) {
             return false;
         }
     }
@@ -126,7 +126,67 @@ fn request_matches<B>(m: &RequestMatch, req: &Request<B>) -> bool {
     }
     m.headers.iter().all(|(name, sm)| {
         req.headers().get(name.as_str()).and_then(|v| v.to_str().ok()).is_some_and(|v| sm.matches(v))
+    }) && !m.without_headers.iter().any(|(name, sm)| header_present_and_matching(req, name, sm))
+        && (m.query_params.is_empty() || query_matches(&m.query_params, req.uri().query().unwrap_or("")))
+}
+
+/// `exact` and `prefix` compare ASCII case-insensitively under `ignoreUriCase`; a regex is
+/// unchanged (Istio).
+fn uri_matches(uri: &StringMatch, ignore_case: bool, path: &str) -> bool {
+    match uri {
+        StringMatch::Exact(e) if ignore_case => path.eq_ignore_ascii_case(e),
+        StringMatch::Prefix(p) if ignore_case => {
+            path.as_bytes().get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes()))
+        }
+        other => other.matches(path),
+    }
+}
+
+/// Whether a match is Istio's "is present" (`{}`, or an empty `exact` for query parameters).
+fn presence(sm: &StringMatch) -> bool {
+    matches!(sm, StringMatch::Prefix(p) | StringMatch::Exact(p) if p.is_empty())
+}
+
+/// For `withoutHeaders`: the header is there and its value matches (a value that is not text
+/// only counts for a presence match).
+fn header_present_and_matching<B>(req: &Request<B>, name: &str, sm: &StringMatch) -> bool {
+    req.headers().get(name).is_some_and(|v| v.to_str().map_or(presence(sm), |v| sm.matches(v)))
+}
+
+/// Every `queryParams` entry is matched by some parameter of the query (names and values
+/// percent-decoded; a parameter without `=` has an empty value).
+fn query_matches(wanted: &[(String, StringMatch)], query: &str) -> bool {
+    wanted.iter().all(|(name, sm)| {
+        query.split('&').filter(|kv| !kv.is_empty()).any(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            percent_decoded(k) == name.as_str() && (presence(sm) || sm.matches(&percent_decoded(v)))
+        })
     })
+}
+
+/// `%XX` sequences decoded (as Envoy decodes query parameters; `+` stays a `+`); a sequence
+/// that is not two hex digits, or bytes that are not UTF-8, are kept as they came.
+fn percent_decoded(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.contains('%') {
+        return s.into();
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (b[i], b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_or(s.into(), Into::into)
 }
 
 impl ListenerConfig {
@@ -361,5 +421,71 @@ mod tests {
         let rng = SplitMix::seeded(11);
         let v2 = (0..10_000).filter(|_| route.pick_cluster(&rng).unwrap().name() == "v2").count();
         assert!((850..1150).contains(&v2), "v2 got {v2} of 10000");
+    }
+
+    fn get(uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut b = Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn without_headers_takes_requests_whose_header_is_absent_or_different() {
+        let m = RequestMatch {
+            without_headers: vec![
+                ("x-canary".into(), StringMatch::Exact("true".into())),
+                ("x-debug".into(), StringMatch::Prefix(String::new())),
+            ],
+            ..Default::default()
+        };
+        assert!(request_matches(&m, &get("/", &[])));
+        assert!(request_matches(&m, &get("/", &[("x-canary", "false")])));
+        assert!(!request_matches(&m, &get("/", &[("x-canary", "true")])));
+        // `{}`: the header must be absent, whatever its value.
+        assert!(!request_matches(&m, &get("/", &[("x-debug", "")])));
+    }
+
+    #[test]
+    fn query_params_match_decoded_values_and_presence() {
+        let m = RequestMatch {
+            query_params: vec![
+                ("debug".into(), StringMatch::Exact(String::new())),
+                ("user".into(), StringMatch::Regex(regex::Regex::new("^(?:a b|c)$").unwrap())),
+            ],
+            ..Default::default()
+        };
+        assert!(request_matches(&m, &get("/p?debug&user=c", &[])));
+        assert!(request_matches(&m, &get("/p?user=a%20b&debug=1", &[])), "decoded, and present with a value");
+        assert!(!request_matches(&m, &get("/p?user=c", &[])), "debug missing");
+        assert!(!request_matches(&m, &get("/p?debug=1&user=d", &[])));
+        assert!(!request_matches(&m, &get("/p?debugx=1&user=c", &[])), "names compare whole");
+        assert!(!request_matches(&m, &get("/p", &[])));
+        let exact = RequestMatch {
+            query_params: vec![("v".into(), StringMatch::Exact("2".into()))],
+            ..Default::default()
+        };
+        assert!(request_matches(&exact, &get("/?a=1&v=2", &[])));
+        assert!(!request_matches(&exact, &get("/?v=22", &[])));
+        assert_eq!(percent_decoded("a%2Fb%zz%4"), "a/b%zz%4", "bad sequences kept");
+        assert_eq!(percent_decoded("%ff"), "%ff", "not UTF-8: kept as it came");
+    }
+
+    #[test]
+    fn ignore_uri_case_applies_to_exact_and_prefix_not_regex() {
+        let with = |uri: StringMatch, ignore_uri_case| RequestMatch {
+            uri: Some(uri),
+            ignore_uri_case,
+            ..Default::default()
+        };
+        let prefix = with(StringMatch::Prefix("/API/".into()), true);
+        assert!(request_matches(&prefix, &get("/api/users", &[])));
+        assert!(request_matches(&prefix, &get("/Api/x", &[])));
+        assert!(!request_matches(&prefix, &get("/ap", &[])));
+        assert!(!request_matches(&with(StringMatch::Prefix("/API/".into()), false), &get("/api/users", &[])));
+        assert!(request_matches(&with(StringMatch::Exact("/Health".into()), true), &get("/HEALTH", &[])));
+        let regex = with(StringMatch::Regex(regex::Regex::new("^/api$").unwrap()), true);
+        assert!(!request_matches(&regex, &get("/API", &[])), "a regex stays case-sensitive");
     }
 }

@@ -64,15 +64,9 @@ async fn routes_by_path_and_header() {
     route:
     - destination: {host: regex.local, port: {number: 80}}
 ";
-    let mut docs = vec![config::gateway("edge", port, "HTTP")];
-    for u in &ups {
-        docs.push(config::service_entry(&format!("{}.local", u.id()), "HTTP", &[u.addr]));
-    }
-    docs.push(config::virtual_service("paths", &["*"], "edge", routes));
-    let _proxy = Proxy::start(&config::join(&docs)).await;
+    let _proxy = Proxy::start(&one_service_per_upstream(port, &ups, "paths", routes)).await;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
 
-    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
     let cases: &[Case] = &[
         ("/exact", &[], Some("exact")),
         ("/exact?q=1", &[], Some("exact")),
@@ -89,6 +83,24 @@ async fn routes_by_path_and_header() {
         ("/anything", &[("x-tier", "gold-plated")], None),
         ("/", &[], None),
     ];
+    expect_routes(addr, cases).await;
+}
+
+/// A path, request headers, and the upstream that should answer (`None`: 404 `no-route`).
+type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+
+/// A Gateway on `port`, a ServiceEntry `<id>.local` for each upstream, and a VirtualService
+/// `name` with `routes` for every host.
+fn one_service_per_upstream(port: u16, ups: &[Upstream], name: &str, routes: &str) -> String {
+    let mut docs = vec![config::gateway("edge", port, "HTTP")];
+    for u in ups {
+        docs.push(config::service_entry(&format!("{}.local", u.id()), "HTTP", &[u.addr]));
+    }
+    docs.push(config::virtual_service(name, &["*"], "edge", routes));
+    config::join(&docs)
+}
+
+async fn expect_routes(addr: SocketAddr, cases: &[Case<'_>]) {
     for (path, headers, want) in cases {
         let r = get_with(addr, "shop.example.com", path, headers).await.unwrap();
         match want {
@@ -103,6 +115,48 @@ async fn routes_by_path_and_header() {
             }
         }
     }
+}
+
+/// `queryParams`, `withoutHeaders` and `ignoreUriCase` (issue 18), through the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_query_params_without_headers_and_uri_case() {
+    let ups = [Upstream::http("query").await, Upstream::http("stable").await, Upstream::http("nocase").await];
+    let port = free_port();
+    let routes = "  http:
+  - match:
+    - queryParams:
+        debug: {exact: \"\"}
+        version: {regex: \"v[0-9]+\"}
+    route:
+    - destination: {host: query.local, port: {number: 80}}
+  - match:
+    - uri: {prefix: /Shop/}
+      ignoreUriCase: true
+    route:
+    - destination: {host: nocase.local, port: {number: 80}}
+  - match:
+    - withoutHeaders:
+        x-canary: {exact: \"true\"}
+    route:
+    - destination: {host: stable.local, port: {number: 80}}
+";
+    let _proxy = Proxy::start(&one_service_per_upstream(port, &ups, "kinds", routes)).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+    let cases: &[Case] = &[
+        ("/x?debug&version=v2", &[], Some("query")),
+        ("/x?version=v10&debug=1", &[], Some("query")),
+        // One parameter missing or not matching: the next routes decide.
+        ("/x?version=v2", &[], Some("stable")),
+        ("/x?debug&version=2", &[("x-canary", "true")], None),
+        ("/SHOP/cart", &[("x-canary", "true")], Some("nocase")),
+        ("/shop/cart", &[], Some("nocase")),
+        ("/shopping", &[("x-canary", "true")], None),
+        ("/anything", &[("x-canary", "false")], Some("stable")),
+        ("/anything", &[], Some("stable")),
+        ("/anything", &[("x-canary", "true")], None),
+    ];
+    expect_routes(addr, cases).await;
 }
 
 /// `resolution: DNS`: endpoint addresses are names, resolved when the config is applied.
