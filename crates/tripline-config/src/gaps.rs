@@ -20,7 +20,6 @@ const NO_UPSTREAM_TLS: &str = "remove it: Tripline's connections to endpoints ar
 const NO_HEADER_EDITS: &str =
     "remove it, or have the upstream set the headers: Tripline forwards headers unchanged for now";
 const NO_LOCALITY: &str = "remove it: every endpoint has the same priority for now";
-const MATCH_INSTEAD: &str = "remove it, or match on `uri`, `headers`, `withoutHeaders`, `queryParams`, `method` or `authority` instead: ignored, it would let this match take the requests it is meant to leave out";
 const MIRRORING: &str = "mirroring only sends copies whose responses are discarded, so requests and their responses are the same without it (it is not implemented yet)";
 
 /// Gateway `servers[]`.
@@ -80,7 +79,6 @@ pub const HTTP_ROUTE_IGNORED: Ignored = &[
 
 /// VirtualService `http[].match[]`.
 pub const MATCH: Refused = &[
-    ("scheme", MATCH_INSTEAD),
     ("port", "remove it, or give that port a Gateway server and VirtualService of its own: ignored, it would let this match take requests on every port"),
     ("sourceLabels", "remove it: Tripline does not know the labels of the client's workload, so this match would take every client's requests"),
     ("sourceNamespace", "remove it: Tripline does not know the client's namespace, so this match would take every client's requests"),

@@ -26,6 +26,7 @@ fn matches_everything(m: &RequestMatch) -> bool {
         && m.headers.is_empty()
         && m.without_headers.is_empty()
         && m.query_params.is_empty()
+        && m.scheme.is_none()
 }
 
 /// Whether a route takes every request that reaches it: it has no `match`, or one of its

@@ -606,7 +606,17 @@ const HTTP_ROUTE: Schema =
         .ignoring(gaps::HTTP_ROUTE_IGNORED);
 const MATCH: Schema = Schema::new(
     "Istio's HTTPMatchRequest",
-    &["name", "uri", "headers", "method", "authority", "withoutHeaders", "queryParams", "ignoreUriCase"],
+    &[
+        "name",
+        "uri",
+        "headers",
+        "method",
+        "authority",
+        "withoutHeaders",
+        "queryParams",
+        "ignoreUriCase",
+        "scheme",
+    ],
 )
 .refusing(gaps::MATCH)
 .ignoring(gaps::MATCH_IGNORED)
@@ -812,6 +822,9 @@ fn http_route(cx: &mut Cx, node: &Node, path: &str) -> Option<HttpRoute> {
             }
             if let Some((n, p)) = mf.value("queryParams") {
                 m.query_params = named_matches(cx, n, &p, "query parameter names", false);
+            }
+            if let Some((n, p)) = mf.value("scheme") {
+                m.scheme = string_match(cx, n, &p);
             }
             if let Some((n, p)) = mf.value("ignoreUriCase") {
                 m.ignore_uri_case = cx.bool(n, &p).unwrap_or(false);

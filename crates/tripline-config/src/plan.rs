@@ -128,6 +128,9 @@ pub struct RequestMatch {
     /// `ignoreUriCase`: `uri`'s `exact` and `prefix` compare ASCII case-insensitively (a regex
     /// is unchanged, as in Istio).
     pub ignore_uri_case: bool,
+    /// `scheme`: the request's scheme (`:scheme` over HTTP/2, an absolute-form target's over
+    /// HTTP/1.1, else `http`, since Tripline's listeners are plaintext).
+    pub scheme: Option<StringMatch>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -204,29 +204,29 @@ fn every_ignored_field_is_a_warning_saying_why_it_is_harmless() {
 /// request. Now it is an error at the field, with its line and column.
 #[test]
 fn a_match_of_unevaluated_fields_is_an_error_at_the_field() {
-    let text =
-        with("@MATCH", "scheme: {exact: https}").replace("    - uri: {prefix: /api}\n      ", "    - ");
+    let text = with("@MATCH", "sourceNamespace: shop").replace("    - uri: {prefix: /api}\n      ", "    - ");
     let e = the_error(&text);
     assert!(
         e.starts_with(
-            "error: mesh.yaml:31:7: VirtualService/backend: spec.http[0].match[0].scheme: `spec.http[0].match[0].scheme` is not implemented yet; remove it, or match on `uri`, `headers`, `withoutHeaders`, `queryParams`, `method` or `authority` instead"
+            "error: mesh.yaml:31:7: VirtualService/backend: spec.http[0].match[0].sourceNamespace: `spec.http[0].match[0].sourceNamespace` is not implemented yet; remove it: Tripline does not know the client's namespace, so this match would take every client's requests"
         ),
         "{e}"
     );
 }
 
-/// `queryParams`, `withoutHeaders` and `ignoreUriCase` are evaluated (issue 18): they compile
-/// into the route's match.
+/// `queryParams`, `withoutHeaders`, `ignoreUriCase` and `scheme` are evaluated (issue 18): they
+/// compile into the route's match.
 #[test]
 fn query_params_without_headers_and_ignore_uri_case_compile_into_the_match() {
     let text = with(
         "@MATCH",
-        "queryParams: {debug: {exact: \"\"}, v: {prefix: \"2\"}}\n      withoutHeaders: {X-Canary: {exact: \"true\"}}\n      ignoreUriCase: true",
+        "queryParams: {debug: {exact: \"\"}, v: {prefix: \"2\"}}\n      withoutHeaders: {X-Canary: {exact: \"true\"}}\n      ignoreUriCase: true\n      scheme: {exact: http}",
     );
     let loaded = tripline_config::load(&common::src(&text), &tripline_config::LoadOptions::default())
         .unwrap_or_else(|d| panic!("{}", shown(&d)));
     let m = &loaded.plan.listeners[0].virtual_hosts[0].routes[0].matches[0];
     assert!(m.ignore_uri_case);
+    assert!(matches!(&m.scheme, Some(tripline_config::plan::StringMatch::Exact(s)) if s == "http"));
     let names: Vec<&str> = m.query_params.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["debug", "v"]);
     assert_eq!(m.without_headers.len(), 1);

@@ -119,6 +119,11 @@ fn request_matches<B>(m: &RequestMatch, req: &Request<B>) -> bool {
             return false;
         }
     }
+    if let Some(scheme) = &m.scheme {
+        if !scheme.matches(req.uri().scheme_str().unwrap_or("http")) {
+            return false;
+        }
+    }
     if let Some(a) = &m.authority {
         if !authority(req).is_some_and(|v| a.matches(v)) {
             return false;
@@ -470,6 +475,15 @@ mod tests {
         assert!(!request_matches(&exact, &get("/?v=22", &[])));
         assert_eq!(percent_decoded("a%2Fb%zz%4"), "a/b%zz%4", "bad sequences kept");
         assert_eq!(percent_decoded("%ff"), "%ff", "not UTF-8: kept as it came");
+    }
+
+    #[test]
+    fn scheme_is_the_targets_or_http() {
+        let https = RequestMatch { scheme: Some(StringMatch::Exact("https".into())), ..Default::default() };
+        let http = RequestMatch { scheme: Some(StringMatch::Exact("http".into())), ..Default::default() };
+        assert!(request_matches(&http, &get("/x", &[])), "origin form on a plaintext listener");
+        assert!(!request_matches(&https, &get("/x", &[])));
+        assert!(request_matches(&https, &get("https://a.example/x", &[])), "absolute form, or :scheme");
     }
 
     #[test]
