@@ -120,9 +120,18 @@ async fn expect_routes(addr: SocketAddr, cases: &[Case<'_>]) {
 /// `queryParams`, `withoutHeaders` and `ignoreUriCase` (issue 18), through the binary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_query_params_without_headers_and_uri_case() {
-    let ups = [Upstream::http("query").await, Upstream::http("stable").await, Upstream::http("nocase").await];
+    let ups = [
+        Upstream::http("query").await,
+        Upstream::http("stable").await,
+        Upstream::http("nocase").await,
+        Upstream::http("secure").await,
+    ];
     let port = free_port();
     let routes = "  http:
+  - match:
+    - scheme: {exact: https}
+    route:
+    - destination: {host: secure.local, port: {number: 80}}
   - match:
     - queryParams:
         debug: {exact: \"\"}
@@ -157,6 +166,14 @@ async fn routes_by_query_params_without_headers_and_uri_case() {
         ("/anything", &[("x-canary", "true")], None),
     ];
     expect_routes(addr, cases).await;
+    // `scheme`: an absolute-form target's (plain requests are `http`, as the cases above show).
+    let answer = raw(
+        addr,
+        b"GET https://shop.example.com/x HTTP/1.1\r\nHost: shop.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(upstream_json(&answer)["id"], "secure", "{answer}");
 }
 
 /// `resolution: DNS`: endpoint addresses are names, resolved when the config is applied.
