@@ -611,11 +611,12 @@ impl<'a> Ctx<'a> {
         else {
             return;
         };
-        let written =
-            |p: &TrafficPolicy| p.outlier_detection.as_ref().and_then(|o| o.max_ejection_percent.clone());
-        let Some(at) =
-            subset.and_then(|s| written(&s.traffic_policy)).or_else(|| written(&dr.traffic_policy))
-        else {
+        let Some(at) = written(dr, subset, |p| {
+            p.outlier_detection
+                .as_ref()
+                .and_then(|o| o.max_ejection_percent.as_ref())
+                .map(|a| (a.pos, &*a.path))
+        }) else {
             return;
         };
         let msg = crate::lint::ejection_cap(
@@ -625,7 +626,7 @@ impl<'a> Ctx<'a> {
             outlier.min_health_percent,
         );
         if let Some(msg) = msg {
-            self.report(rule_res, Severity::Warning, at.pos, &at.path, msg);
+            self.report(rule_res, Severity::Warning, at.0, at.1, msg);
         }
     }
 
@@ -638,12 +639,10 @@ impl<'a> Ctx<'a> {
         resilience: &ResiliencePlan,
     ) {
         let Some((rule_res, dr)) = rule else { return };
-        let written = |p: &TrafficPolicy| {
-            p.http_only.iter().find(|w| w.path.ends_with("connectionPool.http.maxRetries")).cloned()
-        };
-        let Some(at) =
-            subset.and_then(|s| written(&s.traffic_policy)).or_else(|| written(&dr.traffic_policy))
-        else {
+        let Some(at) = written(dr, subset, |p| {
+            let w = p.http_only.iter().find(|w| w.path.ends_with("connectionPool.http.maxRetries"))?;
+            Some((w.pos, w.path.as_str()))
+        }) else {
             return;
         };
         let budget = &resilience.retry_budget;
@@ -656,7 +655,7 @@ impl<'a> Ctx<'a> {
             budget.min_retry_concurrency,
             floor_written,
         ) {
-            self.report(rule_res, Severity::Warning, at.pos, &at.path, msg);
+            self.report(rule_res, Severity::Warning, at.0, at.1, msg);
         }
     }
 
@@ -700,6 +699,16 @@ impl<'a> Ctx<'a> {
         }
         (ok && !out.is_empty()).then_some(out)
     }
+}
+
+/// Where a cluster's setting was written, as `get` finds it: in its subset's traffic policy
+/// first (which overrides the rule's field by field), else in the rule's.
+fn written<'p>(
+    dr: &'p DestinationRule,
+    subset: Option<&'p Subset>,
+    get: impl Fn(&'p TrafficPolicy) -> Option<(Pos, &'p str)>,
+) -> Option<(Pos, &'p str)> {
+    subset.and_then(|s| get(&s.traffic_policy)).or_else(|| get(&dr.traffic_policy))
 }
 
 fn upstream_protocol(port: &SePort, tcp_route: bool) -> UpstreamProtocol {
