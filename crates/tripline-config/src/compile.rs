@@ -671,9 +671,11 @@ impl<'a> Ctx<'a> {
         let mut ok = true;
         for d in dests {
             match self.destination(r, d, tcp) {
-                Some(cluster) => {
-                    out.push(WeightedCluster { cluster, weight: d.weight.as_ref().map_or(0, |w| w.value) })
-                }
+                Some(cluster) => out.push(WeightedCluster {
+                    cluster,
+                    weight: d.weight.as_ref().map_or(0, |w| w.value),
+                    headers: d.headers.clone(),
+                }),
                 None => ok = false,
             }
         }
@@ -873,10 +875,14 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         // Compile the routes once; attach them to every listener they belong to.
         let mut http_routes = Vec::new();
         for (i, h) in vs.http.iter().enumerate() {
-            if h.route.is_empty() {
+            let destinations = if h.features.answer.is_some() {
+                Vec::new()
+            } else if h.route.is_empty() {
                 continue;
-            }
-            let Some(destinations) = ctx.destinations(r, &h.route, &h.path, false) else { continue };
+            } else {
+                let Some(destinations) = ctx.destinations(r, &h.route, &h.path, false) else { continue };
+                destinations
+            };
             // Unique across VirtualServices: route breakers are keyed by it.
             let name = match &h.name {
                 Some(n) => format!("{}/{n}", r.name),
@@ -905,6 +911,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                 retry,
                 breaker: own.and_then(|(_, p)| p.breaker.clone()),
                 policy: own.map(|(pr, _)| pr.name.clone()),
+                features: RouteFeatures { fault: h.fault.as_ref().map(fault_plan), ..h.features.clone() },
             });
         }
         // One `tcp` route per VirtualService: without TCP matches, a second could never be
@@ -1008,6 +1015,23 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
 
 fn t_pos(vs: &VirtualService) -> Pos {
     vs.tcp.first().map(|t| t.pos).unwrap_or_default()
+}
+
+/// The fault as the proxy draws it: shares in millionths, the abort's answer resolved.
+fn fault_plan(f: &crate::model::Fault) -> FaultPlan {
+    FaultPlan {
+        delay: f
+            .delay
+            .as_ref()
+            .map(|d| FaultDelayPlan { fixed: d.fixed_delay, share: Fraction::of_percent(d.percentage) }),
+        abort: f.abort.as_ref().map(|a| {
+            let with = match (&a.grpc_status, a.http_status) {
+                (Some((_, code)), _) => AbortWith::Grpc(*code),
+                (None, status) => AbortWith::Http(status.unwrap_or(500)),
+            };
+            (with, Fraction::of_percent(a.percentage))
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -17,8 +17,6 @@ pub type Refused = &'static [(&'static str, &'static str)];
 pub type Ignored = &'static [(&'static str, &'static str)];
 
 const NO_UPSTREAM_TLS: &str = "remove it: Tripline's connections to endpoints are plain TCP for now";
-const NO_HEADER_EDITS: &str =
-    "remove it, or have the upstream set the headers: Tripline forwards headers unchanged for now";
 const NO_LOCALITY: &str = "remove it: every endpoint has the same priority for now";
 const MIRRORING: &str = "mirroring only sends copies whose responses are discarded, so requests and their responses are the same without it (it is not implemented yet)";
 
@@ -61,12 +59,7 @@ pub const VIRTUAL_SERVICE: Refused =
 
 /// VirtualService `http[]`.
 pub const HTTP_ROUTE: Refused = &[
-    ("fault", "remove it: Tripline would send the requests on to the destination with no delay or abort"),
     ("corsPolicy", "remove it, or answer CORS in the upstream: Tripline would pass preflight requests on and add no CORS headers"),
-    ("rewrite", "remove it, or have the upstream accept the original path and authority: Tripline would forward them unchanged"),
-    ("redirect", "remove the route, or let an upstream answer with the redirect: Tripline would not answer it, and its requests would go to the next route"),
-    ("directResponse", "remove the route, or let an upstream answer: Tripline would not answer it, and its requests would go to the next route"),
-    ("headers", NO_HEADER_EDITS),
     ("delegate", "put the delegate VirtualService's routes here instead: Tripline would not follow the delegation"),
 ];
 pub const HTTP_ROUTE_IGNORED: Ignored = &[
@@ -86,8 +79,11 @@ pub const MATCH: Refused = &[
 ];
 pub const MATCH_IGNORED: Ignored = &[("statPrefix", "it only names statistics")];
 
-/// VirtualService `http[].route[]`.
-pub const HTTP_ROUTE_DESTINATION: Refused = &[("headers", NO_HEADER_EDITS)];
+/// VirtualService `http[].fault.abort`.
+pub const FAULT_ABORT: Refused = &[(
+    "http2Error",
+    "use `httpStatus` or `grpcStatus`: Tripline does not reset streams with an HTTP/2 error code",
+)];
 
 /// VirtualService `tcp[]`.
 pub const TCP_ROUTE: Refused = &[(

@@ -15,6 +15,7 @@ pub mod model;
 pub mod plan;
 pub mod policy;
 mod resource;
+pub mod route_features;
 pub mod yaml;
 
 use std::net::SocketAddr;

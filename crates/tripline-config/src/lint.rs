@@ -154,6 +154,7 @@ mod tests {
             subset: None,
             port: None,
             weight: None,
+            headers: Default::default(),
             pos: Pos::default(),
             path: String::new(),
         };
@@ -164,6 +165,7 @@ mod tests {
             timeout: None,
             retries: None,
             fault: None,
+            features: Default::default(),
             answers_itself: false,
             pos: Pos::default(),
             path: path.into(),

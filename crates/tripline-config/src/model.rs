@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::decode::{join, Cx, Fields, Schema};
 use crate::gaps;
 use crate::plan::{HashKey, LoadBalancer, NewCookie, RequestMatch, RetryOn, StringMatch};
+use crate::route_features::{self, HeaderPlan, RouteFeatures};
 use crate::yaml::{Kind, Node, Pos};
 
 /// A value with where it was written, for diagnostics found after decoding.
@@ -499,9 +500,11 @@ pub struct HttpRoute {
     /// Parsed and validated, not applied yet (next issue).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<Retries>,
-    /// Parsed and validated, not applied yet.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+    /// `headers`, `rewrite`, `redirect`, `directResponse` (the fault is added when compiled).
+    #[serde(flatten)]
+    pub features: RouteFeatures,
     /// The entry answers by itself (redirect, directResponse) and needs no route.
     #[serde(skip)]
     pub answers_itself: bool,
@@ -529,6 +532,9 @@ pub struct RouteDestination {
     pub port: Option<At<u16>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<At<u32>>,
+    /// `headers` for requests sent to this destination.
+    #[serde(skip_serializing_if = "HeaderPlan::is_empty")]
+    pub headers: HeaderPlan,
     #[serde(skip)]
     pub pos: Pos,
     #[serde(skip)]
@@ -576,8 +582,9 @@ pub struct FaultDelay {
 pub struct FaultAbort {
     #[serde(rename = "httpStatus", skip_serializing_if = "Option::is_none")]
     pub http_status: Option<u16>,
+    /// The name as written, and its code.
     #[serde(rename = "grpcStatus", skip_serializing_if = "Option::is_none")]
-    pub grpc_status: Option<String>,
+    pub grpc_status: Option<(String, u8)>,
     /// 0..=100; Istio's default when absent is 100.
     pub percentage: f64,
     #[serde(skip)]
@@ -600,10 +607,23 @@ pub(crate) fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S)
 const VIRTUAL_SERVICE: Schema =
     Schema::new("Istio's VirtualService", &["hosts", "gateways", "http", "tcp", "exportTo"])
         .refusing(gaps::VIRTUAL_SERVICE);
-const HTTP_ROUTE: Schema =
-    Schema::new("Istio's HTTPRoute", &["name", "match", "route", "timeout", "retries"])
-        .refusing(gaps::HTTP_ROUTE)
-        .ignoring(gaps::HTTP_ROUTE_IGNORED);
+const HTTP_ROUTE: Schema = Schema::new(
+    "Istio's HTTPRoute",
+    &[
+        "name",
+        "match",
+        "route",
+        "timeout",
+        "retries",
+        "fault",
+        "headers",
+        "rewrite",
+        "redirect",
+        "directResponse",
+    ],
+)
+.refusing(gaps::HTTP_ROUTE)
+.ignoring(gaps::HTTP_ROUTE_IGNORED);
 const MATCH: Schema = Schema::new(
     "Istio's HTTPMatchRequest",
     &[
@@ -623,8 +643,8 @@ const MATCH: Schema = Schema::new(
 .of_conditions();
 const STRING_MATCH: Schema =
     Schema::new("Istio's StringMatch", &["exact", "prefix", "regex"]).of_conditions();
-const DESTINATION: Schema = Schema::new("Istio's HTTPRouteDestination", &["destination", "weight"])
-    .refusing(gaps::HTTP_ROUTE_DESTINATION);
+const DESTINATION: Schema =
+    Schema::new("Istio's HTTPRouteDestination", &["destination", "weight", "headers"]);
 const DEST: Schema = Schema::new("Istio's Destination", &["host", "subset", "port"]);
 const PORT_SELECTOR: Schema = Schema::new("Istio's PortSelector", &["number"]);
 const TCP_ROUTE: Schema = Schema::new("Istio's TCPRoute", &["route"]).refusing(gaps::TCP_ROUTE);
@@ -636,10 +656,9 @@ const RETRIES: Schema = Schema::new(
 const FAULT: Schema = Schema::new("Istio's HTTPFaultInjection", &["delay", "abort"]);
 const DELAY: Schema =
     Schema::new("Istio's HTTPFaultInjection.Delay", &["fixedDelay", "percentage", "percent"]);
-const ABORT: Schema = Schema::new(
-    "Istio's HTTPFaultInjection.Abort",
-    &["httpStatus", "grpcStatus", "http2Error", "percentage"],
-);
+const ABORT: Schema =
+    Schema::new("Istio's HTTPFaultInjection.Abort", &["httpStatus", "grpcStatus", "percentage"])
+        .refusing(gaps::FAULT_ABORT);
 const PERCENT: Schema = Schema::new("Istio's Percent", &["value"]);
 
 /// The `retryOn` conditions Tripline applies (numeric status codes are accepted too).
@@ -857,6 +876,12 @@ fn http_route(cx: &mut Cx, node: &Node, path: &str) -> Option<HttpRoute> {
         }
     }
     let fault = f.value("fault").and_then(|(n, p)| fault(cx, n, &p));
+    let features = RouteFeatures {
+        headers: f.value("headers").map(|(n, p)| route_features::headers(cx, n, &p)).unwrap_or_default(),
+        rewrite: f.value("rewrite").and_then(|(n, p)| route_features::rewrite(cx, n, &p)),
+        answer: route_features::answer(cx, &f),
+        fault: None,
+    };
     let answers_itself = f.has("redirect") || f.has("directResponse") || f.has("delegate");
     if route.is_empty() && !answers_itself && f.value("route").is_none() {
         cx.required(&f, "route", "at least one destination");
@@ -866,7 +891,7 @@ fn http_route(cx: &mut Cx, node: &Node, path: &str) -> Option<HttpRoute> {
             let status = abort
                 .http_status
                 .map(|s| format!("HTTP {s}"))
-                .or_else(|| abort.grpc_status.as_ref().map(|g| format!("gRPC {g}")))
+                .or_else(|| abort.grpc_status.as_ref().map(|(g, _)| format!("gRPC {g}")))
                 .unwrap_or_else(|| "an error".into());
             let pos = abort.pos;
             cx.report(
@@ -887,6 +912,7 @@ fn http_route(cx: &mut Cx, node: &Node, path: &str) -> Option<HttpRoute> {
         timeout,
         retries,
         fault,
+        features,
         answers_itself,
         pos: node.pos,
         path: path.to_string(),
@@ -936,15 +962,7 @@ fn string_match(cx: &mut Cx, node: &Node, path: &str) -> Option<StringMatch> {
                 _ => match regex::RegexBuilder::new(&format!("^(?:{s})$")).size_limit(1 << 20).build() {
                     Ok(re) => Some(StringMatch::Regex(re)),
                     Err(e) => {
-                        let why = e
-                            .to_string()
-                            .lines()
-                            .rfind(|l| !l.trim().is_empty())
-                            .map(|l| l.trim().trim_start_matches("error: "))
-                            .unwrap_or("")
-                            .trim()
-                            .to_string();
-                        cx.error(n, &p, format!("invalid regex (RE2 syntax expected): {why}"));
+                        cx.error(n, &p, format!("invalid regex (RE2 syntax expected): {}", regex_error(&e)));
                         None
                     }
                 },
@@ -959,6 +977,17 @@ fn string_match(cx: &mut Cx, node: &Node, path: &str) -> Option<StringMatch> {
             None
         }
     }
+}
+
+/// The last line of a `regex` error, which says what is wrong.
+pub(crate) fn regex_error(e: &regex::Error) -> String {
+    e.to_string()
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .map(|l| l.trim().trim_start_matches("error: "))
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }
 
 fn destinations(cx: &mut Cx, f: &Fields<'_>) -> Vec<RouteDestination> {
@@ -1007,11 +1036,14 @@ fn destinations(cx: &mut Cx, f: &Fields<'_>) -> Vec<RouteDestination> {
             }
             None => None,
         };
+        let headers =
+            rf.value("headers").map(|(n, p)| route_features::headers(cx, n, &p)).unwrap_or_default();
         out.push(RouteDestination {
             host: At::new(host, hn, &hp),
             subset,
             port,
             weight,
+            headers,
             pos: rn.pos,
             path: rp,
         });
@@ -1094,9 +1126,19 @@ fn fault(cx: &mut Cx, node: &Node, path: &str) -> Option<Fault> {
             None => None,
         };
         let grpc_status = match af.value("grpcStatus") {
-            Some((n, p)) => Some(cx.name(n, &p)?),
+            Some((n, p)) => {
+                use tripline_core::classify::grpc;
+                let name = cx.one_of(n, &p, &grpc::NAMES, "gRPC's status names, in capitals")?;
+                let code = grpc::code(&name)?;
+                Some((name, code))
+            }
             None => None,
         };
+        if let (Some(_), Some(_), Some((n, p))) = (http_status, &grpc_status, af.value("grpcStatus")) {
+            cx.error(n, &p, "an abort answers with `httpStatus` or `grpcStatus`: keep one");
+            return None;
+        }
+        // `http2Error` alone has its own error (refused).
         if http_status.is_none() && grpc_status.is_none() && !af.has("http2Error") {
             cx.required(&af, "httpStatus", "an HTTP status code (or grpcStatus)");
             return None;

@@ -12,6 +12,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use crate::route_features::{
+    AbortWith, Answer, FaultDelayPlan, FaultPlan, Fraction, HeaderOps, HeaderPlan, RedirectPlan,
+    RedirectPort, RewritePlan, RouteFeatures,
+};
+
 /// Index of a cluster in [`Plan::clusters`].
 pub type ClusterId = usize;
 
@@ -109,6 +114,10 @@ pub struct RoutePlan {
     pub breaker: Option<tripline_core::breaker::BreakerConfig>,
     /// Name of the ResiliencePolicy that targets this route, if any.
     pub policy: Option<String>,
+    /// What the route does besides forwarding (headers, rewrite, redirect, direct response,
+    /// fault). A route with `answer` has no destinations.
+    #[serde(skip_serializing_if = "RouteFeatures::is_empty")]
+    pub features: RouteFeatures,
 }
 
 /// All fields present must match (Istio semantics within one `match` entry).
@@ -159,6 +168,9 @@ impl StringMatch {
 pub struct WeightedCluster {
     pub cluster: ClusterId,
     pub weight: u32,
+    /// The destination's own `headers` (applied before the route's, which win on `set`).
+    #[serde(skip_serializing_if = "HeaderPlan::is_empty")]
+    pub headers: HeaderPlan,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -56,6 +56,11 @@ spec:
     @ROUTE
   - route:
     - destination: {host: backend.local}
+    fault:
+      abort:
+        httpStatus: 503
+        percentage: {value: 0}
+        @ABORT
   @VIRTUAL_SERVICE
 ---
 apiVersion: networking.istio.io/v1
@@ -117,7 +122,7 @@ const PLACES: &[(&str, &str, gaps::Refused, gaps::Ignored)] = &[
     ("@VIRTUAL_SERVICE", "VirtualService/backend: spec", gaps::VIRTUAL_SERVICE, &[]),
     ("@ROUTE", "VirtualService/backend: spec.http[0]", gaps::HTTP_ROUTE, gaps::HTTP_ROUTE_IGNORED),
     ("@MATCH", "VirtualService/backend: spec.http[0].match[0]", gaps::MATCH, gaps::MATCH_IGNORED),
-    ("@DESTINATION", "VirtualService/backend: spec.http[0].route[0]", gaps::HTTP_ROUTE_DESTINATION, &[]),
+    ("@ABORT", "VirtualService/backend: spec.http[1].fault.abort", gaps::FAULT_ABORT, &[]),
     ("@RETRIES", "VirtualService/backend: spec.http[0].retries", &[], gaps::RETRIES_IGNORED),
     ("@TCP_ROUTE", "VirtualService/db: spec.tcp[0]", gaps::TCP_ROUTE, &[]),
     ("@DESTINATION_RULE", "DestinationRule/backend: spec", gaps::DESTINATION_RULE, &[]),
@@ -266,24 +271,21 @@ fn a_misspelt_match_condition_is_an_error_with_a_suggestion() {
 /// A route that answers by itself (redirect, directResponse) or delegates was dropped, and its
 /// requests fell through to the next route: an error now.
 #[test]
-fn routes_that_would_answer_by_themselves_are_errors() {
-    for (field, yaml) in [
-        ("redirect", "redirect: {uri: /v2}"),
-        ("directResponse", "directResponse: {status: 503}"),
-        ("delegate", "delegate: {name: other}"),
-    ] {
-        let text = with("", "").replace(
+fn a_delegating_route_is_an_error_and_routes_that_answer_themselves_are_taken() {
+    let with_route = |yaml: &str| {
+        with("", "").replace(
             "  - route:\n    - destination: {host: backend.local}\n",
             &format!("  - {yaml}\n  - route:\n    - destination: {{host: backend.local}}\n"),
-        );
-        let e = errors(&text);
-        assert_eq!(e.len(), 1, "{field}: {}", shown(&e));
-        assert!(
-            e[0].to_string()
-                .contains(&format!("spec.http[1].{field}: `spec.http[1].{field}` is not implemented yet; ")),
-            "{}",
-            e[0]
-        );
+        )
+    };
+    let e = errors(&with_route("delegate: {name: other}"));
+    assert_eq!(e.len(), 1, "{}", shown(&e));
+    let want = "spec.http[1].delegate: `spec.http[1].delegate` is not implemented yet; ";
+    assert!(e[0].to_string().contains(want), "{}", e[0]);
+    for answer in ["redirect: {uri: /v2}", "directResponse: {status: 503}"] {
+        let loaded = ok(&with_route(answer));
+        let routes = &loaded.plan.listeners[0].virtual_hosts[0].routes;
+        assert!(routes[1].features.answer.is_some() && routes[1].destinations.is_empty(), "{answer}");
     }
 }
 

@@ -184,20 +184,14 @@ fn canary_to_an_undeclared_host_is_an_error_naming_it() {
     );
 }
 
-/// Fault injection is not implemented: a route with `fault` is refused (Tripline would send
-/// its requests on without the abort), and the 100% abort is still called out as no fallback.
+/// The brief's "fallback" is a 100% abort in front of a route: applied as Istio applies it,
+/// and called out as making the route's destination unreachable.
 #[test]
-fn abort_fault_as_fallback_is_refused_and_warns_that_the_route_is_unreachable() {
+fn abort_fault_as_fallback_warns_that_the_route_is_unreachable() {
     check(
         "inventory-fallback.yaml",
         false,
         &[
-            (
-                E,
-                "15:5",
-                "VirtualService/inventory-fallback: spec.http[0].fault",
-                "`spec.http[0].fault` is not implemented yet; remove it: Tripline would send the requests on to the destination with no delay or abort",
-            ),
             (
                 W,
                 "19:11",
@@ -215,24 +209,16 @@ fn abort_fault_as_fallback_is_refused_and_warns_that_the_route_is_unreachable() 
 }
 
 #[test]
-fn a_ten_percent_fault_is_refused_and_not_flagged_as_unreachable() {
+fn a_ten_percent_fault_is_not_flagged_as_unreachable() {
     check(
         "payments-fault.yaml",
         false,
-        &[
-            (
-                E,
-                "9:5",
-                "VirtualService/payments-fault: spec.http[0].fault",
-                "`spec.http[0].fault` is not implemented yet; remove it",
-            ),
-            (
-                E,
-                "16:15",
-                "VirtualService/payments-fault: spec.http[0].route[0].destination.host",
-                "unknown host `payments.svc.cluster.local`",
-            ),
-        ],
+        &[(
+            E,
+            "16:15",
+            "VirtualService/payments-fault: spec.http[0].route[0].destination.host",
+            "unknown host `payments.svc.cluster.local`",
+        )],
     );
 }
 
@@ -314,10 +300,9 @@ fn all_seeds_together_in_one_directory_report_the_union_and_never_panic() {
     assert_eq!(sources.len(), 13);
     let diags = load(&sources, &LoadOptions::default()).unwrap_err();
     let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
-    // Nine unknown hosts, two faults, the two DestinationRules named `payments-cb` (a
-    // duplicate) and the Envoy-only outlier field; the VirtualServices' mesh listener means no
-    // "no listener".
-    assert_eq!(errors, 13, "{diags:#?}");
+    // Nine unknown hosts, the two DestinationRules named `payments-cb` (a duplicate) and the
+    // Envoy-only outlier field; the VirtualServices' mesh listener means no "no listener".
+    assert_eq!(errors, 11, "{diags:#?}");
 }
 
 /// The seed plus a ServiceEntry and a VirtualService for its host, so that it gets a cluster;

@@ -38,7 +38,8 @@ pub mod grpc {
     pub const DATA_LOSS: u8 = 15;
     pub const UNAUTHENTICATED: u8 = 16;
 
-    const NAMES: [&str; 17] = [
+    /// The names, indexed by code (what Istio's `grpcStatus` takes).
+    pub const NAMES: [&str; 17] = [
         "OK",
         "CANCELLED",
         "UNKNOWN",
@@ -61,6 +62,11 @@ pub mod grpc {
     /// The canonical upper-case name, or `None` for a code outside 0..=16.
     pub fn name(code: u8) -> Option<&'static str> {
         NAMES.get(code as usize).copied()
+    }
+
+    /// The code of a canonical name (`UNAVAILABLE` → 14).
+    pub fn code(name: &str) -> Option<u8> {
+        NAMES.iter().position(|n| *n == name).map(|i| i as u8)
     }
 }
 

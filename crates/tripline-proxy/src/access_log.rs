@@ -120,6 +120,8 @@ pub struct Entry<'a> {
     pub upstream: Option<SocketAddr>,
     pub attempts: u32,
     pub request_id: Option<&'a str>,
+    /// What the route's `fault` did: `delay`, `abort` or `delay+abort`.
+    pub fault: Option<&'a str>,
 }
 
 impl Entry<'_> {
@@ -144,6 +146,7 @@ impl Entry<'_> {
             "upstream": self.upstream.map(|a| a.to_string()),
             "attempts": self.attempts,
             "request_id": self.request_id,
+            "fault": self.fault,
         })
         .to_string();
         line.push('\n');
@@ -171,6 +174,7 @@ mod tests {
             response_head: Duration::from_micros(1400),
             bytes_sent: 54,
             body_end: BodyEnd::Complete,
+            fault: None,
             route: Some("shop/http[0]"),
             cluster: Some("outbound|80||shop.local"),
             upstream: None,

@@ -420,6 +420,7 @@ fn log_refusal(
         upstream: None,
         attempts: 0,
         request_id: None,
+        fault: None,
     });
     if !queued {
         ctx.shared.global.access_log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -23,6 +23,8 @@ use crate::grpc::is_grpc;
 use crate::headers::{is_upgrade, prepare_request, strip_hop_by_hop, Client};
 use crate::listener::ListenerRuntime;
 use crate::local_reply::Reply;
+use crate::pipeline::header_edits::HeaderEdits;
+use crate::pipeline::{self, Injected, ResponseEdits, Step};
 use crate::reason::{Reason, REASON_HEADER};
 use crate::router::Route;
 use crate::upload::Watched;
@@ -91,14 +93,16 @@ pub fn handle(
     let mut trace = Trace { on: log.is_some(), ..Trace::default() };
     let h2 = req.version() == http::Version::HTTP_2;
     let grpc = is_grpc(req.headers());
+    // The response phase's header edits, for a route (or destination) that has them.
+    let mut edits: Option<Box<ResponseEdits>> = None;
     let started = match refuse(&req) {
         Some(refused) => {
             ctx.shared.global.local.inc(refused.reason());
             Err(refused)
         }
-        None => route(&ctx, &req, grpc, &mut trace)
-            .map(|r| start(&ctx, r, req, grpc, &mut trace))
-            .map_err(Refused::Reason),
+        None => {
+            route(&ctx, &req, grpc, &mut trace, &mut edits).map(|r| start(&ctx, r, req, grpc, &mut trace))
+        }
     };
     let mut mark = RequestMark::new(ctx, h2);
     async move {
@@ -108,8 +112,17 @@ pub fn handle(
         let mut resp = match started {
             Ok(s) => s.finish(&mut trace, mark.signal(), h2).await,
             Err(Refused::Reason(reason)) => reply(reason, grpc),
+            Err(Refused::Answered(delay, resp)) => {
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+                *resp
+            }
             Err(refused) => refused.response(h2),
         };
+        if let Some(edits) = &edits {
+            edits.apply(resp.headers_mut());
+        }
         if let Some(mut pending) = waiting.0.take() {
             // The line is written when the response body ends, so it tells how it ended.
             pending.at_head(trace, &resp);
@@ -134,6 +147,9 @@ fn reply(reason: Reason, grpc: bool) -> Response<ResponseBody> {
 enum Refused {
     /// Routing refused it (`no-route`, `no-healthy-upstream`), with `x-tripline-reason`.
     Reason(Reason),
+    /// The route answers it (a fault's abort, a redirect, a direct response), after the
+    /// fault's delay if one was drawn.
+    Answered(Option<std::time::Duration>, Box<Response<ResponseBody>>),
     /// A request the parser let through that is malformed all the same (see [`refuse`]),
     /// answered like the parser's own 400s; what is wrong with it.
     Malformed(&'static str),
@@ -145,6 +161,8 @@ impl Refused {
     fn reason(&self) -> Reason {
         match self {
             Refused::Reason(r) => *r,
+            // Not a refusal, and never counted as one: `refuse` does not answer so.
+            Refused::Answered(..) => Reason::BadRequest,
             Refused::Malformed(_) => Reason::BadRequest,
             Refused::Connect => Reason::ConnectNotSupported,
         }
@@ -325,6 +343,7 @@ impl PendingLog {
             upstream: trace.upstream,
             attempts: trace.attempts,
             request_id: trace.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            fault: trace.fault.as_str(),
         });
         if !queued {
             self.ctx.shared.global.access_log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -352,39 +371,59 @@ struct Trace {
     upstream: Option<SocketAddr>,
     attempts: u32,
     request_id: Option<http::HeaderValue>,
+    /// What the route's `fault` did to the request.
+    fault: Injected,
 }
 
 /// Where a request goes: its route, the destination picked, and the route deadline.
 struct Routed {
     route: Arc<Route>,
     cluster: Arc<Cluster>,
+    /// The destination's `headers`, when it has any.
+    destination_headers: Option<Arc<HeaderEdits>>,
     deadline: Option<Instant>,
+    /// The fault's delay, drawn for this request.
+    delay: Option<std::time::Duration>,
     /// The listener's `trust_client`.
     trust_client: bool,
 }
 
-/// Finds the route and picks the destination, or says why Tripline answers itself
-/// (`no-route`, `no-healthy-upstream`; already counted).
+/// The request phase: finds the route, runs its features (fault, its own answer) and picks
+/// the destination, or says why Tripline answers itself (`no-route`, `no-healthy-upstream`;
+/// already counted). Notes the route's response header edits in `edits`.
 fn route(
     ctx: &ConnContext,
     req: &Request<ClientBody>,
     grpc: bool,
     trace: &mut Trace,
-) -> Result<Routed, Reason> {
+    edits: &mut Option<Box<ResponseEdits>>,
+) -> Result<Routed, Refused> {
     let (route, trust_client) = {
         let config = ctx.listener.config.load();
         (config.find(req).cloned(), config.trust_client)
     };
     let Some(route) = route else {
         ctx.shared.global.local.inc(Reason::NoRoute);
-        return Err(Reason::NoRoute);
-    };
-    let Some(cluster) = route.pick_cluster(&ctx.shared.rng).cloned() else {
-        ctx.shared.global.local.inc(Reason::NoHealthyUpstream);
-        return Err(Reason::NoHealthyUpstream);
+        return Err(Refused::Reason(Reason::NoRoute));
     };
     if trace.on {
         trace.route = Some(route.name.clone());
+    }
+    let mut delay = None;
+    if let Some(features) = &route.features {
+        ResponseEdits::keep(edits, features.headers(), true);
+        match features.on_request(req, grpc, &ctx.shared.rng, &ctx.shared.global, &mut trace.fault) {
+            Step::Forward { delay: d } => delay = d,
+            Step::Answer { delay, response } => return Err(Refused::Answered(delay, response)),
+        }
+    }
+    let Some(destination) = route.pick(&ctx.shared.rng) else {
+        ctx.shared.global.local.inc(Reason::NoHealthyUpstream);
+        return Err(Refused::Reason(Reason::NoHealthyUpstream));
+    };
+    let (cluster, destination_headers) = (destination.cluster.clone(), destination.headers.clone());
+    ResponseEdits::keep(edits, destination_headers.as_ref(), false);
+    if trace.on {
         trace.cluster = Some(cluster.state.name.clone());
     }
     // The route timeout is enforced inside `upstream::send` (connection wait, each attempt,
@@ -397,8 +436,10 @@ fn route(
         (Some(r), Some(c)) => Some(r.min(c)),
         (r, c) => r.or(c),
     };
-    let deadline = timeout.map(|t| Instant::now() + t);
-    Ok(Routed { route, cluster, deadline, trust_client })
+    // The route timeout starts after a fault's delay, as Envoy's router comes after its
+    // fault filter.
+    let deadline = timeout.map(|t| Instant::now() + delay.unwrap_or_default() + t);
+    Ok(Routed { route, cluster, destination_headers, deadline, delay, trust_client })
 }
 
 fn local(cluster: &Cluster, refusal: impl Into<upstream::Refusal>, grpc: bool) -> Response<ResponseBody> {
@@ -422,6 +463,8 @@ struct Started {
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     /// The sticky cookie to set on the upstream's response (`httpCookie.ttl`).
     set_cookie: Option<http::HeaderValue>,
+    /// The fault's delay: the request waits before `send` is first polled.
+    delay: Option<std::time::Duration>,
     send: Pin<Box<dyn Future<Output = upstream::SendResult> + Send>>,
 }
 
@@ -433,7 +476,7 @@ fn start(
     grpc: bool,
     trace: &mut Trace,
 ) -> Started {
-    let Routed { route, cluster, deadline, trust_client } = routed;
+    let Routed { route, cluster, destination_headers, deadline, delay, trust_client } = routed;
     let hashed = match cluster.hash_key() {
         Some(key) => upstream::request_hash(key, &req, ctx.peer, ctx.shared.sticky_secret),
         None => upstream::RequestHash::default(),
@@ -451,6 +494,10 @@ fn start(
             up_req.headers_mut().insert(http::header::HOST, host);
         }
     }
+    if let Some(features) = route.features.as_ref().filter(|f| f.has_rewrite()) {
+        let matched = route.matched_uri(&up_req);
+        features.rewrite(&mut up_req, matched);
+    }
     let client = if trust_client { Client::Trusted } else { Client::Edge };
     prepare_request(
         &mut up_req,
@@ -460,12 +507,20 @@ fn start(
         upgrade.is_some(),
         &ctx.shared.rng,
     );
+    let route_headers = route.features.as_ref().and_then(|f| f.headers());
+    if destination_headers.is_some() || route_headers.is_some() {
+        pipeline::edit_request(
+            up_req.headers_mut(),
+            destination_headers.as_deref(),
+            route_headers.map(|h| &**h),
+        );
+    }
     if trace.on {
         trace.request_id = up_req.headers().get(&crate::headers::X_REQUEST_ID).cloned();
     }
     let send =
         upstream::send(cluster.clone(), route, up_req, hashed.hash, ctx.shared.clone(), deadline, upload);
-    Started { cluster, deadline, grpc, upgrade, set_cookie: hashed.set_cookie, send: Box::pin(send) }
+    Started { cluster, deadline, grpc, upgrade, set_cookie: hashed.set_cookie, delay, send: Box::pin(send) }
 }
 
 /// `host` or `host:port` of a cluster's destination, for a request that named none.
@@ -480,7 +535,10 @@ impl Started {
     /// `408 stream-idle-timeout` (counted by the sweep that fired it), and an HTTP/1
     /// connection closes after it.
     async fn finish(self, trace: &mut Trace, signal: &ConnSignal, h2: bool) -> Response<ResponseBody> {
-        let Started { cluster, deadline, grpc, upgrade, set_cookie, mut send } = self;
+        let Started { cluster, deadline, grpc, upgrade, set_cookie, delay, mut send } = self;
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let sent = match StreamIdle::new(signal, send.as_mut()).await {
             Some(sent) => sent,
             None => {

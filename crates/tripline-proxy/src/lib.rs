@@ -22,6 +22,7 @@ pub mod listener;
 pub mod local_reply;
 pub mod metrics;
 pub mod net_io;
+pub mod pipeline;
 pub mod reason;
 pub mod resilience;
 pub mod router;

@@ -186,6 +186,16 @@ impl Collector for Scrape {
         )?;
         counter(
             &mut enc,
+            "tripline_fault_injections",
+            "Requests a route's fault injection delayed or aborted (a request can be both).",
+            [
+                (vec![("fault", "delay".to_string())], self.global.faults_delayed.load(Ordering::Relaxed)),
+                (vec![("fault", "abort".to_string())], self.global.faults_aborted.load(Ordering::Relaxed)),
+            ]
+            .into_iter(),
+        )?;
+        counter(
+            &mut enc,
             "tripline_access_log_dropped",
             "Access log lines dropped because the writer fell behind (requests are never slowed).",
             std::iter::once((vec![], self.global.access_log_dropped.load(Ordering::Relaxed))),

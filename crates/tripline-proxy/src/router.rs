@@ -12,6 +12,8 @@ use tripline_core::rng::Rng;
 
 use crate::cluster::Cluster;
 use crate::headers::{authority, host_of};
+use crate::pipeline::header_edits::HeaderEdits;
+use crate::pipeline::Features;
 use crate::resilience::RouteBreakers;
 use crate::upstream::RoutePolicy;
 
@@ -36,16 +38,28 @@ pub struct VirtualHost {
     pub routes: Vec<Arc<Route>>,
 }
 
-/// A route: its matches and its weighted destinations.
+/// A route: its matches, its weighted destinations and its features.
 #[derive(Debug)]
 pub struct Route {
     pub name: Arc<str>,
     matches: Vec<RequestMatch>,
-    destinations: Vec<(Arc<Cluster>, u32)>,
+    destinations: Vec<Destination>,
     total_weight: u32,
     pub timeout: Option<Duration>,
     /// What `upstream::send` needs of the route: its retry policy and its own breaker.
     pub upstream: RoutePolicy,
+    /// Headers, rewrite, fault, redirect, direct response; `None` for a route that only
+    /// forwards (see `pipeline`).
+    pub features: Option<Box<Features>>,
+}
+
+/// One of a route's weighted destinations.
+#[derive(Debug)]
+pub struct Destination {
+    pub cluster: Arc<Cluster>,
+    weight: u32,
+    /// The destination's own `headers`, when they edit anything.
+    pub(crate) headers: Option<Arc<HeaderEdits>>,
 }
 
 /// `upstream::send` takes the route through this, so that the upstream layer does not depend
@@ -63,9 +77,17 @@ impl Route {
         dests: &[WeightedCluster],
         clusters: &[Arc<Cluster>],
     ) -> Self {
-        let destinations: Vec<(Arc<Cluster>, u32)> =
-            dests.iter().filter_map(|d| clusters.get(d.cluster).map(|c| (c.clone(), d.weight))).collect();
-        let total_weight = destinations.iter().map(|(_, w)| *w).sum();
+        let destinations: Vec<Destination> = dests
+            .iter()
+            .filter_map(|d| {
+                Some(Destination {
+                    cluster: clusters.get(d.cluster)?.clone(),
+                    weight: d.weight,
+                    headers: HeaderEdits::compile(&d.headers).map(Arc::new),
+                })
+            })
+            .collect();
+        let total_weight = destinations.iter().map(|d| d.weight).sum();
         Route {
             name: name.into(),
             matches,
@@ -73,6 +95,7 @@ impl Route {
             total_weight,
             timeout: None,
             upstream: RoutePolicy::default(),
+            features: None,
         }
     }
 
@@ -81,6 +104,7 @@ impl Route {
         route.timeout = r.timeout;
         route.upstream =
             RoutePolicy { retry: r.retry.clone(), breaker: breakers.breakers.get(&r.name).cloned() };
+        route.features = Features::compile(&r.features);
         route
     }
 
@@ -89,22 +113,33 @@ impl Route {
     }
 
     /// Picks a destination by weight.
-    pub fn pick_cluster(&self, rng: &dyn Rng) -> Option<&Arc<Cluster>> {
+    pub fn pick(&self, rng: &dyn Rng) -> Option<&Destination> {
         if self.destinations.len() <= 1 || self.total_weight == 0 {
-            return self.destinations.first().map(|(c, _)| c);
+            return self.destinations.first();
         }
         let mut r = rng.below(u64::from(self.total_weight)) as u32;
-        for (c, w) in &self.destinations {
-            if r < *w {
-                return Some(c);
+        for d in &self.destinations {
+            if r < d.weight {
+                return Some(d);
             }
-            r -= w;
+            r -= d.weight;
         }
-        self.destinations.last().map(|(c, _)| c)
+        self.destinations.last()
+    }
+
+    /// Picks a destination's cluster by weight.
+    pub fn pick_cluster(&self, rng: &dyn Rng) -> Option<&Arc<Cluster>> {
+        self.pick(rng).map(|d| &d.cluster)
     }
 
     fn matches<B>(&self, req: &Request<B>) -> bool {
         self.matches.is_empty() || self.matches.iter().any(|m| request_matches(m, req))
+    }
+
+    /// The uri match of the first match entry that takes `req` (`None`: it has no uri match),
+    /// for `rewrite.uri`, which replaces the prefix the request matched.
+    pub fn matched_uri<B>(&self, req: &Request<B>) -> Option<&StringMatch> {
+        self.matches.iter().find(|m| request_matches(m, req)).and_then(|m| m.uri.as_ref())
     }
 }
 
@@ -421,7 +456,8 @@ mod tests {
         let clusters = crate::cluster::Registry::default()
             .build(&[plan("v1"), plan("v2")], &Default::default())
             .clusters;
-        let dests = [WeightedCluster { cluster: 0, weight: 90 }, WeightedCluster { cluster: 1, weight: 10 }];
+        let dest = |cluster, weight| WeightedCluster { cluster, weight, headers: Default::default() };
+        let dests = [dest(0, 90), dest(1, 10)];
         let route = Route::new("canary", vec![], &dests, &clusters);
         let rng = SplitMix::seeded(11);
         let v2 = (0..10_000).filter(|_| route.pick_cluster(&rng).unwrap().name() == "v2").count();

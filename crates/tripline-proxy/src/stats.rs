@@ -108,6 +108,9 @@ pub struct GlobalStats {
     /// Admin connections closed at once because `admin::MAX_CONNECTIONS` were open.
     pub admin_connections_refused: AtomicU64,
     pub http2: Http2Stats,
+    /// Requests a route's `fault` delayed, and those it aborted.
+    pub faults_delayed: AtomicU64,
+    pub faults_aborted: AtomicU64,
 }
 
 /// HTTP/2 client connections: what went wrong on them (Envoy's `http2.rx_reset`,

@@ -21,6 +21,7 @@ mod reload;
 mod resilience;
 mod routing;
 mod tcp;
+mod traffic;
 mod upgrade;
 mod validate;
 mod workers;

@@ -91,7 +91,7 @@ type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
 
 /// A Gateway on `port`, a ServiceEntry `<id>.local` for each upstream, and a VirtualService
 /// `name` with `routes` for every host.
-fn one_service_per_upstream(port: u16, ups: &[Upstream], name: &str, routes: &str) -> String {
+pub(crate) fn one_service_per_upstream(port: u16, ups: &[Upstream], name: &str, routes: &str) -> String {
     let mut docs = vec![config::gateway("edge", port, "HTTP")];
     for u in ups {
         docs.push(config::service_entry(&format!("{}.local", u.id()), "HTTP", &[u.addr]));

@@ -1,0 +1,130 @@
+//! `headers`, `rewrite`, `redirect`, `directResponse` and `fault` of an HTTP route: what they
+//! compile to, and the mistakes refused with their place and the fix.
+
+mod common;
+
+use common::{ok, the_error};
+use tripline_config::plan::{AbortWith, Answer, Fraction, RedirectPort, RoutePlan};
+
+/// A ServiceEntry and a VirtualService whose one route is `route` (indented as an `http[]`
+/// entry's fields).
+fn with_route(route: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: backend}}
+spec:
+  hosts: [backend.local]
+  ports: [{{number: 80, name: http}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: vs}}
+spec:
+  hosts: [backend.local]
+  http:
+  - {route}
+"
+    )
+}
+
+fn route(text: &str) -> RoutePlan {
+    ok(&with_route(text)).plan.listeners[0].virtual_hosts[0].routes[0].clone()
+}
+
+const DEST: &str = "route: [{destination: {host: backend.local}}]";
+
+#[test]
+fn features_compile_into_the_route_plan() {
+    let r = route(&format!(
+        "{DEST}
+    headers:
+      request: {{set: {{X-Env: canary}}, add: {{x-a: \"1\"}}, remove: [X-Debug]}}
+    rewrite: {{uri: /v2/, authority: api.internal}}
+    fault:
+      delay: {{fixedDelay: 5s, percentage: {{value: 0.5}}}}
+      abort: {{grpcStatus: UNAVAILABLE, percentage: {{value: 10}}}}"
+    ));
+    let f = &r.features;
+    assert_eq!(f.headers.request.set, [("x-env".to_string(), "canary".to_string())], "names lower-cased");
+    assert_eq!(f.headers.request.remove, ["x-debug"]);
+    let rewrite = f.rewrite.as_ref().unwrap();
+    assert_eq!((rewrite.uri.as_deref(), rewrite.authority.as_deref()), (Some("/v2/"), Some("api.internal")));
+    let fault = f.fault.as_ref().unwrap();
+    assert_eq!(fault.delay.unwrap().share, Fraction(5_000));
+    assert_eq!(fault.abort, Some((AbortWith::Grpc(14), Fraction(100_000))));
+
+    let r = route("redirect: {uri: /new, derivePort: FROM_REQUEST_PORT, redirectCode: 302}");
+    let Some(Answer::Redirect(redirect)) = &r.features.answer else { panic!("{:?}", r.features) };
+    assert_eq!((redirect.status, redirect.port), (302, RedirectPort::RequestPort));
+    assert!(r.destinations.is_empty());
+    let r = route("directResponse: {status: 503, body: {bytes: aGk=}}");
+    assert!(matches!(&r.features.answer, Some(Answer::Direct { status: 503, body }) if body == b"hi"));
+    assert!(route(DEST).features.is_empty(), "a plain route has no features");
+}
+
+#[test]
+fn mistakes_are_errors_at_their_place_with_the_fix() {
+    let cases = [
+        (
+            format!("{DEST}\n    headers: {{request: {{set: {{\"bad header\": x}}}}}}"),
+            "spec.http[0].headers.request.set.bad header: `bad header` is not a valid header name",
+        ),
+        (
+            format!("{DEST}\n    headers: {{request: {{set: {{host: x}}}}}}"),
+            "`host` is managed by the proxy and cannot be edited here; use `rewrite.authority` to change it",
+        ),
+        (
+            format!("{DEST}\n    headers: {{response: {{remove: [content-length]}}}}"),
+            "spec.http[0].headers.response.remove[0]: `content-length` is managed by the proxy",
+        ),
+        (
+            format!("{DEST}\n    headers: {{request: {{add: {{x-a: \"a\\nb\"}}}}}}"),
+            "spec.http[0].headers.request.add.x-a: not a valid header value",
+        ),
+        (
+            format!("{DEST}\n    rewrite: {{uri: v2}}"),
+            "spec.http[0].rewrite.uri: `v2` is not a path: a rewritten uri starts with `/`",
+        ),
+        (
+            format!("{DEST}\n    rewrite: {{uriRegexRewrite: {{match: \"^/(a)$\", rewrite: \"/\\\\2\"}}}}"),
+            "spec.http[0].rewrite.uriRegexRewrite.rewrite: `\\2` names a group the pattern does not have (1 groups)",
+        ),
+        (
+            format!("{DEST}\n    redirect: {{uri: /x}}"),
+            "spec.http[0].redirect: an HTTP route has one of route, redirect, directResponse: found route and redirect",
+        ),
+        (
+            "redirect: {port: 8080, derivePort: FROM_REQUEST_PORT}".to_string(),
+            "spec.http[0].redirect.derivePort: `port` and `derivePort` both set the redirect's port: keep one",
+        ),
+        (
+            "redirect: {redirectCode: 304}".to_string(),
+            "redirectCode 304 is not a redirect: expected 301, 302, 303, 307 or 308",
+        ),
+        (
+            "directResponse: {status: 200, body: {bytes: \"not base64!\"}}".to_string(),
+            "spec.http[0].directResponse.body.bytes: `bytes` is not base64",
+        ),
+        ("directResponse: {body: {string: x}}".to_string(), "spec.http[0].directResponse.status: `status` is required"),
+        (
+            format!("{DEST}\n    fault: {{abort: {{grpcStatus: Unavailable}}}}"),
+            "spec.http[0].fault.abort.grpcStatus: expected one of OK, CANCELLED",
+        ),
+        (
+            format!("{DEST}\n    fault: {{abort: {{httpStatus: 503, grpcStatus: UNAVAILABLE}}}}"),
+            "an abort answers with `httpStatus` or `grpcStatus`: keep one",
+        ),
+        (
+            format!("{DEST}\n    fault: {{abort: {{http2Error: 7}}}}"),
+            "`spec.http[0].fault.abort.http2Error` is not implemented yet; use `httpStatus` or `grpcStatus`",
+        ),
+    ];
+    for (route, want) in cases {
+        let e = the_error(&with_route(&route));
+        assert!(e.contains(want), "{route}\n  want: {want}\n  got:  {e}");
+        assert!(e.starts_with("error: mesh.yaml:"), "file, line and column first: {e}");
+    }
+}

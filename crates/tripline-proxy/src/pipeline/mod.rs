@@ -1,0 +1,234 @@
+//! The request pipeline: the phases a request goes through between the client's connection
+//! and the upstream layer, and the route features that plug into them. Each feature is a
+//! module of its own, compiled from the route's plan once per reload into [`Features`]; a
+//! route without features has none (`Route::features` is `None`), so its requests run exactly
+//! the path they ran before features existed: one branch more.
+//!
+//! The phases, in order (`http_proxy` drives them; `docs/architecture.md` tells where to add
+//! a feature):
+//!
+//! 1. **Request**, before a destination is chosen: route match (`router`), fault injection
+//!    ([`fault`]), answers of the route's own ([`answer`]: redirect, direct response). A
+//!    feature here may answer the request itself ([`Step::Answer`]) or hold it
+//!    ([`Step::Forward`] with a delay).
+//! 2. **Upstream request**, once the destination is chosen and before the request is
+//!    prepared for it: path and authority rewrite ([`rewrite`]); then, after the proxy's own
+//!    headers (`x-forwarded-*`, `x-request-id`) are set, the header edits of the destination
+//!    and of the route ([`header_edits`]), the route's last so that its `set` wins, as in
+//!    Envoy.
+//! 3. **Response**: the response header edits of the destination and the route
+//!    ([`ResponseEdits`]), applied to every response the route gives, Tripline's own answers
+//!    included.
+//! 4. **Logging**: the access log line, written when the response body ends (`http_proxy`'s
+//!    `PendingLog`).
+//!
+//! The upstream layer below (`upstream::send`: admission, breakers, retries, attempts) knows
+//! nothing of these phases.
+
+pub(crate) mod answer;
+pub(crate) mod fault;
+pub(crate) mod header_edits;
+pub(crate) mod rewrite;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, Request, Response};
+use tripline_config::plan::{FaultPlan, RouteFeatures, StringMatch};
+use tripline_core::rng::Rng;
+
+use crate::body::ResponseBody;
+use crate::stats::GlobalStats;
+use answer::Answer;
+use header_edits::HeaderEdits;
+use rewrite::Rewrite;
+
+/// A route's features, compiled from its plan.
+#[derive(Debug)]
+pub struct Features {
+    fault: Option<FaultPlan>,
+    answer: Option<Answer>,
+    rewrite: Option<Rewrite>,
+    headers: Option<Arc<HeaderEdits>>,
+}
+
+/// What the request phase decided.
+pub(crate) enum Step {
+    /// Go on to a destination, after the delay if there is one.
+    Forward { delay: Option<Duration> },
+    /// The route answers the request itself (after the delay, for a delayed abort).
+    Answer { delay: Option<Duration>, response: Box<Response<ResponseBody>> },
+}
+
+/// What the request phase did that the access log shows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Injected {
+    pub(crate) delayed: bool,
+    pub(crate) aborted: bool,
+}
+
+impl Injected {
+    /// The access log's `fault` field.
+    pub(crate) fn as_str(self) -> Option<&'static str> {
+        match (self.delayed, self.aborted) {
+            (false, false) => None,
+            (true, false) => Some("delay"),
+            (false, true) => Some("abort"),
+            (true, true) => Some("delay+abort"),
+        }
+    }
+}
+
+impl Features {
+    /// `None` when the route does nothing but forward.
+    pub fn compile(plan: &RouteFeatures) -> Option<Box<Features>> {
+        if plan.is_empty() {
+            return None;
+        }
+        Some(Box::new(Features {
+            fault: plan.fault.clone(),
+            answer: plan.answer.as_ref().map(Answer::compile),
+            rewrite: plan.rewrite.as_ref().map(Rewrite::compile),
+            headers: HeaderEdits::compile(&plan.headers).map(Arc::new),
+        }))
+    }
+
+    /// The request phase: the fault is drawn, then a route that answers itself answers.
+    pub(crate) fn on_request<B>(
+        &self,
+        req: &Request<B>,
+        grpc: bool,
+        rng: &dyn Rng,
+        stats: &GlobalStats,
+        injected: &mut Injected,
+    ) -> Step {
+        let drawn = self.fault.as_ref().map(|f| fault::draw(f, rng)).unwrap_or_default();
+        if drawn.delay.is_some() {
+            injected.delayed = true;
+            stats.faults_delayed.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(with) = drawn.abort {
+            injected.aborted = true;
+            stats.faults_aborted.fetch_add(1, Ordering::Relaxed);
+            return Step::Answer {
+                delay: drawn.delay,
+                response: Box::new(fault::abort_response(with, grpc)),
+            };
+        }
+        match &self.answer {
+            Some(answer) => Step::Answer { delay: drawn.delay, response: Box::new(answer.respond(req)) },
+            None => Step::Forward { delay: drawn.delay },
+        }
+    }
+
+    /// The upstream-request phase, before the request is prepared: the rewrite. `matched` is
+    /// the uri match of the match entry that took the request.
+    pub(crate) fn rewrite<B>(&self, req: &mut Request<B>, matched: Option<&StringMatch>) {
+        if let Some(rewrite) = &self.rewrite {
+            rewrite.apply(req, matched);
+        }
+    }
+
+    pub(crate) fn has_rewrite(&self) -> bool {
+        self.rewrite.is_some()
+    }
+
+    /// The route's `headers`, when they edit anything.
+    pub(crate) fn headers(&self) -> Option<&Arc<HeaderEdits>> {
+        self.headers.as_ref()
+    }
+}
+
+/// The upstream-request phase, after the proxy's own headers: the destination's edits, then
+/// the route's.
+pub(crate) fn edit_request(
+    headers: &mut HeaderMap,
+    destination: Option<&HeaderEdits>,
+    route: Option<&HeaderEdits>,
+) {
+    for edits in [destination, route].into_iter().flatten() {
+        if let Some(request) = &edits.request {
+            request.apply(headers);
+        }
+    }
+}
+
+/// The response phase's header edits: the destination's, then the route's. Boxed and only
+/// made for a route or destination that edits responses, so other requests carry 8 bytes.
+#[derive(Debug, Default)]
+pub(crate) struct ResponseEdits {
+    pub(crate) destination: Option<Arc<HeaderEdits>>,
+    pub(crate) route: Option<Arc<HeaderEdits>>,
+}
+
+impl ResponseEdits {
+    /// Notes `edits` (of the destination or of the route) if they touch the response.
+    pub(crate) fn keep(slot: &mut Option<Box<ResponseEdits>>, edits: Option<&Arc<HeaderEdits>>, route: bool) {
+        let Some(edits) = edits.filter(|e| e.response.is_some()) else { return };
+        let kept = slot.get_or_insert_with(Box::default);
+        let place = if route { &mut kept.route } else { &mut kept.destination };
+        *place = Some(edits.clone());
+    }
+
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
+        for edits in [&self.destination, &self.route].into_iter().flatten() {
+            if let Some(response) = &edits.response {
+                response.apply(headers);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tripline_config::plan::{AbortWith, Answer as AnswerPlan, Fraction, HeaderOps, HeaderPlan};
+    use tripline_core::rng::SplitMix;
+
+    #[test]
+    fn a_route_without_features_compiles_to_nothing() {
+        assert!(Features::compile(&RouteFeatures::default()).is_none());
+    }
+
+    #[test]
+    fn an_abort_comes_before_the_route_s_own_answer_and_is_counted() {
+        let plan = RouteFeatures {
+            fault: Some(FaultPlan {
+                delay: None,
+                abort: Some((AbortWith::Http(503), Fraction(Fraction::MILLION))),
+            }),
+            answer: Some(AnswerPlan::Direct { status: 200, body: Vec::new() }),
+            ..Default::default()
+        };
+        let f = Features::compile(&plan).unwrap();
+        let (stats, mut injected) = (GlobalStats::default(), Injected::default());
+        let req = Request::get("/").body(()).unwrap();
+        let Step::Answer { delay: None, response } =
+            f.on_request(&req, false, &SplitMix::seeded(1), &stats, &mut injected)
+        else {
+            panic!("the abort answers")
+        };
+        assert_eq!(response.status(), 503);
+        assert_eq!(injected.as_str(), Some("abort"));
+        assert_eq!(stats.faults_aborted.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_route_s_set_wins_over_the_destination_s() {
+        let edits = |v: &str| {
+            let ops = HeaderOps { set: vec![("x-who".into(), v.into())], ..Default::default() };
+            Arc::new(HeaderEdits::compile(&HeaderPlan { request: ops.clone(), response: ops }).unwrap())
+        };
+        let (dest, route) = (edits("destination"), edits("route"));
+        let mut h = HeaderMap::new();
+        edit_request(&mut h, Some(&dest), Some(&route));
+        assert_eq!(h["x-who"], "route");
+        let mut slot = None;
+        ResponseEdits::keep(&mut slot, Some(&route), true);
+        ResponseEdits::keep(&mut slot, Some(&dest), false);
+        let mut h = HeaderMap::new();
+        slot.unwrap().apply(&mut h);
+        assert_eq!(h["x-who"], "route");
+    }
+}

@@ -1,0 +1,190 @@
+//! Route features through the binary (issue 18): header edits, rewrites, redirects, direct
+//! responses and fault injection, as the upstream and the client see them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::routing::one_service_per_upstream;
+use crate::support::metrics::metric_sum;
+use crate::support::{access_log_lines, get_with, Proxy, Upstream};
+
+const HOST: &str = "shop.example.com";
+
+/// Every edit a route can make, each checked where it lands: the path, authority and headers
+/// the upstream was sent, the headers the client got back, and the answers a route gives
+/// without an upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_rewrites_redirects_and_direct_responses_land_where_they_should() {
+    let ups = [Upstream::http("api").await, Upstream::http("regex").await];
+    let port = crate::support::free_port();
+    let routes = "  http:
+  - match:
+    - uri: {prefix: /api/}
+    rewrite:
+      uri: /v2/
+      authority: backend.internal
+    headers:
+      request:
+        set: {x-env: canary}
+        add: {x-added: \"1\"}
+        remove: [x-debug]
+      response:
+        set: {x-served-by: tripline}
+        remove: [x-upstream-only]
+    route:
+    - destination: {host: api.local, port: {number: 80}}
+      headers:
+        request:
+          set: {x-env: destination, x-dest: api}
+        response:
+          add: {x-dest: api}
+  - match:
+    - uri: {prefix: /svc/}
+    rewrite:
+      uriRegexRewrite: {match: \"^/svc/([^/]+)/(.*)$\", rewrite: \"/\\\\2/of/\\\\1\"}
+    route:
+    - destination: {host: regex.local, port: {number: 80}}
+  - match:
+    - uri: {prefix: /old}
+    redirect: {uri: /new, redirectCode: 308}
+  - match:
+    - uri: {prefix: /moved}
+    redirect: {authority: elsewhere.example.com, scheme: https}
+  - match:
+    - uri: {exact: /health}
+    directResponse: {status: 200, body: {string: \"ok\\n\"}}
+    headers:
+      response:
+        set: {cache-control: no-store}
+  - match:
+    - uri: {exact: /gone}
+    directResponse: {status: 410, body: {bytes: Z29uZQ==}}
+";
+    let _proxy = Proxy::start(&one_service_per_upstream(port, &ups, "features", routes)).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+    let r =
+        get_with(addr, HOST, "/api/users?page=2", &[("x-debug", "1"), ("x-env", "prod"), ("x-added", "0")])
+            .await
+            .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json();
+    assert_eq!(seen["path"], "/v2/users?page=2", "the matched prefix is rewritten, the query kept");
+    assert_eq!(seen["authority"], "backend.internal");
+    assert_eq!(
+        r.seen_header("x-env").as_deref(),
+        Some("canary"),
+        "the route's set wins over the destination's"
+    );
+    assert_eq!(r.seen_header("x-added").as_deref(), Some("0, 1"), "add appends");
+    assert_eq!(r.seen_header("x-dest").as_deref(), Some("api"), "the destination's own edits");
+    assert_eq!(r.seen_header("x-debug"), None, "removed");
+    assert!(r.seen_header("x-forwarded-for").is_some(), "the proxy's own headers are still set");
+    assert_eq!(r.header("x-served-by"), Some("tripline"));
+    assert_eq!(r.header("x-dest"), Some("api"));
+
+    let r = get_with(addr, HOST, "/svc/orders/list?x=1", &[]).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.upstream()), (200, Some("regex")));
+    assert_eq!(r.json()["path"], "/list/of/orders?x=1", "RE2's \\2 and \\1");
+
+    let r = get_with(addr, HOST, "/old/cart?id=7", &[]).await.unwrap();
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), Some("http://shop.example.com/new?id=7"));
+    assert_eq!((r.upstream(), r.reason()), (None, None), "answered by the route, not refused");
+    let r = get_with(addr, &format!("{HOST}:{port}"), "/moved/x", &[]).await.unwrap();
+    assert_eq!(r.status, 301, "Istio's default redirect code");
+    assert_eq!(r.header("location"), Some("https://elsewhere.example.com/moved/x"));
+
+    let r = get_with(addr, HOST, "/health", &[]).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "ok\n"));
+    assert_eq!(
+        r.header("cache-control"),
+        Some("no-store"),
+        "response edits apply to the route's own answers"
+    );
+    let r = get_with(addr, HOST, "/gone", &[]).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (410, "gone"));
+    assert_eq!(ups[0].requests() + ups[1].requests(), 2, "only the forwarded requests reached an upstream");
+}
+
+/// Sends `n` GETs to `path`, `batch` at a time, each on its own connection.
+async fn many(addr: SocketAddr, path: &str, n: usize, batch: usize) -> Vec<crate::support::Resp> {
+    let mut out = Vec::with_capacity(n);
+    for start in (0..n).step_by(batch) {
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in start..(start + batch).min(n) {
+            let path = path.to_owned();
+            calls.spawn(async move { get_with(addr, HOST, &path, &[]).await.map_err(|e| e.to_string()) });
+        }
+        while let Some(r) = calls.join_next().await {
+            out.push(r.unwrap().unwrap());
+        }
+    }
+    out
+}
+
+/// Within 3 sigma of `n * p` (binomial).
+fn near(got: usize, n: usize, p: f64) -> bool {
+    let (mean, sigma) = (n as f64 * p, (n as f64 * p * (1.0 - p)).sqrt());
+    (got as f64 - mean).abs() <= 3.0 * sigma
+}
+
+/// `fault`: aborts in their share and marked, delays that add their time without eating the
+/// route timeout, gRPC aborts a gRPC client can read, counted in metrics and the access log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_abort_and_delay_their_share_of_requests() {
+    let ups = [Upstream::http("pay").await];
+    let port = crate::support::free_port();
+    let routes = "  http:
+  - match:
+    - uri: {prefix: /abort}
+    fault:
+      abort: {httpStatus: 503, percentage: {value: 30}}
+    route:
+    - destination: {host: pay.local, port: {number: 80}}
+  - match:
+    - uri: {prefix: /delay}
+    timeout: 300ms
+    fault:
+      delay: {fixedDelay: 400ms, percentage: {value: 50}}
+    route:
+    - destination: {host: pay.local, port: {number: 80}}
+  - match:
+    - uri: {prefix: /grpc}
+    fault:
+      abort: {grpcStatus: UNAVAILABLE}
+    route:
+    - destination: {host: pay.local, port: {number: 80}}
+";
+    let log = crate::support::proxy::unique_dir("fault-log").join("access.log");
+    let yaml = one_service_per_upstream(port, &ups, "faults", routes);
+    let proxy = Proxy::start_args(&yaml, &["--access-log", log.to_str().unwrap()]).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+    let n = 2000;
+    let rs = many(addr, "/abort", n, 50).await;
+    let aborted: Vec<_> = rs.iter().filter(|r| r.status == 503).collect();
+    assert!(near(aborted.len(), n, 0.30), "{} of {n} aborted, expected 30%", aborted.len());
+    assert!(aborted.iter().all(|r| r.reason() == Some("fault-abort") && r.upstream().is_none()));
+    assert!(rs.iter().filter(|r| r.status != 503).all(|r| r.status == 200 && r.upstream() == Some("pay")));
+    assert_eq!(ups[0].requests(), n - aborted.len(), "an aborted request never reaches the upstream");
+
+    let n = 120;
+    let rs = many(addr, "/delay", n, 60).await;
+    assert!(rs.iter().all(|r| r.status == 200), "the 300ms route timeout starts after the 400ms delay");
+    let delayed = rs.iter().filter(|r| r.elapsed >= Duration::from_millis(400)).count();
+    assert!(near(delayed, n, 0.5), "{delayed} of {n} delayed, expected 50%");
+
+    let r = get_with(addr, HOST, "/grpc", &[("content-type", "application/grpc")]).await.unwrap();
+    assert_eq!(r.status, 200, "a gRPC error is a trailers-only 200");
+    assert_eq!((r.header("grpc-status"), r.reason()), (Some("14"), Some("fault-abort")));
+
+    let metrics = proxy.metrics().await;
+    let counted = metric_sum(&metrics, "tripline_fault_injections_total", &[("fault", "abort")]);
+    assert_eq!(counted as usize, aborted.len() + 1);
+    let counted = metric_sum(&metrics, "tripline_fault_injections_total", &[("fault", "delay")]);
+    assert_eq!(counted as usize, delayed);
+    let lines = access_log_lines(&log, 2000 + 120 + 1).await;
+    let faulted = |f: &str| lines.iter().filter(|l| l["fault"] == f).count();
+    assert_eq!((faulted("abort"), faulted("delay")), (aborted.len() + 1, delayed));
+}
