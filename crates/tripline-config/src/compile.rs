@@ -876,13 +876,19 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         let mut http_routes = Vec::new();
         for (i, h) in vs.http.iter().enumerate() {
             let destinations = if h.features.answer.is_some() {
-                Vec::new()
+                Some(Vec::new())
             } else if h.route.is_empty() {
                 continue;
             } else {
-                let Some(destinations) = ctx.destinations(r, &h.route, &h.path, false) else { continue };
-                destinations
+                ctx.destinations(r, &h.route, &h.path, false)
             };
+            // Resolved even when a destination is not, so that every unknown host is reported.
+            let mirrored: Vec<_> = h
+                .mirrors
+                .iter()
+                .filter_map(|m| Some((m, ctx.destination(r, &m.destination, false)?)))
+                .collect();
+            let Some(destinations) = destinations else { continue };
             // Unique across VirtualServices: route breakers are keyed by it.
             let name = match &h.name {
                 Some(n) => format!("{}/{n}", r.name),
@@ -900,6 +906,18 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                     .collect(),
             };
             let retry = route_retry(h, &settings);
+            let mut mirrors = Vec::new();
+            for (m, cluster) in &mirrored {
+                if destinations.iter().any(|d| d.cluster == *cluster) {
+                    let d = &m.destination;
+                    let msg = crate::lint::mirror_to_primary(
+                        &d.host.value,
+                        d.subset.as_ref().map(|s| s.value.as_str()),
+                    );
+                    ctx.report(r, Severity::Warning, d.pos, &d.path, msg);
+                }
+                mirrors.push(MirrorPlan { cluster: *cluster, share: Fraction::of_percent(m.percent) });
+            }
             if let Some(msg) = crate::lint::non_idempotent_retries(h, &retry) {
                 ctx.report(r, Severity::Warning, h.pos, &format!("{}.retries", h.path), msg);
             }
@@ -911,7 +929,11 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                 retry,
                 breaker: own.and_then(|(_, p)| p.breaker.clone()),
                 policy: own.map(|(pr, _)| pr.name.clone()),
-                features: RouteFeatures { fault: h.fault.as_ref().map(fault_plan), ..h.features.clone() },
+                features: RouteFeatures {
+                    fault: h.fault.as_ref().map(fault_plan),
+                    mirrors,
+                    ..h.features.clone()
+                },
             });
         }
         // One `tcp` route per VirtualService: without TCP matches, a second could never be

@@ -18,7 +18,6 @@ pub type Ignored = &'static [(&'static str, &'static str)];
 
 const NO_UPSTREAM_TLS: &str = "remove it: Tripline's connections to endpoints are plain TCP for now";
 const NO_LOCALITY: &str = "remove it: every endpoint has the same priority for now";
-const MIRRORING: &str = "mirroring only sends copies whose responses are discarded, so requests and their responses are the same without it (it is not implemented yet)";
 
 /// Gateway `servers[]`.
 pub const SERVER: Refused = &[
@@ -62,14 +61,6 @@ pub const HTTP_ROUTE: Refused = &[
     ("corsPolicy", "remove it, or answer CORS in the upstream: Tripline would pass preflight requests on and add no CORS headers"),
     ("delegate", "put the delegate VirtualService's routes here instead: Tripline would not follow the delegation"),
 ];
-pub const HTTP_ROUTE_IGNORED: Ignored = &[
-    ("mirror", MIRRORING),
-    ("mirrors", MIRRORING),
-    ("mirrorPercentage", MIRRORING),
-    ("mirrorPercent", MIRRORING),
-    ("mirror_percent", MIRRORING),
-];
-
 /// VirtualService `http[].match[]`.
 pub const MATCH: Refused = &[
     ("port", "remove it, or give that port a Gateway server and VirtualService of its own: ignored, it would let this match take requests on every port"),

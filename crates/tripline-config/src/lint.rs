@@ -141,6 +141,17 @@ pub(crate) fn non_idempotent_retries(h: &HttpRoute, retry: &RetryPlan) -> Option
     ))
 }
 
+/// A mirror that is also a destination of its route: the copies go to the service that
+/// already answers the request, which then serves every mirrored request twice (writes
+/// included), and nothing is compared against another version.
+pub(crate) fn mirror_to_primary(host: &str, subset: Option<&str>) -> String {
+    let target = match subset {
+        Some(s) => format!("`{host}` subset `{s}`"),
+        None => format!("`{host}`"),
+    };
+    format!("the mirror {target} is also a destination of this route: each mirrored request reaches it twice (a write is done twice); mirror to another version (a subset) instead")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +176,7 @@ mod tests {
             timeout: None,
             retries: None,
             fault: None,
+            mirrors: Vec::new(),
             features: Default::default(),
             answers_itself: false,
             pos: Pos::default(),

@@ -502,6 +502,9 @@ pub struct HttpRoute {
     pub retries: Option<Retries>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<Fault>,
+    /// `mirror` / `mirrors[]`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<Mirror>,
     /// `headers`, `rewrite`, `redirect`, `directResponse` (the fault is added when compiled).
     #[serde(flatten)]
     pub features: RouteFeatures,
@@ -512,6 +515,13 @@ pub struct HttpRoute {
     pub pos: Pos,
     #[serde(skip)]
     pub path: String,
+}
+
+/// One mirror of a route: a destination, and the share of requests copied to it (0..=100).
+#[derive(Debug, Clone, Serialize)]
+pub struct Mirror {
+    pub destination: RouteDestination,
+    pub percent: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -620,10 +630,14 @@ const HTTP_ROUTE: Schema = Schema::new(
         "rewrite",
         "redirect",
         "directResponse",
+        "mirror",
+        "mirrors",
+        "mirrorPercentage",
+        "mirrorPercent",
+        "mirror_percent",
     ],
 )
-.refusing(gaps::HTTP_ROUTE)
-.ignoring(gaps::HTTP_ROUTE_IGNORED);
+.refusing(gaps::HTTP_ROUTE);
 const MATCH: Schema = Schema::new(
     "Istio's HTTPMatchRequest",
     &[
@@ -660,6 +674,7 @@ const ABORT: Schema =
     Schema::new("Istio's HTTPFaultInjection.Abort", &["httpStatus", "grpcStatus", "percentage"])
         .refusing(gaps::FAULT_ABORT);
 const PERCENT: Schema = Schema::new("Istio's Percent", &["value"]);
+const MIRROR_POLICY: Schema = Schema::new("Istio's HTTPMirrorPolicy", &["destination", "percentage"]);
 
 /// The `retryOn` conditions Tripline applies (numeric status codes are accepted too).
 pub const RETRY_ON: &[&str] = &[
@@ -876,11 +891,13 @@ fn http_route(cx: &mut Cx, node: &Node, path: &str) -> Option<HttpRoute> {
         }
     }
     let fault = f.value("fault").and_then(|(n, p)| fault(cx, n, &p));
+    let mirrors = mirrors(cx, &f);
     let features = RouteFeatures {
         headers: f.value("headers").map(|(n, p)| route_features::headers(cx, n, &p)).unwrap_or_default(),
         rewrite: f.value("rewrite").and_then(|(n, p)| route_features::rewrite(cx, n, &p)),
         answer: route_features::answer(cx, &f),
         fault: None,
+        mirrors: Vec::new(),
     };
     let answers_itself = f.has("redirect") || f.has("directResponse") || f.has("delegate");
     if route.is_empty() && !answers_itself && f.value("route").is_none() {
@@ -912,6 +929,7 @@ fn http_route(cx: &mut Cx, node: &Node, path: &str) -> Option<HttpRoute> {
         timeout,
         retries,
         fault,
+        mirrors,
         features,
         answers_itself,
         pos: node.pos,
@@ -1010,43 +1028,98 @@ fn destinations(cx: &mut Cx, f: &Fields<'_>) -> Vec<RouteDestination> {
             cx.required(&rf, "destination", "{host, subset, port}");
             continue;
         };
-        let Some(df) = cx.fields(dn, &dp, &DEST) else { continue };
-        let Some((hn, hp)) = df.value("host") else {
-            cx.required(&df, "host", "a host name declared by a ServiceEntry");
-            continue;
-        };
-        let Some(host) = cx.name(hn, &hp) else { continue };
-        let subset = match df.value("subset") {
-            Some((n, p)) => match cx.name(n, &p) {
-                Some(s) => Some(At::new(s, n, &p)),
-                None => continue,
-            },
-            None => None,
-        };
-        let port = match df.value("port") {
-            Some((n, p)) => {
-                let Some(pf) = cx.fields(n, &p, &PORT_SELECTOR) else { continue };
-                match pf.value("number") {
-                    Some((nn, np)) => match cx.port(nn, &np) {
-                        Some(v) => Some(At::new(v, nn, &np)),
-                        None => continue,
-                    },
-                    None => None,
-                }
-            }
-            None => None,
-        };
+        let Some(mut d) = destination(cx, dn, &dp) else { continue };
         let headers =
             rf.value("headers").map(|(n, p)| route_features::headers(cx, n, &p)).unwrap_or_default();
-        out.push(RouteDestination {
-            host: At::new(host, hn, &hp),
-            subset,
-            port,
-            weight,
-            headers,
-            pos: rn.pos,
-            path: rp,
-        });
+        (d.weight, d.headers, d.pos, d.path) = (weight, headers, rn.pos, rp);
+        out.push(d);
+    }
+    out
+}
+
+/// Istio's `Destination` (`host`, `subset`, `port`), at the position of the mapping.
+fn destination(cx: &mut Cx, node: &Node, path: &str) -> Option<RouteDestination> {
+    let df = cx.fields(node, path, &DEST)?;
+    let Some((hn, hp)) = df.value("host") else {
+        cx.required(&df, "host", "a host name declared by a ServiceEntry");
+        return None;
+    };
+    let host = cx.name(hn, &hp)?;
+    let subset = match df.value("subset") {
+        Some((n, p)) => Some(At::new(cx.name(n, &p)?, n, &p)),
+        None => None,
+    };
+    let port = match df.value("port") {
+        Some((n, p)) => {
+            let pf = cx.fields(n, &p, &PORT_SELECTOR)?;
+            match pf.value("number") {
+                Some((nn, np)) => Some(At::new(cx.port(nn, &np)?, nn, &np)),
+                None => None,
+            }
+        }
+        None => None,
+    };
+    Some(RouteDestination {
+        host: At::new(host, hn, &hp),
+        subset,
+        port,
+        weight: None,
+        headers: HeaderPlan::default(),
+        pos: node.pos,
+        path: path.to_string(),
+    })
+}
+
+/// `mirror` + `mirrorPercentage` (or the older `mirrorPercent` / `mirror_percent`), or
+/// `mirrors[]`: where copies of the route's requests go, and the share of requests copied.
+fn mirrors(cx: &mut Cx, f: &Fields<'_>) -> Vec<Mirror> {
+    let mut out = Vec::new();
+    if let (true, Some((n, p))) = (f.has("mirror"), f.value("mirrors")) {
+        cx.error(n, &p, "`mirror` and `mirrors` both set the route's mirrors: list them all in `mirrors`");
+        return out;
+    }
+    let percents: Vec<&str> =
+        ["mirrorPercentage", "mirrorPercent", "mirror_percent"].into_iter().filter(|k| f.has(k)).collect();
+    if let Some((n, p)) = f.value("mirror") {
+        if let (Some(second), true) = (percents.get(1), percents.len() > 1) {
+            let Some((pn, pp)) = f.value(second) else { return out };
+            let msg =
+                format!("{} all set the mirrored share: keep `mirrorPercentage`", percents.join(" and "));
+            cx.error(pn, &pp, msg);
+            return out;
+        }
+        let percent = match percents.first().and_then(|k| Some((*k, f.value(k)?))) {
+            Some(("mirrorPercentage", (pn, pp))) => match cx.fields(pn, &pp, &PERCENT) {
+                Some(pf) => match pf.value("value") {
+                    Some((vn, vp)) => cx.float(vn, &vp, 0.0, 100.0),
+                    None => Some(0.0),
+                },
+                None => None,
+            },
+            Some((_, (pn, pp))) => cx.int(pn, &pp, 0, 100).map(|v| v as f64),
+            None => Some(100.0),
+        };
+        if let (Some(d), Some(percent)) = (destination(cx, n, &p), percent) {
+            out.push(Mirror { destination: d, percent });
+        }
+    } else if let Some((first, (n, p))) = percents.first().and_then(|k| Some((*k, f.value(k)?))) {
+        let msg = format!(
+            "`{first}` without `mirror` mirrors nothing: add `mirror`, or use `mirrors[].percentage`"
+        );
+        cx.error(n, &p, msg);
+    }
+    if let Some((n, p)) = f.value("mirrors") {
+        for (mn, mp) in cx.list(n, &p, "mirror policies") {
+            let Some(mf) = cx.fields(mn, &mp, &MIRROR_POLICY) else { continue };
+            let Some((dn, dp)) = mf.value("destination") else {
+                cx.required(&mf, "destination", "{host, subset, port}");
+                continue;
+            };
+            let Some(percent) = percentage(cx, &mf) else { continue };
+            if let Some(d) = destination(cx, dn, &dp) {
+                out.push(Mirror { destination: d, percent });
+            }
+        }
     }
     out
 }

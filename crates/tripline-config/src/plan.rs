@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use crate::route_features::{
-    AbortWith, Answer, FaultDelayPlan, FaultPlan, Fraction, HeaderOps, HeaderPlan, RedirectPlan,
+    AbortWith, Answer, FaultDelayPlan, FaultPlan, Fraction, HeaderOps, HeaderPlan, MirrorPlan, RedirectPlan,
     RedirectPort, RewritePlan, RouteFeatures,
 };
 

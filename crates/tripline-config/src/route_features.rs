@@ -27,13 +27,28 @@ pub struct RouteFeatures {
     pub answer: Option<Answer>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultPlan>,
+    /// `mirror` / `mirrors[]`, resolved to clusters when the route is compiled.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<MirrorPlan>,
 }
 
 impl RouteFeatures {
     /// Whether the route does nothing but forward (the proxy then runs no feature code).
     pub fn is_empty(&self) -> bool {
-        self.headers.is_empty() && self.rewrite.is_none() && self.answer.is_none() && self.fault.is_none()
+        self.headers.is_empty()
+            && self.rewrite.is_none()
+            && self.answer.is_none()
+            && self.fault.is_none()
+            && self.mirrors.is_empty()
     }
+}
+
+/// A mirror: copies of a share of the route's requests go to `cluster`, their responses
+/// discarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MirrorPlan {
+    pub cluster: crate::plan::ClusterId,
+    pub share: Fraction,
 }
 
 /// Istio's `Headers`: edits of the request sent upstream and of the response sent back.

@@ -120,7 +120,7 @@ const PLACES: &[(&str, &str, gaps::Refused, gaps::Ignored)] = &[
     ("@SERVICE_ENTRY", "ServiceEntry/backend: spec", gaps::SERVICE_ENTRY, gaps::SERVICE_ENTRY_IGNORED),
     ("@ENDPOINT", "ServiceEntry/backend: spec.endpoints[0]", gaps::WORKLOAD_ENTRY, &[]),
     ("@VIRTUAL_SERVICE", "VirtualService/backend: spec", gaps::VIRTUAL_SERVICE, &[]),
-    ("@ROUTE", "VirtualService/backend: spec.http[0]", gaps::HTTP_ROUTE, gaps::HTTP_ROUTE_IGNORED),
+    ("@ROUTE", "VirtualService/backend: spec.http[0]", gaps::HTTP_ROUTE, &[]),
     ("@MATCH", "VirtualService/backend: spec.http[0].match[0]", gaps::MATCH, gaps::MATCH_IGNORED),
     ("@ABORT", "VirtualService/backend: spec.http[1].fault.abort", gaps::FAULT_ABORT, &[]),
     ("@RETRIES", "VirtualService/backend: spec.http[0].retries", &[], gaps::RETRIES_IGNORED),

@@ -65,6 +65,76 @@ fn features_compile_into_the_route_plan() {
     assert!(route(DEST).features.is_empty(), "a plain route has no features");
 }
 
+/// With a ServiceEntry `shadow.local` beside `backend.local`.
+fn with_shadow(route: &str) -> String {
+    with_route(route).replacen(
+        "---",
+        "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: shadow}
+spec:
+  hosts: [shadow.local]
+  ports: [{number: 80, name: http}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.2}]
+---",
+        1,
+    )
+}
+
+#[test]
+fn mirrors_resolve_to_clusters_with_their_share() {
+    let loaded = ok(&with_shadow(&format!(
+        "{DEST}\n    mirror: {{host: shadow.local}}\n    mirrorPercentage: {{value: 12.5}}"
+    )));
+    let r = &loaded.plan.listeners[0].virtual_hosts[0].routes[0];
+    let m = r.features.mirrors[0];
+    assert_eq!((loaded.plan.clusters[m.cluster].host.as_str(), m.share), ("shadow.local", Fraction(125_000)));
+    let loaded = ok(&with_shadow(&format!(
+        "{DEST}\n    mirrors:\n    - destination: {{host: shadow.local}}\n    - destination: {{host: shadow.local}}\n      percentage: {{value: 1}}"
+    )));
+    let shares: Vec<_> = loaded.plan.listeners[0].virtual_hosts[0].routes[0]
+        .features
+        .mirrors
+        .iter()
+        .map(|m| m.share)
+        .collect();
+    assert_eq!(shares, [Fraction(Fraction::MILLION), Fraction(10_000)], "100% by default");
+    let old = ok(&with_shadow(&format!("{DEST}\n    mirror: {{host: shadow.local}}\n    mirrorPercent: 5")));
+    assert_eq!(old.plan.listeners[0].virtual_hosts[0].routes[0].features.mirrors[0].share, Fraction(50_000));
+}
+
+#[test]
+fn a_mirror_to_the_primary_is_a_warning_and_mirror_mistakes_are_errors() {
+    let loaded = ok(&with_route(&format!("{DEST}\n    mirror: {{host: backend.local}}")));
+    let w: Vec<String> = loaded.warnings.iter().map(|d| d.to_string()).collect();
+    assert!(
+        w.len() == 1
+            && w[0].contains(
+                "spec.http[0].mirror: the mirror `backend.local` is also a destination of this route"
+            ),
+        "{w:#?}"
+    );
+    for (route, want) in [
+        (
+            format!("{DEST}\n    mirror: {{host: shadow.local}}\n    mirrors: [{{destination: {{host: shadow.local}}}}]"),
+            "spec.http[0].mirrors: `mirror` and `mirrors` both set the route's mirrors",
+        ),
+        (
+            format!("{DEST}\n    mirrorPercentage: {{value: 5}}"),
+            "spec.http[0].mirrorPercentage: `mirrorPercentage` without `mirror` mirrors nothing",
+        ),
+        (
+            format!("{DEST}\n    mirror: {{host: nowhere.local}}"),
+            "spec.http[0].mirror.host: unknown host `nowhere.local`",
+        ),
+    ] {
+        let e = the_error(&with_shadow(&route));
+        assert!(e.contains(want), "{route}\n  want: {want}\n  got:  {e}");
+    }
+}
+
 #[test]
 fn mistakes_are_errors_at_their_place_with_the_fix() {
     let cases = [

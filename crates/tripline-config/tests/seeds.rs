@@ -222,22 +222,20 @@ fn a_ten_percent_fault_is_not_flagged_as_unreachable() {
     );
 }
 
-/// Mirroring only adds shadow traffic: ignoring it is harmless, so it stays a warning.
+/// Mirroring is applied; the seed names a host no ServiceEntry declares.
 #[test]
-fn mirroring_is_ignored_with_a_warning_and_undeclared_hosts_are_errors() {
-    let harmless = "is ignored: mirroring only sends copies whose responses are discarded, so requests and their responses are the same without it";
+fn a_mirror_to_an_undeclared_host_is_an_error_like_the_route() {
     check(
         "order-mirror.yaml",
         false,
         &[
-            (W, "13:5", "VirtualService/order: spec.http[0].mirror", harmless),
-            (W, "16:5", "VirtualService/order: spec.http[0].mirrorPercentage", harmless),
             (
                 E,
                 "11:15",
                 "VirtualService/order: spec.http[0].route[0].destination.host",
                 "unknown host `order`",
             ),
+            (E, "14:13", "VirtualService/order: spec.http[0].mirror.host", "unknown host `order`"),
         ],
     );
 }
@@ -300,9 +298,9 @@ fn all_seeds_together_in_one_directory_report_the_union_and_never_panic() {
     assert_eq!(sources.len(), 13);
     let diags = load(&sources, &LoadOptions::default()).unwrap_err();
     let errors = diags.iter().filter(|d| d.severity == Severity::Error).count();
-    // Nine unknown hosts, the two DestinationRules named `payments-cb` (a duplicate) and the
+    // Ten unknown hosts (one a mirror's), the two DestinationRules named `payments-cb` (a duplicate) and the
     // Envoy-only outlier field; the VirtualServices' mesh listener means no "no listener".
-    assert_eq!(errors, 11, "{diags:#?}");
+    assert_eq!(errors, 12, "{diags:#?}");
 }
 
 /// The seed plus a ServiceEntry and a VirtualService for its host, so that it gets a cluster;

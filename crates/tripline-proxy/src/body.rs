@@ -73,6 +73,8 @@ pub enum RequestBody {
     Teed(TeedBody),
     /// A retry: the body buffered from the first attempt.
     Replay(std::collections::VecDeque<Bytes>, Option<http::HeaderMap>),
+    /// A mirror's copy of a client's body (see `body_tee`).
+    Copy(crate::body_tee::CopyBody),
     Empty,
     /// Sent on an HTTP/2 connection, which it holds until uploaded: a body can outlast its
     /// response, and the idle sweep must not let the connection go under it.
@@ -101,6 +103,7 @@ impl Body for RequestBody {
             RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Teed(b) => b.poll_frame(cx),
             RequestBody::Replay(chunks, trailers) => Poll::Ready(replay_frame(chunks, trailers).map(Ok)),
+            RequestBody::Copy(b) => Pin::new(b).poll_frame(cx),
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Held(b, _) => Pin::new(&mut **b).poll_frame(cx),
         }
@@ -111,6 +114,7 @@ impl Body for RequestBody {
             RequestBody::Stream(b) => b.is_end_stream(),
             RequestBody::Teed(b) => b.is_end_stream(),
             RequestBody::Replay(chunks, trailers) => chunks.is_empty() && trailers.is_none(),
+            RequestBody::Copy(b) => b.is_end_stream(),
             RequestBody::Empty => true,
             RequestBody::Held(b, _) => b.is_end_stream(),
         }
@@ -123,6 +127,7 @@ impl Body for RequestBody {
             RequestBody::Replay(chunks, _) => {
                 SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum())
             }
+            RequestBody::Copy(b) => b.size_hint(),
             RequestBody::Empty => SizeHint::with_exact(0),
             RequestBody::Held(b, _) => b.size_hint(),
         }

@@ -19,7 +19,7 @@ use tripline_core::limits::Limit;
 use tripline_core::outlier::{Endpoint as OutlierEndpoint, Health};
 
 use crate::resilience::{self, ClusterResilience};
-use crate::stats::{Histogram, ReasonCounters, StatusCounters};
+use crate::stats::{Histogram, MirrorStats, ReasonCounters, StatusCounters};
 use crate::upstream::pool::ConnectionPool;
 
 /// Cluster-wide state that survives reloads.
@@ -47,6 +47,7 @@ pub struct ClusterStats {
     pub local: ReasonCounters,
     pub duration: Histogram,
     pub connect_failures: AtomicU64,
+    pub mirror: MirrorStats,
 }
 
 impl ClusterState {

@@ -515,6 +515,9 @@ fn start(
             route_headers.map(|h| &**h),
         );
     }
+    if let Some(features) = &route.features {
+        features.mirror(&mut up_req, deadline, &ctx.shared);
+    }
     if trace.on {
         trace.request_id = up_req.headers().get(&crate::headers::X_REQUEST_ID).cloned();
     }

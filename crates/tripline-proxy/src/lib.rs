@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod admin;
 pub mod admin_guard;
 pub mod body;
+pub mod body_tee;
 pub mod breakers_api;
 pub mod client_conns;
 pub mod cluster;

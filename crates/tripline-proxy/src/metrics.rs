@@ -161,6 +161,22 @@ impl Collector for Scrape {
             "Upstream connection attempts that failed or timed out.",
             self.clusters.iter().map(|c| (cl(c), c.stats.connect_failures.load(Ordering::Relaxed))),
         )?;
+        // Only the clusters that are some route's mirror have these series.
+        counter(
+            &mut enc,
+            "tripline_mirror_requests",
+            "Copies of requests sent to a mirror cluster, and copies dropped because it had its maximum in flight.",
+            self.clusters.iter().flat_map(|c| {
+                let m = &c.stats.mirror;
+                let (sent, dropped) = (m.sent.load(Ordering::Relaxed), m.dropped.load(Ordering::Relaxed));
+                let mirrored = sent + dropped > 0;
+                [("sent", sent), ("dropped", dropped)].into_iter().filter(move |_| mirrored).map(move |(result, n)| {
+                    let mut labels = cl(c);
+                    labels.push(("result", result.to_string()));
+                    (labels, n)
+                })
+            }),
+        )?;
         {
             let mut m = enc.encode_descriptor(
                 "tripline_request_duration_seconds",

@@ -104,7 +104,7 @@ impl Route {
         route.timeout = r.timeout;
         route.upstream =
             RoutePolicy { retry: r.retry.clone(), breaker: breakers.breakers.get(&r.name).cloned() };
-        route.features = Features::compile(&r.features);
+        route.features = Features::compile(&r.features, clusters);
         route
     }
 

@@ -113,6 +113,17 @@ pub struct GlobalStats {
     pub faults_aborted: AtomicU64,
 }
 
+/// Copies of requests a route mirrored to this cluster.
+#[derive(Debug, Default)]
+pub struct MirrorStats {
+    /// Copies in flight now (bounded: see `pipeline::mirror`).
+    pub in_flight: std::sync::atomic::AtomicU32,
+    /// Copies sent.
+    pub sent: AtomicU64,
+    /// Copies not sent because the cluster had its maximum in flight.
+    pub dropped: AtomicU64,
+}
+
 /// HTTP/2 client connections: what went wrong on them (Envoy's `http2.rx_reset`,
 /// `http2.tx_reset` and its GOAWAY counts).
 #[derive(Debug, Default)]

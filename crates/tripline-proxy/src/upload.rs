@@ -23,6 +23,7 @@ use http_body::{Body, Frame, SizeHint};
 use tripline_core::classify::{LocalReason, Outcome};
 
 use crate::body::{BoxError, ClientBody};
+use crate::body_tee::Tee;
 use crate::client_conns::ConnSignal;
 use crate::reason::Reason;
 
@@ -116,6 +117,16 @@ impl Upload {
         let _ = self.0.compare_exchange(STREAMING, state, Ordering::Release, Ordering::Relaxed);
     }
 
+    /// The whole body was read.
+    pub(crate) fn set_complete(&self) {
+        self.set(COMPLETE);
+    }
+
+    /// The body broke off on the sending side (for a copy: the copy fell behind).
+    pub(crate) fn set_disconnected(&self) {
+        self.set(DISCONNECTED);
+    }
+
     /// How the client's side failed, if it did.
     pub fn fault(&self) -> Option<ClientFault> {
         match self.0.load(Ordering::Acquire) {
@@ -154,6 +165,8 @@ pub struct Watched {
     body: ClientBody,
     upload: Option<Arc<Upload>>,
     conn: Option<Arc<ConnSignal>>,
+    /// Copies of the body for mirrors (see `body_tee`).
+    tees: Vec<Tee>,
 }
 
 impl Watched {
@@ -161,9 +174,14 @@ impl Watched {
     /// over (most requests) needs no watching and allocates nothing.
     pub fn new(body: ClientBody, conn: &Arc<ConnSignal>) -> Self {
         if body.is_end_stream() {
-            return Watched { body, upload: None, conn: None };
+            return Watched { body, upload: None, conn: None, tees: Vec::new() };
         }
-        Watched { body, upload: Some(Arc::default()), conn: Some(conn.clone()) }
+        Watched { body, upload: Some(Arc::default()), conn: Some(conn.clone()), tees: Vec::new() }
+    }
+
+    /// Sends a copy of every frame still to come to `tee` (a mirror's body).
+    pub fn tee(&mut self, tee: Tee) {
+        self.tees.push(tee);
     }
 
     /// The state the request's attempts share, if the request has a body.
@@ -183,6 +201,10 @@ impl Body for Watched {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         if let (Poll::Ready(Some(Ok(_))), Some(conn)) = (&polled, &self.conn) {
             conn.progress();
+        }
+        let this = &mut *self;
+        if !this.tees.is_empty() {
+            crate::body_tee::copy(&mut this.tees, &polled, this.body.is_end_stream());
         }
         if let Some(upload) = &self.upload {
             match &polled {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
-use tripline_config::plan::{AbortWith, FaultPlan, Fraction};
+use tripline_config::plan::{AbortWith, FaultPlan};
 use tripline_core::rng::Rng;
 
 use crate::body::ResponseBody;
@@ -26,17 +26,8 @@ pub(crate) struct Drawn {
 /// Draws each part of the fault for one request.
 pub(crate) fn draw(plan: &FaultPlan, rng: &dyn Rng) -> Drawn {
     Drawn {
-        delay: plan.delay.filter(|d| hit(d.share, rng)).map(|d| d.fixed),
-        abort: plan.abort.filter(|(_, share)| hit(*share, rng)).map(|(with, _)| with),
-    }
-}
-
-/// One draw against a share; no random number is spent on 0% or 100%.
-fn hit(share: Fraction, rng: &dyn Rng) -> bool {
-    match share.0 {
-        0 => false,
-        s if s >= Fraction::MILLION => true,
-        s => rng.below(u64::from(Fraction::MILLION)) < u64::from(s),
+        delay: plan.delay.filter(|d| super::drawn(d.share, rng)).map(|d| d.fixed),
+        abort: plan.abort.filter(|(_, share)| super::drawn(*share, rng)).map(|(with, _)| with),
     }
 }
 
@@ -73,7 +64,7 @@ pub(crate) fn abort_response(with: AbortWith, grpc_client: bool) -> Response<Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tripline_config::plan::FaultDelayPlan;
+    use tripline_config::plan::{FaultDelayPlan, Fraction};
     use tripline_core::rng::SplitMix;
 
     fn plan(delay_pct: f64, abort_pct: f64) -> FaultPlan {

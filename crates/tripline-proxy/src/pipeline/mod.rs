@@ -15,7 +15,7 @@
 //!    prepared for it: path and authority rewrite ([`rewrite`]); then, after the proxy's own
 //!    headers (`x-forwarded-*`, `x-request-id`) are set, the header edits of the destination
 //!    and of the route ([`header_edits`]), the route's last so that its `set` wins, as in
-//!    Envoy.
+//!    Envoy; last, copies for the route's mirrors ([`mirror`]), of the request as sent.
 //! 3. **Response**: the response header edits of the destination and the route
 //!    ([`ResponseEdits`]), applied to every response the route gives, Tripline's own answers
 //!    included.
@@ -28,6 +28,7 @@
 pub(crate) mod answer;
 pub(crate) mod fault;
 pub(crate) mod header_edits;
+pub(crate) mod mirror;
 pub(crate) mod rewrite;
 
 use std::sync::atomic::Ordering;
@@ -35,14 +36,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Request, Response};
-use tripline_config::plan::{FaultPlan, RouteFeatures, StringMatch};
+use tripline_config::plan::{FaultPlan, Fraction, RouteFeatures, StringMatch};
 use tripline_core::rng::Rng;
 
-use crate::body::ResponseBody;
+use crate::body::{RequestBody, ResponseBody};
+use crate::cluster::Cluster;
 use crate::stats::GlobalStats;
+use crate::Shared;
 use answer::Answer;
 use header_edits::HeaderEdits;
+use mirror::Mirrors;
 use rewrite::Rewrite;
+use tokio::time::Instant;
 
 /// A route's features, compiled from its plan.
 #[derive(Debug)]
@@ -51,6 +56,7 @@ pub struct Features {
     answer: Option<Answer>,
     rewrite: Option<Rewrite>,
     headers: Option<Arc<HeaderEdits>>,
+    mirrors: Option<Mirrors>,
 }
 
 /// What the request phase decided.
@@ -81,8 +87,8 @@ impl Injected {
 }
 
 impl Features {
-    /// `None` when the route does nothing but forward.
-    pub fn compile(plan: &RouteFeatures) -> Option<Box<Features>> {
+    /// `None` when the route does nothing but forward. `clusters` are the plan's, by index.
+    pub fn compile(plan: &RouteFeatures, clusters: &[Arc<Cluster>]) -> Option<Box<Features>> {
         if plan.is_empty() {
             return None;
         }
@@ -91,6 +97,7 @@ impl Features {
             answer: plan.answer.as_ref().map(Answer::compile),
             rewrite: plan.rewrite.as_ref().map(Rewrite::compile),
             headers: HeaderEdits::compile(&plan.headers).map(Arc::new),
+            mirrors: Mirrors::compile(&plan.mirrors, clusters),
         }))
     }
 
@@ -137,6 +144,28 @@ impl Features {
     /// The route's `headers`, when they edit anything.
     pub(crate) fn headers(&self) -> Option<&Arc<HeaderEdits>> {
         self.headers.as_ref()
+    }
+
+    /// The upstream-request phase's last step: copies for the route's mirrors, of the request
+    /// as its upstream will get it.
+    pub(crate) fn mirror(
+        &self,
+        req: &mut Request<RequestBody>,
+        deadline: Option<Instant>,
+        shared: &Arc<Shared>,
+    ) {
+        if let Some(mirrors) = &self.mirrors {
+            mirrors.send_copies(req, deadline, shared);
+        }
+    }
+}
+
+/// One draw against a share; no random number is spent on 0% or 100%.
+pub(crate) fn drawn(share: Fraction, rng: &dyn Rng) -> bool {
+    match share.0 {
+        0 => false,
+        s if s >= Fraction::MILLION => true,
+        s => rng.below(u64::from(Fraction::MILLION)) < u64::from(s),
     }
 }
 
@@ -188,7 +217,7 @@ mod tests {
 
     #[test]
     fn a_route_without_features_compiles_to_nothing() {
-        assert!(Features::compile(&RouteFeatures::default()).is_none());
+        assert!(Features::compile(&RouteFeatures::default(), &[]).is_none());
     }
 
     #[test]
@@ -201,7 +230,7 @@ mod tests {
             answer: Some(AnswerPlan::Direct { status: 200, body: Vec::new() }),
             ..Default::default()
         };
-        let f = Features::compile(&plan).unwrap();
+        let f = Features::compile(&plan, &[]).unwrap();
         let (stats, mut injected) = (GlobalStats::default(), Injected::default());
         let req = Request::get("/").body(()).unwrap();
         let Step::Answer { delay: None, response } =

@@ -188,3 +188,197 @@ async fn faults_abort_and_delay_their_share_of_requests() {
     let faulted = |f: &str| lines.iter().filter(|l| l["fault"] == f).count();
     assert_eq!((faulted("abort"), faulted("delay")), (aborted.len() + 1, delayed));
 }
+
+/// `mirror` and `mirrors[]`: the mirror gets copies of its share of requests, body and all,
+/// with `-shadow` on the host; the client only ever sees the primary's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrors_get_copies_of_their_share_with_the_shadow_host() {
+    let ups = [Upstream::http("orders").await, Upstream::http("shadow").await];
+    let port = crate::support::free_port();
+    let routes = "  http:
+  - match:
+    - uri: {prefix: /copy}
+    route:
+    - destination: {host: orders.local, port: {number: 80}}
+    mirror: {host: shadow.local, port: {number: 80}}
+  - match:
+    - uri: {prefix: /half}
+    route:
+    - destination: {host: orders.local, port: {number: 80}}
+    mirrors:
+    - destination: {host: shadow.local, port: {number: 80}}
+      percentage: {value: 50}
+";
+    let proxy = Proxy::start(&one_service_per_upstream(port, &ups, "mirrors", routes)).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let (orders, shadow) = (&ups[0], &ups[1]);
+
+    let body = vec![b'm'; 200 * 1024];
+    let r = crate::support::client::send(addr, http::Method::POST, HOST, "/copy", &[], body).await.unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.upstream()),
+        (200, Some("orders")),
+        "the client gets the primary's answer"
+    );
+    assert_eq!(r.json()["body_len"], 200 * 1024);
+    crate::support::eventually("the copy", Duration::from_secs(5), || async { shadow.requests() == 1 }).await;
+    crate::support::eventually("the copy's body", Duration::from_secs(5), || async {
+        shadow.state.body_bytes.load(std::sync::atomic::Ordering::SeqCst) == 200 * 1024
+    })
+    .await;
+    assert_eq!(shadow.authorities(), [format!("{HOST}-shadow")]);
+
+    let n = 400;
+    let rs = many(addr, "/half", n, 50).await;
+    assert!(rs.iter().all(|r| r.status == 200 && r.upstream() == Some("orders")));
+    assert_eq!(orders.requests(), n + 1);
+    let metrics = proxy.metrics().await;
+    let sent = metric_sum(&metrics, "tripline_mirror_requests_total", &[("result", "sent")]) as usize - 1;
+    assert!(near(sent, n, 0.5), "{sent} of {n} mirrored, expected 50%");
+    crate::support::eventually("every copy", Duration::from_secs(5), || async {
+        shadow.requests() == 1 + sent
+    })
+    .await;
+}
+
+/// A mirror that never answers: the primary's requests (with bodies) are not slowed, and the
+/// copies in flight to it stay within the mirror cluster's limit, the rest dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_mirror_never_slows_the_primary_and_its_copies_are_bounded() {
+    let primary = Upstream::http("primary").await;
+    // Accepts connections (the kernel does, into the backlog) and never reads or answers.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = crate::support::free_port();
+    let yaml = crate::support::config::join(&[
+        crate::support::config::gateway("edge", port, "HTTP"),
+        crate::support::config::service_entry("primary.local", "HTTP", &[primary.addr]),
+        crate::support::config::service_entry("hang.local", "HTTP", &[hang.local_addr().unwrap()]),
+        crate::support::config::service_entry("hang-body.local", "HTTP", &[hang.local_addr().unwrap()]),
+        crate::support::config::destination_rule(
+            "hang.local",
+            "    connectionPool: {http: {http2MaxRequests: 4}}\n",
+        ),
+        crate::support::config::virtual_service(
+            "vs",
+            &["*"],
+            "edge",
+            "  http:
+  - match: [{uri: {prefix: /post}}]
+    route:
+    - destination: {host: primary.local}
+    mirror: {host: hang-body.local}
+  - route:
+    - destination: {host: primary.local}
+    mirror: {host: hang.local}
+",
+        ),
+    ]);
+    let proxy = Proxy::start(&yaml).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+    for i in 0..20 {
+        let r = get_with(addr, HOST, "/get", &[]).await.unwrap();
+        assert_eq!(r.status, 200, "request {i}");
+        assert!(r.elapsed < Duration::from_secs(2), "request {i} waited for its mirror: {:?}", r.elapsed);
+    }
+    let metrics = proxy.metrics().await;
+    let count = |result| {
+        let labels = [("cluster", "outbound|80||hang.local"), ("result", result)];
+        metric_sum(&metrics, "tripline_mirror_requests_total", &labels)
+    };
+    assert_eq!((count("sent"), count("dropped")), (4.0, 16.0), "4 copies hang, the rest are dropped");
+
+    // A body bigger than the copy's lag and the socket buffers: the copy is cut off, the
+    // primary gets every byte.
+    for _ in 0..3 {
+        let body = vec![b'b'; 4 * 1024 * 1024];
+        let r =
+            crate::support::client::send(addr, http::Method::POST, HOST, "/post", &[], body).await.unwrap();
+        assert_eq!((r.status.as_u16(), r.json()["body_len"].as_u64()), (200, Some(4 * 1024 * 1024)));
+        assert!(r.elapsed < Duration::from_secs(5), "{:?}", r.elapsed);
+    }
+    drop(hang);
+}
+
+use crate::support::seeds_dir;
+
+/// A brief's seed beside a file of ours (the ServiceEntries and DestinationRules for its
+/// hosts), served by the binary on a mesh listener; `None` outside CI without the seeds.
+async fn seed_with(seed: &str, ours: &str) -> Option<(Proxy, SocketAddr)> {
+    let seed = seeds_dir::seeds_dir()?.join(seed);
+    let dir = crate::support::proxy::unique_dir("seed");
+    let extra = dir.join("hosts.yaml");
+    std::fs::write(&extra, ours).unwrap();
+    let port = crate::support::free_port();
+    let mesh = format!("127.0.0.1:{port}");
+    let proxy = Proxy::start_paths(&[seed.as_path(), extra.as_path()], &["--mesh-bind", &mesh]).await;
+    Some((proxy, SocketAddr::from(([127, 0, 0, 1], port))))
+}
+
+/// The brief's `payments-fault.yaml`: 10% of payments requests are answered 500 by the proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_brief_s_payments_fault_aborts_ten_percent() {
+    let payments = Upstream::http("payments").await;
+    let host = "payments.svc.cluster.local";
+    let se = crate::support::config::service_entry(host, "HTTP", &[payments.addr]);
+    let Some((_proxy, addr)) = seed_with("payments-fault.yaml", &se).await else { return };
+    let n = 1000;
+    let mut aborted = 0;
+    for start in (0..n).step_by(50) {
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in start..start + 50 {
+            calls.spawn(async move { get_with(addr, host, "/pay", &[]).await.map_err(|e| e.to_string()) });
+        }
+        while let Some(r) = calls.join_next().await {
+            let r = r.unwrap().unwrap();
+            match r.status.as_u16() {
+                500 => {
+                    assert_eq!((r.reason(), r.upstream()), (Some("fault-abort"), None));
+                    aborted += 1;
+                }
+                status => assert_eq!((status, r.upstream()), (200, Some("payments"))),
+            }
+        }
+    }
+    assert!(near(aborted, n, 0.10), "{aborted} of {n} aborted, expected 10%");
+    assert_eq!(payments.requests(), n - aborted);
+}
+
+/// The brief's `order-mirror.yaml`: every request to `order` goes to v1, a copy to v2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_brief_s_order_mirror_copies_v1_traffic_to_v2() {
+    let (v1, v2) = (Upstream::http("v1").await, Upstream::http("v2").await);
+    let ours = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: order}}
+spec:
+  hosts: [order]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{version: v1}}}}
+  - {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: order}}
+spec:
+  host: order
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+",
+        v1.addr.port(),
+        v2.addr.port()
+    );
+    let Some((_proxy, addr)) = seed_with("order-mirror.yaml", &ours).await else { return };
+    for _ in 0..20 {
+        let r = get_with(addr, "order", "/orders", &[]).await.unwrap();
+        assert_eq!((r.status.as_u16(), r.upstream()), (200, Some("v1")));
+    }
+    crate::support::eventually("20 copies at v2", Duration::from_secs(5), || async { v2.requests() == 20 })
+        .await;
+    assert_eq!(v1.requests(), 20);
+    assert!(v2.authorities().iter().all(|a| a == "order-shadow"), "{:?}", v2.authorities());
+}

@@ -11,9 +11,7 @@ use crate::support::proxy::{binary, run_bounded, unique_dir};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
-#[path = "../../../tripline-config/tests/seeds_dir/mod.rs"]
-mod seeds_dir;
-use seeds_dir::seeds_dir;
+use crate::support::seeds_dir::seeds_dir;
 
 fn has_location(stderr: &str, file: &str) -> bool {
     // `<file>:<line>:<column>:`

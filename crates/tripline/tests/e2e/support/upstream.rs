@@ -54,6 +54,8 @@ pub struct UpstreamState {
     pub body_bytes: AtomicU64,
     /// When each connection closed, in order.
     pub closed_at: Mutex<Vec<Instant>>,
+    /// The authority (`:authority` or `Host`) of each request, in order.
+    pub authorities: Mutex<Vec<String>>,
 }
 
 impl UpstreamState {
@@ -69,6 +71,7 @@ impl UpstreamState {
             max_active: AtomicUsize::new(0),
             body_bytes: AtomicU64::new(0),
             closed_at: Mutex::default(),
+            authorities: Mutex::default(),
         })
     }
 
@@ -225,6 +228,12 @@ impl Upstream {
         self.state.body_bytes.load(SeqCst)
     }
 
+    /// The authority of each request it got, in order.
+    #[allow(dead_code)] // the proxy's in-process tests share this file and do not use it
+    pub fn authorities(&self) -> Vec<String> {
+        self.state.authorities.lock().unwrap().clone()
+    }
+
     /// When each connection closed so far, in order.
     #[allow(dead_code)] // the proxy's in-process tests use it
     pub fn closed_at(&self) -> Vec<Instant> {
@@ -286,6 +295,7 @@ async fn handle(
         req.uri().authority().map(|a| a.to_string()).or_else(|| {
             req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned)
         });
+    st.authorities.lock().unwrap().push(authority.clone().unwrap_or_default());
     let version = req.version();
     let method = req.method().to_string();
     let mut headers = serde_json::Map::new();
