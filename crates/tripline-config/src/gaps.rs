@@ -57,10 +57,10 @@ pub const VIRTUAL_SERVICE: Refused =
     &[("tls", "remove it, and route plain TCP with `tcp`: Tripline does not route TLS by SNI")];
 
 /// VirtualService `http[]`.
-pub const HTTP_ROUTE: Refused = &[
-    ("corsPolicy", "remove it, or answer CORS in the upstream: Tripline would pass preflight requests on and add no CORS headers"),
-    ("delegate", "put the delegate VirtualService's routes here instead: Tripline would not follow the delegation"),
-];
+pub const HTTP_ROUTE: Refused = &[(
+    "delegate",
+    "put the delegate VirtualService's routes here instead: Tripline would not follow the delegation",
+)];
 /// VirtualService `http[].match[]`.
 pub const MATCH: Refused = &[
     ("port", "remove it, or give that port a Gateway server and VirtualService of its own: ignored, it would let this match take requests on every port"),

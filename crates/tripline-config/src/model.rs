@@ -635,6 +635,7 @@ const HTTP_ROUTE: Schema = Schema::new(
         "mirrorPercentage",
         "mirrorPercent",
         "mirror_percent",
+        "corsPolicy",
     ],
 )
 .refusing(gaps::HTTP_ROUTE);
@@ -898,6 +899,7 @@ fn http_route(cx: &mut Cx, node: &Node, path: &str) -> Option<HttpRoute> {
         answer: route_features::answer(cx, &f),
         fault: None,
         mirrors: Vec::new(),
+        cors: f.value("corsPolicy").and_then(|(n, p)| route_features::cors(cx, n, &p)),
     };
     let answers_itself = f.has("redirect") || f.has("directResponse") || f.has("delegate");
     if route.is_empty() && !answers_itself && f.value("route").is_none() {
@@ -966,7 +968,7 @@ fn named_matches(
     out
 }
 
-fn string_match(cx: &mut Cx, node: &Node, path: &str) -> Option<StringMatch> {
+pub(crate) fn string_match(cx: &mut Cx, node: &Node, path: &str) -> Option<StringMatch> {
     let f = cx.fields(node, path, &STRING_MATCH)?;
     let given: Vec<&str> = ["exact", "prefix", "regex"].into_iter().filter(|k| f.get(k).is_some()).collect();
     match given.as_slice() {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use crate::route_features::{
-    AbortWith, Answer, FaultDelayPlan, FaultPlan, Fraction, HeaderOps, HeaderPlan, MirrorPlan, RedirectPlan,
-    RedirectPort, RewritePlan, RouteFeatures,
+    AbortWith, Answer, CorsPlan, FaultDelayPlan, FaultPlan, Fraction, HeaderOps, HeaderPlan, MirrorPlan,
+    RedirectPlan, RedirectPort, RewritePlan, RouteFeatures,
 };
 
 /// Index of a cluster in [`Plan::clusters`].

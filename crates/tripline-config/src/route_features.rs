@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::decode::{join, Cx, Fields, Schema};
+use crate::plan::StringMatch;
 use crate::yaml::{Kind, Node, Pos};
 use crate::Severity;
 
@@ -30,6 +31,8 @@ pub struct RouteFeatures {
     /// `mirror` / `mirrors[]`, resolved to clusters when the route is compiled.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub mirrors: Vec<MirrorPlan>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsPlan>,
 }
 
 impl RouteFeatures {
@@ -40,7 +43,29 @@ impl RouteFeatures {
             && self.answer.is_none()
             && self.fault.is_none()
             && self.mirrors.is_empty()
+            && self.cors.is_none()
     }
+}
+
+/// Istio's `CorsPolicy`: which cross-origin callers a browser may let read the route's
+/// responses, and the preflight answers the proxy gives itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct CorsPlan {
+    /// `allowOrigins` (and the deprecated exact `allowOrigin`); `*` as an exact origin allows
+    /// every origin.
+    pub allow_origins: Vec<StringMatch>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "crate::model::ser_opt_duration")]
+    pub max_age: Option<Duration>,
+    pub allow_credentials: bool,
+    /// `unmatchedPreflights: FORWARD` (Istio's default): a preflight from an origin not allowed
+    /// goes on to the upstream; `IGNORE`: the proxy answers it, without CORS headers.
+    pub forward_unmatched_preflights: bool,
 }
 
 /// A mirror: copies of a share of the route's requests go to `cluster`, their responses
@@ -201,6 +226,79 @@ const REDIRECT: Schema = Schema::new(
 );
 const DIRECT: Schema = Schema::new("Istio's HTTPDirectResponse", &["status", "body"]);
 const BODY: Schema = Schema::new("Istio's HTTPBody", &["string", "bytes"]);
+const CORS: Schema = Schema::new(
+    "Istio's CorsPolicy",
+    &[
+        "allowOrigins",
+        "allowOrigin",
+        "allowMethods",
+        "allowHeaders",
+        "exposeHeaders",
+        "maxAge",
+        "allowCredentials",
+        "unmatchedPreflights",
+    ],
+);
+
+/// `corsPolicy`.
+pub fn cors(cx: &mut Cx, node: &Node, path: &str) -> Option<CorsPlan> {
+    let f = cx.fields(node, path, &CORS)?;
+    let mut allow_origins = Vec::new();
+    if let Some((n, p)) = f.value("allowOrigins") {
+        for (on, op) in cx.list(n, &p, "string matches") {
+            allow_origins.push(crate::model::string_match(cx, on, &op)?);
+        }
+    }
+    if let Some((n, p)) = f.value("allowOrigin") {
+        allow_origins.extend(cx.strings(n, &p).into_iter().map(|(o, _, _)| StringMatch::Exact(o)));
+    }
+    if allow_origins.is_empty() {
+        cx.required(&f, "allowOrigins", "the origins allowed, e.g. [{exact: https://shop.example.com}]");
+        return None;
+    }
+    let words = |cx: &mut Cx, field: &str, header_names: bool| -> Option<Vec<String>> {
+        let Some((n, p)) = f.value(field) else { return Some(Vec::new()) };
+        let mut out = Vec::new();
+        for (w, pos, wp) in cx.strings(n, &p) {
+            let ok = if header_names {
+                http::HeaderName::from_bytes(w.as_bytes()).is_ok()
+            } else {
+                http::Method::from_bytes(w.as_bytes()).is_ok()
+            };
+            if !ok {
+                let what = if header_names { "header name" } else { "method" };
+                cx.report(Severity::Error, pos, &wp, format!("`{w}` is not a valid {what}"));
+                return None;
+            }
+            out.push(w);
+        }
+        Some(out)
+    };
+    let allow_methods = words(cx, "allowMethods", false)?;
+    let allow_headers = words(cx, "allowHeaders", true)?;
+    let expose_headers = words(cx, "exposeHeaders", true)?;
+    let max_age = match f.value("maxAge") {
+        Some((n, p)) => Some(cx.duration(n, &p, true)?),
+        None => None,
+    };
+    let allow_credentials = match f.value("allowCredentials") {
+        Some((n, p)) => cx.bool(n, &p)?,
+        None => false,
+    };
+    let forward_unmatched_preflights = match f.value("unmatchedPreflights") {
+        Some((n, p)) => cx.one_of(n, &p, &["FORWARD", "IGNORE", "UNSPECIFIED"], "")? != "IGNORE",
+        None => true,
+    };
+    Some(CorsPlan {
+        allow_origins,
+        allow_methods,
+        allow_headers,
+        expose_headers,
+        max_age,
+        allow_credentials,
+        forward_unmatched_preflights,
+    })
+}
 
 /// `headers` of a route or of one of its destinations.
 pub fn headers(cx: &mut Cx, node: &Node, path: &str) -> HeaderPlan {

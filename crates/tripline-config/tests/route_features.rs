@@ -188,6 +188,18 @@ fn mistakes_are_errors_at_their_place_with_the_fix() {
             "an abort answers with `httpStatus` or `grpcStatus`: keep one",
         ),
         (
+            format!("{DEST}\n    corsPolicy: {{allowMethods: [GET]}}"),
+            "spec.http[0].corsPolicy.allowOrigins: `allowOrigins` is required",
+        ),
+        (
+            format!("{DEST}\n    corsPolicy: {{allowOrigins: [{{exact: \"*\"}}], allowMethods: [\"GET POST\"]}}"),
+            "spec.http[0].corsPolicy.allowMethods[0]: `GET POST` is not a valid method",
+        ),
+        (
+            format!("{DEST}\n    corsPolicy: {{allowOrigins: [{{exact: \"*\"}}], unmatchedPreflights: DROP}}"),
+            "spec.http[0].corsPolicy.unmatchedPreflights: expected one of FORWARD, IGNORE, UNSPECIFIED",
+        ),
+        (
             format!("{DEST}\n    fault: {{abort: {{http2Error: 7}}}}"),
             "`spec.http[0].fault.abort.http2Error` is not implemented yet; use `httpStatus` or `grpcStatus`",
         ),

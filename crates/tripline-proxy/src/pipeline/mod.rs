@@ -7,8 +7,9 @@
 //! The phases, in order (`http_proxy` drives them; `docs/architecture.md` tells where to add
 //! a feature):
 //!
-//! 1. **Request**, before a destination is chosen: route match (`router`), fault injection
-//!    ([`fault`]), answers of the route's own ([`answer`]: redirect, direct response). A
+//! 1. **Request**, before a destination is chosen: route match (`router`), CORS preflights
+//!    ([`cors`]), fault injection ([`fault`]), answers of the route's own ([`answer`]:
+//!    redirect, direct response). A
 //!    feature here may answer the request itself ([`Step::Answer`]) or hold it
 //!    ([`Step::Forward`] with a delay).
 //! 2. **Upstream request**, once the destination is chosen and before the request is
@@ -16,9 +17,9 @@
 //!    headers (`x-forwarded-*`, `x-request-id`) are set, the header edits of the destination
 //!    and of the route ([`header_edits`]), the route's last so that its `set` wins, as in
 //!    Envoy; last, copies for the route's mirrors ([`mirror`]), of the request as sent.
-//! 3. **Response**: the response header edits of the destination and the route
-//!    ([`ResponseEdits`]), applied to every response the route gives, Tripline's own answers
-//!    included.
+//! 3. **Response**: the response header edits of the destination and the route, then the
+//!    CORS headers of an allowed cross-origin request ([`ResponseEdits`]), applied to every
+//!    response the route gives, Tripline's own answers included.
 //! 4. **Logging**: the access log line, written when the response body ends (`http_proxy`'s
 //!    `PendingLog`).
 //!
@@ -26,6 +27,7 @@
 //! nothing of these phases.
 
 pub(crate) mod answer;
+pub(crate) mod cors;
 pub(crate) mod fault;
 pub(crate) mod header_edits;
 pub(crate) mod mirror;
@@ -44,6 +46,7 @@ use crate::cluster::Cluster;
 use crate::stats::GlobalStats;
 use crate::Shared;
 use answer::Answer;
+use cors::Cors;
 use header_edits::HeaderEdits;
 use mirror::Mirrors;
 use rewrite::Rewrite;
@@ -57,6 +60,7 @@ pub struct Features {
     rewrite: Option<Rewrite>,
     headers: Option<Arc<HeaderEdits>>,
     mirrors: Option<Mirrors>,
+    cors: Option<Arc<Cors>>,
 }
 
 /// What the request phase decided.
@@ -98,10 +102,12 @@ impl Features {
             rewrite: plan.rewrite.as_ref().map(Rewrite::compile),
             headers: HeaderEdits::compile(&plan.headers).map(Arc::new),
             mirrors: Mirrors::compile(&plan.mirrors, clusters),
+            cors: plan.cors.as_ref().map(|c| Arc::new(Cors::compile(c))),
         }))
     }
 
-    /// The request phase: the fault is drawn, then a route that answers itself answers.
+    /// The request phase: CORS answers preflights, the fault is drawn, then a route that
+    /// answers itself answers. Notes in `edits` what the response phase must add.
     pub(crate) fn on_request<B>(
         &self,
         req: &Request<B>,
@@ -109,7 +115,19 @@ impl Features {
         rng: &dyn Rng,
         stats: &GlobalStats,
         injected: &mut Injected,
+        edits: &mut Option<Box<ResponseEdits>>,
     ) -> Step {
+        if let Some(cors) = &self.cors {
+            match cors.on_request(req) {
+                cors::Verdict::None => {}
+                cors::Verdict::Answer(response) => {
+                    return Step::Answer { delay: None, response: Box::new(response) }
+                }
+                cors::Verdict::Allowed(origin) => {
+                    edits.get_or_insert_with(Box::default).cors = Some((cors.clone(), origin));
+                }
+            }
+        }
         let drawn = self.fault.as_ref().map(|f| fault::draw(f, rng)).unwrap_or_default();
         if drawn.delay.is_some() {
             injected.delayed = true;
@@ -189,6 +207,8 @@ pub(crate) fn edit_request(
 pub(crate) struct ResponseEdits {
     pub(crate) destination: Option<Arc<HeaderEdits>>,
     pub(crate) route: Option<Arc<HeaderEdits>>,
+    /// The route's CORS policy and the allowed origin of the request.
+    pub(crate) cors: Option<(Arc<Cors>, http::HeaderValue)>,
 }
 
 impl ResponseEdits {
@@ -205,6 +225,9 @@ impl ResponseEdits {
             if let Some(response) = &edits.response {
                 response.apply(headers);
             }
+        }
+        if let Some((cors, origin)) = &self.cors {
+            cors.on_response(headers, origin.clone());
         }
     }
 }
@@ -234,7 +257,7 @@ mod tests {
         let (stats, mut injected) = (GlobalStats::default(), Injected::default());
         let req = Request::get("/").body(()).unwrap();
         let Step::Answer { delay: None, response } =
-            f.on_request(&req, false, &SplitMix::seeded(1), &stats, &mut injected)
+            f.on_request(&req, false, &SplitMix::seeded(1), &stats, &mut injected, &mut None)
         else {
             panic!("the abort answers")
         };

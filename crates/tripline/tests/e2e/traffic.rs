@@ -382,3 +382,61 @@ spec:
     assert_eq!(v1.requests(), 20);
     assert!(v2.authorities().iter().all(|a| a == "order-shadow"), "{:?}", v2.authorities());
 }
+
+/// `corsPolicy`: the proxy answers an allowed preflight itself; an actual request from an
+/// allowed origin gets the CORS headers on the upstream's response; other origins get none,
+/// and their preflights go on to the upstream (`FORWARD`) or are answered bare (`IGNORE`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_are_answered_and_allowed_origins_get_the_headers() {
+    let ups = [Upstream::http("web").await];
+    let port = crate::support::free_port();
+    let routes = "  http:
+  - match: [{uri: {prefix: /strict}}]
+    corsPolicy:
+      allowOrigins: [{exact: \"https://shop.example.com\"}]
+      unmatchedPreflights: IGNORE
+    route:
+    - destination: {host: web.local, port: {number: 80}}
+  - corsPolicy:
+      allowOrigins: [{exact: \"https://shop.example.com\"}, {regex: \"https://.*[.]partner[.]com\"}]
+      allowMethods: [GET, POST]
+      allowHeaders: [x-token]
+      exposeHeaders: [x-upstream-id]
+      maxAge: 10m
+      allowCredentials: true
+    route:
+    - destination: {host: web.local, port: {number: 80}}
+";
+    let _proxy = Proxy::start(&one_service_per_upstream(port, &ups, "cors", routes)).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let preflight = |origin: &'static str, path: &'static str| async move {
+        let headers = [("origin", origin), ("access-control-request-method", "POST")];
+        crate::support::client::send(addr, http::Method::OPTIONS, HOST, path, &headers, "").await.unwrap()
+    };
+
+    let r = preflight("https://a.partner.com", "/api").await;
+    assert_eq!((r.status.as_u16(), r.upstream()), (200, None), "answered by the proxy");
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://a.partner.com"));
+    assert_eq!(r.header("access-control-allow-methods"), Some("GET,POST"));
+    assert_eq!(r.header("access-control-allow-headers"), Some("x-token"));
+    assert_eq!(r.header("access-control-max-age"), Some("600"));
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+
+    let r = get_with(addr, HOST, "/api", &[("origin", "https://shop.example.com")]).await.unwrap();
+    assert_eq!(r.upstream(), Some("web"));
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://shop.example.com"));
+    assert_eq!(r.header("access-control-expose-headers"), Some("x-upstream-id"));
+    assert_eq!(r.header("vary"), Some("Origin"));
+
+    let r = get_with(addr, HOST, "/api", &[("origin", "https://evil.example")]).await.unwrap();
+    assert_eq!((r.upstream(), r.header("access-control-allow-origin")), (Some("web"), None));
+    let r = preflight("https://evil.example", "/api").await;
+    assert_eq!(r.upstream(), Some("web"), "FORWARD: an unmatched preflight goes to the upstream");
+    let r = preflight("https://evil.example", "/strict").await;
+    assert_eq!(
+        (r.status.as_u16(), r.upstream(), r.header("access-control-allow-origin")),
+        (200, None, None),
+        "IGNORE"
+    );
+    assert_eq!(ups[0].requests(), 3);
+}
