@@ -932,6 +932,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                 features: RouteFeatures {
                     fault: h.fault.as_ref().map(fault_plan),
                     mirrors,
+                    rate_limit: own.and_then(|(_, p)| p.rate_limit.clone()),
                     ..h.features.clone()
                 },
             });

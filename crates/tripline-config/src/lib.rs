@@ -14,6 +14,7 @@ mod lint;
 pub mod model;
 pub mod plan;
 pub mod policy;
+pub mod rate_limit;
 mod resource;
 pub mod route_features;
 pub mod yaml;

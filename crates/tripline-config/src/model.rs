@@ -900,6 +900,7 @@ fn http_route(cx: &mut Cx, node: &Node, path: &str) -> Option<HttpRoute> {
         fault: None,
         mirrors: Vec::new(),
         cors: f.value("corsPolicy").and_then(|(n, p)| route_features::cors(cx, n, &p)),
+        rate_limit: None,
     };
     let answers_itself = f.has("redirect") || f.has("directResponse") || f.has("delegate");
     if route.is_empty() && !answers_itself && f.value("route").is_none() {

@@ -81,6 +81,8 @@ pub struct ResiliencePolicy {
     pub outlier: Option<PolicyOutlier>,
     pub classification: Classification,
     pub retries: Option<PolicyRetries>,
+    /// `rateLimit` (a route target only).
+    pub rate_limit: Option<crate::rate_limit::RateLimitPlan>,
     /// The sections set that act on HTTP requests only (the breakers, `retries`, the latency
     /// detector): a TCP route's cluster refuses them, since they would do nothing there.
     pub http_only: Vec<HttpOnly>,
@@ -187,7 +189,15 @@ impl Default for PolicyRetries {
 
 const SPEC: Schema = Schema::new(
     "Tripline's ResiliencePolicy",
-    &["target", "circuitBreaker", "endpointCircuitBreaker", "outlierDetection", "classification", "retries"],
+    &[
+        "target",
+        "circuitBreaker",
+        "endpointCircuitBreaker",
+        "outlierDetection",
+        "classification",
+        "retries",
+        "rateLimit",
+    ],
 );
 const TARGET: Schema =
     Schema::new("a ResiliencePolicy target", &["host", "subset", "virtualService", "route"]);
@@ -353,7 +363,7 @@ fn enabled(cx: &mut Cx, f: &Fields<'_>) -> Option<bool> {
 }
 
 /// Decodes a `ResiliencePolicy` spec. Every problem is reported; `None` if any was an error.
-pub fn resilience_policy(cx: &mut Cx, spec: &Node) -> Option<ResiliencePolicy> {
+pub fn resilience_policy(cx: &mut Cx, spec: &Node, name: &str) -> Option<ResiliencePolicy> {
     let f = cx.fields(spec, "spec", &SPEC)?;
     let before = errors(cx);
     let target = match f.value("target") {
@@ -384,6 +394,14 @@ pub fn resilience_policy(cx: &mut Cx, spec: &Node) -> Option<ResiliencePolicy> {
         f.value("endpointCircuitBreaker").and_then(|(n, p)| breaker_config(cx, n, &p, &classifier));
     let outlier = f.value("outlierDetection").and_then(|(n, p)| outlier_config(cx, n, &p));
     let retries = f.value("retries").and_then(|(n, p)| retry_settings(cx, n, &p));
+    let rate_limit = match (f.value("rateLimit"), &target) {
+        (Some((n, p)), Some(Target::Route { .. })) => crate::rate_limit::rate_limit(cx, n, &p, name),
+        (Some((n, p)), Some(Target::Destination { .. })) => {
+            cx.error(n, &p, "`rateLimit` applies to a route: target one with {virtualService, route} (a policy per route to limit)");
+            None
+        }
+        _ => None,
+    };
     if errors(cx) > before {
         return None;
     }
@@ -403,6 +421,7 @@ pub fn resilience_policy(cx: &mut Cx, spec: &Node) -> Option<ResiliencePolicy> {
         outlier,
         classification: classification?,
         retries,
+        rate_limit,
         http_only,
     })
 }
@@ -1021,6 +1040,7 @@ impl ResiliencePolicy {
                 "backoff": {"baseInterval": dur(r.backoff_base), "maxInterval": dur(r.backoff_max)},
                 "maxReplayBytes": r.max_replay_bytes,
             })),
+            "rateLimit": self.rate_limit.as_ref().map(|r| serde_json::to_value(r).unwrap_or(Value::Null)),
         })
     }
 }

@@ -143,7 +143,7 @@ pub fn decode(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option
         "ServiceEntry" => Spec::ServiceEntry(model::service_entry(&mut cx, spec_node)?),
         "VirtualService" => Spec::VirtualService(model::virtual_service(&mut cx, spec_node)?),
         "DestinationRule" => Spec::DestinationRule(Box::new(model::destination_rule(&mut cx, spec_node)?)),
-        _ => Spec::ResiliencePolicy(Box::new(crate::policy::resilience_policy(&mut cx, spec_node)?)),
+        _ => Spec::ResiliencePolicy(Box::new(crate::policy::resilience_policy(&mut cx, spec_node, &name)?)),
     };
     Some(Resource {
         kind,

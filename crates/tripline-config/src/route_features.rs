@@ -33,6 +33,9 @@ pub struct RouteFeatures {
     pub mirrors: Vec<MirrorPlan>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsPlan>,
+    /// From the `rateLimit` of the ResiliencePolicy that targets the route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::rate_limit::RateLimitPlan>,
 }
 
 impl RouteFeatures {
@@ -44,6 +47,7 @@ impl RouteFeatures {
             && self.fault.is_none()
             && self.mirrors.is_empty()
             && self.cors.is_none()
+            && self.rate_limit.is_none()
     }
 }
 

@@ -210,3 +210,66 @@ fn mistakes_are_errors_at_their_place_with_the_fix() {
         assert!(e.starts_with("error: mesh.yaml:"), "file, line and column first: {e}");
     }
 }
+
+/// A ResiliencePolicy on `vs/http[0]` (or on the host: `target` given) with `rest`.
+fn with_policy(target: &str, rest: &str) -> String {
+    format!(
+        "{}---
+apiVersion: tripline.dev/v1alpha1
+kind: ResiliencePolicy
+metadata: {{name: limit}}
+spec:
+  target: {target}
+{rest}",
+        with_route(DEST)
+    )
+}
+
+#[test]
+fn a_route_s_rate_limit_comes_from_its_policy_and_mistakes_are_errors() {
+    use tripline_config::rate_limit::DescriptorKey;
+    let route_target = "{virtualService: vs, route: \"http[0]\"}";
+    let loaded = ok(&with_policy(
+        route_target,
+        "  rateLimit:
+    tokenBucket: {maxTokens: 5, fillInterval: 1s}
+    descriptors:
+    - key: {header: X-User}
+      tokenBucket: {maxTokens: 1, tokensPerFill: 1, fillInterval: 1m}",
+    ));
+    let r = &loaded.plan.listeners[0].virtual_hosts[0].routes[0];
+    let limit = r.features.rate_limit.as_ref().expect("the route has the policy's rate limit");
+    assert_eq!(
+        (limit.policy.as_str(), limit.bucket.unwrap().tokens_per_fill),
+        ("limit", 1),
+        "tokensPerFill defaults to 1"
+    );
+    assert_eq!(limit.descriptors[0].key, DescriptorKey::Header("x-user".into()));
+
+    for (target, rest, want) in [
+        (
+            "{host: backend.local}",
+            "  rateLimit: {tokenBucket: {maxTokens: 1, fillInterval: 1s}}",
+            "spec.rateLimit: `rateLimit` applies to a route",
+        ),
+        (route_target, "  rateLimit: {shadow: true}", "spec.rateLimit: a rate limit needs a `tokenBucket`"),
+        (
+            route_target,
+            "  rateLimit: {tokenBucket: {maxTokens: 0, fillInterval: 1s}}",
+            "spec.rateLimit.tokenBucket.maxTokens",
+        ),
+        (
+            route_target,
+            "  rateLimit: {tokenBucket: {maxTokens: 1, fillInterval: 100us}}",
+            "spec.rateLimit.tokenBucket.fillInterval: expected at least 1ms",
+        ),
+        (
+            route_target,
+            "  rateLimit: {descriptors: [{key: {header: a, remoteAddress: {}}, tokenBucket: {maxTokens: 1, fillInterval: 1s}}]}",
+            "expected exactly one of header, remoteAddress, pathPrefix",
+        ),
+    ] {
+        let e = the_error(&with_policy(target, rest));
+        assert!(e.contains(want), "{rest}\n  want: {want}\n  got:  {e}");
+    }
+}

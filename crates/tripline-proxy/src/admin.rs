@@ -155,7 +155,7 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
         "/metrics" => {
             let applied = shared.applied.load();
             let mut r =
-                text(StatusCode::OK, crate::metrics::render(&shared.global, &applied.clusters, &applied.route_breakers));
+                text(StatusCode::OK, crate::metrics::render(&shared.global, &applied.clusters, &applied.route_breakers, &applied.rate_limiters));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static(

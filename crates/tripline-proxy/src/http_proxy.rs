@@ -412,7 +412,14 @@ fn route(
     let mut delay = None;
     if let Some(features) = &route.features {
         ResponseEdits::keep(edits, features.headers(), true);
-        match features.on_request(req, grpc, &ctx.shared.rng, &ctx.shared.global, &mut trace.fault, edits) {
+        let cx = pipeline::RequestCx {
+            grpc,
+            peer: ctx.peer.ip(),
+            rng: &ctx.shared.rng,
+            stats: &ctx.shared.global,
+            injected: &mut trace.fault,
+        };
+        match features.on_request(req, cx, edits) {
             Step::Forward { delay: d } => delay = d,
             Step::Answer { delay, response } => return Err(Refused::Answered(delay, response)),
         }

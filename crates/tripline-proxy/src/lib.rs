@@ -87,6 +87,7 @@ pub struct Shared {
 pub struct Prepared {
     built: cluster::Built,
     route_breakers: resilience::RouteBreakers,
+    rate_limiters: pipeline::rate_limit::RateLimiters,
     /// One per listener of the plan, in its order.
     configs: Vec<Arc<ListenerConfig>>,
 }
@@ -103,6 +104,8 @@ pub struct Applied {
     pub clusters: Vec<Arc<Cluster>>,
     /// Breakers of routes targeted by a ResiliencePolicy.
     pub route_breakers: resilience::RouteBreakers,
+    /// Rate limiters of the policies of routes, by policy name.
+    pub rate_limiters: pipeline::rate_limit::RateLimiters,
     /// What `/config_dump` shows (shared with the [`Loaded`] it came from); `None` before the
     /// first config is applied.
     pub dump: Option<tripline_config::dump::ConfigDump>,
@@ -185,13 +188,19 @@ impl Proxy {
             .flat_map(|l| l.virtual_hosts.iter().flat_map(|vh| vh.routes.iter()))
             .filter_map(|r| r.breaker.as_ref().map(|b| (r.name.as_str(), b)))
             .collect();
-        let route_breakers = shared.applied.load().route_breakers.build(&route_configs);
+        let routes =
+            || plan.listeners.iter().flat_map(|l| l.virtual_hosts.iter().flat_map(|vh| vh.routes.iter()));
+        let limits: Vec<_> = routes().filter_map(|r| r.features.rate_limit.as_ref()).collect();
+        let applied = shared.applied.load();
+        let route_breakers = applied.route_breakers.build(&route_configs);
+        let rate_limiters = applied.rate_limiters.build(&limits);
+        let route_shared = router::RouteShared { breakers: &route_breakers, limiters: &rate_limiters };
         let configs = plan
             .listeners
             .iter()
-            .map(|lp| Arc::new(ListenerConfig::build(lp, &built.clusters, &route_breakers)))
+            .map(|lp| Arc::new(ListenerConfig::build(lp, &built.clusters, route_shared)))
             .collect();
-        Prepared { built, route_breakers, configs }
+        Prepared { built, route_breakers, rate_limiters, configs }
     }
 
     /// Puts a [`Proxy::prepare`]d config in force, as [`Proxy::apply`] does; `loaded` is the
@@ -211,7 +220,7 @@ impl Proxy {
         let shared = &self.shared;
         let plan = &loaded.plan;
         let mut sockets = bind_new_listeners(shared, plan, bind).await?;
-        let Prepared { built, route_breakers, configs } = prepared;
+        let Prepared { built, route_breakers, rate_limiters, configs } = prepared;
         let clusters = built.clusters.clone();
         for c in &clusters {
             dns::resolve_now(shared, c).await;
@@ -265,6 +274,7 @@ impl Proxy {
         retired.0.push(Box::new(shared.applied.swap(Arc::new(Applied {
             clusters,
             route_breakers,
+            rate_limiters,
             dump: Some(loaded.dump.clone()),
             listeners,
         }))));

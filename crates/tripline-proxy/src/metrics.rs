@@ -12,6 +12,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::cluster::{Cluster, ClusterState};
+use crate::pipeline::rate_limit::{RateLimiter, RateLimiters};
 use crate::reason::Reason;
 use crate::resilience::STATES;
 use crate::stats::{GlobalStats, Http2Flood};
@@ -40,6 +41,7 @@ pub fn render(
     global: &Arc<GlobalStats>,
     live: &[Arc<Cluster>],
     routes: &crate::resilience::RouteBreakers,
+    limiters: &RateLimiters,
 ) -> String {
     let clusters: Vec<Arc<ClusterState>> = live.iter().map(|c| c.state.clone()).collect();
     let mut registry = Registry::default();
@@ -49,12 +51,37 @@ pub fn render(
         routes: routes.breakers.iter().map(|(n, b)| (n.clone(), b.clone())).collect(),
         route_stats: routes.stats.clone(),
     }));
+    registry.register_collector(Box::new(RateLimitScrape(limiters.limiters.values().cloned().collect())));
     let mut out = String::with_capacity(8 * 1024);
     if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
         out.clear();
         let _ = writeln!(out, "# metrics encoding failed");
     }
     out
+}
+
+/// Each policy's rate limit decisions.
+#[derive(Debug)]
+struct RateLimitScrape(Vec<Arc<RateLimiter>>);
+
+impl Collector for RateLimitScrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        counter(
+            &mut enc,
+            "tripline_rate_limit_decisions",
+            "Requests a route's rate limit admitted, limited (429), or would have limited in shadow mode.",
+            self.0.iter().flat_map(|l| {
+                let d = &l.decisions;
+                [("allowed", &d.allowed), ("limited", &d.limited), ("shadow_limited", &d.shadow_limited)].map(
+                    |(decision, n)| {
+                        let labels =
+                            vec![("policy", l.policy().to_string()), ("decision", decision.to_string())];
+                        (labels, n.load(Ordering::Relaxed))
+                    },
+                )
+            }),
+        )
+    }
 }
 
 #[derive(Debug)]

@@ -37,6 +37,8 @@ pub enum Reason {
     /// The request's header fields are over `--max-request-headers-kb` or
     /// `--max-request-headers`: answered by the server that read them, before routing.
     RequestHeadersTooLarge,
+    /// A route's rate limit had no token for the request.
+    RateLimited,
 }
 
 pub const REASON_HEADER: &str = "x-tripline-reason";
@@ -49,7 +51,7 @@ struct Info {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::OverflowConnections,
         Reason::OverflowPending,
         Reason::OverflowRequests,
@@ -68,6 +70,7 @@ impl Reason {
         Reason::StreamIdleTimeout,
         Reason::ConnectNotSupported,
         Reason::RequestHeadersTooLarge,
+        Reason::RateLimited,
     ];
 
     fn info(self) -> Info {
@@ -128,6 +131,9 @@ impl Reason {
                 431,
                 "the request's header fields are over the proxy's limit (size or count)\n",
             ),
+            Reason::RateLimited => {
+                ("rate-limited", 429, "rate limit reached: retry after the time in Retry-After\n")
+            }
         };
         Info { name, status, body }
     }

@@ -13,9 +13,18 @@ use tripline_core::rng::Rng;
 use crate::cluster::Cluster;
 use crate::headers::{authority, host_of};
 use crate::pipeline::header_edits::HeaderEdits;
+use crate::pipeline::rate_limit::RateLimiters;
 use crate::pipeline::Features;
 use crate::resilience::RouteBreakers;
 use crate::upstream::RoutePolicy;
+
+/// What routes share across a config and keep across reloads: the breakers of routes and the
+/// rate limiters of their policies.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteShared<'a> {
+    pub breakers: &'a RouteBreakers,
+    pub limiters: &'a RateLimiters,
+}
 
 /// What a listener serves, swapped as a whole on reload.
 #[derive(Debug, Default)]
@@ -99,12 +108,13 @@ impl Route {
         }
     }
 
-    fn from_plan(r: &RoutePlan, clusters: &[Arc<Cluster>], breakers: &RouteBreakers) -> Self {
+    fn from_plan(r: &RoutePlan, clusters: &[Arc<Cluster>], shared: RouteShared<'_>) -> Self {
+        let RouteShared { breakers, limiters } = shared;
         let mut route = Route::new(&r.name, r.matches.clone(), &r.destinations, clusters);
         route.timeout = r.timeout;
         route.upstream =
             RoutePolicy { retry: r.retry.clone(), breaker: breakers.breakers.get(&r.name).cloned() };
-        route.features = Features::compile(&r.features, clusters);
+        route.features = Features::compile(&r.features, clusters, limiters);
         route
     }
 
@@ -230,7 +240,7 @@ fn percent_decoded(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl ListenerConfig {
-    pub fn build(plan: &ListenerPlan, clusters: &[Arc<Cluster>], breakers: &RouteBreakers) -> Self {
+    pub fn build(plan: &ListenerPlan, clusters: &[Arc<Cluster>], shared: RouteShared<'_>) -> Self {
         Self::indexed(ListenerConfig {
             virtual_hosts: plan
                 .virtual_hosts
@@ -240,7 +250,7 @@ impl ListenerConfig {
                     routes: vh
                         .routes
                         .iter()
-                        .map(|r| Arc::new(Route::from_plan(r, clusters, breakers)))
+                        .map(|r| Arc::new(Route::from_plan(r, clusters, shared)))
                         .collect(),
                 })
                 .collect(),

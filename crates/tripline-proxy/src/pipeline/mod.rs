@@ -8,8 +8,8 @@
 //! a feature):
 //!
 //! 1. **Request**, before a destination is chosen: route match (`router`), CORS preflights
-//!    ([`cors`]), fault injection ([`fault`]), answers of the route's own ([`answer`]:
-//!    redirect, direct response). A
+//!    ([`cors`]), rate limits ([`rate_limit`]), fault injection ([`fault`]), answers of the
+//!    route's own ([`answer`]: redirect, direct response). A
 //!    feature here may answer the request itself ([`Step::Answer`]) or hold it
 //!    ([`Step::Forward`] with a delay).
 //! 2. **Upstream request**, once the destination is chosen and before the request is
@@ -31,8 +31,10 @@ pub(crate) mod cors;
 pub(crate) mod fault;
 pub(crate) mod header_edits;
 pub(crate) mod mirror;
+pub mod rate_limit;
 pub(crate) mod rewrite;
 
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,12 +45,15 @@ use tripline_core::rng::Rng;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::cluster::Cluster;
+use crate::local_reply::Reply;
+use crate::reason::Reason;
 use crate::stats::GlobalStats;
 use crate::Shared;
 use answer::Answer;
 use cors::Cors;
 use header_edits::HeaderEdits;
 use mirror::Mirrors;
+use rate_limit::{RateLimiter, RateLimiters};
 use rewrite::Rewrite;
 use tokio::time::Instant;
 
@@ -61,6 +66,7 @@ pub struct Features {
     headers: Option<Arc<HeaderEdits>>,
     mirrors: Option<Mirrors>,
     cors: Option<Arc<Cors>>,
+    rate_limit: Option<Arc<RateLimiter>>,
 }
 
 /// What the request phase decided.
@@ -69,6 +75,16 @@ pub(crate) enum Step {
     Forward { delay: Option<Duration> },
     /// The route answers the request itself (after the delay, for a delayed abort).
     Answer { delay: Option<Duration>, response: Box<Response<ResponseBody>> },
+}
+
+/// What the request phase needs of the request's context besides the request.
+pub(crate) struct RequestCx<'a> {
+    pub(crate) grpc: bool,
+    pub(crate) peer: IpAddr,
+    pub(crate) rng: &'a dyn Rng,
+    pub(crate) stats: &'a GlobalStats,
+    /// What the fault did, for the access log.
+    pub(crate) injected: &'a mut Injected,
 }
 
 /// What the request phase did that the access log shows.
@@ -92,7 +108,11 @@ impl Injected {
 
 impl Features {
     /// `None` when the route does nothing but forward. `clusters` are the plan's, by index.
-    pub fn compile(plan: &RouteFeatures, clusters: &[Arc<Cluster>]) -> Option<Box<Features>> {
+    pub fn compile(
+        plan: &RouteFeatures,
+        clusters: &[Arc<Cluster>],
+        limiters: &RateLimiters,
+    ) -> Option<Box<Features>> {
         if plan.is_empty() {
             return None;
         }
@@ -103,20 +123,20 @@ impl Features {
             headers: HeaderEdits::compile(&plan.headers).map(Arc::new),
             mirrors: Mirrors::compile(&plan.mirrors, clusters),
             cors: plan.cors.as_ref().map(|c| Arc::new(Cors::compile(c))),
+            rate_limit: plan.rate_limit.as_ref().and_then(|r| limiters.get(&r.policy).cloned()),
         }))
     }
 
-    /// The request phase: CORS answers preflights, the fault is drawn, then a route that
-    /// answers itself answers. Notes in `edits` what the response phase must add.
+    /// The request phase: CORS answers preflights, the rate limit takes its tokens, the
+    /// fault is drawn, then a route that answers itself answers. Notes in `edits` what the
+    /// response phase must add.
     pub(crate) fn on_request<B>(
         &self,
         req: &Request<B>,
-        grpc: bool,
-        rng: &dyn Rng,
-        stats: &GlobalStats,
-        injected: &mut Injected,
+        cx: RequestCx<'_>,
         edits: &mut Option<Box<ResponseEdits>>,
     ) -> Step {
+        let RequestCx { grpc, peer, rng, stats, injected } = cx;
         if let Some(cors) = &self.cors {
             match cors.on_request(req) {
                 cors::Verdict::None => {}
@@ -125,6 +145,25 @@ impl Features {
                 }
                 cors::Verdict::Allowed(origin) => {
                     edits.get_or_insert_with(Box::default).cors = Some((cors.clone(), origin));
+                }
+            }
+        }
+        if let Some(limiter) = &self.rate_limit {
+            match limiter.check(req, peer) {
+                rate_limit::Verdict::Admitted(None) => {}
+                rate_limit::Verdict::Admitted(Some(headers)) => {
+                    edits.get_or_insert_with(Box::default).rate_limit = Some(headers);
+                }
+                rate_limit::Verdict::Limited { retry_after } => {
+                    stats.local.inc(Reason::RateLimited);
+                    let reason = Reason::RateLimited;
+                    let mut response = if grpc { reason.grpc_response() } else { reason.response() };
+                    // Whole seconds, rounded up: a client that honours it never comes back early.
+                    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                    response
+                        .headers_mut()
+                        .insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs.max(1)));
+                    return Step::Answer { delay: None, response: Box::new(response) };
                 }
             }
         }
@@ -209,6 +248,8 @@ pub(crate) struct ResponseEdits {
     pub(crate) route: Option<Arc<HeaderEdits>>,
     /// The route's CORS policy and the allowed origin of the request.
     pub(crate) cors: Option<(Arc<Cors>, http::HeaderValue)>,
+    /// `x-ratelimit-limit`, `-remaining`, `-reset` of the tightest bucket.
+    pub(crate) rate_limit: Option<Box<[http::HeaderValue; 3]>>,
 }
 
 impl ResponseEdits {
@@ -229,6 +270,11 @@ impl ResponseEdits {
         if let Some((cors, origin)) = &self.cors {
             cors.on_response(headers, origin.clone());
         }
+        if let Some([limit, remaining, reset]) = self.rate_limit.as_deref() {
+            headers.insert("x-ratelimit-limit", limit.clone());
+            headers.insert("x-ratelimit-remaining", remaining.clone());
+            headers.insert("x-ratelimit-reset", reset.clone());
+        }
     }
 }
 
@@ -240,7 +286,11 @@ mod tests {
 
     #[test]
     fn a_route_without_features_compiles_to_nothing() {
-        assert!(Features::compile(&RouteFeatures::default(), &[]).is_none());
+        assert!(Features::compile(&RouteFeatures::default(), &[], &RateLimiters::default()).is_none());
+    }
+
+    fn cx<'a>(rng: &'a dyn Rng, stats: &'a GlobalStats, injected: &'a mut Injected) -> RequestCx<'a> {
+        RequestCx { grpc: false, peer: [127, 0, 0, 1].into(), rng, stats, injected }
     }
 
     #[test]
@@ -253,11 +303,11 @@ mod tests {
             answer: Some(AnswerPlan::Direct { status: 200, body: Vec::new() }),
             ..Default::default()
         };
-        let f = Features::compile(&plan, &[]).unwrap();
+        let f = Features::compile(&plan, &[], &RateLimiters::default()).unwrap();
         let (stats, mut injected) = (GlobalStats::default(), Injected::default());
         let req = Request::get("/").body(()).unwrap();
         let Step::Answer { delay: None, response } =
-            f.on_request(&req, false, &SplitMix::seeded(1), &stats, &mut injected, &mut None)
+            f.on_request(&req, cx(&SplitMix::seeded(1), &stats, &mut injected), &mut None)
         else {
             panic!("the abort answers")
         };

@@ -135,7 +135,12 @@ impl InProcess {
     pub fn metrics(&self) -> String {
         let shared = &self.proxy.shared;
         let applied = shared.applied.load();
-        tripline_proxy::metrics::render(&shared.global, &applied.clusters, &applied.route_breakers)
+        tripline_proxy::metrics::render(
+            &shared.global,
+            &applied.clusters,
+            &applied.route_breakers,
+            &applied.rate_limiters,
+        )
     }
 
     /// The sum of the samples of `name` in `/metrics` with every one of `labels`.

@@ -440,3 +440,119 @@ async fn cors_preflights_are_answered_and_allowed_origins_get_the_headers() {
     );
     assert_eq!(ups[0].requests(), 3);
 }
+
+/// A ResiliencePolicy on route `vs/<route>` with `rate_limit` (the `rateLimit` body).
+fn rate_limit_policy(name: &str, route: &str, rate_limit: &str) -> String {
+    format!(
+        "apiVersion: tripline.dev/v1alpha1
+kind: ResiliencePolicy
+metadata: {{name: {name}}}
+spec:
+  target: {{virtualService: limits, route: {route}}}
+  rateLimit:
+{rate_limit}"
+    )
+}
+
+/// `rateLimit`: a route's bucket admits its configured rate (within 5%) whatever worker a
+/// request lands on; refusals are 429 `rate-limited` with `Retry-After`; keyed descriptors
+/// give each key its own bucket; shadow mode only counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rate_limits_admit_the_configured_rate_across_workers() {
+    let ups = [Upstream::http("api").await];
+    let port = crate::support::free_port();
+    let routes = "  http:
+  - name: per-user
+    match: [{uri: {prefix: /user}}]
+    route: [{destination: {host: api.local, port: {number: 80}}}]
+  - name: shadow
+    match: [{uri: {prefix: /shadow}}]
+    route: [{destination: {host: api.local, port: {number: 80}}}]
+  - name: api
+    route: [{destination: {host: api.local, port: {number: 80}}}]
+";
+    let yaml = crate::support::config::join(&[
+        one_service_per_upstream(port, &ups, "limits", routes),
+        rate_limit_policy(
+            "api-limit",
+            "api",
+            "    tokenBucket: {maxTokens: 10, tokensPerFill: 100, fillInterval: 1s}\n    responseHeaders: true\n",
+        ),
+        rate_limit_policy(
+            "per-user",
+            "per-user",
+            "    descriptors:\n    - key: {header: x-user}\n      tokenBucket: {maxTokens: 2, tokensPerFill: 1, fillInterval: 1m}\n",
+        ),
+        rate_limit_policy(
+            "shadow",
+            "shadow",
+            "    tokenBucket: {maxTokens: 1, tokensPerFill: 1, fillInterval: 1m}\n    shadow: true\n",
+        ),
+    ]);
+    let proxy = Proxy::start(&yaml).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+    // About 300 requests a second for 3 s against 100 a second (burst 10), from 6 clients, each
+    // on its own connection (spread over the proxy's two workers).
+    let started = std::time::Instant::now();
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        clients.spawn(async move {
+            let mut conn = crate::support::Conn::connect(addr, crate::support::Proto::H1).await.unwrap();
+            let (mut admitted, mut limited) = (0usize, 0usize);
+            while started.elapsed() < Duration::from_secs(3) {
+                let r = conn.get(HOST, "/api").await.unwrap();
+                match r.status.as_u16() {
+                    200 => admitted += 1,
+                    429 => {
+                        assert_eq!(r.reason(), Some("rate-limited"));
+                        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+                        assert!((1..=1).contains(&retry), "a token comes back within 10ms: {retry}");
+                        limited += 1;
+                    }
+                    other => panic!("unexpected {other}: {}", r.text()),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (admitted, limited)
+        });
+    }
+    let (mut admitted, mut limited) = (0, 0);
+    while let Some(r) = clients.join_next().await {
+        let (a, l) = r.unwrap();
+        (admitted, limited) = (admitted + a, limited + l);
+    }
+    let expected = 10.0 + 100.0 * started.elapsed().as_secs_f64();
+    let off = (admitted as f64 - expected).abs() / expected;
+    assert!(
+        off <= 0.05,
+        "{admitted} admitted, expected {expected:.0} ({:.1}% off); {limited} limited",
+        off * 100.0
+    );
+    assert!(limited > admitted, "the clients asked for about 3x the rate: {limited} limited");
+
+    let r = get_with(addr, HOST, "/api", &[]).await.unwrap();
+    assert_eq!(r.header("x-ratelimit-limit"), Some("10"), "{:?}", r.headers);
+    assert!(r.header("x-ratelimit-remaining").is_some() && r.header("x-ratelimit-reset").is_some());
+
+    for (user, want) in [("ann", 200), ("ann", 200), ("ann", 429), ("bob", 200)] {
+        let r = get_with(addr, HOST, "/user", &[("x-user", user)]).await.unwrap();
+        assert_eq!(r.status, want, "{user}");
+    }
+    assert_eq!(get_with(addr, HOST, "/user", &[]).await.unwrap().status, 200, "no x-user: not limited by it");
+    for _ in 0..3 {
+        assert_eq!(get_with(addr, HOST, "/shadow", &[]).await.unwrap().status, 200, "shadow mode admits");
+    }
+
+    let metrics = proxy.metrics().await;
+    let decisions = |policy, decision| {
+        metric_sum(
+            &metrics,
+            "tripline_rate_limit_decisions_total",
+            &[("policy", policy), ("decision", decision)],
+        )
+    };
+    assert_eq!(decisions("api-limit", "limited") as usize, limited);
+    assert_eq!(decisions("per-user", "limited"), 1.0);
+    assert_eq!((decisions("shadow", "shadow_limited"), decisions("shadow", "limited")), (2.0, 0.0));
+}
