@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::decode::Cx;
 use crate::diag::{Diagnostic, Severity};
+use crate::fallback::{FallbackPlan, FallbackTo};
 use crate::model::{
     DestinationRule, Gateway, HttpRoute, Resource, RouteDestination, SePort, ServiceEntry, Spec, Subset,
     TrafficPolicy, VirtualService,
@@ -895,6 +896,18 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                 None => format!("{}/http[{i}]", r.name),
             };
             let own = ctx.route_policy(&r.name, i);
+            let fallback = own.and_then(|(pr, p)| {
+                let f = p.fallback.as_ref()?;
+                let to = match &f.to {
+                    FallbackTo::Destination(d) => FallbackTo::Destination(ctx.destination(pr, d, false)?),
+                    FallbackTo::Response { status, headers, body } => FallbackTo::Response {
+                        status: Clone::clone(status),
+                        headers: headers.clone(),
+                        body: body.clone(),
+                    },
+                };
+                Some(FallbackPlan { on: f.on, to })
+            });
             // The route's own policy's `retries` replaces those of its destinations' policies.
             let settings: Vec<PolicyRetries> = match own.and_then(|(_, p)| p.retries.clone()) {
                 Some(mine) => vec![mine],
@@ -933,6 +946,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                     fault: h.fault.as_ref().map(fault_plan),
                     mirrors,
                     rate_limit: own.and_then(|(_, p)| p.rate_limit.clone()),
+                    fallback,
                     ..h.features.clone()
                 },
             });

@@ -901,6 +901,7 @@ fn http_route(cx: &mut Cx, node: &Node, path: &str) -> Option<HttpRoute> {
         mirrors: Vec::new(),
         cors: f.value("corsPolicy").and_then(|(n, p)| route_features::cors(cx, n, &p)),
         rate_limit: None,
+        fallback: None,
     };
     let answers_itself = f.has("redirect") || f.has("directResponse") || f.has("delegate");
     if route.is_empty() && !answers_itself && f.value("route").is_none() {
@@ -1041,7 +1042,7 @@ fn destinations(cx: &mut Cx, f: &Fields<'_>) -> Vec<RouteDestination> {
 }
 
 /// Istio's `Destination` (`host`, `subset`, `port`), at the position of the mapping.
-fn destination(cx: &mut Cx, node: &Node, path: &str) -> Option<RouteDestination> {
+pub(crate) fn destination(cx: &mut Cx, node: &Node, path: &str) -> Option<RouteDestination> {
     let df = cx.fields(node, path, &DEST)?;
     let Some((hn, hp)) = df.value("host") else {
         cx.required(&df, "host", "a host name declared by a ServiceEntry");

@@ -83,6 +83,8 @@ pub struct ResiliencePolicy {
     pub retries: Option<PolicyRetries>,
     /// `rateLimit` (a route target only).
     pub rate_limit: Option<crate::rate_limit::RateLimitPlan>,
+    /// `fallback` (a route target only).
+    pub fallback: Option<crate::fallback::Fallback>,
     /// The sections set that act on HTTP requests only (the breakers, `retries`, the latency
     /// detector): a TCP route's cluster refuses them, since they would do nothing there.
     pub http_only: Vec<HttpOnly>,
@@ -197,6 +199,7 @@ const SPEC: Schema = Schema::new(
         "classification",
         "retries",
         "rateLimit",
+        "fallback",
     ],
 );
 const TARGET: Schema =
@@ -402,6 +405,14 @@ pub fn resilience_policy(cx: &mut Cx, spec: &Node, name: &str) -> Option<Resilie
         }
         _ => None,
     };
+    let fallback = match (f.value("fallback"), &target) {
+        (Some((n, p)), Some(Target::Route { .. })) => crate::fallback::fallback(cx, n, &p),
+        (Some((n, p)), Some(Target::Destination { .. })) => {
+            cx.error(n, &p, "`fallback` applies to a route: target one with {virtualService, route}");
+            None
+        }
+        _ => None,
+    };
     if errors(cx) > before {
         return None;
     }
@@ -422,6 +433,7 @@ pub fn resilience_policy(cx: &mut Cx, spec: &Node, name: &str) -> Option<Resilie
         classification: classification?,
         retries,
         rate_limit,
+        fallback,
         http_only,
     })
 }
@@ -1041,6 +1053,7 @@ impl ResiliencePolicy {
                 "maxReplayBytes": r.max_replay_bytes,
             })),
             "rateLimit": self.rate_limit.as_ref().map(|r| serde_json::to_value(r).unwrap_or(Value::Null)),
+            "fallback": self.fallback.as_ref().map(|f| json!({"on": f.on, "to": f.to})),
         })
     }
 }

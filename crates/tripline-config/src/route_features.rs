@@ -36,6 +36,9 @@ pub struct RouteFeatures {
     /// From the `rateLimit` of the ResiliencePolicy that targets the route.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<crate::rate_limit::RateLimitPlan>,
+    /// From the `fallback` of the ResiliencePolicy that targets the route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<crate::fallback::FallbackPlan>,
 }
 
 impl RouteFeatures {
@@ -48,6 +51,7 @@ impl RouteFeatures {
             && self.mirrors.is_empty()
             && self.cors.is_none()
             && self.rate_limit.is_none()
+            && self.fallback.is_none()
     }
 }
 

@@ -273,3 +273,44 @@ fn a_route_s_rate_limit_comes_from_its_policy_and_mistakes_are_errors() {
         assert!(e.contains(want), "{rest}\n  want: {want}\n  got:  {e}");
     }
 }
+
+#[test]
+fn a_route_s_fallback_comes_from_its_policy_and_mistakes_are_errors() {
+    use tripline_config::fallback::FallbackTo;
+    let route_target = "{virtualService: vs, route: \"http[0]\"}";
+    let loaded =
+        ok(&with_policy(route_target, "  fallback: {on: [overflow], response: {status: 200, body: cached}}"));
+    let f = loaded.plan.listeners[0].virtual_hosts[0].routes[0].features.fallback.as_ref().unwrap();
+    assert!(f.on.overflow && !f.on.breaker_open && !f.on.no_healthy_upstream);
+    assert!(matches!(&f.to, FallbackTo::Response { status: 200, body, .. } if body == "cached"));
+    for (target, rest, want) in [
+        (
+            "{host: backend.local}",
+            "  fallback: {response: {status: 200}}",
+            "spec.fallback: `fallback` applies to a route",
+        ),
+        (
+            route_target,
+            "  fallback: {destination: {host: backend.local}, response: {status: 200}}",
+            "spec.fallback.response: a fallback is a `destination` or a `response`, not both",
+        ),
+        (
+            route_target,
+            "  fallback: {on: []}",
+            "spec.fallback.on: a fallback taken on nothing is never taken",
+        ),
+        (
+            route_target,
+            "  fallback: {on: [timeout], response: {status: 200}}",
+            "expected one of breakerOpen, noHealthyUpstream, overflow",
+        ),
+        (
+            route_target,
+            "  fallback: {destination: {host: nowhere.local}}",
+            "spec.fallback.destination.host: unknown host `nowhere.local`",
+        ),
+    ] {
+        let e = the_error(&with_policy(target, rest));
+        assert!(e.contains(want), "{rest}\n  want: {want}\n  got:  {e}");
+    }
+}

@@ -205,10 +205,17 @@ pub fn prepare_request<B>(
             headers.entry(&X_REQUEST_ID).or_insert_with(|| request_id(rng));
         }
     }
+    for_protocol(req, protocol);
+}
+
+/// The request in the shape its upstream's protocol wants: the authority in the URI for
+/// HTTP/2, in `Host` for HTTP/1.1 (with an origin-form target). A fallback uses it alone to
+/// send a request prepared for another cluster.
+pub fn for_protocol<B>(req: &mut Request<B>, protocol: UpstreamProtocol) {
     match protocol {
         UpstreamProtocol::Http2 => {
             // HTTP/2 carries the authority in the URI; an HTTP/1.1 client gave it as Host.
-            let host = headers.remove(header::HOST);
+            let host = req.headers_mut().remove(header::HOST);
             let mut parts = std::mem::take(req.uri_mut()).into_parts();
             parts.scheme = Some(Scheme::HTTP);
             if parts.authority.is_none() {

@@ -23,6 +23,7 @@ use crate::grpc::is_grpc;
 use crate::headers::{is_upgrade, prepare_request, strip_hop_by_hop, Client};
 use crate::listener::ListenerRuntime;
 use crate::local_reply::Reply;
+use crate::pipeline::fallback::{Fallback, Taken};
 use crate::pipeline::header_edits::HeaderEdits;
 use crate::pipeline::{self, Injected, ResponseEdits, Step};
 use crate::reason::{Reason, REASON_HEADER};
@@ -472,7 +473,16 @@ struct Started {
     set_cookie: Option<http::HeaderValue>,
     /// The fault's delay: the request waits before `send` is first polled.
     delay: Option<std::time::Duration>,
+    /// The route's fallback, for a route that has one.
+    fallback: Option<Box<FallbackCx>>,
     send: Pin<Box<dyn Future<Output = upstream::SendResult> + Send>>,
+}
+
+/// What sending a refused request to the route's fallback takes.
+struct FallbackCx {
+    fallback: Arc<Fallback>,
+    shared: Arc<crate::Shared>,
+    upload: Option<Arc<crate::upload::Upload>>,
 }
 
 /// Rewrites the request for the upstream and creates (boxed) the future that sends it.
@@ -528,9 +538,25 @@ fn start(
     if trace.on {
         trace.request_id = up_req.headers().get(&crate::headers::X_REQUEST_ID).cloned();
     }
+    let fallback = route.features.as_ref().and_then(|f| f.fallback()).map(|fallback| {
+        Box::new(FallbackCx {
+            fallback: fallback.clone(),
+            shared: ctx.shared.clone(),
+            upload: upload.clone(),
+        })
+    });
     let send =
         upstream::send(cluster.clone(), route, up_req, hashed.hash, ctx.shared.clone(), deadline, upload);
-    Started { cluster, deadline, grpc, upgrade, set_cookie: hashed.set_cookie, delay, send: Box::pin(send) }
+    Started {
+        cluster,
+        deadline,
+        grpc,
+        upgrade,
+        set_cookie: hashed.set_cookie,
+        delay,
+        fallback,
+        send: Box::pin(send),
+    }
 }
 
 /// `host` or `host:port` of a cluster's destination, for a request that named none.
@@ -545,7 +571,7 @@ impl Started {
     /// `408 stream-idle-timeout` (counted by the sweep that fired it), and an HTTP/1
     /// connection closes after it.
     async fn finish(self, trace: &mut Trace, signal: &ConnSignal, h2: bool) -> Response<ResponseBody> {
-        let Started { cluster, deadline, grpc, upgrade, set_cookie, delay, mut send } = self;
+        let Started { mut cluster, deadline, grpc, upgrade, set_cookie, delay, fallback, mut send } = self;
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
@@ -565,7 +591,45 @@ impl Started {
             Ok(sent) => sent,
             Err(refusal) => {
                 trace.attempts = refusal.attempts;
-                return local(&cluster, refusal, grpc);
+                let Some(fb) = fallback else { return local(&cluster, refusal, grpc) };
+                match fb.fallback.take(&refusal) {
+                    None => return local(&cluster, refusal, grpc),
+                    Some(Taken::Answer(resp)) => {
+                        if let Some(cause) = fb.fallback.cause_of(&refusal) {
+                            cause.count(&fb.shared.global);
+                        }
+                        return *resp;
+                    }
+                    Some(Taken::Send(to, policy, cause)) => {
+                        let (to, policy) = (to.clone(), policy.clone());
+                        cause.count(&fb.shared.global);
+                        let Some(mut req) = refusal.request else {
+                            return local(&cluster, Reason::NoHealthyUpstream, grpc);
+                        };
+                        crate::headers::for_protocol(&mut req, to.protocol());
+                        if trace.on {
+                            trace.cluster = Some(to.state.name.clone());
+                        }
+                        cluster = to.clone();
+                        let sent = upstream::send(
+                            to,
+                            policy,
+                            *req,
+                            None,
+                            fb.shared.clone(),
+                            deadline,
+                            fb.upload.clone(),
+                        );
+                        match sent.await {
+                            Ok((mut resp, inflight)) => {
+                                resp.headers_mut().insert(REASON_HEADER, cause.header());
+                                (resp, inflight)
+                            }
+                            // A fallback never falls back again.
+                            Err(refusal) => return local(&cluster, refusal, grpc),
+                        }
+                    }
+                }
             }
         };
         if trace.on {

@@ -229,6 +229,14 @@ impl Collector for Scrape {
         )?;
         counter(
             &mut enc,
+            "tripline_fallbacks",
+            "Requests a route's fallback took (sent to its destination or answered), by why the route's destination refused them.",
+            crate::pipeline::fallback::Cause::ALL.into_iter().map(|c| {
+                (vec![("cause", c.as_str().to_string())], self.global.fallbacks[c as usize].load(Ordering::Relaxed))
+            }),
+        )?;
+        counter(
+            &mut enc,
             "tripline_fault_injections",
             "Requests a route's fault injection delayed or aborted (a request can be both).",
             [

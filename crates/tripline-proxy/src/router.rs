@@ -114,7 +114,7 @@ impl Route {
         route.timeout = r.timeout;
         route.upstream =
             RoutePolicy { retry: r.retry.clone(), breaker: breakers.breakers.get(&r.name).cloned() };
-        route.features = Features::compile(&r.features, clusters, limiters);
+        route.features = Features::compile(&r.features, clusters, limiters, &r.retry);
         route
     }
 

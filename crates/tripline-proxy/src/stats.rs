@@ -111,6 +111,8 @@ pub struct GlobalStats {
     /// Requests a route's `fault` delayed, and those it aborted.
     pub faults_delayed: AtomicU64,
     pub faults_aborted: AtomicU64,
+    /// Requests sent to a route's fallback, by cause (`pipeline::fallback::Cause` order).
+    pub fallbacks: [AtomicU64; 3],
 }
 
 /// Copies of requests a route mirrored to this cluster.

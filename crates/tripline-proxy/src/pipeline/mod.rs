@@ -28,6 +28,7 @@
 
 pub(crate) mod answer;
 pub(crate) mod cors;
+pub mod fallback;
 pub(crate) mod fault;
 pub(crate) mod header_edits;
 pub(crate) mod mirror;
@@ -51,6 +52,7 @@ use crate::stats::GlobalStats;
 use crate::Shared;
 use answer::Answer;
 use cors::Cors;
+use fallback::Fallback;
 use header_edits::HeaderEdits;
 use mirror::Mirrors;
 use rate_limit::{RateLimiter, RateLimiters};
@@ -67,6 +69,7 @@ pub struct Features {
     mirrors: Option<Mirrors>,
     cors: Option<Arc<Cors>>,
     rate_limit: Option<Arc<RateLimiter>>,
+    fallback: Option<Arc<Fallback>>,
 }
 
 /// What the request phase decided.
@@ -112,6 +115,7 @@ impl Features {
         plan: &RouteFeatures,
         clusters: &[Arc<Cluster>],
         limiters: &RateLimiters,
+        retry: &tripline_config::plan::RetryPlan,
     ) -> Option<Box<Features>> {
         if plan.is_empty() {
             return None;
@@ -124,6 +128,11 @@ impl Features {
             mirrors: Mirrors::compile(&plan.mirrors, clusters),
             cors: plan.cors.as_ref().map(|c| Arc::new(Cors::compile(c))),
             rate_limit: plan.rate_limit.as_ref().and_then(|r| limiters.get(&r.policy).cloned()),
+            fallback: plan
+                .fallback
+                .as_ref()
+                .and_then(|f| Fallback::compile(f, clusters, retry))
+                .map(Arc::new),
         }))
     }
 
@@ -196,6 +205,11 @@ impl Features {
 
     pub(crate) fn has_rewrite(&self) -> bool {
         self.rewrite.is_some()
+    }
+
+    /// The route's fallback, if it has one.
+    pub(crate) fn fallback(&self) -> Option<&Arc<Fallback>> {
+        self.fallback.as_ref()
     }
 
     /// The route's `headers`, when they edit anything.
@@ -286,7 +300,8 @@ mod tests {
 
     #[test]
     fn a_route_without_features_compiles_to_nothing() {
-        assert!(Features::compile(&RouteFeatures::default(), &[], &RateLimiters::default()).is_none());
+        let (limiters, retry) = (RateLimiters::default(), Default::default());
+        assert!(Features::compile(&RouteFeatures::default(), &[], &limiters, &retry).is_none());
     }
 
     fn cx<'a>(rng: &'a dyn Rng, stats: &'a GlobalStats, injected: &'a mut Injected) -> RequestCx<'a> {
@@ -303,7 +318,7 @@ mod tests {
             answer: Some(AnswerPlan::Direct { status: 200, body: Vec::new() }),
             ..Default::default()
         };
-        let f = Features::compile(&plan, &[], &RateLimiters::default()).unwrap();
+        let f = Features::compile(&plan, &[], &RateLimiters::default(), &Default::default()).unwrap();
         let (stats, mut injected) = (GlobalStats::default(), Injected::default());
         let req = Request::get("/").body(()).unwrap();
         let Step::Answer { delay: None, response } =

@@ -222,17 +222,27 @@ fn is_success(o: &Outcome) -> bool {
 }
 
 /// Why Tripline answers a request itself, and for how long the client should back off.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Refusal {
     pub reason: Reason,
     pub retry_after: Option<Duration>,
     /// Attempts sent to upstreams before giving up (0: refused before any).
     pub attempts: u32,
+    /// The request, untouched, when it was refused before anything of it went out (a
+    /// fallback can send it elsewhere).
+    pub request: Option<Box<Request<RequestBody>>>,
 }
 
 impl From<Reason> for Refusal {
     fn from(reason: Reason) -> Self {
-        Refusal { reason, retry_after: None, attempts: 0 }
+        Refusal { reason, retry_after: None, attempts: 0, request: None }
+    }
+}
+
+impl Refusal {
+    fn with_request(mut self, req: Option<Request<RequestBody>>) -> Self {
+        self.request = req.map(Box::new);
+        self
     }
 }
 
@@ -333,6 +343,7 @@ fn try_member(m: &Member, now: u64, breaker_refusal: &mut Option<Refusal>) -> Op
                     reason: Reason::BreakerOpen,
                     retry_after: Some(r.retry_after),
                     attempts: 0,
+                    request: None,
                 });
                 return None;
             }
@@ -370,7 +381,12 @@ fn admit_breaker(
     let Some(b) = breaker else { return Ok(None) };
     match b.try_acquire_owned(now) {
         Ok(a) => Ok(Some(a)),
-        Err(r) => Err(Refusal { reason: Reason::BreakerOpen, retry_after: Some(r.retry_after), attempts: 0 }),
+        Err(r) => Err(Refusal {
+            reason: Reason::BreakerOpen,
+            retry_after: Some(r.retry_after),
+            attempts: 0,
+            request: None,
+        }),
     }
 }
 
@@ -394,10 +410,14 @@ pub async fn send<R: AsRef<RoutePolicy> + Send + Sync + 'static>(
     let res = &cluster.resilience;
     let policy = &route.retry;
     let mut now = resilience::now();
-    let route_breaker = admit_breaker(route.breaker.as_ref(), now)?;
-    let cluster_breaker = admit_breaker(res.breaker.as_ref(), now)?;
-    let Some(active) = state.active.try_acquire() else {
-        return Err(Reason::OverflowRequests.into());
+    let admitted = admit_breaker(route.breaker.as_ref(), now).and_then(|route_breaker| {
+        let cluster_breaker = admit_breaker(res.breaker.as_ref(), now)?;
+        let active = state.active.try_acquire().ok_or(Refusal::from(Reason::OverflowRequests))?;
+        Ok((route_breaker, cluster_breaker, active))
+    });
+    let (route_breaker, cluster_breaker, active) = match admitted {
+        Ok(admitted) => admitted,
+        Err(refusal) => return Err(refusal.with_request(Some(req))),
     };
     let mut guards = Some(RequestGuards {
         _active: active,
@@ -431,7 +451,11 @@ pub async fn send<R: AsRef<RoutePolicy> + Send + Sync + 'static>(
         // The attempt in a scope of its own: what it holds is gone before the backoff's wait,
         // which keeps the request's (boxed) future small.
         let (delay, permit) = {
-            let (member, pass, ep_breaker) = admit_endpoint(cluster, hash, rng, &mut tried, now)?;
+            let (member, pass, ep_breaker) = match admit_endpoint(cluster, hash, rng, &mut tried, now) {
+                Ok(admitted) => admitted,
+                Err(refusal) if attempt == 1 => return Err(refusal.with_request(held.take())),
+                Err(refusal) => return Err(refusal),
+            };
             let mut inflight = InFlight::new(cluster, &member, pass, ep_breaker, now);
             inflight._retry = retry_permit.take();
             inflight.attempt = attempt;
@@ -445,7 +469,9 @@ pub async fn send<R: AsRef<RoutePolicy> + Send + Sync + 'static>(
                     // A local overflow, or the route deadline passing while we waited for a
                     // connection, says nothing about the upstream.
                     inflight.outcome = Outcome::Local(LocalReason::Overflow);
-                    return Err(Refusal { reason, retry_after: None, attempts: attempt - 1 });
+                    let untouched = if attempt == 1 { held.take() } else { None };
+                    let refusal = Refusal { reason, retry_after: None, attempts: attempt - 1, request: None };
+                    return Err(refusal.with_request(untouched));
                 }
             };
 
@@ -460,7 +486,7 @@ pub async fn send<R: AsRef<RoutePolicy> + Send + Sync + 'static>(
                 if u.blame(&outcome).is_some() {
                     inflight.request = guards.take();
                     let reason = u.fault().map_or(Reason::RequestTimeout, ClientFault::reason);
-                    return Err(Refusal { reason, retry_after: None, attempts: attempt });
+                    return Err(Refusal { reason, retry_after: None, attempts: attempt, request: None });
                 }
             }
 
@@ -510,6 +536,7 @@ pub async fn send<R: AsRef<RoutePolicy> + Send + Sync + 'static>(
                         reason: failure_reason(&outcome, deadline),
                         retry_after: None,
                         attempts: attempt,
+                        request: None,
                     }),
                 };
             };

@@ -556,3 +556,103 @@ async fn rate_limits_admit_the_configured_rate_across_workers() {
     assert_eq!(decisions("per-user", "limited"), 1.0);
     assert_eq!((decisions("shadow", "shadow_limited"), decisions("shadow", "limited")), (2.0, 0.0));
 }
+
+/// A ResiliencePolicy named `name` on route `fb/<route>` with `body` (indented two spaces).
+fn route_policy(name: &str, route: &str, body: &str) -> String {
+    format!(
+        "apiVersion: tripline.dev/v1alpha1
+kind: ResiliencePolicy
+metadata: {{name: {name}}}
+spec:
+  target: {{virtualService: fb, route: {route}}}
+{body}"
+    )
+}
+
+/// `fallback`: when the route's destination refuses a request (its breaker is open, it has no
+/// healthy endpoint, its pool is full), the request goes to the fallback destination, or gets
+/// the fallback response, marked `fallback-<cause>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallbacks_take_requests_the_destination_refuses() {
+    let (flaky, spare) = (Upstream::http("flaky").await, Upstream::http("spare").await);
+    let slow = Upstream::http_delayed("slow", Duration::from_millis(600)).await;
+    let port = crate::support::free_port();
+    let yaml = crate::support::config::join(&[
+        crate::support::config::gateway("edge", port, "HTTP"),
+        crate::support::config::service_entry("flaky.local", "HTTP", &[flaky.addr]),
+        crate::support::config::service_entry("spare.local", "HTTP", &[spare.addr]),
+        crate::support::config::service_entry("slow.local", "HTTP", &[slow.addr]),
+        crate::support::config::service_entry("empty.local", "HTTP", &[]),
+        crate::support::config::destination_rule("slow.local", "    connectionPool: {http: {http2MaxRequests: 1}}\n"),
+        crate::support::config::virtual_service(
+            "fb",
+            &["*"],
+            "edge",
+            "  http:
+  - name: breaker
+    match: [{uri: {prefix: /status/}}]
+    route: [{destination: {host: flaky.local}}]
+    retries: {attempts: 0}
+  - name: empty
+    match: [{uri: {prefix: /empty}}]
+    route: [{destination: {host: empty.local}}]
+  - name: overflow
+    route: [{destination: {host: slow.local}}]
+",
+        ),
+        route_policy(
+            "breaker",
+            "breaker",
+            "  circuitBreaker: {consecutiveFailures: 1, openDuration: 60s}\n  fallback: {destination: {host: spare.local}}\n",
+        ),
+        route_policy(
+            "empty",
+            "empty",
+            "  fallback:\n    on: [noHealthyUpstream]\n    response: {status: 200, headers: {content-type: application/json}, body: '{\"items\": []}'}\n",
+        ),
+        route_policy("overflow", "overflow", "  fallback: {on: [overflow], destination: {host: spare.local}}\n"),
+    ]);
+    let proxy = Proxy::start(&yaml).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+    let r = get_with(addr, HOST, "/status/500", &[]).await.unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.upstream(), r.reason()),
+        (500, Some("flaky"), None),
+        "the failure that opens the breaker"
+    );
+    let r = get_with(addr, HOST, "/status/201", &[]).await.unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.upstream()),
+        (201, Some("spare")),
+        "the open breaker sends it to the fallback"
+    );
+    assert_eq!(r.reason(), Some("fallback-breaker-open"));
+    assert_eq!(r.json()["path"], "/status/201", "the request as the client sent it");
+    assert_eq!(flaky.requests(), 1);
+
+    let r = get_with(addr, HOST, "/empty", &[]).await.unwrap();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "{\"items\": []}"));
+    assert_eq!(
+        (r.reason(), r.header("content-type")),
+        (Some("fallback-no-healthy-upstream"), Some("application/json"))
+    );
+
+    let first = tokio::spawn(async move { get_with(addr, HOST, "/slow", &[]).await.unwrap() });
+    crate::support::eventually("the slow request in flight", Duration::from_secs(5), || async {
+        slow.active() == 1
+    })
+    .await;
+    let r = get_with(addr, HOST, "/x", &[]).await.unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.upstream(), r.reason()),
+        (200, Some("spare"), Some("fallback-overflow"))
+    );
+    let r = first.await.unwrap();
+    assert_eq!((r.status.as_u16(), r.upstream(), r.reason()), (200, Some("slow"), None));
+
+    let metrics = proxy.metrics().await;
+    for cause in ["breaker-open", "no-healthy-upstream", "overflow"] {
+        assert_eq!(metric_sum(&metrics, "tripline_fallbacks_total", &[("cause", cause)]), 1.0, "{cause}");
+    }
+}
