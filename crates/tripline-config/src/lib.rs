@@ -9,6 +9,7 @@ pub mod decode;
 pub mod diag;
 mod documents;
 pub mod dump;
+pub mod explain;
 pub mod fallback;
 pub mod gaps;
 mod lint;

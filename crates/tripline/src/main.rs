@@ -3,6 +3,7 @@
 
 mod alloc;
 mod demo;
+mod explain;
 mod fd_limit;
 mod low_priority;
 mod run;

@@ -3,12 +3,18 @@
 //! json` on stdout). The exit code is the verdict: 0 clean, 1 warnings only, 2 errors (or
 //! warnings under `--strict`), as `istioctl analyze` and linters do, so a pipeline can tell
 //! "review this" from "this will not run".
+//!
+//! `--explain HOST` adds what the routes to HOST do and where each value came from (see
+//! [`crate::explain`]); a HOST no route serves is an error (exit 2), since a CI job that asks
+//! about a host expects it to be routed.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
 use tripline_config::{Diagnostic, Severity};
+
+use crate::explain::Explanation;
 
 #[derive(Args)]
 pub struct ValidateArgs {
@@ -22,6 +28,11 @@ pub struct ValidateArgs {
     /// stdout (the diagnostics with their file, line, column and field path, and the counts).
     #[arg(long, value_enum, default_value = "text", value_name = "FORMAT")]
     output: Output,
+    /// Explain every route that serves HOST (or sends traffic to it): its match, split,
+    /// timeouts, retries and their budget, breakers and outlier detection, in plain words, with
+    /// the resource and field each value came from (`--output json`: under `"explain"`).
+    #[arg(long, value_name = "HOST")]
+    explain: Option<String>,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -35,6 +46,8 @@ struct Findings {
     diagnostics: Vec<Diagnostic>,
     /// Listeners and clusters, when the config loaded.
     loaded: Option<(usize, usize)>,
+    /// With `--explain`, once the config loaded: the routes to the host, or why there are none.
+    explained: Option<Result<Explanation, String>>,
 }
 
 impl Findings {
@@ -42,8 +55,12 @@ impl Findings {
         self.diagnostics.iter().filter(|d| d.severity == severity).count()
     }
 
-    /// 0 clean, 1 warnings only, 2 errors or (strict) warnings.
+    /// 0 clean, 1 warnings only, 2 errors or (strict) warnings, or a host to explain that no
+    /// route serves.
     fn exit_code(&self, strict: bool) -> u8 {
+        if matches!(self.explained, Some(Err(_))) {
+            return 2;
+        }
         match (self.count(Severity::Error), self.count(Severity::Warning)) {
             (0, 0) => 0,
             (0, _) if !strict => 1,
@@ -66,7 +83,7 @@ impl Findings {
                 })
             })
             .collect();
-        serde_json::json!({
+        let mut j = serde_json::json!({
             "valid": self.loaded.is_some(),
             "exit": self.exit_code(strict),
             "errors": self.count(Severity::Error),
@@ -74,33 +91,55 @@ impl Findings {
             "listeners": self.loaded.map(|(l, _)| l),
             "clusters": self.loaded.map(|(_, c)| c),
             "diagnostics": diagnostics,
-        })
+        });
+        if let Some(explained) = &self.explained {
+            j["explain"] = match explained {
+                Ok(e) => e.json(),
+                Err(why) => serde_json::json!({ "error": why }),
+            };
+        }
+        j
     }
 }
 
-fn check(paths: &[PathBuf]) -> Findings {
-    let result = tripline_config::read_sources(paths).and_then(|sources| {
-        // A file of DestinationRules alone has no listener: a warning here, an error for run.
-        let opts = tripline_config::LoadOptions { listeners_required: false, ..Default::default() };
-        tripline_config::load(&sources, &opts)
-    });
+fn check(paths: &[PathBuf], explain: Option<&str>) -> Findings {
+    let sources = match tripline_config::read_sources(paths) {
+        Ok(sources) => sources,
+        Err(diagnostics) => return Findings { diagnostics, loaded: None, explained: None },
+    };
+    // A file of DestinationRules alone has no listener: a warning here, an error for run.
+    let opts = tripline_config::LoadOptions { listeners_required: false, ..Default::default() };
+    let result = match explain {
+        // The plan and the resources it came from, from one compile.
+        Some(host) => tripline_config::explain::load(&sources, &opts).map(|e| {
+            let explained = crate::explain::explain(&e.loaded.plan, &e.provenance, host);
+            (e.loaded, Some(explained))
+        }),
+        None => tripline_config::load(&sources, &opts).map(|loaded| (loaded, None)),
+    };
     match result {
-        Ok(loaded) => Findings {
+        Ok((loaded, explained)) => Findings {
             loaded: Some((loaded.plan.listeners.len(), loaded.plan.clusters.len())),
             diagnostics: loaded.warnings,
+            explained,
         },
-        Err(diagnostics) => Findings { diagnostics, loaded: None },
+        Err(diagnostics) => Findings { diagnostics, loaded: None, explained: None },
     }
 }
 
 pub fn run(args: ValidateArgs) -> ExitCode {
-    let findings = check(&args.paths);
+    let findings = check(&args.paths, args.explain.as_deref());
     let code = findings.exit_code(args.strict);
     match args.output {
         Output::Json => println!("{}", findings.json(args.strict)),
         Output::Text => {
             for d in &findings.diagnostics {
                 eprintln!("{d}");
+            }
+            match &findings.explained {
+                Some(Ok(explanation)) => print!("{}", explanation.text()),
+                Some(Err(why)) => eprintln!("{why}"),
+                None => {}
             }
             let warnings = findings.count(Severity::Warning);
             match findings.loaded {
@@ -131,18 +170,25 @@ mod tests {
 
     #[test]
     fn the_exit_code_tells_clean_from_warnings_from_errors() {
-        let clean = Findings { diagnostics: vec![], loaded: Some((1, 1)) };
-        let warned = Findings { diagnostics: vec![diag(Severity::Warning)], loaded: Some((1, 1)) };
-        let failed =
-            Findings { diagnostics: vec![diag(Severity::Warning), diag(Severity::Error)], loaded: None };
+        let clean = Findings { diagnostics: vec![], loaded: Some((1, 1)), explained: None };
+        let warned =
+            Findings { diagnostics: vec![diag(Severity::Warning)], loaded: Some((1, 1)), explained: None };
+        let failed = Findings {
+            diagnostics: vec![diag(Severity::Warning), diag(Severity::Error)],
+            loaded: None,
+            explained: None,
+        };
         assert_eq!([clean.exit_code(false), warned.exit_code(false), failed.exit_code(false)], [0, 1, 2]);
         assert_eq!([clean.exit_code(true), warned.exit_code(true), failed.exit_code(true)], [0, 2, 2]);
     }
 
     #[test]
     fn json_names_every_diagnostic_with_its_place() {
-        let failed =
-            Findings { diagnostics: vec![diag(Severity::Warning), diag(Severity::Error)], loaded: None };
+        let failed = Findings {
+            diagnostics: vec![diag(Severity::Warning), diag(Severity::Error)],
+            loaded: None,
+            explained: None,
+        };
         let j = failed.json(false);
         assert_eq!(j["valid"], false);
         assert_eq!(

@@ -1,8 +1,8 @@
 //! `tripline validate`: every seed config parses (exit 0), parses with warnings (exit 1) or is
 //! diagnosed (exit 2); never a panic. A broken file gets `file:line:column` diagnostics, in
-//! text or, with `--output json`, as JSON.
+//! text or, with `--output json`, as JSON. `--explain HOST` is compared with a golden file.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -172,4 +172,86 @@ spec:
     assert_eq!(j["valid"], false);
     assert!(j["errors"].as_u64().is_some_and(|n| n >= 1), "{out}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The config of the `--explain` golden test: the brief's payments example, copied from the
+/// seed configs (see the comments in its files), and a ServiceEntry with 4 endpoints.
+fn explain_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/explain-payments")
+}
+
+/// `validate --explain HOST` in the fixtures directory (so that no machine path can appear).
+fn explain(host: &str, extra: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(binary());
+    cmd.current_dir(explain_fixtures()).args(["validate", "--explain", host]).args(extra).arg(".");
+    run_bounded(&mut cmd, TIMEOUT)
+}
+
+/// What `--explain` prints for the brief's payments example, word for word, against
+/// `tests/golden/explain-payments.txt`. After a deliberate change of what it says, regenerate
+/// the golden file and review its diff:
+///
+/// ```sh
+/// TRIPLINE_BLESS=1 cargo test -p tripline --test e2e validate_explain
+/// ```
+#[test]
+fn validate_explain_payments_matches_the_golden_file() {
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/explain-payments.txt");
+    let (code, out, err) = explain("payments.svc.cluster.local", &[]);
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    if std::env::var_os("TRIPLINE_BLESS").is_some_and(|v| v == "1") {
+        std::fs::write(&golden, &out).unwrap_or_else(|e| panic!("{}: {e}", golden.display()));
+        return;
+    }
+    let want = std::fs::read_to_string(&golden).unwrap_or_else(|e| panic!("{}: {e}", golden.display()));
+    assert!(
+        out == want,
+        "`validate --explain` differs from {} (TRIPLINE_BLESS=1 rewrites it):\n--- want\n{want}\n--- got\n{out}",
+        golden.display()
+    );
+}
+
+/// A host no route serves is an error (exit 2) that lists the hosts served; with `--output
+/// json` the explanation, or that error, is under `"explain"`.
+#[test]
+fn validate_explain_of_an_unknown_host_exits_2_and_json_carries_the_explanation() {
+    let (code, out, err) = explain("orders.svc.cluster.local", &[]);
+    assert_eq!(code, Some(2), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        err.contains(
+            "no route serves host orders.svc.cluster.local; hosts served: payments.svc.cluster.local"
+        ),
+        "{err}"
+    );
+
+    let (code, out, err) = explain("orders.svc.cluster.local", &["--output", "json"]);
+    assert_eq!(code, Some(2), "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(j["exit"], 2);
+    assert!(j["explain"]["error"].as_str().is_some_and(|e| e.starts_with("no route serves host")), "{out}");
+
+    let (code, out, err) = explain("Payments.svc.cluster.local:80", &["--output", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let route = &j["explain"]["routes"][0];
+    assert_eq!(j["explain"]["host"], "payments.svc.cluster.local", "the port is not part of the host");
+    assert_eq!(route["route"], "payments-fault/http[0]");
+    assert_eq!(
+        route["from"],
+        serde_json::json!({"resource": "VirtualService/payments-fault", "path": "spec.http[0]"})
+    );
+    let cluster = &route["clusters"][0];
+    let cap = cluster["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["topic"] == "ejection cap"))
+        .unwrap_or_else(|| panic!("an ejection cap in {cluster}"));
+    assert_eq!(cap["says"], "with 4 endpoints at most 2 can be ejected at once (50% of 4 is 2)");
+    assert_eq!(
+        cap["from"][0],
+        serde_json::json!({
+            "what": "maxEjectionPercent",
+            "resource": "DestinationRule/payments-cb",
+            "path": "spec.trafficPolicy.outlierDetection.maxEjectionPercent",
+        })
+    );
 }
