@@ -204,22 +204,21 @@ const SPEC: Schema = Schema::new(
 );
 const TARGET: Schema =
     Schema::new("a ResiliencePolicy target", &["host", "subset", "virtualService", "route"]);
-const BREAKER: Schema = Schema::new(
-    "Tripline's CircuitBreaker",
-    &[
-        "mode",
-        "consecutiveFailures",
-        "failureRatio",
-        "slowCalls",
-        "window",
-        "windowBuckets",
-        "openDuration",
-        "openDurationMultiplier",
-        "maxOpenDuration",
-        "openJitter",
-        "halfOpen",
-    ],
-);
+/// The fields of a `circuitBreaker` / `endpointCircuitBreaker` section.
+pub const BREAKER_FIELDS: &[&str] = &[
+    "mode",
+    "consecutiveFailures",
+    "failureRatio",
+    "slowCalls",
+    "window",
+    "windowBuckets",
+    "openDuration",
+    "openDurationMultiplier",
+    "maxOpenDuration",
+    "openJitter",
+    "halfOpen",
+];
+const BREAKER: Schema = Schema::new("Tripline's CircuitBreaker", BREAKER_FIELDS);
 const FAILURE_RATIO: Schema =
     Schema::new("a failureRatio rule", &["enabled", "threshold", "minimumRequests"]);
 const SLOW_CALLS: Schema =

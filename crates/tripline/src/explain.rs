@@ -786,19 +786,7 @@ fn cluster_breaker(
 }
 
 /// The breaker fields of a ResiliencePolicy section, to say which were written.
-const BREAKER_FIELDS: &[&str] = &[
-    "mode",
-    "consecutiveFailures",
-    "failureRatio",
-    "slowCalls",
-    "window",
-    "windowBuckets",
-    "openDuration",
-    "openDurationMultiplier",
-    "maxOpenDuration",
-    "openJitter",
-    "halfOpen",
-];
+use tripline_config::policy::BREAKER_FIELDS;
 
 /// A route's rate limit in plain words.
 fn rate_limit_says(r: &tripline_config::rate_limit::RateLimitPlan) -> String {
