@@ -4,15 +4,20 @@
 #
 #   bash bench/callgrind.sh [h1|h2c] [BINARY]      # default: h1, target/release/tripline
 #   bash bench/callgrind.sh h2c haproxy            # the same count for HAProxy (shared config)
+#   CONFIG=bench/peers-features.yaml bash bench/callgrind.sh h1 [BINARY]
 #
-# Starts the harness's nginx upstream and the binary under callgrind with bench/peers.yaml,
-# warms up, zeroes the counters, sends 20,000 requests (h2load: 16 HTTP/1.1 connections, or 8
-# h2c connections x 8 streams) and prints instructions per request. The profile is left in
-# /tmp/callgrind.<tripline or haproxy>.<mode>.out.1 for callgrind_annotate.
+# Starts the harness's nginx upstream and the binary under callgrind with $CONFIG (default
+# bench/peers.yaml; bench/peers-features.yaml is the same route with header set/remove, a 0%
+# fault and a rate limit that never limits; HAProxy ignores CONFIG), warms up, zeroes the
+# counters, sends 20,000 requests (h2load: 16 HTTP/1.1 connections, or 8 h2c connections x 8
+# streams) and prints instructions per request. The profile is left in
+# /tmp/callgrind.<tripline or haproxy>.<mode>.out.1 for callgrind_annotate (whatever the CONFIG,
+# so copy it before the next run).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 MODE=${1:-h1}
 BIN=${2:-$HERE/../target/release/tripline}
+CONFIG=${CONFIG:-$HERE/peers.yaml}
 N=20000
 NAME=tripline; [ "$BIN" = haproxy ] && NAME=haproxy
 OUT=/tmp/callgrind.$NAME.$MODE.out
@@ -27,7 +32,7 @@ if [ "$BIN" = haproxy ]; then
     >"$RUN/haproxy.log" 2>&1 &
   if [ "$MODE" = h1 ]; then URL=http://127.0.0.1:18090/; else URL=http://127.0.0.1:18091/; fi
 else
-  valgrind --tool=callgrind --callgrind-out-file="$OUT" "$BIN" run -c "$HERE/peers.yaml" --workers 1 \
+  valgrind --tool=callgrind --callgrind-out-file="$OUT" "$BIN" run -c "$CONFIG" --workers 1 \
     --log-level error >"$RUN/tripline.log" 2>&1 &
   URL=http://127.0.0.1:18130/
 fi

@@ -19,6 +19,7 @@ use tripline_config::plan::{
     ListenerPlan, LoadBalancer, Plan, RedirectPlan, RedirectPort, RequestMatch, ResiliencePlan, RetryPlan,
     RoutePlan, StringMatch, TcpRoutePlan, UpstreamProtocol, WeightedCluster, UNLIMITED,
 };
+use tripline_config::policy::BREAKER_FIELDS;
 use tripline_core::breaker::{BreakerConfig, Mode};
 use tripline_core::classify::Classifier;
 use tripline_core::outlier::{ejection_cap, CapRounding, OutlierConfig};
@@ -784,9 +785,6 @@ fn cluster_breaker(
         (None, None) => Item::new(topic, "none"),
     }
 }
-
-/// The breaker fields of a ResiliencePolicy section, to say which were written.
-use tripline_config::policy::BREAKER_FIELDS;
 
 /// A route's rate limit in plain words.
 fn rate_limit_says(r: &tripline_config::rate_limit::RateLimitPlan) -> String {
