@@ -919,6 +919,20 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                     .collect(),
             };
             let retry = route_retry(h, &settings);
+            for (k, m) in h.matches.iter().enumerate() {
+                let scope = &m.scope;
+                let unknown = if !scope.source_labels.is_empty() && opts.workload_labels.is_empty() {
+                    Some(("sourceLabels", "labels", "--workload-labels"))
+                } else if scope.source_namespace.is_some() && opts.workload_namespace.is_none() {
+                    Some(("sourceNamespace", "namespace", "--workload-namespace"))
+                } else {
+                    None
+                };
+                if let Some((field, what, flag)) = unknown {
+                    let msg = format!("this match entry never applies: the workload's {what} are not known (give them with {flag})");
+                    ctx.report(r, Severity::Warning, h.pos, &format!("{}.match[{k}].{field}", h.path), msg);
+                }
+            }
             let mut mirrors = Vec::new();
             for (m, cluster) in &mirrored {
                 if destinations.iter().any(|d| d.cluster == *cluster) {
@@ -991,16 +1005,17 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
             if vs.http.is_empty() {
                 continue;
             }
+            let here = scoped(&http_routes, l.gateway.as_deref(), l.plan.bind.port(), opts);
             for h in &vs.hosts {
                 let domains: Vec<String> = l.hosts.iter().filter_map(|s| intersect(&h.value, s)).collect();
                 for domain in domains {
                     attached_any = true;
                     let m = host_match(&domain);
                     match l.domain_index.get(&m) {
-                        Some(&i) => l.domains[i].1.extend(http_routes.iter().cloned()),
+                        Some(&i) => l.domains[i].1.extend(here.iter().cloned()),
                         None => {
                             l.domain_index.insert(m.clone(), l.domains.len());
-                            l.domains.push((m, http_routes.clone()));
+                            l.domains.push((m, here.clone()));
                         }
                     }
                 }
@@ -1052,6 +1067,54 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
 
 fn t_pos(vs: &VirtualService) -> Pos {
     vs.tcp.first().map(|t| t.pos).unwrap_or_default()
+}
+
+/// The routes as they apply on one listener (`gateway`: its Gateway's name, `None` for the
+/// mesh listener; `port`: its port): a match entry whose `gateways`, `sourceLabels` or
+/// `sourceNamespace` do not hold here is dropped, and a route left without entries is not
+/// attached; on a Gateway listener `port` is checked now and cleared (the mesh listener checks
+/// the authority's port per request). Every other route is as compiled.
+fn scoped(routes: &[RoutePlan], gateway: Option<&str>, port: u16, opts: &LoadOptions) -> Vec<RoutePlan> {
+    let scoped_entry = |m: &RequestMatch| !m.scope.is_empty() || (gateway.is_some() && m.port.is_some());
+    if !routes.iter().any(|r| r.matches.iter().any(scoped_entry)) {
+        return routes.to_vec();
+    }
+    let applies = |m: &RequestMatch| {
+        let s = &m.scope;
+        let here = |g: &String| {
+            let name = g.rsplit_once('/').map_or(g.as_str(), |(_, n)| n);
+            match gateway {
+                Some(gw) => name == gw,
+                None => name == "mesh",
+            }
+        };
+        (s.gateways.is_empty() || s.gateways.iter().any(here))
+            && s.source_labels.iter().all(|(k, v)| opts.workload_labels.get(k) == Some(v))
+            && s.source_namespace.as_ref().is_none_or(|ns| opts.workload_namespace.as_ref() == Some(ns))
+            && (gateway.is_none() || m.port.is_none_or(|p| p == port))
+    };
+    routes
+        .iter()
+        .filter_map(|r| {
+            if r.matches.is_empty() {
+                return Some(r.clone());
+            }
+            let matches: Vec<RequestMatch> = r
+                .matches
+                .iter()
+                .filter(|m| applies(m))
+                .map(|m| {
+                    let mut m = m.clone();
+                    m.scope = MatchScope::default();
+                    if gateway.is_some() {
+                        m.port = None;
+                    }
+                    m
+                })
+                .collect();
+            (!matches.is_empty()).then(|| RoutePlan { matches, ..r.clone() })
+        })
+        .collect()
 }
 
 /// The fault as the proxy draws it: shares in millionths, the abort's answer resolved.

@@ -62,12 +62,7 @@ pub const HTTP_ROUTE: Refused = &[(
     "put the delegate VirtualService's routes here instead: Tripline would not follow the delegation",
 )];
 /// VirtualService `http[].match[]`.
-pub const MATCH: Refused = &[
-    ("port", "remove it, or give that port a Gateway server and VirtualService of its own: ignored, it would let this match take requests on every port"),
-    ("sourceLabels", "remove it: Tripline does not know the labels of the client's workload, so this match would take every client's requests"),
-    ("sourceNamespace", "remove it: Tripline does not know the client's namespace, so this match would take every client's requests"),
-    ("gateways", "bind the VirtualService to those gateways with `spec.gateways` instead (a VirtualService of its own if need be): ignored, it would let this match take requests on every gateway"),
-];
+pub const MATCH: Refused = &[];
 pub const MATCH_IGNORED: Ignored = &[("statPrefix", "it only names statistics")];
 
 /// VirtualService `http[].fault.abort`.

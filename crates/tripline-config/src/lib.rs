@@ -40,6 +40,11 @@ pub struct LoadOptions {
     /// accept nothing) or a warning (`validate`, which checks files one at a time too, such as
     /// a file of DestinationRules). An empty configuration is an error either way.
     pub listeners_required: bool,
+    /// The labels and namespace of the workload this proxy runs for (`--workload-labels`,
+    /// `--workload-namespace`): a match's `sourceLabels` / `sourceNamespace` are checked
+    /// against them.
+    pub workload_labels: std::collections::BTreeMap<String, String>,
+    pub workload_namespace: Option<String>,
 }
 
 impl Default for LoadOptions {
@@ -48,6 +53,8 @@ impl Default for LoadOptions {
             mesh_bind: SocketAddr::from(([127, 0, 0, 1], 15001)),
             dns_refresh: Duration::from_secs(30),
             listeners_required: true,
+            workload_labels: std::collections::BTreeMap::new(),
+            workload_namespace: None,
         }
     }
 }

@@ -27,6 +27,8 @@ fn matches_everything(m: &RequestMatch) -> bool {
         && m.without_headers.is_empty()
         && m.query_params.is_empty()
         && m.scheme.is_none()
+        && m.port.is_none()
+        && m.scope.is_empty()
 }
 
 /// Whether a route takes every request that reaches it: it has no `match`, or one of its

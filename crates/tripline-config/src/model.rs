@@ -651,6 +651,10 @@ const MATCH: Schema = Schema::new(
         "queryParams",
         "ignoreUriCase",
         "scheme",
+        "port",
+        "gateways",
+        "sourceLabels",
+        "sourceNamespace",
     ],
 )
 .refusing(gaps::MATCH)
@@ -863,6 +867,18 @@ fn http_route(cx: &mut Cx, node: &Node, path: &str) -> Option<HttpRoute> {
             }
             if let Some((n, p)) = mf.value("ignoreUriCase") {
                 m.ignore_uri_case = cx.bool(n, &p).unwrap_or(false);
+            }
+            if let Some((n, p)) = mf.value("port") {
+                m.port = cx.port(n, &p);
+            }
+            if let Some((n, p)) = mf.value("gateways") {
+                m.scope.gateways = cx.strings(n, &p).into_iter().map(|(g, _, _)| g).collect();
+            }
+            if let Some((n, p)) = mf.value("sourceLabels") {
+                m.scope.source_labels = cx.string_map(n, &p);
+            }
+            if let Some((n, p)) = mf.value("sourceNamespace") {
+                m.scope.source_namespace = cx.name(n, &p);
             }
             matches.push(m);
         }

@@ -140,6 +140,33 @@ pub struct RequestMatch {
     /// `scheme`: the request's scheme (`:scheme` over HTTP/2, an absolute-form target's over
     /// HTTP/1.1, else `http`, since Tripline's listeners are plaintext).
     pub scheme: Option<StringMatch>,
+    /// `port`: the port the request was addressed to. On a Gateway listener that is the
+    /// server's port, checked when the route is attached to it (the entry is dropped there
+    /// when it differs); on the mesh listener it is the authority's port (80 when it names
+    /// none), checked per request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `gateways`, `sourceLabels`, `sourceNamespace`: checked when the route is attached to a
+    /// listener (against the listener's gateway and the workload given on the command line),
+    /// and cleared; the entry is dropped where they do not hold.
+    #[serde(skip_serializing_if = "MatchScope::is_empty")]
+    pub scope: MatchScope,
+}
+
+/// The conditions of a match entry that do not depend on the request but on where the route
+/// runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct MatchScope {
+    /// Gateway names (`<namespace>/<name>` or `<name>`; `mesh` for the mesh listener).
+    pub gateways: Vec<String>,
+    pub source_labels: BTreeMap<String, String>,
+    pub source_namespace: Option<String>,
+}
+
+impl MatchScope {
+    pub fn is_empty(&self) -> bool {
+        self.gateways.is_empty() && self.source_labels.is_empty() && self.source_namespace.is_none()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

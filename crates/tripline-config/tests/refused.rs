@@ -207,18 +207,6 @@ fn every_ignored_field_is_a_warning_saying_why_it_is_harmless() {
 
 /// The issue's case: a match entry with only fields Tripline does not evaluate took every
 /// request. Now it is an error at the field, with its line and column.
-#[test]
-fn a_match_of_unevaluated_fields_is_an_error_at_the_field() {
-    let text = with("@MATCH", "sourceNamespace: shop").replace("    - uri: {prefix: /api}\n      ", "    - ");
-    let e = the_error(&text);
-    assert!(
-        e.starts_with(
-            "error: mesh.yaml:31:7: VirtualService/backend: spec.http[0].match[0].sourceNamespace: `spec.http[0].match[0].sourceNamespace` is not implemented yet; remove it: Tripline does not know the client's namespace, so this match would take every client's requests"
-        ),
-        "{e}"
-    );
-}
-
 /// `queryParams`, `withoutHeaders`, `ignoreUriCase` and `scheme` are evaluated (issue 18): they
 /// compile into the route's match.
 #[test]

@@ -174,10 +174,26 @@ fn request_matches<B>(m: &RequestMatch, req: &Request<B>) -> bool {
             return false;
         }
     }
+    if let Some(port) = m.port {
+        if addressed_port(req) != port {
+            return false;
+        }
+    }
     m.headers.iter().all(|(name, sm)| {
         req.headers().get(name.as_str()).and_then(|v| v.to_str().ok()).is_some_and(|v| sm.matches(v))
     }) && !m.without_headers.iter().any(|(name, sm)| header_present_and_matching(req, name, sm))
         && (m.query_params.is_empty() || query_matches(&m.query_params, req.uri().query().unwrap_or("")))
+}
+
+/// The port a request was addressed to (on the mesh listener, where a match's `port` is
+/// checked per request): the authority's, else the scheme's default.
+fn addressed_port<B>(req: &Request<B>) -> u16 {
+    let written = authority(req).and_then(|a| {
+        let (_, port) = a.rsplit_once(':')?;
+        // `[::1]` has colons but no port.
+        (!port.ends_with(']')).then(|| port.parse().ok()).flatten()
+    });
+    written.unwrap_or(if req.uri().scheme_str() == Some("https") { 443 } else { 80 })
 }
 
 /// `exact` and `prefix` compare ASCII case-insensitively under `ignoreUriCase`; a regex is

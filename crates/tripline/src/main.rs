@@ -116,7 +116,39 @@ pub struct RunArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub dns_refresh: Duration,
     #[command(flatten)]
+    pub workload: WorkloadArgs,
+    #[command(flatten)]
     pub log: LogArgs,
+}
+
+/// The workload this proxy runs for: what a VirtualService match's `sourceLabels` and
+/// `sourceNamespace` are checked against (a match naming them never applies without them).
+#[derive(Args, Clone, Default)]
+pub struct WorkloadArgs {
+    /// The workload's labels, `key=value,key=value` (Kubernetes gives them later).
+    #[arg(long, value_parser = parse_labels, value_name = "LABELS")]
+    pub workload_labels: Option<std::collections::BTreeMap<String, String>>,
+    /// The workload's namespace.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub workload_namespace: Option<String>,
+}
+
+impl WorkloadArgs {
+    pub fn apply(&self, opts: &mut tripline_config::LoadOptions) {
+        opts.workload_labels = self.workload_labels.clone().unwrap_or_default();
+        opts.workload_namespace = self.workload_namespace.clone();
+    }
+}
+
+/// `key=value,key=value`.
+fn parse_labels(text: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    text.split(',')
+        .filter(|kv| !kv.trim().is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+            _ => Err(format!("`{kv}` is not a label: expected key=value, e.g. app=checkout,version=v2")),
+        })
+        .collect()
 }
 
 #[derive(Args)]

@@ -48,8 +48,9 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok((soft, hard)) => tracing::info!(soft, hard, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit to its hard limit"),
     }
-    let opts =
+    let mut opts =
         LoadOptions { mesh_bind: args.mesh_bind, dns_refresh: args.dns_refresh, ..LoadOptions::default() };
+    args.workload.apply(&mut opts);
     let loaded = match load(&args.config, &opts, None) {
         Ok(l) => l,
         Err(diags) => {

@@ -33,6 +33,8 @@ pub struct ValidateArgs {
     /// the resource and field each value came from (`--output json`: under `"explain"`).
     #[arg(long, value_name = "HOST")]
     explain: Option<String>,
+    #[command(flatten)]
+    workload: crate::WorkloadArgs,
 }
 
 #[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
@@ -102,13 +104,14 @@ impl Findings {
     }
 }
 
-fn check(paths: &[PathBuf], explain: Option<&str>) -> Findings {
+fn check(paths: &[PathBuf], explain: Option<&str>, workload: &crate::WorkloadArgs) -> Findings {
     let sources = match tripline_config::read_sources(paths) {
         Ok(sources) => sources,
         Err(diagnostics) => return Findings { diagnostics, loaded: None, explained: None },
     };
     // A file of DestinationRules alone has no listener: a warning here, an error for run.
-    let opts = tripline_config::LoadOptions { listeners_required: false, ..Default::default() };
+    let mut opts = tripline_config::LoadOptions { listeners_required: false, ..Default::default() };
+    workload.apply(&mut opts);
     let result = match explain {
         // The plan and the resources it came from, from one compile.
         Some(host) => tripline_config::explain::load(&sources, &opts).map(|e| {
@@ -128,7 +131,7 @@ fn check(paths: &[PathBuf], explain: Option<&str>) -> Findings {
 }
 
 pub fn run(args: ValidateArgs) -> ExitCode {
-    let findings = check(&args.paths, args.explain.as_deref());
+    let findings = check(&args.paths, args.explain.as_deref(), &args.workload);
     let code = findings.exit_code(args.strict);
     match args.output {
         Output::Json => println!("{}", findings.json(args.strict)),

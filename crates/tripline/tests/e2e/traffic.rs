@@ -656,3 +656,50 @@ async fn fallbacks_take_requests_the_destination_refuses() {
         assert_eq!(metric_sum(&metrics, "tripline_fallbacks_total", &[("cause", cause)]), 1.0, "{cause}");
     }
 }
+
+/// A match's `port` on the mesh listener is the port the client addressed (its authority's),
+/// and `sourceLabels` / `sourceNamespace` are checked against `--workload-labels` and
+/// `--workload-namespace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_addressed_port_and_by_the_workload_s_labels() {
+    let (a, b, c) =
+        (Upstream::http("p8080").await, Upstream::http("canary").await, Upstream::http("rest").await);
+    let port = crate::support::free_port();
+    let mut docs: Vec<String> = [&a, &b, &c]
+        .iter()
+        .map(|u| crate::support::config::service_entry(&format!("{}.local", u.id()), "HTTP", &[u.addr]))
+        .collect();
+    docs.push(
+        "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: mesh-routes}
+spec:
+  hosts: [\"*\"]
+  http:
+  - match: [{port: 8080}]
+    route: [{destination: {host: p8080.local}}]
+  - match: [{sourceLabels: {app: web, track: canary}, sourceNamespace: shop}]
+    route: [{destination: {host: canary.local}}]
+  - route: [{destination: {host: rest.local}}]
+"
+        .to_string(),
+    );
+    let mesh = format!("127.0.0.1:{port}");
+    let start = |labels: &'static str| {
+        let (yaml, mesh) = (crate::support::config::join(&docs), mesh.clone());
+        async move {
+            let args = ["--mesh-bind", &mesh, "--workload-labels", labels, "--workload-namespace", "shop"];
+            Proxy::start_args(&yaml, &args).await
+        }
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let proxy = start("app=web,track=canary,version=v2").await;
+    for (host, want) in [("orders:8080", "p8080"), ("orders", "canary"), ("orders:9090", "canary")] {
+        let r = get_with(addr, host, "/", &[]).await.unwrap();
+        assert_eq!(r.upstream(), Some(want), "Host: {host}");
+    }
+    drop(proxy);
+    let _proxy = start("app=web,track=stable").await;
+    let r = get_with(addr, "orders", "/", &[]).await.unwrap();
+    assert_eq!(r.upstream(), Some("rest"), "another workload's requests skip the sourceLabels route");
+}
