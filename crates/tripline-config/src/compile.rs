@@ -805,7 +805,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                     bind,
                     protocol,
                     virtual_hosts: Vec::new(),
-                    tcp_route: None,
+                    tcp_routes: Vec::new(),
                     trust_client: g.trusted_proxies > 0,
                 },
                 gateway: Some(r.name.clone()),
@@ -856,7 +856,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                         bind: opts.mesh_bind,
                         protocol: ListenerProtocol::Http,
                         virtual_hosts: Vec::new(),
-                        tcp_route: None,
+                        tcp_routes: Vec::new(),
                         // The sidecar's own application: its headers are believed.
                         trust_client: true,
                     },
@@ -965,17 +965,12 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                 },
             });
         }
-        // One `tcp` route per VirtualService: without TCP matches, a second could never be
-        // taken.
-        let mut tcp_route = None;
+        let mut tcp_routes = Vec::new();
         for (i, t) in vs.tcp.iter().enumerate() {
-            if i > 0 {
-                let msg = "a VirtualService has one `tcp` route (TCP matches are not implemented yet, so this one would never be taken): put its destinations into `tcp[0]`, with weights";
-                ctx.report(r, Severity::Error, t.pos, &t.path, msg);
-                continue;
-            }
             if let Some(destinations) = ctx.destinations(r, &t.route, &t.path, true) {
-                tcp_route = Some(TcpRoutePlan { name: format!("{}/tcp[{i}]", r.name), destinations });
+                let plan =
+                    TcpRoutePlan { name: format!("{}/tcp[{i}]", r.name), matches: Vec::new(), destinations };
+                tcp_routes.push((t, plan));
             }
         }
         let mut attached_any = false;
@@ -989,16 +984,30 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                 continue;
             }
             if l.plan.protocol == ListenerProtocol::Tcp {
-                if let Some(t) = &tcp_route {
+                let here: Vec<TcpRoutePlan> = tcp_routes
+                    .iter()
+                    .filter_map(|(t, plan)| {
+                        tcp_scoped(t, plan, l.gateway.as_deref(), l.plan.bind.port(), opts)
+                    })
+                    .collect();
+                if !here.is_empty() {
                     attached_any = true;
                     tcp_listeners += 1;
-                    if l.plan.tcp_route.is_none() {
-                        tcp_clusters.extend(t.destinations.iter().map(|w| w.cluster));
-                        l.plan.tcp_route = Some(t.clone());
-                    } else {
-                        let msg = format!("TCP listener `{}` already has a `tcp` route from another VirtualService, and takes one (TCP matches are not implemented yet): bind this VirtualService to another Gateway server, or merge the two routes", l.plan.name);
-                        ctx.report(r, Severity::Error, t_pos(vs), "spec.tcp[0]", msg);
+                }
+                for t in here {
+                    // First match wins: after a route without matches, no other is taken.
+                    if let Some(all) = l.plan.tcp_routes.iter().find(|r| r.matches.is_empty()) {
+                        let at = tcp_routes.iter().find(|(_, p)| p.name == t.name).map(|(m, _)| m);
+                        let (pos, path) =
+                            at.map_or((t_pos(vs), "spec.tcp[0]".to_string()), |m| (m.pos, m.path.clone()));
+                        let msg = format!(
+                            "this `tcp` route is never taken on listener `{}`: `{}` before it takes every connection (first match wins); give that one a `match` or move this one before it",
+                            l.plan.name, all.name
+                        );
+                        ctx.report(r, Severity::Warning, pos, &path, msg);
                     }
+                    tcp_clusters.extend(t.destinations.iter().map(|w| w.cluster));
+                    l.plan.tcp_routes.push(t);
                 }
                 continue;
             }
@@ -1021,7 +1030,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                 }
             }
         }
-        if tcp_route.is_some() && tcp_listeners == 0 {
+        if !tcp_routes.is_empty() && tcp_listeners == 0 {
             let msg = "no TCP listener serves this `tcp` route, so it receives no connection (the mesh listener serves HTTP only): bind the VirtualService to a Gateway with a `TCP` server";
             ctx.report(r, Severity::Warning, t_pos(vs), "spec.tcp[0]", msg);
         }
@@ -1046,8 +1055,8 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
             let idle = match l.plan.protocol {
                 ListenerProtocol::Tcp => l
                     .plan
-                    .tcp_route
-                    .is_none()
+                    .tcp_routes
+                    .is_empty()
                     .then_some("no VirtualService gives it a `tcp` route: connections are closed"),
                 _ => l
                     .plan
@@ -1069,6 +1078,38 @@ fn t_pos(vs: &VirtualService) -> Pos {
     vs.tcp.first().map(|t| t.pos).unwrap_or_default()
 }
 
+/// A `tcp` route as it applies on one TCP listener, as [`scoped`] does for HTTP routes: the
+/// match entries that can apply there, each reduced to its `destinationSubnets` (checked per
+/// connection); `None` when none can.
+fn tcp_scoped(
+    t: &crate::model::TcpRoute,
+    plan: &TcpRoutePlan,
+    gateway: Option<&str>,
+    port: u16,
+    opts: &LoadOptions,
+) -> Option<TcpRoutePlan> {
+    if t.matches.is_empty() {
+        return Some(plan.clone());
+    }
+    let here: Vec<&crate::model::TcpMatch> = t
+        .matches
+        .iter()
+        .filter(|m| {
+            let http = RequestMatch { port: m.port, scope: m.scope.clone(), ..RequestMatch::default() };
+            scope_holds(&http, gateway, port, opts)
+        })
+        .collect();
+    if here.is_empty() {
+        return None;
+    }
+    // An entry without subnets takes every connection: then so does the route.
+    let matches = match here.iter().any(|m| m.destination_subnets.is_empty()) {
+        true => Vec::new(),
+        false => here.iter().map(|m| m.destination_subnets.clone()).collect(),
+    };
+    Some(TcpRoutePlan { matches, ..plan.clone() })
+}
+
 /// The routes as they apply on one listener (`gateway`: its Gateway's name, `None` for the
 /// mesh listener; `port`: its port): a match entry whose `gateways`, `sourceLabels` or
 /// `sourceNamespace` do not hold here is dropped, and a route left without entries is not
@@ -1079,20 +1120,7 @@ fn scoped(routes: &[RoutePlan], gateway: Option<&str>, port: u16, opts: &LoadOpt
     if !routes.iter().any(|r| r.matches.iter().any(scoped_entry)) {
         return routes.to_vec();
     }
-    let applies = |m: &RequestMatch| {
-        let s = &m.scope;
-        let here = |g: &String| {
-            let name = g.rsplit_once('/').map_or(g.as_str(), |(_, n)| n);
-            match gateway {
-                Some(gw) => name == gw,
-                None => name == "mesh",
-            }
-        };
-        (s.gateways.is_empty() || s.gateways.iter().any(here))
-            && s.source_labels.iter().all(|(k, v)| opts.workload_labels.get(k) == Some(v))
-            && s.source_namespace.as_ref().is_none_or(|ns| opts.workload_namespace.as_ref() == Some(ns))
-            && (gateway.is_none() || m.port.is_none_or(|p| p == port))
-    };
+    let applies = |m: &RequestMatch| scope_holds(m, gateway, port, opts);
     routes
         .iter()
         .filter_map(|r| {
@@ -1115,6 +1143,22 @@ fn scoped(routes: &[RoutePlan], gateway: Option<&str>, port: u16, opts: &LoadOpt
             (!matches.is_empty()).then(|| RoutePlan { matches, ..r.clone() })
         })
         .collect()
+}
+
+/// Whether a match entry's conditions on where it runs hold on a listener (see [`scoped`]).
+fn scope_holds(m: &RequestMatch, gateway: Option<&str>, port: u16, opts: &LoadOptions) -> bool {
+    let s = &m.scope;
+    let here = |g: &String| {
+        let name = g.rsplit_once('/').map_or(g.as_str(), |(_, n)| n);
+        match gateway {
+            Some(gw) => name == gw,
+            None => name == "mesh",
+        }
+    };
+    (s.gateways.is_empty() || s.gateways.iter().any(here))
+        && s.source_labels.iter().all(|(k, v)| opts.workload_labels.get(k) == Some(v))
+        && s.source_namespace.as_ref().is_none_or(|ns| opts.workload_namespace.as_ref() == Some(ns))
+        && (gateway.is_none() || m.port.is_none_or(|p| p == port))
 }
 
 /// The fault as the proxy draws it: shares in millionths, the abort's answer resolved.

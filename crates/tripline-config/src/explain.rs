@@ -128,12 +128,11 @@ impl Provenance {
     /// The VirtualService `tcp` entry `route` was compiled from, if exactly one fits.
     pub fn tcp_route(&self, route: &TcpRoutePlan) -> Option<RouteOrigin<'_>> {
         unique(self.resources.iter().filter_map(|r| match &r.spec {
-            Spec::VirtualService(vs) => {
-                let t = vs.tcp.first()?;
+            Spec::VirtualService(vs) => vs.tcp.iter().enumerate().find_map(|(i, t)| {
                 let fits =
-                    format!("{}/tcp[0]", r.name) == route.name && t.route.len() == route.destinations.len();
+                    format!("{}/tcp[{i}]", r.name) == route.name && t.route.len() == route.destinations.len();
                 fits.then_some(RouteOrigin { prov: self, resource: r, path: &t.path, http: None })
-            }
+            }),
             _ => None,
         }))
     }

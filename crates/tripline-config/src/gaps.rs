@@ -71,10 +71,10 @@ pub const FAULT_ABORT: Refused = &[(
     "use `httpStatus` or `grpcStatus`: Tripline does not reset streams with an HTTP/2 error code",
 )];
 
-/// VirtualService `tcp[]`.
-pub const TCP_ROUTE: Refused = &[(
-    "match",
-    "remove it: a TCP listener sends every connection to its one `tcp` route, so this match would take them all",
+/// VirtualService `tcp[].match[]`.
+pub const L4_MATCH: Refused = &[(
+    "sourceSubnet",
+    "remove it (Istio deprecated it): Tripline does not route TCP by the client's address",
 )];
 
 /// VirtualService `http[].retries`.

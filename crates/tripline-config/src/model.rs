@@ -517,6 +517,18 @@ pub struct HttpRoute {
     pub path: String,
 }
 
+/// Istio's `L4MatchAttributes`: `destinationSubnets` are checked per connection, the rest when
+/// the route is attached to a listener (as for HTTP matches).
+#[derive(Debug, Clone, Serialize)]
+pub struct TcpMatch {
+    #[serde(rename = "destinationSubnets", skip_serializing_if = "Vec::is_empty")]
+    pub destination_subnets: Vec<crate::plan::Cidr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "crate::plan::MatchScope::is_empty")]
+    pub scope: crate::plan::MatchScope,
+}
+
 /// One mirror of a route: a destination, and the share of requests copied to it (0..=100).
 #[derive(Debug, Clone, Serialize)]
 pub struct Mirror {
@@ -526,6 +538,9 @@ pub struct Mirror {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TcpRoute {
+    /// `match`: any entry takes a connection.
+    #[serde(rename = "match", skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<TcpMatch>,
     pub route: Vec<RouteDestination>,
     #[serde(skip)]
     pub pos: Pos,
@@ -666,7 +681,44 @@ const DESTINATION: Schema =
     Schema::new("Istio's HTTPRouteDestination", &["destination", "weight", "headers"]);
 const DEST: Schema = Schema::new("Istio's Destination", &["host", "subset", "port"]);
 const PORT_SELECTOR: Schema = Schema::new("Istio's PortSelector", &["number"]);
-const TCP_ROUTE: Schema = Schema::new("Istio's TCPRoute", &["route"]).refusing(gaps::TCP_ROUTE);
+const TCP_ROUTE: Schema = Schema::new("Istio's TCPRoute", &["route", "match"]);
+const L4_MATCH: Schema = Schema::new(
+    "Istio's L4MatchAttributes",
+    &["destinationSubnets", "port", "gateways", "sourceLabels", "sourceNamespace"],
+)
+.refusing(gaps::L4_MATCH)
+.of_conditions();
+
+/// `tcp[].match`.
+fn tcp_matches(cx: &mut Cx, node: &Node, path: &str) -> Vec<TcpMatch> {
+    let mut out = Vec::new();
+    for (mn, mp) in cx.list(node, path, "matches") {
+        let Some(mf) = cx.fields(mn, &mp, &L4_MATCH) else { continue };
+        let mut m = TcpMatch { destination_subnets: Vec::new(), port: None, scope: Default::default() };
+        if let Some((n, p)) = mf.value("destinationSubnets") {
+            for (text, pos, sp) in cx.strings(n, &p) {
+                match crate::plan::Cidr::parse(&text) {
+                    Ok(c) => m.destination_subnets.push(c),
+                    Err(why) => cx.report(crate::Severity::Error, pos, &sp, why),
+                }
+            }
+        }
+        if let Some((n, p)) = mf.value("port") {
+            m.port = cx.port(n, &p);
+        }
+        if let Some((n, p)) = mf.value("gateways") {
+            m.scope.gateways = cx.strings(n, &p).into_iter().map(|(g, _, _)| g).collect();
+        }
+        if let Some((n, p)) = mf.value("sourceLabels") {
+            m.scope.source_labels = cx.string_map(n, &p);
+        }
+        if let Some((n, p)) = mf.value("sourceNamespace") {
+            m.scope.source_namespace = cx.name(n, &p);
+        }
+        out.push(m);
+    }
+    out
+}
 const RETRIES: Schema = Schema::new(
     "Istio's HTTPRetry",
     &["attempts", "perTryTimeout", "retryOn", "retryIgnorePreviousHosts", "backoff"],
@@ -827,7 +879,8 @@ pub fn virtual_service(cx: &mut Cx, spec: &Node) -> Option<VirtualService> {
         for (rn, rp) in cx.list(n, &p, "TCP routes") {
             let Some(tf) = cx.fields(rn, &rp, &TCP_ROUTE) else { continue };
             let route = destinations(cx, &tf);
-            tcp.push(TcpRoute { route, pos: rn.pos, path: rp });
+            let matches = tf.value("match").map(|(n, p)| tcp_matches(cx, n, &p)).unwrap_or_default();
+            tcp.push(TcpRoute { matches, route, pos: rn.pos, path: rp });
         }
     }
     if http.is_empty() && tcp.is_empty() && f.value("tls").is_none() {

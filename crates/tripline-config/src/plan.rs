@@ -44,8 +44,8 @@ pub struct ListenerPlan {
     pub protocol: ListenerProtocol,
     /// HTTP listeners: virtual hosts in match order (most specific domain first).
     pub virtual_hosts: Vec<VirtualHostPlan>,
-    /// TCP listeners: the route taken by every connection, if any.
-    pub tcp_route: Option<TcpRoutePlan>,
+    /// TCP listeners: the routes in match order (first match wins).
+    pub tcp_routes: Vec<TcpRoutePlan>,
     /// Whether the client's `x-forwarded-proto` and `x-request-id` are passed on (Envoy's
     /// `use_remote_address: false` / `preserve_external_request_id`): the mesh listener's
     /// client is the sidecar's own application, and a Gateway trusts its clients when
@@ -203,7 +203,51 @@ pub struct WeightedCluster {
 #[derive(Debug, Clone, Serialize)]
 pub struct TcpRoutePlan {
     pub name: String,
+    /// Any entry takes a connection; an entry takes connections addressed to one of its
+    /// subnets (empty: any address). No entries: every connection.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<Vec<Cidr>>,
     pub destinations: Vec<WeightedCluster>,
+}
+
+/// An address block, `10.0.0.0/8` or `fd00::/8` (a bare address is a block of one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: std::net::IpAddr =
+            addr.trim().parse().map_err(|_| format!("`{text}` is not an IP address or CIDR block"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{text}`: the prefix length is 0 to {max}"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let (net, ip, bits): (u128, u128, u32) = match (self.addr, ip.to_canonical()) {
+            (V4(n), V4(i)) => (u32::from(n).into(), u32::from(i).into(), 32),
+            (V6(n), V6(i)) => (u128::from(n), u128::from(i), 128),
+            _ => return false,
+        };
+        let shift = bits - u32::from(self.prefix);
+        shift >= bits || (net >> shift) == (ip >> shift)
+    }
 }
 
 /// An upstream service: one (host, port, subset) with its endpoints and traffic policy.

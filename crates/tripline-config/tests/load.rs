@@ -61,7 +61,7 @@ fn issue_2_example_compiles_to_the_expected_plan() {
     assert_eq!(l.name, "edge/http");
     assert_eq!(l.bind, "0.0.0.0:18130".parse::<SocketAddr>().unwrap());
     assert_eq!(l.protocol, ListenerProtocol::Http);
-    assert!(l.tcp_route.is_none());
+    assert!(l.tcp_routes.is_empty());
     assert_eq!(l.virtual_hosts.len(), 1);
     assert_eq!(l.virtual_hosts[0].domains, vec![HostMatch::Any]);
     let r = &l.virtual_hosts[0].routes[0];
@@ -251,7 +251,7 @@ spec:
     );
     let tcp = &plan.listeners[1];
     assert_eq!(tcp.protocol, ListenerProtocol::Tcp);
-    let c = &plan.clusters[tcp.tcp_route.as_ref().unwrap().destinations[0].cluster];
+    let c = &plan.clusters[tcp.tcp_routes[0].destinations[0].cluster];
     assert_eq!(c.protocol, UpstreamProtocol::Tcp, "protocol from the `tcp-` port name");
     let Discovery::Dns { targets, refresh } = &c.discovery else { panic!() };
     assert_eq!(*refresh, LoadOptions::default().dns_refresh);

@@ -83,7 +83,7 @@ spec:
   @DESTINATION_RULE
 "#;
 
-/// A TCP listener and route; `@TCP_ROUTE` is the last line.
+/// A TCP listener and route; `@L4_MATCH` is in its match.
 const TCP: &str = r#"apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {name: tcp-edge}
@@ -108,9 +108,11 @@ spec:
   hosts: ["*"]
   gateways: [tcp-edge]
   tcp:
-  - route:
+  - match:
+    - port: 18131
+      @L4_MATCH
+    route:
     - destination: {host: db.local}
-    @TCP_ROUTE
 "#;
 
 /// Where each list of `gaps` goes in the template, and the field path of that place.
@@ -124,7 +126,7 @@ const PLACES: &[(&str, &str, gaps::Refused, gaps::Ignored)] = &[
     ("@MATCH", "VirtualService/backend: spec.http[0].match[0]", gaps::MATCH, gaps::MATCH_IGNORED),
     ("@ABORT", "VirtualService/backend: spec.http[1].fault.abort", gaps::FAULT_ABORT, &[]),
     ("@RETRIES", "VirtualService/backend: spec.http[0].retries", &[], gaps::RETRIES_IGNORED),
-    ("@TCP_ROUTE", "VirtualService/db: spec.tcp[0]", gaps::TCP_ROUTE, &[]),
+    ("@L4_MATCH", "VirtualService/db: spec.tcp[0].match[0]", gaps::L4_MATCH, &[]),
     ("@DESTINATION_RULE", "DestinationRule/backend: spec", gaps::DESTINATION_RULE, &[]),
     ("@TRAFFIC_POLICY", "DestinationRule/backend: spec.trafficPolicy", gaps::TRAFFIC_POLICY, &[]),
     ("@LOAD_BALANCER", "DestinationRule/backend: spec.trafficPolicy.loadBalancer", gaps::LOAD_BALANCER, &[]),
@@ -377,10 +379,10 @@ fn settings_that_act_on_http_requests_are_errors_on_a_tcp_cluster() {
     let e: Vec<String> = errors(&text).iter().map(ToString::to_string).collect();
     let tail = "acts on HTTP requests only, and `outbound|5432||db.local` is the cluster of a `tcp` route: remove it, or send the TCP traffic to a host of its own";
     let expected = [
-        "mesh.yaml:38:37: DestinationRule/db: spec.trafficPolicy.loadBalancer.consistentHash.httpHeaderName",
-        "mesh.yaml:36:14: DestinationRule/db: spec.trafficPolicy.connectionPool.http.http1MaxPendingRequests",
-        "mesh.yaml:36:42: DestinationRule/db: spec.trafficPolicy.connectionPool.http.maxRetries",
-        "mesh.yaml:37:18: DestinationRule/db: spec.trafficPolicy.retryBudget",
+        "mesh.yaml:40:37: DestinationRule/db: spec.trafficPolicy.loadBalancer.consistentHash.httpHeaderName",
+        "mesh.yaml:38:14: DestinationRule/db: spec.trafficPolicy.connectionPool.http.http1MaxPendingRequests",
+        "mesh.yaml:38:42: DestinationRule/db: spec.trafficPolicy.connectionPool.http.maxRetries",
+        "mesh.yaml:39:18: DestinationRule/db: spec.trafficPolicy.retryBudget",
     ];
     assert_eq!(e.len(), expected.len(), "{e:#?}");
     for want in expected {
@@ -417,15 +419,47 @@ fn breakers_retries_and_latency_ejection_of_a_policy_are_errors_on_a_tcp_cluster
 }
 
 #[test]
-fn a_second_tcp_route_is_an_error_in_one_virtual_service_or_across_two() {
-    let second = format!("{}  - route:\n    - destination: {{host: db.local}}\n", tcp());
-    let e = errors(&second);
-    assert_eq!(e.len(), 1, "{}", shown(&e));
-    assert!(e[0].to_string().contains("mesh.yaml:27:5: VirtualService/db: spec.tcp[1]: a VirtualService has one `tcp` route (TCP matches are not implemented yet, so this one would never be taken)"), "{}", e[0]);
-    let other = format!("{}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: db2}}\nspec:\n  hosts: [\"*\"]\n  gateways: [tcp-edge]\n  tcp:\n  - route:\n    - destination: {{host: db.local}}\n", tcp());
-    let e = errors(&other);
-    assert_eq!(e.len(), 1, "{}", shown(&e));
-    assert!(e[0].to_string().contains("VirtualService/db2: spec.tcp[0]: TCP listener `tcp-edge/tcp` already has a `tcp` route from another VirtualService"), "{}", e[0]);
+fn a_tcp_route_after_one_that_takes_every_connection_is_a_warning() {
+    let catch_all = tcp().replace("  - match:\n    - port: 18131\n    route:", "  - route:");
+    let second = format!("{catch_all}  - route:\n    - destination: {{host: db.local}}\n");
+    let w: Vec<String> = ok(&second).warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(w[0].contains("VirtualService/db: spec.tcp[1]: this `tcp` route is never taken on listener `tcp-edge/tcp`: `db/tcp[0]` before it takes every connection"), "{w:#?}");
+    let other = format!("{catch_all}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: db2}}\nspec:\n  hosts: [\"*\"]\n  gateways: [tcp-edge]\n  tcp:\n  - match: [{{destinationSubnets: [10.0.0.0/8]}}]\n    route:\n    - destination: {{host: db.local}}\n");
+    let w: Vec<String> = ok(&other).warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        w.len() == 1 && w[0].contains("VirtualService/db2: spec.tcp[0]: this `tcp` route is never taken"),
+        "{w:#?}"
+    );
+}
+
+#[test]
+fn tcp_routes_are_taken_in_order_by_destination_subnet() {
+    let text = format!(
+        "{}  - match: [{{destinationSubnets: [\"127.0.0.2/32\", \"fd00::/8\"]}}, {{destinationSubnets: [10.1.0.0/16]}}]\n    route:\n    - destination: {{host: db.local}}\n",
+        tcp().replace("  - match:\n    - port: 18131\n", "  - match:\n    - destinationSubnets: [127.0.0.0/8]\n")
+    );
+    let loaded = ok(&text);
+    let routes = &loaded.plan.listeners[0].tcp_routes;
+    assert_eq!(routes.len(), 2);
+    let shown: Vec<Vec<String>> = routes[1]
+        .matches
+        .iter()
+        .map(|m| m.iter().map(|c| format!("{}/{}", c.addr, c.prefix)).collect())
+        .collect();
+    assert_eq!(shown, [vec!["127.0.0.2/32", "fd00::/8"], vec!["10.1.0.0/16"]]);
+    let e = errors(&tcp().replace("    - port: 18131\n", "    - destinationSubnets: [10.0.0.0/33]\n"));
+    assert!(
+        e[0].to_string().contains(
+            "spec.tcp[0].match[0].destinationSubnets[0]: `10.0.0.0/33`: the prefix length is 0 to 32"
+        ),
+        "{}",
+        shown_first(&e)
+    );
+}
+
+fn shown_first(e: &[Diagnostic]) -> String {
+    e.first().map(ToString::to_string).unwrap_or_default()
 }
 
 /// A `tcp` route no TCP listener serves (the mesh listener is HTTP) takes no connection: a

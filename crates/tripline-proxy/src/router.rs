@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::Request;
 use tripline_config::plan::{
-    HostMatch, ListenerPlan, RequestMatch, RoutePlan, StringMatch, TcpRoutePlan, WeightedCluster,
+    Cidr, HostMatch, ListenerPlan, RequestMatch, RoutePlan, StringMatch, TcpRoutePlan, WeightedCluster,
 };
 use tripline_core::rng::Rng;
 
@@ -36,7 +36,9 @@ pub struct ListenerConfig {
     /// added 200 µs to a request for the last one).
     exact: std::collections::HashMap<String, usize>,
     wildcards: Vec<usize>,
-    pub tcp: Option<Arc<Route>>,
+    /// TCP listeners: the routes in order, each with the subnets its match entries take
+    /// (none: every connection).
+    pub tcp: Vec<(Vec<Vec<Cidr>>, Arc<Route>)>,
     /// See `ListenerPlan::trust_client`.
     pub trust_client: bool,
 }
@@ -256,6 +258,16 @@ fn percent_decoded(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl ListenerConfig {
+    /// The TCP route for a connection addressed to `local` (first match wins).
+    pub fn tcp_route(&self, local: std::net::IpAddr) -> Option<&Arc<Route>> {
+        self.tcp
+            .iter()
+            .find(|(matches, _)| {
+                matches.is_empty() || matches.iter().any(|subnets| subnets.iter().any(|c| c.contains(local)))
+            })
+            .map(|(_, r)| r)
+    }
+
     pub fn build(plan: &ListenerPlan, clusters: &[Arc<Cluster>], shared: RouteShared<'_>) -> Self {
         Self::indexed(ListenerConfig {
             virtual_hosts: plan
@@ -270,7 +282,11 @@ impl ListenerConfig {
                         .collect(),
                 })
                 .collect(),
-            tcp: plan.tcp_route.as_ref().map(|r| Arc::new(Route::from_tcp(r, clusters))),
+            tcp: plan
+                .tcp_routes
+                .iter()
+                .map(|r| (r.matches.clone(), Arc::new(Route::from_tcp(r, clusters))))
+                .collect(),
             trust_client: plan.trust_client,
             exact: Default::default(),
             wildcards: Vec::new(),
@@ -359,7 +375,7 @@ mod tests {
                     routes: vec![route("api", vec![by_prefix]), route("versioned", vec![by_regex])],
                 },
             ],
-            tcp: None,
+            tcp: Vec::new(),
             trust_client: false,
             exact: Default::default(),
             wildcards: Vec::new(),

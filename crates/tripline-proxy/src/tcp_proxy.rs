@@ -34,7 +34,8 @@ pub async fn serve(
     peer: SocketAddr,
     _t: ConnTracker,
 ) {
-    let route = rt.config.load().tcp.clone();
+    let local = client.local_addr().map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
+    let route = rt.config.load().tcp_route(local).cloned();
     let Some(cluster) = route.as_ref().and_then(|r| r.pick_cluster(&shared.rng)).cloned() else {
         refuse_global(&shared, Reason::NoRoute);
         return;

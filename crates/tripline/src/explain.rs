@@ -126,7 +126,7 @@ pub fn explain(plan: &Plan, prov: &Provenance, host: &str) -> Result<Explanation
             }
         }
         let tcp =
-            l.tcp_route.as_ref().filter(|t| t.destinations.iter().any(|w| is_of(plan, w.cluster, &host)));
+            l.tcp_routes.iter().filter(|t| t.destinations.iter().any(|w| is_of(plan, w.cluster, &host)));
         routes.extend(tcp.map(|t| tcp_view(plan, prov, l, t)));
     }
     if routes.is_empty() {

@@ -120,3 +120,36 @@ async fn connect_failures_and_timeouts_are_retried_and_eject_the_endpoint() {
         proxy.metric("tripline_local_responses_total", &[("cluster", "outbound|80||echo.local")]).await;
     assert_eq!(refused, 0.0, "no client connection was closed for want of an upstream");
 }
+
+/// `tcp[]` routes are tried in order; a route's `match` takes the connections addressed to
+/// its `destinationSubnets` (here: 127.0.0.2 versus the rest of loopback, on a listener bound
+/// to every address). HTTP upstreams behind TCP routes say who answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_routes_are_chosen_by_the_address_a_connection_was_addressed_to() {
+    let (two, rest) = (Upstream::http("two").await, Upstream::http("rest").await);
+    let port = free_port();
+    let yaml = config::join(&[
+        config::gateway("tcp-edge", port, "TCP").replace("bind: 127.0.0.1", "bind: 0.0.0.0"),
+        config::service_entry("two.local", "TCP", &[two.addr]),
+        config::service_entry("rest.local", "TCP", &[rest.addr]),
+        config::virtual_service(
+            "by-subnet",
+            &["*"],
+            "tcp-edge",
+            "  tcp:
+  - match: [{destinationSubnets: [127.0.0.2/32]}]
+    route: [{destination: {host: two.local}}]
+  - route: [{destination: {host: rest.local}}]
+",
+        ),
+    ]);
+    let _proxy = Proxy::start(&yaml).await;
+    for (ip, want) in [([127, 0, 0, 2], "two"), ([127, 0, 0, 1], "rest"), ([127, 0, 0, 3], "rest")] {
+        let mut s = TcpStream::connect(SocketAddr::from((ip, port))).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(IO_TIMEOUT, s.read_to_end(&mut answer)).await.unwrap().unwrap();
+        let answer = String::from_utf8_lossy(&answer).to_lowercase();
+        assert!(answer.contains(&format!("x-upstream-id: {want}")), "{ip:?}: {answer}");
+    }
+}
