@@ -689,6 +689,22 @@ const L4_MATCH: Schema = Schema::new(
 .refusing(gaps::L4_MATCH)
 .of_conditions();
 
+/// A match entry's `port`, `gateways`, `sourceLabels` and `sourceNamespace` (HTTP and TCP).
+fn where_it_runs(cx: &mut Cx, mf: &Fields<'_>) -> (Option<u16>, crate::plan::MatchScope) {
+    let mut scope = crate::plan::MatchScope::default();
+    let port = mf.value("port").and_then(|(n, p)| cx.port(n, &p));
+    if let Some((n, p)) = mf.value("gateways") {
+        scope.gateways = cx.strings(n, &p).into_iter().map(|(g, _, _)| g).collect();
+    }
+    if let Some((n, p)) = mf.value("sourceLabels") {
+        scope.source_labels = cx.string_map(n, &p);
+    }
+    if let Some((n, p)) = mf.value("sourceNamespace") {
+        scope.source_namespace = cx.name(n, &p);
+    }
+    (port, scope)
+}
+
 /// `tcp[].match`.
 fn tcp_matches(cx: &mut Cx, node: &Node, path: &str) -> Vec<TcpMatch> {
     let mut out = Vec::new();
@@ -703,18 +719,7 @@ fn tcp_matches(cx: &mut Cx, node: &Node, path: &str) -> Vec<TcpMatch> {
                 }
             }
         }
-        if let Some((n, p)) = mf.value("port") {
-            m.port = cx.port(n, &p);
-        }
-        if let Some((n, p)) = mf.value("gateways") {
-            m.scope.gateways = cx.strings(n, &p).into_iter().map(|(g, _, _)| g).collect();
-        }
-        if let Some((n, p)) = mf.value("sourceLabels") {
-            m.scope.source_labels = cx.string_map(n, &p);
-        }
-        if let Some((n, p)) = mf.value("sourceNamespace") {
-            m.scope.source_namespace = cx.name(n, &p);
-        }
+        (m.port, m.scope) = where_it_runs(cx, &mf);
         out.push(m);
     }
     out
@@ -921,18 +926,7 @@ fn http_route(cx: &mut Cx, node: &Node, path: &str) -> Option<HttpRoute> {
             if let Some((n, p)) = mf.value("ignoreUriCase") {
                 m.ignore_uri_case = cx.bool(n, &p).unwrap_or(false);
             }
-            if let Some((n, p)) = mf.value("port") {
-                m.port = cx.port(n, &p);
-            }
-            if let Some((n, p)) = mf.value("gateways") {
-                m.scope.gateways = cx.strings(n, &p).into_iter().map(|(g, _, _)| g).collect();
-            }
-            if let Some((n, p)) = mf.value("sourceLabels") {
-                m.scope.source_labels = cx.string_map(n, &p);
-            }
-            if let Some((n, p)) = mf.value("sourceNamespace") {
-                m.scope.source_namespace = cx.name(n, &p);
-            }
+            (m.port, m.scope) = where_it_runs(cx, &mf);
             matches.push(m);
         }
     }
