@@ -176,6 +176,37 @@ async fn routes_by_query_params_without_headers_and_uri_case() {
     assert_eq!(upstream_json(&answer)["id"], "secure", "{answer}");
 }
 
+/// `method` and `authority` matches (the authority without its port, as Istio matches it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_method_and_authority() {
+    let ups = [Upstream::http("writes").await, Upstream::http("admin").await, Upstream::http("reads").await];
+    let port = free_port();
+    let routes = "  http:
+  - match:
+    - method: {regex: \"POST|PUT\"}
+    route:
+    - destination: {host: writes.local, port: {number: 80}}
+  - match:
+    - authority: {prefix: admin.}
+    route:
+    - destination: {host: admin.local, port: {number: 80}}
+  - route:
+    - destination: {host: reads.local, port: {number: 80}}
+";
+    let _proxy = Proxy::start(&one_service_per_upstream(port, &ups, "methods", routes)).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for (method, host, want) in [
+        (http::Method::POST, "shop.example.com", "writes"),
+        (http::Method::PUT, "admin.example.com", "writes"),
+        (http::Method::GET, "admin.example.com", "admin"),
+        (http::Method::DELETE, "shop.example.com", "reads"),
+        (http::Method::GET, "shop.example.com", "reads"),
+    ] {
+        let r = crate::support::client::send(addr, method.clone(), host, "/", &[], "").await.unwrap();
+        assert_eq!(r.upstream(), Some(want), "{method} {host}");
+    }
+}
+
 /// `resolution: DNS`: endpoint addresses are names, resolved when the config is applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dns_resolution_endpoints_are_resolved() {

@@ -703,3 +703,61 @@ spec:
     let r = get_with(addr, "orders", "/", &[]).await.unwrap();
     assert_eq!(r.upstream(), Some("rest"), "another workload's requests skip the sourceLabels route");
 }
+
+/// `route[]` weights: over 2,000 requests each destination gets its share within 3 points,
+/// across hosts and across subsets of one host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_splits_hold_over_two_thousand_requests() {
+    let (v1, v2, other) =
+        (Upstream::http("v1").await, Upstream::http("v2").await, Upstream::http("other").await);
+    let port = crate::support::free_port();
+    let yaml = crate::support::config::join(&[
+        crate::support::config::gateway("edge", port, "HTTP"),
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: checkout}}
+spec:
+  hosts: [checkout.local]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{version: v1}}}}
+  - {{address: 127.0.0.1, ports: {{http: {}}}, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: checkout}}
+spec:
+  host: checkout.local
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+",
+            v1.addr.port(),
+            v2.addr.port()
+        ),
+        crate::support::config::service_entry("other.local", "HTTP", &[other.addr]),
+        crate::support::config::virtual_service(
+            "split",
+            &["*"],
+            "edge",
+            "  http:
+  - route:
+    - {destination: {host: checkout.local, subset: v1}, weight: 60}
+    - {destination: {host: checkout.local, subset: v2}, weight: 25}
+    - {destination: {host: other.local}, weight: 15}
+",
+        ),
+    ]);
+    let _proxy = Proxy::start(&yaml).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let n = 2000;
+    let rs = many(addr, "/", n, 50).await;
+    for (id, share) in [("v1", 0.60), ("v2", 0.25), ("other", 0.15)] {
+        let got = rs.iter().filter(|r| r.upstream() == Some(id)).count();
+        let points = (got as f64 / n as f64 - share).abs() * 100.0;
+        assert!(points <= 3.0, "{id}: {got} of {n}, expected {:.0}% ({points:.1} points off)", share * 100.0);
+    }
+    assert!(rs.iter().all(|r| r.status == 200));
+}
