@@ -72,7 +72,9 @@ impl Mirrors {
                 continue;
             }
             stats.sent.fetch_add(1, Ordering::Relaxed);
-            let (copy, upload) = copy_of(req);
+            let (mut copy, upload) = copy_of(req);
+            // The request was shaped for the primary's protocol; the mirror's may differ.
+            crate::headers::for_protocol(&mut copy, cluster.protocol());
             let send = upstream::send(
                 cluster.clone(),
                 self.policy.clone(),

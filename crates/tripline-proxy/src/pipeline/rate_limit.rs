@@ -212,15 +212,18 @@ impl RateLimiter {
             if refused.is_some() {
                 break;
             }
-            let ip;
+            let octets;
             let key: &[u8] = match &k.key {
                 DescriptorKey::Header(name) => match req.headers().get(name.as_str()) {
                     Some(v) => v.as_bytes(),
                     None => continue,
                 },
                 _ => {
-                    ip = peer.to_string();
-                    ip.as_bytes()
+                    octets = match peer.to_canonical() {
+                        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+                        IpAddr::V6(a) => a.octets(),
+                    };
+                    &octets
                 }
             };
             if let Take::Refused { retry_after } = note(k.bucket.max_tokens, k.take(key, now)) {
