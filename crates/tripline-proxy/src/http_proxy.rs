@@ -97,9 +97,9 @@ pub fn handle(
     // The response phase's header edits, for a route (or destination) that has them.
     let mut edits: Option<Box<ResponseEdits>> = None;
     let started = match refuse(&req) {
-        Some(refused) => {
-            ctx.shared.global.local.inc(refused.reason());
-            Err(refused)
+        Some(unfit) => {
+            ctx.shared.global.local.inc(unfit.reason());
+            Err(Refused::Unfit(unfit))
         }
         None => {
             route(&ctx, &req, grpc, &mut trace, &mut edits).map(|r| start(&ctx, r, req, grpc, &mut trace))
@@ -119,7 +119,7 @@ pub fn handle(
                 }
                 *resp
             }
-            Err(refused) => refused.response(h2),
+            Err(Refused::Unfit(unfit)) => unfit.response(h2),
         };
         if let Some(edits) = &edits {
             edits.apply(resp.headers_mut());
@@ -151,21 +151,24 @@ enum Refused {
     /// The route answers it (a fault's abort, a redirect, a direct response), after the
     /// fault's delay if one was drawn.
     Answered(Option<std::time::Duration>, Box<Response<ResponseBody>>),
-    /// A request the parser let through that is malformed all the same (see [`refuse`]),
-    /// answered like the parser's own 400s; what is wrong with it.
+    /// Not fit to be routed at all (see [`refuse`]).
+    Unfit(Unfit),
+}
+
+/// A request refused before routing.
+enum Unfit {
+    /// A request the parser let through that is malformed all the same, answered like the
+    /// parser's own 400s; what is wrong with it.
     Malformed(&'static str),
     /// `CONNECT`: Tripline proxies requests, it does not open tunnels.
     Connect,
 }
 
-impl Refused {
+impl Unfit {
     fn reason(&self) -> Reason {
         match self {
-            Refused::Reason(r) => *r,
-            // Not a refusal, and never counted as one: `refuse` does not answer so.
-            Refused::Answered(..) => Reason::BadRequest,
-            Refused::Malformed(_) => Reason::BadRequest,
-            Refused::Connect => Reason::ConnectNotSupported,
+            Unfit::Malformed(_) => Reason::BadRequest,
+            Unfit::Connect => Reason::ConnectNotSupported,
         }
     }
 
@@ -175,9 +178,9 @@ impl Refused {
     /// unaffected.
     fn response(self, h2: bool) -> Response<ResponseBody> {
         let mut resp = match self {
-            Refused::Malformed(why) => Reason::BadRequest.response_with(why),
-            refused => {
-                let mut resp = refused.reason().response();
+            Unfit::Malformed(why) => Reason::BadRequest.response_with(why),
+            Unfit::Connect => {
+                let mut resp = Reason::ConnectNotSupported.response();
                 // RFC 9110 §15.5.6: a 405 lists the methods that are allowed.
                 resp.headers_mut().insert(
                     http::header::ALLOW,
@@ -203,9 +206,9 @@ impl Refused {
 /// - RFC 9113 §8.3.1: an HTTP/2 request whose `Host` names another authority than its
 ///   `:authority` is malformed (a proxy would route by one and forward the other).
 /// - RFC 9112 §3.2.4, RFC 9113 §8.3.1: the target `*` is for `OPTIONS` only.
-fn refuse<B>(req: &Request<B>) -> Option<Refused> {
+fn refuse<B>(req: &Request<B>) -> Option<Unfit> {
     if req.method() == http::Method::CONNECT {
-        return Some(Refused::Connect);
+        return Some(Unfit::Connect);
     }
     let mut hosts = req.headers().get_all(http::header::HOST).iter();
     let (first, second) = (hosts.next(), hosts.next());
@@ -215,24 +218,24 @@ fn refuse<B>(req: &Request<B>) -> Option<Refused> {
         (Some(_), Some(_)) => true,
     };
     if bad_host {
-        return Some(Refused::Malformed("an HTTP/1.1 request needs exactly one valid Host header\n"));
+        return Some(Unfit::Malformed("an HTTP/1.1 request needs exactly one valid Host header\n"));
     }
     let uri = req.uri();
     if let Some(authority) = uri.authority() {
         if uri.scheme().is_none() {
-            return Some(Refused::Malformed("the authority form (host:port) is for CONNECT only\n"));
+            return Some(Unfit::Malformed("the authority form (host:port) is for CONNECT only\n"));
         }
         if authority.as_str().contains('@') {
-            return Some(Refused::Malformed("a request target must not carry user information\n"));
+            return Some(Unfit::Malformed("a request target must not carry user information\n"));
         }
         let differs =
             first.is_some_and(|h| !h.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()));
         if req.version() == http::Version::HTTP_2 && differs {
-            return Some(Refused::Malformed("the Host header names another authority than :authority\n"));
+            return Some(Unfit::Malformed("the Host header names another authority than :authority\n"));
         }
     }
     if uri.path() == "*" && req.method() != http::Method::OPTIONS {
-        return Some(Refused::Malformed("only an OPTIONS request may have the target *\n"));
+        return Some(Unfit::Malformed("only an OPTIONS request may have the target *\n"));
     }
     None
 }
