@@ -115,7 +115,7 @@ pub fn handle(
             Err(Refused::Reason(reason)) => reply(reason, grpc),
             Err(Refused::Answered(delay, resp)) => {
                 if let Some(delay) = delay {
-                    tokio::time::sleep(delay).await;
+                    Box::pin(tokio::time::sleep(delay)).await; // boxed: a timer inline would grow every request's future
                 }
                 *resp
             }
@@ -576,7 +576,7 @@ impl Started {
     async fn finish(self, trace: &mut Trace, signal: &ConnSignal, h2: bool) -> Response<ResponseBody> {
         let Started { mut cluster, deadline, grpc, upgrade, set_cookie, delay, fallback, mut send } = self;
         if let Some(delay) = delay {
-            tokio::time::sleep(delay).await;
+            Box::pin(tokio::time::sleep(delay)).await; // boxed: a timer inline would grow every request's future
         }
         let sent = match StreamIdle::new(signal, send.as_mut()).await {
             Some(sent) => sent,
@@ -623,7 +623,9 @@ impl Started {
                             deadline,
                             fb.upload.clone(),
                         );
-                        match sent.await {
+                        // Boxed: inline, this rarely taken path's future would grow every
+                        // request's future (and its copies) by the size of a whole send.
+                        match Box::pin(sent).await {
                             Ok((mut resp, inflight)) => {
                                 resp.headers_mut().insert(REASON_HEADER, cause.header());
                                 (resp, inflight)

@@ -30,6 +30,8 @@ pub(super) struct Attempt<'a> {
     /// When the route timeout fires.
     pub deadline: Option<Instant>,
     pub now: Nanos,
+    /// Which attempt this is, from 1: sent upstream as `x-tripline-attempt`.
+    pub number: u32,
 }
 
 /// How an attempt went, apart from its response (which goes straight where the caller keeps
@@ -78,7 +80,7 @@ impl Attempt<'_> {
             };
             let limit = self.limit();
             let sent = match checked {
-                Conn::H1(H1Link::Raw(c)) => within(limit, h1::send(c, r)).await,
+                Conn::H1(H1Link::Raw(c)) => within(limit, h1::send(c, r, self.number)).await,
                 hyper_conn => {
                     let Some(mut r) = held.take() else { break };
                     if self.policy.attempts > 0 && replay.is_none() {
@@ -86,7 +88,7 @@ impl Attempt<'_> {
                     }
                     // Boxed: hyper's send future is large and this is the less common path;
                     // inline it would grow every request's future.
-                    within(limit, Box::pin(hyper_conn.send(r))).await
+                    within(limit, Box::pin(hyper_conn.send(r, self.number))).await
                 }
             };
             let state = &self.cluster.state;

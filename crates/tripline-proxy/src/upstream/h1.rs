@@ -142,13 +142,16 @@ fn fail(msg: &'static str) -> BoxError {
 /// Sends a request without a body and reads the response head. The body streams from the
 /// connection, which travels inside it and comes back through [`ResponseStream::take_reusable`].
 /// The request is only borrowed: the caller keeps it for a retry, with no copy made.
+/// `attempt` goes upstream as `x-tripline-attempt`, written with the head rather than
+/// inserted into the request's header map (see [`encode_head`]).
 pub async fn send(
     mut conn: Box<RawConn>,
     req: &Request<RequestBody>,
+    attempt: u32,
 ) -> Result<(Response<UpstreamBody>, Option<Reusable>), SendError> {
     let reused = conn.uses > 0;
     conn.uses += 1;
-    encode_head(&mut conn.write_buf, req);
+    encode_head(&mut conn.write_buf, req, attempt);
     let mut written = 0;
     while written < conn.write_buf.len() {
         match conn.io.write(&conn.write_buf[written..]).await {
@@ -201,13 +204,21 @@ pub async fn send(
 
 /// Writes the request line and headers. The target is origin-form (`prepare_request` made it
 /// so) and `Host` is among the headers.
-fn encode_head(buf: &mut Vec<u8>, req: &Request<RequestBody>) {
+///
+/// `x-tripline-attempt` is written here, and a client's own is left out. Inserting it into the
+/// map instead costs a hash and a probe per attempt, and with a client that sends few
+/// headers it is the insert that outgrows the map hyper sized for them: a rehash of the
+/// whole map on every request (measured in docs/benchmarks.md, "Route features").
+fn encode_head(buf: &mut Vec<u8>, req: &Request<RequestBody>, attempt: u32) {
     buf.clear();
     buf.extend_from_slice(req.method().as_str().as_bytes());
     buf.push(b' ');
     buf.extend_from_slice(req.uri().path_and_query().map_or("/", |pq| pq.as_str()).as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in req.headers() {
+        if *name == super::X_TRIPLINE_ATTEMPT {
+            continue;
+        }
         buf.extend_from_slice(name.as_str().as_bytes());
         buf.extend_from_slice(b": ");
         buf.extend_from_slice(value.as_bytes());
@@ -221,7 +232,9 @@ fn encode_head(buf: &mut Vec<u8>, req: &Request<RequestBody>) {
     if !bodiless_method && !req.headers().contains_key(header::CONTENT_LENGTH) {
         buf.extend_from_slice(b"content-length: 0\r\n");
     }
-    buf.extend_from_slice(b"\r\n");
+    buf.extend_from_slice(b"x-tripline-attempt: ");
+    buf.extend_from_slice(super::attempt_value(attempt).as_bytes());
+    buf.extend_from_slice(b"\r\n\r\n");
 }
 
 struct Head {
@@ -580,7 +593,7 @@ mod tests {
         conn: Box<RawConn>,
         req: Request<RequestBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        send(conn, &req).await.map(|(resp, _)| resp)
+        send(conn, &req, 1).await.map(|(resp, _)| resp)
     }
 
     fn get(method: Method, path: &str) -> Request<RequestBody> {
@@ -785,5 +798,18 @@ mod tests {
         read_all(call(conn, get(Method::POST, "/submit")).await.unwrap()).await;
         let heads = server.await.unwrap();
         assert!(heads[0].contains("\r\ncontent-length: 0\r\n"), "{}", heads[0]);
+    }
+
+    /// The upstream learns which attempt this is from the proxy alone: a client's own
+    /// `x-tripline-attempt` never reaches it, and the proxy's appears once.
+    #[tokio::test]
+    async fn the_attempt_number_replaces_a_clients_own() {
+        let (conn, server) = upstream(vec![b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"], 64).await;
+        let mut req = get(Method::GET, "/");
+        req.headers_mut().insert("x-tripline-attempt", http::HeaderValue::from_static("7"));
+        read_all(send(conn, &req, 2).await.map(|(resp, _)| resp).unwrap()).await;
+        let heads = server.await.unwrap();
+        assert_eq!(heads[0].matches("x-tripline-attempt").count(), 1, "{}", heads[0]);
+        assert!(heads[0].contains("\r\nx-tripline-attempt: 2\r\n"), "{}", heads[0]);
     }
 }

@@ -439,8 +439,8 @@ pub async fn send<R: AsRef<RoutePolicy> + Send + Sync + 'static>(
     let mut held = Some(req);
     loop {
         attempt += 1;
+        // `x-tripline-attempt` is added where the attempt goes out (`Attempt::send`).
         if let Some(r) = held.as_mut() {
-            r.headers_mut().insert(X_TRIPLINE_ATTEMPT.clone(), attempt_value(attempt));
             if let Some(d) = deadline {
                 // A gRPC client's deadline goes upstream as the time that is left.
                 if let Some(t) = r.headers_mut().get_mut(&crate::grpc::GRPC_TIMEOUT) {
@@ -460,7 +460,7 @@ pub async fn send<R: AsRef<RoutePolicy> + Send + Sync + 'static>(
             inflight._retry = retry_permit.take();
             inflight.attempt = attempt;
             inflight.upload = upload.clone();
-            let attempted = Attempt { cluster, endpoint: &member.ep, policy, deadline, now };
+            let attempted = Attempt { cluster, endpoint: &member.ep, policy, deadline, now, number: attempt };
             let mut response = None;
             let sent = attempted.send(&mut held, &mut replay, &mut response, &mut inflight.conn).await;
             let Sent { failed, unprocessed } = match sent {
@@ -575,6 +575,7 @@ async fn within<T>(
     }
 }
 
+/// `x-tripline-attempt`'s value: static for the first attempts, so the usual ones allocate nothing.
 fn attempt_value(n: u32) -> HeaderValue {
     match n {
         1 => HeaderValue::from_static("1"),

@@ -495,17 +495,22 @@ pub enum SendError {
 }
 
 impl Conn {
-    /// Sends the request. On success returns the response and, for HTTP/1.1, the connection
-    /// to give back once the response body has been read.
+    /// Sends the request as attempt number `attempt` (`x-tripline-attempt`). On success returns
+    /// the response and, for HTTP/1.1, the connection to give back once the response body has
+    /// been read.
     pub async fn send(
         self,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
+        attempt: u32,
     ) -> Result<(Response<UpstreamBody>, Option<Reusable>), SendError> {
         let hyper_body = |resp: Response<Incoming>| resp.map(|b| UpstreamBody::Hyper(b, None));
+        if !matches!(self, Conn::H1(H1Link::Raw(_))) {
+            req.headers_mut().insert(super::X_TRIPLINE_ATTEMPT.clone(), super::attempt_value(attempt));
+        }
         match self {
             // The lean client's connection travels in the response body and comes back
             // through it (`ResponseBody`), not here.
-            Conn::H1(H1Link::Raw(c)) => h1::send(c, &req).await,
+            Conn::H1(H1Link::Raw(c)) => h1::send(c, &req, attempt).await,
             Conn::H1(H1Link::Hyper { mut tx, uses, home }) => {
                 match tx.try_send_request(chunked_if_unsized(req)).await {
                     Ok(mut resp) => {
