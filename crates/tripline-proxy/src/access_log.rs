@@ -69,6 +69,16 @@ impl AccessLog {
     }
 }
 
+/// An access log line waiting for its response body to end: the body reports the bytes it
+/// sends and how it ended. Implemented by the request path's pending line (a layer above the
+/// body, which holds it by this trait).
+pub trait BodyLog: Send + Sync + std::fmt::Debug {
+    /// Body bytes handed to the client's connection.
+    fn sent(&mut self, n: usize);
+    /// The body ended: writes the line.
+    fn finish(self: Box<Self>, end: BodyEnd);
+}
+
 /// How a response body ended, as the access log's `response_end` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyEnd {

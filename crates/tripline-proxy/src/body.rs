@@ -1,7 +1,7 @@
-//! Body types that stream through without boxing: the client's request body goes upstream as
-//! is, and the upstream's response body comes back wrapped with the in-flight guard, so the
-//! permits, the pooled connection and the duration measurement are released exactly when the
-//! response ends (or the client goes away).
+//! The client's response body. The upstream's body ([`UpstreamBody`]) comes back wrapped with
+//! the in-flight guard, so the permits, the pooled connection and the duration measurement are
+//! released exactly when the response ends (or the client goes away); a local answer is its
+//! bytes. No boxing either way.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,167 +11,13 @@ use tokio::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
-use crate::access_log::BodyEnd;
-use crate::http_proxy::{PendingLog, RequestMark};
-use crate::upload::{ClientBodyError, Watched};
-use crate::upstream::h1::ResponseStream;
-use crate::upstream::replay::{replay_frame, TeedBody};
+use crate::access_log::{BodyEnd, BodyLog};
+use crate::client_conns::RequestMark;
+use crate::upstream::body::UpstreamBody;
 use crate::upstream::InFlight;
+use crate::BoxError;
 use tripline_core::classify::grpc::{DEADLINE_EXCEEDED, UNAVAILABLE};
-
-/// The error type of bodies that mix hyper's and our own upstream client.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The body of a client's request, as the server that read its head delivers it. Its errors
-/// are [`ClientBodyError`]s: they say whether the client sent a malformed body or left.
-#[derive(Debug)]
-pub enum ClientBody {
-    /// HTTP/1.1, through hyper's server.
-    Hyper(Incoming),
-    /// HTTP/2, through Tripline's own server ([`crate::h2_server`]).
-    H2(crate::h2_server::RecvBody),
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ClientBody::Hyper(b) => {
-                Pin::new(b).poll_frame(cx).map_err(|e| ClientBodyError::from_hyper(e).into())
-            }
-            ClientBody::H2(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ClientBody::Hyper(b) => b.is_end_stream(),
-            ClientBody::H2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ClientBody::Hyper(b) => b.size_hint(),
-            ClientBody::H2(b) => b.size_hint(),
-        }
-    }
-}
-
-/// A request body sent upstream.
-#[derive(Debug)]
-pub enum RequestBody {
-    Stream(Watched),
-    /// Streaming, with a copy kept for a possible retry.
-    Teed(TeedBody),
-    /// A retry: the body buffered from the first attempt.
-    Replay(std::collections::VecDeque<Bytes>, Option<http::HeaderMap>),
-    /// A mirror's copy of a client's body (see `body_tee`).
-    Copy(crate::body_tee::CopyBody),
-    Empty,
-    /// Sent on an HTTP/2 connection, which it holds until uploaded: a body can outlast its
-    /// response, and the idle sweep must not let the connection go under it.
-    Held(Box<RequestBody>, std::sync::Arc<crate::upstream::pool::H2Stream>),
-}
-
-impl RequestBody {
-    /// The body without its hold on a connection (for another try on another connection).
-    pub fn unheld(self) -> RequestBody {
-        match self {
-            RequestBody::Held(inner, _) => inner.unheld(),
-            other => other,
-        }
-    }
-}
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            RequestBody::Stream(b) => Pin::new(b).poll_frame(cx),
-            RequestBody::Teed(b) => b.poll_frame(cx),
-            RequestBody::Replay(chunks, trailers) => Poll::Ready(replay_frame(chunks, trailers).map(Ok)),
-            RequestBody::Copy(b) => Pin::new(b).poll_frame(cx),
-            RequestBody::Empty => Poll::Ready(None),
-            RequestBody::Held(b, _) => Pin::new(&mut **b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::Stream(b) => b.is_end_stream(),
-            RequestBody::Teed(b) => b.is_end_stream(),
-            RequestBody::Replay(chunks, trailers) => chunks.is_empty() && trailers.is_none(),
-            RequestBody::Copy(b) => b.is_end_stream(),
-            RequestBody::Empty => true,
-            RequestBody::Held(b, _) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::Stream(b) => b.size_hint(),
-            RequestBody::Teed(b) => b.size_hint(),
-            RequestBody::Replay(chunks, _) => {
-                SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum())
-            }
-            RequestBody::Copy(b) => b.size_hint(),
-            RequestBody::Empty => SizeHint::with_exact(0),
-            RequestBody::Held(b, _) => b.size_hint(),
-        }
-    }
-}
-
-/// A response body as it comes from an upstream: through hyper (HTTP/2, requests with a body,
-/// upgrades) or through the lean HTTP/1.1 client ([`crate::upstream::h1`]).
-#[derive(Debug)]
-pub enum UpstreamBody {
-    /// From hyper's client; over HTTP/2 with the request's hold on the connection, released
-    /// when the body is dropped.
-    Hyper(Incoming, Option<std::sync::Arc<crate::upstream::pool::H2Stream>>),
-    H1(ResponseStream),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamBody::Hyper(b, _) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            UpstreamBody::H1(b) => Pin::new(b).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Hyper(b, _) => b.is_end_stream(),
-            UpstreamBody::H1(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Hyper(b, _) => b.size_hint(),
-            UpstreamBody::H1(b) => b.size_hint(),
-        }
-    }
-}
 
 /// A response body sent to the client.
 #[derive(Debug)]
@@ -183,7 +29,7 @@ pub struct ResponseBody {
     /// streaming when it passes is cut off.
     deadline: Option<BodyDeadline>,
     /// The access log line, written when the body ends, is cut off or is abandoned.
-    log: Option<Box<PendingLog>>,
+    log: Option<Box<dyn BodyLog>>,
     /// Ends the request on its client connection when the body is dropped.
     request: Option<RequestMark>,
     /// The upstream body's error, held for one poll: see [`ResponseBody::poll_frame`].
@@ -282,12 +128,12 @@ impl ResponseBody {
         }
     }
 
-    /// Writes `log` when this body ends; see [`PendingLog`].
-    pub(crate) fn log_on_end(&mut self, log: Box<PendingLog>) {
+    /// Writes `log` when this body ends.
+    pub(crate) fn log_on_end(&mut self, log: Box<dyn BodyLog>) {
         self.log = Some(log);
     }
 
-    /// Holds `mark` until this body is dropped; see `http_proxy::RequestMark`.
+    /// Holds `mark` until this body is dropped; see [`RequestMark`].
     pub(crate) fn end_request_with(&mut self, mark: RequestMark) {
         self.request = Some(mark);
     }

@@ -39,6 +39,15 @@ pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// has been idle for the timeout plus this.
 const COARSE_TICK_MS: u64 = 100;
 
+/// The stream idle timeout as an HTTP/2 connection keeps it for its streams: the timeout and
+/// the clock they are stamped with.
+#[derive(Clone, Debug)]
+pub struct StreamIdleConfig {
+    pub timeout: Duration,
+    /// Milliseconds, advanced by the housekeeping task.
+    pub clock: Arc<AtomicU64>,
+}
+
 /// Every open client connection, for the sweep and the drain.
 #[derive(Debug)]
 pub struct ClientConns {
@@ -145,12 +154,9 @@ impl ClientConns {
 
     /// The stream idle timeout as an HTTP/2 connection keeps it for its streams (each stamped
     /// on this registry's coarse clock), or `None` when it is off.
-    pub fn stream_idle_config(&self) -> Option<crate::h2_server::StreamIdleConfig> {
+    pub fn stream_idle_config(&self) -> Option<StreamIdleConfig> {
         let ms = self.stream_idle_timeout_ms.load(Ordering::Relaxed);
-        (ms > 0).then(|| crate::h2_server::StreamIdleConfig {
-            timeout: Duration::from_millis(ms),
-            clock: self.coarse.clone(),
-        })
+        (ms > 0).then(|| StreamIdleConfig { timeout: Duration::from_millis(ms), clock: self.coarse.clone() })
     }
 
     /// Advances the coarse clock that progress is stamped with (every housekeeping tick).
@@ -286,6 +292,59 @@ pub struct ConnHandle {
 impl ConnHandle {
     pub fn signal(&self) -> &Arc<ConnSignal> {
         &self.signal
+    }
+
+    /// [`ClientConns::now_ms`] of the registry this connection is in.
+    pub fn now_ms(&self) -> u64 {
+        self.conns.now_ms()
+    }
+}
+
+/// Whatever owns a client connection's [`ConnHandle`] for its requests: the proxy's
+/// per-connection context, which lives in a layer above this one (`http_proxy::ConnContext`),
+/// so a request's [`RequestMark`] holds it by this trait.
+pub trait ClientConn: Send + Sync {
+    fn conn(&self) -> &ConnHandle;
+}
+
+/// A request in flight on its client connection, until the response body is done with:
+/// dropping it tells the connection's supervision that the request ended. It owns the
+/// request's reference to the connection context, so it costs no extra clone.
+pub struct RequestMark {
+    ctx: Arc<dyn ClientConn>,
+    /// Until the response head is ready (the stream idle timeout answers such a request 408).
+    awaiting_head: bool,
+}
+
+impl RequestMark {
+    pub fn new(ctx: Arc<dyn ClientConn>, h2: bool) -> Self {
+        ctx.conn().signal().request_started(h2);
+        RequestMark { ctx, awaiting_head: true }
+    }
+
+    pub fn head_ready(&mut self) {
+        if std::mem::take(&mut self.awaiting_head) {
+            self.signal().head_ready();
+        }
+    }
+
+    /// The connection's supervision: body chunks moving stamp its progress.
+    pub fn signal(&self) -> &ConnSignal {
+        self.ctx.conn().signal()
+    }
+}
+
+impl Drop for RequestMark {
+    fn drop(&mut self) {
+        self.head_ready();
+        let conn = self.ctx.conn();
+        conn.signal().request_ended(conn.now_ms());
+    }
+}
+
+impl std::fmt::Debug for RequestMark {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestMark").field("awaiting_head", &self.awaiting_head).finish()
     }
 }
 

@@ -29,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::access_log::{BodyEnd, Entry};
-use crate::body::{ClientBody, ResponseBody};
+use crate::body::ResponseBody;
 use crate::client_conns::Supervised;
 use crate::h2_server::{self, Handling, PREFACE};
 use crate::header_limits::HeaderLimits;
@@ -37,6 +37,7 @@ use crate::http_proxy::{self, ConnContext};
 use crate::local_reply::Reply;
 use crate::net_io::TcpIo;
 use crate::reason::{Reason, REASON_HEADER};
+use crate::upload::ClientBody;
 
 /// hyper's HTTP/1.1 server settings, shared by a listener's connections.
 pub fn http1_builder(limits: HeaderLimits) -> http1::Builder {

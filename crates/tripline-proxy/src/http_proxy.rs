@@ -15,9 +15,9 @@ use tokio::time::Instant;
 use http::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use crate::access_log::{BodyEnd, Entry};
-use crate::body::{ClientBody, RequestBody, ResponseBody};
-use crate::client_conns::{ConnSignal, StreamIdle};
+use crate::access_log::{BodyEnd, BodyLog, Entry};
+use crate::body::ResponseBody;
+use crate::client_conns::{ClientConn, ConnSignal, RequestMark, StreamIdle};
 use crate::cluster::Cluster;
 use crate::grpc::is_grpc;
 use crate::headers::{is_upgrade, prepare_request, strip_hop_by_hop, Client};
@@ -28,8 +28,10 @@ use crate::pipeline::header_edits::HeaderEdits;
 use crate::pipeline::{self, Injected, ResponseEdits, Step};
 use crate::reason::{Reason, REASON_HEADER};
 use crate::router::Route;
+use crate::upload::ClientBody;
 use crate::upload::Watched;
 use crate::upstream;
+use crate::upstream::body::RequestBody;
 use crate::Shared;
 
 /// Per-connection context shared by the requests of one client connection.
@@ -43,43 +45,10 @@ pub struct ConnContext {
     pub conn: crate::client_conns::ConnHandle,
 }
 
-/// A request in flight on its client connection, until the response body is done with:
-/// dropping it tells the connection's supervision (see `client_conns`) that the request ended.
-/// It owns the request's reference to the connection context, so it costs no extra clone.
-pub(crate) struct RequestMark {
-    ctx: Arc<ConnContext>,
-    /// Until the response head is ready (the stream idle timeout answers such a request 408).
-    awaiting_head: bool,
-}
-
-impl RequestMark {
-    fn new(ctx: Arc<ConnContext>, h2: bool) -> Self {
-        ctx.conn.signal().request_started(h2);
-        RequestMark { ctx, awaiting_head: true }
-    }
-
-    fn head_ready(&mut self) {
-        if std::mem::take(&mut self.awaiting_head) {
-            self.signal().head_ready();
-        }
-    }
-
-    /// The connection's supervision: body chunks moving stamp its progress.
-    pub(crate) fn signal(&self) -> &crate::client_conns::ConnSignal {
-        self.ctx.conn.signal()
-    }
-}
-
-impl Drop for RequestMark {
-    fn drop(&mut self) {
-        self.head_ready();
-        self.signal().request_ended(self.ctx.shared.client_conns.now_ms());
-    }
-}
-
-impl std::fmt::Debug for RequestMark {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("RequestMark").field(&self.ctx.peer).finish()
+/// The connection context is what a request's [`RequestMark`] holds: it owns the handle.
+impl ClientConn for ConnContext {
+    fn conn(&self) -> &crate::client_conns::ConnHandle {
+        &self.conn
     }
 }
 
@@ -105,11 +74,10 @@ pub fn handle(
             route(&ctx, &req, grpc, &mut trace, &mut edits).map(|r| start(&ctx, r, req, grpc, &mut trace))
         }
     };
+    // Written if the future is dropped before the response head: the client left.
+    let mut waiting = LogIfAbandoned(log.map(|start| PendingLog::new(ctx.clone(), *start, trace.clone())));
     let mut mark = RequestMark::new(ctx, h2);
     async move {
-        // Written if this future is dropped before the response head: the client left.
-        let mut waiting =
-            LogIfAbandoned(log.map(|start| PendingLog::new(mark.ctx.clone(), *start, trace.clone())));
         let mut resp = match started {
             Ok(s) => s.finish(&mut trace, mark.signal(), h2).await,
             Err(Refused::Reason(reason)) => reply(reason, grpc),
@@ -313,14 +281,16 @@ impl PendingLog {
         self.status = resp.status().as_u16();
         self.reason = resp.headers().get(REASON_HEADER).cloned();
     }
+}
 
+impl BodyLog for PendingLog {
     /// Counts body bytes handed to the client's connection.
-    pub(crate) fn sent(&mut self, n: usize) {
+    fn sent(&mut self, n: usize) {
         self.bytes_sent += n as u64;
     }
 
     /// Writes the line.
-    pub(crate) fn finish(self: Box<Self>, end: BodyEnd) {
+    fn finish(self: Box<Self>, end: BodyEnd) {
         let Some(log) = &self.ctx.shared.access_log else { return };
         // hyper drops the body of a response that has none on the wire (HEAD, 204, 304)
         // without reading it: that is not a client leaving.

@@ -4,17 +4,19 @@
 //! plan into live clusters (state kept across reloads) and route tables, binds new
 //! listeners, swaps route tables of existing ones, and closes listeners that are gone.
 
+pub mod accept;
 pub mod access_log;
 pub mod admin;
 pub mod admin_guard;
 pub mod body;
-pub mod body_tee;
 pub mod breakers_api;
 pub mod client_conns;
+pub mod client_fault;
 pub mod cluster;
 mod dns;
 pub mod grpc;
 pub mod h2_server;
+pub mod h2_streams;
 pub mod header_limits;
 pub mod headers;
 pub mod http_conn;
@@ -48,6 +50,9 @@ use crate::cluster::{Cluster, Registry};
 use crate::listener::ListenerRuntime;
 use crate::router::ListenerConfig;
 use crate::stats::GlobalStats;
+
+/// The error type of bodies that mix hyper's and our own upstream client.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// State shared by every task of the proxy.
 pub struct Shared {
@@ -232,7 +237,7 @@ impl Proxy {
             let current = lock(&shared.listeners);
             for (lp, config) in plan.listeners.iter().zip(configs) {
                 match sockets.remove(&lp.bind) {
-                    Some(socket) => bound.push(ListenerRuntime::start_bound(
+                    Some(socket) => bound.push(accept::start(
                         shared,
                         lp.name.clone(),
                         lp.bind,
@@ -416,14 +421,7 @@ async fn bind_new_listeners(
 /// Starts again a listener that a failed reload had stopped, with its old protocol and routes.
 fn restore(shared: &Arc<Shared>, old: &ListenerRuntime, bind: &Binder) -> std::io::Result<()> {
     let socket = bind(old.bind)?;
-    let rt = ListenerRuntime::start_bound(
-        shared,
-        old.name.clone(),
-        old.bind,
-        old.protocol,
-        old.config.load_full(),
-        socket,
-    );
+    let rt = accept::start(shared, old.name.clone(), old.bind, old.protocol, old.config.load_full(), socket);
     lock(&shared.listeners).insert(rt.bind, rt);
     Ok(())
 }

@@ -1,4 +1,6 @@
-//! Listeners: accept loops for HTTP (HTTP/1.1 and h2c detected per connection) and raw TCP.
+//! Listeners as the request path sees them: a bound socket's name and live routes, the count of
+//! open client connections, and refusals made before any route is chosen. The accept loops
+//! that feed them are [`crate::accept`]'s, at the top of the layers.
 //!
 //! A listener's routes live in an `ArcSwap` so a reload swaps them without touching the
 //! socket; connections already accepted keep serving, each request reading the current table.
@@ -9,14 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tripline_config::plan::ListenerProtocol;
 
-use crate::http_proxy::ConnContext;
 use crate::reason::Reason;
 use crate::router::ListenerConfig;
-use crate::workers;
 use crate::Shared;
 
 /// A bound listener and the routes it serves.
@@ -39,19 +39,15 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl ListenerRuntime {
-    /// Starts accepting on a socket [`bind`] returned.
-    pub fn start_bound(
-        shared: &Arc<Shared>,
+    /// A listener serving `config`; closing `stop` ends its accept loop ([`crate::accept`]).
+    pub fn new(
         name: String,
         bind: SocketAddr,
         protocol: ListenerProtocol,
         config: Arc<ListenerConfig>,
-        listener: TcpListener,
-    ) -> Arc<Self> {
-        let (stop, stopped) = watch::channel(false);
-        let rt = Arc::new(ListenerRuntime { name, bind, protocol, config: ArcSwap::new(config), stop });
-        tokio::spawn(accept_loop(shared.clone(), rt.clone(), listener, stopped));
-        rt
+        stop: watch::Sender<bool>,
+    ) -> Self {
+        ListenerRuntime { name, bind, protocol, config: ArcSwap::new(config), stop }
     }
 
     pub fn stop(&self) {
@@ -91,101 +87,13 @@ impl AcceptBackoff {
     }
 }
 
-async fn accept_loop(
-    shared: Arc<Shared>,
-    rt: Arc<ListenerRuntime>,
-    listener: TcpListener,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let http1 = Arc::new(crate::http_conn::http1_builder(shared.header_limits.get()));
-    let h2_only = rt.protocol == ListenerProtocol::Http2;
-    let mut shutdown = shared.shutdown.subscribe();
-    let mut backoff = AcceptBackoff::default();
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stopped.changed() => break,
-            _ = shutdown.changed() => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tokio::select! {
-                    _ = backoff.failed(&rt.name, &e) => {}
-                    _ = stopped.changed() => break,
-                    _ = shutdown.changed() => break,
-                }
-                continue;
-            }
-        };
-        backoff.succeeded(&rt.name);
-        let _ = stream.set_nodelay(true);
-        let tracker = ConnTracker::new(&shared);
-        match rt.protocol {
-            ListenerProtocol::Tcp => {
-                let (shared, rt) = (shared.clone(), rt.clone());
-                hand_over(stream, move |s| crate::tcp_proxy::serve(shared, rt, s, peer, tracker));
-            }
-            _ => {
-                let peer_value = crate::headers::peer_value(peer.ip());
-                let conn = shared.client_conns.open();
-                let ctx = Arc::new(ConnContext {
-                    shared: shared.clone(),
-                    listener: rt.clone(),
-                    peer,
-                    peer_value,
-                    conn,
-                });
-                let http1 = http1.clone();
-                hand_over(stream, move |s| async move {
-                    crate::http_conn::serve(http1, h2_only, ctx, s).await;
-                    drop(tracker);
-                });
-            }
-        }
-    }
-    tracing::info!(listener = %rt.name, bind = %rt.bind, "listener closed");
-}
-
-/// Serves an accepted connection on the worker [`workers::pick`] chooses: here, or moved to
-/// that worker's event loop (the socket leaves this thread's epoll set for that one's).
-fn hand_over<F, Fut>(stream: TcpStream, serve: F)
-where
-    F: FnOnce(TcpStream) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let worker = workers::pick();
-    let assigned = workers::Assigned::new(worker);
-    if workers::runs_here(worker) {
-        tokio::spawn(async move {
-            serve(stream).await;
-            drop(assigned);
-        });
-        return;
-    }
-    let moved = match stream.into_std() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot hand a connection to another worker");
-            return;
-        }
-    };
-    workers::spawn_on(worker, async move {
-        match TcpStream::from_std(moved) {
-            Ok(s) => serve(s).await,
-            Err(e) => tracing::warn!(error = %e, "cannot hand a connection to another worker"),
-        }
-        drop(assigned);
-    });
-}
-
 /// Counts open client connections so shutdown can wait for them to drain.
 pub struct ConnTracker {
     shared: Arc<Shared>,
 }
 
 impl ConnTracker {
-    fn new(shared: &Arc<Shared>) -> Self {
+    pub fn new(shared: &Arc<Shared>) -> Self {
         shared.global.downstream_connections.fetch_add(1, Ordering::Relaxed);
         shared.global.downstream_connections_total.fetch_add(1, Ordering::Relaxed);
         ConnTracker { shared: shared.clone() }

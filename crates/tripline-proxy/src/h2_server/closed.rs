@@ -16,8 +16,8 @@ use std::time::Duration;
 use h2::frame::Reason;
 use tokio::time::Instant;
 
-use super::shared::{IdMap, RECV_WINDOW};
 use super::MAX_CONCURRENT_STREAMS;
+use crate::h2_streams::{IdMap, RECV_WINDOW};
 
 /// How long a stream Tripline reset is remembered: frames the client sent before it saw the
 /// RST_STREAM arrive within a round trip; this allows for slow links (h2 allows 1 s).

@@ -20,16 +20,10 @@ use std::time::Duration;
 
 use tokio::time::Sleep;
 
+use crate::client_conns::StreamIdleConfig;
+
 /// How stale the coarse clock can be (see `client_conns`).
 const COARSE_TICK_MS: u64 = 100;
-
-/// The timeout and the clock a connection's streams are stamped with.
-#[derive(Clone, Debug)]
-pub struct StreamIdleConfig {
-    pub timeout: Duration,
-    /// Milliseconds, advanced by the housekeeping task.
-    pub clock: Arc<AtomicU64>,
-}
 
 /// A connection's side of the timeout: its clock and its timer.
 pub(super) struct IdleCheck {

@@ -6,7 +6,7 @@
 //! user-space instructions (callgrind, docs/benchmarks.md). A proxy's server side needs much
 //! less: here one task owns the connection and every stream's state outright, polls each
 //! stream's request future and response body itself (a stream's waker queues just that stream,
-//! see [`shared::StreamWaker`]), and writes frames straight into the codec.
+//! see [`crate::h2_streams::StreamWaker`]), and writes frames straight into the codec.
 //!
 //! What is reused: `h2`'s codec (`h2::Codec`, behind its `unstable` feature, pinned to one
 //! version): frame parsing and validation, HPACK and CONTINUATION assembly, the parts of
@@ -27,7 +27,6 @@ mod idle;
 mod recv;
 mod request;
 mod respond;
-mod shared;
 #[cfg(test)]
 mod tests;
 
@@ -49,16 +48,16 @@ use http::{Request, Response};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::body::ClientBody;
+pub use crate::client_conns::StreamIdleConfig;
+pub use crate::h2_streams::RecvBody;
+use crate::h2_streams::{IdMap, Shared, StreamWaker, RECV_WINDOW};
 use crate::header_limits::HeaderLimits;
 use crate::stats::GlobalStats;
+use crate::upload::ClientBody;
 use closed::ClosedStreams;
 use flood::Flood;
 use idle::IdleCheck;
-pub use idle::StreamIdleConfig;
 use respond::{advance, ready_ok, user_error, Outbound};
-pub use shared::RecvBody;
-use shared::{IdMap, Shared, StreamWaker, RECV_WINDOW};
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

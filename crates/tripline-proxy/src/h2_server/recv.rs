@@ -14,13 +14,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::closed::Verdict;
 use super::idle::IdleCheck;
-use super::shared::{Inbound, RecvBody, StreamWaker};
 use super::{
     request, Closing, Connection, Handler, Stream, Task, MAX_CONCURRENT_STREAMS, MAX_LOCAL_ERROR_RESETS,
     MAX_WINDOW, PREMATURE_RESET_MIN_STREAMS,
 };
-use crate::body::ClientBody;
+use crate::h2_streams::{Inbound, RecvBody, StreamWaker};
 use crate::stats::Http2Flood;
+use crate::upload::ClientBody;
 
 impl<T, H> Connection<T, H>
 where

@@ -31,7 +31,7 @@ pub(crate) enum Verdict {
     /// Not a cross-origin request, or one from an origin not allowed: nothing to add.
     None,
     /// A preflight the proxy answers.
-    Answer(Response<ResponseBody>),
+    Answer(Box<Response<ResponseBody>>),
     /// An actual request from an allowed origin: its response gets the CORS headers.
     Allowed(HeaderValue),
 }
@@ -60,8 +60,8 @@ impl Cors {
         let preflight = req.method() == Method::OPTIONS
             && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
         match (preflight, allowed) {
-            (true, true) => Verdict::Answer(self.preflight(origin.clone())),
-            (true, false) if !self.forward_unmatched => Verdict::Answer(empty(StatusCode::OK)),
+            (true, true) => Verdict::Answer(Box::new(self.preflight(origin.clone()))),
+            (true, false) if !self.forward_unmatched => Verdict::Answer(Box::new(empty(StatusCode::OK))),
             (false, true) => Verdict::Allowed(origin.clone()),
             _ => Verdict::None,
         }

@@ -3,7 +3,7 @@
 //! Envoy does), so the shadow service can tell copies apart; its response is read and thrown
 //! away. Promises kept here:
 //! - the primary never waits for a copy: a copy's body is teed frame by frame with a bounded
-//!   lag (`body_tee`), and a copy that falls behind is cut off, not waited for;
+//!   lag (`upload::tee`), and a copy that falls behind is cut off, not waited for;
 //! - a slow or dead mirror cannot take the proxy's memory or sockets: each mirror cluster has
 //!   at most [`MAX_IN_FLIGHT`] copies in flight (fewer if its `http2MaxRequests` is lower);
 //!   a copy over that is dropped and counted (`tripline_mirror_requests_total{result="dropped"}`);
@@ -19,8 +19,9 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 use tripline_config::plan::{Fraction, MirrorPlan, RetryPlan};
 
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::ResponseBody;
 use crate::cluster::Cluster;
+use crate::upstream::body::RequestBody;
 use crate::upstream::{self, RoutePolicy};
 use crate::Shared;
 
@@ -113,7 +114,7 @@ impl Drop for Slot {
 fn copy_of(req: &mut Request<RequestBody>) -> (Request<RequestBody>, Option<Arc<crate::upload::Upload>>) {
     let (body, upload) = match req.body_mut() {
         RequestBody::Stream(watched) if !watched.is_end_stream() => {
-            let (tee, copy, upload) = crate::body_tee::copy_of(watched.size_hint());
+            let (tee, copy, upload) = crate::upload::tee::copy_of(watched.size_hint());
             watched.tee(tee);
             (RequestBody::Copy(copy), Some(upload))
         }

@@ -44,11 +44,12 @@ use http::{HeaderMap, Request, Response};
 use tripline_config::plan::{FaultPlan, Fraction, RouteFeatures, StringMatch};
 use tripline_core::rng::Rng;
 
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::ResponseBody;
 use crate::cluster::Cluster;
 use crate::local_reply::Reply;
 use crate::reason::Reason;
 use crate::stats::GlobalStats;
+use crate::upstream::body::RequestBody;
 use crate::Shared;
 use answer::Answer;
 use cors::Cors;
@@ -149,9 +150,7 @@ impl Features {
         if let Some(cors) = &self.cors {
             match cors.on_request(req) {
                 cors::Verdict::None => {}
-                cors::Verdict::Answer(response) => {
-                    return Step::Answer { delay: None, response: Box::new(response) }
-                }
+                cors::Verdict::Answer(response) => return Step::Answer { delay: None, response },
                 cors::Verdict::Allowed(origin) => {
                     edits.get_or_insert_with(Box::default).cors = Some((cors.clone(), origin));
                 }

@@ -18,9 +18,9 @@ use tripline_core::clock::Nanos;
 use super::pool::{self, Conn, H1Link, Reusable, SendError};
 use super::replay::Replay;
 use super::{h1, within};
-use crate::body::{RequestBody, UpstreamBody};
 use crate::cluster::{Cluster, Endpoint};
 use crate::reason::Reason;
+use crate::upstream::body::{RequestBody, UpstreamBody};
 
 /// An attempt about to be made: where to, and under which limits.
 pub(super) struct Attempt<'a> {

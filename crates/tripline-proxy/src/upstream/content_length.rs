@@ -11,7 +11,7 @@
 
 use http::header::{self, HeaderMap, HeaderValue};
 
-use crate::body::BoxError;
+use crate::BoxError;
 
 /// The response's Content-Length and whether the header is already one clean field (a single
 /// `1*DIGIT` value), in one lookup. `None` without one; an error unless every value (of every

@@ -29,8 +29,9 @@ use tokio::io::AsyncWriteExt;
 use super::content_length;
 use super::io::UpstreamIo;
 use super::pool::{ConnGuard, Reusable, SendError};
-use crate::body::{BoxError, RequestBody, UpstreamBody};
 use crate::headers::has_token;
+use crate::upstream::body::{RequestBody, UpstreamBody};
+use crate::BoxError;
 
 /// Larger response heads (or trailer blocks) are refused: the request fails as a reset.
 const MAX_HEAD: usize = 64 * 1024;

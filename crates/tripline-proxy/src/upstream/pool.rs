@@ -42,9 +42,10 @@ use tripline_core::limits::Permit;
 
 use super::h1::{self, RawConn};
 use super::idle_stack::IdleStack;
-use crate::body::{BoxError, RequestBody, UpstreamBody};
 use crate::cluster::{Cluster, ClusterState, Endpoint};
 use crate::reason::Reason;
+use crate::upstream::body::{RequestBody, UpstreamBody};
+use crate::BoxError;
 
 /// Idle HTTP/1.1 connections kept per endpoint, shared out among the workers; more are
 /// closed when returned.

@@ -11,8 +11,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 
-use crate::body::{BoxError, RequestBody};
+use super::body::RequestBody;
 use crate::upload::Watched;
+use crate::BoxError;
 
 /// What was captured of a request for re-sending.
 #[derive(Debug)]

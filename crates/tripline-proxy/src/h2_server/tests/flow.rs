@@ -156,7 +156,7 @@ async fn the_request_body_s_windows_are_given_back_as_it_is_read() {
 }
 
 fn shared_window() -> u32 {
-    super::super::shared::RECV_WINDOW
+    crate::h2_streams::RECV_WINDOW
 }
 
 #[tokio::test(start_paused = true)]

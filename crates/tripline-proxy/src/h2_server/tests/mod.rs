@@ -29,9 +29,9 @@ use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Config, Connection, Handler};
-use crate::body::ClientBody;
 use crate::header_limits::HeaderLimits;
 use crate::stats::GlobalStats;
+use crate::upload::ClientBody;
 
 pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;

@@ -1,4 +1,4 @@
-//! What an HTTP/2 connection shares with its requests: the request bodies still arriving, the
+//! What an HTTP/2 connection of [`crate::h2_server`] shares with its requests: the request bodies still arriving, the
 //! connection's receive window, and which streams need polling.
 //!
 //! Everything else (stream states, send windows, the codec) belongs to the connection task
@@ -7,6 +7,9 @@
 //! worker, usually this one). The lock is held for a few instructions, and no request's waker
 //! is woken while it is held: it may be a stream's, which takes the same lock (the connection
 //! task's waker is, and never does).
+//!
+//! A module beside `h2_server` rather than inside it: the request body travels down the layers
+//! (into [`crate::upload`] and the upstream client), and those must not depend on the server.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -19,8 +22,8 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 
-use crate::body::BoxError;
-use crate::upload::{ClientBodyError, ClientFault};
+use crate::client_fault::{ClientBodyError, ClientFault};
+use crate::BoxError;
 
 /// The receive window Tripline advertises for each stream and for the connection (hyper's
 /// defaults, which Tripline used before it had its own server).

@@ -12,8 +12,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
 
-use crate::body::BoxError;
-use crate::upload::{ClientBodyError, ClientFault, Upload};
+use super::Upload;
+use crate::client_fault::{ClientBodyError, ClientFault};
+use crate::BoxError;
 
 /// Frames a copy may lag behind the primary before it is cut off.
 pub const COPY_FRAMES: usize = 16;

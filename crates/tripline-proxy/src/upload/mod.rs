@@ -12,7 +12,6 @@
 //! outcome: a failure while the client's side had failed is the client's, recorded as
 //! [`Outcome::Local`] and answered `400 bad-request-body` or `499 downstream-disconnect`.
 
-use std::fmt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -22,82 +21,53 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tripline_core::classify::{LocalReason, Outcome};
 
-use crate::body::{BoxError, ClientBody};
-use crate::body_tee::Tee;
+use hyper::body::Incoming;
+
 use crate::client_conns::ConnSignal;
-use crate::reason::Reason;
+use crate::client_fault::{ClientBodyError, ClientFault};
+use crate::BoxError;
+use tee::Tee;
 
-/// How a client's request body failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientFault {
-    /// The body broke the protocol: bad chunked framing, more or less than its declared length.
-    Malformed,
-    /// The client went away (closed, reset the connection or its stream) before the body ended.
-    Disconnected,
-}
+pub mod tee;
 
-impl ClientFault {
-    /// What the client is answered, if it is still there to read it.
-    pub fn reason(self) -> Reason {
-        match self {
-            ClientFault::Malformed => Reason::BadRequestBody,
-            ClientFault::Disconnected => Reason::DownstreamDisconnect,
-        }
-    }
-}
-
-/// A request body the client could not deliver: what went wrong, whose fault ([`ClientFault`]),
-/// and the server's own error as the cause.
+/// The body of a client's request, as the server that read its head delivers it. Its errors
+/// are [`ClientBodyError`]s: they say whether the client sent a malformed body or left.
 #[derive(Debug)]
-pub struct ClientBodyError {
-    fault: ClientFault,
-    cause: BoxError,
+pub enum ClientBody {
+    /// HTTP/1.1, through hyper's server.
+    Hyper(Incoming),
+    /// HTTP/2, through Tripline's own server ([`crate::h2_server`]).
+    H2(crate::h2_server::RecvBody),
 }
 
-impl ClientBodyError {
-    pub fn new(fault: ClientFault, cause: impl Into<BoxError>) -> Self {
-        ClientBodyError { fault, cause: cause.into() }
-    }
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = BoxError;
 
-    /// Classifies an error of hyper's server-side body (HTTP/1.1). hyper reports a body that
-    /// ended early as `UnexpectedEof`, and bad framing (chunk sizes, extensions, lengths) as
-    /// `InvalidInput`/`InvalidData`, each the `io::Error` under its own.
-    pub fn from_hyper(e: hyper::Error) -> Self {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
-        let mut fault = ClientFault::Disconnected;
-        while let Some(s) = source {
-            if let Some(io) = s.downcast_ref::<std::io::Error>() {
-                if matches!(io.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData) {
-                    fault = ClientFault::Malformed;
-                }
-                break;
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(b) => {
+                Pin::new(b).poll_frame(cx).map_err(|e| ClientBodyError::from_hyper(e).into())
             }
-            source = s.source();
+            ClientBody::H2(b) => Pin::new(b).poll_frame(cx),
         }
-        if e.is_parse() {
-            fault = ClientFault::Malformed;
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(b) => b.is_end_stream(),
+            ClientBody::H2(b) => b.is_end_stream(),
         }
-        ClientBodyError::new(fault, e)
     }
 
-    pub fn fault(&self) -> ClientFault {
-        self.fault
-    }
-}
-
-impl fmt::Display for ClientBodyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let what = match self.fault {
-            ClientFault::Malformed => "malformed request body",
-            ClientFault::Disconnected => "client left during the request body",
-        };
-        write!(f, "{what}: {}", self.cause)
-    }
-}
-
-impl std::error::Error for ClientBodyError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.cause)
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(b) => b.size_hint(),
+            ClientBody::H2(b) => b.size_hint(),
+        }
     }
 }
 
@@ -165,7 +135,7 @@ pub struct Watched {
     body: ClientBody,
     upload: Option<Arc<Upload>>,
     conn: Option<Arc<ConnSignal>>,
-    /// Copies of the body for mirrors (see `body_tee`).
+    /// Copies of the body for mirrors (see `upload::tee`).
     tees: Vec<Tee>,
 }
 
@@ -204,7 +174,7 @@ impl Body for Watched {
         }
         let this = &mut *self;
         if !this.tees.is_empty() {
-            crate::body_tee::copy(&mut this.tees, &polled, this.body.is_end_stream());
+            tee::copy(&mut this.tees, &polled, this.body.is_end_stream());
         }
         if let Some(upload) = &self.upload {
             match &polled {

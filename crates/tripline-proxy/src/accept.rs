@@ -1,0 +1,119 @@
+//! Accept loops: where a client connection enters, and which server takes it: HTTP (HTTP/1.1
+//! and h2c detected per connection, [`crate::http_conn`]) or raw TCP ([`crate::tcp_proxy`]).
+//! The top of the layers: it starts the servers, and nothing below it knows of it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tripline_config::plan::ListenerProtocol;
+
+use crate::http_proxy::ConnContext;
+use crate::listener::{AcceptBackoff, ConnTracker, ListenerRuntime};
+use crate::router::ListenerConfig;
+use crate::workers;
+use crate::Shared;
+
+/// Starts accepting on a socket [`bind`] returned.
+pub fn start(
+    shared: &Arc<Shared>,
+    name: String,
+    bind: SocketAddr,
+    protocol: ListenerProtocol,
+    config: Arc<ListenerConfig>,
+    listener: TcpListener,
+) -> Arc<ListenerRuntime> {
+    let (stop, stopped) = watch::channel(false);
+    let rt = Arc::new(ListenerRuntime::new(name, bind, protocol, config, stop));
+    tokio::spawn(accept_loop(shared.clone(), rt.clone(), listener, stopped));
+    rt
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    rt: Arc<ListenerRuntime>,
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let http1 = Arc::new(crate::http_conn::http1_builder(shared.header_limits.get()));
+    let h2_only = rt.protocol == ListenerProtocol::Http2;
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut backoff = AcceptBackoff::default();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stopped.changed() => break,
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tokio::select! {
+                    _ = backoff.failed(&rt.name, &e) => {}
+                    _ = stopped.changed() => break,
+                    _ = shutdown.changed() => break,
+                }
+                continue;
+            }
+        };
+        backoff.succeeded(&rt.name);
+        let _ = stream.set_nodelay(true);
+        let tracker = ConnTracker::new(&shared);
+        match rt.protocol {
+            ListenerProtocol::Tcp => {
+                let (shared, rt) = (shared.clone(), rt.clone());
+                hand_over(stream, move |s| crate::tcp_proxy::serve(shared, rt, s, peer, tracker));
+            }
+            _ => {
+                let peer_value = crate::headers::peer_value(peer.ip());
+                let conn = shared.client_conns.open();
+                let ctx = Arc::new(ConnContext {
+                    shared: shared.clone(),
+                    listener: rt.clone(),
+                    peer,
+                    peer_value,
+                    conn,
+                });
+                let http1 = http1.clone();
+                hand_over(stream, move |s| async move {
+                    crate::http_conn::serve(http1, h2_only, ctx, s).await;
+                    drop(tracker);
+                });
+            }
+        }
+    }
+    tracing::info!(listener = %rt.name, bind = %rt.bind, "listener closed");
+}
+
+/// Serves an accepted connection on the worker [`workers::pick`] chooses: here, or moved to
+/// that worker's event loop (the socket leaves this thread's epoll set for that one's).
+fn hand_over<F, Fut>(stream: TcpStream, serve: F)
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let worker = workers::pick();
+    let assigned = workers::Assigned::new(worker);
+    if workers::runs_here(worker) {
+        tokio::spawn(async move {
+            serve(stream).await;
+            drop(assigned);
+        });
+        return;
+    }
+    let moved = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot hand a connection to another worker");
+            return;
+        }
+    };
+    workers::spawn_on(worker, async move {
+        match TcpStream::from_std(moved) {
+            Ok(s) => serve(s).await,
+            Err(e) => tracing::warn!(error = %e, "cannot hand a connection to another worker"),
+        }
+        drop(assigned);
+    });
+}
