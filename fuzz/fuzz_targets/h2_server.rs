@@ -35,7 +35,7 @@ use http_body::{Body, Frame, SizeHint};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
-use tripline_proxy::body::ClientBody;
+use tripline_proxy::upload::ClientBody;
 use tripline_proxy::h2_server::{Config, Connection, Handler};
 use tripline_proxy::header_limits::HeaderLimits;
 use tripline_proxy::stats::GlobalStats;

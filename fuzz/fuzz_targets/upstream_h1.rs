@@ -4,7 +4,7 @@
 //! meant for it.
 //!
 //! In memory: the client side of an upstream connection as the proxy's pool makes it
-//! (`tripline_proxy::upstream`: the lean client of `upstream::h1` for a `GET` or `HEAD`,
+//! (`tripline_proxy::endpoint`: the lean client of `endpoint::h1` for a `GET` or `HEAD`,
 //! hyper's client for a `POST` with a body or an upgrade) over a `tokio::io::duplex` pipe
 //! (`UpstreamIo::Memory`), on a single-threaded runtime with tokio's paused time. At the other
 //! end, an upstream plays the input's script of response pieces to the request for `/fuzz`
@@ -31,9 +31,9 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tripline_fuzz::Segments;
-use tripline_proxy::body::{RequestBody, UpstreamBody};
-use tripline_proxy::upstream::io::UpstreamIo;
-use tripline_proxy::upstream::pool::{hyper_h1, Conn, ConnGuard, H1Link, Reusable};
+use tripline_proxy::endpoint::body::{RequestBody, UpstreamBody};
+use tripline_proxy::endpoint::io::UpstreamIo;
+use tripline_proxy::endpoint::pool::{hyper_h1, Conn, ConnGuard, H1Link, Reusable};
 
 /// Longer than anything the clients or the upstream wait for by themselves (on paused time).
 const HANG: Duration = Duration::from_secs(5);
@@ -355,8 +355,8 @@ fn request(req: Req, path: &'static str) -> Request<RequestBody> {
 /// A connection as the pool opens it for `req`: the lean client for a request it can carry,
 /// hyper's otherwise. `None` if hyper's handshake failed.
 async fn open(io: UpstreamIo, req: &Request<RequestBody>) -> Option<Conn> {
-    if tripline_proxy::upstream::h1::is_simple(req) {
-        return Some(Conn::H1(H1Link::Raw(tripline_proxy::upstream::h1::RawConn::new(
+    if tripline_proxy::endpoint::h1::is_simple(req) {
+        return Some(Conn::H1(H1Link::Raw(tripline_proxy::endpoint::h1::RawConn::new(
             io,
             ConnGuard::detached(),
         ))));
@@ -370,7 +370,7 @@ async fn open(io: UpstreamIo, req: &Request<RequestBody>) -> Option<Conn> {
 /// another request.
 async fn exchange(conn: Conn, req: Request<RequestBody>) -> (Option<(u16, Vec<u8>)>, Option<H1Link>) {
     let bodiless = req.method() == Method::HEAD;
-    let (resp, reusable) = match conn.send(req).await {
+    let (resp, reusable) = match conn.send(req, 1).await {
         Ok(sent) => sent,
         Err(_) => return (None, None),
     };

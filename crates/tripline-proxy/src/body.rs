@@ -14,7 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::access_log::{BodyEnd, BodyLog};
 use crate::client_conns::RequestMark;
-use crate::upstream::body::UpstreamBody;
+use crate::endpoint::body::UpstreamBody;
 use crate::upstream::InFlight;
 use crate::BoxError;
 use tripline_core::classify::grpc::{DEADLINE_EXCEEDED, UNAVAILABLE};

@@ -8,106 +8,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tripline_config::plan::{ClusterPlan, Discovery, HashKey, LoadBalancer, PoolLimits, UpstreamProtocol};
 use tripline_core::balancer::{hash_bytes, Algorithm, Balancer, EndpointSpec, EndpointView};
 use tripline_core::breaker::CircuitBreaker;
-use tripline_core::limits::Limit;
 use tripline_core::outlier::{Endpoint as OutlierEndpoint, Health};
 
+pub use crate::endpoint::{ClusterState, ClusterStats, Endpoint};
 use crate::resilience::{self, ClusterResilience};
-use crate::stats::{Histogram, MirrorStats, ReasonCounters, StatusCounters};
-use crate::upstream::pool::ConnectionPool;
-
-/// Cluster-wide state that survives reloads.
-#[derive(Debug)]
-pub struct ClusterState {
-    pub name: Arc<str>,
-    /// `http2MaxRequests`: requests in flight.
-    pub active: Limit,
-    /// `http1MaxPendingRequests`: requests waiting for a connection.
-    pub pending: Limit,
-    /// `tcp.maxConnections`: open upstream connections.
-    pub connections: Limit,
-    /// Wakes requests waiting for a connection when one is returned or closed.
-    pub conn_released: tokio::sync::Notify,
-    pub stats: ClusterStats,
-    /// An endpoint of it ever had an upstream connection: the idle sweep each worker runs
-    /// every 5 s visits only such clusters (a mesh proxy knows every endpoint of every
-    /// service and connects to few; walking all 100,000 stalled each worker's event loop).
-    pub connected: AtomicBool,
-}
-
-#[derive(Debug, Default)]
-pub struct ClusterStats {
-    pub codes: StatusCounters,
-    pub local: ReasonCounters,
-    pub duration: Histogram,
-    pub connect_failures: AtomicU64,
-    pub mirror: MirrorStats,
-}
-
-impl ClusterState {
-    pub(crate) fn new(name: &str, pool: &PoolLimits) -> Self {
-        ClusterState {
-            name: name.into(),
-            active: Limit::new(pool.max_requests),
-            pending: Limit::new(pool.max_pending_requests),
-            connections: Limit::new(pool.max_connections),
-            conn_released: tokio::sync::Notify::new(),
-            stats: ClusterStats::default(),
-            connected: AtomicBool::new(false),
-        }
-    }
-
-    fn apply_limits(&self, pool: &PoolLimits) {
-        self.active.set_max(pool.max_requests);
-        self.pending.set_max(pool.max_pending_requests);
-        self.connections.set_max(pool.max_connections);
-    }
-
-    /// Called when an upstream connection becomes free; cheap when nobody waits.
-    pub fn notify_released(&self) {
-        if self.pending.current() > 0 {
-            self.conn_released.notify_waiters();
-        }
-    }
-}
-
-/// One upstream address of a cluster.
-#[derive(Debug)]
-pub struct Endpoint {
-    pub address: SocketAddr,
-    /// `127.0.0.1:8080`, the id used by the outlier detector and in logs (shared with the
-    /// endpoint breaker's log lines).
-    pub id: Arc<str>,
-    pub weight: u32,
-    pub labels: BTreeMap<String, String>,
-    pub active: AtomicU32,
-    pub requests_total: AtomicU64,
-    pub pool: ConnectionPool,
-    /// The endpoint's breaker, kept here between endpoint-set rebuilds (control plane only;
-    /// the request path reads the copy in its [`Member`]).
-    breaker_slot: Mutex<Option<Arc<CircuitBreaker>>>,
-}
-
-impl Endpoint {
-    pub fn new(address: SocketAddr, weight: u32, labels: BTreeMap<String, String>) -> Arc<Self> {
-        Arc::new(Endpoint {
-            address,
-            id: address.to_string().into(),
-            weight,
-            labels,
-            active: AtomicU32::new(0),
-            requests_total: AtomicU64::new(0),
-            pool: ConnectionPool::new(),
-            breaker_slot: Mutex::new(None),
-        })
-    }
-}
 
 /// An endpoint as the balancer sees it: the endpoint plus its resilience handles.
 #[derive(Debug, Clone)]
@@ -170,6 +81,15 @@ impl Cluster {
 
     pub fn limits(&self) -> &PoolLimits {
         &self.plan.pool
+    }
+
+    /// What its endpoints' pools need of it to check a connection out.
+    pub fn pool_cx(&self) -> crate::endpoint::pool::PoolCx<'_> {
+        crate::endpoint::pool::PoolCx {
+            state: &self.state,
+            limits: &self.plan.pool,
+            protocol: self.protocol(),
+        }
     }
 
     pub fn protocol(&self) -> UpstreamProtocol {

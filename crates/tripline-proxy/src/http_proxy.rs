@@ -19,6 +19,7 @@ use crate::access_log::{BodyEnd, BodyLog, Entry};
 use crate::body::ResponseBody;
 use crate::client_conns::{ClientConn, ConnSignal, RequestMark, StreamIdle};
 use crate::cluster::Cluster;
+use crate::endpoint::body::RequestBody;
 use crate::grpc::is_grpc;
 use crate::headers::{is_upgrade, prepare_request, strip_hop_by_hop, Client};
 use crate::listener::ListenerRuntime;
@@ -31,7 +32,6 @@ use crate::router::Route;
 use crate::upload::ClientBody;
 use crate::upload::Watched;
 use crate::upstream;
-use crate::upstream::body::RequestBody;
 use crate::Shared;
 
 /// Per-connection context shared by the requests of one client connection.

@@ -14,6 +14,7 @@ pub mod client_conns;
 pub mod client_fault;
 pub mod cluster;
 mod dns;
+pub mod endpoint;
 pub mod grpc;
 pub mod h2_server;
 pub mod h2_streams;

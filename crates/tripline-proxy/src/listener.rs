@@ -29,7 +29,7 @@ pub struct ListenerRuntime {
     stop: watch::Sender<bool>,
 }
 
-/// Binds and listens on `addr` (accepting starts with [`ListenerRuntime::start_bound`]).
+/// Binds and listens on `addr` (accepting starts with [`crate::accept::start`]).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket =
         if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };

@@ -15,7 +15,7 @@
 //! - One socket per listener accepts on the main thread and hands each connection to the
 //!   worker with the fewest open client connections ([`pick`]); the connection's tasks, its
 //!   upstream requests and their upstream connections then stay on that worker.
-//! - Upstream pools keep idle connections per worker (`upstream::pool`), so a request takes a
+//! - Upstream pools keep idle connections per worker (`endpoint::pool`), so a request takes a
 //!   connection whose socket its own thread watches. Limits (`maxConnections` and the rest)
 //!   stay per cluster, counted across workers: a request on a worker at the limit borrows an
 //!   idle connection of another worker rather than wait.

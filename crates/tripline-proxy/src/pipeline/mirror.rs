@@ -21,7 +21,7 @@ use tripline_config::plan::{Fraction, MirrorPlan, RetryPlan};
 
 use crate::body::ResponseBody;
 use crate::cluster::Cluster;
-use crate::upstream::body::RequestBody;
+use crate::endpoint::body::RequestBody;
 use crate::upstream::{self, RoutePolicy};
 use crate::Shared;
 

@@ -46,10 +46,10 @@ use tripline_core::rng::Rng;
 
 use crate::body::ResponseBody;
 use crate::cluster::Cluster;
+use crate::endpoint::body::RequestBody;
 use crate::local_reply::Reply;
 use crate::reason::Reason;
 use crate::stats::GlobalStats;
-use crate::upstream::body::RequestBody;
 use crate::Shared;
 use answer::Answer;
 use cors::Cors;

@@ -37,7 +37,7 @@ pub enum ClientBody {
     /// HTTP/1.1, through hyper's server.
     Hyper(Incoming),
     /// HTTP/2, through Tripline's own server ([`crate::h2_server`]).
-    H2(crate::h2_server::RecvBody),
+    H2(crate::h2_streams::RecvBody),
 }
 
 impl Body for ClientBody {

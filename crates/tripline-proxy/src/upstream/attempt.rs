@@ -15,12 +15,13 @@ use tripline_config::plan::{RetryPlan, UpstreamProtocol};
 use tripline_core::classify::Outcome;
 use tripline_core::clock::Nanos;
 
-use super::pool::{self, Conn, H1Link, Reusable, SendError};
-use super::replay::Replay;
-use super::{h1, within};
+use super::within;
 use crate::cluster::{Cluster, Endpoint};
+use crate::endpoint::body::{RequestBody, UpstreamBody};
+use crate::endpoint::h1;
+use crate::endpoint::pool::{self, Conn, H1Link, Reusable, SendError};
+use crate::endpoint::replay::Replay;
 use crate::reason::Reason;
-use crate::upstream::body::{RequestBody, UpstreamBody};
 
 /// An attempt about to be made: where to, and under which limits.
 pub(super) struct Attempt<'a> {
@@ -65,7 +66,7 @@ impl Attempt<'_> {
         for _ in 0..3 {
             let Some(r) = held.as_ref() else { break };
             let simple = self.cluster.protocol() == UpstreamProtocol::Http1 && h1::is_simple(r);
-            let checkout = pool::checkout(self.cluster, self.endpoint, self.now, simple);
+            let checkout = pool::checkout(self.cluster.pool_cx(), self.endpoint, self.now, simple);
             let checked_out = match self.deadline {
                 Some(d) => tokio::time::timeout_at(d, checkout).await.unwrap_or(Err(Reason::RouteTimeout)),
                 None => checkout.await,

@@ -10,17 +10,12 @@
 //! and send within the time limits), what it means for the endpoint is recorded by its
 //! [`InFlight`] guard, and whether to try again is the pure [`retry::decide`].
 
-mod content_length;
-pub mod h1;
 mod hash_key;
 pub use hash_key::{ip_hash, request_hash, RequestHash};
 mod attempt;
-pub mod body;
-mod idle_stack;
-pub mod io;
-pub mod pool;
-pub mod replay;
 pub mod retry;
+
+pub use crate::endpoint::X_TRIPLINE_ATTEMPT;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,7 +23,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use http::{header, HeaderValue, Method, Request, Response};
+use http::{header, Method, Request, Response};
 use tripline_core::backoff::{parse_retry_after, Backoff};
 use tripline_core::breaker::OwnedAdmission;
 use tripline_core::budget::{ActiveRequestOf, RetryBudget, RetryPermitOf};
@@ -40,16 +35,14 @@ use tripline_core::rng::Rng;
 
 use crate::client_fault::ClientFault;
 use crate::cluster::{Cluster, ClusterState, Endpoint, Member};
+use crate::endpoint::body::{RequestBody, UpstreamBody};
+use crate::endpoint::pool::{Reusable, SendError};
+use crate::endpoint::replay::Replay;
 use crate::reason::Reason;
 use crate::resilience::{self, ResilienceStats};
 use crate::upload::Upload;
-use crate::upstream::body::{RequestBody, UpstreamBody};
 use attempt::{Attempt, Sent};
-use pool::{Reusable, SendError};
-use replay::Replay;
 use retry::Verdict;
-
-pub static X_TRIPLINE_ATTEMPT: header::HeaderName = header::HeaderName::from_static("x-tripline-attempt");
 
 /// What [`send`] needs of the route a request took: its retry policy and its own breaker (a
 /// ResiliencePolicy that targets the route). The router's `Route` holds one.
@@ -163,8 +156,8 @@ impl InFlight {
     }
 
     /// The lean client's connection, back from a response body that was read to its end.
-    pub fn reuse_connection(&mut self, conn: Box<h1::RawConn>) {
-        self.conn = Some(Reusable(pool::H1Link::Raw(conn)));
+    pub fn reuse_connection(&mut self, conn: Box<crate::endpoint::h1::RawConn>) {
+        self.conn = Some(Reusable(crate::endpoint::pool::H1Link::Raw(conn)));
     }
 
     /// The connection will not be reused (e.g. it was upgraded to a tunnel).
@@ -574,15 +567,5 @@ async fn within<T>(
         // otherwise enlarge.
         Some(t) => Box::pin(tokio::time::timeout(t, attempt)).await.unwrap_or(Err(SendError::TimedOut)),
         None => attempt.await,
-    }
-}
-
-/// `x-tripline-attempt`'s value: static for the first attempts, so the usual ones allocate nothing.
-fn attempt_value(n: u32) -> HeaderValue {
-    match n {
-        1 => HeaderValue::from_static("1"),
-        2 => HeaderValue::from_static("2"),
-        3 => HeaderValue::from_static("3"),
-        n => HeaderValue::from(n),
     }
 }

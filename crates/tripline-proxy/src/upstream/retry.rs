@@ -6,7 +6,6 @@
 //! The budget is shared state (`tripline_core::budget`) and the backoff its own pure function
 //! (`tripline_core::backoff`), so neither is here.
 
-use http::Method;
 use tripline_config::plan::{RetryOn, RetryPlan};
 use tripline_core::classify::{grpc, Outcome};
 
@@ -52,10 +51,7 @@ pub enum Verdict {
     BreakerOpen,
 }
 
-/// Idempotent methods (RFC 9110 §9.2.2) may be sent again after they reached an upstream.
-pub(crate) fn idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
-}
+pub(crate) use crate::endpoint::idempotent;
 
 /// Whether `attempt` (1 for the first) may be followed by another, under `policy`.
 pub fn decide(policy: &RetryPlan, attempt: u32, ended: &Ended, again: impl FnOnce() -> Again) -> Verdict {

@@ -27,7 +27,7 @@ pub enum RequestBody {
     Empty,
     /// Sent on an HTTP/2 connection, which it holds until uploaded: a body can outlast its
     /// response, and the idle sweep must not let the connection go under it.
-    Held(Box<RequestBody>, std::sync::Arc<crate::upstream::pool::H2Stream>),
+    Held(Box<RequestBody>, std::sync::Arc<crate::endpoint::pool::H2Stream>),
 }
 
 impl RequestBody {
@@ -84,12 +84,12 @@ impl Body for RequestBody {
 }
 
 /// A response body as it comes from an upstream: through hyper (HTTP/2, requests with a body,
-/// upgrades) or through the lean HTTP/1.1 client ([`crate::upstream::h1`]).
+/// upgrades) or through the lean HTTP/1.1 client ([`crate::endpoint::h1`]).
 #[derive(Debug)]
 pub enum UpstreamBody {
     /// From hyper's client; over HTTP/2 with the request's hold on the connection, released
     /// when the body is dropped.
-    Hyper(Incoming, Option<std::sync::Arc<crate::upstream::pool::H2Stream>>),
+    Hyper(Incoming, Option<std::sync::Arc<crate::endpoint::pool::H2Stream>>),
     H1(ResponseStream),
 }
 

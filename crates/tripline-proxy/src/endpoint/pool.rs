@@ -36,15 +36,15 @@ use tokio::net::TcpStream;
 
 use super::io::UpstreamIo;
 use crate::net_io::TcpIo;
-use tripline_config::plan::UpstreamProtocol;
+use tripline_config::plan::{PoolLimits, UpstreamProtocol};
 use tripline_core::clock::Nanos;
 use tripline_core::limits::Permit;
 
 use super::h1::{self, RawConn};
 use super::idle_stack::IdleStack;
-use crate::cluster::{Cluster, ClusterState, Endpoint};
+use super::{ClusterState, Endpoint};
+use crate::endpoint::body::{RequestBody, UpstreamBody};
 use crate::reason::Reason;
-use crate::upstream::body::{RequestBody, UpstreamBody};
 use crate::BoxError;
 
 /// Idle HTTP/1.1 connections kept per endpoint, shared out among the workers; more are
@@ -285,17 +285,21 @@ impl Drop for ConnGuard {
     }
 }
 
+/// What checking a connection out needs of the endpoint's cluster: the limits its endpoints
+/// share, its pool settings (this config's) and the protocol it speaks.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolCx<'a> {
+    pub state: &'a Arc<ClusterState>,
+    pub limits: &'a PoolLimits,
+    pub protocol: UpstreamProtocol,
+}
+
 /// Finds or opens a connection to `ep`, honouring the cluster's limits.
 /// `now` is `resilience::now()` at the start of the attempt (for the idle timeout); `simple`
 /// says the request can take the lean HTTP/1.1 client ([`h1::is_simple`]).
-pub async fn checkout(
-    cluster: &Cluster,
-    ep: &Arc<Endpoint>,
-    now: Nanos,
-    simple: bool,
-) -> Result<Conn, Reason> {
-    let state = &cluster.state;
-    let limits = cluster.limits();
+pub async fn checkout(cx: PoolCx<'_>, ep: &Arc<Endpoint>, now: Nanos, simple: bool) -> Result<Conn, Reason> {
+    let state = cx.state;
+    let limits = cx.limits;
     let mut pending: Option<Permit> = None;
     let mut deadline: Option<Instant> = None;
     let mut armed = false;
@@ -306,18 +310,18 @@ pub async fn checkout(
             // Register before re-checking so a release between the check and the wait is seen.
             notified.as_mut().enable();
         }
-        if let Some(conn) = reuse(cluster, ep, now, simple, Some(ep.pool.here())).await {
+        if let Some(conn) = reuse(cx, ep, now, simple, Some(ep.pool.here())).await {
             return Ok(conn);
         }
         if let Some(slot) = state.connections.try_acquire() {
             drop(pending);
             // Boxed: connecting is the rare path, and its large future would otherwise be
             // part of every request's future (moved and zeroed on every request).
-            return Box::pin(connect(cluster, ep, slot, simple, now)).await;
+            return Box::pin(connect(cx, ep, slot, simple, now)).await;
         }
         if ep.pool.width > 1 {
             // At the limit: another worker's idle connection serves rather than none.
-            if let Some(conn) = Box::pin(reuse(cluster, ep, now, simple, None)).await {
+            if let Some(conn) = Box::pin(reuse(cx, ep, now, simple, None)).await {
                 return Ok(conn);
             }
         }
@@ -337,21 +341,15 @@ pub async fn checkout(
 }
 
 /// An idle connection of worker `only`, or of any worker (`None`).
-async fn reuse(
-    cluster: &Cluster,
-    ep: &Endpoint,
-    now: Nanos,
-    simple: bool,
-    only: Option<usize>,
-) -> Option<Conn> {
-    let limits = cluster.limits();
+async fn reuse(cx: PoolCx<'_>, ep: &Endpoint, now: Nanos, simple: bool, only: Option<usize>) -> Option<Conn> {
+    let limits = cx.limits;
     let pools = ep.pool.existing();
     let slots = match only {
         Some(i) => i..i + 1,
         None => 0..pools.len(),
     };
     let pools = pools.get(slots)?;
-    match cluster.protocol() {
+    match cx.protocol {
         UpstreamProtocol::Http2 => pools.iter().find_map(|w| {
             let slot = &w.h2;
             let c = slot.load_full()?;
@@ -404,20 +402,18 @@ async fn reuse(
 }
 
 async fn connect(
-    cluster: &Cluster,
+    cx: PoolCx<'_>,
     ep: &Arc<Endpoint>,
     slot: Permit,
     simple: bool,
     now: Nanos,
 ) -> Result<Conn, Reason> {
-    let state = &cluster.state;
+    let state = cx.state;
     let failed = || {
         state.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
         Reason::UpstreamConnectFailure
     };
-    let stream = match tokio::time::timeout(cluster.limits().connect_timeout, TcpStream::connect(ep.address))
-        .await
-    {
+    let stream = match tokio::time::timeout(cx.limits.connect_timeout, TcpStream::connect(ep.address)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(cluster = %state.name, endpoint = %ep.address, error = %e, "upstream connect failed");
@@ -435,7 +431,7 @@ async fn connect(
     }
     let home = crate::workers::current();
     let guard = ConnGuard { state: state.clone(), endpoint: ep.clone(), slot: Some(slot), home };
-    match cluster.protocol() {
+    match cx.protocol {
         UpstreamProtocol::Http2 => {
             let io = TokioIo::new(TcpIo::new(stream));
             let (tx, conn) = http2::Builder::new(TokioExecutor::new())

@@ -29,8 +29,8 @@ use tokio::io::AsyncWriteExt;
 use super::content_length;
 use super::io::UpstreamIo;
 use super::pool::{ConnGuard, Reusable, SendError};
+use crate::endpoint::body::{RequestBody, UpstreamBody};
 use crate::headers::has_token;
-use crate::upstream::body::{RequestBody, UpstreamBody};
 use crate::BoxError;
 
 /// Larger response heads (or trailer blocks) are refused: the request fails as a reset.
@@ -197,8 +197,7 @@ pub async fn send(
         // clients do. Anything else is a reset for the retry policy to judge.
         // Likewise when the deferred send of the head failed outright (see `net_io`).
         let unanswered = interim == 0 && conn.read_buf.is_empty();
-        let stale =
-            unanswered && ((reused && super::retry::idempotent(req.method())) || conn.io.failed_unsent());
+        let stale = unanswered && ((reused && super::idempotent(req.method())) || conn.io.failed_unsent());
         return Err(if stale { SendError::NotSent(None) } else { SendError::Reset(failure) });
     }
 }
