@@ -208,6 +208,9 @@ struct Ctx<'a> {
     /// ResiliencePolicies whose target is a route, with the route resolved: (VirtualService
     /// name, index in its `http`).
     route_policies: Vec<(&'a Resource, &'a ResiliencePolicy, String, usize)>,
+    /// `maxRetries` fields already warned about (resource, field path): a DestinationRule's
+    /// field serves every cluster of its host (each port, each subset), and is one finding.
+    retry_floor_reported: std::collections::HashSet<(String, String)>,
 }
 
 impl<'a> Ctx<'a> {
@@ -656,7 +659,9 @@ impl<'a> Ctx<'a> {
             budget.min_retry_concurrency,
             floor_written,
         ) {
-            self.report(rule_res, Severity::Warning, at.0, at.1, msg);
+            if self.retry_floor_reported.insert((rule_res.id(), at.1.to_string())) {
+                self.report(rule_res, Severity::Warning, at.0, at.1, msg);
+            }
         }
     }
 
@@ -756,6 +761,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         policy_by_target: HashMap::new(),
         cluster_policies: Vec::new(),
         route_policies: Vec::new(),
+        retry_floor_reported: Default::default(),
     };
     let mut policies = Vec::new();
     let mut gateways: Vec<(&Resource, &Gateway)> = Vec::new();

@@ -718,3 +718,19 @@ fn max_retries_below_the_retry_budget_floor_is_a_finding_at_the_field() {
         text.replace("    loadBalancer:", "    retryBudget: {minRetryConcurrency: 2}\n    loadBalancer:");
     assert!(ok(&lowered).warnings.is_empty(), "{:#?}", ok(&lowered).warnings);
 }
+
+/// The field serves every cluster of its host (here two subsets, each a cluster): one finding.
+#[test]
+fn max_retries_below_the_floor_is_one_finding_for_all_the_hosts_clusters() {
+    let text = EXAMPLE
+        .replace("http2MaxRequests: 1000}", "http2MaxRequests: 1000, maxRetries: 2}")
+        .replace(
+            "    - destination: {host: backend.local, port: {number: 80}}",
+            "    - destination: {host: backend.local, port: {number: 80}, subset: a}\n      weight: 50\n    - destination: {host: backend.local, port: {number: 80}, subset: b}\n      weight: 50",
+        )
+        + "  subsets:\n  - {name: a, labels: {v: a}}\n  - {name: b, labels: {v: b}}\n";
+    let loaded = ok(&text);
+    assert!(loaded.plan.clusters.len() >= 2, "{:#?}", loaded.plan.clusters);
+    let w: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(w.iter().filter(|w| w.contains("below the retry budget's floor")).count(), 1, "{w:#?}");
+}

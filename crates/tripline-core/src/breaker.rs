@@ -136,6 +136,19 @@ pub struct BreakerConfig {
     pub classifier: Classifier,
 }
 
+impl BreakerConfig {
+    /// How many probe requests a half-open breaker lets through (`probes`, held to 1..=64), and
+    /// how many of them must succeed for it to close (`probe_success_ratio` of them, rounded up,
+    /// at least one; a ratio that is not a number means all of them).
+    pub fn probe_plan(&self) -> (u32, u32) {
+        let probes = self.probes.clamp(1, 64);
+        let ratio =
+            if self.probe_success_ratio.is_finite() { self.probe_success_ratio.clamp(0.0, 1.0) } else { 1.0 };
+        let need = ((ratio * f64::from(probes)).ceil() as u32).clamp(1, probes);
+        (probes, need)
+    }
+}
+
 impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
@@ -329,12 +342,10 @@ impl CircuitBreaker {
 
     /// [`shared`](Self::shared) with injected randomness.
     pub fn with_shared_config(mut cfg: Arc<BreakerConfig>, rng: Box<dyn Rng>) -> Self {
-        if !(1..=64).contains(&cfg.probes) {
-            Arc::make_mut(&mut cfg).probes = cfg.probes.clamp(1, 64);
+        let (probes, need) = cfg.probe_plan();
+        if probes != cfg.probes {
+            Arc::make_mut(&mut cfg).probes = probes;
         }
-        let ratio =
-            if cfg.probe_success_ratio.is_finite() { cfg.probe_success_ratio.clamp(0.0, 1.0) } else { 1.0 };
-        let need = ((ratio * cfg.probes as f64).ceil() as u32).clamp(1, cfg.probes);
         CircuitBreaker {
             word: AtomicU64::new(pack(State::Closed, 0)),
             open_until: AtomicU64::new(0),

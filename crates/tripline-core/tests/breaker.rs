@@ -480,3 +480,16 @@ fn breakers_made_from_one_config_share_it_and_trip_alone() {
     let c = CircuitBreaker::with_shared_config(wide.clone(), Box::new(SplitMix::seeded(3)));
     assert_eq!((c.config().probes, wide.probes), (64, 100));
 }
+
+/// What `tripline validate --explain` prints is what a breaker does: probes held to 1..=64,
+/// a ratio's share of them rounded up, at least one, all of them for a ratio that is no number.
+#[test]
+fn the_probe_plan_is_what_a_half_open_breaker_does() {
+    let plan = |probes, ratio| BreakerConfig { probes, probe_success_ratio: ratio, ..exact() }.probe_plan();
+    assert_eq!(plan(5, 0.6), (5, 3));
+    assert_eq!(plan(0, 0.6), (1, 1));
+    assert_eq!(plan(100, 1.0), (64, 64));
+    assert_eq!(plan(4, 0.0), (4, 1));
+    assert_eq!(plan(4, f64::NAN), (4, 4));
+    assert_eq!(plan(4, 7.0), (4, 4));
+}

@@ -882,10 +882,7 @@ fn breaker_says(b: &BreakerConfig) -> String {
     if b.open_jitter > 0.0 {
         open.push_str(&format!(", ±{}", ratio(b.open_jitter)));
     }
-    // As `CircuitBreaker::with_shared_config` computes them.
-    let probes = b.probes.clamp(1, 64);
-    let success = if b.probe_success_ratio.is_finite() { b.probe_success_ratio.clamp(0.0, 1.0) } else { 1.0 };
-    let need = ((success * f64::from(probes)).ceil() as u32).clamp(1, probes);
+    let (probes, need) = b.probe_plan();
     let close = format!(
         "then lets {probes} probe request{} through and closes once {need} succeed (a probe fails after {})",
         plural(probes as usize),
