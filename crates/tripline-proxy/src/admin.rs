@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::admin_guard::TokenFile;
 use crate::cluster::Cluster;
 use crate::Shared;
 
@@ -29,8 +30,9 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 pub const MAX_CONNECTIONS: usize = 64;
 
 /// Serves the admin API. Each connection gets `--header-timeout` for each request head, as
-/// client connections on the data plane do.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+/// client connections on the data plane do. With `token`, requests that change state must
+/// carry it (see [`crate::admin_guard::TokenFile`]).
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, token: Option<Arc<TokenFile>>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let mut backoff = crate::listener::AcceptBackoff::default();
     loop {
@@ -47,12 +49,12 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             tracing::debug!(max = MAX_CONNECTIONS, "admin connection refused: too many open");
             continue;
         };
-        let shared = shared.clone();
+        let (shared, token) = (shared.clone(), token.clone());
         tokio::spawn(async move {
             let head_timeout = shared.client_conns.header_timeout();
             let svc = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, req).await) }
+                let (shared, token) = (shared.clone(), token.clone());
+                async move { Ok::<_, Infallible>(route(&shared, token.as_deref(), req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -110,12 +112,24 @@ async fn config_dump(shared: &Shared) -> Response<Full<Bytes>> {
     r
 }
 
-async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(shared: &Shared, token: Option<&TokenFile>, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if let Err(refused) = crate::admin_guard::check(req.method(), req.headers()) {
         return text(refused.status, refused.why);
     }
     let path = req.uri().path();
     if req.method() == Method::POST {
+        if let Some(token) = token {
+            if let Err(refused) = token.authorize(req.headers()).await {
+                let mut r = text(refused.status, refused.why);
+                if refused.status == StatusCode::UNAUTHORIZED {
+                    r.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        header::HeaderValue::from_static("Bearer realm=\"tripline-admin\""),
+                    );
+                }
+                return r;
+            }
+        }
         let action = path.strip_prefix("/breakers/").and_then(crate::breakers_api::Action::parse);
         return match action {
             Some(action) => {
@@ -292,7 +306,7 @@ spec:
         let proxy = Proxy::new();
         let listener = bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve(proxy.shared.clone(), listener));
+        tokio::spawn(serve(proxy.shared.clone(), listener, None));
         assert_eq!(get(addr, "/config_dump").await, "null");
 
         let loaded = config();

@@ -155,7 +155,7 @@ async fn demo(args: DemoArgs) -> Result<(), String> {
     let admin = tripline_proxy::admin::bind(args.admin)
         .await
         .map_err(|e| format!("cannot bind the admin address {}: {e} (use --admin)", args.admin))?;
-    tokio::spawn(tripline_proxy::admin::serve(proxy.shared.clone(), admin));
+    tokio::spawn(tripline_proxy::admin::serve(proxy.shared.clone(), admin, None));
     proxy.apply(&loaded).await?;
     tokio::spawn(proxy.clone().run_housekeeping());
 

@@ -73,6 +73,11 @@ pub struct RunArgs {
     /// Admin API address (/ready, /metrics, /clusters, /config_dump).
     #[arg(long, default_value = "127.0.0.1:15000", value_name = "ADDR")]
     pub admin: SocketAddr,
+    /// A file holding the bearer token that the admin API's state-changing endpoints
+    /// (`POST /breakers/...`) then want in `Authorization: Bearer <token>`. Read again for
+    /// each such request: rewrite the file to rotate the token.
+    #[arg(long, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
     /// Worker threads, each with its own event loop; connections go to the least loaded
     /// [default: number of cores].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]

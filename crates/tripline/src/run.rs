@@ -112,13 +112,28 @@ async fn serve(args: RunArgs, opts: LoadOptions, loaded: Loaded, workers: usize)
             return ExitCode::FAILURE;
         }
     };
+    let token = match args.admin_token_file.as_deref().map(tripline_proxy::admin_guard::TokenFile::open) {
+        None => None,
+        Some(Ok(t)) => Some(Arc::new(t)),
+        Some(Err(e)) => {
+            eprintln!("tripline: --admin-token-file: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if !args.admin.ip().is_loopback() {
-        tracing::warn!(
-            admin = %args.admin,
-            "the admin API listens beyond loopback: anyone who reaches it can read the config and force breakers open (use --admin 127.0.0.1:PORT unless a network policy guards it)"
-        );
+        if token.is_some() {
+            tracing::warn!(
+                admin = %args.admin,
+                "the admin API listens beyond loopback: anyone who reaches it can read the config and the metrics (changing state needs the token)"
+            );
+        } else {
+            tracing::warn!(
+                admin = %args.admin,
+                "the admin API listens beyond loopback: anyone who reaches it can read the config and force breakers open (use --admin 127.0.0.1:PORT unless a network policy guards it, or --admin-token-file)"
+            );
+        }
     }
-    tokio::spawn(tripline_proxy::admin::serve(proxy.shared.clone(), admin));
+    tokio::spawn(tripline_proxy::admin::serve(proxy.shared.clone(), admin, token));
     if let Err(e) = proxy.apply(&loaded).await {
         eprintln!("tripline: {e}");
         return ExitCode::FAILURE;

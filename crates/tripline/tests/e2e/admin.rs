@@ -328,3 +328,77 @@ async fn a_half_sent_admin_request_is_closed_at_the_head_timeout() {
     let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
     assert!(matches!(read, Ok(Ok(_)) | Ok(Err(_))), "closed (or answered 408) at the head timeout: {read:?}");
 }
+
+/// With `--admin-token-file`, forcing a breaker open wants the token: without it or with a
+/// wrong one the answer is 401 with a Bearer challenge and nothing changes; reading stays
+/// open. Rewriting the file rotates the token with no restart. A token file that is missing
+/// or too short stops the proxy at start, naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_token_guards_what_changes_state_and_rotates_with_its_file() {
+    use crate::support::proxy::{binary, run_bounded, unique_dir};
+    let up = Upstream::http("u1").await;
+    let port = free_port();
+    let policy = "---\napiVersion: tripline.dev/v1alpha1\nkind: ResiliencePolicy\nmetadata: {name: b}\nspec:\n  target: {host: backend.local}\n  circuitBreaker: {consecutiveFailures: 5}\n";
+    let yaml = format!("{}{policy}", config::simple(port, "HTTP", &[up.addr], None));
+    let dir = unique_dir("admin-token");
+    let token_file = dir.join("token");
+    let first = "9f3c2a7e5b1d4c8a6e0f2b4d6a8c0e1f";
+    std::fs::write(&token_file, format!("{first}\n")).unwrap();
+    let proxy = Proxy::start_args(&yaml, &["--admin-token-file", token_file.to_str().unwrap()]).await;
+    let admin = proxy.admin;
+    let post = |action: &str, auth: &str| {
+        format!("POST /breakers/{action}?cluster=outbound%7C80%7C%7Cbackend.local HTTP/1.1\r\nhost: {admin}\r\n{auth}connection: close\r\n\r\n")
+    };
+    let state =
+        || async { proxy.admin_get("/breakers").await.json()["clusters"][0]["breaker"]["state"].clone() };
+
+    for auth in
+        ["", "authorization: Bearer wrong-token-wrong-token-wrong-tok\r\n", "authorization: Basic YTpi\r\n"]
+    {
+        let answer = raw(admin, &post("force-open", auth)).await;
+        assert!(answer.starts_with("HTTP/1.1 401 "), "{auth:?}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("www-authenticate: bearer realm=\"tripline-admin\""),
+            "{answer}"
+        );
+        assert_eq!(state().await, "closed", "{auth:?} changed nothing");
+    }
+    let answer = raw(admin, &post("force-open", &format!("authorization: Bearer {first}\r\n"))).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(state().await, "forced-open");
+
+    let second = "0a1b2c3d4e5f60718293a4b5c6d7e8f9";
+    std::fs::write(&token_file, second).unwrap();
+    let old = raw(admin, &post("reset", &format!("authorization: Bearer {first}\r\n"))).await;
+    assert!(old.starts_with("HTTP/1.1 401 "), "the old token no longer works: {old}");
+    assert_eq!(state().await, "forced-open");
+    let new = raw(admin, &post("reset", &format!("authorization: bearer {second}\r\n"))).await;
+    assert!(new.starts_with("HTTP/1.1 200 "), "{new}");
+    assert_eq!(state().await, "closed");
+    drop(proxy);
+
+    for (contents, says) in [(None, "cannot read"), (Some("too-short\n"), "use at least 32")] {
+        let path = dir.join("bad-token");
+        let _ = std::fs::remove_file(&path);
+        if let Some(c) = contents {
+            std::fs::write(&path, c).unwrap();
+        }
+        let config = dir.join("mesh.yaml");
+        std::fs::write(&config, &yaml).unwrap();
+        let admin_port = free_port().to_string();
+        let (code, _, err) = run_bounded(
+            std::process::Command::new(binary()).args(["run", "-c"]).arg(&config).args([
+                "--admin",
+                &format!("127.0.0.1:{admin_port}"),
+                "--admin-token-file",
+                path.to_str().unwrap(),
+            ]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(code, Some(1), "{err}");
+        assert!(
+            err.contains("--admin-token-file") && err.contains("bad-token") && err.contains(says),
+            "{err}"
+        );
+    }
+}
