@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use crate::authz::{AuthorizationPolicy, AuthzAction, AuthzPolicyPlan};
 use crate::decode::Cx;
 use crate::diag::{Diagnostic, Severity};
 use crate::fallback::{FallbackPlan, FallbackTo};
@@ -764,6 +765,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         retry_floor_reported: Default::default(),
     };
     let mut policies = Vec::new();
+    let mut authz_policies = Vec::new();
     let mut gateways: Vec<(&Resource, &Gateway)> = Vec::new();
     let mut services: Vec<(&Resource, &VirtualService)> = Vec::new();
     for r in resources.iter().map(|r| &**r) {
@@ -773,8 +775,10 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
             Spec::VirtualService(vs) => services.push((r, vs)),
             Spec::ResiliencePolicy(p) => policies.push((r, &**p)),
             Spec::DestinationRule(dr) => ctx.add_rule(r, dr),
+            Spec::AuthorizationPolicy(p) => authz_policies.push((r, &**p)),
         }
     }
+    let authorization = ctx.authorization(&authz_policies);
     ctx.index_service_entries();
     for (r, dr) in ctx.rules.clone() {
         if ctx.service_entry(&dr.host.value).is_none() && !dr.host.value.contains('*') {
@@ -813,6 +817,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                     virtual_hosts: Vec::new(),
                     tcp_routes: Vec::new(),
                     trust_client: g.trusted_proxies > 0,
+                    trusted_proxies: g.trusted_proxies,
                 },
                 gateway: Some(r.name.clone()),
                 hosts: s.hosts.iter().map(|h| server_host(&h.value).to_string()).collect(),
@@ -865,6 +870,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                         tcp_routes: Vec::new(),
                         // The sidecar's own application: its headers are believed.
                         trust_client: true,
+                        trusted_proxies: 0,
                     },
                     gateway: None,
                     hosts: vec!["*".into()],
@@ -1077,7 +1083,58 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         }
         plan_listeners.push(l.plan);
     }
-    Plan { listeners: plan_listeners, clusters: ctx.clusters }
+    Plan { listeners: plan_listeners, clusters: ctx.clusters, authorization }
+}
+
+impl<'a> Ctx<'a> {
+    /// The AuthorizationPolicies that apply to this proxy's workload (see [`crate::authz`]),
+    /// in the order written, and `validate`'s findings about each.
+    fn authorization(&mut self, policies: &[(&Resource, &AuthorizationPolicy)]) -> Vec<AuthzPolicyPlan> {
+        let mut out = Vec::new();
+        for &(r, p) in policies {
+            for (pos, path) in &p.identity_fields {
+                let msg = "Tripline has no peer identities yet (no mTLS, no JWT, no TLS server name): no request has this attribute, so a list of values never matches and a `not` list always does, as Istio treats plaintext traffic";
+                self.report(r, Severity::Warning, *pos, path, msg);
+            }
+            if p.rules.is_empty() && p.action == AuthzAction::Allow {
+                let msg = "an ALLOW policy without rules matches no request: where it applies, every request that no other ALLOW policy allows is denied (Istio's allow-nothing); to allow everything, write `rules: [{}]`";
+                self.report(r, Severity::Warning, r.pos, "spec", msg);
+            }
+            match self.applies(r, p) {
+                Ok(false) => {}
+                Ok(true) => {
+                    let name = match &r.namespace {
+                        Some(ns) => format!("{ns}/{}", r.name),
+                        None => r.name.clone(),
+                    };
+                    out.push(AuthzPolicyPlan { name, action: p.action, rules: p.rules.clone() });
+                }
+                Err((path, msg)) => self.report(r, Severity::Error, r.pos, path, msg),
+            }
+        }
+        out
+    }
+
+    /// Whether a policy applies to this proxy's workload, or why that cannot be told.
+    fn applies(&self, r: &Resource, p: &AuthorizationPolicy) -> Result<bool, (&'static str, String)> {
+        let root = r.namespace.as_deref() == Some(crate::authz::ROOT_NAMESPACE);
+        if let Some(ns) = r.namespace.as_deref().filter(|_| !root) {
+            match &self.opts.workload_namespace {
+                Some(w) if w != ns => return Ok(false),
+                Some(_) => {}
+                None => return Err(("metadata.namespace", format!("this policy is for the workloads of namespace `{ns}`, and this proxy's namespace is not known: give --workload-namespace (a policy left out could let through what it was written to stop)"))),
+            }
+        }
+        match &p.selector {
+            Some(labels) if !labels.is_empty() => {
+                if self.opts.workload_labels.is_empty() {
+                    return Err(("spec.selector", "this policy selects workloads by label, and this proxy's labels are not known: give --workload-labels (a policy left out could let through what it was written to stop)".to_string()));
+                }
+                Ok(labels.iter().all(|(k, v)| self.opts.workload_labels.get(k) == Some(v)))
+            }
+            _ => Ok(true),
+        }
+    }
 }
 
 fn t_pos(vs: &VirtualService) -> Pos {

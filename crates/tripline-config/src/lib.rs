@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod compile;
 pub mod decode;
 pub mod diag;

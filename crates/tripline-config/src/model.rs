@@ -46,6 +46,8 @@ pub const KINDS: &[&str] = &["Gateway", "ServiceEntry", "VirtualService", "Desti
 /// The API versions and kinds of Tripline's own resources (see [`crate::policy`]).
 pub const TRIPLINE_API_VERSIONS: &[&str] = &["tripline.dev/v1alpha1"];
 pub const TRIPLINE_KINDS: &[&str] = &["ResiliencePolicy"];
+/// The API versions of Istio's `AuthorizationPolicy` (see [`crate::authz`]).
+pub const SECURITY_API_VERSIONS: &[&str] = &["security.istio.io/v1", "security.istio.io/v1beta1"];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Resource {
@@ -106,6 +108,7 @@ pub enum Spec {
     VirtualService(VirtualService),
     DestinationRule(Box<DestinationRule>),
     ResiliencePolicy(Box<crate::policy::ResiliencePolicy>),
+    AuthorizationPolicy(Box<crate::authz::AuthorizationPolicy>),
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ pub struct Plan {
     pub listeners: Vec<ListenerPlan>,
     /// One cluster per (host, port, subset) that a route or the mesh listener refers to.
     pub clusters: Vec<ClusterPlan>,
+    /// The AuthorizationPolicies that apply to this proxy's workload, for every listener.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub authorization: Vec<crate::authz::AuthzPolicyPlan>,
 }
 
 impl Plan {
@@ -52,6 +55,14 @@ pub struct ListenerPlan {
     /// `gatewayTopology.numTrustedProxies` says proxies stand in front of it. A Gateway at the
     /// edge sets the first and gives every request a fresh id.
     pub trust_client: bool,
+    /// `gatewayTopology.numTrustedProxies`: how many proxies in front of a Gateway append to
+    /// `x-forwarded-for`, so the client is the address that many entries from its end.
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub trusted_proxies: u32,
+}
+
+fn is_zero_u32(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

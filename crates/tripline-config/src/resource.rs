@@ -3,8 +3,13 @@
 
 use crate::decode::{Cx, Schema};
 use crate::diag::{Diagnostic, Severity};
-use crate::model::{self, Resource, Spec, API_VERSIONS, KINDS, TRIPLINE_API_VERSIONS, TRIPLINE_KINDS};
+use crate::model::{
+    self, Resource, Spec, API_VERSIONS, KINDS, SECURITY_API_VERSIONS, TRIPLINE_API_VERSIONS, TRIPLINE_KINDS,
+};
 use crate::yaml::{Document, Kind};
+
+/// Istio's annotation for an AuthorizationPolicy evaluated but not enforced.
+const DRY_RUN: &str = "istio.io/dry-run";
 
 const ENVELOPE: Schema =
     Schema::new("a Kubernetes resource", &["apiVersion", "kind", "metadata", "spec", "status"]);
@@ -81,9 +86,10 @@ pub fn decode(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option
         cx.error(api_node, "apiVersion", msg);
         return None;
     }
-    if !tripline && (!KINDS.contains(&kind.as_str()) || !istio) {
+    let security = api.starts_with("security.istio.io/") && kind == "AuthorizationPolicy";
+    if !tripline && !security && (!KINDS.contains(&kind.as_str()) || !istio) {
         let shown = if api.is_empty() { String::new() } else { format!(" ({api})") };
-        const READS: &str = "Tripline reads Gateway, ServiceEntry, VirtualService and DestinationRule of networking.istio.io, and ResiliencePolicy of tripline.dev";
+        const READS: &str = "Tripline reads Gateway, ServiceEntry, VirtualService and DestinationRule of networking.istio.io, AuthorizationPolicy of security.istio.io, and ResiliencePolicy of tripline.dev";
         let group = api.split_once('/').map_or(api.as_str(), |(g, _)| g);
         // Istio's own kinds (Sidecar, EnvoyFilter, AuthorizationPolicy, ...) say what this
         // proxy's traffic gets: ignoring one would change it. Telemetry only observes.
@@ -96,7 +102,13 @@ pub fn decode(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option
         }
         return None;
     }
-    let versions = if tripline { TRIPLINE_API_VERSIONS } else { API_VERSIONS };
+    let versions = if tripline {
+        TRIPLINE_API_VERSIONS
+    } else if security {
+        SECURITY_API_VERSIONS
+    } else {
+        API_VERSIONS
+    };
     if !versions.contains(&api.as_str()) {
         let api_node = root.get("apiVersion").unwrap_or(root);
         cx.error(
@@ -143,6 +155,16 @@ pub fn decode(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option
         "ServiceEntry" => Spec::ServiceEntry(model::service_entry(&mut cx, spec_node)?),
         "VirtualService" => Spec::VirtualService(model::virtual_service(&mut cx, spec_node)?),
         "DestinationRule" => Spec::DestinationRule(Box::new(model::destination_rule(&mut cx, spec_node)?)),
+        "AuthorizationPolicy" => {
+            let dry_run = m
+                .value("annotations")
+                .and_then(|(a, p)| a.get(DRY_RUN).map(|n| (n.clone(), format!("{p}.{DRY_RUN}"))));
+            if let Some((node, path)) = dry_run {
+                cx.error(&node, &path, format!("`{DRY_RUN}` is not implemented yet: Tripline would enforce the policy; remove the policy (or the annotation, to enforce it)"));
+                return None;
+            }
+            Spec::AuthorizationPolicy(Box::new(crate::authz::authorization_policy(&mut cx, spec_node)?))
+        }
         _ => Spec::ResiliencePolicy(Box::new(crate::policy::resilience_policy(&mut cx, spec_node, &name)?)),
     };
     Some(Resource {

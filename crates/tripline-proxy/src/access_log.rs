@@ -132,6 +132,10 @@ pub struct Entry<'a> {
     pub request_id: Option<&'a str>,
     /// What the route's `fault` did: `delay`, `abort` or `delay+abort`.
     pub fault: Option<&'a str>,
+    /// The AuthorizationPolicy that denied the request (`none`: no ALLOW policy matched).
+    pub authz_denied: Option<&'a str>,
+    /// The AUDIT AuthorizationPolicy that matched the request.
+    pub authz_audit: Option<&'a str>,
 }
 
 impl Entry<'_> {
@@ -157,6 +161,8 @@ impl Entry<'_> {
             "attempts": self.attempts,
             "request_id": self.request_id,
             "fault": self.fault,
+            "authz_denied": self.authz_denied,
+            "authz_audit": self.authz_audit,
         })
         .to_string();
         line.push('\n');
@@ -185,6 +191,8 @@ mod tests {
             bytes_sent: 54,
             body_end: BodyEnd::Complete,
             fault: None,
+            authz_denied: None,
+            authz_audit: None,
             route: Some("shop/http[0]"),
             cluster: Some("outbound|80||shop.local"),
             upstream: None,

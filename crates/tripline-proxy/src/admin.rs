@@ -169,7 +169,7 @@ async fn route(shared: &Shared, token: Option<&TokenFile>, req: Request<Incoming
         "/metrics" => {
             let applied = shared.applied.load();
             let mut r =
-                text(StatusCode::OK, crate::metrics::render(&shared.global, &applied.clusters, &applied.route_breakers, &applied.rate_limiters));
+                text(StatusCode::OK, crate::metrics::render(&shared.global, &applied.clusters, &applied.route_breakers, &applied.rate_limiters, applied.authz.as_deref()));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static(

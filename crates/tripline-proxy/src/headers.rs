@@ -128,6 +128,20 @@ pub fn authority<B>(req: &Request<B>) -> Option<&str> {
     req.uri().authority().map(Authority::as_str).or_else(|| req.headers().get(header::HOST)?.to_str().ok())
 }
 
+/// The client's address as `trusted` proxies in front of the listener report it: the entry of
+/// `x-forwarded-for` that many from its end (each proxy appends the address it was reached
+/// from; Envoy's `xff_num_trusted_hops`). `None` without trusted proxies, or when the header
+/// has fewer entries or that one is not an address.
+pub fn forwarded_client(headers: &HeaderMap, trusted: u32) -> Option<IpAddr> {
+    let trusted = usize::try_from(trusted).ok().filter(|&n| n > 0)?;
+    let mut entries: Vec<&str> = Vec::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        entries.extend(value.to_str().ok()?.split(','));
+    }
+    let entry = entries.len().checked_sub(trusted).map(|i| entries[i].trim())?;
+    entry.parse().ok()
+}
+
 /// The host of an authority, as routes match it: the port stripped (`host:port`,
 /// `[v6]:port`), and a trailing dot (`a.local.`, the same name fully qualified) too.
 pub fn host_of(authority: &str) -> &str {
@@ -430,5 +444,19 @@ mod tests {
         assert_eq!(req.uri(), "http://svc.local/p");
         assert!(!req.headers().contains_key(header::HOST));
         assert_eq!(req.version(), Version::HTTP_2);
+    }
+
+    #[test]
+    fn the_forwarded_client_is_as_many_entries_from_the_end_as_there_are_trusted_proxies() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.7, 10.0.0.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        assert_eq!(forwarded_client(&h, 0), None, "no trusted proxy: the peer is the client");
+        assert_eq!(forwarded_client(&h, 1), Some("10.0.0.2".parse().unwrap()));
+        assert_eq!(forwarded_client(&h, 3), Some("203.0.113.7".parse().unwrap()));
+        assert_eq!(forwarded_client(&h, 4), None, "fewer entries than trusted proxies");
+        h.insert("x-forwarded-for", HeaderValue::from_static("not-an-ip"));
+        assert_eq!(forwarded_client(&h, 1), None);
+        assert_eq!(forwarded_client(&HeaderMap::new(), 1), None);
     }
 }

@@ -422,6 +422,8 @@ fn log_refusal(
         attempts: 0,
         request_id: None,
         fault: None,
+        authz_denied: None,
+        authz_audit: None,
     });
     if !queued {
         ctx.shared.global.access_log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -318,6 +318,8 @@ impl BodyLog for PendingLog {
             attempts: trace.attempts,
             request_id: trace.request_id.as_ref().and_then(|v| v.to_str().ok()),
             fault: trace.fault.as_str(),
+            authz_denied: trace.authz_denied.as_deref(),
+            authz_audit: trace.authz_audit.as_deref(),
         });
         if !queued {
             self.ctx.shared.global.access_log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -347,6 +349,9 @@ struct Trace {
     request_id: Option<http::HeaderValue>,
     /// What the route's `fault` did to the request.
     fault: Injected,
+    /// The AuthorizationPolicy that denied it, and the AUDIT one that matched it.
+    authz_denied: Option<Arc<str>>,
+    authz_audit: Option<Arc<str>>,
 }
 
 /// Where a request goes: its route, the destination picked, and the route deadline.
@@ -374,6 +379,9 @@ fn route(
 ) -> Result<Routed, Refused> {
     let (route, trust_client) = {
         let config = ctx.listener.config.load();
+        if let Some(authz) = &config.authz {
+            authorize(ctx, authz, config.trusted_proxies, req, trace)?;
+        }
         (config.find(req).cloned(), config.trust_client)
     };
     let Some(route) = route else {
@@ -421,6 +429,44 @@ fn route(
     // fault filter.
     let deadline = timeout.map(|t| Instant::now() + delay.unwrap_or_default() + t);
     Ok(Routed { route, cluster, destination_headers, deadline, delay, trust_client })
+}
+
+/// The request phase's first step, before any route is looked at: the proxy's
+/// AuthorizationPolicies ([`pipeline::authz`]).
+fn authorize(
+    ctx: &ConnContext,
+    authz: &pipeline::authz::Authz,
+    trusted_proxies: u32,
+    req: &Request<ClientBody>,
+    trace: &mut Trace,
+) -> Result<(), Refused> {
+    let peer = ctx.peer.ip();
+    let path = pipeline::authz::normalize_path(req.uri().path_and_query().map_or("/", |p| p.as_str()));
+    let facts = pipeline::authz::Facts {
+        peer,
+        remote: crate::headers::forwarded_client(req.headers(), trusted_proxies).unwrap_or(peer),
+        port: ctx.listener.bind.port(),
+        http: Some(pipeline::authz::HttpFacts {
+            authority: crate::headers::authority(req).unwrap_or(""),
+            method: req.method().as_str(),
+            path: &path,
+            headers: req.headers(),
+        }),
+    };
+    let decision = authz.check(&facts);
+    if trace.on {
+        trace.authz_audit = decision.audited_by;
+    }
+    match decision.denied_by {
+        None => Ok(()),
+        Some(policy) => {
+            ctx.shared.global.local.inc(Reason::RbacDenied);
+            if trace.on {
+                trace.authz_denied = Some(policy);
+            }
+            Err(Refused::Reason(Reason::RbacDenied))
+        }
+    }
 }
 
 fn local(cluster: &Cluster, refusal: impl Into<upstream::Refusal>, grpc: bool) -> Response<ResponseBody> {

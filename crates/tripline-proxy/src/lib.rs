@@ -94,6 +94,7 @@ pub struct Prepared {
     built: cluster::Built,
     route_breakers: resilience::RouteBreakers,
     rate_limiters: pipeline::rate_limit::RateLimiters,
+    authz: Option<Arc<pipeline::authz::Authz>>,
     /// One per listener of the plan, in its order.
     configs: Vec<Arc<ListenerConfig>>,
 }
@@ -112,6 +113,8 @@ pub struct Applied {
     pub route_breakers: resilience::RouteBreakers,
     /// Rate limiters of the policies of routes, by policy name.
     pub rate_limiters: pipeline::rate_limit::RateLimiters,
+    /// The AuthorizationPolicies that apply to this proxy, with their counters.
+    pub authz: Option<Arc<pipeline::authz::Authz>>,
     /// What `/config_dump` shows (shared with the [`Loaded`] it came from); `None` before the
     /// first config is applied.
     pub dump: Option<tripline_config::dump::ConfigDump>,
@@ -201,12 +204,18 @@ impl Proxy {
         let route_breakers = applied.route_breakers.build(&route_configs);
         let rate_limiters = applied.rate_limiters.build(&limits);
         let route_shared = router::RouteShared { breakers: &route_breakers, limiters: &rate_limiters };
+        let authz =
+            pipeline::authz::Authz::build(&plan.authorization, applied.authz.as_deref()).map(Arc::new);
         let configs = plan
             .listeners
             .iter()
-            .map(|lp| Arc::new(ListenerConfig::build(lp, &built.clusters, route_shared)))
+            .map(|lp| {
+                let mut config = ListenerConfig::build(lp, &built.clusters, route_shared);
+                config.authz = authz.clone();
+                Arc::new(config)
+            })
             .collect();
-        Prepared { built, route_breakers, rate_limiters, configs }
+        Prepared { built, route_breakers, rate_limiters, authz, configs }
     }
 
     /// Puts a [`Proxy::prepare`]d config in force, as [`Proxy::apply`] does; `loaded` is the
@@ -226,7 +235,7 @@ impl Proxy {
         let shared = &self.shared;
         let plan = &loaded.plan;
         let mut sockets = bind_new_listeners(shared, plan, bind).await?;
-        let Prepared { built, route_breakers, rate_limiters, configs } = prepared;
+        let Prepared { built, route_breakers, rate_limiters, authz, configs } = prepared;
         let clusters = built.clusters.clone();
         for c in &clusters {
             dns::resolve_now(shared, c).await;
@@ -281,6 +290,7 @@ impl Proxy {
             clusters,
             route_breakers,
             rate_limiters,
+            authz,
             dump: Some(loaded.dump.clone()),
             listeners,
         }))));

@@ -12,6 +12,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::cluster::{Cluster, ClusterState};
+use crate::pipeline::authz::Authz;
 use crate::pipeline::rate_limit::{RateLimiter, RateLimiters};
 use crate::reason::Reason;
 use crate::resilience::STATES;
@@ -42,6 +43,7 @@ pub fn render(
     live: &[Arc<Cluster>],
     routes: &crate::resilience::RouteBreakers,
     limiters: &RateLimiters,
+    authz: Option<&Authz>,
 ) -> String {
     let clusters: Vec<Arc<ClusterState>> = live.iter().map(|c| c.state.clone()).collect();
     let mut registry = Registry::default();
@@ -52,12 +54,32 @@ pub fn render(
         route_stats: routes.stats.clone(),
     }));
     registry.register_collector(Box::new(RateLimitScrape(limiters.limiters.values().cloned().collect())));
+    if let Some(authz) = authz {
+        registry.register_collector(Box::new(AuthzScrape(authz.counts())));
+    }
     let mut out = String::with_capacity(8 * 1024);
     if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
         out.clear();
         let _ = writeln!(out, "# metrics encoding failed");
     }
     out
+}
+
+/// Each AuthorizationPolicy's decisions.
+#[derive(Debug)]
+struct AuthzScrape(Vec<(Arc<str>, &'static str, u64)>);
+
+impl Collector for AuthzScrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        counter(
+            &mut enc,
+            "tripline_authorization_decisions",
+            "Requests and TCP connections each AuthorizationPolicy decided: a DENY policy's denials, an ALLOW policy's allows, an AUDIT policy's matches; policy=\"none\" counts denials because no ALLOW policy matched.",
+            self.0.iter().map(|(policy, decision, n)| {
+                (vec![("policy", policy.to_string()), ("decision", decision.to_string())], *n)
+            }),
+        )
+    }
 }
 
 /// Each policy's rate limit decisions.

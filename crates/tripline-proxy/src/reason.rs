@@ -39,6 +39,8 @@ pub enum Reason {
     RequestHeadersTooLarge,
     /// A route's rate limit had no token for the request.
     RateLimited,
+    /// An AuthorizationPolicy denied the request (see `pipeline::authz`).
+    RbacDenied,
 }
 
 pub const REASON_HEADER: &str = "x-tripline-reason";
@@ -51,7 +53,7 @@ struct Info {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 19] = [
+    pub const ALL: [Reason; 20] = [
         Reason::OverflowConnections,
         Reason::OverflowPending,
         Reason::OverflowRequests,
@@ -71,6 +73,7 @@ impl Reason {
         Reason::ConnectNotSupported,
         Reason::RequestHeadersTooLarge,
         Reason::RateLimited,
+        Reason::RbacDenied,
     ];
 
     fn info(self) -> Info {
@@ -134,6 +137,7 @@ impl Reason {
             Reason::RateLimited => {
                 ("rate-limited", 429, "rate limit reached: retry after the time in Retry-After\n")
             }
+            Reason::RbacDenied => ("rbac-denied", 403, "denied by an authorization policy\n"),
         };
         Info { name, status, body }
     }

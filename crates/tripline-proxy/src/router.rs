@@ -41,6 +41,10 @@ pub struct ListenerConfig {
     pub tcp: Vec<(Vec<Vec<Cidr>>, Arc<Route>)>,
     /// See `ListenerPlan::trust_client`.
     pub trust_client: bool,
+    /// See `ListenerPlan::trusted_proxies`.
+    pub trusted_proxies: u32,
+    /// The AuthorizationPolicies of this proxy (the same for every listener), if any.
+    pub authz: Option<Arc<crate::pipeline::authz::Authz>>,
 }
 
 #[derive(Debug)]
@@ -288,6 +292,8 @@ impl ListenerConfig {
                 .map(|r| (r.matches.clone(), Arc::new(Route::from_tcp(r, clusters))))
                 .collect(),
             trust_client: plan.trust_client,
+            trusted_proxies: plan.trusted_proxies,
+            authz: None,
             exact: Default::default(),
             wildcards: Vec::new(),
         })
@@ -377,6 +383,8 @@ mod tests {
             ],
             tcp: Vec::new(),
             trust_client: false,
+            trusted_proxies: 0,
+            authz: None,
             exact: Default::default(),
             wildcards: Vec::new(),
         })

@@ -19,6 +19,7 @@ use tripline_core::classify::Outcome;
 
 use crate::cluster::{Cluster, Endpoint, Member};
 use crate::listener::{refuse_global, ConnTracker, ListenerRuntime};
+use crate::pipeline::authz::Facts;
 use crate::reason::Reason;
 use crate::resilience;
 use crate::Shared;
@@ -35,7 +36,19 @@ pub async fn serve(
     _t: ConnTracker,
 ) {
     let local = client.local_addr().map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
-    let route = rt.config.load().tcp_route(local).cloned();
+    let route = {
+        let config = rt.config.load();
+        if let Some(authz) = &config.authz {
+            // A TCP connection has no `x-forwarded-for`: the peer is the client.
+            let facts = Facts { peer: peer.ip(), remote: peer.ip(), port: rt.bind.port(), http: None };
+            if let Some(policy) = authz.check(&facts).denied_by {
+                refuse_global(&shared, Reason::RbacDenied);
+                tracing::debug!(listener = %rt.name, %peer, %policy, "connection denied by an authorization policy");
+                return;
+            }
+        }
+        config.tcp_route(local).cloned()
+    };
     let Some(cluster) = route.as_ref().and_then(|r| r.pick_cluster(&shared.rng)).cloned() else {
         refuse_global(&shared, Reason::NoRoute);
         return;

@@ -27,6 +27,7 @@
 //! nothing of these phases.
 
 pub(crate) mod answer;
+pub mod authz;
 pub(crate) mod cors;
 pub mod fallback;
 pub(crate) mod fault;

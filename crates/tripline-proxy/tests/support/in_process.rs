@@ -140,6 +140,7 @@ impl InProcess {
             &applied.clusters,
             &applied.route_breakers,
             &applied.rate_limiters,
+            applied.authz.as_deref(),
         )
     }
 

@@ -8,6 +8,7 @@
 mod support;
 
 mod admin;
+mod authz;
 mod balancing;
 mod cli;
 mod client_faults;

@@ -1,0 +1,493 @@
+//! AuthorizationPolicy, evaluated before routing: on every HTTP request (a denial is `403
+//! rbac-denied`) and every TCP connection (a denial closes it). The rules come decoded and
+//! selected for this workload from `tripline_config::authz`.
+//!
+//! Istio's order: a matching DENY policy denies; otherwise, when ALLOW policies apply, a
+//! request that matches none of them is denied; otherwise it is allowed. A matching AUDIT
+//! policy changes nothing and is named in the access log. On a TCP connection a rule's
+//! HTTP-only fields (hosts, methods, paths, request headers) cannot be evaluated: an ALLOW
+//! rule with one never matches, and a DENY rule is evaluated without them (it denies more),
+//! so either way the connection is refused rather than let through, as Istio does.
+//!
+//! A policy's counters are kept by its name across reloads, as the metrics need.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use http::HeaderMap;
+use tripline_config::authz::{
+    Attribute, AuthzAction, AuthzPolicyPlan, AuthzRule, Constraint, StringMatch, Values,
+};
+
+/// The policies that apply to this proxy, compiled for one config.
+#[derive(Debug)]
+pub struct Authz {
+    policies: Vec<Policy>,
+    any_allow: bool,
+    /// Requests and connections denied because no ALLOW policy matched.
+    unmatched: Arc<Counts>,
+}
+
+#[derive(Debug)]
+struct Policy {
+    name: Arc<str>,
+    action: AuthzAction,
+    rules: Vec<AuthzRule>,
+    counts: Arc<Counts>,
+}
+
+/// What a policy decided, for `tripline_authorization_decisions_total`.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// DENY: requests it denied. ALLOW: requests it allowed. AUDIT: requests it audited.
+    pub decided: AtomicU64,
+}
+
+/// What is known of a request or connection when it is authorized.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// The connection's peer.
+    pub peer: IpAddr,
+    /// The client as the listener's trusted proxies report it (`remote.ip`).
+    pub remote: IpAddr,
+    /// The port the request or connection arrived on.
+    pub port: u16,
+    /// `None` for a TCP connection.
+    pub http: Option<HttpFacts<'a>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HttpFacts<'a> {
+    pub authority: &'a str,
+    pub method: &'a str,
+    /// The path without its query, as [`normalize_path`] makes it.
+    pub path: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+/// The decision, and the AUDIT policy that matched if any.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The policy that denied (`none` when no ALLOW policy matched); `None`: allowed.
+    pub denied_by: Option<Arc<str>>,
+    pub audited_by: Option<Arc<str>>,
+}
+
+/// The name a denial carries when no ALLOW policy matched.
+pub const UNMATCHED: &str = "none";
+
+impl Authz {
+    /// Compiles `plans`; `previous` (the config in force) lends its counters by policy name.
+    pub fn build(plans: &[AuthzPolicyPlan], previous: Option<&Authz>) -> Option<Authz> {
+        if plans.is_empty() {
+            return None;
+        }
+        let old: HashMap<&str, &Arc<Counts>> =
+            previous.map(|p| p.policies.iter().map(|p| (&*p.name, &p.counts)).collect()).unwrap_or_default();
+        let policies = plans
+            .iter()
+            .map(|p| Policy {
+                name: p.name.as_str().into(),
+                action: p.action,
+                rules: p.rules.clone(),
+                counts: old.get(p.name.as_str()).map_or_else(Default::default, |c| Arc::clone(c)),
+            })
+            .collect::<Vec<_>>();
+        Some(Authz {
+            any_allow: policies.iter().any(|p| p.action == AuthzAction::Allow),
+            policies,
+            unmatched: previous.map_or_else(Default::default, |p| p.unmatched.clone()),
+        })
+    }
+
+    /// Decides; counts the decision.
+    pub fn check(&self, facts: &Facts<'_>) -> Decision {
+        let audited_by = self
+            .policies
+            .iter()
+            .find(|p| p.action == AuthzAction::Audit && p.matches(facts))
+            .map(|p| p.decided());
+        let deny = self.policies.iter().find(|p| p.action == AuthzAction::Deny && p.matches(facts));
+        if let Some(p) = deny {
+            return Decision { denied_by: Some(p.decided()), audited_by };
+        }
+        if !self.any_allow {
+            return Decision { denied_by: None, audited_by };
+        }
+        match self.policies.iter().find(|p| p.action == AuthzAction::Allow && p.matches(facts)) {
+            Some(p) => {
+                p.decided();
+                Decision { denied_by: None, audited_by }
+            }
+            None => {
+                self.unmatched.decided.fetch_add(1, Ordering::Relaxed);
+                Decision { denied_by: Some(UNMATCHED.into()), audited_by }
+            }
+        }
+    }
+
+    /// Each policy's name, action and count, and the denials no ALLOW matched, for metrics.
+    pub fn counts(&self) -> Vec<(Arc<str>, &'static str, u64)> {
+        let mut out: Vec<_> = self
+            .policies
+            .iter()
+            .map(|p| {
+                let decision = match p.action {
+                    AuthzAction::Allow => "allowed",
+                    AuthzAction::Deny => "denied",
+                    AuthzAction::Audit => "audited",
+                };
+                (p.name.clone(), decision, p.counts.decided.load(Ordering::Relaxed))
+            })
+            .collect();
+        if self.any_allow {
+            out.push((UNMATCHED.into(), "denied", self.unmatched.decided.load(Ordering::Relaxed)));
+        }
+        out
+    }
+}
+
+impl Policy {
+    fn decided(&self) -> Arc<str> {
+        self.counts.decided.fetch_add(1, Ordering::Relaxed);
+        self.name.clone()
+    }
+
+    fn matches(&self, facts: &Facts<'_>) -> bool {
+        // What a constraint that needs HTTP counts as on a TCP connection: DENY rules drop
+        // it (they deny more), ALLOW and AUDIT rules cannot match.
+        let lenient = self.action == AuthzAction::Deny;
+        self.rules.iter().any(|r| rule_matches(r, facts, lenient))
+    }
+}
+
+fn rule_matches(rule: &AuthzRule, facts: &Facts<'_>, lenient: bool) -> bool {
+    let all = |cs: &Vec<Constraint>| cs.iter().all(|c| holds(c, facts, lenient));
+    (rule.from.is_empty() || rule.from.iter().any(all))
+        && (rule.to.is_empty() || rule.to.iter().any(all))
+        && all(&rule.when)
+}
+
+/// Whether a constraint holds: the attribute has one of the values (`negate`: none of them;
+/// an attribute with no value has none of them).
+fn holds(c: &Constraint, facts: &Facts<'_>, lenient: bool) -> bool {
+    if c.attribute.http_only() && facts.http.is_none() {
+        return lenient;
+    }
+    let found = match (&c.attribute, &c.values) {
+        (Attribute::SourceIp, Values::Ips(list)) => list.iter().any(|b| b.contains(facts.peer)),
+        (Attribute::RemoteIp, Values::Ips(list)) => list.iter().any(|b| b.contains(facts.remote)),
+        (Attribute::Port, Values::Ports(list)) => list.contains(&facts.port),
+        (Attribute::Host, Values::Strings(list)) => facts.http.is_some_and(|h| {
+            let authority = h.authority.to_ascii_lowercase();
+            let host = crate::headers::host_of(&authority);
+            list.iter().any(|m| m.matches(&authority) || m.matches(host))
+        }),
+        (Attribute::Method, Values::Strings(list)) => facts.http.is_some_and(|h| any(list, h.method)),
+        (Attribute::Path, Values::Strings(list)) => facts.http.is_some_and(|h| any(list, h.path)),
+        (Attribute::Header(name), Values::Strings(list)) => facts.http.is_some_and(|h| {
+            let mut values = h.headers.get_all(name.as_str()).iter().filter_map(|v| v.to_str().ok());
+            let Some(first) = values.next() else { return false };
+            match values.next() {
+                None => any(list, first),
+                Some(second) => {
+                    let joined = std::iter::once(first).chain(std::iter::once(second)).chain(values);
+                    any(list, &joined.collect::<Vec<_>>().join(","))
+                }
+            }
+        }),
+        // Identities Tripline does not have yet (see `tripline_config::authz`): no value.
+        _ => false,
+    };
+    found != c.negate
+}
+
+fn any(list: &[StringMatch], value: &str) -> bool {
+    list.iter().any(|m| m.matches(value))
+}
+
+/// The path a policy sees, as Istio's default (`BASE`) normalization makes it (RFC 3986 §6):
+/// the query left out, percent-encoded unreserved characters decoded, and `.` and `..`
+/// segments removed, so `/public/../admin` and `/%61dmin` are `/admin` to a rule about
+/// `/admin` (as they are to most upstreams). `%2F` stays encoded. Borrowed when unchanged.
+pub fn normalize_path(path_and_query: &str) -> Cow<'_, str> {
+    let path = path_and_query.split('?').next().unwrap_or("");
+    let needs_decode = path.contains('%');
+    let needs_dots = path.split('/').any(|s| s == "." || s == "..");
+    if !needs_decode && !needs_dots {
+        return Cow::Borrowed(path);
+    }
+    let decoded = if needs_decode { decode_unreserved(path) } else { path.to_string() };
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = decoded.split('/').collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." => {
+                if i == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                if out.len() > 1 {
+                    out.pop();
+                }
+                if i == last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    let joined = out.join("/");
+    Cow::Owned(if joined.starts_with('/') { joined } else { format!("/{joined}") })
+}
+
+/// Decodes `%XX` where it stands for an unreserved character (letters, digits, `-._~`) and
+/// upper-cases the hex digits of the others.
+fn decode_unreserved(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).filter(|_| bytes[i] == b'%');
+        let value =
+            hex.and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (hex, value) {
+            (_, Some(b)) if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => {
+                out.push(b)
+            }
+            (Some(h), Some(_)) => {
+                out.push(b'%');
+                out.extend(h.iter().map(u8::to_ascii_uppercase));
+            }
+            _ => {
+                out.push(bytes[i]);
+                i += 1;
+                continue;
+            }
+        }
+        i += 3;
+    }
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tripline_config::{load, LoadOptions, Source};
+
+    const BASE: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: edge}\nspec:\n  servers:\n  - port: {number: 18130, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: b}\nspec:\n  hosts: [b.local]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.0.1}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: b}\nspec:\n  hosts: [\"*\"]\n  gateways: [edge]\n  http:\n  - route: [{destination: {host: b.local}}]\n";
+
+    /// The policies of `yaml` (AuthorizationPolicy documents, `---` separated) as the proxy
+    /// compiles them, through the real config loader.
+    fn authz(yaml: &str) -> Authz {
+        let opts = LoadOptions {
+            workload_labels: [("app".to_string(), "gw".to_string())].into(),
+            workload_namespace: Some("shop".into()),
+            ..LoadOptions::default()
+        };
+        let text = format!("{BASE}---\n{yaml}");
+        let loaded = load(&[Source { name: "mesh.yaml".into(), text }], &opts)
+            .unwrap_or_else(|d| panic!("{}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")));
+        Authz::build(&loaded.plan.authorization, None).expect("a policy applies")
+    }
+
+    fn policy(name: &str, body: &str) -> String {
+        format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}}}\nspec:\n{body}\n---\n")
+    }
+
+    struct Req {
+        peer: &'static str,
+        method: &'static str,
+        path: &'static str,
+        host: &'static str,
+        headers: HeaderMap,
+        tcp: bool,
+        port: u16,
+    }
+
+    fn get(path: &'static str) -> Req {
+        Req {
+            peer: "10.0.0.5",
+            method: "GET",
+            path,
+            host: "shop.local",
+            headers: HeaderMap::new(),
+            tcp: false,
+            port: 18130,
+        }
+    }
+
+    fn denied(a: &Authz, r: &Req) -> Option<String> {
+        let path = normalize_path(r.path);
+        let http = HttpFacts { authority: r.host, method: r.method, path: &path, headers: &r.headers };
+        let peer = r.peer.parse().unwrap();
+        let facts = Facts { peer, remote: peer, port: r.port, http: (!r.tcp).then_some(http) };
+        a.check(&facts).denied_by.map(|p| p.to_string())
+    }
+
+    #[test]
+    fn deny_comes_before_allow_and_without_allow_policies_everything_else_passes() {
+        let a = authz(
+            &(policy("no-admin", "  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin/*\"]}}]}]")
+                + &policy("get-only", "  rules: [{to: [{operation: {methods: [GET, HEAD]}}]}]")),
+        );
+        assert_eq!(
+            denied(&a, &get("/admin/users")).as_deref(),
+            Some("no-admin"),
+            "DENY wins over a matching ALLOW"
+        );
+        assert_eq!(denied(&a, &get("/cart")), None);
+        let post = Req { method: "POST", ..get("/cart") };
+        assert_eq!(denied(&a, &post).as_deref(), Some(UNMATCHED), "ALLOW policies exist and none matched");
+        let only_deny = authz(&policy(
+            "no-admin",
+            "  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin/*\"]}}]}]",
+        ));
+        assert_eq!(denied(&only_deny, &post), None, "no ALLOW policy: what no DENY matches passes");
+        let counts = a.counts();
+        assert!(counts.contains(&("no-admin".into(), "denied", 1)), "{counts:?}");
+        assert!(counts.contains(&("get-only".into(), "allowed", 1)), "{counts:?}");
+        assert!(counts.contains(&(UNMATCHED.into(), "denied", 1)), "{counts:?}");
+    }
+
+    #[test]
+    fn no_rules_allows_nothing_and_an_empty_rule_allows_everything() {
+        let nothing = authz(&policy("allow-nothing", "  {}"));
+        assert_eq!(denied(&nothing, &get("/")).as_deref(), Some(UNMATCHED));
+        let all = authz(&(policy("allow-nothing", "  {}") + &policy("allow-all", "  rules: [{}]")));
+        assert_eq!(denied(&all, &get("/")), None);
+        let deny_nothing = authz(&policy("deny-nothing", "  action: DENY"));
+        assert_eq!(denied(&deny_nothing, &get("/")), None, "a DENY without rules matches nothing");
+    }
+
+    #[test]
+    fn values_match_exact_prefix_suffix_and_presence_and_not_fields_negate() {
+        let a = authz(&policy(
+            "rules",
+            "  action: DENY\n  rules:\n  - to: [{operation: {paths: [/exact, \"/pre/*\", \"*.php\"]}}]\n  - when: [{key: \"request.headers[x-debug]\", values: [\"*\"]}]\n  - to: [{operation: {hosts: [\"*.internal\"], notMethods: [GET]}}]",
+        ));
+        for (path, deny) in [
+            ("/exact", true),
+            ("/exact/", false),
+            ("/pre/x", true),
+            ("/pre", false),
+            ("/a/b.php", true),
+            ("/", false),
+        ] {
+            assert_eq!(denied(&a, &get(path)).is_some(), deny, "{path}");
+        }
+        let mut debug = get("/");
+        debug.headers.insert("x-debug", "1".parse().unwrap());
+        assert!(denied(&a, &debug).is_some(), "a present header");
+        debug.headers.insert("x-debug", "".parse().unwrap());
+        assert!(denied(&a, &debug).is_none(), "presence means a value");
+        let internal_post = Req { method: "POST", host: "DB.Internal:8080", ..get("/") };
+        assert!(denied(&a, &internal_post).is_some(), "hosts without case, with the port stripped");
+        let internal_get = Req { host: "db.internal", ..get("/") };
+        assert!(denied(&a, &internal_get).is_none(), "notMethods: [GET] excludes a GET");
+    }
+
+    #[test]
+    fn sources_ports_and_ip_blocks() {
+        let a = authz(&policy(
+            "office",
+            "  rules:\n  - from: [{source: {ipBlocks: [10.0.0.0/24], notIpBlocks: [10.0.0.9]}}]\n    to: [{operation: {ports: [\"18130\"]}}]",
+        ));
+        assert_eq!(denied(&a, &get("/")), None);
+        assert!(denied(&a, &Req { peer: "10.0.0.9", ..get("/") }).is_some(), "notIpBlocks");
+        assert!(denied(&a, &Req { peer: "10.0.1.5", ..get("/") }).is_some(), "outside the block");
+        assert!(denied(&a, &Req { port: 9000, ..get("/") }).is_some(), "another port");
+    }
+
+    #[test]
+    fn identities_are_absent_without_mtls() {
+        let a = authz(
+            &(policy("by-principal", "  rules: [{from: [{source: {principals: [\"*\"]}}]}]")
+                + &policy(
+                    "deny-others",
+                    "  action: DENY\n  rules: [{from: [{source: {notNamespaces: [shop]}}]}]",
+                )),
+        );
+        assert_eq!(
+            denied(&a, &get("/")).as_deref(),
+            Some("deny-others"),
+            "no namespace is in no list: notNamespaces matches, principals [*] would not"
+        );
+        let allow = authz(&policy("by-principal", "  rules: [{from: [{source: {principals: [\"*\"]}}]}]"));
+        assert_eq!(denied(&allow, &get("/")).as_deref(), Some(UNMATCHED));
+    }
+
+    #[test]
+    fn on_tcp_http_fields_fail_closed_both_ways() {
+        let tcp = Req { tcp: true, ..get("/") };
+        let allow = authz(&policy("get-only", "  rules: [{to: [{operation: {methods: [GET]}}]}]"));
+        assert_eq!(
+            denied(&allow, &tcp).as_deref(),
+            Some(UNMATCHED),
+            "an ALLOW rule that needs HTTP never matches"
+        );
+        let deny = authz(&policy(
+            "no-admin",
+            "  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin/*\"], ports: [\"18130\"]}}]}]",
+        ));
+        assert_eq!(denied(&deny, &tcp).as_deref(), Some("no-admin"), "a DENY rule drops what needs HTTP");
+        assert_eq!(denied(&deny, &Req { port: 9000, ..tcp }), None, "and keeps the rest");
+    }
+
+    #[test]
+    fn audit_policies_are_named_and_decide_nothing() {
+        let a =
+            authz(&policy("watch", "  action: AUDIT\n  rules: [{to: [{operation: {paths: [\"/pay*\"]}}]}]"));
+        let path = normalize_path("/pay");
+        let h = HeaderMap::new();
+        let http = HttpFacts { authority: "x", method: "GET", path: &path, headers: &h };
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let d = a.check(&Facts { peer, remote: peer, port: 1, http: Some(http) });
+        assert_eq!(d, Decision { denied_by: None, audited_by: Some("watch".into()) });
+    }
+
+    #[test]
+    fn paths_are_normalized_before_they_are_matched() {
+        for (raw, normal) in [
+            ("/a/b?x=1", "/a/b"),
+            ("/public/../admin", "/admin"),
+            ("/./admin/./", "/admin/"),
+            ("/../../admin", "/admin"),
+            ("/%61dmin", "/admin"),
+            ("/a%2fb", "/a%2Fb"),
+            ("/a/..", "/"),
+            ("/a/b/..", "/a/"),
+            ("/%zz", "/%zz"),
+            ("/%4", "/%4"),
+        ] {
+            assert_eq!(normalize_path(raw), normal, "{raw}");
+        }
+        assert!(matches!(normalize_path("/plain/path?q"), Cow::Borrowed(_)), "no copy when nothing changes");
+        let a = authz(&policy(
+            "no-admin",
+            "  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]",
+        ));
+        for sneaky in ["/public/../admin", "/%61dmin/x", "/./admin"] {
+            assert!(denied(&a, &get(sneaky)).is_some(), "{sneaky}");
+        }
+    }
+
+    #[test]
+    fn counters_survive_a_rebuild_by_policy_name() {
+        let a = authz(&policy(
+            "no-admin",
+            "  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin\"]}}]}]",
+        ));
+        denied(&a, &get("/admin"));
+        let plans =
+            [AuthzPolicyPlan { name: "no-admin".into(), action: AuthzAction::Deny, rules: Vec::new() }];
+        let b = Authz::build(&plans, Some(&a)).unwrap();
+        assert_eq!(b.counts(), vec![("no-admin".into(), "denied", 1)]);
+        assert!(Authz::build(&[], Some(&a)).is_none(), "no policy: nothing to evaluate");
+    }
+}
