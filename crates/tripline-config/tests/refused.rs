@@ -313,7 +313,7 @@ fn istio_kinds_tripline_does_not_read_are_errors_and_foreign_ones_warnings() {
     for (api, kind) in [
         ("networking.istio.io/v1", "Sidecar"),
         ("networking.istio.io/v1alpha3", "EnvoyFilter"),
-        ("security.istio.io/v1", "AuthorizationPolicy"),
+        ("security.istio.io/v1", "PeerAuthentication"),
         ("networking.istio.io/v1", "VirtualSevice"),
     ] {
         let e = errors(&doc(api, kind));
