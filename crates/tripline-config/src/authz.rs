@@ -28,6 +28,10 @@
 //! `source.namespace`, `request.auth.*`, `connection.sni`) are evaluated as Istio evaluates
 //! them on plaintext traffic, with no value: a list of values never matches, a `not` list
 //! always does. `validate` warns about each.
+//!
+//! A policy annotated `istio.io/dry-run: "true"` is evaluated on its own, as Istio's shadow
+//! rules are (dry-run DENY policies, and dry-run ALLOW policies, each as if they alone were
+//! enforced): what it would have decided is counted and logged, and nothing is enforced.
 
 use std::collections::BTreeMap;
 
@@ -48,6 +52,8 @@ pub struct AuthorizationPolicy {
     pub selector: Option<BTreeMap<String, String>>,
     pub action: AuthzAction,
     pub rules: Vec<AuthzRule>,
+    /// `istio.io/dry-run: "true"`: evaluated, counted and logged, never enforced.
+    pub dry_run: bool,
     /// Identity fields, each with where it was written (for `validate`'s warnings).
     #[serde(skip)]
     pub identity_fields: Vec<(crate::yaml::Pos, String)>,
@@ -62,6 +68,9 @@ pub struct AuthzPolicyPlan {
     pub action: AuthzAction,
     /// Empty: the policy matches no request (an ALLOW like that denies everything).
     pub rules: Vec<AuthzRule>,
+    /// See [`AuthorizationPolicy::dry_run`].
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -206,8 +215,8 @@ const CONDITION: Schema = Schema::new("Istio's Condition", &["key", "values", "n
 /// The `when` keys Tripline evaluates.
 const KEYS: &str = "request.headers[NAME], source.ip, remote.ip, destination.port, source.principal, source.namespace, connection.sni, request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME]";
 
-/// Decodes a policy's `spec`.
-pub fn authorization_policy(cx: &mut Cx, spec: &Node) -> Option<AuthorizationPolicy> {
+/// Decodes a policy's `spec`; `dry_run` is its `istio.io/dry-run` annotation.
+pub fn authorization_policy(cx: &mut Cx, spec: &Node, dry_run: bool) -> Option<AuthorizationPolicy> {
     let f = cx.fields(spec, "spec", &SPEC)?;
     for name in ["targetRef", "targetRefs"] {
         if let Some((n, p)) = f.get(name) {
@@ -249,7 +258,7 @@ pub fn authorization_policy(cx: &mut Cx, spec: &Node) -> Option<AuthorizationPol
             }
         }
     }
-    ok.then_some(AuthorizationPolicy { selector, action, rules, identity_fields })
+    ok.then_some(AuthorizationPolicy { selector, action, rules, dry_run, identity_fields })
 }
 
 fn rule(

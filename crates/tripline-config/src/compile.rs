@@ -1107,7 +1107,12 @@ impl<'a> Ctx<'a> {
                         Some(ns) => format!("{ns}/{}", r.name),
                         None => r.name.clone(),
                     };
-                    out.push(AuthzPolicyPlan { name, action: p.action, rules: p.rules.clone() });
+                    out.push(AuthzPolicyPlan {
+                        name,
+                        action: p.action,
+                        rules: p.rules.clone(),
+                        dry_run: p.dry_run,
+                    });
                 }
                 Err((path, msg)) => self.report(r, Severity::Error, r.pos, path, msg),
             }

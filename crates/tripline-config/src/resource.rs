@@ -8,7 +8,8 @@ use crate::model::{
 };
 use crate::yaml::{Document, Kind};
 
-/// Istio's annotation for an AuthorizationPolicy evaluated but not enforced.
+/// Istio's annotation for an AuthorizationPolicy evaluated but not enforced (see
+/// [`crate::authz`]).
 const DRY_RUN: &str = "istio.io/dry-run";
 
 const ENVELOPE: Schema =
@@ -156,14 +157,23 @@ pub fn decode(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option
         "VirtualService" => Spec::VirtualService(model::virtual_service(&mut cx, spec_node)?),
         "DestinationRule" => Spec::DestinationRule(Box::new(model::destination_rule(&mut cx, spec_node)?)),
         "AuthorizationPolicy" => {
-            let dry_run = m
+            let annotation = m
                 .value("annotations")
                 .and_then(|(a, p)| a.get(DRY_RUN).map(|n| (n.clone(), format!("{p}.{DRY_RUN}"))));
-            if let Some((node, path)) = dry_run {
-                cx.error(&node, &path, format!("`{DRY_RUN}` is not implemented yet: Tripline would enforce the policy; remove the policy (or the annotation, to enforce it)"));
-                return None;
-            }
-            Spec::AuthorizationPolicy(Box::new(crate::authz::authorization_policy(&mut cx, spec_node)?))
+            let dry_run = match annotation {
+                None => false,
+                Some((node, path)) => match node.as_scalar() {
+                    Some("true") => true,
+                    Some("false") => false,
+                    _ => {
+                        cx.error(&node, &path, format!("`{DRY_RUN}` is \"true\" (evaluate the policy, count and log what it would do, enforce nothing) or \"false\"; found {}", node.describe()));
+                        return None;
+                    }
+                },
+            };
+            Spec::AuthorizationPolicy(Box::new(crate::authz::authorization_policy(
+                &mut cx, spec_node, dry_run,
+            )?))
         }
         _ => Spec::ResiliencePolicy(Box::new(crate::policy::resilience_policy(&mut cx, spec_node, &name)?)),
     };

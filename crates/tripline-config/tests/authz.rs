@@ -123,8 +123,10 @@ fn mistakes_are_errors_at_their_field() {
         assert!(shown.contains(says), "{spec}: {shown}");
         assert_eq!(e[0].line, line_of(&text, needle), "{spec}: {shown}");
     }
+    let dry = policy("{name: p, annotations: {\"istio.io/dry-run\": \"maybe\"}}", "  action: DENY");
+    assert!(the_error(&dry).contains("`istio.io/dry-run` is \"true\""), "{}", the_error(&dry));
     let dry = policy("{name: p, annotations: {\"istio.io/dry-run\": \"true\"}}", "  action: DENY");
-    assert!(the_error(&dry).contains("`istio.io/dry-run` is not implemented yet"));
+    assert!(ok(&dry).plan.authorization[0].dry_run);
     let peer = format!("{BASE}apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: p}}\nspec: {{}}\n");
     assert!(errors(&peer)[0]
         .to_string()

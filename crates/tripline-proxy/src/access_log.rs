@@ -136,6 +136,8 @@ pub struct Entry<'a> {
     pub authz_denied: Option<&'a str>,
     /// The AUDIT AuthorizationPolicy that matched the request.
     pub authz_audit: Option<&'a str>,
+    /// The dry-run AuthorizationPolicy that would have denied the request.
+    pub authz_shadow_denied: Option<&'a str>,
 }
 
 impl Entry<'_> {
@@ -163,6 +165,7 @@ impl Entry<'_> {
             "fault": self.fault,
             "authz_denied": self.authz_denied,
             "authz_audit": self.authz_audit,
+            "authz_shadow_denied": self.authz_shadow_denied,
         })
         .to_string();
         line.push('\n');
@@ -193,6 +196,7 @@ mod tests {
             fault: None,
             authz_denied: None,
             authz_audit: None,
+            authz_shadow_denied: None,
             route: Some("shop/http[0]"),
             cluster: Some("outbound|80||shop.local"),
             upstream: None,

@@ -424,6 +424,7 @@ fn log_refusal(
         fault: None,
         authz_denied: None,
         authz_audit: None,
+        authz_shadow_denied: None,
     });
     if !queued {
         ctx.shared.global.access_log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

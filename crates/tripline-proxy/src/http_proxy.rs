@@ -320,6 +320,7 @@ impl BodyLog for PendingLog {
             fault: trace.fault.as_str(),
             authz_denied: trace.authz_denied.as_deref(),
             authz_audit: trace.authz_audit.as_deref(),
+            authz_shadow_denied: trace.authz_shadow_denied.as_deref(),
         });
         if !queued {
             self.ctx.shared.global.access_log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -352,6 +353,8 @@ struct Trace {
     /// The AuthorizationPolicy that denied it, and the AUDIT one that matched it.
     authz_denied: Option<Arc<str>>,
     authz_audit: Option<Arc<str>>,
+    /// The dry-run AuthorizationPolicy that would have denied it.
+    authz_shadow_denied: Option<Arc<str>>,
 }
 
 /// Where a request goes: its route, the destination picked, and the route deadline.
@@ -456,6 +459,7 @@ fn authorize(
     let decision = authz.check(&facts);
     if trace.on {
         trace.authz_audit = decision.audited_by;
+        trace.authz_shadow_denied = decision.shadow_denied_by;
     }
     match decision.denied_by {
         None => Ok(()),

@@ -41,7 +41,11 @@ pub async fn serve(
         if let Some(authz) = &config.authz {
             // A TCP connection has no `x-forwarded-for`: the peer is the client.
             let facts = Facts { peer: peer.ip(), remote: peer.ip(), port: rt.bind.port(), http: None };
-            if let Some(policy) = authz.check(&facts).denied_by {
+            let decision = authz.check(&facts);
+            if let Some(policy) = decision.shadow_denied_by {
+                tracing::debug!(listener = %rt.name, %peer, %policy, "a dry-run authorization policy would deny this connection");
+            }
+            if let Some(policy) = decision.denied_by {
                 refuse_global(&shared, Reason::RbacDenied);
                 tracing::debug!(listener = %rt.name, %peer, %policy, "connection denied by an authorization policy");
                 return;

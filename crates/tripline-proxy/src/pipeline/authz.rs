@@ -9,6 +9,10 @@
 //! rule with one never matches, and a DENY rule is evaluated without them (it denies more),
 //! so either way the connection is refused rather than let through, as Istio does.
 //!
+//! Dry-run policies (`istio.io/dry-run: "true"`) are evaluated apart, as if they alone were
+//! in force (as Istio's shadow rules are): what they would have denied is counted and logged
+//! (`shadow_denied_by`), and nothing is enforced.
+//!
 //! A policy's counters are kept by its name across reloads, as the metrics need.
 
 use std::borrow::Cow;
@@ -25,9 +29,18 @@ use tripline_config::authz::{
 /// The policies that apply to this proxy, compiled for one config.
 #[derive(Debug)]
 pub struct Authz {
+    enforced: Engine,
+    /// The dry-run policies.
+    shadow: Engine,
+}
+
+/// A set of policies evaluated together.
+#[derive(Debug, Default)]
+struct Engine {
     policies: Vec<Policy>,
     any_allow: bool,
-    /// Requests and connections denied because no ALLOW policy matched.
+    /// Requests and connections denied (or, dry run, that would be) because no ALLOW policy
+    /// matched.
     unmatched: Arc<Counts>,
 }
 
@@ -69,11 +82,13 @@ pub struct HttpFacts<'a> {
 }
 
 /// The decision, and the AUDIT policy that matched if any.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, Default)]
 pub struct Decision {
     /// The policy that denied (`none` when no ALLOW policy matched); `None`: allowed.
     pub denied_by: Option<Arc<str>>,
     pub audited_by: Option<Arc<str>>,
+    /// The dry-run policy that would have denied (`none`: no dry-run ALLOW policy matched).
+    pub shadow_denied_by: Option<Arc<str>>,
 }
 
 /// The name a denial carries when no ALLOW policy matched.
@@ -85,6 +100,36 @@ impl Authz {
         if plans.is_empty() {
             return None;
         }
+        let (shadow, enforced): (Vec<_>, Vec<_>) = plans.iter().partition(|p| p.dry_run);
+        Some(Authz {
+            enforced: Engine::build(&enforced, previous.map(|p| &p.enforced)),
+            shadow: Engine::build(&shadow, previous.map(|p| &p.shadow)),
+        })
+    }
+
+    /// Decides; counts the decision.
+    pub fn check(&self, facts: &Facts<'_>) -> Decision {
+        let audited_by = self
+            .enforced
+            .policies
+            .iter()
+            .find(|p| p.action == AuthzAction::Audit && p.matches(facts))
+            .map(|p| p.decided());
+        let shadow_denied_by = if self.shadow.policies.is_empty() { None } else { self.shadow.denied(facts) };
+        Decision { denied_by: self.enforced.denied(facts), audited_by, shadow_denied_by }
+    }
+
+    /// Each policy's name, decision and count, and the denials no ALLOW matched, for metrics.
+    /// Dry-run policies count `shadow_denied` and `shadow_allowed`.
+    pub fn counts(&self) -> Vec<(Arc<str>, &'static str, u64)> {
+        let mut out = self.enforced.counts(["allowed", "denied", "audited"]);
+        out.extend(self.shadow.counts(["shadow_allowed", "shadow_denied", "audited"]));
+        out
+    }
+}
+
+impl Engine {
+    fn build(plans: &[&AuthzPolicyPlan], previous: Option<&Engine>) -> Engine {
         let old: HashMap<&str, &Arc<Counts>> =
             previous.map(|p| p.policies.iter().map(|p| (&*p.name, &p.counts)).collect()).unwrap_or_default();
         let policies = plans
@@ -96,55 +141,51 @@ impl Authz {
                 counts: old.get(p.name.as_str()).map_or_else(Default::default, |c| Arc::clone(c)),
             })
             .collect::<Vec<_>>();
-        Some(Authz {
+        Engine {
             any_allow: policies.iter().any(|p| p.action == AuthzAction::Allow),
             policies,
             unmatched: previous.map_or_else(Default::default, |p| p.unmatched.clone()),
-        })
+        }
     }
 
-    /// Decides; counts the decision.
-    pub fn check(&self, facts: &Facts<'_>) -> Decision {
-        let audited_by = self
-            .policies
-            .iter()
-            .find(|p| p.action == AuthzAction::Audit && p.matches(facts))
-            .map(|p| p.decided());
+    /// The policy that denies (a matching DENY; `none` when ALLOW policies apply and none
+    /// matches), counted.
+    fn denied(&self, facts: &Facts<'_>) -> Option<Arc<str>> {
         let deny = self.policies.iter().find(|p| p.action == AuthzAction::Deny && p.matches(facts));
         if let Some(p) = deny {
-            return Decision { denied_by: Some(p.decided()), audited_by };
+            return Some(p.decided());
         }
         if !self.any_allow {
-            return Decision { denied_by: None, audited_by };
+            return None;
         }
         match self.policies.iter().find(|p| p.action == AuthzAction::Allow && p.matches(facts)) {
             Some(p) => {
                 p.decided();
-                Decision { denied_by: None, audited_by }
+                None
             }
             None => {
                 self.unmatched.decided.fetch_add(1, Ordering::Relaxed);
-                Decision { denied_by: Some(UNMATCHED.into()), audited_by }
+                Some(UNMATCHED.into())
             }
         }
     }
 
-    /// Each policy's name, action and count, and the denials no ALLOW matched, for metrics.
-    pub fn counts(&self) -> Vec<(Arc<str>, &'static str, u64)> {
+    /// `labels`: what an ALLOW, a DENY and an AUDIT policy's count is.
+    fn counts(&self, labels: [&'static str; 3]) -> Vec<(Arc<str>, &'static str, u64)> {
         let mut out: Vec<_> = self
             .policies
             .iter()
             .map(|p| {
                 let decision = match p.action {
-                    AuthzAction::Allow => "allowed",
-                    AuthzAction::Deny => "denied",
-                    AuthzAction::Audit => "audited",
+                    AuthzAction::Allow => labels[0],
+                    AuthzAction::Deny => labels[1],
+                    AuthzAction::Audit => labels[2],
                 };
                 (p.name.clone(), decision, p.counts.decided.load(Ordering::Relaxed))
             })
             .collect();
         if self.any_allow {
-            out.push((UNMATCHED.into(), "denied", self.unmatched.decided.load(Ordering::Relaxed)));
+            out.push((UNMATCHED.into(), labels[1], self.unmatched.decided.load(Ordering::Relaxed)));
         }
         out
     }
@@ -448,7 +489,7 @@ mod tests {
         let http = HttpFacts { authority: "x", method: "GET", path: &path, headers: &h };
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         let d = a.check(&Facts { peer, remote: peer, port: 1, http: Some(http) });
-        assert_eq!(d, Decision { denied_by: None, audited_by: Some("watch".into()) });
+        assert_eq!(d, Decision { audited_by: Some("watch".into()), ..Decision::default() });
     }
 
     #[test]
@@ -484,10 +525,61 @@ mod tests {
             "  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin\"]}}]}]",
         ));
         denied(&a, &get("/admin"));
-        let plans =
-            [AuthzPolicyPlan { name: "no-admin".into(), action: AuthzAction::Deny, rules: Vec::new() }];
+        let plans = [AuthzPolicyPlan {
+            name: "no-admin".into(),
+            action: AuthzAction::Deny,
+            rules: Vec::new(),
+            dry_run: false,
+        }];
         let b = Authz::build(&plans, Some(&a)).unwrap();
         assert_eq!(b.counts(), vec![("no-admin".into(), "denied", 1)]);
         assert!(Authz::build(&[], Some(&a)).is_none(), "no policy: nothing to evaluate");
+    }
+
+    #[test]
+    fn dry_run_policies_decide_apart_and_enforce_nothing() {
+        let dry = |name: &str, body: &str| {
+            policy(name, body).replace(
+                &format!("metadata: {{name: {name}}}"),
+                &format!("metadata: {{name: {name}, annotations: {{istio.io/dry-run: \"true\"}}}}"),
+            )
+        };
+        let a = authz(
+            &(dry("would-deny", "  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin\"]}}]}]")
+                + &dry("would-allow", "  rules: [{to: [{operation: {methods: [GET]}}]}]")
+                + &policy(
+                    "deny-debug",
+                    "  action: DENY\n  rules: [{to: [{operation: {paths: [\"/debug\"]}}]}]",
+                )),
+        );
+        let check = |r: &Req| {
+            let path = normalize_path(r.path);
+            let http = HttpFacts { authority: r.host, method: r.method, path: &path, headers: &r.headers };
+            let peer = r.peer.parse().unwrap();
+            a.check(&Facts { peer, remote: peer, port: r.port, http: Some(http) })
+        };
+        let admin = check(&get("/admin"));
+        assert_eq!((admin.denied_by, admin.shadow_denied_by.as_deref()), (None, Some("would-deny")));
+        let post = check(&Req { method: "POST", ..get("/cart") });
+        assert_eq!(
+            (post.denied_by, post.shadow_denied_by.as_deref()),
+            (None, Some(UNMATCHED)),
+            "the dry-run ALLOW alone"
+        );
+        let debug = check(&get("/debug"));
+        assert_eq!(
+            (debug.denied_by.as_deref(), debug.shadow_denied_by),
+            (Some("deny-debug"), None),
+            "enforced ones still are"
+        );
+        let counts = a.counts();
+        for row in [
+            ("would-deny", "shadow_denied", 1),
+            ("would-allow", "shadow_allowed", 1),
+            (UNMATCHED, "shadow_denied", 1),
+            ("deny-debug", "denied", 1),
+        ] {
+            assert!(counts.contains(&(row.0.into(), row.1, row.2)), "{row:?} in {counts:?}");
+        }
     }
 }

@@ -17,7 +17,7 @@ fn policy(name: &str, spec: &str) -> String {
 /// A DENY policy on `/admin`, and an ALLOW policy that takes GET and HEAD only: an admin path
 /// and a POST are `403 rbac-denied` and never reach the upstream, whatever the path's
 /// spelling; the rest passes. Each decision is counted by policy, and the access log names
-/// the policy that denied.
+/// the policy that denied. A dry-run DENY on `/cart` denies nothing and says what it would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deny_then_allow_policies_answer_403_before_the_upstream_sees_anything() {
     let up = Upstream::http("u1").await;
@@ -26,6 +26,8 @@ async fn deny_then_allow_policies_answer_403_before_the_upstream_sees_anything()
         config::simple(port, "HTTP", &[up.addr], None),
         policy("no-admin", "  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin\", \"/admin/*\"]}}]}]"),
         policy("reads", "  selector: {matchLabels: {app: gateway}}\n  rules: [{to: [{operation: {methods: [GET, HEAD]}}]}]"),
+        policy("cart-freeze", "  action: DENY\n  rules: [{to: [{operation: {paths: [/cart]}}]}]")
+            .replace("namespace: shop}", "namespace: shop, annotations: {istio.io/dry-run: \"true\"}}"),
     ]);
     let log = crate::support::proxy::unique_dir("authz-log").join("access.log");
     let proxy = Proxy::start_args(
@@ -72,6 +74,11 @@ async fn deny_then_allow_policies_answer_403_before_the_upstream_sees_anything()
     assert_eq!(metric("shop/no-admin", "denied").await, 4.0);
     assert_eq!(metric("shop/reads", "allowed").await, 1.0);
     assert_eq!(metric("none", "denied").await, 1.0, "the POST: no ALLOW policy matched");
+    assert_eq!(
+        metric("shop/cart-freeze", "shadow_denied").await,
+        2.0,
+        "dry run: the GET and the POST of /cart"
+    );
     assert_eq!(proxy.metric("tripline_local_responses_total", &[("reason", "rbac-denied")]).await, 5.0);
 
     let lines = crate::support::access_log_lines(&log, 6).await;
@@ -84,6 +91,10 @@ async fn deny_then_allow_policies_answer_403_before_the_upstream_sees_anything()
     assert_eq!(posted["authz_denied"], "none");
     let allowed = lines.iter().find(|v| v["path"] == "/cart" && v["method"] == "GET").unwrap();
     assert_eq!(allowed["authz_denied"], serde_json::Value::Null);
+    assert_eq!(
+        allowed["authz_shadow_denied"], "shop/cart-freeze",
+        "allowed, and the dry run says what it would do"
+    );
 }
 
 /// On a TCP listener a denied connection is closed before anything is sent upstream; a DENY
