@@ -318,9 +318,9 @@ impl BodyLog for PendingLog {
             attempts: trace.attempts,
             request_id: trace.request_id.as_ref().and_then(|v| v.to_str().ok()),
             fault: trace.fault.as_str(),
-            authz_denied: trace.authz_denied.as_deref(),
-            authz_audit: trace.authz_audit.as_deref(),
-            authz_shadow_denied: trace.authz_shadow_denied.as_deref(),
+            authz_denied: trace.authz.as_ref().and_then(|d| d.denied_by.as_deref()),
+            authz_audit: trace.authz.as_ref().and_then(|d| d.audited_by.as_deref()),
+            authz_shadow_denied: trace.authz.as_ref().and_then(|d| d.shadow_denied_by.as_deref()),
         });
         if !queued {
             self.ctx.shared.global.access_log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -350,11 +350,9 @@ struct Trace {
     request_id: Option<http::HeaderValue>,
     /// What the route's `fault` did to the request.
     fault: Injected,
-    /// The AuthorizationPolicy that denied it, and the AUDIT one that matched it.
-    authz_denied: Option<Arc<str>>,
-    authz_audit: Option<Arc<str>>,
-    /// The dry-run AuthorizationPolicy that would have denied it.
-    authz_shadow_denied: Option<Arc<str>>,
+    /// The AuthorizationPolicies named in the decision; boxed, as most requests have none
+    /// and this is part of every request's future.
+    authz: Option<Box<pipeline::authz::Decision>>,
 }
 
 /// Where a request goes: its route, the destination picked, and the route deadline.
@@ -457,20 +455,15 @@ fn authorize(
         }),
     };
     let decision = authz.check(&facts);
-    if trace.on {
-        trace.authz_audit = decision.audited_by;
-        trace.authz_shadow_denied = decision.shadow_denied_by;
+    let denied = decision.denied_by.is_some();
+    if trace.on && decision != pipeline::authz::Decision::default() {
+        trace.authz = Some(Box::new(decision));
     }
-    match decision.denied_by {
-        None => Ok(()),
-        Some(policy) => {
-            ctx.shared.global.local.inc(Reason::RbacDenied);
-            if trace.on {
-                trace.authz_denied = Some(policy);
-            }
-            Err(Refused::Reason(Reason::RbacDenied))
-        }
+    if denied {
+        ctx.shared.global.local.inc(Reason::RbacDenied);
+        return Err(Refused::Reason(Reason::RbacDenied));
     }
+    Ok(())
 }
 
 fn local(cluster: &Cluster, refusal: impl Into<upstream::Refusal>, grpc: bool) -> Response<ResponseBody> {

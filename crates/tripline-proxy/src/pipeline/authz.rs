@@ -82,7 +82,7 @@ pub struct HttpFacts<'a> {
 }
 
 /// The decision, and the AUDIT policy that matched if any.
-#[derive(Debug, PartialEq, Eq, Default)]
+#[derive(Debug, PartialEq, Eq, Default, Clone)]
 pub struct Decision {
     /// The policy that denied (`none` when no ALLOW policy matched); `None`: allowed.
     pub denied_by: Option<Arc<str>>,
