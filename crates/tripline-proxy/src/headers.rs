@@ -125,7 +125,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// The request's authority: the URI's (HTTP/2, absolute-form) or the Host header's.
 pub fn authority<B>(req: &Request<B>) -> Option<&str> {
-    req.uri().authority().map(Authority::as_str).or_else(|| req.headers().get(header::HOST)?.to_str().ok())
+    authority_of(req.uri(), req.headers())
+}
+
+/// [`authority`] from a request's parts.
+pub fn authority_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    uri.authority().map(Authority::as_str).or_else(|| headers.get(header::HOST)?.to_str().ok())
 }
 
 /// The client's address as `trusted` proxies in front of the listener report it: the entry of

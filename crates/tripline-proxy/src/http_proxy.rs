@@ -448,7 +448,7 @@ fn authorize(
         remote: crate::headers::forwarded_client(req.headers(), trusted_proxies).unwrap_or(peer),
         port: ctx.listener.bind.port(),
         http: Some(pipeline::authz::HttpFacts {
-            authority: crate::headers::authority(req).unwrap_or(""),
+            uri: req.uri(),
             method: req.method().as_str(),
             path: &path,
             headers: req.headers(),

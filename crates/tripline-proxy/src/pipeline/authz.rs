@@ -74,7 +74,9 @@ pub struct Facts<'a> {
 
 #[derive(Debug, Clone, Copy)]
 pub struct HttpFacts<'a> {
-    pub authority: &'a str,
+    /// With `headers`, the authority (read only by a rule about `hosts`: reading it checks
+    /// every byte of `Host`).
+    pub uri: &'a http::Uri,
     pub method: &'a str,
     /// The path without its query, as [`normalize_path`] makes it.
     pub path: &'a str,
@@ -223,7 +225,7 @@ fn holds(c: &Constraint, facts: &Facts<'_>, lenient: bool) -> bool {
         (Attribute::RemoteIp, Values::Ips(list)) => list.iter().any(|b| b.contains(facts.remote)),
         (Attribute::Port, Values::Ports(list)) => list.contains(&facts.port),
         (Attribute::Host, Values::Strings(list)) => facts.http.is_some_and(|h| {
-            let authority = h.authority.to_ascii_lowercase();
+            let authority = crate::headers::authority_of(h.uri, h.headers).unwrap_or("").to_ascii_lowercase();
             let host = crate::headers::host_of(&authority);
             list.iter().any(|m| m.matches(&authority) || m.matches(host))
         }),
@@ -255,10 +257,22 @@ fn any(list: &[StringMatch], value: &str) -> bool {
 /// segments removed, so `/public/../admin` and `/%61dmin` are `/admin` to a rule about
 /// `/admin` (as they are to most upstreams). `%2F` stays encoded. Borrowed when unchanged.
 pub fn normalize_path(path_and_query: &str) -> Cow<'_, str> {
-    let path = path_and_query.split('?').next().unwrap_or("");
-    let needs_decode = path.contains('%');
-    let needs_dots = path.split('/').any(|s| s == "." || s == "..");
-    if !needs_decode && !needs_dots {
+    // One pass to the query: most paths have nothing to normalize and are borrowed.
+    let bytes = path_and_query.as_bytes();
+    let (mut end, mut needs_decode, mut maybe_dots) = (bytes.len(), false, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'?' => {
+                end = i;
+                break;
+            }
+            b'%' => needs_decode = true,
+            b'.' if i > 0 && bytes[i - 1] == b'/' => maybe_dots = true,
+            _ => {}
+        }
+    }
+    let path = &path_and_query[..end];
+    if !needs_decode && !maybe_dots {
         return Cow::Borrowed(path);
     }
     let decoded = if needs_decode { decode_unreserved(path) } else { path.to_string() };
@@ -365,7 +379,8 @@ mod tests {
 
     fn denied(a: &Authz, r: &Req) -> Option<String> {
         let path = normalize_path(r.path);
-        let http = HttpFacts { authority: r.host, method: r.method, path: &path, headers: &r.headers };
+        let uri: http::Uri = format!("http://{}/", r.host).parse().unwrap();
+        let http = HttpFacts { uri: &uri, method: r.method, path: &path, headers: &r.headers };
         let peer = r.peer.parse().unwrap();
         let facts = Facts { peer, remote: peer, port: r.port, http: (!r.tcp).then_some(http) };
         a.check(&facts).denied_by.map(|p| p.to_string())
@@ -486,7 +501,8 @@ mod tests {
             authz(&policy("watch", "  action: AUDIT\n  rules: [{to: [{operation: {paths: [\"/pay*\"]}}]}]"));
         let path = normalize_path("/pay");
         let h = HeaderMap::new();
-        let http = HttpFacts { authority: "x", method: "GET", path: &path, headers: &h };
+        let uri = http::Uri::from_static("/pay");
+        let http = HttpFacts { uri: &uri, method: "GET", path: &path, headers: &h };
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         let d = a.check(&Facts { peer, remote: peer, port: 1, http: Some(http) });
         assert_eq!(d, Decision { audited_by: Some("watch".into()), ..Decision::default() });
@@ -554,7 +570,8 @@ mod tests {
         );
         let check = |r: &Req| {
             let path = normalize_path(r.path);
-            let http = HttpFacts { authority: r.host, method: r.method, path: &path, headers: &r.headers };
+            let uri: http::Uri = format!("http://{}/", r.host).parse().unwrap();
+            let http = HttpFacts { uri: &uri, method: r.method, path: &path, headers: &r.headers };
             let peer = r.peer.parse().unwrap();
             a.check(&Facts { peer, remote: peer, port: r.port, http: Some(http) })
         };
