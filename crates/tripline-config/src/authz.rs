@@ -24,7 +24,7 @@
 //! the workload's namespace.
 //!
 //! Tripline has no peer identities yet (mesh mTLS arrives with the security issue): the
-//! identity fields (`principals`, `namespaces`, `requestPrincipals`, `source.principal`,
+//! identity fields (`principals`, `namespaces`, `serviceAccounts`, `requestPrincipals`, `source.principal`,
 //! `source.namespace`, `request.auth.*`, `connection.sni`) are evaluated as Istio evaluates
 //! them on plaintext traffic, with no value: a list of values never matches, a `not` list
 //! always does. `validate` warns about each.
@@ -110,6 +110,9 @@ pub enum Attribute {
     Principal,
     /// The peer's namespace (`namespaces`, `source.namespace`): none without mTLS.
     Namespace,
+    /// The peer's service account, `<namespace>/<name>` (`serviceAccounts`): none without
+    /// mTLS.
+    ServiceAccount,
     /// A JWT's identity or claims (`requestPrincipals`, `request.auth.*`): none, as Tripline
     /// reads no `RequestAuthentication`.
     RequestAuth,
@@ -334,13 +337,17 @@ fn constraints(
             "ports" => Attribute::Port,
             "methods" => Attribute::Method,
             "paths" => Attribute::Path,
+            "serviceAccounts" => Attribute::ServiceAccount,
             _ => {
-                cx.error(n, &p, format!("`{field}` is not implemented yet (Istio resolves service accounts from Kubernetes); use `principals` with the SPIFFE IDs"));
+                cx.error(n, &p, format!("unknown field `{field}`"));
                 ok = false;
                 continue;
             }
         };
-        if matches!(attribute, Attribute::Principal | Attribute::Namespace | Attribute::RequestAuth) {
+        if matches!(
+            attribute,
+            Attribute::Principal | Attribute::Namespace | Attribute::ServiceAccount | Attribute::RequestAuth
+        ) {
             identity.push((n.pos, p.clone()));
         }
         match values(cx, n, &p, &attribute) {

@@ -109,11 +109,6 @@ fn mistakes_are_errors_at_their_field() {
             "request.headers",
             "the values the key must have",
         ),
-        (
-            "  rules: [{from: [{source: {serviceAccounts: [sa]}}]}]",
-            "serviceAccounts",
-            "`serviceAccounts` is not implemented yet",
-        ),
         ("  rules: [{to: [{operation: {verbs: [GET]}}]}]", "verbs", "verbs"),
     ] {
         let text = policy("{name: p}", spec);
@@ -186,12 +181,13 @@ fn validate_warns_about_allow_nothing_and_identities_that_never_match() {
     assert!(warnings("  rules: [{}]").is_empty(), "allow-all says what it means");
     assert!(warnings("  action: DENY").is_empty());
     let w = warnings(
-        "  rules:\n  - from: [{source: {principals: [\"cluster.local/ns/a/sa/b\"]}}]\n    when: [{key: connection.sni, values: [a]}]",
+        "  rules:\n  - from: [{source: {principals: [\"cluster.local/ns/a/sa/b\"], notServiceAccounts: [a/b]}}]\n    when: [{key: connection.sni, values: [a]}]",
     );
-    assert_eq!(w.len(), 2, "{w:#?}");
+    assert_eq!(w.len(), 3, "{w:#?}");
     assert!(
         w[0].contains("spec.rules[0].from[0].source.principals") && w[0].contains("no peer identities yet"),
         "{w:#?}"
     );
-    assert!(w[1].contains("spec.rules[0].when[0].key"), "{w:#?}");
+    assert!(w[1].contains("source.notServiceAccounts"), "{w:#?}");
+    assert!(w[2].contains("spec.rules[0].when[0].key"), "{w:#?}");
 }
