@@ -168,14 +168,27 @@ async fn route(shared: &Shared, token: Option<&TokenFile>, req: Request<Incoming
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/metrics" => {
             let applied = shared.applied.load();
-            let mut r =
-                text(StatusCode::OK, crate::metrics::render(&shared.global, &applied.clusters, &applied.route_breakers, &applied.rate_limiters, applied.authz.as_deref()));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
+            let rendered = crate::metrics::render(
+                &shared.global,
+                &applied.clusters,
+                &applied.route_breakers,
+                &applied.rate_limiters,
+                applied.authz.as_deref(),
             );
+            // OpenMetrics for a scraper that asks for it (Prometheus does); the Prometheus
+            // text format (0.0.4) for everyone else, which every other tool parses.
+            let openmetrics = req
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|a| a.contains("application/openmetrics-text")));
+            let (body, content_type) = if openmetrics {
+                (rendered, crate::metrics::OPENMETRICS_CONTENT_TYPE)
+            } else {
+                (crate::metrics::to_prometheus_text(&rendered), crate::metrics::PROMETHEUS_CONTENT_TYPE)
+            };
+            let mut r = text(StatusCode::OK, body);
+            r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
             r
         }
         "/config_dump" => config_dump(shared).await,

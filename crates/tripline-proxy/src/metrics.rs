@@ -65,6 +65,44 @@ pub fn render(
     out
 }
 
+/// What [`render`] writes.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// What [`to_prometheus_text`] writes.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The Prometheus text format (0.0.4) of what [`render`] wrote in OpenMetrics, for scrapers
+/// that do not ask for OpenMetrics (and people with curl). The samples are the same; the
+/// differences are in the comments: a counter's `# HELP` / `# TYPE` name its samples
+/// (`x_total`, where OpenMetrics names the family `x`), and there is no `# UNIT` or `# EOF`.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if line.starts_with("# TYPE ") && line.ends_with(" counter") {
+            if let Some(name) = line.split(' ').nth(2) {
+                counters.insert(name);
+            }
+        }
+    }
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let comment = ["# HELP ", "# TYPE "].into_iter().find(|c| line.starts_with(c));
+        match comment.and_then(|c| line[c.len()..].split_once(' ').map(|(name, rest)| (c, name, rest))) {
+            Some((c, name, rest)) if counters.contains(name) => {
+                out.push_str(c);
+                out.push_str(name);
+                out.push_str("_total ");
+                out.push_str(rest);
+            }
+            _ => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Each AuthorizationPolicy's decisions.
 #[derive(Debug)]
 struct AuthzScrape(Vec<(Arc<str>, &'static str, u64)>);
@@ -486,5 +524,44 @@ impl Collector for ResilienceScrape {
             retries.into_iter(),
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both formats carry the same samples; the Prometheus one names a counter by its samples
+    /// in `# HELP` / `# TYPE` and has no OpenMetrics-only lines.
+    #[test]
+    fn the_prometheus_text_has_the_same_samples_with_typed_names() {
+        let global = Arc::new(GlobalStats::default());
+        global.local.inc(crate::reason::Reason::NoRoute);
+        let om = render(&global, &[], &Default::default(), &Default::default(), None);
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        let text = to_prometheus_text(&om);
+        let samples =
+            |s: &str| s.lines().filter(|l| !l.starts_with('#')).map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(samples(&om), samples(&text));
+        assert!(!text.contains("# EOF") && !text.contains("# UNIT"), "{text}");
+        // Every sample's name is declared by a `# TYPE` line: its own, or its family's for a
+        // histogram's `_bucket` / `_sum` / `_count`.
+        let typed: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .collect();
+        assert!(typed.contains(&("tripline_local_responses_total", "counter")), "{typed:?}");
+        for line in samples(&text) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let declared = typed.iter().any(|(t, kind)| {
+                *t == name
+                    || (*kind == "histogram"
+                        && ["_bucket", "_sum", "_count"].iter().any(|s| name.strip_suffix(s) == Some(*t)))
+            });
+            assert!(declared, "{name} has no # TYPE of its own in:\n{text}");
+        }
+        let help = text.lines().find(|l| l.starts_with("# HELP tripline_local_responses")).unwrap();
+        assert!(help.starts_with("# HELP tripline_local_responses_total "), "{help}");
     }
 }

@@ -402,3 +402,29 @@ async fn an_admin_token_guards_what_changes_state_and_rotates_with_its_file() {
         );
     }
 }
+
+/// `/metrics` speaks OpenMetrics to a scraper that asks for it, as Prometheus does, and the
+/// Prometheus text format to everyone else, with the same samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_openmetrics_when_asked_and_prometheus_text_otherwise() {
+    let up = Upstream::http("u1").await;
+    let port = free_port();
+    let proxy = Proxy::start(&config::simple(port, "HTTP", &[up.addr], None)).await;
+    let admin = proxy.admin;
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let scrape = |accept: &str| {
+        let accept = if accept.is_empty() { String::new() } else { format!("accept: {accept}\r\n") };
+        let request = format!("GET /metrics HTTP/1.1\r\nhost: {admin}\r\n{accept}connection: close\r\n\r\n");
+        async move { raw(admin, &request).await }
+    };
+    let om = scrape(prometheus).await;
+    assert!(om.contains("content-type: application/openmetrics-text; version=1.0.0"), "{om}");
+    assert!(om.trim_end().ends_with("# EOF"), "{om}");
+    assert!(om.contains("# TYPE tripline_local_responses counter"), "{om}");
+    let text = scrape("").await;
+    assert!(text.contains("content-type: text/plain; version=0.0.4"), "{text}");
+    assert!(!text.contains("# EOF"), "{text}");
+    assert!(text.contains("# TYPE tripline_local_responses_total counter"), "{text}");
+    let samples = |s: &str| s.lines().filter(|l| l.starts_with("tripline_")).count();
+    assert_eq!(samples(&om), samples(&text));
+}
