@@ -21,10 +21,11 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use tripline_config::authz::{
     Attribute, AuthzAction, AuthzPolicyPlan, AuthzRule, Constraint, StringMatch, Values,
 };
+use tripline_config::plan::Cidr;
 
 /// The policies that apply to this proxy, compiled for one config.
 #[derive(Debug)]
@@ -48,8 +49,69 @@ struct Engine {
 struct Policy {
     name: Arc<str>,
     action: AuthzAction,
-    rules: Vec<AuthzRule>,
+    rules: Vec<Rule>,
     counts: Arc<Counts>,
+}
+
+/// A rule as it runs: each constraint one check on one fact (see [`AuthzRule`]).
+#[derive(Debug)]
+struct Rule {
+    from: Vec<Vec<Check>>,
+    to: Vec<Vec<Check>>,
+    when: Vec<Check>,
+}
+
+#[derive(Debug)]
+struct Check {
+    what: What,
+    negate: bool,
+}
+
+/// A constraint's attribute with its values, in one match (header names parsed once).
+#[derive(Debug)]
+enum What {
+    SourceIp(Box<[Cidr]>),
+    RemoteIp(Box<[Cidr]>),
+    Port(Box<[u16]>),
+    Host(Box<[StringMatch]>),
+    Method(Box<[StringMatch]>),
+    Path(Box<[StringMatch]>),
+    Header(HeaderName, Box<[StringMatch]>),
+    /// An identity Tripline does not have yet (see `tripline_config::authz`): no value.
+    Absent,
+}
+
+impl Rule {
+    fn compile(r: &AuthzRule) -> Rule {
+        let all = |cs: &Vec<Constraint>| cs.iter().map(Check::compile).collect::<Vec<_>>();
+        Rule {
+            from: r.from.iter().map(all).collect(),
+            to: r.to.iter().map(all).collect(),
+            when: all(&r.when),
+        }
+    }
+}
+
+impl Check {
+    fn compile(c: &Constraint) -> Check {
+        let what = match (&c.attribute, &c.values) {
+            (Attribute::SourceIp, Values::Ips(l)) => What::SourceIp(l.as_slice().into()),
+            (Attribute::RemoteIp, Values::Ips(l)) => What::RemoteIp(l.as_slice().into()),
+            (Attribute::Port, Values::Ports(l)) => What::Port(l.as_slice().into()),
+            (Attribute::Host, Values::Strings(l)) => What::Host(l.as_slice().into()),
+            (Attribute::Method, Values::Strings(l)) => What::Method(l.as_slice().into()),
+            (Attribute::Path, Values::Strings(l)) => What::Path(l.as_slice().into()),
+            (Attribute::Header(name), Values::Strings(l)) => match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(name) => What::Header(name, l.as_slice().into()),
+                // The decoder checked the name; were it not a name, no request would have it.
+                Err(_) => What::Absent,
+            },
+            // Identities, and (never produced by the decoder) values of another attribute's
+            // kind: no value.
+            _ => What::Absent,
+        };
+        Check { what, negate: c.negate }
+    }
 }
 
 /// What a policy decided, for `tripline_authorization_decisions_total`.
@@ -139,7 +201,7 @@ impl Engine {
             .map(|p| Policy {
                 name: p.name.as_str().into(),
                 action: p.action,
-                rules: p.rules.clone(),
+                rules: p.rules.iter().map(Rule::compile).collect(),
                 counts: old.get(p.name.as_str()).map_or_else(Default::default, |c| Arc::clone(c)),
             })
             .collect::<Vec<_>>();
@@ -207,43 +269,47 @@ impl Policy {
     }
 }
 
-fn rule_matches(rule: &AuthzRule, facts: &Facts<'_>, lenient: bool) -> bool {
-    let all = |cs: &Vec<Constraint>| cs.iter().all(|c| holds(c, facts, lenient));
+fn rule_matches(rule: &Rule, facts: &Facts<'_>, lenient: bool) -> bool {
+    let all = |cs: &Vec<Check>| cs.iter().all(|c| holds(c, facts, lenient));
     (rule.from.is_empty() || rule.from.iter().any(all))
         && (rule.to.is_empty() || rule.to.iter().any(all))
         && all(&rule.when)
 }
 
-/// Whether a constraint holds: the attribute has one of the values (`negate`: none of them;
-/// an attribute with no value has none of them).
-fn holds(c: &Constraint, facts: &Facts<'_>, lenient: bool) -> bool {
-    if c.attribute.http_only() && facts.http.is_none() {
-        return lenient;
-    }
-    let found = match (&c.attribute, &c.values) {
-        (Attribute::SourceIp, Values::Ips(list)) => list.iter().any(|b| b.contains(facts.peer)),
-        (Attribute::RemoteIp, Values::Ips(list)) => list.iter().any(|b| b.contains(facts.remote)),
-        (Attribute::Port, Values::Ports(list)) => list.contains(&facts.port),
-        (Attribute::Host, Values::Strings(list)) => facts.http.is_some_and(|h| {
-            let authority = crate::headers::authority_of(h.uri, h.headers).unwrap_or("").to_ascii_lowercase();
-            let host = crate::headers::host_of(&authority);
-            list.iter().any(|m| m.matches(&authority) || m.matches(host))
-        }),
-        (Attribute::Method, Values::Strings(list)) => facts.http.is_some_and(|h| any(list, h.method)),
-        (Attribute::Path, Values::Strings(list)) => facts.http.is_some_and(|h| any(list, h.path)),
-        (Attribute::Header(name), Values::Strings(list)) => facts.http.is_some_and(|h| {
-            let mut values = h.headers.get_all(name.as_str()).iter().filter_map(|v| v.to_str().ok());
-            let Some(first) = values.next() else { return false };
-            match values.next() {
-                None => any(list, first),
-                Some(second) => {
-                    let joined = std::iter::once(first).chain(std::iter::once(second)).chain(values);
-                    any(list, &joined.collect::<Vec<_>>().join(","))
+/// Whether a check holds: the attribute has one of the values (`negate`: none of them; an
+/// attribute with no value has none of them). `lenient` is what a check that needs HTTP
+/// counts as on a TCP connection.
+fn holds(c: &Check, facts: &Facts<'_>, lenient: bool) -> bool {
+    let found = match &c.what {
+        What::SourceIp(blocks) => blocks.iter().any(|b| b.contains(facts.peer)),
+        What::RemoteIp(blocks) => blocks.iter().any(|b| b.contains(facts.remote)),
+        What::Port(ports) => ports.contains(&facts.port),
+        What::Absent => false,
+        http_only => {
+            let Some(h) = &facts.http else { return lenient };
+            match http_only {
+                What::Method(list) => any(list, h.method),
+                What::Path(list) => any(list, h.path),
+                What::Host(list) => {
+                    let authority =
+                        crate::headers::authority_of(h.uri, h.headers).unwrap_or("").to_ascii_lowercase();
+                    let host = crate::headers::host_of(&authority);
+                    list.iter().any(|m| m.matches(&authority) || m.matches(host))
                 }
+                What::Header(name, list) => {
+                    let mut values = h.headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+                    let Some(first) = values.next() else { return c.negate };
+                    match values.next() {
+                        None => any(list, first),
+                        Some(second) => {
+                            let joined = std::iter::once(first).chain(std::iter::once(second)).chain(values);
+                            any(list, &joined.collect::<Vec<_>>().join(","))
+                        }
+                    }
+                }
+                What::SourceIp(_) | What::RemoteIp(_) | What::Port(_) | What::Absent => false,
             }
-        }),
-        // Identities Tripline does not have yet (see `tripline_config::authz`): no value.
-        _ => false,
+        }
     };
     found != c.negate
 }
