@@ -11,6 +11,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use tripline_config::authz::{
+    Attribute, AuthzAction, AuthzPolicyPlan, AuthzRule, Constraint, StringMatch as AuthzString, Values,
+};
 use tripline_config::decode::format_duration;
 use tripline_config::explain::{ClusterOrigin, Origin, PolicyOrigin, Provenance, RouteOrigin, Whose};
 use tripline_config::model::TrafficPolicy;
@@ -104,10 +107,15 @@ struct RouteView {
     clusters: Vec<(String, Vec<Item>)>,
 }
 
-/// What `--explain HOST` found: every route to the host.
+/// What `--explain HOST` found: every route to the host, and the AuthorizationPolicies every
+/// request meets before any route.
 pub struct Explanation {
     host: String,
     routes: Vec<RouteView>,
+    /// One statement per policy, in the order written.
+    authorization: Vec<Item>,
+    /// An enforced ALLOW policy applies: a request none of them takes is denied.
+    allow_applies: bool,
 }
 
 /// Explains the routes of `plan` that serve `host` (the first virtual host of each listener
@@ -132,7 +140,93 @@ pub fn explain(plan: &Plan, prov: &Provenance, host: &str) -> Result<Explanation
     if routes.is_empty() {
         return Err(format!("no route serves host {host}; hosts served: {}", served(plan)));
     }
-    Ok(Explanation { host, routes })
+    Ok(Explanation {
+        host,
+        routes,
+        authorization: plan.authorization.iter().map(authorization_item).collect(),
+        allow_applies: plan.authorization.iter().any(|p| p.action == AuthzAction::Allow && !p.dry_run),
+    })
+}
+
+/// A policy in plain words: what it does and when (see `tripline_config::authz`).
+fn authorization_item(p: &AuthzPolicyPlan) -> Item {
+    let (topic, does) = match p.action {
+        AuthzAction::Deny => ("DENY", "denies"),
+        AuthzAction::Allow => ("ALLOW", "allows"),
+        AuthzAction::Audit => ("AUDIT", "names in the access log"),
+    };
+    let when = match p.rules.as_slice() {
+        [] => "no request (it has no rules)".to_string(),
+        rules => rules.iter().map(rule_says).collect::<Vec<_>>().join("; or "),
+    };
+    let dry = if p.dry_run { " (dry run: counted and logged, never enforced)" } else { "" };
+    Item::new(topic, format!("{} {does} {when}{dry}", p.name))
+}
+
+fn rule_says(r: &AuthzRule) -> String {
+    let clause = |cs: &Vec<Constraint>| cs.iter().map(constraint_says).collect::<Vec<_>>().join(" and ");
+    let any_of = |list: &Vec<Vec<Constraint>>| {
+        list.iter()
+            .map(|cs| if cs.is_empty() { "any".to_string() } else { clause(cs) })
+            .collect::<Vec<_>>()
+            .join(", or ")
+    };
+    let mut parts = Vec::new();
+    if !r.from.is_empty() {
+        parts.push(format!("from {}", any_of(&r.from)));
+    }
+    if !r.to.is_empty() {
+        parts.push(format!("to {}", any_of(&r.to)));
+    }
+    if !r.when.is_empty() {
+        parts.push(format!("when {}", clause(&r.when)));
+    }
+    if parts.is_empty() {
+        "every request".to_string()
+    } else {
+        format!("requests {}", parts.join(", "))
+    }
+}
+
+fn constraint_says(c: &Constraint) -> String {
+    let what = match &c.attribute {
+        Attribute::Principal => "principal".to_string(),
+        Attribute::Namespace => "namespace".to_string(),
+        Attribute::ServiceAccount => "service account".to_string(),
+        Attribute::RequestAuth => "request identity".to_string(),
+        Attribute::Sni => "TLS server name".to_string(),
+        Attribute::SourceIp => "peer address".to_string(),
+        Attribute::RemoteIp => "client address".to_string(),
+        Attribute::Port => "port".to_string(),
+        Attribute::Host => "host".to_string(),
+        Attribute::Method => "method".to_string(),
+        Attribute::Path => "path".to_string(),
+        Attribute::Header(name) => format!("header {name}"),
+    };
+    let values: Vec<String> = match &c.values {
+        Values::Ips(l) => l.iter().map(|b| format!("{}/{}", b.addr, b.prefix)).collect(),
+        Values::Ports(l) => l.iter().map(u16::to_string).collect(),
+        Values::Strings(l) => l
+            .iter()
+            .map(|m| match m {
+                AuthzString::Exact(s) => s.clone(),
+                AuthzString::Prefix(p) => format!("{p}*"),
+                AuthzString::Suffix(s) => format!("*{s}"),
+                AuthzString::Present => "(any value)".to_string(),
+            })
+            .collect(),
+    };
+    let identity = matches!(
+        c.attribute,
+        Attribute::Principal
+            | Attribute::Namespace
+            | Attribute::ServiceAccount
+            | Attribute::RequestAuth
+            | Attribute::Sni
+    );
+    let never = if identity { " (no request has one yet: no mTLS)" } else { "" };
+    let verb = if c.negate { "not in" } else { "in" };
+    format!("{what} {verb} [{}]{never}", values.join(", "))
 }
 
 /// The host of a `host[:port]` argument, lower-cased as the router compares it.
@@ -184,6 +278,17 @@ impl Explanation {
     /// statements, then each of its clusters'.
     pub fn text(&self) -> String {
         let mut out = format!("host {}\n", self.host);
+        if !self.authorization.is_empty() {
+            out.push_str("authorization, before any route (every request of this proxy; DENY first");
+            out.push_str(if self.allow_applies {
+                ", then a request no ALLOW policy takes is denied)\n"
+            } else {
+                ")\n"
+            });
+            for item in &self.authorization {
+                out.push_str(&format!("  {}\n", item.text()));
+            }
+        }
         let mut last_header = String::new();
         for r in &self.routes {
             let header = header(r, &self.host);
@@ -231,7 +336,8 @@ impl Explanation {
                 })
             })
             .collect();
-        json!({"host": self.host, "routes": routes})
+        let authorization: Vec<Value> = self.authorization.iter().map(Item::json).collect();
+        json!({"host": self.host, "authorization": authorization, "routes": routes})
     }
 }
 

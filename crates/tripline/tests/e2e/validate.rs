@@ -255,3 +255,35 @@ fn validate_explain_of_an_unknown_host_exits_2_and_json_carries_the_explanation(
         })
     );
 }
+
+/// The AuthorizationPolicies a request meets before any route are part of what `--explain`
+/// says about a host, in the order they run, in text and in JSON.
+#[test]
+fn validate_explain_says_which_authorization_policies_run_first() {
+    let dir = unique_dir("explain-authz");
+    let policies = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-admin}\nspec:\n  action: DENY\n  rules: [{from: [{source: {notIpBlocks: [10.0.0.0/8]}}], to: [{operation: {paths: [\"/admin*\"], methods: [POST]}}]}]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: mesh-only, annotations: {istio.io/dry-run: \"true\"}}\nspec:\n  rules: [{from: [{source: {principals: [\"*\"]}}]}]\n";
+    let path = dir.join("mesh.yaml");
+    std::fs::write(
+        &path,
+        format!("{}{policies}", config::simple(18_999, "HTTP", &["127.0.0.1:1".parse().unwrap()], None)),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let mut cmd = Command::new(binary());
+        cmd.args(["validate", "--explain", "backend.local"]).args(extra).arg(&path);
+        run_bounded(&mut cmd, TIMEOUT)
+    };
+    let (code, out, err) = run(&[]);
+    assert_eq!(code, Some(1), "the principals field is warned about: stdout:\n{out}\nstderr:\n{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[1], "authorization, before any route (every request of this proxy; DENY first)",
+        "only a dry-run ALLOW: nothing is denied for want of one: {out}"
+    );
+    assert_eq!(lines[2], "  DENY: no-admin denies requests from peer address not in [10.0.0.0/8], to method in [POST] and path in [/admin*]", "{out}");
+    assert_eq!(lines[3], "  ALLOW: mesh-only allows requests from principal in [(any value)] (no request has one yet: no mTLS) (dry run: counted and logged, never enforced)", "{out}");
+    let (_, out, err) = run(&["--output", "json"]);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
+    assert_eq!(j["explain"]["authorization"][0]["topic"], "DENY", "{out}");
+    assert_eq!(j["explain"]["authorization"].as_array().map(Vec::len), Some(2), "{out}");
+}
