@@ -138,9 +138,17 @@ pub enum Attribute {
 }
 
 impl Attribute {
-    /// Whether only an HTTP request has it (a TCP connection does not).
-    pub fn http_only(&self) -> bool {
-        matches!(self, Attribute::Host | Attribute::Method | Attribute::Path | Attribute::Header(_))
+    /// A peer or request identity, or the TLS server name: what no request has yet (see the
+    /// module docs), so `validate` warns where one is written.
+    pub fn identity(&self) -> bool {
+        matches!(
+            self,
+            Attribute::Principal
+                | Attribute::Namespace
+                | Attribute::ServiceAccount
+                | Attribute::RequestAuth
+                | Attribute::Sni
+        )
     }
 }
 
@@ -344,10 +352,7 @@ fn constraints(
                 continue;
             }
         };
-        if matches!(
-            attribute,
-            Attribute::Principal | Attribute::Namespace | Attribute::ServiceAccount | Attribute::RequestAuth
-        ) {
+        if attribute.identity() {
             identity.push((n.pos, p.clone()));
         }
         match values(cx, n, &p, &attribute) {
@@ -396,10 +401,7 @@ fn condition(
             }
         }
     };
-    if matches!(
-        attribute,
-        Attribute::Principal | Attribute::Namespace | Attribute::RequestAuth | Attribute::Sni
-    ) {
+    if attribute.identity() {
         identity.push((kn.pos, kp.clone()));
     }
     let mut out = Vec::new();
@@ -426,59 +428,44 @@ fn values(cx: &mut Cx, node: &Node, path: &str, attribute: &Attribute) -> Option
         cx.error(node, path, "an empty list matches nothing: remove the field, or give it values");
         return None;
     }
-    let mut ok = true;
     let values = match attribute {
-        Attribute::SourceIp | Attribute::RemoteIp => {
-            let mut ips = Vec::new();
-            for (text, pos, p) in &items {
-                match Cidr::parse(text) {
-                    Ok(c) => ips.push(c),
-                    Err(e) => {
-                        cx.report(crate::diag::Severity::Error, *pos, p, e);
-                        ok = false;
-                    }
-                }
+        Attribute::SourceIp | Attribute::RemoteIp => Values::Ips(each(cx, &items, Cidr::parse)?),
+        Attribute::Port => Values::Ports(each(cx, &items, |text| match text.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("`{text}` is not a port number (1 to 65535)")),
+        })?),
+        Attribute::Path => Values::Strings(each(cx, &items, |text| {
+            if text.starts_with('/') || text.starts_with('*') {
+                Ok(StringMatch::parse(text, false))
+            } else {
+                Err(format!("`{text}` is not a path: a path starts with `/` (or `*` for a suffix)"))
             }
-            Values::Ips(ips)
-        }
-        Attribute::Port => {
-            let mut ports = Vec::new();
-            for (text, pos, p) in &items {
-                match text.parse::<u16>() {
-                    Ok(n) if n > 0 => ports.push(n),
-                    _ => {
-                        cx.report(
-                            crate::diag::Severity::Error,
-                            *pos,
-                            p,
-                            format!("`{text}` is not a port number (1 to 65535)"),
-                        );
-                        ok = false;
-                    }
-                }
-            }
-            Values::Ports(ports)
-        }
-        Attribute::Path => {
-            for (text, pos, p) in &items {
-                if !(text.starts_with('/') || text.starts_with('*')) {
-                    cx.report(
-                        crate::diag::Severity::Error,
-                        *pos,
-                        p,
-                        format!("`{text}` is not a path: a path starts with `/` (or `*` for a suffix)"),
-                    );
-                    ok = false;
-                }
-            }
-            Values::Strings(items.iter().map(|(t, _, _)| StringMatch::parse(t, false)).collect())
-        }
-        Attribute::Host => {
-            Values::Strings(items.iter().map(|(t, _, _)| StringMatch::parse(t, true)).collect())
-        }
-        _ => Values::Strings(items.iter().map(|(t, _, _)| StringMatch::parse(t, false)).collect()),
+        })?),
+        // Hosts are compared without case.
+        Attribute::Host => Values::Strings(each(cx, &items, |text| Ok(StringMatch::parse(text, true)))?),
+        _ => Values::Strings(each(cx, &items, |text| Ok(StringMatch::parse(text, false)))?),
     };
-    ok.then_some(values)
+    Some(values)
+}
+
+/// Each of `items` read by `read`, every failure an error at its item; `None` after any.
+fn each<T>(
+    cx: &mut Cx,
+    items: &[(String, crate::yaml::Pos, String)],
+    read: impl Fn(&str) -> Result<T, String>,
+) -> Option<Vec<T>> {
+    let mut out = Some(Vec::with_capacity(items.len()));
+    for (text, pos, path) in items {
+        match (read(text), out.as_mut()) {
+            (Ok(v), Some(all)) => all.push(v),
+            (Ok(_), None) => {}
+            (Err(e), _) => {
+                cx.report(crate::diag::Severity::Error, *pos, path, e);
+                out = None;
+            }
+        }
+    }
+    out
 }
 
 fn lower_first(s: &str) -> String {

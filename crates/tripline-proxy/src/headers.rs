@@ -138,13 +138,20 @@ pub fn authority_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str>
 /// from; Envoy's `xff_num_trusted_hops`). `None` without trusted proxies, or when the header
 /// has fewer entries or that one is not an address.
 pub fn forwarded_client(headers: &HeaderMap, trusted: u32) -> Option<IpAddr> {
-    let trusted = usize::try_from(trusted).ok().filter(|&n| n > 0)?;
-    let mut entries: Vec<&str> = Vec::new();
-    for value in headers.get_all(&X_FORWARDED_FOR) {
-        entries.extend(value.to_str().ok()?.split(','));
+    if trusted == 0 {
+        return None;
     }
-    let entry = entries.len().checked_sub(trusted).map(|i| entries[i].trim())?;
-    entry.parse().ok()
+    // From the end, across the header's lines, without collecting them: this runs per request.
+    let mut left = trusted;
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        for entry in value.to_str().ok()?.rsplit(',') {
+            left -= 1;
+            if left == 0 {
+                return entry.trim().parse().ok();
+            }
+        }
+    }
+    None
 }
 
 /// The host of an authority, as routes match it: the port stripped (`host:port`,

@@ -216,14 +216,7 @@ fn constraint_says(c: &Constraint) -> String {
             })
             .collect(),
     };
-    let identity = matches!(
-        c.attribute,
-        Attribute::Principal
-            | Attribute::Namespace
-            | Attribute::ServiceAccount
-            | Attribute::RequestAuth
-            | Attribute::Sni
-    );
+    let identity = c.attribute.identity();
     let never = if identity { " (no request has one yet: no mTLS)" } else { "" };
     let verb = if c.negate { "not in" } else { "in" };
     format!("{what} {verb} [{}]{never}", values.join(", "))

@@ -36,13 +36,15 @@ pub struct Authz {
 }
 
 /// A set of policies evaluated together.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Engine {
     policies: Vec<Policy>,
     any_allow: bool,
     /// Requests and connections denied (or, dry run, that would be) because no ALLOW policy
     /// matched.
     unmatched: Arc<Counts>,
+    /// [`UNMATCHED`], made once rather than per denial.
+    unmatched_name: Arc<str>,
 }
 
 #[derive(Debug)]
@@ -73,12 +75,18 @@ enum What {
     SourceIp(Box<[Cidr]>),
     RemoteIp(Box<[Cidr]>),
     Port(Box<[u16]>),
+    /// What only an HTTP request has.
+    Http(HttpWhat),
+    /// An identity Tripline does not have yet (see `tripline_config::authz`): no value.
+    Absent,
+}
+
+#[derive(Debug)]
+enum HttpWhat {
     Host(Box<[StringMatch]>),
     Method(Box<[StringMatch]>),
     Path(Box<[StringMatch]>),
     Header(HeaderName, Box<[StringMatch]>),
-    /// An identity Tripline does not have yet (see `tripline_config::authz`): no value.
-    Absent,
 }
 
 impl Rule {
@@ -98,11 +106,11 @@ impl Check {
             (Attribute::SourceIp, Values::Ips(l)) => What::SourceIp(l.as_slice().into()),
             (Attribute::RemoteIp, Values::Ips(l)) => What::RemoteIp(l.as_slice().into()),
             (Attribute::Port, Values::Ports(l)) => What::Port(l.as_slice().into()),
-            (Attribute::Host, Values::Strings(l)) => What::Host(l.as_slice().into()),
-            (Attribute::Method, Values::Strings(l)) => What::Method(l.as_slice().into()),
-            (Attribute::Path, Values::Strings(l)) => What::Path(l.as_slice().into()),
+            (Attribute::Host, Values::Strings(l)) => What::Http(HttpWhat::Host(l.as_slice().into())),
+            (Attribute::Method, Values::Strings(l)) => What::Http(HttpWhat::Method(l.as_slice().into())),
+            (Attribute::Path, Values::Strings(l)) => What::Http(HttpWhat::Path(l.as_slice().into())),
             (Attribute::Header(name), Values::Strings(l)) => match HeaderName::from_bytes(name.as_bytes()) {
-                Ok(name) => What::Header(name, l.as_slice().into()),
+                Ok(name) => What::Http(HttpWhat::Header(name, l.as_slice().into())),
                 // The decoder checked the name; were it not a name, no request would have it.
                 Err(_) => What::Absent,
             },
@@ -173,12 +181,13 @@ impl Authz {
 
     /// Decides; counts the decision.
     pub fn check(&self, facts: &Facts<'_>) -> Decision {
-        let audited_by = self
-            .enforced
-            .policies
-            .iter()
-            .find(|p| p.action == AuthzAction::Audit && p.matches(facts))
-            .map(|p| p.decided());
+        let audited_by =
+            self.enforced.policies.iter().find(|p| p.action == AuthzAction::Audit && p.matches(facts)).map(
+                |p| {
+                    p.counts.count();
+                    p.name.clone()
+                },
+            );
         let shadow_denied_by = if self.shadow.policies.is_empty() { None } else { self.shadow.denied(facts) };
         Decision { denied_by: self.enforced.denied(facts), audited_by, shadow_denied_by }
     }
@@ -209,6 +218,7 @@ impl Engine {
             any_allow: policies.iter().any(|p| p.action == AuthzAction::Allow),
             policies,
             unmatched: previous.map_or_else(Default::default, |p| p.unmatched.clone()),
+            unmatched_name: UNMATCHED.into(),
         }
     }
 
@@ -217,19 +227,20 @@ impl Engine {
     fn denied(&self, facts: &Facts<'_>) -> Option<Arc<str>> {
         let deny = self.policies.iter().find(|p| p.action == AuthzAction::Deny && p.matches(facts));
         if let Some(p) = deny {
-            return Some(p.decided());
+            p.counts.count();
+            return Some(p.name.clone());
         }
         if !self.any_allow {
             return None;
         }
         match self.policies.iter().find(|p| p.action == AuthzAction::Allow && p.matches(facts)) {
             Some(p) => {
-                p.decided();
+                p.counts.count();
                 None
             }
             None => {
-                self.unmatched.decided.fetch_add(1, Ordering::Relaxed);
-                Some(UNMATCHED.into())
+                self.unmatched.count();
+                Some(self.unmatched_name.clone())
             }
         }
     }
@@ -255,12 +266,13 @@ impl Engine {
     }
 }
 
-impl Policy {
-    fn decided(&self) -> Arc<str> {
-        self.counts.decided.fetch_add(1, Ordering::Relaxed);
-        self.name.clone()
+impl Counts {
+    fn count(&self) {
+        self.decided.fetch_add(1, Ordering::Relaxed);
     }
+}
 
+impl Policy {
     fn matches(&self, facts: &Facts<'_>) -> bool {
         // What a constraint that needs HTTP counts as on a TCP connection: DENY rules drop
         // it (they deny more), ALLOW and AUDIT rules cannot match.
@@ -285,18 +297,18 @@ fn holds(c: &Check, facts: &Facts<'_>, lenient: bool) -> bool {
         What::RemoteIp(blocks) => blocks.iter().any(|b| b.contains(facts.remote)),
         What::Port(ports) => ports.contains(&facts.port),
         What::Absent => false,
-        http_only => {
+        What::Http(what) => {
             let Some(h) = &facts.http else { return lenient };
-            match http_only {
-                What::Method(list) => any(list, h.method),
-                What::Path(list) => any(list, h.path),
-                What::Host(list) => {
+            match what {
+                HttpWhat::Method(list) => any(list, h.method),
+                HttpWhat::Path(list) => any(list, h.path),
+                HttpWhat::Host(list) => {
                     let authority =
                         crate::headers::authority_of(h.uri, h.headers).unwrap_or("").to_ascii_lowercase();
                     let host = crate::headers::host_of(&authority);
                     list.iter().any(|m| m.matches(&authority) || m.matches(host))
                 }
-                What::Header(name, list) => {
+                HttpWhat::Header(name, list) => {
                     let mut values = h.headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
                     let Some(first) = values.next() else { return c.negate };
                     match values.next() {
@@ -307,7 +319,6 @@ fn holds(c: &Check, facts: &Facts<'_>, lenient: bool) -> bool {
                         }
                     }
                 }
-                What::SourceIp(_) | What::RemoteIp(_) | What::Port(_) | What::Absent => false,
             }
         }
     };
