@@ -566,6 +566,7 @@ impl<'a> Ctx<'a> {
             load_balancer,
             pool,
             resilience,
+            tls: None,
         });
         self.cluster_ids.insert(name, id);
         Some(id)
@@ -818,6 +819,8 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                     tcp_routes: Vec::new(),
                     trust_client: g.trusted_proxies > 0,
                     trusted_proxies: g.trusted_proxies,
+                    tls: Vec::new(),
+                    https_redirect: false,
                 },
                 gateway: Some(r.name.clone()),
                 hosts: s.hosts.iter().map(|h| server_host(&h.value).to_string()).collect(),
@@ -871,6 +874,8 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                         // The sidecar's own application: its headers are believed.
                         trust_client: true,
                         trusted_proxies: 0,
+                        tls: Vec::new(),
+                        https_redirect: false,
                     },
                     gateway: None,
                     hosts: vec!["*".into()],

@@ -59,6 +59,92 @@ pub struct ListenerPlan {
     /// `x-forwarded-for`, so the client is the address that many entries from its end.
     #[serde(skip_serializing_if = "is_zero_u32")]
     pub trusted_proxies: u32,
+    /// TLS termination (`Gateway.servers[].tls`, protocol `HTTPS`, or `TLS` with a mode that
+    /// terminates): the servers sharing this port, chosen by the client's SNI in this order
+    /// (exact names first, then wildcards longest first, `*` last). Empty: plaintext.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<TlsServerPlan>,
+    /// `tls.httpsRedirect` on a plaintext HTTP server: every request is answered with a `301`
+    /// to the same URL with `https`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub https_redirect: bool,
+}
+
+/// One Gateway server's TLS settings: how a connection whose SNI matches `hosts` is
+/// terminated. The files are read (and re-read when they change) by the proxy; the compiler
+/// checked that each holds what it should.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TlsServerPlan {
+    /// `<gateway>/<server port name>`, for logs and metrics.
+    pub name: String,
+    /// SNI names this server answers: exact, `*.suffix`, or `*` (also a client sending no SNI).
+    pub hosts: Vec<String>,
+    pub mode: DownstreamTlsMode,
+    /// PEM: the certificate chain (leaf first) and its private key.
+    pub certificate: std::path::PathBuf,
+    pub private_key: std::path::PathBuf,
+    /// PEM: the CAs client certificates must chain to (`MUTUAL`, `OPTIONAL_MUTUAL`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<std::path::PathBuf>,
+    /// A client certificate must name one of these (DNS, URI or IP SAN); empty: any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    pub versions: TlsVersions,
+    /// Istio/Envoy cipher suite names (TLS 1.2 only, as in Envoy), validated; empty: rustls's
+    /// defaults.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum DownstreamTlsMode {
+    /// Server certificate only.
+    Simple,
+    /// A client certificate is required and verified.
+    Mutual,
+    /// A client certificate is verified if the client sends one.
+    OptionalMutual,
+}
+
+/// `minProtocolVersion` / `maxProtocolVersion`. rustls speaks TLS 1.2 and 1.3; `TLSV1_0` and
+/// `TLSV1_1` are refused by the compiler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TlsVersions {
+    pub tls12: bool,
+    pub tls13: bool,
+}
+
+impl Default for TlsVersions {
+    fn default() -> Self {
+        TlsVersions { tls12: true, tls13: true }
+    }
+}
+
+/// How a cluster's connections to its endpoints are encrypted
+/// (`DestinationRule.trafficPolicy.tls`, per subset).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpstreamTlsPlan {
+    /// `MUTUAL` when a client certificate is set, else `SIMPLE`.
+    pub mutual: bool,
+    /// The SNI sent; `None`: the cluster's host name (Istio sends none; a hostname is what
+    /// an upstream behind a TLS load balancer needs, and what `subjectAltNames` default to).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// The server certificate must name one of these (DNS, URI or IP SAN); empty: the SNI
+    /// (or the host name) is checked as a DNS name, as HTTPS clients do.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
+    /// PEM: the CAs the server's chain must end at; `None`: the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_certificates: Option<std::path::PathBuf>,
+    /// PEM: the client certificate chain and key (`MUTUAL`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_certificate: Option<std::path::PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<std::path::PathBuf>,
+    /// No verification of the server's certificate at all (the compiler warns).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
 }
 
 fn is_zero_u32(n: &u32) -> bool {
@@ -275,6 +361,9 @@ pub struct ClusterPlan {
     pub pool: PoolLimits,
     /// Outlier ejection, breakers and the retry budget for this cluster.
     pub resilience: ResiliencePlan,
+    /// TLS to the endpoints; `None`: plaintext.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsPlan>,
 }
 
 /// The resilience engine's settings for one cluster (a host, or one subset of it), from
