@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authz;
+pub mod certs;
 pub mod compile;
 pub mod decode;
 pub mod diag;
