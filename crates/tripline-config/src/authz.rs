@@ -23,11 +23,15 @@
 //! lets through what it was written to stop). A policy without `metadata.namespace` is in
 //! the workload's namespace.
 //!
-//! Tripline has no peer identities yet (mesh mTLS arrives with the security issue): the
-//! identity fields (`principals`, `namespaces`, `serviceAccounts`, `requestPrincipals`, `source.principal`,
-//! `source.namespace`, `request.auth.*`, `connection.sni`) are evaluated as Istio evaluates
-//! them on plaintext traffic, with no value: a list of values never matches, a `not` list
-//! always does. `validate` warns about each.
+//! Identities come from TLS: `connection.sni` from the SNI a client sent to a listener that
+//! terminates TLS; `principals`, `namespaces` and `serviceAccounts` (`source.principal`,
+//! `source.namespace`) from the SPIFFE ID (`spiffe://<trust domain>/ns/<ns>/sa/<sa>`) of the
+//! certificate a client presented to a `MUTUAL` or `OPTIONAL_MUTUAL` server. A request without
+//! one (plaintext, no client certificate) is evaluated as Istio evaluates it: no value, so a
+//! list of values never matches and a `not` list always does. A JWT's identities
+//! (`requestPrincipals`, `request.auth.*`) never have a value: Tripline reads no
+//! RequestAuthentication. `validate` warns at each identity field no listener of the config
+//! can give a request.
 //!
 //! A policy annotated `istio.io/dry-run: "true"` is evaluated on its own, as Istio's shadow
 //! rules are (dry-run DENY policies, and dry-run ALLOW policies, each as if they alone were
@@ -54,9 +58,10 @@ pub struct AuthorizationPolicy {
     pub rules: Vec<AuthzRule>,
     /// `istio.io/dry-run: "true"`: evaluated, counted and logged, never enforced.
     pub dry_run: bool,
-    /// Identity fields, each with where it was written (for `validate`'s warnings).
+    /// Identity fields, each with where it was written (for `validate`'s warnings when no
+    /// listener can give a request that identity).
     #[serde(skip)]
-    pub identity_fields: Vec<(crate::yaml::Pos, String)>,
+    pub identity_fields: Vec<(crate::yaml::Pos, String, Attribute)>,
 }
 
 /// A policy that applies to this proxy, as the plan carries it.
@@ -276,7 +281,7 @@ fn rule(
     cx: &mut Cx,
     node: &Node,
     path: &str,
-    identity: &mut Vec<(crate::yaml::Pos, String)>,
+    identity: &mut Vec<(crate::yaml::Pos, String, Attribute)>,
 ) -> Option<AuthzRule> {
     let f = cx.fields(node, path, &RULE)?;
     let from =
@@ -301,7 +306,7 @@ fn clauses(
     list: Option<(&Node, String)>,
     wrapper: (&Schema, &str, &str),
     schema: &Schema,
-    identity: &mut Vec<(crate::yaml::Pos, String)>,
+    identity: &mut Vec<(crate::yaml::Pos, String, Attribute)>,
 ) -> Option<Vec<Vec<Constraint>>> {
     let (wrapper_schema, field, expected) = wrapper;
     let mut out = Some(Vec::new());
@@ -326,7 +331,7 @@ fn constraints(
     node: &Node,
     path: &str,
     schema: &Schema,
-    identity: &mut Vec<(crate::yaml::Pos, String)>,
+    identity: &mut Vec<(crate::yaml::Pos, String, Attribute)>,
 ) -> Option<Vec<Constraint>> {
     let f = cx.fields(node, path, schema)?;
     let mut out = Vec::new();
@@ -353,7 +358,7 @@ fn constraints(
             }
         };
         if attribute.identity() {
-            identity.push((n.pos, p.clone()));
+            identity.push((n.pos, p.clone(), attribute.clone()));
         }
         match values(cx, n, &p, &attribute) {
             Some(values) => out.push(Constraint { attribute, values, negate }),
@@ -368,7 +373,7 @@ fn condition(
     cx: &mut Cx,
     node: &Node,
     path: &str,
-    identity: &mut Vec<(crate::yaml::Pos, String)>,
+    identity: &mut Vec<(crate::yaml::Pos, String, Attribute)>,
 ) -> Option<Vec<Constraint>> {
     let f = cx.fields(node, path, &CONDITION)?;
     let Some((kn, kp)) = f.value("key") else {
@@ -402,7 +407,7 @@ fn condition(
         }
     };
     if attribute.identity() {
-        identity.push((kn.pos, kp.clone()));
+        identity.push((kn.pos, kp.clone(), attribute.clone()));
     }
     let mut out = Vec::new();
     for (field, negate) in [("values", false), ("notValues", true)] {

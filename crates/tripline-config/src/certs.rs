@@ -51,7 +51,8 @@ pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Ce
         return Err(error(path, "holds no certificate (expected a `-----BEGIN CERTIFICATE-----` section)"));
     }
     for (i, c) in certs.iter().enumerate() {
-        CertInfo::parse(c).map_err(|e| error(path, format!("certificate {} is not valid X.509: {e}", i + 1)))?;
+        CertInfo::parse(c)
+            .map_err(|e| error(path, format!("certificate {} is not valid X.509: {e}", i + 1)))?;
     }
     Ok(certs)
 }
@@ -133,6 +134,27 @@ impl CertInfo {
     }
 }
 
+/// `2031-05-17T00:00:00Z`: a certificate date as RFC 3339 (UTC, whole seconds), for
+/// diagnostics and `/config_dump`. Written by hand: a civil date from days since the epoch
+/// (Howard Hinnant's algorithm) is all it takes, and no date crate is a dependency.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs_f64().ceil() as i64),
+    };
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
 /// A certificate's DNS name against a wanted name: equal ignoring case, or `*.rest` covering
 /// exactly one label in front of `rest`.
 fn dns_matches(cert_name: &str, want: &str) -> bool {
@@ -167,7 +189,8 @@ mod tests {
 
     #[test]
     fn reads_the_expiry_and_every_kind_of_name() {
-        let der = cert_with(&["api.example.com", "*.internal.example.com", "spiffe://td/ns/a/sa/b", "10.0.0.7"]);
+        let der =
+            cert_with(&["api.example.com", "*.internal.example.com", "spiffe://td/ns/a/sa/b", "10.0.0.7"]);
         let info = CertInfo::parse(&der).unwrap();
         assert_eq!(info.not_after_unix(), 1_936_742_400, "2031-05-17T00:00:00Z");
         assert!(info.names("API.example.com"));
@@ -179,6 +202,20 @@ mod tests {
         assert!(info.names("10.0.0.7"));
         assert!(!info.names("10.0.0.8"));
         assert_eq!(info.spiffe_id(), Some("spiffe://td/ns/a/sa/b"));
+    }
+
+    #[test]
+    fn dates_are_written_as_rfc_3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(1_936_742_400)),
+            "2031-05-17T00:00:00Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + std::time::Duration::from_secs(951_782_400 + 3_723)),
+            "2000-02-29T01:02:03Z"
+        );
+        assert_eq!(rfc3339(UNIX_EPOCH - std::time::Duration::from_secs(86_400)), "1969-12-31T00:00:00Z");
     }
 
     #[test]

@@ -12,11 +12,12 @@ use crate::decode::Cx;
 use crate::diag::{Diagnostic, Severity};
 use crate::fallback::{FallbackPlan, FallbackTo};
 use crate::model::{
-    DestinationRule, Gateway, HttpRoute, Resource, RouteDestination, SePort, ServiceEntry, Spec, Subset,
-    TrafficPolicy, VirtualService,
+    DestinationRule, Gateway, HttpRoute, Resource, RouteDestination, SePort, Server, ServiceEntry, Spec,
+    Subset, TrafficPolicy, VirtualService,
 };
 use crate::plan::*;
 use crate::policy::{effective_outlier, PolicyRetries, ResiliencePolicy, RouteRef, Target};
+use crate::tls::{ClientMode, ClientTls};
 use crate::yaml::Pos;
 use crate::LoadOptions;
 
@@ -44,6 +45,17 @@ pub fn effective_policy(top: &TrafficPolicy, subset: Option<&TrafficPolicy>) -> 
         idle_timeout: s.idle_timeout.or(t.idle_timeout).unwrap_or(d.idle_timeout),
     };
     (lb, pool)
+}
+
+/// The TLS a subset's connections (or the host's, when `subset` is `None`) are made with: the
+/// subset's `tls` replaces the top level's whole, as in Istio. `None`: plaintext (no `tls`, or
+/// mode DISABLE).
+pub fn effective_tls<'p>(
+    top: Option<&'p TrafficPolicy>,
+    subset: Option<&'p TrafficPolicy>,
+) -> Option<&'p ClientTls> {
+    let tls = subset.and_then(|s| s.tls.as_ref()).or_else(|| top.and_then(|t| t.tls.as_ref()));
+    tls.filter(|t| t.mode != ClientMode::Disable)
 }
 
 /// The resilience settings of a cluster: outlier detection from the DestinationRule (subset
@@ -212,6 +224,14 @@ struct Ctx<'a> {
     /// `maxRetries` fields already warned about (resource, field path): a DestinationRule's
     /// field serves every cluster of its host (each port, each subset), and is one finding.
     retry_floor_reported: std::collections::HashSet<(String, String)>,
+    /// The files TLS settings name, read once per load.
+    tls_files: crate::tls::Files<'a>,
+    /// Each cluster TLS setting compiled, by (DestinationRule document, path of its `tls`,
+    /// ServiceEntry document): one setting serves every port and subset of its host.
+    upstream_tls: HashMap<(String, String, String), Option<UpstreamTlsPlan>>,
+    /// TLS findings already reported (document, field path, message): once each, whatever
+    /// number of clusters or servers share the setting.
+    tls_reported: std::collections::HashSet<(String, String, String)>,
 }
 
 impl<'a> Ctx<'a> {
@@ -223,6 +243,45 @@ impl<'a> Ctx<'a> {
     /// [`Resource::shifted`]).
     fn report(&mut self, r: &Resource, severity: Severity, pos: Pos, path: &str, msg: impl Into<String>) {
         self.cx(r).report(severity, r.shifted(pos), path, msg);
+    }
+
+    /// Reports what compiling a TLS setting of `r` found, each finding once per load.
+    fn report_tls(&mut self, r: &Resource, findings: Vec<crate::tls::Finding>) {
+        for f in findings {
+            if self.tls_reported.insert((r.source.clone(), f.path.clone(), f.message.clone())) {
+                self.report(r, f.severity, f.pos, &f.path, f.message);
+            }
+        }
+    }
+
+    /// A cluster's TLS origination from `t` (written in `rule`), to `host` of `se`.
+    fn upstream_tls(
+        &mut self,
+        rule: &Resource,
+        t: &ClientTls,
+        (se_res, se): (&Resource, &ServiceEntry),
+        host: &str,
+    ) -> Option<UpstreamTlsPlan> {
+        if t.sni.is_none() && rustls_pki_types::ServerName::try_from(host).is_err() {
+            let msg = format!("`{host}` is not a TLS server name, and without `sni` the cluster's host is sent as the SNI and checked against the upstream's certificate: set `sni`");
+            let finding = crate::tls::Finding {
+                severity: Severity::Error,
+                pos: t.pos,
+                path: t.path.clone(),
+                message: msg,
+            };
+            self.report_tls(rule, vec![finding]);
+            return None;
+        }
+        let key = (rule.source.clone(), t.path.clone(), se_res.source.clone());
+        if let Some(done) = self.upstream_tls.get(&key) {
+            return done.clone();
+        }
+        let mut findings = Vec::new();
+        let plan = self.tls_files.client(&rule.file, t, &se.subject_alt_names, &mut findings);
+        self.report_tls(rule, findings);
+        self.upstream_tls.insert(key, plan.clone());
+        plan
     }
 
     fn service_entry(&self, host: &str) -> Option<(&'a Resource, &'a ServiceEntry)> {
@@ -473,11 +532,28 @@ impl<'a> Ctx<'a> {
                 }
             },
         };
+        let tls = effective_tls(rule.map(|(_, dr)| &dr.traffic_policy), subset.map(|s| &s.traffic_policy));
+        let port_protocol = port_protocol(port);
+        let written = subset.map(|s| &s.traffic_policy).filter(|p| p.tls.is_some() || p.tls_invalid);
+        let tls_invalid = written.or(rule.map(|(_, dr)| &dr.traffic_policy)).is_some_and(|p| p.tls_invalid);
+        if !tcp && tls.is_none() && !tls_invalid && matches!(port_protocol.as_str(), "HTTPS" | "TLS") {
+            let msg = format!(
+                "port {} of `{host}` is {port_protocol} ({}), and an HTTP route would send it plaintext HTTP: add a DestinationRule for `{host}` with `trafficPolicy.tls.mode: SIMPLE` to originate TLS (or pass a client's own TLS through with a `tcp` route)",
+                port.number,
+                se_res.id()
+            );
+            self.report(r, Severity::Error, d.host.pos, &d.host.path, msg);
+            return None;
+        }
         let subset_name = subset.map(|s| s.name.value.clone());
         let name = format!("outbound|{}|{}|{}", port.number, subset_name.as_deref().unwrap_or(""), host);
         if let Some(&id) = self.cluster_ids.get(&name) {
             return Some(id);
         }
+        let tls = match (tls, rule) {
+            (Some(t), Some((rule_res, _))) => Some(self.upstream_tls(rule_res, t, (se_res, se), host)?),
+            _ => None,
+        };
         let protocol = upstream_protocol(port, tcp);
         let labels = subset.map(|s| s.labels.clone()).unwrap_or_default();
         let selected: Vec<_> =
@@ -566,7 +642,7 @@ impl<'a> Ctx<'a> {
             load_balancer,
             pool,
             resilience,
-            tls: None,
+            tls,
         });
         self.cluster_ids.insert(name, id);
         Some(id)
@@ -721,25 +797,38 @@ fn written<'p>(
     subset.and_then(|s| get(&s.traffic_policy)).or_else(|| get(&dr.traffic_policy))
 }
 
+/// A ServiceEntry port's protocol: as written, else Istio's selection by port name prefix
+/// (`http-web`, `grpc`, `tcp-db`, `https-api`).
+fn port_protocol(port: &SePort) -> String {
+    port.protocol.clone().unwrap_or_else(|| port.name.split('-').next().unwrap_or("").to_ascii_uppercase())
+}
+
+/// How a cluster speaks to its endpoints. `HTTPS` is HTTP/1.1 inside the TLS that the
+/// DestinationRule originates; `TLS` is bytes inside it.
 fn upstream_protocol(port: &SePort, tcp_route: bool) -> UpstreamProtocol {
-    let proto = port.protocol.clone().unwrap_or_else(|| {
-        // Istio's protocol selection by port name prefix: `http-web`, `grpc`, `tcp-db`.
-        port.name.split('-').next().unwrap_or("").to_ascii_uppercase()
-    });
-    match proto.as_str() {
-        "HTTP" | "HTTP1" => UpstreamProtocol::Http1,
+    match port_protocol(port).as_str() {
+        "HTTP" | "HTTP1" | "HTTPS" => UpstreamProtocol::Http1,
         "HTTP2" | "GRPC" => UpstreamProtocol::Http2,
-        "TCP" | "MONGO" | "MYSQL" | "REDIS" => UpstreamProtocol::Tcp,
+        "TCP" | "TLS" | "MONGO" | "MYSQL" | "REDIS" => UpstreamProtocol::Tcp,
         _ if tcp_route => UpstreamProtocol::Tcp,
         _ => UpstreamProtocol::Http1,
     }
 }
 
-struct Listener {
-    plan: ListenerPlan,
+/// The servers of one Gateway on a listener: TLS servers of several Gateways may share a
+/// port (the client's SNI picks the server), and a VirtualService takes the hosts of those it
+/// is bound to.
+#[derive(Clone)]
+struct Member {
+    /// `None`: the mesh listener.
     gateway: Option<String>,
     /// Server hosts (namespace stripped); `*` for the mesh.
     hosts: Vec<String>,
+}
+
+struct Listener {
+    plan: ListenerPlan,
+    members: Vec<Member>,
     domains: Vec<(HostMatch, Vec<RoutePlan>)>,
     /// Where each domain is in `domains`.
     domain_index: HashMap<HostMatch, usize>,
@@ -764,6 +853,9 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         cluster_policies: Vec::new(),
         route_policies: Vec::new(),
         retry_floor_reported: Default::default(),
+        tls_files: crate::tls::Files::new(opts.credentials_dir.as_deref()),
+        upstream_tls: HashMap::new(),
+        tls_reported: Default::default(),
     };
     let mut policies = Vec::new();
     let mut authz_policies = Vec::new();
@@ -799,17 +891,39 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         for s in &g.servers {
             let bind = SocketAddr::new(s.bind, s.port.value);
             let name = format!("{}/{}", r.name, s.port_name);
+            let hosts: Vec<String> = s.hosts.iter().map(|h| server_host(&h.value).to_string()).collect();
+            let protocol = match s.protocol.as_str() {
+                "HTTP" | "HTTPS" => ListenerProtocol::Http,
+                "TCP" | "TLS" => ListenerProtocol::Tcp,
+                _ => ListenerProtocol::Http2,
+            };
+            let tls = match s.tls.as_ref().and_then(|t| t.terminate.as_ref()) {
+                Some(t) => {
+                    let mut findings = Vec::new();
+                    let plan = ctx.tls_files.server(&r.file, t, name.clone(), hosts.clone(), &mut findings);
+                    ctx.report_tls(r, findings);
+                    match plan {
+                        Some(plan) => Some(plan),
+                        None => continue,
+                    }
+                }
+                None => None,
+            };
             if let Some(other) = binds.get(&bind) {
-                let msg = format!("duplicate listener port: {bind} is already used by listener `{other}`");
-                ctx.report(r, Severity::Error, s.port.pos, &s.port.path, msg);
+                let shared = listeners.iter_mut().find(|l| l.plan.bind == bind && !l.plan.tls.is_empty());
+                match (tls, shared) {
+                    (Some(tls), Some(l)) => share_port(&mut ctx, l, (r, g, s), protocol, tls, hosts),
+                    _ => {
+                        let msg = format!("duplicate listener port: {bind} is already used by listener `{other}`; only TLS servers (protocol HTTPS, or TLS) share a port, the client's SNI choosing one");
+                        ctx.report(r, Severity::Error, s.port.pos, &s.port.path, msg);
+                    }
+                }
                 continue;
             }
             binds.insert(bind, name.clone());
-            let protocol = match s.protocol.as_str() {
-                "HTTP" => ListenerProtocol::Http,
-                "TCP" => ListenerProtocol::Tcp,
-                _ => ListenerProtocol::Http2,
-            };
+            let https_redirect = tls.is_none()
+                && protocol != ListenerProtocol::Tcp
+                && s.tls.as_ref().is_some_and(|t| t.https_redirect);
             listeners.push(Listener {
                 plan: ListenerPlan {
                     name,
@@ -819,11 +933,10 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                     tcp_routes: Vec::new(),
                     trust_client: g.trusted_proxies > 0,
                     trusted_proxies: g.trusted_proxies,
-                    tls: Vec::new(),
-                    https_redirect: false,
+                    tls: tls.into_iter().collect(),
+                    https_redirect,
                 },
-                gateway: Some(r.name.clone()),
-                hosts: s.hosts.iter().map(|h| server_host(&h.value).to_string()).collect(),
+                members: vec![Member { gateway: Some(r.name.clone()), hosts }],
                 domains: Vec::new(),
                 domain_index: HashMap::new(),
                 resource: Some(gi),
@@ -855,7 +968,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                 ctx.report(r, Severity::Error, g.pos, &g.path, msg);
             }
         }
-        if targets_mesh && !listeners.iter().any(|l| l.gateway.is_none()) {
+        if targets_mesh && !listeners.iter().any(|l| l.members.iter().any(|m| m.gateway.is_none())) {
             if let Some(other) = binds.get(&opts.mesh_bind) {
                 let msg = format!(
                     "the mesh listener address {} is already used by listener `{other}`",
@@ -877,8 +990,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                         tls: Vec::new(),
                         https_redirect: false,
                     },
-                    gateway: None,
-                    hosts: vec!["*".into()],
+                    members: vec![Member { gateway: None, hosts: vec!["*".into()] }],
                     domains: Vec::new(),
                     domain_index: HashMap::new(),
                     resource: None,
@@ -993,18 +1105,24 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         let mut attached_any = false;
         let mut tcp_listeners = 0;
         for l in listeners.iter_mut() {
-            let wanted = match &l.gateway {
-                Some(g) => targets.contains(&g.as_str()),
-                None => targets_mesh,
-            };
-            if !wanted {
+            let members: Vec<Member> = l
+                .members
+                .iter()
+                .filter(|m| match &m.gateway {
+                    Some(g) => targets.contains(&g.as_str()),
+                    None => targets_mesh,
+                })
+                .cloned()
+                .collect();
+            if members.is_empty() {
                 continue;
             }
+            let port = l.plan.bind.port();
             if l.plan.protocol == ListenerProtocol::Tcp {
                 let here: Vec<TcpRoutePlan> = tcp_routes
                     .iter()
                     .filter_map(|(t, plan)| {
-                        tcp_scoped(t, plan, l.gateway.as_deref(), l.plan.bind.port(), opts)
+                        members.iter().find_map(|m| tcp_scoped(t, plan, m.gateway.as_deref(), port, opts))
                     })
                     .collect();
                 if !here.is_empty() {
@@ -1031,20 +1149,31 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
             if vs.http.is_empty() {
                 continue;
             }
-            let here = scoped(&http_routes, l.gateway.as_deref(), l.plan.bind.port(), opts);
-            for h in &vs.hosts {
-                let domains: Vec<String> = l.hosts.iter().filter_map(|s| intersect(&h.value, s)).collect();
-                for domain in domains {
-                    attached_any = true;
-                    let m = host_match(&domain);
-                    match l.domain_index.get(&m) {
-                        Some(&i) => l.domains[i].1.extend(here.iter().cloned()),
-                        None => {
-                            l.domain_index.insert(m.clone(), l.domains.len());
-                            l.domains.push((m, here.clone()));
+            // The domains of the Gateways before: a second Gateway on the port adds only its own.
+            let mut taken: Vec<HostMatch> = Vec::new();
+            for member in &members {
+                let here = scoped(&http_routes, member.gateway.as_deref(), port, opts);
+                let mut added = Vec::new();
+                for h in &vs.hosts {
+                    let domains: Vec<String> =
+                        member.hosts.iter().filter_map(|s| intersect(&h.value, s)).collect();
+                    for domain in domains {
+                        attached_any = true;
+                        let m = host_match(&domain);
+                        if taken.contains(&m) {
+                            continue;
+                        }
+                        added.push(m.clone());
+                        match l.domain_index.get(&m) {
+                            Some(&i) => l.domains[i].1.extend(here.iter().cloned()),
+                            None => {
+                                l.domain_index.insert(m.clone(), l.domains.len());
+                                l.domains.push((m, here.clone()));
+                            }
                         }
                     }
                 }
+                taken.extend(added);
             }
         }
         if !tcp_routes.is_empty() && tcp_listeners == 0 {
@@ -1088,19 +1217,46 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         }
         plan_listeners.push(l.plan);
     }
+    ctx.check_identities(&authz_policies, &plan_listeners);
     Plan { listeners: plan_listeners, clusters: ctx.clusters, authorization }
 }
 
 impl<'a> Ctx<'a> {
+    /// Warns at each identity an AuthorizationPolicy names that no request of this config can
+    /// have: a JWT's (Tripline reads no RequestAuthentication), an SNI when no listener
+    /// terminates TLS, a peer identity when no listener asks clients for a certificate.
+    fn check_identities(
+        &mut self,
+        policies: &[(&Resource, &AuthorizationPolicy)],
+        listeners: &[ListenerPlan],
+    ) {
+        let terminates = listeners.iter().any(|l| !l.tls.is_empty());
+        let verifies =
+            listeners.iter().any(|l| l.tls.iter().any(|t| t.mode != crate::plan::DownstreamTlsMode::Simple));
+        const NEVER: &str = "so a list of values never matches and a `not` list always does, as Istio treats a request without it";
+        for &(r, p) in policies {
+            for (pos, path, attribute) in &p.identity_fields {
+                let why = match attribute {
+                    crate::authz::Attribute::RequestAuth => {
+                        "Tripline reads no RequestAuthentication (JWT): no request has this attribute"
+                    }
+                    crate::authz::Attribute::Sni if !terminates => {
+                        "no listener of this config terminates TLS: no request has a TLS server name"
+                    }
+                    crate::authz::Attribute::Sni => continue,
+                    _ if !verifies => "no listener of this config asks clients for a certificate (a Gateway server's `tls.mode` MUTUAL or OPTIONAL_MUTUAL): no request has a peer identity",
+                    _ => continue,
+                };
+                self.report(r, Severity::Warning, *pos, path, format!("{why}, {NEVER}"));
+            }
+        }
+    }
+
     /// The AuthorizationPolicies that apply to this proxy's workload (see [`crate::authz`]),
     /// in the order written, and `validate`'s findings about each.
     fn authorization(&mut self, policies: &[(&Resource, &AuthorizationPolicy)]) -> Vec<AuthzPolicyPlan> {
         let mut out = Vec::new();
         for &(r, p) in policies {
-            for (pos, path) in &p.identity_fields {
-                let msg = "Tripline has no peer identities yet (no mTLS, no JWT, no TLS server name): no request has this attribute, so a list of values never matches and a `not` list always does, as Istio treats plaintext traffic";
-                self.report(r, Severity::Warning, *pos, path, msg);
-            }
             if p.rules.is_empty() && p.action == AuthzAction::Allow {
                 let msg = "an ALLOW policy without rules matches no request: where it applies, every request that no other ALLOW policy allows is denied (Istio's allow-nothing); to allow everything, write `rules: [{}]`";
                 self.report(r, Severity::Warning, r.pos, "spec", msg);
@@ -1144,6 +1300,84 @@ impl<'a> Ctx<'a> {
             }
             _ => Ok(true),
         }
+    }
+}
+
+/// What a TLS server asks of clients, in words.
+fn asks(t: &TlsServerPlan) -> String {
+    let ca = t.ca_certificates.as_ref().map(|p| format!(" chaining to {}", p.display())).unwrap_or_default();
+    let names = match t.subject_alt_names.as_slice() {
+        [] => String::new(),
+        names => format!(" naming {}", names.join(" or ")),
+    };
+    match t.mode {
+        DownstreamTlsMode::Simple => "no certificate (SIMPLE)".to_string(),
+        DownstreamTlsMode::Mutual => format!("a certificate (MUTUAL){ca}{names}"),
+        DownstreamTlsMode::OptionalMutual => format!("an optional certificate (OPTIONAL_MUTUAL){ca}{names}"),
+    }
+}
+
+/// Adds TLS server `s` of Gateway `r` (`tls`, for SNI names `hosts`) to the listener of the
+/// TLS servers already on its port, as Istio's filter chains chosen by SNI: the servers must
+/// be alike in what the listener does with a connection once the SNI chose (protocol, the
+/// client certificate asked for, trusted proxies), since one listener routes all their hosts;
+/// an SNI name is one server's.
+fn share_port(
+    ctx: &mut Ctx<'_>,
+    l: &mut Listener,
+    (r, g, s): (&Resource, &Gateway, &Server),
+    protocol: ListenerProtocol,
+    tls: TlsServerPlan,
+    hosts: Vec<String>,
+) {
+    let first = &l.plan.tls[0];
+    let kind = |p: ListenerProtocol| if p == ListenerProtocol::Tcp { "TLS" } else { "HTTPS" };
+    let problem = if l.plan.protocol != protocol {
+        Some(format!(
+            "the servers sharing a port must all be HTTPS or all TLS, and `{}` is {}",
+            first.name,
+            kind(l.plan.protocol)
+        ))
+    } else if (first.mode, &first.ca_certificates, &first.subject_alt_names)
+        != (tls.mode, &tls.ca_certificates, &tls.subject_alt_names)
+    {
+        Some(format!(
+            "`{}` asks clients for {}, and this server for {}: the servers sharing a port must ask the same (mode, caCertificates, subjectAltNames), since one listener routes all their hosts and a client could pick the laxer server by its SNI",
+            first.name,
+            asks(first),
+            asks(&tls)
+        ))
+    } else if g.trusted_proxies != l.plan.trusted_proxies {
+        Some(format!(
+            "the Gateway of `{}` trusts {} proxies in front of it (numTrustedProxies), and this one {}: the Gateways sharing a port must agree",
+            first.name, l.plan.trusted_proxies, g.trusted_proxies
+        ))
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        let msg = format!("{} is already used by listener `{}`: {problem}", l.plan.bind, l.plan.name);
+        ctx.report(r, Severity::Error, s.port.pos, &s.port.path, msg);
+        return;
+    }
+    let mut ok = true;
+    for (h, at) in hosts.iter().zip(&s.hosts) {
+        if let Some(other) = l.plan.tls.iter().find(|t| t.hosts.iter().any(|x| x.eq_ignore_ascii_case(h))) {
+            let msg = format!(
+                "host `{h}` is already served on {} by `{}`: the client's SNI picks one server, and one certificate, per name",
+                l.plan.bind, other.name
+            );
+            ctx.report(r, Severity::Error, at.pos, &at.path, msg);
+            ok = false;
+        }
+    }
+    if !ok {
+        return;
+    }
+    l.plan.tls.push(tls);
+    match l.members.iter_mut().find(|m| m.gateway.as_deref() == Some(r.name.as_str())) {
+        Some(m) => m.hosts.extend(hosts),
+        None => l.members.push(Member { gateway: Some(r.name.clone()), hosts }),
     }
 }
 

@@ -69,13 +69,18 @@ impl fmt::Debug for ConfigDump {
 }
 
 /// Each resource as read (defaults applied where Tripline applies them), the effective policy
-/// of every DestinationRule subset, and the plan. Written straight to text: only one resource
-/// at a time is ever a `serde_json::Value`.
+/// of every DestinationRule subset, the plan, and (when it names any) the certificate files'
+/// subjects and validity (`certificateFiles`). Written straight to text: only one resource at a time is ever a
+/// `serde_json::Value`.
 fn render(resources: &[Arc<model::Resource>], plan: &plan::Plan) -> Arc<str> {
     #[derive(serde::Serialize)]
     struct Dump<'a> {
         plan: &'a plan::Plan,
         resources: Resources<'a>,
+        /// Named apart from the proxy's `certificates` (the certificates in force, which
+        /// `/config_dump` puts first).
+        #[serde(rename = "certificateFiles", skip_serializing_if = "serde_json::Map::is_empty")]
+        certificates: serde_json::Map<String, serde_json::Value>,
     }
     struct Resources<'a>(&'a [Arc<model::Resource>]);
     impl serde::Serialize for Resources<'_> {
@@ -83,7 +88,43 @@ fn render(resources: &[Arc<model::Resource>], plan: &plan::Plan) -> Arc<str> {
             s.collect_seq(self.0.iter().map(|r| resource(r)))
         }
     }
-    serde_json::to_string(&Dump { plan, resources: Resources(resources) }).unwrap_or_default().into()
+    let dump = Dump { plan, resources: Resources(resources), certificates: certificates(plan) };
+    serde_json::to_string(&dump).unwrap_or_default().into()
+}
+
+/// Every certificate file the plan names (listeners' chains and CAs, clusters' client chains
+/// and CAs; never a key) → what each of its certificates is: subject, names and validity
+/// (RFC 3339), as the file reads now (the proxy reads it again whenever it changes).
+fn certificates(plan: &plan::Plan) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::json;
+    let servers = plan.listeners.iter().flat_map(|l| &l.tls);
+    let server_files = servers.flat_map(|t| [Some(&t.certificate), t.ca_certificates.as_ref()]);
+    let clusters = plan.clusters.iter().filter_map(|c| c.tls.as_ref());
+    let client_files = clusters.flat_map(|t| [t.client_certificate.as_ref(), t.ca_certificates.as_ref()]);
+    let mut out = serde_json::Map::new();
+    for path in server_files.chain(client_files).flatten() {
+        let key = path.display().to_string();
+        if out.contains_key(&key) {
+            continue;
+        }
+        let shown = match crate::certs::read_certificates(path) {
+            Ok(chain) => json!(chain
+                .iter()
+                .filter_map(|c| crate::certs::CertInfo::parse(c).ok())
+                .map(|info| json!({
+                    "subject": info.subject,
+                    "dnsNames": info.dns_names,
+                    "uris": info.uris,
+                    "ips": info.ips,
+                    "notBefore": crate::certs::rfc3339(info.not_before),
+                    "notAfter": crate::certs::rfc3339(info.not_after),
+                }))
+                .collect::<Vec<_>>()),
+            Err(e) => json!({ "error": e.problem }),
+        };
+        out.insert(key, shown);
+    }
+    out
 }
 
 /// One resource for the dump, with its `effectivePolicy` if it is a DestinationRule.
@@ -92,11 +133,23 @@ fn resource(r: &model::Resource) -> serde_json::Value {
     let mut v = serde_json::to_value(r).unwrap_or(serde_json::Value::Null);
     if let model::Spec::DestinationRule(dr) = &r.spec {
         let mut effective = serde_json::Map::new();
+        let tls_mode = |sub: Option<&model::TrafficPolicy>| {
+            compile::effective_tls(Some(&dr.traffic_policy), sub)
+                .map_or(crate::tls::ClientMode::Disable, |t| t.mode)
+        };
         let (lb, pool) = compile::effective_policy(&dr.traffic_policy, None);
-        effective.insert(String::new(), json!({"loadBalancer": lb, "connectionPool": pool}));
+        effective.insert(
+            String::new(),
+            json!({"loadBalancer": lb, "connectionPool": pool, "tls": {"mode": tls_mode(None)}}),
+        );
         for s in &dr.subsets {
-            let (lb, pool) = compile::effective_policy(&dr.traffic_policy, Some(&s.traffic_policy));
-            effective.insert(s.name.value.clone(), json!({"loadBalancer": lb, "connectionPool": pool}));
+            let sub = Some(&s.traffic_policy);
+            let (lb, pool) = compile::effective_policy(&dr.traffic_policy, sub);
+            let tls = json!({"mode": tls_mode(sub)});
+            effective.insert(
+                s.name.value.clone(),
+                json!({"loadBalancer": lb, "connectionPool": pool, "tls": tls}),
+            );
         }
         v["effectivePolicy"] = serde_json::Value::Object(effective);
     }

@@ -362,6 +362,7 @@ impl<'a> ClusterOrigin<'a> {
             && r.endpoint_breaker == c.endpoint_breaker
             && r.retry_budget == c.retry_budget
             && r.policy == c.policy
+            && crate::compile::effective_tls(Some(top), sub).is_some() == cluster.tls.is_some()
     }
 
     /// Where the cluster's endpoints are listed: the ServiceEntry's `endpoints`, or its
@@ -369,6 +370,19 @@ impl<'a> ClusterOrigin<'a> {
     pub fn endpoints(&self) -> Origin {
         let listed = matches!(&self.service_entry.spec, Spec::ServiceEntry(se) if !se.endpoints.is_empty());
         Origin::field(self.service_entry, if listed { "spec.endpoints" } else { "spec.hosts" })
+    }
+
+    /// Where the cluster's TLS setting is: the subset's `tls` when it has one (it replaces the
+    /// rule's whole), else the rule's, else none (Istio's default: plaintext).
+    pub fn tls(&self) -> Origin {
+        let Some((r, dr)) = self.rule else { return Origin::ISTIO };
+        if let Some(s) = self.subset.filter(|s| s.traffic_policy.tls.is_some()) {
+            return Origin::field(r, format!("{}.trafficPolicy.tls", subset_path(s)));
+        }
+        if dr.traffic_policy.tls.is_some() {
+            return Origin::field(r, "spec.trafficPolicy.tls");
+        }
+        Origin::ISTIO
     }
 
     /// Where the subset's labels are, for a subset's cluster.

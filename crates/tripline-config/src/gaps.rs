@@ -16,16 +16,33 @@ pub type Refused = &'static [(&'static str, &'static str)];
 /// `(field, why ignoring it is harmless)`: a warning.
 pub type Ignored = &'static [(&'static str, &'static str)];
 
-const NO_UPSTREAM_TLS: &str = "remove it: Tripline's connections to endpoints are plain TCP for now";
 const NO_LOCALITY: &str = "remove it: every endpoint has the same priority for now";
 
 /// Gateway `servers[]`.
-pub const SERVER: Refused = &[
+pub const SERVER: Refused = &[(
+    "defaultEndpoint",
+    "remove it: requests go to the routes of the VirtualServices bound to this Gateway",
+)];
+
+/// Gateway `servers[].tls` (see [`crate::tls`]).
+pub const SERVER_TLS: Refused = &[
     (
-        "tls",
-        "remove it: the server serves plain HTTP or TCP for now (no TLS termination, no redirect to HTTPS)",
+        "verifyCertificateSpki",
+        "remove it, and let `caCertificates` (and `subjectAltNames`) say which client certificates are accepted: Tripline does not pin client certificates by key",
     ),
-    ("defaultEndpoint", "remove it: requests go to the routes of the VirtualServices bound to this Gateway"),
+    (
+        "verifyCertificateHash",
+        "remove it, and let `caCertificates` (and `subjectAltNames`) say which client certificates are accepted: Tripline does not pin client certificates by hash",
+    ),
+    (
+        "credentialNames",
+        "give one certificate with `credentialName` (or `serverCertificate` and `privateKey`): Tripline serves one certificate per server for now",
+    ),
+    (
+        "tlsCertificates",
+        "give one certificate with `credentialName` (or `serverCertificate` and `privateKey`): Tripline serves one certificate per server for now",
+    ),
+    ("caCrl", "remove it: Tripline does not check client certificates against a revocation list yet"),
 ];
 
 /// Gateway `servers[].port`.
@@ -33,13 +50,10 @@ pub const GATEWAY_PORT: Ignored =
     &[("targetPort", "Istio ignores it on a Gateway server too (it applies to ServiceEntry ports); the listener binds `number`")];
 
 /// ServiceEntry.
-pub const SERVICE_ENTRY: Refused = &[
-    ("subjectAltNames", NO_UPSTREAM_TLS),
-    (
-        "workloadSelector",
-        "list the endpoints under `endpoints` instead: Tripline does not discover workloads by their labels",
-    ),
-];
+pub const SERVICE_ENTRY: Refused = &[(
+    "workloadSelector",
+    "list the endpoints under `endpoints` instead: Tripline does not discover workloads by their labels",
+)];
 pub const SERVICE_ENTRY_IGNORED: Ignored = &[(
     "addresses",
     "Tripline routes by host name on its own listeners and never takes traffic by its destination address, so the addresses select nothing",
@@ -49,7 +63,10 @@ pub const SERVICE_ENTRY_IGNORED: Ignored = &[(
 pub const WORKLOAD_ENTRY: Refused = &[
     ("network", "remove it: Tripline connects to every endpoint directly, never through a network's gateway"),
     ("locality", NO_LOCALITY),
-    ("serviceAccount", NO_UPSTREAM_TLS),
+    (
+        "serviceAccount",
+        "remove it, and list the names the endpoints' certificates carry in the DestinationRule's `tls.subjectAltNames` (or the ServiceEntry's `subjectAltNames`): Tripline has no mesh identities yet",
+    ),
 ];
 
 /// VirtualService.
@@ -89,11 +106,16 @@ pub const DESTINATION_RULE: Refused = &[(
 
 /// DestinationRule `trafficPolicy` (top level and subsets).
 pub const TRAFFIC_POLICY: Refused = &[
-    ("tls", NO_UPSTREAM_TLS),
     ("portLevelSettings", "move the settings to the top level or to a subset: Tripline applies one policy to every port of a host"),
     ("tunnel", "remove it: Tripline connects to the endpoints directly"),
     ("proxyProtocol", "remove it: Tripline sends no PROXY protocol header, so the upstream would not see the client's address"),
 ];
+
+/// DestinationRule `trafficPolicy.tls` (see [`crate::tls`]).
+pub const CLIENT_TLS: Refused = &[(
+    "caCrl",
+    "remove it: Tripline does not check the upstream's certificate against a revocation list yet",
+)];
 
 /// DestinationRule `trafficPolicy.loadBalancer`.
 pub const LOAD_BALANCER: Refused = &[

@@ -21,6 +21,7 @@ pub mod policy;
 pub mod rate_limit;
 mod resource;
 pub mod route_features;
+pub mod tls;
 pub mod yaml;
 
 use std::net::SocketAddr;
@@ -47,6 +48,10 @@ pub struct LoadOptions {
     /// against them.
     pub workload_labels: std::collections::BTreeMap<String, String>,
     pub workload_namespace: Option<String>,
+    /// `--credentials-dir`: where a TLS setting's `credentialName: NAME` is read from, the
+    /// directory `NAME/` with the Kubernetes Secret's keys as files (`tls.crt`, `tls.key`,
+    /// `ca.crt`; see [`tls`]). `None`: a `credentialName` is an error.
+    pub credentials_dir: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -57,6 +62,7 @@ impl Default for LoadOptions {
             listeners_required: true,
             workload_labels: std::collections::BTreeMap::new(),
             workload_namespace: None,
+            credentials_dir: None,
         }
     }
 }

@@ -188,11 +188,16 @@ pub struct Server {
     pub protocol: String,
     pub hosts: Vec<At<String>>,
     pub bind: IpAddr,
+    /// `tls`: termination on an `HTTPS` or `TLS` port, `httpsRedirect` on a plaintext one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 const GATEWAY: Schema = Schema::new("Istio's Gateway", &["servers", "selector"]);
 const SERVER: Schema =
-    Schema::new("Istio's Server", &["port", "hosts", "bind", "name"]).refusing(gaps::SERVER);
+    Schema::new("Istio's Server", &["port", "hosts", "bind", "name", "tls"]).refusing(gaps::SERVER);
+/// The protocols of a Gateway server port.
+const SERVER_PROTOCOLS: &str = "HTTP, HTTPS, HTTP2, GRPC, TCP, TLS";
 const PORT: Schema =
     Schema::new("Istio's Port", &["number", "name", "protocol"]).ignoring(gaps::GATEWAY_PORT);
 
@@ -222,23 +227,12 @@ pub fn gateway(cx: &mut Cx, spec: &Node) -> Option<Gateway> {
             Some((n, np)) => {
                 let proto = cx.string(n, &np).map(|s| s.to_ascii_uppercase());
                 match proto.as_deref() {
-                    Some("HTTP" | "HTTP2" | "GRPC" | "TCP") => proto,
-                    Some("HTTPS" | "TLS") => {
-                        cx.error(
-                            n,
-                            &np,
-                            format!(
-                                "protocol {} is not supported yet: expected one of HTTP, HTTP2, GRPC, TCP",
-                                proto.unwrap_or_default()
-                            ),
-                        );
-                        None
-                    }
+                    Some("HTTP" | "HTTPS" | "HTTP2" | "GRPC" | "TCP" | "TLS") => proto,
                     Some(_) => {
                         cx.error(
                             n,
                             &np,
-                            format!("expected one of HTTP, HTTP2, GRPC, TCP, found {}", n.describe()),
+                            format!("expected one of {SERVER_PROTOCOLS}, found {}", n.describe()),
                         );
                         None
                     }
@@ -246,9 +240,19 @@ pub fn gateway(cx: &mut Cx, spec: &Node) -> Option<Gateway> {
                 }
             }
             None => {
-                cx.required(&p, "protocol", "one of HTTP, HTTP2, GRPC, TCP");
+                cx.required(&p, "protocol", &format!("one of {SERVER_PROTOCOLS}"));
                 None
             }
+        };
+        // Istio requires `tls` on HTTPS and TLS ports; elsewhere it may only redirect.
+        let tls = match (s.value("tls"), protocol.as_deref()) {
+            (Some((n, tp)), proto) => crate::tls::server(cx, n, &tp, proto).map(Some),
+            (None, Some(proto @ ("HTTPS" | "TLS"))) => {
+                let what = format!("the certificate this {proto} port terminates TLS with: {{mode: SIMPLE, credentialName: NAME}}, or {{mode: SIMPLE, serverCertificate: PATH, privateKey: PATH}}");
+                cx.required(&s, "tls", &what);
+                None
+            }
+            (None, _) => Some(None),
         };
         let hosts = match s.value("hosts") {
             Some((n, hp)) => {
@@ -282,11 +286,11 @@ pub fn gateway(cx: &mut Cx, spec: &Node) -> Option<Gateway> {
             },
             None => Some(IpAddr::from([0, 0, 0, 0])),
         };
-        if let (Some(port), Some(protocol), Some(bind)) = (number, protocol, bind) {
+        if let (Some(port), Some(protocol), Some(bind), Some(tls)) = (number, protocol, bind, tls) {
             if !hosts.is_empty() {
                 let port_name =
                     name.unwrap_or_else(|| format!("{}-{}", protocol.to_ascii_lowercase(), port.value));
-                servers.push(Server { port, port_name, protocol, hosts, bind });
+                servers.push(Server { port, port_name, protocol, hosts, bind, tls });
             }
         }
     }
@@ -302,6 +306,10 @@ pub struct ServiceEntry {
     pub ports: Vec<SePort>,
     pub resolution: String,
     pub endpoints: Vec<Endpoint>,
+    /// `subjectAltNames`: what the endpoints' certificates must name when a DestinationRule
+    /// originates TLS to them and gives no `subjectAltNames` of its own.
+    #[serde(rename = "subjectAltNames", skip_serializing_if = "Vec::is_empty")]
+    pub subject_alt_names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -353,7 +361,7 @@ impl<T: Serialize> Serialize for NameMap<T> {
 
 const SERVICE_ENTRY: Schema = Schema::new(
     "Istio's ServiceEntry",
-    &["hosts", "ports", "resolution", "endpoints", "location", "exportTo"],
+    &["hosts", "ports", "resolution", "endpoints", "location", "exportTo", "subjectAltNames"],
 )
 .refusing(gaps::SERVICE_ENTRY)
 .ignoring(gaps::SERVICE_ENTRY_IGNORED);
@@ -361,7 +369,8 @@ const SE_PORT: Schema = Schema::new("Istio's ServicePort", &["number", "name", "
 const WORKLOAD_ENTRY: Schema =
     Schema::new("Istio's WorkloadEntry", &["address", "ports", "labels", "weight"])
         .refusing(gaps::WORKLOAD_ENTRY);
-pub const SE_PROTOCOLS: &[&str] = &["HTTP", "HTTP2", "GRPC", "TCP", "MONGO", "MYSQL", "REDIS"];
+pub const SE_PROTOCOLS: &[&str] =
+    &["HTTP", "HTTPS", "HTTP2", "GRPC", "TCP", "TLS", "MONGO", "MYSQL", "REDIS"];
 
 pub fn service_entry(cx: &mut Cx, spec: &Node) -> Option<ServiceEntry> {
     let f = cx.fields(spec, "spec", &SERVICE_ENTRY)?;
@@ -392,17 +401,6 @@ pub fn service_entry(cx: &mut Cx, spec: &Node) -> Option<ServiceEntry> {
             let protocol = match pf.value("protocol") {
                 Some((n, np)) => match cx.string(n, &np).map(|s| s.to_ascii_uppercase()) {
                     Some(s) if SE_PROTOCOLS.contains(&s.as_str()) => Some(Some(s)),
-                    Some(s) if s == "HTTPS" || s == "TLS" => {
-                        cx.error(
-                            n,
-                            &np,
-                            format!(
-                                "protocol {s} is not supported yet: expected one of {}",
-                                SE_PROTOCOLS.join(", ")
-                            ),
-                        );
-                        None
-                    }
                     Some(_) => {
                         cx.error(
                             n,
@@ -476,7 +474,11 @@ pub fn service_entry(cx: &mut Cx, spec: &Node) -> Option<ServiceEntry> {
             endpoints.push(Endpoint { address: At::new(address, an, &ap), ports, labels, weight });
         }
     }
-    Some(ServiceEntry { hosts, ports, resolution, endpoints })
+    let subject_alt_names = match f.value("subjectAltNames") {
+        Some((n, p)) => cx.strings(n, &p).into_iter().map(|(s, _, _)| s).collect(),
+        None => Vec::new(),
+    };
+    Some(ServiceEntry { hosts, ports, resolution, endpoints, subject_alt_names })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1323,6 +1325,14 @@ pub struct TrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(rename = "retryBudget")]
     pub retry_budget: RetryBudget,
+    /// `tls`: a subset's replaces the top level's whole (Istio's rule for `tls`, unlike the
+    /// other settings).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::ClientTls>,
+    /// A `tls` was written but had errors (reported): its absence from `tls` must not be read
+    /// as plaintext, which would add errors of its own.
+    #[serde(skip)]
+    pub tls_invalid: bool,
     /// The settings written here that act on HTTP requests only (`connectionPool.http`,
     /// `retryBudget`, a consistent-hash key read from the request): a TCP route's cluster
     /// refuses them, since they would do nothing there.
@@ -1459,7 +1469,7 @@ const DESTINATION_RULE: Schema =
 const SUBSET: Schema = Schema::new("Istio's Subset", &["name", "labels", "trafficPolicy"]);
 const TRAFFIC_POLICY: Schema = Schema::new(
     "Istio's TrafficPolicy",
-    &["loadBalancer", "connectionPool", "outlierDetection", "retryBudget"],
+    &["loadBalancer", "connectionPool", "outlierDetection", "retryBudget", "tls"],
 )
 .refusing(gaps::TRAFFIC_POLICY);
 const LOAD_BALANCER: Schema =
@@ -1592,6 +1602,10 @@ fn decode_traffic_policy(cx: &mut Cx, node: &Node, path: &str) -> TrafficPolicy 
     if let Some((n, p)) = f.value("retryBudget") {
         tp.retry_budget = retry_budget(cx, n, &p);
         tp.http_only.push(HttpOnly { pos: n.pos, path: p });
+    }
+    if let Some((n, p)) = f.value("tls") {
+        tp.tls = crate::tls::client(cx, n, &p);
+        tp.tls_invalid = tp.tls.is_none();
     }
     tp
 }

@@ -60,8 +60,9 @@ pub struct ListenerPlan {
     #[serde(skip_serializing_if = "is_zero_u32")]
     pub trusted_proxies: u32,
     /// TLS termination (`Gateway.servers[].tls`, protocol `HTTPS`, or `TLS` with a mode that
-    /// terminates): the servers sharing this port, chosen by the client's SNI in this order
-    /// (exact names first, then wildcards longest first, `*` last). Empty: plaintext.
+    /// terminates): the servers sharing this port, in the order written (no two name the same
+    /// SNI host). The client's SNI chooses: the server naming it exactly, else the longest
+    /// `*.suffix` covering it, else `*`. Empty: plaintext.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tls: Vec<TlsServerPlan>,
     /// `tls.httpsRedirect` on a plaintext HTTP server: every request is answered with a `301`
@@ -235,7 +236,7 @@ pub struct RequestMatch {
     /// is unchanged, as in Istio).
     pub ignore_uri_case: bool,
     /// `scheme`: the request's scheme (`:scheme` over HTTP/2, an absolute-form target's over
-    /// HTTP/1.1, else `http`, since Tripline's listeners are plaintext).
+    /// HTTP/1.1, else `https` on a listener that terminates TLS and `http` on a plaintext one).
     pub scheme: Option<StringMatch>,
     /// `port`: the port the request was addressed to. On a Gateway listener that is the
     /// server's port, checked when the route is attached to it (the entry is dropped there

@@ -185,9 +185,14 @@ fn validate_warns_about_allow_nothing_and_identities_that_never_match() {
     );
     assert_eq!(w.len(), 3, "{w:#?}");
     assert!(
-        w[0].contains("spec.rules[0].from[0].source.principals") && w[0].contains("no peer identities yet"),
+        w[0].contains("spec.rules[0].from[0].source.principals")
+            && w[0].contains("no listener of this config asks clients for a certificate"),
         "{w:#?}"
     );
     assert!(w[1].contains("source.notServiceAccounts"), "{w:#?}");
-    assert!(w[2].contains("spec.rules[0].when[0].key"), "{w:#?}");
+    assert!(
+        w[2].contains("spec.rules[0].when[0].key")
+            && w[2].contains("no listener of this config terminates TLS"),
+        "{w:#?}"
+    );
 }

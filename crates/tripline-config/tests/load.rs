@@ -439,7 +439,15 @@ fn enum_values_say_what_is_accepted() {
         "LEAST_CONN is an alias"
     );
     let text = EXAMPLE.replace("protocol: HTTP}\n    hosts", "protocol: HTTPS}\n    hosts");
-    assert!(the_error(&text).contains("spec.servers[0].port.protocol: protocol HTTPS is not supported yet"));
+    assert!(
+        the_error(&text).contains("mesh.yaml:6:5: Gateway/edge: spec.servers[0].tls: `tls` is required: expected the certificate this HTTPS port terminates TLS with"),
+        "HTTPS without tls: {}",
+        the_error(&text)
+    );
+    let text = EXAMPLE.replace("protocol: HTTP}\n    hosts", "protocol: HTTP3}\n    hosts");
+    assert!(the_error(&text).contains(
+        "spec.servers[0].port.protocol: expected one of HTTP, HTTPS, HTTP2, GRPC, TCP, TLS, found `HTTP3`"
+    ));
 }
 
 #[test]

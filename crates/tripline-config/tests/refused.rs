@@ -22,6 +22,9 @@ spec:
       protocol: HTTP
       @PORT
     hosts: ["*"]
+    tls:
+      httpsRedirect: false
+      @SERVER_TLS
     @SERVER
 ---
 apiVersion: networking.istio.io/v1
@@ -79,6 +82,9 @@ spec:
       http:
         http2MaxRequests: 10
         @HTTP_POOL
+    tls:
+      mode: DISABLE
+      @CLIENT_TLS
     @TRAFFIC_POLICY
   @DESTINATION_RULE
 "#;
@@ -118,6 +124,7 @@ spec:
 /// Where each list of `gaps` goes in the template, and the field path of that place.
 const PLACES: &[(&str, &str, gaps::Refused, gaps::Ignored)] = &[
     ("@SERVER", "Gateway/edge: spec.servers[0]", gaps::SERVER, &[]),
+    ("@SERVER_TLS", "Gateway/edge: spec.servers[0].tls", gaps::SERVER_TLS, &[]),
     ("@PORT", "Gateway/edge: spec.servers[0].port", &[], gaps::GATEWAY_PORT),
     ("@SERVICE_ENTRY", "ServiceEntry/backend: spec", gaps::SERVICE_ENTRY, gaps::SERVICE_ENTRY_IGNORED),
     ("@ENDPOINT", "ServiceEntry/backend: spec.endpoints[0]", gaps::WORKLOAD_ENTRY, &[]),
@@ -129,6 +136,7 @@ const PLACES: &[(&str, &str, gaps::Refused, gaps::Ignored)] = &[
     ("@L4_MATCH", "VirtualService/db: spec.tcp[0].match[0]", gaps::L4_MATCH, &[]),
     ("@DESTINATION_RULE", "DestinationRule/backend: spec", gaps::DESTINATION_RULE, &[]),
     ("@TRAFFIC_POLICY", "DestinationRule/backend: spec.trafficPolicy", gaps::TRAFFIC_POLICY, &[]),
+    ("@CLIENT_TLS", "DestinationRule/backend: spec.trafficPolicy.tls", gaps::CLIENT_TLS, &[]),
     ("@LOAD_BALANCER", "DestinationRule/backend: spec.trafficPolicy.loadBalancer", gaps::LOAD_BALANCER, &[]),
     ("@TCP_POOL", "DestinationRule/backend: spec.trafficPolicy.connectionPool.tcp", gaps::TCP_POOL, &[]),
     ("@HTTP_POOL", "DestinationRule/backend: spec.trafficPolicy.connectionPool.http", gaps::HTTP_POOL, &[]),

@@ -41,7 +41,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy with a configuration (files or directories of multi-document YAML).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check a configuration without running it. Exit code 0: clean; 1: warnings only; 2: errors.
     Validate(validate::ValidateArgs),
     /// Run an embedded demo: the proxy plus three built-in upstreams (steady, flaky, slow).
@@ -127,7 +127,8 @@ pub struct RunArgs {
 }
 
 /// The workload this proxy runs for: what a VirtualService match's `sourceLabels` and
-/// `sourceNamespace` are checked against (a match naming them never applies without them).
+/// `sourceNamespace` are checked against (a match naming them never applies without them),
+/// and where its TLS credentials are (what a `credentialName` names).
 #[derive(Args, Clone, Default)]
 pub struct WorkloadArgs {
     /// The workload's labels, `key=value,key=value` (Kubernetes gives them later).
@@ -136,12 +137,17 @@ pub struct WorkloadArgs {
     /// The workload's namespace.
     #[arg(long, value_name = "NAMESPACE")]
     pub workload_namespace: Option<String>,
+    /// Where a TLS setting's `credentialName: NAME` is read from: the directory DIR/NAME/ with
+    /// the Kubernetes Secret's keys as files (tls.crt, tls.key, ca.crt), until Secrets are read.
+    #[arg(long, value_name = "DIR")]
+    pub credentials_dir: Option<PathBuf>,
 }
 
 impl WorkloadArgs {
     pub fn apply(&self, opts: &mut tripline_config::LoadOptions) {
         opts.workload_labels = self.workload_labels.clone().unwrap_or_default();
         opts.workload_namespace = self.workload_namespace.clone();
+        opts.credentials_dir = self.credentials_dir.clone();
     }
 }
 
@@ -258,7 +264,7 @@ fn colour(terminal: bool, no_color: Option<std::ffi::OsString>) -> bool {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Validate(args) => validate::run(args),
         Command::Demo(args) => demo::run(args),
     }
