@@ -101,6 +101,7 @@ async fn config_dump(shared: &Shared) -> Response<Full<Bytes>> {
             }
         },
     };
+    let written = with_certificates(shared, written);
     struct Text(Arc<str>);
     impl AsRef<[u8]> for Text {
         fn as_ref(&self) -> &[u8] {
@@ -110,6 +111,32 @@ async fn config_dump(shared: &Shared) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_owner(Text(written))));
     r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     r
+}
+
+/// The dump with `"certificates"` first: every certificate in force now (the files' current
+/// contents once a change was read), with its expiry; never a key. The dump's own text is
+/// written once per config, from the files as they were then.
+fn with_certificates(shared: &Shared, written: Arc<str>) -> Arc<str> {
+    let live = shared.tls_files.live();
+    if live.is_empty() || !written.starts_with('{') {
+        return written;
+    }
+    let certs: Vec<_> = live
+        .iter()
+        .flat_map(|c| c.expiries())
+        .map(|e| {
+            serde_json::json!({
+                "owner": e.owner,
+                "role": e.role,
+                "file": e.file,
+                "not_after_unix": e.not_after,
+            })
+        })
+        .collect();
+    let certs = serde_json::to_string(&certs).unwrap_or_else(|_| "[]".into());
+    let rest = &written[1..];
+    let sep = if rest.trim_start().starts_with('}') { "" } else { "," };
+    format!("{{\"certificates\":{certs}{sep}{rest}").into()
 }
 
 async fn route(shared: &Shared, token: Option<&TokenFile>, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -174,6 +201,7 @@ async fn route(shared: &Shared, token: Option<&TokenFile>, req: Request<Incoming
                 &applied.route_breakers,
                 &applied.rate_limiters,
                 applied.authz.as_deref(),
+                shared.tls_scrape(),
             );
             // OpenMetrics for a scraper that asks for it (Prometheus does); the Prometheus
             // text format (0.0.4) for everyone else, which every other tool parses.

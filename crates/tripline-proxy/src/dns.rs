@@ -157,6 +157,7 @@ mod tests {
             load_balancer: LoadBalancer::RoundRobin,
             pool: PoolLimits::default(),
             resilience: Default::default(),
+            tls: None,
         };
         let mut last = LastAnswers::new();
         let both = [target("a.svc", 1), target("b.svc", 1)];

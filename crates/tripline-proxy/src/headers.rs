@@ -190,6 +190,28 @@ pub fn request_id(rng: &dyn Rng) -> HeaderValue {
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
+/// Gives an HTTP/1.1 request that came over TLS its scheme: the absolute form
+/// `https://<Host><path>`, as an HTTP/2 request carries `:scheme`. Routing's `scheme` match and
+/// redirects then see `https`; forwarding writes the origin form again for an HTTP/1.1
+/// upstream. A request without a valid `Host` is left alone (it is refused anyway).
+pub fn https_target<B>(req: &mut Request<B>) {
+    let Some(host) =
+        req.headers().get(header::HOST).and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+    else {
+        return;
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.scheme = Some(http::uri::Scheme::HTTPS);
+    parts.authority = Some(host);
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    match http::Uri::from_parts(parts) {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(e) => tracing::debug!(error = %e, "request target not made absolute"),
+    }
+}
+
 /// Who the client is, for the headers that describe the request: at the edge (a Gateway with
 /// no trusted proxy in front), a client's `x-forwarded-proto` and `x-request-id` are not
 /// believed (it could pose as having come over TLS, or reuse another request's id to poison
@@ -208,6 +230,7 @@ pub fn prepare_request<B>(
     protocol: UpstreamProtocol,
     peer: &HeaderValue,
     client: Client,
+    https: bool,
     upgrade: bool,
     rng: &dyn Rng,
 ) {
@@ -219,15 +242,16 @@ pub fn prepare_request<B>(
         headers.remove(header::EXPECT);
     }
     append_forwarded_for(headers, peer);
+    let proto = HeaderValue::from_static(if https { "https" } else { "http" });
     match client {
         Client::Edge => {
-            // The scheme the client used with Tripline: plain HTTP (no listener terminates TLS).
-            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            // The scheme the client used with Tripline.
+            headers.insert(&X_FORWARDED_PROTO, proto);
             headers.insert(&X_REQUEST_ID, request_id(rng));
         }
         Client::Trusted => {
             // `entry`: one hash lookup each instead of a `contains_key` and an `insert`.
-            headers.entry(&X_FORWARDED_PROTO).or_insert_with(|| HeaderValue::from_static("http"));
+            headers.entry(&X_FORWARDED_PROTO).or_insert(proto);
             headers.entry(&X_REQUEST_ID).or_insert_with(|| request_id(rng));
         }
     }
@@ -373,6 +397,7 @@ mod tests {
             &peer_value([127, 0, 0, 1].into()),
             Client::Trusted,
             false,
+            false,
             &SplitMix::seeded(1),
         );
         assert_eq!(req.uri(), "/v1/x?q=1");
@@ -395,6 +420,7 @@ mod tests {
             &peer_value([127, 0, 0, 1].into()),
             Client::Trusted,
             false,
+            false,
             &SplitMix::seeded(1),
         );
         assert_eq!(req.uri(), "/admin");
@@ -414,7 +440,15 @@ mod tests {
         };
         let peer = peer_value([127, 0, 0, 1].into());
         let mut edge = request();
-        prepare_request(&mut edge, UpstreamProtocol::Http1, &peer, Client::Edge, false, &SplitMix::seeded(1));
+        prepare_request(
+            &mut edge,
+            UpstreamProtocol::Http1,
+            &peer,
+            Client::Edge,
+            false,
+            false,
+            &SplitMix::seeded(1),
+        );
         assert_eq!(edge.headers()["x-forwarded-proto"], "http", "the scheme it used with Tripline");
         assert_eq!(edge.headers()["x-request-id"], request_id(&SplitMix::seeded(1)), "a fresh id");
         assert_eq!(edge.headers().get_all("x-request-id").iter().count(), 1);
@@ -424,6 +458,7 @@ mod tests {
             UpstreamProtocol::Http1,
             &peer,
             Client::Trusted,
+            false,
             false,
             &SplitMix::seeded(1),
         );
@@ -450,6 +485,7 @@ mod tests {
             UpstreamProtocol::Http2,
             &peer_value([127, 0, 0, 1].into()),
             Client::Trusted,
+            false,
             false,
             &SplitMix::seeded(1),
         );

@@ -37,6 +37,7 @@ use crate::http_proxy::{self, ConnContext};
 use crate::local_reply::Reply;
 use crate::net_io::TcpIo;
 use crate::reason::{Reason, REASON_HEADER};
+use crate::tls::server::{ServerStream, ServerTls};
 use crate::upload::ClientBody;
 
 /// hyper's HTTP/1.1 server settings, shared by a listener's connections.
@@ -58,9 +59,21 @@ pub fn http1_builder(limits: HeaderLimits) -> http1::Builder {
 
 /// Serves one accepted client connection until it closes. `h2_only`: the listener speaks
 /// HTTP/2 only (Istio's `HTTP2` and `GRPC` ports); an HTTP/1.x client gets `505 http2-only`.
-pub async fn serve(http1: Arc<http1::Builder>, h2_only: bool, ctx: Arc<ConnContext>, stream: TcpStream) {
+/// `tls`: the listener terminates TLS; the handshake runs first, under the same supervision
+/// (a client that stalls it meets the request-head timeout).
+pub async fn serve(
+    http1: Arc<http1::Builder>,
+    h2_only: bool,
+    ctx: Arc<ConnContext>,
+    stream: TcpStream,
+    tls: Option<Arc<ServerTls>>,
+) {
     let signal = ctx.conn.signal().clone();
-    let conn = Conn::Detecting(Box::pin(detect(stream, ctx.clone(), h2_only)), Some((http1, ctx)));
+    let detecting: Detecting = match tls {
+        None => Box::pin(detect(stream, ctx.clone(), h2_only)),
+        Some(tls) => Box::pin(detect_tls(stream, tls, ctx.clone(), h2_only)),
+    };
+    let conn = Conn::Detecting(detecting, Some((http1, ctx)));
     let _ = Supervised::new(conn, signal, Conn::graceful_shutdown).await;
 }
 
@@ -145,15 +158,24 @@ impl<F: Future<Output = Result<Response<ResponseBody>, Infallible>>> Future for 
     }
 }
 
-/// The first bytes being looked at: the socket, and whether it speaks HTTP/2.
-type Detecting = Pin<Box<dyn Future<Output = io::Result<(TcpStream, bool)>> + Send>>;
+/// The first bytes being looked at (after the TLS handshake, on a TLS listener): the
+/// connection, and whether it speaks HTTP/2.
+type Detecting = Pin<Box<dyn Future<Output = io::Result<Transport>> + Send>>;
+
+/// What a client connection turned out to be.
+enum Transport {
+    Plain(TcpStream, bool),
+    Tls(Box<ServerStream>, bool),
+}
 
 /// A connection through its life: detecting (with what serving it will need), then served by
-/// one of the two servers.
+/// one of the two servers. The HTTP/2 server is the same code over either transport, each
+/// its own type (no `match` per read or write on the plaintext path).
 enum Conn {
     Detecting(Detecting, Option<(Arc<http1::Builder>, Arc<ConnContext>)>),
     Http1(Pin<Box<dyn Http1Conn>>),
     Http2(Box<h2_server::Connection<TcpIo, Proxying>>),
+    Http2Tls(Box<h2_server::Connection<ServerStream, Proxying>>),
     Closed,
 }
 
@@ -185,6 +207,7 @@ impl Conn {
             Conn::Detecting(..) => *self = Conn::Closed,
             Conn::Http1(c) => c.as_mut().graceful_shutdown(),
             Conn::Http2(c) => c.graceful_shutdown(),
+            Conn::Http2Tls(c) => c.graceful_shutdown(),
             Conn::Closed => {}
         }
     }
@@ -197,7 +220,7 @@ impl Future for Conn {
         loop {
             match &mut *self {
                 Conn::Detecting(detecting, parts) => {
-                    let (stream, h2) = match std::task::ready!(detecting.as_mut().poll(cx)) {
+                    let transport = match std::task::ready!(detecting.as_mut().poll(cx)) {
                         Ok(found) => found,
                         Err(e) => {
                             tracing::debug!(error = %e, "client connection ended before its first request was read");
@@ -206,22 +229,27 @@ impl Future for Conn {
                         }
                     };
                     let (http1, ctx) = parts.take().expect("detected once");
-                    let io = TcpIo::new(stream);
-                    let limits = ctx.shared.header_limits.get();
-                    *self = if h2 {
-                        let config = h2_server::Config {
-                            peer: ctx.peer,
-                            stats: ctx.shared.global.clone(),
-                            limits,
-                            stream_idle: ctx.shared.client_conns.stream_idle_config(),
-                        };
-                        Conn::Http2(Box::new(h2_server::Connection::new(io, Proxying(ctx), config)))
-                    } else {
-                        let service =
-                            service_fn(move |req: Request<Incoming>| serve_http1(ctx.clone(), limits, req));
-                        Conn::Http1(Box::pin(
-                            http1.serve_connection(TokioIo::new(io), service).with_upgrades(),
-                        ))
+                    *self = match transport {
+                        Transport::Plain(stream, false) => {
+                            Conn::Http1(serve_hyper(&http1, ctx, TcpIo::new(stream)))
+                        }
+                        Transport::Plain(stream, true) => {
+                            let config = h2_config(&ctx);
+                            Conn::Http2(Box::new(h2_server::Connection::new(
+                                TcpIo::new(stream),
+                                Proxying(ctx),
+                                config,
+                            )))
+                        }
+                        Transport::Tls(stream, false) => Conn::Http1(serve_hyper(&http1, ctx, *stream)),
+                        Transport::Tls(stream, true) => {
+                            let config = h2_config(&ctx);
+                            Conn::Http2Tls(Box::new(h2_server::Connection::new(
+                                *stream,
+                                Proxying(ctx),
+                                config,
+                            )))
+                        }
                     };
                 }
                 Conn::Http1(c) => {
@@ -229,8 +257,64 @@ impl Future for Conn {
                     return Poll::Ready(());
                 }
                 Conn::Http2(c) => return Pin::new(&mut **c).poll(cx),
+                Conn::Http2Tls(c) => return Pin::new(&mut **c).poll(cx),
                 Conn::Closed => return Poll::Ready(()),
             }
+        }
+    }
+}
+
+/// The HTTP/2 server's settings for a connection.
+fn h2_config(ctx: &ConnContext) -> h2_server::Config {
+    h2_server::Config {
+        peer: ctx.peer,
+        stats: ctx.shared.global.clone(),
+        limits: ctx.shared.header_limits.get(),
+        stream_idle: ctx.shared.client_conns.stream_idle_config(),
+    }
+}
+
+/// hyper's HTTP/1.1 server on a connection, with the proxy's request path as its service.
+fn serve_hyper<I>(http1: &http1::Builder, ctx: Arc<ConnContext>, io: I) -> Pin<Box<dyn Http1Conn>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = ctx.shared.header_limits.get();
+    let service = service_fn(move |req: Request<Incoming>| serve_http1(ctx.clone(), limits, req));
+    Box::pin(http1.serve_connection(TokioIo::new(io), service).with_upgrades())
+}
+
+/// The TLS handshake, then what the client speaks: HTTP/2 when it chose `h2` in ALPN (or the
+/// listener speaks nothing else), and its connection preface must follow; HTTP/1.1 otherwise.
+/// A failed handshake is the client's (a certificate it lacks, versions or ciphers in common,
+/// an SNI no server answers), counted by reason on the listener.
+async fn detect_tls(
+    stream: TcpStream,
+    tls: Arc<ServerTls>,
+    ctx: Arc<ConnContext>,
+    h2_only: bool,
+) -> io::Result<Transport> {
+    let (mut stream, info) = match tls.accept(TcpIo::new(stream)).await {
+        Ok(done) => done,
+        Err(failure) => {
+            ctx.listener.tls_stats.failed(failure);
+            return Err(io::Error::other(format!("TLS handshake failed: {}", failure.as_str())));
+        }
+    };
+    ctx.listener.tls_stats.handshake();
+    let h2 = h2_only || stream.get_ref().1.alpn_protocol() == Some(crate::tls::server::H2);
+    let _ = ctx.tls.set(info);
+    if !h2 {
+        return Ok(Transport::Tls(Box::new(stream), false));
+    }
+    match read_preface(&mut stream).await? {
+        Detected::Http2 => Ok(Transport::Tls(Box::new(stream), true)),
+        _ => {
+            ctx.shared.global.http2.connection_error(h2::Reason::PROTOCOL_ERROR.into());
+            if stream.write_all(&INVALID_PREFACE_GOAWAY).await.is_ok() {
+                let _ = stream.shutdown().await;
+            }
+            Err(io::Error::new(io::ErrorKind::InvalidData, "not the HTTP/2 connection preface after ALPN h2"))
         }
     }
 }
@@ -249,18 +333,14 @@ enum Detected {
 /// `h2_only` (an HTTP/2-only listener): an HTTP/1.x client is answered with `505 http2-only`
 /// (counted, and in the access log) and the connection closed, instead of being reset or left
 /// waiting. Bytes that are neither get GOAWAY PROTOCOL_ERROR and the close.
-async fn detect(
-    mut stream: TcpStream,
-    ctx: Arc<ConnContext>,
-    h2_only: bool,
-) -> io::Result<(TcpStream, bool)> {
+async fn detect(mut stream: TcpStream, ctx: Arc<ConnContext>, h2_only: bool) -> io::Result<Transport> {
     let detected = match sniff(&stream).await? {
         Detected::Http2 => read_preface(&mut stream).await?,
         other => other,
     };
     match detected {
-        Detected::Http2 => Ok((stream, true)),
-        Detected::Http1 if !h2_only => Ok((stream, false)),
+        Detected::Http2 => Ok(Transport::Plain(stream, true)),
+        Detected::Http1 if !h2_only => Ok(Transport::Plain(stream, false)),
         Detected::Http1 => {
             let started = (SystemTime::now(), Instant::now());
             let reason = Reason::Http2Only;
@@ -290,7 +370,7 @@ async fn detect(
 const INVALID_PREFACE_GOAWAY: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 
 /// Reads the HTTP/2 connection preface, stopping at the first byte that differs from it.
-async fn read_preface(stream: &mut TcpStream) -> io::Result<Detected> {
+async fn read_preface<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> io::Result<Detected> {
     let mut got = [0u8; PREFACE.len()];
     let mut n = 0;
     while n < got.len() {

@@ -43,6 +43,11 @@ pub struct ConnContext {
     pub peer_value: http::HeaderValue,
     /// The connection's registration with `client_conns` (request-head timeout, drain).
     pub conn: crate::client_conns::ConnHandle,
+    /// The listener terminates TLS: requests are `https` (routing's `scheme`, the
+    /// `x-forwarded-proto` sent upstream).
+    pub https: bool,
+    /// What its TLS handshake settled (set once, after the handshake).
+    pub tls: std::sync::OnceLock<crate::tls::TlsInfo>,
 }
 
 /// The connection context is what a request's [`RequestMark`] holds: it owns the handle.
@@ -57,8 +62,11 @@ impl ClientConn for ConnContext {
 /// moves it into every HTTP/2 stream task and into the HTTP/1 connection's request slot.
 pub fn handle(
     ctx: Arc<ConnContext>,
-    req: Request<ClientBody>,
+    mut req: Request<ClientBody>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
+    if ctx.https && req.uri().scheme().is_none() {
+        crate::headers::https_target(&mut req);
+    }
     let log = ctx.shared.access_log.is_some().then(|| Box::new(LogStart::of(&req)));
     let mut trace = Trace { on: log.is_some(), ..Trace::default() };
     let h2 = req.version() == http::Version::HTTP_2;
@@ -383,6 +391,9 @@ fn route(
         if let Some(authz) = &config.authz {
             authorize(ctx, authz, config.trusted_proxies, req, trace)?;
         }
+        if config.https_redirect {
+            return Err(Refused::Answered(None, Box::new(pipeline::answer::to_https(req))));
+        }
         (config.find(req).cloned(), config.trust_client)
     };
     let Some(route) = route else {
@@ -447,6 +458,7 @@ fn authorize(
         peer,
         remote: crate::headers::forwarded_client(req.headers(), trusted_proxies).unwrap_or(peer),
         port: ctx.listener.bind.port(),
+        tls: ctx.tls.get(),
         http: Some(pipeline::authz::HttpFacts {
             uri: req.uri(),
             method: req.method().as_str(),
@@ -537,6 +549,7 @@ fn start(
         cluster.protocol(),
         &ctx.peer_value,
         client,
+        ctx.https,
         upgrade.is_some(),
         &ctx.shared.rng,
     );

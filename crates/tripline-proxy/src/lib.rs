@@ -32,6 +32,7 @@ pub mod resilience;
 pub mod router;
 pub mod stats;
 pub mod tcp_proxy;
+pub mod tls;
 pub mod upload;
 pub mod upstream;
 pub mod workers;
@@ -75,6 +76,8 @@ pub struct Shared {
     dns_endpoints: Mutex<cluster::DnsEndpoints>,
     /// The clusters' open and half-open breakers, for housekeeping (the registry's list).
     timed: Arc<resilience::TimedBreakers>,
+    /// Every TLS config in force (listeners' and clusters'), with the files it is re-read from.
+    pub tls_files: Arc<tls::files::Registry>,
     listeners: Mutex<HashMap<SocketAddr, Arc<ListenerRuntime>>>,
     /// Bumped on every load; DNS refresh tasks of older loads stop.
     generation: AtomicU64,
@@ -88,6 +91,23 @@ pub struct Shared {
     pub header_limits: header_limits::ConfiguredLimits,
 }
 
+impl Shared {
+    /// What `/metrics` shows of TLS: the TLS listeners' handshakes and every certificate in
+    /// force.
+    pub fn tls_scrape(&self) -> metrics::TlsScrape {
+        let listeners = lock(&self.listeners)
+            .values()
+            .filter(|rt| rt.config.load().tls.is_some())
+            .map(|rt| {
+                let s = &rt.tls_stats;
+                let failures = std::array::from_fn(|i| s.failures[i].load(Ordering::Relaxed));
+                (rt.name.clone(), s.handshakes.load(Ordering::Relaxed), failures)
+            })
+            .collect();
+        metrics::TlsScrape { listeners, credentials: self.tls_files.live() }
+    }
+}
+
 /// A config's live clusters and route tables, built by [`Proxy::prepare`] and not yet in
 /// force.
 pub struct Prepared {
@@ -97,6 +117,8 @@ pub struct Prepared {
     authz: Option<Arc<pipeline::authz::Authz>>,
     /// One per listener of the plan, in its order.
     configs: Vec<Arc<ListenerConfig>>,
+    /// What makes it impossible to put in force (TLS files that cannot be read).
+    errors: Vec<String>,
 }
 
 /// What putting a config in force replaced (the old clusters, route tables and registry
@@ -144,6 +166,7 @@ impl Proxy {
         let timed = Arc::new(resilience::TimedBreakers::default());
         let rng = SplitMix::from_entropy();
         let sticky_secret = rng.next_u64();
+        let tls_files = Arc::new(tls::files::Registry::default());
         Proxy {
             shared: Arc::new(Shared {
                 global: Arc::new(GlobalStats::default()),
@@ -152,7 +175,8 @@ impl Proxy {
                 applied: ArcSwap::from_pointee(Applied::default()),
                 ready: AtomicBool::new(false),
                 shutdown,
-                registry: Mutex::new(Registry::new(timed.clone())),
+                registry: Mutex::new(Registry::new(timed.clone(), tls_files.clone())),
+                tls_files,
                 dns_endpoints: Mutex::default(),
                 timed,
                 listeners: Mutex::new(HashMap::new()),
@@ -206,16 +230,28 @@ impl Proxy {
         let route_shared = router::RouteShared { breakers: &route_breakers, limiters: &rate_limiters };
         let authz =
             pipeline::authz::Authz::build(&plan.authorization, applied.authz.as_deref()).map(Arc::new);
+        let mut errors = built.errors.clone();
         let configs = plan
             .listeners
             .iter()
             .map(|lp| {
                 let mut config = ListenerConfig::build(lp, &built.clusters, route_shared);
                 config.authz = authz.clone();
+                if !lp.tls.is_empty() {
+                    let alpn = match lp.protocol {
+                        tripline_config::plan::ListenerProtocol::Http => tls::server::Alpn::Http,
+                        tripline_config::plan::ListenerProtocol::Http2 => tls::server::Alpn::H2Only,
+                        tripline_config::plan::ListenerProtocol::Tcp => tls::server::Alpn::None,
+                    };
+                    match tls::server::ServerTls::build(&lp.tls, alpn, &shared.tls_files) {
+                        Ok(t) => config.tls = Some(Arc::new(t)),
+                        Err(e) => errors.push(e),
+                    }
+                }
                 Arc::new(config)
             })
             .collect();
-        Prepared { built, route_breakers, rate_limiters, authz, configs }
+        Prepared { built, route_breakers, rate_limiters, authz, configs, errors }
     }
 
     /// Puts a [`Proxy::prepare`]d config in force, as [`Proxy::apply`] does; `loaded` is the
@@ -234,8 +270,11 @@ impl Proxy {
         let mut retired = Retired(Vec::new());
         let shared = &self.shared;
         let plan = &loaded.plan;
+        if !prepared.errors.is_empty() {
+            return Err(prepared.errors.join("; "));
+        }
         let mut sockets = bind_new_listeners(shared, plan, bind).await?;
-        let Prepared { built, route_breakers, rate_limiters, authz, configs } = prepared;
+        let Prepared { built, route_breakers, rate_limiters, authz, configs, errors: _ } = prepared;
         let clusters = built.clusters.clone();
         for c in &clusters {
             dns::resolve_now(shared, c).await;
@@ -294,6 +333,9 @@ impl Proxy {
             dump: Some(loaded.dump.clone()),
             listeners,
         }))));
+        if !shared.tls_files.live().is_empty() {
+            shared.tls_files.watch();
+        }
         shared.ready.store(true, Ordering::SeqCst);
         Ok(retired)
     }

@@ -25,6 +25,8 @@ pub struct ListenerRuntime {
     pub bind: SocketAddr,
     pub protocol: ListenerProtocol,
     pub config: ArcSwap<ListenerConfig>,
+    /// TLS handshakes on this listener (all zero on a plaintext one).
+    pub tls_stats: crate::tls::server::TlsStats,
     /// Closing this stops the accept loop (the socket is released).
     stop: watch::Sender<bool>,
 }
@@ -47,7 +49,14 @@ impl ListenerRuntime {
         config: Arc<ListenerConfig>,
         stop: watch::Sender<bool>,
     ) -> Self {
-        ListenerRuntime { name, bind, protocol, config: ArcSwap::new(config), stop }
+        ListenerRuntime {
+            name,
+            bind,
+            protocol,
+            config: ArcSwap::new(config),
+            tls_stats: Default::default(),
+            stop,
+        }
     }
 
     pub fn stop(&self) {

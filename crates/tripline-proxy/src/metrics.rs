@@ -44,6 +44,7 @@ pub fn render(
     routes: &crate::resilience::RouteBreakers,
     limiters: &RateLimiters,
     authz: Option<&Authz>,
+    tls: TlsScrape,
 ) -> String {
     let clusters: Vec<Arc<ClusterState>> = live.iter().map(|c| c.state.clone()).collect();
     let mut registry = Registry::default();
@@ -56,6 +57,14 @@ pub fn render(
     registry.register_collector(Box::new(RateLimitScrape(limiters.limiters.values().cloned().collect())));
     if let Some(authz) = authz {
         registry.register_collector(Box::new(AuthzScrape(authz.counts())));
+    }
+    if !tls.listeners.is_empty() || !tls.credentials.is_empty() || live.iter().any(|c| c.tls.is_some()) {
+        let upstream = live
+            .iter()
+            .filter(|c| c.tls.is_some())
+            .map(|c| (c.state.name.to_string(), c.state.stats.tls_handshake_failures.load(Ordering::Relaxed)))
+            .collect();
+        registry.register_collector(Box::new(TlsCollector { scrape: tls, upstream }));
     }
     let mut out = String::with_capacity(8 * 1024);
     if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
@@ -101,6 +110,80 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// What the TLS families show: each TLS listener's handshakes, and every certificate in force.
+#[derive(Default)]
+pub struct TlsScrape {
+    /// `(listener, handshakes, failures by reason)`.
+    pub listeners: Vec<(String, u64, [u64; 4])>,
+    pub credentials: Vec<Arc<dyn crate::tls::files::Reload>>,
+}
+
+impl std::fmt::Debug for TlsScrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsScrape").field("listeners", &self.listeners).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct TlsCollector {
+    scrape: TlsScrape,
+    /// `(cluster, handshake failures)` of clusters with TLS.
+    upstream: Vec<(String, u64)>,
+}
+
+impl Collector for TlsCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use crate::tls::server::HandshakeFailure;
+        let listeners = &self.scrape.listeners;
+        counter(
+            &mut enc,
+            "tripline_tls_handshakes",
+            "Client TLS handshakes completed, by listener.",
+            listeners.iter().map(|(l, n, _)| (vec![("listener", l.clone())], *n)),
+        )?;
+        counter(
+            &mut enc,
+            "tripline_tls_handshake_failures",
+            "Client TLS handshakes that failed, by listener and reason (unknown-sni, client-certificate, protocol, client-disconnected): the client's doing, never an upstream's.",
+            listeners.iter().flat_map(|(l, _, failures)| {
+                HandshakeFailure::ALL.iter().map(move |f| {
+                    (vec![("listener", l.clone()), ("reason", f.as_str().to_string())], failures[*f as usize])
+                })
+            }),
+        )?;
+        counter(
+            &mut enc,
+            "tripline_upstream_tls_handshake_failures",
+            "Connections to an endpoint whose TLS handshake failed or timed out (also counted in tripline_upstream_connect_failures).",
+            self.upstream.iter().map(|(c, n)| (vec![("cluster", c.clone())], *n)),
+        )?;
+        let creds = &self.scrape.credentials;
+        gauge(
+            &mut enc,
+            "tripline_tls_certificate_expiry_timestamp_seconds",
+            "When each certificate in force expires (Unix seconds): role=certificate is the one presented, role=ca the first of a CA bundle to expire; owner is the listener or cluster.",
+            creds.iter().flat_map(|c| c.expiries()).map(|e| {
+                (
+                    vec![("owner", e.owner), ("role", e.role.to_string()), ("file", e.file.display().to_string())],
+                    e.not_after,
+                )
+            }),
+        )?;
+        counter(
+            &mut enc,
+            "tripline_tls_reloads",
+            "Certificate files that changed and were read again: result=ok put in force, result=failed kept the previous certificate (the log says why).",
+            creds.iter().flat_map(|c| {
+                let (ok, failed) = c.reloads();
+                let owner = c.owner().to_string();
+                [("ok", ok), ("failed", failed)]
+                    .into_iter()
+                    .map(move |(r, n)| (vec![("owner", owner.clone()), ("result", r.to_string())], n))
+            }),
+        )
+    }
 }
 
 /// Each AuthorizationPolicy's decisions.
@@ -537,7 +620,7 @@ mod tests {
     fn the_prometheus_text_has_the_same_samples_with_typed_names() {
         let global = Arc::new(GlobalStats::default());
         global.local.inc(crate::reason::Reason::NoRoute);
-        let om = render(&global, &[], &Default::default(), &Default::default(), None);
+        let om = render(&global, &[], &Default::default(), &Default::default(), None, Default::default());
         assert!(om.ends_with("# EOF\n"), "{om}");
         let text = to_prometheus_text(&om);
         let samples =

@@ -45,6 +45,10 @@ pub struct ListenerConfig {
     pub trusted_proxies: u32,
     /// The AuthorizationPolicies of this proxy (the same for every listener), if any.
     pub authz: Option<Arc<crate::pipeline::authz::Authz>>,
+    /// TLS termination, for a listener with `tls` servers.
+    pub tls: Option<Arc<crate::tls::server::ServerTls>>,
+    /// See `ListenerPlan::https_redirect`.
+    pub https_redirect: bool,
 }
 
 #[derive(Debug)]
@@ -294,6 +298,8 @@ impl ListenerConfig {
             trust_client: plan.trust_client,
             trusted_proxies: plan.trusted_proxies,
             authz: None,
+            tls: None,
+            https_redirect: plan.https_redirect,
             exact: Default::default(),
             wildcards: Vec::new(),
         })
@@ -385,6 +391,8 @@ mod tests {
             trust_client: false,
             trusted_proxies: 0,
             authz: None,
+            tls: None,
+            https_redirect: false,
             exact: Default::default(),
             wildcards: Vec::new(),
         })
@@ -502,6 +510,7 @@ mod tests {
             load_balancer: LoadBalancer::RoundRobin,
             pool: PoolLimits::default(),
             resilience: Default::default(),
+            tls: None,
         };
         let clusters = crate::cluster::Registry::default()
             .build(&[plan("v1"), plan("v2")], &Default::default())

@@ -13,12 +13,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tripline_core::balancer::EndpointView;
 use tripline_core::classify::Outcome;
 
 use crate::cluster::{Cluster, Endpoint, Member};
 use crate::listener::{refuse_global, ConnTracker, ListenerRuntime};
+use crate::net_io::TcpIo;
 use crate::pipeline::authz::Facts;
 use crate::reason::Reason;
 use crate::resilience;
@@ -28,19 +30,56 @@ use crate::Shared;
 /// two more after a failed or timed-out connect (fewer when the cluster has fewer available).
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 
+/// Serves an accepted connection on a TCP listener: terminates its TLS first if the listener
+/// has `tls` servers (a failed handshake is counted on the listener and the connection closed).
 pub async fn serve(
     shared: Arc<Shared>,
     rt: Arc<ListenerRuntime>,
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
-    _t: ConnTracker,
+    t: ConnTracker,
 ) {
     let local = client.local_addr().map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
+    let tls = rt.config.load().tls.clone();
+    let Some(tls) = tls else {
+        return proxy(shared, rt, client, local, peer, None, t).await;
+    };
+    // A client that stalls the handshake is cut at the request-head timeout, as on HTTP.
+    let handshake = tls.accept(crate::net_io::TcpIo::new(client));
+    let failure = match tokio::time::timeout(shared.client_conns.header_timeout(), handshake).await {
+        Ok(Ok((stream, info))) => {
+            rt.tls_stats.handshake();
+            return proxy(shared, rt, stream, local, peer, Some(info), t).await;
+        }
+        Ok(Err(failure)) => failure,
+        Err(_) => crate::tls::server::HandshakeFailure::Disconnected,
+    };
+    rt.tls_stats.failed(failure);
+    tracing::debug!(listener = %rt.name, %peer, reason = failure.as_str(), "TLS handshake failed");
+}
+
+/// Routes a client connection (plaintext, or TLS already terminated) and copies bytes both
+/// ways, originating TLS to the endpoint if the cluster has it.
+async fn proxy<C: AsyncRead + AsyncWrite + Unpin>(
+    shared: Arc<Shared>,
+    rt: Arc<ListenerRuntime>,
+    mut client: C,
+    local: std::net::IpAddr,
+    peer: SocketAddr,
+    tls: Option<crate::tls::TlsInfo>,
+    _t: ConnTracker,
+) {
     let route = {
         let config = rt.config.load();
         if let Some(authz) = &config.authz {
             // A TCP connection has no `x-forwarded-for`: the peer is the client.
-            let facts = Facts { peer: peer.ip(), remote: peer.ip(), port: rt.bind.port(), http: None };
+            let facts = Facts {
+                peer: peer.ip(),
+                remote: peer.ip(),
+                port: rt.bind.port(),
+                tls: tls.as_ref(),
+                http: None,
+            };
             let decision = authz.check(&facts);
             if let Some(policy) = decision.shadow_denied_by {
                 tracing::debug!(listener = %rt.name, %peer, %policy, "a dry-run authorization policy would deny this connection");
@@ -63,7 +102,7 @@ pub async fn serve(
         return;
     };
     let hash = crate::upstream::ip_hash(peer);
-    let (mut upstream, endpoint) = match connect(&shared, &cluster, hash).await {
+    let (upstream, endpoint) = match connect(&shared, &cluster, hash).await {
         Ok(connected) => connected,
         Err(reason) => {
             state.stats.local.inc(reason);
@@ -71,15 +110,46 @@ pub async fn serve(
         }
     };
     let _ = upstream.set_nodelay(true);
+    let mut upstream = match &cluster.tls {
+        None => Upstream::Plain(upstream),
+        Some(tls) => {
+            match tokio::time::timeout(cluster.limits().connect_timeout, tls.connect(TcpIo::new(upstream)))
+                .await
+            {
+                Ok(Ok(s)) => Upstream::Tls(Box::new(s)),
+                failed => {
+                    state.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    state.stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    state.stats.local.inc(Reason::UpstreamConnectFailure);
+                    let error = match failed {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "timed out".to_string(),
+                    };
+                    tracing::debug!(cluster = %state.name, endpoint = %endpoint.address, %error, "upstream TLS handshake failed");
+                    return;
+                }
+            }
+        }
+    };
     endpoint.active.fetch_add(1, Ordering::Relaxed);
     endpoint.requests_total.fetch_add(1, Ordering::Relaxed);
     endpoint.pool.connections.fetch_add(1, Ordering::Relaxed);
     // On drain, TCP connections get the drain timeout to finish; the process then exits.
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    let copied = match &mut upstream {
+        Upstream::Plain(s) => tokio::io::copy_bidirectional(&mut client, s).await,
+        Upstream::Tls(s) => tokio::io::copy_bidirectional(&mut client, &mut **s).await,
+    };
+    if let Err(e) = copied {
         tracing::debug!(cluster = %state.name, error = %e, "tcp proxy ended with error");
     }
     endpoint.pool.connections.fetch_sub(1, Ordering::Relaxed);
     endpoint.active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The connection to the endpoint: the socket, or TLS over it.
+enum Upstream {
+    Plain(TcpStream),
+    Tls(Box<crate::tls::client::ClientStream>),
 }
 
 /// Connects to an endpoint that the balancer offers and outlier detection admits, recording
@@ -184,6 +254,7 @@ mod tests {
             load_balancer: LoadBalancer::RoundRobin,
             pool: PoolLimits { connect_timeout, ..PoolLimits::default() },
             resilience: ResiliencePlan { outlier: Some(outlier), ..ResiliencePlan::default() },
+            tls: None,
         };
         crate::cluster::Registry::default().build(&[plan], &Default::default()).clusters.remove(0)
     }

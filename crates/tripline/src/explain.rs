@@ -97,6 +97,8 @@ impl Item {
 struct RouteView {
     listener: String,
     bind: SocketAddr,
+    /// How the listener terminates TLS, one statement per Gateway server (none: plaintext).
+    listener_tls: Vec<String>,
     virtual_host: Option<String>,
     /// Whether the route's virtual host serves the host (else it only sends traffic to it).
     serves: bool,
@@ -288,6 +290,9 @@ impl Explanation {
             if header != last_header {
                 out.push_str(&header);
                 out.push('\n');
+                for tls in &r.listener_tls {
+                    out.push_str(&format!("  tls: {tls}\n"));
+                }
                 last_header = header;
             }
             out.push_str(&format!("  route {} ({})\n", r.name, r.entry));
@@ -319,6 +324,7 @@ impl Explanation {
                 json!({
                     "listener": r.listener,
                     "bind": r.bind.to_string(),
+                    "listenerTls": r.listener_tls,
                     "virtualHost": r.virtual_host,
                     "servesHost": r.serves,
                     "route": r.name,
@@ -396,6 +402,7 @@ impl<'a> RouteCx<'a> {
         RouteView {
             listener: l.name.clone(),
             bind: l.bind,
+            listener_tls: listener_tls(l),
             virtual_host: Some(virtual_host),
             serves,
             name: self.route.name.clone(),
@@ -672,6 +679,7 @@ fn tcp_view(plan: &Plan, prov: &Provenance, l: &ListenerPlan, t: &TcpRoutePlan) 
     RouteView {
         listener: l.name.clone(),
         bind: l.bind,
+        listener_tls: listener_tls(l),
         virtual_host: None,
         serves: false,
         name: t.name.clone(),
@@ -722,10 +730,24 @@ fn cluster_views(plan: &Plan, prov: &Provenance, mut ids: Vec<usize>) -> Vec<(St
         .collect()
 }
 
+/// A listener's TLS, one statement per Gateway server; `httpsRedirect` as one.
+fn listener_tls(l: &ListenerPlan) -> Vec<String> {
+    let mut out: Vec<String> = l.tls.iter().map(tripline_config::tls::server_says).collect();
+    if l.https_redirect {
+        out.push("every request is redirected to https (`tls.httpsRedirect`), before any route".into());
+    }
+    out
+}
+
+fn tls_item(c: &ClusterPlan, o: Option<&ClusterOrigin<'_>>) -> Item {
+    let says = c.tls.as_ref().map_or_else(|| "plaintext".to_string(), tripline_config::tls::upstream_says);
+    Item::new("tls", says).from(o.map_or(Origin::UNKNOWN, ClusterOrigin::tls))
+}
+
 fn cluster_items(c: &ClusterPlan, prov: &Provenance) -> Vec<Item> {
     let origin = prov.cluster(c);
     let o = origin.as_ref();
-    let mut items = vec![endpoints_item(c, o), balancing_item(c, o), connections_item(c, o)];
+    let mut items = vec![endpoints_item(c, o), balancing_item(c, o), connections_item(c, o), tls_item(c, o)];
     if c.protocol != UpstreamProtocol::Tcp {
         items.push(requests_item(c, o));
     }

@@ -1,13 +1,14 @@
 //! What an HTTP/1.1 upstream connection runs over: a TCP socket (with the deferred writes of
-//! [`crate::net_io`]) or an in-memory pipe.
+//! [`crate::net_io`]), TLS over that socket ([`crate::tls::client`]), or an in-memory pipe.
 //!
 //! Why an enum: the lean client ([`super::h1`]) reads from the socket by readiness (no
 //! `ReadBuf` per read, a stale "readable" flag cleared so that the pool's liveness check costs
 //! no syscall), which `AsyncRead` cannot express; the other transports read the usual way. The
 //! pipe (`tokio::io::duplex`) lets tests and the `upstream_h1` fuzz target drive the client
 //! and hyper's client above it with no socket and no kernel in between, thousands of
-//! connections a second on paused time. A TLS stream is the next variant (the security issue).
-//! One `match` per read or write costs nothing next to the syscall behind it.
+//! connections a second on paused time. TLS reads through rustls, which decrypts whole records
+//! into the buffer it is given. One `match` per read or write costs nothing next to the
+//! syscall behind it.
 
 use std::future::Future;
 use std::io;
@@ -20,11 +21,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, DuplexStream, Interest, Rea
 use tokio::net::TcpStream;
 
 use crate::net_io::TcpIo;
+use crate::tls::client::ClientStream;
 
 /// An upstream connection's byte stream.
 #[derive(Debug)]
 pub enum UpstreamIo {
     Tcp(TcpIo),
+    /// Boxed: rustls's connection state is a few kilobytes, the other variants a few words.
+    Tls(Box<ClientStream>),
     /// One end of a `tokio::io::duplex` pipe, the upstream at the other (tests, fuzzing).
     Memory(DuplexStream),
 }
@@ -38,6 +42,7 @@ impl UpstreamIo {
     pub fn tcp_stream(&self) -> Option<&TcpStream> {
         match self {
             UpstreamIo::Tcp(io) => Some(io.stream()),
+            UpstreamIo::Tls(tls) => Some(tls.get_ref().0.stream()),
             UpstreamIo::Memory(_) => None,
         }
     }
@@ -62,6 +67,7 @@ impl UpstreamIo {
                 }
             }
             // `read_buf`'s future holds nothing between polls: a new one per poll is the same.
+            UpstreamIo::Tls(tls) => std::pin::pin!(tls.read_buf(buf)).poll(cx),
             UpstreamIo::Memory(pipe) => std::pin::pin!(pipe.read_buf(buf)).poll(cx),
         }
     }
@@ -80,6 +86,12 @@ impl UpstreamIo {
                     matches!(io.stream().try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
                 }
             },
+            // rustls handles what may arrive while idle (TLS 1.3 session tickets) and reports
+            // no data; a byte of data, `close_notify` or an error make it unusable.
+            UpstreamIo::Tls(tls) => {
+                let mut probe = [0u8; 1];
+                Pin::new(&mut **tls).poll_read(&mut cx, &mut ReadBuf::new(&mut probe)).is_pending()
+            }
             // A byte read here is one nobody asked for: the connection is dropped either way.
             UpstreamIo::Memory(pipe) => {
                 let mut probe = [0u8; 1];
@@ -101,15 +113,21 @@ impl UpstreamIo {
     pub fn failed_unsent(&self) -> bool {
         match self {
             UpstreamIo::Tcp(io) => io.failed_unsent(),
+            // rustls hands its records to the socket at once: a write it took that the socket
+            // could not take failed there.
+            UpstreamIo::Tls(tls) => tls.get_ref().0.failed_unsent(),
             UpstreamIo::Memory(_) => false,
         }
     }
 
     /// Moves an idle connection to this thread's event loop (see [`TcpIo::rehome_idle`]); a
-    /// pipe belongs to no event loop.
+    /// pipe belongs to no event loop. A TLS connection is not moved (tokio-rustls cannot be
+    /// taken apart and put together around a new socket): it closes, and the worker opens its
+    /// own, resuming the TLS session.
     pub fn rehome_idle(self) -> Option<Self> {
         match self {
             UpstreamIo::Tcp(io) => io.rehome_idle().map(UpstreamIo::Tcp),
+            UpstreamIo::Tls(_) => None,
             memory => Some(memory),
         }
     }
@@ -120,6 +138,10 @@ macro_rules! each {
     ($self:ident, $io:ident => $e:expr) => {
         match $self.get_mut() {
             UpstreamIo::Tcp($io) => $e,
+            UpstreamIo::Tls($io) => {
+                let $io = &mut **$io;
+                $e
+            }
             UpstreamIo::Memory($io) => $e,
         }
     };
@@ -148,6 +170,7 @@ impl AsyncWrite for UpstreamIo {
     fn is_write_vectored(&self) -> bool {
         match self {
             UpstreamIo::Tcp(io) => io.is_write_vectored(),
+            UpstreamIo::Tls(io) => io.is_write_vectored(),
             UpstreamIo::Memory(io) => io.is_write_vectored(),
         }
     }

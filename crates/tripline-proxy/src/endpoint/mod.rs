@@ -72,6 +72,8 @@ pub struct ClusterStats {
     pub local: ReasonCounters,
     pub duration: Histogram,
     pub connect_failures: AtomicU64,
+    /// Connects whose TLS handshake failed (also counted in `connect_failures`).
+    pub tls_handshake_failures: AtomicU64,
     pub mirror: MirrorStats,
 }
 

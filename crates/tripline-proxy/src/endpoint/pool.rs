@@ -292,6 +292,8 @@ pub struct PoolCx<'a> {
     pub state: &'a Arc<ClusterState>,
     pub limits: &'a PoolLimits,
     pub protocol: UpstreamProtocol,
+    /// TLS to the endpoints, if the cluster has it.
+    pub tls: Option<&'a crate::tls::client::UpstreamTls>,
 }
 
 /// Finds or opens a connection to `ep`, honouring the cluster's limits.
@@ -425,6 +427,24 @@ async fn connect(
         }
     };
     let _ = stream.set_nodelay(true);
+    let io = match cx.tls {
+        None => UpstreamIo::tcp(stream),
+        Some(tls) => {
+            match tokio::time::timeout(cx.limits.connect_timeout, tls.connect(TcpIo::new(stream))).await {
+                Ok(Ok(s)) => UpstreamIo::Tls(Box::new(s)),
+                Ok(Err(e)) => {
+                    tracing::debug!(cluster = %state.name, endpoint = %ep.address, error = %e, "upstream TLS handshake failed");
+                    state.stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    return Err(failed());
+                }
+                Err(_) => {
+                    tracing::debug!(cluster = %state.name, endpoint = %ep.address, "upstream TLS handshake timed out");
+                    state.stats.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    return Err(failed());
+                }
+            }
+        }
+    };
     ep.pool.connections.fetch_add(1, Ordering::Relaxed);
     if !state.connected.load(Ordering::Relaxed) {
         state.connected.store(true, Ordering::Relaxed);
@@ -433,16 +453,12 @@ async fn connect(
     let guard = ConnGuard { state: state.clone(), endpoint: ep.clone(), slot: Some(slot), home };
     match cx.protocol {
         UpstreamProtocol::Http2 => {
-            let io = TokioIo::new(TcpIo::new(stream));
-            let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-                .timer(TokioTimer::new())
-                .handshake(io)
-                .await
-                .map_err(|_| failed())?;
-            tokio::spawn(async move {
-                let _ = conn.await;
-                drop(guard);
-            });
+            // The plaintext socket keeps its own type: no `match` per read or write for it.
+            let tx = match io {
+                UpstreamIo::Tcp(tcp) => h2_handshake(tcp, guard).await,
+                other => h2_handshake(other, guard).await,
+            }
+            .map_err(|_| failed())?;
             let shared = Arc::new(H2Conn {
                 tx: tx.clone(),
                 uses: AtomicU32::new(1),
@@ -455,12 +471,29 @@ async fn connect(
             state.notify_released();
             Ok(Conn::H2(tx, H2Stream::new(shared)))
         }
-        _ if simple => Ok(Conn::H1(H1Link::Raw(RawConn::new(UpstreamIo::tcp(stream), guard)))),
+        _ if simple => Ok(Conn::H1(H1Link::Raw(RawConn::new(io, guard)))),
         _ => {
-            let tx = hyper_h1(UpstreamIo::tcp(stream), guard).await.map_err(|_| failed())?;
+            let tx = hyper_h1(io, guard).await.map_err(|_| failed())?;
             Ok(Conn::H1(H1Link::Hyper { tx, uses: 0, home }))
         }
     }
+}
+
+/// hyper's HTTP/2 client handshake on a connection; its task owns the connection (and its
+/// guard) from now on.
+async fn h2_handshake<I>(io: I, guard: ConnGuard) -> hyper::Result<http2::SendRequest<RequestBody>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(io))
+        .await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+        drop(guard);
+    });
+    Ok(tx)
 }
 
 /// Hands a connection to hyper's HTTP/1.1 client, whose task owns it from now on. The task

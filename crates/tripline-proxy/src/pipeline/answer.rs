@@ -48,6 +48,19 @@ impl Answer {
     }
 }
 
+/// A plaintext server's `tls.httpsRedirect`: `301` to the same host and path over `https`
+/// (its default port, as Istio's redirect), before any route is looked at.
+pub(crate) fn to_https<B>(req: &Request<B>) -> Response<ResponseBody> {
+    let (host, _) = split_port(crate::headers::authority(req).unwrap_or(""));
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut resp = Response::new(ResponseBody::local(Bytes::new()));
+    *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    if let Ok(location) = HeaderValue::try_from(format!("https://{host}{path}")) {
+        resp.headers_mut().insert(http::header::LOCATION, location);
+    }
+    resp
+}
+
 /// The redirect's `Location`: the request's URL with the parts the redirect names replaced.
 fn location<B>(r: &RedirectPlan, req: &Request<B>) -> String {
     let req_scheme = req.uri().scheme_str().unwrap_or("http");

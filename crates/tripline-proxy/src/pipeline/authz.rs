@@ -77,8 +77,48 @@ enum What {
     Port(Box<[u16]>),
     /// What only an HTTP request has.
     Http(HttpWhat),
-    /// An identity Tripline does not have yet (see `tripline_config::authz`): no value.
+    /// What the connection's TLS handshake tells.
+    Peer(PeerWhat, Box<[StringMatch]>),
+    /// An identity Tripline does not have (a JWT's; see `tripline_config::authz`): no value.
     Absent,
+}
+
+/// What a TLS connection tells of its peer: none of it on plaintext, the identities only when
+/// the client presented a certificate.
+#[derive(Debug, Clone, Copy)]
+enum PeerWhat {
+    /// `connection.sni`.
+    Sni,
+    /// `principals`: the SPIFFE ID without `spiffe://` (`cluster.local/ns/default/sa/web`).
+    Principal,
+    /// `namespaces`: the `ns` of that ID.
+    Namespace,
+    /// `serviceAccounts`: `<ns>/<sa>` of that ID.
+    ServiceAccount,
+}
+
+impl PeerWhat {
+    fn of<'a>(self, tls: &'a crate::tls::TlsInfo) -> Option<std::borrow::Cow<'a, str>> {
+        use std::borrow::Cow;
+        if let PeerWhat::Sni = self {
+            return tls.sni.as_deref().map(Cow::Borrowed);
+        }
+        let id = tls.peer_identity.as_deref()?;
+        let principal = id.strip_prefix("spiffe://").unwrap_or(id);
+        // `<trust domain>/ns/<namespace>/sa/<service account>`
+        let mut parts = principal.split('/');
+        let spiffe = (parts.next(), parts.next(), parts.next(), parts.next(), parts.next());
+        let (ns, sa) = match spiffe {
+            (Some(_), Some("ns"), Some(ns), Some("sa"), Some(sa)) => (Some(ns), Some(sa)),
+            _ => (None, None),
+        };
+        match self {
+            PeerWhat::Principal => Some(Cow::Borrowed(principal)),
+            PeerWhat::Namespace => ns.map(Cow::Borrowed),
+            PeerWhat::ServiceAccount => Some(Cow::Owned(format!("{}/{}", ns?, sa?))),
+            PeerWhat::Sni => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -114,8 +154,18 @@ impl Check {
                 // The decoder checked the name; were it not a name, no request would have it.
                 Err(_) => What::Absent,
             },
-            // Identities, and (never produced by the decoder) values of another attribute's
-            // kind: no value.
+            (Attribute::Sni, Values::Strings(l)) => What::Peer(PeerWhat::Sni, l.as_slice().into()),
+            (Attribute::Principal, Values::Strings(l)) => {
+                What::Peer(PeerWhat::Principal, l.as_slice().into())
+            }
+            (Attribute::Namespace, Values::Strings(l)) => {
+                What::Peer(PeerWhat::Namespace, l.as_slice().into())
+            }
+            (Attribute::ServiceAccount, Values::Strings(l)) => {
+                What::Peer(PeerWhat::ServiceAccount, l.as_slice().into())
+            }
+            // A JWT's identities, and (never produced by the decoder) values of another
+            // attribute's kind: no value.
             _ => What::Absent,
         };
         Check { what, negate: c.negate }
@@ -138,6 +188,8 @@ pub struct Facts<'a> {
     pub remote: IpAddr,
     /// The port the request or connection arrived on.
     pub port: u16,
+    /// What the TLS handshake settled; `None` on plaintext.
+    pub tls: Option<&'a crate::tls::TlsInfo>,
     /// `None` for a TCP connection.
     pub http: Option<HttpFacts<'a>>,
 }
@@ -297,6 +349,7 @@ fn holds(c: &Check, facts: &Facts<'_>, lenient: bool) -> bool {
         What::RemoteIp(blocks) => blocks.iter().any(|b| b.contains(facts.remote)),
         What::Port(ports) => ports.contains(&facts.port),
         What::Absent => false,
+        What::Peer(what, list) => facts.tls.and_then(|t| what.of(t)).is_some_and(|v| any(list, &v)),
         What::Http(what) => {
             let Some(h) = &facts.http else { return lenient };
             match what {
@@ -440,6 +493,7 @@ mod tests {
         headers: HeaderMap,
         tcp: bool,
         port: u16,
+        tls: Option<crate::tls::TlsInfo>,
     }
 
     fn get(path: &'static str) -> Req {
@@ -451,7 +505,46 @@ mod tests {
             headers: HeaderMap::new(),
             tcp: false,
             port: 18130,
+            tls: None,
         }
+    }
+
+    #[test]
+    fn identities_come_from_the_client_certificate_and_the_sni() {
+        let a = authz(&policy(
+            "only-web",
+            "  rules:\n  - from: [{source: {principals: [\"cluster.local/ns/shop/sa/web\"]}}]\n  - from: [{source: {namespaces: [ops]}}]\n  - from: [{source: {serviceAccounts: [\"batch/cron\"]}}]\n    when: [{key: connection.sni, values: [\"*.shop.example\"]}]",
+        ));
+        let with = |id: Option<&str>, sni: Option<&str>| Req {
+            tls: Some(crate::tls::TlsInfo { sni: sni.map(Into::into), peer_identity: id.map(Into::into) }),
+            ..get("/")
+        };
+        assert_eq!(denied(&a, &get("/")).as_deref(), Some(UNMATCHED), "plaintext has no identity");
+        assert_eq!(
+            denied(&a, &with(None, Some("a.shop.example"))).as_deref(),
+            Some(UNMATCHED),
+            "no client certificate"
+        );
+        assert_eq!(denied(&a, &with(Some("spiffe://cluster.local/ns/shop/sa/web"), None)), None);
+        assert_eq!(
+            denied(&a, &with(Some("spiffe://cluster.local/ns/shop/sa/api"), None)).as_deref(),
+            Some(UNMATCHED)
+        );
+        assert_eq!(denied(&a, &with(Some("spiffe://other.domain/ns/ops/sa/x"), None)), None, "by namespace");
+        assert_eq!(
+            denied(&a, &with(Some("spiffe://cluster.local/ns/batch/sa/cron"), Some("api.shop.example"))),
+            None
+        );
+        assert_eq!(
+            denied(&a, &with(Some("spiffe://cluster.local/ns/batch/sa/cron"), Some("api.other"))).as_deref(),
+            Some(UNMATCHED),
+            "the right account, the wrong SNI"
+        );
+        assert_eq!(
+            denied(&a, &with(Some("https://not.spiffe/ns/ops/sa/x"), None)),
+            None,
+            "a URI of the same shape is read the same way (Istio reads any URI SAN)"
+        );
     }
 
     fn denied(a: &Authz, r: &Req) -> Option<String> {
@@ -459,7 +552,8 @@ mod tests {
         let uri: http::Uri = format!("http://{}/", r.host).parse().unwrap();
         let http = HttpFacts { uri: &uri, method: r.method, path: &path, headers: &r.headers };
         let peer = r.peer.parse().unwrap();
-        let facts = Facts { peer, remote: peer, port: r.port, http: (!r.tcp).then_some(http) };
+        let facts =
+            Facts { peer, remote: peer, port: r.port, tls: r.tls.as_ref(), http: (!r.tcp).then_some(http) };
         a.check(&facts).denied_by.map(|p| p.to_string())
     }
 
@@ -581,7 +675,7 @@ mod tests {
         let uri = http::Uri::from_static("/pay");
         let http = HttpFacts { uri: &uri, method: "GET", path: &path, headers: &h };
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
-        let d = a.check(&Facts { peer, remote: peer, port: 1, http: Some(http) });
+        let d = a.check(&Facts { peer, remote: peer, port: 1, tls: None, http: Some(http) });
         assert_eq!(d, Decision { audited_by: Some("watch".into()), ..Decision::default() });
     }
 
@@ -650,7 +744,7 @@ mod tests {
             let uri: http::Uri = format!("http://{}/", r.host).parse().unwrap();
             let http = HttpFacts { uri: &uri, method: r.method, path: &path, headers: &r.headers };
             let peer = r.peer.parse().unwrap();
-            a.check(&Facts { peer, remote: peer, port: r.port, http: Some(http) })
+            a.check(&Facts { peer, remote: peer, port: r.port, tls: r.tls.as_ref(), http: Some(http) })
         };
         let admin = check(&get("/admin"));
         assert_eq!((admin.denied_by, admin.shadow_denied_by.as_deref()), (None, Some("would-deny")));

@@ -141,6 +141,7 @@ impl InProcess {
             &applied.route_breakers,
             &applied.rate_limiters,
             applied.authz.as_deref(),
+            shared.tls_scrape(),
         )
     }
 

@@ -22,6 +22,7 @@ mod reload;
 mod resilience;
 mod routing;
 mod tcp;
+mod tls;
 mod traffic;
 mod upgrade;
 mod validate;

@@ -9,6 +9,7 @@ pub mod proxy;
 /// Where the brief's seed configs are (shared with tripline-config's seed tests).
 #[path = "../../../../tripline-config/tests/seeds_dir/mod.rs"]
 pub mod seeds_dir;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;

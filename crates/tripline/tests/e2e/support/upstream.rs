@@ -75,14 +75,14 @@ impl UpstreamState {
         })
     }
 
-    fn opened(&self) -> usize {
+    pub(super) fn opened(&self) -> usize {
         let id = self.connections.fetch_add(1, SeqCst) + 1;
         let open = self.open.fetch_add(1, SeqCst) + 1;
         self.max_open.fetch_max(open, SeqCst);
         id
     }
 
-    fn closed(&self) {
+    pub(super) fn closed(&self) {
         self.closed_at.lock().unwrap().push(Instant::now());
         self.open.fetch_sub(1, SeqCst);
     }
@@ -91,7 +91,7 @@ impl UpstreamState {
 pub struct Upstream {
     pub addr: SocketAddr,
     pub state: Arc<UpstreamState>,
-    accept: JoinHandle<()>,
+    pub(super) accept: JoinHandle<()>,
 }
 
 impl Drop for Upstream {
@@ -268,7 +268,7 @@ where
     })
 }
 
-async fn handle(
+pub(super) async fn handle(
     st: Arc<UpstreamState>,
     conn: usize,
     peer: SocketAddr,

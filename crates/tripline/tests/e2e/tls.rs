@@ -1,0 +1,431 @@
+//! TLS through the binary: Gateway servers that terminate TLS (SNI picks the certificate,
+//! ALPN the protocol, client certificates checked against a CA and `subjectAltNames`),
+//! certificates re-read when their files change, `httpsRedirect`, TLS originated to upstreams
+//! (`DestinationRule.trafficPolicy.tls`), and TLS on a TCP listener. Every certificate comes
+//! from a CA the test makes (rcgen); every peer is a real rustls client or server.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::metrics::metric_sum;
+use crate::support::tls::{self, Ca, Issued, TlsUpstream};
+use crate::support::{config, eventually, free_port, get, Proxy, Upstream};
+
+/// One Gateway server on `port` with `tls` (YAML flow mapping) for `hosts`.
+fn tls_server(port: u16, name: &str, protocol: &str, hosts: &[&str], tls: &str) -> String {
+    let hosts: Vec<String> = hosts.iter().map(|h| format!("\"{h}\"")).collect();
+    format!(
+        "  - port: {{number: {port}, name: {name}, protocol: {protocol}}}\n    bind: 127.0.0.1\n    hosts: [{}]\n    tls: {tls}\n",
+        hosts.join(", ")
+    )
+}
+
+fn gateway(servers: &[String]) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: edge}}\nspec:\n  servers:\n{}",
+        servers.concat()
+    )
+}
+
+fn simple_tls(cert: &Issued) -> String {
+    format!(
+        "{{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}",
+        cert.cert.display(),
+        cert.key.display()
+    )
+}
+
+/// An HTTPS edge: `servers` on the Gateway, every host routed to `backend.local` at `up`.
+fn https_edge(servers: &[String], up: SocketAddr) -> String {
+    config::join(&[
+        gateway(servers),
+        config::virtual_service("backend", &["*"], "edge", &config::http_route("backend.local")),
+        config::service_entry("backend.local", "HTTP", &[up]),
+    ])
+}
+
+/// Two HTTPS servers share a port, each with its own certificate: the client's SNI picks it
+/// (an SNI neither serves fails the handshake, counted by reason). ALPN decides HTTP/1.1 or
+/// HTTP/2, the requests reach the upstream with `x-forwarded-proto: https`, and routing sees
+/// the `https` scheme.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_the_certificate_and_alpn_the_protocol() {
+    let dir = crate::support::proxy::unique_dir("tls-sni");
+    let ca = Ca::new(&dir, "edge");
+    let a = ca.issue("a", &["a.example"]);
+    let b = ca.issue_until("b", &["*.b.example"], (2039, 6, 1));
+    let up = Upstream::http("u1").await;
+    let port = free_port();
+    let yaml = https_edge(
+        &[
+            tls_server(port, "https-a", "HTTPS", &["a.example"], &simple_tls(&a)),
+            tls_server(port, "https-b", "HTTPS", &["*.b.example"], &simple_tls(&b)),
+        ],
+        up.addr,
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+
+    let h1 = tls::connect(addr, "a.example", tls::client_config(&ca, &["http/1.1"], None)).await.unwrap();
+    assert_eq!(tls::presented(&h1), a.chain[0], "a.example's certificate");
+    assert_eq!(tls::alpn(&h1).as_deref(), Some("http/1.1"));
+    let mut conn = tls::http(h1).await.unwrap();
+    let r = conn.get("a.example", "/x").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.seen_header("x-forwarded-proto").as_deref(), Some("https"));
+
+    let h2 = tls::connect(addr, "api.b.example", tls::client_config(&ca, &["h2", "http/1.1"], None))
+        .await
+        .unwrap();
+    assert_eq!(tls::presented(&h2), b.chain[0], "the wildcard server's certificate");
+    assert_eq!(tls::alpn(&h2).as_deref(), Some("h2"));
+    let mut conn = tls::http(h2).await.unwrap();
+    let r = conn
+        .call(
+            conn.request(http::Method::GET, "api.b.example", "/y")
+                .body(crate::support::client::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.status.as_u16(), r.version), (200, http::Version::HTTP_2));
+    assert_eq!(r.json()["version"], "HTTP/1.1", "the upstream is plain HTTP/1.1");
+
+    let unknown = tls::connect(addr, "c.example", tls::client_config(&ca, &[], None)).await;
+    assert!(unknown.is_err(), "no server answers c.example");
+    let plaintext = get(addr, "a.example", "/").await;
+    assert!(
+        plaintext.is_err() || plaintext.unwrap().status == 400,
+        "plaintext HTTP on a TLS port gets nothing useful"
+    );
+
+    let m = proxy.metrics().await;
+    assert_eq!(metric_sum(&m, "tripline_tls_handshakes_total", &[]), 2.0, "{m}");
+    assert_eq!(metric_sum(&m, "tripline_tls_handshake_failures_total", &[("reason", "unknown-sni")]), 1.0);
+    assert_eq!(
+        metric_sum(
+            &m,
+            "tripline_tls_certificate_expiry_timestamp_seconds",
+            &[("file", b.cert.to_str().unwrap())]
+        ),
+        tls::not_after(&b.chain[0]) as f64,
+        "the expiry of each certificate in force"
+    );
+}
+
+/// `MUTUAL` with `subjectAltNames`: no client certificate, one from another CA, and one from
+/// the right CA naming another identity all fail the handshake; the right one gets through,
+/// and an AuthorizationPolicy sees its SPIFFE identity as the principal. `OPTIONAL_MUTUAL`
+/// lets a client without a certificate in, and the same policy denies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_checked_and_name_the_principal() {
+    let dir = crate::support::proxy::unique_dir("tls-mutual");
+    let ca = Ca::new(&dir, "mesh");
+    let stranger_ca = Ca::new(&dir, "stranger");
+    let server = ca.issue("server", &["api.example"]);
+    let web = ca.issue("web", &["spiffe://cluster.local/ns/shop/sa/web"]);
+    let batch = ca.issue("batch", &["spiffe://cluster.local/ns/shop/sa/batch"]);
+    let forged = stranger_ca.issue("forged", &["spiffe://cluster.local/ns/shop/sa/web"]);
+    let up = Upstream::http("u1").await;
+    let (strict, optional) = (free_port(), free_port());
+    let mutual = |mode: &str, sans: &str| {
+        format!(
+            "{{mode: {mode}, serverCertificate: {}, privateKey: {}, caCertificates: {}{sans}}}",
+            server.cert.display(),
+            server.key.display(),
+            ca.pem.display()
+        )
+    };
+    let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: web-only, namespace: istio-system}\nspec:\n  rules:\n  - from: [{source: {principals: [\"cluster.local/ns/shop/sa/web\"]}}]\n".to_string();
+    let yaml = config::join(&[
+        https_edge(
+            &[
+                tls_server(
+                    strict,
+                    "strict",
+                    "HTTPS",
+                    &["*"],
+                    &mutual("MUTUAL", ", subjectAltNames: [\"spiffe://cluster.local/ns/shop/sa/web\", \"spiffe://cluster.local/ns/shop/sa/batch\"]"),
+                ),
+                tls_server(optional, "optional", "HTTPS", &["*"], &mutual("OPTIONAL_MUTUAL", "")),
+            ],
+            up.addr,
+        ),
+        policy,
+    ]);
+    let proxy = Proxy::start(&yaml).await;
+    let strict = SocketAddr::from(([127, 0, 0, 1], strict));
+    let optional = SocketAddr::from(([127, 0, 0, 1], optional));
+
+    // A TLS 1.3 client learns of a rejected certificate at its first read, not at connect.
+    async fn status(addr: SocketAddr, config: std::sync::Arc<rustls::ClientConfig>) -> Result<u16, String> {
+        let stream = tls::connect(addr, "api.example", config).await.map_err(|e| e.to_string())?;
+        let mut conn = tls::http(stream).await.map_err(|e| e.to_string())?;
+        conn.get("api.example", "/").await.map(|r| r.status.as_u16()).map_err(|e| e.to_string())
+    }
+    assert!(status(strict, tls::client_config(&ca, &[], None)).await.is_err(), "no client certificate");
+    assert!(
+        status(strict, tls::client_config(&ca, &[], Some(&forged))).await.is_err(),
+        "another CA's certificate"
+    );
+    let outsider = ca.issue("outsider", &["spiffe://cluster.local/ns/shop/sa/outsider"]);
+    assert!(
+        status(strict, tls::client_config(&ca, &[], Some(&outsider))).await.is_err(),
+        "the right CA, an identity not in subjectAltNames"
+    );
+    assert_eq!(status(strict, tls::client_config(&ca, &[], Some(&web))).await, Ok(200));
+    assert_eq!(
+        status(strict, tls::client_config(&ca, &[], Some(&batch))).await,
+        Ok(403),
+        "let in by subjectAltNames, denied by the policy"
+    );
+
+    assert_eq!(
+        status(optional, tls::client_config(&ca, &[], None)).await,
+        Ok(403),
+        "no identity: the ALLOW policy denies"
+    );
+    assert_eq!(status(optional, tls::client_config(&ca, &[], Some(&web))).await, Ok(200));
+    assert_eq!(up.requests(), 2);
+
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "tripline_tls_handshake_failures_total",
+            &[("listener", "edge/strict"), ("reason", "client-certificate")]
+        ),
+        3.0,
+        "{m}"
+    );
+}
+
+/// Rotating a certificate: a new pair written over the files is served to new clients within
+/// seconds while a connection made before keeps working; a broken file written next keeps
+/// the last good certificate in force, and is counted and logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_served_and_a_broken_one_keeps_the_last_good_one() {
+    let dir = crate::support::proxy::unique_dir("tls-rotate");
+    let ca = Ca::new(&dir, "edge");
+    let first = ca.issue_until("served", &["api.example"], (2035, 1, 1));
+    let up = Upstream::http("u1").await;
+    let port = free_port();
+    let proxy = Proxy::start(&https_edge(
+        &[tls_server(port, "https", "HTTPS", &["*"], &simple_tls(&first))],
+        up.addr,
+    ))
+    .await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let config = tls::client_config(&ca, &[], None);
+    let before = tls::connect(addr, "api.example", config.clone()).await.unwrap();
+    assert_eq!(tls::presented(&before), first.chain[0]);
+    let mut kept = tls::http(before).await.unwrap();
+    assert_eq!(kept.get("api.example", "/").await.unwrap().status, 200);
+
+    // Same file names: the new pair replaces the old one.
+    let second = ca.issue_until("served", &["api.example"], (2036, 1, 1));
+    eventually("the new certificate is served", Duration::from_secs(10), || {
+        let config = config.clone();
+        let want = second.chain[0].clone();
+        async move {
+            match tls::connect(addr, "api.example", config).await {
+                Ok(s) => tls::presented(&s) == want,
+                Err(_) => false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(kept.get("api.example", "/").await.unwrap().status, 200, "the old connection still serves");
+
+    std::fs::write(&second.key, "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+        .unwrap();
+    eventually("the broken file is counted", Duration::from_secs(10), || async {
+        let m = proxy.metrics().await;
+        metric_sum(&m, "tripline_tls_reloads_total", &[("result", "failed")]) >= 1.0
+    })
+    .await;
+    let after = tls::connect(addr, "api.example", config.clone()).await.unwrap();
+    assert_eq!(tls::presented(&after), second.chain[0], "the last good certificate stays in force");
+    let m = proxy.metrics().await;
+    assert_eq!(metric_sum(&m, "tripline_tls_reloads_total", &[("result", "ok")]), 1.0, "{m}");
+    assert_eq!(
+        metric_sum(&m, "tripline_tls_certificate_expiry_timestamp_seconds", &[("role", "certificate")]),
+        tls::not_after(&second.chain[0]) as f64
+    );
+    assert!(proxy.logs().contains("the previous certificate stays in force"), "{}", proxy.logs());
+    let dump = proxy.admin_get("/config_dump").await;
+    let certs = dump.json()["certificates"].clone();
+    let served =
+        certs.as_array().expect("the certificates in force").iter().find(|c| c["role"] == "certificate");
+    assert_eq!(
+        served.map(|c| c["not_after_unix"].clone()),
+        Some(tls::not_after(&second.chain[0]).into()),
+        "{certs}"
+    );
+    assert!(!dump.text().contains("PRIVATE KEY"), "never a key");
+}
+
+/// `tls.httpsRedirect` on a plaintext server: every request is sent to the same URL over
+/// https, before any route (the upstream sees nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_redirect_sends_plaintext_clients_to_https() {
+    let up = Upstream::http("u1").await;
+    let port = free_port();
+    let server = format!(
+        "  - port: {{number: {port}, name: http, protocol: HTTP}}\n    bind: 127.0.0.1\n    hosts: [\"*\"]\n    tls: {{httpsRedirect: true}}\n"
+    );
+    let _proxy = Proxy::start(&https_edge(&[server], up.addr)).await;
+    let r = get(SocketAddr::from(([127, 0, 0, 1], port)), "shop.example:8080", "/cart?id=7").await.unwrap();
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("https://shop.example/cart?id=7"));
+    assert_eq!(up.requests(), 0);
+}
+
+/// `DestinationRule` TLS to the endpoints: `MUTUAL` presents the client certificate and checks
+/// the upstream against the CA (HTTP/1.1 and HTTP/2 by ALPN); an upstream whose certificate
+/// names nothing in `subjectAltNames`, or comes from a CA not trusted, is a connect failure
+/// (503, counted), never a request sent in the clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_rule_tls_originates_mutual_tls_and_checks_the_upstream() {
+    let dir = crate::support::proxy::unique_dir("tls-upstream");
+    let ca = Ca::new(&dir, "mesh");
+    let up_cert = ca.issue("upstream", &["backend.local", "spiffe://cluster.local/ns/shop/sa/backend"]);
+    let client = ca.issue("client", &["spiffe://cluster.local/ns/shop/sa/gateway"]);
+    let upstream = TlsUpstream::start("tls-up", &up_cert, Some(&ca)).await;
+    let (h1_port, h2_port, wrong_port) = (free_port(), free_port(), free_port());
+    let dr = |host: &str, extra: &str| {
+        config::destination_rule(
+            host,
+            &format!(
+                "    tls: {{mode: MUTUAL, clientCertificate: {}, privateKey: {}, caCertificates: {}{extra}}}\n",
+                client.cert.display(),
+                client.key.display(),
+                ca.pem.display()
+            ),
+        )
+    };
+    let listener = |port: u16, name: &str, host: &str| {
+        config::join(&[
+            config::gateway(name, port, "HTTP"),
+            config::virtual_service(name, &["*"], name, &config::http_route(host)),
+        ])
+    };
+    let yaml = config::join(&[
+        config::service_entry("backend.local", "HTTP", &[upstream.upstream.addr]),
+        config::service_entry("grpc.local", "HTTP2", &[upstream.upstream.addr]),
+        config::service_entry("wrong.local", "HTTP", &[upstream.upstream.addr]),
+        dr("backend.local", ""),
+        dr(
+            "grpc.local",
+            ", sni: backend.local, subjectAltNames: [\"spiffe://cluster.local/ns/shop/sa/backend\"]",
+        ),
+        dr(
+            "wrong.local",
+            ", sni: backend.local, subjectAltNames: [\"spiffe://cluster.local/ns/shop/sa/payments\"]",
+        ),
+        listener(h1_port, "h1", "backend.local"),
+        listener(h2_port, "h2", "grpc.local"),
+        listener(wrong_port, "wrong", "wrong.local"),
+    ]);
+    let proxy = Proxy::start(&yaml).await;
+
+    let r = get(SocketAddr::from(([127, 0, 0, 1], h1_port)), "backend.local", "/a").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["version"], "HTTP/1.1");
+    let r = get(SocketAddr::from(([127, 0, 0, 1], h2_port)), "grpc.local", "/b").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["version"], "HTTP/2.0", "ALPN h2 to an HTTP2 port");
+    let seen = upstream.clients.lock().unwrap().clone();
+    assert!(seen.iter().all(|c| c == "spiffe://cluster.local/ns/shop/sa/gateway"), "{seen:?}");
+
+    let r = get(SocketAddr::from(([127, 0, 0, 1], wrong_port)), "wrong.local", "/c").await.unwrap();
+    assert_eq!((r.status.as_u16(), r.reason()), (503, Some("upstream-connect-failure")));
+    assert_eq!(upstream.upstream.requests(), 2, "nothing reached an upstream that failed the check");
+    let m = proxy.metrics().await;
+    let failures = metric_sum(
+        &m,
+        "tripline_upstream_tls_handshake_failures_total",
+        &[("cluster", "outbound|80||wrong.local")],
+    );
+    assert!(failures >= 1.0, "{m}");
+}
+
+/// A `TLS` server in `SIMPLE` mode terminates TLS and proxies the bytes as TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_server_terminates_and_proxies_tcp() {
+    let dir = crate::support::proxy::unique_dir("tls-tcp");
+    let ca = Ca::new(&dir, "edge");
+    let cert = ca.issue("db", &["db.example"]);
+    let echo = Upstream::tcp_echo("echo").await;
+    let port = free_port();
+    let yaml = config::join(&[
+        gateway(&[tls_server(port, "tls", "TLS", &["db.example"], &simple_tls(&cert))]),
+        config::virtual_service("db", &["db.example"], "edge", &config::tcp_route("db.local")),
+        config::service_entry("db.local", "TCP", &[echo.addr]),
+    ]);
+    let _proxy = Proxy::start(&yaml).await;
+    let mut s = tls::connect(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        "db.example",
+        tls::client_config(&ca, &[], None),
+    )
+    .await
+    .unwrap();
+    s.write_all(b"ping").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), "ping<EOF:4>");
+}
+
+/// `validate --explain` says how a listener terminates TLS (mode, hosts, certificate and its
+/// expiry, the CA client certificates must chain to) and how a cluster originates it.
+#[test]
+fn validate_explain_says_how_tls_is_terminated_and_originated() {
+    let dir = crate::support::proxy::unique_dir("tls-explain");
+    let ca = Ca::new(&dir, "mesh");
+    let server = ca.issue_until("server", &["api.example"], (2037, 3, 4));
+    let client = ca.issue("client", &["spiffe://cluster.local/ns/shop/sa/gateway"]);
+    let tls = format!(
+        "{{mode: MUTUAL, serverCertificate: {}, privateKey: {}, caCertificates: {}}}",
+        server.cert.display(),
+        server.key.display(),
+        ca.pem.display()
+    );
+    let yaml = config::join(&[
+        https_edge(&[tls_server(free_port(), "https", "HTTPS", &["api.example"], &tls)], "127.0.0.1:9".parse().unwrap()),
+        config::destination_rule(
+            "backend.local",
+            &format!(
+                "    tls: {{mode: MUTUAL, sni: backend.internal, clientCertificate: {}, privateKey: {}, caCertificates: {}}}\n",
+                client.cert.display(),
+                client.key.display(),
+                ca.pem.display()
+            ),
+        ),
+    ]);
+    let file = dir.join("tls.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let mut cmd = std::process::Command::new(crate::support::proxy::binary());
+    cmd.args(["validate", "--explain", "api.example"]).arg(&file);
+    let (code, out, err) = crate::support::proxy::run_bounded(&mut cmd, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        out.contains(&format!(
+            "  tls: MUTUAL TLS for api.example: certificate {}, expires 2037-03-04T00:00:00Z; client certificates chain to {}",
+            server.cert.display(),
+            ca.pem.display()
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "tls: MUTUAL TLS, SNI backend.internal, verified against {}",
+            ca.pem.display()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("(DestinationRule/backend-local spec.trafficPolicy.tls)"), "{out}");
+}
