@@ -853,7 +853,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         cluster_policies: Vec::new(),
         route_policies: Vec::new(),
         retry_floor_reported: Default::default(),
-        tls_files: crate::tls::Files::new(opts.credentials_dir.as_deref()),
+        tls_files: crate::tls::Files::new(opts.credentials_dir.as_deref(), opts.identity_dir.as_deref()),
         upstream_tls: HashMap::new(),
         tls_reported: Default::default(),
     };
@@ -892,7 +892,10 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
             let bind = SocketAddr::new(s.bind, s.port.value);
             let name = format!("{}/{}", r.name, s.port_name);
             let hosts: Vec<String> = s.hosts.iter().map(|h| server_host(&h.value).to_string()).collect();
+            // PASSTHROUGH (on TLS or HTTPS) proxies the still-encrypted bytes: a TCP listener.
+            let passthrough = s.tls.as_ref().is_some_and(|t| t.passthrough);
             let protocol = match s.protocol.as_str() {
+                _ if passthrough => ListenerProtocol::Tcp,
                 "HTTP" | "HTTPS" => ListenerProtocol::Http,
                 "TCP" | "TLS" => ListenerProtocol::Tcp,
                 _ => ListenerProtocol::Http2,
@@ -910,6 +913,11 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                 None => None,
             };
             if let Some(other) = binds.get(&bind) {
+                let on_port = listeners.iter_mut().find(|l| l.plan.bind == bind);
+                if let Some(l) = on_port.filter(|l| passthrough || l.plan.passthrough) {
+                    share_passthrough(&mut ctx, l, (r, s), passthrough, hosts);
+                    continue;
+                }
                 let shared = listeners.iter_mut().find(|l| l.plan.bind == bind && !l.plan.tls.is_empty());
                 match (tls, shared) {
                     (Some(tls), Some(l)) => share_port(&mut ctx, l, (r, g, s), protocol, tls, hosts),
@@ -935,6 +943,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                     trusted_proxies: g.trusted_proxies,
                     tls: tls.into_iter().collect(),
                     https_redirect,
+                    passthrough,
                 },
                 members: vec![Member { gateway: Some(r.name.clone()), hosts }],
                 domains: Vec::new(),
@@ -989,6 +998,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                         trusted_proxies: 0,
                         tls: Vec::new(),
                         https_redirect: false,
+                        passthrough: false,
                     },
                     members: vec![Member { gateway: None, hosts: vec!["*".into()] }],
                     domains: Vec::new(),
@@ -1097,11 +1107,26 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         let mut tcp_routes = Vec::new();
         for (i, t) in vs.tcp.iter().enumerate() {
             if let Some(destinations) = ctx.destinations(r, &t.route, &t.path, true) {
-                let plan =
-                    TcpRoutePlan { name: format!("{}/tcp[{i}]", r.name), matches: Vec::new(), destinations };
+                let plan = TcpRoutePlan {
+                    name: format!("{}/tcp[{i}]", r.name),
+                    matches: Vec::new(),
+                    sni_hosts: Vec::new(),
+                    destinations,
+                };
                 tcp_routes.push((t, plan));
             }
         }
+        // A `tls` route is a `tcp` route that also matches the SNI, on passthrough listeners.
+        let mut tls_routes = Vec::new();
+        for (i, t) in vs.tls.iter().enumerate() {
+            if let Some(destinations) = ctx.destinations(r, &t.route, &t.path, true) {
+                let name = format!("{}/tls[{i}]", r.name);
+                let plan = TcpRoutePlan { name, matches: Vec::new(), sni_hosts: Vec::new(), destinations };
+                tls_routes.push((t, plan));
+            }
+        }
+        let mut tls_served = vec![false; tls_routes.len()];
+        let mut passthrough_listeners = 0;
         let mut attached_any = false;
         let mut tcp_listeners = 0;
         for l in listeners.iter_mut() {
@@ -1118,6 +1143,19 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                 continue;
             }
             let port = l.plan.bind.port();
+            if l.plan.passthrough {
+                passthrough_listeners += 1;
+                for (k, (t, plan)) in tls_routes.iter().enumerate() {
+                    let here = tls_scoped(t, plan, &members, port, opts);
+                    tls_served[k] |= !here.is_empty();
+                    attached_any |= !here.is_empty();
+                    for t in here {
+                        tcp_clusters.extend(t.destinations.iter().map(|w| w.cluster));
+                        l.plan.tcp_routes.push(t);
+                    }
+                }
+                continue;
+            }
             if l.plan.protocol == ListenerProtocol::Tcp {
                 let here: Vec<TcpRoutePlan> = tcp_routes
                     .iter()
@@ -1180,6 +1218,33 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
             let msg = "no TCP listener serves this `tcp` route, so it receives no connection (the mesh listener serves HTTP only): bind the VirtualService to a Gateway with a `TCP` server";
             ctx.report(r, Severity::Warning, t_pos(vs), "spec.tcp[0]", msg);
         }
+        // Whether a bound Gateway has a PASSTHROUGH server, as written (one refused for its
+        // port has its own error).
+        let passes = gateways.iter().any(|(gr, g)| {
+            targets.contains(&gr.name.as_str())
+                && g.servers.iter().any(|s| s.tls.as_ref().is_some_and(|t| t.passthrough))
+        });
+        let unbound = match targets.as_slice() {
+            [] if targets_mesh => {
+                Some("it is bound to the mesh listener only, which serves HTTP".to_string())
+            }
+            // Its gateways are all unknown: reported above.
+            [] => None,
+            names => {
+                Some(format!("no server of gateway(s) {} has `tls.mode: PASSTHROUGH`", names.join(", ")))
+            }
+        };
+        if let (Some(first), Some(bound), false) = (vs.tls.first(), unbound, passes) {
+            let msg = format!("`tls` routes take still-encrypted connections by their SNI on a Gateway server with `tls.mode: PASSTHROUGH`, and {bound}, so these routes would take no connection: bind the VirtualService (`gateways`) to a Gateway with a server of protocol TLS (or HTTPS) and `tls: {{mode: PASSTHROUGH}}`, or remove `tls`");
+            ctx.report(r, Severity::Error, first.pos, &first.path, msg);
+        } else if passthrough_listeners > 0 {
+            for ((t, _), served) in tls_routes.iter().zip(&tls_served) {
+                if !served {
+                    let msg = format!("this `tls` route takes no connection: none of its match entries applies on the PASSTHROUGH listeners `{}` is bound to (their `sniHosts` are none of the servers' hosts, or their `port` or `gateways` do not fit)", r.name);
+                    ctx.report(r, Severity::Warning, t.pos, &t.path, msg);
+                }
+            }
+        }
         if !attached_any && !targets.is_empty() && !vs.hosts.is_empty() {
             let msg = format!(
                 "none of this VirtualService's hosts or routes fit the servers of gateway(s) {}: it receives no traffic",
@@ -1199,6 +1264,11 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         if let Some(gi) = l.resource {
             let r = gateways[gi].0;
             let idle = match l.plan.protocol {
+                ListenerProtocol::Tcp if l.plan.passthrough => l
+                    .plan
+                    .tcp_routes
+                    .is_empty()
+                    .then_some("no VirtualService gives it a `tls` route: connections are closed"),
                 ListenerProtocol::Tcp => l
                     .plan
                     .tcp_routes
@@ -1230,7 +1300,7 @@ impl<'a> Ctx<'a> {
         policies: &[(&Resource, &AuthorizationPolicy)],
         listeners: &[ListenerPlan],
     ) {
-        let terminates = listeners.iter().any(|l| !l.tls.is_empty());
+        let terminates = listeners.iter().any(|l| !l.tls.is_empty() || l.passthrough);
         let verifies =
             listeners.iter().any(|l| l.tls.iter().any(|t| t.mode != crate::plan::DownstreamTlsMode::Simple));
         const NEVER: &str = "so a list of values never matches and a `not` list always does, as Istio treats a request without it";
@@ -1241,7 +1311,7 @@ impl<'a> Ctx<'a> {
                         "Tripline reads no RequestAuthentication (JWT): no request has this attribute"
                     }
                     crate::authz::Attribute::Sni if !terminates => {
-                        "no listener of this config terminates TLS: no request has a TLS server name"
+                        "no listener of this config terminates TLS or passes it through: no request has a TLS server name"
                     }
                     crate::authz::Attribute::Sni => continue,
                     _ if !verifies => "no listener of this config asks clients for a certificate (a Gateway server's `tls.mode` MUTUAL or OPTIONAL_MUTUAL): no request has a peer identity",
@@ -1381,6 +1451,32 @@ fn share_port(
     }
 }
 
+/// Adds server `s` of Gateway `r` (for SNI names `hosts`) to listener `l` on its port, when
+/// either is PASSTHROUGH (`passthrough`: the server is): PASSTHROUGH servers share a port, each
+/// Gateway's hosts narrowing the `sniHosts` of the VirtualServices bound to it; a server that
+/// terminates TLS (or is plaintext) does not share one with them.
+fn share_passthrough(
+    ctx: &mut Ctx<'_>,
+    l: &mut Listener,
+    (r, s): (&Resource, &Server),
+    passthrough: bool,
+    hosts: Vec<String>,
+) {
+    if !(passthrough && l.plan.passthrough) {
+        let problem = match passthrough {
+            true => "it does not pass TLS through, and this server does (PASSTHROUGH)",
+            false => "it passes TLS through (PASSTHROUGH), and this server does not",
+        };
+        let msg = format!("{} is already used by listener `{}`: {problem}; a PASSTHROUGH server shares its port only with other PASSTHROUGH servers (the SNI chooses a route for the still-encrypted connection, not whether to terminate it): give one of them a port of its own", l.plan.bind, l.plan.name);
+        ctx.report(r, Severity::Error, s.port.pos, &s.port.path, msg);
+        return;
+    }
+    match l.members.iter_mut().find(|m| m.gateway.as_deref() == Some(r.name.as_str())) {
+        Some(m) => m.hosts.extend(hosts),
+        None => l.members.push(Member { gateway: Some(r.name.clone()), hosts }),
+    }
+}
+
 fn t_pos(vs: &VirtualService) -> Pos {
     vs.tcp.first().map(|t| t.pos).unwrap_or_default()
 }
@@ -1415,6 +1511,52 @@ fn tcp_scoped(
         false => here.iter().map(|m| m.destination_subnets.clone()).collect(),
     };
     Some(TcpRoutePlan { matches, ..plan.clone() })
+}
+
+/// A `tls` route as it applies on one passthrough listener whose servers of the Gateways the
+/// VirtualService is bound to are `members`: the match entries that can apply there (as for
+/// `tcp` routes), each with its `sniHosts` narrowed to those servers' hosts (the more specific
+/// of the two names where one covers the other, as Istio does; an entry left with none does
+/// not apply). Entries with the same `destinationSubnets` are one plan. Empty: none applies.
+fn tls_scoped(
+    t: &crate::model::TcpRoute,
+    plan: &TcpRoutePlan,
+    members: &[Member],
+    port: u16,
+    opts: &LoadOptions,
+) -> Vec<TcpRoutePlan> {
+    let mut out: Vec<TcpRoutePlan> = Vec::new();
+    for m in &t.matches {
+        let here = RequestMatch { port: m.port, scope: m.scope.clone(), ..RequestMatch::default() };
+        let mut names: Vec<String> = Vec::new();
+        for member in members.iter().filter(|g| scope_holds(&here, g.gateway.as_deref(), port, opts)) {
+            for sni in &m.sni_hosts {
+                for name in member.hosts.iter().filter_map(|server| intersect(sni, server)) {
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+            }
+        }
+        if names.is_empty() {
+            continue;
+        }
+        let matches = match m.destination_subnets.is_empty() {
+            true => Vec::new(),
+            false => vec![m.destination_subnets.clone()],
+        };
+        match out.iter_mut().find(|p| p.matches == matches) {
+            Some(p) => {
+                for n in names {
+                    if !p.sni_hosts.contains(&n) {
+                        p.sni_hosts.push(n);
+                    }
+                }
+            }
+            None => out.push(TcpRoutePlan { matches, sni_hosts: names, ..plan.clone() }),
+        }
+    }
+    out
 }
 
 /// The routes as they apply on one listener (`gateway`: its Gateway's name, `None` for the

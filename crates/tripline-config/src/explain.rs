@@ -125,14 +125,18 @@ impl Provenance {
         }))
     }
 
-    /// The VirtualService `tcp` entry `route` was compiled from, if exactly one fits.
+    /// The VirtualService `tcp` (or `tls`) entry `route` was compiled from, if exactly one fits.
     pub fn tcp_route(&self, route: &TcpRoutePlan) -> Option<RouteOrigin<'_>> {
+        let field = if route.sni_hosts.is_empty() { "tcp" } else { "tls" };
         unique(self.resources.iter().filter_map(|r| match &r.spec {
-            Spec::VirtualService(vs) => vs.tcp.iter().enumerate().find_map(|(i, t)| {
-                let fits =
-                    format!("{}/tcp[{i}]", r.name) == route.name && t.route.len() == route.destinations.len();
-                fits.then_some(RouteOrigin { prov: self, resource: r, path: &t.path, http: None })
-            }),
+            Spec::VirtualService(vs) => {
+                let entries = if field == "tcp" { &vs.tcp } else { &vs.tls };
+                entries.iter().enumerate().find_map(|(i, t)| {
+                    let fits = format!("{}/{field}[{i}]", r.name) == route.name
+                        && t.route.len() == route.destinations.len();
+                    fits.then_some(RouteOrigin { prov: self, resource: r, path: &t.path, http: None })
+                })
+            }
             _ => None,
         }))
     }

@@ -70,8 +70,7 @@ pub const WORKLOAD_ENTRY: Refused = &[
 ];
 
 /// VirtualService.
-pub const VIRTUAL_SERVICE: Refused =
-    &[("tls", "remove it, and route plain TCP with `tcp`: Tripline does not route TLS by SNI")];
+pub const VIRTUAL_SERVICE: Refused = &[];
 
 /// VirtualService `http[]`.
 pub const HTTP_ROUTE: Refused = &[(

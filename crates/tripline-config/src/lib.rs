@@ -14,6 +14,7 @@ pub mod dump;
 pub mod explain;
 pub mod fallback;
 pub mod gaps;
+pub mod identity;
 mod lint;
 pub mod model;
 pub mod plan;
@@ -52,6 +53,10 @@ pub struct LoadOptions {
     /// directory `NAME/` with the Kubernetes Secret's keys as files (`tls.crt`, `tls.key`,
     /// `ca.crt`; see [`tls`]). `None`: a `credentialName` is an error.
     pub credentials_dir: Option<PathBuf>,
+    /// `--identity-dir`: the workload's own X.509 SVID (see [`identity`]), which `ISTIO_MUTUAL`
+    /// presents and whose trust bundle it checks peers against. `None`: `ISTIO_MUTUAL` is an
+    /// error.
+    pub identity_dir: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -63,6 +68,7 @@ impl Default for LoadOptions {
             workload_labels: std::collections::BTreeMap::new(),
             workload_namespace: None,
             credentials_dir: None,
+            identity_dir: None,
         }
     }
 }

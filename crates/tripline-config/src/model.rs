@@ -248,7 +248,7 @@ pub fn gateway(cx: &mut Cx, spec: &Node) -> Option<Gateway> {
         let tls = match (s.value("tls"), protocol.as_deref()) {
             (Some((n, tp)), proto) => crate::tls::server(cx, n, &tp, proto).map(Some),
             (None, Some(proto @ ("HTTPS" | "TLS"))) => {
-                let what = format!("the certificate this {proto} port terminates TLS with: {{mode: SIMPLE, credentialName: NAME}}, or {{mode: SIMPLE, serverCertificate: PATH, privateKey: PATH}}");
+                let what = format!("the certificate this {proto} port terminates TLS with: {{mode: SIMPLE, credentialName: NAME}}, or {{mode: SIMPLE, serverCertificate: PATH, privateKey: PATH}}; or {{mode: PASSTHROUGH}} to route the connections by their SNI without terminating TLS");
                 cx.required(&s, "tls", &what);
                 None
             }
@@ -491,6 +491,10 @@ pub struct VirtualService {
     pub gateways: Vec<At<String>>,
     pub http: Vec<HttpRoute>,
     pub tcp: Vec<TcpRoute>,
+    /// `tls`: routes of still-encrypted connections by their SNI, on Gateway servers with
+    /// `tls.mode: PASSTHROUGH` (each match entry has `sniHosts`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<TcpRoute>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -526,6 +530,10 @@ pub struct HttpRoute {
 /// the route is attached to a listener (as for HTTP matches).
 #[derive(Debug, Clone, Serialize)]
 pub struct TcpMatch {
+    /// `tls[].match[].sniHosts` (Istio's TLSMatchAttributes): names or `*.suffix`, each within
+    /// the VirtualService's hosts. Empty for `tcp` routes.
+    #[serde(rename = "sniHosts", skip_serializing_if = "Vec::is_empty")]
+    pub sni_hosts: Vec<String>,
     #[serde(rename = "destinationSubnets", skip_serializing_if = "Vec::is_empty")]
     pub destination_subnets: Vec<crate::plan::Cidr>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -635,7 +643,7 @@ pub(crate) fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S)
 }
 
 const VIRTUAL_SERVICE: Schema =
-    Schema::new("Istio's VirtualService", &["hosts", "gateways", "http", "tcp", "exportTo"])
+    Schema::new("Istio's VirtualService", &["hosts", "gateways", "http", "tcp", "tls", "exportTo"])
         .refusing(gaps::VIRTUAL_SERVICE);
 const HTTP_ROUTE: Schema = Schema::new(
     "Istio's HTTPRoute",
@@ -687,6 +695,12 @@ const DESTINATION: Schema =
 const DEST: Schema = Schema::new("Istio's Destination", &["host", "subset", "port"]);
 const PORT_SELECTOR: Schema = Schema::new("Istio's PortSelector", &["number"]);
 const TCP_ROUTE: Schema = Schema::new("Istio's TCPRoute", &["route", "match"]);
+const TLS_ROUTE: Schema = Schema::new("Istio's TLSRoute", &["match", "route"]);
+const TLS_MATCH: Schema = Schema::new(
+    "Istio's TLSMatchAttributes",
+    &["sniHosts", "destinationSubnets", "port", "gateways", "sourceLabels", "sourceNamespace"],
+)
+.of_conditions();
 const L4_MATCH: Schema = Schema::new(
     "Istio's L4MatchAttributes",
     &["destinationSubnets", "port", "gateways", "sourceLabels", "sourceNamespace"],
@@ -710,12 +724,28 @@ fn where_it_runs(cx: &mut Cx, mf: &Fields<'_>) -> (Option<u16>, crate::plan::Mat
     (port, scope)
 }
 
-/// `tcp[].match`.
-fn tcp_matches(cx: &mut Cx, node: &Node, path: &str) -> Vec<TcpMatch> {
+/// `tcp[].match`, or `tls[].match` when `vs_hosts` is given (the VirtualService's hosts,
+/// which each `sniHosts` entry must be within).
+fn tcp_matches(cx: &mut Cx, node: &Node, path: &str, vs_hosts: Option<&[At<String>]>) -> Vec<TcpMatch> {
     let mut out = Vec::new();
+    let schema = if vs_hosts.is_some() { &TLS_MATCH } else { &L4_MATCH };
     for (mn, mp) in cx.list(node, path, "matches") {
-        let Some(mf) = cx.fields(mn, &mp, &L4_MATCH) else { continue };
-        let mut m = TcpMatch { destination_subnets: Vec::new(), port: None, scope: Default::default() };
+        let Some(mf) = cx.fields(mn, &mp, schema) else { continue };
+        let mut m = TcpMatch {
+            sni_hosts: Vec::new(),
+            destination_subnets: Vec::new(),
+            port: None,
+            scope: Default::default(),
+        };
+        if let Some(hosts) = vs_hosts {
+            match mf.value("sniHosts") {
+                Some((n, p)) => m.sni_hosts = sni_hosts(cx, n, &p, hosts),
+                None => cx.required(&mf, "sniHosts", "the SNI names this entry takes (names or `*.suffix`, within the VirtualService's `hosts`)"),
+            }
+            if m.sni_hosts.is_empty() {
+                continue;
+            }
+        }
         if let Some((n, p)) = mf.value("destinationSubnets") {
             for (text, pos, sp) in cx.strings(n, &p) {
                 match crate::plan::Cidr::parse(&text) {
@@ -726,6 +756,34 @@ fn tcp_matches(cx: &mut Cx, node: &Node, path: &str) -> Vec<TcpMatch> {
         }
         (m.port, m.scope) = where_it_runs(cx, &mf);
         out.push(m);
+    }
+    out
+}
+
+/// A `tls` match entry's `sniHosts`: each a DNS name or `*.suffix` (or `*`), within one of the
+/// VirtualService's `hosts` (Istio requires it). Lower-cased; the ones in error are left out.
+fn sni_hosts(cx: &mut Cx, node: &Node, path: &str, vs_hosts: &[At<String>]) -> Vec<String> {
+    let mut out = Vec::new();
+    let written = cx.strings(node, path);
+    if written.is_empty() && matches!(node.kind, crate::yaml::Kind::Seq(_)) {
+        cx.error(node, path, "expected at least one SNI name");
+    }
+    for (name, pos, p) in written {
+        let bare = name.strip_prefix("*.").unwrap_or(&name);
+        let valid = name == "*" || (!bare.contains('*') && rustls_pki_types::DnsName::try_from(bare).is_ok());
+        if !valid {
+            let msg =
+                format!("`{name}` is not an SNI name: expected a DNS name, `*.` and a DNS name, or `*`");
+            cx.report(crate::Severity::Error, pos, &p, msg);
+            continue;
+        }
+        if !vs_hosts.iter().any(|h| crate::compile::covers(&h.value, &name)) {
+            let hosts: Vec<&str> = vs_hosts.iter().map(|h| h.value.as_str()).collect();
+            let msg = format!("SNI host `{name}` is not within the VirtualService's hosts ({}): Istio requires each `sniHosts` entry to be one of them or covered by one (`*.example.com` covers `db.example.com`); add it to `hosts`", hosts.join(", "));
+            cx.report(crate::Severity::Error, pos, &p, msg);
+            continue;
+        }
+        out.push(name.to_ascii_lowercase());
     }
     out
 }
@@ -889,14 +947,33 @@ pub fn virtual_service(cx: &mut Cx, spec: &Node) -> Option<VirtualService> {
         for (rn, rp) in cx.list(n, &p, "TCP routes") {
             let Some(tf) = cx.fields(rn, &rp, &TCP_ROUTE) else { continue };
             let route = destinations(cx, &tf);
-            let matches = tf.value("match").map(|(n, p)| tcp_matches(cx, n, &p)).unwrap_or_default();
+            let matches = tf.value("match").map(|(n, p)| tcp_matches(cx, n, &p, None)).unwrap_or_default();
             tcp.push(TcpRoute { matches, route, pos: rn.pos, path: rp });
         }
     }
-    if http.is_empty() && tcp.is_empty() && f.value("tls").is_none() {
-        cx.error(spec, "spec", "expected at least one route in `http` or `tcp`");
+    let mut tls = Vec::new();
+    if let Some((n, p)) = f.value("tls") {
+        for (rn, rp) in cx.list(n, &p, "TLS routes") {
+            let Some(tf) = cx.fields(rn, &rp, &TLS_ROUTE) else { continue };
+            if !tf.has("route") {
+                cx.required(&tf, "route", "the destinations of the connections this route takes");
+            }
+            let route = destinations(cx, &tf);
+            // Istio: a `tls` route has at least one match entry, each with `sniHosts`.
+            let Some((mn, mp)) = tf.value("match") else {
+                cx.required(&tf, "match", "match entries with `sniHosts` (the SNI names the route takes)");
+                continue;
+            };
+            let matches = tcp_matches(cx, mn, &mp, Some(&hosts));
+            if !matches.is_empty() {
+                tls.push(TcpRoute { matches, route, pos: rn.pos, path: rp });
+            }
+        }
     }
-    Some(VirtualService { hosts, gateways, http, tcp })
+    if http.is_empty() && tcp.is_empty() && f.value("tls").is_none() {
+        cx.error(spec, "spec", "expected at least one route in `http`, `tcp` or `tls`");
+    }
+    Some(VirtualService { hosts, gateways, http, tcp, tls })
 }
 
 fn http_route(cx: &mut Cx, node: &Node, path: &str) -> Option<HttpRoute> {

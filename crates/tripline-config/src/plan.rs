@@ -47,7 +47,8 @@ pub struct ListenerPlan {
     pub protocol: ListenerProtocol,
     /// HTTP listeners: virtual hosts in match order (most specific domain first).
     pub virtual_hosts: Vec<VirtualHostPlan>,
-    /// TCP listeners: the routes in match order (first match wins).
+    /// TCP listeners: the routes in match order (first match wins; on a passthrough listener
+    /// the route naming the SNI most specifically, the first of equals).
     pub tcp_routes: Vec<TcpRoutePlan>,
     /// Whether the client's `x-forwarded-proto` and `x-request-id` are passed on (Envoy's
     /// `use_remote_address: false` / `preserve_external_request_id`): the mesh listener's
@@ -69,6 +70,12 @@ pub struct ListenerPlan {
     /// to the same URL with `https`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub https_redirect: bool,
+    /// `tls.mode: PASSTHROUGH` (protocol `TLS` or `HTTPS`): TLS is not terminated; the SNI of
+    /// the client's ClientHello (peeked, not read) picks one of `tcp_routes` (compiled from
+    /// VirtualService `tls` routes, each with its `sni_hosts`), and the still-encrypted bytes
+    /// are proxied as TCP. Such a listener has `protocol: Tcp` and no `tls`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub passthrough: bool,
 }
 
 /// One Gateway server's TLS settings: how a connection whose SNI matches `hosts` is
@@ -146,6 +153,10 @@ pub struct UpstreamTlsPlan {
     /// No verification of the server's certificate at all (the compiler warns).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub insecure_skip_verify: bool,
+    /// `ISTIO_MUTUAL` without `subjectAltNames`: the server's certificate must carry a SPIFFE
+    /// ID of this trust domain (the workload's own) instead of naming the host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust_domain: Option<String>,
 }
 
 fn is_zero_u32(n: &u32) -> bool {
@@ -298,13 +309,23 @@ pub struct WeightedCluster {
     pub headers: HeaderPlan,
 }
 
+/// A VirtualService `tcp` route, or a `tls` route on a passthrough listener (a `tls` route is
+/// a `tcp` route that also matches the client's SNI).
 #[derive(Debug, Clone, Serialize)]
 pub struct TcpRoutePlan {
+    /// `<virtual service>/tcp[<index>]` or `<virtual service>/tls[<index>]`. A `tls` route
+    /// whose match entries differ in `destinationSubnets` is one plan per set of subnets,
+    /// all with this name, one after the other.
     pub name: String,
     /// Any entry takes a connection; an entry takes connections addressed to one of its
     /// subnets (empty: any address). No entries: every connection.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<Vec<Cidr>>,
+    /// `tls` routes: the SNI names the route takes (exact, lower-cased, or `*.suffix`, or `*`),
+    /// already narrowed to the Gateway server's hosts; a connection without an SNI, or with
+    /// another, is not taken. Empty: any connection (`tcp` routes).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sni_hosts: Vec<String>,
     pub destinations: Vec<WeightedCluster>,
 }
 

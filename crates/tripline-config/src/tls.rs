@@ -20,9 +20,12 @@
 //! missing or malformed file an error at the field that names it, as any other config error,
 //! rather than a listener that fails when the proxy applies the plan.
 //!
-//! Refused until implemented: passthrough (`PASSTHROUGH`, `AUTO_PASSTHROUGH`: SNI routing),
-//! `ISTIO_MUTUAL` (mesh identities), and the fields in [`gaps::SERVER_TLS`] and
-//! [`gaps::CLIENT_TLS`].
+//! `mode: PASSTHROUGH` is decoded here too (`ServerTls::passthrough`): nothing is terminated,
+//! the proxy routes the connection by its SNI (VirtualService `tls` routes).
+//!
+//! `ISTIO_MUTUAL` (either side) uses the workload's own SVID from `--identity-dir` (see
+//! [`crate::identity`]). Refused until implemented: `AUTO_PASSTHROUGH` (routing by
+//! SNI-encoded cluster names), and the fields in [`gaps::SERVER_TLS`] and [`gaps::CLIENT_TLS`].
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +50,14 @@ pub struct ServerTls {
     /// The termination settings, on an `HTTPS` or `TLS` port.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub terminate: Option<Termination>,
+    /// `mode: PASSTHROUGH` (or no `mode` and no certificate, which Istio reads the same), on an
+    /// `HTTPS` or `TLS` port: not terminated, routed by the SNI (`terminate` is `None`).
+    #[serde(rename = "mode", skip_serializing_if = "std::ops::Not::not", serialize_with = "ser_passthrough")]
+    pub passthrough: bool,
+}
+
+fn ser_passthrough<S: serde::Serializer>(_: &bool, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str("PASSTHROUGH")
 }
 
 /// How a Gateway server terminates TLS: file paths and the credential name as written
@@ -74,15 +85,21 @@ pub struct Termination {
     pub versions: TlsVersions,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cipher_suites: Vec<String>,
+    /// `ISTIO_MUTUAL` (`mode` is then `MUTUAL` with the workload's own certificate and trust
+    /// bundle), with where it was written.
+    #[serde(skip)]
+    pub istio_mutual: Option<(Pos, String)>,
 }
 
-/// `DISABLE`, `SIMPLE` or `MUTUAL`.
+/// `DISABLE`, `SIMPLE`, `MUTUAL` or `ISTIO_MUTUAL`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ClientMode {
     Disable,
     Simple,
     Mutual,
+    /// MUTUAL with the workload's own SVID (`--identity-dir`).
+    IstioMutual,
 }
 
 /// A DestinationRule's `trafficPolicy.tls` (top level or a subset's), as decoded.
@@ -180,9 +197,19 @@ const CLIENT_TLS: Schema = Schema::new(
 )
 .refusing(gaps::CLIENT_TLS);
 
-const PASSTHROUGH: &str = "it routes the still-encrypted connection by its SNI, which is coming: until then terminate TLS here with `mode: SIMPLE` and a certificate, or pass the bytes on untouched with protocol TCP";
-const ISTIO_MUTUAL: &str =
-    "it needs mesh identities (workload certificates), which Tripline does not have yet";
+/// Why `AUTO_PASSTHROUGH` is refused (`PASSTHROUGH` is taken before [`termination`]).
+const AUTO_PASSTHROUGH: &str = "it routes by cluster names encoded in the SNI (`outbound_.PORT_.SUBSET_.HOST`, as Istio's east-west gateways do), which Tripline's clusters do not answer to: use `mode: PASSTHROUGH` and route the SNI names with a VirtualService's `tls` routes";
+/// Certificate fields given with `ISTIO_MUTUAL`, which uses the workload's own.
+fn istio_mutual_files(cx: &mut Cx, f: &Fields<'_>, fields: &[&str]) -> bool {
+    let mut ok = true;
+    for field in fields {
+        if let Some((n, p)) = f.value(field) {
+            cx.error(n, &p, format!("`{field}` cannot be given with mode ISTIO_MUTUAL, which uses the workload's own certificate and trust bundle (--identity-dir): remove it, or use MUTUAL"));
+            ok = false;
+        }
+    }
+    ok
+}
 
 /// A Gateway server's `tls`, checked against the server's `protocol` (`None` when that did not
 /// decode). On `HTTPS` and `TLS` ports it must terminate (Istio requires a `tls` there, which
@@ -209,19 +236,42 @@ pub fn server(cx: &mut Cx, node: &Node, path: &str, protocol: Option<&str>) -> O
                 cx.warn(n, &p, "`httpsRedirect` does nothing on a TCP port: it redirects HTTP requests, on an HTTP server");
             }
         }
-        return Some(ServerTls { https_redirect, terminate: None });
+        return Some(ServerTls { https_redirect, terminate: None, passthrough: false });
     }
     if let (true, Some((n, p))) = (https_redirect, f.value("httpsRedirect")) {
         let proto = protocol.unwrap_or_default();
         cx.warn(n, &p, format!("`httpsRedirect` does nothing on this {proto} port, whose clients use TLS already: put it on the plaintext HTTP server (port 80) that should send clients here"));
     }
+    if passthrough(cx, &f) {
+        return Some(ServerTls { https_redirect, terminate: None, passthrough: true });
+    }
     let terminate = termination(cx, &f)?;
-    Some(ServerTls { https_redirect, terminate: Some(terminate) })
+    Some(ServerTls { https_redirect, terminate: Some(terminate), passthrough: false })
+}
+
+/// Whether a server's `tls` passes TLS through: `mode: PASSTHROUGH`, or no `mode` and no
+/// certificate (Istio's default mode is PASSTHROUGH; with a certificate, [`termination`]
+/// reads it as SIMPLE). The termination fields it has are ignored: a warning at each.
+fn passthrough(cx: &mut Cx, f: &Fields<'_>) -> bool {
+    match f.value("mode") {
+        Some((n, _)) if n.as_scalar() == Some("PASSTHROUGH") => {}
+        None if !f.has("serverCertificate") && !f.has("credentialName") => {
+            cx.warn(f.node, f.path, "`mode` is not set, which Istio reads as PASSTHROUGH: TLS is not terminated, and the connection is routed by its SNI, still encrypted, by a VirtualService's `tls` routes; write `mode: PASSTHROUGH` to say so, or `mode: SIMPLE` with a certificate to terminate TLS here");
+        }
+        _ => return false,
+    }
+    for field in TERMINATION.iter().filter(|k| **k != "mode") {
+        if let Some((n, p)) = f.value(field) {
+            cx.warn(n, &p, format!("`{field}` is ignored with mode PASSTHROUGH, which does not terminate TLS (the upstream does, with its own certificate): remove it, or use mode SIMPLE to terminate here"));
+        }
+    }
+    true
 }
 
 /// The termination fields of a server's `tls`.
 fn termination(cx: &mut Cx, f: &Fields<'_>) -> Option<Termination> {
     let mut ok = true;
+    let mut istio_mutual = None;
     let mode = match f.value("mode") {
         Some((n, p)) => {
             const MODES: &[&str] =
@@ -231,11 +281,15 @@ fn termination(cx: &mut Cx, f: &Fields<'_>) -> Option<Termination> {
                 "MUTUAL" => Some(DownstreamTlsMode::Mutual),
                 "OPTIONAL_MUTUAL" => Some(DownstreamTlsMode::OptionalMutual),
                 "ISTIO_MUTUAL" => {
-                    cx.error(n, &p, format!("`ISTIO_MUTUAL` is not implemented yet: {ISTIO_MUTUAL}; use MUTUAL with `caCertificates` (or a `credentialName` with a ca.crt) for now"));
-                    return None;
+                    let fields = ["serverCertificate", "privateKey", "caCertificates", "credentialName"];
+                    if !istio_mutual_files(cx, f, &fields) {
+                        return None;
+                    }
+                    istio_mutual = Some((n.pos, p.clone()));
+                    Some(DownstreamTlsMode::Mutual)
                 }
-                passthrough => {
-                    cx.error(n, &p, format!("`{passthrough}` is not implemented yet: {PASSTHROUGH}"));
+                _ => {
+                    cx.error(n, &p, format!("`AUTO_PASSTHROUGH` is not implemented: {AUTO_PASSTHROUGH}"));
                     return None;
                 }
             }
@@ -253,23 +307,18 @@ fn termination(cx: &mut Cx, f: &Fields<'_>) -> Option<Termination> {
             cx.warn(f.node, f.path, "`mode` is not set, which Istio reads as PASSTHROUGH (the connection routed by its SNI, still encrypted) and Tripline as SIMPLE (TLS terminated with this certificate): write `mode: SIMPLE` so that both read it the same");
             DownstreamTlsMode::Simple
         }
-        None => {
-            cx.error(
-                f.node,
-                f.path,
-                format!(
-                    "`mode` is not set, which Istio reads as PASSTHROUGH, not implemented yet: {PASSTHROUGH}"
-                ),
-            );
-            return None;
-        }
+        // Without a certificate it is passthrough (see `passthrough`): here the certificate
+        // written is in error, reported already.
+        None => return None,
     };
     let files = [
         ("serverCertificate", &server_certificate),
         ("privateKey", &private_key),
         ("caCertificates", &ca_certificates),
     ];
-    if let Some(c) = &credential_name {
+    if istio_mutual.is_some() {
+        // The workload's own certificate: nothing is required here.
+    } else if let Some(c) = &credential_name {
         ok &= one_source(cx, c, &files, "server");
     } else {
         if server_certificate.is_none() {
@@ -316,6 +365,7 @@ fn termination(cx: &mut Cx, f: &Fields<'_>) -> Option<Termination> {
         max_protocol_version,
         versions,
         cipher_suites,
+        istio_mutual,
     })
 }
 
@@ -330,8 +380,11 @@ pub fn client(cx: &mut Cx, node: &Node, path: &str) -> Option<ClientTls> {
                 "SIMPLE" => ClientMode::Simple,
                 "MUTUAL" => ClientMode::Mutual,
                 _ => {
-                    cx.error(n, &p, format!("`ISTIO_MUTUAL` is not implemented yet: {ISTIO_MUTUAL}; use MUTUAL with `clientCertificate`, `privateKey` and `caCertificates` (or a `credentialName`) for now"));
-                    return None;
+                    let fields = ["clientCertificate", "privateKey", "caCertificates", "credentialName"];
+                    if !istio_mutual_files(cx, &f, &fields) {
+                        return None;
+                    }
+                    ClientMode::IstioMutual
                 }
             }
         }
@@ -400,9 +453,9 @@ pub fn client(cx: &mut Cx, node: &Node, path: &str) -> Option<ClientTls> {
                 }
             }
         }
-        ClientMode::Mutual => {}
+        ClientMode::Mutual | ClientMode::IstioMutual => {}
     }
-    if mode != ClientMode::Disable {
+    if mode != ClientMode::Disable && mode != ClientMode::IstioMutual {
         let files = [
             ("clientCertificate", &client_certificate),
             ("privateKey", &private_key),
@@ -590,13 +643,41 @@ enum Holds {
 /// several servers.
 pub(crate) struct Files<'a> {
     credentials_dir: Option<&'a Path>,
+    identity_dir: Option<&'a Path>,
+    /// The workload's identity, read at the first `ISTIO_MUTUAL`.
+    identity: Option<Result<crate::identity::WorkloadIdentity, String>>,
     read: HashMap<(PathBuf, Holds), Result<Option<CertInfo>, String>>,
     now: SystemTime,
 }
 
 impl<'a> Files<'a> {
-    pub(crate) fn new(credentials_dir: Option<&'a Path>) -> Self {
-        Files { credentials_dir, read: HashMap::new(), now: SystemTime::now() }
+    pub(crate) fn new(credentials_dir: Option<&'a Path>, identity_dir: Option<&'a Path>) -> Self {
+        Files { credentials_dir, identity_dir, identity: None, read: HashMap::new(), now: SystemTime::now() }
+    }
+
+    /// The workload's identity for an `ISTIO_MUTUAL` written at `at` (position, field path);
+    /// an error there when there is none or it cannot be read.
+    fn identity(
+        &mut self,
+        at: &(Pos, String),
+        out: &mut Vec<Finding>,
+    ) -> Option<crate::identity::WorkloadIdentity> {
+        let found = self.identity.get_or_insert_with(|| match self.identity_dir {
+            Some(dir) => crate::identity::find(dir),
+            None => Err("ISTIO_MUTUAL needs the workload's own identity: start Tripline with --identity-dir DIR, a directory holding its X.509 SVID (svid.pem, svid_key.pem, svid_bundle.pem as SPIRE's spiffe-helper writes them, or tls.crt, tls.key, ca.crt)".to_string()),
+        });
+        match found {
+            Ok(id) => Some(id.clone()),
+            Err(e) => {
+                out.push(Finding {
+                    severity: Severity::Error,
+                    pos: at.0,
+                    path: at.1.clone(),
+                    message: e.clone(),
+                });
+                None
+            }
+        }
     }
 
     /// A Gateway server's termination as the proxy runs it, named `name` (the server's
@@ -610,6 +691,20 @@ impl<'a> Files<'a> {
         hosts: Vec<String>,
         out: &mut Vec<Finding>,
     ) -> Option<TlsServerPlan> {
+        if let Some(at) = &t.istio_mutual {
+            let id = self.identity(at, out)?;
+            return Some(TlsServerPlan {
+                name,
+                hosts,
+                mode: DownstreamTlsMode::Mutual,
+                certificate: id.certificate,
+                private_key: id.private_key,
+                ca_certificates: Some(id.bundle),
+                subject_alt_names: t.subject_alt_names.clone(),
+                versions: t.versions,
+                cipher_suites: t.cipher_suites.clone(),
+            });
+        }
         let (certificate, private_key, ca_certificates) = match &t.credential_name {
             Some(c) => {
                 let own = self.credential(c, false, out)?;
@@ -674,6 +769,20 @@ impl<'a> Files<'a> {
         default_names: &[String],
         out: &mut Vec<Finding>,
     ) -> Option<UpstreamTlsPlan> {
+        let names = if t.subject_alt_names.is_empty() { default_names } else { &t.subject_alt_names };
+        if t.mode == ClientMode::IstioMutual {
+            let id = self.identity(&(t.pos, format!("{}.mode", t.path)), out)?;
+            return Some(UpstreamTlsPlan {
+                mutual: true,
+                sni: t.sni.clone(),
+                subject_alt_names: names.to_vec(),
+                ca_certificates: Some(id.bundle),
+                client_certificate: Some(id.certificate),
+                private_key: Some(id.private_key),
+                insecure_skip_verify: false,
+                trust_domain: names.is_empty().then_some(id.trust_domain),
+            });
+        }
         let mutual = t.mode == ClientMode::Mutual;
         let label = t.credential_name.as_ref().map(|c| c.value.as_str());
         let (cert, key, ca) = match &t.credential_name {
@@ -700,7 +809,6 @@ impl<'a> Files<'a> {
                 ok &= self.check(path, holds, at, label, out);
             }
         }
-        let names = if t.subject_alt_names.is_empty() { default_names } else { &t.subject_alt_names };
         ok.then(|| UpstreamTlsPlan {
             mutual,
             sni: t.sni.clone(),
@@ -709,6 +817,7 @@ impl<'a> Files<'a> {
             client_certificate: cert.map(|(p, _)| p),
             private_key: key.map(|(p, _)| p),
             insecure_skip_verify: t.insecure_skip_verify,
+            trust_domain: None,
         })
     }
 
@@ -852,6 +961,9 @@ pub fn upstream_says(t: &UpstreamTlsPlan) -> String {
         if !t.subject_alt_names.is_empty() {
             says += &format!(" naming {}", t.subject_alt_names.join(" or "));
         }
+        if let Some(td) = &t.trust_domain {
+            says += &format!(" naming a SPIFFE ID of trust domain {td} (ISTIO_MUTUAL)");
+        }
     }
     if let Some(cert) = &t.client_certificate {
         says += &format!(", client certificate {}", cert.display());
@@ -907,6 +1019,7 @@ mod tests {
             client_certificate: None,
             private_key: None,
             insecure_skip_verify: false,
+            trust_domain: None,
         };
         assert_eq!(
             upstream_says(&upstream),

@@ -286,11 +286,9 @@ fn termination_mistakes_are_errors_at_their_field() {
     let f = files(&crt, &key);
     let opts = LoadOptions::default();
     for (tls, want) in [
-        ("{mode: PASSTHROUGH}".to_string(), "mesh.yaml:8:17: Gateway/edge: spec.servers[0].tls.mode: `PASSTHROUGH` is not implemented yet: it routes the still-encrypted connection by its SNI, which is coming: until then terminate TLS here"),
-        ("{mode: AUTO_PASSTHROUGH}".to_string(), "spec.servers[0].tls.mode: `AUTO_PASSTHROUGH` is not implemented yet"),
-        ("{mode: ISTIO_MUTUAL}".to_string(), "spec.servers[0].tls.mode: `ISTIO_MUTUAL` is not implemented yet: it needs mesh identities"),
+        ("{mode: AUTO_PASSTHROUGH}".to_string(), "mesh.yaml:8:17: Gateway/edge: spec.servers[0].tls.mode: `AUTO_PASSTHROUGH` is not implemented: it routes by cluster names encoded in the SNI"),
+        ("{mode: ISTIO_MUTUAL}".to_string(), "spec.servers[0].tls.mode: ISTIO_MUTUAL needs the workload's own identity: start Tripline with --identity-dir DIR"),
         ("{mode: SIMPLE}".to_string(), "spec.servers[0].tls.serverCertificate: `serverCertificate` is required: expected a PEM file of the server's certificate chain (or `credentialName`)"),
-        ("{minProtocolVersion: TLSV1_2}".to_string(), "mesh.yaml:8:10: Gateway/edge: spec.servers[0].tls: `mode` is not set, which Istio reads as PASSTHROUGH, not implemented yet: it routes the still-encrypted connection"),
         (format!("{{mode: SIMPLE, {f}, credentialName: shop}}"), "spec.servers[0].tls.credentialName: `credentialName` and `serverCertificate`, `privateKey` both give the server's certificates: keep one"),
         (format!("{{mode: SIMPLE, {f}, minProtocolVersion: TLSV1_1}}"), "spec.servers[0].tls.minProtocolVersion: `TLSV1_1`: rustls does not speak TLS 1.0/1.1"),
         (format!("{{mode: SIMPLE, {f}, minProtocolVersion: TLSV1_3, maxProtocolVersion: TLSV1_2}}"), "spec.servers[0].tls.maxProtocolVersion: maxProtocolVersion TLSV1_2 is below minProtocolVersion TLSV1_3: no TLS version is left"),
@@ -303,7 +301,7 @@ fn termination_mistakes_are_errors_at_their_field() {
     }
     // A server without its `tls`.
     let text = gateway("  - port: {number: 18443, name: https, protocol: HTTPS}\n    hosts: [\"*\"]\n");
-    assert!(the_error_with(&text, &opts).ends_with("mesh.yaml:6:5: Gateway/edge: spec.servers[0].tls: `tls` is required: expected the certificate this HTTPS port terminates TLS with: {mode: SIMPLE, credentialName: NAME}, or {mode: SIMPLE, serverCertificate: PATH, privateKey: PATH}"));
+    assert!(the_error_with(&text, &opts).ends_with("mesh.yaml:6:5: Gateway/edge: spec.servers[0].tls: `tls` is required: expected the certificate this HTTPS port terminates TLS with: {mode: SIMPLE, credentialName: NAME}, or {mode: SIMPLE, serverCertificate: PATH, privateKey: PATH}; or {mode: PASSTHROUGH} to route the connections by their SNI without terminating TLS"));
     // Termination on a plaintext port.
     for proto in ["HTTP", "GRPC", "TCP"] {
         let text = gateway(&format!("  - port: {{number: 18443, name: p, protocol: {proto}}}\n    hosts: [\"*\"]\n    tls: {{mode: SIMPLE, {f}}}\n"));
@@ -553,7 +551,7 @@ fn client_tls_mistakes_and_warnings_are_at_their_field() {
     assert_eq!(w, ["warning: mesh.yaml:17:45: DestinationRule/pay: spec.trafficPolicy.tls.insecureSkipVerify: the upstream's certificate is not verified: anyone on the path can impersonate it"]);
     assert!(loaded.plan.clusters.iter().all(|c| c.tls.as_ref().is_some_and(|t| t.insecure_skip_verify)));
     for (tls, want) in [
-        ("{mode: ISTIO_MUTUAL}", "mesh.yaml:17:17: DestinationRule/pay: spec.trafficPolicy.tls.mode: `ISTIO_MUTUAL` is not implemented yet: it needs mesh identities (workload certificates), which Tripline does not have yet; use MUTUAL with"),
+        ("{mode: ISTIO_MUTUAL}", "DestinationRule/pay: spec.trafficPolicy.tls.mode: ISTIO_MUTUAL needs the workload's own identity: start Tripline with --identity-dir DIR"),
         ("{mode: MUTUAL, privateKey: key.pem}", "spec.trafficPolicy.tls.clientCertificate: `clientCertificate` is required: expected a PEM file of the client certificate chain (mode MUTUAL; or `credentialName`)"),
         ("{sni: pay.example.com}", "spec.trafficPolicy.tls.mode: `mode` is required: expected SIMPLE or MUTUAL (without it Istio disables TLS, and these settings would do nothing)"),
         ("{mode: SIMPLE, sni: \"not a name\"}", "spec.trafficPolicy.tls.sni: `not a name` is not a TLS server name"),
@@ -606,4 +604,199 @@ fn the_dump_shows_tls_and_the_certificates_dates_but_no_key() {
     let key_text = std::fs::read_to_string(&key).unwrap();
     let body = key_text.lines().nth(1).unwrap();
     assert!(!loaded.dump.text().contains(body), "never the key's contents");
+}
+
+// ---------------------------------------------------------------------------------------------
+// PASSTHROUGH and VirtualService tls routes
+
+/// Two TLS upstreams, `db.internal` and `web.internal` (port 443, protocol TLS).
+const TLS_UPSTREAMS: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: db}\nspec:\n  hosts: [db.internal]\n  ports: [{number: 443, name: tls, protocol: TLS}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.0.1}]\n---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: web}\nspec:\n  hosts: [web.internal]\n  ports: [{number: 443, name: tls, protocol: TLS}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.0.2}]\n";
+
+/// Gateway `edge` with `servers` (YAML under `servers:`), the TLS upstreams, and
+/// VirtualService `edge-routes` whose spec after `spec:` is `vs` (indented two spaces).
+fn passthrough(servers: &str, vs: &str) -> String {
+    format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: edge}}\nspec:\n  servers:\n{servers}---\n{TLS_UPSTREAMS}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: edge-routes}}\nspec:\n{vs}")
+}
+
+/// One server on port 18443 with `protocol`, `hosts` and `tls`.
+fn server(protocol: &str, hosts: &str, tls: &str) -> String {
+    format!(
+        "  - port: {{number: 18443, name: {}, protocol: {protocol}}}\n    hosts: {hosts}\n    tls: {tls}\n",
+        protocol.to_ascii_lowercase()
+    )
+}
+
+/// A VirtualService's `tls` routes: `db.example.com` to db.internal, the rest of
+/// `*.example.com` to web.internal.
+const TLS_ROUTES: &str = "  hosts: [\"*.example.com\"]\n  gateways: [edge]\n  tls:\n  - match: [{sniHosts: [db.example.com], port: 18443}]\n    route: [{destination: {host: db.internal, port: {number: 443}}}]\n  - match: [{sniHosts: [\"*.example.com\"]}]\n    route: [{destination: {host: web.internal}}]\n";
+
+fn routes(l: &tripline_config::plan::ListenerPlan) -> Vec<(String, Vec<String>)> {
+    l.tcp_routes.iter().map(|t| (t.name.clone(), t.sni_hosts.clone())).collect()
+}
+
+#[test]
+fn a_passthrough_server_routes_by_sni_with_tls_routes() {
+    for protocol in ["TLS", "HTTPS"] {
+        let loaded = ok(&passthrough(&server(protocol, "[\"*\"]", "{mode: PASSTHROUGH}"), TLS_ROUTES));
+        assert!(loaded.warnings.is_empty(), "{protocol}: {}", shown(&loaded.warnings));
+        let [l] = loaded.plan.listeners.as_slice() else { panic!("{:?}", loaded.plan.listeners) };
+        assert_eq!(l.protocol, ListenerProtocol::Tcp, "{protocol} PASSTHROUGH is a TCP listener");
+        assert!(l.passthrough && l.tls.is_empty() && l.virtual_hosts.is_empty());
+        assert_eq!(
+            routes(l),
+            [
+                ("edge-routes/tls[0]".to_string(), vec!["db.example.com".to_string()]),
+                ("edge-routes/tls[1]".to_string(), vec!["*.example.com".to_string()])
+            ]
+        );
+        let cluster = |i: usize| loaded.plan.clusters[l.tcp_routes[i].destinations[0].cluster].name.clone();
+        assert_eq!(
+            (cluster(0), cluster(1)),
+            ("outbound|443||db.internal".into(), "outbound|443||web.internal".into())
+        );
+        let c = &loaded.plan.clusters[l.tcp_routes[0].destinations[0].cluster];
+        assert_eq!(
+            (c.protocol, c.tls.is_none()),
+            (UpstreamProtocol::Tcp, true),
+            "the client's TLS goes through as is"
+        );
+    }
+
+    // The SNI names are narrowed to the server's hosts; an entry's port and gateways are
+    // checked where it is attached; entries with the same subnets are one plan.
+    let vs = "  hosts: [\"*.example.com\", a.example]\n  gateways: [edge]\n  tls:\n  - match:\n    - {sniHosts: [\"*.example.com\"]}\n    - {sniHosts: [a.example], port: 9999}\n    - {sniHosts: [a.example], destinationSubnets: [10.0.0.0/8]}\n    - {sniHosts: [\"*.example.com\"], destinationSubnets: [10.0.0.0/8]}\n    route: [{destination: {host: db.internal}}]\n";
+    let loaded =
+        ok(&passthrough(&server("TLS", "[\"ns/db.example.com\", \"a.example\"]", "{mode: PASSTHROUGH}"), vs));
+    let l = &loaded.plan.listeners[0];
+    let plans: Vec<(Vec<String>, usize)> =
+        l.tcp_routes.iter().map(|t| (t.sni_hosts.clone(), t.matches.len())).collect();
+    assert_eq!(
+        plans,
+        [
+            (vec!["db.example.com".to_string()], 0),
+            (vec!["a.example".to_string(), "db.example.com".to_string()], 1)
+        ],
+        "{:?}",
+        l.tcp_routes
+    );
+    assert!(l.tcp_routes.iter().all(|t| t.name == "edge-routes/tls[0]"));
+
+    // `mode` left out without a certificate: PASSTHROUGH, as in Istio, said in a warning.
+    let loaded = ok(&passthrough(&server("TLS", "[\"*\"]", "{minProtocolVersion: TLSV1_2}"), TLS_ROUTES));
+    assert!(loaded.plan.listeners[0].passthrough);
+    let w: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(w.len(), 2, "{w:#?}");
+    assert!(w[0].contains("mesh.yaml:8:10: Gateway/edge: spec.servers[0].tls: `mode` is not set, which Istio reads as PASSTHROUGH: TLS is not terminated"), "{}", w[0]);
+    assert!(w[1].contains("spec.servers[0].tls.minProtocolVersion: `minProtocolVersion` is ignored with mode PASSTHROUGH, which does not terminate TLS"), "{}", w[1]);
+
+    // The dump shows the server's mode and the routes as written.
+    let dump: serde_json::Value = serde_json::from_str(
+        &ok(&passthrough(&server("TLS", "[\"*\"]", "{mode: PASSTHROUGH}"), TLS_ROUTES)).dump.text(),
+    )
+    .unwrap();
+    assert_eq!(dump["resources"][0]["spec"]["servers"][0]["tls"]["mode"], "PASSTHROUGH");
+    assert_eq!(dump["plan"]["listeners"][0]["passthrough"], true);
+    assert_eq!(
+        dump["plan"]["listeners"][0]["tcp_routes"][0]["sni_hosts"],
+        serde_json::json!(["db.example.com"])
+    );
+    let vs = dump["resources"].as_array().unwrap().iter().find(|r| r["kind"] == "VirtualService").unwrap();
+    assert_eq!(vs["spec"]["tls"][0]["match"][0]["sniHosts"], serde_json::json!(["db.example.com"]), "{vs}");
+}
+
+#[test]
+fn tls_route_mistakes_are_errors_at_their_field() {
+    let pass = server("TLS", "[\"*\"]", "{mode: PASSTHROUGH}");
+    let route = "    route: [{destination: {host: db.internal}}]\n";
+    for (tls, want) in [
+        (
+            format!("  - match: [{{sniHosts: [db.other.com]}}]\n{route}"),
+            "VirtualService/edge-routes: spec.tls[0].match[0].sniHosts[0]: SNI host `db.other.com` is not within the VirtualService's hosts (*.example.com): Istio requires",
+        ),
+        (
+            format!("  - match: [{{port: 18443}}]\n{route}"),
+            "VirtualService/edge-routes: spec.tls[0].match[0].sniHosts: `sniHosts` is required: expected the SNI names this entry takes",
+        ),
+        (format!("  - match: [{{sniHosts: []}}]\n{route}"), "spec.tls[0].match[0].sniHosts: expected at least one SNI name"),
+        (format!("  - match: [{{sniHosts: [\"db example.com\"]}}]\n{route}"), "spec.tls[0].match[0].sniHosts[0]: `db example.com` is not an SNI name"),
+        (format!("  - match: [{{sniHosts: [\"db.*.example.com\"]}}]\n{route}"), "spec.tls[0].match[0].sniHosts[0]: `db.*.example.com` is not an SNI name"),
+        (format!("  - {}", route.trim_start()), "VirtualService/edge-routes: spec.tls[0].match: `match` is required: expected match entries with `sniHosts`"),
+        ("  - match: [{sniHosts: [db.example.com]}]\n".to_string(), "spec.tls[0].route: `route` is required"),
+        (format!("  - match: [{{sniHosts: [db.example.com], sourceSubnet: 10.0.0.0/8}}]\n{route}"), "spec.tls[0].match[0].sourceSubnet: unknown field"),
+    ] {
+        let vs = format!("  hosts: [\"*.example.com\"]\n  gateways: [edge]\n  tls:\n{tls}");
+        let e: Vec<String> = errors(&passthrough(&pass, &vs)).iter().map(ToString::to_string).collect();
+        assert!(e.iter().any(|e| e.contains(want)), "{tls}: {want}\nnot in {e:#?}");
+    }
+
+    // `tls` routes where no listener passes TLS through: the Gateway's server is TCP, or the
+    // VirtualService is bound to the mesh listener only.
+    let tcp = "  - port: {number: 18443, name: tcp, protocol: TCP}\n    hosts: [\"*\"]\n";
+    let e = the_error(&passthrough(tcp, TLS_ROUTES));
+    assert!(e.ends_with("mesh.yaml:34:5: VirtualService/edge-routes: spec.tls[0]: `tls` routes take still-encrypted connections by their SNI on a Gateway server with `tls.mode: PASSTHROUGH`, and no server of gateway(s) edge has `tls.mode: PASSTHROUGH`, so these routes would take no connection: bind the VirtualService (`gateways`) to a Gateway with a server of protocol TLS (or HTTPS) and `tls: {mode: PASSTHROUGH}`, or remove `tls`"), "{e}");
+    let mesh = TLS_ROUTES.replace("  gateways: [edge]\n", "");
+    let e = the_error(&passthrough(&pass, &mesh));
+    assert!(e.contains("spec.tls[0]: `tls` routes take still-encrypted connections by their SNI on a Gateway server with `tls.mode: PASSTHROUGH`, and it is bound to the mesh listener only, which serves HTTP"), "{e}");
+}
+
+#[test]
+fn passthrough_servers_warn_at_certificates_and_share_a_port_only_with_each_other() {
+    let certs = Certs::new("passthrough");
+    let (crt, key) = certs.issue("shop", &["shop.example.com"], (2099, 1, 1));
+    // Certificates on a PASSTHROUGH server would be ignored: a warning at each.
+    let tls = format!("{{mode: PASSTHROUGH, {}}}", files(&crt, &key));
+    let loaded = ok(&passthrough(&server("TLS", "[\"*\"]", &tls), TLS_ROUTES));
+    let w: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(w.len(), 2, "{w:#?}");
+    assert!(w[0].contains("spec.servers[0].tls.serverCertificate: `serverCertificate` is ignored with mode PASSTHROUGH, which does not terminate TLS (the upstream does, with its own certificate): remove it, or use mode SIMPLE to terminate here"), "{}", w[0]);
+    assert!(
+        w[1].contains("spec.servers[0].tls.privateKey: `privateKey` is ignored with mode PASSTHROUGH"),
+        "{}",
+        w[1]
+    );
+    assert!(loaded.plan.listeners[0].tls.is_empty());
+
+    // A terminating server and a PASSTHROUGH one on one port, either way round.
+    let simple = server("TLS", "[a.example.com]", &format!("{{mode: SIMPLE, {}}}", files(&crt, &key)));
+    let pass = server("TLS", "[b.example.com]", "{mode: PASSTHROUGH}");
+    let e = the_error(&passthrough(&(simple.clone() + &pass), TLS_ROUTES));
+    assert!(e.contains("Gateway/edge: spec.servers[1].port.number: 0.0.0.0:18443 is already used by listener `edge/tls`: it does not pass TLS through, and this server does (PASSTHROUGH); a PASSTHROUGH server shares its port only with other PASSTHROUGH servers"), "{e}");
+    let e = the_error(&passthrough(&(pass.clone() + &simple), TLS_ROUTES));
+    assert!(e.contains("spec.servers[1].port.number: 0.0.0.0:18443 is already used by listener `edge/tls`: it passes TLS through (PASSTHROUGH), and this server does not;"), "{e}");
+    let plain = "  - port: {number: 18443, name: tcp, protocol: TCP}\n    hosts: [\"*\"]\n";
+    let e = the_error(&passthrough(&(pass.clone() + plain), TLS_ROUTES));
+    assert!(
+        e.contains("spec.servers[1].port.number: 0.0.0.0:18443 is already used by listener `edge/tls`"),
+        "{e}"
+    );
+
+    // Two PASSTHROUGH servers share it: one listener, the SNI names of both servers.
+    let a = server("TLS", "[db.example.com]", "{mode: PASSTHROUGH}");
+    let loaded = ok(&passthrough(&(a + &pass), TLS_ROUTES));
+    let [l] = loaded.plan.listeners.as_slice() else { panic!("{:?}", loaded.plan.listeners) };
+    assert_eq!(
+        routes(l),
+        [
+            ("edge-routes/tls[0]".to_string(), vec!["db.example.com".to_string()]),
+            (
+                "edge-routes/tls[1]".to_string(),
+                vec!["db.example.com".to_string(), "b.example.com".to_string()]
+            )
+        ]
+    );
+
+    // A route none of whose names the servers serve takes no connection: a warning.
+    let loaded = ok(&passthrough(&server("TLS", "[b.example.com]", "{mode: PASSTHROUGH}"), TLS_ROUTES));
+    let w: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert!(w[0].contains("VirtualService/edge-routes: spec.tls[0]: this `tls` route takes no connection: none of its match entries applies on the PASSTHROUGH listeners `edge-routes` is bound to"), "{}", w[0]);
+    assert_eq!(routes(&loaded.plan.listeners[0]).len(), 1);
+
+    // A PASSTHROUGH listener no VirtualService routes: a warning.
+    let loaded = ok(&passthrough(
+        &pass,
+        "  hosts: [\"*\"]\n  gateways: [edge]\n  tcp: [{route: [{destination: {host: db.internal}}]}]\n",
+    ));
+    let w: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert!(w.iter().any(|w| w.contains("listener `edge/tls` (0.0.0.0:18443): no VirtualService gives it a `tls` route: connections are closed")), "{w:#?}");
 }

@@ -30,6 +30,7 @@ pub mod pipeline;
 pub mod reason;
 pub mod resilience;
 pub mod router;
+pub mod sni;
 pub mod stats;
 pub mod tcp_proxy;
 pub mod tls;

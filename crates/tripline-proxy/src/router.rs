@@ -36,9 +36,8 @@ pub struct ListenerConfig {
     /// added 200 µs to a request for the last one).
     exact: std::collections::HashMap<String, usize>,
     wildcards: Vec<usize>,
-    /// TCP listeners: the routes in order, each with the subnets its match entries take
-    /// (none: every connection).
-    pub tcp: Vec<(Vec<Vec<Cidr>>, Arc<Route>)>,
+    /// TCP listeners: the routes in order (first match wins).
+    pub tcp: Vec<TcpEntry>,
     /// See `ListenerPlan::trust_client`.
     pub trust_client: bool,
     /// See `ListenerPlan::trusted_proxies`.
@@ -49,6 +48,43 @@ pub struct ListenerConfig {
     pub tls: Option<Arc<crate::tls::server::ServerTls>>,
     /// See `ListenerPlan::https_redirect`.
     pub https_redirect: bool,
+    /// See `ListenerPlan::passthrough`: the SNI, peeked, picks a route in `tcp`.
+    pub passthrough: bool,
+}
+
+/// A TCP listener's route and the connections it takes.
+#[derive(Debug)]
+pub struct TcpEntry {
+    /// The subnets of each match entry, one of which the connection's local address must be
+    /// in (no entries: every address).
+    pub subnets: Vec<Vec<Cidr>>,
+    /// The SNI names it takes (`tls` routes on a passthrough listener); empty: any connection,
+    /// with or without an SNI.
+    pub sni: Vec<HostMatch>,
+    pub route: Arc<Route>,
+}
+
+impl TcpEntry {
+    /// Whether the entry takes a connection to `local` with SNI `sni`, and how closely: the
+    /// rank of its most specific name that matches (an exact name `(0, 0)`, a longer
+    /// `*.suffix` before a shorter, `*` last); `(0, 0)` for an entry without names.
+    fn rank(&self, local: std::net::IpAddr, sni: Option<&str>) -> Option<(u8, usize)> {
+        let address =
+            self.subnets.is_empty() || self.subnets.iter().any(|s| s.iter().any(|c| c.contains(local)));
+        if !address {
+            return None;
+        }
+        if self.sni.is_empty() {
+            return Some((0, 0));
+        }
+        let sni = sni?;
+        let rank = |m: &HostMatch| match m {
+            HostMatch::Exact(_) => (0, 0),
+            HostMatch::Suffix(s) => (1, usize::MAX - s.len()),
+            HostMatch::Any => (2, 0),
+        };
+        self.sni.iter().filter(|m| m.matches(sni)).map(rank).min()
+    }
 }
 
 #[derive(Debug)]
@@ -266,14 +302,21 @@ fn percent_decoded(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl ListenerConfig {
-    /// The TCP route for a connection addressed to `local` (first match wins).
-    pub fn tcp_route(&self, local: std::net::IpAddr) -> Option<&Arc<Route>> {
-        self.tcp
-            .iter()
-            .find(|(matches, _)| {
-                matches.is_empty() || matches.iter().any(|subnets| subnets.iter().any(|c| c.contains(local)))
-            })
-            .map(|(_, r)| r)
+    /// The TCP route for a connection addressed to `local`, whose TLS SNI is `sni` if it
+    /// has one. `tcp` routes: the first that takes it. `tls` routes (on a passthrough
+    /// listener): the one naming the SNI most specifically (exact, then the longest
+    /// `*.suffix`, then `*`), as Envoy's filter chains chosen by server name that Istio makes
+    /// of them; the first of equals.
+    pub fn tcp_route(&self, local: std::net::IpAddr, sni: Option<&str>) -> Option<&Arc<Route>> {
+        let mut best: Option<((u8, usize), &Arc<Route>)> = None;
+        for e in &self.tcp {
+            match e.rank(local, sni) {
+                Some((0, 0)) => return Some(&e.route),
+                Some(rank) if best.is_none_or(|(b, _)| rank < b) => best = Some((rank, &e.route)),
+                _ => {}
+            }
+        }
+        best.map(|(_, r)| r)
     }
 
     pub fn build(plan: &ListenerPlan, clusters: &[Arc<Cluster>], shared: RouteShared<'_>) -> Self {
@@ -293,13 +336,18 @@ impl ListenerConfig {
             tcp: plan
                 .tcp_routes
                 .iter()
-                .map(|r| (r.matches.clone(), Arc::new(Route::from_tcp(r, clusters))))
+                .map(|r| TcpEntry {
+                    subnets: r.matches.clone(),
+                    sni: r.sni_hosts.iter().map(|h| tripline_config::compile::host_match(h)).collect(),
+                    route: Arc::new(Route::from_tcp(r, clusters)),
+                })
                 .collect(),
             trust_client: plan.trust_client,
             trusted_proxies: plan.trusted_proxies,
             authz: None,
             tls: None,
             https_redirect: plan.https_redirect,
+            passthrough: plan.passthrough,
             exact: Default::default(),
             wildcards: Vec::new(),
         })
@@ -393,6 +441,7 @@ mod tests {
             authz: None,
             tls: None,
             https_redirect: false,
+            passthrough: false,
             exact: Default::default(),
             wildcards: Vec::new(),
         })
@@ -456,6 +505,48 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(find(&exact_first, "a.local", "/", None).as_deref(), Some("exact-first"));
+    }
+
+    /// `tls` routes on a passthrough listener: of those whose subnets take the connection, the
+    /// one naming its SNI most specifically (exact, longest `*.suffix`, `*`), the first of
+    /// equals; no SNI is taken by none of them, and a `tcp` route (no names) takes any
+    /// connection, the first one.
+    #[test]
+    fn tcp_routes_are_chosen_by_sni_and_address() {
+        let entry = |sni: &[&str], subnets: Vec<Vec<Cidr>>, name: &str| TcpEntry {
+            subnets,
+            sni: sni.iter().map(|h| tripline_config::compile::host_match(h)).collect(),
+            route: route(name, vec![]),
+        };
+        let local: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        let t = ListenerConfig {
+            tcp: vec![
+                entry(&["*"], vec![], "any-name"),
+                entry(&["a.example"], vec![vec![Cidr::parse("192.168.0.0/16").unwrap()]], "a-elsewhere"),
+                entry(&["a.example", "*.b.example"], vec![], "a-or-b"),
+                entry(&["*.x.b.example"], vec![], "under-x"),
+                entry(&["y.x.b.example"], vec![], "y"),
+                entry(&["y.x.b.example"], vec![], "y-again"),
+            ],
+            ..Default::default()
+        };
+        let found = |sni: Option<&str>| t.tcp_route(local, sni).map(|r| r.name.to_string());
+        assert_eq!(
+            found(Some("a.example")).as_deref(),
+            Some("a-or-b"),
+            "the first one's subnets do not hold"
+        );
+        assert_eq!(found(Some("x.b.example")).as_deref(), Some("a-or-b"));
+        assert_eq!(found(Some("z.x.b.example")).as_deref(), Some("under-x"), "the longer suffix");
+        assert_eq!(found(Some("y.x.b.example")).as_deref(), Some("y"), "the exact name, the first of two");
+        assert_eq!(found(Some("b.example")).as_deref(), Some("any-name"), "`*.b.example` needs a subdomain");
+        assert_eq!(found(None), None, "no SNI: no `tls` route");
+        let tcp = ListenerConfig { tcp: vec![entry(&[], vec![], "tcp")], ..Default::default() };
+        assert_eq!(tcp.tcp_route(local, None).map(|r| r.name.to_string()).as_deref(), Some("tcp"));
+        assert_eq!(
+            tcp.tcp_route(local, Some("a.example")).map(|r| r.name.to_string()).as_deref(),
+            Some("tcp")
+        );
     }
 
     #[test]

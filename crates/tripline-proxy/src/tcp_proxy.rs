@@ -7,6 +7,12 @@
 //! dead endpoint is ejected and skipped like an HTTP one. A failed connect is tried again on
 //! another endpoint, up to [`MAX_CONNECT_ATTEMPTS`] in all: the client only sees a closed
 //! connection when none of them could be reached.
+//!
+//! A passthrough listener (`tls.mode: PASSTHROUGH`) terminates nothing: the SNI of the
+//! client's ClientHello, peeked and left unread (`sni`), picks the route, whose upstream gets
+//! every byte as the client sent it. A client that sends no ClientHello, none with an SNI a
+//! route takes, or bytes that are not TLS, is closed and counted as `no-route` before any
+//! upstream is chosen, so its bytes never count against one.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -24,6 +30,7 @@ use crate::net_io::TcpIo;
 use crate::pipeline::authz::Facts;
 use crate::reason::Reason;
 use crate::resilience;
+use crate::sni::Hello;
 use crate::Shared;
 
 /// Endpoints one client connection tries, each once, before it is closed: the first and
@@ -31,7 +38,8 @@ use crate::Shared;
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// Serves an accepted connection on a TCP listener: terminates its TLS first if the listener
-/// has `tls` servers (a failed handshake is counted on the listener and the connection closed).
+/// has `tls` servers (a failed handshake is counted on the listener and the connection closed),
+/// or reads its SNI on a passthrough listener.
 pub async fn serve(
     shared: Arc<Shared>,
     rt: Arc<ListenerRuntime>,
@@ -40,7 +48,13 @@ pub async fn serve(
     t: ConnTracker,
 ) {
     let local = client.local_addr().map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
-    let tls = rt.config.load().tls.clone();
+    let (tls, passthrough) = {
+        let config = rt.config.load();
+        (config.tls.clone(), config.passthrough)
+    };
+    if passthrough {
+        return pass_through(shared, rt, client, local, peer, t).await;
+    }
     let Some(tls) = tls else {
         return proxy(shared, rt, client, local, peer, None, t).await;
     };
@@ -58,8 +72,40 @@ pub async fn serve(
     tracing::debug!(listener = %rt.name, %peer, reason = failure.as_str(), "TLS handshake failed");
 }
 
-/// Routes a client connection (plaintext, or TLS already terminated) and copies bytes both
-/// ways, originating TLS to the endpoint if the cluster has it.
+/// Reads the SNI of a client on a passthrough listener, within the request-head timeout (a
+/// client that stalls is closed then), and proxies the connection, ClientHello and all, by it.
+async fn pass_through(
+    shared: Arc<Shared>,
+    rt: Arc<ListenerRuntime>,
+    client: TcpStream,
+    local: std::net::IpAddr,
+    peer: SocketAddr,
+    t: ConnTracker,
+) {
+    let hello = crate::sni::peek_client_hello(&client);
+    let sni = match tokio::time::timeout(shared.client_conns.header_timeout(), hello).await {
+        Ok(Ok(Hello::Tls(sni))) => sni,
+        Ok(Ok(Hello::NotTls)) => {
+            refuse_global(&shared, Reason::NoRoute);
+            tracing::debug!(listener = %rt.name, %peer, "not a TLS ClientHello on a passthrough listener");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(listener = %rt.name, %peer, error = %e, "the client left before its ClientHello");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(listener = %rt.name, %peer, "no ClientHello within the request-head timeout");
+            return;
+        }
+    };
+    let info = crate::tls::TlsInfo { sni, ..Default::default() };
+    proxy(shared, rt, client, local, peer, Some(info), t).await
+}
+
+/// Routes a client connection (plaintext, TLS already terminated, or TLS passed through, with
+/// the SNI in `tls`) and copies bytes both ways, originating TLS to the endpoint if the
+/// cluster has it.
 async fn proxy<C: AsyncRead + AsyncWrite + Unpin>(
     shared: Arc<Shared>,
     rt: Arc<ListenerRuntime>,
@@ -90,10 +136,13 @@ async fn proxy<C: AsyncRead + AsyncWrite + Unpin>(
                 return;
             }
         }
-        config.tcp_route(local).cloned()
+        let sni = tls.as_ref().and_then(|t| t.sni.as_deref());
+        config.tcp_route(local, sni).cloned()
     };
     let Some(cluster) = route.as_ref().and_then(|r| r.pick_cluster(&shared.rng)).cloned() else {
         refuse_global(&shared, Reason::NoRoute);
+        let sni = tls.as_ref().and_then(|t| t.sni.as_deref());
+        tracing::debug!(listener = %rt.name, %peer, sni, "no route takes this connection");
         return;
     };
     let state = &cluster.state;

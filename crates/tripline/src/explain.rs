@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tripline_config::authz::{
     Attribute, AuthzAction, AuthzPolicyPlan, AuthzRule, Constraint, StringMatch as AuthzString, Values,
 };
+use tripline_config::compile::host_match;
 use tripline_config::decode::format_duration;
 use tripline_config::explain::{ClusterOrigin, Origin, PolicyOrigin, Provenance, RouteOrigin, Whose};
 use tripline_config::model::TrafficPolicy;
@@ -135,8 +136,12 @@ pub fn explain(plan: &Plan, prov: &Provenance, host: &str) -> Result<Explanation
                 routes.push(cx.view(l, domains.clone(), serving == Some(i)));
             }
         }
-        let tcp =
-            l.tcp_routes.iter().filter(|t| t.destinations.iter().any(|w| is_of(plan, w.cluster, &host)));
+        // A `tls` route also serves the SNI names it takes.
+        let takes = |t: &&TcpRoutePlan| t.sni_hosts.iter().any(|n| host_match(n).matches(&host));
+        let tcp = l
+            .tcp_routes
+            .iter()
+            .filter(|t| takes(t) || t.destinations.iter().any(|w| is_of(plan, w.cluster, &host)));
         routes.extend(tcp.map(|t| tcp_view(plan, prov, l, t)));
     }
     if routes.is_empty() {
@@ -218,8 +223,12 @@ fn constraint_says(c: &Constraint) -> String {
             })
             .collect(),
     };
-    let identity = c.attribute.identity();
-    let never = if identity { " (no request has one yet: no mTLS)" } else { "" };
+    // Peer identities and the SNI come from TLS (validate warns where no listener gives them);
+    // a JWT's never do.
+    let never = match c.attribute {
+        Attribute::RequestAuth => " (no request has one: Tripline reads no JWT)",
+        _ => "",
+    };
     let verb = if c.negate { "not in" } else { "in" };
     format!("{what} {verb} [{}]{never}", values.join(", "))
 }
@@ -345,7 +354,7 @@ fn header(r: &RouteView, host: &str) -> String {
     match (&r.virtual_host, r.serves) {
         (Some(vh), true) => format!("{place}, virtual host {vh}"),
         (Some(vh), false) => format!("{place}, virtual host {vh}: routes that send to {host}"),
-        (None, _) => format!("{place}, tcp"),
+        (None, _) => format!("{place}, {}", r.protocol),
     }
 }
 
@@ -675,7 +684,12 @@ impl<'a> RouteCx<'a> {
 /// A TCP listener's route to a cluster of the host.
 fn tcp_view(plan: &Plan, prov: &Provenance, l: &ListenerPlan, t: &TcpRoutePlan) -> RouteView {
     let origin = prov.tcp_route(t);
-    let items = destination_items(plan, &t.destinations, origin.as_ref());
+    let mut items = destination_items(plan, &t.destinations, origin.as_ref());
+    if !t.sni_hosts.is_empty() {
+        let says = format!("takes connections whose TLS SNI is {}", t.sni_hosts.join(" or "));
+        let at = origin.as_ref().map_or(Origin::UNKNOWN, |o| o.field_or("match", Whose::Istio));
+        items.insert(0, Item::new("sni", says).with("match", at));
+    }
     RouteView {
         listener: l.name.clone(),
         bind: l.bind,
@@ -683,7 +697,7 @@ fn tcp_view(plan: &Plan, prov: &Provenance, l: &ListenerPlan, t: &TcpRoutePlan) 
         virtual_host: None,
         serves: false,
         name: t.name.clone(),
-        protocol: "tcp",
+        protocol: if t.sni_hosts.is_empty() { "tcp" } else { "tls" },
         entry: origin.as_ref().map_or(Origin::UNKNOWN, RouteOrigin::entry),
         items,
         clusters: cluster_views(plan, prov, t.destinations.iter().map(|w| w.cluster).collect()),
@@ -735,6 +749,9 @@ fn listener_tls(l: &ListenerPlan) -> Vec<String> {
     let mut out: Vec<String> = l.tls.iter().map(tripline_config::tls::server_says).collect();
     if l.https_redirect {
         out.push("every request is redirected to https (`tls.httpsRedirect`), before any route".into());
+    }
+    if l.passthrough {
+        out.push("PASSTHROUGH: TLS is not terminated; the SNI picks a `tls` route, and the bytes go through still encrypted".into());
     }
     out
 }

@@ -141,6 +141,12 @@ pub struct WorkloadArgs {
     /// the Kubernetes Secret's keys as files (tls.crt, tls.key, ca.crt), until Secrets are read.
     #[arg(long, value_name = "DIR")]
     pub credentials_dir: Option<PathBuf>,
+    /// The workload's own identity for ISTIO_MUTUAL: a directory holding an X.509 SVID as
+    /// SPIRE's spiffe-helper (svid.pem, svid_key.pem, svid_bundle.pem), cert-manager's
+    /// csi-driver-spiffe (tls.crt, tls.key, ca.crt) or Istio (cert-chain.pem, key.pem,
+    /// root-cert.pem) write it; re-read when the files change.
+    #[arg(long, value_name = "DIR")]
+    pub identity_dir: Option<PathBuf>,
 }
 
 impl WorkloadArgs {
@@ -148,6 +154,7 @@ impl WorkloadArgs {
         opts.workload_labels = self.workload_labels.clone().unwrap_or_default();
         opts.workload_namespace = self.workload_namespace.clone();
         opts.credentials_dir = self.credentials_dir.clone();
+        opts.identity_dir = self.identity_dir.clone();
     }
 }
 

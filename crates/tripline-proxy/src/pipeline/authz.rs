@@ -541,9 +541,9 @@ mod tests {
             "the right account, the wrong SNI"
         );
         assert_eq!(
-            denied(&a, &with(Some("https://not.spiffe/ns/ops/sa/x"), None)),
-            None,
-            "a URI of the same shape is read the same way (Istio reads any URI SAN)"
+            denied(&a, &with(Some("https://not.spiffe/ns/ops/sa/x"), None)).as_deref(),
+            Some(UNMATCHED),
+            "only a SPIFFE ID has a namespace"
         );
     }
 

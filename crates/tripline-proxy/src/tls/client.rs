@@ -107,12 +107,13 @@ fn client_config(
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let builder = if plan.insecure_skip_verify || !plan.subject_alt_names.is_empty() {
-        let check = if plan.insecure_skip_verify {
-            ServerCheck::Nothing
-        } else {
-            ServerCheck::Names(plan.subject_alt_names.clone())
-        };
+    let check = match (&plan.trust_domain, plan.subject_alt_names.is_empty()) {
+        _ if plan.insecure_skip_verify => Some(ServerCheck::Nothing),
+        (_, false) => Some(ServerCheck::Names(plan.subject_alt_names.clone())),
+        (Some(td), true) => Some(ServerCheck::TrustDomain(td.clone())),
+        (None, true) => None,
+    };
+    let builder = if let Some(check) = check {
         builder.dangerous().with_custom_certificate_verifier(Arc::new(UpstreamVerifier {
             roots,
             provider,

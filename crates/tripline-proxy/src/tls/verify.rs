@@ -28,6 +28,15 @@ fn names_one_of(leaf: &CertificateDer<'_>, wanted: &[String]) -> Result<(), Erro
     }
 }
 
+/// Whether `leaf`'s SPIFFE ID is in trust domain `td`.
+fn in_trust_domain(leaf: &CertificateDer<'_>, td: &str) -> Result<(), Error> {
+    let info = CertInfo::parse(leaf).map_err(|_| Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    match info.spiffe_id().and_then(tripline_config::identity::trust_domain) {
+        Some(found) if found == td => Ok(()),
+        _ => Err(Error::InvalidCertificate(CertificateError::NotValidForName)),
+    }
+}
+
 /// A client-certificate verifier that adds the `subjectAltNames` check.
 #[derive(Debug)]
 pub struct ClientSans {
@@ -87,6 +96,9 @@ impl ClientCertVerifier for ClientSans {
 pub enum ServerCheck {
     /// The chain ends at `roots` and names one of these (`subjectAltNames`).
     Names(Vec<String>),
+    /// The chain ends at `roots` and carries a SPIFFE ID of this trust domain (`ISTIO_MUTUAL`
+    /// without `subjectAltNames`).
+    TrustDomain(String),
     /// `insecureSkipVerify`: nothing is checked but the handshake signature.
     Nothing,
 }
@@ -109,18 +121,25 @@ impl ServerCertVerifier for UpstreamVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
+        let chain = || {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                &self.roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )
+        };
         match &self.check {
             ServerCheck::Nothing => {}
             ServerCheck::Names(wanted) => {
-                let cert = ParsedCertificate::try_from(end_entity)?;
-                rustls::client::verify_server_cert_signed_by_trust_anchor(
-                    &cert,
-                    &self.roots,
-                    intermediates,
-                    now,
-                    self.provider.signature_verification_algorithms.all,
-                )?;
+                chain()?;
                 names_one_of(end_entity, wanted)?;
+            }
+            ServerCheck::TrustDomain(td) => {
+                chain()?;
+                in_trust_domain(end_entity, td)?;
             }
         }
         Ok(ServerCertVerified::assertion())

@@ -429,3 +429,269 @@ fn validate_explain_says_how_tls_is_terminated_and_originated() {
     );
     assert!(out.contains("(DestinationRule/backend-local spec.trafficPolicy.tls)"), "{out}");
 }
+
+/// `minProtocolVersion` and `cipherSuites` as a client sees them: a TLS 1.2-only client cannot
+/// connect to a TLS 1.3-only server (counted as a protocol failure), a TLS 1.2 client offering
+/// only a suite the server left out cannot either; and a second connection from the same
+/// client resumes its session (a ticket) instead of a full handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_cipher_suites_and_resumption() {
+    let dir = crate::support::proxy::unique_dir("tls-versions");
+    let ca = Ca::new(&dir, "edge");
+    let cert = ca.issue("api", &["api.example"]);
+    let up = Upstream::http("u1").await;
+    let (modern, tls12) = (free_port(), free_port());
+    let files = format!("serverCertificate: {}, privateKey: {}", cert.cert.display(), cert.key.display());
+    let yaml = https_edge(
+        &[
+            tls_server(modern, "modern", "HTTPS", &["*"], &format!("{{mode: SIMPLE, {files}, minProtocolVersion: TLSV1_3}}")),
+            tls_server(
+                tls12,
+                "tls12",
+                "HTTPS",
+                &["*"],
+                &format!("{{mode: SIMPLE, {files}, maxProtocolVersion: TLSV1_2, cipherSuites: [ECDHE-ECDSA-AES256-GCM-SHA384]}}"),
+            ),
+        ],
+        up.addr,
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let client = |versions: &[&'static rustls::SupportedProtocolVersion],
+                  suites: Option<rustls::CipherSuite>| {
+        #[allow(deprecated)]
+        let mut provider = rustls::crypto::ring::default_provider();
+        if let Some(only) = suites {
+            provider.cipher_suites.retain(|s| s.suite() == only);
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(ca.roots())
+            .with_no_client_auth();
+        std::sync::Arc::new(config)
+    };
+    let v12: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+    assert!(
+        tls::connect(at(modern), "api.example", client(v12, None)).await.is_err(),
+        "TLS 1.2 to a TLS 1.3-only server"
+    );
+    let chacha = Some(rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256);
+    assert!(
+        tls::connect(at(tls12), "api.example", client(v12, chacha)).await.is_err(),
+        "a suite the server left out"
+    );
+    let aes256 = Some(rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384);
+    let ok = tls::connect(at(tls12), "api.example", client(v12, aes256)).await.unwrap();
+    assert_eq!(ok.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+
+    let config = tls::client_config(&ca, &["http/1.1"], None);
+    let first = tls::connect(at(modern), "api.example", config.clone()).await.unwrap();
+    assert_eq!(first.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Full));
+    // TLS 1.3 tickets arrive after the handshake: one request reads them.
+    let mut conn = tls::http(first).await.unwrap();
+    assert_eq!(conn.get("api.example", "/").await.unwrap().status, 200);
+    let second = tls::connect(at(modern), "api.example", config).await.unwrap();
+    assert_eq!(second.get_ref().1.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+
+    let m = proxy.metrics().await;
+    assert_eq!(
+        metric_sum(&m, "tripline_tls_handshake_failures_total", &[("reason", "protocol")]),
+        2.0,
+        "{m}"
+    );
+}
+
+/// A workload identity directory in `layout` (SPIRE's helper: svid.pem...; csi-driver-spiffe:
+/// tls.crt...) holding `id`'s certificate, key and `ca`'s bundle.
+fn identity_dir(
+    dir: &std::path::Path,
+    ca: &Ca,
+    id: &Issued,
+    layout: (&str, &str, &str),
+) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(&id.cert, dir.join(layout.0)).unwrap();
+    std::fs::copy(&id.key, dir.join(layout.1)).unwrap();
+    std::fs::copy(&ca.pem, dir.join(layout.2)).unwrap();
+    dir.to_path_buf()
+}
+
+/// Two Tripline proxies with `ISTIO_MUTUAL` between them and nothing else: each presents its
+/// SVID from `--identity-dir` (two agents' file layouts), the client checks the server's
+/// SPIFFE ID is of its trust domain, and the server's AuthorizationPolicy sees the caller's
+/// principal: the allowed caller gets through, another workload of the mesh is denied (403
+/// from the server, passed back), and a workload of another trust domain cannot connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_mutual_between_two_proxies_carries_the_callers_identity() {
+    let dir = crate::support::proxy::unique_dir("tls-istio-mutual");
+    let mesh = Ca::new(&dir, "mesh");
+    let other = Ca::new(&dir, "other-mesh");
+    let spire = ("svid.pem", "svid_key.pem", "svid_bundle.pem");
+    let csi = ("tls.crt", "tls.key", "ca.crt");
+    let server_id = identity_dir(
+        &dir.join("id-server"),
+        &mesh,
+        &mesh.issue("server", &["spiffe://cluster.local/ns/shop/sa/backend"]),
+        csi,
+    );
+    let web_id = identity_dir(
+        &dir.join("id-web"),
+        &mesh,
+        &mesh.issue("web", &["spiffe://cluster.local/ns/shop/sa/web"]),
+        spire,
+    );
+    let batch_id = identity_dir(
+        &dir.join("id-batch"),
+        &mesh,
+        &mesh.issue("batch", &["spiffe://cluster.local/ns/shop/sa/batch"]),
+        spire,
+    );
+    let foreign_id = identity_dir(
+        &dir.join("id-foreign"),
+        &other,
+        &other.issue("foreign", &["spiffe://other.org/ns/shop/sa/web"]),
+        spire,
+    );
+
+    let up = Upstream::http("app").await;
+    let server_port = free_port();
+    let server_yaml = config::join(&[
+        https_edge(&[tls_server(server_port, "mtls", "HTTPS", &["*"], "{mode: ISTIO_MUTUAL}")], up.addr),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: web-only, namespace: istio-system}\nspec:\n  rules:\n  - from: [{source: {principals: [\"cluster.local/ns/shop/sa/web\"]}}]\n".to_string(),
+    ]);
+    let _server = Proxy::start_args(&server_yaml, &["--identity-dir", server_id.to_str().unwrap()]).await;
+
+    // A server of the mesh's CA whose SPIFFE ID is of another trust domain: not the mesh.
+    let impostor_id = identity_dir(
+        &dir.join("id-impostor"),
+        &mesh,
+        &mesh.issue("impostor", &["spiffe://evil.org/ns/shop/sa/backend"]),
+        csi,
+    );
+    let impostor_port = free_port();
+    let impostor_yaml =
+        https_edge(&[tls_server(impostor_port, "mtls", "HTTPS", &["*"], "{mode: ISTIO_MUTUAL}")], up.addr);
+    let _impostor =
+        Proxy::start_args(&impostor_yaml, &["--identity-dir", impostor_id.to_str().unwrap()]).await;
+
+    let client = |id: std::path::PathBuf, server_port: u16| {
+        let port = free_port();
+        let yaml = config::join(&[
+            config::gateway("edge", port, "HTTP"),
+            config::virtual_service("backend", &["*"], "edge", &config::http_route("backend.shop")),
+            config::service_entry("backend.shop", "HTTP", &[SocketAddr::from(([127, 0, 0, 1], server_port))]),
+            config::destination_rule("backend.shop", "    tls: {mode: ISTIO_MUTUAL}\n"),
+        ]);
+        async move {
+            (
+                Proxy::start_args(&yaml, &["--identity-dir", id.to_str().unwrap()]).await,
+                SocketAddr::from(([127, 0, 0, 1], port)),
+            )
+        }
+    };
+    let (_web, web) = client(web_id.clone(), server_port).await;
+    let (_batch, batch) = client(batch_id, server_port).await;
+    let (_foreign, foreign) = client(foreign_id, server_port).await;
+    let (_fooled, fooled) = client(web_id, impostor_port).await;
+
+    let r = get(web, "backend.shop", "/orders").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.seen_header("x-forwarded-proto").as_deref(), Some("https"));
+    let r = get(batch, "backend.shop", "/orders").await.unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.reason()),
+        (403, Some("rbac-denied")),
+        "the server's policy, passed back"
+    );
+    let r = get(foreign, "backend.shop", "/orders").await.unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.reason()),
+        (503, Some("upstream-connect-failure")),
+        "another trust domain"
+    );
+    let r = get(fooled, "backend.shop", "/orders").await.unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.reason()),
+        (503, Some("upstream-connect-failure")),
+        "a server signed by the mesh's CA but not of its trust domain"
+    );
+    assert_eq!(up.requests(), 1);
+}
+
+/// `tls.mode: PASSTHROUGH`: the proxy terminates nothing. The SNI of the client's ClientHello
+/// picks a VirtualService `tls` route (`a.example` to one TLS upstream, `*.b.example` to the
+/// other), and the client's TLS session is with that upstream: it sees the upstream's own
+/// certificate and talks HTTP to it through the proxy. An SNI no route takes, and a plaintext
+/// client, are closed and counted as `no-route`; an AuthorizationPolicy reads the SNI as
+/// `connection.sni`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_routes_the_still_encrypted_connection_by_its_sni() {
+    let dir = crate::support::proxy::unique_dir("tls-passthrough");
+    let ca = Ca::new(&dir, "upstreams");
+    let a_cert = ca.issue("pass-a", &["a.example"]);
+    let b_cert = ca.issue("pass-b", &["*.b.example"]);
+    let a = TlsUpstream::start("pass-a", &a_cert, None).await;
+    let b = TlsUpstream::start("pass-b", &b_cert, None).await;
+    let port = free_port();
+    let routes = "  tls:\n  - match: [{sniHosts: [a.example]}]\n    route: [{destination: {host: a.local, port: {number: 80}}}]\n  - match: [{sniHosts: [\"*.b.example\"]}]\n    route: [{destination: {host: b.local, port: {number: 80}}}]\n";
+    let deny = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-denied, namespace: istio-system}\nspec:\n  action: DENY\n  rules:\n  - when: [{key: connection.sni, values: [denied.b.example]}]\n".to_string();
+    let yaml = config::join(&[
+        gateway(&[tls_server(port, "pass", "TLS", &["*"], "{mode: PASSTHROUGH}")]),
+        config::virtual_service("pass", &["a.example", "*.b.example"], "edge", routes),
+        config::service_entry("a.local", "TLS", &[a.upstream.addr]),
+        config::service_entry("b.local", "TLS", &[b.upstream.addr]),
+        deny,
+    ]);
+    let proxy = Proxy::start_args(&yaml, &["--header-timeout", "500ms"]).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let config = tls::client_config(&ca, &["http/1.1"], None);
+
+    for (sni, cert, id) in [("a.example", &a_cert, "pass-a"), ("x.b.example", &b_cert, "pass-b")] {
+        let stream = tls::connect(addr, sni, config.clone()).await.unwrap();
+        assert_eq!(tls::presented(&stream), cert.chain[0], "{sni}: the upstream's own certificate");
+        let mut conn = tls::http(stream).await.unwrap();
+        let r = conn.get(sni, "/through").await.unwrap();
+        assert_eq!((r.status.as_u16(), r.upstream()), (200, Some(id)), "{sni}: {}", r.text());
+        assert_eq!(r.seen_header("x-forwarded-proto"), None, "the proxy never saw the request");
+    }
+    assert_eq!((a.upstream.requests(), b.upstream.requests()), (1, 1));
+
+    // An SNI no route takes (`b.example` is not under `*.b.example`), and a client whose bytes
+    // are not TLS: closed before any upstream.
+    for sni in ["c.example", "b.example"] {
+        assert!(tls::connect(addr, sni, config.clone()).await.is_err(), "{sni}");
+    }
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain.write_all(b"GET / HTTP/1.1\r\nhost: a.example\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut got)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed without an answer: {read:?} {got:?}");
+    // The DENY policy reads the SNI.
+    assert!(tls::connect(addr, "denied.b.example", config.clone()).await.is_err(), "denied by its SNI");
+    // A client that stops in the middle of its ClientHello is closed at the request-head
+    // timeout (500 ms here), and is no routing refusal.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stalled.write_all(&[22, 3, 1, 0, 200, 1, 0]).await.unwrap();
+    let started = std::time::Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(5), stalled.read(&mut [0u8; 16])).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "closed: {read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(400), "at the timeout: {:?}", started.elapsed());
+    assert_eq!((a.upstream.requests(), b.upstream.requests()), (1, 1), "nothing else reached them");
+
+    let m = proxy.metrics().await;
+    assert_eq!(metric_sum(&m, "tripline_local_responses_total", &[("reason", "no-route")]), 3.0, "{m}");
+    assert_eq!(metric_sum(&m, "tripline_local_responses_total", &[("reason", "rbac-denied")]), 1.0, "{m}");
+    assert_eq!(metric_sum(&m, "tripline_tls_handshakes_total", &[]), 0.0, "the proxy terminated nothing");
+
+    // `validate --explain` finds the route by the SNI names it takes.
+    let file = dir.join("passthrough.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let mut cmd = std::process::Command::new(crate::support::proxy::binary());
+    cmd.args(["validate", "--explain", "x.b.example"]).arg(&file);
+    let (code, out, err) = crate::support::proxy::run_bounded(&mut cmd, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("PASSTHROUGH: TLS is not terminated"), "{out}");
+    assert!(out.contains("takes connections whose TLS SNI is *.b.example"), "{out}");
+    assert!(out.contains("pass/tls[1]"), "{out}");
+}

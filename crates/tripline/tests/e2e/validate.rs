@@ -281,7 +281,7 @@ fn validate_explain_says_which_authorization_policies_run_first() {
         "only a dry-run ALLOW: nothing is denied for want of one: {out}"
     );
     assert_eq!(lines[2], "  DENY: no-admin denies requests from peer address not in [10.0.0.0/8], to method in [POST] and path in [/admin*]", "{out}");
-    assert_eq!(lines[3], "  ALLOW: mesh-only allows requests from principal in [(any value)] (no request has one yet: no mTLS) (dry run: counted and logged, never enforced)", "{out}");
+    assert_eq!(lines[3], "  ALLOW: mesh-only allows requests from principal in [(any value)] (dry run: counted and logged, never enforced)", "{out}");
     let (_, out, err) = run(&["--output", "json"]);
     let j: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out} {err}"));
     assert_eq!(j["explain"]["authorization"][0]["topic"], "DENY", "{out}");
