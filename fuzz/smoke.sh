@@ -20,7 +20,7 @@ fi
 cargo +nightly fuzz build -O
 scratch=$(mktemp -d /tmp/tripline-fuzz-smoke.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
-for target in config h2_server client_h1 upstream_h1; do
+for target in config h2_server client_h1 upstream_h1 sni; do
   mkdir -p "$scratch/$target"
   seeds=()
   max_len=2048

@@ -147,6 +147,8 @@ impl<C: Send + Sync + 'static> Reload for Credential<C> {
 pub struct Registry {
     entries: Mutex<Vec<Weak<dyn Reload>>>,
     watching: AtomicBool,
+    /// The session ticket issuer every TLS listener shares, made at the first.
+    ticketer: std::sync::OnceLock<Arc<dyn rustls::server::ProducesTickets>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -156,6 +158,17 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
+    /// The session ticket issuer, the same for every listener and every reload: a ticket from
+    /// before a reload still resumes after it.
+    pub fn ticketer(&self) -> Result<Arc<dyn rustls::server::ProducesTickets>, String> {
+        if let Some(t) = self.ticketer.get() {
+            return Ok(t.clone());
+        }
+        let made: Arc<dyn rustls::server::ProducesTickets> =
+            rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS session tickets: {e}"))?;
+        Ok(self.ticketer.get_or_init(|| made).clone())
+    }
+
     pub fn register(&self, c: &Arc<dyn Reload>) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.retain(|w| w.strong_count() > 0);

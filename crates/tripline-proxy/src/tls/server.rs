@@ -2,9 +2,9 @@
 //! before the handshake goes on (rustls's lazy acceptor reads the ClientHello first), each
 //! with its own certificate, client-certificate policy, versions and cipher suites.
 //!
-//! Session resumption: TLS 1.3 tickets (and TLS 1.2 session tickets) from one ticketer per
-//! listener, kept across certificate reloads, so a rotated certificate does not cost every
-//! client a full handshake.
+//! Session resumption: TLS 1.3 tickets (and TLS 1.2 session tickets) from one ticketer for the
+//! process ([`Registry::ticketer`]; ring's rotates its key every six hours), kept across
+//! certificate and config reloads, so neither costs every client a full handshake.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -134,8 +134,7 @@ impl ServerTls {
     /// Reads every server's files; an error names the server and the file. The credentials
     /// join `registry`, so that changed files are read again.
     pub fn build(plans: &[TlsServerPlan], alpn: Alpn, registry: &Registry) -> Result<ServerTls, String> {
-        let ticketer: Arc<dyn ProducesTickets> =
-            rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS session tickets: {e}"))?;
+        let ticketer = registry.ticketer()?;
         let mut servers = Vec::with_capacity(plans.len());
         for plan in plans {
             let paths: Vec<PathBuf> =
