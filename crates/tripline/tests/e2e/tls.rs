@@ -46,6 +46,24 @@ fn https_edge(servers: &[String], up: SocketAddr) -> String {
     ])
 }
 
+/// Runs curl with `args` and returns its stdout; `None` (the check skipped, and said so) when
+/// curl is not installed, outside CI: CI installs it, and there its absence fails the test.
+fn curl(args: &[&str]) -> Option<String> {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(args);
+    match cmd.output() {
+        Ok(out) => {
+            assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            Some(String::from_utf8_lossy(&out.stdout).into_owned())
+        }
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("curl not run ({e}): skipped outside CI");
+            None
+        }
+        Err(e) => panic!("curl is needed under CI=true: {e}"),
+    }
+}
+
 /// Two HTTPS servers share a port, each with its own certificate: the client's SNI picks it
 /// (an SNI neither serves fails the handshake, counted by reason). ALPN decides HTTP/1.1 or
 /// HTTP/2, the requests reach the upstream with `x-forwarded-proto: https`, and routing sees
@@ -93,6 +111,26 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
     assert_eq!((r.status.as_u16(), r.version), (200, http::Version::HTTP_2));
     assert_eq!(r.json()["version"], "HTTP/1.1", "the upstream is plain HTTP/1.1");
 
+    // curl, as a user would: HTTP/1.1 and HTTP/2 by ALPN, verifying against the CA.
+    let mut handshakes = 2.0;
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        if let Some(out) = curl(&[
+            "-sS",
+            flag,
+            "--cacert",
+            ca.pem.to_str().unwrap(),
+            "--resolve",
+            &format!("a.example:{port}:127.0.0.1"),
+            "-w",
+            " %{http_version} %{http_code}",
+            &format!("https://a.example:{port}/curl"),
+        ]) {
+            assert!(out.ends_with(&format!(" {version} 200")), "curl {flag}: {out}");
+            assert!(out.contains("\"path\":\"/curl\""), "curl {flag}: {out}");
+            handshakes += 1.0;
+        }
+    }
+
     let unknown = tls::connect(addr, "c.example", tls::client_config(&ca, &[], None)).await;
     assert!(unknown.is_err(), "no server answers c.example");
     let plaintext = get(addr, "a.example", "/").await;
@@ -102,7 +140,7 @@ async fn sni_picks_the_certificate_and_alpn_the_protocol() {
     );
 
     let m = proxy.metrics().await;
-    assert_eq!(metric_sum(&m, "tripline_tls_handshakes_total", &[]), 2.0, "{m}");
+    assert_eq!(metric_sum(&m, "tripline_tls_handshakes_total", &[]), handshakes, "{m}");
     assert_eq!(metric_sum(&m, "tripline_tls_handshake_failures_total", &[("reason", "unknown-sni")]), 1.0);
     assert_eq!(
         metric_sum(
@@ -175,6 +213,11 @@ async fn client_certificates_are_checked_and_name_the_principal() {
         status(strict, tls::client_config(&ca, &[], Some(&outsider))).await.is_err(),
         "the right CA, an identity not in subjectAltNames"
     );
+    let expired = ca.issue_until("expired", &["spiffe://cluster.local/ns/shop/sa/web"], (2020, 1, 1));
+    assert!(
+        status(strict, tls::client_config(&ca, &[], Some(&expired))).await.is_err(),
+        "an expired certificate"
+    );
     assert_eq!(status(strict, tls::client_config(&ca, &[], Some(&web))).await, Ok(200));
     assert_eq!(
         status(strict, tls::client_config(&ca, &[], Some(&batch))).await,
@@ -197,7 +240,7 @@ async fn client_certificates_are_checked_and_name_the_principal() {
             "tripline_tls_handshake_failures_total",
             &[("listener", "edge/strict"), ("reason", "client-certificate")]
         ),
-        3.0,
+        4.0,
         "{m}"
     );
 }
@@ -232,7 +275,10 @@ async fn a_rotated_certificate_is_served_and_a_broken_one_keeps_the_last_good_on
         async move {
             let (mut ok, mut failed) = (0u32, Vec::new());
             let started = std::time::Instant::now();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && ok < 5_000 && started.elapsed() < Duration::from_secs(20) {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && ok < 5_000
+                && started.elapsed() < Duration::from_secs(20)
+            {
                 let result = async {
                     let s = tls::connect(addr, "api.example", config.clone()).await?;
                     tls::http(s).await?.get("api.example", "/").await
@@ -268,7 +314,12 @@ async fn a_rotated_certificate_is_served_and_a_broken_one_keeps_the_last_good_on
     assert_eq!(kept.get("api.example", "/").await.unwrap().status, 200, "the old connection still serves");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = load.await.unwrap();
-    assert!(failed.is_empty(), "{} of {} requests failed during the rotation: {failed:?}", failed.len(), ok as usize + failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the rotation: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
     assert!(ok > 0);
 
     std::fs::write(&second.key, "-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
