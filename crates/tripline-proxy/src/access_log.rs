@@ -138,6 +138,9 @@ pub struct Entry<'a> {
     pub authz_audit: Option<&'a str>,
     /// The dry-run AuthorizationPolicy that would have denied the request.
     pub authz_shadow_denied: Option<&'a str>,
+    /// On a TLS listener: the SNI the client sent, and its certificate's identity (SPIFFE ID).
+    pub tls_sni: Option<&'a str>,
+    pub downstream_identity: Option<&'a str>,
 }
 
 impl Entry<'_> {
@@ -166,6 +169,8 @@ impl Entry<'_> {
             "authz_denied": self.authz_denied,
             "authz_audit": self.authz_audit,
             "authz_shadow_denied": self.authz_shadow_denied,
+            "tls_sni": self.tls_sni,
+            "downstream_identity": self.downstream_identity,
         })
         .to_string();
         line.push('\n');
@@ -197,6 +202,8 @@ mod tests {
             authz_denied: None,
             authz_audit: None,
             authz_shadow_denied: None,
+            tls_sni: None,
+            downstream_identity: None,
             route: Some("shop/http[0]"),
             cluster: Some("outbound|80||shop.local"),
             upstream: None,

@@ -505,6 +505,8 @@ fn log_refusal(
         authz_denied: None,
         authz_audit: None,
         authz_shadow_denied: None,
+        tls_sni: ctx.tls.get().and_then(|t| t.sni.as_deref()),
+        downstream_identity: ctx.tls.get().and_then(|t| t.peer_identity.as_deref()),
     });
     if !queued {
         ctx.shared.global.access_log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

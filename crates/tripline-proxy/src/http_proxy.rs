@@ -329,6 +329,8 @@ impl BodyLog for PendingLog {
             authz_denied: trace.authz.as_ref().and_then(|d| d.denied_by.as_deref()),
             authz_audit: trace.authz.as_ref().and_then(|d| d.audited_by.as_deref()),
             authz_shadow_denied: trace.authz.as_ref().and_then(|d| d.shadow_denied_by.as_deref()),
+            tls_sni: self.ctx.tls.get().and_then(|t| t.sni.as_deref()),
+            downstream_identity: self.ctx.tls.get().and_then(|t| t.peer_identity.as_deref()),
         });
         if !queued {
             self.ctx.shared.global.access_log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

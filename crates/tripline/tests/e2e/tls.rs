@@ -193,7 +193,8 @@ async fn client_certificates_are_checked_and_name_the_principal() {
         ),
         policy,
     ]);
-    let proxy = Proxy::start(&yaml).await;
+    let log = dir.join("access.log");
+    let proxy = Proxy::start_args(&yaml, &["--access-log", log.to_str().unwrap()]).await;
     let strict = SocketAddr::from(([127, 0, 0, 1], strict));
     let optional = SocketAddr::from(([127, 0, 0, 1], optional));
 
@@ -232,6 +233,22 @@ async fn client_certificates_are_checked_and_name_the_principal() {
     );
     assert_eq!(status(optional, tls::client_config(&ca, &[], Some(&web))).await, Ok(200));
     assert_eq!(up.requests(), 2);
+    // Four requests got through the handshake: each logged with its SNI and the caller.
+    let logged = crate::support::access_log_lines(&log, 4).await;
+    let who: Vec<(u64, &str)> = logged
+        .iter()
+        .map(|l| (l["status"].as_u64().unwrap(), l["downstream_identity"].as_str().unwrap_or("-")))
+        .collect();
+    assert_eq!(
+        who,
+        [
+            (200, "spiffe://cluster.local/ns/shop/sa/web"),
+            (403, "spiffe://cluster.local/ns/shop/sa/batch"),
+            (403, "-"),
+            (200, "spiffe://cluster.local/ns/shop/sa/web")
+        ]
+    );
+    assert!(logged.iter().all(|l| l["tls_sni"] == "api.example"), "{logged:?}");
 
     let m = proxy.metrics().await;
     assert_eq!(
