@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+mod inbound;
+
 use crate::authz::{AuthorizationPolicy, AuthzAction, AuthzPolicyPlan};
 use crate::decode::Cx;
 use crate::diag::{Diagnostic, Severity};
@@ -859,6 +861,8 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
     };
     let mut policies = Vec::new();
     let mut authz_policies = Vec::new();
+    let mut sidecars = Vec::new();
+    let mut peer_authentications = Vec::new();
     let mut gateways: Vec<(&Resource, &Gateway)> = Vec::new();
     let mut services: Vec<(&Resource, &VirtualService)> = Vec::new();
     for r in resources.iter().map(|r| &**r) {
@@ -869,6 +873,8 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
             Spec::ResiliencePolicy(p) => policies.push((r, &**p)),
             Spec::DestinationRule(dr) => ctx.add_rule(r, dr),
             Spec::AuthorizationPolicy(p) => authz_policies.push((r, &**p)),
+            Spec::Sidecar(s) => sidecars.push((r, s)),
+            Spec::PeerAuthentication(p) => peer_authentications.push((r, p)),
         }
     }
     let authorization = ctx.authorization(&authz_policies);
@@ -944,6 +950,8 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                     tls: tls.into_iter().collect(),
                     https_redirect,
                     passthrough,
+                    plaintext_too: false,
+                    mtls: None,
                 },
                 members: vec![Member { gateway: Some(r.name.clone()), hosts }],
                 domains: Vec::new(),
@@ -999,6 +1007,8 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                         tls: Vec::new(),
                         https_redirect: false,
                         passthrough: false,
+                        plaintext_too: false,
+                        mtls: None,
                     },
                     members: vec![Member { gateway: None, hosts: vec!["*".into()] }],
                     domains: Vec::new(),
@@ -1255,6 +1265,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
     }
 
     ctx.check_tcp_clusters(&tcp_clusters);
+    let inbound = ctx.inbound(&sidecars, &peer_authentications, &mut binds);
 
     let mut plan_listeners = Vec::new();
     for mut l in listeners {
@@ -1287,6 +1298,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         }
         plan_listeners.push(l.plan);
     }
+    plan_listeners.extend(inbound);
     ctx.check_identities(&authz_policies, &plan_listeners);
     Plan { listeners: plan_listeners, clusters: ctx.clusters, authorization }
 }
@@ -1353,22 +1365,41 @@ impl<'a> Ctx<'a> {
 
     /// Whether a policy applies to this proxy's workload, or why that cannot be told.
     fn applies(&self, r: &Resource, p: &AuthorizationPolicy) -> Result<bool, (&'static str, String)> {
+        Ok(self.scope(r, p.selector.as_ref(), "spec.selector")?.is_some())
+    }
+
+    /// At which level a resource written for workloads (a policy, a Sidecar) applies to this
+    /// proxy's workload (`None`: it is for others), or why that cannot be told. Istio's rules:
+    /// a selector makes it the workload's (any namespace's when in the root namespace),
+    /// without one it is the namespace's, or the mesh's in the root namespace. A resource
+    /// without `metadata.namespace` is in the workload's namespace. `selector_path` is where
+    /// the selector is written.
+    fn scope(
+        &self,
+        r: &Resource,
+        selector: Option<&std::collections::BTreeMap<String, String>>,
+        selector_path: &'static str,
+    ) -> Result<Option<crate::peer_authn::Level>, (&'static str, String)> {
+        use crate::peer_authn::Level;
+        let kind = &r.kind;
         let root = r.namespace.as_deref() == Some(crate::authz::ROOT_NAMESPACE);
         if let Some(ns) = r.namespace.as_deref().filter(|_| !root) {
             match &self.opts.workload_namespace {
-                Some(w) if w != ns => return Ok(false),
+                Some(w) if w != ns => return Ok(None),
                 Some(_) => {}
-                None => return Err(("metadata.namespace", format!("this policy is for the workloads of namespace `{ns}`, and this proxy's namespace is not known: give --workload-namespace (a policy left out could let through what it was written to stop)"))),
+                None => return Err(("metadata.namespace", format!("this {kind} is for the workloads of namespace `{ns}`, and this proxy's namespace is not known: give --workload-namespace (a {kind} left out could let through what it was written to stop)"))),
             }
         }
-        match &p.selector {
+        match selector {
             Some(labels) if !labels.is_empty() => {
                 if self.opts.workload_labels.is_empty() {
-                    return Err(("spec.selector", "this policy selects workloads by label, and this proxy's labels are not known: give --workload-labels (a policy left out could let through what it was written to stop)".to_string()));
+                    return Err((selector_path, format!("this {kind} selects workloads by label, and this proxy's labels are not known: give --workload-labels (a {kind} left out could let through what it was written to stop)")));
                 }
-                Ok(labels.iter().all(|(k, v)| self.opts.workload_labels.get(k) == Some(v)))
+                let matches = labels.iter().all(|(k, v)| self.opts.workload_labels.get(k) == Some(v));
+                Ok(matches.then_some(Level::Workload))
             }
-            _ => Ok(true),
+            _ if root => Ok(Some(Level::Mesh)),
+            _ => Ok(Some(Level::Namespace)),
         }
     }
 }

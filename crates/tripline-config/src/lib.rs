@@ -17,11 +17,13 @@ pub mod gaps;
 pub mod identity;
 mod lint;
 pub mod model;
+pub mod peer_authn;
 pub mod plan;
 pub mod policy;
 pub mod rate_limit;
 mod resource;
 pub mod route_features;
+pub mod sidecar;
 pub mod tls;
 pub mod yaml;
 

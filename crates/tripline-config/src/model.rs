@@ -42,11 +42,12 @@ impl<T: PartialEq> PartialEq for At<T> {
 /// The API versions of `networking.istio.io` Tripline reads.
 pub const API_VERSIONS: &[&str] =
     &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"];
-pub const KINDS: &[&str] = &["Gateway", "ServiceEntry", "VirtualService", "DestinationRule"];
+pub const KINDS: &[&str] = &["Gateway", "ServiceEntry", "VirtualService", "DestinationRule", "Sidecar"];
 /// The API versions and kinds of Tripline's own resources (see [`crate::policy`]).
 pub const TRIPLINE_API_VERSIONS: &[&str] = &["tripline.dev/v1alpha1"];
 pub const TRIPLINE_KINDS: &[&str] = &["ResiliencePolicy"];
-/// The API versions of Istio's `AuthorizationPolicy` (see [`crate::authz`]).
+/// The API versions of Istio's `AuthorizationPolicy` (see [`crate::authz`]) and
+/// `PeerAuthentication` (see [`crate::peer_authn`]).
 pub const SECURITY_API_VERSIONS: &[&str] = &["security.istio.io/v1", "security.istio.io/v1beta1"];
 
 #[derive(Debug, Clone, Serialize)]
@@ -109,6 +110,8 @@ pub enum Spec {
     DestinationRule(Box<DestinationRule>),
     ResiliencePolicy(Box<crate::policy::ResiliencePolicy>),
     AuthorizationPolicy(Box<crate::authz::AuthorizationPolicy>),
+    PeerAuthentication(crate::peer_authn::PeerAuthentication),
+    Sidecar(crate::sidecar::Sidecar),
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -37,11 +37,12 @@ impl Plan {
     }
 }
 
-/// A socket Tripline accepts on: one `Gateway` server port, or the mesh (sidecar outbound)
-/// listener for VirtualServices that name no gateway.
+/// A socket Tripline accepts on: one `Gateway` server port, the mesh (sidecar outbound)
+/// listener for VirtualServices that name no gateway, or a sidecar inbound port (`Sidecar`
+/// `ingress`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ListenerPlan {
-    /// `<gateway name>/<port name>` or `mesh`.
+    /// `<gateway name>/<port name>`, `mesh` or `inbound|<port>`.
     pub name: String,
     pub bind: SocketAddr,
     pub protocol: ListenerProtocol,
@@ -76,6 +77,15 @@ pub struct ListenerPlan {
     /// are proxied as TCP. Such a listener has `protocol: Tcp` and no `tls`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub passthrough: bool,
+    /// A sidecar inbound listener whose mutual TLS is PERMISSIVE: a connection that does not
+    /// begin with a TLS handshake record is served in plaintext; one that does is terminated
+    /// by `tls` (see [`crate::peer_authn`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub plaintext_too: bool,
+    /// A sidecar inbound listener ([`crate::sidecar`]): its mutual TLS mode and the
+    /// PeerAuthentication that decided it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mtls: Option<crate::peer_authn::Decided>,
 }
 
 /// One Gateway server's TLS settings: how a connection whose SNI matches `hosts` is

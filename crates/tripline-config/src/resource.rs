@@ -87,10 +87,11 @@ pub fn decode(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option
         cx.error(api_node, "apiVersion", msg);
         return None;
     }
-    let security = api.starts_with("security.istio.io/") && kind == "AuthorizationPolicy";
+    let security = api.starts_with("security.istio.io/")
+        && matches!(kind.as_str(), "AuthorizationPolicy" | "PeerAuthentication");
     if !tripline && !security && (!KINDS.contains(&kind.as_str()) || !istio) {
         let shown = if api.is_empty() { String::new() } else { format!(" ({api})") };
-        const READS: &str = "Tripline reads Gateway, ServiceEntry, VirtualService and DestinationRule of networking.istio.io, AuthorizationPolicy of security.istio.io, and ResiliencePolicy of tripline.dev";
+        const READS: &str = "Tripline reads Gateway, ServiceEntry, VirtualService, DestinationRule and Sidecar of networking.istio.io, AuthorizationPolicy and PeerAuthentication of security.istio.io, and ResiliencePolicy of tripline.dev";
         let group = api.split_once('/').map_or(api.as_str(), |(g, _)| g);
         // Istio's own kinds (Sidecar, EnvoyFilter, AuthorizationPolicy, ...) say what this
         // proxy's traffic gets: ignoring one would change it. Telemetry only observes.
@@ -175,6 +176,10 @@ pub fn decode(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option
                 &mut cx, spec_node, dry_run,
             )?))
         }
+        "PeerAuthentication" => {
+            Spec::PeerAuthentication(crate::peer_authn::peer_authentication(&mut cx, spec_node)?)
+        }
+        "Sidecar" => Spec::Sidecar(crate::sidecar::sidecar(&mut cx, spec_node)?),
         _ => Spec::ResiliencePolicy(Box::new(crate::policy::resilience_policy(&mut cx, spec_node, &name)?)),
     };
     Some(Resource {

@@ -122,10 +122,10 @@ fn mistakes_are_errors_at_their_field() {
     assert!(the_error(&dry).contains("`istio.io/dry-run` is \"true\""), "{}", the_error(&dry));
     let dry = policy("{name: p, annotations: {\"istio.io/dry-run\": \"true\"}}", "  action: DENY");
     assert!(ok(&dry).plan.authorization[0].dry_run);
-    let peer = format!("{BASE}apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: p}}\nspec: {{}}\n");
-    assert!(errors(&peer)[0]
+    let jwt = format!("{BASE}apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: p}}\nspec: {{}}\n");
+    assert!(errors(&jwt)[0]
         .to_string()
-        .contains("kind `PeerAuthentication` (security.istio.io/v1) is not implemented yet"));
+        .contains("kind `RequestAuthentication` (security.istio.io/v1) is not implemented yet"));
 }
 
 #[test]

@@ -319,9 +319,9 @@ fn istio_kinds_tripline_does_not_read_are_errors_and_foreign_ones_warnings() {
         format!("{}\n---\napiVersion: {api}\nkind: {kind}\nmetadata: {{name: x}}\nspec: {{}}\n", with("", ""))
     };
     for (api, kind) in [
-        ("networking.istio.io/v1", "Sidecar"),
+        ("networking.istio.io/v1", "WorkloadEntry"),
         ("networking.istio.io/v1alpha3", "EnvoyFilter"),
-        ("security.istio.io/v1", "PeerAuthentication"),
+        ("security.istio.io/v1", "RequestAuthentication"),
         ("networking.istio.io/v1", "VirtualSevice"),
     ] {
         let e = errors(&doc(api, kind));

@@ -18,6 +18,7 @@ use tripline_config::compile::host_match;
 use tripline_config::decode::format_duration;
 use tripline_config::explain::{ClusterOrigin, Origin, PolicyOrigin, Provenance, RouteOrigin, Whose};
 use tripline_config::model::TrafficPolicy;
+use tripline_config::peer_authn::MtlsMode;
 use tripline_config::plan::{
     AbortWith, Answer, ClusterPlan, Discovery, Fraction, HashKey, HeaderOps, HeaderPlan, HostMatch,
     ListenerPlan, LoadBalancer, Plan, RedirectPlan, RedirectPort, RequestMatch, ResiliencePlan, RetryPlan,
@@ -752,6 +753,19 @@ fn listener_tls(l: &ListenerPlan) -> Vec<String> {
     }
     if l.passthrough {
         out.push("PASSTHROUGH: TLS is not terminated; the SNI picks a `tls` route, and the bytes go through still encrypted".into());
+    }
+    if let Some(m) = &l.mtls {
+        let by = m.by.as_ref().map_or_else(
+            || "no PeerAuthentication applies: Istio's default".into(),
+            |p| format!("PeerAuthentication {p}"),
+        );
+        let does = match m.mode {
+            MtlsMode::Strict => "mesh callers only: mutual TLS with a certificate of the workload's trust domain; plaintext connections are closed",
+            MtlsMode::Permissive if l.plaintext_too => "mutual TLS (a connection beginning with a TLS handshake) or plaintext",
+            MtlsMode::Permissive => "plaintext only: without --identity-dir there is no certificate to accept mutual TLS with",
+            MtlsMode::Disable | MtlsMode::Unset => "plaintext only",
+        };
+        out.push(format!("inbound mTLS {} ({by}): {does}", m.mode.name()));
     }
     out
 }
