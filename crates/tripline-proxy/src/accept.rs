@@ -68,19 +68,21 @@ async fn accept_loop(
             _ => {
                 let peer_value = crate::headers::peer_value(peer.ip());
                 let conn = shared.client_conns.open();
-                let tls = rt.config.load().tls.clone();
+                let (tls, plaintext_too) = {
+                    let config = rt.config.load();
+                    (config.tls.clone(), config.plaintext_too)
+                };
                 let ctx = Arc::new(ConnContext {
                     shared: shared.clone(),
                     listener: rt.clone(),
                     peer,
                     peer_value,
                     conn,
-                    https: tls.is_some(),
                     tls: Default::default(),
                 });
                 let http1 = http1.clone();
                 hand_over(stream, move |s| async move {
-                    crate::http_conn::serve(http1, h2_only, ctx, s, tls).await;
+                    crate::http_conn::serve(http1, h2_only, ctx, s, tls, plaintext_too).await;
                     drop(tracker);
                 });
             }

@@ -13,6 +13,7 @@ use tripline_core::rng::Rng;
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -224,16 +225,21 @@ pub enum Client {
 
 /// Rewrites a client request for the upstream: hop-by-hop headers, forwarding headers,
 /// request id, and the request target (origin-form + Host for HTTP/1.1, absolute URI for
-/// HTTP/2).
+/// HTTP/2). `tls`: what the connection's TLS handshake settled, for a TLS client.
+///
+/// `x-forwarded-client-cert` is Envoy's `SANITIZE_SET` (Istio's default): the client's own is
+/// never passed on (a plaintext caller could claim any identity to the application), and a
+/// client that presented a verified certificate gets one naming it.
 pub fn prepare_request<B>(
     req: &mut Request<B>,
     protocol: UpstreamProtocol,
     peer: &HeaderValue,
     client: Client,
-    https: bool,
+    tls: Option<&crate::tls::TlsInfo>,
     upgrade: bool,
     rng: &dyn Rng,
 ) {
+    let https = tls.is_some();
     let headers = req.headers_mut();
     strip_hop_by_hop(headers, upgrade);
     // The client's `Expect: 100-continue` was answered by our server side when we started
@@ -242,6 +248,14 @@ pub fn prepare_request<B>(
         headers.remove(header::EXPECT);
     }
     append_forwarded_for(headers, peer);
+    match tls.and_then(|t| t.xfcc.as_ref()) {
+        Some(xfcc) => {
+            headers.insert(&X_FORWARDED_CLIENT_CERT, xfcc.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_CLIENT_CERT);
+        }
+    }
     let proto = HeaderValue::from_static(if https { "https" } else { "http" });
     match client {
         Client::Edge => {
@@ -396,7 +410,7 @@ mod tests {
             UpstreamProtocol::Http1,
             &peer_value([127, 0, 0, 1].into()),
             Client::Trusted,
-            false,
+            None,
             false,
             &SplitMix::seeded(1),
         );
@@ -419,7 +433,7 @@ mod tests {
             UpstreamProtocol::Http1,
             &peer_value([127, 0, 0, 1].into()),
             Client::Trusted,
-            false,
+            None,
             false,
             &SplitMix::seeded(1),
         );
@@ -445,7 +459,7 @@ mod tests {
             UpstreamProtocol::Http1,
             &peer,
             Client::Edge,
-            false,
+            None,
             false,
             &SplitMix::seeded(1),
         );
@@ -458,7 +472,7 @@ mod tests {
             UpstreamProtocol::Http1,
             &peer,
             Client::Trusted,
-            false,
+            None,
             false,
             &SplitMix::seeded(1),
         );
@@ -478,6 +492,48 @@ mod tests {
     }
 
     #[test]
+    fn a_client_s_own_forwarded_client_cert_is_dropped_and_a_verified_certificate_s_is_set() {
+        let forged = || {
+            Request::builder()
+                .uri("/")
+                .header("host", "app")
+                .header("x-forwarded-client-cert", "URI=spiffe://cluster.local/ns/admin/sa/root")
+                .body(())
+                .unwrap()
+        };
+        let prepare = |req: &mut Request<()>, tls: Option<&crate::tls::TlsInfo>| {
+            let peer = peer_value([127, 0, 0, 1].into());
+            prepare_request(
+                req,
+                UpstreamProtocol::Http1,
+                &peer,
+                Client::Trusted,
+                tls,
+                false,
+                &SplitMix::seeded(1),
+            );
+        };
+        let mut plaintext = forged();
+        prepare(&mut plaintext, None);
+        assert!(!plaintext.headers().contains_key("x-forwarded-client-cert"));
+        assert_eq!(plaintext.headers()["x-forwarded-proto"], "http");
+        let caller = crate::tls::TlsInfo {
+            peer_identity: Some("spiffe://cluster.local/ns/shop/sa/web".into()),
+            xfcc: Some(HeaderValue::from_static("URI=spiffe://cluster.local/ns/shop/sa/web")),
+            ..Default::default()
+        };
+        let mut mtls = forged();
+        prepare(&mut mtls, Some(&caller));
+        let all: Vec<_> = mtls.headers().get_all("x-forwarded-client-cert").iter().collect();
+        assert_eq!(all, ["URI=spiffe://cluster.local/ns/shop/sa/web"]);
+        // TLS without a client certificate: https, and no identity claimed.
+        let mut simple = forged();
+        prepare(&mut simple, Some(&crate::tls::TlsInfo::default()));
+        assert!(!simple.headers().contains_key("x-forwarded-client-cert"));
+        assert_eq!(simple.headers()["x-forwarded-proto"], "https");
+    }
+
+    #[test]
     fn h1_client_to_h2_upstream_gets_absolute_uri() {
         let mut req = Request::builder().uri("/p").header("host", "svc.local").body(()).unwrap();
         prepare_request(
@@ -485,7 +541,7 @@ mod tests {
             UpstreamProtocol::Http2,
             &peer_value([127, 0, 0, 1].into()),
             Client::Trusted,
-            false,
+            None,
             false,
             &SplitMix::seeded(1),
         );

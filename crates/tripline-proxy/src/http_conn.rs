@@ -60,17 +60,20 @@ pub fn http1_builder(limits: HeaderLimits) -> http1::Builder {
 /// Serves one accepted client connection until it closes. `h2_only`: the listener speaks
 /// HTTP/2 only (Istio's `HTTP2` and `GRPC` ports); an HTTP/1.x client gets `505 http2-only`.
 /// `tls`: the listener terminates TLS; the handshake runs first, under the same supervision
-/// (a client that stalls it meets the request-head timeout).
+/// (a client that stalls it meets the request-head timeout). `plaintext_too` (PERMISSIVE):
+/// only a connection that begins with a TLS record is terminated.
 pub async fn serve(
     http1: Arc<http1::Builder>,
     h2_only: bool,
     ctx: Arc<ConnContext>,
     stream: TcpStream,
     tls: Option<Arc<ServerTls>>,
+    plaintext_too: bool,
 ) {
     let signal = ctx.conn.signal().clone();
     let detecting: Detecting = match tls {
         None => Box::pin(detect(stream, ctx.clone(), h2_only)),
+        Some(tls) if plaintext_too => Box::pin(detect_either(stream, tls, ctx.clone(), h2_only)),
         Some(tls) => Box::pin(detect_tls(stream, tls, ctx.clone(), h2_only)),
     };
     let conn = Conn::Detecting(detecting, Some((http1, ctx)));
@@ -282,6 +285,23 @@ where
     let limits = ctx.shared.header_limits.get();
     let service = service_fn(move |req: Request<Incoming>| serve_http1(ctx.clone(), limits, req));
     Box::pin(http1.serve_connection(TokioIo::new(io), service).with_upgrades())
+}
+
+/// A PERMISSIVE listener's connection: TLS if its first byte begins a TLS handshake record
+/// ([`crate::sni::starts_tls`]), plaintext otherwise. The byte is peeked, not read, within the
+/// request-head timeout like the rest of the head.
+async fn detect_either(
+    stream: TcpStream,
+    tls: Arc<ServerTls>,
+    ctx: Arc<ConnContext>,
+    h2_only: bool,
+) -> io::Result<Transport> {
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).await? == 1 && crate::sni::starts_tls(first[0]) {
+        detect_tls(stream, tls, ctx, h2_only).await
+    } else {
+        detect(stream, ctx, h2_only).await
+    }
 }
 
 /// The TLS handshake, then what the client speaks: HTTP/2 when it chose `h2` in ALPN (or the

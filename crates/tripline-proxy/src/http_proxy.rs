@@ -43,11 +43,17 @@ pub struct ConnContext {
     pub peer_value: http::HeaderValue,
     /// The connection's registration with `client_conns` (request-head timeout, drain).
     pub conn: crate::client_conns::ConnHandle,
-    /// The listener terminates TLS: requests are `https` (routing's `scheme`, the
-    /// `x-forwarded-proto` sent upstream).
-    pub https: bool,
-    /// What its TLS handshake settled (set once, after the handshake).
+    /// What its TLS handshake settled (set once, after the handshake; never for a plaintext
+    /// connection, also on a PERMISSIVE listener that takes both).
     pub tls: std::sync::OnceLock<crate::tls::TlsInfo>,
+}
+
+impl ConnContext {
+    /// The connection is TLS: requests are `https` (routing's `scheme`, the
+    /// `x-forwarded-proto` sent upstream).
+    pub fn https(&self) -> bool {
+        self.tls.get().is_some()
+    }
 }
 
 /// The connection context is what a request's [`RequestMark`] holds: it owns the handle.
@@ -64,7 +70,7 @@ pub fn handle(
     ctx: Arc<ConnContext>,
     mut req: Request<ClientBody>,
 ) -> impl Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static {
-    if ctx.https && req.uri().scheme().is_none() {
+    if ctx.https() && req.uri().scheme().is_none() {
         crate::headers::https_target(&mut req);
     }
     let log = ctx.shared.access_log.is_some().then(|| Box::new(LogStart::of(&req)));
@@ -551,7 +557,7 @@ fn start(
         cluster.protocol(),
         &ctx.peer_value,
         client,
-        ctx.https,
+        ctx.tls.get(),
         upgrade.is_some(),
         &ctx.shared.rng,
     );

@@ -50,6 +50,9 @@ pub struct ListenerConfig {
     pub https_redirect: bool,
     /// See `ListenerPlan::passthrough`: the SNI, peeked, picks a route in `tcp`.
     pub passthrough: bool,
+    /// See `ListenerPlan::plaintext_too` (PeerAuthentication PERMISSIVE): `tls` terminates a
+    /// connection that begins with a TLS record; any other is served in plaintext.
+    pub plaintext_too: bool,
 }
 
 /// A TCP listener's route and the connections it takes.
@@ -348,6 +351,7 @@ impl ListenerConfig {
             tls: None,
             https_redirect: plan.https_redirect,
             passthrough: plan.passthrough,
+            plaintext_too: plan.plaintext_too,
             exact: Default::default(),
             wildcards: Vec::new(),
         })
@@ -442,6 +446,7 @@ mod tests {
             tls: None,
             https_redirect: false,
             passthrough: false,
+            plaintext_too: false,
             exact: Default::default(),
             wildcards: Vec::new(),
         })

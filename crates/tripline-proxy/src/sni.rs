@@ -43,6 +43,14 @@ pub enum Parsed {
     More,
 }
 
+/// Whether a connection whose first byte is `first` begins with a TLS handshake record, as a
+/// TLS client's does: what a PERMISSIVE listener tells TLS from plaintext by. No plaintext
+/// protocol a mesh carries begins with 0x16 (HTTP/1 begins with a method's letter, HTTP/2
+/// with `PRI`); a malformed TLS start then fails the handshake, counted as the client's.
+pub fn starts_tls(first: u8) -> bool {
+    first == HANDSHAKE
+}
+
 /// Reads `bytes`, the first a client sent, as a TLS ClientHello.
 pub fn parse(bytes: &[u8]) -> Parsed {
     // The record header: type 22, version 3.x (3.1 in practice), and the length.

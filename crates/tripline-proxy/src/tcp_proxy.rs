@@ -38,7 +38,8 @@ use crate::Shared;
 pub const MAX_CONNECT_ATTEMPTS: usize = 3;
 
 /// Serves an accepted connection on a TCP listener: terminates its TLS first if the listener
-/// has `tls` servers (a failed handshake is counted on the listener and the connection closed),
+/// has `tls` servers (a failed handshake is counted on the listener and the connection closed;
+/// on a PERMISSIVE listener only a connection that begins with a TLS record is terminated),
 /// or reads its SNI on a passthrough listener.
 pub async fn serve(
     shared: Arc<Shared>,
@@ -48,9 +49,9 @@ pub async fn serve(
     t: ConnTracker,
 ) {
     let local = client.local_addr().map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |a| a.ip());
-    let (tls, passthrough) = {
+    let (tls, passthrough, plaintext_too) = {
         let config = rt.config.load();
-        (config.tls.clone(), config.passthrough)
+        (config.tls.clone(), config.passthrough, config.plaintext_too)
     };
     if passthrough {
         return pass_through(shared, rt, client, local, peer, t).await;
@@ -58,6 +59,9 @@ pub async fn serve(
     let Some(tls) = tls else {
         return proxy(shared, rt, client, local, peer, None, t).await;
     };
+    if plaintext_too && !begins_tls(&shared, &client).await {
+        return proxy(shared, rt, client, local, peer, None, t).await;
+    }
     // A client that stalls the handshake is cut at the request-head timeout, as on HTTP.
     let handshake = tls.accept(crate::net_io::TcpIo::new(client));
     let failure = match tokio::time::timeout(shared.client_conns.header_timeout(), handshake).await {
@@ -70,6 +74,15 @@ pub async fn serve(
     };
     rt.tls_stats.failed(failure);
     tracing::debug!(listener = %rt.name, %peer, reason = failure.as_str(), "TLS handshake failed");
+}
+
+/// Whether a client on a PERMISSIVE listener begins with a TLS record. A client that sends
+/// nothing within the request-head timeout is taken as plaintext: the protocol may be one
+/// whose server speaks first (a database's greeting), and the application answers it then.
+async fn begins_tls(shared: &Shared, client: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(shared.client_conns.header_timeout(), client.peek(&mut first)).await;
+    matches!(peeked, Ok(Ok(1))) && crate::sni::starts_tls(first[0])
 }
 
 /// Reads the SNI of a client on a passthrough listener, within the request-head timeout (a

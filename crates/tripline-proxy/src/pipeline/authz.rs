@@ -516,7 +516,11 @@ mod tests {
             "  rules:\n  - from: [{source: {principals: [\"cluster.local/ns/shop/sa/web\"]}}]\n  - from: [{source: {namespaces: [ops]}}]\n  - from: [{source: {serviceAccounts: [\"batch/cron\"]}}]\n    when: [{key: connection.sni, values: [\"*.shop.example\"]}]",
         ));
         let with = |id: Option<&str>, sni: Option<&str>| Req {
-            tls: Some(crate::tls::TlsInfo { sni: sni.map(Into::into), peer_identity: id.map(Into::into) }),
+            tls: Some(crate::tls::TlsInfo {
+                sni: sni.map(Into::into),
+                peer_identity: id.map(Into::into),
+                ..Default::default()
+            }),
             ..get("/")
         };
         assert_eq!(denied(&a, &get("/")).as_deref(), Some(UNMATCHED), "plaintext has no identity");

@@ -26,6 +26,9 @@ pub struct TlsInfo {
     pub sni: Option<String>,
     /// The client certificate's identity: its SPIFFE ID, else its first URI or DNS name.
     pub peer_identity: Option<String>,
+    /// `x-forwarded-client-cert` for the requests of this connection, from the client
+    /// certificate (`URI=<SPIFFE ID or URI>`, or `DNS=<name>`), made once per connection.
+    pub xfcc: Option<http::HeaderValue>,
 }
 
 impl TlsInfo {
@@ -37,8 +40,40 @@ impl TlsInfo {
                 .or_else(|| info.uris.first().cloned())
                 .or_else(|| info.dns_names.first().cloned())
         });
-        TlsInfo { sni, peer_identity }
+        let xfcc = peer_identity.as_deref().and_then(|id| {
+            let field = if id.contains("://") { "URI" } else { "DNS" };
+            http::HeaderValue::try_from(format!("{field}={id}")).ok()
+        });
+        TlsInfo { sni, peer_identity, xfcc }
     }
+}
+
+/// Builds every TLS setting of `plan` as `run` would, without serving anything, and says
+/// what fails: what only building finds, such as a certificate and a key that are not a pair.
+/// `validate` reports each as an error at the certificate file: `(file, listener or cluster,
+/// why)`.
+pub fn check(plan: &tripline_config::plan::Plan) -> Vec<(std::path::PathBuf, String, String)> {
+    use tripline_config::plan::ListenerProtocol;
+    let registry = files::Registry::default();
+    let mut failed = Vec::new();
+    for l in plan.listeners.iter().filter(|l| !l.tls.is_empty()) {
+        let alpn = match l.protocol {
+            ListenerProtocol::Http => server::Alpn::Http,
+            ListenerProtocol::Http2 => server::Alpn::H2Only,
+            ListenerProtocol::Tcp => server::Alpn::None,
+        };
+        if let Err(e) = server::ServerTls::build(&l.tls, alpn, &registry) {
+            failed.push((l.tls[0].certificate.clone(), format!("listener {}", l.name), e));
+        }
+    }
+    for c in &plan.clusters {
+        let Some(t) = &c.tls else { continue };
+        if let Err(e) = client::UpstreamTls::build(&c.name, &c.host, t, &[], &registry) {
+            let file = t.client_certificate.clone().or_else(|| t.ca_certificates.clone()).unwrap_or_default();
+            failed.push((file, format!("cluster {}", c.name), e));
+        }
+    }
+    failed
 }
 
 /// The crypto provider: ring, with the TLS 1.2 cipher suites cut down to `names` (Envoy's

@@ -18,6 +18,7 @@ mod harness;
 mod http;
 mod lifecycle;
 mod limits;
+mod peer_authn;
 mod reload;
 mod resilience;
 mod routing;
