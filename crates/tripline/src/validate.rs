@@ -121,11 +121,23 @@ fn check(paths: &[PathBuf], explain: Option<&str>, workload: &crate::WorkloadArg
         None => tripline_config::load(&sources, &opts).map(|loaded| (loaded, None)),
     };
     match result {
-        Ok((loaded, explained)) => Findings {
-            loaded: Some((loaded.plan.listeners.len(), loaded.plan.clusters.len())),
-            diagnostics: loaded.warnings,
-            explained,
-        },
+        Ok((loaded, explained)) => {
+            let mut diagnostics = loaded.warnings;
+            // What only building the TLS configs finds (a certificate and a key that are not
+            // a pair): `run` would refuse to start.
+            let failed = tripline_proxy::tls::check(&loaded.plan);
+            let counts = (loaded.plan.listeners.len(), loaded.plan.clusters.len());
+            let loaded = failed.is_empty().then_some(counts);
+            diagnostics.extend(failed.into_iter().map(|(file, owner, message)| Diagnostic {
+                severity: Severity::Error,
+                file: file.display().to_string(),
+                line: 0,
+                column: 0,
+                path: owner,
+                message,
+            }));
+            Findings { loaded, diagnostics, explained }
+        }
         Err(diagnostics) => Findings { diagnostics, loaded: None, explained: None },
     }
 }

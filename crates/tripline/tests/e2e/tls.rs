@@ -532,6 +532,36 @@ fn validate_explain_says_how_tls_is_terminated_and_originated() {
     assert!(out.contains("(DestinationRule/backend-local spec.trafficPolicy.tls)"), "{out}");
 }
 
+/// A certificate with another certificate's key reads fine as files; `validate` builds the TLS
+/// configs as `run` would and refuses it, naming the files, instead of `run` failing later.
+#[test]
+fn validate_refuses_a_certificate_with_another_certificate_s_key() {
+    let dir = crate::support::proxy::unique_dir("tls-key-mismatch");
+    let ca = Ca::new(&dir, "mesh");
+    let (server, other) = (ca.issue("server", &["api.example"]), ca.issue("other", &["other.example"]));
+    let tls = format!(
+        "{{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}",
+        server.cert.display(),
+        other.key.display()
+    );
+    let yaml = https_edge(
+        &[tls_server(free_port(), "https", "HTTPS", &["api.example"], &tls)],
+        "127.0.0.1:9".parse().unwrap(),
+    );
+    let file = dir.join("tls.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let mut cmd = std::process::Command::new(crate::support::proxy::binary());
+    cmd.arg("validate").arg(&file);
+    let (code, out, err) = crate::support::proxy::run_bounded(&mut cmd, Duration::from_secs(30));
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert!(
+        err.contains(&format!("{}", server.cert.display())) && err.contains("listener edge/https"),
+        "{err}"
+    );
+    assert!(err.contains("do not make a certificate"), "{err}");
+    assert!(err.contains("invalid: 1 error(s)"), "{err}");
+}
+
 /// `minProtocolVersion` and `cipherSuites` as a client sees them: a TLS 1.2-only client cannot
 /// connect to a TLS 1.3-only server (counted as a protocol failure), a TLS 1.2 client offering
 /// only a suite the server left out cannot either; and a second connection from the same
