@@ -128,7 +128,8 @@ pub struct RunArgs {
 
 /// The workload this proxy runs for: what a VirtualService match's `sourceLabels` and
 /// `sourceNamespace` are checked against (a match naming them never applies without them),
-/// and where its TLS credentials are (what a `credentialName` names).
+/// which AuthorizationPolicy, PeerAuthentication and Sidecar apply, and where its TLS
+/// credentials are (what a `credentialName` names).
 #[derive(Args, Clone, Default)]
 pub struct WorkloadArgs {
     /// The workload's labels, `key=value,key=value` (Kubernetes gives them later).
