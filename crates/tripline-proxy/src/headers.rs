@@ -46,11 +46,21 @@ const HOP_BY_HOP: [&HeaderName; 8] = [
     &PROXY_CONNECTION,
 ];
 
-/// The position of `name` in [`HOP_BY_HOP`]. A match on the (lower-case) name: every message
-/// passes each of its header names through here, so it must cost a length check, not eight
-/// `HeaderName` comparisons.
+/// The bit [`scan`] sets for `x-forwarded-client-cert`, after those of [`HOP_BY_HOP`].
+const XFCC_BIT: u16 = 1 << 8;
+
+/// The position of `name` in [`HOP_BY_HOP`].
 fn hop_index(name: &HeaderName) -> Option<usize> {
+    name_index(name).filter(|&i| i < HOP_BY_HOP.len())
+}
+
+/// The headers the request path looks for in every message: [`HOP_BY_HOP`] by position, then
+/// `x-forwarded-client-cert` (8). A match on the (lower-case) name: every message passes each
+/// of its header names through here, so it must cost a length check, not nine `HeaderName`
+/// comparisons or a hash lookup per name looked for.
+fn name_index(name: &HeaderName) -> Option<usize> {
     Some(match name.as_str() {
+        "x-forwarded-client-cert" => 8,
         "connection" => 0,
         "te" => 1,
         "transfer-encoding" => 2,
@@ -74,12 +84,22 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// One pass over the names finds which are present, so a message without any (the common
 /// case) costs a few comparisons, and one with `Connection: keep-alive` costs one removal.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let mut present = 0u8;
+    strip_scanned(headers, keep_upgrade, scan(headers));
+}
+
+/// Which of the headers [`name_index`] knows are present, one bit each, in one pass.
+fn scan(headers: &HeaderMap) -> u16 {
+    let mut present = 0u16;
     for name in headers.keys() {
-        if let Some(i) = hop_index(name) {
+        if let Some(i) = name_index(name) {
             present |= 1 << i;
         }
     }
+    present
+}
+
+fn strip_scanned(headers: &mut HeaderMap, keep_upgrade: bool, present: u16) {
+    let present = present & !XFCC_BIT;
     if present == 0 && !keep_upgrade {
         return;
     }
@@ -241,7 +261,8 @@ pub fn prepare_request<B>(
 ) {
     let https = tls.is_some();
     let headers = req.headers_mut();
-    strip_hop_by_hop(headers, upgrade);
+    let present = scan(headers);
+    strip_scanned(headers, upgrade, present);
     // The client's `Expect: 100-continue` was answered by our server side when we started
     // reading the body; the upstream gets the body straight away.
     if headers.contains_key(header::EXPECT) {
@@ -252,9 +273,11 @@ pub fn prepare_request<B>(
         Some(xfcc) => {
             headers.insert(&X_FORWARDED_CLIENT_CERT, xfcc.clone());
         }
-        None => {
+        // Found by the scan above, so a request without one (nearly all) costs no lookup.
+        None if present & XFCC_BIT != 0 => {
             headers.remove(&X_FORWARDED_CLIENT_CERT);
         }
+        None => {}
     }
     let proto = HeaderValue::from_static(if https { "https" } else { "http" });
     match client {
