@@ -133,6 +133,16 @@ fn same_target(first: &Resource, second: &Resource, what: &str) -> String {
     )
 }
 
+/// The full name of a Kubernetes service written short, as Istio reads a config's hosts: a
+/// name without a dot is a service of `namespace` (a name with one is a domain name, as in
+/// Istio; clients' `Host` headers may still say `name.namespace`: [`Ctx::host_aliases`]).
+fn kube_expansion(host: &str, namespace: Option<&str>) -> Option<String> {
+    if host.contains('.') || host.contains('*') {
+        return None;
+    }
+    namespace.map(|ns| format!("{host}.{ns}.svc.{}", crate::KUBE_DOMAIN))
+}
+
 fn unknown_host(host: &str) -> String {
     format!(
         "unknown host `{host}`: no ServiceEntry declares it (IST0101: referenced host not found); add a ServiceEntry with `hosts: [{host}]`, its ports and endpoints"
@@ -290,6 +300,52 @@ impl<'a> Ctx<'a> {
         self.service_entry_by_host.get(&host.to_ascii_lowercase()).map(|&i| self.service_entries[i])
     }
 
+    /// The host `host` names when `r` writes it: the declared host itself, or, for a
+    /// Kubernetes service written short as Istio allows (`checkout`), the declared
+    /// `<name>.<namespace>.svc.cluster.local`, the namespace being `r`'s own (else the
+    /// workload's). Lower-cased; `host` as written when nothing declares either.
+    fn canonical(&self, r: &Resource, host: &str) -> String {
+        let lower = host.to_ascii_lowercase();
+        if self.service_entry_by_host.contains_key(&lower) {
+            return lower;
+        }
+        let namespace = r.namespace.as_deref().or(self.opts.workload_namespace.as_deref());
+        kube_expansion(&lower, namespace)
+            .filter(|full| self.service_entry_by_host.contains_key(full))
+            .unwrap_or(lower)
+    }
+
+    /// With [`LoadOptions::assume_kubernetes_services`], the note for an undeclared `host`
+    /// that is written as a Kubernetes service; `None` for any other.
+    fn assumed_kube_service(&self, r: &Resource, host: &str) -> Option<String> {
+        if !self.opts.assume_kubernetes_services {
+            return None;
+        }
+        let lower = host.to_ascii_lowercase();
+        let suffix = format!(".svc.{}", crate::KUBE_DOMAIN);
+        let namespace =
+            r.namespace.as_deref().or(self.opts.workload_namespace.as_deref()).unwrap_or("<namespace>");
+        let full = if lower.ends_with(&suffix) { lower } else { kube_expansion(&lower, Some(namespace))? };
+        Some(format!("`{host}` is taken to be the Kubernetes service `{full}` (no file declares it): `tripline run --kubernetes` reads it from the API server; its routes are not checked further here"))
+    }
+
+    /// The names a client may use for `host` (as `r` writes it) in its `Host` header on the
+    /// mesh listener: for a Kubernetes service, the forms Kubernetes' DNS answers (the bare
+    /// name only in the workload's own namespace, or where it is written so), else `host`
+    /// alone.
+    fn host_aliases(&self, r: &Resource, host: &str) -> Vec<String> {
+        let full = self.canonical(r, host);
+        let Some(rest) = full.strip_suffix(&format!(".svc.{}", crate::KUBE_DOMAIN)) else {
+            return vec![host.to_string()];
+        };
+        let Some((name, namespace)) = rest.split_once('.') else { return vec![host.to_string()] };
+        let mut out = vec![full.clone(), format!("{rest}.svc"), rest.to_string()];
+        if self.opts.workload_namespace.as_deref() == Some(namespace) || host.eq_ignore_ascii_case(name) {
+            out.push(name.to_string());
+        }
+        out
+    }
+
     fn rule(&self, host: &str) -> Option<(&'a Resource, &'a DestinationRule)> {
         let exact = self.rule_by_host.get(&host.to_ascii_lowercase()).map(|&i| self.rules[i]);
         exact.or_else(|| {
@@ -299,7 +355,7 @@ impl<'a> Ctx<'a> {
 
     /// Adds a DestinationRule; the first one for a host wins.
     fn add_rule(&mut self, r: &'a Resource, dr: &'a DestinationRule) {
-        let host = dr.host.value.to_ascii_lowercase();
+        let host = self.canonical(r, &dr.host.value);
         if let Some(&first) = self.rule_by_host.get(&host) {
             let first = self.rules[first].0;
             let msg = format!(
@@ -365,12 +421,13 @@ impl<'a> Ctx<'a> {
                     continue;
                 }
             };
-            if self.service_entry(&host.value).is_none() {
+            let canonical = self.canonical(r, &host.value);
+            if self.service_entry(&canonical).is_none() {
                 self.report(r, Severity::Error, host.pos, &host.path, unknown_host(&host.value));
                 continue;
             }
             if let Some(s) = subset {
-                let rule = self.rule(&host.value);
+                let rule = self.rule(&canonical);
                 if !rule.is_some_and(|(_, dr)| dr.subsets.iter().any(|x| x.name.value == s.value)) {
                     self.report(
                         r,
@@ -382,7 +439,7 @@ impl<'a> Ctx<'a> {
                     continue;
                 }
             }
-            let key = (host.value.to_ascii_lowercase(), subset.as_ref().map(|s| s.value.clone()));
+            let key = (canonical, subset.as_ref().map(|s| s.value.clone()));
             if let Some(&(first, _)) = self.policy_by_target.get(&key).map(|&i| &self.policies[i]) {
                 let what = match subset {
                     Some(s) => format!("subset `{}` of host `{}`", s.value, host.value),
@@ -483,10 +540,23 @@ impl<'a> Ctx<'a> {
 
     /// Resolves a route destination to a cluster, creating it on first use.
     fn destination(&mut self, r: &Resource, d: &RouteDestination, tcp: bool) -> Option<ClusterId> {
-        let host = d.host.value.as_str();
-        let Some((se_res, se)) = self.service_entry(host) else {
-            self.report(r, Severity::Error, d.host.pos, &d.host.path, unknown_host(host));
+        let canonical = self.canonical(r, &d.host.value);
+        let Some((se_res, se)) = self.service_entry(&canonical) else {
+            match self.assumed_kube_service(r, &d.host.value) {
+                Some(note) => self.report(r, Severity::Note, d.host.pos, &d.host.path, note),
+                None => {
+                    self.report(r, Severity::Error, d.host.pos, &d.host.path, unknown_host(&d.host.value))
+                }
+            }
             return None;
+        };
+        // As the route writes it, unless it is a short name for another: clusters are named
+        // by it.
+        let host = if canonical.eq_ignore_ascii_case(&d.host.value) {
+            d.host.value.as_str()
+        } else {
+            let declared = se.hosts.iter().find(|h| h.value.eq_ignore_ascii_case(&canonical));
+            declared.map_or(canonical.as_str(), |h| h.value.as_str())
         };
         let ports_list = || se.ports.iter().map(|p| p.number.to_string()).collect::<Vec<_>>().join(", ");
         let port: &SePort = match &d.port {
@@ -838,6 +908,91 @@ struct Listener {
     port_pos: Pos,
 }
 
+/// The mesh (sidecar outbound) listener, for VirtualServices that name no gateway.
+fn mesh_listener(opts: &LoadOptions) -> Listener {
+    Listener {
+        plan: ListenerPlan {
+            name: "mesh".into(),
+            bind: opts.mesh_bind,
+            protocol: ListenerProtocol::Http,
+            virtual_hosts: Vec::new(),
+            tcp_routes: Vec::new(),
+            // The sidecar's own application: its headers are believed.
+            trust_client: true,
+            trusted_proxies: 0,
+            tls: Vec::new(),
+            https_redirect: false,
+            passthrough: false,
+            plaintext_too: false,
+            mtls: None,
+        },
+        members: vec![Member { gateway: None, hosts: vec!["*".into()] }],
+        domains: Vec::new(),
+        domain_index: HashMap::new(),
+        resource: None,
+        port_pos: Pos::default(),
+    }
+}
+
+impl<'a> Ctx<'a> {
+    /// Istio's sidecar routes to every service it knows, VirtualService or not: with
+    /// `--kubernetes` the mesh listener is always there, and each host no VirtualService
+    /// routes on it gets a route of Istio's defaults (no timeout, its default retries) to
+    /// its first HTTP port, under every name Kubernetes' DNS gives it.
+    fn default_routes(&mut self, listeners: &mut Vec<Listener>, binds: &mut HashMap<SocketAddr, String>) {
+        let mesh = match listeners.iter().position(|l| l.members.iter().any(|m| m.gateway.is_none())) {
+            Some(i) => i,
+            None if binds.contains_key(&self.opts.mesh_bind) => return,
+            None => {
+                binds.insert(self.opts.mesh_bind, "mesh".into());
+                listeners.push(mesh_listener(self.opts));
+                listeners.len() - 1
+            }
+        };
+        for (se_res, se) in self.service_entries.clone() {
+            let http = se.ports.iter().find(|p| {
+                matches!(port_protocol(p).as_str(), "HTTP" | "HTTP1" | "HTTP2" | "GRPC" | "GRPC-WEB")
+            });
+            let Some(port) = http else { continue };
+            for h in se.hosts.iter().filter(|h| !h.value.contains('*')) {
+                let aliases = self.host_aliases(se_res, &h.value);
+                let l = &listeners[mesh];
+                if aliases.iter().any(|a| l.domain_index.contains_key(&host_match(a))) {
+                    continue;
+                }
+                let d = RouteDestination {
+                    host: h.clone(),
+                    subset: None,
+                    port: Some(crate::model::At { value: port.number, pos: h.pos, path: h.path.clone() }),
+                    weight: None,
+                    headers: Default::default(),
+                    pos: h.pos,
+                    path: h.path.to_string(),
+                };
+                let Some(cluster) = self.destination(se_res, &d, false) else { continue };
+                let route = RoutePlan {
+                    name: format!("{}/default", h.value),
+                    matches: Vec::new(),
+                    destinations: vec![WeightedCluster { cluster, weight: 100, headers: Default::default() }],
+                    timeout: None,
+                    retry: RetryPlan::default(),
+                    breaker: None,
+                    policy: None,
+                    features: Default::default(),
+                };
+                let l = &mut listeners[mesh];
+                for a in aliases {
+                    let m = host_match(&a);
+                    if !l.domain_index.contains_key(&m) {
+                        l.domain_index.insert(m.clone(), l.domains.len());
+                        l.domains.push((m, vec![route.clone()]));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Validates references across resources and builds the plan. Problems go to `diags`.
 pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<Diagnostic>) -> Plan {
     let mut ctx = Ctx {
@@ -862,6 +1017,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
     let mut policies = Vec::new();
     let mut authz_policies = Vec::new();
     let mut sidecars = Vec::new();
+    let mut rules = Vec::new();
     let mut peer_authentications = Vec::new();
     let mut gateways: Vec<(&Resource, &Gateway)> = Vec::new();
     let mut services: Vec<(&Resource, &VirtualService)> = Vec::new();
@@ -871,7 +1027,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
             Spec::ServiceEntry(se) => ctx.service_entries.push((r, se)),
             Spec::VirtualService(vs) => services.push((r, vs)),
             Spec::ResiliencePolicy(p) => policies.push((r, &**p)),
-            Spec::DestinationRule(dr) => ctx.add_rule(r, dr),
+            Spec::DestinationRule(dr) => rules.push((r, &**dr)),
             Spec::AuthorizationPolicy(p) => authz_policies.push((r, &**p)),
             Spec::Sidecar(s) => sidecars.push((r, s)),
             Spec::PeerAuthentication(p) => peer_authentications.push((r, p)),
@@ -879,8 +1035,16 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
     }
     let authorization = ctx.authorization(&authz_policies);
     ctx.index_service_entries();
+    // After the ServiceEntries: a rule's short Kubernetes host is keyed by the full one.
+    for (r, dr) in rules {
+        ctx.add_rule(r, dr);
+    }
     for (r, dr) in ctx.rules.clone() {
-        if ctx.service_entry(&dr.host.value).is_none() && !dr.host.value.contains('*') {
+        if ctx.service_entry(&ctx.canonical(r, &dr.host.value)).is_none() && !dr.host.value.contains('*') {
+            if let Some(note) = ctx.assumed_kube_service(r, &dr.host.value) {
+                ctx.report(r, Severity::Note, dr.host.pos, &dr.host.path, note);
+                continue;
+            }
             let msg = format!(
                 "no ServiceEntry declares host `{}`: this policy applies once the host appears (add a ServiceEntry to route to it)",
                 dr.host.value
@@ -994,28 +1158,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                 ctx.report(r, Severity::Error, r.decoded_pos(), "spec.gateways", msg);
             } else {
                 binds.insert(opts.mesh_bind, "mesh".into());
-                listeners.push(Listener {
-                    plan: ListenerPlan {
-                        name: "mesh".into(),
-                        bind: opts.mesh_bind,
-                        protocol: ListenerProtocol::Http,
-                        virtual_hosts: Vec::new(),
-                        tcp_routes: Vec::new(),
-                        // The sidecar's own application: its headers are believed.
-                        trust_client: true,
-                        trusted_proxies: 0,
-                        tls: Vec::new(),
-                        https_redirect: false,
-                        passthrough: false,
-                        plaintext_too: false,
-                        mtls: None,
-                    },
-                    members: vec![Member { gateway: None, hosts: vec!["*".into()] }],
-                    domains: Vec::new(),
-                    domain_index: HashMap::new(),
-                    resource: None,
-                    port_pos: Pos::default(),
-                });
+                listeners.push(mesh_listener(opts));
             }
         }
         for (i, by) in crate::lint::shadowed(&vs.http) {
@@ -1203,8 +1346,14 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                 let here = scoped(&http_routes, member.gateway.as_deref(), port, opts);
                 let mut added = Vec::new();
                 for h in &vs.hosts {
-                    let domains: Vec<String> =
-                        member.hosts.iter().filter_map(|s| intersect(&h.value, s)).collect();
+                    let names = match member.gateway {
+                        None => ctx.host_aliases(r, &h.value),
+                        Some(_) => vec![h.value.clone()],
+                    };
+                    let domains: Vec<String> = names
+                        .iter()
+                        .flat_map(|name| member.hosts.iter().filter_map(|s| intersect(name, s)))
+                        .collect();
                     for domain in domains {
                         attached_any = true;
                         let m = host_match(&domain);
@@ -1264,6 +1413,9 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         }
     }
 
+    if opts.kubernetes {
+        ctx.default_routes(&mut listeners, &mut binds);
+    }
     ctx.check_tcp_clusters(&tcp_clusters);
     let inbound = ctx.inbound(&sidecars, &peer_authentications, &mut binds);
 

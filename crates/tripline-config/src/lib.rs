@@ -59,6 +59,13 @@ pub struct LoadOptions {
     /// presents and whose trust bundle it checks peers against. `None`: `ISTIO_MUTUAL` is an
     /// error.
     pub identity_dir: Option<PathBuf>,
+    /// `--kubernetes`: the hosts come from the API server's Services, and as Istio's sidecar
+    /// the mesh listener routes to every one of them, VirtualService or not.
+    pub kubernetes: bool,
+    /// `validate` without `--kubernetes`: a host written as a Kubernetes service (`checkout`,
+    /// `checkout.shop`, `*.svc.cluster.local`) that nothing declares is taken to be one, with a
+    /// note, instead of an unknown host (an error).
+    pub assume_kubernetes_services: bool,
 }
 
 impl Default for LoadOptions {
@@ -71,9 +78,14 @@ impl Default for LoadOptions {
             workload_namespace: None,
             credentials_dir: None,
             identity_dir: None,
+            kubernetes: false,
+            assume_kubernetes_services: false,
         }
     }
 }
+
+/// The cluster's DNS domain: a Kubernetes service is `<name>.<namespace>.svc.cluster.local`.
+pub const KUBE_DOMAIN: &str = "cluster.local";
 
 /// A successfully compiled configuration.
 #[derive(Debug, Clone)]

@@ -76,7 +76,7 @@ impl Findings {
             .iter()
             .map(|d| {
                 serde_json::json!({
-                    "severity": match d.severity { Severity::Warning => "warning", Severity::Error => "error" },
+                    "severity": match d.severity { Severity::Note => "note", Severity::Warning => "warning", Severity::Error => "error" },
                     "file": d.file,
                     "line": d.line,
                     "column": d.column,
@@ -110,7 +110,12 @@ fn check(paths: &[PathBuf], explain: Option<&str>, workload: &crate::WorkloadArg
         Err(diagnostics) => return Findings { diagnostics, loaded: None, explained: None },
     };
     // A file of DestinationRules alone has no listener: a warning here, an error for run.
-    let mut opts = tripline_config::LoadOptions { listeners_required: false, ..Default::default() };
+    // Without a cluster to ask, a host written as a Kubernetes service is taken to be one.
+    let mut opts = tripline_config::LoadOptions {
+        listeners_required: false,
+        assume_kubernetes_services: true,
+        ..Default::default()
+    };
     workload.apply(&mut opts);
     let result = match explain {
         // The plan and the resources it came from, from one compile.

@@ -1,0 +1,134 @@
+//! Hosts as Kubernetes names them: a short name in a resource is the service of the
+//! resource's namespace (Istio's rule), the mesh listener answers every name Kubernetes' DNS
+//! gives a service, and with `--kubernetes` every service is routable without a
+//! VirtualService. `validate` without a cluster takes an undeclared short name for a
+//! Kubernetes service, with a note.
+
+use std::collections::BTreeSet;
+
+use tripline_config::plan::{HostMatch, ListenerPlan};
+use tripline_config::{load, LoadOptions, Loaded, Severity, Source};
+
+/// What the Kubernetes source makes of Services `checkout` and `payments` in namespace `shop`.
+const SERVICES: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: checkout, namespace: shop}
+spec:
+  hosts: [checkout.shop.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1, ports: {http: 8080}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: payments, namespace: shop}
+spec:
+  hosts: [payments.shop.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.2, ports: {http: 8080}}]
+";
+
+const RULES: &str = "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: checkout, namespace: shop}
+spec:
+  hosts: [checkout]
+  http:
+  - route: [{destination: {host: checkout}}]
+    timeout: 2s
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: checkout, namespace: shop}
+spec:
+  host: checkout
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 7}}}
+";
+
+fn with(text: &str, opts: LoadOptions) -> Loaded {
+    let src = vec![Source { name: "mesh.yaml".into(), text: text.into() }];
+    load(&src, &opts)
+        .unwrap_or_else(|d| panic!("{}", d.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n")))
+}
+
+fn domains(l: &ListenerPlan) -> BTreeSet<String> {
+    let shown = |m: &HostMatch| match m {
+        HostMatch::Exact(h) => h.clone(),
+        HostMatch::Suffix(s) => format!("*{s}"),
+        HostMatch::Any => "*".into(),
+    };
+    l.virtual_hosts.iter().flat_map(|v| v.domains.iter().map(shown)).collect()
+}
+
+#[test]
+fn a_short_name_is_the_service_of_the_resource_s_namespace() {
+    let loaded = with(&format!("{SERVICES}{RULES}"), LoadOptions::default());
+    let plan = &loaded.plan;
+    let id = plan
+        .cluster_by_name("outbound|80||checkout.shop.svc.cluster.local")
+        .expect("the full name's cluster");
+    assert_eq!(plan.clusters[id].pool.max_connections, 7, "the DestinationRule written `host: checkout`");
+    let mesh = &plan.listeners[0];
+    let route = &mesh.virtual_hosts[0].routes[0];
+    assert_eq!(route.destinations[0].cluster, id);
+    // The names a client of the namespace may send as Host.
+    let want = ["checkout", "checkout.shop", "checkout.shop.svc", "checkout.shop.svc.cluster.local"];
+    assert_eq!(domains(mesh), want.iter().map(|s| s.to_string()).collect());
+}
+
+#[test]
+fn with_kubernetes_every_service_is_routable_and_a_virtual_service_s_routes_win() {
+    let opts =
+        LoadOptions { kubernetes: true, workload_namespace: Some("shop".into()), ..LoadOptions::default() };
+    // No VirtualService at all: the mesh listener exists and routes both services.
+    let loaded = with(SERVICES, opts.clone());
+    let mesh = &loaded.plan.listeners[0];
+    assert_eq!(mesh.name, "mesh");
+    assert!(domains(mesh).contains("payments") && domains(mesh).contains("checkout.shop.svc.cluster.local"));
+    let route = &mesh
+        .virtual_hosts
+        .iter()
+        .find(|v| v.domains == [HostMatch::Exact("payments".into())])
+        .unwrap()
+        .routes[0];
+    assert_eq!(route.timeout, None, "Istio's default route");
+    assert_eq!(route.retry.attempts, 2, "Istio's default retries");
+    // A VirtualService for checkout: its route, not the default, for every one of its names.
+    let loaded = with(&format!("{SERVICES}{RULES}"), opts);
+    let mesh = &loaded.plan.listeners[0];
+    for name in ["checkout", "checkout.shop.svc.cluster.local"] {
+        let vh = mesh.virtual_hosts.iter().find(|v| v.domains == [HostMatch::Exact(name.into())]).unwrap();
+        assert_eq!(vh.routes.len(), 1, "{name}");
+        assert_eq!(vh.routes[0].timeout, Some(std::time::Duration::from_secs(2)), "{name}");
+    }
+    // Another namespace's service has no short name here.
+    let other = SERVICES.replace("namespace: shop}", "namespace: billing}").replace(".shop.", ".billing.");
+    let opts =
+        LoadOptions { kubernetes: true, workload_namespace: Some("shop".into()), ..LoadOptions::default() };
+    let mesh = &with(&other, opts).plan.listeners[0];
+    assert!(!domains(mesh).contains("payments") && domains(mesh).contains("payments.billing"));
+}
+
+#[test]
+fn validate_takes_an_undeclared_short_name_for_a_kubernetes_service_with_a_note() {
+    let opts =
+        LoadOptions { assume_kubernetes_services: true, listeners_required: false, ..LoadOptions::default() };
+    let loaded = with(RULES, opts);
+    let notes: Vec<String> =
+        loaded.warnings.iter().filter(|d| d.severity == Severity::Note).map(|d| d.to_string()).collect();
+    assert_eq!(notes.len(), 2, "{notes:#?}");
+    assert!(
+        notes[0]
+            .contains("`checkout` is taken to be the Kubernetes service `checkout.shop.svc.cluster.local`"),
+        "{notes:#?}"
+    );
+    assert!(loaded.warnings.iter().all(|d| d.severity == Severity::Note), "{:#?}", loaded.warnings);
+    // Without the assumption (`run` from files), the same name is an unknown host.
+    let src = vec![Source { name: "mesh.yaml".into(), text: RULES.into() }];
+    let e = load(&src, &LoadOptions::default()).unwrap_err();
+    assert!(e.iter().any(|d| d.severity == Severity::Error && d.message.contains("unknown host `checkout`")));
+}
