@@ -1954,7 +1954,7 @@ fn consistent_hash(cx: &mut Cx, node: &Node, path: &str) -> Option<LoadBalancer>
 }
 
 fn is_prime(n: u64) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
 }
 
 /// Istio treats 0 as "not set" for pool limits.

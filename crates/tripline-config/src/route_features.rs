@@ -603,7 +603,7 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
     };
     let clean: Vec<u8> = text.bytes().filter(|c| !c.is_ascii_whitespace()).collect();
     let data = clean.strip_suffix(b"==").or_else(|| clean.strip_suffix(b"=")).unwrap_or(&clean);
-    if data.len() % 4 == 1 || (data.len() != clean.len() && clean.len() % 4 != 0) {
+    if data.len() % 4 == 1 || (data.len() != clean.len() && !clean.len().is_multiple_of(4)) {
         return None;
     }
     let mut out = Vec::with_capacity(data.len() * 3 / 4);

@@ -379,7 +379,7 @@ impl Proxy {
             let at = tokio::time::Instant::now();
             conns.tick(at);
             let every = (conns.header_timeout().as_millis() / 10 / TICK.as_millis()).clamp(1, 10) as u64;
-            if n % every == 0 {
+            if n.is_multiple_of(every) {
                 let swept = conns.sweep(at);
                 if swept.stream_idle > 0 {
                     // Counted where each request ends (a 408, or a cut response).
@@ -391,7 +391,7 @@ impl Proxy {
             }
             let applied = self.shared.applied.load_full();
             let now = resilience::now();
-            if n % 50 == 0 {
+            if n.is_multiple_of(50) {
                 // Each worker sweeps its own idle connections on its own thread, so none of its
                 // requests finds the pool emptied by a sweep in progress.
                 for worker in 0..workers::count() {

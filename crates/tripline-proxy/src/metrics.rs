@@ -370,6 +370,12 @@ impl Collector for Scrape {
             ]
             .into_iter(),
         )?;
+        gauge(
+            &mut enc,
+            "tripline_kubernetes_rejected_objects",
+            "Objects from the Kubernetes API server left out of the running config because they are invalid (logged with why), at the last load; 0 without --kubernetes.",
+            std::iter::once((Vec::new(), self.global.kubernetes_rejected.load(Ordering::Relaxed) as i64)),
+        )?;
         counter(
             &mut enc,
             "tripline_fallbacks",

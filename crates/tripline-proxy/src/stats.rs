@@ -101,6 +101,9 @@ pub struct GlobalStats {
     pub local: ReasonCounters,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
+    /// Objects from the Kubernetes API server left out of the running config because they
+    /// are invalid (`--kubernetes`), at the last load.
+    pub kubernetes_rejected: AtomicU64,
     pub downstream_connections: AtomicU64,
     pub downstream_connections_total: AtomicU64,
     /// Access log lines dropped because the writer fell behind.

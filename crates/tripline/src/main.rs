@@ -68,8 +68,16 @@ pub enum LogFormat {
 #[derive(Args)]
 pub struct RunArgs {
     /// Config file or directory (every *.yaml / *.yml inside). Repeatable.
-    #[arg(short = 'c', long = "config", required = true, value_name = "PATH")]
+    #[arg(short = 'c', long = "config", required_unless_present = "kubernetes", value_name = "PATH")]
     pub config: Vec<PathBuf>,
+    /// Read Services, EndpointSlices and the mesh's custom resources from the Kubernetes API
+    /// server too (the kubeconfig KUBECONFIG names, else the pod's service account), beside
+    /// any `-c` files; as Istio's sidecar, every Service is routable on the mesh listener.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// With --kubernetes: watch this namespace only (default: every namespace).
+    #[arg(long, value_name = "NAMESPACE", requires = "kubernetes")]
+    pub namespace: Option<String>,
     /// Admin API address (/ready, /metrics, /clusters, /config_dump).
     #[arg(long, default_value = "127.0.0.1:15000", value_name = "ADDR")]
     pub admin: SocketAddr,

@@ -6,8 +6,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use std::collections::HashSet;
+
 use tokio::signal::unix::{signal, SignalKind};
-use tripline_config::{DocumentCache, LoadOptions, Loaded};
+use tripline_config::{Diagnostic, DocumentCache, LoadOptions, Loaded, Severity};
+use tripline_kube::KubeSource;
 use tripline_proxy::Proxy;
 
 use crate::{init_logging, RunArgs};
@@ -28,18 +31,71 @@ pub fn block_on<T>(rt: &tokio::runtime::Runtime, main: impl std::future::Future<
     })
 }
 
+/// Where the config comes from: files, and with `--kubernetes` the API server too.
+#[derive(Clone)]
+struct Config {
+    paths: Vec<PathBuf>,
+    kube: Option<Arc<KubeSource>>,
+}
+
+/// A loaded config, and the objects from the API server it left out because they are invalid
+/// (each with why).
+struct Load {
+    loaded: Loaded,
+    rejected: Vec<Diagnostic>,
+}
+
 /// Reads and loads the config; with a `cache`, taking the documents that did not change since
 /// the last load from it (`tripline_config::DocumentCache`: a reload parses only what changed).
+///
+/// An invalid object from the API server never takes the rest down: each one a load finds an
+/// error in is left out, and the rest loaded again (an object that only worked with it goes
+/// too). A mistake in a file still fails the load, as without `--kubernetes`.
 fn load(
-    paths: &[PathBuf],
+    config: &Config,
     opts: &LoadOptions,
-    cache: Option<&mut DocumentCache>,
-) -> Result<Loaded, Vec<tripline_config::Diagnostic>> {
-    let sources = tripline_config::read_sources(paths)?;
-    match cache {
-        Some(cache) => tripline_config::load_reusing(&sources, opts, cache),
-        None => tripline_config::load(&sources, opts),
+    mut cache: Option<&mut DocumentCache>,
+) -> Result<Load, Vec<Diagnostic>> {
+    let mut sources =
+        if config.paths.is_empty() { Vec::new() } else { tripline_config::read_sources(&config.paths)? };
+    if let Some(kube) = &config.kube {
+        sources.extend(kube.sources());
     }
+    let mut rejected = Vec::new();
+    loop {
+        let result = match cache.as_deref_mut() {
+            Some(cache) => tripline_config::load_reusing(&sources, opts, cache),
+            None => tripline_config::load(&sources, opts),
+        };
+        let diags = match result {
+            Ok(loaded) => return Ok(Load { loaded, rejected }),
+            Err(diags) => diags,
+        };
+        let invalid = |d: &Diagnostic| {
+            d.severity == Severity::Error && d.file.starts_with(tripline_kube::SOURCE_PREFIX)
+        };
+        let bad: HashSet<String> = diags.iter().filter(|d| invalid(d)).map(|d| d.file.clone()).collect();
+        if bad.is_empty() {
+            return Err(diags);
+        }
+        rejected.extend(diags.into_iter().filter(|d| invalid(d)));
+        sources.retain(|s| !bad.contains(&s.name));
+    }
+}
+
+/// Logs the objects a load left out (those not logged at the last load) and counts them.
+fn report_rejected(proxy: &Proxy, rejected: &[Diagnostic], logged: &mut HashSet<String>) {
+    let now: HashSet<String> = rejected.iter().map(|d| d.to_string()).collect();
+    for d in now.difference(logged) {
+        tracing::error!("{d}");
+    }
+    let objects: HashSet<&str> = rejected.iter().map(|d| d.file.as_str()).collect();
+    if !now.is_subset(logged) {
+        let names: Vec<&str> = objects.iter().copied().collect();
+        tracing::error!(objects = ?names, "left out of the configuration: these objects from the Kubernetes API server are invalid (the rest is applied)");
+    }
+    proxy.shared.global.kubernetes_rejected.store(objects.len() as u64, Ordering::Relaxed);
+    *logged = now;
 }
 
 pub fn run(args: RunArgs) -> ExitCode {
@@ -48,10 +104,34 @@ pub fn run(args: RunArgs) -> ExitCode {
         Ok((soft, hard)) => tracing::info!(soft, hard, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit to its hard limit"),
     }
-    let mut opts =
-        LoadOptions { mesh_bind: args.mesh_bind, dns_refresh: args.dns_refresh, ..LoadOptions::default() };
+    let mut opts = LoadOptions {
+        mesh_bind: args.mesh_bind,
+        dns_refresh: args.dns_refresh,
+        kubernetes: args.kubernetes,
+        ..LoadOptions::default()
+    };
     args.workload.apply(&mut opts);
-    let loaded = match load(&args.config, &opts, None) {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tripline: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let kube = if args.kubernetes {
+        let options = tripline_kube::Options { namespace: args.namespace.clone() };
+        match rt.block_on(KubeSource::start(options, Duration::from_secs(30))) {
+            Ok(k) => Some(Arc::new(k)),
+            Err(e) => {
+                eprintln!("tripline: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let config = Config { paths: args.config.clone(), kube };
+    let Load { loaded, rejected } = match load(&config, &opts, None) {
         Ok(l) => l,
         Err(diags) => {
             for d in &diags {
@@ -66,17 +146,10 @@ pub fn run(args: RunArgs) -> ExitCode {
     }
     let workers =
         args.workers.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from);
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tripline: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
     let (code, threads) = block_on(&rt, async move {
         // Before the config is applied: the upstream pools are sized by the worker count.
         match tripline_proxy::workers::start(workers) {
-            Ok(threads) => (serve(args, opts, loaded, workers).await, Some(threads)),
+            Ok(threads) => (serve(args, config, opts, (loaded, rejected), workers).await, Some(threads)),
             Err(e) => {
                 eprintln!("tripline: cannot start {workers} workers: {e} (use --workers)");
                 (ExitCode::FAILURE, None)
@@ -92,7 +165,13 @@ pub fn run(args: RunArgs) -> ExitCode {
     code
 }
 
-async fn serve(args: RunArgs, opts: LoadOptions, loaded: Loaded, workers: usize) -> ExitCode {
+async fn serve(
+    args: RunArgs,
+    config: Config,
+    opts: LoadOptions,
+    (loaded, rejected): (Loaded, Vec<Diagnostic>),
+    workers: usize,
+) -> ExitCode {
     let access_log =
         match args.access_log.as_ref().map(tripline_proxy::access_log::AccessLog::open).transpose() {
             Ok(log) => log,
@@ -138,14 +217,17 @@ async fn serve(args: RunArgs, opts: LoadOptions, loaded: Loaded, workers: usize)
         eprintln!("tripline: {e}");
         return ExitCode::FAILURE;
     }
+    let mut logged = HashSet::new();
+    report_rejected(&proxy, &rejected, &mut logged);
     // The running config keeps what it needs; the plan is not needed for the process's life.
     drop(loaded);
     crate::alloc::release_free_memory();
     tracing::info!(admin = %args.admin, workers, "tripline ready");
     tokio::spawn(proxy.clone().run_housekeeping());
     let cache = Arc::new(Mutex::new(DocumentCache::default()));
-    let filling = tokio::spawn(fill_document_cache(args.config.clone(), opts.clone(), cache.clone()));
-    tokio::spawn(watch_config(proxy.clone(), args.config.clone(), opts, args.watch_interval, cache, filling));
+    let filling = tokio::spawn(fill_document_cache(config.clone(), opts.clone(), cache.clone()));
+    let watching = Watching { config, opts, every: args.watch_interval, cache, logged };
+    tokio::spawn(watch_config(proxy.clone(), watching, filling));
 
     let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
         (Ok(t), Ok(i)) => (t, i),
@@ -214,11 +296,11 @@ async fn settle<T: PartialEq>(mut seen: T, mut look: impl FnMut() -> T) -> T {
 /// config once more, after the proxy is ready and at low priority: filling it during the
 /// start-up load (cutting every document apart, copying what it decoded) would delay
 /// readiness by a fifth at 100,000 endpoints (docs/benchmarks.md).
-async fn fill_document_cache(paths: Vec<PathBuf>, opts: LoadOptions, cache: Arc<Mutex<DocumentCache>>) {
+async fn fill_document_cache(config: Config, opts: LoadOptions, cache: Arc<Mutex<DocumentCache>>) {
     let started = std::time::Instant::now();
     let filled = crate::low_priority::run(move || {
         let mut cache = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let loaded = load(&paths, &opts, Some(&mut cache));
+        let loaded = load(&config, &opts, Some(&mut cache));
         let documents = cache.len();
         drop((cache, loaded));
         crate::alloc::release_free_memory();
@@ -231,17 +313,25 @@ async fn fill_document_cache(paths: Vec<PathBuf>, opts: LoadOptions, cache: Arc<
     }
 }
 
-/// Reloads when a config file changes (once the writes have settled: [`settle`]) or at once on
-/// SIGHUP. A config that fails to load or apply leaves the running one in place; the failure
-/// is logged and counted.
-async fn watch_config(
-    proxy: Proxy,
-    paths: Vec<PathBuf>,
+/// What the reload loop reads, and what it logged of the objects it left out.
+struct Watching {
+    config: Config,
     opts: LoadOptions,
     every: Duration,
     cache: Arc<Mutex<DocumentCache>>,
-    filling: tokio::task::JoinHandle<()>,
-) {
+    logged: HashSet<String>,
+}
+
+/// How long changes from the API server are gathered before a reload: a rollout changes many
+/// EndpointSlices within a moment, and one reload takes them all.
+const KUBE_GATHER: Duration = Duration::from_millis(100);
+
+/// Reloads when a config file changes (once the writes have settled: [`settle`]), at once on
+/// SIGHUP, and when the API server's objects change (`--kubernetes`). A config that fails to
+/// load or apply leaves the running one in place; the failure is logged and counted.
+async fn watch_config(proxy: Proxy, w: Watching, filling: tokio::task::JoinHandle<()>) {
+    let Watching { config, opts, every, cache, mut logged } = w;
+    let paths = config.paths.clone();
     let mut filling = Some(filling);
     let mut hup = signal(SignalKind::hangup()).ok();
     let mut last = fingerprint(&paths);
@@ -250,6 +340,10 @@ async fn watch_config(
         let forced = tokio::select! {
             _ = tick.tick() => false,
             _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
+            _ = async { match &config.kube { Some(k) => k.changed().await, None => std::future::pending().await } } => {
+                tokio::time::sleep(KUBE_GATHER).await;
+                true
+            }
         };
         let now = fingerprint(&paths);
         if !forced && now == last {
@@ -267,16 +361,16 @@ async fn watch_config(
         // are several, and at the lowest priority (`low_priority`).
         // The live clusters and route tables are built there too (`Proxy::prepare`); only
         // putting them in force is left to this thread.
-        let (p, o, px, c) = (paths.clone(), opts.clone(), proxy.clone(), cache.clone());
+        let (p, o, px, c) = (config.clone(), opts.clone(), proxy.clone(), cache.clone());
         let work = move || {
             // Reloads run one at a time, after the cache was filled: never contended.
             let mut cache = c.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let loaded = load(&p, &o, Some(&mut cache))?;
+            let Load { loaded, rejected } = load(&p, &o, Some(&mut cache))?;
             let reused = cache.reused();
             drop(cache);
             let at = std::time::Instant::now();
             let prepared = px.prepare(&loaded.plan);
-            Ok::<_, Vec<tripline_config::Diagnostic>>((prepared, loaded, at.elapsed(), reused))
+            Ok::<_, Vec<Diagnostic>>((prepared, (loaded, rejected), at.elapsed(), reused))
         };
         let Some(loaded) = crate::low_priority::run(work).await else {
             global.reloads_failed.fetch_add(1, Ordering::Relaxed);
@@ -284,10 +378,11 @@ async fn watch_config(
             continue;
         };
         match loaded {
-            Ok((prepared, loaded, prepare, reused_documents)) => {
+            Ok((prepared, (loaded, rejected), prepare, reused_documents)) => {
                 for w in &loaded.warnings {
                     tracing::warn!("{w}");
                 }
+                report_rejected(&proxy, &rejected, &mut logged);
                 let applying = std::time::Instant::now();
                 match proxy.apply_prepared(&loaded, prepared).await {
                     Ok(retired) => {

@@ -262,7 +262,7 @@ mod tests {
     pub(super) fn widen_race_window() {
         let n = POPS.get().wrapping_add(1);
         POPS.set(n);
-        if n % 8 == 0 {
+        if n.is_multiple_of(8) {
             std::thread::yield_now();
         }
     }

@@ -16,6 +16,7 @@ mod grpc;
 mod h2_server;
 mod harness;
 mod http;
+mod kubernetes;
 mod lifecycle;
 mod limits;
 mod peer_authn;

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod config;
 pub mod faulty;
+pub mod kube;
 pub mod metrics;
 pub mod proxy;
 /// Where the brief's seed configs are (shared with tripline-config's seed tests).

@@ -103,6 +103,15 @@ impl Proxy {
         Self::spawn(dir, config.clone(), &[&config], extra, wrapper).await
     }
 
+    /// Starts `tripline run --kubernetes` without a config file, with `env` (`KUBECONFIG=...`)
+    /// in its environment, and waits for `/ready`.
+    pub async fn start_kube(env: &str, extra: &[&str]) -> Proxy {
+        let dir = unique_dir("proxy");
+        let mut args = vec!["--kubernetes"];
+        args.extend_from_slice(extra);
+        Self::spawn(dir.clone(), dir.join("mesh.yaml"), &[], &args, &["env", env]).await
+    }
+
     /// Starts `tripline run` with a `-c` for each of `paths` (files or directories) and waits
     /// for `/ready`. [`Proxy::write_file`] changes them; `config` is the first.
     pub async fn start_paths(paths: &[&Path], extra: &[&str]) -> Proxy {
