@@ -219,7 +219,7 @@ struct Ctx<'a> {
     service_entry_by_host: HashMap<String, usize>,
     rules: Vec<(&'a Resource, &'a DestinationRule)>,
     /// Lower-cased host → its DestinationRule in `rules`.
-    rule_by_host: HashMap<String, usize>,
+    rule_by_host: HashMap<String, Vec<usize>>,
     /// The DestinationRules whose host is a wildcard, in order.
     wildcard_rules: Vec<usize>,
     clusters: Vec<ClusterPlan>,
@@ -346,20 +346,41 @@ impl<'a> Ctx<'a> {
         out
     }
 
+    /// The DestinationRule for `host`, in Istio's lookup order: the workload's namespace's,
+    /// else the namespace's of the ServiceEntry (Service) declaring the host, else the root
+    /// namespace's; then a wildcard rule covering it.
     fn rule(&self, host: &str) -> Option<(&'a Resource, &'a DestinationRule)> {
-        let exact = self.rule_by_host.get(&host.to_ascii_lowercase()).map(|&i| self.rules[i]);
+        let exact = self.rule_by_host.get(&host.to_ascii_lowercase()).and_then(|candidates| {
+            let of = |ns: Option<&str>| {
+                candidates.iter().map(|&i| self.rules[i]).find(|(r, _)| r.namespace.as_deref() == ns)
+            };
+            let service_ns = self.service_entry(host).and_then(|(r, _)| r.namespace.as_deref());
+            let workload = self.opts.workload_namespace.as_deref();
+            workload
+                .and_then(|w| of(Some(w)))
+                .or_else(|| service_ns.and_then(|n| of(Some(n))))
+                .or_else(|| of(Some(crate::authz::ROOT_NAMESPACE)))
+                .or_else(|| candidates.first().map(|&i| self.rules[i]))
+        });
         exact.or_else(|| {
             self.wildcard_rules.iter().map(|&i| self.rules[i]).find(|(_, dr)| covers(&dr.host.value, host))
         })
     }
 
-    /// Adds a DestinationRule; the first one for a host wins.
+    /// Adds a DestinationRule: one per host and namespace (the first wins; a second in the
+    /// same namespace is an error), chosen among namespaces by [`Ctx::rule`].
     fn add_rule(&mut self, r: &'a Resource, dr: &'a DestinationRule) {
         let host = self.canonical(r, &dr.host.value);
-        if let Some(&first) = self.rule_by_host.get(&host) {
-            let first = self.rules[first].0;
+        let same_namespace = self
+            .rule_by_host
+            .get(&host)
+            .into_iter()
+            .flatten()
+            .map(|&i| self.rules[i].0)
+            .find(|f| f.namespace == r.namespace);
+        if let Some(first) = same_namespace {
             let msg = format!(
-                "{} already applies to host `{}` ({}): merge the two into one DestinationRule (Tripline applies one per host)",
+                "{} already applies to host `{}` ({}): merge the two into one DestinationRule (Tripline applies one per host and namespace)",
                 first.id(),
                 dr.host.value,
                 first.source
@@ -370,8 +391,48 @@ impl<'a> Ctx<'a> {
         if host.starts_with('*') {
             self.wildcard_rules.push(self.rules.len());
         }
-        self.rule_by_host.insert(host, self.rules.len());
+        self.rule_by_host.entry(host).or_default().push(self.rules.len());
         self.rules.push((r, dr));
+    }
+
+    /// [`Ctx::exported`], reported: a note when the resource is for other namespaces, an
+    /// error when that cannot be told.
+    fn visible(&mut self, r: &Resource, export_to: Option<&crate::model::At<Vec<String>>>) -> bool {
+        match self.exported(r, export_to) {
+            Ok(true) => true,
+            Ok(false) => {
+                let at = export_to.expect("only a narrowed exportTo hides");
+                let msg = format!(
+                    "not exported to this workload's namespace (`exportTo`): this {} does not apply here",
+                    r.kind
+                );
+                self.report(r, Severity::Note, at.pos, &at.path, msg);
+                false
+            }
+            Err(msg) => {
+                let at = export_to.expect("only a narrowed exportTo is unknown");
+                self.report(r, Severity::Error, at.pos, &at.path, msg);
+                false
+            }
+        }
+    }
+
+    /// Whether a resource with `exportTo` is visible to this proxy's workload, or why that
+    /// cannot be told. A resource without a namespace is in the workload's.
+    fn exported(
+        &self,
+        r: &Resource,
+        export_to: Option<&crate::model::At<Vec<String>>>,
+    ) -> Result<bool, String> {
+        let Some(to) = export_to.filter(|t| !t.value.iter().any(|n| n == "*")) else { return Ok(true) };
+        let own = |ns: &str| r.namespace.as_deref().is_none_or(|mine| mine == ns);
+        let Some(workload) = self.opts.workload_namespace.as_deref() else {
+            if r.namespace.is_none() && to.value.iter().any(|n| n == ".") {
+                return Ok(true);
+            }
+            return Err(format!("`exportTo` limits where this {} applies, and this proxy's namespace is not known: give --workload-namespace", r.kind));
+        };
+        Ok(to.value.iter().any(|n| n == workload || (n == "." && own(workload))))
     }
 
     /// Indexes the ServiceEntries by host; a host declared by two of them is an error.
@@ -1024,10 +1085,14 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
     for r in resources.iter().map(|r| &**r) {
         match &r.spec {
             Spec::Gateway(g) => gateways.push((r, g)),
-            Spec::ServiceEntry(se) => ctx.service_entries.push((r, se)),
-            Spec::VirtualService(vs) => services.push((r, vs)),
+            Spec::ServiceEntry(se) if ctx.visible(r, se.export_to.as_ref()) => {
+                ctx.service_entries.push((r, se))
+            }
+            Spec::VirtualService(vs) if ctx.visible(r, vs.export_to.as_ref()) => services.push((r, vs)),
+            Spec::DestinationRule(dr) if !ctx.visible(r, dr.export_to.as_ref()) => {}
             Spec::ResiliencePolicy(p) => policies.push((r, &**p)),
             Spec::DestinationRule(dr) => rules.push((r, &**dr)),
+            Spec::ServiceEntry(_) | Spec::VirtualService(_) => {}
             Spec::AuthorizationPolicy(p) => authz_policies.push((r, &**p)),
             Spec::Sidecar(s) => sidecars.push((r, s)),
             Spec::PeerAuthentication(p) => peer_authentications.push((r, p)),

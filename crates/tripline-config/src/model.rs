@@ -305,6 +305,9 @@ pub fn gateway(cx: &mut Cx, spec: &Node) -> Option<Gateway> {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceEntry {
+    /// `exportTo`: the namespaces it is visible in (`None`: all).
+    #[serde(rename = "exportTo", skip_serializing_if = "Option::is_none")]
+    pub export_to: Option<At<Vec<String>>>,
     pub hosts: Vec<At<String>>,
     pub ports: Vec<SePort>,
     pub resolution: String,
@@ -377,7 +380,7 @@ pub const SE_PROTOCOLS: &[&str] =
 
 pub fn service_entry(cx: &mut Cx, spec: &Node) -> Option<ServiceEntry> {
     let f = cx.fields(spec, "spec", &SERVICE_ENTRY)?;
-    export_to(cx, &f);
+    let export_to = export_to(cx, &f);
     let hosts: Vec<At<String>> = match f.value("hosts") {
         Some((n, p)) => cx
             .strings(n, &p)
@@ -481,7 +484,7 @@ pub fn service_entry(cx: &mut Cx, spec: &Node) -> Option<ServiceEntry> {
         Some((n, p)) => cx.strings(n, &p).into_iter().map(|(s, _, _)| s).collect(),
         None => Vec::new(),
     };
-    Some(ServiceEntry { hosts, ports, resolution, endpoints, subject_alt_names })
+    Some(ServiceEntry { hosts, ports, resolution, endpoints, subject_alt_names, export_to })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -489,6 +492,9 @@ pub fn service_entry(cx: &mut Cx, spec: &Node) -> Option<ServiceEntry> {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct VirtualService {
+    /// `exportTo`: the namespaces it is visible in (`None`: all).
+    #[serde(rename = "exportTo", skip_serializing_if = "Option::is_none")]
+    pub export_to: Option<At<Vec<String>>>,
     pub hosts: Vec<At<String>>,
     /// Empty means `mesh`.
     pub gateways: Vec<At<String>>,
@@ -917,7 +923,7 @@ fn retry_on(cx: &mut Cx, node: &Node, path: &str) -> Option<(Vec<String>, RetryO
 
 pub fn virtual_service(cx: &mut Cx, spec: &Node) -> Option<VirtualService> {
     let f = cx.fields(spec, "spec", &VIRTUAL_SERVICE)?;
-    export_to(cx, &f);
+    let export_to = export_to(cx, &f);
     let hosts: Vec<At<String>> = match f.value("hosts") {
         Some((n, p)) => cx
             .strings(n, &p)
@@ -976,7 +982,7 @@ pub fn virtual_service(cx: &mut Cx, spec: &Node) -> Option<VirtualService> {
     if http.is_empty() && tcp.is_empty() && f.value("tls").is_none() {
         cx.error(spec, "spec", "expected at least one route in `http`, `tcp` or `tls`");
     }
-    Some(VirtualService { hosts, gateways, http, tcp, tls })
+    Some(VirtualService { hosts, gateways, http, tcp, tls, export_to })
 }
 
 fn http_route(cx: &mut Cx, node: &Node, path: &str) -> Option<HttpRoute> {
@@ -1380,6 +1386,9 @@ fn fault(cx: &mut Cx, node: &Node, path: &str) -> Option<Fault> {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DestinationRule {
+    /// `exportTo`: the namespaces it is visible in (`None`: all).
+    #[serde(rename = "exportTo", skip_serializing_if = "Option::is_none")]
+    pub export_to: Option<At<Vec<String>>>,
     pub host: At<String>,
     #[serde(rename = "trafficPolicy")]
     pub traffic_policy: TrafficPolicy,
@@ -1621,7 +1630,7 @@ const OUTLIER: Schema = Schema::new("Istio's OutlierDetection", OUTLIER_FIELDS).
 
 pub fn destination_rule(cx: &mut Cx, spec: &Node) -> Option<DestinationRule> {
     let f = cx.fields(spec, "spec", &DESTINATION_RULE)?;
-    export_to(cx, &f);
+    let export_to = export_to(cx, &f);
     let host = match f.value("host") {
         Some((n, p)) => At::new(cx.name(n, &p)?, n, &p),
         None => {
@@ -1654,7 +1663,7 @@ pub fn destination_rule(cx: &mut Cx, spec: &Node) -> Option<DestinationRule> {
             subsets.push(Subset { name: At::new(name, nn, &np), labels, traffic_policy });
         }
     }
-    Some(DestinationRule { host, traffic_policy, subsets })
+    Some(DestinationRule { host, traffic_policy, subsets, export_to })
 }
 
 fn decode_traffic_policy(cx: &mut Cx, node: &Node, path: &str) -> TrafficPolicy {
@@ -2003,16 +2012,24 @@ fn upstream_protocol_choice(cx: &mut Cx, f: &Fields<'_>) {
     }
 }
 
-/// `exportTo`: Tripline has no namespaces and applies every resource in its config, which is
-/// what `["*"]` (Istio's default) says; any narrower visibility is an error.
-fn export_to(cx: &mut Cx, f: &Fields<'_>) {
-    let Some((n, p)) = f.value("exportTo") else { return };
-    for (name, pos, path) in cx.strings(n, &p) {
-        if name != "*" {
-            let msg = format!("exporting to `{name}` is not implemented yet; remove `exportTo` (or use [\"*\"]): Tripline has no namespaces and applies every resource in its config");
-            cx.report(crate::Severity::Error, pos, &path, msg);
+/// `exportTo`: the namespaces a resource is visible in: `*` (all, Istio's default), `.` (its
+/// own), `~` (none, alone), or namespace names. `None` when absent.
+fn export_to(cx: &mut Cx, f: &Fields<'_>) -> Option<At<Vec<String>>> {
+    let (n, p) = f.value("exportTo")?;
+    let names = cx.strings(n, &p);
+    for (name, pos, path) in &names {
+        let namespace = !name.is_empty()
+            && name.len() <= 63
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !matches!(name.as_str(), "*" | "." | "~") && !namespace {
+            let msg = format!("`{name}` is not a namespace: expected `*` (every namespace), `.` (the resource's own), `~` (none) or a namespace name");
+            cx.report(crate::Severity::Error, *pos, path, msg);
         }
     }
+    if names.len() > 1 && names.iter().any(|(n, _, _)| n == "~") {
+        cx.error(n, &p, "`~` (visible nowhere) goes alone in `exportTo`");
+    }
+    Some(At::new(names.into_iter().map(|(n, _, _)| n).collect(), n, &p))
 }
 
 /// The Istio fields of an `outlierDetection` mapping (already checked against its schema).

@@ -132,3 +132,49 @@ fn validate_takes_an_undeclared_short_name_for_a_kubernetes_service_with_a_note(
     let e = load(&src, &LoadOptions::default()).unwrap_err();
     assert!(e.iter().any(|d| d.severity == Severity::Error && d.message.contains("unknown host `checkout`")));
 }
+
+#[test]
+fn export_to_hides_a_resource_from_other_namespaces_and_destination_rules_follow_istio_s_lookup_order() {
+    let rule = |ns: &str, max: u32, export: &str| {
+        format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r-{ns}, namespace: {ns}}}\nspec:\n  host: checkout.shop.svc.cluster.local\n  exportTo: [{export}]\n  trafficPolicy: {{connectionPool: {{tcp: {{maxConnections: {max}}}}}}}\n")
+    };
+    let vs = RULES.split("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule").next().unwrap();
+    let max = |text: &str, workload: &str| {
+        let opts = LoadOptions { workload_namespace: Some(workload.into()), ..LoadOptions::default() };
+        let loaded = with(text, opts);
+        let id = loaded.plan.cluster_by_name("outbound|80||checkout.shop.svc.cluster.local").unwrap();
+        loaded.plan.clusters[id].pool.max_connections
+    };
+    let all = format!(
+        "{SERVICES}{vs}{}{}{}",
+        rule("istio-system", 1, "\"*\""),
+        rule("shop", 2, "\"*\""),
+        rule("web", 3, "\".\"")
+    );
+    // The client's own namespace first, then the service's, then the root namespace.
+    assert_eq!(max(&all, "web"), 3);
+    assert_eq!(max(&all, "shop"), 2);
+    let no_service_ns =
+        format!("{SERVICES}{vs}{}{}", rule("istio-system", 1, "\"*\""), rule("web", 3, "\".\""));
+    assert_eq!(
+        max(&no_service_ns, "shop"),
+        1,
+        "web's rule is exported to web only; the root namespace's applies"
+    );
+    // A VirtualService exported elsewhere only does not route here: the timeout is gone.
+    let hidden = format!(
+        "{SERVICES}{}",
+        vs.replace("  hosts: [checkout]", "  exportTo: [billing]\n  hosts: [checkout]")
+    );
+    let opts =
+        LoadOptions { workload_namespace: Some("shop".into()), kubernetes: true, ..LoadOptions::default() };
+    let loaded = with(&hidden, opts);
+    let mesh = &loaded.plan.listeners[0];
+    let vh = mesh.virtual_hosts.iter().find(|v| v.domains == [HostMatch::Exact("checkout".into())]).unwrap();
+    assert_eq!(vh.routes[0].timeout, None, "the default route, not the hidden VirtualService's");
+    assert!(loaded
+        .warnings
+        .iter()
+        .any(|d| d.severity == Severity::Note
+            && d.message.contains("not exported to this workload's namespace")));
+}

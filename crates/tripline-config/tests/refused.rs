@@ -288,12 +288,17 @@ fn a_delegating_route_is_an_error_and_routes_that_answer_themselves_are_taken() 
 }
 
 #[test]
-fn export_to_everyone_is_what_tripline_does_and_anything_narrower_is_an_error() {
+fn export_to_needs_the_workload_s_namespace_to_narrow_and_names_namespaces() {
     let loaded = ok(&with("@SERVICE_ENTRY", "exportTo: [\"*\"]"));
     assert!(loaded.warnings.is_empty(), "{}", shown(&loaded.warnings));
-    let e = errors(&with("@DESTINATION_RULE", "exportTo: [\".\"]"));
+    // A resource without a namespace is in the workload's: `.` keeps it.
+    let loaded = ok(&with("@DESTINATION_RULE", "exportTo: [\".\"]"));
+    assert!(loaded.warnings.is_empty(), "{}", shown(&loaded.warnings));
+    let e = errors(&with("@DESTINATION_RULE", "exportTo: [billing]"));
     assert_eq!(e.len(), 1, "{}", shown(&e));
-    assert!(e[0].to_string().contains("DestinationRule/backend: spec.exportTo[0]: exporting to `.` is not implemented yet; remove `exportTo`"), "{}", e[0]);
+    assert!(e[0].to_string().contains("DestinationRule/backend: spec.exportTo: `exportTo` limits where this DestinationRule applies, and this proxy's namespace is not known: give --workload-namespace"), "{}", e[0]);
+    let e = errors(&with("@DESTINATION_RULE", "exportTo: [\"Bad_NS\"]"));
+    assert!(e[0].to_string().contains("spec.exportTo[0]: `Bad_NS` is not a namespace"), "{}", e[0]);
 }
 
 #[test]
@@ -354,7 +359,9 @@ fn a_second_rule_or_entry_for_a_host_is_an_error() {
     let e = errors(&format!("{}\n{second_rule}", with("", "")));
     assert_eq!(e.len(), 1, "{}", shown(&e));
     assert!(e[0].to_string().contains("DestinationRule/again: spec.host: DestinationRule/backend already applies to host `backend.local` (mesh.yaml:"), "{}", e[0]);
-    assert!(e[0].message.ends_with("merge the two into one DestinationRule (Tripline applies one per host)"));
+    assert!(e[0]
+        .message
+        .ends_with("merge the two into one DestinationRule (Tripline applies one per host and namespace)"));
     let second_entry = "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: again}\nspec:\n  hosts: [backend.local]\n  ports: [{number: 80, name: http}]\n  resolution: STATIC\n  endpoints: [{address: 10.0.0.1}]\n";
     let e = errors(&format!("{}\n{second_entry}", with("", "")));
     assert_eq!(e.len(), 1, "{}", shown(&e));
