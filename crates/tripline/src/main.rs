@@ -5,6 +5,7 @@ mod alloc;
 mod demo;
 mod explain;
 mod fd_limit;
+mod iptables;
 mod low_priority;
 mod run;
 mod validate;
@@ -46,6 +47,8 @@ enum Command {
     Validate(validate::ValidateArgs),
     /// Run an embedded demo: the proxy plus three built-in upstreams (steady, flaky, slow).
     Demo(DemoArgs),
+    /// Set (or remove) the iptables rules that send a pod's TCP through its sidecar.
+    Iptables(iptables::IptablesArgs),
 }
 
 #[derive(Args, Clone)]
@@ -281,6 +284,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::run(*args),
+        Command::Iptables(args) => iptables::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Demo(args) => demo::run(args),
     }
