@@ -969,6 +969,23 @@ struct Listener {
     port_pos: Pos,
 }
 
+impl Ctx<'_> {
+    /// Every ServiceEntry address with each of its HTTP ports: the destinations the mesh
+    /// listener routes when iptables redirected a connection to it.
+    fn service_addresses(&self) -> Vec<ServiceAddress> {
+        let mut out = Vec::new();
+        for (_, se) in &self.service_entries {
+            let http = se.ports.iter().filter(|p| {
+                matches!(port_protocol(p).as_str(), "HTTP" | "HTTP1" | "HTTP2" | "GRPC" | "GRPC-WEB")
+            });
+            for p in http {
+                out.extend(se.addresses.iter().map(|&block| ServiceAddress { block, port: p.number }));
+            }
+        }
+        out
+    }
+}
+
 /// The mesh (sidecar outbound) listener, for VirtualServices that name no gateway.
 fn mesh_listener(opts: &LoadOptions) -> Listener {
     Listener {
@@ -986,6 +1003,7 @@ fn mesh_listener(opts: &LoadOptions) -> Listener {
             passthrough: false,
             plaintext_too: false,
             mtls: None,
+            intercepted: Some(Vec::new()),
         },
         members: vec![Member { gateway: None, hosts: vec!["*".into()] }],
         domains: Vec::new(),
@@ -1181,6 +1199,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
                     passthrough,
                     plaintext_too: false,
                     mtls: None,
+                    intercepted: None,
                 },
                 members: vec![Member { gateway: Some(r.name.clone()), hosts }],
                 domains: Vec::new(),
@@ -1482,6 +1501,10 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         ctx.default_routes(&mut listeners, &mut binds);
     }
     ctx.check_tcp_clusters(&tcp_clusters);
+    let addresses = ctx.service_addresses();
+    for l in listeners.iter_mut().filter(|l| l.plan.intercepted.is_some()) {
+        l.plan.intercepted = Some(addresses.clone());
+    }
     let inbound = ctx.inbound(&sidecars, &peer_authentications, &mut binds);
 
     let mut plan_listeners = Vec::new();

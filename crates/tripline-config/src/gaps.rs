@@ -54,10 +54,6 @@ pub const SERVICE_ENTRY: Refused = &[(
     "workloadSelector",
     "list the endpoints under `endpoints` instead: Tripline does not discover workloads by their labels",
 )];
-pub const SERVICE_ENTRY_IGNORED: Ignored = &[(
-    "addresses",
-    "Tripline routes by host name on its own listeners and never takes traffic by its destination address, so the addresses select nothing",
-)];
 
 /// ServiceEntry `endpoints[]` (WorkloadEntry).
 pub const WORKLOAD_ENTRY: Refused = &[

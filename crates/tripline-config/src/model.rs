@@ -305,6 +305,10 @@ pub fn gateway(cx: &mut Cx, spec: &Node) -> Option<Gateway> {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceEntry {
+    /// `addresses`: the virtual IPs (a Kubernetes Service's cluster IP) or blocks its clients
+    /// connect to; the sidecar's intercepted connections to them are the service's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<crate::plan::Cidr>,
     /// `exportTo`: the namespaces it is visible in (`None`: all).
     #[serde(rename = "exportTo", skip_serializing_if = "Option::is_none")]
     pub export_to: Option<At<Vec<String>>>,
@@ -367,10 +371,9 @@ impl<T: Serialize> Serialize for NameMap<T> {
 
 const SERVICE_ENTRY: Schema = Schema::new(
     "Istio's ServiceEntry",
-    &["hosts", "ports", "resolution", "endpoints", "location", "exportTo", "subjectAltNames"],
+    &["hosts", "addresses", "ports", "resolution", "endpoints", "location", "exportTo", "subjectAltNames"],
 )
-.refusing(gaps::SERVICE_ENTRY)
-.ignoring(gaps::SERVICE_ENTRY_IGNORED);
+.refusing(gaps::SERVICE_ENTRY);
 const SE_PORT: Schema = Schema::new("Istio's ServicePort", &["number", "name", "protocol", "targetPort"]);
 const WORKLOAD_ENTRY: Schema =
     Schema::new("Istio's WorkloadEntry", &["address", "ports", "labels", "weight"])
@@ -391,6 +394,15 @@ pub fn service_entry(cx: &mut Cx, spec: &Node) -> Option<ServiceEntry> {
     };
     if hosts.is_empty() {
         cx.required(&f, "hosts", "at least one host name");
+    }
+    let mut addresses = Vec::new();
+    if let Some((n, p)) = f.value("addresses") {
+        for (text, pos, ap) in cx.strings(n, &p) {
+            match crate::plan::Cidr::parse(&text) {
+                Ok(c) => addresses.push(c),
+                Err(why) => cx.report(crate::Severity::Error, pos, &ap, why),
+            }
+        }
     }
     let mut ports = Vec::new();
     if let Some((n, p)) = f.value("ports") {
@@ -484,7 +496,7 @@ pub fn service_entry(cx: &mut Cx, spec: &Node) -> Option<ServiceEntry> {
         Some((n, p)) => cx.strings(n, &p).into_iter().map(|(s, _, _)| s).collect(),
         None => Vec::new(),
     };
-    Some(ServiceEntry { hosts, ports, resolution, endpoints, subject_alt_names, export_to })
+    Some(ServiceEntry { hosts, addresses, ports, resolution, endpoints, subject_alt_names, export_to })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -86,6 +86,26 @@ pub struct ListenerPlan {
     /// PeerAuthentication that decided it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mtls: Option<crate::peer_authn::Decided>,
+    /// The mesh listener, which `tripline iptables` redirects the application's outbound TCP
+    /// to: a redirected connection whose original destination is one of these service
+    /// addresses (a ServiceEntry's `addresses`, a Kubernetes Service's cluster IP, with each
+    /// HTTP port) is routed as HTTP; one to any other destination is passed through to it
+    /// untouched (Istio's `ALLOW_ANY`). `None` on other listeners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intercepted: Option<Vec<ServiceAddress>>,
+}
+
+/// A service's virtual address and one of its HTTP ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ServiceAddress {
+    pub block: Cidr,
+    pub port: u16,
+}
+
+impl ServiceAddress {
+    pub fn takes(&self, to: SocketAddr) -> bool {
+        self.port == to.port() && self.block.contains(to.ip())
+    }
 }
 
 /// One Gateway server's TLS settings: how a connection whose SNI matches `hosts` is

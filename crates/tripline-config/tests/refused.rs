@@ -126,7 +126,7 @@ const PLACES: &[(&str, &str, gaps::Refused, gaps::Ignored)] = &[
     ("@SERVER", "Gateway/edge: spec.servers[0]", gaps::SERVER, &[]),
     ("@SERVER_TLS", "Gateway/edge: spec.servers[0].tls", gaps::SERVER_TLS, &[]),
     ("@PORT", "Gateway/edge: spec.servers[0].port", &[], gaps::GATEWAY_PORT),
-    ("@SERVICE_ENTRY", "ServiceEntry/backend: spec", gaps::SERVICE_ENTRY, gaps::SERVICE_ENTRY_IGNORED),
+    ("@SERVICE_ENTRY", "ServiceEntry/backend: spec", gaps::SERVICE_ENTRY, &[]),
     ("@ENDPOINT", "ServiceEntry/backend: spec.endpoints[0]", gaps::WORKLOAD_ENTRY, &[]),
     ("@VIRTUAL_SERVICE", "VirtualService/backend: spec", gaps::VIRTUAL_SERVICE, &[]),
     ("@ROUTE", "VirtualService/backend: spec.http[0]", gaps::HTTP_ROUTE, &[]),

@@ -13,6 +13,8 @@
 //!   address families of a dual-stack Service are endpoints; `FQDN` slices are left out.
 //! - **Zone**: the endpoint's `zone` (else the slice's first zone hint) is kept as the label
 //!   `topology.kubernetes.io/zone`, for locality later.
+//! - **Cluster IPs** are the entry's `addresses`: what a sidecar's intercepted connections
+//!   to the Service are recognized by.
 //! - **ExternalName** Services become a DNS-resolved entry for the external name.
 
 use std::collections::BTreeMap;
@@ -88,6 +90,25 @@ pub fn service_entry(svc: &Service, slices: &[&EndpointSlice]) -> Option<Value> 
             "ports": se_ports,
         },
     });
+    // The cluster IPs (both families' on a dual-stack Service): a sidecar's intercepted
+    // connections to them are this Service's.
+    let ips: Vec<&String> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+        .collect();
+    let mut ips: Vec<&String> = ips.into_iter().fold(Vec::new(), |mut v, ip| {
+        if !v.contains(&ip) {
+            v.push(ip);
+        }
+        v
+    });
+    ips.sort();
+    if !ips.is_empty() {
+        entry["spec"]["addresses"] = json!(ips);
+    }
     if spec.type_.as_deref() == Some("ExternalName") {
         let external = spec.external_name.as_deref()?;
         entry["spec"]["resolution"] = json!("DNS");
@@ -228,8 +249,13 @@ mod tests {
         );
         let v6 = slice("IPv6", &[(Some("http"), 8081)], vec![endpoint("fd00::1", Some(true), false)]);
         let fqdn = slice("FQDN", &[(Some("http"), 80)], vec![endpoint("example.com", Some(true), false)]);
+        let mut svc = svc;
+        let spec = svc.spec.as_mut().unwrap();
+        spec.cluster_ip = Some("10.96.0.10".into());
+        spec.cluster_ips = Some(vec!["10.96.0.10".into(), "fd00::10".into()]);
         let se = service_entry(&svc, &[&v4, &v6, &fqdn]).unwrap();
         assert_eq!(se["spec"]["hosts"], json!(["checkout.shop.svc.cluster.local"]));
+        assert_eq!(se["spec"]["addresses"], json!(["10.96.0.10", "fd00::10"]));
         assert_eq!(
             se["spec"]["ports"],
             json!([{"number": 80, "name": "http", "protocol": "HTTP"}, {"number": 9090, "name": "grpc", "protocol": "GRPC"}])

@@ -60,6 +60,11 @@ async fn accept_loop(
         backoff.succeeded(&rt.name);
         let _ = stream.set_nodelay(true);
         let tracker = ConnTracker::new(&shared);
+        if let Some(to) = passes_through(&rt, &stream) {
+            let (shared, rt) = (shared.clone(), rt.clone());
+            hand_over(stream, move |s| crate::tcp_proxy::pass_to(shared, rt, s, peer, to, tracker));
+            continue;
+        }
         match rt.protocol {
             ListenerProtocol::Tcp => {
                 let (shared, rt) = (shared.clone(), rt.clone());
@@ -89,6 +94,17 @@ async fn accept_loop(
         }
     }
     tracing::info!(listener = %rt.name, bind = %rt.bind, "listener closed");
+}
+
+/// On the mesh listener: where a connection iptables redirected there was going, when that is
+/// no service it routes (`ListenerPlan::intercepted`), to pass it through untouched. `None`
+/// for a connection made to the listener itself, or to a service's address.
+fn passes_through(rt: &ListenerRuntime, stream: &TcpStream) -> Option<SocketAddr> {
+    let config = rt.config.load();
+    let services = config.intercepted.as_ref()?;
+    let to = crate::net_io::original_destination(stream)?;
+    let local = stream.local_addr().ok()?;
+    (to != local && !services.iter().any(|s| s.takes(to))).then_some(to)
 }
 
 /// Serves an accepted connection on the worker [`workers::pick`] chooses: here, or moved to

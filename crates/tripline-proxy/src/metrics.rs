@@ -370,6 +370,16 @@ impl Collector for Scrape {
             ]
             .into_iter(),
         )?;
+        counter(
+            &mut enc,
+            "tripline_passthrough_connections",
+            "Connections iptables redirected to the mesh listener for a destination that is no service of the mesh, passed through to it, by whether the connect worked.",
+            [
+                (vec![("result", "connected".to_string())], self.global.passthrough_connected.load(Ordering::Relaxed)),
+                (vec![("result", "failed".to_string())], self.global.passthrough_failed.load(Ordering::Relaxed)),
+            ]
+            .into_iter(),
+        )?;
         gauge(
             &mut enc,
             "tripline_kubernetes_rejected_objects",

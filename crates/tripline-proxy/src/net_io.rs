@@ -503,6 +503,16 @@ impl AsyncWrite for TcpIo {
     }
 }
 
+/// Where a connection was going before iptables redirected it to this socket
+/// (`SO_ORIGINAL_DST`): the local address itself for one that was not redirected. `None`
+/// when the kernel keeps no record of it (no connection tracking).
+pub fn original_destination(stream: &TcpStream) -> Option<std::net::SocketAddr> {
+    let socket = socket2::SockRef::from(stream);
+    let v6 = stream.local_addr().ok()?.is_ipv6();
+    let found = if v6 { socket.original_dst_v6() } else { socket.original_dst_v4() };
+    found.ok()?.as_socket()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

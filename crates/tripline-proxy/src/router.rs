@@ -53,6 +53,8 @@ pub struct ListenerConfig {
     /// See `ListenerPlan::plaintext_too` (PeerAuthentication PERMISSIVE): `tls` terminates a
     /// connection that begins with a TLS record; any other is served in plaintext.
     pub plaintext_too: bool,
+    /// See `ListenerPlan::intercepted`: the mesh listener's service addresses.
+    pub intercepted: Option<Arc<[tripline_config::plan::ServiceAddress]>>,
 }
 
 /// A TCP listener's route and the connections it takes.
@@ -352,6 +354,7 @@ impl ListenerConfig {
             https_redirect: plan.https_redirect,
             passthrough: plan.passthrough,
             plaintext_too: plan.plaintext_too,
+            intercepted: plan.intercepted.as_deref().map(Arc::from),
             exact: Default::default(),
             wildcards: Vec::new(),
         })
@@ -447,6 +450,7 @@ mod tests {
             https_redirect: false,
             passthrough: false,
             plaintext_too: false,
+            intercepted: None,
             exact: Default::default(),
             wildcards: Vec::new(),
         })

@@ -104,6 +104,10 @@ pub struct GlobalStats {
     /// Objects from the Kubernetes API server left out of the running config because they
     /// are invalid (`--kubernetes`), at the last load.
     pub kubernetes_rejected: AtomicU64,
+    /// Connections the mesh listener passed through to their original destination (no
+    /// service of the mesh), by whether the connect worked.
+    pub passthrough_connected: AtomicU64,
+    pub passthrough_failed: AtomicU64,
     pub downstream_connections: AtomicU64,
     pub downstream_connections_total: AtomicU64,
     /// Access log lines dropped because the writer fell behind.

@@ -76,6 +76,42 @@ pub async fn serve(
     tracing::debug!(listener = %rt.name, %peer, reason = failure.as_str(), "TLS handshake failed");
 }
 
+/// How long a passed-through connection may take to connect (Istio's default
+/// `connectTimeout`).
+const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection iptables redirected to the mesh listener whose destination is no service it
+/// routes: connected to where it was going and copied both ways, bytes untouched (Istio's
+/// `ALLOW_ANY` through its PassthroughCluster). Counted as connected or failed.
+pub async fn pass_to(
+    shared: Arc<Shared>,
+    rt: Arc<ListenerRuntime>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    to: SocketAddr,
+    _t: ConnTracker,
+) {
+    let stats = &shared.global;
+    let connected = tokio::time::timeout(PASSTHROUGH_CONNECT_TIMEOUT, TcpStream::connect(to)).await;
+    let mut upstream = match connected {
+        Ok(Ok(s)) => s,
+        failed => {
+            stats.passthrough_failed.fetch_add(1, Ordering::Relaxed);
+            let error = failed.map_or_else(
+                |_| "timed out".to_string(),
+                |r| r.err().map(|e| e.to_string()).unwrap_or_default(),
+            );
+            tracing::debug!(listener = %rt.name, %peer, %to, %error, "passthrough: cannot connect to the original destination");
+            return;
+        }
+    };
+    stats.passthrough_connected.fetch_add(1, Ordering::Relaxed);
+    let _ = upstream.set_nodelay(true);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(listener = %rt.name, %peer, %to, error = %e, "passthrough ended with error");
+    }
+}
+
 /// Whether a client on a PERMISSIVE listener begins with a TLS record. A client that sends
 /// nothing within the request-head timeout is taken as plaintext: the protocol may be one
 /// whose server speaks first (a database's greeting), and the application answers it then.

@@ -247,6 +247,7 @@ impl<'a> Ctx<'a> {
             passthrough: false,
             plaintext_too,
             mtls: Some(decided),
+            intercepted: None,
         }
     }
 }

@@ -23,6 +23,7 @@ mod peer_authn;
 mod reload;
 mod resilience;
 mod routing;
+mod sidecar;
 mod tcp;
 mod tls;
 mod traffic;

@@ -6,6 +6,7 @@ pub mod config;
 pub mod faulty;
 pub mod kube;
 pub mod metrics;
+pub mod netns;
 pub mod proxy;
 /// Where the brief's seed configs are (shared with tripline-config's seed tests).
 #[path = "../../../../tripline-config/tests/seeds_dir/mod.rs"]
@@ -17,7 +18,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use client::{get, get_with, Conn, Proto, Resp};
-pub use proxy::Proxy;
+pub use proxy::{binary, Proxy};
 pub use upstream::Upstream;
 
 /// A port that was free a moment ago on 127.0.0.1, for the proxy to bind.

@@ -118,6 +118,15 @@ impl Proxy {
         Self::spawn(unique_dir("proxy"), paths[0].to_owned(), paths, extra, &[]).await
     }
 
+    /// Starts `tripline run` on `yaml` as the last arguments of `wrapper`, its admin API on
+    /// `admin` (another network namespace's address, say).
+    pub async fn start_wrapped_at(yaml: &str, admin: SocketAddr, extra: &[&str], wrapper: &[&str]) -> Proxy {
+        let dir = unique_dir("proxy");
+        let config = dir.join("mesh.yaml");
+        fs::write(&config, yaml).unwrap();
+        Self::spawn_at(dir, config.clone(), &[&config], extra, wrapper, admin).await
+    }
+
     async fn spawn(
         dir: PathBuf,
         config: PathBuf,
@@ -126,6 +135,17 @@ impl Proxy {
         wrapper: &[&str],
     ) -> Proxy {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::spawn_at(dir, config, paths, extra, wrapper, admin).await
+    }
+
+    async fn spawn_at(
+        dir: PathBuf,
+        config: PathBuf,
+        paths: &[&Path],
+        extra: &[&str],
+        wrapper: &[&str],
+        admin: SocketAddr,
+    ) -> Proxy {
         let stderr = dir.join("stderr.log");
         let stdout = dir.join("stdout.log");
         let admin_arg = admin.to_string();
