@@ -66,6 +66,9 @@ pub struct LoadOptions {
     /// `checkout.shop`, `*.svc.cluster.local`) that nothing declares is taken to be one, with a
     /// note, instead of an unknown host (an error).
     pub assume_kubernetes_services: bool,
+    /// `--inbound-capture`: where `tripline iptables` redirects inbound TCP; the Sidecar
+    /// ingress ports are then reached through it instead of binding their own ports.
+    pub inbound_capture: Option<SocketAddr>,
 }
 
 impl Default for LoadOptions {
@@ -80,6 +83,7 @@ impl Default for LoadOptions {
             identity_dir: None,
             kubernetes: false,
             assume_kubernetes_services: false,
+            inbound_capture: None,
         }
     }
 }

@@ -93,6 +93,15 @@ pub struct ListenerPlan {
     /// untouched (Istio's `ALLOW_ANY`). `None` on other listeners.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub intercepted: Option<Vec<ServiceAddress>>,
+    /// A sidecar inbound port reached through the inbound capture listener
+    /// (`--inbound-capture`, where `tripline iptables` redirects inbound TCP): not bound itself.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub captured: bool,
+    /// The inbound capture listener: each connection is served by the captured listener of its
+    /// original destination port, or, for a port no Sidecar ingress has, passed through to
+    /// where it was going.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inbound_capture: bool,
 }
 
 /// A service's virtual address and one of its HTTP ports.

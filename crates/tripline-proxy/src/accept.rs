@@ -30,6 +30,18 @@ pub fn start(
     rt
 }
 
+/// A listener that accepts nothing itself: a Sidecar ingress port the inbound capture
+/// listener hands its connections to (`ListenerPlan::captured`).
+pub fn captured(
+    name: String,
+    bind: SocketAddr,
+    protocol: ListenerProtocol,
+    config: Arc<ListenerConfig>,
+) -> Arc<ListenerRuntime> {
+    let (stop, _) = watch::channel(false);
+    Arc::new(ListenerRuntime::new(name, bind, protocol, config, stop))
+}
+
 async fn accept_loop(
     shared: Arc<Shared>,
     rt: Arc<ListenerRuntime>,
@@ -37,7 +49,6 @@ async fn accept_loop(
     mut stopped: watch::Receiver<bool>,
 ) {
     let http1 = Arc::new(crate::http_conn::http1_builder(shared.header_limits.get()));
-    let h2_only = rt.protocol == ListenerProtocol::Http2;
     let mut shutdown = shared.shutdown.subscribe();
     let mut backoff = AcceptBackoff::default();
     loop {
@@ -65,6 +76,16 @@ async fn accept_loop(
             hand_over(stream, move |s| crate::tcp_proxy::pass_to(shared, rt, s, peer, to, tracker));
             continue;
         }
+        let rt = match inbound_target(&shared, &rt, &stream) {
+            Inbound::Here => rt.clone(),
+            Inbound::Port(target) => target,
+            Inbound::PassTo(to) => {
+                let (shared, rt) = (shared.clone(), rt.clone());
+                hand_over(stream, move |s| crate::tcp_proxy::pass_to(shared, rt, s, peer, to, tracker));
+                continue;
+            }
+        };
+        let h2_only = rt.protocol == ListenerProtocol::Http2;
         match rt.protocol {
             ListenerProtocol::Tcp => {
                 let (shared, rt) = (shared.clone(), rt.clone());
@@ -94,6 +115,33 @@ async fn accept_loop(
         }
     }
     tracing::info!(listener = %rt.name, bind = %rt.bind, "listener closed");
+}
+
+/// Who serves a connection accepted on a listener.
+enum Inbound {
+    /// The listener itself.
+    Here,
+    /// On the inbound capture listener: the captured Sidecar ingress port it was for.
+    Port(Arc<ListenerRuntime>),
+    /// On the inbound capture listener, for a port no ingress has: its original destination.
+    PassTo(SocketAddr),
+}
+
+/// On the inbound capture listener (`ListenerPlan::inbound_capture`), the listener of the
+/// connection's original destination port. A lookup in the listener table per accepted
+/// connection (not per request), on this listener only.
+fn inbound_target(shared: &Shared, rt: &ListenerRuntime, stream: &TcpStream) -> Inbound {
+    if !rt.config.load().inbound_capture {
+        return Inbound::Here;
+    }
+    let Some(to) = crate::net_io::original_destination(stream) else { return Inbound::Here };
+    let listeners = crate::lock(&shared.listeners);
+    let port = listeners.values().find(|l| l.bind.port() == to.port() && l.config.load().captured);
+    match port {
+        Some(l) => Inbound::Port(l.clone()),
+        None if stream.local_addr().is_ok_and(|local| local != to) => Inbound::PassTo(to),
+        None => Inbound::Here,
+    }
 }
 
 /// On the mesh listener: where a connection iptables redirected there was going, when that is

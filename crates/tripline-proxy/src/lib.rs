@@ -286,6 +286,13 @@ impl Proxy {
         {
             let current = lock(&shared.listeners);
             for (lp, config) in plan.listeners.iter().zip(configs) {
+                if lp.captured {
+                    match current.get(&lp.bind).filter(|rt| rt.protocol == lp.protocol) {
+                        Some(rt) => updates.push((rt.clone(), config)),
+                        None => bound.push(accept::captured(lp.name.clone(), lp.bind, lp.protocol, config)),
+                    }
+                    continue;
+                }
                 match sockets.remove(&lp.bind) {
                     Some(socket) => bound.push(accept::start(
                         shared,
@@ -433,6 +440,8 @@ async fn bind_new_listeners(
         let current = lock(&shared.listeners);
         plan.listeners
             .iter()
+            // A captured inbound port binds nothing: the inbound capture listener serves it.
+            .filter(|lp| !lp.captured)
             .filter_map(|lp| match current.get(&lp.bind) {
                 Some(rt) if rt.protocol == lp.protocol => None,
                 running => Some((running.is_some(), lp)),

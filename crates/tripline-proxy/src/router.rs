@@ -55,6 +55,9 @@ pub struct ListenerConfig {
     pub plaintext_too: bool,
     /// See `ListenerPlan::intercepted`: the mesh listener's service addresses.
     pub intercepted: Option<Arc<[tripline_config::plan::ServiceAddress]>>,
+    /// See `ListenerPlan::captured` and `ListenerPlan::inbound_capture`.
+    pub captured: bool,
+    pub inbound_capture: bool,
 }
 
 /// A TCP listener's route and the connections it takes.
@@ -355,6 +358,8 @@ impl ListenerConfig {
             passthrough: plan.passthrough,
             plaintext_too: plan.plaintext_too,
             intercepted: plan.intercepted.as_deref().map(Arc::from),
+            captured: plan.captured,
+            inbound_capture: plan.inbound_capture,
             exact: Default::default(),
             wildcards: Vec::new(),
         })
@@ -451,6 +456,8 @@ mod tests {
             passthrough: false,
             plaintext_too: false,
             intercepted: None,
+            captured: false,
+            inbound_capture: false,
             exact: Default::default(),
             wildcards: Vec::new(),
         })

@@ -78,6 +78,11 @@ pub struct RunArgs {
     /// any `-c` files; as Istio's sidecar, every Service is routable on the mesh listener.
     #[arg(long)]
     pub kubernetes: bool,
+    /// Where `tripline iptables` redirects inbound TCP (e.g. 0.0.0.0:15006): each connection
+    /// is served by the Sidecar ingress port it was for, which then binds no port of its own;
+    /// one for another port goes on to where it was going.
+    #[arg(long, value_name = "ADDR")]
+    pub inbound_capture: Option<SocketAddr>,
     /// With --kubernetes: watch this namespace only (default: every namespace).
     #[arg(long, value_name = "NAMESPACE", requires = "kubernetes")]
     pub namespace: Option<String>,

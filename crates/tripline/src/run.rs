@@ -108,6 +108,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         mesh_bind: args.mesh_bind,
         dns_refresh: args.dns_refresh,
         kubernetes: args.kubernetes,
+        inbound_capture: args.inbound_capture,
         ..LoadOptions::default()
     };
     args.workload.apply(&mut opts);

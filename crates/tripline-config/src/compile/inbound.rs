@@ -17,6 +17,28 @@ use crate::plan::{
 use crate::sidecar::{Ingress, Sidecar};
 use crate::tls::Termination;
 
+/// The inbound capture listener (`--inbound-capture`), which hands each connection to the
+/// ingress port it was for.
+fn capture_listener(bind: SocketAddr) -> ListenerPlan {
+    ListenerPlan {
+        name: "inbound-capture".into(),
+        bind,
+        protocol: ListenerProtocol::Tcp,
+        virtual_hosts: Vec::new(),
+        tcp_routes: Vec::new(),
+        trust_client: true,
+        trusted_proxies: 0,
+        tls: Vec::new(),
+        https_redirect: false,
+        passthrough: false,
+        plaintext_too: false,
+        mtls: None,
+        intercepted: None,
+        captured: false,
+        inbound_capture: true,
+    }
+}
+
 /// A resource with the name it is shown by (`<namespace>/<name>`).
 fn shown(r: &Resource) -> String {
     match &r.namespace {
@@ -53,13 +75,28 @@ impl<'a> Ctx<'a> {
             let msg = format!("PeerAuthentication `{first}` applies at the same level and was loaded first, so this one is not used (Istio keeps the oldest): merge them");
             self.report(r, Severity::Warning, r.pos, "metadata.name", msg);
         }
+        let mut out = Vec::new();
+        if let Some(bind) = self.opts.inbound_capture {
+            if let Some(other) = binds.insert(bind, "inbound-capture".into()) {
+                let msg = format!("--inbound-capture {bind} is already used by listener `{other}`");
+                self.diags.push(crate::Diagnostic {
+                    severity: Severity::Error,
+                    file: "(command line)".into(),
+                    line: 0,
+                    column: 0,
+                    path: "--inbound-capture".into(),
+                    message: msg,
+                });
+            }
+            out.push(capture_listener(bind));
+        }
         let Some((sidecar_res, sidecar)) = self.pick_sidecar(sidecars) else {
             for a in &applicable {
                 let (r, _) = peers[a.index];
                 let msg = "PeerAuthentication sets the mutual TLS of the sidecar's inbound listeners (a Sidecar's `ingress`), and this workload has none: it changes nothing here (a Gateway server's TLS is its own `tls`)";
                 self.report(r, Severity::Warning, r.pos, "spec", msg);
             }
-            return Vec::new();
+            return out;
         };
         for (index, port, at) in composed.port_levels() {
             if !sidecar.ingress.iter().any(|i| i.port.value == port) {
@@ -69,7 +106,6 @@ impl<'a> Ctx<'a> {
                 self.report(r, Severity::Warning, at.pos, &at.path, msg);
             }
         }
-        let mut out = Vec::new();
         for ingress in &sidecar.ingress {
             let bind = SocketAddr::new(ingress.bind, ingress.port.value);
             if let Some(other) = binds.get(&bind) {
@@ -248,6 +284,8 @@ impl<'a> Ctx<'a> {
             plaintext_too,
             mtls: Some(decided),
             intercepted: None,
+            captured: self.opts.inbound_capture.is_some(),
+            inbound_capture: false,
         }
     }
 }

@@ -78,3 +78,39 @@ async fn iptables_sends_the_pod_s_traffic_through_the_proxy_and_unknown_destinat
     let saved = pod.run("iptables-save", &["-t", "nat"]);
     assert!(!String::from_utf8_lossy(&saved.stdout).contains("TRIPLINE"), "rules left behind");
 }
+
+/// Inbound: with `--inbound-capture`, what comes to the pod's port 8080 is redirected to the
+/// capture port and served by the Sidecar ingress port 8080 (which binds nothing itself),
+/// then sent to the application; a port no ingress has goes on to where it was going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_connections_are_served_by_the_ingress_port_they_were_for() {
+    let Some(pod) = Pod::new("in") else { return };
+    // The "application": an upstream out here, as the ingress port's defaultEndpoint.
+    let app = Upstream::http_at("app", SocketAddr::new(pod.host_ip.into(), 0)).await;
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: app}}\nspec:\n  ingress:\n  - port: {{number: 8080, protocol: HTTP, name: http}}\n    defaultEndpoint: {}\n",
+        app.addr
+    );
+    let install = pod.run(binary(), &["iptables", "install"]);
+    assert!(install.status.success(), "{}", String::from_utf8_lossy(&install.stderr));
+    let mut wrapper = pod.exec_prefix();
+    wrapper.extend(["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"].map(String::from));
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let admin = SocketAddr::new(pod.pod_ip.into(), 15000);
+    let proxy =
+        Proxy::start_wrapped_at(&yaml, admin, &["--inbound-capture", "0.0.0.0:15006"], &wrapper).await;
+
+    // From out here to the pod's port 8080: through the capture port to the ingress port.
+    let r = crate::support::get(SocketAddr::new(pod.pod_ip.into(), 8080), "app", "/hello").await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["id"], "app");
+    assert!(r.seen_header("x-request-id").is_some(), "the proxy's request path gave it an id");
+    let served = proxy.metric("tripline_requests_total", &[("cluster", "inbound|8080||")]).await;
+    assert_eq!(served, 1.0, "{}", proxy.metrics().await);
+    // A port no ingress has: on to where it was going (nothing listens there).
+    assert!(crate::support::get(SocketAddr::new(pod.pod_ip.into(), 9999), "app", "/").await.is_err());
+    crate::support::eventually("the passthrough is counted", std::time::Duration::from_secs(5), || async {
+        proxy.metric("tripline_passthrough_connections_total", &[("result", "failed")]).await == 1.0
+    })
+    .await;
+}
