@@ -2,6 +2,7 @@
 //! embedded config against built-in demo upstreams.
 
 mod alloc;
+mod crds;
 mod demo;
 mod explain;
 mod fd_limit;
@@ -49,6 +50,8 @@ enum Command {
     Demo(DemoArgs),
     /// Set (or remove) the iptables rules that send a pod's TCP through its sidecar.
     Iptables(iptables::IptablesArgs),
+    /// Print the CustomResourceDefinitions of the kinds Tripline reads (for `kubectl apply -f -`).
+    Crds,
 }
 
 #[derive(Args, Clone)]
@@ -290,6 +293,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Iptables(args) => iptables::run(args),
+        Command::Crds => {
+            print!("{}", crds::yaml());
+            ExitCode::SUCCESS
+        }
         Command::Validate(args) => validate::run(args),
         Command::Demo(args) => demo::run(args),
     }
