@@ -314,7 +314,11 @@ impl Proxy {
         {
             let mut current = lock(&shared.listeners);
             for rt in bound {
-                tracing::info!(listener = %rt.name, bind = %rt.bind, protocol = ?rt.protocol, "listening");
+                if rt.config.load().captured {
+                    tracing::info!(listener = %rt.name, port = rt.bind.port(), protocol = ?rt.protocol, "served through the inbound capture listener");
+                } else {
+                    tracing::info!(listener = %rt.name, bind = %rt.bind, protocol = ?rt.protocol, "listening");
+                }
                 current.insert(rt.bind, rt);
             }
             let keep: std::collections::HashSet<SocketAddr> = plan.listeners.iter().map(|l| l.bind).collect();

@@ -19,6 +19,7 @@ mod http;
 mod kubernetes;
 mod lifecycle;
 mod limits;
+mod mesh_example;
 mod peer_authn;
 mod reload;
 mod resilience;

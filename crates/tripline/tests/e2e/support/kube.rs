@@ -23,16 +23,18 @@ pub struct KubeApi {
     client: kube::Client,
 }
 
-/// `$TRIPLINE_SHARED/tools/kube-test`, by default in the `shared` directory beside the clone.
-fn tools() -> PathBuf {
+/// `$TRIPLINE_SHARED`, by default the `shared` directory beside the clone.
+pub fn shared() -> PathBuf {
     let beside_the_clone = || {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
         manifest.ancestors().nth(3).unwrap_or(manifest).join("shared")
     };
-    std::env::var_os("TRIPLINE_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(beside_the_clone)
-        .join("tools/kube-test")
+    std::env::var_os("TRIPLINE_SHARED").map(PathBuf::from).unwrap_or_else(beside_the_clone)
+}
+
+/// `$TRIPLINE_SHARED/tools/kube-test`.
+fn tools() -> PathBuf {
+    shared().join("tools/kube-test")
 }
 
 impl KubeApi {
