@@ -48,13 +48,48 @@ spec:
 
 #[cfg(test)]
 mod tests {
+    const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy");
+
     #[test]
-    fn deploy_crds_yaml_is_what_tripline_crds_prints() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/crds.yaml");
-        let written = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(
-            written == super::yaml(),
-            "deploy/crds.yaml is not what `tripline crds` prints: run `cargo run -p tripline -- crds > deploy/crds.yaml`"
-        );
+    fn deploy_crds_yaml_and_the_chart_s_copy_are_what_tripline_crds_prints() {
+        for file in ["crds.yaml", "helm/tripline/crds/crds.yaml"] {
+            let written = std::fs::read_to_string(format!("{DEPLOY}/{file}")).unwrap_or_default();
+            assert!(
+                written == super::yaml(),
+                "deploy/{file} is not what `tripline crds` prints: run `cargo run -p tripline -- crds > deploy/{file}`"
+            );
+        }
+    }
+
+    /// The chart's role grants list and watch on exactly what the Kubernetes source reads.
+    #[test]
+    fn the_chart_s_role_lists_and_watches_exactly_what_tripline_reads() {
+        let rbac = std::fs::read_to_string(format!("{DEPLOY}/helm/tripline/templates/rbac.yaml")).unwrap();
+        let list = |line: &str, key: &str| -> Vec<String> {
+            let inner = line.trim().trim_start_matches("- ").strip_prefix(key).unwrap().trim();
+            inner
+                .trim_matches(|c| c == '[' || c == ']')
+                .split(',')
+                .map(|s| s.trim().trim_matches('"').to_string())
+                .collect()
+        };
+        let mut granted = std::collections::BTreeSet::new();
+        let lines: Vec<&str> = rbac.lines().collect();
+        for (i, line) in lines.iter().enumerate().filter(|(_, l)| l.trim_start().starts_with("- apiGroups:"))
+        {
+            let groups = list(line, "apiGroups:");
+            let resources = list(lines[i + 1], "resources:");
+            assert_eq!(list(lines[i + 2], "verbs:"), ["list", "watch"], "only list and watch");
+            for g in &groups {
+                granted.extend(resources.iter().map(|r| (g.clone(), r.clone())));
+            }
+        }
+        let mut read: std::collections::BTreeSet<(String, String)> = tripline_kube::objects::KINDS
+            .iter()
+            .map(|k| (k.group.to_string(), k.plural.to_string()))
+            .collect();
+        read.insert((String::new(), "services".into()));
+        read.insert(("discovery.k8s.io".into(), "endpointslices".into()));
+        assert_eq!(granted, read);
     }
 }
