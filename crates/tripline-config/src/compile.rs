@@ -484,7 +484,10 @@ impl<'a> Ctx<'a> {
             };
             let canonical = self.canonical(r, &host.value);
             if self.service_entry(&canonical).is_none() {
-                self.report(r, Severity::Error, host.pos, &host.path, unknown_host(&host.value));
+                match self.assumed_kube_service(r, &host.value) {
+                    Some(note) => self.report(r, Severity::Note, host.pos, &host.path, note),
+                    None => self.report(r, Severity::Error, host.pos, &host.path, unknown_host(&host.value)),
+                }
                 continue;
             }
             if let Some(s) = subset {

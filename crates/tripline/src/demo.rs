@@ -276,19 +276,33 @@ mod tests {
         assert_eq!(loaded.plan.listeners[0].bind.port(), 18000);
     }
 
-    /// Every runnable example in `examples/` validates without warnings.
+    /// Every runnable example in `examples/` validates without warnings; `examples/mesh/`'s
+    /// policies, whose hosts are Kubernetes Services from the API server, as `validate` reads
+    /// them without a cluster (notes only).
     #[test]
     fn examples_validate() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
         let mut checked = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
+            let (path, opts) = if path.is_dir() {
+                let opts = LoadOptions {
+                    assume_kubernetes_services: true,
+                    listeners_required: false,
+                    workload_namespace: Some("shop".into()),
+                    ..LoadOptions::default()
+                };
+                (path.join("policies.yaml"), opts)
+            } else {
+                (path, LoadOptions::default())
+            };
             let sources = tripline_config::read_sources(std::slice::from_ref(&path)).unwrap();
-            let loaded = tripline_config::load(&sources, &LoadOptions::default())
+            let loaded = tripline_config::load(&sources, &opts)
                 .unwrap_or_else(|d| panic!("{}: {:?}", path.display(), d));
-            assert!(loaded.warnings.is_empty(), "{}: {:?}", path.display(), loaded.warnings);
+            let noted = |d: &tripline_config::Diagnostic| d.severity == tripline_config::Severity::Note;
+            assert!(loaded.warnings.iter().all(noted), "{}: {:?}", path.display(), loaded.warnings);
             checked += 1;
         }
-        assert!(checked >= 2, "expected the examples in {}", dir.display());
+        assert!(checked >= 3, "expected the examples in {}", dir.display());
     }
 }

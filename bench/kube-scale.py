@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""Tripline's Kubernetes source at scale (issue 20's benchmark), against the real API server
+of ../shared/tools/kube-test:
+
+1. memory: the proxy's RSS with SERVICES Services of ENDPOINTS endpoints each, against the
+   same proxy with 10 Services of one endpoint: bytes per endpoint;
+2. time from an EndpointSlice change to traffic: a slice of one Service is moved to a new
+   endpoint (another upstream port), and the proxy is polled until a request reaches it;
+   p50 and p99 over CHANGES changes;
+3. endpoint updates under load: h2load sends a fixed-rate load through the proxy to one
+   Service while this script patches other Services' slices as fast as it can (one PATCH at a
+   time over HTTP/1.1 keep-alive), for DURATION seconds; against the same load without
+   updates. Request latency p99 of both, and the update rate reached.
+
+    python3 bench/kube-scale.py [--tripline target/release/tripline] [--shared ../shared]
+
+Stdlib only: the API server is spoken to over HTTPS with the kubeconfig's client
+certificate. Needs h2load (nghttp2-client) and nginx-free upstreams: the upstreams are this
+script's own (a threaded HTTP server answering 200 "ok").
+"""
+import argparse
+import http.client
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Api:
+    """A keep-alive HTTPS connection to the API server with the admin client certificate."""
+
+    def __init__(self, kube_dir, port):
+        ctx = ssl.create_default_context(cafile=f"{kube_dir}/pki/ca.crt")
+        ctx.load_cert_chain(f"{kube_dir}/pki/admin.crt", f"{kube_dir}/pki/admin.key")
+        self.conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx)
+
+    def call(self, method, path, body=None, content_type="application/json"):
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"content-type": content_type} if data else {}
+        self.conn.request(method, path, body=data, headers=headers)
+        r = self.conn.getresponse()
+        payload = r.read()
+        if r.status >= 300 and r.status != 409:
+            raise RuntimeError(f"{method} {path}: {r.status} {payload[:300]!r}")
+        return r.status
+
+
+def service(name, ns):
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
+            "spec": {"clusterIP": "None", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}
+
+
+def slice_of(svc, ns, addresses, port, name=None):
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name or f"{svc}-1", "namespace": ns,
+                         "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [a], "conditions": {"ready": True}} for a in addresses]}
+
+
+class Ok(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = self.server.tag
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+def upstream(tag):
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Ok)
+    srv.tag = tag.encode()
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv.server_address[1]
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def wait_ready(admin, timeout=120):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            c = http.client.HTTPConnection(*admin, timeout=1)
+            c.request("GET", "/ready")
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("tripline not ready")
+
+
+def get(mesh, host):
+    c = http.client.HTTPConnection(*mesh, timeout=2)
+    c.request("GET", "/", headers={"Host": host})
+    r = c.getresponse()
+    return r.status, r.read()
+
+
+def start_proxy(tripline, kubeconfig, mesh, admin, log):
+    env = dict(os.environ, KUBECONFIG=kubeconfig)
+    p = subprocess.Popen([tripline, "run", "--kubernetes", "--namespace", "bench", "--workload-namespace", "bench",
+                          "--mesh-bind", f"{mesh[0]}:{mesh[1]}", "--admin", f"{admin[0]}:{admin[1]}",
+                          "--workers", "1", "--log-level", "warn"], env=env, stdout=log, stderr=log)
+    wait_ready(admin)
+    return p
+
+
+def settle(admin, want_services, timeout=300):
+    """Waits until the proxy's /clusters lists want_services clusters."""
+    end = time.time() + timeout
+    while time.time() < end:
+        c = http.client.HTTPConnection(*admin, timeout=5)
+        c.request("GET", "/clusters")
+        n = len(json.loads(c.getresponse().read()).get("clusters", []))
+        if n >= want_services:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the proxy never listed {want_services} clusters")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tripline", default="target/release/tripline")
+    ap.add_argument("--shared", default=os.environ.get("TRIPLINE_SHARED", "../shared"))
+    ap.add_argument("--services", type=int, default=1000)
+    ap.add_argument("--endpoints", type=int, default=10)
+    ap.add_argument("--changes", type=int, default=50)
+    ap.add_argument("--duration", type=int, default=20)
+    ap.add_argument("--rate", type=int, default=2000)
+    a = ap.parse_args()
+    tripline = os.path.abspath(a.tripline)
+    work = tempfile.mkdtemp(prefix="tripline-kube-scale.")
+    kube = f"{work}/kube"
+    api_port, etcd_port = free_port(), 24790
+    env = dict(os.environ, KT_API_PORT=str(api_port), KT_ETCD_PORT=str(etcd_port))
+    subprocess.run(["bash", f"{a.shared}/tools/kube-test/start.sh", kube], env=env, check=True, capture_output=True)
+    log = open(f"{work}/tripline.log", "w")
+    procs = []
+    try:
+        api = Api(kube, api_port)
+        api.call("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}})
+        port = upstream("ok")
+        # Baseline: 10 Services of one endpoint.
+        for i in range(10):
+            api.call("POST", "/api/v1/namespaces/bench/services", service(f"s{i}", "bench"))
+            api.call("POST", "/apis/discovery.k8s.io/v1/namespaces/bench/endpointslices", slice_of(f"s{i}", "bench", ["127.0.0.1"], port))
+        mesh, admin = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
+        p = start_proxy(tripline, f"{kube}/kubeconfig", mesh, admin, log)
+        procs.append(p)
+        settle(admin, 10)
+        time.sleep(2)
+        base_rss = rss_kib(p.pid)
+        # Scale: SERVICES Services of ENDPOINTS endpoints (127.0.0.x addresses: never called).
+        t0 = time.time()
+        for i in range(10, a.services):
+            api.call("POST", "/api/v1/namespaces/bench/services", service(f"s{i}", "bench"))
+            addrs = [f"127.1.{i // 250}.{k + 1}" for k in range(a.endpoints)]
+            api.call("POST", "/apis/discovery.k8s.io/v1/namespaces/bench/endpointslices", slice_of(f"s{i}", "bench", addrs, port))
+        created = time.time() - t0
+        settle(admin, a.services)
+        time.sleep(3)
+        rss = rss_kib(p.pid)
+        endpoints = (a.services - 10) * a.endpoints
+        per_endpoint = (rss - base_rss) * 1024 / endpoints
+        print(f"memory: {base_rss} KiB with 10 Services, {rss} KiB with {a.services} x {a.endpoints} endpoints: "
+              f"{per_endpoint:.0f} bytes per endpoint (objects created in {created:.1f} s)")
+
+        # Change -> traffic: s0 moves between two upstreams.
+        ports = [upstream("a"), upstream("b")]
+        lat = []
+        for n in range(a.changes):
+            want = b"ab"[n % 2:n % 2 + 1]
+            t = time.time()
+            api.call("PATCH", "/apis/discovery.k8s.io/v1/namespaces/bench/endpointslices/s0-1",
+                     {"ports": [{"name": "http", "port": ports[n % 2], "protocol": "TCP"}]},
+                     content_type="application/merge-patch+json")
+            while True:
+                try:
+                    if get(mesh, "s0")[1] == want:
+                        break
+                except OSError:
+                    pass
+                if time.time() - t > 30:
+                    raise RuntimeError("a change never reached traffic")
+                time.sleep(0.002)
+            lat.append((time.time() - t) * 1000)
+        lat.sort()
+        p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        print(f"EndpointSlice change to traffic ({a.changes} changes at {a.services} Services): p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+
+        # Updates under load.
+        url = f"http://{mesh[0]}:{mesh[1]}/"
+
+        def run_load(tag):
+            logf = f"{work}/h2load-{tag}.log"
+            out = subprocess.run(["h2load", "--h1", "-c", "8", "-r", "1", "--rps", str(a.rate // 8), "-D", str(a.duration),
+                                  "--log-file", logf, "-H", "host: s1", url], capture_output=True, text=True).stdout
+            times = sorted(int(line.split()[2]) for line in open(logf) if line.strip())
+            done = re.search(r"(\d+) succeeded, (\d+) failed", out)
+            p99 = times[min(len(times) - 1, int(len(times) * 0.99))] / 1000 if times else float("nan")
+            p50 = times[len(times) // 2] / 1000 if times else float("nan")
+            return p50, p99, done.group(0) if done else out[-300:]
+
+        quiet = run_load("quiet")
+        stop = threading.Event()
+        count = [0]
+
+        def updater():
+            u = Api(kube, api_port)
+            i = 0
+            while not stop.is_set():
+                svc = 10 + i % (a.services - 10)
+                k = (i // (a.services - 10)) % 250 + 1
+                u.call("PATCH", f"/apis/discovery.k8s.io/v1/namespaces/bench/endpointslices/s{svc}-1",
+                       {"endpoints": [{"addresses": [f"127.2.{svc // 250}.{k}"], "conditions": {"ready": True}}]},
+                       content_type="application/merge-patch+json")
+                count[0] += 1
+                i += 1
+
+        th = threading.Thread(target=updater, daemon=True)
+        t0 = time.time()
+        th.start()
+        busy = run_load("updates")
+        stop.set()
+        th.join()
+        rate = count[0] / (time.time() - t0)
+        print(f"load {a.rate} rps for {a.duration} s, latency p50/p99: without updates {quiet[0]:.2f}/{quiet[1]:.2f} ms ({quiet[2]}); "
+              f"with {rate:.0f} endpoint updates/s {busy[0]:.2f}/{busy[1]:.2f} ms ({busy[2]}); p99 {100 * (busy[1] / quiet[1] - 1):+.0f}%")
+    finally:
+        for p in procs:
+            p.terminate()
+        subprocess.run(["bash", f"{a.shared}/tools/kube-test/stop.sh", kube], capture_output=True)
+        print(f"(logs in {work})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
