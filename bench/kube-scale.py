@@ -76,6 +76,11 @@ def slice_of(svc, ns, addresses, port, name=None):
 class Ok(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
+    def setup(self):
+        super().setup()
+        # Headers and body are two writes: without this, Nagle and delayed ACKs add 40 ms.
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def do_GET(self):
         body = self.server.tag
         self.send_response(200)
@@ -154,6 +159,7 @@ def main():
     ap.add_argument("--changes", type=int, default=50)
     ap.add_argument("--duration", type=int, default=20)
     ap.add_argument("--rate", type=int, default=2000)
+    ap.add_argument("--updaters", type=int, default=4)
     a = ap.parse_args()
     tripline = os.path.abspath(a.tripline)
     work = tempfile.mkdtemp(prefix="tripline-kube-scale.")
@@ -166,7 +172,13 @@ def main():
     try:
         api = Api(kube, api_port)
         api.call("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench"}})
-        port = upstream("ok")
+        # The load's upstream: the peers harness's nginx (`return 200 "ok"` on 18080).
+        run = f"{work}/nginx"
+        os.makedirs(f"{run}/tmp", exist_ok=True)
+        nginx = subprocess.Popen(["nginx", "-p", f"{run}/", "-c", f"{os.path.abspath(a.shared)}/bench/conf/upstream-nginx.conf",
+                                  "-e", f"{run}/err.log", "-g", f"pid {run}/nginx.pid;"])
+        procs.append(nginx)
+        port = 18080
         # Baseline: 10 Services of one endpoint.
         for i in range(10):
             api.call("POST", "/api/v1/namespaces/bench/services", service(f"s{i}", "bench"))
@@ -220,8 +232,10 @@ def main():
 
         def run_load(tag):
             logf = f"{work}/h2load-{tag}.log"
-            out = subprocess.run(["h2load", "--h1", "-c", "8", "-r", "1", "--rps", str(a.rate // 8), "-D", str(a.duration),
-                                  "--log-file", logf, "-H", "host: s1", url], capture_output=True, text=True).stdout
+            out = subprocess.run(["h2load", "--h1", "-c", "8", "--rps", str(a.rate // 8), "-D", str(a.duration),
+                                  "--log-file", logf, "-H", ":authority: s1", url], capture_output=True, text=True).stdout
+            if not os.path.exists(logf):
+                raise RuntimeError(f"h2load wrote no log: {out[-500:]}")
             times = sorted(int(line.split()[2]) for line in open(logf) if line.strip())
             done = re.search(r"(\d+) succeeded, (\d+) failed", out)
             p99 = times[min(len(times) - 1, int(len(times) * 0.99))] / 1000 if times else float("nan")
@@ -232,24 +246,30 @@ def main():
         stop = threading.Event()
         count = [0]
 
-        def updater():
+        lock = threading.Lock()
+
+        def updater(w):
             u = Api(kube, api_port)
-            i = 0
+            i = w
             while not stop.is_set():
                 svc = 10 + i % (a.services - 10)
                 k = (i // (a.services - 10)) % 250 + 1
                 u.call("PATCH", f"/apis/discovery.k8s.io/v1/namespaces/bench/endpointslices/s{svc}-1",
                        {"endpoints": [{"addresses": [f"127.2.{svc // 250}.{k}"], "conditions": {"ready": True}}]},
                        content_type="application/merge-patch+json")
-                count[0] += 1
-                i += 1
+                with lock:
+                    count[0] += 1
+                i += a.updaters
 
-        th = threading.Thread(target=updater, daemon=True)
+        # Several updaters, each on its own connection, each on its own Services.
+        threads = [threading.Thread(target=updater, args=(w,), daemon=True) for w in range(a.updaters)]
         t0 = time.time()
-        th.start()
+        for th in threads:
+            th.start()
         busy = run_load("updates")
         stop.set()
-        th.join()
+        for th in threads:
+            th.join()
         rate = count[0] / (time.time() - t0)
         print(f"load {a.rate} rps for {a.duration} s, latency p50/p99: without updates {quiet[0]:.2f}/{quiet[1]:.2f} ms ({quiet[2]}); "
               f"with {rate:.0f} endpoint updates/s {busy[0]:.2f}/{busy[1]:.2f} ms ({busy[2]}); p99 {100 * (busy[1] / quiet[1] - 1):+.0f}%")

@@ -352,6 +352,32 @@ impl Proxy {
         Ok(retired)
     }
 
+    /// Replaces, in place, the endpoints of every live cluster of `host` with
+    /// `endpoints(port)` for the cluster's service port, keeping the state (breakers,
+    /// ejections, pools) of the addresses that stay, as a DNS refresh does: how the Kubernetes
+    /// source applies an EndpointSlice change without compiling the config again. `false`,
+    /// changing nothing, when a cluster of the host selects a subset (which endpoints a
+    /// subset's labels select is the compiler's to say) or is not of fixed endpoints.
+    pub fn set_host_endpoints(
+        &self,
+        host: &str,
+        endpoints: impl Fn(u16) -> Vec<(SocketAddr, u32, std::collections::BTreeMap<String, String>)>,
+    ) -> bool {
+        let applied = self.shared.applied.load();
+        let of_host: Vec<&Arc<Cluster>> =
+            applied.clusters.iter().filter(|c| c.plan.host.eq_ignore_ascii_case(host)).collect();
+        let fixed = |c: &&Arc<Cluster>| {
+            c.plan.subset.is_none() && matches!(c.plan.discovery, tripline_config::plan::Discovery::Static(_))
+        };
+        if !of_host.iter().all(fixed) {
+            return false;
+        }
+        for c in of_host {
+            c.set_addresses(endpoints(c.plan.port));
+        }
+        true
+    }
+
     /// Stops accepting, lets in-flight requests finish for up to `timeout`, then returns.
     pub async fn drain(&self, timeout: Duration) {
         let shared = &self.shared;

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use tokio::signal::unix::{signal, SignalKind};
 use tripline_config::{Diagnostic, DocumentCache, LoadOptions, Loaded, Severity};
@@ -38,11 +38,12 @@ struct Config {
     kube: Option<Arc<KubeSource>>,
 }
 
-/// A loaded config, and the objects from the API server it left out because they are invalid
-/// (each with why).
+/// A loaded config, the objects from the API server it left out because they are invalid
+/// (each with why), and the API server's documents it read (by source name).
 struct Load {
     loaded: Loaded,
     rejected: Vec<Diagnostic>,
+    kube: HashMap<String, String>,
 }
 
 /// Reads and loads the config; with a `cache`, taking the documents that did not change since
@@ -58,8 +59,11 @@ fn load(
 ) -> Result<Load, Vec<Diagnostic>> {
     let mut sources =
         if config.paths.is_empty() { Vec::new() } else { tripline_config::read_sources(&config.paths)? };
-    if let Some(kube) = &config.kube {
-        sources.extend(kube.sources());
+    let mut kube = HashMap::new();
+    if let Some(k) = &config.kube {
+        let from_api = k.sources();
+        kube = from_api.iter().map(|s| (s.name.clone(), s.text.clone())).collect();
+        sources.extend(from_api);
     }
     let mut rejected = Vec::new();
     loop {
@@ -68,7 +72,7 @@ fn load(
             None => tripline_config::load(&sources, opts),
         };
         let diags = match result {
-            Ok(loaded) => return Ok(Load { loaded, rejected }),
+            Ok(loaded) => return Ok(Load { loaded, rejected, kube }),
             Err(diags) => diags,
         };
         let invalid = |d: &Diagnostic| {
@@ -81,6 +85,71 @@ fn load(
         rejected.extend(diags.into_iter().filter(|d| invalid(d)));
         sources.retain(|s| !bad.contains(&s.name));
     }
+}
+
+/// Applies a change of the API server's objects that only moved endpoints (EndpointSlices:
+/// scaling, a rollout, readiness) to the live clusters in place, without compiling the config
+/// again; `seen` is what the running config was built from, and is brought up to date. `false`
+/// when the change is anything else (an object added, removed or changed beyond a Service's
+/// endpoints; a cluster of the host that selects a subset): the caller then reloads.
+fn endpoints_in_place(
+    proxy: &Proxy,
+    seen: &mut HashMap<String, String>,
+    now: Vec<tripline_config::Source>,
+) -> bool {
+    if now.len() != seen.len() || now.iter().any(|s| !seen.contains_key(&s.name)) {
+        return false;
+    }
+    let changed: Vec<&tripline_config::Source> = now.iter().filter(|s| seen[&s.name] != s.text).collect();
+    let mut updates = Vec::new();
+    for source in &changed {
+        if !source.name.contains("/Service/") {
+            return false;
+        }
+        let parse = |text: &str| serde_json::from_str::<serde_json::Value>(text).ok();
+        let (Some(mut old), Some(mut new)) = (parse(&seen[&source.name]), parse(&source.text)) else {
+            return false;
+        };
+        let endpoints = new["spec"]["endpoints"].take();
+        old["spec"]["endpoints"].take();
+        if old != new {
+            return false;
+        }
+        updates.push((new, endpoints));
+    }
+    for (entry, endpoints) in &updates {
+        let Some(host) = entry["spec"]["hosts"][0].as_str() else { return false };
+        let port_name = |number: u16| {
+            entry["spec"]["ports"].as_array()?.iter().find(|p| p["number"] == number)?["name"]
+                .as_str()
+                .map(str::to_string)
+        };
+        let addresses = |number: u16| {
+            let name = port_name(number);
+            let mut out = Vec::new();
+            for e in endpoints.as_array().into_iter().flatten() {
+                let Some(ip) = e["address"].as_str().and_then(|a| a.parse::<std::net::IpAddr>().ok()) else {
+                    continue;
+                };
+                let port = name.as_deref().and_then(|n| e["ports"][n].as_u64()).unwrap_or(u64::from(number));
+                let labels = e["labels"]
+                    .as_object()
+                    .map(|l| {
+                        l.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect()
+                    })
+                    .unwrap_or_default();
+                out.push((std::net::SocketAddr::new(ip, port as u16), 1, labels));
+            }
+            out
+        };
+        if !proxy.set_host_endpoints(host, addresses) {
+            return false;
+        }
+    }
+    for s in now {
+        seen.insert(s.name, s.text);
+    }
+    true
 }
 
 /// Logs the objects a load left out (those not logged at the last load) and counts them.
@@ -132,7 +201,7 @@ pub fn run(args: RunArgs) -> ExitCode {
         None
     };
     let config = Config { paths: args.config.clone(), kube };
-    let Load { loaded, rejected } = match load(&config, &opts, None) {
+    let Load { loaded, rejected, kube: seen } = match load(&config, &opts, None) {
         Ok(l) => l,
         Err(diags) => {
             for d in &diags {
@@ -150,7 +219,9 @@ pub fn run(args: RunArgs) -> ExitCode {
     let (code, threads) = block_on(&rt, async move {
         // Before the config is applied: the upstream pools are sized by the worker count.
         match tripline_proxy::workers::start(workers) {
-            Ok(threads) => (serve(args, config, opts, (loaded, rejected), workers).await, Some(threads)),
+            Ok(threads) => {
+                (serve(args, config, opts, (loaded, rejected, seen), workers).await, Some(threads))
+            }
             Err(e) => {
                 eprintln!("tripline: cannot start {workers} workers: {e} (use --workers)");
                 (ExitCode::FAILURE, None)
@@ -170,7 +241,7 @@ async fn serve(
     args: RunArgs,
     config: Config,
     opts: LoadOptions,
-    (loaded, rejected): (Loaded, Vec<Diagnostic>),
+    (loaded, rejected, seen): (Loaded, Vec<Diagnostic>, HashMap<String, String>),
     workers: usize,
 ) -> ExitCode {
     let access_log =
@@ -227,7 +298,7 @@ async fn serve(
     tokio::spawn(proxy.clone().run_housekeeping());
     let cache = Arc::new(Mutex::new(DocumentCache::default()));
     let filling = tokio::spawn(fill_document_cache(config.clone(), opts.clone(), cache.clone()));
-    let watching = Watching { config, opts, every: args.watch_interval, cache, logged };
+    let watching = Watching { config, opts, every: args.watch_interval, cache, logged, seen };
     tokio::spawn(watch_config(proxy.clone(), watching, filling));
 
     let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
@@ -321,6 +392,8 @@ struct Watching {
     every: Duration,
     cache: Arc<Mutex<DocumentCache>>,
     logged: HashSet<String>,
+    /// The API server's documents the running config was built from.
+    seen: HashMap<String, String>,
 }
 
 /// How long changes from the API server are gathered before a reload: a rollout changes many
@@ -331,7 +404,7 @@ const KUBE_GATHER: Duration = Duration::from_millis(100);
 /// SIGHUP, and when the API server's objects change (`--kubernetes`). A config that fails to
 /// load or apply leaves the running one in place; the failure is logged and counted.
 async fn watch_config(proxy: Proxy, w: Watching, filling: tokio::task::JoinHandle<()>) {
-    let Watching { config, opts, every, cache, mut logged } = w;
+    let Watching { config, opts, every, cache, mut logged, mut seen } = w;
     let paths = config.paths.clone();
     let mut filling = Some(filling);
     let mut hup = signal(SignalKind::hangup()).ok();
@@ -343,6 +416,10 @@ async fn watch_config(proxy: Proxy, w: Watching, filling: tokio::task::JoinHandl
             _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
             _ = async { match &config.kube { Some(k) => k.changed().await, None => std::future::pending().await } } => {
                 tokio::time::sleep(KUBE_GATHER).await;
+                let now = config.kube.as_ref().map(|k| k.sources()).unwrap_or_default();
+                if endpoints_in_place(&proxy, &mut seen, now) {
+                    continue;
+                }
                 true
             }
         };
@@ -366,12 +443,12 @@ async fn watch_config(proxy: Proxy, w: Watching, filling: tokio::task::JoinHandl
         let work = move || {
             // Reloads run one at a time, after the cache was filled: never contended.
             let mut cache = c.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let Load { loaded, rejected } = load(&p, &o, Some(&mut cache))?;
+            let Load { loaded, rejected, kube } = load(&p, &o, Some(&mut cache))?;
             let reused = cache.reused();
             drop(cache);
             let at = std::time::Instant::now();
             let prepared = px.prepare(&loaded.plan);
-            Ok::<_, Vec<Diagnostic>>((prepared, (loaded, rejected), at.elapsed(), reused))
+            Ok::<_, Vec<Diagnostic>>((prepared, (loaded, rejected, kube), at.elapsed(), reused))
         };
         let Some(loaded) = crate::low_priority::run(work).await else {
             global.reloads_failed.fetch_add(1, Ordering::Relaxed);
@@ -379,7 +456,7 @@ async fn watch_config(proxy: Proxy, w: Watching, filling: tokio::task::JoinHandl
             continue;
         };
         match loaded {
-            Ok((prepared, (loaded, rejected), prepare, reused_documents)) => {
+            Ok((prepared, (loaded, rejected, kube), prepare, reused_documents)) => {
                 for w in &loaded.warnings {
                     tracing::warn!("{w}");
                 }
@@ -388,6 +465,7 @@ async fn watch_config(proxy: Proxy, w: Watching, filling: tokio::task::JoinHandl
                 match proxy.apply_prepared(&loaded, prepared).await {
                     Ok(retired) => {
                         global.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                        seen = kube;
                         // The new config is in force: that is the reload's time. Freeing the
                         // load and returning the allocator's free pages come after, and are
                         // timed on their own (`bench/endpoints-scale.sh` reads both).

@@ -49,8 +49,8 @@ async fn answering(mesh: SocketAddr, host: &str, n: usize) -> Vec<String> {
     seen
 }
 
-/// Endpoints from slices (several per Service; scaling moves traffic; a terminating endpoint
-/// gets nothing new), a DestinationRule applied through the API changing pool limits live,
+/// Endpoints from slices (several per Service; scaling moves traffic, in place, without a
+/// reload; a terminating endpoint gets nothing new), a DestinationRule applied through the API changing pool limits live,
 /// an invalid object reported and skipped while the rest works, and the API server killed
 /// and restarted: no request fails meanwhile, and changes after it apply.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,7 +76,9 @@ async fn services_slices_and_policies_from_the_api_server() {
     assert_eq!(answering(mesh, "checkout", 4).await, ["a"]);
     assert_eq!(answering(mesh, "checkout.shop.svc.cluster.local", 2).await, ["a"]);
 
-    // A second slice: traffic spreads to it.
+    // A second slice: traffic spreads to it. Only endpoints moved: the live cluster is updated
+    // in place, and the config is not compiled again.
+    let reloads = proxy.metric("tripline_config_reloads_total", &[("result", "success")]).await;
     k8s.apply(slice("checkout", "checkout-b", b.addr, true)).await;
     eventually("the new slice's endpoint gets traffic", SOON, || async {
         answering(mesh, "checkout", 8).await == ["a", "b"]
@@ -88,6 +90,11 @@ async fn services_slices_and_policies_from_the_api_server() {
         answering(mesh, "checkout", 8).await == ["b"]
     })
     .await;
+    assert_eq!(
+        proxy.metric("tripline_config_reloads_total", &[("result", "success")]).await,
+        reloads,
+        "no reload"
+    );
 
     // A DestinationRule through the API, by the short host, in the service's namespace: one
     // request in flight at most, so of two at once one is refused.
