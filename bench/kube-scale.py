@@ -230,10 +230,37 @@ def main():
         # Updates under load.
         url = f"http://{mesh[0]}:{mesh[1]}/"
 
-        def run_load(tag):
+        # A control: a proxy from a file, the same route to the same nginx, that reads nothing
+        # from the API server. Loaded while the updates run, it shows what the machine's other
+        # work (API server, etcd, the updaters, on the same two cores) costs a request.
+        control_mesh, control_admin = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
+        with open(f"{work}/control.yaml", "w") as f:
+            f.write(f"""apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: s1}}
+spec:
+  hosts: [s1]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: s1}}
+spec:
+  hosts: [s1]
+  http: [{{route: [{{destination: {{host: s1}}}}]}}]
+""")
+        control = subprocess.Popen([tripline, "run", "-c", f"{work}/control.yaml", "--mesh-bind", f"{control_mesh[0]}:{control_mesh[1]}",
+                                    "--admin", f"{control_admin[0]}:{control_admin[1]}", "--workers", "1", "--log-level", "warn"],
+                                   stdout=log, stderr=log)
+        procs.append(control)
+        wait_ready(control_admin)
+
+        def run_load(tag, target=url):
             logf = f"{work}/h2load-{tag}.log"
             out = subprocess.run(["h2load", "--h1", "-c", "8", "--rps", str(a.rate // 8), "-D", str(a.duration),
-                                  "--log-file", logf, "-H", ":authority: s1", url], capture_output=True, text=True).stdout
+                                  "--log-file", logf, "-H", ":authority: s1", target], capture_output=True, text=True).stdout
             if not os.path.exists(logf):
                 raise RuntimeError(f"h2load wrote no log: {out[-500:]}")
             times = sorted(int(line.split()[2]) for line in open(logf) if line.strip())
@@ -267,12 +294,14 @@ def main():
         for th in threads:
             th.start()
         busy = run_load("updates")
+        control_busy = run_load("control", f"http://{control_mesh[0]}:{control_mesh[1]}/")
         stop.set()
         for th in threads:
             th.join()
         rate = count[0] / (time.time() - t0)
         print(f"load {a.rate} rps for {a.duration} s, latency p50/p99: without updates {quiet[0]:.2f}/{quiet[1]:.2f} ms ({quiet[2]}); "
-              f"with {rate:.0f} endpoint updates/s {busy[0]:.2f}/{busy[1]:.2f} ms ({busy[2]}); p99 {100 * (busy[1] / quiet[1] - 1):+.0f}%")
+              f"with {rate:.0f} endpoint updates/s {busy[0]:.2f}/{busy[1]:.2f} ms ({busy[2]}); p99 {100 * (busy[1] / quiet[1] - 1):+.0f}%; "
+              f"a proxy reading nothing from the API server, during the same updates: {control_busy[0]:.2f}/{control_busy[1]:.2f} ms")
     finally:
         for p in procs:
             p.terminate()

@@ -416,9 +416,22 @@ async fn watch_config(proxy: Proxy, w: Watching, filling: tokio::task::JoinHandl
             _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
             _ = async { match &config.kube { Some(k) => k.changed().await, None => std::future::pending().await } } => {
                 tokio::time::sleep(KUBE_GATHER).await;
-                let now = config.kube.as_ref().map(|k| k.sources()).unwrap_or_default();
-                if endpoints_in_place(&proxy, &mut seen, now) {
-                    continue;
+                // Reading the API server's documents and comparing them takes a while at a
+                // thousand Services: on the low-priority thread, as a reload's compile.
+                let (px, kube, mut was) = (proxy.clone(), config.kube.clone(), std::mem::take(&mut seen));
+                let checked = crate::low_priority::run(move || {
+                    let now = kube.map(|k| k.sources()).unwrap_or_default();
+                    (endpoints_in_place(&px, &mut was, now), was)
+                })
+                .await;
+                match checked {
+                    Some((in_place, was)) => {
+                        seen = was;
+                        if in_place {
+                            continue;
+                        }
+                    }
+                    None => tracing::error!("comparing the API server's objects failed; reloading"),
                 }
                 true
             }
