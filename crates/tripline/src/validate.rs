@@ -33,6 +33,13 @@ pub struct ValidateArgs {
     /// the resource and field each value came from (`--output json`: under `"explain"`).
     #[arg(long, value_name = "HOST")]
     explain: Option<String>,
+    /// Check the files against the Kubernetes API server's Services and mesh resources (the
+    /// kubeconfig KUBECONFIG names): a host is then a Service that exists, or an error.
+    #[arg(long)]
+    kubernetes: bool,
+    /// With --kubernetes: read this namespace only.
+    #[arg(long, value_name = "NAMESPACE", requires = "kubernetes")]
+    namespace: Option<String>,
     #[command(flatten)]
     workload: crate::WorkloadArgs,
 }
@@ -104,16 +111,49 @@ impl Findings {
     }
 }
 
-fn check(paths: &[PathBuf], explain: Option<&str>, workload: &crate::WorkloadArgs) -> Findings {
-    let sources = match tripline_config::read_sources(paths) {
+/// What the API server holds, as sources beside the files (`--kubernetes`), or why it cannot
+/// be read.
+fn from_cluster(namespace: Option<String>) -> Result<Vec<tripline_config::Source>, String> {
+    let rt = crate::run::runtime().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(async {
+        let options = tripline_kube::Options { namespace };
+        let kube = tripline_kube::KubeSource::start(options, std::time::Duration::from_secs(30)).await?;
+        Ok(kube.sources())
+    })
+}
+
+fn check(
+    paths: &[PathBuf],
+    explain: Option<&str>,
+    workload: &crate::WorkloadArgs,
+    kubernetes: Option<Option<String>>,
+) -> Findings {
+    let mut sources = match tripline_config::read_sources(paths) {
         Ok(sources) => sources,
         Err(diagnostics) => return Findings { diagnostics, loaded: None, explained: None },
     };
+    if let Some(namespace) = kubernetes.clone() {
+        match from_cluster(namespace) {
+            Ok(more) => sources.extend(more),
+            Err(why) => {
+                let d = Diagnostic {
+                    severity: Severity::Error,
+                    file: "(kubernetes)".into(),
+                    line: 0,
+                    column: 0,
+                    path: "--kubernetes".into(),
+                    message: why,
+                };
+                return Findings { diagnostics: vec![d], loaded: None, explained: None };
+            }
+        }
+    }
     // A file of DestinationRules alone has no listener: a warning here, an error for run.
     // Without a cluster to ask, a host written as a Kubernetes service is taken to be one.
     let mut opts = tripline_config::LoadOptions {
         listeners_required: false,
-        assume_kubernetes_services: true,
+        assume_kubernetes_services: kubernetes.is_none(),
+        kubernetes: kubernetes.is_some(),
         ..Default::default()
     };
     workload.apply(&mut opts);
@@ -148,7 +188,8 @@ fn check(paths: &[PathBuf], explain: Option<&str>, workload: &crate::WorkloadArg
 }
 
 pub fn run(args: ValidateArgs) -> ExitCode {
-    let findings = check(&args.paths, args.explain.as_deref(), &args.workload);
+    let kubernetes = args.kubernetes.then(|| args.namespace.clone());
+    let findings = check(&args.paths, args.explain.as_deref(), &args.workload, kubernetes);
     let code = findings.exit_code(args.strict);
     match args.output {
         Output::Json => println!("{}", findings.json(args.strict)),

@@ -149,3 +149,34 @@ async fn services_slices_and_policies_from_the_api_server() {
     })
     .await;
 }
+
+/// `validate --kubernetes` checks a file's hosts against the API server's Services: one that
+/// exists is fine, one that does not is an error; without `--kubernetes` both are notes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_checks_hosts_against_the_api_server() {
+    let Some(k8s) = KubeApi::start("validate").await else { return };
+    k8s.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})).await;
+    k8s.apply(service("checkout")).await;
+    let dir = crate::support::proxy::unique_dir("kube-validate");
+    let file = dir.join("routes.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: shop, namespace: shop}\nspec:\n  hosts: [checkout]\n  http:\n  - match: [{uri: {prefix: /x}}]\n    route: [{destination: {host: checkout}}]\n  - route: [{destination: {host: missing}}]\n",
+    )
+    .unwrap();
+    let validate = |extra: &[&str]| {
+        let mut cmd = std::process::Command::new(crate::support::binary());
+        cmd.arg("validate").args(extra).arg(&file).env("KUBECONFIG", &k8s.kubeconfig);
+        crate::support::proxy::run_bounded(&mut cmd, Duration::from_secs(60))
+    };
+    let (code, out, err) = validate(&["--kubernetes", "--namespace", "shop"]);
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert!(err.contains("spec.http[1].route[0].destination.host: unknown host `missing`"), "{err}");
+    assert!(!err.contains("unknown host `checkout`"), "{err}");
+    let (code, out, err) = validate(&[]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        err.contains("note:") && err.contains("`missing` is taken to be the Kubernetes service"),
+        "{err}"
+    );
+}
