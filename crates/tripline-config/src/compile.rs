@@ -1122,6 +1122,12 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         }
     }
     let authorization = ctx.authorization(&authz_policies);
+    // The Sidecar of this workload: its ingress ports (below) and its egress hosts, which
+    // narrow what the outbound side sees.
+    let sidecar = ctx.pick_sidecar(&sidecars);
+    if let Some(sidecar) = sidecar {
+        ctx.scope_to_egress(sidecar, &mut services, &mut rules);
+    }
     ctx.index_service_entries();
     // After the ServiceEntries: a rule's short Kubernetes host is keyed by the full one.
     for (r, dr) in rules {
@@ -1512,7 +1518,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
     for l in listeners.iter_mut().filter(|l| l.plan.intercepted.is_some()) {
         l.plan.intercepted = Some(addresses.clone());
     }
-    let inbound = ctx.inbound(&sidecars, &peer_authentications, &mut binds);
+    let inbound = ctx.inbound(sidecar, &peer_authentications, &mut binds);
 
     let mut plan_listeners = Vec::new();
     for mut l in listeners {

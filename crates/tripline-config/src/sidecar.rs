@@ -24,9 +24,13 @@
 //! root namespace's (`istio-system`) without a selector; the first loaded of equals.
 //!
 //! Tripline intercepts no traffic yet: each port is bound directly (what Istio's
-//! `captureMode: NONE` does; `DEFAULT` reads the same). Refused until implemented: `egress`
-//! and `outboundTrafficPolicy` (which services the sidecar sees), an ingress port's `tls` and
-//! `connectionPool`, `inboundConnectionPool`, `captureMode: IPTABLES`.
+//! `captureMode: NONE` does; `DEFAULT` reads the same), unless `--inbound-capture` is given.
+//!
+//! `egress[].hosts` (`namespace/dnsName`) narrows the services the sidecar's outbound side sees:
+//! ServiceEntries, VirtualServices and DestinationRules of other hosts are not applied (a note
+//! says so), as Istio scopes a sidecar's config. Refused until implemented:
+//! `outboundTrafficPolicy`, an egress listener's `port`, `bind` and `captureMode`, an ingress
+//! port's `tls` and `connectionPool`, `inboundConnectionPool`, `captureMode: IPTABLES`.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -44,6 +48,10 @@ pub struct Sidecar {
     #[serde(rename = "workloadSelector", skip_serializing_if = "Option::is_none")]
     pub selector: Option<BTreeMap<String, String>>,
     pub ingress: Vec<Ingress>,
+    /// `egress[].hosts`, all listeners' together: the services the sidecar's outbound side
+    /// sees. `None`: every service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<Vec<EgressHost>>,
 }
 
 /// One inbound port.
@@ -62,11 +70,7 @@ pub struct Ingress {
     pub path: String,
 }
 
-const SPEC: Schema = Schema::new("Istio's Sidecar", &["workloadSelector", "ingress"]).refusing(&[
-    (
-        "egress",
-        "Tripline's outbound side sees every service of its config (issue: Kubernetes sources); remove it",
-    ),
+const SPEC: Schema = Schema::new("Istio's Sidecar", &["workloadSelector", "ingress", "egress"]).refusing(&[
     (
         "outboundTrafficPolicy",
         "Tripline routes only to the hosts its config declares (REGISTRY_ONLY); remove it",
@@ -77,6 +81,11 @@ const SPEC: Schema = Schema::new("Istio's Sidecar", &["workloadSelector", "ingre
     ),
 ]);
 const SELECTOR: Schema = Schema::new("Istio's WorkloadSelector", &["labels"]);
+const EGRESS: Schema = Schema::new("Istio's IstioEgressListener", &["hosts"]).refusing(&[
+    ("port", "an egress listener of its own port is not implemented yet; remove it: the hosts apply to the mesh listener"),
+    ("bind", "an egress listener of its own address is not implemented yet; remove it"),
+    ("captureMode", "remove it: the mesh listener takes what `tripline iptables` redirects"),
+]);
 const INGRESS: Schema =
     Schema::new("Istio's IstioIngressListener", &["port", "bind", "defaultEndpoint", "captureMode"]).refusing(&[
         ("tls", "terminate TLS from outside the mesh on a Gateway server; mesh callers get mutual TLS from PeerAuthentication"),
@@ -89,7 +98,7 @@ const PROTOCOLS: &[&str] = &["HTTP", "HTTP2", "GRPC", "TCP"];
 /// Decodes a Sidecar's `spec`.
 pub fn sidecar(cx: &mut Cx, spec: &Node) -> Option<Sidecar> {
     let f = cx.fields(spec, "spec", &SPEC)?;
-    let mut ok = !["egress", "outboundTrafficPolicy", "inboundConnectionPool"].iter().any(|n| f.has(n));
+    let mut ok = !["outboundTrafficPolicy", "inboundConnectionPool"].iter().any(|n| f.has(n));
     let selector = match f.value("workloadSelector") {
         Some((n, p)) => {
             let s = cx.fields(n, &p, &SELECTOR)?;
@@ -107,7 +116,65 @@ pub fn sidecar(cx: &mut Cx, spec: &Node) -> Option<Sidecar> {
             }
         }
     }
-    ok.then_some(Sidecar { selector, ingress })
+    let mut egress = None;
+    if let Some((n, p)) = f.value("egress") {
+        let mut hosts = Vec::new();
+        for (item, path) in cx.list(n, &p, "egress listeners") {
+            let Some(e) = cx.fields(item, &path, &EGRESS) else {
+                ok = false;
+                continue;
+            };
+            if ["port", "bind", "captureMode"].iter().any(|f| e.has(f)) {
+                ok = false;
+                continue;
+            }
+            let Some((hn, hp)) = e.value("hosts") else {
+                cx.required(&e, "hosts", "the services this sidecar sees, as `namespace/dnsName` (`./*`, `istio-system/*`, `*/payments.shop.svc.cluster.local`)");
+                ok = false;
+                continue;
+            };
+            for (h, pos, hpath) in cx.strings(hn, &hp) {
+                match h.split_once('/') {
+                    Some((ns, name)) if !ns.is_empty() && !name.is_empty() => {
+                        hosts.push(EgressHost { namespace: ns.to_string(), host: name.to_ascii_lowercase() })
+                    }
+                    _ => {
+                        cx.report(crate::Severity::Error, pos, &hpath, format!("`{h}` is not `namespace/dnsName`: write `./*` (this namespace), `*/{h}` (any namespace) or `<namespace>/{h}`"));
+                        ok = false;
+                    }
+                }
+            }
+        }
+        egress = Some(hosts);
+    }
+    ok.then_some(Sidecar { selector, ingress, egress })
+}
+
+/// One `egress[].hosts` entry: `namespace/dnsName`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EgressHost {
+    /// `.` (the Sidecar's own namespace), `*` (any), `~` (none) or a namespace.
+    pub namespace: String,
+    /// `*`, `*.suffix` or a name (lower-cased).
+    pub host: String,
+}
+
+impl EgressHost {
+    /// Whether a host declared in namespace `ns` is seen, for a Sidecar in `own`.
+    pub fn sees(&self, ns: &str, own: &str, host: &str) -> bool {
+        let namespace = match self.namespace.as_str() {
+            "*" => true,
+            "~" => false,
+            "." => ns == own,
+            n => ns == n,
+        };
+        let host = host.to_ascii_lowercase();
+        namespace
+            && match self.host.strip_prefix('*') {
+                Some(suffix) => host.ends_with(suffix),
+                None => host == self.host,
+            }
+    }
 }
 
 fn ingress_listener(cx: &mut Cx, node: &Node, path: String) -> Option<Ingress> {

@@ -178,3 +178,45 @@ fn export_to_hides_a_resource_from_other_namespaces_and_destination_rules_follow
         .any(|d| d.severity == Severity::Note
             && d.message.contains("not exported to this workload's namespace")));
 }
+
+#[test]
+fn a_sidecar_s_egress_hosts_narrow_what_its_outbound_side_sees() {
+    let billing = SERVICES
+        .replace("namespace: shop}", "namespace: billing}")
+        .replace(".shop.", ".billing.")
+        .replace("name: checkout", "name: ledger")
+        .replace("checkout.billing", "ledger.billing")
+        .replace("name: payments", "name: invoices")
+        .replace("payments.billing", "invoices.billing");
+    let sidecar = |hosts: &str| {
+        format!("---\napiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: default, namespace: shop}}\nspec:\n  egress:\n  - hosts: [{hosts}]\n")
+    };
+    let opts =
+        LoadOptions { kubernetes: true, workload_namespace: Some("shop".into()), ..LoadOptions::default() };
+    let seen = |text: String| {
+        let loaded = with(&text, opts.clone());
+        let mut hosts: Vec<String> = loaded.plan.clusters.iter().map(|c| c.host.clone()).collect();
+        hosts.sort();
+        hosts
+    };
+    // Everything without a Sidecar; this namespace's only with `./*`; one more by name.
+    assert_eq!(seen(format!("{SERVICES}---\n{billing}")).len(), 4);
+    assert_eq!(
+        seen(format!("{SERVICES}---\n{billing}{}", sidecar("\"./*\""))),
+        ["checkout.shop.svc.cluster.local", "payments.shop.svc.cluster.local"]
+    );
+    assert_eq!(
+        seen(format!(
+            "{SERVICES}---\n{billing}{}",
+            sidecar("\"./checkout.shop.svc.cluster.local\", \"billing/*\"")
+        )),
+        [
+            "checkout.shop.svc.cluster.local",
+            "invoices.billing.svc.cluster.local",
+            "ledger.billing.svc.cluster.local"
+        ]
+    );
+    // A VirtualService of a host the sidecar does not see is not applied (no error).
+    let vs = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ledger, namespace: billing}\nspec:\n  hosts: [ledger]\n  http:\n  - route: [{destination: {host: ledger}}]\n    timeout: 2s\n";
+    assert_eq!(seen(format!("{SERVICES}---\n{billing}{vs}{}", sidecar("\"./*\""))).len(), 2);
+}

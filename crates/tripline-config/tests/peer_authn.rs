@@ -221,7 +221,10 @@ fn the_sidecar_of_the_narrowest_level_applies() {
 #[test]
 fn sidecar_settings_tripline_does_not_act_on_are_refused_where_written() {
     let cases = [
-        ("  egress:\n  - hosts: [\"./*\"]\n", "Sidecar/checkout: spec.egress"),
+        (
+            "  egress:\n  - port: {number: 9000, protocol: HTTP, name: h}\n    hosts: [\"./*\"]\n",
+            "Sidecar/checkout: spec.egress[0].port",
+        ),
         ("  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n", "Sidecar/checkout: spec.outboundTrafficPolicy"),
     ];
     for (extra, path) in cases {

@@ -52,7 +52,7 @@ impl<'a> Ctx<'a> {
     /// the addresses the other listeners took.
     pub(super) fn inbound(
         &mut self,
-        sidecars: &[(&'a Resource, &'a Sidecar)],
+        sidecar: Option<(&'a Resource, &'a Sidecar)>,
         peers: &[(&'a Resource, &'a PeerAuthentication)],
         binds: &mut HashMap<SocketAddr, String>,
     ) -> Vec<ListenerPlan> {
@@ -90,7 +90,7 @@ impl<'a> Ctx<'a> {
             }
             out.push(capture_listener(bind));
         }
-        let Some((sidecar_res, sidecar)) = self.pick_sidecar(sidecars) else {
+        let Some((sidecar_res, sidecar)) = sidecar else {
             for a in &applicable {
                 let (r, _) = peers[a.index];
                 let msg = "PeerAuthentication sets the mutual TLS of the sidecar's inbound listeners (a Sidecar's `ingress`), and this workload has none: it changes nothing here (a Gateway server's TLS is its own `tls`)";
@@ -147,9 +147,34 @@ impl<'a> Ctx<'a> {
         out
     }
 
+    /// Narrows what the sidecar's outbound side sees to its Sidecar's `egress` hosts, as Istio
+    /// scopes a sidecar's config: the ServiceEntries whose hosts, and the VirtualServices and
+    /// DestinationRules whose hosts (in the namespace each is written in) no egress host
+    /// names, are not applied.
+    pub(super) fn scope_to_egress(
+        &mut self,
+        (sidecar_res, sidecar): (&'a Resource, &'a Sidecar),
+        services: &mut Vec<(&'a Resource, &'a crate::model::VirtualService)>,
+        rules: &mut Vec<(&'a Resource, &'a crate::model::DestinationRule)>,
+    ) {
+        let Some(egress) = &sidecar.egress else { return };
+        let workload = self.opts.workload_namespace.clone().unwrap_or_default();
+        let ns_of = |r: &Resource| r.namespace.clone().unwrap_or_else(|| workload.clone());
+        let own = ns_of(sidecar_res);
+        let seen = |r: &Resource, host: &str| {
+            let ns = ns_of(r);
+            let full = super::kube_expansion(&host.to_ascii_lowercase(), Some(&ns))
+                .unwrap_or_else(|| host.to_string());
+            egress.iter().any(|e| e.sees(&ns, &own, &full) || e.sees(&ns, &own, host))
+        };
+        self.service_entries.retain(|(r, se)| se.hosts.iter().any(|h| seen(r, &h.value)));
+        services.retain(|(r, vs)| vs.hosts.iter().any(|h| seen(r, &h.value)));
+        rules.retain(|(r, dr)| seen(r, &dr.host.value));
+    }
+
     /// The Sidecar of the narrowest level that applies (the first loaded of equals); the
     /// others that apply are reported as unused.
-    fn pick_sidecar(
+    pub(super) fn pick_sidecar(
         &mut self,
         sidecars: &[(&'a Resource, &'a Sidecar)],
     ) -> Option<(&'a Resource, &'a Sidecar)> {
