@@ -993,22 +993,9 @@ impl Ctx<'_> {
 fn mesh_listener(opts: &LoadOptions) -> Listener {
     Listener {
         plan: ListenerPlan {
-            name: "mesh".into(),
-            bind: opts.mesh_bind,
-            protocol: ListenerProtocol::Http,
-            virtual_hosts: Vec::new(),
-            tcp_routes: Vec::new(),
-            // The sidecar's own application: its headers are believed.
-            trust_client: true,
-            trusted_proxies: 0,
-            tls: Vec::new(),
-            https_redirect: false,
-            passthrough: false,
-            plaintext_too: false,
-            mtls: None,
             intercepted: Some(Vec::new()),
-            captured: false,
-            inbound_capture: false,
+            // The sidecar's own application: its headers are believed.
+            ..ListenerPlan::new("mesh", opts.mesh_bind, ListenerProtocol::Http)
         },
         members: vec![Member { gateway: None, hosts: vec!["*".into()] }],
         domains: Vec::new(),

@@ -104,6 +104,29 @@ pub struct ListenerPlan {
     pub inbound_capture: bool,
 }
 
+impl ListenerPlan {
+    /// A listener with no routes, TLS or sidecar role yet; its clients' headers believed.
+    pub fn new(name: impl Into<String>, bind: SocketAddr, protocol: ListenerProtocol) -> ListenerPlan {
+        ListenerPlan {
+            name: name.into(),
+            bind,
+            protocol,
+            virtual_hosts: Vec::new(),
+            tcp_routes: Vec::new(),
+            trust_client: true,
+            trusted_proxies: 0,
+            tls: Vec::new(),
+            https_redirect: false,
+            passthrough: false,
+            plaintext_too: false,
+            mtls: None,
+            intercepted: None,
+            captured: false,
+            inbound_capture: false,
+        }
+    }
+}
+
 /// A service's virtual address and one of its HTTP ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ServiceAddress {

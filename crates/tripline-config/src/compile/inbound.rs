@@ -21,21 +21,8 @@ use crate::tls::Termination;
 /// ingress port it was for.
 fn capture_listener(bind: SocketAddr) -> ListenerPlan {
     ListenerPlan {
-        name: "inbound-capture".into(),
-        bind,
-        protocol: ListenerProtocol::Tcp,
-        virtual_hosts: Vec::new(),
-        tcp_routes: Vec::new(),
-        trust_client: true,
-        trusted_proxies: 0,
-        tls: Vec::new(),
-        https_redirect: false,
-        passthrough: false,
-        plaintext_too: false,
-        mtls: None,
-        intercepted: None,
-        captured: false,
         inbound_capture: true,
+        ..ListenerPlan::new("inbound-capture", bind, ListenerProtocol::Tcp)
     }
 }
 
@@ -294,23 +281,16 @@ impl<'a> Ctx<'a> {
             };
             (vec![VirtualHostPlan { domains: vec![HostMatch::Any], routes: vec![route] }], Vec::new())
         };
+        // The callers are mesh peers: their request ids and forwarded protocol go on (the
+        // default's `trust_client`).
         ListenerPlan {
-            name,
-            bind,
-            protocol,
             virtual_hosts,
             tcp_routes,
-            // The callers are mesh peers: their request ids and forwarded protocol go on.
-            trust_client: true,
-            trusted_proxies: 0,
             tls: tls.into_iter().collect(),
-            https_redirect: false,
-            passthrough: false,
             plaintext_too,
             mtls: Some(decided),
-            intercepted: None,
             captured: self.opts.inbound_capture.is_some(),
-            inbound_capture: false,
+            ..ListenerPlan::new(name, bind, protocol)
         }
     }
 }
