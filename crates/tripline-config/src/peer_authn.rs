@@ -216,26 +216,18 @@ impl Composed<'_> {
     /// The mode of inbound `port`: the workload policy's port-level mode, else the most
     /// specific level's mode that is not UNSET, else PERMISSIVE.
     pub fn mode(&self, port: u16) -> Decided {
-        let named = |a: &Applicable<'_>, mode: MtlsMode| Decided { mode, by: Some(a.name.to_string()) };
-        if let Some(w) = &self.chosen[Level::Workload as usize] {
-            if let Some(m) = w.policy.port_level.get(&port).filter(|m| m.mode != MtlsMode::Unset) {
-                return named(w, m.mode);
-            }
+        match self.deciding(port) {
+            Some((a, m)) => Decided { mode: m.mode, by: Some(a.name.to_string()) },
+            None => Decided { mode: MtlsMode::Permissive, by: None },
         }
-        for a in self.chosen.iter().rev().flatten() {
-            if a.policy.mode.mode != MtlsMode::Unset {
-                return named(a, a.policy.mode.mode);
-            }
-        }
-        Decided { mode: MtlsMode::Permissive, by: None }
     }
 
-    /// The policy whose setting decided `port`'s mode (its index), and where in it, to report
-    /// against.
-    pub fn deciding(&self, port: u16) -> Option<(usize, &ModeAt)> {
+    /// The policy whose setting decides `port`'s mode, and where in it (to report against);
+    /// `None`: no policy sets one, Istio's default applies.
+    pub fn deciding(&self, port: u16) -> Option<(&Applicable<'_>, &ModeAt)> {
         if let Some(w) = &self.chosen[Level::Workload as usize] {
             if let Some(m) = w.policy.port_level.get(&port).filter(|m| m.mode != MtlsMode::Unset) {
-                return Some((w.index, m));
+                return Some((w, m));
             }
         }
         self.chosen
@@ -243,7 +235,7 @@ impl Composed<'_> {
             .rev()
             .flatten()
             .find(|a| a.policy.mode.mode != MtlsMode::Unset)
-            .map(|a| (a.index, &a.policy.mode))
+            .map(|a| (a, &a.policy.mode))
     }
 
     /// The workload-level policy's port-level settings (with its index), to check each names

@@ -71,15 +71,10 @@ async fn accept_loop(
         backoff.succeeded(&rt.name);
         let _ = stream.set_nodelay(true);
         let tracker = ConnTracker::new(&shared);
-        if let Some(to) = passes_through(&rt, &stream) {
-            let (shared, rt) = (shared.clone(), rt.clone());
-            hand_over(stream, move |s| crate::tcp_proxy::pass_to(shared, rt, s, peer, to, tracker));
-            continue;
-        }
-        let rt = match inbound_target(&shared, &rt, &stream) {
-            Inbound::Here => rt.clone(),
-            Inbound::Port(target) => target,
-            Inbound::PassTo(to) => {
+        let rt = match served_by(&shared, &rt, &stream) {
+            Served::Here => rt.clone(),
+            Served::Port(target) => target,
+            Served::PassTo(to) => {
                 let (shared, rt) = (shared.clone(), rt.clone());
                 hand_over(stream, move |s| crate::tcp_proxy::pass_to(shared, rt, s, peer, to, tracker));
                 continue;
@@ -118,41 +113,40 @@ async fn accept_loop(
 }
 
 /// Who serves a connection accepted on a listener.
-enum Inbound {
+enum Served {
     /// The listener itself.
     Here,
     /// On the inbound capture listener: the captured Sidecar ingress port it was for.
     Port(Arc<ListenerRuntime>),
-    /// On the inbound capture listener, for a port no ingress has: its original destination.
+    /// Its original destination, untouched: on the mesh listener, a destination that is no
+    /// service it routes (`ListenerPlan::intercepted`); on the inbound capture listener, a
+    /// port no ingress has.
     PassTo(SocketAddr),
 }
 
-/// On the inbound capture listener (`ListenerPlan::inbound_capture`), the listener of the
-/// connection's original destination port. A lookup in the listener table per accepted
-/// connection (not per request), on this listener only.
-fn inbound_target(shared: &Shared, rt: &ListenerRuntime, stream: &TcpStream) -> Inbound {
-    if !rt.config.load().inbound_capture {
-        return Inbound::Here;
-    }
-    let Some(to) = crate::net_io::original_destination(stream) else { return Inbound::Here };
-    let listeners = crate::lock(&shared.listeners);
-    let port = listeners.values().find(|l| l.bind.port() == to.port() && l.config.load().captured);
-    match port {
-        Some(l) => Inbound::Port(l.clone()),
-        None if stream.local_addr().is_ok_and(|local| local != to) => Inbound::PassTo(to),
-        None => Inbound::Here,
-    }
-}
-
-/// On the mesh listener: where a connection iptables redirected there was going, when that is
-/// no service it routes (`ListenerPlan::intercepted`), to pass it through untouched. `None`
-/// for a connection made to the listener itself, or to a service's address.
-fn passes_through(rt: &ListenerRuntime, stream: &TcpStream) -> Option<SocketAddr> {
+/// Where a connection iptables redirected to a sidecar listener goes, by its original
+/// destination (`SO_ORIGINAL_DST`): a syscall per accepted connection on those listeners, and
+/// on the capture listener a look in the listener table; nothing on any other listener, or
+/// for a connection made to the listener itself.
+fn served_by(shared: &Shared, rt: &ListenerRuntime, stream: &TcpStream) -> Served {
     let config = rt.config.load();
-    let services = config.intercepted.as_ref()?;
-    let to = crate::net_io::original_destination(stream)?;
-    let local = stream.local_addr().ok()?;
-    (to != local && !services.iter().any(|s| s.takes(to))).then_some(to)
+    if config.intercepted.is_none() && !config.inbound_capture {
+        return Served::Here;
+    }
+    let (Some(to), Ok(local)) = (crate::net_io::original_destination(stream), stream.local_addr()) else {
+        return Served::Here;
+    };
+    if to == local {
+        return Served::Here;
+    }
+    if let Some(services) = &config.intercepted {
+        return if services.iter().any(|s| s.takes(to)) { Served::Here } else { Served::PassTo(to) };
+    }
+    let listeners = crate::lock(&shared.listeners);
+    match listeners.values().find(|l| l.bind.port() == to.port() && l.config.load().captured) {
+        Some(l) => Served::Port(l.clone()),
+        None => Served::PassTo(to),
+    }
 }
 
 /// Serves an accepted connection on the worker [`workers::pick`] chooses: here, or moved to

@@ -110,7 +110,7 @@ impl<'a> Ctx<'a> {
                         Some((_, m)) => (m.pos, m.path.clone()),
                         None => (ingress.pos, ingress.path.clone()),
                     };
-                    let by = deciding.map(|(i, _)| peers[i].0);
+                    let by = deciding.map(|(a, _)| peers[a.index].0);
                     let permissive_without_identity =
                         decided.mode == MtlsMode::Permissive && self.opts.identity_dir.is_none();
                     if permissive_without_identity {
