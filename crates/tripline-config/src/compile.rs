@@ -8,6 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 mod inbound;
+mod profiles;
 
 use crate::authz::{AuthorizationPolicy, AuthzAction, AuthzPolicyPlan};
 use crate::decode::Cx;
@@ -85,6 +86,7 @@ pub fn effective_resilience(
             .or(t.min_retry_concurrency)
             .unwrap_or(d.min_retry_concurrency),
         max_retries: pool.max_retries,
+        rate: None,
     };
     ResiliencePlan {
         outlier,
@@ -115,6 +117,10 @@ pub fn route_retry(h: &HttpRoute, destinations: &[PolicyRetries]) -> RetryPlan {
         plan.backoff_max = destinations.iter().map(|d| d.backoff_max).max().unwrap_or(first.backoff_max);
         plan.max_replay_bytes =
             destinations.iter().map(|d| d.max_replay_bytes).min().unwrap_or(first.max_replay_bytes);
+    }
+    // A ServiceProfile's `isRetryable`: the route may be retried whatever the method.
+    if h.retries.as_ref().is_some_and(|r| r.any_method) {
+        plan.retry_non_idempotent = true;
     }
     // Istio's `retries.backoff` is the route's own base interval.
     if let Some(base) = h.retries.as_ref().and_then(|r| r.backoff) {
@@ -244,6 +250,8 @@ struct Ctx<'a> {
     /// TLS findings already reported (document, field path, message): once each, whatever
     /// number of clusters or servers share the setting.
     tls_reported: std::collections::HashSet<(String, String, String)>,
+    /// The ServiceProfile of each host it applies to (see [`profiles`]).
+    profiles: profiles::Profiles<'a>,
 }
 
 impl<'a> Ctx<'a> {
@@ -758,12 +766,13 @@ impl<'a> Ctx<'a> {
         let top = rule.map(|(_, dr)| dr.traffic_policy.clone()).unwrap_or_default();
         let (load_balancer, pool) = effective_policy(&top, subset.map(|s| &s.traffic_policy));
         let policy = self.policy(host, subset_name.as_deref());
-        let resilience = effective_resilience(
+        let mut resilience = effective_resilience(
             &top,
             subset.map(|s| &s.traffic_policy),
             policy.map(|(pr, p)| (pr.name.as_str(), p)),
             &pool,
         );
+        self.apply_profile(host, &mut resilience);
         self.check_ejection_cap(rule, subset, &discovery, &resilience);
         self.check_retry_floor(rule, subset, &resilience);
         self.cluster_policies.push(policy.map(|(_, p)| p));
@@ -1084,12 +1093,14 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         tls_files: crate::tls::Files::new(opts.credentials_dir.as_deref(), opts.identity_dir.as_deref()),
         upstream_tls: HashMap::new(),
         tls_reported: Default::default(),
+        profiles: Default::default(),
     };
     let mut policies = Vec::new();
     let mut authz_policies = Vec::new();
     let mut sidecars = Vec::new();
     let mut rules = Vec::new();
     let mut peer_authentications = Vec::new();
+    let mut service_profiles = Vec::new();
     let mut gateways: Vec<(&Resource, &Gateway)> = Vec::new();
     let mut services: Vec<(&Resource, &VirtualService)> = Vec::new();
     for r in resources.iter().map(|r| &**r) {
@@ -1106,6 +1117,7 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
             Spec::AuthorizationPolicy(p) => authz_policies.push((r, &**p)),
             Spec::Sidecar(s) => sidecars.push((r, s)),
             Spec::PeerAuthentication(p) => peer_authentications.push((r, p)),
+            Spec::ServiceProfile(p) => service_profiles.push((r, &**p)),
         }
     }
     let authorization = ctx.authorization(&authz_policies);
@@ -1134,6 +1146,9 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         }
     }
     ctx.check_policies(policies, &services);
+    // After the policies: a profile's failure classes are checked against theirs.
+    let profile_routes = ctx.pick_profiles(&service_profiles, &services);
+    services.extend(profile_routes.iter().map(|(r, vs)| (*r, vs)));
 
     // Listeners from Gateway servers.
     let mut listeners: Vec<Listener> = Vec::new();

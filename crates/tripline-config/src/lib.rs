@@ -23,6 +23,7 @@ pub mod policy;
 pub mod rate_limit;
 mod resource;
 pub mod route_features;
+pub mod service_profile;
 pub mod sidecar;
 pub mod tls;
 pub mod yaml;

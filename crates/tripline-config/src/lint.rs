@@ -128,6 +128,16 @@ pub(crate) fn non_idempotent_retries(h: &HttpRoute, retry: &RetryPlan) -> Option
     if retry.retry_non_idempotent {
         return None;
     }
+    // Retrying only what never reached the upstream is exactly what happens: nothing to say.
+    let on = &retry.retry_on;
+    let unsent = crate::plan::RetryOn {
+        connect_failure: on.connect_failure,
+        refused_stream: on.refused_stream,
+        ..Default::default()
+    };
+    if *on == unsent {
+        return None;
+    }
     let methods: Vec<&str> = h
         .matches
         .iter()

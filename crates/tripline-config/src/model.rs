@@ -112,6 +112,7 @@ pub enum Spec {
     AuthorizationPolicy(Box<crate::authz::AuthorizationPolicy>),
     PeerAuthentication(crate::peer_authn::PeerAuthentication),
     Sidecar(crate::sidecar::Sidecar),
+    ServiceProfile(Box<crate::service_profile::ServiceProfile>),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -619,6 +620,9 @@ pub struct Retries {
     pub retry_ignore_previous_hosts: Option<bool>,
     #[serde(serialize_with = "ser_opt_duration", skip_serializing_if = "Option::is_none")]
     pub backoff: Option<Duration>,
+    /// Retry whatever the method (a ServiceProfile's `isRetryable` says the route may be).
+    #[serde(rename = "anyMethod", skip_serializing_if = "std::ops::Not::not")]
+    pub any_method: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -1147,13 +1151,7 @@ pub(crate) fn string_match(cx: &mut Cx, node: &Node, path: &str) -> Option<Strin
             match *one {
                 "exact" => Some(StringMatch::Exact(s)),
                 "prefix" => Some(StringMatch::Prefix(s)),
-                _ => match regex::RegexBuilder::new(&format!("^(?:{s})$")).size_limit(1 << 20).build() {
-                    Ok(re) => Some(StringMatch::Regex(re)),
-                    Err(e) => {
-                        cx.error(n, &p, format!("invalid regex (RE2 syntax expected): {}", regex_error(&e)));
-                        None
-                    }
-                },
+                _ => whole_match_regex(cx, n, &p, &s).map(StringMatch::Regex),
             }
         }
         _ => {
@@ -1162,6 +1160,18 @@ pub(crate) fn string_match(cx: &mut Cx, node: &Node, path: &str) -> Option<Strin
                 path,
                 format!("expected exactly one of exact, prefix, regex, found {}", given.join(" and ")),
             );
+            None
+        }
+    }
+}
+
+/// `text` as a regex that must match a whole value (Istio's and Linkerd's reading, RE2
+/// syntax), or an error at `node`.
+pub(crate) fn whole_match_regex(cx: &mut Cx, node: &Node, path: &str, text: &str) -> Option<regex::Regex> {
+    match regex::RegexBuilder::new(&format!("^(?:{text})$")).size_limit(1 << 20).build() {
+        Ok(re) => Some(re),
+        Err(e) => {
+            cx.error(node, path, format!("invalid regex (RE2 syntax expected): {}", regex_error(&e)));
             None
         }
     }
@@ -1329,7 +1339,15 @@ fn retries(cx: &mut Cx, node: &Node, path: &str) -> Option<Retries> {
         Some((n, p)) => Some(cx.duration(n, &p, false)?),
         None => None,
     };
-    Some(Retries { attempts, per_try_timeout, retry_on, conditions, retry_ignore_previous_hosts, backoff })
+    Some(Retries {
+        attempts,
+        per_try_timeout,
+        retry_on,
+        conditions,
+        retry_ignore_previous_hosts,
+        backoff,
+        any_method: false,
+    })
 }
 
 fn percentage(cx: &mut Cx, f: &Fields<'_>) -> Option<f64> {

@@ -89,9 +89,10 @@ pub fn decode(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option
     }
     let security = api.starts_with("security.istio.io/")
         && matches!(kind.as_str(), "AuthorizationPolicy" | "PeerAuthentication");
-    if !tripline && !security && (!KINDS.contains(&kind.as_str()) || !istio) {
+    let linkerd = api.starts_with("linkerd.io/") && kind == "ServiceProfile";
+    if !tripline && !security && !linkerd && (!KINDS.contains(&kind.as_str()) || !istio) {
         let shown = if api.is_empty() { String::new() } else { format!(" ({api})") };
-        const READS: &str = "Tripline reads Gateway, ServiceEntry, VirtualService, DestinationRule and Sidecar of networking.istio.io, AuthorizationPolicy and PeerAuthentication of security.istio.io, and ResiliencePolicy of tripline.dev";
+        const READS: &str = "Tripline reads Gateway, ServiceEntry, VirtualService, DestinationRule and Sidecar of networking.istio.io, AuthorizationPolicy and PeerAuthentication of security.istio.io, ServiceProfile of linkerd.io, and ResiliencePolicy of tripline.dev";
         let group = api.split_once('/').map_or(api.as_str(), |(g, _)| g);
         // Istio's own kinds (Sidecar, EnvoyFilter, AuthorizationPolicy, ...) say what this
         // proxy's traffic gets: ignoring one would change it. Telemetry only observes.
@@ -108,6 +109,8 @@ pub fn decode(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option
         TRIPLINE_API_VERSIONS
     } else if security {
         SECURITY_API_VERSIONS
+    } else if linkerd {
+        crate::service_profile::API_VERSIONS
     } else {
         API_VERSIONS
     };
@@ -180,6 +183,12 @@ pub fn decode(file: &str, doc: &Document, diags: &mut Vec<Diagnostic>) -> Option
             Spec::PeerAuthentication(crate::peer_authn::peer_authentication(&mut cx, spec_node)?)
         }
         "Sidecar" => Spec::Sidecar(crate::sidecar::sidecar(&mut cx, spec_node)?),
+        "ServiceProfile" => {
+            let at = m.value("name").map_or(root.pos, |(n, _)| n.pos);
+            Spec::ServiceProfile(Box::new(crate::service_profile::service_profile(
+                &mut cx, spec_node, &name, at,
+            )?))
+        }
         _ => Spec::ResiliencePolicy(Box::new(crate::policy::resilience_policy(&mut cx, spec_node, &name)?)),
     };
     Some(Resource {

@@ -340,7 +340,7 @@ fn istio_kinds_tripline_does_not_read_are_errors_and_foreign_ones_warnings() {
         );
     }
     for (api, kind) in
-        [("telemetry.istio.io/v1", "Telemetry"), ("v1", "Service"), ("linkerd.io/v1alpha2", "ServiceProfile")]
+        [("telemetry.istio.io/v1", "Telemetry"), ("v1", "Service"), ("linkerd.io/v1alpha2", "Server")]
     {
         let loaded = ok(&doc(api, kind));
         assert!(

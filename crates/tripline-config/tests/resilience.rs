@@ -259,7 +259,7 @@ fn nothing_configured_gives_the_documented_defaults() {
     assert_eq!(c.resilience.breaker, None);
     assert_eq!(
         c.resilience.retry_budget,
-        RetryBudgetConfig { percent: 20.0, min_retry_concurrency: 3, max_retries: u32::MAX }
+        RetryBudgetConfig { percent: 20.0, min_retry_concurrency: 3, max_retries: u32::MAX, rate: None }
     );
     let r = route(&loaded.plan);
     assert_eq!(r.retry, RetryPlan::default());
@@ -285,7 +285,7 @@ fn outlier_detection_subset_overrides_field_by_field_and_zero_disables() {
     assert_eq!((o1.max_ejection_percent, o1.min_health_percent), (50, 30));
     assert_eq!(
         v1.resilience.retry_budget,
-        RetryBudgetConfig { percent: 25.0, min_retry_concurrency: 5, max_retries: 7 }
+        RetryBudgetConfig { percent: 25.0, min_retry_concurrency: 5, max_retries: 7, rate: None }
     );
     let v2 = cluster(&loaded.plan, "v2");
     let o2 = v2.resilience.outlier.as_ref().unwrap();
@@ -296,7 +296,7 @@ fn outlier_detection_subset_overrides_field_by_field_and_zero_disables() {
     assert_eq!(o2.max_ejection_percent, 50);
     assert_eq!(
         v2.resilience.retry_budget,
-        RetryBudgetConfig { percent: 40.0, min_retry_concurrency: 5, max_retries: 7 },
+        RetryBudgetConfig { percent: 40.0, min_retry_concurrency: 5, max_retries: 7, rate: None },
         "a plain number works too; the rest is inherited"
     );
 }

@@ -100,19 +100,44 @@ fn prometheus_rules_are_ignored_with_a_warning() {
 }
 
 #[test]
-fn linkerd_service_profile_is_ignored_with_a_warning_naming_the_kind() {
+fn linkerd_service_profile_waits_for_its_host_alone_and_applies_with_it() {
     check(
         "payments-serviceprofile.yaml",
         true,
         &[
             (
                 W,
-                "6:7",
-                "ServiceProfile/payments.default.svc.cluster.local: kind",
-                "kind `ServiceProfile` (linkerd.io/v1alpha2) is not supported by Tripline and is ignored",
+                "8:9",
+                "ServiceProfile/payments.default.svc.cluster.local: metadata.name",
+                "no ServiceEntry declares host `payments.default.svc.cluster.local`: this profile applies once the host appears",
             ),
             NO_LISTENER,
         ],
+    );
+    // With its host declared, the profile is the host's routes, timeout and budget.
+    let host = "payments.default.svc.cluster.local";
+    let Some(mut sources) =
+        seeds_dir().map(|d| read_sources(&[d.join("payments-serviceprofile.yaml")]).unwrap())
+    else {
+        return;
+    };
+    let text = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se}}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 80, name: http}}]\n  resolution: STATIC\n  endpoints: [{{address: 10.0.0.1}}]\n");
+    sources.push(Source { name: "extra.yaml".into(), text });
+    let loaded = load(&sources, &LoadOptions::default()).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:#?}", loaded.warnings);
+    let routes = &loaded.plan.listeners[0].virtual_hosts[0].routes;
+    let names: Vec<&str> = routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, [format!("{host}/POST /charge"), format!("{host}/other requests")]);
+    assert_eq!(routes[0].timeout, Some(Duration::from_secs(2)));
+    let on = routes[0].retry.retry_on;
+    assert!(
+        on.connect_failure && on.refused_stream && !on.server_error && !on.reset,
+        "not isRetryable: {on:?}"
+    );
+    let budget = loaded.plan.clusters[0].resilience.retry_budget.rate.expect("the retryBudget applies");
+    assert_eq!(
+        (budget.retry_ratio, budget.min_retries_per_second, budget.ttl),
+        (0.2, 10, Duration::from_secs(10))
     );
 }
 

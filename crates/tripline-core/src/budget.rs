@@ -12,7 +12,12 @@
 //!
 //! The budget is checked when a retry is admitted. If active requests then finish, retries
 //! already admitted keep running even if the limit shrinks below them; new ones are refused.
+//!
+//! A cluster may also have a budget by rate ([`crate::rate_budget`], Linkerd's
+//! `ServiceProfile.retryBudget`): then a retry must fit both.
 
+use crate::clock::Nanos;
+use crate::rate_budget::{RateBudget, RateBudgetConfig, RateExhausted};
 use crate::window::StripedCounter;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering::*};
@@ -26,29 +31,38 @@ pub struct RetryBudgetConfig {
     pub min_retry_concurrency: u32,
     /// Hard cap on retries in flight (`connectionPool.http.maxRetries`).
     pub max_retries: u32,
+    /// A budget by rate besides (Linkerd's `retryBudget`); `None`: none.
+    pub rate: Option<RateBudgetConfig>,
 }
 
 impl Default for RetryBudgetConfig {
     fn default() -> Self {
-        RetryBudgetConfig { percent: 20.0, min_retry_concurrency: 3, max_retries: u32::MAX }
+        RetryBudgetConfig { percent: 20.0, min_retry_concurrency: 3, max_retries: u32::MAX, rate: None }
     }
 }
 
 /// Why a retry was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BudgetExhausted {
-    pub in_flight: u64,
-    pub limit: u64,
-    pub active: u64,
+pub enum BudgetExhausted {
+    /// Retries in flight were at the limit for the requests in flight.
+    InFlight { in_flight: u64, limit: u64, active: u64 },
+    /// The budget by rate was spent (see [`crate::rate_budget`]).
+    Rate(RateExhausted),
 }
 
 impl std::fmt::Display for BudgetExhausted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "retry budget exhausted: {} retries in flight, limit {} for {} active requests",
-            self.in_flight, self.limit, self.active
-        )
+        match self {
+            BudgetExhausted::InFlight { in_flight, limit, active } => write!(
+                f,
+                "retry budget exhausted: {in_flight} retries in flight, limit {limit} for {active} active requests"
+            ),
+            BudgetExhausted::Rate(r) => write!(
+                f,
+                "retry budget exhausted: {} retries for {} requests within the budget's ttl",
+                r.retries, r.requests
+            ),
+        }
     }
 }
 
@@ -58,27 +72,43 @@ pub struct RetryBudget {
     config: RetryBudgetConfig,
     active: StripedCounter,
     retries: AtomicU64,
+    rate: Option<RateBudget>,
 }
 
 impl RetryBudget {
     pub fn new(config: RetryBudgetConfig) -> Self {
-        RetryBudget { config, active: StripedCounter::new(), retries: AtomicU64::new(0) }
+        let rate = config.rate.map(RateBudget::new);
+        RetryBudget { config, active: StripedCounter::new(), retries: AtomicU64::new(0), rate }
     }
 
     pub fn config(&self) -> &RetryBudgetConfig {
         &self.config
     }
 
-    /// Marks one request active for as long as the guard lives (including all its retries).
-    pub fn start_request(&self) -> ActiveRequest<'_> {
-        self.active.add(1);
+    /// Marks one request active for as long as the guard lives (including all its retries),
+    /// and counts it at `now` for the budget by rate, if any.
+    pub fn start_request(&self, now: Nanos) -> ActiveRequest<'_> {
+        self.begin(now);
         ActiveRequestOf { budget: self }
     }
 
     /// Like [`start_request`](Self::start_request), with a guard that owns a budget handle.
-    pub fn start_request_owned(self: &Arc<Self>) -> ActiveRequestOf<Arc<RetryBudget>> {
-        self.active.add(1);
+    pub fn start_request_owned(self: &Arc<Self>, now: Nanos) -> ActiveRequestOf<Arc<RetryBudget>> {
+        self.begin(now);
         ActiveRequestOf { budget: self.clone() }
+    }
+
+    #[inline]
+    fn begin(&self, now: Nanos) {
+        self.active.add(1);
+        if let Some(r) = &self.rate {
+            r.deposit(now);
+        }
+    }
+
+    /// The budget by rate, if the cluster has one.
+    pub fn rate(&self) -> Option<&RateBudget> {
+        self.rate.as_ref()
     }
 
     /// Active requests now.
@@ -105,23 +135,32 @@ impl RetryBudget {
         by_load.max(self.config.min_retry_concurrency as u64).min(self.config.max_retries as u64)
     }
 
-    /// Takes a retry slot; hold the permit through the backoff sleep and the retry attempt.
-    pub fn try_retry(&self) -> Result<RetryPermit<'_>, BudgetExhausted> {
-        self.take_retry().map(|()| RetryPermitOf { budget: self })
+    /// Takes a retry slot at `now`; hold the permit through the backoff sleep and the retry
+    /// attempt.
+    pub fn try_retry(&self, now: Nanos) -> Result<RetryPermit<'_>, BudgetExhausted> {
+        self.take_retry(now).map(|()| RetryPermitOf { budget: self })
     }
 
     /// Like [`try_retry`](Self::try_retry), with a permit that owns a budget handle.
-    pub fn try_retry_owned(self: &Arc<Self>) -> Result<RetryPermitOf<Arc<RetryBudget>>, BudgetExhausted> {
-        self.take_retry().map(|()| RetryPermitOf { budget: self.clone() })
+    pub fn try_retry_owned(
+        self: &Arc<Self>,
+        now: Nanos,
+    ) -> Result<RetryPermitOf<Arc<RetryBudget>>, BudgetExhausted> {
+        self.take_retry(now).map(|()| RetryPermitOf { budget: self.clone() })
     }
 
-    fn take_retry(&self) -> Result<(), BudgetExhausted> {
+    fn take_retry(&self, now: Nanos) -> Result<(), BudgetExhausted> {
         let active = self.active();
         let limit = self.limit_for(active);
         self.retries
             .fetch_update(AcqRel, Relaxed, |r| (r < limit).then_some(r + 1))
-            .map(|_| ())
-            .map_err(|in_flight| BudgetExhausted { in_flight, limit, active })
+            .map_err(|in_flight| BudgetExhausted::InFlight { in_flight, limit, active })?;
+        // The slot is taken first: a retry the rate refuses gives it back at once.
+        if let Some(Err(e)) = self.rate.as_ref().map(|r| r.try_withdraw(now)) {
+            self.retries.fetch_sub(1, AcqRel);
+            return Err(BudgetExhausted::Rate(e));
+        }
+        Ok(())
     }
 }
 
@@ -162,21 +201,21 @@ mod tests {
     #[test]
     fn minimum_concurrency_applies_at_low_load() {
         let b = RetryBudget::new(RetryBudgetConfig::default());
-        let _r = b.start_request();
-        let p: Vec<_> = (0..3).map(|_| b.try_retry().unwrap()).collect();
-        let e = b.try_retry().unwrap_err();
-        assert_eq!(e, BudgetExhausted { in_flight: 3, limit: 3, active: 1 });
+        let _r = b.start_request(0);
+        let p: Vec<_> = (0..3).map(|_| b.try_retry(0).unwrap()).collect();
+        let e = b.try_retry(0).unwrap_err();
+        assert_eq!(e, BudgetExhausted::InFlight { in_flight: 3, limit: 3, active: 1 });
         drop(p);
         assert_eq!(b.retries_in_flight(), 0);
-        assert!(b.try_retry().is_ok());
+        assert!(b.try_retry(0).is_ok());
     }
 
     #[test]
     fn percent_of_active_requests_applies_at_high_load() {
         let b = RetryBudget::new(RetryBudgetConfig::default());
-        let reqs: Vec<_> = (0..100).map(|_| b.start_request()).collect();
+        let reqs: Vec<_> = (0..100).map(|_| b.start_request(0)).collect();
         assert_eq!(b.active(), 100);
-        let permits: Vec<_> = std::iter::from_fn(|| b.try_retry().ok()).take(1000).collect();
+        let permits: Vec<_> = std::iter::from_fn(|| b.try_retry(0).ok()).take(1000).collect();
         assert_eq!(permits.len(), 20);
         drop(permits);
         drop(reqs);
@@ -186,23 +225,45 @@ mod tests {
     #[test]
     fn hard_cap_wins() {
         let b = RetryBudget::new(RetryBudgetConfig { max_retries: 1, ..Default::default() });
-        let _p = b.try_retry().unwrap();
-        assert_eq!(b.try_retry().unwrap_err().limit, 1);
+        let _p = b.try_retry(0).unwrap();
+        assert!(matches!(b.try_retry(0).unwrap_err(), BudgetExhausted::InFlight { limit: 1, .. }));
         let none = RetryBudget::new(RetryBudgetConfig {
             percent: f64::NAN,
             min_retry_concurrency: 0,
             max_retries: 9,
+            rate: None,
         });
-        assert!(none.try_retry().is_err(), "a NaN percent allows nothing beyond the minimum");
+        assert!(none.try_retry(0).is_err(), "a NaN percent allows nothing beyond the minimum");
     }
 
     #[test]
     fn permit_held_through_backoff_counts() {
         // The proxy takes the permit, sleeps, then sends: while it sleeps, the slot is taken.
         let b = RetryBudget::new(RetryBudgetConfig { min_retry_concurrency: 1, ..Default::default() });
-        let waiting = b.try_retry().unwrap();
-        assert!(b.try_retry().is_err());
+        let waiting = b.try_retry(0).unwrap();
+        assert!(b.try_retry(0).is_err());
         drop(waiting);
-        assert!(b.try_retry().is_ok());
+        assert!(b.try_retry(0).is_ok());
+    }
+
+    #[test]
+    fn with_a_rate_budget_a_retry_must_fit_both_and_a_refused_one_frees_its_slot() {
+        let rate = RateBudgetConfig {
+            retry_ratio: 0.5,
+            min_retries_per_second: 0,
+            ttl: std::time::Duration::from_secs(1),
+        };
+        let b = RetryBudget::new(RetryBudgetConfig { rate: Some(rate), ..Default::default() });
+        let _r = (b.start_request(0), b.start_request(0));
+        // Two requests earn one retry by rate, although three fit in flight.
+        let first = b.try_retry(0).unwrap();
+        assert_eq!(
+            b.try_retry(0).unwrap_err(),
+            BudgetExhausted::Rate(RateExhausted { retries: 1, requests: 2 })
+        );
+        assert_eq!(b.retries_in_flight(), 1, "the refused retry gave its slot back");
+        drop(first);
+        assert!(b.try_retry(0).is_err(), "a finished retry still counts by rate until the ttl");
+        assert!(b.try_retry(0).is_err());
     }
 }

@@ -259,6 +259,21 @@ impl Classifier {
         }
     }
 
+    /// This classifier with its HTTP failures replaced by the statuses in `ranges` (inclusive);
+    /// a gateway status stays one only while it is still a failure. gRPC and local-origin
+    /// settings are kept. (Linkerd's `responseClasses` say which HTTP statuses fail.)
+    pub fn with_http_failures(&self, ranges: &[(u16, u16)]) -> Classifier {
+        let mut c = self.clone();
+        c.failure_status = [0; 16];
+        for &(lo, hi) in ranges {
+            c.add_failure_range(lo, hi);
+        }
+        for (g, f) in c.gateway_status.iter_mut().zip(c.failure_status) {
+            *g &= f;
+        }
+        c
+    }
+
     /// Marks HTTP statuses `lo..=hi` as failures.
     pub fn add_failure_range(&mut self, lo: u16, hi: u16) -> &mut Self {
         for s in lo..=hi.min(1023) {
@@ -331,6 +346,18 @@ pub fn is_slow(latency: Duration, threshold: Option<Duration>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_failures_replaced_keep_grpc_and_drop_gateway_statuses_no_longer_failing() {
+        let c = Classifier::default().with_http_failures(&[(500, 502), (504, 599)]);
+        assert!(c.classify(&Outcome::Http(500)).failure);
+        assert!(!c.classify(&Outcome::Http(503)).failure && !c.classify(&Outcome::Http(503)).gateway_error);
+        assert!(c.classify(&Outcome::Http(502)).gateway_error);
+        assert!(!c.classify(&Outcome::Http(404)).failure);
+        assert!(c.classify(&Outcome::grpc(grpc::UNAVAILABLE, None)).failure);
+        let fours = Classifier::default().with_http_failures(&[(400, 499)]);
+        assert!(fours.classify(&Outcome::Http(404)).failure && !fours.classify(&Outcome::Http(500)).failure);
+    }
 
     #[test]
     fn default_classification_matches_istio_expectations() {

@@ -14,5 +14,6 @@ pub mod classify;
 pub mod clock;
 pub mod limits;
 pub mod outlier;
+pub mod rate_budget;
 pub mod rng;
 pub mod window;

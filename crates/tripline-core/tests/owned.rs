@@ -44,8 +44,8 @@ fn owned_passes_eject_and_owned_retry_permits_free_their_slot() {
 
     let budget =
         Arc::new(RetryBudget::new(RetryBudgetConfig { min_retry_concurrency: 1, ..Default::default() }));
-    let permit = budget.try_retry_owned().expect("one retry allowed");
-    assert!(budget.try_retry_owned().is_err(), "the second concurrent retry is over budget");
+    let permit = budget.try_retry_owned(0).expect("one retry allowed");
+    assert!(budget.try_retry_owned(0).is_err(), "the second concurrent retry is over budget");
     std::thread::spawn(move || drop(permit)).join().unwrap();
-    assert!(budget.try_retry_owned().is_ok());
+    assert!(budget.try_retry_owned(0).is_ok());
 }

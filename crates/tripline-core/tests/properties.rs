@@ -6,10 +6,11 @@ use proptest::prelude::*;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tripline_core::breaker::{Admission, BreakerConfig, CircuitBreaker, Mode, RatioRule, State};
-use tripline_core::budget::{RetryBudget, RetryBudgetConfig};
+use tripline_core::budget::{BudgetExhausted, RetryBudget, RetryBudgetConfig};
 use tripline_core::classify::{LocalReason, Outcome};
 use tripline_core::clock::{nanos, Clock, ManualClock};
 use tripline_core::outlier::*;
+use tripline_core::rate_budget::{RateBudget, RateBudgetConfig};
 use tripline_core::rng::SplitMix;
 
 fn outcome() -> impl Strategy<Value = Outcome> {
@@ -242,7 +243,7 @@ proptest! {
         max_retries in 0..20u32,
         ops in prop::collection::vec(budget_op(), 1..400),
     ) {
-        let budget = RetryBudget::new(RetryBudgetConfig { percent, min_retry_concurrency: min, max_retries });
+        let budget = RetryBudget::new(RetryBudgetConfig { percent, min_retry_concurrency: min, max_retries, rate: None });
         // Each request holds its retries; ending a request ends its retries first.
         let mut requests = Vec::new();
         let mut retries: Vec<(usize, _)> = Vec::new();
@@ -250,7 +251,7 @@ proptest! {
         for op in ops {
             match op {
                 BudgetOp::Start => {
-                    requests.push((next, budget.start_request()));
+                    requests.push((next, budget.start_request(0)));
                     next += 1;
                 }
                 BudgetOp::End { which } => {
@@ -267,14 +268,14 @@ proptest! {
                         let limit = (active as f64 * percent / 100.0).floor() as u64;
                         let limit = limit.max(min as u64).min(max_retries as u64);
                         let before = retries.len() as u64;
-                        match budget.try_retry() {
+                        match budget.try_retry(0) {
                             Ok(p) => {
                                 prop_assert!(before < limit, "granted at {} of {}", before, limit);
                                 retries.push((id, p));
                             }
                             Err(e) => {
                                 prop_assert!(before >= limit, "refused at {} of {}", before, limit);
-                                prop_assert_eq!((e.in_flight, e.limit, e.active), (before, limit, active));
+                                prop_assert_eq!(e, BudgetExhausted::InFlight { in_flight: before, limit, active });
                             }
                         }
                     }
@@ -291,16 +292,58 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Linkerd's budget by rate: whatever the mix of requests, retries and time passing, the
+    /// retries within the last ttl (the window's ten buckets) never exceed `retryRatio` × the
+    /// requests within it plus `minRetriesPerSecond` × ttl, and a retry is refused only when
+    /// one more would exceed it.
+    #[test]
+    fn retries_by_rate_never_exceed_ratio_times_requests_plus_the_reserve(
+        ratio in 0.0..2.0f64,
+        min_per_sec in 0..5u32,
+        ttl_ms in 100..5_000u64,
+        ops in prop::collection::vec((any::<bool>(), 0..400u64), 1..300),
+    ) {
+        let cfg = RateBudgetConfig { retry_ratio: ratio, min_retries_per_second: min_per_sec, ttl: Duration::from_millis(ttl_ms) };
+        let budget = RateBudget::new(cfg);
+        let width = nanos(cfg.ttl) / 10;
+        let mut now = 0u64;
+        // (time, is_retry) of everything counted.
+        let mut events: Vec<(u64, bool)> = Vec::new();
+        for (is_retry, advance_ms) in ops {
+            now += advance_ms * 1_000_000;
+            let current = now / width;
+            let inside = |t: u64| t / width + 10 > current;
+            let requests = events.iter().filter(|(t, r)| !r && inside(*t)).count() as u64;
+            let retries = events.iter().filter(|(t, r)| *r && inside(*t)).count() as u64;
+            prop_assert_eq!(budget.counts(now), (requests, retries));
+            if is_retry {
+                let fits = (retries + 1) as f64 <= cfg.allowed(requests);
+                prop_assert_eq!(budget.try_withdraw(now).is_ok(), fits, "{} retries, {} requests", retries, requests);
+                if fits {
+                    events.push((now, true));
+                    prop_assert!((retries + 1) as f64 <= ratio * requests as f64 + min_per_sec as f64 * cfg.ttl.as_secs_f64());
+                }
+            } else {
+                budget.deposit(now);
+                events.push((now, false));
+            }
+        }
+    }
+}
+
 #[test]
 fn concurrent_retries_never_exceed_the_budget() {
     let budget = RetryBudget::new(RetryBudgetConfig { min_retry_concurrency: 5, ..Default::default() });
-    let _req = budget.start_request();
+    let _req = budget.start_request(0);
     let peak = std::sync::atomic::AtomicU64::new(0);
     std::thread::scope(|s| {
         for _ in 0..4 {
             s.spawn(|| {
                 for _ in 0..20_000 {
-                    if let Ok(p) = budget.try_retry() {
+                    if let Ok(p) = budget.try_retry(0) {
                         peak.fetch_max(budget.retries_in_flight(), std::sync::atomic::Ordering::SeqCst);
                         drop(p);
                     }
@@ -343,7 +386,10 @@ proptest! {
         let _ = ejection_cap(hosts, percent, CapRounding::Ceil);
         let rng = SplitMix::seeded(secs);
         let _ = Backoff::new(Duration::from_secs(secs), Duration::from_secs(secs)).delay(probes, &rng);
-        let _ = RetryBudget::new(RetryBudgetConfig { percent: ratio, min_retry_concurrency: probes, max_retries: percent }).try_retry();
+        let _ = RetryBudget::new(RetryBudgetConfig { percent: ratio, min_retry_concurrency: probes, max_retries: percent, rate: None }).try_retry(0);
+        let rate = RateBudget::new(RateBudgetConfig { retry_ratio: ratio, min_retries_per_second: probes, ttl: Duration::from_micros(micros) });
+        rate.deposit(secs);
+        let _ = rate.try_withdraw(secs);
 
         let clock = ManualClock::new(micros);
         let cfg = BreakerConfig {

@@ -32,7 +32,7 @@ const fn kind(group: &'static str, version: &'static str, kind: &'static str, pl
 }
 
 /// Every kind read: Istio's networking and security kinds Tripline implements (their `v1`,
-/// served since Istio 1.22), and Tripline's own.
+/// served since Istio 1.22), Linkerd's ServiceProfile, and Tripline's own.
 pub const KINDS: &[Kind] = &[
     kind("networking.istio.io", "v1", "ServiceEntry", "serviceentries"),
     kind("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
@@ -41,6 +41,7 @@ pub const KINDS: &[Kind] = &[
     kind("networking.istio.io", "v1", "Sidecar", "sidecars"),
     kind("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"),
     kind("security.istio.io", "v1", "PeerAuthentication", "peerauthentications"),
+    kind("linkerd.io", "v1alpha2", "ServiceProfile", "serviceprofiles"),
     kind("tripline.dev", "v1alpha1", "ResiliencePolicy", "resiliencepolicies"),
 ];
 

@@ -1,5 +1,5 @@
 //! `tripline crds`: the CustomResourceDefinitions of the kinds Tripline reads from the API
-//! server (`tripline_kube::objects::KINDS`: Istio's, for clusters without Istio, and
+//! server (`tripline_kube::objects::KINDS`: Istio's, for clusters without Istio; Linkerd's ServiceProfile, for clusters without Linkerd; and
 //! Tripline's own ResiliencePolicy), as one YAML stream for `kubectl apply -f -`.
 //! `deploy/crds.yaml` is this output; a test fails when the two differ.
 //!

@@ -910,6 +910,15 @@ fn budget_item(c: &ClusterPlan, o: Option<&ClusterOrigin<'_>>) -> Item {
         max if max < floor => format!("{share} and never more than {max}: maxRetries is below the floor of {floor} the budget would always allow"),
         max => format!("{share}, always at least {floor} and never more than {max}"),
     };
+    let says = match &b.rate {
+        Some(r) => format!(
+            "{says}; and, by the ServiceProfile's retryBudget, over any {}: at most {} retries per request plus {} per second",
+            format_duration(r.ttl),
+            r.retry_ratio,
+            r.min_retries_per_second
+        ),
+        None => says,
+    };
     let percent = |t: &TrafficPolicy| t.retry_budget.percent.is_some();
     let floor = |t: &TrafficPolicy| t.retry_budget.min_retry_concurrency.is_some();
     let max = |t: &TrafficPolicy| t.connection_pool.max_retries.is_some();

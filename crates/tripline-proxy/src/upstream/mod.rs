@@ -416,7 +416,7 @@ pub async fn send<R: AsRef<RoutePolicy> + Send + Sync + 'static>(
     };
     let mut guards = Some(RequestGuards {
         _active: active,
-        _budget: res.budget.start_request_owned(),
+        _budget: res.budget.start_request_owned(now),
         cluster_breaker,
         route_breaker,
         stats: res.stats.clone(),
@@ -499,7 +499,7 @@ pub async fn send<R: AsRef<RoutePolicy> + Send + Sync + 'static>(
             };
             let retry = verdict == Verdict::Retry;
             let permit = if retry {
-                match res.budget.try_retry_owned() {
+                match res.budget.try_retry_owned(resilience::now()) {
                     Ok(p) => Some(p),
                     Err(_) => {
                         res.stats.retries_refused_budget.fetch_add(1, Ordering::Relaxed);

@@ -148,6 +148,19 @@ async fn services_slices_and_policies_from_the_api_server() {
         proxy.metric("tripline_kubernetes_rejected_objects", &[]).await == 0.0
     })
     .await;
+
+    // A Linkerd ServiceProfile through the API: its route's timeout applies to that route.
+    let profile = json!({
+        "apiVersion": "linkerd.io/v1alpha2", "kind": "ServiceProfile",
+        "metadata": {"name": "slow.shop.svc.cluster.local", "namespace": "shop"},
+        "spec": {"routes": [{"name": "timed", "condition": {"method": "GET", "pathRegex": "/timed"}, "timeout": "100ms"}]},
+    });
+    k8s.apply(profile).await;
+    eventually("the profile's route timeout applies", SOON, || async {
+        get(mesh, "slow", "/timed").await.unwrap().status == 504
+    })
+    .await;
+    assert_eq!(get(mesh, "slow", "/other").await.unwrap().status, 200, "other requests are not timed");
 }
 
 /// `validate --kubernetes` checks a file's hosts against the API server's Services: one that

@@ -24,6 +24,7 @@ mod peer_authn;
 mod reload;
 mod resilience;
 mod routing;
+mod service_profile;
 mod sidecar;
 mod tcp;
 mod tls;

@@ -304,7 +304,7 @@ use crate::support::seeds_dir;
 
 /// A brief's seed beside a file of ours (the ServiceEntries and DestinationRules for its
 /// hosts), served by the binary on a mesh listener; `None` outside CI without the seeds.
-async fn seed_with(seed: &str, ours: &str) -> Option<(Proxy, SocketAddr)> {
+pub(crate) async fn seed_with(seed: &str, ours: &str) -> Option<(Proxy, SocketAddr)> {
     let seed = seeds_dir::seeds_dir()?.join(seed);
     let dir = crate::support::proxy::unique_dir("seed");
     let extra = dir.join("hosts.yaml");
