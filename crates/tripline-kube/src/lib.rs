@@ -8,6 +8,8 @@
 //! - [`objects`]: the custom resources read, and each object as a document.
 //! - [`KubeSource`]: the watchers, the snapshot of what they hold ([`KubeSource::sources`]),
 //!   and a signal when it changes ([`KubeSource::changed`]).
+//! - `status`: the `Accepted` condition written on invalid objects
+//!   ([`KubeSource::report_status`]).
 //!
 //! Each watcher lists, then watches, and re-lists when the API server says its version is
 //! too old (410 Gone) or the connection is lost, with backoff: what it held stays in its
@@ -18,6 +20,7 @@
 
 pub mod objects;
 pub mod services;
+mod status;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -46,6 +49,8 @@ pub const SOURCE_PREFIX: &str = "kubernetes:";
 pub struct Options {
     /// Only this namespace (`--namespace`); `None`: every namespace.
     pub namespace: Option<String>,
+    /// Write the `Accepted` condition of invalid objects (`--report-status`).
+    pub report_status: bool,
 }
 
 /// The watchers and what they hold.
@@ -55,6 +60,7 @@ pub struct KubeSource {
     custom: Vec<(&'static objects::Kind, Store<DynamicObject>)>,
     changed: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
+    status: Option<status::StatusWriter>,
 }
 
 impl Drop for KubeSource {
@@ -89,7 +95,10 @@ impl KubeSource {
             tasks.push(watch(dynamic_api(&client, ns, &resource), w, kind.kind.to_string(), changed.clone()));
             custom.push((kind, store));
         }
-        let source = KubeSource { services, slices, custom, changed, tasks };
+        let status = opts
+            .report_status
+            .then(|| status::StatusWriter::new(client.clone(), tokio::runtime::Handle::current()));
+        let source = KubeSource { services, slices, custom, changed, tasks, status };
         let required = async {
             source.services.wait_until_ready().await.ok();
             source.slices.wait_until_ready().await.ok();
@@ -141,6 +150,28 @@ impl KubeSource {
             }
         }
         out
+    }
+
+    /// With [`Options::report_status`]: writes `Accepted: False` with its error on each object
+    /// of `rejected` (source name → the first error found in it), and `Accepted: True` on
+    /// those written invalid before that are valid now. Returns at once; the writes follow.
+    pub fn report_status(&self, rejected: &BTreeMap<String, String>) {
+        let Some(writer) = &self.status else { return };
+        let mut targets = Vec::new();
+        let mut present = std::collections::HashSet::new();
+        for (kind, store) in &self.custom {
+            for object in store.state() {
+                let (ns, name) = key(&object.metadata);
+                let source = source_name(&ns, kind.kind, &name);
+                let error = rejected.get(&source).cloned();
+                if error.is_some() || writer.marked_invalid(&source) {
+                    targets.push(status::Target { source: source.clone(), kind, object, error });
+                }
+                present.insert(source);
+            }
+        }
+        writer.retain(|s| present.contains(s));
+        writer.report(targets);
     }
 
     /// Resolves once something the watchers hold has changed since the last call (a change
@@ -200,7 +231,11 @@ fn key(meta: &kube::api::ObjectMeta) -> (String, String) {
 fn source(namespace: &str, kind: &str, name: &str, doc: &serde_json::Value) -> Source {
     // Pretty-printed, so that a diagnostic's line says which field.
     let text = serde_json::to_string_pretty(doc).unwrap_or_default();
-    Source { name: format!("{SOURCE_PREFIX}{namespace}/{kind}/{name}"), text }
+    Source { name: source_name(namespace, kind, name), text }
+}
+
+fn source_name(namespace: &str, kind: &str, name: &str) -> String {
+    format!("{SOURCE_PREFIX}{namespace}/{kind}/{name}")
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>

@@ -31,11 +31,13 @@ spec:
   - name: {version}
     served: true
     storage: true
+    subresources: {{status: {{}}}}
     schema:
       openAPIV3Schema:
         type: object
         properties:
           spec: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
+          status: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
 ",
             plural = k.plural,
             group = k.group,
@@ -61,9 +63,10 @@ mod tests {
         }
     }
 
-    /// The chart's role grants list and watch on exactly what the Kubernetes source reads.
+    /// The chart's roles grant list and watch on exactly what the Kubernetes source reads, and
+    /// patch on exactly their status subresources (for `--report-status`).
     #[test]
-    fn the_chart_s_role_lists_and_watches_exactly_what_tripline_reads() {
+    fn the_chart_s_roles_list_and_watch_exactly_what_tripline_reads_and_patch_their_status() {
         let rbac = std::fs::read_to_string(format!("{DEPLOY}/helm/tripline/templates/rbac.yaml")).unwrap();
         let list = |line: &str, key: &str| -> Vec<String> {
             let inner = line.trim().trim_start_matches("- ").strip_prefix(key).unwrap().trim();
@@ -74,22 +77,30 @@ mod tests {
                 .collect()
         };
         let mut granted = std::collections::BTreeSet::new();
+        let mut status = std::collections::BTreeSet::new();
         let lines: Vec<&str> = rbac.lines().collect();
         for (i, line) in lines.iter().enumerate().filter(|(_, l)| l.trim_start().starts_with("- apiGroups:"))
         {
             let groups = list(line, "apiGroups:");
             let resources = list(lines[i + 1], "resources:");
-            assert_eq!(list(lines[i + 2], "verbs:"), ["list", "watch"], "only list and watch");
+            let into = match list(lines[i + 2], "verbs:").as_slice() {
+                [l, w] if l == "list" && w == "watch" => &mut granted,
+                [p] if p == "patch" => &mut status,
+                other => panic!("only list and watch, or patch on status: {other:?}"),
+            };
             for g in &groups {
-                granted.extend(resources.iter().map(|r| (g.clone(), r.clone())));
+                into.extend(resources.iter().map(|r| (g.clone(), r.clone())));
             }
         }
         let mut read: std::collections::BTreeSet<(String, String)> = tripline_kube::objects::KINDS
             .iter()
             .map(|k| (k.group.to_string(), k.plural.to_string()))
             .collect();
+        let written: std::collections::BTreeSet<(String, String)> =
+            read.iter().map(|(g, p)| (g.clone(), format!("{p}/status"))).collect();
         read.insert((String::new(), "services".into()));
         read.insert(("discovery.k8s.io".into(), "endpointslices".into()));
         assert_eq!(granted, read);
+        assert_eq!(status, written);
     }
 }

@@ -89,6 +89,11 @@ pub struct RunArgs {
     /// With --kubernetes: watch this namespace only (default: every namespace).
     #[arg(long, value_name = "NAMESPACE", requires = "kubernetes")]
     pub namespace: Option<String>,
+    /// With --kubernetes: write the `Accepted` condition of the custom resources Tripline
+    /// reads: `False` with the error on an invalid one, `True` once it is fixed. Give it to
+    /// one proxy (the gateway), not every sidecar.
+    #[arg(long, requires = "kubernetes")]
+    pub report_status: bool,
     /// Admin API address (/ready, /metrics, /clusters, /config_dump).
     #[arg(long, default_value = "127.0.0.1:15000", value_name = "ADDR")]
     pub admin: SocketAddr,

@@ -152,8 +152,22 @@ fn endpoints_in_place(
     true
 }
 
-/// Logs the objects a load left out (those not logged at the last load) and counts them.
-fn report_rejected(proxy: &Proxy, rejected: &[Diagnostic], logged: &mut HashSet<String>) {
+/// Logs the objects a load left out (those not logged at the last load), counts them, and
+/// (with `--report-status`) says so in their status.
+fn report_rejected(
+    proxy: &Proxy,
+    kube: Option<&KubeSource>,
+    rejected: &[Diagnostic],
+    logged: &mut HashSet<String>,
+) {
+    if let Some(k) = kube {
+        let mut first = std::collections::BTreeMap::new();
+        for d in rejected {
+            // The field path says where; the line is in Tripline's rendering of the object.
+            first.entry(d.file.clone()).or_insert_with(|| format!("{}: {}", d.path, d.message));
+        }
+        k.report_status(&first);
+    }
     let now: HashSet<String> = rejected.iter().map(|d| d.to_string()).collect();
     for d in now.difference(logged) {
         tracing::error!("{d}");
@@ -189,7 +203,8 @@ pub fn run(args: RunArgs) -> ExitCode {
         }
     };
     let kube = if args.kubernetes {
-        let options = tripline_kube::Options { namespace: args.namespace.clone() };
+        let options =
+            tripline_kube::Options { namespace: args.namespace.clone(), report_status: args.report_status };
         match rt.block_on(KubeSource::start(options, Duration::from_secs(30))) {
             Ok(k) => Some(Arc::new(k)),
             Err(e) => {
@@ -290,7 +305,7 @@ async fn serve(
         return ExitCode::FAILURE;
     }
     let mut logged = HashSet::new();
-    report_rejected(&proxy, &rejected, &mut logged);
+    report_rejected(&proxy, config.kube.as_deref(), &rejected, &mut logged);
     // The running config keeps what it needs; the plan is not needed for the process's life.
     drop(loaded);
     crate::alloc::release_free_memory();
@@ -473,7 +488,7 @@ async fn watch_config(proxy: Proxy, w: Watching, filling: tokio::task::JoinHandl
                 for w in &loaded.warnings {
                     tracing::warn!("{w}");
                 }
-                report_rejected(&proxy, &rejected, &mut logged);
+                report_rejected(&proxy, config.kube.as_deref(), &rejected, &mut logged);
                 let applying = std::time::Instant::now();
                 match proxy.apply_prepared(&loaded, prepared).await {
                     Ok(retired) => {

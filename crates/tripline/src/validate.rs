@@ -116,7 +116,7 @@ impl Findings {
 fn from_cluster(namespace: Option<String>) -> Result<Vec<tripline_config::Source>, String> {
     let rt = crate::run::runtime().map_err(|e| format!("cannot start the runtime: {e}"))?;
     rt.block_on(async {
-        let options = tripline_kube::Options { namespace };
+        let options = tripline_kube::Options { namespace, report_status: false };
         let kube = tripline_kube::KubeSource::start(options, std::time::Duration::from_secs(30)).await?;
         Ok(kube.sources())
     })

@@ -68,7 +68,7 @@ async fn services_slices_and_policies_from_the_api_server() {
     let mesh_arg = mesh.to_string();
     let proxy = Proxy::start_kube(
         &k8s.env(),
-        &["--mesh-bind", &mesh_arg, "--workload-namespace", "shop", "--namespace", "shop"],
+        &["--mesh-bind", &mesh_arg, "--workload-namespace", "shop", "--namespace", "shop", "--report-status"],
     )
     .await;
 
@@ -127,6 +127,22 @@ async fn services_slices_and_policies_from_the_api_server() {
     .await;
     assert!(proxy.logs().contains("kubernetes:shop/VirtualService/broken"), "{}", proxy.logs());
     assert!(proxy.logs().contains("unknown field `timeoutt`"), "{}", proxy.logs());
+    // `--report-status`: the object says so itself, with the field and the fix.
+    let accepted = |status: Value| {
+        let c =
+            status["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Accepted").cloned());
+        c.map(|c| {
+            (c["status"].as_str().unwrap_or("").to_string(), c["message"].as_str().unwrap_or("").to_string())
+        })
+    };
+    eventually("the invalid object's Accepted condition is False", SOON, || async {
+        accepted(k8s.status(&invalid).await).is_some_and(|(s, m)| {
+            s == "False"
+                && m.starts_with("VirtualService/broken: spec.http[0]")
+                && m.contains("unknown field `timeoutt`")
+        })
+    })
+    .await;
     assert_eq!(answering(mesh, "checkout", 4).await, ["b"]);
     assert_eq!(two_at_once().await, [200, 503], "the rule still applies");
 
@@ -143,11 +159,19 @@ async fn services_slices_and_policies_from_the_api_server() {
         answering(mesh, "checkout", 8).await == ["b", "c"]
     })
     .await;
-    k8s.delete(invalid).await;
-    eventually("nothing is left out once the invalid object is gone", SOON, || async {
+    // Fixed: applied, and it says so.
+    let mut fixed = invalid.clone();
+    fixed["spec"]["http"][0] = json!({"route": [{"destination": {"host": "checkout"}}], "timeout": "1s"});
+    k8s.apply(fixed.clone()).await;
+    eventually("nothing is left out once the object is fixed", SOON, || async {
         proxy.metric("tripline_kubernetes_rejected_objects", &[]).await == 0.0
     })
     .await;
+    eventually("the fixed object's Accepted condition is True", SOON, || async {
+        accepted(k8s.status(&fixed).await).is_some_and(|(s, _)| s == "True")
+    })
+    .await;
+    k8s.delete(fixed).await;
 
     // A Linkerd ServiceProfile through the API: its route's timeout applies to that route.
     let profile = json!({

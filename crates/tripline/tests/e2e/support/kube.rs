@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::free_port;
 
@@ -137,6 +137,13 @@ impl KubeApi {
             .unwrap_or_else(|e| panic!("apply {name}: {e}"));
     }
 
+    /// The object's `status` as the API server has it now.
+    pub async fn status(&self, obj: &Value) -> Value {
+        let (api, name) = self.api_of(obj);
+        let got = api.get(&name).await.unwrap_or_else(|e| panic!("get {name}: {e}"));
+        got.data.get("status").cloned().unwrap_or(Value::Null)
+    }
+
     pub async fn delete(&self, obj: Value) {
         let (api, name) = self.api_of(&obj);
         api.delete(&name, &DeleteParams::default()).await.unwrap_or_else(|e| panic!("delete {name}: {e}"));
@@ -166,25 +173,21 @@ impl KubeApi {
         (api, name)
     }
 
-    /// Definitions for the kinds Tripline reads that take any `spec` (no Istio here): the
-    /// proxy, not the API server, validates them, as it does for files.
+    /// The definitions Tripline ships (`deploy/crds.yaml`, applied with kubectl as a user
+    /// would): they take any `spec` (no Istio here), and the proxy, not the API server,
+    /// validates it, as it does for files; their status subresource takes `--report-status`.
     async fn install_crds(&self) {
-        for k in tripline_kube::objects::KINDS {
-            let schema = json!({"openAPIV3Schema": {"type": "object", "properties": {
-                "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}});
-            self.apply(json!({
-                "apiVersion": "apiextensions.k8s.io/v1",
-                "kind": "CustomResourceDefinition",
-                "metadata": {"name": format!("{}.{}", k.plural, k.group)},
-                "spec": {
-                    "group": k.group,
-                    "scope": "Namespaced",
-                    "names": {"plural": k.plural, "kind": k.kind, "singular": k.kind.to_ascii_lowercase()},
-                    "versions": [{"name": k.version, "served": true, "storage": true, "schema": schema}],
-                },
-            }))
-            .await;
-        }
+        let crds = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/crds.yaml");
+        let out = std::process::Command::new("kubectl")
+            .args(["apply", "-f", crds])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .expect("kubectl (.ci/run requires it)");
+        assert!(
+            out.status.success(),
+            "kubectl apply -f deploy/crds.yaml: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // A definition is served a moment after it is created.
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
