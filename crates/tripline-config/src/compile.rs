@@ -984,14 +984,43 @@ struct Listener {
 impl Ctx<'_> {
     /// Every ServiceEntry address with each of its HTTP ports: the destinations the mesh
     /// listener routes when iptables redirected a connection to it.
-    fn service_addresses(&self) -> Vec<ServiceAddress> {
+    /// The services' virtual addresses with their ports: an HTTP port is routed by Host; a
+    /// TCP port gets a cluster of its own, to which a connection redirected there is proxied
+    /// with the host's DestinationRule (pool limits, outlier detection, balancing, TLS)
+    /// instead of being passed through. The rule's HTTP settings serve the host's HTTP ports
+    /// and do nothing on its TCP ports, as in Istio (a `tcp` route of a VirtualService, which
+    /// names the cluster itself, is checked instead: see `check_tcp_clusters`).
+    fn service_addresses(&mut self) -> Vec<ServiceAddress> {
         let mut out = Vec::new();
-        for (_, se) in &self.service_entries {
-            let http = se.ports.iter().filter(|p| {
-                matches!(port_protocol(p).as_str(), "HTTP" | "HTTP1" | "HTTP2" | "GRPC" | "GRPC-WEB")
-            });
-            for p in http {
-                out.extend(se.addresses.iter().map(|&block| ServiceAddress { block, port: p.number }));
+        for (se_res, se) in self.service_entries.clone() {
+            let Some(host) = se.hosts.iter().find(|h| !h.value.contains('*')) else { continue };
+            if se.addresses.is_empty() {
+                continue;
+            }
+            for p in &se.ports {
+                let tcp = match port_protocol(p).as_str() {
+                    "HTTP" | "HTTP1" | "HTTP2" | "GRPC" | "GRPC-WEB" => None,
+                    "TCP" => {
+                        let d = RouteDestination {
+                            host: host.clone(),
+                            subset: None,
+                            port: Some(crate::model::At {
+                                value: p.number,
+                                pos: host.pos,
+                                path: host.path.clone(),
+                            }),
+                            weight: None,
+                            headers: Default::default(),
+                            pos: host.pos,
+                            path: host.path.to_string(),
+                        };
+                        let Some(cluster) = self.destination(se_res, &d, true) else { continue };
+                        Some(cluster)
+                    }
+                    // TLS, HTTPS, and the rest: passed through as they are.
+                    _ => continue,
+                };
+                out.extend(se.addresses.iter().map(|&block| ServiceAddress { block, port: p.number, tcp }));
             }
         }
         out
@@ -1516,7 +1545,10 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         ctx.default_routes(&mut listeners, &mut binds);
     }
     ctx.check_tcp_clusters(&tcp_clusters);
-    let addresses = ctx.service_addresses();
+    let addresses = match listeners.iter().any(|l| l.plan.intercepted.is_some()) {
+        true => ctx.service_addresses(),
+        false => Vec::new(),
+    };
     for l in listeners.iter_mut().filter(|l| l.plan.intercepted.is_some()) {
         l.plan.intercepted = Some(addresses.clone());
     }

@@ -89,8 +89,9 @@ pub struct ListenerPlan {
     /// The mesh listener, which `tripline iptables` redirects the application's outbound TCP
     /// to: a redirected connection whose original destination is one of these service
     /// addresses (a ServiceEntry's `addresses`, a Kubernetes Service's cluster IP, with each
-    /// HTTP port) is routed as HTTP; one to any other destination is passed through to it
-    /// untouched (Istio's `ALLOW_ANY`). `None` on other listeners.
+    /// HTTP or TCP port) is routed as HTTP, or proxied to the TCP port's cluster; one to any
+    /// other destination is passed through to it untouched (Istio's `ALLOW_ANY`). `None` on
+    /// other listeners.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub intercepted: Option<Vec<ServiceAddress>>,
     /// A sidecar inbound port reached through the inbound capture listener
@@ -127,11 +128,14 @@ impl ListenerPlan {
     }
 }
 
-/// A service's virtual address and one of its HTTP ports.
+/// A service's virtual address and one of its HTTP or TCP ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ServiceAddress {
     pub block: Cidr,
     pub port: u16,
+    /// A TCP port: the cluster its connections are proxied to. `None`: an HTTP port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<ClusterId>,
 }
 
 impl ServiceAddress {

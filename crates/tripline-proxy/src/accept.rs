@@ -79,6 +79,13 @@ async fn accept_loop(
                 hand_over(stream, move |s| crate::tcp_proxy::pass_to(shared, rt, s, peer, to, tracker));
                 continue;
             }
+            Served::Tcp(cluster) => {
+                let (shared, rt) = (shared.clone(), rt.clone());
+                hand_over(stream, move |s| {
+                    crate::tcp_proxy::to_service(shared, rt, s, peer, cluster, tracker)
+                });
+                continue;
+            }
         };
         let h2_only = rt.protocol == ListenerProtocol::Http2;
         match rt.protocol {
@@ -122,6 +129,8 @@ enum Served {
     /// service it routes (`ListenerPlan::intercepted`); on the inbound capture listener, a
     /// port no ingress has.
     PassTo(SocketAddr),
+    /// On the mesh listener: a service's TCP port, proxied to its cluster.
+    Tcp(Arc<crate::cluster::Cluster>),
 }
 
 /// Where a connection iptables redirected to a sidecar listener goes, by its original
@@ -140,7 +149,10 @@ fn served_by(shared: &Shared, rt: &ListenerRuntime, stream: &TcpStream) -> Serve
         return Served::Here;
     }
     if let Some(services) = &config.intercepted {
-        return if services.iter().any(|s| s.takes(to)) { Served::Here } else { Served::PassTo(to) };
+        return match services.iter().find(|s| s.address.takes(to)) {
+            Some(s) => s.tcp.clone().map_or(Served::Here, Served::Tcp),
+            None => Served::PassTo(to),
+        };
     }
     let listeners = crate::lock(&shared.listeners);
     match listeners.values().find(|l| l.bind.port() == to.port() && l.config.load().captured) {

@@ -54,10 +54,18 @@ pub struct ListenerConfig {
     /// connection that begins with a TLS record; any other is served in plaintext.
     pub plaintext_too: bool,
     /// See `ListenerPlan::intercepted`: the mesh listener's service addresses.
-    pub intercepted: Option<Arc<[tripline_config::plan::ServiceAddress]>>,
+    pub intercepted: Option<Arc<[Intercepted]>>,
     /// See `ListenerPlan::captured` and `ListenerPlan::inbound_capture`.
     pub captured: bool,
     pub inbound_capture: bool,
+}
+
+/// A service address on the mesh listener: an HTTP port (routed by Host), or a TCP port with
+/// the cluster its connections are proxied to.
+#[derive(Debug, Clone)]
+pub struct Intercepted {
+    pub address: tripline_config::plan::ServiceAddress,
+    pub tcp: Option<Arc<Cluster>>,
 }
 
 /// A TCP listener's route and the connections it takes.
@@ -357,7 +365,12 @@ impl ListenerConfig {
             https_redirect: plan.https_redirect,
             passthrough: plan.passthrough,
             plaintext_too: plan.plaintext_too,
-            intercepted: plan.intercepted.as_deref().map(Arc::from),
+            intercepted: plan.intercepted.as_ref().map(|addresses| {
+                addresses
+                    .iter()
+                    .map(|&address| Intercepted { address, tcp: address.tcp.map(|c| clusters[c].clone()) })
+                    .collect()
+            }),
             captured: plan.captured,
             inbound_capture: plan.inbound_capture,
             exact: Default::default(),

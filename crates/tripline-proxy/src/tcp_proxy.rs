@@ -158,35 +158,18 @@ async fn pass_through(
 async fn proxy<C: AsyncRead + AsyncWrite + Unpin>(
     shared: Arc<Shared>,
     rt: Arc<ListenerRuntime>,
-    mut client: C,
+    client: C,
     local: std::net::IpAddr,
     peer: SocketAddr,
     tls: Option<crate::tls::TlsInfo>,
     _t: ConnTracker,
 ) {
+    if !allowed(&shared, &rt, peer, tls.as_ref()) {
+        return;
+    }
     let route = {
-        let config = rt.config.load();
-        if let Some(authz) = &config.authz {
-            // A TCP connection has no `x-forwarded-for`: the peer is the client.
-            let facts = Facts {
-                peer: peer.ip(),
-                remote: peer.ip(),
-                port: rt.bind.port(),
-                tls: tls.as_ref(),
-                http: None,
-            };
-            let decision = authz.check(&facts);
-            if let Some(policy) = decision.shadow_denied_by {
-                tracing::debug!(listener = %rt.name, %peer, %policy, "a dry-run authorization policy would deny this connection");
-            }
-            if let Some(policy) = decision.denied_by {
-                refuse_global(&shared, Reason::RbacDenied);
-                tracing::debug!(listener = %rt.name, %peer, %policy, "connection denied by an authorization policy");
-                return;
-            }
-        }
         let sni = tls.as_ref().and_then(|t| t.sni.as_deref());
-        config.tcp_route(local, sni).cloned()
+        rt.config.load().tcp_route(local, sni).cloned()
     };
     let Some(cluster) = route.as_ref().and_then(|r| r.pick_cluster(&shared.rng)).cloned() else {
         refuse_global(&shared, Reason::NoRoute);
@@ -194,13 +177,63 @@ async fn proxy<C: AsyncRead + AsyncWrite + Unpin>(
         tracing::debug!(listener = %rt.name, %peer, sni, "no route takes this connection");
         return;
     };
+    forward(&shared, client, peer, &cluster).await
+}
+
+/// A connection iptables redirected to the mesh listener for a service's TCP port (its
+/// cluster IP and port): proxied to the service's endpoints with its cluster's limits,
+/// outlier detection and balancing, as a `tcp` route would.
+pub async fn to_service(
+    shared: Arc<Shared>,
+    rt: Arc<ListenerRuntime>,
+    client: TcpStream,
+    peer: SocketAddr,
+    cluster: Arc<Cluster>,
+    _t: ConnTracker,
+) {
+    if allowed(&shared, &rt, peer, None) {
+        forward(&shared, client, peer, &cluster).await
+    }
+}
+
+/// Whether the AuthorizationPolicies let the connection through (a denial is counted).
+fn allowed(
+    shared: &Shared,
+    rt: &ListenerRuntime,
+    peer: SocketAddr,
+    tls: Option<&crate::tls::TlsInfo>,
+) -> bool {
+    let config = rt.config.load();
+    let Some(authz) = &config.authz else { return true };
+    // A TCP connection has no `x-forwarded-for`: the peer is the client.
+    let facts = Facts { peer: peer.ip(), remote: peer.ip(), port: rt.bind.port(), tls, http: None };
+    let decision = authz.check(&facts);
+    if let Some(policy) = decision.shadow_denied_by {
+        tracing::debug!(listener = %rt.name, %peer, %policy, "a dry-run authorization policy would deny this connection");
+    }
+    if let Some(policy) = decision.denied_by {
+        refuse_global(shared, Reason::RbacDenied);
+        tracing::debug!(listener = %rt.name, %peer, %policy, "connection denied by an authorization policy");
+        return false;
+    }
+    true
+}
+
+/// Connects to an endpoint of `cluster` (within its connection limit) and copies bytes both
+/// ways, originating TLS to the endpoint if the cluster has it.
+async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    mut client: C,
+    peer: SocketAddr,
+    cluster: &Cluster,
+) {
     let state = &cluster.state;
     let Some(_slot) = state.connections.try_acquire() else {
         state.stats.local.inc(Reason::OverflowConnections);
         return;
     };
     let hash = crate::upstream::ip_hash(peer);
-    let (upstream, endpoint) = match connect(&shared, &cluster, hash).await {
+    let (upstream, endpoint) = match connect(shared, cluster, hash).await {
         Ok(connected) => connected,
         Err(reason) => {
             state.stats.local.inc(reason);

@@ -30,6 +30,7 @@ async fn iptables_sends_the_pod_s_traffic_through_the_proxy_and_unknown_destinat
     let Some(pod) = Pod::new("sc") else { return };
     let backend = Upstream::http_at("backend", SocketAddr::new(pod.host_ip.into(), 0)).await;
     let elsewhere = Upstream::http_at("elsewhere", SocketAddr::new(pod.host_ip.into(), 0)).await;
+    let db = Upstream::tcp_echo_at("db", SocketAddr::new(pod.host_ip.into(), 0)).await;
 
     // The service: cluster IP 10.96.0.10, port 80, its endpoint the backend out here.
     let yaml = config::join(&[
@@ -39,6 +40,13 @@ async fn iptables_sends_the_pod_s_traffic_through_the_proxy_and_unknown_destinat
             backend.addr.port()
         ),
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: backend}\nspec:\n  hosts: [backend.shop.svc.cluster.local]\n  http:\n  - route: [{destination: {host: backend.shop.svc.cluster.local}}]\n    headers: {request: {set: {x-via: tripline}}}\n".to_string(),
+        // A TCP service (cluster IP 10.96.0.20, port 5432) with one connection at most.
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: db}}\nspec:\n  hosts: [db.shop.svc.cluster.local]\n  addresses: [10.96.0.20]\n  ports: [{{number: 5432, name: tcp, protocol: TCP}}]\n  resolution: STATIC\n  endpoints: [{{address: {}, ports: {{tcp: {}}}}}]\n",
+            db.addr.ip(),
+            db.addr.port()
+        ),
+        config::destination_rule("db.shop.svc.cluster.local", "    connectionPool: {tcp: {maxConnections: 1}}\n"),
     ]);
     let install = pod.run(binary(), &["iptables", "install", "--inbound-port", "0"]);
     assert!(install.status.success(), "{}", String::from_utf8_lossy(&install.stderr));
@@ -68,6 +76,29 @@ async fn iptables_sends_the_pod_s_traffic_through_the_proxy_and_unknown_destinat
     // The proxy's own connections left the pod as they were (its uid is excluded): the
     // backend saw the proxy, once.
     assert_eq!(backend.requests(), 1);
+
+    // To the TCP service's cluster IP: proxied to its endpoint with its DestinationRule, so
+    // while one connection is open a second is refused (maxConnections: 1), not passed through.
+    let script = "exec 3<>/dev/tcp/10.96.0.20/5432; printf ping >&3; head -c 4 <&3; \
+                  exec 4<>/dev/tcp/10.96.0.20/5432; printf pong >&4; timeout 3 head -c 4 <&4; echo \" rc=$?\"";
+    let out = pod.run("bash", &["-c", script]);
+    // The first is echoed; the second is closed (reset: its "pong" was never read).
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("ping rc=") && !said.contains("pong"),
+        "{said}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cluster = "outbound|5432||db.shop.svc.cluster.local";
+    let refused = [("cluster", cluster), ("reason", "overflow-connections")];
+    assert_eq!(
+        proxy.metric("tripline_local_responses_total", &refused).await,
+        1.0,
+        "{}",
+        proxy.metrics().await
+    );
+    assert_eq!(db.connections(), 1, "the refused connection never reached the service");
+    assert_eq!(proxy.metric("tripline_passthrough_connections_total", &[("result", "connected")]).await, 1.0);
 
     // Uninstalled: curl reaches the address directly, the proxy sees nothing more.
     let out = pod.run(binary(), &["iptables", "uninstall"]);

@@ -153,7 +153,12 @@ impl Upstream {
 
     /// A TCP echo server (see the module docs).
     pub async fn tcp_echo(id: &str) -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Upstream::tcp_echo_at(id, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// A TCP echo server on `addr` (port 0: any free one).
+    pub async fn tcp_echo_at(id: &str, addr: SocketAddr) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = UpstreamState::new(id, Duration::ZERO);
         let st = state.clone();
