@@ -9,8 +9,15 @@ of ../shared/tools/kube-test:
    p50 and p99 over CHANGES changes;
 3. endpoint updates under load: h2load sends a fixed-rate load through the proxy to one
    Service while this script patches other Services' slices as fast as it can (one PATCH at a
-   time over HTTP/1.1 keep-alive), for DURATION seconds; against the same load without
-   updates. Request latency p99 of both, and the update rate reached.
+   time over HTTP/1.1 keep-alive per updater), each PATCH moving PER_UPDATE of the slice's
+   endpoints to new addresses (a rollout step), for DURATION seconds; against the same load
+   without updates. Request latency p99 of both, and the update rate reached (slice writes
+   and endpoint changes per second).
+
+   With --pin, the proxies, nginx and h2load run on CPU 0 and the API server, etcd and this
+   script's updaters on CPU 1, as a cluster would keep the control plane off the proxy's
+   node: the latency then shows what the updates cost the proxy, not what the API server
+   takes from the machine.
 
     python3 bench/kube-scale.py [--tripline target/release/tripline] [--shared ../shared]
 
@@ -128,9 +135,9 @@ def get(mesh, host):
     return r.status, r.read()
 
 
-def start_proxy(tripline, kubeconfig, mesh, admin, log):
+def start_proxy(command, kubeconfig, mesh, admin, log):
     env = dict(os.environ, KUBECONFIG=kubeconfig)
-    p = subprocess.Popen([tripline, "run", "--kubernetes", "--namespace", "bench", "--workload-namespace", "bench",
+    p = subprocess.Popen(command + ["run", "--kubernetes", "--namespace", "bench", "--workload-namespace", "bench",
                           "--mesh-bind", f"{mesh[0]}:{mesh[1]}", "--admin", f"{admin[0]}:{admin[1]}",
                           "--workers", "1", "--log-level", "warn"], env=env, stdout=log, stderr=log)
     wait_ready(admin)
@@ -160,6 +167,8 @@ def main():
     ap.add_argument("--duration", type=int, default=20)
     ap.add_argument("--rate", type=int, default=2000)
     ap.add_argument("--updaters", type=int, default=4)
+    ap.add_argument("--per-update", type=int, default=1, help="endpoints moved by each slice PATCH")
+    ap.add_argument("--pin", action="store_true", help="data plane on CPU 0, control plane on CPU 1")
     a = ap.parse_args()
     tripline = os.path.abspath(a.tripline)
     work = tempfile.mkdtemp(prefix="tripline-kube-scale.")
@@ -167,6 +176,13 @@ def main():
     api_port, etcd_port = free_port(), 24790
     env = dict(os.environ, KT_API_PORT=str(api_port), KT_ETCD_PORT=str(etcd_port))
     subprocess.run(["bash", f"{a.shared}/tools/kube-test/start.sh", kube], env=env, check=True, capture_output=True)
+    data_plane = ["taskset", "-c", "0"] if a.pin else []
+    if a.pin:
+        # The control plane (etcd, the API server) and this script's updaters on CPU 1.
+        for name in ("etcd", "kube-apiserver"):
+            for pid in subprocess.run(["pgrep", "-f", name], capture_output=True, text=True).stdout.split():
+                subprocess.run(["taskset", "-a", "-p", "-c", "1", pid], capture_output=True)
+        os.sched_setaffinity(0, {1})
     log = open(f"{work}/tripline.log", "w")
     procs = []
     try:
@@ -175,7 +191,7 @@ def main():
         # The load's upstream: the peers harness's nginx (`return 200 "ok"` on 18080).
         run = f"{work}/nginx"
         os.makedirs(f"{run}/tmp", exist_ok=True)
-        nginx = subprocess.Popen(["nginx", "-p", f"{run}/", "-c", f"{os.path.abspath(a.shared)}/bench/conf/upstream-nginx.conf",
+        nginx = subprocess.Popen(data_plane + ["nginx", "-p", f"{run}/", "-c", f"{os.path.abspath(a.shared)}/bench/conf/upstream-nginx.conf",
                                   "-e", f"{run}/err.log", "-g", f"pid {run}/nginx.pid;"])
         procs.append(nginx)
         port = 18080
@@ -184,7 +200,7 @@ def main():
             api.call("POST", "/api/v1/namespaces/bench/services", service(f"s{i}", "bench"))
             api.call("POST", "/apis/discovery.k8s.io/v1/namespaces/bench/endpointslices", slice_of(f"s{i}", "bench", ["127.0.0.1"], port))
         mesh, admin = ("127.0.0.1", free_port()), ("127.0.0.1", free_port())
-        p = start_proxy(tripline, f"{kube}/kubeconfig", mesh, admin, log)
+        p = start_proxy(data_plane + [tripline], f"{kube}/kubeconfig", mesh, admin, log)
         procs.append(p)
         settle(admin, 10)
         time.sleep(2)
@@ -251,7 +267,7 @@ spec:
   hosts: [s1]
   http: [{{route: [{{destination: {{host: s1}}}}]}}]
 """)
-        control = subprocess.Popen([tripline, "run", "-c", f"{work}/control.yaml", "--mesh-bind", f"{control_mesh[0]}:{control_mesh[1]}",
+        control = subprocess.Popen(data_plane + [tripline, "run", "-c", f"{work}/control.yaml", "--mesh-bind", f"{control_mesh[0]}:{control_mesh[1]}",
                                     "--admin", f"{control_admin[0]}:{control_admin[1]}", "--workers", "1", "--log-level", "warn"],
                                    stdout=log, stderr=log)
         procs.append(control)
@@ -259,7 +275,7 @@ spec:
 
         def run_load(tag, target=url):
             logf = f"{work}/h2load-{tag}.log"
-            out = subprocess.run(["h2load", "--h1", "-c", "8", "--rps", str(a.rate // 8), "-D", str(a.duration),
+            out = subprocess.run(data_plane + ["h2load", "--h1", "-c", "8", "--rps", str(a.rate // 8), "-D", str(a.duration),
                                   "--log-file", logf, "-H", ":authority: s1", target], capture_output=True, text=True).stdout
             if not os.path.exists(logf):
                 raise RuntimeError(f"h2load wrote no log: {out[-500:]}")
@@ -280,10 +296,13 @@ spec:
             i = w
             while not stop.is_set():
                 svc = 10 + i % (a.services - 10)
-                k = (i // (a.services - 10)) % 250 + 1
+                turn = i // (a.services - 10)
+                # The slice keeps ENDPOINTS endpoints; PER_UPDATE of them get new addresses.
+                moved = [f"127.2.{(turn * a.per_update + k) % 250}.{svc % 250 + 1}" for k in range(a.per_update)]
+                kept = [f"127.1.{svc // 250}.{k + 1}" for k in range(a.per_update, a.endpoints)]
+                eps = [{"addresses": [x], "conditions": {"ready": True}} for x in moved + kept]
                 u.call("PATCH", f"/apis/discovery.k8s.io/v1/namespaces/bench/endpointslices/s{svc}-1",
-                       {"endpoints": [{"addresses": [f"127.2.{svc // 250}.{k}"], "conditions": {"ready": True}}]},
-                       content_type="application/merge-patch+json")
+                       {"endpoints": eps}, content_type="application/merge-patch+json")
                 with lock:
                     count[0] += 1
                 i += a.updaters
@@ -300,7 +319,7 @@ spec:
             th.join()
         rate = count[0] / (time.time() - t0)
         print(f"load {a.rate} rps for {a.duration} s, latency p50/p99: without updates {quiet[0]:.2f}/{quiet[1]:.2f} ms ({quiet[2]}); "
-              f"with {rate:.0f} endpoint updates/s {busy[0]:.2f}/{busy[1]:.2f} ms ({busy[2]}); p99 {100 * (busy[1] / quiet[1] - 1):+.0f}%; "
+              f"with {rate:.0f} slice writes/s moving {rate * a.per_update:.0f} endpoints/s {busy[0]:.2f}/{busy[1]:.2f} ms ({busy[2]}); p99 {100 * (busy[1] / quiet[1] - 1):+.0f}%; "
               f"a proxy reading nothing from the API server, during the same updates: {control_busy[0]:.2f}/{control_busy[1]:.2f} ms")
     finally:
         for p in procs:

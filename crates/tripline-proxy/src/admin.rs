@@ -221,6 +221,10 @@ async fn route(shared: &Shared, token: Option<&TokenFile>, req: Request<Incoming
         }
         "/config_dump" => config_dump(shared).await,
         "/clusters" => json_response(&clusters_json(&shared.applied.load().clusters)),
+        "/stats" => {
+            let all = req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "all" || p == "all=1"));
+            json_response(&crate::stats_api::stats_json(&shared.applied.load().clusters, all))
+        }
         "/listeners" => {
             let applied = shared.applied.load();
             let list: Vec<_> = applied
@@ -232,7 +236,7 @@ async fn route(shared: &Shared, token: Option<&TokenFile>, req: Request<Incoming
         }
         "/" => text(
             StatusCode::OK,
-            "tripline admin\n  /ready\n  /healthz\n  /metrics\n  /config_dump\n  /clusters\n  /listeners\n  /breakers\n  POST /breakers/force-open|force-closed|reset?cluster=NAME[&endpoint=ADDR]\n",
+            "tripline admin\n  /ready\n  /healthz\n  /metrics\n  /config_dump\n  /clusters\n  /stats\n  /listeners\n  /breakers\n  POST /breakers/force-open|force-closed|reset?cluster=NAME[&endpoint=ADDR]\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "unknown admin path; see /\n"),
     }

@@ -32,6 +32,7 @@ pub mod resilience;
 pub mod router;
 pub mod sni;
 pub mod stats;
+pub mod stats_api;
 pub mod tcp_proxy;
 pub mod tls;
 pub mod upload;

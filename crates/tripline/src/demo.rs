@@ -225,34 +225,33 @@ async fn one_request(target: SocketAddr) -> Option<(StatusCode, Option<String>)>
     Some((status, reason))
 }
 
+/// Every 3 s, what the demo's client saw and the `tripline stat` table of the proxy over
+/// those 3 s: on a terminal it redraws in place; into a pipe or a file it appends plain
+/// tables, with no escape sequences.
 async fn summary_loop(proxy: Proxy, tally: Arc<Tally>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(3));
+    use std::io::IsTerminal;
+    let tty = std::io::stdout().is_terminal();
+    let every = Duration::from_secs(3);
+    let snapshot = || tripline_proxy::stats_api::stats_json(&proxy.shared.applied.load().clusters, false);
+    let mut before = snapshot();
+    let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let applied = proxy.shared.applied.load();
-        let mut line = format!(
-            "client: {} ok, {} upstream errors, {} refused by tripline |",
+        let after = snapshot();
+        let table = crate::stat::table(&crate::stat::rows(&before, &after, every));
+        before = after;
+        let client = format!(
+            "client: {} ok, {} upstream errors, {} refused by tripline (x-tripline-reason)",
             tally.ok.load(Ordering::Relaxed),
             tally.upstream_errors.load(Ordering::Relaxed),
             tally.refused.load(Ordering::Relaxed)
         );
-        for c in &applied.clusters {
-            for m in &c.endpoints.load().members {
-                let e = &m.ep;
-                let health = m.outlier.as_ref().map_or("healthy", |o| o.health().as_str());
-                let breaker = m.breaker.as_ref().map_or("-", |b| b.state().as_str());
-                let name = e.labels.get("instance").map_or_else(|| e.address.to_string(), Clone::clone);
-                line.push_str(&format!(
-                    " {} {} req, {}, breaker {};",
-                    name,
-                    e.requests_total.load(Ordering::Relaxed),
-                    health,
-                    breaker
-                ));
-            }
+        if tty {
+            print!("\x1b[2J\x1b[H{client}\n\n{table}");
+        } else {
+            println!("{client}\n{table}");
         }
-        println!("{line}");
     }
 }
 

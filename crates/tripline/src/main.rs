@@ -9,6 +9,7 @@ mod fd_limit;
 mod iptables;
 mod low_priority;
 mod run;
+mod stat;
 mod validate;
 
 use std::net::SocketAddr;
@@ -52,6 +53,9 @@ enum Command {
     Iptables(iptables::IptablesArgs),
     /// Print the CustomResourceDefinitions of the kinds Tripline reads (for `kubectl apply -f -`).
     Crds,
+    /// A table of every cluster and endpoint with traffic (success rate, requests per second,
+    /// p50/p99, breaker and ejection state), from a running proxy's admin API.
+    Stat(stat::StatArgs),
 }
 
 #[derive(Args, Clone)]
@@ -304,6 +308,7 @@ fn main() -> ExitCode {
         }
         Command::Validate(args) => validate::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Stat(args) => stat::run(args),
     }
 }
 

@@ -115,6 +115,11 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
     pub active: AtomicU32,
     pub requests_total: AtomicU64,
+    /// Attempts the endpoint failed (5xx, failed gRPC, reset, timeout, connect failure; never
+    /// one Tripline refused or the client abandoned), for `/stats` and `tripline stat`.
+    pub failures_total: AtomicU64,
+    /// Attempt durations, allocated at the first: most endpoints a mesh proxy knows see none.
+    pub duration: std::sync::OnceLock<Box<crate::stats::Histogram>>,
     pub pool: ConnectionPool,
     /// The endpoint's breaker, kept here between endpoint-set rebuilds (control plane only;
     /// the request path reads the copy in its [`Member`]).
@@ -130,6 +135,8 @@ impl Endpoint {
             labels,
             active: AtomicU32::new(0),
             requests_total: AtomicU64::new(0),
+            failures_total: AtomicU64::new(0),
+            duration: std::sync::OnceLock::new(),
             pool: ConnectionPool::new(),
             breaker_slot: Mutex::new(None),
         })

@@ -181,6 +181,12 @@ impl Drop for InFlight {
         }
         self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
         self.state.stats.duration.observe(latency);
+        if !matches!(self.outcome, Outcome::Local(_)) {
+            self.endpoint.duration.get_or_init(Box::default).observe(latency);
+            if !is_success(&self.outcome) {
+                self.endpoint.failures_total.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if let Some(p) = self.pass.take() {
             p.record(&self.outcome, latency, now);
         }

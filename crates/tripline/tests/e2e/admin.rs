@@ -428,3 +428,52 @@ async fn metrics_are_openmetrics_when_asked_and_prometheus_text_otherwise() {
     let samples = |s: &str| s.lines().filter(|l| l.starts_with("tripline_")).count();
     assert_eq!(samples(&om), samples(&text));
 }
+
+/// `tripline stat` against a running proxy: the rows are the interval's traffic, the failing
+/// endpoint's success rate 0%, the healthy one's 100%, the cluster's in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stat_shows_each_endpoint_s_success_rate_over_the_interval() {
+    use crate::support::faulty::{Fault, Faulty};
+    let good = Faulty::start("good", Fault::Healthy).await;
+    let bad = Faulty::start("bad", Fault::Status(500)).await;
+    let port = free_port();
+    let lb = "    loadBalancer: {simple: ROUND_ROBIN}\n";
+    let proxy = Proxy::start(&config::simple(port, "HTTP", &[good.addr, bad.addr], Some(lb))).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // Traffic before the interval: it must not count.
+    for _ in 0..10 {
+        let _ = get(addr, "backend.local", "/").await;
+    }
+    let admin = proxy.admin.to_string();
+    let stat = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(crate::support::binary())
+            .args(["stat", "--admin", &admin, "--interval", "1500ms"])
+            .output()
+            .unwrap()
+    });
+    // Traffic during it (the first snapshot is taken at once).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..20 {
+        let _ = get(addr, "backend.local", "/").await;
+    }
+    let out = stat.await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("no row {name}:\n{text}"))
+            .to_string()
+    };
+    assert!(row(&good.addr.to_string()).contains("100.00%"), "{text}");
+    assert!(row(&bad.addr.to_string()).contains(" 0.00%"), "{text}");
+    assert!(row(CLUSTER).contains("50.00%"), "round robin: half the requests failed:\n{text}");
+    assert!(!text.contains('\x1b'), "no escapes into a pipe");
+    // A wrong address: a clear error, exit 1.
+    let out = std::process::Command::new(crate::support::binary())
+        .args(["stat", "--admin", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is `tripline run` there?"));
+}
