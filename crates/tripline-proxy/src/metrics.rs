@@ -261,6 +261,31 @@ fn gauge(
     Ok(())
 }
 
+/// The classes `tripline_responses_total` has for every cluster, from zero: a series that
+/// first appears already counting hides its first increments from `rate()`, so an alert on a
+/// new failure would see it a scrape or two late.
+const CLASSES: [&str; 4] = ["2xx", "3xx", "4xx", "5xx"];
+
+/// A cluster's responses by status class: the upstreams' (by code) and Tripline's own (by
+/// its reason's status); `1xx` only when there are some.
+fn classes(c: &ClusterState) -> Vec<(&'static str, u64)> {
+    let mut by = [0u64; 5];
+    for (code, n) in c.stats.codes.nonzero() {
+        by[usize::from(code / 100).clamp(1, 5) - 1] += n;
+    }
+    for reason in Reason::ALL {
+        let n = c.stats.local.get(reason);
+        if n > 0 {
+            by[usize::from(reason.status().as_u16() / 100).clamp(1, 5) - 1] += n;
+        }
+    }
+    let mut out: Vec<(&'static str, u64)> = CLASSES.iter().zip(&by[1..]).map(|(c, n)| (*c, *n)).collect();
+    if by[0] > 0 {
+        out.insert(0, ("1xx", by[0]));
+    }
+    out
+}
+
 impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let cl = |c: &ClusterState| vec![("cluster", c.name.to_string())];
@@ -271,6 +296,16 @@ impl Collector for Scrape {
             self.clusters.iter().flat_map(|c| {
                 c.stats.codes.nonzero().map(move |(code, v)| {
                     (vec![("cluster", c.name.to_string()), ("code", code.to_string())], v)
+                })
+            }),
+        )?;
+        counter(
+            &mut enc,
+            "tripline_responses",
+            "Responses the clients of a cluster got, from its upstreams or from Tripline, by status class; every class of every cluster from zero (what alerts divide).",
+            self.clusters.iter().flat_map(|c| {
+                classes(c).into_iter().map(move |(class, v)| {
+                    (vec![("cluster", c.name.to_string()), ("class", class.to_string())], v)
                 })
             }),
         )?;

@@ -22,6 +22,25 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
 
+/// The Kubernetes watchers' own runtime: one thread, at the low-priority thread's nice value,
+/// so that decoding the API server's events (a thousand EndpointSlice updates a second is a
+/// few percent of a core) never runs on an event loop that serves requests. With `--workers
+/// 1` the main thread is that loop: sharing it, the watchers took a request p99 from 1.6 to
+/// 2.7 ms during 836 endpoint changes a second (`bench/kube-scale.py --pin`,
+/// docs/benchmarks.md).
+fn kube_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("tripline-kube")
+        .on_thread_start(|| {
+            if let Err(e) = crate::low_priority::lower_this_thread() {
+                tracing::debug!(error = %e, "could not lower the Kubernetes thread's priority");
+            }
+        })
+        .enable_all()
+        .build()
+}
+
 /// Runs the proxy's main future on the runtime. Small socket writes are then deferred to the
 /// end of each event-loop tick and sent together (see `tripline_proxy::net_io`).
 pub fn block_on<T>(rt: &tokio::runtime::Runtime, main: impl std::future::Future<Output = T>) -> T {
@@ -202,10 +221,19 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Lives until the proxy has stopped (dropped at the end of this function, outside any
+    // runtime).
+    let mut kube_rt = None;
     let kube = if args.kubernetes {
         let options =
             tripline_kube::Options { namespace: args.namespace.clone(), report_status: args.report_status };
-        match rt.block_on(KubeSource::start(options, Duration::from_secs(30))) {
+        let started =
+            kube_runtime().map_err(|e| format!("cannot start the Kubernetes thread: {e}")).and_then(|krt| {
+                let source = krt.block_on(KubeSource::start(options, Duration::from_secs(30)));
+                kube_rt = Some(krt);
+                source
+            });
+        match started {
             Ok(k) => Some(Arc::new(k)),
             Err(e) => {
                 eprintln!("tripline: {e}");
@@ -249,6 +277,9 @@ pub fn run(args: RunArgs) -> ExitCode {
     // A config load or DNS lookup still running on a blocking thread (a hung resolver) must
     // not hold up the exit once the drain is over.
     rt.shutdown_timeout(Duration::from_millis(500));
+    if let Some(krt) = kube_rt {
+        krt.shutdown_timeout(Duration::from_millis(500));
+    }
     code
 }
 

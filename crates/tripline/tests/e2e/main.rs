@@ -20,6 +20,7 @@ mod kubernetes;
 mod lifecycle;
 mod limits;
 mod mesh_example;
+mod observability;
 mod peer_authn;
 mod reload;
 mod resilience;
