@@ -73,7 +73,7 @@ pub fn handle(
     if ctx.https() && req.uri().scheme().is_none() {
         crate::headers::https_target(&mut req);
     }
-    let log = ctx.shared.access_log.is_some().then(|| Box::new(LogStart::of(&req)));
+    let log = ctx.shared.access_log.as_ref().map(|log| Box::new(LogStart::of(&req, log.headers())));
     let mut trace = Trace { on: log.is_some(), ..Trace::default() };
     let h2 = req.version() == http::Version::HTTP_2;
     let grpc = is_grpc(req.headers());
@@ -235,18 +235,32 @@ struct LogStart {
     method: http::Method,
     authority: String,
     path: String,
+    /// The path with its query, as the client sent it.
+    target: String,
+    scheme: Option<http::uri::Scheme>,
     protocol: String,
+    trace_id: Option<String>,
+    /// The headers the text format logs, in its order.
+    headers: Vec<Option<String>>,
 }
 
 impl LogStart {
-    fn of(req: &Request<ClientBody>) -> Self {
+    fn of(req: &Request<ClientBody>, headers: &[http::HeaderName]) -> Self {
+        let uri = req.uri();
         LogStart {
             start: SystemTime::now(),
             t0: Instant::now(),
             method: req.method().clone(),
             authority: crate::headers::authority(req).unwrap_or("").to_owned(),
-            path: req.uri().path().to_owned(),
+            path: uri.path().to_owned(),
+            target: uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
+            scheme: uri.scheme().cloned(),
             protocol: format!("{:?}", req.version()),
+            trace_id: crate::access_log::trace_id(req.headers()),
+            headers: headers
+                .iter()
+                .map(|h| req.headers().get(h).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect(),
         }
     }
 }
@@ -312,7 +326,7 @@ impl BodyLog for PendingLog {
             && (self.start.method == http::Method::HEAD || matches!(self.status, 100..=199 | 204 | 304));
         let end = if end == BodyEnd::DownstreamDisconnect && bodiless { BodyEnd::Complete } else { end };
         let (start, trace) = (&self.start, &self.trace);
-        let queued = log.write(&Entry {
+        let entry = Entry {
             start: start.start,
             duration: start.t0.elapsed(),
             response_head: self.head_after,
@@ -322,6 +336,12 @@ impl BodyLog for PendingLog {
             method: start.method.as_str(),
             authority: &start.authority,
             path: &start.path,
+            target: &start.target,
+            scheme: start.scheme.as_ref().map(|s| s.as_str()),
+            bytes_received: trace.upload.as_ref().map_or(0, |u| u.received()),
+            upstream_duration: trace.upstream.map(|_| self.head_after),
+            trace_id: start.trace_id.as_deref(),
+            headers: &start.headers,
             status: self.status,
             reason: self.reason.as_ref().and_then(|v| v.to_str().ok()),
             bytes_sent: self.bytes_sent,
@@ -337,7 +357,11 @@ impl BodyLog for PendingLog {
             authz_shadow_denied: trace.authz.as_ref().and_then(|d| d.shadow_denied_by.as_deref()),
             tls_sni: self.ctx.tls.get().and_then(|t| t.sni.as_deref()),
             downstream_identity: self.ctx.tls.get().and_then(|t| t.peer_identity.as_deref()),
-        });
+        };
+        if !log.keeps(&entry, || tripline_core::rng::Rng::next_u64(&self.ctx.shared.rng) as u32) {
+            return;
+        }
+        let queued = log.write(&entry);
         if !queued {
             self.ctx.shared.global.access_log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
@@ -369,6 +393,8 @@ struct Trace {
     /// The AuthorizationPolicies named in the decision; boxed, as most requests have none
     /// and this is part of every request's future.
     authz: Option<Box<pipeline::authz::Decision>>,
+    /// The client's request body, for the bytes read of it.
+    upload: Option<Arc<crate::upload::Upload>>,
 }
 
 /// Where a request goes: its route, the destination picked, and the route deadline.
@@ -538,6 +564,9 @@ fn start(
     let (parts, body) = req.into_parts();
     let body = Watched::new(body, ctx.conn.signal());
     let upload = body.upload().cloned();
+    if trace.on {
+        trace.upload = upload.clone();
+    }
     let mut up_req = Request::from_parts(parts, RequestBody::Stream(body));
     if crate::headers::authority(&up_req).is_none() {
         // An HTTP/1.0 client (or an HTTP/2 one without `:authority`) gave no host; the

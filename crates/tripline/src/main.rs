@@ -119,9 +119,18 @@ pub struct RunArgs {
     /// How often config files are checked for changes (SIGHUP reloads at once).
     #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
     pub watch_interval: Duration,
-    /// JSON access log, one line per HTTP request: stdout, stderr or a file path [default: off].
+    /// Access log, one line per HTTP request: stdout, stderr or a file path (opened again on
+    /// SIGUSR1, for log rotation) [default: off].
     #[arg(long, value_name = "TARGET")]
     pub access_log: Option<tripline_proxy::access_log::Target>,
+    /// The access log's lines: `json`, `text` (Envoy's default format), or an Envoy-style
+    /// format string such as `%START_TIME% %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %DURATION%`.
+    #[arg(long, default_value = "json", value_name = "FORMAT", requires = "access_log")]
+    pub access_log_format: tripline_proxy::access_log::Format,
+    /// The share of successful requests logged, 0 to 1; errors (5xx, Tripline's own answers,
+    /// cut responses, clients that left) always are.
+    #[arg(long, default_value_t = 1.0, value_parser = parse_ratio, value_name = "RATIO", requires = "access_log")]
+    pub access_log_sample: f64,
     /// Close a client connection that has had no request in flight this long: the time a
     /// client gets to send a complete request head after connecting or after its previous
     /// response (slow-loris protection; idle HTTP/1.1 keep-alive connections close too).
@@ -220,7 +229,16 @@ pub struct DemoArgs {
 }
 
 /// Parses `1.5s`, `250ms`, `2m`, `1h`, `100us`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= 1.0 => Ok(r),
+        _ => Err(format!(
+            "`{s}`: a ratio above 0 and at most 1 (0.01 logs one successful request in a hundred)"
+        )),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);

@@ -290,14 +290,18 @@ async fn serve(
     (loaded, rejected, seen): (Loaded, Vec<Diagnostic>, HashMap<String, String>),
     workers: usize,
 ) -> ExitCode {
-    let access_log =
-        match args.access_log.as_ref().map(tripline_proxy::access_log::AccessLog::open).transpose() {
-            Ok(log) => log,
-            Err(e) => {
-                eprintln!("tripline: cannot open the access log: {e} (check --access-log)");
-                return ExitCode::FAILURE;
-            }
-        };
+    let log_options = args.access_log.as_ref().map(|target| tripline_proxy::access_log::Options {
+        target: target.clone(),
+        format: args.access_log_format.clone(),
+        sample: args.access_log_sample,
+    });
+    let access_log = match log_options.map(tripline_proxy::access_log::AccessLog::start).transpose() {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("tripline: cannot open the access log: {e} (check --access-log)");
+            return ExitCode::FAILURE;
+        }
+    };
     let proxy = Proxy::with_access_log(access_log);
     proxy.shared.client_conns.set_header_timeout(args.header_timeout);
     proxy.shared.client_conns.set_stream_idle_timeout(args.stream_idle_timeout);
@@ -354,6 +358,23 @@ async fn serve(
             return ExitCode::FAILURE;
         }
     };
+    // SIGUSR1: the access log file is opened again (logrotate renamed it away).
+    if let Ok(mut usr1) = signal(SignalKind::user_defined1()) {
+        let shared = proxy.shared.clone();
+        tokio::spawn(async move {
+            while usr1.recv().await.is_some() {
+                // Off the event loop: the queue to the writer may be full.
+                let shared = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Some(log) = &shared.access_log {
+                        log.reopen();
+                    }
+                })
+                .await;
+                tracing::info!("access log opened again (SIGUSR1)");
+            }
+        });
+    }
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}

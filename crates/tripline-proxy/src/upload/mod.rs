@@ -79,12 +79,17 @@ const DISCONNECTED: u8 = 3;
 /// How far the client's body got, shared by the body and the request's attempts (one atomic:
 /// the body may be read on another worker's thread, by the upstream connection's task).
 #[derive(Debug, Default)]
-pub struct Upload(AtomicU8);
+pub struct Upload(AtomicU8, std::sync::atomic::AtomicU64);
 
 impl Upload {
     fn set(&self, state: u8) {
         // The first end wins: a body that failed stays failed.
         let _ = self.0.compare_exchange(STREAMING, state, Ordering::Release, Ordering::Relaxed);
+    }
+
+    /// Body bytes read from the client so far (the access log's `bytes_received`).
+    pub fn received(&self) -> u64 {
+        self.1.load(Ordering::Relaxed)
     }
 
     /// The whole body was read.
@@ -177,6 +182,11 @@ impl Body for Watched {
             tee::copy(&mut this.tees, &polled, this.body.is_end_stream());
         }
         if let Some(upload) = &self.upload {
+            if let Poll::Ready(Some(Ok(frame))) = &polled {
+                if let Some(data) = frame.data_ref() {
+                    upload.1.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
             match &polled {
                 Poll::Ready(None) => upload.set(COMPLETE),
                 Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => upload.set(COMPLETE),

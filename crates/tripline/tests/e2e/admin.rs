@@ -154,17 +154,22 @@ fn gauges(metrics: &str) -> [f64; 3] {
     .map(|name| metric_sum(metrics, name, &[("cluster", CLUSTER)]))
 }
 
+/// A Gateway on `port` routing `backend.local` to `up`.
+fn edge_to_backend(port: u16, up: &Upstream) -> String {
+    config::join(&[
+        config::gateway("edge", port, "HTTP"),
+        config::service_entry("backend.local", "HTTP", &[up.addr]),
+        config::virtual_service("backend", &["backend.local"], "edge", &config::http_route("backend.local")),
+    ])
+}
+
 /// `--access-log PATH`: one JSON line per request; a request Tripline refused carries its
 /// reason, a proxied one its upstream and attempt count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_has_one_json_line_per_request_with_the_reason() {
     let up = Upstream::http("u1").await;
     let port = free_port();
-    let yaml = config::join(&[
-        config::gateway("edge", port, "HTTP"),
-        config::service_entry("backend.local", "HTTP", &[up.addr]),
-        config::virtual_service("backend", &["backend.local"], "edge", &config::http_route("backend.local")),
-    ]);
+    let yaml = edge_to_backend(port, &up);
     let log = crate::support::proxy::unique_dir("access-log").join("access.log");
     let proxy = Proxy::start_args(&yaml, &["--access-log", log.to_str().unwrap()]).await;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -224,6 +229,97 @@ async fn access_log_has_one_json_line_per_request_with_the_reason() {
         metrics.lines().any(|l| l == "tripline_access_log_dropped_total 0"),
         "no line was dropped, and the counter says so"
     );
+}
+
+/// `--access-log-format` (Envoy's default text format, or a format string),
+/// `--access-log-sample` (successes sampled, errors never), and SIGUSR1 opening the file again
+/// after logrotate renamed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_text_formats_sampling_and_reopening_on_sigusr1() {
+    let up = Upstream::http("u1").await;
+    let port = free_port();
+    let yaml = edge_to_backend(port, &up);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let dir = crate::support::proxy::unique_dir("access-log-text");
+    let log = dir.join("access.log");
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_default();
+    let lines_in = |path: std::path::PathBuf, n: usize| async move {
+        eventually("the access log lines", Duration::from_secs(5), || {
+            let path = path.clone();
+            async move { std::fs::read_to_string(&path).unwrap_or_default().lines().count() >= n }
+        })
+        .await;
+    };
+
+    // Envoy's default format: a POST with a body, a trace id and a user agent.
+    let proxy =
+        Proxy::start_args(&yaml, &["--access-log", log.to_str().unwrap(), "--access-log-format", "text"])
+            .await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = crate::support::client::send(
+        addr,
+        http::Method::POST,
+        "backend.local",
+        "/orders?id=7",
+        &[("user-agent", "e2e/1"), ("traceparent", traceparent), ("x-request-id", "rid-1")],
+        "hello",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200);
+    lines_in(log.clone(), 1).await;
+    let line = read(&log);
+    let line = line.lines().next().unwrap();
+    let (ts, rest) = line.split_once("] ").unwrap();
+    assert!(ts.starts_with("[20") && ts.ends_with('Z'), "{line}");
+    let fields: Vec<&str> = rest.split(' ').collect();
+    assert_eq!(
+        &fields[..8],
+        ["\"POST", "/orders?id=7", "HTTP/1.1\"", "200", "-", "5", fields[6], fields[7]],
+        "{line}"
+    );
+    assert!(fields[6].parse::<u64>().unwrap() > 0, "bytes sent: {line}");
+    assert!(
+        rest.ends_with(&format!("\"-\" \"e2e/1\" \"rid-1\" \"backend.local\" \"{}\"", up.addr)),
+        "{line}"
+    );
+    drop(proxy);
+
+    // A format string, and one successful request in ten thousand: only the error is logged.
+    let log2 = dir.join("sampled.log");
+    let format = "%RESPONSE_CODE% %RESPONSE_FLAGS% %REQ(:PATH)% %TRACE_ID% %UPSTREAM_CLUSTER%";
+    let args = [
+        "--access-log",
+        log2.to_str().unwrap(),
+        "--access-log-format",
+        format,
+        "--access-log-sample",
+        "0.0001",
+    ];
+    let proxy = Proxy::start_args(&yaml, &args).await;
+    for _ in 0..20 {
+        assert_eq!(get(addr, "backend.local", "/fine").await.unwrap().status, 200);
+    }
+    assert_eq!(get(addr, "nowhere.local", "/missing").await.unwrap().status, 404);
+    lines_in(log2.clone(), 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(read(&log2), "404 NR /missing - -\n", "the error alone");
+
+    // Rotated: renamed away, the proxy keeps writing to the renamed file until SIGUSR1.
+    let rotated = dir.join("sampled.log.1");
+    std::fs::rename(&log2, &rotated).unwrap();
+    assert_eq!(get(addr, "nowhere.local", "/after-rename").await.unwrap().status, 404);
+    lines_in(rotated.clone(), 2).await;
+    let kill = std::process::Command::new("kill").args(["-USR1", &proxy.pid().to_string()]).status().unwrap();
+    assert!(kill.success());
+    eventually("the proxy says it opened the log again", Duration::from_secs(5), || async {
+        proxy.logs().contains("access log opened again")
+    })
+    .await;
+    assert_eq!(get(addr, "nowhere.local", "/after-reopen").await.unwrap().status, 404);
+    lines_in(log2.clone(), 1).await;
+    assert_eq!(read(&log2), "404 NR /after-reopen - -\n");
+    assert_eq!(read(&rotated).lines().count(), 2);
 }
 
 /// Sends `request` to `addr` on a new connection and returns the answer (read until the
