@@ -202,6 +202,7 @@ async fn route(shared: &Shared, token: Option<&TokenFile>, req: Request<Incoming
                 &applied.rate_limiters,
                 applied.authz.as_deref(),
                 shared.tls_scrape(),
+                shared.istio_metrics.get(),
             );
             // OpenMetrics for a scraper that asks for it (Prometheus does); the Prometheus
             // text format (0.0.4) for everyone else, which every other tool parses.

@@ -22,6 +22,7 @@ pub mod header_limits;
 pub mod headers;
 pub mod http_conn;
 pub mod http_proxy;
+pub mod istio_metrics;
 pub mod listener;
 pub mod local_reply;
 pub mod metrics;
@@ -91,6 +92,8 @@ pub struct Shared {
     pub client_conns: Arc<client_conns::ClientConns>,
     /// `--max-request-headers-kb` and `--max-request-headers`.
     pub header_limits: header_limits::ConfiguredLimits,
+    /// `--istio-metrics`: this workload, for Istio's standard metrics on `/metrics`.
+    pub istio_metrics: std::sync::OnceLock<istio_metrics::Workload>,
 }
 
 impl Shared {
@@ -187,6 +190,7 @@ impl Proxy {
                 access_log,
                 client_conns: Arc::default(),
                 header_limits: header_limits::ConfiguredLimits::default(),
+                istio_metrics: std::sync::OnceLock::new(),
             }),
         }
     }

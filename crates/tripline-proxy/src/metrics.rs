@@ -45,6 +45,7 @@ pub fn render(
     limiters: &RateLimiters,
     authz: Option<&Authz>,
     tls: TlsScrape,
+    istio: Option<&crate::istio_metrics::Workload>,
 ) -> String {
     let clusters: Vec<Arc<ClusterState>> = live.iter().map(|c| c.state.clone()).collect();
     let mut registry = Registry::default();
@@ -65,6 +66,12 @@ pub fn render(
             .map(|c| (c.state.name.to_string(), c.state.stats.tls_handshake_failures.load(Ordering::Relaxed)))
             .collect();
         registry.register_collector(Box::new(TlsCollector { scrape: tls, upstream }));
+    }
+    if let Some(workload) = istio {
+        registry.register_collector(Box::new(crate::istio_metrics::IstioScrape {
+            clusters: live.to_vec(),
+            workload: workload.clone(),
+        }));
     }
     let mut out = String::with_capacity(8 * 1024);
     if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
@@ -671,7 +678,8 @@ mod tests {
     fn the_prometheus_text_has_the_same_samples_with_typed_names() {
         let global = Arc::new(GlobalStats::default());
         global.local.inc(crate::reason::Reason::NoRoute);
-        let om = render(&global, &[], &Default::default(), &Default::default(), None, Default::default());
+        let om =
+            render(&global, &[], &Default::default(), &Default::default(), None, Default::default(), None);
         assert!(om.ends_with("# EOF\n"), "{om}");
         let text = to_prometheus_text(&om);
         let samples =

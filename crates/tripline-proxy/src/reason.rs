@@ -45,6 +45,30 @@ pub enum Reason {
 
 pub const REASON_HEADER: &str = "x-tripline-reason";
 
+/// Envoy's response flag for a reason (`x-tripline-reason`), as access logs and Istio's
+/// `response_flags` label show it: `UO` a breaker open or a pool full, `UH` no healthy
+/// upstream, `NR` no route, `UF` a connect failure, `UR` an upstream reset, `UT` a timeout,
+/// `DC` the client left, `SI` stream idle, `DPE` a malformed request, `RL` rate limited.
+pub fn envoy_flag(reason: &str) -> Option<&'static str> {
+    Some(match reason {
+        "overflow-connections" | "overflow-pending" | "overflow-requests" | "breaker-open" => "UO",
+        "no-healthy-upstream" => "UH",
+        "no-route" => "NR",
+        "upstream-connect-failure" => "UF",
+        "upstream-reset" => "UR",
+        "route-timeout" | "upstream-timeout" | "request-timeout" => "UT",
+        "downstream-disconnect" => "DC",
+        "stream-idle-timeout" => "SI",
+        "bad-request"
+        | "bad-request-body"
+        | "http2-only"
+        | "request-headers-too-large"
+        | "connect-not-supported" => "DPE",
+        "rate-limited" => "RL",
+        _ => return None,
+    })
+}
+
 /// Everything fixed about a reason.
 struct Info {
     name: &'static str,

@@ -266,12 +266,20 @@ async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
     endpoint.requests_total.fetch_add(1, Ordering::Relaxed);
     endpoint.pool.connections.fetch_add(1, Ordering::Relaxed);
     // On drain, TCP connections get the drain timeout to finish; the process then exits.
+    let tcp = &state.stats.tcp;
+    tcp.opened.fetch_add(1, Ordering::Relaxed);
     let copied = match &mut upstream {
         Upstream::Plain(s) => tokio::io::copy_bidirectional(&mut client, s).await,
         Upstream::Tls(s) => tokio::io::copy_bidirectional(&mut client, &mut **s).await,
     };
-    if let Err(e) = copied {
-        tracing::debug!(cluster = %state.name, error = %e, "tcp proxy ended with error");
+    tcp.closed.fetch_add(1, Ordering::Relaxed);
+    match copied {
+        Ok((from_client, to_client)) => {
+            tcp.received.fetch_add(from_client, Ordering::Relaxed);
+            tcp.sent.fetch_add(to_client, Ordering::Relaxed);
+        }
+        // The bytes of a connection that ended in an error are not known (not counted).
+        Err(e) => tracing::debug!(cluster = %state.name, error = %e, "tcp proxy ended with error"),
     }
     endpoint.pool.connections.fetch_sub(1, Ordering::Relaxed);
     endpoint.active.fetch_sub(1, Ordering::Relaxed);

@@ -70,7 +70,7 @@ where
 }
 
 /// Sets the calling thread's nice value to [`NICE`] (on Linux a nice value is per thread).
-pub(crate) fn lower_this_thread() -> io::Result<()> {
+fn lower_this_thread() -> io::Result<()> {
     // SAFETY: `gettid` has no preconditions and cannot fail.
     let tid = unsafe { libc::gettid() };
     // SAFETY: plain syscall on this thread's own id; no pointers.

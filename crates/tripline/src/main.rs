@@ -123,6 +123,11 @@ pub struct RunArgs {
     /// SIGUSR1, for log rotation) [default: off].
     #[arg(long, value_name = "TARGET")]
     pub access_log: Option<tripline_proxy::access_log::Target>,
+    /// Also expose Istio's standard metrics on /metrics (istio_requests_total,
+    /// istio_request_duration_milliseconds, istio_tcp_*), so Istio's dashboards and queries
+    /// work unchanged; `source_workload` is the `app` of --workload-labels.
+    #[arg(long)]
+    pub istio_metrics: bool,
     /// The access log's lines: `json`, `text` (Envoy's default format), or an Envoy-style
     /// format string such as `%START_TIME% %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %DURATION%`.
     #[arg(long, default_value = "json", value_name = "FORMAT", requires = "access_log")]

@@ -22,21 +22,18 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
 
-/// The Kubernetes watchers' own runtime: one thread, at the low-priority thread's nice value,
-/// so that decoding the API server's events (a thousand EndpointSlice updates a second is a
-/// few percent of a core) never runs on an event loop that serves requests. With `--workers
-/// 1` the main thread is that loop: sharing it, the watchers took a request p99 from 1.6 to
-/// 2.7 ms during 836 endpoint changes a second (`bench/kube-scale.py --pin`,
-/// docs/benchmarks.md).
+/// The Kubernetes watchers' own runtime: one thread, so that decoding the API server's events
+/// (a thousand EndpointSlice updates a second is a few percent of a core) never runs on an
+/// event loop that serves requests; the kernel shares the core between them instead. With
+/// `--workers 1` the main thread is that loop: sharing it, the watchers took a request p99
+/// from 1.6 to 2.7 ms during 836 endpoint changes a second (`bench/kube-scale.py --pin`,
+/// docs/benchmarks.md). Not niced like the config reloads: at nice 19 on a busy machine the
+/// first lists took so long that a sidecar was not ready in 10 s (the mesh example under CI's
+/// load), and a proxy must not start late or lag behind its endpoints.
 fn kube_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("tripline-kube")
-        .on_thread_start(|| {
-            if let Err(e) = crate::low_priority::lower_this_thread() {
-                tracing::debug!(error = %e, "could not lower the Kubernetes thread's priority");
-            }
-        })
         .enable_all()
         .build()
 }
@@ -303,6 +300,13 @@ async fn serve(
         }
     };
     let proxy = Proxy::with_access_log(access_log);
+    if args.istio_metrics {
+        let name = ["app", "app.kubernetes.io/name"].iter().find_map(|k| opts.workload_labels.get(*k));
+        let _ = proxy.shared.istio_metrics.set(tripline_proxy::istio_metrics::Workload {
+            name: name.cloned().unwrap_or_else(|| "unknown".into()),
+            namespace: opts.workload_namespace.clone().unwrap_or_else(|| "unknown".into()),
+        });
+    }
     proxy.shared.client_conns.set_header_timeout(args.header_timeout);
     proxy.shared.client_conns.set_stream_idle_timeout(args.stream_idle_timeout);
     proxy.shared.header_limits.set(args.max_request_headers_kb, args.max_request_headers);

@@ -277,24 +277,7 @@ impl Entry<'_> {
     /// limited, `FI`/`DI` an injected abort/delay), comma-separated; `-` for none.
     pub fn response_flags(&self) -> String {
         let mut flags: Vec<&str> = Vec::new();
-        let by_reason = match self.reason.unwrap_or("") {
-            "overflow-connections" | "overflow-pending" | "overflow-requests" | "breaker-open" => "UO",
-            "no-healthy-upstream" => "UH",
-            "no-route" => "NR",
-            "upstream-connect-failure" => "UF",
-            "upstream-reset" => "UR",
-            "route-timeout" | "upstream-timeout" => "UT",
-            "downstream-disconnect" => "DC",
-            "stream-idle-timeout" => "SI",
-            "bad-request"
-            | "bad-request-body"
-            | "http2-only"
-            | "request-headers-too-large"
-            | "connect-not-supported" => "DPE",
-            "rate-limited" => "RL",
-            _ => "",
-        };
-        flags.push(by_reason);
+        flags.push(self.reason.and_then(crate::reason::envoy_flag).unwrap_or(""));
         flags.push(match self.body_end {
             BodyEnd::Complete => "",
             BodyEnd::RouteTimeout => "UT",

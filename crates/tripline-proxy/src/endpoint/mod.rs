@@ -75,6 +75,19 @@ pub struct ClusterStats {
     /// Connects whose TLS handshake failed (also counted in `connect_failures`).
     pub tls_handshake_failures: AtomicU64,
     pub mirror: MirrorStats,
+    /// Connections of a TCP cluster (Istio's `istio_tcp_*`).
+    pub tcp: TcpStats,
+}
+
+/// A TCP cluster's connections and the bytes they carried, counted when each closes.
+#[derive(Debug, Default)]
+pub struct TcpStats {
+    pub opened: AtomicU64,
+    pub closed: AtomicU64,
+    /// To the client.
+    pub sent: AtomicU64,
+    /// From the client.
+    pub received: AtomicU64,
 }
 
 impl ClusterState {

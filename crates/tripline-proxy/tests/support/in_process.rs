@@ -142,6 +142,7 @@ impl InProcess {
             &applied.rate_limiters,
             applied.authz.as_deref(),
             shared.tls_scrape(),
+            shared.istio_metrics.get(),
         )
     }
 

@@ -108,7 +108,11 @@ async fn prometheus_scrapes_tripline_and_the_brief_s_alerts_go_pending_while_an_
             "    loadBalancer: {simple: ROUND_ROBIN}\n    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 5m, maxEjectionPercent: 100}\n",
         ),
     ]);
-    let proxy = Proxy::start(&yaml).await;
+    let proxy = Proxy::start_args(
+        &yaml,
+        &["--istio-metrics", "--workload-labels", "app=edge", "--workload-namespace", "shop"],
+    )
+    .await;
     let Some(prom) = Prometheus::start(proxy.admin) else { return };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let (ejecting, failing) = (cluster("ejecting.local"), cluster("failing.local"));
@@ -139,6 +143,32 @@ async fn prometheus_scrapes_tripline_and_the_brief_s_alerts_go_pending_while_an_
         .await;
     assert_eq!(ejected[0]["value"][1], "0.5", "one of two endpoints ejected: {ejected:?}");
 
+    // `--istio-metrics`: the brief's own alert expression, on Istio's names, unchanged
+    // (../shared/examples/seeds/alerts.yaml, ServiceMesh5xxRate).
+    let brief = "sum(rate(istio_requests_total{response_code=~\"5..\"}[5m])) by (destination_service) / sum(rate(istio_requests_total[5m])) by (destination_service) > 0.02";
+    eventually("the brief's Istio 5xx query finds failing.local", Duration::from_secs(30), || async {
+        prom.query(brief).await.iter().any(|s| s["metric"]["destination_service"] == "failing.local")
+    })
+    .await;
+    let labels =
+        prom.query("istio_requests_total{destination_service=\"failing.local\",response_code=\"500\"}").await;
+    let m = &labels[0]["metric"];
+    assert_eq!(
+        (&m["reporter"], &m["source_workload"], &m["source_workload_namespace"], &m["response_flags"]),
+        (&"source".into(), &"edge".into(), &"shop".into(), &"-".into()),
+        "{labels:?}"
+    );
+    let p99 = prom
+        .query("histogram_quantile(0.99, sum by (le) (rate(istio_request_duration_milliseconds_bucket{destination_service=\"failing.local\"}[1m])))")
+        .await;
+    assert!(
+        p99[0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|ms| ms > 0.0 && ms < 1000.0),
+        "{p99:?}"
+    );
+
     // Every query of the shipped Grafana dashboard runs on these series, and the panels an
     // operator looks at first show the failing cluster.
     let dashboard: serde_json::Value = serde_json::from_str(
@@ -167,4 +197,34 @@ async fn prometheus_scrapes_tripline_and_the_brief_s_alerts_go_pending_while_an_
         );
     }
     traffic.abort();
+}
+
+/// `istio_tcp_*` for a TCP route: connections and bytes each way, counted when a connection
+/// closes; Tripline's own refusals carry Envoy's flag in `istio_requests_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_tcp_metrics_count_connections_and_bytes_each_way() {
+    use tokio::io::AsyncWriteExt;
+    let echo = crate::support::Upstream::tcp_echo("echo").await;
+    let port = free_port();
+    let proxy = Proxy::start_args(&crate::tcp::tcp_config(port, echo.addr, None), &["--istio-metrics"]).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"twelve bytes").await.unwrap();
+    assert_eq!(crate::tcp::read_exact_timeout(&mut s, 12).await, b"twelve bytes");
+    // The echo server answers the half-close with `<EOF:12>`, then closes.
+    s.shutdown().await.unwrap();
+    assert_eq!(crate::tcp::read_exact_timeout(&mut s, 8).await, b"<EOF:12>");
+    drop(s);
+    let labels = [("destination_service", "echo.local"), ("reporter", "source"), ("request_protocol", "tcp")];
+    eventually("the connection is counted closed", Duration::from_secs(5), || async {
+        proxy.metric("istio_tcp_connections_closed_total", &labels).await == 1.0
+    })
+    .await;
+    assert_eq!(proxy.metric("istio_tcp_connections_opened_total", &labels).await, 1.0);
+    assert_eq!(proxy.metric("istio_tcp_received_bytes_total", &labels).await, 12.0);
+    assert_eq!(proxy.metric("istio_tcp_sent_bytes_total", &labels).await, 20.0);
+    assert_eq!(
+        proxy.metric("istio_tcp_connections_opened_total", &[("source_workload", "unknown")]).await,
+        1.0,
+        "no --workload-labels: unknown, as Istio says"
+    );
 }
