@@ -235,15 +235,32 @@ async fn route(shared: &Shared, token: Option<&TokenFile>, req: Request<Incoming
                 .collect();
             json_response(&json!({ "listeners": list }))
         }
-        "/" => text(
+        "/" => dashboard(),
+        "/help" => text(
             StatusCode::OK,
-            "tripline admin\n  /ready\n  /healthz\n  /metrics\n  /config_dump\n  /clusters\n  /stats\n  /listeners\n  /breakers\n  POST /breakers/force-open|force-closed|reset?cluster=NAME[&endpoint=ADDR]\n",
+            "tripline admin\n  /            the live dashboard (a browser page)\n  /ready\n  /healthz\n  /metrics\n  /config_dump\n  /clusters\n  /stats\n  /listeners\n  /breakers\n  POST /breakers/force-open|force-closed|reset?cluster=NAME[&endpoint=ADDR]\n",
         ),
         _ => text(StatusCode::NOT_FOUND, "unknown admin path; see /\n"),
     }
 }
 
 /// Live cluster and endpoint state as JSON.
+/// The live dashboard: one page, everything inline (it works offline), reading `/stats`.
+/// Never framed (its buttons change breakers), and nothing but itself runs in it.
+fn dashboard() -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(include_bytes!("dashboard.html"))));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ),
+    );
+    r
+}
+
 pub fn clusters_json(clusters: &[Arc<Cluster>]) -> serde_json::Value {
     let list: Vec<_> = clusters
         .iter()

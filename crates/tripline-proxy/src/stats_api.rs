@@ -6,7 +6,9 @@
 //! Per cluster: the requests whose answer the client got, by whether it was a success (not a
 //! 5xx) or a refusal of Tripline's own, the attempts' duration histogram, requests in flight
 //! and waiting, and the destination breaker. Per endpoint: its attempts, the ones it failed,
-//! their duration histogram, requests in flight, outlier and breaker state.
+//! their duration histogram, requests in flight, outlier and breaker state. And the cluster's
+//! last transitions (its breaker's, its endpoints' breakers', its outlier detector's), each with
+//! its evidence, newest first: what the dashboard's event log shows.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -68,7 +70,42 @@ fn cluster(c: &Cluster) -> Value {
         "duration_counts": counts(&s.stats.duration),
         "breaker": c.resilience.breaker.as_ref().map(|b| b.state().as_str()),
         "endpoints": endpoints,
+        "events": events(c),
     })
+}
+
+/// Transitions kept per cluster in `/stats` (each breaker and detector keeps its own last ones).
+const EVENTS: usize = 30;
+
+/// The cluster's last transitions, newest first: `what` names the breaker or endpoint.
+fn events(c: &Cluster) -> Vec<Value> {
+    let now = crate::resilience::now();
+    let mut all: Vec<(u64, Value)> = Vec::new();
+    let mut breaker = |what: &str, b: &tripline_core::breaker::CircuitBreaker| {
+        for t in b.history() {
+            let v = json!({"what": what, "from": t.from.as_str(), "to": t.to.as_str(), "reason": t.reason.as_str(),
+                "evidence": t.evidence, "ms_ago": now.saturating_sub(t.at) / 1_000_000});
+            all.push((t.at, v));
+        }
+    };
+    if let Some(b) = &c.resilience.breaker {
+        breaker("destination breaker", b);
+    }
+    for m in &c.endpoints.load().members {
+        if let Some(b) = &m.breaker {
+            let name = m.ep.labels.get("instance").map_or(&*m.ep.id, String::as_str);
+            breaker(&format!("breaker of {name}"), b);
+        }
+    }
+    if let Some(o) = &c.resilience.outlier {
+        for e in o.history() {
+            let v = json!({"what": format!("endpoint {}", e.endpoint), "from": e.from.as_str(), "to": e.to.as_str(),
+                "reason": e.detector.map(|d| d.as_str()), "evidence": e.evidence, "ms_ago": now.saturating_sub(e.at) / 1_000_000});
+            all.push((e.at, v));
+        }
+    }
+    all.sort_by_key(|e| std::cmp::Reverse(e.0));
+    all.into_iter().take(EVENTS).map(|(_, v)| v).collect()
 }
 
 /// Each bucket's own count (the last is above the largest bound).

@@ -12,6 +12,7 @@ mod authz;
 mod balancing;
 mod cli;
 mod client_faults;
+mod dashboard;
 mod grpc;
 mod h2_server;
 mod harness;
