@@ -5,6 +5,7 @@
 #   bash bench/callgrind.sh [h1|h2c] [BINARY]      # default: h1, target/release/tripline
 #   bash bench/callgrind.sh h2c haproxy            # the same count for HAProxy (shared config)
 #   CONFIG=bench/peers-features.yaml bash bench/callgrind.sh h1 [BINARY]
+#   EXTRA="--access-log /tmp/a.log" bash bench/callgrind.sh h1 [BINARY]   # more `run` flags
 #
 # Starts the harness's nginx upstream and the binary under callgrind with $CONFIG (default
 # bench/peers.yaml; bench/peers-features.yaml is the same route with header set/remove, a 0%
@@ -32,8 +33,9 @@ if [ "$BIN" = haproxy ]; then
     >"$RUN/haproxy.log" 2>&1 &
   if [ "$MODE" = h1 ]; then URL=http://127.0.0.1:18090/; else URL=http://127.0.0.1:18091/; fi
 else
+  # shellcheck disable=SC2086 # EXTRA is a list of flags
   valgrind --tool=callgrind --callgrind-out-file="$OUT" "$BIN" run -c "$CONFIG" --workers 1 \
-    --log-level error >"$RUN/tripline.log" 2>&1 &
+    --log-level error ${EXTRA:-} >"$RUN/tripline.log" 2>&1 &
   URL=http://127.0.0.1:18130/
 fi
 T=$!
