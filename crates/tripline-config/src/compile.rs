@@ -622,6 +622,15 @@ impl<'a> Ctx<'a> {
             }
             return None;
         };
+        if se.resolution == "NONE" {
+            let msg = format!(
+                "`{}` has resolution NONE ({}): its connections go to where they were going (the sidecar passes those `tripline iptables` redirects to its addresses through), so a route cannot send to it; give the ServiceEntry `resolution: STATIC` with endpoints, or DNS, to route to it",
+                d.host.value,
+                se_res.id()
+            );
+            self.report(r, Severity::Error, d.host.pos, &d.host.path, msg);
+            return None;
+        }
         // As the route writes it, unless it is a short name for another: clusters are named
         // by it.
         let host = if canonical.eq_ignore_ascii_case(&d.host.value) {
@@ -998,6 +1007,16 @@ impl Ctx<'_> {
                 continue;
             }
             for p in &se.ports {
+                if se.resolution == "NONE" {
+                    // Passed through to the original destination, whatever the protocol.
+                    out.extend(se.addresses.iter().map(|&block| ServiceAddress {
+                        block,
+                        port: p.number,
+                        tcp: None,
+                        passthrough: true,
+                    }));
+                    continue;
+                }
                 let tcp = match port_protocol(p).as_str() {
                     "HTTP" | "HTTP1" | "HTTP2" | "GRPC" | "GRPC-WEB" => None,
                     "TCP" => {
@@ -1020,7 +1039,12 @@ impl Ctx<'_> {
                     // TLS, HTTPS, and the rest: passed through as they are.
                     _ => continue,
                 };
-                out.extend(se.addresses.iter().map(|&block| ServiceAddress { block, port: p.number, tcp }));
+                out.extend(se.addresses.iter().map(|&block| ServiceAddress {
+                    block,
+                    port: p.number,
+                    tcp,
+                    passthrough: false,
+                }));
             }
         }
         out
@@ -1058,7 +1082,9 @@ impl<'a> Ctx<'a> {
                 listeners.len() - 1
             }
         };
-        for (se_res, se) in self.service_entries.clone() {
+        // A passthrough (`resolution: NONE`) has no endpoints to route to.
+        for (se_res, se) in self.service_entries.clone().into_iter().filter(|(_, se)| se.resolution != "NONE")
+        {
             let http = se.ports.iter().find(|p| {
                 matches!(port_protocol(p).as_str(), "HTTP" | "HTTP1" | "HTTP2" | "GRPC" | "GRPC-WEB")
             });
@@ -1162,7 +1188,17 @@ pub fn compile(resources: &[Arc<Resource>], opts: &LoadOptions, diags: &mut Vec<
         ctx.add_rule(r, dr);
     }
     for (r, dr) in ctx.rules.clone() {
-        if ctx.service_entry(&ctx.canonical(r, &dr.host.value)).is_none() && !dr.host.value.contains('*') {
+        let entry = ctx.service_entry(&ctx.canonical(r, &dr.host.value));
+        if let Some((se_res, _)) = entry.filter(|(_, se)| se.resolution == "NONE") {
+            let msg = format!(
+                "`{}` has resolution NONE ({}): its connections are passed through untouched, and this DestinationRule would not apply to them (Tripline does not apply policies to a passthrough yet); give the ServiceEntry STATIC or DNS endpoints, or remove the rule",
+                dr.host.value,
+                se_res.id()
+            );
+            ctx.report(r, Severity::Error, dr.host.pos, &dr.host.path, msg);
+            continue;
+        }
+        if entry.is_none() && !dr.host.value.contains('*') {
             if let Some(note) = ctx.assumed_kube_service(r, &dr.host.value) {
                 ctx.report(r, Severity::Note, dr.host.pos, &dr.host.path, note);
                 continue;

@@ -450,21 +450,22 @@ pub fn service_entry(cx: &mut Cx, spec: &Node) -> Option<ServiceEntry> {
         Some((n, p)) => match cx.string(n, &p).map(|s| s.to_ascii_uppercase()).as_deref() {
             Some("STATIC") => "STATIC".to_string(),
             Some("DNS" | "DNS_ROUND_ROBIN") => "DNS".to_string(),
-            Some("NONE") => {
-                cx.error(n, &p, "resolution NONE (passthrough to the original destination) is not supported yet: expected STATIC or DNS");
-                return None;
-            }
+            Some("NONE") => "NONE".to_string(),
             Some(_) => {
-                cx.error(n, &p, format!("expected one of STATIC, DNS, found {}", n.describe()));
+                cx.error(n, &p, format!("expected one of STATIC, DNS, NONE, found {}", n.describe()));
                 return None;
             }
             None => return None,
         },
-        None => {
-            cx.required(&f, "resolution", "STATIC or DNS (Istio's default, NONE, is not supported yet)");
+        // Istio's default: the proxy passes connections to where they were going.
+        None => "NONE".to_string(),
+    };
+    if resolution == "NONE" {
+        if let Some((n, p)) = f.value("endpoints") {
+            cx.error(n, &p, "resolution NONE passes each connection to where it was going: endpoints would never be used; remove them, or use STATIC");
             return None;
         }
-    };
+    }
     if let Some((n, p)) = f.value("location") {
         cx.one_of(n, &p, &["MESH_EXTERNAL", "MESH_INTERNAL"], "");
     }

@@ -136,6 +136,10 @@ pub struct ServiceAddress {
     /// A TCP port: the cluster its connections are proxied to. `None`: an HTTP port.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tcp: Option<ClusterId>,
+    /// A ServiceEntry with `resolution: NONE`: its connections are passed through to where
+    /// they were going, as to a destination no service has.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub passthrough: bool,
 }
 
 impl ServiceAddress {

@@ -220,3 +220,53 @@ fn a_sidecar_s_egress_hosts_narrow_what_its_outbound_side_sees() {
     let vs = "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: ledger, namespace: billing}\nspec:\n  hosts: [ledger]\n  http:\n  - route: [{destination: {host: ledger}}]\n    timeout: 2s\n";
     assert_eq!(seen(format!("{SERVICES}---\n{billing}{vs}{}", sidecar("\"./*\""))).len(), 2);
 }
+
+/// `resolution: NONE` (Istio's default, also when `resolution` is left out): connections to
+/// the entry's addresses are passed through to where they were going, TCP and HTTP ports
+/// alike; routing to it, a DestinationRule for it, or endpoints on it are errors that say so.
+#[test]
+fn resolution_none_is_a_passthrough_of_the_entry_s_addresses() {
+    let none = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: legacy}
+spec:
+  hosts: [legacy.example.com]
+  addresses: [192.0.2.10]
+  ports: [{number: 80, name: http, protocol: HTTP}, {number: 5432, name: pg, protocol: TCP}]
+";
+    let src = |text: String| vec![Source { name: "mesh.yaml".into(), text }];
+    let opts = LoadOptions { kubernetes: true, ..LoadOptions::default() };
+    let l = load(&src(format!("{SERVICES}---\n{none}")), &opts).unwrap();
+    let mesh = l.plan.listeners.iter().find(|l| l.name == "mesh").unwrap();
+    let passed: Vec<u16> =
+        mesh.intercepted.as_ref().unwrap().iter().filter(|a| a.passthrough).map(|a| a.port).collect();
+    assert_eq!(passed, [80, 5432]);
+    assert!(l.plan.clusters.iter().all(|c| c.host != "legacy.example.com"), "no cluster for it");
+
+    let errors = |extra: &str| -> Vec<String> {
+        let d = load(&src(format!("{SERVICES}---\n{none}---\n{extra}")), &opts).expect_err("refused");
+        d.into_iter().filter(|d| d.severity == Severity::Error).map(|d| d.to_string()).collect()
+    };
+    let routed = errors("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: v}\nspec:\n  hosts: [legacy.example.com]\n  http: [{route: [{destination: {host: legacy.example.com, port: {number: 80}}}]}]\n");
+    assert_eq!(routed.len(), 1, "{routed:#?}");
+    assert!(
+        routed[0].contains("`legacy.example.com` has resolution NONE")
+            && routed[0].contains("a route cannot send to it"),
+        "{}",
+        routed[0]
+    );
+    let ruled = errors("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: legacy.example.com\n  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}\n");
+    assert_eq!(ruled.len(), 1, "{ruled:#?}");
+    assert!(
+        ruled[0].contains("DestinationRule/d: spec.host") && ruled[0].contains("would not apply"),
+        "{}",
+        ruled[0]
+    );
+    let with_endpoints =
+        load(&src(format!("{none}  endpoints: [{{address: 10.0.0.9}}]\n")), &LoadOptions::default())
+            .unwrap_err();
+    assert!(
+        with_endpoints.iter().any(|d| d.message.contains("endpoints would never be used")),
+        "{with_endpoints:#?}"
+    );
+}

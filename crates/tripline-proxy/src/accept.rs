@@ -150,6 +150,7 @@ fn served_by(shared: &Shared, rt: &ListenerRuntime, stream: &TcpStream) -> Serve
     }
     if let Some(services) = &config.intercepted {
         return match services.iter().find(|s| s.address.takes(to)) {
+            Some(s) if s.address.passthrough => Served::PassTo(to),
             Some(s) => s.tcp.clone().map_or(Served::Here, Served::Tcp),
             None => Served::PassTo(to),
         };

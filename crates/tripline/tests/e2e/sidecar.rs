@@ -47,6 +47,12 @@ async fn iptables_sends_the_pod_s_traffic_through_the_proxy_and_unknown_destinat
             db.addr.port()
         ),
         config::destination_rule("db.shop.svc.cluster.local", "    connectionPool: {tcp: {maxConnections: 1}}\n"),
+        // `elsewhere` declared with Istio's default resolution (NONE): passed through.
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: elsewhere}}\nspec:\n  hosts: [elsewhere.example.com]\n  addresses: [{}]\n  ports: [{{number: {}, name: http, protocol: HTTP}}]\n",
+            elsewhere.addr.ip(),
+            elsewhere.addr.port()
+        ),
     ]);
     let install = pod.run(binary(), &["iptables", "install", "--inbound-port", "0"]);
     assert!(install.status.success(), "{}", String::from_utf8_lossy(&install.stderr));
@@ -66,7 +72,8 @@ async fn iptables_sends_the_pod_s_traffic_through_the_proxy_and_unknown_destinat
     let seen: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(seen["id"], "backend");
     assert_eq!(seen["headers"]["x-via"], "tripline", "routed by the proxy");
-    // Anywhere else: passed through untouched, and counted.
+    // Anywhere else, and to a ServiceEntry of resolution NONE (`elsewhere`): passed through
+    // untouched, and counted.
     let (ok, body) = curl(&pod, &[&format!("http://{}/x", elsewhere.addr)]).unwrap();
     assert!(ok, "{body}");
     let seen: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
