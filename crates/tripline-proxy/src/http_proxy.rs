@@ -238,7 +238,7 @@ struct LogStart {
     /// The path with its query, as the client sent it.
     target: String,
     scheme: Option<http::uri::Scheme>,
-    protocol: String,
+    protocol: &'static str,
     trace_id: Option<String>,
     /// The headers the text format logs, in its order.
     headers: Vec<Option<String>>,
@@ -255,7 +255,13 @@ impl LogStart {
             path: uri.path().to_owned(),
             target: uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
             scheme: uri.scheme().cloned(),
-            protocol: format!("{:?}", req.version()),
+            protocol: match req.version() {
+                http::Version::HTTP_09 => "HTTP/0.9",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_2 => "HTTP/2.0",
+                http::Version::HTTP_3 => "HTTP/3.0",
+                _ => "HTTP/1.1",
+            },
             trace_id: crate::access_log::trace_id(req.headers()),
             headers: headers
                 .iter()
@@ -332,7 +338,7 @@ impl BodyLog for PendingLog {
             response_head: self.head_after,
             downstream: self.ctx.peer,
             listener: &self.ctx.listener.name,
-            protocol: &start.protocol,
+            protocol: start.protocol,
             method: start.method.as_str(),
             authority: &start.authority,
             path: &start.path,

@@ -306,43 +306,91 @@ impl Entry<'_> {
         }
     }
 
+    /// The JSON line: a struct serialized straight into the line (a `serde_json::Value`
+    /// built first cost three times the instructions of the whole proxied request).
     pub fn to_json_line(&self) -> String {
         let ts = self.start.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let mut line = serde_json::json!({
-            "start_time": rfc3339(self.start),
-            "start_time_ms": ts.as_millis() as u64,
-            "duration_ms": self.duration.as_secs_f64() * 1e3,
-            "response_head_ms": self.response_head.as_secs_f64() * 1e3,
-            "downstream": self.downstream.to_string(),
-            "listener": self.listener,
-            "protocol": self.protocol,
-            "method": self.method,
-            "authority": self.authority,
-            "path": self.path,
-            "status": self.status,
-            "reason": self.reason,
-            "bytes_sent": self.bytes_sent,
-            "bytes_received": self.bytes_received,
-            "upstream_duration_ms": self.upstream_duration.map(|d| d.as_secs_f64() * 1e3),
-            "response_flags": self.response_flags(),
-            "trace_id": self.trace_id,
-            "response_end": self.body_end.as_str(),
-            "route": self.route,
-            "cluster": self.cluster,
-            "upstream": self.upstream.map(|a| a.to_string()),
-            "attempts": self.attempts,
-            "request_id": self.request_id,
-            "fault": self.fault,
-            "authz_denied": self.authz_denied,
-            "authz_audit": self.authz_audit,
-            "authz_shadow_denied": self.authz_shadow_denied,
-            "tls_sni": self.tls_sni,
-            "downstream_identity": self.downstream_identity,
-        })
-        .to_string();
-        line.push('\n');
-        line
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let line = JsonLine {
+            start_time: rfc3339(self.start),
+            start_time_ms: ts.as_millis() as u64,
+            duration_ms: ms(self.duration),
+            response_head_ms: ms(self.response_head),
+            upstream_duration_ms: self.upstream_duration.map(ms),
+            downstream: Shown(&self.downstream),
+            listener: self.listener,
+            protocol: self.protocol,
+            method: self.method,
+            authority: self.authority,
+            path: self.path,
+            status: self.status,
+            reason: self.reason,
+            response_flags: self.response_flags(),
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            response_end: self.body_end.as_str(),
+            route: self.route,
+            cluster: self.cluster,
+            upstream: self.upstream.as_ref().map(Shown),
+            attempts: self.attempts,
+            request_id: self.request_id,
+            trace_id: self.trace_id,
+            fault: self.fault,
+            authz_denied: self.authz_denied,
+            authz_audit: self.authz_audit,
+            authz_shadow_denied: self.authz_shadow_denied,
+            tls_sni: self.tls_sni,
+            downstream_identity: self.downstream_identity,
+        };
+        let mut out = Vec::with_capacity(512);
+        // Serializing strings and numbers cannot fail.
+        let _ = serde_json::to_writer(&mut out, &line);
+        out.push(b'\n');
+        String::from_utf8(out).unwrap_or_default()
     }
+}
+
+/// A value written with its `Display` (an address), without a `String` first.
+struct Shown<'a, T>(&'a T);
+
+impl<T: std::fmt::Display> serde::Serialize for Shown<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self.0)
+    }
+}
+
+/// The JSON line's fields, in the order they are written.
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    start_time: String,
+    start_time_ms: u64,
+    duration_ms: f64,
+    response_head_ms: f64,
+    upstream_duration_ms: Option<f64>,
+    downstream: Shown<'a, SocketAddr>,
+    listener: &'a str,
+    protocol: &'a str,
+    method: &'a str,
+    authority: &'a str,
+    path: &'a str,
+    status: u16,
+    reason: Option<&'a str>,
+    response_flags: String,
+    bytes_sent: u64,
+    bytes_received: u64,
+    response_end: &'a str,
+    route: Option<&'a str>,
+    cluster: Option<&'a str>,
+    upstream: Option<Shown<'a, SocketAddr>>,
+    attempts: u32,
+    request_id: Option<&'a str>,
+    trace_id: Option<&'a str>,
+    fault: Option<&'a str>,
+    authz_denied: Option<&'a str>,
+    authz_audit: Option<&'a str>,
+    authz_shadow_denied: Option<&'a str>,
+    tls_sni: Option<&'a str>,
+    downstream_identity: Option<&'a str>,
 }
 
 /// `2023-11-14T22:13:20.123Z`: UTC, milliseconds (the config crate's whole-second
