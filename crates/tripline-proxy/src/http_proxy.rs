@@ -73,8 +73,13 @@ pub fn handle(
     if ctx.https() && req.uri().scheme().is_none() {
         crate::headers::https_target(&mut req);
     }
-    let log = ctx.shared.access_log.as_ref().map(|log| Box::new(LogStart::of(&req, log.headers())));
-    let mut trace = Trace { on: log.is_some(), ..Trace::default() };
+    // The trace context first: what a sampled request sends upstream is its own span.
+    let span = ctx.shared.tracer.get().and_then(|t| t.on_request(req.headers_mut(), &ctx.shared.rng));
+    let log = match (&ctx.shared.access_log, &span) {
+        (None, None) => None,
+        (log, _) => Some(Box::new(LogStart::of(&req, log.as_ref().map_or(&[][..], |l| l.headers())))),
+    };
+    let mut trace = Trace { on: log.is_some(), span, ..Trace::default() };
     let h2 = req.version() == http::Version::HTTP_2;
     let grpc = is_grpc(req.headers());
     // The response phase's header edits, for a route (or destination) that has them.
@@ -323,9 +328,12 @@ impl BodyLog for PendingLog {
         self.bytes_sent += n as u64;
     }
 
-    /// Writes the line.
+    /// Writes the line and finishes the request's spans.
     fn finish(self: Box<Self>, end: BodyEnd) {
-        let Some(log) = &self.ctx.shared.access_log else { return };
+        let shared = &self.ctx.shared;
+        if shared.access_log.is_none() && self.trace.span.is_none() {
+            return;
+        }
         // hyper drops the body of a response that has none on the wire (HEAD, 204, 304)
         // without reading it: that is not a client leaving.
         let bodiless = self.status != 0
@@ -364,12 +372,16 @@ impl BodyLog for PendingLog {
             tls_sni: self.ctx.tls.get().and_then(|t| t.sni.as_deref()),
             downstream_identity: self.ctx.tls.get().and_then(|t| t.peer_identity.as_deref()),
         };
-        if !log.keeps(&entry, || tripline_core::rng::Rng::next_u64(&self.ctx.shared.rng) as u32) {
+        if let (Some(tracer), Some(span)) = (shared.tracer.get(), &trace.span) {
+            tracer.finish(span, &entry);
+        }
+        let Some(log) = &shared.access_log else { return };
+        if !log.keeps(&entry, || tripline_core::rng::Rng::next_u64(&shared.rng) as u32) {
             return;
         }
         let queued = log.write(&entry);
         if !queued {
-            self.ctx.shared.global.access_log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            shared.global.access_log_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -385,10 +397,12 @@ impl Drop for LogIfAbandoned {
     }
 }
 
-/// What the access log wants to know about a request; filled only when `on`.
+/// What the access log and the request's span want to know about it; filled only when `on`.
 #[derive(Default, Clone)]
 struct Trace {
     on: bool,
+    /// The request's span, when it is sampled.
+    span: Option<Arc<crate::spans::RequestSpan>>,
     route: Option<Arc<str>>,
     cluster: Option<Arc<str>>,
     upstream: Option<SocketAddr>,
@@ -550,7 +564,7 @@ struct Started {
 struct FallbackCx {
     fallback: Arc<Fallback>,
     shared: Arc<crate::Shared>,
-    upload: Option<Arc<crate::upload::Upload>>,
+    observers: upstream::Observers,
 }
 
 /// Rewrites the request for the upstream and creates (boxed) the future that sends it.
@@ -610,15 +624,16 @@ fn start(
     if trace.on {
         trace.request_id = up_req.headers().get(&crate::headers::X_REQUEST_ID).cloned();
     }
+    let observers = upstream::Observers { upload, span: trace.span.clone() };
     let fallback = route.features.as_ref().and_then(|f| f.fallback()).map(|fallback| {
         Box::new(FallbackCx {
             fallback: fallback.clone(),
             shared: ctx.shared.clone(),
-            upload: upload.clone(),
+            observers: observers.clone(),
         })
     });
     let send =
-        upstream::send(cluster.clone(), route, up_req, hashed.hash, ctx.shared.clone(), deadline, upload);
+        upstream::send(cluster.clone(), route, up_req, hashed.hash, ctx.shared.clone(), deadline, observers);
     Started {
         cluster,
         deadline,
@@ -690,7 +705,7 @@ impl Started {
                             None,
                             fb.shared.clone(),
                             deadline,
-                            fb.upload.clone(),
+                            fb.observers.clone(),
                         );
                         // Boxed: inline, this rarely taken path's future would grow every
                         // request's future (and its copies) by the size of a whole send.

@@ -32,6 +32,7 @@ pub mod reason;
 pub mod resilience;
 pub mod router;
 pub mod sni;
+pub mod spans;
 pub mod stats;
 pub mod stats_api;
 pub mod tcp_proxy;
@@ -94,6 +95,8 @@ pub struct Shared {
     pub header_limits: header_limits::ConfiguredLimits,
     /// `--istio-metrics`: this workload, for Istio's standard metrics on `/metrics`.
     pub istio_metrics: std::sync::OnceLock<istio_metrics::Workload>,
+    /// `--otlp-endpoint`: the tracer sampled requests' spans go to.
+    pub tracer: std::sync::OnceLock<spans::Tracer>,
 }
 
 impl Shared {
@@ -191,6 +194,7 @@ impl Proxy {
                 client_conns: Arc::default(),
                 header_limits: header_limits::ConfiguredLimits::default(),
                 istio_metrics: std::sync::OnceLock::new(),
+                tracer: std::sync::OnceLock::new(),
             }),
         }
     }

@@ -8,6 +8,7 @@ mod explain;
 mod fd_limit;
 mod iptables;
 mod low_priority;
+mod otlp;
 mod run;
 mod stat;
 mod validate;
@@ -128,6 +129,22 @@ pub struct RunArgs {
     /// work unchanged; `source_workload` is the `app` of --workload-labels.
     #[arg(long)]
     pub istio_metrics: bool,
+    /// Export a span per sampled request, and one per attempt it made upstream, with OTLP to
+    /// this collector: a base URL such as http://127.0.0.1:4318 (HTTP/protobuf; `/v1/traces`
+    /// is added) or http://127.0.0.1:4317 with `--otlp-protocol grpc`. Without it,
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT turn traces on, as
+    /// in OpenTelemetry's SDKs [default: off].
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// `grpc` or `http/protobuf` [default: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+    /// OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf].
+    #[arg(long, value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+    /// The share of the traces that start here to record, 0 to 1 (parent-based: a caller's
+    /// decision stands) [default: OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG, else
+    /// parentbased_always_on].
+    #[arg(long, value_parser = parse_sample_ratio, value_name = "RATIO")]
+    pub trace_sample: Option<f64>,
     /// The access log's lines: `json`, `text` (Envoy's default format), or an Envoy-style
     /// format string such as `%START_TIME% %REQ(:METHOD)% %REQ(:PATH)% %RESPONSE_CODE% %DURATION%`.
     #[arg(long, default_value = "json", value_name = "FORMAT", requires = "access_log")]
@@ -240,6 +257,13 @@ pub fn parse_ratio(s: &str) -> Result<f64, String> {
         _ => Err(format!(
             "`{s}`: a ratio above 0 and at most 1 (0.01 logs one successful request in a hundred)"
         )),
+    }
+}
+
+fn parse_sample_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("`{s}`: a ratio from 0 to 1 (0.01 records one trace in a hundred)")),
     }
 }
 

@@ -300,10 +300,14 @@ async fn serve(
         }
     };
     let proxy = Proxy::with_access_log(access_log);
+    let app = ["app", "app.kubernetes.io/name"].iter().find_map(|k| opts.workload_labels.get(*k));
+    if let Err(e) = start_tracing(&args, &proxy, app.cloned().unwrap_or_else(|| "tripline".into())) {
+        eprintln!("tripline: traces: {e}");
+        return ExitCode::FAILURE;
+    }
     if args.istio_metrics {
-        let name = ["app", "app.kubernetes.io/name"].iter().find_map(|k| opts.workload_labels.get(*k));
         let _ = proxy.shared.istio_metrics.set(tripline_proxy::istio_metrics::Workload {
-            name: name.cloned().unwrap_or_else(|| "unknown".into()),
+            name: app.cloned().unwrap_or_else(|| "unknown".into()),
             namespace: opts.workload_namespace.clone().unwrap_or_else(|| "unknown".into()),
         });
     }
@@ -385,8 +389,37 @@ async fn serve(
     }
     tracing::info!(timeout = ?args.drain_timeout, "draining");
     proxy.drain(args.drain_timeout).await;
+    if proxy.shared.tracer.get().is_some() {
+        // The last spans, sent off the event loop (it waits for the exporter).
+        let shared = proxy.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.tracer.get().map(|t| t.flush())).await;
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// `--otlp-endpoint` (or OpenTelemetry's variables): the tracer and its OTLP exporter.
+/// `service` is the `service.name` spans carry unless `OTEL_SERVICE_NAME` says otherwise.
+fn start_tracing(args: &RunArgs, proxy: &Proxy, service: String) -> Result<(), String> {
+    let flags = crate::otlp::Flags {
+        endpoint: args.otlp_endpoint.as_deref(),
+        protocol: args.otlp_protocol.as_deref(),
+        sample: args.trace_sample,
+        service,
+    };
+    let Some(settings) = crate::otlp::Settings::resolve(&flags, |k| std::env::var(k).ok())? else {
+        return Ok(());
+    };
+    let exporter = crate::otlp::Exporter::start(&settings)?;
+    tracing::info!(
+        endpoint = settings.endpoint.as_deref().unwrap_or("(from OTEL_EXPORTER_OTLP_*)"),
+        protocol = ?settings.protocol,
+        sampler = ?settings.sampler,
+        "traces exported with OTLP"
+    );
+    let tracer = tripline_proxy::spans::Tracer::new(settings.sampler, Box::new(exporter));
+    let _ = proxy.shared.tracer.set(tracer);
+    Ok(())
 }
 
 /// A cheap fingerprint of the config paths: every file's name, size and mtime.

@@ -83,7 +83,7 @@ impl Mirrors {
                 None,
                 shared.clone(),
                 deadline,
-                upload,
+                upstream::Observers { upload, span: None },
             );
             let slot = Slot(cluster.clone());
             tokio::spawn(async move {

@@ -391,6 +391,15 @@ fn admit_breaker(
     }
 }
 
+/// What follows a request as it is sent, besides its route and cluster.
+#[derive(Debug, Default, Clone)]
+pub struct Observers {
+    /// The client's request body: a failure it caused is not the upstream's.
+    pub upload: Option<Arc<Upload>>,
+    /// A sampled request's span: each attempt is a child span, and its id goes upstream.
+    pub span: Option<Arc<crate::spans::RequestSpan>>,
+}
+
 /// Sends a request to a cluster, with the route's retry policy. `deadline` is when the
 /// route timeout fires (retries and backoff must fit before it).
 ///
@@ -403,8 +412,9 @@ pub async fn send<R: AsRef<RoutePolicy> + Send + Sync + 'static>(
     hash: Option<u64>,
     shared: Arc<crate::Shared>,
     deadline: Option<Instant>,
-    upload: Option<Arc<Upload>>,
+    observers: Observers,
 ) -> SendResult {
+    let Observers { upload, span } = observers;
     let (cluster, route, rng): (&Cluster, &RoutePolicy, &dyn Rng) =
         (&cluster, (*route).as_ref(), &shared.rng);
     let state = &cluster.state;
@@ -457,6 +467,9 @@ pub async fn send<R: AsRef<RoutePolicy> + Send + Sync + 'static>(
                 Err(refusal) if attempt == 1 => return Err(refusal.with_request(held.take())),
                 Err(refusal) => return Err(refusal),
             };
+            if let (Some(span), Some(r)) = (&span, held.as_mut()) {
+                span.begin_attempt(attempt, member.ep.address, r.headers_mut(), rng);
+            }
             let mut inflight = InFlight::new(cluster, &member, pass, ep_breaker, now);
             inflight._retry = retry_permit.take();
             inflight.attempt = attempt;
@@ -470,6 +483,9 @@ pub async fn send<R: AsRef<RoutePolicy> + Send + Sync + 'static>(
                     // A local overflow, or the route deadline passing while we waited for a
                     // connection, says nothing about the upstream.
                     inflight.outcome = Outcome::Local(LocalReason::Overflow);
+                    if let Some(span) = &span {
+                        span.end_attempt(None, &inflight.outcome, true);
+                    }
                     let untouched = if attempt == 1 { held.take() } else { None };
                     let refusal = Refusal { reason, retry_after: None, attempts: attempt - 1, request: None };
                     return Err(refusal.with_request(untouched));
@@ -485,6 +501,9 @@ pub async fn send<R: AsRef<RoutePolicy> + Send + Sync + 'static>(
                 // The client broke its request (or is still sending it at the deadline): not the
                 // upstream's failure, and nothing to retry. The guard records it as local.
                 if u.blame(&outcome).is_some() {
+                    if let Some(span) = &span {
+                        span.end_attempt(None, &Outcome::Local(LocalReason::Cancelled), true);
+                    }
                     inflight.request = guards.take();
                     let reason = u.fault().map_or(Reason::RequestTimeout, ClientFault::reason);
                     return Err(Refusal { reason, retry_after: None, attempts: attempt, request: None });
@@ -528,6 +547,9 @@ pub async fn send<R: AsRef<RoutePolicy> + Send + Sync + 'static>(
             let next = delay.and_then(|d| {
                 held.take().or_else(|| replay.as_mut().and_then(Replay::next_request)).map(|r| (d, r))
             });
+            if let Some(span) = &span {
+                span.end_attempt(status, &outcome, next.is_none());
+            }
             let Some((delay, next)) = next else {
                 // Final attempt.
                 inflight.request = guards.take();

@@ -30,6 +30,7 @@ mod service_profile;
 mod sidecar;
 mod tcp;
 mod tls;
+mod traces;
 mod traffic;
 mod upgrade;
 mod validate;

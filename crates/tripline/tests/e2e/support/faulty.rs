@@ -53,6 +53,7 @@ pub struct Seen {
     /// `x-tripline-attempt` (0 when absent).
     pub attempt: u32,
     pub at: Instant,
+    pub headers: http::HeaderMap,
 }
 
 struct State {
@@ -152,7 +153,12 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u32>().ok())
         .unwrap_or(0);
-    st.seen.lock().unwrap().push(Seen { method: req.method().to_string(), attempt, at: Instant::now() });
+    st.seen.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
+        attempt,
+        at: Instant::now(),
+        headers: req.headers().clone(),
+    });
     let _active = ActiveGuard::new(&st.counters);
     let queued = st.next.lock().unwrap().pop_front();
     let fault = queued.unwrap_or_else(|| *st.fault.lock().unwrap());
