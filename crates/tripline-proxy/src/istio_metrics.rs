@@ -117,12 +117,12 @@ impl Collector for IstioScrape {
         {
             let mut m = enc.encode_descriptor(
                 "istio_request_duration_milliseconds",
-                "Attempt durations in milliseconds (Istio's standard metric).",
+                "Request durations in milliseconds, retries included (Istio's standard metric).",
                 None,
                 MetricType::Histogram,
             )?;
             for (c, labels) in &live {
-                let (sum, count, buckets) = c.state.stats.duration.snapshot();
+                let (sum, count, buckets) = c.state.stats.request_duration.snapshot();
                 if count == 0 {
                     continue;
                 }

@@ -389,15 +389,23 @@ impl Collector for Scrape {
                 })
             }),
         )?;
-        {
-            let mut m = enc.encode_descriptor(
+        type Pick = fn(&crate::endpoint::ClusterStats) -> &crate::stats::Histogram;
+        let durations: [(&str, &str, Pick); 2] = [
+            (
                 "tripline_request_duration_seconds",
-                "Time from sending the request upstream to the end of the response body.",
-                None,
-                MetricType::Histogram,
-            )?;
+                "Per request: from its admission to the cluster to the end of its response body, every attempt, connection wait and backoff included.",
+                |s| &s.request_duration,
+            ),
+            (
+                "tripline_attempt_duration_seconds",
+                "Per attempt upstream: from sending it to the end of its response body, or its failure.",
+                |s| &s.attempt_duration,
+            ),
+        ];
+        for (name, help, histogram) in durations {
+            let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
             for c in &self.clusters {
-                let (sum, count, buckets) = c.stats.duration.snapshot();
+                let (sum, count, buckets) = histogram(&c.stats).snapshot();
                 let labels = [("cluster", c.name.as_ref())];
                 m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
             }

@@ -67,7 +67,7 @@ fn cluster(c: &Cluster) -> Value {
         "refused": refused,
         "active": s.active.current(),
         "pending": s.pending.current(),
-        "duration_counts": counts(&s.stats.duration),
+        "duration_counts": counts(&s.stats.request_duration),
         "breaker": c.resilience.breaker.as_ref().map(|b| b.state().as_str()),
         "endpoints": endpoints,
         "events": events(c),

@@ -70,7 +70,11 @@ pub struct ClusterState {
 pub struct ClusterStats {
     pub codes: StatusCounters,
     pub local: ReasonCounters,
-    pub duration: Histogram,
+    /// Per request: from its admission to the cluster to the end of its response body, every
+    /// attempt, connection wait and backoff included (the client's wait, less routing).
+    pub request_duration: Histogram,
+    /// Per attempt: from sending it to the end of its response body (or its failure).
+    pub attempt_duration: Histogram,
     pub connect_failures: AtomicU64,
     /// Connects whose TLS handshake failed (also counted in `connect_failures`).
     pub tls_handshake_failures: AtomicU64,

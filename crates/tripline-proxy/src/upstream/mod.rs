@@ -180,7 +180,7 @@ impl Drop for InFlight {
             self.outcome = Outcome::Local(local);
         }
         self.endpoint.active.fetch_sub(1, Ordering::Relaxed);
-        self.state.stats.duration.observe(latency);
+        self.state.stats.attempt_duration.observe(latency);
         if !matches!(self.outcome, Outcome::Local(_)) {
             self.endpoint.duration.get_or_init(Box::default).observe(latency);
             if !is_success(&self.outcome) {
@@ -194,6 +194,8 @@ impl Drop for InFlight {
             b.record(&self.outcome, latency, now);
         }
         if let Some(r) = self.request.take() {
+            // The request's last attempt: the request ends with it.
+            self.state.stats.request_duration.observe(since(r.start));
             if let Some(b) = r.cluster_breaker {
                 b.record(&self.outcome, since(r.start), now);
             }

@@ -199,6 +199,12 @@ async fn a_retried_request_is_a_server_span_with_a_client_span_per_attempt_over_
     assert!(!b3_seen.contains("e457b5a2e4d86bd1"), "the B3 span is Tripline's: {b3_seen}");
     assert!(!seen[2].headers.contains_key("traceparent"), "a B3 caller's services get B3 only");
 
+    // Two requests, three attempts: the per-request and per-attempt histograms tell them apart.
+    let cluster = [("cluster", "outbound|80||backend.local")];
+    let requests = proxy.metric("tripline_request_duration_seconds_count", &cluster).await;
+    let attempts = proxy.metric("tripline_attempt_duration_seconds_count", &cluster).await;
+    assert_eq!((requests, attempts), (2.0, 3.0));
+
     // SIGTERM: the drain ends with the last spans sent.
     proxy.signal("TERM");
     assert!(proxy.wait_exit(Duration::from_secs(15)).await.is_some_and(|s| s.success()));
