@@ -74,10 +74,14 @@ pub fn handle(
         crate::headers::https_target(&mut req);
     }
     // The trace context first: what a sampled request sends upstream is its own span.
-    let span = ctx.shared.tracer.get().and_then(|t| t.on_request(req.headers_mut(), &ctx.shared.rng));
+    let traced = ctx.shared.tracer.get().map(|t| t.on_request(req.headers_mut(), &ctx.shared.rng));
+    let (trace_id, span) = traced.map_or((None, None), |t| (Some(t.trace_id), t.span));
     let log = match (&ctx.shared.access_log, &span) {
         (None, None) => None,
-        (log, _) => Some(Box::new(LogStart::of(&req, log.as_ref().map_or(&[][..], |l| l.headers())))),
+        (log, _) => {
+            let headers = log.as_ref().map_or(&[][..], |l| l.headers());
+            Some(LogStart::of(&req, headers, trace_id))
+        }
     };
     let mut trace = Trace { on: log.is_some(), span, ..Trace::default() };
     let h2 = req.version() == http::Version::HTTP_2;
@@ -94,7 +98,7 @@ pub fn handle(
         }
     };
     // Written if the future is dropped before the response head: the client left.
-    let mut waiting = LogIfAbandoned(log.map(|start| PendingLog::new(ctx.clone(), *start, trace.clone())));
+    let mut waiting = LogIfAbandoned(log.map(|start| PendingLog::new(ctx.clone(), start, trace.clone())));
     let mut mark = RequestMark::new(ctx, h2);
     async move {
         let mut resp = match started {
@@ -238,28 +242,31 @@ struct LogStart {
     start: SystemTime,
     t0: Instant,
     method: http::Method,
-    authority: String,
-    path: String,
-    /// The path with its query, as the client sent it.
-    target: String,
-    scheme: Option<http::uri::Scheme>,
+    /// The target as the client sent it (a shared copy: cloning a parsed `Uri` takes a
+    /// reference, where the strings it holds were three allocations and copies a request).
+    uri: http::Uri,
+    /// `Host`, for a target that names no authority.
+    host: Option<http::HeaderValue>,
     protocol: &'static str,
-    trace_id: Option<String>,
+    trace_id: Option<u128>,
     /// The headers the text format logs, in its order.
     headers: Vec<Option<String>>,
 }
 
 impl LogStart {
-    fn of(req: &Request<ClientBody>, headers: &[http::HeaderName]) -> Self {
+    /// `trace_id`: the trace phase's, when traces are on (else read from the request).
+    fn of(req: &Request<ClientBody>, headers: &[http::HeaderName], trace_id: Option<u128>) -> Self {
         let uri = req.uri();
         LogStart {
             start: SystemTime::now(),
             t0: Instant::now(),
             method: req.method().clone(),
-            authority: crate::headers::authority(req).unwrap_or("").to_owned(),
-            path: uri.path().to_owned(),
-            target: uri.path_and_query().map_or_else(|| uri.path().to_owned(), |p| p.as_str().to_owned()),
-            scheme: uri.scheme().cloned(),
+            uri: uri.clone(),
+            host: if uri.authority().is_none() {
+                req.headers().get(http::header::HOST).cloned()
+            } else {
+                None
+            },
             protocol: match req.version() {
                 http::Version::HTTP_09 => "HTTP/0.9",
                 http::Version::HTTP_10 => "HTTP/1.0",
@@ -267,7 +274,7 @@ impl LogStart {
                 http::Version::HTTP_3 => "HTTP/3.0",
                 _ => "HTTP/1.1",
             },
-            trace_id: crate::access_log::trace_id(req.headers()),
+            trace_id: trace_id.or_else(|| crate::access_log::trace_id(req.headers())),
             headers: headers
                 .iter()
                 .map(|h| req.headers().get(h).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()))
@@ -340,6 +347,7 @@ impl BodyLog for PendingLog {
             && (self.start.method == http::Method::HEAD || matches!(self.status, 100..=199 | 204 | 304));
         let end = if end == BodyEnd::DownstreamDisconnect && bodiless { BodyEnd::Complete } else { end };
         let (start, trace) = (&self.start, &self.trace);
+        let mut trace_hex = [0u8; 32];
         let entry = Entry {
             start: start.start,
             duration: start.t0.elapsed(),
@@ -348,13 +356,18 @@ impl BodyLog for PendingLog {
             listener: &self.ctx.listener.name,
             protocol: start.protocol,
             method: start.method.as_str(),
-            authority: &start.authority,
-            path: &start.path,
-            target: &start.target,
-            scheme: start.scheme.as_ref().map(|s| s.as_str()),
+            authority: start
+                .uri
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| start.host.as_ref().and_then(|h| h.to_str().ok()))
+                .unwrap_or(""),
+            path: start.uri.path(),
+            target: start.uri.path_and_query().map_or(start.uri.path(), |p| p.as_str()),
+            scheme: start.uri.scheme_str(),
             bytes_received: trace.upload.as_ref().map_or(0, |u| u.received()),
             upstream_duration: trace.upstream.map(|_| self.head_after),
-            trace_id: start.trace_id.as_deref(),
+            trace_id: start.trace_id.map(|t| crate::spans::context::trace_id_text(t, &mut trace_hex)),
             headers: &start.headers,
             status: self.status,
             reason: self.reason.as_ref().and_then(|v| v.to_str().ok()),

@@ -389,11 +389,17 @@ async fn serve(
     }
     tracing::info!(timeout = ?args.drain_timeout, "draining");
     proxy.drain(args.drain_timeout).await;
-    if proxy.shared.tracer.get().is_some() {
-        // The last spans, sent off the event loop (it waits for the exporter).
-        let shared = proxy.shared.clone();
-        let _ = tokio::task::spawn_blocking(move || shared.tracer.get().map(|t| t.flush())).await;
-    }
+    // The last log lines and spans, written and sent off the event loop (it waits for them).
+    let shared = proxy.shared.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(log) = &shared.access_log {
+            log.flush();
+        }
+        if let Some(tracer) = shared.tracer.get() {
+            tracer.flush();
+        }
+    })
+    .await;
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

@@ -8,7 +8,7 @@ pub mod format;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use format::TextFormat;
@@ -50,9 +50,11 @@ impl Options {
 
 /// What the writer thread is sent.
 enum Msg {
-    Line(String),
+    Line(Vec<u8>),
     /// Open the file again (it was renamed away by a log rotation).
     Reopen,
+    /// Write out what came before, then say so.
+    Flush(SyncSender<()>),
 }
 
 /// Where access log lines go.
@@ -76,8 +78,12 @@ impl std::str::FromStr for Target {
 }
 
 /// Lines waiting for the writer; beyond this, lines are dropped (the caller counts them in
-/// `tripline_access_log_dropped_total`) rather than slowing requests down.
+/// `tripline_access_log_dropped_total`) rather than slowing requests down. At `TICK`, room
+/// for 800,000 lines a second.
 const QUEUE: usize = 16 * 1024;
+
+/// How often the writer takes the queued lines and writes them (one `write` per 64 KiB).
+const TICK: Duration = Duration::from_millis(20);
 
 /// A handle to the access log writer.
 #[derive(Debug)]
@@ -93,6 +99,7 @@ impl std::fmt::Debug for Msg {
         f.write_str(match self {
             Msg::Line(_) => "Line",
             Msg::Reopen => "Reopen",
+            Msg::Flush(_) => "Flush",
         })
     }
 }
@@ -116,26 +123,39 @@ impl AccessLog {
         let mut out = std::io::BufWriter::with_capacity(64 * 1024, open_target(&opts.target)?);
         let (tx, rx) = sync_channel::<Msg>(QUEUE);
         let target = opts.target.clone();
-        std::thread::Builder::new().name("tripline-access-log".into()).spawn(move || {
-            while let Ok(msg) = rx.recv() {
-                let mut next = Some(msg);
-                // Drain what is queued, then flush once: a burst costs one write.
-                while let Some(msg) = next {
-                    match msg {
-                        Msg::Line(line) => {
-                            let _ = out.write_all(line.as_bytes());
-                        }
-                        Msg::Reopen => {
-                            let _ = out.flush();
-                            match open_target(&target) {
-                                Ok(w) => out = std::io::BufWriter::with_capacity(64 * 1024, w),
-                                Err(e) => tracing::error!(error = %e, "cannot open the access log again; writing to the file it had"),
-                            }
+        std::thread::Builder::new().name("tripline-access-log".into()).spawn(move || loop {
+            // The writer wakes on its own every `TICK` and takes what is queued: a request
+            // path that queues a line never wakes it. (Blocking on the queue, every line
+            // woke the thread: a futex and a context switch per request, +70% CPU per
+            // request against no access log; docs/benchmarks.md.)
+            std::thread::sleep(TICK);
+            let mut open = true;
+            loop {
+                match rx.try_recv() {
+                    Ok(Msg::Line(line)) => {
+                        let _ = out.write_all(&line);
+                    }
+                    Ok(Msg::Reopen) => {
+                        let _ = out.flush();
+                        match open_target(&target) {
+                            Ok(w) => out = std::io::BufWriter::with_capacity(64 * 1024, w),
+                            Err(e) => tracing::error!(error = %e, "cannot open the access log again; writing to the file it had"),
                         }
                     }
-                    next = rx.try_recv().ok();
+                    Ok(Msg::Flush(done)) => {
+                        let _ = out.flush();
+                        let _ = done.try_send(());
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
                 }
-                let _ = out.flush();
+            }
+            let _ = out.flush();
+            if !open {
+                return;
             }
         })?;
         let sample = if opts.sample.is_finite() { opts.sample.clamp(0.0, 1.0) } else { 1.0 };
@@ -167,7 +187,7 @@ impl AccessLog {
     pub fn write(&self, entry: &Entry<'_>) -> bool {
         let line = match &self.format {
             Format::Json => entry.to_json_line(),
-            Format::Text(f) => f.render(entry),
+            Format::Text(f) => f.render(entry).into_bytes(),
         };
         !matches!(
             self.tx.try_send(Msg::Line(line)),
@@ -180,6 +200,15 @@ impl AccessLog {
     pub fn reopen(&self) {
         // Blocking: a reopen must not be lost to a full queue.
         let _ = self.tx.send(Msg::Reopen);
+    }
+
+    /// Writes out every line queued so far, waiting up to a second (at shutdown: the writer
+    /// takes lines every `TICK`, and the process must not exit with them queued).
+    pub fn flush(&self) {
+        let (done, written) = sync_channel(1);
+        if self.tx.send(Msg::Flush(done)).is_ok() {
+            let _ = written.recv_timeout(Duration::from_secs(1));
+        }
     }
 }
 
@@ -315,32 +344,30 @@ impl Entry<'_> {
     /// (nearly all) are copied as they are, numbers by serde_json, the time and addresses
     /// without `fmt`. (A `serde_json::Value` built first cost three times the instructions of
     /// the whole proxied request; a derived struct still 85% more.)
-    pub fn to_json_line(&self) -> String {
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    pub fn to_json_line(&self) -> Vec<u8> {
         let mut j = JsonLine(Vec::with_capacity(640));
-        j.key("start_time");
-        j.0.push(b'"');
+        j.0.extend_from_slice(b"{\"start_time\":\"");
         push_time(&mut j.0, self.start);
         j.0.push(b'"');
         let ts = self.start.duration_since(UNIX_EPOCH).unwrap_or_default();
-        j.num("start_time_ms", ts.as_millis() as u64);
-        j.float("duration_ms", ms(self.duration));
-        j.float("response_head_ms", ms(self.response_head));
-        j.key("upstream_duration_ms");
+        j.num(key!("start_time_ms"), ts.as_millis() as u64);
+        j.ms(key!("duration_ms"), self.duration);
+        j.ms(key!("response_head_ms"), self.response_head);
+        j.key(key!("upstream_duration_ms"));
         match self.upstream_duration {
-            Some(d) => j.raw_float(ms(d)),
+            Some(d) => push_ms(&mut j.0, d),
             None => j.0.extend_from_slice(b"null"),
         }
-        j.key("downstream");
+        j.key(key!("downstream"));
         push_addr(&mut j.0, &self.downstream);
-        j.str("listener", self.listener);
-        j.str("protocol", self.protocol);
-        j.str("method", self.method);
-        j.str("authority", self.authority);
-        j.str("path", self.path);
-        j.num("status", u64::from(self.status));
-        j.opt("reason", self.reason);
-        j.key("response_flags");
+        j.str(key!("listener"), self.listener);
+        j.str(key!("protocol"), self.protocol);
+        j.str(key!("method"), self.method);
+        j.str(key!("authority"), self.authority);
+        j.str(key!("path"), self.path);
+        j.num(key!("status"), u64::from(self.status));
+        j.opt(key!("reason"), self.reason);
+        j.key(key!("response_flags"));
         let (flags, n) = self.flags();
         j.0.push(b'"');
         if n == 0 {
@@ -353,48 +380,53 @@ impl Entry<'_> {
             j.0.extend_from_slice(f.as_bytes());
         }
         j.0.push(b'"');
-        j.num("bytes_sent", self.bytes_sent);
-        j.num("bytes_received", self.bytes_received);
-        j.str("response_end", self.body_end.as_str());
-        j.opt("route", self.route);
-        j.opt("cluster", self.cluster);
-        j.key("upstream");
+        j.num(key!("bytes_sent"), self.bytes_sent);
+        j.num(key!("bytes_received"), self.bytes_received);
+        j.str(key!("response_end"), self.body_end.as_str());
+        j.opt(key!("route"), self.route);
+        j.opt(key!("cluster"), self.cluster);
+        j.key(key!("upstream"));
         match &self.upstream {
             Some(a) => push_addr(&mut j.0, a),
             None => j.0.extend_from_slice(b"null"),
         }
-        j.num("attempts", u64::from(self.attempts));
-        j.opt("request_id", self.request_id);
-        j.opt("trace_id", self.trace_id);
-        j.opt("fault", self.fault);
-        j.opt("authz_denied", self.authz_denied);
-        j.opt("authz_audit", self.authz_audit);
-        j.opt("authz_shadow_denied", self.authz_shadow_denied);
-        j.opt("tls_sni", self.tls_sni);
-        j.opt("downstream_identity", self.downstream_identity);
+        j.num(key!("attempts"), u64::from(self.attempts));
+        j.opt(key!("request_id"), self.request_id);
+        j.opt(key!("trace_id"), self.trace_id);
+        j.opt(key!("fault"), self.fault);
+        j.opt(key!("authz_denied"), self.authz_denied);
+        j.opt(key!("authz_audit"), self.authz_audit);
+        j.opt(key!("authz_shadow_denied"), self.authz_shadow_denied);
+        j.opt(key!("tls_sni"), self.tls_sni);
+        j.opt(key!("downstream_identity"), self.downstream_identity);
         j.0.extend_from_slice(b"}\n");
-        // Only UTF-8 went in (str contents, ASCII, serde_json's output).
-        String::from_utf8(j.0).unwrap_or_default()
+        j.0
     }
 }
 
 /// A JSON object being written, field by field.
 struct JsonLine(Vec<u8>);
 
+/// `,"name":`, a field's key after the first, made at compile time.
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":").as_bytes()
+    };
+}
+use key;
+
 impl JsonLine {
-    fn key(&mut self, k: &str) {
-        self.0.push(if self.0.is_empty() { b'{' } else { b',' });
-        self.0.push(b'"');
-        self.0.extend_from_slice(k.as_bytes());
-        self.0.extend_from_slice(b"\":");
+    /// `k`: `,"name":`, as [`key!`] makes it (one copy of a constant).
+    fn key(&mut self, k: &[u8]) {
+        self.0.extend_from_slice(k);
     }
 
-    fn str(&mut self, k: &str, v: &str) {
+    fn str(&mut self, k: &[u8], v: &str) {
         self.key(k);
         push_json_str(&mut self.0, v);
     }
 
-    fn opt(&mut self, k: &str, v: Option<&str>) {
+    fn opt(&mut self, k: &[u8], v: Option<&str>) {
         self.key(k);
         match v {
             Some(v) => push_json_str(&mut self.0, v),
@@ -402,30 +434,68 @@ impl JsonLine {
         }
     }
 
-    fn num(&mut self, k: &str, v: u64) {
+    fn num(&mut self, k: &[u8], v: u64) {
         self.key(k);
         let _ = serde_json::to_writer(&mut self.0, &v);
     }
 
-    fn float(&mut self, k: &str, v: f64) {
+    fn ms(&mut self, k: &[u8], d: Duration) {
         self.key(k);
-        self.raw_float(v);
+        push_ms(&mut self.0, d);
     }
+}
 
-    fn raw_float(&mut self, v: f64) {
-        let _ = serde_json::to_writer(&mut self.0, &v);
+/// A duration in milliseconds to the microsecond (`1.5`, `0.042`, `12`), with integer
+/// arithmetic: formatting an `f64` was a tenth of the line's cost.
+fn push_ms(out: &mut Vec<u8>, d: Duration) {
+    let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+    push_digits(out, us / 1000, 1);
+    let mut frac = us % 1000;
+    if frac > 0 {
+        let mut width = 3;
+        while frac.is_multiple_of(10) {
+            frac /= 10;
+            width -= 1;
+        }
+        out.push(b'.');
+        push_digits(out, frac, width);
     }
 }
 
 /// A JSON string: copied as it is when nothing in it needs escaping, else serde_json's.
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    if !needs_escape(s.as_bytes()) {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');
     } else {
         let _ = serde_json::to_writer(out, s);
     }
+}
+
+/// Whether JSON needs anything of `b` escaped: a control character, `"` or `\`. Eight bytes
+/// at a time (the classic "has a byte less than n / equal to c" bit tricks, exact for the
+/// question whether any byte is): a log line's strings are a hundred bytes, and a byte-wise
+/// check was the line's largest cost after copying.
+fn needs_escape(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let special = |x: u64| {
+        let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let quote = x ^ (ONES * u64::from(b'"'));
+        let backslash = x ^ (ONES * u64::from(b'\\'));
+        let zero = |y: u64| y.wrapping_sub(ONES) & !y & HIGH;
+        (below_space | zero(quote) | zero(backslash)) != 0
+    };
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(c);
+        if special(u64::from_le_bytes(word)) {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\')
 }
 
 /// Digits of `v`, at least `width` of them.
@@ -465,13 +535,29 @@ fn push_addr(out: &mut Vec<u8>, a: &SocketAddr) {
 
 /// `2023-11-14T22:13:20.123Z` into `out`, without `fmt`.
 fn push_time(out: &mut Vec<u8>, t: SystemTime) {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let (y, m, d, rem) = tripline_config::certs::civil(since.as_secs() as i64);
-    push_digits(out, y.max(0) as u64, 4);
-    for (sep, v) in [(b'-', m), (b'-', d), (b'T', rem / 3600), (b':', rem / 60 % 60), (b':', rem % 60)] {
-        out.push(sep);
-        push_digits(out, v as u64, 2);
+    thread_local! {
+        /// The last second formatted on this thread: lines of one second share it.
+        static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
     }
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (cached, text) = SECOND.get();
+    let text = if cached == secs {
+        text
+    } else {
+        let mut v = Vec::with_capacity(19);
+        let (y, m, d, rem) = tripline_config::certs::civil(secs as i64);
+        push_digits(&mut v, y.clamp(0, 9999) as u64, 4);
+        for (sep, n) in [(b'-', m), (b'-', d), (b'T', rem / 3600), (b':', rem / 60 % 60), (b':', rem % 60)] {
+            v.push(sep);
+            push_digits(&mut v, n as u64, 2);
+        }
+        let mut text = [0u8; 19];
+        text.copy_from_slice(&v[..19]);
+        SECOND.set((secs, text));
+        text
+    };
+    out.extend_from_slice(&text);
     out.push(b'.');
     push_digits(out, u64::from(since.subsec_millis()), 3);
     out.push(b'Z');
@@ -484,23 +570,10 @@ pub fn rfc3339(t: SystemTime) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// The trace id of a request: W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), else B3's
-/// `x-b3-traceid`, else the single `b3` header's first field. Only well-formed ids.
-pub fn trace_id(headers: &http::HeaderMap) -> Option<String> {
-    let hex = |s: &str, lens: &[usize]| lens.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_hexdigit());
-    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
-        let mut parts = tp.split('-');
-        if let (Some(_), Some(id)) = (parts.next(), parts.next()) {
-            if hex(id, &[32]) && id.bytes().any(|b| b != b'0') {
-                return Some(id.to_ascii_lowercase());
-            }
-        }
-    }
-    let b3 = headers
-        .get("x-b3-traceid")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| headers.get("b3").and_then(|v| v.to_str().ok()).and_then(|v| v.split('-').next()));
-    b3.filter(|id| hex(id, &[16, 32])).map(str::to_ascii_lowercase)
+/// The trace a request belongs to, as Tripline propagates it (`spans::context`): W3C
+/// `traceparent`, else B3 (`b3`, then `X-B3-TraceId` with `X-B3-SpanId`). Only valid ids.
+pub fn trace_id(headers: &http::HeaderMap) -> Option<u128> {
+    crate::spans::context::extract(headers).and_then(|i| i.ids).map(|(trace, _)| trace)
 }
 
 #[cfg(test)]
@@ -551,7 +624,7 @@ pub(crate) mod tests {
         e.downstream = "[2001:db8::1]:443".parse().unwrap();
         e.upstream = Some("10.0.0.255:65535".parse().unwrap());
         e.upstream_duration = Some(Duration::from_micros(250));
-        let line = e.to_json_line();
+        let line = String::from_utf8(e.to_json_line()).expect("UTF-8");
         assert!(line.ends_with("}\n"));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["path"], "/a\"b\\c\u{1}d/é");
@@ -574,16 +647,24 @@ pub(crate) mod tests {
 
     #[test]
     fn trace_ids_come_from_traceparent_then_b3() {
+        let text = |h: &http::HeaderMap| {
+            trace_id(h).map(|t| crate::spans::context::trace_id_text(t, &mut [0; 32]).to_owned())
+        };
         let mut h = http::HeaderMap::new();
-        assert_eq!(trace_id(&h), None);
-        h.insert("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1".parse().unwrap());
-        assert_eq!(trace_id(&h).as_deref(), Some("80f198ee56343ba864fe8b2a57d3eff7"));
+        assert_eq!(text(&h), None);
         h.insert("x-b3-traceid", "463ac35c9f6413ad".parse().unwrap());
-        assert_eq!(trace_id(&h).as_deref(), Some("463ac35c9f6413ad"));
-        h.insert("traceparent", "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01".parse().unwrap());
-        assert_eq!(trace_id(&h).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        h.insert("x-b3-spanid", "e457b5a2e4d86bd1".parse().unwrap());
+        assert_eq!(text(&h).as_deref(), Some("463ac35c9f6413ad"), "a 64-bit id stays 16 digits");
+        h.insert("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1".parse().unwrap());
+        assert_eq!(text(&h).as_deref(), Some("80f198ee56343ba864fe8b2a57d3eff7"));
+        h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+        assert_eq!(text(&h).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
         h.insert("traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01".parse().unwrap());
-        assert_eq!(trace_id(&h).as_deref(), Some("463ac35c9f6413ad"), "an all-zero id is invalid");
+        assert_eq!(
+            text(&h).as_deref(),
+            Some("80f198ee56343ba864fe8b2a57d3eff7"),
+            "an all-zero id is invalid"
+        );
     }
 
     #[test]
@@ -616,7 +697,7 @@ pub(crate) mod tests {
         let mut e = entry();
         e.bytes_received = 0;
         e.trace_id = None;
-        let line = e.to_json_line();
+        let line = String::from_utf8(e.to_json_line()).expect("UTF-8");
         assert!(line.ends_with('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["reason"], "breaker-open");
@@ -633,5 +714,41 @@ pub(crate) mod tests {
         assert_eq!("stdout".parse::<Target>(), Ok(Target::Stdout));
         assert_eq!("/var/log/a.log".parse::<Target>(), Ok(Target::File("/var/log/a.log".into())));
         assert!("".parse::<Target>().is_err());
+    }
+
+    /// Bytes at the check's edges, mostly ones that need no escaping.
+    const BYTES: [u8; 16] =
+        [b'a', b'/', b'-', b'0', b'Z', b'!', b'#', b'[', b']', 0x7f, 0x80, 0xff, 0x20, 0x1f, b'"', b'\\'];
+
+    proptest::proptest! {
+        /// The word-at-a-time check says what the byte-by-byte one says, for any bytes.
+        #[test]
+        fn the_escape_check_is_exact(b in proptest::collection::vec(proptest::sample::select(BYTES.to_vec()), 0..40)) {
+            let bytewise = b.iter().any(|&c| c < 0x20 || c == b'"' || c == b'\\');
+            proptest::prop_assert_eq!(needs_escape(&b), bytewise);
+        }
+    }
+
+    #[test]
+    fn times_of_one_second_share_its_text_and_differ_in_milliseconds() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123Z");
+        assert_eq!(rfc3339(t + Duration::from_millis(800)), "2023-11-14T22:13:20.923Z");
+        assert_eq!(rfc3339(t + Duration::from_millis(900)), "2023-11-14T22:13:21.023Z");
+    }
+
+    #[test]
+    fn milliseconds_are_written_to_the_microsecond() {
+        let text = |us: u64| {
+            let mut v = Vec::new();
+            push_ms(&mut v, Duration::from_micros(us));
+            String::from_utf8(v).unwrap()
+        };
+        assert_eq!(text(1_500), "1.5");
+        assert_eq!(text(42), "0.042");
+        assert_eq!(text(12_000), "12");
+        assert_eq!(text(250), "0.25");
+        assert_eq!(text(0), "0");
+        assert_eq!(text(123_456_789), "123456.789");
     }
 }

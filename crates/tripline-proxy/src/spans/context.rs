@@ -42,9 +42,24 @@ pub struct Incoming {
 
 /// Reads the trace context of a request; `None` when it carries none (or only invalid ones).
 pub fn extract(headers: &HeaderMap) -> Option<Incoming> {
-    let w3c = headers.get(&TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes()));
-    let b3 = headers.get(&B3).and_then(|v| parse_b3(v.as_bytes()));
-    let multi = parse_b3_multi(headers);
+    // One pass over the headers rather than six lookups (each hashes the name): most
+    // requests carry none of them.
+    let mut found = Found::default();
+    for (name, value) in headers {
+        let slot = match name.as_str() {
+            "traceparent" => &mut found.traceparent,
+            "b3" => &mut found.b3,
+            "x-b3-traceid" => &mut found.trace_id,
+            "x-b3-spanid" => &mut found.span_id,
+            "x-b3-sampled" => &mut found.sampled,
+            "x-b3-flags" => &mut found.flags,
+            _ => continue,
+        };
+        slot.get_or_insert(value);
+    }
+    let w3c = found.traceparent.and_then(|v| parse_traceparent(v.as_bytes()));
+    let b3 = found.b3.and_then(|v| parse_b3(v.as_bytes()));
+    let multi = parse_b3_multi(&found);
     let formats = Formats { w3c: w3c.is_some(), b3: b3.is_some(), b3_multi: multi.is_some() };
     let (ids, sampled) = w3c.map(|(t, s, f)| (Some((t, s)), Some(f))).or(b3).or(multi)?;
     Some(Incoming { ids, sampled, formats })
@@ -88,16 +103,27 @@ fn parse_b3(v: &[u8]) -> Option<Parsed> {
     (span != 0).then_some((Some((trace, span)), sampled))
 }
 
+/// The trace headers a request carries (the first of each).
+#[derive(Default)]
+struct Found<'a> {
+    traceparent: Option<&'a HeaderValue>,
+    b3: Option<&'a HeaderValue>,
+    trace_id: Option<&'a HeaderValue>,
+    span_id: Option<&'a HeaderValue>,
+    sampled: Option<&'a HeaderValue>,
+    flags: Option<&'a HeaderValue>,
+}
+
 /// The `X-B3-*` headers: trace and span id together, or a sampling decision alone.
-fn parse_b3_multi(headers: &HeaderMap) -> Option<Parsed> {
-    let debug = headers.get(&B3_FLAGS).is_some_and(|v| v.as_bytes() == b"1");
-    let sampled = match headers.get(&B3_SAMPLED).map(|v| v.as_bytes()) {
+fn parse_b3_multi(found: &Found<'_>) -> Option<Parsed> {
+    let debug = found.flags.is_some_and(|v| v.as_bytes() == b"1");
+    let sampled = match found.sampled.map(|v| v.as_bytes()) {
         Some(b"1" | b"true") => Some(true),
         Some(b"0" | b"false") => Some(false),
         _ => None,
     };
     let sampled = if debug { Some(true) } else { sampled };
-    match (headers.get(&B3_TRACE_ID), headers.get(&B3_SPAN_ID)) {
+    match (found.trace_id, found.span_id) {
         (None, None) => sampled.map(|s| (None, Some(s))),
         (Some(trace), Some(span)) => {
             let trace = b3_trace_id(trace.as_bytes())?;
@@ -182,12 +208,23 @@ fn value(hex: &[u8]) -> HeaderValue {
     HeaderValue::from_bytes(hex).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
-/// `n`'s low `4 * out.len()` bits as lowercase hex, most significant first.
+/// `n`'s low `4 * out.len()` bits as lowercase hex, most significant first (`out.len()`
+/// even), a byte's two digits at a time: every forwarded request of a traced proxy gets a
+/// `traceparent`, and a digit at a time was half of writing it.
 fn put_hex(out: &mut [u8], mut n: u128) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in out.iter_mut().rev() {
-        *b = DIGITS[(n & 0xf) as usize];
-        n >>= 4;
+    const PAIRS: [[u8; 2]; 256] = {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut t = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+            i += 1;
+        }
+        t
+    };
+    for pair in out.chunks_exact_mut(2).rev() {
+        pair.copy_from_slice(&PAIRS[(n & 0xff) as usize]);
+        n >>= 8;
     }
 }
 
@@ -207,11 +244,12 @@ fn hex_u64(v: &[u8]) -> Option<u64> {
     (v.len() <= 16).then(|| hex_u128(v).map(|n| n as u64)).flatten()
 }
 
-/// Formats a trace id as W3C writes it (32 lowercase hex digits).
-pub fn trace_id_hex(trace: u128) -> String {
-    let mut v = [0u8; 32];
-    put_hex(&mut v, trace);
-    String::from_utf8_lossy(&v).into_owned()
+/// A trace id as the access log shows it, in `buf`: 32 lowercase hex digits, 16 for a 64-bit
+/// id (B3's short form; a W3C id is 128 random bits, its high half zero with odds of 2^-64).
+pub fn trace_id_text(trace: u128, buf: &mut [u8; 32]) -> &str {
+    let digits = if trace >> 64 == 0 { 16 } else { 32 };
+    put_hex(&mut buf[..digits], trace);
+    std::str::from_utf8(&buf[..digits]).unwrap_or("")
 }
 
 #[cfg(test)]

@@ -98,7 +98,7 @@ impl Tracer {
     /// it is recorded. An unrecorded request that came without a context gets one (a new
     /// trace, marked unsampled); a recorded one gets its span, whose id goes upstream until
     /// an attempt replaces it with its own.
-    pub fn on_request(&self, headers: &mut HeaderMap, rng: &dyn Rng) -> Option<Arc<RequestSpan>> {
+    pub fn on_request(&self, headers: &mut HeaderMap, rng: &dyn Rng) -> Traced {
         let incoming = context::extract(headers);
         let ids = incoming.and_then(|i| i.ids);
         let trace_id = ids.map_or_else(|| new_trace_id(rng), |(t, _)| t);
@@ -108,19 +108,20 @@ impl Tracer {
             if ids.is_none() {
                 context::inject(headers, formats, trace_id, new_span_id(rng), None, false);
             }
-            return None;
+            return Traced { trace_id, span: None };
         }
         let span_id = new_span_id(rng);
         let parent = ids.map(|(_, s)| s);
         context::inject(headers, formats, trace_id, span_id, parent, true);
-        Some(Arc::new(RequestSpan {
+        let span = Arc::new(RequestSpan {
             trace_id,
             span_id,
             parent,
             formats,
             start: SystemTime::now(),
             attempts: Mutex::new(Vec::new()),
-        }))
+        });
+        Traced { trace_id, span: Some(span) }
     }
 
     /// The logging phase: the request's spans, finished with what the access log knows of it,
@@ -140,6 +141,15 @@ impl Tracer {
     pub fn flush(&self) {
         self.sink.flush();
     }
+}
+
+/// What the trace phase decided for a request.
+#[derive(Debug)]
+pub struct Traced {
+    /// The trace it belongs to: its caller's, or one started here.
+    pub trace_id: u128,
+    /// Its span, when it is sampled.
+    pub span: Option<Arc<RequestSpan>>,
 }
 
 fn new_trace_id(rng: &dyn Rng) -> u128 {
@@ -377,7 +387,7 @@ mod tests {
         let rng = tripline_core::rng::SplitMix::seeded(7);
         let mut h = HeaderMap::new();
         h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
-        let span = tracer.on_request(&mut h, &rng).expect("sampled by its parent");
+        let span = tracer.on_request(&mut h, &rng).span.expect("sampled by its parent");
         tracer.finish(&span, &entry());
         let spans = kept.0.lock().unwrap();
         assert_eq!(spans.len(), 1, "no attempt was made");
@@ -401,7 +411,7 @@ mod tests {
         let tracer = Tracer::new(Sampler::default(), Box::new(kept.clone()));
         let rng = tripline_core::rng::SplitMix::seeded(1);
         let mut h = HeaderMap::new();
-        let span = tracer.on_request(&mut h, &rng).expect("no parent: always_on decides");
+        let span = tracer.on_request(&mut h, &rng).span.expect("no parent: always_on decides");
         let ep: SocketAddr = "10.1.0.1:8080".parse().unwrap();
         span.begin_attempt(1, ep, &mut h, &rng);
         let first = context::extract(&h).unwrap().ids.unwrap();
@@ -435,13 +445,15 @@ mod tests {
         let tracer = Tracer::new(Sampler::ratio(0.0), Box::new(kept.clone()));
         let rng = tripline_core::rng::SplitMix::seeded(3);
         let mut fresh = HeaderMap::new();
-        assert!(tracer.on_request(&mut fresh, &rng).is_none());
+        let traced = tracer.on_request(&mut fresh, &rng);
+        assert!(traced.span.is_none());
         let got = context::extract(&fresh).expect("a context for the services behind");
         assert_eq!(got.sampled, Some(false));
+        assert_eq!(got.ids.map(|(t, _)| t), Some(traced.trace_id), "the access log shows the trace sent on");
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
         let mut theirs = HeaderMap::new();
         theirs.insert("traceparent", tp.parse().unwrap());
-        assert!(tracer.on_request(&mut theirs, &rng).is_none());
+        assert!(tracer.on_request(&mut theirs, &rng).span.is_none());
         assert_eq!(theirs["traceparent"], tp, "passed on as it came");
         assert!(kept.0.lock().unwrap().is_empty());
     }
