@@ -672,8 +672,69 @@ impl Collector for ResilienceScrape {
             "Retries by result: attempted, succeeded, refused_budget, suppressed_breaker, not_replayable.",
             retries.into_iter(),
         )?;
-        Ok(())
+        encode_endpoints(&self.clusters, &mut enc)
     }
+}
+
+/// The most endpoints `/metrics` shows per-endpoint traffic of: the busiest, by attempts.
+/// A mesh proxy knows every endpoint of every service (10,000 and more); each shown costs 2
+/// counters and a histogram of 15 series. `/stats` has every endpoint.
+pub const MAX_ENDPOINT_SERIES: usize = 100;
+
+/// Per-endpoint traffic: attempts, failures and attempt durations of the endpoints that had
+/// any, the [`MAX_ENDPOINT_SERIES`] busiest; how many more had traffic is
+/// `tripline_metrics_endpoints_omitted`.
+fn encode_endpoints(clusters: &[Arc<Cluster>], enc: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let mut busy: Vec<(&str, Arc<crate::endpoint::Endpoint>, u64)> = Vec::new();
+    for c in clusters {
+        for m in &c.endpoints.load().members {
+            let attempts = m.ep.requests_total.load(Ordering::Relaxed);
+            if attempts > 0 {
+                busy.push((c.name(), m.ep.clone(), attempts));
+            }
+        }
+    }
+    let omitted = busy.len().saturating_sub(MAX_ENDPOINT_SERIES);
+    if omitted > 0 {
+        busy.select_nth_unstable_by(MAX_ENDPOINT_SERIES - 1, |a, b| b.2.cmp(&a.2));
+        busy.truncate(MAX_ENDPOINT_SERIES);
+    }
+    let labels = |cluster: &str, ep: &crate::endpoint::Endpoint| -> Labels {
+        vec![("cluster", cluster.to_string()), ("endpoint", ep.id.to_string())]
+    };
+    counter(
+        enc,
+        "tripline_endpoint_attempts",
+        "Attempts sent to an endpoint (retries included).",
+        busy.iter().map(|(c, ep, attempts)| (labels(c, ep), *attempts)),
+    )?;
+    counter(
+        enc,
+        "tripline_endpoint_failures",
+        "Attempts an endpoint failed: 5xx, a failed gRPC status, reset, timeout, connect failure (never a refusal of Tripline's or a client that left).",
+        busy.iter().map(|(c, ep, _)| (labels(c, ep), ep.failures_total.load(Ordering::Relaxed))),
+    )?;
+    {
+        let mut m = enc.encode_descriptor(
+            "tripline_endpoint_attempt_duration_seconds",
+            "Per attempt to an endpoint: from sending it to the end of its response body, or its failure.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (c, ep, _) in &busy {
+            if let Some(h) = ep.duration.get() {
+                let (sum, count, buckets) = h.snapshot();
+                let labels = [("cluster", *c), ("endpoint", ep.id.as_ref())];
+                m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+            }
+        }
+    }
+    gauge(
+        enc,
+        "tripline_metrics_endpoints_omitted",
+        "Endpoints with traffic whose per-endpoint series /metrics leaves out (it shows the busiest only; /stats has all).",
+        std::iter::once((Vec::new(), omitted as i64)),
+    )
 }
 
 #[cfg(test)]
@@ -713,5 +774,62 @@ mod tests {
         }
         let help = text.lines().find(|l| l.starts_with("# HELP tripline_local_responses")).unwrap();
         assert!(help.starts_with("# HELP tripline_local_responses_total "), "{help}");
+    }
+}
+
+#[cfg(test)]
+mod endpoint_series {
+    use super::*;
+    use std::net::SocketAddr;
+    use tripline_config::plan::{
+        ClusterPlan, Discovery, EndpointPlan, LoadBalancer, PoolLimits, UpstreamProtocol,
+    };
+
+    /// With more endpoints that had traffic than [`MAX_ENDPOINT_SERIES`], `/metrics` shows the
+    /// busiest and counts the rest; endpoints without traffic have no series at all.
+    #[test]
+    fn only_the_busiest_endpoints_get_series_and_the_rest_are_counted() {
+        let total = MAX_ENDPOINT_SERIES + 50;
+        let endpoints = (0..total + 10)
+            .map(|i| EndpointPlan {
+                address: SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)),
+                weight: 1,
+                labels: Default::default(),
+            })
+            .collect();
+        let plan = ClusterPlan {
+            name: "big".into(),
+            host: "big".into(),
+            port: 80,
+            subset: None,
+            protocol: UpstreamProtocol::Http1,
+            discovery: Discovery::Static(endpoints),
+            load_balancer: LoadBalancer::RoundRobin,
+            pool: PoolLimits::default(),
+            resilience: Default::default(),
+            tls: None,
+        };
+        let clusters = crate::cluster::Registry::default().build(&[plan], &Default::default()).clusters;
+        // Endpoint i had i + 1 attempts, the first `total` of them; the last 10 had none.
+        for (i, m) in clusters[0].endpoints.load().members.iter().enumerate().take(total) {
+            m.ep.requests_total.store(i as u64 + 1, Ordering::Relaxed);
+        }
+        let om = render(
+            &Arc::new(GlobalStats::default()),
+            &clusters,
+            &Default::default(),
+            &Default::default(),
+            None,
+            Default::default(),
+            None,
+        );
+        let shown: Vec<u64> = om
+            .lines()
+            .filter(|l| l.starts_with("tripline_endpoint_attempts_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(shown.len(), MAX_ENDPOINT_SERIES, "{om}");
+        assert_eq!(shown.iter().min(), Some(&51), "the 100 busiest of 150 had 51..=150 attempts");
+        assert!(om.contains("\ntripline_metrics_endpoints_omitted 50\n"), "{om}");
     }
 }

@@ -51,6 +51,16 @@ async fn admin_reports_clusters_metrics_and_config() {
     let fast =
         metric_sum(&m, "tripline_request_duration_seconds_bucket", &[("cluster", CLUSTER), ("le", "1.0")]);
     assert_eq!((count, inf, fast), (3.0, 3.0, 3.0), "three quick requests in the histogram\n{m}");
+    // And per endpoint: its attempts, failures and attempt durations.
+    let ep = up.addr.to_string();
+    let labels = [("cluster", CLUSTER), ("endpoint", ep.as_str())];
+    let per_endpoint = (
+        metric_sum(&m, "tripline_endpoint_attempts_total", &labels),
+        metric_sum(&m, "tripline_endpoint_failures_total", &labels),
+        metric_sum(&m, "tripline_endpoint_attempt_duration_seconds_count", &labels),
+        metric_sum(&m, "tripline_metrics_endpoints_omitted", &[]),
+    );
+    assert_eq!(per_endpoint, (3.0, 0.0, 3.0, 0.0), "per-endpoint series\n{m}");
 
     // The effective config: the listener where it is bound, the cluster with its endpoint and
     // the connectionPool limits as configured, and the DestinationRule as written.
