@@ -7,6 +7,7 @@ mod demo;
 mod explain;
 mod fd_limit;
 mod iptables;
+mod lab;
 mod low_priority;
 mod otlp;
 mod run;
@@ -57,6 +58,9 @@ enum Command {
     /// A table of every cluster and endpoint with traffic (success rate, requests per second,
     /// p50/p99, breaker and ejection state), from a running proxy's admin API.
     Stat(stat::StatArgs),
+    /// The pressure lab: the brief's failure modes (healthy spikes, hard failures, recovery,
+    /// total failure, the ejection cap) run against fault upstreams with pass/fail checks.
+    Lab(lab::LabArgs),
 }
 
 #[derive(Args, Clone)]
@@ -356,6 +360,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Stat(args) => stat::run(args),
+        Command::Lab(args) => lab::run(args),
     }
 }
 

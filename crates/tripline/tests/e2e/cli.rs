@@ -95,3 +95,39 @@ fn demo_runs_for_its_duration_and_prints_a_summary() {
     assert!(err.contains("INFO"), "log lines were written:\n{err}");
     assert!(!out.contains('\x1b') && !err.contains('\x1b'), "ANSI escapes in a pipe:\n{err}");
 }
+
+/// `tripline lab`: `list` names every scenario; an unknown name is a usage error listing
+/// them; a short run of one scenario drives this binary and leaves the report (the table, the
+/// JSON with its series, and the plot), its exit status saying whether the checks passed.
+/// Whether they pass is CI's separate lab step, run alone: here other tests share the two
+/// cores, and a check on timing (ejected within 1 s) is not this test's to make.
+#[test]
+fn lab_lists_refuses_unknown_scenarios_and_reports_a_run() {
+    let (code, out, err) = run_bounded(Command::new(binary()).args(["lab", "list"]), TIMEOUT);
+    assert_eq!(code, Some(0), "{err}");
+    for name in ["healthy-spike", "hard-failure", "recovery", "total-failure", "ejection-cap"] {
+        assert!(out.contains(name), "{name} missing from:\n{out}");
+    }
+    let dir = unique_dir("cli-lab");
+    let out_dir = dir.to_str().unwrap();
+    let (code, _, err) =
+        run_bounded(Command::new(binary()).args(["lab", "run", "no-such", "--out", out_dir]), TIMEOUT);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no scenario `no-such`") && err.contains("total-failure"), "{err}");
+
+    let (code, out, err) = run_bounded(
+        Command::new(binary()).args(["lab", "run", "hard-failure", "--short", "--out", out_dir]),
+        Duration::from_secs(60),
+    );
+    assert!(matches!(code, Some(0 | 1)), "stdout:\n{out}\nstderr:\n{err}");
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("| hard-failure | tripline | ejected within 1 s |"), "{md}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["passed"], code == Some(0), "the exit status says whether the checks passed: {json}");
+    let sent = json["scenarios"][0]["series"]["client_sent_per_s"].as_array().unwrap();
+    assert!(sent.iter().any(|v| v.as_f64() == Some(200.0)), "200 requests a second: {sent:?}");
+    let svg = std::fs::read_to_string(dir.join("hard-failure/tripline.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 3 + 5 + 2 + 2, "a line per series");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,186 @@
+//! The pressure lab (`tripline lab`): the brief's failure modes as reproducible scenarios.
+//! Each scenario starts its own fault upstreams ([`fault`]), the real `tripline` binary with
+//! one operator's policy ([`config`], [`proxy`]), and an open-loop load generator
+//! ([`load`]); it watches from three sides (clients, upstreams, the admin API:
+//! [`observed`]) and checks what a user would ([`scenarios`]); the run writes a report with
+//! plots ([`report`], [`plot`]).
+//!
+//! Everything runs on one machine's loopback: the figures are for comparing proxies and
+//! runs in one sitting, not absolute capacity.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod fault;
+pub mod load;
+pub mod observed;
+pub mod plot;
+pub mod proxy;
+pub mod report;
+pub mod scenarios;
+pub mod timeline;
+
+use std::io::{IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::fault::FaultUpstream;
+use crate::load::Load;
+use crate::observed::Observed;
+use crate::proxy::{Tripline, HOST};
+use crate::scenarios::{Mode, Scenario};
+use crate::timeline::Epoch;
+
+/// What `tripline lab run` was asked.
+pub struct Options {
+    /// Scenario names; empty: all (or the short suite with `short`).
+    pub names: Vec<String>,
+    /// Proxies to run each scenario through.
+    pub peers: Vec<String>,
+    pub out: PathBuf,
+    pub short: bool,
+    /// The `tripline` binary to test.
+    pub tripline: PathBuf,
+}
+
+/// `tripline lab list`.
+pub fn list() -> String {
+    let mut s = String::new();
+    for sc in scenarios::ALL {
+        let short = if sc.in_short_suite { " [short suite]" } else { "" };
+        s.push_str(&format!("{:<16} {}{short}\n{:<16} {}\n", sc.name, sc.title, "", sc.about));
+    }
+    s
+}
+
+/// Runs the scenarios; returns whether every check passed. The report is written to
+/// `opts.out` whatever the outcome; `Err` is for a run that could not be made at all.
+pub async fn run(opts: &Options) -> Result<bool, String> {
+    let chosen = scenarios::select(&opts.names, opts.short)?;
+    let mode = Mode { short: opts.short };
+    std::fs::create_dir_all(&opts.out).map_err(|e| format!("creating {}: {e}", opts.out.display()))?;
+    let mut skipped = Vec::new();
+    for p in &opts.peers {
+        if p != "tripline" {
+            skipped.push(p.clone());
+        }
+    }
+    let mut results = Vec::new();
+    for sc in chosen {
+        let dir = opts.out.join(sc.name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let r = run_one(sc, mode, &opts.tripline, &dir).await;
+        print_result(&r);
+        results.push(r);
+    }
+    let mode_name = if opts.short { "short" } else { "full" };
+    let mut header = format!(
+        "Mode: {mode_name} ({} requests a second at full pressure); {} cores. Command: `tripline lab run{}{}`.",
+        mode.rps(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        if opts.short { " --short" } else { "" },
+        opts.names.iter().map(|n| format!(" {n}")).collect::<String>(),
+    );
+    if !skipped.is_empty() {
+        let msg = format!(
+            "Not run through {}: the lab drives Tripline only so far (peer configs for Envoy, nginx and HAProxy are not written yet).",
+            skipped.join(", ")
+        );
+        eprintln!("{msg}");
+        header.push_str(&format!("\n\n{msg}"));
+    }
+    let write = |name: &str, text: String| {
+        let p = opts.out.join(name);
+        std::fs::write(&p, text).map_err(|e| format!("writing {}: {e}", p.display()))
+    };
+    write("report.md", report::markdown(&results, &header))?;
+    let json = report::json(&results, mode_name);
+    write("report.json", serde_json::to_string_pretty(&json).unwrap_or_default())?;
+    eprintln!("report: {}", opts.out.join("report.md").display());
+    Ok(results.iter().all(report::Result::passed))
+}
+
+fn print_result(r: &report::Result) {
+    let verdict = if r.passed() { "pass" } else { "FAIL" };
+    eprintln!("{:<16} {:<9} {verdict}", r.scenario.name, r.proxy);
+    match &r.checks {
+        Ok(checks) => {
+            for c in checks {
+                eprintln!("  {} {}: {}", if c.pass { "ok  " } else { "FAIL" }, c.name, c.detail);
+            }
+        }
+        Err(e) => eprintln!("  not run: {e}"),
+    }
+}
+
+/// A progress bar on stderr when it is a terminal: the scenario and how far into it.
+fn progress(name: &'static str, length: Duration) -> impl Fn(Duration) + Sync {
+    let tty = std::io::stderr().is_terminal();
+    move |at: Duration| {
+        if !tty {
+            return;
+        }
+        let frac = (at.as_secs_f64() / length.as_secs_f64()).clamp(0.0, 1.0);
+        let filled = (frac * 30.0) as usize;
+        eprint!(
+            "\r{name:<16} [{}{}] {:>5.1}/{:.0} s",
+            "#".repeat(filled),
+            "-".repeat(30 - filled),
+            at.as_secs_f64(),
+            length.as_secs_f64()
+        );
+        let _ = std::io::stderr().flush();
+    }
+}
+
+async fn run_one(sc: &'static Scenario, mode: Mode, exe: &Path, dir: &Path) -> report::Result {
+    let spec = (sc.spec)(mode);
+    let fail = |e: String| report::Result {
+        scenario: sc,
+        proxy: "tripline".into(),
+        checks: Err(e),
+        series: serde_json::Value::Null,
+    };
+    let epoch = Epoch::default();
+    let length = spec.length();
+    let mut upstreams = Vec::new();
+    for (i, s) in spec.upstreams.iter().enumerate() {
+        match FaultUpstream::start(s.clone(), epoch.clone(), i as u64 + 1, length).await {
+            Ok(u) => upstreams.push(u),
+            Err(e) => return fail(format!("starting a fault upstream: {e}")),
+        }
+    }
+    let addrs: Vec<_> = upstreams.iter().map(|u| u.addr).collect();
+    let tripline = match Tripline::start(exe, &spec.policy.yaml(&addrs), dir).await {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let sampler = tokio::spawn(proxy::sample(tripline.admin, addrs, epoch.clone(), length));
+    let load = Load {
+        target: tripline.listen,
+        host: HOST,
+        stages: spec.stages.clone(),
+        timeout: Duration::from_secs(5),
+        max_in_flight: 20_000,
+    };
+    let records = load::run(&load, &epoch, &progress(sc.name, length)).await;
+    if std::io::stderr().is_terminal() {
+        eprint!("\r{:80}\r", "");
+    }
+    let samples = sampler.await.unwrap_or_default();
+    tripline.stop().await;
+    let observed = Observed {
+        records,
+        attempts: upstreams.iter().map(FaultUpstream::attempts).collect(),
+        failed: upstreams.iter().map(FaultUpstream::failed).collect(),
+        samples,
+    };
+    let checks = (sc.checks)(&spec, &observed);
+    let (panels, series) = report::panels(&spec, &observed);
+    let title = format!("{} through tripline ({})", sc.title, if mode.short { "short" } else { "full" });
+    let svg = plot::svg(&title, length.as_secs_f64(), &panels);
+    if let Err(e) = std::fs::write(dir.join("tripline.svg"), svg) {
+        return fail(format!("writing the plot: {e}"));
+    }
+    report::Result { scenario: sc, proxy: "tripline".into(), checks: Ok(checks), series }
+}
