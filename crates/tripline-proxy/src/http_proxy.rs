@@ -274,7 +274,7 @@ impl LogStart {
                 http::Version::HTTP_3 => "HTTP/3.0",
                 _ => "HTTP/1.1",
             },
-            trace_id: trace_id.or_else(|| crate::access_log::trace_id(req.headers())),
+            trace_id: trace_id.or_else(|| crate::spans::trace_id(req.headers())),
             headers: headers
                 .iter()
                 .map(|h| req.headers().get(h).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()))

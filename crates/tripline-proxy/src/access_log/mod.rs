@@ -570,12 +570,6 @@ pub fn rfc3339(t: SystemTime) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// The trace a request belongs to, as Tripline propagates it (`spans::context`): W3C
-/// `traceparent`, else B3 (`b3`, then `X-B3-TraceId` with `X-B3-SpanId`). Only valid ids.
-pub fn trace_id(headers: &http::HeaderMap) -> Option<u128> {
-    crate::spans::context::extract(headers).and_then(|i| i.ids).map(|(trace, _)| trace)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -643,28 +637,6 @@ pub(crate) mod tests {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_millis(951_782_400_123)), "2000-02-29T00:00:00.123Z");
         assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(4_102_444_799)), "2099-12-31T23:59:59.000Z");
-    }
-
-    #[test]
-    fn trace_ids_come_from_traceparent_then_b3() {
-        let text = |h: &http::HeaderMap| {
-            trace_id(h).map(|t| crate::spans::context::trace_id_text(t, &mut [0; 32]).to_owned())
-        };
-        let mut h = http::HeaderMap::new();
-        assert_eq!(text(&h), None);
-        h.insert("x-b3-traceid", "463ac35c9f6413ad".parse().unwrap());
-        h.insert("x-b3-spanid", "e457b5a2e4d86bd1".parse().unwrap());
-        assert_eq!(text(&h).as_deref(), Some("463ac35c9f6413ad"), "a 64-bit id stays 16 digits");
-        h.insert("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1".parse().unwrap());
-        assert_eq!(text(&h).as_deref(), Some("80f198ee56343ba864fe8b2a57d3eff7"));
-        h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
-        assert_eq!(text(&h).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
-        h.insert("traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01".parse().unwrap());
-        assert_eq!(
-            text(&h).as_deref(),
-            Some("80f198ee56343ba864fe8b2a57d3eff7"),
-            "an all-zero id is invalid"
-        );
     }
 
     #[test]

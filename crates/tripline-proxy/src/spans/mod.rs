@@ -29,6 +29,12 @@ use crate::access_log::{BodyEnd, Entry};
 use context::Formats;
 pub use sampler::Sampler;
 
+/// The trace a request belongs to, as Tripline propagates it ([`context`]): W3C
+/// `traceparent`, else B3 (`b3`, then `X-B3-TraceId` with `X-B3-SpanId`). Only valid ids.
+pub fn trace_id(headers: &http::HeaderMap) -> Option<u128> {
+    context::extract(headers).and_then(|i| i.ids).map(|(trace, _)| trace)
+}
+
 /// A finished span, as a sink receives it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpanRecord {
@@ -362,6 +368,27 @@ fn split_authority(authority: &str) -> (&str, Option<u16>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trace_ids_come_from_traceparent_then_b3() {
+        let text =
+            |h: &http::HeaderMap| trace_id(h).map(|t| context::trace_id_text(t, &mut [0; 32]).to_owned());
+        let mut h = http::HeaderMap::new();
+        assert_eq!(text(&h), None);
+        h.insert("x-b3-traceid", "463ac35c9f6413ad".parse().unwrap());
+        h.insert("x-b3-spanid", "e457b5a2e4d86bd1".parse().unwrap());
+        assert_eq!(text(&h).as_deref(), Some("463ac35c9f6413ad"), "a 64-bit id stays 16 digits");
+        h.insert("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1".parse().unwrap());
+        assert_eq!(text(&h).as_deref(), Some("80f198ee56343ba864fe8b2a57d3eff7"));
+        h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+        assert_eq!(text(&h).as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        h.insert("traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01".parse().unwrap());
+        assert_eq!(
+            text(&h).as_deref(),
+            Some("80f198ee56343ba864fe8b2a57d3eff7"),
+            "an all-zero id is invalid"
+        );
+    }
 
     /// The sink of these tests: keeps what it is given.
     #[derive(Default, Clone)]
