@@ -13,8 +13,10 @@ use crate::proxy::HOST;
 /// The knobs the checks need to know.
 #[derive(Clone, Copy, Debug)]
 pub struct Policy {
-    /// Outlier detection's base ejection time (each re-ejection multiplies it).
+    /// Outlier detection's base ejection time (the n-th ejection lasts n times it)...
     pub base_ejection: Duration,
+    /// ...up to this.
+    pub max_ejection: Duration,
     /// The most endpoints ejected at once, in percent.
     pub max_ejection_percent: u32,
     /// Retries at most this share of the requests...
@@ -27,6 +29,7 @@ pub struct Policy {
 
 pub const POLICY: Policy = Policy {
     base_ejection: Duration::from_secs(2),
+    max_ejection: Duration::from_secs(6),
     max_ejection_percent: 30,
     retry_ratio: 0.2,
     min_retries_per_second: 5,
@@ -105,6 +108,7 @@ spec:
     maxOpenDuration: 4s
     halfOpen: {{maxProbes: 3, successRatio: 0.6}}
   outlierDetection:
+    maxEjectionTime: {max_ejection}ms
     probe: {{concurrency: {probes}, successes: 1}}
 ---
 apiVersion: linkerd.io/v1alpha2
@@ -115,6 +119,7 @@ spec:
 ",
             ejection = self.base_ejection.as_millis(),
             pct = self.max_ejection_percent,
+            max_ejection = self.max_ejection.as_millis(),
             probes = self.probe_concurrency,
             ratio = self.retry_ratio,
             min = self.min_retries_per_second,

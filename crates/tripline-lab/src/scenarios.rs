@@ -107,6 +107,15 @@ pub const ALL: &[Scenario] = &[
         in_short_suite: true,
     },
     Scenario {
+        name: "flapping-endpoint",
+        title: "Flapping endpoint",
+        about: "An endpoint fails for 1.5 s, works for 0.5 s, and again: each re-ejection lasts \
+                longer, never past maxEjectionTime, and probes stay within the limit.",
+        spec: flapping,
+        checks: flapping_checks,
+        in_short_suite: false,
+    },
+    Scenario {
         name: "total-failure",
         title: "Total failure",
         about: "Every endpoint fails, then heals: upstream attempts stay within the retry budget \
@@ -115,6 +124,24 @@ pub const ALL: &[Scenario] = &[
         spec: total_failure,
         checks: total_failure_checks,
         in_short_suite: true,
+    },
+    Scenario {
+        name: "slow-endpoint",
+        title: "Slow endpoint",
+        about: "One of five endpoints answers 20x slower, without errors: traffic moves away \
+                from it.",
+        spec: slow_endpoint,
+        checks: slow_endpoint_checks,
+        in_short_suite: false,
+    },
+    Scenario {
+        name: "rate-limiting-endpoint",
+        title: "Rate-limiting endpoint",
+        about: "One of five endpoints answers 429 with Retry-After: 1 s, at once: it gets less \
+                traffic, and nothing within its Retry-After (a fast 429 is not a healthy answer).",
+        spec: rate_limiting,
+        checks: rate_limiting_checks,
+        in_short_suite: false,
     },
     Scenario {
         name: "ejection-cap",
@@ -296,17 +323,8 @@ fn recovery_checks(spec: &Spec, o: &Observed) -> Vec<Check> {
     let back = windows.iter().position(|w| w.1);
     let back_at = back.map(|i| windows[i].0);
     let stayed = back.map(|i| windows[i..].iter().filter(|w| !w.1).count());
-    // Probes, as the upstream saw them: the attempts it received while /breakers said it was
-    // out of rotation (from the bucket after the first such sample to the bucket of the
-    // last), at most `concurrency` for each time it was let back to be probed.
-    let out: Vec<Duration> = o.samples.iter().filter(|s| s.health[0] != "healthy").map(|s| s.at).collect();
-    let (probes, rounds) = match (out.first(), out.last()) {
-        (Some(a), Some(b)) if b > a => {
-            let ejections = o.samples.last().map(|s| s.times_ejected[0]).unwrap_or(0);
-            (o.attempts_of(0, *a + BUCKET, *b), ejections.max(1))
-        }
-        _ => (0, 1),
-    };
+    let out = out_of_rotation(o, 0);
+    let (probes, rounds) = probes_while_out(o, 0, &out);
     let probe_limit = u64::from(spec.policy.probe_concurrency) * rounds;
     let last = o.samples.last();
     let settled = last.is_some_and(|s| s.breaker == "closed" && s.health.iter().all(|h| h == "healthy"));
@@ -329,7 +347,7 @@ fn recovery_checks(spec: &Spec, o: &Observed) -> Vec<Check> {
             !out.is_empty() && probes <= probe_limit,
             format!(
                 "out of rotation for {}; it received {probes} attempts meanwhile (limit {probe_limit}: {} probe(s) after each of {rounds} ejection(s))",
-                out.first().zip(out.last()).map(|(a, b)| ms(*b - *a)).unwrap_or_else(|| "never".into()),
+                ms(out.iter().map(|(a, b)| *b - *a).sum()),
                 spec.policy.probe_concurrency
             ),
         ),
@@ -342,6 +360,108 @@ fn recovery_checks(spec: &Spec, o: &Observed) -> Vec<Check> {
                 last.map(|s| format!("breaker {}, endpoints {}", s.breaker, s.health.join("/"))).unwrap_or_default(),
                 after.errors()
             ),
+        ),
+    ]
+}
+
+/// The spans `(from, to)` in which /breakers showed upstream `i` out of rotation (ejected or
+/// being probed), from the first such sample to the last of each run.
+fn out_of_rotation(o: &Observed, i: usize) -> Vec<(Duration, Duration)> {
+    runs(o, i, |h| h != "healthy")
+}
+
+/// The spans in which /breakers showed upstream `i` with health `pred`.
+fn runs(o: &Observed, i: usize, pred: impl Fn(&str) -> bool) -> Vec<(Duration, Duration)> {
+    let mut out: Vec<(Duration, Duration)> = Vec::new();
+    let mut open: Option<(Duration, Duration)> = None;
+    for s in &o.samples {
+        if pred(&s.health[i]) {
+            open = Some(open.map_or((s.at, s.at), |(a, _)| (a, s.at)));
+        } else if let Some(r) = open.take() {
+            out.push(r);
+        }
+    }
+    out.extend(open);
+    out
+}
+
+/// Probes as the upstream saw them: the attempts it received within the spans it was out of
+/// rotation (from the bucket after a span's first sample to its last one's: attempts already
+/// in flight when it was ejected are not probes), and the ejections they may follow.
+fn probes_while_out(o: &Observed, i: usize, out: &[(Duration, Duration)]) -> (u64, u64) {
+    let probes = out.iter().filter(|(a, b)| b > a).map(|(a, b)| o.attempts_of(i, *a + BUCKET, *b)).sum();
+    let ejections = o.samples.last().map(|s| s.times_ejected[i]).unwrap_or(0);
+    (probes, ejections.max(1))
+}
+
+/// How long each ejection of upstream `i` lasted: from the sample where its ejection count
+/// went up to the first where it was no longer ejected or was ejected again (a failed probe
+/// ejects it again at once, so /breakers may never show it in between).
+fn ejection_lengths(o: &Observed, i: usize) -> Vec<Duration> {
+    let mut out = Vec::new();
+    let mut current: Option<Duration> = None;
+    let mut count = 0;
+    for s in &o.samples {
+        let again = s.times_ejected[i] > count;
+        count = s.times_ejected[i];
+        if let Some(start) = current {
+            if again || s.health[i] != "ejected" {
+                out.push(s.at - start);
+                current = None;
+            }
+        }
+        if again {
+            current = Some(s.at);
+        }
+    }
+    out
+}
+
+// 4. Flapping endpoint.
+
+fn flapping(mode: Mode) -> Spec {
+    let start = mode.secs(2.0, 4.0);
+    let end = start + mode.secs(24.0, 36.0);
+    let mut changes = Vec::new();
+    let mut at = start;
+    while at < end {
+        changes.push((at, Behaviour::FAILING));
+        changes.push((at + Duration::from_millis(1500), Behaviour::HEALTHY));
+        at += Duration::from_secs(2);
+    }
+    let mut upstreams = all_healthy(5);
+    upstreams[0] = schedule(&changes);
+    Spec { upstreams, stages: steady(mode, end), policy: POLICY, fault_at: start, heal_at: None }
+}
+
+fn flapping_checks(spec: &Spec, o: &Observed) -> Vec<Check> {
+    let p = &spec.policy;
+    let ejections = ejection_lengths(o, 0);
+    let slack = 2 * BUCKET;
+    let longest = ejections.iter().max().copied().unwrap_or_default();
+    // Growth: the ejections reached past the base time, and none was shorter than the one
+    // before by more than the decay a healthy interval may bring (one base time).
+    let grew = longest > p.base_ejection + slack;
+    let shrank = ejections.windows(2).filter(|w| w[1] + p.base_ejection + slack < w[0]).count();
+    let out = out_of_rotation(o, 0);
+    let (probes, rounds) = probes_while_out(o, 0, &out);
+    let limit = u64::from(p.probe_concurrency) * rounds;
+    let list: Vec<String> = ejections.iter().map(|d| format!("{:.1}", d.as_secs_f64())).collect();
+    vec![
+        check(
+            "each re-ejection lasts longer, capped",
+            grew && shrank == 0 && longest <= p.max_ejection + slack,
+            format!(
+                "ejections of {} s (base {} s, cap {} s)",
+                list.join(", "),
+                p.base_ejection.as_secs_f64(),
+                p.max_ejection.as_secs_f64()
+            ),
+        ),
+        check(
+            "probes never exceed the limit",
+            probes <= limit,
+            format!("{probes} attempts while out of rotation, for {rounds} ejections (limit {limit})"),
         ),
     ]
 }
@@ -421,6 +541,93 @@ fn total_failure_checks(spec: &Spec, o: &Observed) -> Vec<Check> {
     ]
 }
 
+// 6. Slow endpoint.
+
+fn slow_endpoint(mode: Mode) -> Spec {
+    let fault = mode.secs(2.0, 5.0);
+    let slow =
+        Behaviour::Healthy { latency: Duration::from_millis(40), per_in_flight: Duration::from_millis(4) };
+    let mut upstreams = all_healthy(5);
+    upstreams[0] = schedule(&[(fault, slow)]);
+    Spec {
+        upstreams,
+        stages: steady(mode, fault + mode.secs(8.0, 15.0)),
+        policy: POLICY,
+        fault_at: fault,
+        heal_at: None,
+    }
+}
+
+fn slow_endpoint_checks(spec: &Spec, o: &Observed) -> Vec<Check> {
+    let (from, to) = (spec.fault_at + Duration::from_secs(1), spec.length());
+    let all = o.attempts(from, to);
+    let slow = o.attempts_of(0, from, to);
+    let fair = all as f64 / spec.upstreams.len() as f64;
+    let errors = o.tally(spec.fault_at, to);
+    let p99 = o.latency(from, to, Outcome::Ok, 0.99);
+    vec![
+        check(
+            "traffic moves away from it",
+            (slow as f64) < 0.5 * fair,
+            format!(
+                "{slow} of {all} attempts from 1 s after it slowed ({:.0}% of a fair share); client p99 {}",
+                100.0 * slow as f64 / fair.max(1.0),
+                p99.map(ms).unwrap_or_else(|| "-".into())
+            ),
+        ),
+        check(
+            "clients see no errors",
+            errors.errors() == 0,
+            format!("{} of {} requests without a 2xx", errors.errors(), errors.requests),
+        ),
+    ]
+}
+
+// 7. Rate-limiting endpoint.
+
+fn rate_limiting(mode: Mode) -> Spec {
+    let fault = mode.secs(2.0, 5.0);
+    let mut upstreams = all_healthy(5);
+    upstreams[0] = schedule(&[(fault, Behaviour::RateLimited { retry_after_secs: 1 })]);
+    Spec {
+        upstreams,
+        stages: steady(mode, fault + mode.secs(8.0, 15.0)),
+        policy: POLICY,
+        fault_at: fault,
+        heal_at: None,
+    }
+}
+
+fn rate_limiting_checks(spec: &Spec, o: &Observed) -> Vec<Check> {
+    let (from, to) = (spec.fault_at + Duration::from_secs(1), spec.length());
+    let all = o.attempts(from, to);
+    let limited = o.attempts_of(0, from, to);
+    let fair = all as f64 / spec.upstreams.len() as f64;
+    // Retry-After: 1 s honoured by the proxy: at most one attempt a second, plus one.
+    let honoured = (to - from).as_secs_f64().ceil() as u64 + 1;
+    let clients = o.tally(spec.fault_at, to);
+    vec![
+        check(
+            "it gets less traffic",
+            (limited as f64) < 0.5 * fair,
+            format!(
+                "{limited} of {all} attempts from 1 s after its first 429 ({:.0}% of a fair share)",
+                100.0 * limited as f64 / fair.max(1.0)
+            ),
+        ),
+        check(
+            "Retry-After is honoured",
+            limited <= honoured,
+            format!(
+                "{limited} attempts in {:.0} s; Retry-After: 1 allows {honoured}; clients got {} answers without a 2xx of {}",
+                (to - from).as_secs_f64(),
+                clients.errors(),
+                clients.requests
+            ),
+        ),
+    ]
+}
+
 // 9. Ejection cap.
 
 fn ejection_cap(mode: Mode) -> Spec {
@@ -494,6 +701,43 @@ mod tests {
         let total: Duration =
             select(&[], true).unwrap().iter().map(|s| (s.spec)(Mode { short: true }).length()).sum();
         assert!(total <= Duration::from_secs(180), "{total:?}");
+    }
+
+    /// A failed probe ejects again without a sample in between: the count going up splits
+    /// ejections; going back to healthy ends one; probing and healthy time are out of them.
+    #[test]
+    fn ejections_are_split_by_the_count_and_ended_by_health() {
+        let states = [
+            ("healthy", 0),
+            ("ejected", 1),
+            ("ejected", 1),
+            ("ejected", 2),
+            ("ejected", 2),
+            ("ejected", 2),
+            ("probing", 2),
+            ("healthy", 2),
+            ("ejected", 3),
+        ];
+        let samples = states
+            .iter()
+            .enumerate()
+            .map(|(i, (h, n))| crate::proxy::Sample {
+                at: Duration::from_secs(i as u64),
+                health: vec![h.to_string()],
+                times_ejected: vec![*n],
+                ..Default::default()
+            })
+            .collect();
+        let o = Observed { records: vec![], attempts: vec![vec![0; 100]], failed: vec![], samples };
+        let secs = |v: &[u64]| v.iter().map(|s| Duration::from_secs(*s)).collect::<Vec<_>>();
+        assert_eq!(ejection_lengths(&o, 0), secs(&[2, 3]), "the third is still going");
+        assert_eq!(
+            out_of_rotation(&o, 0),
+            [
+                (Duration::from_secs(1), Duration::from_secs(6)),
+                (Duration::from_secs(8), Duration::from_secs(8))
+            ]
+        );
     }
 
     #[test]

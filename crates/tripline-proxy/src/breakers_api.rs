@@ -85,6 +85,7 @@ pub fn breakers_json(clusters: &[Arc<Cluster>], routes: &resilience::RouteBreake
                     json!({
                         "address": &*m.ep.id,
                         "available": tripline_core::balancer::EndpointView::is_available(m),
+                        "held_for_ms": m.ep.hold.left(now).map(|d| d.as_millis() as u64),
                         "outlier": outlier,
                         "breaker": m.breaker.as_ref().map(|b| breaker_json(now, b)),
                     })

@@ -42,6 +42,34 @@ impl Member {
     pub fn breaker_open(&self) -> bool {
         self.breaker.as_ref().is_some_and(|b| b.refuses_traffic())
     }
+
+    /// Available but for a hold the endpoint asked for (`Retry-After`).
+    fn available_unless_held(&self) -> bool {
+        // In panic (fewer healthy endpoints than `minHealthPercent`) the balancer spreads over
+        // every endpoint; asked of the detector only for an ejected endpoint.
+        (!self.ejected() || self.outlier.as_ref().is_some_and(|o| o.detector_in_panic()))
+            && !self.breaker_open()
+    }
+
+    /// Held: it answered `429` with a `Retry-After` that has not passed.
+    pub fn held(&self) -> bool {
+        self.ep.hold.is_held(resilience::now)
+    }
+}
+
+/// A member as the balancer sees it when every available endpoint is held: the holds are
+/// ignored (they are the endpoints' wish, not a failure; the upstreams' own 429s then reach
+/// clients, as without holds).
+pub struct IgnoringHold<'a>(pub &'a Member);
+
+impl EndpointView for IgnoringHold<'_> {
+    fn active_requests(&self) -> u32 {
+        self.0.active_requests()
+    }
+
+    fn is_available(&self) -> bool {
+        self.0.available_unless_held()
+    }
 }
 
 impl EndpointView for Member {
@@ -50,10 +78,7 @@ impl EndpointView for Member {
     }
 
     fn is_available(&self) -> bool {
-        // In panic (fewer healthy endpoints than `minHealthPercent`) the balancer spreads over
-        // every endpoint; asked of the detector only for an ejected endpoint.
-        (!self.ejected() || self.outlier.as_ref().is_some_and(|o| o.detector_in_panic()))
-            && !self.breaker_open()
+        self.available_unless_held() && !self.held()
     }
 }
 

@@ -81,3 +81,73 @@ async fn a_per_try_timeout_on_the_last_attempt_is_504_upstream_timeout() {
     assert_eq!(r.elapsed, tries[1] + ms(200), "answered when the last try timed out");
     assert_eq!(proxy.local_responses("upstream-timeout"), 1.0);
 }
+
+/// An endpoint that answers `429` with `Retry-After: 2` gets nothing more for 2 s, to the
+/// millisecond: round robin sends everything to the other endpoint meanwhile (the client of
+/// the 429 gets it: `429` is not in the route's `retryOn`), and /breakers says how long is
+/// left. Then it is back in the rotation. With only held endpoints, the holds are ignored.
+#[tokio::test(start_paused = true)]
+async fn an_endpoint_that_asks_for_time_with_retry_after_gets_it() {
+    let a = Faulty::start("a", Fault::Healthy).await;
+    let b = Faulty::start("b", Fault::Healthy).await;
+    a.then(Fault::RateLimited { retry_after_secs: 2 });
+    let dr = "    loadBalancer: {simple: ROUND_ROBIN}\n";
+    let eps = [a.addr, b.addr];
+    let proxy = InProcess::start(|port| config::mesh(port, "HTTP", &eps, "", Some(dr), None)).await;
+    let mut answers = Vec::new();
+    while a.requests() == 0 {
+        assert!(answers.len() < 4, "round robin never reached a");
+        answers.push(get(&proxy, "/").await);
+    }
+    let limited = answers.last().unwrap();
+    assert_eq!((limited.status.as_u16(), limited.elapsed), (429, ms(0)), "{limited:?}");
+    let held_at = a.seen()[0].at;
+    let ep = proxy.breaker_endpoint(a.addr);
+    assert_eq!((ep["available"].as_bool(), ep["held_for_ms"].as_u64()), (Some(false), Some(2000)), "{ep}");
+    // 19 requests over the next 1.9 s: all to b.
+    for i in 1..20 {
+        proxy.run_until(proxy.time_of(held_at) + ms(100 * i)).await;
+        let r = get(&proxy, "/").await;
+        assert_eq!((r.status.as_u16(), r.upstream()), (200, Some("b")), "at {} ms: {r:?}", 100 * i);
+    }
+    assert_eq!(a.requests(), 1, "nothing reached a within its Retry-After");
+    proxy.run_until(proxy.time_of(held_at) + ms(2000)).await;
+    let back: Vec<_> = [get(&proxy, "/").await, get(&proxy, "/").await]
+        .iter()
+        .map(|r| r.upstream().map(str::to_owned))
+        .collect();
+    assert!(back.contains(&Some("a".to_owned())), "a is back in the rotation at 2 s: {back:?}");
+
+    // Both held: the holds are ignored, and the requests are served.
+    a.then(Fault::RateLimited { retry_after_secs: 5 });
+    b.then(Fault::RateLimited { retry_after_secs: 5 });
+    let mut statuses = Vec::new();
+    while statuses.iter().filter(|s| **s == 429).count() < 2 {
+        assert!(statuses.len() < 6, "{statuses:?}");
+        statuses.push(get(&proxy, "/").await.status.as_u16());
+    }
+    let r = get(&proxy, "/").await;
+    assert_eq!(r.status.as_u16(), 200, "served by a held endpoint rather than refused: {r:?}");
+}
+
+/// With a second endpoint, the retry of a 429 goes there after its backoff alone: the
+/// `Retry-After` was the first endpoint's, which is held meanwhile.
+#[tokio::test(start_paused = true)]
+async fn the_retry_of_a_429_goes_elsewhere_without_waiting_its_retry_after() {
+    let a = Faulty::start("a", Fault::Healthy).await;
+    let b = Faulty::start("b", Fault::Healthy).await;
+    a.then(Fault::RateLimited { retry_after_secs: 5 });
+    let route = "    retries: {attempts: 1, retryOn: \"retriable-status-codes,429\", backoff: 1ms}\n";
+    let dr = "    loadBalancer: {simple: ROUND_ROBIN}\n";
+    let eps = [a.addr, b.addr];
+    let proxy = InProcess::start(|port| config::mesh(port, "HTTP", &eps, route, Some(dr), None)).await;
+    let mut answers = Vec::new();
+    while a.requests() == 0 {
+        assert!(answers.len() < 4, "round robin never reached a");
+        answers.push(get(&proxy, "/").await);
+    }
+    let r = answers.last().unwrap();
+    assert_eq!((r.status.as_u16(), r.upstream()), (200, Some("b")), "{r:?}");
+    assert_eq!(r.json()["attempt"], 2);
+    assert!(r.elapsed <= ms(1), "retried after its backoff, not 5 s: {:?}", r.elapsed);
+}

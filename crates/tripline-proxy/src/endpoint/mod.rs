@@ -11,6 +11,7 @@
 pub mod body;
 mod content_length;
 pub mod h1;
+pub mod hold;
 mod idle_stack;
 pub mod io;
 pub mod pool;
@@ -138,6 +139,8 @@ pub struct Endpoint {
     /// Attempt durations, allocated at the first: most endpoints a mesh proxy knows see none.
     pub duration: std::sync::OnceLock<Box<crate::stats::Histogram>>,
     pub pool: ConnectionPool,
+    /// Set by a `429` with `Retry-After`: the balancer leaves the endpoint alone until then.
+    pub hold: hold::Hold,
     /// The endpoint's breaker, kept here between endpoint-set rebuilds (control plane only;
     /// the request path reads the copy in its [`Member`]).
     pub(crate) breaker_slot: Mutex<Option<Arc<CircuitBreaker>>>,
@@ -155,6 +158,7 @@ impl Endpoint {
             failures_total: AtomicU64::new(0),
             duration: std::sync::OnceLock::new(),
             pool: ConnectionPool::new(),
+            hold: hold::Hold::default(),
             breaker_slot: Mutex::new(None),
         })
     }

@@ -34,7 +34,7 @@ use tripline_core::outlier::OwnedPass;
 use tripline_core::rng::Rng;
 
 use crate::client_fault::ClientFault;
-use crate::cluster::{Cluster, ClusterState, Endpoint, Member};
+use crate::cluster::{Cluster, ClusterState, Endpoint, IgnoringHold, Member};
 use crate::endpoint::body::{RequestBody, UpstreamBody};
 use crate::endpoint::pool::{Reusable, SendError};
 use crate::endpoint::replay::Replay;
@@ -310,7 +310,10 @@ fn admit_endpoint(
     // A few picks: skip endpoints already tried (when others exist) and ones whose probe
     // slots or breaker refuse.
     for round in 0..4 {
-        let Some(i) = set.balancer.pick(members, hash, rng) else { break };
+        let Some(i) = set.balancer.pick(members, hash, rng).or_else(|| pick_ignoring_holds(&set, hash, rng))
+        else {
+            break;
+        };
         if round < 2 && members.len() > 1 && tried.contains(&members[i]) {
             // Retry elsewhere if the balancer offers another endpoint.
             if let Some(j) = (1..members.len()).map(|k| (i + k) % members.len()).find(|&j| {
@@ -329,6 +332,21 @@ fn admit_endpoint(
         }
     }
     Err(breaker_refusal.unwrap_or(Reason::NoHealthyUpstream.into()))
+}
+
+/// Whether some endpoint of the cluster may be picked now.
+fn any_available(cluster: &Cluster) -> bool {
+    cluster.endpoints.load().members.iter().any(tripline_core::balancer::EndpointView::is_available)
+}
+
+/// When no endpoint is available and some are only held (`Retry-After`), picks among them as
+/// if they were not: the rare path, so the view is built here.
+fn pick_ignoring_holds(set: &crate::cluster::EndpointSet, hash: Option<u64>, rng: &dyn Rng) -> Option<usize> {
+    if !set.members.iter().any(Member::held) {
+        return None;
+    }
+    let view: Vec<IgnoringHold> = set.members.iter().map(IgnoringHold).collect();
+    set.balancer.pick(&view, hash, rng)
 }
 
 type Admitted = (Member, Option<OwnedPass>, Option<OwnedAdmission>);
@@ -499,6 +517,10 @@ pub async fn send<R: AsRef<RoutePolicy> + Send + Sync + 'static>(
                 (None, failed) => (failed.unwrap_or(Outcome::Reset), None, None),
             };
             inflight.outcome = outcome;
+            if let Outcome::RateLimited { retry_after: Some(wait) } = outcome {
+                // The endpoint asked for time: the balancer leaves it alone until then.
+                member.ep.hold.set(resilience::now(), wait);
+            }
             if let (None, Some(u)) = (&response, &upload) {
                 // The client broke its request (or is still sending it at the deadline): not the
                 // upstream's failure, and nothing to retry. The guard records it as local.
@@ -536,8 +558,10 @@ pub async fn send<R: AsRef<RoutePolicy> + Send + Sync + 'static>(
             } else {
                 None
             };
+            // `Retry-After` is the endpoint's: the endpoint is now held, and a retry that can go
+            // to another endpoint need not wait for it.
             let retry_after = match outcome {
-                Outcome::RateLimited { retry_after } => retry_after,
+                Outcome::RateLimited { retry_after } if !any_available(cluster) => retry_after,
                 _ => None,
             };
             let backoff = Backoff::new(policy.backoff_base, policy.backoff_max);
