@@ -543,12 +543,11 @@ fn total_failure_checks(spec: &Spec, o: &Observed) -> Vec<Check> {
 
 // 6. Slow endpoint.
 
-fn slow_endpoint(mode: Mode) -> Spec {
+/// Five endpoints, the first taking `behaviour` at 2 s (5 s full) for the rest of the run.
+fn one_of_five(mode: Mode, behaviour: Behaviour) -> Spec {
     let fault = mode.secs(2.0, 5.0);
-    let slow =
-        Behaviour::Healthy { latency: Duration::from_millis(40), per_in_flight: Duration::from_millis(4) };
     let mut upstreams = all_healthy(5);
-    upstreams[0] = schedule(&[(fault, slow)]);
+    upstreams[0] = schedule(&[(fault, behaviour)]);
     Spec {
         upstreams,
         stages: steady(mode, fault + mode.secs(8.0, 15.0)),
@@ -558,20 +557,33 @@ fn slow_endpoint(mode: Mode) -> Spec {
     }
 }
 
+/// From 1 s after the fault to the end: upstream 0's attempts, everyone's, and upstream 0's
+/// share as a fraction of a fair one.
+fn first_share(spec: &Spec, o: &Observed) -> (u64, u64, f64) {
+    let (from, to) = (spec.fault_at + Duration::from_secs(1), spec.length());
+    let (mine, all) = (o.attempts_of(0, from, to), o.attempts(from, to));
+    let fair = all as f64 / spec.upstreams.len() as f64;
+    (mine, all, mine as f64 / fair.max(1.0))
+}
+
+fn slow_endpoint(mode: Mode) -> Spec {
+    let slow =
+        Behaviour::Healthy { latency: Duration::from_millis(40), per_in_flight: Duration::from_millis(4) };
+    one_of_five(mode, slow)
+}
+
 fn slow_endpoint_checks(spec: &Spec, o: &Observed) -> Vec<Check> {
     let (from, to) = (spec.fault_at + Duration::from_secs(1), spec.length());
-    let all = o.attempts(from, to);
-    let slow = o.attempts_of(0, from, to);
-    let fair = all as f64 / spec.upstreams.len() as f64;
+    let (slow, all, share) = first_share(spec, o);
     let errors = o.tally(spec.fault_at, to);
     let p99 = o.latency(from, to, Outcome::Ok, 0.99);
     vec![
         check(
             "traffic moves away from it",
-            (slow as f64) < 0.5 * fair,
+            share < 0.5,
             format!(
                 "{slow} of {all} attempts from 1 s after it slowed ({:.0}% of a fair share); client p99 {}",
-                100.0 * slow as f64 / fair.max(1.0),
+                100.0 * share,
                 p99.map(ms).unwrap_or_else(|| "-".into())
             ),
         ),
@@ -586,33 +598,22 @@ fn slow_endpoint_checks(spec: &Spec, o: &Observed) -> Vec<Check> {
 // 7. Rate-limiting endpoint.
 
 fn rate_limiting(mode: Mode) -> Spec {
-    let fault = mode.secs(2.0, 5.0);
-    let mut upstreams = all_healthy(5);
-    upstreams[0] = schedule(&[(fault, Behaviour::RateLimited { retry_after_secs: 1 })]);
-    Spec {
-        upstreams,
-        stages: steady(mode, fault + mode.secs(8.0, 15.0)),
-        policy: POLICY,
-        fault_at: fault,
-        heal_at: None,
-    }
+    one_of_five(mode, Behaviour::RateLimited { retry_after_secs: 1 })
 }
 
 fn rate_limiting_checks(spec: &Spec, o: &Observed) -> Vec<Check> {
     let (from, to) = (spec.fault_at + Duration::from_secs(1), spec.length());
-    let all = o.attempts(from, to);
-    let limited = o.attempts_of(0, from, to);
-    let fair = all as f64 / spec.upstreams.len() as f64;
+    let (limited, all, share) = first_share(spec, o);
     // Retry-After: 1 s honoured by the proxy: at most one attempt a second, plus one.
     let honoured = (to - from).as_secs_f64().ceil() as u64 + 1;
     let clients = o.tally(spec.fault_at, to);
     vec![
         check(
             "it gets less traffic",
-            (limited as f64) < 0.5 * fair,
+            share < 0.5,
             format!(
                 "{limited} of {all} attempts from 1 s after its first 429 ({:.0}% of a fair share)",
-                100.0 * limited as f64 / fair.max(1.0)
+                100.0 * share
             ),
         ),
         check(
