@@ -28,6 +28,8 @@ pub enum Behaviour {
     Healthy { latency: Duration, per_in_flight: Duration },
     /// `500` for this share of requests (seeded), `200` for the rest, after `latency`.
     Errors { ratio: f64, latency: Duration },
+    /// This status, at once (a 503 from an overloaded server, say).
+    Status(u16),
     /// `429` with `Retry-After: secs`.
     RateLimited { retry_after_secs: u32 },
     /// The connection is closed without a response.
@@ -177,6 +179,7 @@ async fn answer(s: Arc<State>) -> Result<Response<Full<Bytes>>, ResetByLab> {
                 StatusCode::OK
             }
         }
+        Behaviour::Status(code) => StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         Behaviour::RateLimited { retry_after_secs } => {
             s.failed.add(at);
             let mut r = Response::new(Full::new(Bytes::from_static(b"slow down\n")));

@@ -14,6 +14,7 @@ pub mod config;
 pub mod fault;
 pub mod load;
 pub mod observed;
+pub mod peers;
 pub mod plot;
 pub mod proxy;
 pub mod report;
@@ -27,7 +28,8 @@ use std::time::Duration;
 use crate::fault::FaultUpstream;
 use crate::load::Load;
 use crate::observed::Observed;
-use crate::proxy::{Tripline, HOST};
+use crate::peers::Kind;
+use crate::proxy::{Running, HOST};
 use crate::scenarios::{Mode, Scenario};
 use crate::timeline::Epoch;
 
@@ -35,7 +37,7 @@ use crate::timeline::Epoch;
 pub struct Options {
     /// Scenario names; empty: all (or the short suite with `short`).
     pub names: Vec<String>,
-    /// Proxies to run each scenario through.
+    /// Proxies to run each scenario through (`tripline`, `envoy`, `nginx`, `haproxy`).
     pub peers: Vec<String>,
     pub out: PathBuf,
     pub short: bool,
@@ -48,43 +50,58 @@ pub fn list() -> String {
     let mut s = String::new();
     for sc in scenarios::ALL {
         let short = if sc.in_short_suite { " [short suite]" } else { "" };
-        s.push_str(&format!("{:<16} {}{short}\n{:<16} {}\n", sc.name, sc.title, "", sc.about));
+        s.push_str(&format!("{:<24} {}{short}\n{:<24} {}\n", sc.name, sc.title, "", sc.about));
     }
     s
 }
 
-/// Runs the scenarios; returns whether every check passed. The report is written to
+/// Runs the scenarios through each proxy; returns whether every check of Tripline's passed
+/// (the peers' results are the comparison, not the verdict). The report is written to
 /// `opts.out` whatever the outcome; `Err` is for a run that could not be made at all.
 pub async fn run(opts: &Options) -> Result<bool, String> {
     let chosen = scenarios::select(&opts.names, opts.short)?;
+    let kinds = opts.peers.iter().map(|p| Kind::parse(p)).collect::<Result<Vec<_>, _>>()?;
     let mode = Mode { short: opts.short };
     std::fs::create_dir_all(&opts.out).map_err(|e| format!("creating {}: {e}", opts.out.display()))?;
-    let mut skipped = Vec::new();
-    for p in &opts.peers {
-        if p != "tripline" {
-            skipped.push(p.clone());
+    let mut binaries = Vec::new();
+    let mut missing = Vec::new();
+    for k in kinds {
+        match k {
+            Kind::Tripline => binaries.push((k, opts.tripline.clone())),
+            peer => match peer.find() {
+                Some(bin) => binaries.push((peer, bin)),
+                None => missing.push(peer.name()),
+            },
         }
     }
     let mut results = Vec::new();
     for sc in chosen {
         let dir = opts.out.join(sc.name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-        let r = run_one(sc, mode, &opts.tripline, &dir).await;
-        print_result(&r);
-        results.push(r);
+        for (kind, bin) in &binaries {
+            let r = run_one(sc, mode, *kind, bin, &dir).await;
+            print_result(&r);
+            results.push(r);
+        }
     }
     let mode_name = if opts.short { "short" } else { "full" };
     let mut header = format!(
-        "Mode: {mode_name} ({} requests a second at full pressure); {} cores. Command: `tripline lab run{}{}`.",
+        "Mode: {mode_name} ({} requests a second at full pressure); {} cores; {}. Command: `tripline lab run{}{}{}`.",
         mode.rps(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        binaries.iter().map(|(k, b)| format!("{} = {}", k.name(), b.display())).collect::<Vec<_>>().join(", "),
         if opts.short { " --short" } else { "" },
+        if opts.peers.len() > 1 || opts.peers.first().is_some_and(|p| p != "tripline") {
+            format!(" --peers {}", opts.peers.join(","))
+        } else {
+            String::new()
+        },
         opts.names.iter().map(|n| format!(" {n}")).collect::<String>(),
     );
-    if !skipped.is_empty() {
+    if !missing.is_empty() {
         let msg = format!(
-            "Not run through {}: the lab drives Tripline only so far (peer configs for Envoy, nginx and HAProxy are not written yet).",
-            skipped.join(", ")
+            "Not installed, so not run: {} (`../shared/bench/setup-peers.sh` installs them).",
+            missing.join(", ")
         );
         eprintln!("{msg}");
         header.push_str(&format!("\n\n{msg}"));
@@ -97,16 +114,21 @@ pub async fn run(opts: &Options) -> Result<bool, String> {
     let json = report::json(&results, mode_name);
     write("report.json", serde_json::to_string_pretty(&json).unwrap_or_default())?;
     eprintln!("report: {}", opts.out.join("report.md").display());
-    Ok(results.iter().all(report::Result::passed))
+    Ok(results.iter().filter(|r| r.proxy == Kind::Tripline).all(report::Result::passed))
 }
 
 fn print_result(r: &report::Result) {
     let verdict = if r.passed() { "pass" } else { "FAIL" };
-    eprintln!("{:<16} {:<9} {verdict}", r.scenario.name, r.proxy);
+    eprintln!("{:<24} {:<9} {verdict}", r.scenario.name, r.proxy.name());
     match &r.checks {
         Ok(checks) => {
             for c in checks {
-                eprintln!("  {} {}: {}", if c.pass { "ok  " } else { "FAIL" }, c.name, c.detail);
+                let v = match (c.applicable, c.pass) {
+                    (false, _) => "n/a ",
+                    (true, true) => "ok  ",
+                    (true, false) => "FAIL",
+                };
+                eprintln!("  {v} {}: {}", c.name, c.detail);
             }
         }
         Err(e) => eprintln!("  not run: {e}"),
@@ -114,7 +136,7 @@ fn print_result(r: &report::Result) {
 }
 
 /// A progress bar on stderr when it is a terminal: the scenario and how far into it.
-fn progress(name: &'static str, length: Duration) -> impl Fn(Duration) + Sync {
+fn progress(label: String, length: Duration) -> impl Fn(Duration) + Sync {
     let tty = std::io::stderr().is_terminal();
     move |at: Duration| {
         if !tty {
@@ -123,7 +145,7 @@ fn progress(name: &'static str, length: Duration) -> impl Fn(Duration) + Sync {
         let frac = (at.as_secs_f64() / length.as_secs_f64()).clamp(0.0, 1.0);
         let filled = (frac * 30.0) as usize;
         eprint!(
-            "\r{name:<16} [{}{}] {:>5.1}/{:.0} s",
+            "\r{label:<34} [{}{}] {:>5.1}/{:.0} s",
             "#".repeat(filled),
             "-".repeat(30 - filled),
             at.as_secs_f64(),
@@ -133,11 +155,11 @@ fn progress(name: &'static str, length: Duration) -> impl Fn(Duration) + Sync {
     }
 }
 
-async fn run_one(sc: &'static Scenario, mode: Mode, exe: &Path, dir: &Path) -> report::Result {
+async fn run_one(sc: &'static Scenario, mode: Mode, kind: Kind, exe: &Path, dir: &Path) -> report::Result {
     let spec = (sc.spec)(mode);
     let fail = |e: String| report::Result {
         scenario: sc,
-        proxy: "tripline".into(),
+        proxy: kind,
         checks: Err(e),
         series: serde_json::Value::Null,
     };
@@ -151,36 +173,42 @@ async fn run_one(sc: &'static Scenario, mode: Mode, exe: &Path, dir: &Path) -> r
         }
     }
     let addrs: Vec<_> = upstreams.iter().map(|u| u.addr).collect();
-    let tripline = match Tripline::start(exe, &spec.policy.yaml(&addrs), dir).await {
+    let proxy = match Running::start(kind, exe, &spec.policy, &addrs, dir).await {
         Ok(t) => t,
         Err(e) => return fail(e),
     };
-    let sampler = tokio::spawn(proxy::sample(tripline.admin, addrs, epoch.clone(), length));
+    let sampler = proxy.admin.map(|admin| tokio::spawn(proxy::sample(admin, addrs, epoch.clone(), length)));
     let load = Load {
-        target: tripline.listen,
+        target: proxy.listen,
         host: HOST,
         stages: spec.stages.clone(),
         timeout: Duration::from_secs(5),
         max_in_flight: 20_000,
     };
-    let records = load::run(&load, &epoch, &progress(sc.name, length)).await;
+    let label = format!("{} / {}", sc.name, kind.name());
+    let records = load::run(&load, &epoch, &progress(label, length)).await;
     if std::io::stderr().is_terminal() {
-        eprint!("\r{:80}\r", "");
+        eprint!("\r{:100}\r", "");
     }
-    let samples = sampler.await.unwrap_or_default();
-    tripline.stop().await;
+    let samples = match sampler {
+        Some(s) => s.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    proxy.stop().await;
     let observed = Observed {
         records,
         attempts: upstreams.iter().map(FaultUpstream::attempts).collect(),
         failed: upstreams.iter().map(FaultUpstream::failed).collect(),
         samples,
+        state: kind == Kind::Tripline,
     };
     let checks = (sc.checks)(&spec, &observed);
     let (panels, series) = report::panels(&spec, &observed);
-    let title = format!("{} through tripline ({})", sc.title, if mode.short { "short" } else { "full" });
+    let title =
+        format!("{} through {} ({})", sc.title, kind.name(), if mode.short { "short" } else { "full" });
     let svg = plot::svg(&title, length.as_secs_f64(), &panels);
-    if let Err(e) = std::fs::write(dir.join("tripline.svg"), svg) {
+    if let Err(e) = std::fs::write(dir.join(format!("{}.svg", kind.name())), svg) {
         return fail(format!("writing the plot: {e}"));
     }
-    report::Result { scenario: sc, proxy: "tripline".into(), checks: Ok(checks), series }
+    report::Result { scenario: sc, proxy: kind, checks: Ok(checks), series }
 }

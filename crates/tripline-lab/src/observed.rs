@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::load::{Outcome, Record};
 use crate::proxy::Sample;
-use crate::timeline::sum;
+use crate::timeline::{sum, BUCKET};
 
 pub struct Observed {
     pub records: Vec<Record>,
@@ -15,7 +15,14 @@ pub struct Observed {
     /// Per upstream, attempts it failed per bucket.
     pub failed: Vec<Vec<u64>>,
     pub samples: Vec<Sample>,
+    /// Whether `samples` come from the proxy's state API (Tripline's `/breakers`); the peers
+    /// have none the lab reads, and their checks rest on what clients and upstreams saw.
+    pub state: bool,
 }
+
+/// The window the upstream-side measures look through: long enough that an endpoint in
+/// rotation gets several attempts at the scenarios' rates, short enough to time an ejection.
+pub const WINDOW: Duration = Duration::from_millis(500);
 
 /// The client requests meant to leave in a time range, by outcome.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -84,6 +91,72 @@ impl Observed {
         self.samples.iter().filter(move |s| s.at >= from && s.at < to)
     }
 
+    /// Upstream `i`'s attempts over [`WINDOW`] from `at`, as a fraction of a fair share (all
+    /// attempts over the number of upstreams); `None` when a fair share is under 5 attempts
+    /// (too few to tell).
+    pub fn share(&self, i: usize, at: Duration) -> Option<f64> {
+        let fair = self.attempts(at, at + WINDOW) as f64 / self.attempts.len() as f64;
+        (fair >= 5.0).then(|| self.attempts_of(i, at, at + WINDOW) as f64 / fair)
+    }
+
+    /// Whether upstream `i` was out of rotation over [`WINDOW`] from `at`, as the upstream
+    /// saw it: nothing at all while a fair share was 5 attempts or more. (Only nothing: a
+    /// balancer that merely avoids a slow or busy endpoint still sends it some.)
+    pub fn out(&self, i: usize, at: Duration) -> bool {
+        self.share(i, at) == Some(0.0)
+    }
+
+    /// The first time from `from`, in steps of a bucket, at which upstream `i` was
+    /// [out of rotation](Self::out).
+    pub fn out_at(&self, i: usize, from: Duration, to: Duration) -> Option<Duration> {
+        let mut at = from;
+        while at + WINDOW <= to {
+            if self.out(i, at) {
+                return Some(at);
+            }
+            at += BUCKET;
+        }
+        None
+    }
+
+    /// The most upstreams [out of rotation](Self::out) at once, over the windows in
+    /// `[from, to)`.
+    pub fn most_out(&self, from: Duration, to: Duration) -> usize {
+        let mut most = 0;
+        let mut at = from;
+        while at + WINDOW <= to {
+            let out = (0..self.attempts.len()).filter(|i| self.out(*i, at)).count();
+            most = most.max(out);
+            at += BUCKET;
+        }
+        most
+    }
+
+    /// Spans of at least `min` in which upstream `i` received nothing while the others did:
+    /// its ejections, as the upstream saw them.
+    pub fn gaps(&self, i: usize, from: Duration, to: Duration, min: Duration) -> Vec<(Duration, Duration)> {
+        let mut out = Vec::new();
+        let mut start = None;
+        let mut at = from;
+        while at < to {
+            let next = at + BUCKET;
+            let idle = self.attempts_of(i, at, next) == 0 && self.attempts(at, next) > 0;
+            match (idle, start) {
+                (true, None) => start = Some(at),
+                (false, Some(s)) => {
+                    if at - s >= min {
+                        out.push((s, at));
+                    }
+                    start = None;
+                }
+                _ => {}
+            }
+            at = next;
+        }
+        out.extend(start.filter(|s| to - *s >= min).map(|s| (s, to)));
+        out
+    }
+
     /// The `q` quantile (0..=1) of the latencies of the requests in `[from, to)` with this
     /// outcome.
     pub fn latency(&self, from: Duration, to: Duration, outcome: Outcome, q: f64) -> Option<Duration> {
@@ -141,6 +214,7 @@ mod tests {
             attempts: vec![],
             failed: vec![],
             samples: vec![],
+            state: false,
         };
         let t = o.tally(Duration::ZERO, Duration::from_secs(1));
         assert_eq!(
@@ -148,5 +222,27 @@ mod tests {
             (5, 1, 1, 2, 1, 1)
         );
         assert_eq!(t.errors(), 4);
+    }
+
+    /// Two upstreams, 10 attempts a bucket between them; the first gets none from 1 s to 2 s.
+    #[test]
+    fn an_upstream_falls_out_of_rotation_when_it_stops_receiving() {
+        let buckets = 40;
+        let first: Vec<u64> = (0..buckets).map(|b| if (10..20).contains(&b) { 0 } else { 5 }).collect();
+        let second: Vec<u64> = (0..buckets).map(|b| if (10..20).contains(&b) { 10 } else { 5 }).collect();
+        let o = Observed {
+            records: vec![],
+            attempts: vec![first, second],
+            failed: vec![],
+            samples: vec![],
+            state: false,
+        };
+        let s = |ms| Duration::from_millis(ms);
+        assert_eq!(o.share(0, s(0)), Some(1.0));
+        assert_eq!(o.out_at(0, s(0), s(4000)), Some(s(1000)));
+        assert_eq!(o.out_at(1, s(0), s(4000)), None);
+        assert_eq!(o.most_out(s(0), s(4000)), 1);
+        assert_eq!(o.gaps(0, s(0), s(4000), s(300)), [(s(1000), s(2000))]);
+        assert_eq!(o.gaps(1, s(0), s(4000), s(300)), []);
     }
 }

@@ -1,6 +1,6 @@
-//! The proxy under test: the real `tripline` binary started as a child process with the
-//! scenario's config, and a sampler that reads its `/breakers` every bucket (breaker state,
-//! ejections, probes) for the checks and plots.
+//! The proxy under test, started as a child process with the scenario's policy: the real
+//! `tripline` binary or a peer ([`crate::peers`]); and for Tripline a sampler that reads its
+//! `/breakers` every bucket (breaker state, ejections) for the checks and plots.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -15,63 +15,95 @@ use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
+use crate::config::Policy;
+use crate::peers::Kind;
 use crate::timeline::{Epoch, BUCKET};
 
 /// The host clients call and the cluster's name in the admin API.
 pub const HOST: &str = "lab.local";
 pub const CLUSTER: &str = "outbound|80||lab.local";
 
-/// A running `tripline run`.
-pub struct Tripline {
+/// A proxy under test, running.
+pub struct Running {
     child: Child,
+    pub kind: Kind,
     pub listen: SocketAddr,
-    pub admin: SocketAddr,
+    /// Tripline's admin API (the peers' state is not read).
+    pub admin: Option<SocketAddr>,
     pub log: PathBuf,
 }
 
 /// A loopback port free now (the child binds it a moment later).
-fn free_port() -> std::io::Result<SocketAddr> {
-    StdListener::bind("127.0.0.1:0")?.local_addr()
+fn free_port() -> Result<SocketAddr, String> {
+    StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| format!("no free port: {e}"))
 }
 
-impl Tripline {
-    /// Writes `config` (with `{LISTEN_PORT}` filled in) to `dir/tripline.yaml`, starts `exe run`
-    /// on it and waits until it is ready; its output goes to `dir/tripline.log`.
-    pub async fn start(exe: &Path, config: &str, dir: &Path) -> Result<Self, String> {
-        let listen = free_port().map_err(|e| format!("no free port: {e}"))?;
-        let admin = free_port().map_err(|e| format!("no free port: {e}"))?;
-        let mesh = free_port().map_err(|e| format!("no free port: {e}"))?;
-        let file = dir.join("tripline.yaml");
-        let config = config.replace("{LISTEN_PORT}", &listen.port().to_string());
-        std::fs::write(&file, config).map_err(|e| format!("writing {}: {e}", file.display()))?;
-        let log = dir.join("tripline.log");
+impl Running {
+    /// Writes `kind`'s config for `policy` and `upstreams` to `dir`, starts `exe` on it and
+    /// waits until it is ready; its output goes to `dir/<kind>.log`.
+    pub async fn start(
+        kind: Kind,
+        exe: &Path,
+        policy: &Policy,
+        upstreams: &[SocketAddr],
+        dir: &Path,
+    ) -> Result<Self, String> {
+        let listen = free_port()?;
+        let (file, text, mut args, admin) = match kind {
+            Kind::Tripline => {
+                let admin = free_port()?;
+                let mesh = free_port()?;
+                let file = dir.join("tripline.yaml");
+                let args = vec![
+                    "run".to_string(),
+                    "-c".into(),
+                    file.display().to_string(),
+                    "--admin".into(),
+                    admin.to_string(),
+                    "--mesh-bind".into(),
+                    mesh.to_string(),
+                    "--log-level".into(),
+                    "warn".into(),
+                ];
+                let text = policy.yaml(upstreams).replace("{LISTEN_PORT}", &listen.port().to_string());
+                (file, text, args, Some(admin))
+            }
+            peer => {
+                let (name, text, args) = peer.config(policy, listen, upstreams, dir);
+                (dir.join(name), text, args, None)
+            }
+        };
+        std::fs::write(&file, text).map_err(|e| format!("writing {}: {e}", file.display()))?;
+        let log = dir.join(format!("{}.log", kind.name()));
         let out = std::fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
         let child = Command::new(exe)
-            .arg("run")
-            .arg("-c")
-            .arg(&file)
-            .args(["--admin", &admin.to_string(), "--mesh-bind", &mesh.to_string(), "--log-level", "warn"])
+            .args(args.drain(..))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("starting {}: {e}", exe.display()))?;
-        let mut t = Tripline { child, listen, admin, log };
+        let mut r = Running { child, kind, listen, admin, log };
         for _ in 0..200 {
-            if let Ok(Some(status)) = t.child.try_wait() {
+            if let Ok(Some(status)) = r.child.try_wait() {
                 return Err(format!(
-                    "tripline exited ({status}) before it was ready; see {}",
-                    t.log.display()
+                    "{} exited ({status}) before it was ready; see {}",
+                    kind.name(),
+                    r.log.display()
                 ));
             }
-            if admin_get(admin, "/ready").await.is_ok() && TcpStream::connect(listen).await.is_ok() {
-                return Ok(t);
+            let admin_ready = match admin {
+                Some(a) => admin_get(a, "/ready").await.is_ok(),
+                None => true,
+            };
+            if admin_ready && TcpStream::connect(listen).await.is_ok() {
+                return Ok(r);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(format!("tripline was not ready within 10 s; see {}", t.log.display()))
+        Err(format!("{} was not ready within 10 s; see {}", kind.name(), r.log.display()))
     }
 
     /// Stops the proxy (SIGKILL: the lab has what it needs by then).

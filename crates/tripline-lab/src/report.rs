@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::load::Outcome;
 use crate::observed::{quantile, Observed};
+use crate::peers::Kind;
 use crate::plot::{Line, Panel};
 use crate::scenarios::{Check, Scenario, Spec};
 use crate::timeline::BUCKET;
@@ -16,7 +17,7 @@ use crate::timeline::BUCKET;
 /// One scenario through one proxy.
 pub struct Result {
     pub scenario: &'static Scenario,
-    pub proxy: String,
+    pub proxy: Kind,
     /// The checks, or why the scenario could not run.
     pub checks: std::result::Result<Vec<Check>, String>,
     /// The plotted series, for `report.json`.
@@ -129,60 +130,86 @@ pub fn panels(spec: &Spec, o: &Observed) -> (Vec<Panel>, Value) {
     (panels, series)
 }
 
-/// `report.md`: every check of every scenario and proxy, then the plots.
+fn verdict(c: &Check) -> &'static str {
+    match (c.applicable, c.pass) {
+        (false, _) => "n/a",
+        (true, true) => "pass",
+        (true, false) => "**FAIL**",
+    }
+}
+
+/// `report.md`: a table of every check (a row) by proxy (a column), then each scenario with
+/// what was measured through each proxy and its plots.
 pub fn markdown(results: &[Result], header: &str) -> String {
-    let mut s = format!("# Tripline pressure lab\n\n{header}\n\n| Scenario | Proxy | Check | Result | Measured |\n|---|---|---|---|---|\n");
+    let mut proxies: Vec<Kind> = Vec::new();
+    let mut scenarios: Vec<&'static Scenario> = Vec::new();
     for r in results {
-        match &r.checks {
-            Ok(checks) => {
-                for c in checks {
-                    let verdict = if c.pass { "pass" } else { "**FAIL**" };
-                    let _ = writeln!(
-                        s,
-                        "| {} | {} | {} | {verdict} | {} |",
-                        r.scenario.name,
-                        r.proxy,
-                        c.name,
-                        c.detail.replace('|', "\\|")
-                    );
-                }
-            }
-            Err(e) => {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | (not run) | **FAIL** | {} |",
-                    r.scenario.name,
-                    r.proxy,
-                    e.replace('|', "\\|")
-                );
-            }
+        if !proxies.contains(&r.proxy) {
+            proxies.push(r.proxy);
+        }
+        if !scenarios.iter().any(|s| s.name == r.scenario.name) {
+            scenarios.push(r.scenario);
+        }
+    }
+    let names: Vec<&str> = proxies.iter().map(|k| k.name()).collect();
+    let mut s = format!(
+        "# Tripline pressure lab\n\n{header}\n\n| Scenario | Check | {} |\n|---|---|{}\n",
+        names.join(" | "),
+        "---|".repeat(names.len())
+    );
+    let of = |sc: &Scenario, k: Kind| results.iter().find(|r| r.scenario.name == sc.name && r.proxy == k);
+    for sc in &scenarios {
+        // The checks as the first proxy that ran lists them (every proxy has the same).
+        let Some(names) = proxies.iter().find_map(|k| of(sc, *k).and_then(|r| r.checks.as_ref().ok())) else {
+            let _ = writeln!(s, "| {} | (not run) |{}", sc.name, " **FAIL** |".repeat(proxies.len()));
+            continue;
+        };
+        for (i, c) in names.iter().enumerate() {
+            let cells: Vec<&str> = proxies
+                .iter()
+                .map(|k| match of(sc, *k).map(|r| &r.checks) {
+                    Some(Ok(cs)) => cs.get(i).map(verdict).unwrap_or("-"),
+                    Some(Err(_)) => "not run",
+                    None => "-",
+                })
+                .collect();
+            let _ = writeln!(s, "| {} | {} | {} |", sc.name, c.name, cells.join(" | "));
         }
     }
     s.push_str("\n## Scenarios\n");
-    for r in results {
-        let _ = write!(s, "\n### {} ({})\n\n{}\n\n", r.scenario.title, r.proxy, r.scenario.about);
-        if r.checks.is_ok() {
-            let _ = writeln!(
-                s,
-                "![{} through {}]({}/{}.svg)",
-                r.scenario.name, r.proxy, r.scenario.name, r.proxy
-            );
+    for sc in &scenarios {
+        let _ = write!(s, "\n### {}\n\n{}\n\n", sc.title, sc.about);
+        for k in &proxies {
+            let Some(r) = of(sc, *k) else { continue };
+            match &r.checks {
+                Ok(checks) => {
+                    let _ = writeln!(s, "**{}**\n", k.name());
+                    for c in checks {
+                        let _ = writeln!(s, "- {} {}: {}", verdict(c), c.name, c.detail);
+                    }
+                    let _ =
+                        writeln!(s, "\n![{} through {}]({}/{}.svg)\n", sc.name, k.name(), sc.name, k.name());
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "**{}**: not run: {e}\n", k.name());
+                }
+            }
         }
     }
     s
 }
 
-/// `report.json`.
+/// `report.json`: `passed` is Tripline's verdict; each result has its own.
 pub fn json(results: &[Result], mode: &str) -> Value {
     json!({
         "mode": mode,
-        "passed": results.iter().all(Result::passed),
+        "passed": results.iter().filter(|r| r.proxy == Kind::Tripline).all(Result::passed),
         "scenarios": results.iter().map(|r| json!({
             "name": r.scenario.name,
-            "proxy": r.proxy,
+            "proxy": r.proxy.name(),
             "passed": r.passed(),
             "error": r.checks.as_ref().err(),
-            "checks": r.checks.as_ref().map(|c| c.iter().map(|c| json!({"name": c.name, "pass": c.pass, "detail": c.detail})).collect::<Vec<_>>()).unwrap_or_default(),
+            "checks": r.checks.as_ref().map(|c| c.iter().map(|c| json!({"name": c.name, "pass": c.pass, "applicable": c.applicable, "detail": c.detail})).collect::<Vec<_>>()).unwrap_or_default(),
             "series": r.series,
         })).collect::<Vec<_>>(),
     })

@@ -121,7 +121,7 @@ fn lab_lists_refuses_unknown_scenarios_and_reports_a_run() {
     );
     assert!(matches!(code, Some(0 | 1)), "stdout:\n{out}\nstderr:\n{err}");
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
-    assert!(md.contains("| hard-failure | tripline | ejected within 1 s |"), "{md}");
+    assert!(md.contains("| hard-failure | ejected within 1 s |"), "{md}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["passed"], code == Some(0), "the exit status says whether the checks passed: {json}");
