@@ -87,6 +87,12 @@ pub enum LocalReason {
     /// The client broke its request (a malformed body, or one still arriving at the
     /// deadline): the upstream's failure to answer it is the client's fault.
     ClientFault,
+    /// The next hop is a proxy that answered itself (a Tripline refusal or fallback, marked by
+    /// its `x-tripline-reason`): its decision, taken with what it knows of its own upstreams.
+    /// Not the endpoint's failure, and not retried here, so breakers do not cascade up a call
+    /// chain and retries do not multiply across hops (as Envoy does not retry a response
+    /// marked `x-envoy-overloaded`).
+    NextHop,
 }
 
 impl LocalReason {
@@ -99,6 +105,7 @@ impl LocalReason {
             LocalReason::NoHealthyUpstream => "no-healthy-upstream",
             LocalReason::Cancelled => "cancelled",
             LocalReason::ClientFault => "client-fault",
+            LocalReason::NextHop => "next-hop",
         }
     }
 }

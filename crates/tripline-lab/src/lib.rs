@@ -30,7 +30,7 @@ use crate::load::Load;
 use crate::observed::Observed;
 use crate::peers::Kind;
 use crate::proxy::{Running, HOST};
-use crate::scenarios::{Mode, Scenario};
+use crate::scenarios::{Mode, Scenario, Spec};
 use crate::timeline::Epoch;
 
 /// What `tripline lab run` was asked.
@@ -79,7 +79,7 @@ pub async fn run(opts: &Options) -> Result<bool, String> {
         let dir = opts.out.join(sc.name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         for (kind, bin) in &binaries {
-            let r = run_one(sc, mode, *kind, bin, &dir).await;
+            let Some(r) = run_one(sc, mode, *kind, bin, &dir).await else { continue };
             print_result(&r);
             results.push(r);
         }
@@ -155,8 +155,30 @@ fn progress(label: String, length: Duration) -> impl Fn(Duration) + Sync {
     }
 }
 
-async fn run_one(sc: &'static Scenario, mode: Mode, kind: Kind, exe: &Path, dir: &Path) -> report::Result {
+/// Runs one scenario through one proxy; `None` for a call chain through a peer (the chain is
+/// of Tripline hops).
+async fn run_one(
+    sc: &'static Scenario,
+    mode: Mode,
+    kind: Kind,
+    exe: &Path,
+    dir: &Path,
+) -> Option<report::Result> {
     let spec = (sc.spec)(mode);
+    if spec.hops > 1 && kind != Kind::Tripline {
+        return None;
+    }
+    Some(run_spec(sc, &spec, mode, kind, exe, dir).await)
+}
+
+async fn run_spec(
+    sc: &'static Scenario,
+    spec: &Spec,
+    mode: Mode,
+    kind: Kind,
+    exe: &Path,
+    dir: &Path,
+) -> report::Result {
     let fail = |e: String| report::Result {
         scenario: sc,
         proxy: kind,
@@ -173,13 +195,28 @@ async fn run_one(sc: &'static Scenario, mode: Mode, kind: Kind, exe: &Path, dir:
         }
     }
     let addrs: Vec<_> = upstreams.iter().map(|u| u.addr).collect();
-    let proxy = match Running::start(kind, exe, &spec.policy, &addrs, dir).await {
-        Ok(t) => t,
-        Err(e) => return fail(e),
-    };
-    let sampler = proxy.admin.map(|admin| tokio::spawn(proxy::sample(admin, addrs, epoch.clone(), length)));
+    // The proxies from the upstreams' side: the last hop first, each in front of the one
+    // started before it; each samples its own cluster.
+    let mut hops: Vec<Running> = Vec::new();
+    let mut samplers = Vec::new();
+    for h in 0..spec.hops {
+        let next = hops.last().map_or(addrs.clone(), |p| vec![p.listen]);
+        let hop_dir =
+            if spec.hops > 1 { dir.join(format!("hop{}", spec.hops - h)) } else { dir.to_path_buf() };
+        if let Err(e) = std::fs::create_dir_all(&hop_dir) {
+            return fail(format!("creating {}: {e}", hop_dir.display()));
+        }
+        let proxy = match Running::start(kind, exe, &spec.policy, &next, &hop_dir).await {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        };
+        samplers
+            .push(proxy.admin.map(|admin| tokio::spawn(proxy::sample(admin, next, epoch.clone(), length))));
+        hops.push(proxy);
+    }
+    let first = hops.last().expect("at least one hop");
     let load = Load {
-        target: proxy.listen,
+        target: first.listen,
         host: HOST,
         stages: spec.stages.clone(),
         timeout: Duration::from_secs(5),
@@ -190,20 +227,29 @@ async fn run_one(sc: &'static Scenario, mode: Mode, kind: Kind, exe: &Path, dir:
     if std::io::stderr().is_terminal() {
         eprint!("\r{:100}\r", "");
     }
-    let samples = match sampler {
-        Some(s) => s.await.unwrap_or_default(),
-        None => Vec::new(),
-    };
-    proxy.stop().await;
+    let mut sampled = Vec::new();
+    for s in samplers {
+        sampled.push(match s {
+            Some(s) => s.await.unwrap_or_default(),
+            None => Vec::new(),
+        });
+    }
+    for p in hops {
+        p.stop().await;
+    }
+    // The last hop's samples, then the others' from the clients' side.
+    let samples = sampled.remove(0);
+    sampled.reverse();
     let observed = Observed {
         records,
         attempts: upstreams.iter().map(FaultUpstream::attempts).collect(),
         failed: upstreams.iter().map(FaultUpstream::failed).collect(),
         samples,
+        upper: sampled,
         state: kind == Kind::Tripline,
     };
-    let checks = (sc.checks)(&spec, &observed);
-    let (panels, series) = report::panels(&spec, &observed);
+    let checks = (sc.checks)(spec, &observed);
+    let (panels, series) = report::panels(spec, &observed);
     let title =
         format!("{} through {} ({})", sc.title, kind.name(), if mode.short { "short" } else { "full" });
     let svg = plot::svg(&title, length.as_secs_f64(), &panels);

@@ -15,6 +15,9 @@ pub struct Observed {
     /// Per upstream, attempts it failed per bucket.
     pub failed: Vec<Vec<u64>>,
     pub samples: Vec<Sample>,
+    /// In a call chain, the `/breakers` samples of the hops before the last, from the
+    /// clients' side (the last hop's are `samples`).
+    pub upper: Vec<Vec<Sample>>,
     /// Whether `samples` come from the proxy's state API (Tripline's `/breakers`); the peers
     /// have none the lab reads, and their checks rest on what clients and upstreams saw.
     pub state: bool,
@@ -214,6 +217,7 @@ mod tests {
             attempts: vec![],
             failed: vec![],
             samples: vec![],
+            upper: vec![],
             state: false,
         };
         let t = o.tally(Duration::ZERO, Duration::from_secs(1));
@@ -235,6 +239,7 @@ mod tests {
             attempts: vec![first, second],
             failed: vec![],
             samples: vec![],
+            upper: vec![],
             state: false,
         };
         let s = |ms| Duration::from_millis(ms);

@@ -89,7 +89,7 @@ pub fn svg(title: &str, seconds: f64, panels: &[Panel]) -> String {
         for (j, l) in p.lines.iter().enumerate() {
             let color = COLORS[j % COLORS.len()];
             let pts: Vec<String> =
-                l.points.iter().map(|(t, v)| format!("{:.1},{:.1}", x(*t), y(*v))).collect();
+                l.points.iter().map(|(t, v)| format!("{:.0},{:.0}", x(*t), y(*v))).collect();
             let _ = write!(
                 s,
                 "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.3\" points=\"{}\"/>\

@@ -40,6 +40,9 @@ pub struct Spec {
     pub upstreams: Vec<Schedule>,
     pub stages: Vec<Stage>,
     pub policy: Policy,
+    /// Proxies in series between the clients and the upstreams, each with the policy (a call
+    /// chain); 1 but for `call-chain`, which runs Tripline hops only.
+    pub hops: usize,
     /// When the fault begins (for a healthy scenario, when the pressure does).
     pub fault_at: Duration,
     /// When the fault ends, if it does.
@@ -163,7 +166,18 @@ pub const ALL: &[Scenario] = &[
                 traffic, and nothing within its Retry-After (a fast 429 is not a healthy answer).",
         spec: rate_limiting,
         checks: rate_limiting_checks,
-        in_short_suite: false,
+        in_short_suite: true,
+    },
+    Scenario {
+        name: "call-chain",
+        title: "Call chain",
+        about: "A -> B -> C with Tripline in front of A's calls and of B's, every instance of C \
+                failing for a while: only B's hop, in front of C, opens; A's does not trip on \
+                its fast refusals, retries do not multiply across hops, and clients get B's \
+                reason fast.",
+        spec: call_chain,
+        checks: call_chain_checks,
+        in_short_suite: true,
     },
     Scenario {
         name: "ejection-cap",
@@ -214,6 +228,7 @@ fn healthy_spike(mode: Mode) -> Spec {
             Stage { until: base + spike + after, rps: quiet },
         ],
         policy: POLICY,
+        hops: 1,
         fault_at: base,
         heal_at: Some(base + spike),
     }
@@ -271,6 +286,7 @@ fn hard_failure(mode: Mode) -> Spec {
         upstreams,
         stages: steady(mode, fault + mode.secs(6.0, 15.0)),
         policy: POLICY,
+        hops: 1,
         fault_at: fault,
         heal_at: None,
     }
@@ -323,6 +339,7 @@ fn recovery(mode: Mode) -> Spec {
         upstreams,
         stages: steady(mode, heal + mode.secs(9.0, 14.0)),
         policy: POLICY,
+        hops: 1,
         fault_at: fault,
         heal_at: Some(heal),
     }
@@ -479,7 +496,7 @@ fn flapping(mode: Mode) -> Spec {
     }
     let mut upstreams = all_healthy(5);
     upstreams[0] = schedule(&changes);
-    Spec { upstreams, stages: steady(mode, end), policy: POLICY, fault_at: start, heal_at: None }
+    Spec { upstreams, stages: steady(mode, end), policy: POLICY, hops: 1, fault_at: start, heal_at: None }
 }
 
 fn flapping_checks(spec: &Spec, o: &Observed) -> Vec<Check> {
@@ -537,6 +554,7 @@ fn total_failure(mode: Mode) -> Spec {
         upstreams,
         stages: steady(mode, heal + mode.secs(8.0, 15.0)),
         policy: POLICY,
+        hops: 1,
         fault_at: fault,
         heal_at: Some(heal),
     }
@@ -647,6 +665,7 @@ fn one_of_five(mode: Mode, behaviour: Behaviour) -> Spec {
         upstreams,
         stages: steady(mode, fault + mode.secs(8.0, 15.0)),
         policy: POLICY,
+        hops: 1,
         fault_at: fault,
         heal_at: None,
     }
@@ -724,6 +743,71 @@ fn rate_limiting_checks(spec: &Spec, o: &Observed) -> Vec<Check> {
     ]
 }
 
+// 8. Call chain.
+
+/// A's hop calls B's hop, which calls C's five instances: as sidecars' outbound sides, each
+/// applying the policy to the service it calls. (C's own inbound side would pass C's 500s on
+/// unchanged, and B's hop would judge C by them all the same.)
+fn call_chain(mode: Mode) -> Spec {
+    Spec { hops: 2, ..total_failure(mode) }
+}
+
+fn call_chain_checks(spec: &Spec, o: &Observed) -> Vec<Check> {
+    let (f, h) = (spec.fault_at, spec.heal_at.expect("the chain's upstreams heal"));
+    let during = o.tally(f, h);
+    let attempts = o.attempts(f, h);
+    let allowed = budget(&spec.policy, during.requests, h - f);
+    let last_opened = o.samples(f, h).filter(|s| s.breaker == "open").count();
+    let tripped: Vec<String> = o
+        .upper
+        .iter()
+        .enumerate()
+        .map(|(i, samples)| {
+            let open = samples.iter().filter(|s| s.breaker != "closed").count();
+            let ejections: u64 = samples.last().map(|s| s.times_ejected.iter().sum()).unwrap_or(0);
+            format!(
+                "hop {}: breaker not closed in {open} of {} samples, {ejections} ejections",
+                i + 1,
+                samples.len()
+            )
+        })
+        .collect();
+    let upper_quiet = o.upper.iter().all(|samples| {
+        samples.iter().all(|s| s.breaker == "closed")
+            && samples.last().is_some_and(|s| s.times_ejected.iter().all(|n| *n == 0))
+    });
+    let settled = (f + Duration::from_secs(2)).min(h);
+    let late = o.tally(settled, h);
+    let fast = o.latency(settled, h, Outcome::Local, 0.99);
+    vec![
+        check(
+            "only the hop in front of the failing service opens",
+            o.state && last_opened > 0 && upper_quiet && o.upper.len() + 1 == spec.hops,
+            format!("hop {}: open in {last_opened} samples; {}", spec.hops, tripped.join("; ")),
+        ),
+        check(
+            "retries do not multiply across hops",
+            attempts as f64 <= allowed,
+            format!(
+                "{attempts} attempts at the upstreams for {} client requests while failing ({:.2}x; one hop's budget {:.0})",
+                during.requests,
+                attempts as f64 / during.requests.max(1) as f64,
+                allowed
+            ),
+        ),
+        check(
+            "clients get the last hop's reason, fast",
+            late.local * 2 >= late.requests && fast.is_some_and(|d| d <= Duration::from_millis(50)),
+            format!(
+                "from 2 s into the failure, {} of {} requests answered with x-tripline-reason, p99 {}",
+                late.local,
+                late.requests,
+                fast.map(ms).unwrap_or_else(|| "-".into())
+            ),
+        ),
+    ]
+}
+
 // 9. Ejection cap.
 
 fn ejection_cap(mode: Mode) -> Spec {
@@ -752,6 +836,7 @@ fn ejection_cap(mode: Mode) -> Spec {
         upstreams,
         stages: steady(mode, turn + mode.secs(4.0, 10.0)),
         policy: POLICY,
+        hops: 1,
         fault_at: fault,
         heal_at: Some(turn),
     }
@@ -831,8 +916,14 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        let o =
-            Observed { records: vec![], attempts: vec![vec![0; 100]], failed: vec![], samples, state: true };
+        let o = Observed {
+            records: vec![],
+            attempts: vec![vec![0; 100]],
+            failed: vec![],
+            samples,
+            upper: vec![],
+            state: true,
+        };
         let secs = |v: &[u64]| v.iter().map(|s| Duration::from_secs(*s)).collect::<Vec<_>>();
         assert_eq!(ejection_lengths(&o, 0), secs(&[2, 3]), "the third is still going");
         assert_eq!(

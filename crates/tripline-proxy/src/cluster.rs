@@ -106,6 +106,12 @@ impl Cluster {
         &self.state.name
     }
 
+    /// A sidecar's inbound cluster (`inbound|<port>||`, Istio's name): the local workload, not
+    /// a service this proxy calls.
+    pub fn is_inbound(&self) -> bool {
+        self.name().starts_with("inbound|")
+    }
+
     pub fn limits(&self) -> &PoolLimits {
         &self.plan.pool
     }

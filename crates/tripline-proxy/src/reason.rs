@@ -45,6 +45,11 @@ pub enum Reason {
 
 pub const REASON_HEADER: &str = "x-tripline-reason";
 
+/// On an upstream's 5xx that Tripline passes on once its retries are spent: how many attempts
+/// it made. A Tripline one hop up reads it, as it reads [`REASON_HEADER`], as the next hop's
+/// decision: the error was its upstream's, already retried and counted where it happened.
+pub const UPSTREAM_FAILED_HEADER: &str = "x-tripline-upstream-failed";
+
 /// Envoy's response flag for a reason (`x-tripline-reason`), as access logs and Istio's
 /// `response_flags` label show it: `UO` a breaker open or a pool full, `UH` no healthy
 /// upstream, `NR` no route, `UF` a connect failure, `UR` an upstream reset, `UT` a timeout,

@@ -101,3 +101,47 @@ async fn an_open_breaker_refuses_until_its_open_duration_then_admits_max_probes(
     assert_eq!(opened, 1.0);
     assert_eq!(proxy.local_responses("breaker-open"), 10.0, "2 while open, 8 while half-open");
 }
+
+/// The next hops are Triplines, one answering for itself (`503` with `x-tripline-reason`),
+/// the other passing on its upstream's 500 after its own retries (`x-tripline-upstream-failed`):
+/// their decisions, not failures here. With an endpoint breaker and outlier detection that
+/// act on two failures and `retryOn: 5xx`, ten requests reach the hops exactly ten times (no
+/// retry multiplies them), eject nothing, open no breaker, and reach the client as the hops
+/// answered.
+#[tokio::test(start_paused = true)]
+async fn a_next_hop_s_own_answers_are_neither_failures_nor_retried() {
+    let hop = Faulty::start("hop", Fault::NextHopRefusal).await;
+    let other = Faulty::start("other", Fault::NextHopPassedOn).await;
+    let route = "    retries: {attempts: 2, retryOn: 5xx}\n";
+    let dr = "    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 100}\n";
+    let policy = "  circuitBreaker: {consecutiveFailures: 2, openDuration: 30s}\n  endpointCircuitBreaker: {consecutiveFailures: 2, openDuration: 30s}\n";
+    let eps = [hop.addr, other.addr];
+    let proxy =
+        InProcess::start(|port| config::mesh(port, "HTTP", &eps, route, Some(dr), Some(policy))).await;
+    for i in 0..10 {
+        let r = send(proxy.addr, Method::GET, "backend.local", &format!("/{i}"), &[], "").await.unwrap();
+        let seen = (r.status.as_u16(), r.header("x-tripline-reason"), r.header("x-tripline-upstream-failed"));
+        assert!(matches!(seen, (503, Some("breaker-open"), None) | (500, None, Some("3"))), "{r:?}");
+    }
+    assert_eq!(hop.requests() + other.requests(), 10, "not retried");
+    for ep in eps {
+        assert_eq!(proxy.outlier_state(ep), "healthy");
+    }
+    assert_eq!(proxy.breakers()["breaker"]["state"], "closed", "{}", proxy.breakers());
+}
+
+/// An upstream's own 500, passed on once the retries are spent, says how many attempts were
+/// made (for a Tripline one hop up, and for whoever reads the response); a 200 does not.
+#[tokio::test(start_paused = true)]
+async fn an_upstream_error_passed_on_says_how_many_attempts_it_took() {
+    let up = Faulty::start("up", Fault::Status(500)).await;
+    let route = "    retries: {attempts: 2, retryOn: 5xx, backoff: 1ms}\n";
+    let eps = [up.addr];
+    let proxy = InProcess::start(|port| config::mesh(port, "HTTP", &eps, route, None, None)).await;
+    let r = get(&proxy, "/").await;
+    assert_eq!((r.status.as_u16(), r.header("x-tripline-upstream-failed")), (500, Some("3")), "{r:?}");
+    assert_eq!(up.requests(), 3);
+    up.set(Fault::Healthy);
+    let r = get(&proxy, "/").await;
+    assert_eq!((r.status.as_u16(), r.header("x-tripline-upstream-failed")), (200, None), "{r:?}");
+}

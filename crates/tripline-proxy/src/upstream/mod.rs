@@ -383,6 +383,13 @@ fn classify_response<B>(resp: &Response<B>) -> (Outcome, Option<u16>, Option<u8>
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
     };
+    if h.contains_key(crate::reason::REASON_HEADER) || h.contains_key(crate::reason::UPSTREAM_FAILED_HEADER) {
+        // The next hop answered itself, or passed on its upstream's error once it had retried
+        // it: its decision, not its failure (`LocalReason::NextHop`).
+        let code =
+            h.get(&crate::grpc::GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok());
+        return (Outcome::Local(LocalReason::NextHop), Some(status), code);
+    }
     if let Some(code) =
         h.get(&crate::grpc::GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok())
     {
@@ -580,7 +587,17 @@ pub async fn send<R: AsRef<RoutePolicy> + Send + Sync + 'static>(
                 // Final attempt.
                 inflight.request = guards.take();
                 return match response {
-                    Some(resp) => Ok((resp, inflight)),
+                    Some(mut resp) => {
+                        // Only where this hop called a service with its policy: a sidecar's
+                        // inbound side passes its workload's errors on as the workload's.
+                        if matches!(outcome, Outcome::Http(500..)) && !cluster.is_inbound() {
+                            resp.headers_mut().insert(
+                                crate::reason::UPSTREAM_FAILED_HEADER,
+                                http::HeaderValue::from(attempt),
+                            );
+                        }
+                        Ok((resp, inflight))
+                    }
                     None => Err(Refusal {
                         reason: failure_reason(&outcome, deadline),
                         retry_after: None,

@@ -58,6 +58,11 @@ pub fn decide(policy: &RetryPlan, attempt: u32, ended: &Ended, again: impl FnOnc
     if attempt > policy.attempts {
         return Verdict::Exhausted;
     }
+    if matches!(ended.outcome, Outcome::Local(_)) {
+        // The next hop decided (`LocalReason::NextHop`): retrying here would multiply retries
+        // across hops, or knock on a breaker it has open.
+        return Verdict::NotCovered;
+    }
     // A request the upstream did not process is covered by `refused-stream` as well.
     let covered = covers(&policy.retry_on, &policy.status_codes, ended)
         || (ended.unprocessed && policy.retry_on.refused_stream);

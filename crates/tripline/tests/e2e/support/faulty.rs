@@ -44,6 +44,15 @@ pub enum Fault {
     StallMidResponse(Duration),
     /// `429` with `Retry-After: <secs>`.
     RateLimited { retry_after_secs: u32 },
+    /// `503` with `x-tripline-reason: breaker-open`: the next hop is a Tripline whose breaker
+    /// is open. (This and the next: the proxy's in-process tests, which share this file; the
+    /// end-to-end chain of real hops is the pressure lab's `call-chain`.)
+    #[allow(dead_code)]
+    NextHopRefusal,
+    /// `500` with `x-tripline-upstream-failed: 3`: the next hop is a Tripline passing on its
+    /// upstream's error after three attempts.
+    #[allow(dead_code)]
+    NextHopPassedOn,
 }
 
 /// One request as the upstream received it.
@@ -190,6 +199,16 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>
             tokio::time::sleep(d).await;
             json(200)
         }
+        Fault::NextHopRefusal => Ok(Response::builder()
+            .status(503)
+            .header("x-tripline-reason", "breaker-open")
+            .header("x-upstream-id", &st.id)
+            .body(full("breaker open"))?),
+        Fault::NextHopPassedOn => Ok(Response::builder()
+            .status(500)
+            .header("x-tripline-upstream-failed", "3")
+            .header("x-upstream-id", &st.id)
+            .body(full("upstream error"))?),
         Fault::RateLimited { retry_after_secs } => Ok(Response::builder()
             .status(429)
             .header("retry-after", retry_after_secs.to_string())
