@@ -526,8 +526,8 @@ fn flapping_checks(spec: &Spec, o: &Observed) -> Vec<Check> {
             "each re-ejection lasts longer, capped",
             grew && shrank == 0 && longest <= p.max_ejection + slack,
             format!(
-                "ejections of {} s (base {} s, cap {} s)",
-                list.join(", "),
+                "ejections of {} (base {} s, cap {} s)",
+                if list.is_empty() { "none".to_string() } else { format!("{} s", list.join(", ")) },
                 p.base_ejection.as_secs_f64(),
                 p.max_ejection.as_secs_f64()
             ),

@@ -383,16 +383,16 @@ fn classify_response<B>(resp: &Response<B>) -> (Outcome, Option<u16>, Option<u8>
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, std::time::SystemTime::now()))
     };
-    if h.contains_key(crate::reason::REASON_HEADER) || h.contains_key(crate::reason::UPSTREAM_FAILED_HEADER) {
-        // The next hop answered itself, or passed on its upstream's error once it had retried
-        // it: its decision, not its failure (`LocalReason::NextHop`).
-        let code =
-            h.get(&crate::grpc::GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok());
-        return (Outcome::Local(LocalReason::NextHop), Some(status), code);
+    let grpc_code =
+        h.get(&crate::grpc::GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok());
+    // The next hop answered itself, or passed on its upstream's error once it had retried it:
+    // its decision, not its failure (`LocalReason::NextHop`). Never a success, so a success
+    // is not looked at (the headers' lookups would cost every request).
+    if (status >= 400 || grpc_code.is_some_and(|c| c != 0)) && crate::reason::from_next_hop(h) {
+        let http = if grpc_code.is_some() { None } else { Some(status) };
+        return (Outcome::Local(LocalReason::NextHop), http, grpc_code);
     }
-    if let Some(code) =
-        h.get(&crate::grpc::GRPC_STATUS).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u8>().ok())
-    {
+    if let Some(code) = grpc_code {
         let ra = if code == grpc::RESOURCE_EXHAUSTED { retry_after() } else { None };
         return (Outcome::grpc(code, ra), None, Some(code));
     }
