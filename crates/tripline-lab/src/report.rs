@@ -170,7 +170,7 @@ pub fn markdown(results: &[Result], header: &str) -> String {
                 .map(|k| match of(sc, *k).map(|r| &r.checks) {
                     Some(Ok(cs)) => cs.get(i).map(verdict).unwrap_or("-"),
                     Some(Err(_)) => "not run",
-                    None => "-",
+                    None => "Tripline only",
                 })
                 .collect();
             let _ = writeln!(s, "| {} | {} | {} |", sc.name, c.name, cells.join(" | "));

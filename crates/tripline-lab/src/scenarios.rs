@@ -513,9 +513,10 @@ fn flapping_checks(spec: &Spec, o: &Observed) -> Vec<Check> {
     };
     let slack = 2 * BUCKET;
     let longest = ejections.iter().max().copied().unwrap_or_default();
-    // Growth: the ejections reached past the base time, and none was shorter than the one
-    // before by more than the decay a healthy interval may bring (one base time).
-    let grew = longest > p.base_ejection + slack;
+    // Growth: some ejection lasted at least twice the base time (the second of a run of
+    // ejections does), and none was shorter than the one before by more than the decay a
+    // healthy interval may bring (one base time).
+    let grew = longest + slack >= 2 * p.base_ejection;
     let shrank = ejections.windows(2).filter(|w| w[1] + p.base_ejection + slack < w[0]).count();
     let out = out_of_rotation(o, 0);
     let (probes, rounds) = probes_while_out(o, 0, &out);
