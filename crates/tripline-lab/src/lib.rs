@@ -243,7 +243,6 @@ async fn run_spec(
     let observed = Observed {
         records,
         attempts: upstreams.iter().map(FaultUpstream::attempts).collect(),
-        failed: upstreams.iter().map(FaultUpstream::failed).collect(),
         samples,
         upper: sampled,
         state: kind == Kind::Tripline,

@@ -12,8 +12,6 @@ pub struct Observed {
     pub records: Vec<Record>,
     /// Per upstream, attempts received per bucket.
     pub attempts: Vec<Vec<u64>>,
-    /// Per upstream, attempts it failed per bucket.
-    pub failed: Vec<Vec<u64>>,
     pub samples: Vec<Sample>,
     /// In a call chain, the `/breakers` samples of the hops before the last, from the
     /// clients' side (the last hop's are `samples`).
@@ -215,7 +213,6 @@ mod tests {
                 r(2_000, 200, Outcome::Ok),
             ],
             attempts: vec![],
-            failed: vec![],
             samples: vec![],
             upper: vec![],
             state: false,
@@ -237,7 +234,6 @@ mod tests {
         let o = Observed {
             records: vec![],
             attempts: vec![first, second],
-            failed: vec![],
             samples: vec![],
             upper: vec![],
             state: false,

@@ -917,14 +917,8 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        let o = Observed {
-            records: vec![],
-            attempts: vec![vec![0; 100]],
-            failed: vec![],
-            samples,
-            upper: vec![],
-            state: true,
-        };
+        let o =
+            Observed { records: vec![], attempts: vec![vec![0; 100]], samples, upper: vec![], state: true };
         let secs = |v: &[u64]| v.iter().map(|s| Duration::from_secs(*s)).collect::<Vec<_>>();
         assert_eq!(ejection_lengths(&o, 0), secs(&[2, 3]), "the third is still going");
         assert_eq!(
